@@ -1,0 +1,217 @@
+//! Compact JWS (RFC 7515): strict decoding, key selection bound to the key's
+//! type, signature verification, and signing.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, MapAccess, Visitor};
+
+use super::algorithm::{Algorithm, AlgorithmSet};
+use super::json::{CowStr, MemberNames, Skip, deeper, parse_with};
+use super::key::Key;
+use super::keyset::KeySet;
+use super::{b64_decode_into, b64_encode};
+use crate::error::{KeyError, TokenError};
+
+/// The default bound on a whole token, in bytes.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The largest decoded JOSE header accepted, in bytes.
+pub const MAX_HEADER_BYTES: usize = 2048;
+/// The largest decoded signature accepted (RSA-8192), in bytes.
+pub const MAX_SIGNATURE_BYTES: usize = 1024;
+
+/// What a JWS must satisfy before its claims are looked at.
+#[derive(Debug, Clone)]
+pub struct JwsPolicy {
+    /// Bound on the whole compact token.
+    pub max_token_bytes: usize,
+    /// The algorithms accepted at all (each key narrows further).
+    pub algorithms: AlgorithmSet,
+}
+
+impl Default for JwsPolicy {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            algorithms: AlgorithmSet::ALL,
+        }
+    }
+}
+
+/// The `typ` header, classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypHeader {
+    /// No `typ`.
+    Absent,
+    /// `JWT`.
+    Jwt,
+    /// `at+jwt` (RFC 9068 access token).
+    AccessToken,
+    /// Anything else (e.g. `refresh+jwt`, `JOSE`).
+    Other,
+}
+
+/// A JWS whose signature verified.
+#[derive(Debug)]
+pub struct VerifiedJws<'k> {
+    /// The algorithm that verified.
+    pub alg: Algorithm,
+    /// The key that verified.
+    pub key: &'k Arc<Key>,
+    /// The `typ` header.
+    pub typ: TypHeader,
+    /// The decoded payload (not yet parsed).
+    pub payload: Vec<u8>,
+}
+
+struct Header {
+    alg: Result<Algorithm, TokenError>,
+    kid: Option<String>,
+    typ: TypHeader,
+}
+
+struct HeaderVisitor;
+
+fn classify_alg(name: &str) -> Result<Algorithm, TokenError> {
+    if name.eq_ignore_ascii_case("none") {
+        return Err(TokenError::UnsupportedAlgorithm("`none` is never accepted"));
+    }
+    Algorithm::from_name(name).ok_or(TokenError::UnsupportedAlgorithm("unknown algorithm"))
+}
+
+fn classify_typ(typ: &str) -> TypHeader {
+    let t = typ.strip_prefix("application/").unwrap_or(typ);
+    if t.eq_ignore_ascii_case("JWT") {
+        TypHeader::Jwt
+    } else if t.eq_ignore_ascii_case("at+jwt") {
+        TypHeader::AccessToken
+    } else {
+        TypHeader::Other
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Header;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+        let depth = deeper(0)?;
+        let mut names = MemberNames::with_capacity(4);
+        let mut alg = None;
+        let mut kid = None;
+        let mut typ = TypHeader::Absent;
+        while let Some(name) = map.next_key::<CowStr<'de>>()? {
+            match name.as_str() {
+                "alg" => alg = Some(classify_alg(map.next_value::<CowStr<'de>>()?.as_str())),
+                "kid" => kid = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                "typ" => typ = classify_typ(map.next_value::<CowStr<'de>>()?.as_str()),
+                // We implement no JWS extension, so any critical one is unknown.
+                "crit" => return Err(de::Error::custom("unknown critical header")),
+                // jku, x5u, jwk, x5c and the rest are never followed or trusted.
+                _ => map.next_value_seed(Skip { depth })?,
+            }
+            names.insert(name)?;
+        }
+        Ok(Header {
+            alg: alg.ok_or_else(|| de::Error::custom("missing alg"))?,
+            kid,
+            typ,
+        })
+    }
+}
+
+/// The header, payload and signature segments of a compact JWS.
+type Segments<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn split_compact(token: &[u8]) -> Result<Segments<'_>, TokenError> {
+    let mut parts = token.splitn(4, |&b| b == b'.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => Ok((h, p, s)),
+        _ => Err(TokenError::Malformed(
+            "a compact JWS has exactly three segments",
+        )),
+    }
+}
+
+/// Decodes a compact JWS, selects the key and verifies the signature.
+/// The payload is returned undecoded as JSON; claims are the JWT layer's.
+pub fn verify_compact<'k>(
+    token: &[u8],
+    keys: &'k KeySet,
+    policy: &JwsPolicy,
+) -> Result<VerifiedJws<'k>, TokenError> {
+    if token.len() > policy.max_token_bytes {
+        return Err(TokenError::Malformed("token is too large"));
+    }
+    let (header_b64, payload_b64, sig_b64) = split_compact(token)?;
+    if header_b64.is_empty() || sig_b64.is_empty() {
+        return Err(TokenError::Malformed("empty header or signature"));
+    }
+
+    let mut header_buf = [0u8; MAX_HEADER_BYTES];
+    let header_len = b64_decode_into(header_b64, &mut header_buf).ok_or(TokenError::Malformed(
+        "header is not base64url without padding",
+    ))?;
+    let header = parse_with(&header_buf[..header_len], HeaderSeed)
+        .map_err(|_| TokenError::Malformed("header is not a valid JOSE header object"))?;
+    let alg = header.alg?;
+    if !policy.algorithms.contains(alg) {
+        return Err(TokenError::UnsupportedAlgorithm("algorithm is not allowed"));
+    }
+    let key = keys.select(header.kid.as_deref(), alg)?;
+
+    let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
+    let sig_len = b64_decode_into(sig_b64, &mut sig_buf).ok_or(TokenError::Malformed(
+        "signature is not base64url without padding",
+    ))?;
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+    key.verify(alg, signing_input, &sig_buf[..sig_len])?;
+
+    let payload = super::b64_decode(payload_b64).ok_or(TokenError::Malformed(
+        "payload is not base64url without padding",
+    ))?;
+    Ok(VerifiedJws {
+        alg,
+        key,
+        typ: header.typ,
+        payload,
+    })
+}
+
+struct HeaderSeed;
+
+impl<'de> de::DeserializeSeed<'de> for HeaderSeed {
+    type Value = Header;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
+        d.deserialize_map(HeaderVisitor)
+    }
+}
+
+/// Signs `payload` as a compact JWS with `key`, naming its `kid` and `typ`.
+pub fn sign_compact(key: &Key, typ: Option<&str>, payload: &[u8]) -> Result<String, KeyError> {
+    let alg = key.signing_algorithm();
+    let header = match typ {
+        Some(typ) => serde_json::json!({ "alg": alg.name(), "kid": key.kid(), "typ": typ }),
+        None => serde_json::json!({ "alg": alg.name(), "kid": key.kid() }),
+    };
+    let header = serde_json::to_vec(&header).map_err(|_| KeyError::Crypto("header encoding"))?;
+    let mut out = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 400);
+    out.push_str(&b64_encode(&header));
+    out.push('.');
+    out.push_str(&b64_encode(payload));
+    let sig = key.sign(alg, out.as_bytes())?;
+    out.push('.');
+    out.push_str(&b64_encode(&sig));
+    Ok(out)
+}
+
+/// Decodes a compact JWS without verifying anything, for inspection only.
+pub fn decode_unverified(token: &[u8]) -> Result<(serde_json::Value, Vec<u8>), TokenError> {
+    let (h, p, _) = split_compact(token)?;
+    let header = super::b64_decode(h).ok_or(TokenError::Malformed("header is not base64url"))?;
+    let header = super::json::parse_object(&header)
+        .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
+    let payload = super::b64_decode(p).ok_or(TokenError::Malformed("payload is not base64url"))?;
+    Ok((serde_json::Value::Object(header), payload))
+}

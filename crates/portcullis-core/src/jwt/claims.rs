@@ -1,0 +1,225 @@
+//! One pass over the claims JSON: duplicates and depth checked, the claims a
+//! principal needs extracted (borrowed where possible), the rest skipped.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::validation::ClaimNames;
+use crate::jose::json::{CowStr, MemberNames, Skip, deeper};
+
+/// `sub` as a string, or as an object `{uuid, email, name}` some issuers send.
+#[derive(Default)]
+pub(crate) struct Subject {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct ParsedClaims<'de> {
+    pub sub: Option<Subject>,
+    pub iss: Option<CowStr<'de>>,
+    pub aud: Option<Vec<CowStr<'de>>>,
+    pub exp: Option<i64>,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+    pub jti: Option<CowStr<'de>>,
+    pub sid: Option<CowStr<'de>>,
+    pub token_type: Option<CowStr<'de>>,
+    pub tenant: Option<CowStr<'de>>,
+    pub email: Option<CowStr<'de>>,
+    pub name: Option<CowStr<'de>>,
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    pub scopes: Vec<String>,
+    pub names: MemberNames<'de>,
+}
+
+pub(crate) struct ClaimsSeed<'a> {
+    pub names: &'a ClaimNames,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = ParsedClaims<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = ParsedClaims<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JWT claims object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let depth = deeper(0)?;
+        let n = self.names;
+        let mut c = ParsedClaims {
+            names: MemberNames::with_capacity(16),
+            ..ParsedClaims::default()
+        };
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            let k = key.as_str();
+            match k {
+                "sub" => c.sub = Some(map.next_value_seed(SubjectSeed { depth })?),
+                "iss" => c.iss = Some(map.next_value()?),
+                "aud" => {
+                    c.aud = Some(map.next_value_seed(Strings {
+                        split: false,
+                        depth,
+                    })?)
+                }
+                "exp" => c.exp = Some(map.next_value_seed(NumericDate)?),
+                "nbf" => c.nbf = Some(map.next_value_seed(NumericDate)?),
+                "iat" => c.iat = Some(map.next_value_seed(NumericDate)?),
+                "jti" => c.jti = Some(map.next_value()?),
+                "sid" => c.sid = Some(map.next_value()?),
+                _ if k == n.token_type => c.token_type = Some(map.next_value()?),
+                _ if k == n.tenant => c.tenant = Some(map.next_value()?),
+                _ if k == n.email => c.email = Some(map.next_value()?),
+                _ if k == n.name => c.name = Some(map.next_value()?),
+                _ if k == n.roles => {
+                    c.roles = owned(map.next_value_seed(Strings {
+                        split: false,
+                        depth,
+                    })?)
+                }
+                _ if k == n.permissions => {
+                    c.permissions = owned(map.next_value_seed(Strings {
+                        split: false,
+                        depth,
+                    })?);
+                }
+                _ if k == n.scope || k == n.scp => {
+                    let scopes = owned(map.next_value_seed(Strings { split: true, depth })?);
+                    c.scopes.extend(scopes);
+                }
+                _ => map.next_value_seed(Skip { depth })?,
+            }
+            c.names.insert(key)?;
+        }
+        Ok(c)
+    }
+}
+
+fn owned(v: Vec<CowStr<'_>>) -> Vec<String> {
+    v.into_iter().map(|s| s.0.into_owned()).collect()
+}
+
+/// A NumericDate: an integer or a finite number of seconds (fractions floored).
+struct NumericDate;
+
+impl<'de> DeserializeSeed<'de> for NumericDate {
+    type Value = i64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NumericDate {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a NumericDate")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::custom("NumericDate out of range"))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+        // Beyond ±2^53 seconds the value is nonsense; reject instead of saturating.
+        if v.is_finite() && v.abs() < 9.0e15 {
+            Ok(v.floor() as i64)
+        } else {
+            Err(E::custom("NumericDate out of range"))
+        }
+    }
+}
+
+/// A string or an array of strings; with `split`, a string is a
+/// space-separated list (the OAuth `scope` form).
+struct Strings {
+    split: bool,
+    depth: u8,
+}
+
+impl<'de> DeserializeSeed<'de> for Strings {
+    type Value = Vec<CowStr<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strings {
+    type Value = Vec<CowStr<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        if self.split {
+            Ok(v.split_ascii_whitespace()
+                .map(|s| CowStr(s.into()))
+                .collect())
+        } else {
+            Ok(vec![CowStr(v.into())])
+        }
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        if self.split {
+            Ok(v.split_ascii_whitespace()
+                .map(|s| CowStr(s.to_owned().into()))
+                .collect())
+        } else {
+            Ok(vec![CowStr(v.to_owned().into())])
+        }
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        deeper::<A::Error>(self.depth)?;
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        while let Some(s) = seq.next_element::<CowStr<'de>>()? {
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+struct SubjectSeed {
+    depth: u8,
+}
+
+impl<'de> DeserializeSeed<'de> for SubjectSeed {
+    type Value = Subject;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Subject, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SubjectSeed {
+    type Value = Subject;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a subject string or object")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Subject, E> {
+        Ok(Subject {
+            id: Some(v.to_owned()),
+            ..Subject::default()
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subject, A::Error> {
+        let depth = deeper(self.depth)?;
+        let mut names = MemberNames::with_capacity(4);
+        let mut s = Subject::default();
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            match key.as_str() {
+                "uuid" | "id" => s.id = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                "email" => s.email = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                "name" => s.name = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                _ => map.next_value_seed(Skip { depth })?,
+            }
+            names.insert(key)?;
+        }
+        Ok(s)
+    }
+}

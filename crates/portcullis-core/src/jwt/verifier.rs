@@ -1,0 +1,187 @@
+//! The access-token verifier: JWS verification, then claims, then a Principal.
+
+use std::sync::Arc;
+
+use super::claims::{ClaimsSeed, ParsedClaims};
+use super::validation::Validation;
+use crate::clock::{Clock, SystemClock};
+use crate::error::TokenError;
+use crate::jose::json::parse_with;
+use crate::jose::jws::{self, TypHeader};
+use crate::jose::key::Key;
+use crate::jose::keyset::KeySet;
+use crate::principal::{AuthMethod, Principal, RawClaims};
+
+/// A verified token: the principal and the key that signed it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Who the token speaks for.
+    pub principal: Principal,
+    /// The key whose signature verified.
+    pub key: Arc<Key>,
+}
+
+/// Verifies access tokens against a key set and a [`Validation`].
+pub struct Verifier {
+    keys: Arc<KeySet>,
+    validation: Validation,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("validation", &self.validation)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier on the system clock.
+    pub fn new(keys: impl Into<Arc<KeySet>>, validation: Validation) -> Self {
+        Self {
+            keys: keys.into(),
+            validation,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for every time check.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The key set.
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
+    }
+
+    /// The validation rules.
+    pub fn validation(&self) -> &Validation {
+        &self.validation
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Verifies `token` as an access token and returns its principal.
+    pub fn verify(&self, token: &[u8]) -> Result<Principal, TokenError> {
+        self.verify_detailed(token).map(|v| v.principal)
+    }
+
+    /// Verifies `token` and also returns the key that signed it.
+    pub fn verify_detailed(&self, token: &[u8]) -> Result<Verified, TokenError> {
+        let v = &self.validation;
+        let jws = jws::verify_compact(token, &self.keys, &v.jws)?;
+        if jws.typ == TypHeader::Other {
+            return Err(TokenError::WrongTokenType(
+                "`typ` header is not JWT or at+jwt",
+            ));
+        }
+        let claims = parse_with(
+            &jws.payload,
+            ClaimsSeed {
+                names: &v.claim_names,
+            },
+        )
+        .map_err(|_| TokenError::Malformed("claims are not a valid JWT claims object"))?;
+        self.check(&claims)?;
+        let principal = to_principal(claims);
+        let key = Arc::clone(jws.key);
+        // The payload parsed as JSON from bytes, so it is valid UTF-8.
+        let json = String::from_utf8(jws.payload)
+            .map_err(|_| TokenError::Malformed("claims are not UTF-8"))?;
+        Ok(Verified {
+            principal: Principal {
+                claims: RawClaims::new(json.into_boxed_str()),
+                ..principal
+            },
+            key,
+        })
+    }
+
+    /// Checks an already verified token's time claims against the clock; used
+    /// by caches that skip the signature on a hit.
+    pub fn check_times(&self, expires_at: Option<i64>) -> Result<(), TokenError> {
+        let now = self.clock.unix_seconds();
+        match expires_at {
+            Some(exp) if now >= exp.saturating_add(self.validation.leeway_secs()) => {
+                Err(TokenError::Expired)
+            }
+            None if self.validation.require_exp => Err(TokenError::MissingClaim("exp".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn check(&self, c: &ParsedClaims<'_>) -> Result<(), TokenError> {
+        let v = &self.validation;
+        if let Some(t) = &c.token_type
+            && t.as_str() != v.expected_type
+        {
+            return Err(TokenError::WrongTokenType(
+                "token type claim is not `access`",
+            ));
+        }
+        for name in &v.required_claims {
+            if !c.names.contains(name) {
+                return Err(TokenError::MissingClaim(name.clone()));
+            }
+        }
+        self.check_times(c.exp)?;
+        let now = self.clock.unix_seconds();
+        let leeway = v.leeway_secs();
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(TokenError::NotYetValid("nbf is in the future"));
+        }
+        if c.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(TokenError::NotYetValid("iat is in the future"));
+        }
+        if !v.issuers.is_empty() {
+            let iss = c
+                .iss
+                .as_ref()
+                .ok_or_else(|| TokenError::MissingClaim("iss".into()))?;
+            if !v.issuers.iter().any(|i| i == iss.as_str()) {
+                return Err(TokenError::InvalidIssuer);
+            }
+        }
+        if !v.audiences.is_empty() {
+            let aud = c
+                .aud
+                .as_ref()
+                .ok_or_else(|| TokenError::MissingClaim("aud".into()))?;
+            if !aud
+                .iter()
+                .any(|a| v.audiences.iter().any(|ours| ours == a.as_str()))
+            {
+                return Err(TokenError::InvalidAudience);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_principal(c: ParsedClaims<'_>) -> Principal {
+    let sub = c.sub.unwrap_or_default();
+    let opt = |s: Option<crate::jose::json::CowStr<'_>>| s.map(|s| s.0.into_owned());
+    Principal {
+        subject: sub.id.unwrap_or_default(),
+        issuer: opt(c.iss),
+        tenant: opt(c.tenant),
+        email: opt(c.email).or(sub.email),
+        name: opt(c.name).or(sub.name),
+        roles: c.roles,
+        permissions: c.permissions,
+        scopes: c.scopes,
+        session_id: opt(c.sid),
+        token_id: opt(c.jti),
+        auth_method: AuthMethod::Jwt,
+        expires_at: c.exp,
+        claims: RawClaims::default(),
+    }
+}

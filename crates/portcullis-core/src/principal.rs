@@ -1,0 +1,121 @@
+//! The authenticated caller, as every later decision sees it.
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// How the caller authenticated.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A JWT access token.
+    Jwt,
+    /// An API key.
+    ApiKey,
+    /// App id and secret.
+    App,
+    /// A signed service request.
+    SignedRequest,
+    /// No credentials.
+    Anonymous,
+}
+
+/// The verified claims of a token as JSON text, parsed only when asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawClaims(Box<str>);
+
+impl RawClaims {
+    /// Wraps claims JSON that has already been validated as a strict object.
+    pub(crate) fn new(json: Box<str>) -> Self {
+        Self(json)
+    }
+
+    /// The claims as JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// The claims as a JSON object (parsed on each call).
+    pub fn to_value(&self) -> Value {
+        if self.0.is_empty() {
+            return Value::Object(Default::default());
+        }
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// One claim by name (parses the claims).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        match self.to_value() {
+            Value::Object(mut map) => map.remove(name),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for RawClaims {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_value().serialize(s)
+    }
+}
+
+/// Who is calling: identity, grants and the credential that proved it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Principal {
+    /// Subject identifier (any string the issuer uses).
+    pub subject: String,
+    /// Issuer (`iss`).
+    pub issuer: Option<String>,
+    /// Tenant the subject belongs to.
+    pub tenant: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Permissions granted directly.
+    pub permissions: Vec<String>,
+    /// OAuth scopes (`scope` string or `scp` array).
+    pub scopes: Vec<String>,
+    /// Session id (`sid`).
+    pub session_id: Option<String>,
+    /// Token id (`jti`).
+    pub token_id: Option<String>,
+    /// How the caller authenticated.
+    pub auth_method: AuthMethod,
+    /// Expiry, in seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
+    /// Every verified claim.
+    pub claims: RawClaims,
+}
+
+impl Principal {
+    /// A principal with only a subject and an auth method.
+    pub fn new(subject: impl Into<String>, auth_method: AuthMethod) -> Self {
+        Self {
+            subject: subject.into(),
+            issuer: None,
+            tenant: None,
+            email: None,
+            name: None,
+            roles: Vec::new(),
+            permissions: Vec::new(),
+            scopes: Vec::new(),
+            session_id: None,
+            token_id: None,
+            auth_method,
+            expires_at: None,
+            claims: RawClaims::default(),
+        }
+    }
+
+    /// Whether the principal holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the principal holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
