@@ -55,6 +55,16 @@ pub fn is_well_formed(prefix: &str, token: &str) -> bool {
     }
 }
 
+/// Fills `buf` from the system CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), KeyError> {
+    rand::fill(buf).map_err(|_| KeyError::Crypto("random"))
+}
+
+/// Compares two byte strings in constant time (for equal lengths).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// Keyed hashing of secrets (HMAC-SHA256 with a server pepper) for storage.
 #[derive(Clone)]
 pub struct SecretHasher {

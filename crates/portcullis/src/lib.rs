@@ -1,1 +1,8 @@
-//! placeholder
+//! Portcullis runtime library: the I/O shell around `portcullis-core`.
+//!
+//! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
+
+pub mod token_cache;
+
+pub use portcullis_core as core;
+pub use token_cache::{AuthError, CachedVerifier, NoRevocation, RevocationHook, TokenCacheConfig};

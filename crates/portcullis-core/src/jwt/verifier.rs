@@ -54,6 +54,15 @@ impl Verifier {
         self
     }
 
+    /// The same rules and clock with another key set (for rotation).
+    pub fn with_keys(&self, keys: impl Into<Arc<KeySet>>) -> Self {
+        Self {
+            keys: keys.into(),
+            validation: self.validation.clone(),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
     /// The key set.
     pub fn keys(&self) -> &Arc<KeySet> {
         &self.keys
