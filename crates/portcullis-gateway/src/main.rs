@@ -1,1 +1,25 @@
-fn main() {}
+//! `portcullis`: the gateway binary. Parses the command line and dispatches
+//! to one command; exit codes are 0 ok, 1 token rejected, 2 usage/config/key error.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, KeysCommand, TokenCommand};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match &args.command {
+        Command::Keys(KeysCommand::Generate(a)) => cli::keys::generate(a),
+        Command::Keys(KeysCommand::Jwks(a)) => cli::keys::jwks(a),
+        Command::Token(TokenCommand::Issue(a)) => cli::token::issue(a),
+        Command::Token(TokenCommand::Inspect(a)) => cli::token::inspect(a),
+        Command::Token(TokenCommand::Verify(a)) => cli::token::verify(a),
+        Command::Demo => cli::demo::run(),
+    };
+    cli::finish(result)
+}

@@ -64,9 +64,9 @@ pub struct VerifiedJws<'k> {
     pub payload: Vec<u8>,
 }
 
-struct Header {
+struct Header<'a> {
     alg: Result<Algorithm, TokenError>,
-    kid: Option<String>,
+    kid: Option<CowStr<'a>>,
     typ: TypHeader,
 }
 
@@ -91,11 +91,11 @@ fn classify_typ(typ: &str) -> TypHeader {
 }
 
 impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = Header;
+    type Value = Header<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JOSE header object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
         let depth = deeper(0)?;
         let mut names = MemberNames::with_capacity(4);
         let mut alg = None;
@@ -104,7 +104,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
         while let Some(name) = map.next_key::<CowStr<'de>>()? {
             match name.as_str() {
                 "alg" => alg = Some(classify_alg(map.next_value::<CowStr<'de>>()?.as_str())),
-                "kid" => kid = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
+                "kid" => kid = Some(map.next_value::<CowStr<'de>>()?),
                 "typ" => typ = classify_typ(map.next_value::<CowStr<'de>>()?.as_str()),
                 // We implement no JWS extension, so any critical one is unknown.
                 "crit" => return Err(de::Error::custom("unknown critical header")),
@@ -159,7 +159,7 @@ pub fn verify_compact<'k>(
     if !policy.algorithms.contains(alg) {
         return Err(TokenError::UnsupportedAlgorithm("algorithm is not allowed"));
     }
-    let key = keys.select(header.kid.as_deref(), alg)?;
+    let key = keys.select(header.kid.as_ref().map(CowStr::as_str), alg)?;
 
     let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
     let sig_len = b64_decode_into(sig_b64, &mut sig_buf).ok_or(TokenError::Malformed(
@@ -182,8 +182,8 @@ pub fn verify_compact<'k>(
 struct HeaderSeed;
 
 impl<'de> de::DeserializeSeed<'de> for HeaderSeed {
-    type Value = Header;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
+    type Value = Header<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Header<'de>, D::Error> {
         d.deserialize_map(HeaderVisitor)
     }
 }

@@ -1,0 +1,156 @@
+//! Everything that can stop a command, each with a message that says what to fix.
+
+use std::io;
+use std::path::PathBuf;
+
+use portcullis_core::{IssueError, KeyError, TokenError};
+
+/// Exit code of a rejected token.
+pub const EXIT_REJECTED: u8 = 1;
+/// Exit code of a usage, configuration or key error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// The kind of file a command reads, for messages that say what to pass instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// `token verify --jwks`.
+    Jwks,
+    /// `token issue --key`, or a key in a `keys jwks` directory.
+    KeyFile,
+    /// The `<stem>.jwk.json` next to a PEM key.
+    PublicJwk,
+}
+
+impl Input {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Jwks => "JWKS file",
+            Self::KeyFile => "key file",
+            Self::PublicJwk => "public JWK",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Self::Jwks => {
+                "pass --jwks the path of a JWKS document, e.g. saved from `portcullis keys jwks DIR > jwks.json`"
+            }
+            Self::KeyFile => {
+                "pass the path of a PEM or JWK key file, e.g. one written by `portcullis keys generate`"
+            }
+            Self::PublicJwk => "fix its permissions or remove it; it is optional",
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The token was checked and rejected (exit 1).
+    #[error("token rejected: {0}")]
+    Rejected(TokenError),
+    /// An argument is invalid in a way the parser cannot see.
+    #[error("{0}")]
+    Usage(String),
+    /// An input file could not be read.
+    #[error("cannot read {} `{path}`: {source}; {}", what.noun(), what.hint())]
+    Read {
+        /// What the file was meant to be.
+        what: Input,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// An input file is too large to be what it should be.
+    #[error("{} `{path}` is larger than {limit} bytes; {}", what.noun(), what.hint())]
+    TooLarge {
+        /// What the file was meant to be.
+        what: Input,
+        /// The file.
+        path: PathBuf,
+        /// The size limit.
+        limit: u64,
+    },
+    /// Standard input could not be read.
+    #[error("cannot read the token from stdin: {0}")]
+    Stdin(io::Error),
+    /// The directory for new keys could not be created or listed.
+    #[error("cannot use directory `{path}`: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// An output file could not be written.
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A key file already exists; it is never overwritten.
+    #[error(
+        "refusing to overwrite `{0}`; choose another --kid or --out directory, or move the existing file away"
+    )]
+    Exists(PathBuf),
+    /// A key could not be generated, loaded or used.
+    #[error("{context}: {source}")]
+    Key {
+        /// What was being done, naming the file.
+        context: String,
+        /// The key error.
+        source: KeyError,
+    },
+    /// The JWKS document is not usable at all.
+    #[error(
+        "cannot load JWKS `{path}`: {source}; pass --jwks a JSON document {{\"keys\": [...]}}, such as the output of `portcullis keys jwks DIR`"
+    )]
+    Jwks {
+        /// The JWKS file.
+        path: PathBuf,
+        /// The key error.
+        source: KeyError,
+    },
+    /// Every entry of the JWKS was skipped.
+    #[error(
+        "JWKS `{path}` has no usable key (skipped: {skipped}, see the warnings above); it needs an RSA key of at least 2048 bits, a P-256, P-384 or Ed25519 key, or an oct secret of at least 32 bytes"
+    )]
+    NoUsableKeys {
+        /// The JWKS file.
+        path: PathBuf,
+        /// How many entries were skipped.
+        skipped: usize,
+    },
+    /// A key directory holds nothing to publish.
+    #[error(
+        "`{0}` holds no asymmetric key to publish; create one with `portcullis keys generate --alg ES256 --out DIR`"
+    )]
+    NoPublicKeys(PathBuf),
+    /// The issuer refused to issue.
+    #[error("cannot issue the token: {0}")]
+    Issue(#[from] IssueError),
+    /// Writing to stdout failed.
+    #[error("cannot write to stdout: {0}")]
+    Output(io::Error),
+}
+
+impl CliError {
+    /// The process exit code of this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Rejected(_) => EXIT_REJECTED,
+            _ => EXIT_USAGE,
+        }
+    }
+
+    /// A key error with its context.
+    pub fn key(context: impl Into<String>, source: KeyError) -> Self {
+        Self::Key {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The `portcullis` command line: the command tree and how an outcome is reported.
+
+mod console;
+pub mod demo;
+mod error;
+mod keyfile;
+pub mod keys;
+pub mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+pub use error::CliError;
+
+/// Portcullis: an API security gateway.
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    after_help = "Exit codes: 0 ok, 1 token rejected, 2 usage, configuration or key error."
+)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate signing keys and publish their public JWKS.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Issue, inspect and verify access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Generate a key, issue a token and verify it, all in memory.
+    Demo,
+}
+
+/// `portcullis keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a key: DIR/<kid>.pem (private, mode 0600) and DIR/<kid>.jwk.json (public).
+    Generate(keys::GenerateArgs),
+    /// Print the public JWKS of the keys in DIR (never private or symmetric material).
+    Jwks(keys::JwksArgs),
+}
+
+/// `portcullis token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign an access token with a private key file and print it.
+    Issue(token::IssueArgs),
+    /// Decode a token WITHOUT verifying it and print its header and claims.
+    Inspect(token::InspectArgs),
+    /// Verify an access token against a JWKS and print the principal.
+    Verify(token::VerifyArgs),
+}
+
+/// The JSON printed on stdout when a token is rejected.
+#[derive(Serialize)]
+struct Rejection<'a> {
+    code: &'a str,
+    message: String,
+}
+
+/// Reports the outcome of a command and turns it into the process exit code:
+/// a rejected token as `{"code","message"}` on stdout (exit 1), any other
+/// error as a message on stderr (exit 2).
+pub fn finish(result: Result<(), CliError>) -> ExitCode {
+    let Err(err) = result else {
+        return ExitCode::SUCCESS;
+    };
+    match &err {
+        CliError::Rejected(token_err) => {
+            let rejection = Rejection {
+                code: token_err.code().as_str(),
+                message: token_err.to_string(),
+            };
+            if let Err(out_err) = console::print_json(&rejection) {
+                console::error(&out_err);
+            }
+        }
+        CliError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => console::error(other),
+    }
+    ExitCode::from(err.exit_code())
+}
