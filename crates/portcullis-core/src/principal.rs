@@ -22,17 +22,18 @@ pub enum AuthMethod {
 
 /// The verified claims of a token as JSON text, parsed only when asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RawClaims(Box<str>);
+pub struct RawClaims(Vec<u8>);
 
 impl RawClaims {
-    /// Wraps claims JSON that has already been validated as a strict object.
-    pub(crate) fn new(json: Box<str>) -> Self {
+    /// Wraps claims JSON that has already been parsed as a strict object
+    /// (and so is valid UTF-8; it is not checked again on the hot path).
+    pub(crate) fn new(json: Vec<u8>) -> Self {
         Self(json)
     }
 
     /// The claims as JSON text.
     pub fn as_json(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The claims as a JSON object (parsed on each call).
@@ -40,7 +41,7 @@ impl RawClaims {
         if self.0.is_empty() {
             return Value::Object(Default::default());
         }
-        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
     }
 
     /// One claim by name (parses the claims).

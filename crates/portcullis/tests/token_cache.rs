@@ -38,7 +38,11 @@ fn fixture() -> Fixture {
         SecretHasher::new(&[1; 32]).expect("pepper"),
     )
     .with_clock(clock.clone());
-    Fixture { keys, clock, issuer }
+    Fixture {
+        keys,
+        clock,
+        issuer,
+    }
 }
 
 fn token(f: &Fixture, sub: &str) -> String {
@@ -78,7 +82,10 @@ fn a_repeated_token_is_served_from_the_cache() {
     let cache = CachedVerifier::new(verifier(&f), TokenCacheConfig::default());
     let first = ready(cache.verify(t.as_bytes())).expect("valid");
     let second = ready(cache.verify(t.as_bytes())).expect("valid");
-    assert!(Arc::ptr_eq(&first, &second), "second call must be a cache hit");
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "second call must be a cache hit"
+    );
     assert_eq!(second.subject, "alice");
 }
 
@@ -120,7 +127,9 @@ fn removing_a_key_invalidates_its_cached_tokens() {
 
     // Adding a key keeps existing entries valid.
     let mut rotated = f.keys.clone();
-    rotated.insert(Key::generate(Algorithm::ES256).expect("key").with_kid("k2")).expect("insert");
+    rotated
+        .insert(Key::generate(Algorithm::ES256).expect("key").with_kid("k2"))
+        .expect("insert");
     rotated.set_active("k2").expect("active");
     cache.replace_keys(rotated.clone());
     ready(cache.verify(t.as_bytes())).expect("old key still verifies");

@@ -584,7 +584,8 @@ impl Key {
         &self.public
     }
 
-    /// The RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key.
+    /// The RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key; for
+    /// an HMAC key, which has no public part, the key id.
     pub fn thumbprint(&self) -> String {
         let canonical = match &self.public {
             PublicParams::Secret => return self.kid.to_string(),

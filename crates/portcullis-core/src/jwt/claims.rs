@@ -33,7 +33,60 @@ pub(crate) struct ParsedClaims<'de> {
     pub roles: Vec<String>,
     pub permissions: Vec<String>,
     pub scopes: Vec<String>,
+    /// Claims outside the known slots, for duplicate detection and presence.
     pub names: MemberNames<'de>,
+    /// Bit per known slot seen.
+    pub known: u16,
+}
+
+const SUB: u8 = 0;
+const ISS: u8 = 1;
+const AUD: u8 = 2;
+const EXP: u8 = 3;
+const NBF: u8 = 4;
+const IAT: u8 = 5;
+const JTI: u8 = 6;
+const SID: u8 = 7;
+const TYPE: u8 = 8;
+const TENANT: u8 = 9;
+const EMAIL: u8 = 10;
+const NAME: u8 = 11;
+const ROLES: u8 = 12;
+const PERMISSIONS: u8 = 13;
+const SCOPE: u8 = 14;
+const SCP: u8 = 15;
+
+/// The slot of a claim the principal is built from; `None` for any other claim.
+fn known_slot(k: &str, n: &ClaimNames) -> Option<u8> {
+    Some(match k {
+        "sub" => SUB,
+        "iss" => ISS,
+        "aud" => AUD,
+        "exp" => EXP,
+        "nbf" => NBF,
+        "iat" => IAT,
+        "jti" => JTI,
+        "sid" => SID,
+        _ if k == n.token_type => TYPE,
+        _ if k == n.tenant => TENANT,
+        _ if k == n.email => EMAIL,
+        _ if k == n.name => NAME,
+        _ if k == n.roles => ROLES,
+        _ if k == n.permissions => PERMISSIONS,
+        _ if k == n.scope => SCOPE,
+        _ if k == n.scp => SCP,
+        _ => return None,
+    })
+}
+
+impl ParsedClaims<'_> {
+    /// Whether the claims hold a member called `name`.
+    pub(crate) fn has(&self, name: &str, n: &ClaimNames) -> bool {
+        match known_slot(name, n) {
+            Some(slot) => self.known & (1 << slot) != 0,
+            None => self.names.contains(name),
+        }
+    }
 }
 
 pub(crate) struct ClaimsSeed<'a> {
@@ -56,48 +109,54 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
         let depth = deeper(0)?;
         let n = self.names;
         let mut c = ParsedClaims {
-            names: MemberNames::with_capacity(16),
+            names: MemberNames::with_capacity(4),
             ..ParsedClaims::default()
         };
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
-            let k = key.as_str();
-            match k {
-                "sub" => c.sub = Some(map.next_value_seed(SubjectSeed { depth })?),
-                "iss" => c.iss = Some(map.next_value()?),
-                "aud" => {
+            let Some(slot) = known_slot(key.as_str(), n) else {
+                map.next_value_seed(Skip { depth })?;
+                c.names.insert(key)?;
+                continue;
+            };
+            if c.known & (1 << slot) != 0 {
+                return Err(de::Error::custom("duplicate member name"));
+            }
+            c.known |= 1 << slot;
+            match slot {
+                SUB => c.sub = Some(map.next_value_seed(SubjectSeed { depth })?),
+                ISS => c.iss = Some(map.next_value()?),
+                AUD => {
                     c.aud = Some(map.next_value_seed(Strings {
                         split: false,
                         depth,
                     })?)
                 }
-                "exp" => c.exp = Some(map.next_value_seed(NumericDate)?),
-                "nbf" => c.nbf = Some(map.next_value_seed(NumericDate)?),
-                "iat" => c.iat = Some(map.next_value_seed(NumericDate)?),
-                "jti" => c.jti = Some(map.next_value()?),
-                "sid" => c.sid = Some(map.next_value()?),
-                _ if k == n.token_type => c.token_type = Some(map.next_value()?),
-                _ if k == n.tenant => c.tenant = Some(map.next_value()?),
-                _ if k == n.email => c.email = Some(map.next_value()?),
-                _ if k == n.name => c.name = Some(map.next_value()?),
-                _ if k == n.roles => {
+                EXP => c.exp = Some(map.next_value_seed(NumericDate)?),
+                NBF => c.nbf = Some(map.next_value_seed(NumericDate)?),
+                IAT => c.iat = Some(map.next_value_seed(NumericDate)?),
+                JTI => c.jti = Some(map.next_value()?),
+                SID => c.sid = Some(map.next_value()?),
+                TYPE => c.token_type = Some(map.next_value()?),
+                TENANT => c.tenant = Some(map.next_value()?),
+                EMAIL => c.email = Some(map.next_value()?),
+                NAME => c.name = Some(map.next_value()?),
+                ROLES => {
                     c.roles = owned(map.next_value_seed(Strings {
                         split: false,
                         depth,
                     })?)
                 }
-                _ if k == n.permissions => {
+                PERMISSIONS => {
                     c.permissions = owned(map.next_value_seed(Strings {
                         split: false,
                         depth,
                     })?);
                 }
-                _ if k == n.scope || k == n.scp => {
+                _ => {
                     let scopes = owned(map.next_value_seed(Strings { split: true, depth })?);
                     c.scopes.extend(scopes);
                 }
-                _ => map.next_value_seed(Skip { depth })?,
             }
-            c.names.insert(key)?;
         }
         Ok(c)
     }

@@ -102,12 +102,9 @@ impl Verifier {
         self.check(&claims)?;
         let principal = to_principal(claims);
         let key = Arc::clone(jws.key);
-        // The payload parsed as JSON from bytes, so it is valid UTF-8.
-        let json = String::from_utf8(jws.payload)
-            .map_err(|_| TokenError::Malformed("claims are not UTF-8"))?;
         Ok(Verified {
             principal: Principal {
-                claims: RawClaims::new(json.into_boxed_str()),
+                claims: RawClaims::new(jws.payload),
                 ..principal
             },
             key,
@@ -137,7 +134,7 @@ impl Verifier {
             ));
         }
         for name in &v.required_claims {
-            if !c.names.contains(name) {
+            if !c.has(name, &v.claim_names) {
                 return Err(TokenError::MissingClaim(name.clone()));
             }
         }
