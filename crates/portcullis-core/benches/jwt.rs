@@ -79,6 +79,19 @@ fn key_pair(alg: Algorithm) -> (Key, Raw) {
 
 const NOW: u64 = 1_800_000_000;
 
+/// The ~10-claim access token every benchmark uses.
+fn request() -> AccessRequest {
+    let mut req = AccessRequest {
+        subject: "user-1234567890".into(),
+        session_id: Some("sess-abcdef".into()),
+        ..AccessRequest::default()
+    };
+    req.claims
+        .insert("roles".into(), json!(["admin", "billing"]));
+    req.claims.insert("tenant".into(), json!("acme"));
+    req
+}
+
 /// An issuer and verifier pair sharing one key, with a ~10-claim token.
 fn setup(alg: Algorithm) -> (TokenIssuer, Verifier, String, Raw) {
     let (key, raw) = key_pair(alg);
@@ -94,15 +107,7 @@ fn setup(alg: Algorithm) -> (TokenIssuer, Verifier, String, Raw) {
         SecretHasher::new(&[9; 32]).expect("pepper"),
     )
     .with_clock(clock.clone());
-    let mut req = AccessRequest {
-        subject: "user-1234567890".into(),
-        session_id: Some("sess-abcdef".into()),
-        ..AccessRequest::default()
-    };
-    req.claims
-        .insert("roles".into(), json!(["admin", "billing"]));
-    req.claims.insert("tenant".into(), json!("acme"));
-    let token = issuer.issue_access(&req).expect("issue").token;
+    let token = issuer.issue_access(&request()).expect("issue").token;
     let verifier = Verifier::new(
         keys,
         Validation::new()
@@ -143,13 +148,7 @@ fn bench_verify(c: &mut Criterion) {
 
 fn bench_issue(c: &mut Criterion) {
     let (issuer, _verifier, _token, _raw) = setup(Algorithm::ES256);
-    let mut req = AccessRequest {
-        subject: "user-1234567890".into(),
-        session_id: Some("sess-abcdef".into()),
-        ..AccessRequest::default()
-    };
-    req.claims
-        .insert("roles".into(), json!(["admin", "billing"]));
+    let req = request();
     c.bench_function("issue/ES256 access token", |b| {
         b.iter(|| issuer.issue_access(black_box(&req)))
     });
