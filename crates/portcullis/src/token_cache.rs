@@ -98,14 +98,10 @@ impl<H> std::fmt::Debug for CachedVerifier<H> {
 fn random_seed() -> u64 {
     let mut seed = [0u8; 8];
     // Falls back to the std per-process random state if the system RNG fails.
-    if aws_lc_rs_fill(&mut seed).is_err() {
-        return std::collections::hash_map::RandomState::new().hash_one(0u8);
+    match portcullis_core::opaque::fill_random(&mut seed) {
+        Ok(()) => u64::from_le_bytes(seed),
+        Err(_) => std::collections::hash_map::RandomState::new().hash_one(0u8),
     }
-    u64::from_le_bytes(seed)
-}
-
-fn aws_lc_rs_fill(buf: &mut [u8]) -> Result<(), ()> {
-    portcullis_core::opaque::fill_random(buf).map_err(|_| ())
 }
 
 impl CachedVerifier<NoRevocation> {

@@ -167,6 +167,19 @@ pub fn key_from_jwk(object: Map<String, Value>) -> Result<Key, KeyError> {
     })
 }
 
+/// The `oct` JWK of a symmetric key, secret included, or `None` for an
+/// asymmetric key. For writing a generated secret to a protected file only.
+pub fn secret_jwk(key: &Key) -> Option<Value> {
+    let secret = key.secret()?;
+    Some(json!({
+        "kty": "oct",
+        "kid": key.kid(),
+        "use": "sig",
+        "alg": key.signing_algorithm().name(),
+        "k": b64_encode(secret),
+    }))
+}
+
 /// The public JWK of `key`, or `None` for a symmetric key (never exported).
 pub fn public_jwk(key: &Key) -> Option<Value> {
     let mut jwk = match key.public_params() {

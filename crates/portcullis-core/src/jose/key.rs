@@ -65,6 +65,8 @@ pub struct Key {
     signer: Option<Signer>,
     public: PublicParams,
     private_pkcs8: Option<Vec<u8>>,
+    /// The HMAC secret (aws-lc-rs cannot export it from `hmac::Key`).
+    secret: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for Key {
@@ -165,6 +167,7 @@ impl Key {
             signer,
             public,
             private_pkcs8,
+            secret: None,
         };
         key.kid = key.thumbprint().into();
         Ok(key)
@@ -208,6 +211,7 @@ impl Key {
             signer: Some(Signer::Hmac),
             public: PublicParams::Secret,
             private_pkcs8: None,
+            secret: Some(secret.to_vec()),
         })
     }
 
@@ -578,6 +582,11 @@ impl Key {
         self.private_pkcs8
             .as_deref()
             .map(|der| pem_encode("PRIVATE KEY", der))
+    }
+
+    /// The HMAC secret, when this is a symmetric key.
+    pub(crate) fn secret(&self) -> Option<&[u8]> {
+        self.secret.as_deref()
     }
 
     pub(crate) fn public_params(&self) -> &PublicParams {

@@ -114,7 +114,10 @@ impl Verifier {
     /// Checks an already verified token's time claims against the clock; used
     /// by caches that skip the signature on a hit.
     pub fn check_times(&self, expires_at: Option<i64>) -> Result<(), TokenError> {
-        let now = self.clock.unix_seconds();
+        self.check_exp(expires_at, self.clock.unix_seconds())
+    }
+
+    fn check_exp(&self, expires_at: Option<i64>, now: i64) -> Result<(), TokenError> {
         match expires_at {
             Some(exp) if now >= exp.saturating_add(self.validation.leeway_secs()) => {
                 Err(TokenError::Expired)
@@ -138,8 +141,8 @@ impl Verifier {
                 return Err(TokenError::MissingClaim(name.clone()));
             }
         }
-        self.check_times(c.exp)?;
         let now = self.clock.unix_seconds();
+        self.check_exp(c.exp, now)?;
         let leeway = v.leeway_secs();
         if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
             return Err(TokenError::NotYetValid("nbf is in the future"));

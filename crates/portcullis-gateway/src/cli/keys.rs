@@ -4,11 +4,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use portcullis_core::jose::b64_encode;
-use portcullis_core::jose::jwk::public_jwk;
-use portcullis_core::opaque::fill_random;
+use portcullis_core::jose::jwk::{self, public_jwk};
 use portcullis_core::{Algorithm, Key, KeyFamily, KeySet};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::error::Input;
 use super::keyfile::{self, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE, SECRET_SUFFIX};
@@ -82,24 +80,17 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
 
 /// HS*: a random secret as long as the hash, written as an `oct` JWK (mode 0600).
 fn generate_secret(args: &GenerateArgs) -> Result<(), CliError> {
-    let len = match args.alg {
-        Algorithm::HS384 => 48,
-        Algorithm::HS512 => 64,
-        _ => 32,
-    };
-    let mut secret = vec![0u8; len];
-    fill_random(&mut secret)
+    let mut key = Key::generate(args.alg)
         .map_err(|e| CliError::key(format!("cannot generate a {} secret", args.alg), e))?;
-    let key = Key::hmac(&secret, Some(args.alg))
-        .map_err(|e| CliError::key(format!("cannot generate a {} secret", args.alg), e))?;
-    let kid = args.kid.clone().unwrap_or_else(|| key.kid().to_owned());
-    let jwk = json!({
-        "kty": "oct",
-        "kid": kid,
-        "use": "sig",
-        "alg": args.alg.name(),
-        "k": b64_encode(&secret),
-    });
+    if let Some(kid) = &args.kid {
+        key = key.with_kid(kid.clone());
+    }
+    let kid = key.kid().to_owned();
+    let jwk = jwk::secret_jwk(&key).ok_or_else(|| {
+        CliError::Output(std::io::Error::other(
+            "generated key has no secret to write",
+        ))
+    })?;
     keyfile::create_dir(&args.out)?;
     let secret_path = keyfile::key_path(&args.out, &kid, SECRET_SUFFIX);
     keyfile::write_new(&secret_path, &pretty(&jwk)?, PRIVATE_MODE)?;
