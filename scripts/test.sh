@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: starts the local Redis Cluster the Redis suites also
+# run against, runs every test of every crate with every feature, and stops
+# the cluster again. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
+# are expected to be running; see README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/redis-cluster.sh start
+trap 'scripts/redis-cluster.sh stop' EXIT
+export PORTCULLIS_REDIS_CLUSTER="${PORTCULLIS_REDIS_CLUSTER:-redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002}"
+
+cargo test --workspace --all-features "$@"
