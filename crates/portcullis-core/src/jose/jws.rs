@@ -101,21 +101,40 @@ impl<'de> Visitor<'de> for HeaderVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
         let depth = deeper(0)?;
-        let mut names = MemberNames::with_capacity(4);
+        // `alg`, `kid` and `typ` are tracked by bit, other names in `names`,
+        // so the usual header allocates nothing.
+        let mut seen = 0u8;
+        let mut names = MemberNames::default();
         let mut alg = None;
         let mut kid = None;
         let mut typ = TypHeader::Absent;
         while let Some(name) = map.next_key::<CowStr<'de>>()? {
-            match name.as_str() {
-                "alg" => alg = Some(classify_alg(map.next_value::<CowStr<'de>>()?.as_str())),
-                "kid" => kid = Some(map.next_value::<CowStr<'de>>()?),
-                "typ" => typ = classify_typ(map.next_value::<CowStr<'de>>()?.as_str()),
+            let bit = match name.as_str() {
+                "alg" => {
+                    alg = Some(classify_alg(map.next_value::<CowStr<'de>>()?.as_str()));
+                    1
+                }
+                "kid" => {
+                    kid = Some(map.next_value::<CowStr<'de>>()?);
+                    2
+                }
+                "typ" => {
+                    typ = classify_typ(map.next_value::<CowStr<'de>>()?.as_str());
+                    4
+                }
                 // We implement no JWS extension, so any critical one is unknown.
                 "crit" => return Err(de::Error::custom("unknown critical header")),
                 // jku, x5u, jwk, x5c and the rest are never followed or trusted.
-                _ => map.next_value_seed(Skip { depth })?,
+                _ => {
+                    map.next_value_seed(Skip { depth })?;
+                    names.insert(name)?;
+                    continue;
+                }
+            };
+            if seen & bit != 0 {
+                return Err(de::Error::custom("duplicate member name"));
             }
-            names.insert(name)?;
+            seen |= bit;
         }
         Ok(Header {
             alg: alg.ok_or_else(|| de::Error::custom("missing alg"))?,
@@ -154,11 +173,17 @@ pub fn verify_compact<'k>(
         return Err(TokenError::Malformed("empty header"));
     }
 
-    let mut header_buf = [0u8; MAX_HEADER_BYTES];
-    let header_len = b64_decode_into(header_b64, &mut header_buf).ok_or(TokenError::Malformed(
+    let (mut header_stack, mut header_heap) = ([0u8; 256], Vec::new());
+    let header_bytes = decode_bounded(
+        header_b64,
+        &mut header_stack,
+        &mut header_heap,
+        MAX_HEADER_BYTES,
+    )
+    .ok_or(TokenError::Malformed(
         "header is not base64url without padding",
     ))?;
-    let header = parse_with(&header_buf[..header_len], HeaderSeed)
+    let header = parse_with(header_bytes, HeaderSeed)
         .map_err(|_| TokenError::Malformed("header is not a valid JOSE header object"))?;
     let alg = header.alg?;
     if !policy.algorithms.contains(alg) {
@@ -171,12 +196,12 @@ pub fn verify_compact<'k>(
     }
     let key = keys.select(header.kid.as_ref().map(CowStr::as_str), alg)?;
 
-    let mut sig_buf = [0u8; MAX_SIGNATURE_BYTES];
-    let sig_len = b64_decode_into(sig_b64, &mut sig_buf).ok_or(TokenError::Malformed(
-        "signature is not base64url without padding",
-    ))?;
+    let (mut sig_stack, mut sig_heap) = ([0u8; 512], Vec::new());
+    let sig = decode_bounded(sig_b64, &mut sig_stack, &mut sig_heap, MAX_SIGNATURE_BYTES).ok_or(
+        TokenError::Malformed("signature is not base64url without padding"),
+    )?;
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    key.verify(alg, signing_input, &sig_buf[..sig_len])?;
+    key.verify(alg, signing_input, sig)?;
 
     let payload = super::b64_decode(payload_b64).ok_or(TokenError::Malformed(
         "payload is not base64url without padding",
@@ -187,6 +212,28 @@ pub fn verify_compact<'k>(
         typ: header.typ,
         payload,
     })
+}
+
+/// Decodes base64url into `stack` when it fits (no allocation, a small
+/// memset), else into `heap`; `None` if malformed or over `max` bytes.
+fn decode_bounded<'b>(
+    input: &[u8],
+    stack: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+    max: usize,
+) -> Option<&'b [u8]> {
+    let estimate = base64::decoded_len_estimate(input.len());
+    if estimate > max {
+        return None;
+    }
+    let buf: &'b mut [u8] = if estimate <= stack.len() {
+        stack
+    } else {
+        heap.resize(estimate, 0);
+        heap
+    };
+    let len = b64_decode_into(input, buf)?;
+    Some(&buf[..len])
 }
 
 struct HeaderSeed;

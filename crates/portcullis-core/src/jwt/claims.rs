@@ -109,7 +109,8 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
         let depth = deeper(0)?;
         let n = self.names;
         let mut c = ParsedClaims {
-            names: MemberNames::with_capacity(4),
+            // Unknown claims only: the usual token allocates nothing here.
+            names: MemberNames::default(),
             ..ParsedClaims::default()
         };
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
