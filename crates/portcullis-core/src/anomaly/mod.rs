@@ -271,13 +271,7 @@ impl<'a> Signal<'a> {
     /// The counter updates this signal causes, at most three.
     pub fn observations(&self) -> impl Iterator<Item = Observation<'a>> {
         let mut out: [Option<Observation<'a>>; 3] = [None; 3];
-        let obs = |kind, key, member| {
-            Some(Observation {
-                kind,
-                key,
-                member,
-            })
-        };
+        let obs = |kind, key, member| Some(Observation { kind, key, member });
         match *self {
             Signal::Request { ip } => {
                 out[0] = obs(DetectorKind::Burst, DetectionKey::Ip(ip), None);

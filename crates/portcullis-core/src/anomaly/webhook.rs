@@ -273,13 +273,21 @@ mod tests {
         assert_eq!(v["timestamp"], "2026-05-23T01:33:29.500Z");
         let v: serde_json::Value =
             serde_json::from_slice(&payload(&event, PayloadFormat::Slack)).unwrap();
-        assert!(v["text"].as_str().unwrap().contains("`burst` on `ip:203.0.113.7`"));
+        assert!(
+            v["text"]
+                .as_str()
+                .unwrap()
+                .contains("`burst` on `ip:203.0.113.7`")
+        );
     }
 
     #[test]
     fn rfc3339_handles_leap_years_and_the_epoch() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_millis(4_107_542_399_999),
+            "2100-02-28T23:59:59.999Z"
+        );
     }
 }

@@ -101,12 +101,7 @@ impl DistinctSet {
         }
         WindowCount {
             count: self.members.len() as u64,
-            first_seen_ms: self
-                .members
-                .iter()
-                .map(|&(_, t)| t)
-                .min()
-                .unwrap_or(now_ms),
+            first_seen_ms: self.members.iter().map(|&(_, t)| t).min().unwrap_or(now_ms),
         }
     }
 
