@@ -36,10 +36,18 @@ impl std::fmt::Debug for RedisConnection {
 }
 
 impl RedisConnection {
-    /// Connects to one server (`redis://host:port`).
+    /// Connects to one server (`redis://host:port`); connecting and each
+    /// reply are bounded to 2 s, and a lost connection is re-established in
+    /// the background.
     pub async fn single(url: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
-        Ok(Self::Single(client.get_connection_manager().await?))
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        Ok(Self::Single(
+            client.get_connection_manager_with_config(config).await?,
+        ))
     }
 
     /// Connects to a Cluster through its seed nodes.
