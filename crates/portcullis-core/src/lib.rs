@@ -5,6 +5,7 @@
 //! ([`jwt`]), opaque secrets ([`opaque`]), the [`Principal`] and the stable
 //! [`ErrorCode`]s.
 
+pub mod anomaly;
 pub mod clock;
 pub mod error;
 pub mod jose;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, KeysCommand, TokenCommand};
+use cli::{BansCommand, Cli, Command, KeysCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Inspect(a)) => cli::token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => cli::token::verify(a),
         Command::Demo => cli::demo::run(),
+        Command::Bans(BansCommand::List(a)) => cli::bans::list(a),
+        Command::Bans(BansCommand::Add(a)) => cli::bans::add(a),
+        Command::Bans(BansCommand::Lift(a)) => cli::bans::lift(a),
     };
     cli::finish(result)
 }

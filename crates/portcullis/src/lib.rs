@@ -1,7 +1,9 @@
 //! Portcullis runtime library: the I/O shell around `portcullis-core`.
 //!
+//! - [`anomaly`]: detectors, bans and signed webhook alerts.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
+pub mod anomaly;
 pub mod token_cache;
 
 pub use portcullis_core as core;

@@ -1,5 +1,6 @@
 //! The `portcullis` command line: the command tree and how an outcome is reported.
 
+pub mod bans;
 mod console;
 pub mod demo;
 mod error;
@@ -38,6 +39,20 @@ pub enum Command {
     Token(TokenCommand),
     /// Generate a key, issue a token and verify it, all in memory.
     Demo,
+    /// List, add and lift the anomaly bans shared through Redis.
+    #[command(subcommand)]
+    Bans(BansCommand),
+}
+
+/// `portcullis bans ...`
+#[derive(Debug, Subcommand)]
+pub enum BansCommand {
+    /// Print the active bans.
+    List(bans::ListArgs),
+    /// Ban an IP or a subject for a duration, on every replica.
+    Add(bans::AddArgs),
+    /// Lift a ban on every replica.
+    Lift(bans::LiftArgs),
 }
 
 /// `portcullis keys ...`

@@ -130,7 +130,9 @@ impl FreshDatabase {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
         Some(Self {
             admin_url,
@@ -156,9 +158,10 @@ impl Drop for FreshDatabase {
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         });
@@ -186,8 +189,14 @@ pub async fn redis_cleanup(url: &str, prefix: &str) {
             .query_async(&mut conn)
             .await;
         let Ok((next, keys)) = res else { return };
+        // One key per UNLINK: on a Cluster node a multi-key UNLINK across
+        // slots fails with CROSSSLOT.
         if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         }
         if next == 0 {
             return;

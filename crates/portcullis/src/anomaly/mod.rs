@@ -1,0 +1,321 @@
+//! Anomaly detection at run time: detector windows in memory or on Redis,
+//! bans that every replica honours, and alerts sent by the webhook worker.
+//!
+//! The request path calls [`AnomalyEngine::banned`] early (rejecting with
+//! `anomaly.banned`) and [`AnomalyEngine::observe`] with what it saw; neither
+//! waits for a webhook.
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use portcullis_core::Clock;
+use portcullis_core::anomaly::window::WindowCount;
+use portcullis_core::anomaly::{
+    Action, AnomalyEvent, Ban, BanTarget, DetectorConfig, DetectorConfigError, DetectorKind,
+    Observation, SampleRequest, Signal, validate_detectors,
+};
+
+use self::memory::{MemoryBans, MemoryCounters};
+use self::webhook::AlertSender;
+
+/// Where detector windows and bans live.
+#[derive(Debug, Clone)]
+pub enum AnomalyBackend {
+    /// This process only.
+    Memory {
+        /// Detector windows.
+        counters: Arc<MemoryCounters>,
+        /// Bans.
+        bans: Arc<MemoryBans>,
+    },
+    /// Shared by every replica through Redis.
+    #[cfg(feature = "redis")]
+    Redis {
+        /// Detector windows.
+        counters: redis::RedisCounters,
+        /// Bans.
+        bans: redis::RedisBans,
+    },
+}
+
+impl AnomalyBackend {
+    /// In-memory state holding at most about `max_keys` windows.
+    pub fn memory(max_keys: usize) -> Self {
+        Self::Memory {
+            counters: Arc::new(MemoryCounters::new(max_keys)),
+            bans: Arc::new(MemoryBans::default()),
+        }
+    }
+}
+
+/// Why the engine could not act.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum AnomalyError {
+    /// The detector configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] DetectorConfigError),
+    /// The shared backend failed (code `backend.unavailable`).
+    #[error("anomaly backend unavailable: {0}")]
+    Backend(String),
+}
+
+/// What one observation led to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Observed {
+    /// Detectors that fired.
+    pub events: Vec<AnomalyEvent>,
+    /// Detectors whose `tag` action marks this request's audit event.
+    pub tags: Vec<DetectorKind>,
+    /// Bans added.
+    pub bans: Vec<Ban>,
+}
+
+/// Detectors, their state and their actions.
+pub struct AnomalyEngine {
+    detectors: [Option<DetectorConfig>; DetectorKind::ALL.len()],
+    backend: AnomalyBackend,
+    alerts: Option<AlertSender>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for AnomalyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnomalyEngine")
+            .field("detectors", &self.detectors)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl AnomalyEngine {
+    /// An engine running `detectors` on `backend`; alerts go to `alerts`.
+    pub fn new(
+        detectors: Vec<DetectorConfig>,
+        backend: AnomalyBackend,
+        alerts: Option<AlertSender>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AnomalyError> {
+        validate_detectors(&detectors)?;
+        let mut table: [Option<DetectorConfig>; DetectorKind::ALL.len()] = Default::default();
+        for d in detectors {
+            let i = d.kind.index();
+            table[i] = Some(d);
+        }
+        Ok(Self {
+            detectors: table,
+            backend,
+            alerts,
+            clock,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The ban blocking this caller right now, if any.
+    pub async fn banned(
+        &self,
+        ip: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<Option<Ban>, AnomalyError> {
+        let now = self.now_ms();
+        match &self.backend {
+            AnomalyBackend::Memory { bans, .. } => Ok(bans.banned(ip, subject, now)),
+            #[cfg(feature = "redis")]
+            AnomalyBackend::Redis { bans, .. } => bans
+                .banned(ip, subject, now)
+                .await
+                .map_err(|e| AnomalyError::Backend(e.to_string())),
+        }
+    }
+
+    /// Bans `target` for `duration` (manual bans use reason `manual`).
+    pub async fn ban(
+        &self,
+        target: BanTarget,
+        duration: std::time::Duration,
+        reason: &str,
+    ) -> Result<Ban, AnomalyError> {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let ban = Ban {
+            target,
+            until_ms: self.now_ms().saturating_add(ms),
+            reason: reason.to_owned(),
+        };
+        self.store_ban(&ban).await?;
+        Ok(ban)
+    }
+
+    async fn store_ban(&self, ban: &Ban) -> Result<(), AnomalyError> {
+        match &self.backend {
+            AnomalyBackend::Memory { bans, .. } => {
+                bans.ban(ban.clone());
+                Ok(())
+            }
+            #[cfg(feature = "redis")]
+            AnomalyBackend::Redis { bans, .. } => bans
+                .ban(ban)
+                .await
+                .map_err(|e| AnomalyError::Backend(e.to_string())),
+        }
+    }
+
+    /// Active bans, soonest to expire first.
+    pub async fn list_bans(&self) -> Result<Vec<Ban>, AnomalyError> {
+        let now = self.now_ms();
+        match &self.backend {
+            AnomalyBackend::Memory { bans, .. } => Ok(bans.list(now)),
+            #[cfg(feature = "redis")]
+            AnomalyBackend::Redis { bans, .. } => bans
+                .list(now)
+                .await
+                .map_err(|e| AnomalyError::Backend(e.to_string())),
+        }
+    }
+
+    /// Lifts a ban everywhere; whether one was active.
+    pub async fn lift_ban(&self, target: &BanTarget) -> Result<bool, AnomalyError> {
+        match &self.backend {
+            AnomalyBackend::Memory { bans, .. } => Ok(bans.lift(target)),
+            #[cfg(feature = "redis")]
+            AnomalyBackend::Redis { bans, .. } => bans
+                .lift(target)
+                .await
+                .map_err(|e| AnomalyError::Backend(e.to_string())),
+        }
+    }
+
+    /// Feeds one signal to the detectors and carries out the actions of
+    /// those that fire. `sample` is called only when one fires.
+    ///
+    /// On a backend failure detection is skipped for this signal (fail open:
+    /// the request itself is never refused because a detector is down) and
+    /// the error is returned for the caller to count.
+    pub async fn observe(
+        &self,
+        signal: Signal<'_>,
+        sample: impl FnOnce() -> SampleRequest,
+    ) -> Result<Observed, AnomalyError> {
+        let mut batch: [Option<(Observation<'_>, &DetectorConfig)>; 3] = [None; 3];
+        let mut n = 0;
+        for obs in signal.observations() {
+            if let Some(config) = &self.detectors[obs.kind.index()] {
+                batch[n] = Some((obs, config));
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(Observed::default());
+        }
+        let batch: Vec<(Observation<'_>, &DetectorConfig)> = batch.into_iter().flatten().collect();
+        let (counts, now) = self.record(&batch).await?;
+        let mut out = Observed::default();
+        let mut sample = Some(sample);
+        let mut sample_value: Option<SampleRequest> = None;
+        for ((obs, config), count) in batch.iter().zip(counts) {
+            if !count.reached(config.threshold) {
+                continue;
+            }
+            let s = match (&sample_value, sample.take()) {
+                (Some(s), _) => s.clone(),
+                (None, Some(f)) => {
+                    let s = f();
+                    sample_value = Some(s.clone());
+                    s
+                }
+                (None, None) => SampleRequest::default(),
+            };
+            let event = AnomalyEvent {
+                detector: obs.kind,
+                key: obs.key.render(),
+                count: count.count,
+                window_secs: config.window.as_secs_f64(),
+                first_seen_ms: count.first_seen_ms,
+                last_seen_ms: now,
+                sample: s,
+            };
+            metrics::counter!("portcullis_anomaly_detections_total", "detector" => obs.kind.as_str())
+                .increment(1);
+            if config.has(Action::Tag) && !out.tags.contains(&obs.kind) {
+                out.tags.push(obs.kind);
+            }
+            if config.has(Action::Ban)
+                && let Some(target) = obs.key.ban_target()
+            {
+                let ms = u64::try_from(config.ban_for.as_millis()).unwrap_or(u64::MAX);
+                let ban = Ban {
+                    target,
+                    until_ms: now.saturating_add(ms),
+                    reason: obs.kind.as_str().to_owned(),
+                };
+                self.store_ban(&ban).await?;
+                out.bans.push(ban);
+            }
+            if config.has(Action::Alert)
+                && let Some(alerts) = &self.alerts
+            {
+                alerts.alert(event.clone(), config.cooldown);
+            }
+            out.events.push(event);
+        }
+        Ok(out)
+    }
+
+    async fn record(
+        &self,
+        batch: &[(Observation<'_>, &DetectorConfig)],
+    ) -> Result<(Vec<WindowCount>, u64), AnomalyError> {
+        match &self.backend {
+            AnomalyBackend::Memory { counters, .. } => {
+                let now = self.now_ms();
+                let counts = batch
+                    .iter()
+                    .map(|(obs, config)| counters.record(obs, config, now))
+                    .collect();
+                Ok((counts, now))
+            }
+            #[cfg(feature = "redis")]
+            AnomalyBackend::Redis { counters, .. } => {
+                // One script call per hash tag: a plain request is one call.
+                let mut counts = vec![None; batch.len()];
+                let mut now = 0;
+                let mut done = vec![false; batch.len()];
+                for i in 0..batch.len() {
+                    if done[i] {
+                        continue;
+                    }
+                    let tag = redis::RedisCounters::tag(&batch[i].0);
+                    let members: Vec<usize> = (i..batch.len())
+                        .filter(|&j| !done[j] && redis::RedisCounters::tag(&batch[j].0) == tag)
+                        .collect();
+                    let group: Vec<_> = members.iter().map(|&j| batch[j]).collect();
+                    let (group_counts, server_now) = counters
+                        .record(&group)
+                        .await
+                        .map_err(|e| AnomalyError::Backend(e.to_string()))?;
+                    now = now.max(server_now);
+                    for (&j, c) in members.iter().zip(group_counts) {
+                        counts[j] = Some(c);
+                        done[j] = true;
+                    }
+                }
+                let counts = counts
+                    .into_iter()
+                    .map(|c| {
+                        c.unwrap_or(WindowCount {
+                            count: 0,
+                            first_seen_ms: now,
+                        })
+                    })
+                    .collect();
+                Ok((counts, now))
+            }
+        }
+    }
+}

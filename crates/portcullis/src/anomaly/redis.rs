@@ -1,0 +1,337 @@
+//! Detector windows, bans and alert de-duplication on Redis (single server
+//! or Cluster), so every gateway replica sees what the others saw.
+//!
+//! Keys (with `P` the configured prefix, which must not contain `{` or `}`):
+//! - `P:anomaly:{<key>}:<detector>`: a sorted set of event times (or of
+//!   distinct members), trimmed to the threshold, expiring with the window.
+//!   The `{<key>}` hash tag keeps one key's detectors on one Cluster slot, so
+//!   one script call updates them together.
+//! - `P:{bans}`: a hash `target -> ban JSON`; all bans share one slot.
+//! - `P:alert:{<detector>:<key>}`: `SET NX PX cooldown` de-duplication.
+//!
+//! Time is the Redis server's (`TIME`), so replicas with skewed clocks agree.
+
+use portcullis_core::anomaly::window::WindowCount;
+use portcullis_core::anomaly::{Ban, BanTarget, DetectorConfig, Observation};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+/// A connection to one Redis server (auto-reconnecting) or to a Cluster.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// A single server through a connection manager.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl RedisConnection {
+    /// Connects to one server (`redis://host:port`); connecting and each
+    /// reply are bounded to 2 s, and a lost connection is re-established in
+    /// the background.
+    pub async fn single(url: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        Ok(Self::Single(
+            client.get_connection_manager_with_config(config).await?,
+        ))
+    }
+
+    /// Connects to a Cluster through its seed nodes.
+    pub async fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
+        Ok(Self::Cluster(client.get_async_connection().await?))
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Records every observation in KEYS; per key, ARGV holds window ms,
+/// threshold and a member (a distinct-count member, or a unique event id).
+/// Returns per key `{count, first_seen_ms}` and finally the server time.
+const RECORD: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local window = tonumber(ARGV[(i - 1) * 3 + 1])
+  local threshold = tonumber(ARGV[(i - 1) * 3 + 2])
+  local member = ARGV[(i - 1) * 3 + 3]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  redis.call('ZADD', key, now, member)
+  local n = redis.call('ZCARD', key)
+  if n > threshold then
+    redis.call('ZREMRANGEBYRANK', key, 0, n - threshold - 1)
+    n = threshold
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  redis.call('PEXPIRE', key, window)
+  out[#out + 1] = n
+  out[#out + 1] = tonumber(first[2]) or now
+end
+out[#out + 1] = now
+return out
+";
+
+/// Detector windows on Redis.
+#[derive(Debug, Clone)]
+pub struct RedisCounters {
+    conn: RedisConnection,
+    prefix: String,
+    script: Script,
+}
+
+impl RedisCounters {
+    /// Counters under `prefix` (no braces) on `conn`.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.replace(['{', '}'], ""),
+            script: Script::new(RECORD),
+        }
+    }
+
+    fn key(&self, obs: &Observation<'_>) -> String {
+        format!(
+            "{}:anomaly:{{{}}}:{}",
+            self.prefix,
+            obs.key.render().replace(['{', '}'], "_"),
+            obs.kind.as_str()
+        )
+    }
+
+    /// Records observations that share one hash tag in one script call;
+    /// returns their counts and the server time in Unix milliseconds.
+    pub async fn record(
+        &self,
+        batch: &[(Observation<'_>, &DetectorConfig)],
+    ) -> redis::RedisResult<(Vec<WindowCount>, u64)> {
+        let mut inv = self.script.prepare_invoke();
+        for (obs, config) in batch {
+            inv.key(self.key(obs));
+            let member = match obs.member {
+                Some(m) => format!("m:{m}"),
+                None => unique_event_id(),
+            };
+            inv.arg(config.window_ms())
+                .arg(config.threshold)
+                .arg(member);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<u64> = inv.invoke_async(&mut conn).await?;
+        let now = raw.last().copied().unwrap_or_default();
+        let counts = raw
+            .chunks_exact(2)
+            .map(|c| WindowCount {
+                count: c[0],
+                first_seen_ms: c[1],
+            })
+            .collect();
+        Ok((counts, now))
+    }
+
+    /// The hash tag an observation's key lands on (observations with equal
+    /// tags can share one call).
+    pub fn tag(obs: &Observation<'_>) -> String {
+        obs.key.render()
+    }
+}
+
+fn unique_event_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = portcullis_core::opaque::fill_random(&mut b);
+        u64::from_le_bytes(b)
+    });
+    format!("e:{process:x}:{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Bans on Redis, shared by every replica.
+#[derive(Debug, Clone)]
+pub struct RedisBans {
+    conn: RedisConnection,
+    key: String,
+}
+
+impl RedisBans {
+    /// Bans under `prefix` (no braces) on `conn`.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        Self {
+            conn,
+            key: format!("{}:{{bans}}", prefix.replace(['{', '}'], "")),
+        }
+    }
+
+    /// Adds or extends a ban (a longer existing ban is kept), atomically.
+    pub async fn ban(&self, ban: &Ban) -> redis::RedisResult<()> {
+        const EXTEND: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, b = pcall(cjson.decode, cur)
+  if ok and tonumber(b['until_ms']) and tonumber(b['until_ms']) >= tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+        let json = serde_json::to_string(ban).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "ban encoding", e.to_string()))
+        })?;
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(EXTEND)
+            .key(&self.key)
+            .arg(ban.target.render())
+            .arg(json)
+            .arg(ban.until_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The ban blocking `ip` or `subject` at `now_ms`, if any (one round trip).
+    pub async fn banned(
+        &self,
+        ip: Option<&str>,
+        subject: Option<&str>,
+        now_ms: u64,
+    ) -> redis::RedisResult<Option<Ban>> {
+        let fields: Vec<String> = ip
+            .map(|v| BanTarget::Ip(v.to_owned()).render())
+            .into_iter()
+            .chain(subject.map(|v| BanTarget::Subject(v.to_owned()).render()))
+            .collect();
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&self.key)
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str::<Ban>(&json).ok())
+            .find(|b| b.until_ms > now_ms))
+    }
+
+    /// Active bans, soonest to expire first; expired entries are removed.
+    pub async fn list(&self, now_ms: u64) -> redis::RedisResult<Vec<Ban>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await?;
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        for (field, json) in all {
+            match serde_json::from_str::<Ban>(&json) {
+                Ok(b) if b.until_ms > now_ms => live.push(b),
+                _ => expired.push(field),
+            }
+        }
+        if !expired.is_empty() {
+            let _: i64 = redis::cmd("HDEL")
+                .arg(&self.key)
+                .arg(&expired)
+                .query_async(&mut conn)
+                .await?;
+        }
+        live.sort_by(|a, b| {
+            a.until_ms
+                .cmp(&b.until_ms)
+                .then_with(|| a.target.render().cmp(&b.target.render()))
+        });
+        Ok(live)
+    }
+
+    /// Lifts a ban on every replica; whether one existed.
+    pub async fn lift(&self, target: &BanTarget) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("HDEL")
+            .arg(&self.key)
+            .arg(target.render())
+            .query_async(&mut conn)
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+/// Alert de-duplication across replicas with `SET NX PX`.
+#[derive(Debug, Clone)]
+pub struct RedisDedup {
+    conn: RedisConnection,
+    prefix: String,
+}
+
+impl RedisDedup {
+    /// De-duplication under `prefix` (no braces) on `conn`.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.replace(['{', '}'], ""),
+        }
+    }
+
+    /// Whether this replica is the first to alert on `id` in the cooldown.
+    pub async fn claim(&self, id: &str, cooldown_ms: u64) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!(
+                "{}:alert:{{{}}}",
+                self.prefix,
+                id.replace(['{', '}'], "_")
+            ))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(cooldown_ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+}

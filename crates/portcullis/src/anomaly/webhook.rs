@@ -1,0 +1,397 @@
+//! The alert sender: a bounded queue the request path never waits on, a
+//! worker that de-duplicates per (detector, key) and POSTs signed JSON to
+//! every endpoint, retrying with exponential backoff and full jitter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_core::anomaly::AnomalyEvent;
+use portcullis_core::anomaly::webhook::{
+    HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, PayloadFormat, WebhookSecret, message_id,
+    payload,
+};
+use portcullis_core::{Clock, opaque};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::memory::MemoryDedup;
+
+/// One receiver of alerts.
+#[derive(Debug, Clone)]
+pub struct WebhookEndpoint {
+    /// Where to POST (`https://`, or `http://` when allowed).
+    pub url: http::Uri,
+    /// The signing secret (`whsec_...`).
+    pub secret: WebhookSecret,
+    /// The body format.
+    pub format: PayloadFormat,
+}
+
+/// Sender settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Receivers; each alert goes to all of them.
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// Per-attempt time limit (default 5 s).
+    pub timeout: Duration,
+    /// Attempts per endpoint, the first included (default 6).
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with full jitter (default 500 ms).
+    pub backoff_base: Duration,
+    /// Longest retry delay (default 60 s).
+    pub backoff_max: Duration,
+    /// Alerts waiting to be sent; beyond it alerts are dropped and counted (default 1024).
+    pub queue_capacity: usize,
+    /// Deliveries in flight at once (default 16).
+    pub max_in_flight: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            timeout: Duration::from_secs(5),
+            max_attempts: 6,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            queue_capacity: 1024,
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// Why a webhook configuration was refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookConfigError {
+    /// The URL is not absolute `http(s)://host...`.
+    #[error("webhook url `{0}` must be an absolute http:// or https:// URL")]
+    Url(String),
+    /// This build sends over plain HTTP only.
+    #[error(
+        "webhook url `{0}`: https is not supported by this build; terminate TLS in a local relay"
+    )]
+    Https(String),
+    /// A zero timeout, attempt count or queue.
+    #[error("webhook `{0}` must be positive")]
+    Zero(&'static str),
+}
+
+impl WebhookConfig {
+    /// Checks every field, naming the one at fault.
+    pub fn validate(&self) -> Result<(), WebhookConfigError> {
+        for e in &self.endpoints {
+            let url = e.url.to_string();
+            match e.url.scheme_str() {
+                Some("http") if e.url.authority().is_some() => {}
+                Some("https") => return Err(WebhookConfigError::Https(url)),
+                _ => return Err(WebhookConfigError::Url(url)),
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(WebhookConfigError::Zero("timeout"));
+        }
+        if self.max_attempts == 0 {
+            return Err(WebhookConfigError::Zero("max_attempts"));
+        }
+        if self.queue_capacity == 0 {
+            return Err(WebhookConfigError::Zero("queue_capacity"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(WebhookConfigError::Zero("max_in_flight"));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the sender (also exported as `metrics` counters).
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Alerts accepted into the queue.
+    pub queued: AtomicU64,
+    /// Alerts dropped because the queue was full.
+    pub overflowed: AtomicU64,
+    /// Alerts skipped as duplicates within their cooldown.
+    pub deduplicated: AtomicU64,
+    /// Deliveries acknowledged with a 2xx.
+    pub delivered: AtomicU64,
+    /// Attempts that failed (error, timeout or non-2xx).
+    pub failed_attempts: AtomicU64,
+    /// Deliveries given up after the last attempt or a permanent refusal.
+    pub abandoned: AtomicU64,
+}
+
+/// How the worker de-duplicates alerts.
+#[derive(Debug, Clone)]
+pub enum AlertDedup {
+    /// Per process.
+    Memory(Arc<MemoryDedup>),
+    /// Across replicas (`SET NX PX`).
+    #[cfg(feature = "redis")]
+    Redis(super::redis::RedisDedup),
+}
+
+impl AlertDedup {
+    async fn claim(&self, id: &str, cooldown_ms: u64, clock: &dyn Clock) -> bool {
+        match self {
+            Self::Memory(m) => m.claim(id, cooldown_ms, millis(clock)),
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => match r.claim(id, cooldown_ms).await {
+                Ok(first) => first,
+                Err(e) => {
+                    // A duplicate alert is better than a lost one.
+                    tracing::warn!(error = %e, "alert de-duplication unavailable; sending anyway");
+                    true
+                }
+            },
+        }
+    }
+}
+
+struct Job {
+    event: AnomalyEvent,
+    cooldown_ms: u64,
+}
+
+/// The request path's handle: enqueue and go.
+#[derive(Debug, Clone)]
+pub struct AlertSender {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<WebhookStats>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("detector", &self.event.detector)
+            .finish()
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+impl AlertSender {
+    /// Starts the worker on the current Tokio runtime. The worker ends once
+    /// every sender handle is dropped and its in-flight deliveries are done.
+    pub fn start(
+        config: WebhookConfig,
+        dedup: AlertDedup,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), WebhookConfigError> {
+        config.validate()?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let stats = Arc::new(WebhookStats::default());
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+        let worker = Worker {
+            config: Arc::new(config),
+            dedup,
+            clock,
+            client,
+            stats: Arc::clone(&stats),
+        };
+        let handle = tokio::spawn(worker.run(rx));
+        Ok((Self { tx, stats }, handle))
+    }
+
+    /// Queues an alert without waiting; `false` (and counted) when the queue is full.
+    pub fn alert(&self, event: AnomalyEvent, cooldown: Duration) -> bool {
+        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        match self.tx.try_send(Job { event, cooldown_ms }) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("portcullis_webhook_overflow_total").increment(1);
+                false
+            }
+        }
+    }
+
+    /// The sender's counters.
+    pub fn stats(&self) -> &Arc<WebhookStats> {
+        &self.stats
+    }
+}
+
+struct Worker {
+    config: Arc<WebhookConfig>,
+    dedup: AlertDedup,
+    clock: Arc<dyn Clock>,
+    client: HttpClient,
+    stats: Arc<WebhookStats>,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let permits = Arc::new(Semaphore::new(self.config.max_in_flight));
+        let mut deliveries = JoinSet::new();
+        while let Some(job) = rx.recv().await {
+            while deliveries.try_join_next().is_some() {}
+            let id = format!("{}:{}", job.event.detector.as_str(), job.event.key);
+            if !self.dedup.claim(&id, job.cooldown_ms, &*self.clock).await {
+                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Ok(msg_id) = message_id() else {
+                tracing::error!("no randomness for a webhook message id; alert dropped");
+                continue;
+            };
+            for endpoint in &self.config.endpoints {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let delivery = Delivery {
+                    config: Arc::clone(&self.config),
+                    endpoint: endpoint.clone(),
+                    client: self.client.clone(),
+                    stats: Arc::clone(&self.stats),
+                    clock: Arc::clone(&self.clock),
+                    msg_id: msg_id.clone(),
+                    body: Bytes::from(payload(&job.event, endpoint.format)),
+                };
+                deliveries.spawn(async move {
+                    delivery.run().await;
+                    drop(permit);
+                });
+            }
+        }
+        while deliveries.join_next().await.is_some() {}
+    }
+}
+
+struct Delivery {
+    config: Arc<WebhookConfig>,
+    endpoint: WebhookEndpoint,
+    client: HttpClient,
+    stats: Arc<WebhookStats>,
+    clock: Arc<dyn Clock>,
+    msg_id: String,
+    body: Bytes,
+}
+
+enum Attempt {
+    Delivered,
+    Retry,
+    Permanent(u16),
+}
+
+impl Delivery {
+    async fn run(self) {
+        for attempt in 0..self.config.max_attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(&self.config, attempt)).await;
+            }
+            match self.attempt().await {
+                Attempt::Delivered => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("portcullis_webhook_delivered_total").increment(1);
+                    return;
+                }
+                Attempt::Permanent(status) => {
+                    tracing::warn!(url = %self.endpoint.url, status, "webhook refused; not retrying");
+                    break;
+                }
+                Attempt::Retry => {
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("portcullis_webhook_failed_attempts_total").increment(1);
+                }
+            }
+        }
+        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("portcullis_webhook_abandoned_total").increment(1);
+        tracing::warn!(url = %self.endpoint.url, msg_id = %self.msg_id, "webhook delivery abandoned");
+    }
+
+    async fn attempt(&self) -> Attempt {
+        let ts = self.clock.unix_seconds();
+        let signature = self.endpoint.secret.sign(&self.msg_id, ts, &self.body);
+        let request = http::Request::post(self.endpoint.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "portcullis-webhooks/1")
+            .header(HEADER_ID, &self.msg_id)
+            .header(HEADER_TIMESTAMP, ts.to_string())
+            .header(HEADER_SIGNATURE, signature)
+            .body(Full::new(self.body.clone()));
+        let Ok(request) = request else {
+            return Attempt::Permanent(0);
+        };
+        let sent = tokio::time::timeout(self.config.timeout, async {
+            let response = self.client.request(request).await?;
+            let status = response.status();
+            // Drain (bounded by the timeout) so the connection can be reused.
+            let _ = response.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>(status)
+        })
+        .await;
+        match sent {
+            Ok(Ok(status)) if status.is_success() => Attempt::Delivered,
+            Ok(Ok(status))
+                if status.is_client_error()
+                    && status != http::StatusCode::REQUEST_TIMEOUT
+                    && status != http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Attempt::Permanent(status.as_u16())
+            }
+            _ => Attempt::Retry,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(max, base * 2^(n-1))]`.
+fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << (attempt - 1).min(20))
+        .min(config.backoff_max);
+    let mut r = [0u8; 8];
+    if opaque::fill_random(&mut r).is_err() {
+        return exp;
+    }
+    let frac = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
+    exp.mul_f64(frac)
+}
+
+fn millis(clock: &dyn Clock) -> u64 {
+    u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let config = WebhookConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1_000),
+            ..WebhookConfig::default()
+        };
+        for attempt in 1..30 {
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20)))
+                .min(Duration::from_millis(1_000));
+            assert!(backoff(&config, attempt) <= cap);
+        }
+    }
+
+    #[test]
+    fn https_and_relative_urls_are_refused_by_name() {
+        let (secret, _) = WebhookSecret::generate().unwrap();
+        let mut config = WebhookConfig::default();
+        config.endpoints.push(WebhookEndpoint {
+            url: "/relative".parse().unwrap(),
+            secret,
+            format: PayloadFormat::Standard,
+        });
+        assert!(matches!(config.validate(), Err(WebhookConfigError::Url(_))));
+    }
+}

@@ -1,0 +1,633 @@
+//! Anomaly detection end to end: thresholds with an injected clock, bans,
+//! shared state and alert de-duplication on the real Redis (single server
+//! and the local Cluster), and signed webhooks to a real local receiver.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use portcullis::anomaly::memory::MemoryDedup;
+use portcullis::anomaly::webhook::{AlertDedup, AlertSender, WebhookConfig, WebhookEndpoint};
+use portcullis::anomaly::{AnomalyBackend, AnomalyEngine, Observed};
+use portcullis_core::anomaly::webhook::{PayloadFormat, WebhookSecret};
+use portcullis_core::anomaly::{
+    Action, BanTarget, DetectorConfig, DetectorKind, SampleRequest, Signal,
+};
+use portcullis_core::{Clock, ManualClock, SystemClock};
+use tokio::net::TcpListener;
+
+const T0: u64 = 1_800_000_000;
+
+fn detector(
+    kind: DetectorKind,
+    threshold: u32,
+    window_s: u64,
+    actions: &[Action],
+) -> DetectorConfig {
+    DetectorConfig {
+        threshold,
+        window: Duration::from_secs(window_s),
+        actions: actions.to_vec(),
+        ..DetectorConfig::default_for(kind)
+    }
+}
+
+fn sample() -> SampleRequest {
+    SampleRequest::new("POST", "/login", "curl/8.5")
+}
+
+async fn observe(engine: &AnomalyEngine, signal: Signal<'_>) -> Observed {
+    engine.observe(signal, sample).await.expect("observe")
+}
+
+fn all_detectors(actions: &[Action]) -> Vec<DetectorConfig> {
+    vec![
+        detector(DetectorKind::Burst, 50, 10, actions),
+        detector(DetectorKind::AuthFailures, 5, 60, actions),
+        detector(DetectorKind::DistinctAccounts, 4, 300, actions),
+        detector(DetectorKind::RefreshReuse, 1, 1, actions),
+        detector(DetectorKind::DeniedSpike, 3, 60, actions),
+    ]
+}
+
+/// Each detector fires exactly at its threshold, never one below it.
+async fn thresholds_hold(engine: &AnomalyEngine, ip: &str) {
+    for i in 1..=50 {
+        let o = observe(engine, Signal::Request { ip }).await;
+        assert_eq!(o.events.len(), usize::from(i == 50), "burst at request {i}");
+    }
+    let o = observe(engine, Signal::Request { ip }).await;
+    assert_eq!(o.events[0].detector, DetectorKind::Burst);
+    assert_eq!(o.events[0].count, 50);
+    assert_eq!(o.events[0].key, format!("ip:{ip}"));
+    assert_eq!(o.events[0].sample, sample());
+
+    // Five failures against one account from one IP: both auth_failures keys
+    // fire on the fifth.
+    for i in 1..=5 {
+        let o = observe(
+            engine,
+            Signal::AuthFailure {
+                ip,
+                account: Some("alice"),
+            },
+        )
+        .await;
+        let fired: Vec<_> = o
+            .events
+            .iter()
+            .map(|e| (e.detector, e.key.clone()))
+            .collect();
+        if i < 5 {
+            assert!(fired.is_empty(), "auth failure {i} fired {fired:?}");
+        } else {
+            assert!(fired.contains(&(DetectorKind::AuthFailures, format!("ip:{ip}"))));
+            assert!(fired.contains(&(DetectorKind::AuthFailures, "account:alice".to_owned())));
+            assert!(
+                !fired
+                    .iter()
+                    .any(|(d, _)| *d == DetectorKind::DistinctAccounts)
+            );
+        }
+    }
+
+    // Distinct accounts from a second IP: the fourth distinct name fires,
+    // repeating a name does not count.
+    let ip2 = format!("{ip}-b");
+    for (i, account) in ["a", "b", "b", "c", "a", "d"].iter().enumerate() {
+        let o = observe(
+            engine,
+            Signal::AuthFailure {
+                ip: &ip2,
+                account: Some(account),
+            },
+        )
+        .await;
+        let distinct = o
+            .events
+            .iter()
+            .any(|e| e.detector == DetectorKind::DistinctAccounts);
+        assert_eq!(
+            distinct,
+            i == 5,
+            "distinct accounts at attempt {i} ({account})"
+        );
+    }
+
+    // A refresh reuse fires at once.
+    let o = observe(
+        engine,
+        Signal::RefreshReuse {
+            ip,
+            subject: "u-reuse",
+        },
+    )
+    .await;
+    assert_eq!(o.events.len(), 1);
+    assert_eq!(o.events[0].key, "subject:u-reuse");
+
+    for i in 1..=3 {
+        let o = observe(
+            engine,
+            Signal::Denied {
+                subject: "u-denied",
+            },
+        )
+        .await;
+        assert_eq!(o.events.len(), usize::from(i == 3), "denied {i}");
+    }
+}
+
+#[tokio::test]
+async fn memory_detectors_fire_at_their_threshold() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(T0));
+    let engine = AnomalyEngine::new(
+        all_detectors(&[Action::Tag]),
+        AnomalyBackend::memory(10_000),
+        None,
+        clock.clone(),
+    )
+    .unwrap();
+    thresholds_hold(&engine, "203.0.113.7").await;
+
+    // Windows slide: 49 requests, the window passes, 49 more: no burst.
+    let ip = "198.51.100.9";
+    for _ in 0..49 {
+        assert!(
+            observe(&engine, Signal::Request { ip })
+                .await
+                .events
+                .is_empty()
+        );
+    }
+    clock.advance(Duration::from_secs(10));
+    for _ in 0..49 {
+        assert!(
+            observe(&engine, Signal::Request { ip })
+                .await
+                .events
+                .is_empty()
+        );
+    }
+    let o = observe(&engine, Signal::Request { ip }).await;
+    assert_eq!(o.tags, vec![DetectorKind::Burst]);
+}
+
+#[tokio::test]
+async fn a_ban_blocks_then_expires_and_can_be_lifted() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(T0));
+    let mut burst = detector(DetectorKind::Burst, 3, 10, &[Action::Ban]);
+    burst.ban_for = Duration::from_secs(60);
+    let engine = AnomalyEngine::new(
+        vec![burst],
+        AnomalyBackend::memory(1_000),
+        None,
+        clock.clone(),
+    )
+    .unwrap();
+    let ip = "192.0.2.1";
+    for _ in 0..2 {
+        observe(&engine, Signal::Request { ip }).await;
+    }
+    assert_eq!(engine.banned(Some(ip), None).await.unwrap(), None);
+    let o = observe(&engine, Signal::Request { ip }).await;
+    assert_eq!(o.bans.len(), 1);
+    let ban = engine
+        .banned(Some(ip), Some("anyone"))
+        .await
+        .unwrap()
+        .expect("banned");
+    assert_eq!(ban.target, BanTarget::Ip(ip.into()));
+    assert_eq!(ban.reason, "burst");
+    assert_eq!(engine.banned(Some("192.0.2.2"), None).await.unwrap(), None);
+    assert_eq!(engine.list_bans().await.unwrap().len(), 1);
+
+    clock.advance(Duration::from_secs(59));
+    assert!(engine.banned(Some(ip), None).await.unwrap().is_some());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(engine.banned(Some(ip), None).await.unwrap(), None);
+    assert!(engine.list_bans().await.unwrap().is_empty());
+
+    let subject = BanTarget::Subject("u-1".into());
+    engine
+        .ban(subject.clone(), Duration::from_secs(600), "manual")
+        .await
+        .unwrap();
+    assert!(engine.banned(None, Some("u-1")).await.unwrap().is_some());
+    assert!(engine.lift_ban(&subject).await.unwrap());
+    assert_eq!(engine.banned(None, Some("u-1")).await.unwrap(), None);
+    assert!(!engine.lift_ban(&subject).await.unwrap());
+}
+
+#[test]
+fn memory_windows_stay_bounded() {
+    use portcullis::anomaly::memory::MemoryCounters;
+    use portcullis_core::anomaly::{DetectionKey, Observation};
+    let counters = MemoryCounters::new(64 * 16);
+    let config = detector(DetectorKind::Burst, 5, 10, &[]);
+    for i in 0..50_000u32 {
+        let ip = format!("10.0.{}.{}", i / 256, i % 256);
+        let obs = Observation {
+            kind: DetectorKind::Burst,
+            key: DetectionKey::Ip(&ip),
+            member: None,
+        };
+        counters.record(&obs, &config, 1_000_000);
+    }
+    assert!(counters.len() <= 64 * 16, "{} windows held", counters.len());
+}
+
+// ---------------------------------------------------------------------------
+// A real local webhook receiver.
+
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: Bytes,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Answers every POST with `status` and records it.
+    async fn start(status: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let store = Arc::clone(&store);
+                        async move {
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            let (id, ts, sig) = (
+                                h("webhook-id"),
+                                h("webhook-timestamp"),
+                                h("webhook-signature"),
+                            );
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            store.lock().unwrap().push(Received {
+                                id,
+                                timestamp: ts.parse().unwrap_or(0),
+                                signature: sig,
+                                body,
+                            });
+                            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    fn url(&self) -> http::Uri {
+        format!("http://{}/hooks/portcullis", self.addr)
+            .parse()
+            .unwrap()
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn webhook_config(url: http::Uri, attempts: u32) -> WebhookConfig {
+    WebhookConfig {
+        endpoints: vec![WebhookEndpoint {
+            url,
+            secret: WebhookSecret::parse(SECRET).unwrap(),
+            format: PayloadFormat::Standard,
+        }],
+        max_attempts: attempts,
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        ..WebhookConfig::default()
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn webhook_payload_is_signed_and_verifiable_by_the_receiver() {
+    let receiver = Receiver::start(204).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alerts, worker) = AlertSender::start(
+        webhook_config(receiver.url(), 3),
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    let engine = AnomalyEngine::new(
+        vec![detector(DetectorKind::RefreshReuse, 1, 1, &[Action::Alert])],
+        AnomalyBackend::memory(100),
+        Some(alerts.clone()),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    observe(
+        &engine,
+        Signal::RefreshReuse {
+            ip: "192.0.2.5",
+            subject: "u-7",
+        },
+    )
+    .await;
+    // Within the cooldown a second detection on the same key is not re-sent.
+    observe(
+        &engine,
+        Signal::RefreshReuse {
+            ip: "192.0.2.5",
+            subject: "u-7",
+        },
+    )
+    .await;
+    eventually("one delivery", || {
+        alerts
+            .stats()
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    drop(engine);
+    drop(alerts);
+    worker.await.unwrap();
+
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    // The documented algorithm, computed independently of the sender:
+    // base64(HMAC-SHA256(secret bytes, "<id>.<timestamp>.<body>")).
+    use base64::Engine as _;
+    let key_bytes = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes);
+    let mut signed = format!("{}.{}.", r.id, r.timestamp).into_bytes();
+    signed.extend_from_slice(&r.body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(aws_lc_rs::hmac::sign(&key, &signed))
+    );
+    assert_eq!(r.signature, expected);
+    assert!(r.id.starts_with("msg_"));
+    assert!((r.timestamp - clock.unix_seconds()).abs() < 60);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["type"], "anomaly.detected");
+    assert_eq!(v["data"]["detector"], "refresh_reuse");
+    assert_eq!(v["data"]["key"], "subject:u-7");
+    assert_eq!(v["data"]["sample"]["path"], "/login");
+}
+
+#[tokio::test]
+async fn an_unreachable_receiver_is_retried_then_abandoned_without_blocking_requests() {
+    // A port with nothing listening.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url: http::Uri = format!("http://{}/x", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alerts, worker) = AlertSender::start(
+        webhook_config(url, 4),
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    let engine = AnomalyEngine::new(
+        vec![detector(
+            DetectorKind::Burst,
+            1,
+            10,
+            &[Action::Alert, Action::Tag],
+        )],
+        AnomalyBackend::memory(100),
+        Some(alerts.clone()),
+        clock,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        let o = observe(&engine, Signal::Request { ip: "192.0.2.44" }).await;
+        assert_eq!(o.tags, vec![DetectorKind::Burst]);
+    }
+    // Every observation above returned at once with its tag while the
+    // receiver was down; the worker retries on its own.
+    let stats = Arc::clone(alerts.stats());
+    drop(engine);
+    drop(alerts);
+    worker.await.unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        stats.failed_attempts.load(Relaxed),
+        4,
+        "every attempt was made"
+    );
+    assert_eq!(stats.abandoned.load(Relaxed), 1, "then it stopped");
+    assert_eq!(stats.delivered.load(Relaxed), 0);
+    assert_eq!(
+        stats.deduplicated.load(Relaxed),
+        99,
+        "one alert per cooldown"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let receiver = Receiver::start(500).await;
+    let mut config = webhook_config(receiver.url(), 1);
+    config.queue_capacity = 1;
+    config.max_in_flight = 1;
+    let (alerts, worker) = AlertSender::start(
+        config,
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let event = |i: u32| portcullis_core::anomaly::AnomalyEvent {
+        detector: DetectorKind::Burst,
+        key: format!("ip:10.0.0.{i}"),
+        count: 1,
+        window_secs: 1.0,
+        first_seen_ms: 0,
+        last_seen_ms: 0,
+        sample: SampleRequest::default(),
+    };
+    let accepted = (0..1_000)
+        .filter(|&i| alerts.alert(event(i), Duration::from_secs(60)))
+        .count();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(accepted < 1_000);
+    assert_eq!(
+        alerts.stats().overflowed.load(Relaxed) as usize,
+        1_000 - accepted
+    );
+    drop(alerts);
+    worker.await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Shared state on Redis.
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    use super::*;
+    use portcullis::anomaly::redis::{RedisBans, RedisConnection, RedisCounters, RedisDedup};
+
+    fn backend(conn: &RedisConnection, prefix: &str) -> AnomalyBackend {
+        AnomalyBackend::Redis {
+            counters: RedisCounters::new(conn.clone(), prefix),
+            bans: RedisBans::new(conn.clone(), prefix),
+        }
+    }
+
+    async fn suite(conn: RedisConnection, prefix: &str) {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine = AnomalyEngine::new(
+            all_detectors(&[Action::Tag]),
+            backend(&conn, prefix),
+            None,
+            Arc::clone(&clock),
+        )
+        .unwrap();
+        thresholds_hold(&engine, "203.0.113.70").await;
+
+        // Two replicas share windows, bans and alert de-duplication.
+        let receiver = Receiver::start(200).await;
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let (alerts, worker) = AlertSender::start(
+                webhook_config(receiver.url(), 2),
+                AlertDedup::Redis(RedisDedup::new(conn.clone(), prefix)),
+                Arc::clone(&clock),
+            )
+            .unwrap();
+            let mut burst = detector(DetectorKind::Burst, 10, 60, &[Action::Alert, Action::Ban]);
+            burst.ban_for = Duration::from_secs(300);
+            let engine = AnomalyEngine::new(
+                vec![burst],
+                backend(&conn, prefix),
+                Some(alerts),
+                Arc::clone(&clock),
+            )
+            .unwrap();
+            replicas.push((engine, worker));
+        }
+        let ip = "198.51.100.200";
+        let mut fired = 0;
+        for i in 0..20 {
+            let (engine, _) = &replicas[i % 2];
+            let o = observe(engine, Signal::Request { ip }).await;
+            if i < 9 {
+                assert!(o.events.is_empty(), "shared count fired early at {i}");
+            }
+            fired += o.events.len();
+        }
+        assert_eq!(fired, 11, "the 10th shared request and every one after it");
+        for (engine, _) in &replicas {
+            assert!(engine.banned(Some(ip), None).await.unwrap().is_some());
+        }
+        assert!(
+            replicas[1]
+                .0
+                .lift_ban(&BanTarget::Ip(ip.into()))
+                .await
+                .unwrap()
+        );
+        for (engine, _) in &replicas {
+            assert_eq!(
+                engine.banned(Some(ip), None).await.unwrap(),
+                None,
+                "lifted everywhere"
+            );
+        }
+        for (engine, worker) in replicas {
+            drop(engine);
+            worker.await.unwrap();
+        }
+        let got = receiver.received();
+        assert_eq!(
+            got.len(),
+            1,
+            "one alert within the cooldown across replicas: {got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn detectors_bans_and_alerts_are_shared_on_redis() {
+        let Some(url) = support::redis_url() else {
+            return;
+        };
+        let prefix = support::unique_prefix("anomaly");
+        let conn = RedisConnection::single(&url).await.expect("connect");
+        suite(conn, prefix.trim_end_matches(':')).await;
+        support::redis_cleanup(&url, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn detectors_bans_and_alerts_are_shared_on_redis_cluster() {
+        let Some(urls) = support::redis_cluster_urls() else {
+            return;
+        };
+        let prefix = support::unique_prefix("anomaly_cluster");
+        let conn = RedisConnection::cluster(&urls).await.expect("connect");
+        suite(conn, prefix.trim_end_matches(':')).await;
+        support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+}
