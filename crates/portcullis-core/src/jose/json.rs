@@ -49,9 +49,10 @@ pub(crate) struct MemberNames<'de> {
 }
 
 impl<'de> MemberNames<'de> {
-    pub(crate) fn insert<E: de::Error>(&mut self, name: CowStr<'de>) -> Result<(), E> {
+    /// Records `name`, refusing one already seen.
+    pub(crate) fn insert(&mut self, name: CowStr<'de>) -> Result<(), super::scan::JsonError> {
         if self.seen.iter().any(|s| s.0 == name.0) {
-            return Err(E::custom("duplicate member name"));
+            return Err(super::scan::JsonError("duplicate member name"));
         }
         self.seen.push(name);
         Ok(())
@@ -76,59 +77,7 @@ pub(crate) fn deeper<E: de::Error>(depth: u8) -> Result<u8, E> {
     }
 }
 
-/// Validates any JSON value (duplicates, depth) and discards it.
-#[derive(Clone, Copy)]
-pub(crate) struct Skip {
-    pub depth: u8,
-}
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = deeper(self.depth)?;
-        while seq.next_element_seed(Skip { depth })?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let depth = deeper(self.depth)?;
-        let mut names = MemberNames::default();
-        while let Some(name) = map.next_key::<CowStr<'de>>()? {
-            names.insert(name)?;
-            map.next_value_seed(Skip { depth })?;
-        }
-        Ok(())
-    }
-}
-
-/// Builds a [`Value`] with the same strictness as [`Skip`].
+/// Builds a [`Value`]: no duplicate member names at any depth, bounded nesting.
 #[derive(Clone, Copy)]
 pub(crate) struct StrictValue {
     pub depth: u8,
@@ -217,7 +166,6 @@ mod tests {
         assert!(parse_object(br#"{"a":1,"a":2}"#).is_err());
         assert!(parse_object(br#"{"a":1,"\u0061":2}"#).is_err());
         assert!(parse_object(br#"{"x":{"b":[{"c":1,"c":1}]}}"#).is_err());
-        assert!(parse_with(br#"{"x":{"b":1,"b":2}}"#, Skip { depth: 0 }).is_err());
         assert!(parse_object(br#"{"a":1,"b":{"a":2}}"#).is_ok());
     }
 
@@ -228,7 +176,6 @@ mod tests {
         assert!(parse_object(ok.as_bytes()).is_ok());
         let bomb = format!(r#"{{"a":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000));
         assert!(parse_object(bomb.as_bytes()).is_err());
-        assert!(parse_with(bomb.as_bytes(), Skip { depth: 0 }).is_err());
     }
 
     #[test]

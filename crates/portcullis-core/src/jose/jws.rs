@@ -1,15 +1,13 @@
 //! Compact JWS (RFC 7515): strict decoding, key selection bound to the key's
 //! type, signature verification, and signing.
 
-use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, MapAccess, Visitor};
-
 use super::algorithm::{Algorithm, AlgorithmSet};
-use super::json::{CowStr, MemberNames, Skip, deeper, parse_with};
+use super::json::{CowStr, MemberNames};
 use super::key::Key;
 use super::keyset::KeySet;
+use super::scan::{JsonError, Scanner};
 use super::{b64_decode_into, b64_encode};
 use crate::error::{KeyError, TokenError};
 
@@ -70,8 +68,6 @@ struct Header<'a> {
     typ: TypHeader,
 }
 
-struct HeaderVisitor;
-
 fn classify_alg(name: &str) -> Result<Algorithm, TokenError> {
     if name.eq_ignore_ascii_case("none") {
         return Err(TokenError::UnsupportedAlgorithm("`none` is never accepted"));
@@ -94,54 +90,50 @@ fn classify_typ(typ: &str) -> TypHeader {
     }
 }
 
-impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = Header<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JOSE header object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
-        let depth = deeper(0)?;
-        // `alg`, `kid` and `typ` are tracked by bit, other names in `names`,
-        // so the usual header allocates nothing.
-        let mut seen = 0u8;
-        let mut names = MemberNames::default();
-        let mut alg = None;
-        let mut kid = None;
-        let mut typ = TypHeader::Absent;
-        while let Some(name) = map.next_key::<CowStr<'de>>()? {
-            let bit = match name.as_str() {
-                "alg" => {
-                    alg = Some(classify_alg(map.next_value::<CowStr<'de>>()?.as_str()));
-                    1
-                }
-                "kid" => {
-                    kid = Some(map.next_value::<CowStr<'de>>()?);
-                    2
-                }
-                "typ" => {
-                    typ = classify_typ(map.next_value::<CowStr<'de>>()?.as_str());
-                    4
-                }
-                // We implement no JWS extension, so any critical one is unknown.
-                "crit" => return Err(de::Error::custom("unknown critical header")),
-                // jku, x5u, jwk, x5c and the rest are never followed or trusted.
-                _ => {
-                    map.next_value_seed(Skip { depth })?;
-                    names.insert(name)?;
-                    continue;
-                }
-            };
-            if seen & bit != 0 {
-                return Err(de::Error::custom("duplicate member name"));
+/// Parses the JOSE header in one strict pass (see [`super::scan`]).
+fn parse_header(bytes: &[u8]) -> Result<Header<'_>, JsonError> {
+    let mut s = Scanner::new(bytes)?;
+    // `alg`, `kid` and `typ` are tracked by bit, other names in `names`, so
+    // the usual header allocates nothing.
+    let mut seen = 0u8;
+    let mut names = MemberNames::default();
+    let mut alg = None;
+    let mut kid = None;
+    let mut typ = TypHeader::Absent;
+    s.object(0, |s, name, depth| {
+        let bit = match name.as_str() {
+            "alg" => {
+                alg = Some(classify_alg(s.string()?.as_str()));
+                1
             }
-            seen |= bit;
+            "kid" => {
+                kid = Some(s.string()?);
+                2
+            }
+            "typ" => {
+                typ = classify_typ(s.string()?.as_str());
+                4
+            }
+            // We implement no JWS extension, so any critical one is unknown.
+            "crit" => return Err(JsonError("unknown critical header")),
+            // jku, x5u, jwk, x5c and the rest are never followed or trusted.
+            _ => {
+                s.skip(depth)?;
+                return names.insert(name);
+            }
+        };
+        if seen & bit != 0 {
+            return Err(JsonError("duplicate member name"));
         }
-        Ok(Header {
-            alg: alg.ok_or_else(|| de::Error::custom("missing alg"))?,
-            kid,
-            typ,
-        })
-    }
+        seen |= bit;
+        Ok(())
+    })?;
+    s.end()?;
+    Ok(Header {
+        alg: alg.ok_or(JsonError("missing alg"))?,
+        kid,
+        typ,
+    })
 }
 
 /// The header, payload and signature segments of a compact JWS.
@@ -183,7 +175,7 @@ pub fn verify_compact<'k>(
     .ok_or(TokenError::Malformed(
         "header is not base64url without padding",
     ))?;
-    let header = parse_with(header_bytes, HeaderSeed)
+    let header = parse_header(header_bytes)
         .map_err(|_| TokenError::Malformed("header is not a valid JOSE header object"))?;
     let alg = header.alg?;
     if !policy.algorithms.contains(alg) {
@@ -234,15 +226,6 @@ fn decode_bounded<'b>(
     };
     let len = b64_decode_into(input, buf)?;
     Some(&buf[..len])
-}
-
-struct HeaderSeed;
-
-impl<'de> de::DeserializeSeed<'de> for HeaderSeed {
-    type Value = Header<'de>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Header<'de>, D::Error> {
-        d.deserialize_map(HeaderVisitor)
-    }
 }
 
 /// Signs `payload` as a compact JWS with `key`, naming its `kid` and `typ`.

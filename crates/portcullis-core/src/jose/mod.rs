@@ -7,6 +7,7 @@ pub mod jwk;
 pub mod jws;
 pub mod key;
 pub mod keyset;
+pub(crate) mod scan;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

@@ -1,12 +1,11 @@
 //! One pass over the claims JSON: duplicates and depth checked, the claims a
 //! principal needs extracted (borrowed where possible), the rest skipped.
 
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
 
 use super::validation::ClaimNames;
-use crate::jose::json::{CowStr, MemberNames, Skip, deeper};
+use crate::jose::json::{CowStr, MemberNames};
+use crate::jose::scan::{JsonError, Number, Result, Scanner};
 
 /// `sub` as a string, or as an object `{uuid, email, name}` some issuers send.
 #[derive(Default)]
@@ -89,78 +88,40 @@ impl ParsedClaims<'_> {
     }
 }
 
-pub(crate) struct ClaimsSeed<'a> {
-    pub names: &'a ClaimNames,
-}
-
-impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
-    type Value = ParsedClaims<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ClaimsSeed<'_> {
-    type Value = ParsedClaims<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JWT claims object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let depth = deeper(0)?;
-        let n = self.names;
-        let mut c = ParsedClaims {
-            // Unknown claims only: the usual token allocates nothing here.
-            names: MemberNames::default(),
-            ..ParsedClaims::default()
+/// Parses a claims set in one strict pass (see [`crate::jose::scan`]).
+pub(crate) fn parse_claims<'a>(bytes: &'a [u8], n: &ClaimNames) -> Result<ParsedClaims<'a>> {
+    let mut s = Scanner::new(bytes)?;
+    let mut c = ParsedClaims::default();
+    s.object(0, |s, key, depth| {
+        let Some(slot) = known_slot(key.as_str(), n) else {
+            s.skip(depth)?;
+            return c.names.insert(key);
         };
-        while let Some(key) = map.next_key::<CowStr<'de>>()? {
-            let Some(slot) = known_slot(key.as_str(), n) else {
-                map.next_value_seed(Skip { depth })?;
-                c.names.insert(key)?;
-                continue;
-            };
-            if c.known & (1 << slot) != 0 {
-                return Err(de::Error::custom("duplicate member name"));
-            }
-            c.known |= 1 << slot;
-            match slot {
-                SUB => c.sub = Some(map.next_value_seed(SubjectSeed { depth })?),
-                ISS => c.iss = Some(map.next_value()?),
-                AUD => {
-                    c.aud = Some(map.next_value_seed(Strings {
-                        split: false,
-                        depth,
-                    })?)
-                }
-                EXP => c.exp = Some(map.next_value_seed(NumericDate)?),
-                NBF => c.nbf = Some(map.next_value_seed(NumericDate)?),
-                IAT => c.iat = Some(map.next_value_seed(NumericDate)?),
-                JTI => c.jti = Some(map.next_value()?),
-                SID => c.sid = Some(map.next_value()?),
-                TYPE => c.token_type = Some(map.next_value()?),
-                TENANT => c.tenant = Some(map.next_value()?),
-                EMAIL => c.email = Some(map.next_value()?),
-                NAME => c.name = Some(map.next_value()?),
-                ROLES => {
-                    c.roles = owned(map.next_value_seed(Strings {
-                        split: false,
-                        depth,
-                    })?)
-                }
-                PERMISSIONS => {
-                    c.permissions = owned(map.next_value_seed(Strings {
-                        split: false,
-                        depth,
-                    })?);
-                }
-                _ => {
-                    let scopes = owned(map.next_value_seed(Strings { split: true, depth })?);
-                    c.scopes.extend(scopes);
-                }
-            }
+        if c.known & (1 << slot) != 0 {
+            return Err(JsonError("duplicate member name"));
         }
-        Ok(c)
-    }
+        c.known |= 1 << slot;
+        match slot {
+            SUB => c.sub = Some(subject(s, depth)?),
+            ISS => c.iss = Some(s.string()?),
+            AUD => c.aud = Some(strings(s, depth, false)?),
+            EXP => c.exp = Some(numeric_date(s)?),
+            NBF => c.nbf = Some(numeric_date(s)?),
+            IAT => c.iat = Some(numeric_date(s)?),
+            JTI => c.jti = Some(s.string()?),
+            SID => c.sid = Some(s.string()?),
+            TYPE => c.token_type = Some(s.string()?),
+            TENANT => c.tenant = Some(s.string()?),
+            EMAIL => c.email = Some(s.string()?),
+            NAME => c.name = Some(s.string()?),
+            ROLES => c.roles = owned(strings(s, depth, false)?),
+            PERMISSIONS => c.permissions = owned(strings(s, depth, false)?),
+            _ => c.scopes.extend(owned(strings(s, depth, true)?)),
+        }
+        Ok(())
+    })?;
+    s.end()?;
+    Ok(c)
 }
 
 fn owned(v: Vec<CowStr<'_>>) -> Vec<String> {
@@ -168,118 +129,57 @@ fn owned(v: Vec<CowStr<'_>>) -> Vec<String> {
 }
 
 /// A NumericDate: an integer or a finite number of seconds (fractions floored).
-struct NumericDate;
-
-impl<'de> DeserializeSeed<'de> for NumericDate {
-    type Value = i64;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NumericDate {
-    type Value = i64;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a NumericDate")
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
-        Ok(v)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
-        i64::try_from(v).map_err(|_| E::custom("NumericDate out of range"))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+fn numeric_date(s: &mut Scanner<'_>) -> Result<i64> {
+    match s.number()? {
+        Number::Int(v) => Ok(v),
         // Beyond ±2^53 seconds the value is nonsense; reject instead of saturating.
-        if v.is_finite() && v.abs() < 9.0e15 {
-            Ok(v.floor() as i64)
-        } else {
-            Err(E::custom("NumericDate out of range"))
-        }
+        Number::Float(v) if v.abs() < 9.0e15 => Ok(v.floor() as i64),
+        Number::Float(_) => Err(JsonError("NumericDate out of range")),
     }
 }
 
 /// A string or an array of strings; with `split`, a string is a
 /// space-separated list (the OAuth `scope` form).
-struct Strings {
-    split: bool,
-    depth: u8,
+fn strings<'a>(s: &mut Scanner<'a>, depth: u8, split: bool) -> Result<Vec<CowStr<'a>>> {
+    if s.peek() == Some(b'[') {
+        let mut out = Vec::with_capacity(4);
+        s.array(depth, |s, _| {
+            out.push(s.string()?);
+            Ok(())
+        })?;
+        return Ok(out);
+    }
+    Ok(match s.string()? {
+        CowStr(v) if !split => vec![CowStr(v)],
+        CowStr(Cow::Borrowed(v)) => v
+            .split_ascii_whitespace()
+            .map(|p| CowStr(p.into()))
+            .collect(),
+        CowStr(Cow::Owned(v)) => v
+            .split_ascii_whitespace()
+            .map(|p| CowStr(p.to_owned().into()))
+            .collect(),
+    })
 }
 
-impl<'de> DeserializeSeed<'de> for Strings {
-    type Value = Vec<CowStr<'de>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strings {
-    type Value = Vec<CowStr<'de>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or an array of strings")
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        if self.split {
-            Ok(v.split_ascii_whitespace()
-                .map(|s| CowStr(s.into()))
-                .collect())
-        } else {
-            Ok(vec![CowStr(v.into())])
-        }
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if self.split {
-            Ok(v.split_ascii_whitespace()
-                .map(|s| CowStr(s.to_owned().into()))
-                .collect())
-        } else {
-            Ok(vec![CowStr(v.to_owned().into())])
-        }
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        deeper::<A::Error>(self.depth)?;
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-        while let Some(s) = seq.next_element::<CowStr<'de>>()? {
-            out.push(s);
-        }
-        Ok(out)
-    }
-}
-
-struct SubjectSeed {
-    depth: u8,
-}
-
-impl<'de> DeserializeSeed<'de> for SubjectSeed {
-    type Value = Subject;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Subject, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for SubjectSeed {
-    type Value = Subject;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a subject string or object")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Subject, E> {
-        Ok(Subject {
-            id: Some(v.to_owned()),
+/// `sub` as a string, or as an object `{uuid | id, email, name}`.
+fn subject(s: &mut Scanner<'_>, depth: u8) -> Result<Subject> {
+    if s.peek() != Some(b'{') {
+        return Ok(Subject {
+            id: Some(s.string()?.0.into_owned()),
             ..Subject::default()
-        })
+        });
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Subject, A::Error> {
-        let depth = deeper(self.depth)?;
-        let mut names = MemberNames::with_capacity(4);
-        let mut s = Subject::default();
-        while let Some(key) = map.next_key::<CowStr<'de>>()? {
-            match key.as_str() {
-                "uuid" | "id" => s.id = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
-                "email" => s.email = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
-                "name" => s.name = Some(map.next_value::<CowStr<'de>>()?.0.into_owned()),
-                _ => map.next_value_seed(Skip { depth })?,
-            }
-            names.insert(key)?;
+    let mut names = MemberNames::with_capacity(4);
+    let mut sub = Subject::default();
+    s.object(depth, |s, key, inner| {
+        match key.as_str() {
+            "uuid" | "id" => sub.id = Some(s.string()?.0.into_owned()),
+            "email" => sub.email = Some(s.string()?.0.into_owned()),
+            "name" => sub.name = Some(s.string()?.0.into_owned()),
+            _ => s.skip(inner)?,
         }
-        Ok(s)
-    }
+        names.insert(key)
+    })?;
+    Ok(sub)
 }

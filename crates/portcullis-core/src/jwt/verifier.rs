@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use super::claims::{ClaimsSeed, ParsedClaims};
+use super::claims::{ParsedClaims, parse_claims};
 use super::validation::Validation;
 use crate::clock::{Clock, SystemClock};
 use crate::error::TokenError;
-use crate::jose::json::parse_with;
 use crate::jose::jws::{self, TypHeader};
 use crate::jose::key::Key;
 use crate::jose::keyset::KeySet;
@@ -92,13 +91,8 @@ impl Verifier {
                 "`typ` header is not JWT or at+jwt",
             ));
         }
-        let claims = parse_with(
-            &jws.payload,
-            ClaimsSeed {
-                names: &v.claim_names,
-            },
-        )
-        .map_err(|_| TokenError::Malformed("claims are not a valid JWT claims object"))?;
+        let claims = parse_claims(&jws.payload, &v.claim_names)
+            .map_err(|_| TokenError::Malformed("claims are not a valid JWT claims object"))?;
         self.check(&claims)?;
         let principal = to_principal(claims);
         let key = Arc::clone(jws.key);
