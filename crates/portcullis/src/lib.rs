@@ -1,10 +1,12 @@
 //! Portcullis runtime library: the I/O shell around `portcullis-core`.
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
+//! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
+pub mod http_client;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod token_cache;

@@ -16,12 +16,16 @@ use hyper_util::rt::TokioIo;
 use portcullis::anomaly::memory::MemoryDedup;
 use portcullis::anomaly::webhook::{AlertDedup, AlertSender, WebhookConfig, WebhookEndpoint};
 use portcullis::anomaly::{AnomalyBackend, AnomalyEngine, Observed};
+use portcullis::http_client::TlsTrust;
 use portcullis_core::anomaly::webhook::{PayloadFormat, WebhookSecret};
 use portcullis_core::anomaly::{
     Action, BanTarget, DetectorConfig, DetectorKind, SampleRequest, Signal,
 };
 use portcullis_core::{Clock, ManualClock, SystemClock};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 const T0: u64 = 1_800_000_000;
 
@@ -259,57 +263,102 @@ struct Receiver {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
+}
+
+fn tls_data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tls")
+        .join(name)
+}
+
+/// Serves one connection: every POST is recorded and answered with `status`.
+async fn serve_connection<I>(io: I, store: Arc<Mutex<Vec<Received>>>, status: u16)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let store = Arc::clone(&store);
+        async move {
+            let h = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (id, ts, sig) = (
+                h("webhook-id"),
+                h("webhook-timestamp"),
+                h("webhook-signature"),
+            );
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            store.lock().unwrap().push(Received {
+                id,
+                timestamp: ts.parse().unwrap_or(0),
+                signature: sig,
+                body,
+            });
+            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 impl Receiver {
-    /// Answers every POST with `status` and records it.
+    /// Answers every POST over plain HTTP with `status` and records it.
     async fn start(status: u16) -> Self {
+        Self::serve(status, None).await
+    }
+
+    /// The same over TLS, with the test certificate for 127.0.0.1.
+    async fn start_tls(status: u16) -> Self {
+        let certs = CertificateDer::pem_file_iter(tls_data("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(tls_data("server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Self::serve(status, Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(status: u16, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = Arc::clone(&received);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let store = Arc::clone(&store);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let store = Arc::clone(&store);
-                        async move {
-                            let h = |n: &str| {
-                                req.headers()
-                                    .get(n)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
-                            let (id, ts, sig) = (
-                                h("webhook-id"),
-                                h("webhook-timestamp"),
-                                h("webhook-signature"),
-                            );
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            store.lock().unwrap().push(Received {
-                                id,
-                                timestamp: ts.parse().unwrap_or(0),
-                                signature: sig,
-                                body,
-                            });
-                            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(resp)
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_connection(stream, store, status).await;
+                            }
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        None => serve_connection(stream, store, status).await,
+                    }
                 });
             }
         });
@@ -317,11 +366,12 @@ impl Receiver {
             addr,
             received,
             task,
+            scheme,
         }
     }
 
     fn url(&self) -> http::Uri {
-        format!("http://{}/hooks/portcullis", self.addr)
+        format!("{}://{}/hooks/portcullis", self.scheme, self.addr)
             .parse()
             .unwrap()
     }
@@ -350,6 +400,7 @@ fn webhook_config(url: http::Uri, attempts: u32) -> WebhookConfig {
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        allow_http: true,
         ..WebhookConfig::default()
     }
 }
@@ -524,6 +575,56 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
 
 // ---------------------------------------------------------------------------
 // Shared state on Redis.
+
+/// Sends one alert through a fresh sender and waits for its outcome.
+async fn send_one(config: WebhookConfig) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (alerts, worker) = AlertSender::start(
+        config,
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let event = portcullis_core::anomaly::AnomalyEvent {
+        detector: DetectorKind::Burst,
+        key: "ip:192.0.2.9".into(),
+        count: 50,
+        window_secs: 10.0,
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        sample: SampleRequest::default(),
+    };
+    assert!(alerts.alert(event, Duration::from_secs(60)));
+    let stats = Arc::clone(alerts.stats());
+    drop(alerts);
+    worker.await.unwrap();
+    (stats.delivered.load(Relaxed), stats.abandoned.load(Relaxed))
+}
+
+#[tokio::test]
+async fn webhooks_are_delivered_over_https_to_a_trusted_ca() {
+    let receiver = Receiver::start_tls(200).await;
+    let mut config = webhook_config(receiver.url(), 1);
+    config.allow_http = false;
+    config.tls = TlsTrust {
+        extra_roots_pem: std::fs::read(tls_data("ca.pem")).unwrap(),
+        only_extra_roots: false,
+    };
+    assert_eq!(send_one(config).await, (1, 0));
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature.starts_with("v1,"), "{:?}", got[0]);
+}
+
+#[tokio::test]
+async fn webhooks_refuse_a_server_whose_certificate_is_not_trusted() {
+    let receiver = Receiver::start_tls(200).await;
+    // Only the Mozilla roots: the test CA is unknown, so the TLS handshake
+    // fails, the alert is abandoned, and nothing reaches the receiver.
+    let config = webhook_config(receiver.url(), 2);
+    assert_eq!(send_one(config).await, (0, 1));
+    assert!(receiver.received().is_empty());
+}
 
 #[cfg(feature = "redis")]
 mod on_redis {

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::http_client::{self, HttpClient, HttpClientError, TlsTrust};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portcullis_core::anomaly::AnomalyEvent;
 use portcullis_core::anomaly::webhook::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, PayloadFormat, WebhookSecret, message_id,
@@ -25,7 +23,7 @@ use super::memory::MemoryDedup;
 /// One receiver of alerts.
 #[derive(Debug, Clone)]
 pub struct WebhookEndpoint {
-    /// Where to POST (`https://`, or `http://` when allowed).
+    /// Where to POST (`https://`, or `http://` when `allow_http`).
     pub url: http::Uri,
     /// The signing secret (`whsec_...`).
     pub secret: WebhookSecret,
@@ -50,6 +48,11 @@ pub struct WebhookConfig {
     pub queue_capacity: usize,
     /// Deliveries in flight at once (default 16).
     pub max_in_flight: usize,
+    /// Accept `http://` endpoints (default false: alerts name clients and
+    /// accounts, so they travel over TLS unless the operator says otherwise).
+    pub allow_http: bool,
+    /// Which TLS servers are trusted (Mozilla roots plus extra CAs).
+    pub tls: TlsTrust,
 }
 
 impl Default for WebhookConfig {
@@ -62,6 +65,8 @@ impl Default for WebhookConfig {
             backoff_max: Duration::from_secs(60),
             queue_capacity: 1024,
             max_in_flight: 16,
+            allow_http: false,
+            tls: TlsTrust::default(),
         }
     }
 }
@@ -73,11 +78,12 @@ pub enum WebhookConfigError {
     /// The URL is not absolute `http(s)://host...`.
     #[error("webhook url `{0}` must be an absolute http:// or https:// URL")]
     Url(String),
-    /// This build sends over plain HTTP only.
-    #[error(
-        "webhook url `{0}`: https is not supported by this build; terminate TLS in a local relay"
-    )]
-    Https(String),
+    /// A plain-HTTP endpoint without `allow_http`.
+    #[error("webhook url `{0}` is plain http; use https, or set allow_http for a trusted network")]
+    PlainHttp(String),
+    /// The TLS client could not be built.
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] HttpClientError),
     /// A zero timeout, attempt count or queue.
     #[error("webhook `{0}` must be positive")]
     Zero(&'static str),
@@ -89,8 +95,12 @@ impl WebhookConfig {
         for e in &self.endpoints {
             let url = e.url.to_string();
             match e.url.scheme_str() {
-                Some("http") if e.url.authority().is_some() => {}
-                Some("https") => return Err(WebhookConfigError::Https(url)),
+                Some("https") if e.url.authority().is_some() => {}
+                Some("http") if e.url.authority().is_some() => {
+                    if !self.allow_http {
+                        return Err(WebhookConfigError::PlainHttp(url));
+                    }
+                }
                 _ => return Err(WebhookConfigError::Url(url)),
             }
         }
@@ -174,8 +184,6 @@ impl std::fmt::Debug for Job {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 impl AlertSender {
     /// Starts the worker on the current Tokio runtime. The worker ends once
     /// every sender handle is dropped and its in-flight deliveries are done.
@@ -187,9 +195,7 @@ impl AlertSender {
         config.validate()?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(WebhookStats::default());
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+        let client = http_client::build(&config.tls, config.timeout)?;
         let worker = Worker {
             config: Arc::new(config),
             dedup,
@@ -384,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn https_and_relative_urls_are_refused_by_name() {
+    fn plain_http_and_relative_urls_are_refused_by_name() {
         let (secret, _) = WebhookSecret::generate().unwrap();
         let mut config = WebhookConfig::default();
         config.endpoints.push(WebhookEndpoint {
@@ -393,5 +399,15 @@ mod tests {
             format: PayloadFormat::Standard,
         });
         assert!(matches!(config.validate(), Err(WebhookConfigError::Url(_))));
+        config.endpoints[0].url = "http://127.0.0.1:9/hook".parse().unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(WebhookConfigError::PlainHttp(_))
+        ));
+        config.allow_http = true;
+        assert_eq!(config.validate(), Ok(()));
+        config.endpoints[0].url = "https://hooks.example/hook".parse().unwrap();
+        config.allow_http = false;
+        assert_eq!(config.validate(), Ok(()));
     }
 }
