@@ -120,15 +120,24 @@ fn deny_overrides_allow_and_first_allow_decides() {
     let d = p.decide(Some(&nobody), &RequestFacts::new("GET", "/admin/users"));
     assert!(!d.allowed);
     assert_eq!(d.reason.as_str(), "missing_any_role");
-    assert!(p.decide(Some(&admin), &RequestFacts::new("GET", "/admin")).allowed);
-    assert!(p.decide(Some(&nobody), &RequestFacts::new("GET", "/shop")).allowed);
+    assert!(
+        p.decide(Some(&admin), &RequestFacts::new("GET", "/admin"))
+            .allowed
+    );
+    assert!(
+        p.decide(Some(&nobody), &RequestFacts::new("GET", "/shop"))
+            .allowed
+    );
 }
 
 #[test]
 fn default_deny_and_configured_default_allow() {
     let rules = vec![RouteRule::allow("orders", "/orders")];
     let p = policy(rules.clone(), vec![]);
-    let d = p.decide(Some(&user(&[], &[], None)), &RequestFacts::new("GET", "/other"));
+    let d = p.decide(
+        Some(&user(&[], &[], None)),
+        &RequestFacts::new("GET", "/other"),
+    );
     assert!(!d.allowed);
     assert_eq!((d.rule, d.reason), (None, Reason::NoMatchingRule));
     let open = AccessPolicy::new(&AuthzConfig {
@@ -137,7 +146,10 @@ fn default_deny_and_configured_default_allow() {
         default: Effect::Allow,
     })
     .unwrap();
-    assert!(open.decide(None, &RequestFacts::new("GET", "/other")).allowed);
+    assert!(
+        open.decide(None, &RequestFacts::new("GET", "/other"))
+            .allowed
+    );
 }
 
 #[test]
@@ -153,11 +165,17 @@ fn tenant_isolation() {
     let a = user(&["clerk"], &[], Some("acme"));
     let facts = RequestFacts::new("GET", "/tenants/acme/orders/42");
     assert!(p.decide(Some(&a), &facts).allowed);
-    let d = p.decide(Some(&a), &RequestFacts::new("GET", "/tenants/globex/orders/42"));
+    let d = p.decide(
+        Some(&a),
+        &RequestFacts::new("GET", "/tenants/globex/orders/42"),
+    );
     assert!(!d.allowed);
     assert_eq!(d.reason, Reason::TenantMismatch);
     let no_tenant = user(&["clerk"], &[], None);
-    assert_eq!(p.decide(Some(&no_tenant), &facts).reason, Reason::TenantMismatch);
+    assert_eq!(
+        p.decide(Some(&no_tenant), &facts).reason,
+        Reason::TenantMismatch
+    );
     let no_perm = user(&[], &["orders.write"], Some("acme"));
     assert_eq!(
         p.decide(Some(&no_perm), &facts).reason,
@@ -174,7 +192,9 @@ fn methods_hosts_scopes_and_auth_methods() {
                 .host("*.example.com")
                 .scopes(["items:write"])
                 .auth_methods([AuthMethod::Jwt]),
-            RouteRule::allow("read", "/items/*").methods(["GET"]).anonymous(),
+            RouteRule::allow("read", "/items/*")
+                .methods(["GET"])
+                .anonymous(),
             RouteRule::allow("svc", "/internal/**")
                 .auth_methods([AuthMethod::SignedRequest, AuthMethod::App])
                 .permissions_any(["internal.call", "internal.admin"]),
@@ -183,23 +203,39 @@ fn methods_hosts_scopes_and_auth_methods() {
     );
     let mut u = user(&[], &[], None);
     let put = RequestFacts::new("PUT", "/items/7").with_host("API.example.com:8443");
-    assert_eq!(p.decide(Some(&u), &put).reason, Reason::MissingScope("items:write"));
+    assert_eq!(
+        p.decide(Some(&u), &put).reason,
+        Reason::MissingScope("items:write")
+    );
     u.scopes = vec!["items:write".into()];
     assert!(p.decide(Some(&u), &put).allowed);
     // Wrong host: no rule matches.
-    let d = p.decide(Some(&u), &RequestFacts::new("PUT", "/items/7").with_host("evil.com"));
+    let d = p.decide(
+        Some(&u),
+        &RequestFacts::new("PUT", "/items/7").with_host("evil.com"),
+    );
     assert_eq!(d.reason, Reason::NoMatchingRule);
-    assert!(p.decide(None, &RequestFacts::new("GET", "/items/7")).allowed);
-    assert!(!p.decide(None, &RequestFacts::new("POST", "/items/7")).allowed);
+    assert!(
+        p.decide(None, &RequestFacts::new("GET", "/items/7"))
+            .allowed
+    );
+    assert!(
+        !p.decide(None, &RequestFacts::new("POST", "/items/7"))
+            .allowed
+    );
     let d = p.decide(Some(&u), &RequestFacts::new("GET", "/internal/x"));
     assert_eq!(d.reason, Reason::AuthMethodNotAllowed(AuthMethod::Jwt));
     let mut svc = Principal::new("billing", AuthMethod::SignedRequest);
     assert!(matches!(
-        p.decide(Some(&svc), &RequestFacts::new("GET", "/internal/x")).reason,
+        p.decide(Some(&svc), &RequestFacts::new("GET", "/internal/x"))
+            .reason,
         Reason::MissingAnyPermission(_)
     ));
     svc.permissions = vec!["internal.*".into()];
-    assert!(p.decide(Some(&svc), &RequestFacts::new("GET", "/internal/x")).allowed);
+    assert!(
+        p.decide(Some(&svc), &RequestFacts::new("GET", "/internal/x"))
+            .allowed
+    );
 }
 
 #[test]
@@ -215,12 +251,24 @@ fn included_roles_count_for_role_and_permission_requirements() {
         ],
     );
     let admin = user(&["admin"], &[], None);
-    assert!(p.decide(Some(&admin), &RequestFacts::new("POST", "/docs/1")).allowed);
-    assert!(p.decide(Some(&admin), &RequestFacts::new("POST", "/billing/r")).allowed);
+    assert!(
+        p.decide(Some(&admin), &RequestFacts::new("POST", "/docs/1"))
+            .allowed
+    );
+    assert!(
+        p.decide(Some(&admin), &RequestFacts::new("POST", "/billing/r"))
+            .allowed
+    );
     let editor = user(&["editor"], &[], None);
     let d = p.decide(Some(&editor), &RequestFacts::new("POST", "/billing/r"));
-    assert_eq!(d.reason, Reason::MissingPermission("billing.invoice.refund"));
-    assert_eq!(d.reason.to_string(), "missing permission `billing.invoice.refund`");
+    assert_eq!(
+        d.reason,
+        Reason::MissingPermission("billing.invoice.refund")
+    );
+    assert_eq!(
+        d.reason.to_string(),
+        "missing permission `billing.invoice.refund`"
+    );
 }
 
 #[test]
@@ -232,10 +280,16 @@ fn malformed_paths_are_denied() {
     }
     // Empty segments are ignored, so `//admin` is `/admin`.
     let p = policy(
-        vec![RouteRule::deny("admin", "/admin/**"), RouteRule::allow("all", "/**").anonymous()],
+        vec![
+            RouteRule::deny("admin", "/admin/**"),
+            RouteRule::allow("all", "/**").anonymous(),
+        ],
         vec![],
     );
-    assert!(!p.decide(None, &RequestFacts::new("GET", "//admin//x")).allowed);
+    assert!(
+        !p.decide(None, &RequestFacts::new("GET", "//admin//x"))
+            .allowed
+    );
 }
 
 #[test]
@@ -250,13 +304,36 @@ fn configuration_errors_name_the_rule_and_field() {
     };
     let e = err(vec![RouteRule::allow("x", "/a/**/b")]);
     assert!(matches!(e, AuthzConfigError::Rule { ref rule, field: "path", .. } if rule == "x"));
-    let e = err(vec![RouteRule::allow("t", "/orders/{id}").tenant_param("tenant")]);
-    assert!(matches!(e, AuthzConfigError::Rule { field: "require.tenant_param", .. }));
+    let e = err(vec![
+        RouteRule::allow("t", "/orders/{id}").tenant_param("tenant"),
+    ]);
+    assert!(matches!(
+        e,
+        AuthzConfigError::Rule {
+            field: "require.tenant_param",
+            ..
+        }
+    ));
     let e = err(vec![RouteRule::allow("p", "/x").permissions_all(["a.*"])]);
-    assert!(matches!(e, AuthzConfigError::Rule { field: "require.permissions", .. }));
+    assert!(matches!(
+        e,
+        AuthzConfigError::Rule {
+            field: "require.permissions",
+            ..
+        }
+    ));
     let e = err(vec![RouteRule::allow("m", "/x").methods(["get"])]);
-    assert!(matches!(e, AuthzConfigError::Rule { field: "methods", .. }));
-    let e = err(vec![RouteRule::allow("d", "/x"), RouteRule::allow("d", "/y")]);
+    assert!(matches!(
+        e,
+        AuthzConfigError::Rule {
+            field: "methods",
+            ..
+        }
+    ));
+    let e = err(vec![
+        RouteRule::allow("d", "/x"),
+        RouteRule::allow("d", "/y"),
+    ]);
     assert!(matches!(e, AuthzConfigError::Rule { field: "name", .. }));
     let cycle = AccessPolicy::new(&AuthzConfig {
         roles: vec![
@@ -267,7 +344,10 @@ fn configuration_errors_name_the_rule_and_field() {
         default: Effect::Deny,
     })
     .unwrap_err();
-    assert_eq!(cycle, AuthzConfigError::Roles(RoleError::Cycle("a -> b -> a".into())));
+    assert_eq!(
+        cycle,
+        AuthzConfigError::Roles(RoleError::Cycle("a -> b -> a".into()))
+    );
     assert_eq!(
         cycle.to_string(),
         "roles: roles include each other in a cycle: a -> b -> a; break the cycle"
@@ -290,6 +370,12 @@ fn config_loads_from_json() {
     assert_eq!(config.default, Effect::Deny);
     let p = AccessPolicy::new(&config).unwrap();
     let u = user(&["clerk"], &[], Some("acme"));
-    assert!(p.decide(Some(&u), &RequestFacts::new("GET", "/tenants/acme/orders/1/lines")).allowed);
+    assert!(
+        p.decide(
+            Some(&u),
+            &RequestFacts::new("GET", "/tenants/acme/orders/1/lines")
+        )
+        .allowed
+    );
     assert!(serde_json::from_str::<AuthzConfig>(r#"{"rules": [], "typo": 1}"#).is_err());
 }

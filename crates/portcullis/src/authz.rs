@@ -338,7 +338,11 @@ impl<N: NonceStore> SignedRequestAuthenticator<N> {
     }
 
     /// Trusts `app` with `secret` (at least 32 bytes).
-    pub fn with_app(mut self, app: impl Into<String>, secret: &[u8]) -> Result<Self, WeakAppSecret> {
+    pub fn with_app(
+        mut self,
+        app: impl Into<String>,
+        secret: &[u8],
+    ) -> Result<Self, WeakAppSecret> {
         let app = app.into();
         if secret.len() < MIN_SECRET_BYTES {
             return Err(WeakAppSecret(app));

@@ -11,7 +11,9 @@ use portcullis::authz::{
     SignedRequestAuthenticator, SignedRequestError, signature_headers,
 };
 use portcullis_core::authz::signed_request::{self, SignatureError, SignatureHeaders, SignedParts};
-use portcullis_core::authz::{AuthzConfig, AuthzConfigError, Effect, Reason, RequestFacts, RouteRule};
+use portcullis_core::authz::{
+    AuthzConfig, AuthzConfigError, Effect, Reason, RequestFacts, RouteRule,
+};
 use portcullis_core::{AuthMethod, Clock, ErrorCode, ManualClock, Principal};
 
 /// An async policy: only principals whose subject a (simulated) directory
@@ -61,7 +63,10 @@ async fn custom_async_policies_run_after_the_rule_and_name_themselves() {
     let suspended = Principal::new("suspended-bob", AuthMethod::Jwt);
     let d = authz.authorize(Some(&suspended), &get).await;
     assert!(!d.allowed);
-    assert_eq!((d.rule, d.reason), (Some("reports"), Reason::Policy("active")));
+    assert_eq!(
+        (d.rule, d.reason),
+        (Some("reports"), Reason::Policy("active"))
+    );
     assert_eq!(d.code(), Some(ErrorCode::Denied));
     let d = authz
         .authorize(Some(&alice), &RequestFacts::new("DELETE", "/reports/q3"))
@@ -70,7 +75,12 @@ async fn custom_async_policies_run_after_the_rule_and_name_themselves() {
     // Policies never run for requests the rule already denies.
     let d = authz.authorize(None, &get).await;
     assert_eq!(d.reason, Reason::Unauthenticated);
-    assert!(authz.authorize(None, &RequestFacts::new("GET", "/open")).await.allowed);
+    assert!(
+        authz
+            .authorize(None, &RequestFacts::new("GET", "/open"))
+            .await
+            .allowed
+    );
 }
 
 #[test]
@@ -89,7 +99,10 @@ fn an_unregistered_policy_is_a_configuration_error() {
 const SECRET: &[u8] = b"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t!";
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn nonce() -> String {
@@ -132,15 +145,27 @@ const PARTS: SignedParts<'static> = SignedParts {
     body: br#"{"customer":"c_1"}"#,
 };
 
-async fn replay_suite<N: NonceStore>(replicas: [&SignedRequestAuthenticator<N>; 2], clock: &ManualClock) {
+async fn replay_suite<N: NonceStore>(
+    replicas: [&SignedRequestAuthenticator<N>; 2],
+    clock: &ManualClock,
+) {
     let ts = clock.unix_seconds() as u64;
     let req = Signed::new(ts, &PARTS);
     let map = req.headers();
-    let p = replicas[0].authenticate(&signature_headers(&map), &PARTS).await.unwrap();
-    assert_eq!((p.subject.as_str(), p.auth_method), ("billing", AuthMethod::SignedRequest));
+    let p = replicas[0]
+        .authenticate(&signature_headers(&map), &PARTS)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.subject.as_str(), p.auth_method),
+        ("billing", AuthMethod::SignedRequest)
+    );
     // The same request again, on either replica, is a replay.
     for r in replicas {
-        let err = r.authenticate(&signature_headers(&map), &PARTS).await.unwrap_err();
+        let err = r
+            .authenticate(&signature_headers(&map), &PARTS)
+            .await
+            .unwrap_err();
         assert_eq!(err, SignedRequestError::Signature(SignatureError::Replayed));
         assert_eq!(err.code(), ErrorCode::InvalidSignatureRequest);
         assert_eq!(err.code().as_str(), "auth.invalid_signature_request");
@@ -151,13 +176,19 @@ async fn replay_suite<N: NonceStore>(replicas: [&SignedRequestAuthenticator<N>; 
         .authenticate(&signature_headers(&old.headers()), &PARTS)
         .await
         .unwrap_err();
-    assert_eq!(err, SignedRequestError::Signature(SignatureError::OutsideWindow));
+    assert_eq!(
+        err,
+        SignedRequestError::Signature(SignatureError::OutsideWindow)
+    );
     let future = Signed::new(ts + 301, &PARTS);
     let err = replicas[1]
         .authenticate(&signature_headers(&future.headers()), &PARTS)
         .await
         .unwrap_err();
-    assert_eq!(err, SignedRequestError::Signature(SignatureError::OutsideWindow));
+    assert_eq!(
+        err,
+        SignedRequestError::Signature(SignatureError::OutsideWindow)
+    );
     // Within the window, with a fresh nonce: accepted.
     let edge = Signed::new(ts - 299, &PARTS);
     replicas[1]
@@ -174,7 +205,10 @@ async fn replay_suite<N: NonceStore>(replicas: [&SignedRequestAuthenticator<N>; 
         .authenticate(&signature_headers(&fresh.headers()), &tampered)
         .await
         .unwrap_err();
-    assert_eq!(err, SignedRequestError::Signature(SignatureError::BadSignature));
+    assert_eq!(
+        err,
+        SignedRequestError::Signature(SignatureError::BadSignature)
+    );
     replicas[0]
         .authenticate(&signature_headers(&fresh.headers()), &PARTS)
         .await
@@ -191,7 +225,10 @@ async fn replay_suite<N: NonceStore>(replicas: [&SignedRequestAuthenticator<N>; 
         .authenticate(&SignatureHeaders::default(), &PARTS)
         .await
         .unwrap_err();
-    assert_eq!(err, SignedRequestError::Signature(SignatureError::Missing("x-portcullis-app")));
+    assert_eq!(
+        err,
+        SignedRequestError::Signature(SignatureError::Missing("x-portcullis-app"))
+    );
 }
 
 fn manual_clock() -> Arc<ManualClock> {
@@ -241,10 +278,25 @@ mod on_redis {
         replay_suite([&a, &b], &clock).await;
         // The nonce key expires with the window (twice the window, both sides of now).
         let store = RedisNonceStore::new(conn.clone(), prefix);
-        assert!(store.remember("app", "nonce-ttl-check-0001", Duration::from_millis(200)).await.unwrap());
-        assert!(!store.remember("app", "nonce-ttl-check-0001", Duration::from_millis(200)).await.unwrap());
+        assert!(
+            store
+                .remember("app", "nonce-ttl-check-0001", Duration::from_millis(200))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember("app", "nonce-ttl-check-0001", Duration::from_millis(200))
+                .await
+                .unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(store.remember("app", "nonce-ttl-check-0001", Duration::from_millis(200)).await.unwrap());
+        assert!(
+            store
+                .remember("app", "nonce-ttl-check-0001", Duration::from_millis(200))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

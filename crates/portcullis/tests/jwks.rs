@@ -160,7 +160,9 @@ fn key(kid: &str) -> Key {
 /// The same private key under another kid (Key is not Clone).
 fn copy(key: &Key, kid: &str) -> Key {
     let pem = key.private_pkcs8_pem().unwrap();
-    Key::from_pem(pem.as_bytes(), Some(Algorithm::ES256)).unwrap().with_kid(kid)
+    Key::from_pem(pem.as_bytes(), Some(Algorithm::ES256))
+        .unwrap()
+        .with_kid(kid)
 }
 
 fn mint(key: &Key, iss: &str, clock: &Arc<ManualClock>) -> String {
@@ -210,25 +212,44 @@ async fn discovery_finds_keys_and_a_rotated_key_is_picked_up_on_first_use() {
     idp.publish(&published);
     let issuer = remote(config(&idp, KeySource::Discovery), &clock);
 
-    let p = issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap();
+    let p = issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(p.subject, "alice");
     assert_eq!(p.issuer.as_deref(), Some(idp.issuer().as_str()));
-    assert_eq!((idp.discovery_hits.load(Ordering::SeqCst), idp.jwks_hits()), (1, 1));
+    assert_eq!(
+        (idp.discovery_hits.load(Ordering::SeqCst), idp.jwks_hits()),
+        (1, 1)
+    );
 
     // Cached: no new fetch.
-    issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap();
+    issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(idp.jwks_hits(), 1);
 
     // The issuer rotates to k2 (no clock movement, no restart).
     let k2 = key("k2");
     published.insert(copy(&k2, k2.kid())).unwrap();
     idp.publish(&published);
-    issuer.verify(mint(&k2, &idp.issuer(), &clock).as_bytes()).await.unwrap();
+    issuer
+        .verify(mint(&k2, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(idp.jwks_hits(), 2, "one refetch for the new kid");
-    assert_eq!(idp.discovery_hits.load(Ordering::SeqCst), 1, "jwks_uri cached");
+    assert_eq!(
+        idp.discovery_hits.load(Ordering::SeqCst),
+        1,
+        "jwks_uri cached"
+    );
 
     // A token from another issuer is refused even with a known key.
-    let err = issuer.verify(mint(&k1, "https://evil.example", &clock).as_bytes()).await.unwrap_err();
+    let err = issuer
+        .verify(mint(&k1, "https://evil.example", &clock).as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(err, IssuerError::Token(TokenError::InvalidIssuer));
 }
 
@@ -242,7 +263,10 @@ async fn discovery_with_another_issuer_name_is_refused() {
     published.insert(copy(&k1, k1.kid())).unwrap();
     idp.publish(&published);
     let issuer = remote(config(&idp, KeySource::Discovery), &clock);
-    let err = issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap_err();
+    let err = issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::JwksUnavailable);
     assert!(err.to_string().contains("someone-else"), "{err}");
     assert_eq!(idp.jwks_hits(), 0);
@@ -256,13 +280,25 @@ async fn a_thousand_unknown_kids_cause_at_most_one_fetch_per_interval() {
     let mut published = KeySet::new();
     published.insert(copy(&k1, k1.kid())).unwrap();
     idp.publish(&published);
-    let issuer = remote(config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))), &clock);
-    issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap();
+    let issuer = remote(
+        config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))),
+        &clock,
+    );
+    issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(idp.jwks_hits(), 1);
 
     let signer = key("unused");
     let tokens: Vec<String> = (0..1000)
-        .map(|i| mint(&copy(&signer, &format!("rand-{i}-{}", rand_suffix())), &idp.issuer(), &clock))
+        .map(|i| {
+            mint(
+                &copy(&signer, &format!("rand-{i}-{}", rand_suffix())),
+                &idp.issuer(),
+                &clock,
+            )
+        })
         .collect();
     for round in 1..=2 {
         let before = idp.jwks_hits();
@@ -279,14 +315,20 @@ async fn a_thousand_unknown_kids_cause_at_most_one_fetch_per_interval() {
             assert_eq!(err.code(), ErrorCode::UnknownKey);
         }
         let fetched = idp.jwks_hits() - before;
-        assert_eq!(fetched, 1, "round {round}: one shared refetch for 1000 misses");
+        assert_eq!(
+            fetched, 1,
+            "round {round}: one shared refetch for 1000 misses"
+        );
         // Still within the interval: more misses fetch nothing.
         issuer.verify(tokens[0].as_bytes()).await.unwrap_err();
         assert_eq!(idp.jwks_hits() - before, 1);
         clock.advance(Duration::from_secs(11));
     }
     // Known keys keep working throughout.
-    issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap();
+    issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
 }
 
 fn rand_suffix() -> u64 {
@@ -303,7 +345,10 @@ async fn with_the_issuer_down_cached_keys_serve_then_jwks_unavailable() {
     let mut published = KeySet::new();
     published.insert(copy(&k1, k1.kid())).unwrap();
     idp.publish(&published);
-    let issuer = remote(config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))), &clock);
+    let issuer = remote(
+        config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))),
+        &clock,
+    );
     let token = mint(&k1, &idp.issuer(), &clock);
     issuer.verify(token.as_bytes()).await.unwrap();
 
@@ -332,8 +377,14 @@ async fn oversized_and_slow_documents_are_refused() {
     let clock = clock_now();
     let k1 = key("k1");
     *idp.jwks.lock().unwrap() = format!(r#"{{"keys":[],"pad":"{}"}}"#, "x".repeat(300 * 1024));
-    let issuer = remote(config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))), &clock);
-    let err = issuer.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap_err();
+    let issuer = remote(
+        config(&idp, KeySource::Jwks(format!("{}/jwks", idp.issuer()))),
+        &clock,
+    );
+    let err = issuer
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::JwksUnavailable);
     assert!(err.to_string().contains("more than 262144 bytes"), "{err}");
 
@@ -344,7 +395,10 @@ async fn oversized_and_slow_documents_are_refused() {
         clock.clone() as Arc<dyn Clock>,
     )
     .unwrap();
-    let err = slow.verify(mint(&k1, &idp.issuer(), &clock).as_bytes()).await.unwrap_err();
+    let err = slow
+        .verify(mint(&k1, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::JwksUnavailable);
     assert!(err.to_string().contains("did not answer in time"), "{err}");
 }
@@ -355,7 +409,10 @@ async fn only_https_unless_http_is_allowed_for_loopback() {
         "http://id.example.com",
         KeySource::Jwks("http://id.example.com/jwks".into()),
     );
-    assert!(matches!(RemoteIssuer::new(plain.clone()), Err(IssuerError::Config(FetchError::Url { .. }))));
+    assert!(matches!(
+        RemoteIssuer::new(plain.clone()),
+        Err(IssuerError::Config(FetchError::Url { .. }))
+    ));
     let mut allowed = plain;
     allowed.allow_http = true;
     assert!(
@@ -385,13 +442,39 @@ async fn trusted_issuers_route_tokens_by_iss() {
     }
     let trusted = TrustedIssuers::new()
         .with(remote(config(&a, KeySource::Discovery), &clock))
-        .with(remote(config(&b, KeySource::Jwks(format!("{}/jwks", b.issuer()))), &clock));
-    assert_eq!(trusted.verify(mint(&ka, &a.issuer(), &clock).as_bytes()).await.unwrap().issuer, Some(a.issuer()));
-    assert_eq!(trusted.verify(mint(&kb, &b.issuer(), &clock).as_bytes()).await.unwrap().issuer, Some(b.issuer()));
+        .with(remote(
+            config(&b, KeySource::Jwks(format!("{}/jwks", b.issuer()))),
+            &clock,
+        ));
+    assert_eq!(
+        trusted
+            .verify(mint(&ka, &a.issuer(), &clock).as_bytes())
+            .await
+            .unwrap()
+            .issuer,
+        Some(a.issuer())
+    );
+    assert_eq!(
+        trusted
+            .verify(mint(&kb, &b.issuer(), &clock).as_bytes())
+            .await
+            .unwrap()
+            .issuer,
+        Some(b.issuer())
+    );
     // B's key cannot speak for A.
     let forged = mint(&kb, &a.issuer(), &clock);
-    assert_eq!(trusted.verify(forged.as_bytes()).await.unwrap_err().code(), ErrorCode::UnknownKey);
+    assert_eq!(
+        trusted.verify(forged.as_bytes()).await.unwrap_err().code(),
+        ErrorCode::UnknownKey
+    );
     let stranger = mint(&ka, "https://stranger.example", &clock);
-    assert_eq!(trusted.verify(stranger.as_bytes()).await.unwrap_err(), IssuerError::Token(TokenError::InvalidIssuer));
-    assert_eq!(trusted.verify(b"not-a-jwt").await.unwrap_err().code(), ErrorCode::MalformedToken);
+    assert_eq!(
+        trusted.verify(stranger.as_bytes()).await.unwrap_err(),
+        IssuerError::Token(TokenError::InvalidIssuer)
+    );
+    assert_eq!(
+        trusted.verify(b"not-a-jwt").await.unwrap_err().code(),
+        ErrorCode::MalformedToken
+    );
 }

@@ -38,7 +38,9 @@ pub enum PermissionError {
     #[error("permission `{0}`: `*` must be a whole segment (`billing.*`, `org.*.read`)")]
     PartialWildcard(String),
     /// The permission is too long or has too many segments.
-    #[error("permission `{0}` is longer than {MAX_PERMISSION_BYTES} bytes or {MAX_PERMISSION_SEGMENTS} segments")]
+    #[error(
+        "permission `{0}` is longer than {MAX_PERMISSION_BYTES} bytes or {MAX_PERMISSION_SEGMENTS} segments"
+    )]
     TooLong(String),
     /// A required permission contains a wildcard.
     #[error("required permission `{0}` must be literal; wildcards are for grants only")]
@@ -151,7 +153,11 @@ impl Permission {
     }
 
     fn is_prefix_only(&self) -> bool {
-        self.below && self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
+        self.below
+            && self
+                .segments
+                .iter()
+                .all(|s| matches!(s, Segment::Literal(_)))
     }
 }
 
@@ -319,10 +325,22 @@ mod tests {
     #[test]
     fn malformed_grants_and_requirements() {
         assert_eq!(Permission::parse(""), Err(PermissionError::Empty));
-        assert!(matches!(Permission::parse("a..b"), Err(PermissionError::EmptySegment(_))));
-        assert!(matches!(Permission::parse(".a"), Err(PermissionError::EmptySegment(_))));
-        assert!(matches!(Permission::parse("bill*"), Err(PermissionError::PartialWildcard(_))));
-        assert!(matches!(parse_required("a.*"), Err(PermissionError::WildcardRequired(_))));
+        assert!(matches!(
+            Permission::parse("a..b"),
+            Err(PermissionError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            Permission::parse(".a"),
+            Err(PermissionError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            Permission::parse("bill*"),
+            Err(PermissionError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            parse_required("a.*"),
+            Err(PermissionError::WildcardRequired(_))
+        ));
         let s = set(&["a.*"]);
         assert!(!s.allows("a."));
         assert!(!s.allows("a..b"));

@@ -324,7 +324,9 @@ impl fmt::Display for Reason<'_> {
             Ok(())
         };
         match self {
-            Self::AuthMethodNotAllowed(m) => write!(f, "authentication method {m:?} is not accepted"),
+            Self::AuthMethodNotAllowed(m) => {
+                write!(f, "authentication method {m:?} is not accepted")
+            }
             Self::MissingRole(r) => write!(f, "missing role `{r}`"),
             Self::MissingAnyRole(r) => {
                 f.write_str("needs one of the roles: ")?;
@@ -448,7 +450,13 @@ fn compile_path(rule: &str, path: &str) -> Result<Vec<PatSeg>, AuthzConfigError>
             "**" if i + 1 == parts.len() => PatSeg::Rest,
             "**" => return Err(rule_err(rule, "path", "`**` may only be the last segment")),
             "*" => PatSeg::One(None),
-            "." | ".." => return Err(rule_err(rule, "path", "`.` and `..` segments are not allowed")),
+            "." | ".." => {
+                return Err(rule_err(
+                    rule,
+                    "path",
+                    "`.` and `..` segments are not allowed",
+                ));
+            }
             p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
                 let name = &p[1..p.len() - 1];
                 if name.contains(['{', '}', '*']) {
@@ -556,7 +564,11 @@ impl AccessPolicy {
                     HostMatch::Exact(h.to_ascii_lowercase().into())
                 }
                 Some(h) => {
-                    return Err(rule_err(name, "host", format!("`{h}` is not a host or `*.domain`")));
+                    return Err(rule_err(
+                        name,
+                        "host",
+                        format!("`{h}` is not a host or `*.domain`"),
+                    ));
                 }
             };
             let q = &r.require;
@@ -589,8 +601,8 @@ impl AccessPolicy {
             }
             // Insert into the trie.
             let mut at = 0usize;
-            let rule_id = u32::try_from(index)
-                .map_err(|_| rule_err(name, "rules", "too many rules"))?;
+            let rule_id =
+                u32::try_from(index).map_err(|_| rule_err(name, "rules", "too many rules"))?;
             for seg in &segments {
                 at = match seg {
                     PatSeg::Rest => {
@@ -748,11 +760,12 @@ impl AccessPolicy {
             reason,
             policies: &[],
         };
-        if facts
-            .path
-            .split('/')
-            .any(|s| s == "." || s == ".." || s.eq_ignore_ascii_case("%2e%2e") || s.eq_ignore_ascii_case("%2e"))
-        {
+        if facts.path.split('/').any(|s| {
+            s == "."
+                || s == ".."
+                || s.eq_ignore_ascii_case("%2e%2e")
+                || s.eq_ignore_ascii_case("%2e")
+        }) {
             return deny(None, Reason::MalformedPath);
         }
         let (deny_rule, allow_rule) = self.matching(facts);

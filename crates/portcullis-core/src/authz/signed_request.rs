@@ -154,10 +154,14 @@ impl<'a> SignatureHeaders<'a> {
             .signature
             .ok_or(SignatureError::Missing(HEADER_SIGNATURE))?;
         if app_id.is_empty() || app_id.len() > MAX_APP_ID || !token_chars(app_id) {
-            return Err(SignatureError::Malformed("app id must be 1-128 of [A-Za-z0-9._-]"));
+            return Err(SignatureError::Malformed(
+                "app id must be 1-128 of [A-Za-z0-9._-]",
+            ));
         }
         if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) || !token_chars(nonce) {
-            return Err(SignatureError::Malformed("nonce must be 16-128 of [A-Za-z0-9._-]"));
+            return Err(SignatureError::Malformed(
+                "nonce must be 16-128 of [A-Za-z0-9._-]",
+            ));
         }
         if ts.is_empty() || ts.len() > 12 || !ts.bytes().all(|b| b.is_ascii_digit()) {
             return Err(SignatureError::Malformed("timestamp must be Unix seconds"));
@@ -190,7 +194,12 @@ pub fn canonical_query(query: &str) -> String {
 }
 
 /// The string that is signed.
-pub fn canonical_string(app_id: &str, timestamp: i64, nonce: &str, parts: &SignedParts<'_>) -> String {
+pub fn canonical_string(
+    app_id: &str,
+    timestamp: i64,
+    nonce: &str,
+    parts: &SignedParts<'_>,
+) -> String {
     format!(
         "{SCHEME}\n{app_id}\n{}\n{}\n{}\n{timestamp}\n{nonce}\n{}",
         parts.method.to_ascii_uppercase(),
@@ -201,9 +210,18 @@ pub fn canonical_string(app_id: &str, timestamp: i64, nonce: &str, parts: &Signe
 }
 
 /// Signs a request: the hex signature for the [`HEADER_SIGNATURE`] header.
-pub fn sign(secret: &[u8], app_id: &str, timestamp: i64, nonce: &str, parts: &SignedParts<'_>) -> String {
+pub fn sign(
+    secret: &[u8],
+    app_id: &str,
+    timestamp: i64,
+    nonce: &str,
+    parts: &SignedParts<'_>,
+) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let tag = hmac::sign(&key, canonical_string(app_id, timestamp, nonce, parts).as_bytes());
+    let tag = hmac::sign(
+        &key,
+        canonical_string(app_id, timestamp, nonce, parts).as_bytes(),
+    );
     hex(tag.as_ref())
 }
 
@@ -252,22 +270,53 @@ mod tests {
         };
         let parsed = headers.parse().unwrap();
         // Query order does not matter; the body does.
-        verify(SECRET, &parsed, &parts("a=1&b=2", b"{}"), 1_100, DEFAULT_WINDOW).unwrap();
+        verify(
+            SECRET,
+            &parsed,
+            &parts("a=1&b=2", b"{}"),
+            1_100,
+            DEFAULT_WINDOW,
+        )
+        .unwrap();
         assert_eq!(
-            verify(SECRET, &parsed, &parts("a=1&b=2", b"{ }"), 1_100, DEFAULT_WINDOW),
+            verify(
+                SECRET,
+                &parsed,
+                &parts("a=1&b=2", b"{ }"),
+                1_100,
+                DEFAULT_WINDOW
+            ),
             Err(SignatureError::BadSignature)
         );
         assert_eq!(
-            verify(SECRET, &parsed, &parts("a=1&b=2", b"{}"), 1_301, DEFAULT_WINDOW),
+            verify(
+                SECRET,
+                &parsed,
+                &parts("a=1&b=2", b"{}"),
+                1_301,
+                DEFAULT_WINDOW
+            ),
             Err(SignatureError::OutsideWindow)
         );
         assert_eq!(
-            verify(SECRET, &parsed, &parts("a=1&b=2", b"{}"), 699, DEFAULT_WINDOW),
+            verify(
+                SECRET,
+                &parsed,
+                &parts("a=1&b=2", b"{}"),
+                699,
+                DEFAULT_WINDOW
+            ),
             Err(SignatureError::OutsideWindow)
         );
         let other = b"another-secret-another-secret-xx";
         assert_eq!(
-            verify(other, &parsed, &parts("a=1&b=2", b"{}"), 1_000, DEFAULT_WINDOW),
+            verify(
+                other,
+                &parsed,
+                &parts("a=1&b=2", b"{}"),
+                1_000,
+                DEFAULT_WINDOW
+            ),
             Err(SignatureError::BadSignature)
         );
     }

@@ -59,7 +59,11 @@ pub enum FetchError {
 /// Fetches a document by URL; implementations must bound size and time.
 pub trait Fetcher: Send + Sync {
     /// GETs `url`, failing when the body exceeds `max_bytes`.
-    fn get<'a>(&'a self, url: &'a str, max_bytes: usize) -> BoxFuture<'a, Result<Bytes, FetchError>>;
+    fn get<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Bytes, FetchError>>;
 }
 
 /// Checks `url` against the policy: `https://`, or `http://` to a loopback
@@ -89,7 +93,9 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<(), FetchError> {
                 refuse("plain http is allowed for loopback hosts only")
             }
         }
-        Some("http") => refuse("plain http is refused; use https (or allow_http for loopback tests)"),
+        Some("http") => {
+            refuse("plain http is refused; use https (or allow_http for loopback tests)")
+        }
         _ => refuse("scheme must be https"),
     }
 }
@@ -176,7 +182,11 @@ impl HttpFetcher {
 }
 
 impl Fetcher for HttpFetcher {
-    fn get<'a>(&'a self, url: &'a str, max_bytes: usize) -> BoxFuture<'a, Result<Bytes, FetchError>> {
+    fn get<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Bytes, FetchError>> {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, self.fetch(url, max_bytes))
                 .await

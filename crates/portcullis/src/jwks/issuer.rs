@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use portcullis_core::{Clock, ErrorCode, KeySet, Principal, SystemClock, TokenError, Validation, Verifier};
+use portcullis_core::{
+    Clock, ErrorCode, KeySet, Principal, SystemClock, TokenError, Validation, Verifier,
+};
 use serde::Deserialize;
 
 use super::fetch::{FetchError, Fetcher, HttpFetcher, check_url};
@@ -136,7 +138,7 @@ struct Discovery {
     jwks_uri: String,
 }
 
-enum Miss {
+enum RefreshCause {
     /// No keys yet, or past the stale bound: the caller waits.
     Required,
     /// A kid was unknown or a known key did not verify.
@@ -234,13 +236,13 @@ impl RemoteIssuer {
                 if !self.attempted_within(now, c.refetch_interval) {
                     let this = self.clone();
                     tokio::spawn(async move {
-                        this.refresh(generation, Miss::Stale).await;
+                        this.refresh(generation, RefreshCause::Stale).await;
                     });
                 }
                 return Ok((v, generation));
             }
         }
-        self.refresh(generation, Miss::Required).await;
+        self.refresh(generation, RefreshCause::Required).await;
         let (verifier, generation, fetched_at) = self.snapshot();
         let now = self.inner.clock.now();
         match verifier {
@@ -256,7 +258,7 @@ impl RemoteIssuer {
         let (verifier, generation) = self.current().await?;
         match verifier.verify(token) {
             Err(TokenError::UnknownKey(_) | TokenError::InvalidSignature)
-                if self.refresh(generation, Miss::KeyMiss).await =>
+                if self.refresh(generation, RefreshCause::KeyMiss).await =>
             {
                 let (verifier, _) = self.current().await?;
                 Ok(verifier.verify(token)?)
@@ -267,7 +269,7 @@ impl RemoteIssuer {
 
     /// Single-flight refresh. Returns whether a newer key set than
     /// `seen_generation` is now installed.
-    async fn refresh(&self, seen_generation: u64, why: Miss) -> bool {
+    async fn refresh(&self, seen_generation: u64, why: RefreshCause) -> bool {
         let _guard = self.inner.refresh.lock().await;
         let now = self.inner.clock.now();
         let interval = self.inner.config.refetch_interval;
@@ -281,10 +283,10 @@ impl RemoteIssuer {
             let recent = |t: Option<Duration>| t.is_some_and(|t| now.saturating_sub(t) < interval);
             let failed_recently = recent(c.last_attempt) && c.last_error.is_some();
             let throttled = match why {
-                Miss::KeyMiss => recent(c.last_forced) || failed_recently,
-                Miss::Stale => recent(c.last_attempt),
+                RefreshCause::KeyMiss => recent(c.last_forced) || failed_recently,
+                RefreshCause::Stale => recent(c.last_attempt),
                 // Nothing usable: try unless a fetch just failed.
-                Miss::Required => failed_recently,
+                RefreshCause::Required => failed_recently,
             };
             if throttled {
                 return false;
@@ -292,7 +294,7 @@ impl RemoteIssuer {
         }
         if let Ok(mut c) = self.inner.cached.write() {
             c.last_attempt = Some(now);
-            if matches!(why, Miss::KeyMiss) {
+            if matches!(why, RefreshCause::KeyMiss) {
                 c.last_forced = Some(now);
             }
         }
@@ -331,7 +333,13 @@ impl RemoteIssuer {
         match &c.source {
             KeySource::Jwks(url) => Ok(url.clone()),
             KeySource::Discovery => {
-                if let Some(uri) = self.inner.cached.read().ok().and_then(|c| c.jwks_uri.clone()) {
+                if let Some(uri) = self
+                    .inner
+                    .cached
+                    .read()
+                    .ok()
+                    .and_then(|c| c.jwks_uri.clone())
+                {
                     return Ok(uri);
                 }
                 let url = format!(
@@ -364,13 +372,16 @@ impl RemoteIssuer {
     async fn fetch_keys(&self) -> Result<KeySet, FetchError> {
         let url = self.jwks_uri().await?;
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
-        let body = self.inner.fetcher.get(&url, self.inner.config.max_bytes).await?;
+        let body = self
+            .inner
+            .fetcher
+            .get(&url, self.inner.config.max_bytes)
+            .await?;
         let bad = |detail: String| FetchError::Io {
             url: url.clone(),
             detail,
         };
-        let (mut keys, warnings) =
-            KeySet::from_jwks_json(&body).map_err(|e| bad(e.to_string()))?;
+        let (mut keys, warnings) = KeySet::from_jwks_json(&body).map_err(|e| bad(e.to_string()))?;
         for w in &warnings {
             tracing::warn!(issuer = %self.inner.config.issuer, kid = ?w.kid, error = %w.error, "skipped JWKS entry");
         }
