@@ -379,3 +379,96 @@ fn config_loads_from_json() {
     );
     assert!(serde_json::from_str::<AuthzConfig>(r#"{"rules": [], "typo": 1}"#).is_err());
 }
+
+/// The rule matcher, written naively: every rule in order, segment by segment.
+fn naive_matches(pattern: &str, method_ok: bool, path: &str) -> bool {
+    if !method_ok {
+        return false;
+    }
+    let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    fn go(pat: &[&str], segs: &[&str]) -> bool {
+        match (pat.first(), segs.first()) {
+            (Some(&"**"), _) => true,
+            (None, None) => true,
+            (None, Some(_)) | (Some(_), None) => false,
+            (Some(p), Some(s)) => {
+                (*p == "*" || p.starts_with('{') || p == s) && go(&pat[1..], &segs[1..])
+            }
+        }
+    }
+    go(&pat, &segs)
+}
+
+fn pattern_strategy() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "*", "{p}"]), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(segs, rest)| {
+            let mut s = String::new();
+            for seg in segs {
+                s.push('/');
+                s.push_str(seg);
+            }
+            if rest || s.is_empty() {
+                s.push_str("/**");
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn trie_matches_naive_rule_scan(
+        rules in prop::collection::vec((pattern_strategy(), any::<bool>(), any::<bool>()), 1..12),
+        path in prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..5),
+        post in any::<bool>(),
+    ) {
+        let path = format!("/{}", path.join("/"));
+        let method = if post { "POST" } else { "GET" };
+        let config_rules: Vec<RouteRule> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, (pat, deny, get_only))| {
+                let r = if *deny {
+                    RouteRule::deny(format!("r{i}"), pat.clone())
+                } else {
+                    RouteRule::allow(format!("r{i}"), pat.clone()).anonymous()
+                };
+                if *get_only { r.methods(["GET"]) } else { r }
+            })
+            .collect();
+        let p = policy(config_rules, vec![]);
+        let d = p.decide(None, &RequestFacts::new(method, &path));
+        let matching = |deny: bool| {
+            rules.iter().enumerate().find(|(_, (pat, d, get_only))| {
+                *d == deny && naive_matches(pat, !*get_only || method == "GET", &path)
+            }).map(|(i, _)| format!("r{i}"))
+        };
+        let expected = matching(true).or_else(|| matching(false));
+        prop_assert_eq!(d.rule.map(str::to_owned), expected.clone(), "path {} rules {:?}", path, rules);
+        let expected_allowed = expected.is_some() && matching(true).is_none();
+        prop_assert_eq!(d.allowed, expected_allowed);
+    }
+}
+
+#[test]
+fn effective_permissions_join_own_and_role_grants() {
+    let p = policy(
+        vec![],
+        vec![
+            RoleDef::new("viewer", ["docs.read"]),
+            RoleDef::new("editor", ["docs.*"]).including("viewer"),
+        ],
+    );
+    let u = user(&["editor", "ghost"], &["billing.view", "bad..grant"], None);
+    let set = p.effective_permissions(&u);
+    assert!(set.allows("billing.view"));
+    assert!(set.allows("docs.write"));
+    assert!(set.allows("docs.read"));
+    assert!(!set.allows("billing.refund"));
+    assert!(p.has_permission(&u, "docs.write"));
+}

@@ -279,7 +279,15 @@ impl PermissionSet {
                 }
             }
         }
-        self.patterns.iter().any(|p| p.grants_valid(required))
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let n = required.bytes().filter(|&b| b == b'.').count() + 1;
+        self.patterns.iter().any(|p| {
+            let len = p.segments.len();
+            let fits = if p.below { n > len } else { n == len };
+            fits && p.grants_valid(required)
+        })
     }
 
     /// The grants as written, in insertion order.

@@ -13,7 +13,7 @@ use std::fmt;
 use foldhash::fast::RandomState;
 use serde::Deserialize;
 
-use super::permission::{self, grant_str_matches};
+use super::permission::{self, Permission, PermissionSet, grant_str_matches};
 use super::roles::{RoleDef, RoleError, RoleTable};
 use crate::error::ErrorCode;
 use crate::principal::{AuthMethod, Principal};
@@ -741,6 +741,24 @@ impl AccessPolicy {
                     .get(r)
                     .is_some_and(|e| e.permissions.allows(required))
             })
+    }
+
+    /// The caller's effective permissions compiled into one set: its own
+    /// (malformed ones skipped) plus its roles'. For audit and introspection;
+    /// [`Self::decide`] checks without building it.
+    pub fn effective_permissions(&self, principal: &Principal) -> PermissionSet {
+        let mut set = PermissionSet::new();
+        for g in &principal.permissions {
+            if let Ok(p) = Permission::parse(g) {
+                set.insert(p);
+            }
+        }
+        for r in &principal.roles {
+            if let Some(e) = self.roles.get(r) {
+                set.extend(&e.permissions);
+            }
+        }
+        set
     }
 
     /// Whether the caller holds `role`, directly or through an including role.
