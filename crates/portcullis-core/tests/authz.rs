@@ -177,9 +177,12 @@ fn tenant_isolation() {
         Reason::TenantMismatch
     );
     let no_perm = user(&[], &["orders.write"], Some("acme"));
+    let d = p.decide(Some(&no_perm), &facts);
+    assert_eq!(d.reason, Reason::MissingPermission("orders.read"));
     assert_eq!(
-        p.decide(Some(&no_perm), &facts).reason,
-        Reason::MissingPermission("orders.read")
+        serde_json::to_value(d).unwrap(),
+        serde_json::json!({"allowed": false, "rule": "tenant-orders", "reason": "missing_permission",
+                           "detail": "missing permission `orders.read`", "code": "authz.denied"})
     );
 }
 

@@ -245,6 +245,32 @@ async fn discovery_finds_keys_and_a_rotated_key_is_picked_up_on_first_use() {
         "jwks_uri cached"
     );
 
+    // The issuer replaces k2's material under the same kid: the signature
+    // failure with a known kid triggers one refetch.
+    let k2b = key("k2");
+    let mut replaced = KeySet::new();
+    replaced.insert(copy(&k1, "k1")).unwrap();
+    replaced.insert(copy(&k2b, "k2")).unwrap();
+    idp.publish(&replaced);
+    // Within the interval since the last miss-driven fetch: no refetch yet.
+    let err = issuer
+        .verify(mint(&k2b, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidSignature);
+    assert_eq!(idp.jwks_hits(), 2);
+    clock.advance(Duration::from_secs(11));
+    issuer
+        .verify(mint(&k2b, &idp.issuer(), &clock).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(idp.jwks_hits(), 3);
+    // Within the interval, a forged signature under a known kid fetches nothing.
+    let forged = mint(&copy(&key("x"), "k1"), &idp.issuer(), &clock);
+    let err = issuer.verify(forged.as_bytes()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidSignature);
+    assert_eq!(idp.jwks_hits(), 3);
+
     // A token from another issuer is refused even with a known key.
     let err = issuer
         .verify(mint(&k1, "https://evil.example", &clock).as_bytes())

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use foldhash::fast::RandomState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::permission::{self, Permission, PermissionSet, grant_str_matches};
 use super::roles::{RoleDef, RoleError, RoleTable};
@@ -355,6 +355,21 @@ pub struct Decision<'a> {
     pub reason: Reason<'a>,
     /// Custom policies that must also allow (only when `allowed`).
     pub policies: &'a [Box<str>],
+}
+
+impl Serialize for Decision<'_> {
+    /// `{"allowed", "rule", "reason", "detail", "code"}`: for audit events
+    /// and 403 bodies.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Decision", 5)?;
+        st.serialize_field("allowed", &self.allowed)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.serialize_field("reason", self.reason.as_str())?;
+        st.serialize_field("detail", &self.reason.to_string())?;
+        st.serialize_field("code", &self.code().map(ErrorCode::as_str))?;
+        st.end()
+    }
 }
 
 impl Decision<'_> {
