@@ -311,7 +311,7 @@ pub fn signature_headers(headers: &http::HeaderMap) -> SignatureHeaders<'_> {
 /// Authenticates signed service requests: per-app HMAC secrets, a time
 /// window, and a nonce store against replays.
 pub struct SignedRequestAuthenticator<N> {
-    secrets: HashMap<String, Vec<u8>>,
+    secrets: HashMap<String, (Vec<u8>, Principal)>,
     nonces: N,
     clock: Arc<dyn Clock>,
     window: Duration,
@@ -337,17 +337,26 @@ impl<N: NonceStore> SignedRequestAuthenticator<N> {
         }
     }
 
-    /// Trusts `app` with `secret` (at least 32 bytes).
-    pub fn with_app(
+    /// Trusts `app` with `secret` (at least 32 bytes); its principal has no grants.
+    pub fn with_app(self, app: impl Into<String>, secret: &[u8]) -> Result<Self, WeakAppSecret> {
+        let principal = Principal::new(app, AuthMethod::SignedRequest);
+        self.with_app_principal(secret, principal)
+    }
+
+    /// Trusts the app `principal.subject` with `secret`; authenticated
+    /// requests get this principal (its roles, permissions, tenant), with
+    /// `auth_method` set to `signed_request`.
+    pub fn with_app_principal(
         mut self,
-        app: impl Into<String>,
         secret: &[u8],
+        mut principal: Principal,
     ) -> Result<Self, WeakAppSecret> {
-        let app = app.into();
         if secret.len() < MIN_SECRET_BYTES {
-            return Err(WeakAppSecret(app));
+            return Err(WeakAppSecret(principal.subject));
         }
-        self.secrets.insert(app, secret.to_vec());
+        principal.auth_method = AuthMethod::SignedRequest;
+        self.secrets
+            .insert(principal.subject.clone(), (secret.to_vec(), principal));
         Ok(self)
     }
 
@@ -372,7 +381,7 @@ impl<N: NonceStore> SignedRequestAuthenticator<N> {
         parts: &SignedParts<'_>,
     ) -> Result<Principal, SignedRequestError> {
         let sig = headers.parse()?;
-        let secret = self
+        let (secret, principal) = self
             .secrets
             .get(sig.app_id)
             .ok_or(SignatureError::UnknownApp)?;
@@ -386,6 +395,6 @@ impl<N: NonceStore> SignedRequestAuthenticator<N> {
         {
             return Err(SignatureError::Replayed.into());
         }
-        Ok(Principal::new(sig.app_id, AuthMethod::SignedRequest))
+        Ok(principal.clone())
     }
 }

@@ -248,6 +248,32 @@ async fn signed_requests_replay_and_window_in_memory() {
             .with_app("weak", b"short")
             .is_err()
     );
+    // An app can carry grants that route rules then check.
+    let mut app = Principal::new("billing", AuthMethod::Jwt);
+    app.permissions = vec!["internal.charges.*".into()];
+    let auth = SignedRequestAuthenticator::new(MemoryNonceStore::default())
+        .with_app_principal(SECRET, app)
+        .unwrap()
+        .with_clock(clock.clone() as Arc<dyn Clock>);
+    let req = Signed::new(clock.unix_seconds() as u64, &PARTS);
+    let p = auth
+        .authenticate(&signature_headers(&req.headers()), &PARTS)
+        .await
+        .unwrap();
+    assert_eq!(p.auth_method, AuthMethod::SignedRequest);
+    let authz = Authorizer::builder(AuthzConfig {
+        roles: vec![],
+        rules: vec![
+            RouteRule::allow("charges", "/internal/charges")
+                .auth_methods([AuthMethod::SignedRequest])
+                .permissions_all(["internal.charges.create"]),
+        ],
+        default: Effect::Deny,
+    })
+    .build()
+    .unwrap();
+    let facts = RequestFacts::new(PARTS.method, PARTS.path);
+    assert!(authz.authorize(Some(&p), &facts).await.allowed);
 }
 
 #[tokio::test]
