@@ -4,8 +4,11 @@
 //! JOSE keys and signatures ([`jose`]), access-token verification and issuance
 //! ([`jwt`]), opaque secrets ([`opaque`]), the [`Principal`] and the stable
 //! [`ErrorCode`]s.
+//!
+//! - [`authz`]: wildcard permissions, roles, route rules, signed service requests.
 
 pub mod anomaly;
+pub mod authz;
 pub mod clock;
 pub mod error;
 pub mod jose;

@@ -2,11 +2,15 @@
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
 //! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
+//! - [`authz`]: route rules with custom async policies; signed service requests and nonce stores.
+//! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
 pub mod http_client;
+pub mod authz;
+pub mod jwks;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod token_cache;

@@ -1,0 +1,871 @@
+//! Route rules: which requests need what. Every path pattern is compiled
+//! into one segment trie when the configuration loads; a request walks it
+//! once, without allocating, and the decision names the rule and the reason.
+//!
+//! Semantics: a matching `deny` rule always wins (deny overrides allow);
+//! otherwise the first matching `allow` rule, in declaration order, decides
+//! by its requirements; a request that matches no rule gets the configured
+//! default (deny unless configured).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use foldhash::fast::RandomState;
+use serde::{Deserialize, Serialize};
+
+use super::permission::{self, Permission, PermissionSet, grant_str_matches};
+use super::roles::{RoleDef, RoleError, RoleTable};
+use crate::error::ErrorCode;
+use crate::principal::{AuthMethod, Principal};
+
+/// Whether a rule allows (under its requirements) or denies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Allow when the requirements hold.
+    #[default]
+    Allow,
+    /// Deny, whatever else matches.
+    Deny,
+}
+
+/// What a caller must satisfy for an `allow` rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// Anyone may call, with or without credentials; other fields are ignored.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Accepted authentication methods; empty means any (but authenticated).
+    #[serde(default)]
+    pub auth_methods: Vec<AuthMethod>,
+    /// The caller must hold at least one of these roles (included roles count).
+    #[serde(default)]
+    pub roles_any: Vec<String>,
+    /// The caller must hold every one of these roles (included roles count).
+    #[serde(default)]
+    pub roles_all: Vec<String>,
+    /// The caller must have every one of these permissions.
+    #[serde(default)]
+    pub permissions_all: Vec<String>,
+    /// The caller must have at least one of these permissions.
+    #[serde(default)]
+    pub permissions_any: Vec<String>,
+    /// The caller's token must carry every one of these scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The caller's tenant must equal this path parameter (`{tenant}`).
+    #[serde(default)]
+    pub tenant_param: Option<String>,
+    /// Named custom policies (registered by the runtime) that must allow too.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+/// One route rule as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// A name for logs, audit and 403 bodies.
+    pub name: String,
+    /// Allow (default) or deny.
+    #[serde(default)]
+    pub effect: Effect,
+    /// HTTP methods (upper case); empty means any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path pattern: literal segments, `*` or `{name}` (one segment), and a
+    /// final `**` (any number of segments, including none).
+    pub path: String,
+    /// Host (`api.example.com` or `*.example.com`); absent means any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Requirements of an `allow` rule.
+    #[serde(default)]
+    pub require: Requirements,
+}
+
+impl RouteRule {
+    /// An allow rule named `name` on `path`, any method, authenticated callers.
+    pub fn allow(name: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            effect: Effect::Allow,
+            methods: Vec::new(),
+            path: path.into(),
+            host: None,
+            require: Requirements::default(),
+        }
+    }
+
+    /// A deny rule named `name` on `path`.
+    pub fn deny(name: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            effect: Effect::Deny,
+            ..Self::allow(name, path)
+        }
+    }
+
+    /// Restricts the rule to `methods`.
+    #[must_use]
+    pub fn methods<I: IntoIterator<Item = S>, S: Into<String>>(mut self, methods: I) -> Self {
+        self.methods = methods.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Restricts the rule to `host`.
+    #[must_use]
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Allows callers without credentials.
+    #[must_use]
+    pub fn anonymous(mut self) -> Self {
+        self.require.anonymous = true;
+        self
+    }
+
+    /// Accepts only these authentication methods.
+    #[must_use]
+    pub fn auth_methods<I: IntoIterator<Item = AuthMethod>>(mut self, m: I) -> Self {
+        self.require.auth_methods = m.into_iter().collect();
+        self
+    }
+
+    /// Requires one of these roles.
+    #[must_use]
+    pub fn roles_any<I: IntoIterator<Item = S>, S: Into<String>>(mut self, r: I) -> Self {
+        self.require.roles_any = r.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires all of these roles.
+    #[must_use]
+    pub fn roles_all<I: IntoIterator<Item = S>, S: Into<String>>(mut self, r: I) -> Self {
+        self.require.roles_all = r.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires all of these permissions.
+    #[must_use]
+    pub fn permissions_all<I: IntoIterator<Item = S>, S: Into<String>>(mut self, p: I) -> Self {
+        self.require.permissions_all = p.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires one of these permissions.
+    #[must_use]
+    pub fn permissions_any<I: IntoIterator<Item = S>, S: Into<String>>(mut self, p: I) -> Self {
+        self.require.permissions_any = p.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires all of these scopes.
+    #[must_use]
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, s: I) -> Self {
+        self.require.scopes = s.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires the caller's tenant to equal path parameter `param`.
+    #[must_use]
+    pub fn tenant_param(mut self, param: impl Into<String>) -> Self {
+        self.require.tenant_param = Some(param.into());
+        self
+    }
+
+    /// Requires the named custom policy to allow too.
+    #[must_use]
+    pub fn policy(mut self, name: impl Into<String>) -> Self {
+        self.require.policies.push(name.into());
+        self
+    }
+}
+
+/// The whole authorization configuration: roles, rules and the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// Role definitions.
+    #[serde(default)]
+    pub roles: Vec<RoleDef>,
+    /// Route rules, in order.
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+    /// What a request matching no rule gets (deny unless configured).
+    #[serde(default = "default_deny")]
+    pub default: Effect,
+}
+
+fn default_deny() -> Effect {
+    Effect::Deny
+}
+
+/// Why an authorization configuration was refused; names the rule and field.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzConfigError {
+    /// A rule field is invalid.
+    #[error("rule `{rule}`, field `{field}`: {message}")]
+    Rule {
+        /// The rule's name.
+        rule: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The roles are invalid.
+    #[error("roles: {0}")]
+    Roles(#[from] RoleError),
+}
+
+/// The facts of a request that rules look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// HTTP method, upper case.
+    pub method: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// `Host` (a port is ignored), when known.
+    pub host: Option<&'a str>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// Facts of a request without a known host.
+    pub fn new(method: &'a str, path: &'a str) -> Self {
+        Self {
+            method,
+            path,
+            host: None,
+        }
+    }
+
+    /// With the `Host`.
+    #[must_use]
+    pub fn with_host(mut self, host: &'a str) -> Self {
+        self.host = Some(host);
+        self
+    }
+}
+
+/// Why a request was allowed or denied. `as_str` is stable (audit field).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'a> {
+    /// The rule's requirements hold.
+    Allowed,
+    /// The rule allows anonymous callers.
+    AnonymousAllowed,
+    /// No rule matched and the default is allow.
+    DefaultAllow,
+    /// No rule matched and the default is deny.
+    NoMatchingRule,
+    /// A deny rule matched.
+    DeniedByRule,
+    /// The rule needs credentials and the caller has none.
+    Unauthenticated,
+    /// The caller authenticated with a method the rule does not accept.
+    AuthMethodNotAllowed(AuthMethod),
+    /// A required role is missing.
+    MissingRole(&'a str),
+    /// None of the acceptable roles is held.
+    MissingAnyRole(&'a [Box<str>]),
+    /// A required permission is missing.
+    MissingPermission(&'a str),
+    /// None of the acceptable permissions is held.
+    MissingAnyPermission(&'a [Box<str>]),
+    /// A required scope is missing.
+    MissingScope(&'a str),
+    /// The caller's tenant differs from the path's (or the caller has none).
+    TenantMismatch,
+    /// The path has `.` or `..` segments; normalize it before authorizing.
+    MalformedPath,
+    /// A custom policy denied.
+    Policy(&'a str),
+}
+
+impl Reason<'_> {
+    /// A stable short name, e.g. `missing_permission`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::AnonymousAllowed => "anonymous_allowed",
+            Self::DefaultAllow => "default_allow",
+            Self::NoMatchingRule => "no_matching_rule",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AuthMethodNotAllowed(_) => "auth_method_not_allowed",
+            Self::MissingRole(_) => "missing_role",
+            Self::MissingAnyRole(_) => "missing_any_role",
+            Self::MissingPermission(_) => "missing_permission",
+            Self::MissingAnyPermission(_) => "missing_any_permission",
+            Self::MissingScope(_) => "missing_scope",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::MalformedPath => "malformed_path",
+            Self::Policy(_) => "policy_denied",
+        }
+    }
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |f: &mut fmt::Formatter<'_>, items: &[Box<str>]| {
+            let mut first = true;
+            for i in items {
+                if !first {
+                    f.write_str(", ")?;
+                }
+                first = false;
+                f.write_str(i)?;
+            }
+            Ok(())
+        };
+        match self {
+            Self::AuthMethodNotAllowed(m) => {
+                write!(f, "authentication method {m:?} is not accepted")
+            }
+            Self::MissingRole(r) => write!(f, "missing role `{r}`"),
+            Self::MissingAnyRole(r) => {
+                f.write_str("needs one of the roles: ")?;
+                join(f, r)
+            }
+            Self::MissingPermission(p) => write!(f, "missing permission `{p}`"),
+            Self::MissingAnyPermission(p) => {
+                f.write_str("needs one of the permissions: ")?;
+                join(f, p)
+            }
+            Self::MissingScope(s) => write!(f, "missing scope `{s}`"),
+            Self::Policy(p) => write!(f, "policy `{p}` denied"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The answer for one request: allowed or not, by which rule, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// Whether the request may proceed (custom policies may still deny).
+    pub allowed: bool,
+    /// The deciding rule's name; `None` when the default applied.
+    pub rule: Option<&'a str>,
+    /// Why.
+    pub reason: Reason<'a>,
+    /// Custom policies that must also allow (only when `allowed`).
+    pub policies: &'a [Box<str>],
+}
+
+impl Serialize for Decision<'_> {
+    /// `{"allowed", "rule", "reason", "detail", "code"}`: for audit events
+    /// and 403 bodies.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Decision", 5)?;
+        st.serialize_field("allowed", &self.allowed)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.serialize_field("reason", self.reason.as_str())?;
+        st.serialize_field("detail", &self.reason.to_string())?;
+        st.serialize_field("code", &self.code().map(ErrorCode::as_str))?;
+        st.end()
+    }
+}
+
+impl Decision<'_> {
+    /// The stable error code of a denial (`auth.missing_credentials` when
+    /// credentials are needed, else `authz.denied`); `None` when allowed.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match (self.allowed, self.reason) {
+            (true, _) => None,
+            (false, Reason::Unauthenticated) => Some(ErrorCode::MissingCredentials),
+            (false, _) => Some(ErrorCode::Denied),
+        }
+    }
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+const ANY_METHOD: u16 = u16::MAX;
+
+fn method_bit(m: &str) -> u16 {
+    METHODS
+        .iter()
+        .position(|k| *k == m)
+        .map_or(1 << 15, |i| 1 << i)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatSeg {
+    Literal(Box<str>),
+    One(Option<Box<str>>),
+    Rest,
+}
+
+#[derive(Debug, Clone)]
+enum HostMatch {
+    Any,
+    Exact(Box<str>),
+    Suffix(Box<str>),
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: Box<str>,
+    effect: Effect,
+    methods: u16,
+    host: HostMatch,
+    segments: Box<[PatSeg]>,
+    anonymous: bool,
+    auth_methods: Box<[AuthMethod]>,
+    roles_any: Box<[Box<str>]>,
+    roles_all: Box<[Box<str>]>,
+    permissions_all: Box<[Box<str>]>,
+    permissions_any: Box<[Box<str>]>,
+    scopes: Box<[Box<str>]>,
+    tenant_param: Option<Box<str>>,
+    policies: Box<[Box<str>]>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    literal: HashMap<Box<str>, u32, RandomState>,
+    one: Option<u32>,
+    rest: Vec<u32>,
+    end: Vec<u32>,
+}
+
+/// The compiled configuration: the role table, every rule, and one segment
+/// trie over all path patterns.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    roles: RoleTable,
+    rules: Vec<CompiledRule>,
+    nodes: Vec<Node>,
+    default: Effect,
+}
+
+fn rule_err(rule: &str, field: &'static str, message: impl Into<String>) -> AuthzConfigError {
+    AuthzConfigError::Rule {
+        rule: rule.to_owned(),
+        field,
+        message: message.into(),
+    }
+}
+
+fn compile_path(rule: &str, path: &str) -> Result<Vec<PatSeg>, AuthzConfigError> {
+    if !path.starts_with('/') {
+        return Err(rule_err(rule, "path", "must start with `/`"));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, p) in parts.iter().enumerate() {
+        let seg = match *p {
+            "**" if i + 1 == parts.len() => PatSeg::Rest,
+            "**" => return Err(rule_err(rule, "path", "`**` may only be the last segment")),
+            "*" => PatSeg::One(None),
+            "." | ".." => {
+                return Err(rule_err(
+                    rule,
+                    "path",
+                    "`.` and `..` segments are not allowed",
+                ));
+            }
+            p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
+                let name = &p[1..p.len() - 1];
+                if name.contains(['{', '}', '*']) {
+                    return Err(rule_err(rule, "path", format!("bad parameter `{p}`")));
+                }
+                PatSeg::One(Some(name.into()))
+            }
+            p if p.contains(['{', '}', '*']) => {
+                return Err(rule_err(
+                    rule,
+                    "path",
+                    format!("segment `{p}`: use `*`, `**` or `{{name}}` as whole segments"),
+                ));
+            }
+            p => PatSeg::Literal(p.into()),
+        };
+        out.push(seg);
+    }
+    Ok(out)
+}
+
+fn boxed(v: &[String]) -> Box<[Box<str>]> {
+    v.iter().map(|s| s.as_str().into()).collect()
+}
+
+/// Splits off the next non-empty path segment.
+fn next_segment(path: &str) -> Option<(&str, &str)> {
+    let path = path.trim_start_matches('/');
+    if path.is_empty() {
+        return None;
+    }
+    Some(match path.find('/') {
+        Some(i) => (&path[..i], &path[i..]),
+        None => (path, ""),
+    })
+}
+
+fn host_matches(rule: &HostMatch, host: Option<&str>) -> bool {
+    match rule {
+        HostMatch::Any => true,
+        HostMatch::Exact(h) | HostMatch::Suffix(h) => {
+            let Some(host) = host else { return false };
+            let host = strip_port(host);
+            match rule {
+                HostMatch::Exact(_) => host.eq_ignore_ascii_case(h),
+                _ => {
+                    host.len() > h.len()
+                        && host.is_char_boundary(host.len() - h.len())
+                        && host[host.len() - h.len()..].eq_ignore_ascii_case(h)
+                }
+            }
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+impl AccessPolicy {
+    /// Validates and compiles `config`; errors name the rule and field.
+    pub fn new(config: &AuthzConfig) -> Result<Self, AuthzConfigError> {
+        let roles = RoleTable::from_defs(&config.roles)?;
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut nodes = vec![Node::default()];
+        for (index, r) in config.rules.iter().enumerate() {
+            let name = r.name.as_str();
+            if name.is_empty() {
+                return Err(rule_err(&format!("#{index}"), "name", "must not be empty"));
+            }
+            if config.rules[..index].iter().any(|o| o.name == r.name) {
+                return Err(rule_err(name, "name", "is used by an earlier rule"));
+            }
+            let segments = compile_path(name, &r.path)?;
+            let mut methods = 0u16;
+            for m in &r.methods {
+                if m == "*" {
+                    methods = ANY_METHOD;
+                    continue;
+                }
+                if !METHODS.contains(&m.as_str()) {
+                    return Err(rule_err(
+                        name,
+                        "methods",
+                        format!("`{m}` is not an upper-case HTTP method"),
+                    ));
+                }
+                methods |= method_bit(m);
+            }
+            if methods == 0 {
+                methods = ANY_METHOD;
+            }
+            let host = match r.host.as_deref() {
+                None | Some("*") => HostMatch::Any,
+                Some(h) if h.starts_with("*.") && h.len() > 2 => {
+                    HostMatch::Suffix(h[1..].to_ascii_lowercase().into())
+                }
+                Some(h) if !h.is_empty() && !h.contains(['*', '/']) => {
+                    HostMatch::Exact(h.to_ascii_lowercase().into())
+                }
+                Some(h) => {
+                    return Err(rule_err(
+                        name,
+                        "host",
+                        format!("`{h}` is not a host or `*.domain`"),
+                    ));
+                }
+            };
+            let q = &r.require;
+            for p in q.permissions_all.iter().chain(&q.permissions_any) {
+                permission::parse_required(p)
+                    .map_err(|e| rule_err(name, "require.permissions", e.to_string()))?;
+            }
+            if let Some(param) = &q.tenant_param
+                && !segments
+                    .iter()
+                    .any(|s| matches!(s, PatSeg::One(Some(n)) if **n == **param))
+            {
+                return Err(rule_err(
+                    name,
+                    "require.tenant_param",
+                    format!("path `{}` has no `{{{param}}}` segment", r.path),
+                ));
+            }
+            for role in q.roles_any.iter().chain(&q.roles_all) {
+                if role.is_empty() {
+                    return Err(rule_err(name, "require.roles", "a role name is empty"));
+                }
+            }
+            if r.effect == Effect::Deny && *q != Requirements::default() {
+                return Err(rule_err(
+                    name,
+                    "require",
+                    "a deny rule denies unconditionally; move the requirements to an allow rule",
+                ));
+            }
+            // Insert into the trie.
+            let mut at = 0usize;
+            let rule_id =
+                u32::try_from(index).map_err(|_| rule_err(name, "rules", "too many rules"))?;
+            for seg in &segments {
+                at = match seg {
+                    PatSeg::Rest => {
+                        nodes[at].rest.push(rule_id);
+                        usize::MAX
+                    }
+                    PatSeg::Literal(l) => match nodes[at].literal.get(l) {
+                        Some(&n) => n as usize,
+                        None => {
+                            let n = nodes.len();
+                            nodes.push(Node::default());
+                            nodes[at].literal.insert(l.clone(), n as u32);
+                            n
+                        }
+                    },
+                    PatSeg::One(_) => match nodes[at].one {
+                        Some(n) => n as usize,
+                        None => {
+                            let n = nodes.len();
+                            nodes.push(Node::default());
+                            nodes[at].one = Some(n as u32);
+                            n
+                        }
+                    },
+                };
+            }
+            if at != usize::MAX {
+                nodes[at].end.push(rule_id);
+            }
+            rules.push(CompiledRule {
+                name: name.into(),
+                effect: r.effect,
+                methods,
+                host,
+                segments: segments.into(),
+                anonymous: q.anonymous,
+                auth_methods: q.auth_methods.clone().into(),
+                roles_any: boxed(&q.roles_any),
+                roles_all: boxed(&q.roles_all),
+                permissions_all: boxed(&q.permissions_all),
+                permissions_any: boxed(&q.permissions_any),
+                scopes: boxed(&q.scopes),
+                tenant_param: q.tenant_param.as_deref().map(Into::into),
+                policies: boxed(&q.policies),
+            });
+        }
+        Ok(Self {
+            roles,
+            rules,
+            nodes,
+            default: config.default,
+        })
+    }
+
+    /// The role table.
+    pub fn roles(&self) -> &RoleTable {
+        &self.roles
+    }
+
+    /// Every policy name some rule refers to.
+    pub fn policy_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.policies.iter().map(move |p| (&*r.name, &**p)))
+    }
+
+    /// The first matching deny rule and the first matching allow rule.
+    fn matching(&self, facts: &RequestFacts<'_>) -> (Option<u32>, Option<u32>) {
+        let mut best = (None, None);
+        let bit = method_bit(facts.method);
+        let mut visit = |id: u32| {
+            let r = &self.rules[id as usize];
+            if r.methods & bit == 0 || !host_matches(&r.host, facts.host) {
+                return;
+            }
+            let slot = match r.effect {
+                Effect::Deny => &mut best.0,
+                Effect::Allow => &mut best.1,
+            };
+            if slot.is_none_or(|b| id < b) {
+                *slot = Some(id);
+            }
+        };
+        self.walk(0, facts.path, &mut visit);
+        best
+    }
+
+    fn walk(&self, node: usize, path: &str, visit: &mut impl FnMut(u32)) {
+        let n = &self.nodes[node];
+        for &id in &n.rest {
+            visit(id);
+        }
+        match next_segment(path) {
+            None => {
+                for &id in &n.end {
+                    visit(id);
+                }
+            }
+            Some((seg, rest)) => {
+                if let Some(&child) = n.literal.get(seg) {
+                    self.walk(child as usize, rest, visit);
+                }
+                if let Some(child) = n.one {
+                    self.walk(child as usize, rest, visit);
+                }
+            }
+        }
+    }
+
+    /// The value of path parameter `name` of `rule` in `path`.
+    fn param<'p>(rule: &CompiledRule, path: &'p str, name: &str) -> Option<&'p str> {
+        let mut rest = path;
+        for seg in rule.segments.iter() {
+            let (value, tail) = next_segment(rest)?;
+            if let PatSeg::One(Some(n)) = seg
+                && **n == *name
+            {
+                return Some(value);
+            }
+            if matches!(seg, PatSeg::Rest) {
+                return None;
+            }
+            rest = tail;
+        }
+        None
+    }
+
+    /// Whether the caller's own permissions or its roles' grant `required`.
+    pub fn has_permission(&self, principal: &Principal, required: &str) -> bool {
+        principal
+            .permissions
+            .iter()
+            .any(|g| grant_str_matches(g, required))
+            || principal.roles.iter().any(|r| {
+                self.roles
+                    .get(r)
+                    .is_some_and(|e| e.permissions.allows(required))
+            })
+    }
+
+    /// The caller's effective permissions compiled into one set: its own
+    /// (malformed ones skipped) plus its roles'. For audit and introspection;
+    /// [`Self::decide`] checks without building it.
+    pub fn effective_permissions(&self, principal: &Principal) -> PermissionSet {
+        let mut set = PermissionSet::new();
+        for g in &principal.permissions {
+            if let Ok(p) = Permission::parse(g) {
+                set.insert(p);
+            }
+        }
+        for r in &principal.roles {
+            if let Some(e) = self.roles.get(r) {
+                set.extend(&e.permissions);
+            }
+        }
+        set
+    }
+
+    /// Whether the caller holds `role`, directly or through an including role.
+    pub fn has_role(&self, principal: &Principal, role: &str) -> bool {
+        principal.roles.iter().any(|h| self.roles.implies(h, role))
+    }
+
+    /// Decides for `principal` (`None` when no credentials were presented).
+    pub fn decide<'s>(
+        &'s self,
+        principal: Option<&Principal>,
+        facts: &RequestFacts<'_>,
+    ) -> Decision<'s> {
+        let deny = |rule: Option<&'s str>, reason| Decision {
+            allowed: false,
+            rule,
+            reason,
+            policies: &[],
+        };
+        if facts.path.split('/').any(|s| {
+            s == "."
+                || s == ".."
+                || s.eq_ignore_ascii_case("%2e%2e")
+                || s.eq_ignore_ascii_case("%2e")
+        }) {
+            return deny(None, Reason::MalformedPath);
+        }
+        let (deny_rule, allow_rule) = self.matching(facts);
+        if let Some(id) = deny_rule {
+            return deny(Some(&self.rules[id as usize].name), Reason::DeniedByRule);
+        }
+        let Some(id) = allow_rule else {
+            return match self.default {
+                Effect::Allow => Decision {
+                    allowed: true,
+                    rule: None,
+                    reason: Reason::DefaultAllow,
+                    policies: &[],
+                },
+                Effect::Deny => deny(None, Reason::NoMatchingRule),
+            };
+        };
+        let r = &self.rules[id as usize];
+        let name = Some(&*r.name);
+        if r.anonymous {
+            return Decision {
+                allowed: true,
+                rule: name,
+                reason: Reason::AnonymousAllowed,
+                policies: &r.policies,
+            };
+        }
+        let p = match principal {
+            Some(p) if p.auth_method != AuthMethod::Anonymous => p,
+            _ => return deny(name, Reason::Unauthenticated),
+        };
+        if !r.auth_methods.is_empty() && !r.auth_methods.contains(&p.auth_method) {
+            return deny(name, Reason::AuthMethodNotAllowed(p.auth_method));
+        }
+        if !r.roles_any.is_empty() && !r.roles_any.iter().any(|x| self.has_role(p, x)) {
+            return deny(name, Reason::MissingAnyRole(&r.roles_any));
+        }
+        if let Some(missing) = r.roles_all.iter().find(|x| !self.has_role(p, x)) {
+            return deny(name, Reason::MissingRole(missing));
+        }
+        if let Some(missing) = r.scopes.iter().find(|s| !p.has_scope(s)) {
+            return deny(name, Reason::MissingScope(missing));
+        }
+        if let Some(missing) = r
+            .permissions_all
+            .iter()
+            .find(|x| !self.has_permission(p, x))
+        {
+            return deny(name, Reason::MissingPermission(missing));
+        }
+        if !r.permissions_any.is_empty()
+            && !r.permissions_any.iter().any(|x| self.has_permission(p, x))
+        {
+            return deny(name, Reason::MissingAnyPermission(&r.permissions_any));
+        }
+        if let Some(param) = &r.tenant_param {
+            let path_tenant = Self::param(r, facts.path, param);
+            match (p.tenant.as_deref(), path_tenant) {
+                (Some(mine), Some(theirs)) if mine == theirs => {}
+                _ => return deny(name, Reason::TenantMismatch),
+            }
+        }
+        Decision {
+            allowed: true,
+            rule: name,
+            reason: Reason::Allowed,
+            policies: &r.policies,
+        }
+    }
+}
