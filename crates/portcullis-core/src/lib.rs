@@ -3,7 +3,7 @@
 //! Everything here is a pure function of its inputs and an injected [`Clock`]:
 //! JOSE keys and signatures ([`jose`]), access-token verification and issuance
 //! ([`jwt`]), opaque secrets ([`opaque`]), the [`Principal`] and the stable
-//! [`ErrorCode`]s.
+//! [`ErrorCode`]s; rate-limit math lives in [`ratelimit`].
 
 pub mod anomaly;
 pub mod clock;
@@ -12,6 +12,7 @@ pub mod jose;
 pub mod jwt;
 pub mod opaque;
 pub mod principal;
+pub mod ratelimit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, KeyError, TokenError};
