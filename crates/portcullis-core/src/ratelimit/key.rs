@@ -59,7 +59,7 @@ impl KeyPart {
 }
 
 /// Looks a request header up by lower-case name.
-pub trait HeaderLookup {
+pub trait HeaderLookup: Sync {
     /// The header's value, when present and valid UTF-8.
     fn header(&self, name: &str) -> Option<&str>;
 }
