@@ -6,6 +6,7 @@
 //! [`ErrorCode`]s.
 //!
 //! - [`authz`]: wildcard permissions, roles, route rules, signed service requests.
+//! - [`ratelimit`]: GCRA, sliding-log and fixed-window math, client IPs, headers.
 
 pub mod anomaly;
 pub mod authz;
@@ -15,6 +16,7 @@ pub mod jose;
 pub mod jwt;
 pub mod opaque;
 pub mod principal;
+pub mod ratelimit;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, KeyError, TokenError};

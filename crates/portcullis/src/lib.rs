@@ -4,6 +4,7 @@
 //! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
 //! - [`authz`]: route rules with custom async policies; signed service requests and nonce stores.
 //! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
+//! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
@@ -11,6 +12,7 @@ pub mod anomaly;
 pub mod http_client;
 pub mod authz;
 pub mod jwks;
+pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod token_cache;

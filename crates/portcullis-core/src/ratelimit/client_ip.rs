@@ -1,0 +1,295 @@
+//! The client IP a limit counts by, computed safely: forwarding headers are
+//! believed only when the socket peer is a trusted proxy, and then walked
+//! right to left to the first hop that is not a trusted proxy. IPv6 clients
+//! are grouped by prefix (default /64) so that rotating addresses inside one
+//! allocation does not escape a limit.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Longest forwarding header considered; longer ones are ignored (the peer
+/// address is used).
+pub const MAX_HEADER_LEN: usize = 8 * 1024;
+/// Most hops walked; a longer chain falls back to the peer address.
+pub const MAX_HOPS: usize = 64;
+
+/// An IP network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_v4(ip, self.prefix) == mask_v4(net, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_v6(ip, self.prefix) == mask_v6(net, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = ClientIpError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ClientIpError::BadCidr(s.chars().take(64).collect());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// A configuration value that is not valid.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientIpError {
+    /// A trusted proxy entry is not an address or CIDR.
+    #[error("trusted_proxies: `{0}` is not an IP address or CIDR (e.g. 10.0.0.0/8)")]
+    BadCidr(String),
+    /// The IPv6 grouping prefix is out of range.
+    #[error("ipv6_prefix: {0} must be between 32 and 128")]
+    BadPrefix(u8),
+}
+
+fn mask_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
+    let bits = u32::from(ip);
+    if prefix == 0 {
+        0
+    } else {
+        bits & (u32::MAX << (32 - u32::from(prefix.min(32))))
+    }
+}
+
+fn mask_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
+    let bits = u128::from(ip);
+    if prefix == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - u32::from(prefix.min(128))))
+    }
+}
+
+/// How the client IP is found and grouped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIpConfig {
+    trusted: Vec<IpNet>,
+    ipv6_prefix: u8,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+impl ClientIpConfig {
+    /// Trusts no proxy; groups IPv6 by /64.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the proxies in these CIDRs (e.g. `["10.0.0.0/8", "::1"]`).
+    pub fn trusted_proxies<S: AsRef<str>>(
+        mut self,
+        cidrs: impl IntoIterator<Item = S>,
+    ) -> Result<Self, ClientIpError> {
+        for c in cidrs {
+            self.trusted.push(c.as_ref().parse()?);
+        }
+        Ok(self)
+    }
+
+    /// Groups IPv6 clients by this prefix length (32-128; default 64).
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ClientIpError> {
+        if !(32..=128).contains(&prefix) {
+            return Err(ClientIpError::BadPrefix(prefix));
+        }
+        self.ipv6_prefix = prefix;
+        Ok(self)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy, in
+    /// which case the `Forwarded` header (RFC 7239) if present, else
+    /// `X-Forwarded-For`, is walked from the right to the first untrusted
+    /// hop. A malformed, oversized or overlong header yields the peer.
+    pub fn client_ip(&self, peer: IpAddr, forwarded: Option<&str>, xff: Option<&str>) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let walked = match (forwarded, xff) {
+            (Some(f), _) if !f.trim().is_empty() => self.walk(f, parse_forwarded_element),
+            (_, Some(x)) if !x.trim().is_empty() => self.walk(x, |e| e.trim().parse().ok()),
+            _ => None,
+        };
+        walked.unwrap_or(peer)
+    }
+
+    fn walk(&self, header: &str, parse: impl Fn(&str) -> Option<IpAddr>) -> Option<IpAddr> {
+        if header.len() > MAX_HEADER_LEN {
+            return None;
+        }
+        let mut leftmost = None;
+        for (n, element) in header.rsplit(',').enumerate() {
+            if n >= MAX_HOPS {
+                return None;
+            }
+            let hop = parse(element)?.to_canonical();
+            if !self.is_trusted(hop) {
+                return Some(hop);
+            }
+            leftmost = Some(hop);
+        }
+        leftmost
+    }
+
+    /// The address a limit counts by: IPv4 as is, IPv6 masked to the prefix.
+    pub fn group(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(mask_v6(v6, self.ipv6_prefix))),
+        }
+    }
+
+    /// [`Self::client_ip`] then [`Self::group`].
+    pub fn client_key(&self, peer: IpAddr, forwarded: Option<&str>, xff: Option<&str>) -> IpAddr {
+        self.group(self.client_ip(peer, forwarded, xff))
+    }
+}
+
+/// The `for=` address of one `Forwarded` element, or `None` when it is
+/// missing, obfuscated, `unknown` or malformed.
+fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
+    let mut found = None;
+    for pair in element.split(';') {
+        let (name, value) = pair.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(v) => v.strip_suffix('"')?,
+            None => value,
+        };
+        let ip = if let Some(rest) = value.strip_prefix('[') {
+            let (addr, after) = rest.split_once(']')?;
+            if !(after.is_empty() || after.starts_with(':')) {
+                return None;
+            }
+            IpAddr::V6(addr.parse().ok()?)
+        } else {
+            match value.split_once(':') {
+                Some((v4, _port)) => IpAddr::V4(v4.parse().ok()?),
+                None => value.parse().ok()?,
+            }
+        };
+        found = Some(ip);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn cfg() -> ClientIpConfig {
+        ClientIpConfig::new()
+            .trusted_proxies(["10.0.0.0/8", "2001:db8:ffff::/48"])
+            .unwrap()
+    }
+
+    #[test]
+    fn spoofed_xff_from_untrusted_peer_is_ignored() {
+        let c = cfg();
+        assert_eq!(
+            c.client_ip(ip("198.51.100.7"), None, Some("1.2.3.4")),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            c.client_ip(ip("198.51.100.7"), Some("for=1.2.3.4"), None),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn two_trusted_proxies_resolve_to_the_real_client() {
+        let c = cfg();
+        // client 203.0.113.9 -> proxy 10.0.0.5 -> proxy 10.1.1.1 -> us
+        let xff = "6.6.6.6, 203.0.113.9, 10.0.0.5";
+        assert_eq!(c.client_ip(ip("10.1.1.1"), None, Some(xff)), ip("203.0.113.9"));
+        let fwd = r#"for=6.6.6.6, for="203.0.113.9:4711";proto=https, for=10.0.0.5;by=10.1.1.1"#;
+        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")), ip("203.0.113.9"));
+        let fwd6 = r#"for="[2001:db8:cafe::17]:4711", for="[2001:db8:ffff::1]""#;
+        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd6), None), ip("2001:db8:cafe::17"));
+    }
+
+    #[test]
+    fn malformed_or_oversized_headers_fall_back_to_the_peer() {
+        let c = cfg();
+        let peer = ip("10.0.0.1");
+        assert_eq!(c.client_ip(peer, None, Some("1.2.3.4, garbage")), peer);
+        assert_eq!(c.client_ip(peer, Some("for=unknown"), None), peer);
+        assert_eq!(c.client_ip(peer, Some("for=_hidden"), None), peer);
+        let long = "10.0.0.2, ".repeat(1000);
+        assert_eq!(c.client_ip(peer, None, Some(&long)), peer);
+        assert_eq!(c.client_ip(peer, Some("for=\"[::1\""), None), peer);
+    }
+
+    #[test]
+    fn all_trusted_chain_yields_the_leftmost() {
+        let c = cfg();
+        assert_eq!(c.client_ip(ip("10.0.0.1"), None, Some("10.0.0.3, 10.0.0.2")), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_prefix() {
+        let c = cfg();
+        assert_eq!(c.group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(c.group(ip("2001:db8:1:2:ffff::9")), c.group(ip("2001:db8:1:2::5")));
+        assert_ne!(c.group(ip("2001:db8:1:3::1")), c.group(ip("2001:db8:1:2::1")));
+        let c56 = cfg().ipv6_prefix(56).unwrap();
+        assert_eq!(c56.group(ip("2001:db8:1:2ff::1")), ip("2001:db8:1:200::"));
+        assert_eq!(c.group(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(c.group(ip("192.0.2.1")), ip("192.0.2.1"));
+        assert!(ClientIpConfig::new().ipv6_prefix(8).is_err());
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nope".parse::<IpNet>().is_err());
+        let n: IpNet = "::ffff:10.0.0.0/8".parse::<IpNet>().map_or_else(|_| "10.0.0.0/8".parse().unwrap(), |n| n);
+        assert!(n.contains(ip("10.9.9.9")));
+    }
+}

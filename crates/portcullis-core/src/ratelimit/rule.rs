@@ -1,0 +1,276 @@
+//! A rate-limit rule: an algorithm with its limits, the key it counts by, and
+//! what to do when the shared backend is unreachable. Validated at startup.
+
+use std::time::Duration;
+
+use super::key::KeySpec;
+
+/// Longest period a rule may have (one week), so that microsecond times and
+/// products stay far inside the range both Rust `u64` and Lua doubles hold
+/// exactly.
+pub const MAX_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Largest limit of a sliding-window log: it stores one stamp per admitted
+/// request, so it is meant for small limits.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
+
+/// Largest limit, rate or burst of any rule.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+
+/// How a rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Generic cell rate algorithm: `rate` requests per `period` on average,
+    /// with up to `burst` at once (token-bucket semantics, one timestamp of
+    /// state).
+    Gcra {
+        /// Requests per period (the refill rate).
+        rate: u64,
+        /// The period of `rate`.
+        period: Duration,
+        /// Bucket size: requests admitted at once after a quiet spell.
+        burst: u64,
+    },
+    /// Exact sliding-window log: at most `limit` requests in any `period`.
+    SlidingLog {
+        /// Requests per window.
+        limit: u64,
+        /// Window length.
+        period: Duration,
+    },
+    /// Fixed window aligned to the Unix epoch: at most `limit` per window.
+    FixedWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length.
+        period: Duration,
+    },
+}
+
+impl Algorithm {
+    /// The number advertised as the quota (`q`, `X-RateLimit-Limit`).
+    pub fn quota(&self) -> u64 {
+        match *self {
+            Self::Gcra { burst, .. } => burst,
+            Self::SlidingLog { limit, .. } | Self::FixedWindow { limit, .. } => limit,
+        }
+    }
+
+    /// The period advertised as the window (`w`).
+    pub fn period(&self) -> Duration {
+        match *self {
+            Self::Gcra { period, .. }
+            | Self::SlidingLog { period, .. }
+            | Self::FixedWindow { period, .. } => period,
+        }
+    }
+
+    /// A short stable name (`gcra`, `sliding_log`, `fixed_window`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Gcra { .. } => "gcra",
+            Self::SlidingLog { .. } => "sliding_log",
+            Self::FixedWindow { .. } => "fixed_window",
+        }
+    }
+
+    /// Checks the numbers; the error names the offending field.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let period = self.period();
+        if period < Duration::from_millis(1) || period > MAX_PERIOD {
+            return Err(RuleError::Field {
+                field: "period",
+                reason: "must be between 1 ms and 7 days",
+            });
+        }
+        match *self {
+            Self::Gcra { rate, burst, .. } => {
+                if rate == 0 || rate > MAX_LIMIT {
+                    return Err(RuleError::Field {
+                        field: "rate",
+                        reason: "must be between 1 and 1e9",
+                    });
+                }
+                if burst == 0 || burst > MAX_LIMIT {
+                    return Err(RuleError::Field {
+                        field: "burst",
+                        reason: "must be between 1 and 1e9",
+                    });
+                }
+                if period.as_micros() < u128::from(rate) {
+                    return Err(RuleError::Field {
+                        field: "rate",
+                        reason: "must leave at least 1 µs between requests (rate <= period in µs)",
+                    });
+                }
+                // The bucket's depth in time must stay exact in a Lua double.
+                if (period.as_micros() / u128::from(rate)) * u128::from(burst) > 1_000_000_000_000_000 {
+                    return Err(RuleError::Field {
+                        field: "burst",
+                        reason: "burst / rate spans more than 30 years; lower burst or raise rate",
+                    });
+                }
+            }
+            Self::SlidingLog { limit, .. } => {
+                if limit == 0 || limit > MAX_LOG_LIMIT {
+                    return Err(RuleError::Field {
+                        field: "limit",
+                        reason: "a sliding log limit must be between 1 and 10000; use gcra or fixed_window above that",
+                    });
+                }
+            }
+            Self::FixedWindow { limit, .. } => {
+                if limit == 0 || limit > MAX_LIMIT {
+                    return Err(RuleError::Field {
+                        field: "limit",
+                        reason: "must be between 1 and 1e9",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a rule does when its shared backend (Redis) cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBackendError {
+    /// Fail open: admit the request.
+    Allow,
+    /// Fail closed: refuse with 503 `backend.unavailable`.
+    Deny,
+    /// Fall back to this replica's own memory limiter (the default).
+    #[default]
+    Local,
+}
+
+impl OnBackendError {
+    /// The configuration spelling (`allow`, `deny`, `local`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for OnBackendError {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            "local" => Ok(Self::Local),
+            _ => Err(RuleError::Field {
+                field: "on_backend_error",
+                reason: "must be one of allow, deny, local",
+            }),
+        }
+    }
+}
+
+/// One rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique name, used in keys and in the `RateLimit` headers.
+    pub name: String,
+    /// How it counts.
+    pub algorithm: Algorithm,
+    /// What it counts by.
+    pub key: KeySpec,
+    /// Behaviour when the shared backend fails.
+    pub on_backend_error: OnBackendError,
+}
+
+impl Rule {
+    /// A rule with the default `on_backend_error` (`local`).
+    pub fn new(name: impl Into<String>, algorithm: Algorithm, key: KeySpec) -> Self {
+        Self {
+            name: name.into(),
+            algorithm,
+            key,
+            on_backend_error: OnBackendError::default(),
+        }
+    }
+
+    /// Sets the behaviour when the backend fails.
+    pub fn on_backend_error(mut self, mode: OnBackendError) -> Self {
+        self.on_backend_error = mode;
+        self
+    }
+
+    /// Validates the rule; the error names the field.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !name_ok {
+            return Err(RuleError::Field {
+                field: "name",
+                reason: "must be 1-64 characters of [A-Za-z0-9_.-]",
+            });
+        }
+        self.key.validate()?;
+        self.algorithm.validate()
+    }
+}
+
+/// Checks a set of rules: each valid, names unique, at most
+/// [`MAX_RULES`] of them.
+pub fn validate_rules(rules: &[Rule]) -> Result<(), RuleError> {
+    if rules.len() > MAX_RULES {
+        return Err(RuleError::Field {
+            field: "rules",
+            reason: "at most 8 rules may apply to one limiter",
+        });
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        rule.validate().map_err(|e| e.in_rule(&rule.name))?;
+        if rules[..i].iter().any(|r| r.name == rule.name) {
+            return Err(RuleError::DuplicateName(rule.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Most rules one limiter checks per request.
+pub const MAX_RULES: usize = 8;
+
+/// A rule that cannot be used, naming the field to fix.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A field has a value out of range.
+    #[error("rate limit field `{field}`: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: &'static str,
+    },
+    /// The same error inside a named rule.
+    #[error("rate limit rule `{rule}`: {source}")]
+    InRule {
+        /// The rule's name.
+        rule: String,
+        /// The error.
+        #[source]
+        source: Box<RuleError>,
+    },
+    /// Two rules share a name.
+    #[error("rate limit rule name `{0}` is used twice; names must be unique")]
+    DuplicateName(String),
+}
+
+impl RuleError {
+    fn in_rule(self, rule: &str) -> Self {
+        Self::InRule {
+            rule: rule.to_owned(),
+            source: Box::new(self),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Each rate-limit algorithm against a naive reference model: for any
+//! request sequence at any (non-decreasing) times, the same admit/deny
+//! decisions; and no panic on arbitrary, unordered times.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use portcullis_core::ratelimit::algorithm::{GcraParams, fixed_window, gcra, sliding_log};
+use portcullis_core::ratelimit::{Algorithm, State, apply};
+use proptest::prelude::*;
+
+/// Sorted request times (µs), starting anywhere, with gaps from 0 to 3 s.
+fn times() -> impl Strategy<Value = Vec<u64>> {
+    (0u64..4_000_000_000_000_000, prop::collection::vec(0u64..3_000_000, 1..200)).prop_map(
+        |(start, gaps)| {
+            let mut t = start;
+            gaps.into_iter()
+                .map(|g| {
+                    t += g;
+                    t
+                })
+                .collect()
+        },
+    )
+}
+
+/// Leaky-bucket meter: a level in µs of debt that drains at 1 µs per µs;
+/// a request fits when the level plus one emission stays within the depth.
+fn reference_gcra(times: &[u64], emission: u64, depth: u64) -> Vec<bool> {
+    let mut level: u64 = 0;
+    let mut last: Option<u64> = None;
+    times
+        .iter()
+        .map(|&now| {
+            if let Some(l) = last {
+                level = level.saturating_sub(now - l);
+            }
+            last = Some(now);
+            if level + emission <= depth {
+                level += emission;
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
+}
+
+/// Counts admitted stamps in `(now - period, now]`.
+fn reference_log(times: &[u64], limit: u64, period: u64) -> Vec<bool> {
+    let mut admitted: Vec<u64> = Vec::new();
+    times
+        .iter()
+        .map(|&now| {
+            let n = admitted.iter().filter(|&&t| t + period > now).count() as u64;
+            if n < limit {
+                admitted.push(now);
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
+}
+
+/// Counts admitted stamps in the same epoch-aligned window.
+fn reference_fixed(times: &[u64], limit: u64, period: u64) -> Vec<bool> {
+    let mut admitted: Vec<u64> = Vec::new();
+    times
+        .iter()
+        .map(|&now| {
+            let n = admitted
+                .iter()
+                .filter(|&&t| t / period == now / period)
+                .count() as u64;
+            if n < limit {
+                admitted.push(now);
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn gcra_matches_leaky_bucket(times in times(), rate in 1u64..50, period_ms in 1u64..5_000, burst in 1u64..30) {
+        let p = GcraParams::new(rate, Duration::from_millis(period_ms), burst);
+        let mut tat = 0;
+        let got: Vec<bool> = times.iter().map(|&t| gcra(&mut tat, &p, t, true).allowed).collect();
+        prop_assert_eq!(got, reference_gcra(&times, p.emission_us, p.tolerance_us));
+    }
+
+    #[test]
+    fn sliding_log_matches_reference(times in times(), limit in 1u64..20, period_ms in 1u64..5_000) {
+        let mut log = VecDeque::new();
+        let period = period_ms * 1000;
+        let got: Vec<bool> = times.iter().map(|&t| sliding_log(&mut log, limit, period, t, true).allowed).collect();
+        prop_assert!(log.len() as u64 <= limit);
+        prop_assert_eq!(got, reference_log(&times, limit, period));
+    }
+
+    #[test]
+    fn fixed_window_matches_reference(times in times(), limit in 1u64..20, period_ms in 1u64..5_000) {
+        let mut s = (0, 0);
+        let period = period_ms * 1000;
+        let got: Vec<bool> = times.iter().map(|&t| fixed_window(&mut s, limit, period, t, true).allowed).collect();
+        prop_assert_eq!(got, reference_fixed(&times, limit, period));
+    }
+
+    #[test]
+    fn peek_predicts_and_never_changes_state(times in times(), limit in 1u64..10, which in 0u8..3) {
+        let algorithm = match which {
+            0 => Algorithm::Gcra { rate: limit, period: Duration::from_secs(1), burst: limit },
+            1 => Algorithm::SlidingLog { limit, period: Duration::from_secs(1) },
+            _ => Algorithm::FixedWindow { limit, period: Duration::from_secs(1) },
+        };
+        let mut state = State::fresh(&algorithm);
+        for &t in &times {
+            let before = state.clone();
+            let peeked = apply(&algorithm, &mut state, t, false);
+            match (&before, &state) {
+                // A peek may drop stamps that left the window, nothing else.
+                (State::Log(b), State::Log(a)) => prop_assert!(b.iter().skip(b.len() - a.len()).eq(a.iter())),
+                _ => prop_assert_eq!(&before, &state),
+            }
+            prop_assert_eq!(apply(&algorithm, &mut state, t, false), peeked);
+            let real = apply(&algorithm, &mut state, t, true);
+            prop_assert_eq!(peeked, real);
+        }
+    }
+
+    #[test]
+    fn unordered_times_never_panic(times in prop::collection::vec(any::<u64>(), 1..100), limit in 1u64..10) {
+        for algorithm in [
+            Algorithm::Gcra { rate: limit, period: Duration::from_secs(1), burst: limit },
+            Algorithm::SlidingLog { limit, period: Duration::from_secs(1) },
+            Algorithm::FixedWindow { limit, period: Duration::from_secs(1) },
+        ] {
+            let mut state = State::fresh(&algorithm);
+            for &t in &times {
+                let d = apply(&algorithm, &mut state, t, true);
+                prop_assert!(d.remaining < d.limit || (!d.allowed && d.remaining == 0));
+                if let State::Log(log) = &state {
+                    prop_assert!(log.len() as u64 <= limit);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Rate limiting: a [`RateLimiter`] checks every rule that applies to a
+//! request against memory or Redis (Cluster), admits it only if all admit,
+//! and reports the most restrictive in standard response fields. When Redis
+//! fails, each rule's `on_backend_error` decides, behind a circuit breaker.
+
+pub mod fallback;
+pub mod memory;
+mod outcome;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portcullis_core::ratelimit::algorithm::micros;
+#[cfg(feature = "redis")]
+use portcullis_core::ratelimit::{Decision, OnBackendError};
+use portcullis_core::ratelimit::{
+    ClientIpConfig, HeaderLookup, RequestFacts, Rule, RuleError, validate_rules,
+};
+use portcullis_core::{Clock, SystemClock};
+
+pub use memory::MemoryLimiter;
+pub use outcome::{Outcome, RuleSet, Verdict};
+
+/// Default bound on in-memory keys.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Adapts an `http::HeaderMap` to [`HeaderLookup`] (for header key parts).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpHeaders<'a>(pub &'a http::HeaderMap);
+
+impl HeaderLookup for HttpHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The grouped client IP of a request from its socket peer and forwarding
+/// headers (several header lines are joined, as one list).
+pub fn client_key(config: &ClientIpConfig, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for v in headers.get_all(name) {
+            let v = v.to_str().ok()?;
+            match &mut out {
+                None => out = Some(v.to_owned()),
+                Some(s) => {
+                    if s.len() + v.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN {
+                        return Some(String::from("\u{0}oversized"));
+                    }
+                    s.push(',');
+                    s.push_str(v);
+                }
+            }
+        }
+        out
+    }
+    let forwarded = joined(headers, "forwarded");
+    let xff = joined(headers, "x-forwarded-for");
+    config.client_key(peer, forwarded.as_deref(), xff.as_deref())
+}
+
+/// Why a limiter could not be built or an admin operation failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// The rules are invalid.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// A partition key part is not in every rule's key.
+    #[error("rate limit partition: every rule's key must include the partition part (rule `{0}` does not)")]
+    Partition(String),
+    /// No rule has this name.
+    #[error("no rate limit rule named `{0}`")]
+    UnknownRule(String),
+    /// The backend failed.
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Backend(#[from] redis::RedisLimitError),
+}
+
+enum Backend {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis {
+        redis: redis::RedisLimiter,
+        breaker: fallback::CircuitBreaker,
+        log: fallback::FallbackLog,
+    },
+}
+
+struct Inner {
+    rules: Arc<[Rule]>,
+    /// The memory backend, or the per-replica fallback of a Redis backend.
+    memory: MemoryLimiter,
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+    legacy_headers: bool,
+}
+
+/// Checks requests against a set of rules; cheap to clone.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("rules", &self.inner.rules)
+            .field(
+                "backend",
+                &match self.inner.backend {
+                    Backend::Memory => "memory",
+                    #[cfg(feature = "redis")]
+                    Backend::Redis { .. } => "redis",
+                },
+            )
+            .finish()
+    }
+}
+
+/// Builds a [`RateLimiter`].
+pub struct RateLimiterBuilder {
+    rules: Vec<Rule>,
+    clock: Arc<dyn Clock>,
+    max_keys: usize,
+    legacy_headers: bool,
+    #[cfg(feature = "redis")]
+    redis: Option<(redis::RedisConnection, String, redis::Partition)>,
+    failure_threshold: u32,
+    probe_interval: std::time::Duration,
+}
+
+impl std::fmt::Debug for RateLimiterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiterBuilder")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiterBuilder {
+    /// Adds a rule.
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// The clock of the memory backend (and of the local fallback).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Bound on in-memory keys (default one million).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Also emit `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy_headers = on;
+        self
+    }
+
+    /// Breaker: consecutive failures before opening, and the probe interval.
+    pub fn circuit_breaker(mut self, threshold: u32, probe_interval: std::time::Duration) -> Self {
+        self.failure_threshold = threshold;
+        self.probe_interval = probe_interval;
+        self
+    }
+
+    /// Keeps the state on Redis under `prefix` (shared by every replica).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, conn: redis::RedisConnection, prefix: &str) -> Self {
+        self.redis = Some((conn, prefix.to_owned(), redis::Partition::Single));
+        self
+    }
+
+    /// Hash-tags Redis keys by the value of `part` (every rule must include
+    /// it) so load spreads over a Cluster.
+    #[cfg(feature = "redis")]
+    pub fn redis_partition(mut self, part: portcullis_core::ratelimit::KeyPart) -> Self {
+        if let Some((_, _, p)) = &mut self.redis {
+            *p = redis::Partition::By(part);
+        }
+        self
+    }
+
+    /// Validates the rules and builds the limiter.
+    pub fn build(self) -> Result<RateLimiter, RateLimitError> {
+        validate_rules(&self.rules)?;
+        let rules: Arc<[Rule]> = self.rules.into();
+        let memory = MemoryLimiter::new(rules.clone(), self.max_keys);
+        #[cfg(feature = "redis")]
+        let backend = match self.redis {
+            None => Backend::Memory,
+            Some((conn, prefix, partition)) => {
+                if let redis::Partition::By(part) = &partition {
+                    if let Some(r) = rules.iter().find(|r| !r.key.parts().contains(part)) {
+                        return Err(RateLimitError::Partition(r.name.clone()));
+                    }
+                }
+                Backend::Redis {
+                    redis: redis::RedisLimiter::new(conn, &prefix, partition),
+                    breaker: fallback::CircuitBreaker::new(
+                        self.failure_threshold,
+                        self.probe_interval,
+                    ),
+                    log: fallback::FallbackLog::default(),
+                }
+            }
+        };
+        #[cfg(not(feature = "redis"))]
+        let backend = Backend::Memory;
+        Ok(RateLimiter {
+            inner: Arc::new(Inner {
+                rules,
+                memory,
+                backend,
+                clock: self.clock,
+                legacy_headers: self.legacy_headers,
+            }),
+        })
+    }
+}
+
+impl RateLimiter {
+    /// A builder with no rules, the system clock and the memory backend.
+    pub fn builder() -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            rules: Vec::new(),
+            clock: Arc::new(SystemClock),
+            max_keys: DEFAULT_MAX_KEYS,
+            legacy_headers: false,
+            #[cfg(feature = "redis")]
+            redis: None,
+            failure_threshold: fallback::DEFAULT_FAILURE_THRESHOLD,
+            probe_interval: fallback::DEFAULT_PROBE_INTERVAL,
+        }
+    }
+
+    /// The rules, in configuration order (outcomes refer to them by index).
+    pub fn rules(&self) -> &[Rule] {
+        &self.inner.rules
+    }
+
+    /// Response fields for `outcome` (with the legacy ones if configured).
+    pub fn headers(&self, outcome: &Outcome) -> Vec<(&'static str, String)> {
+        outcome.headers(&self.inner.rules, self.inner.legacy_headers)
+    }
+
+    /// The problem+json body for a refused `outcome`.
+    pub fn problem_body(&self, outcome: &Outcome) -> Option<String> {
+        outcome.problem_body(&self.inner.rules)
+    }
+
+    fn now_us(&self) -> u64 {
+        micros(self.inner.clock.now())
+    }
+
+    /// Checks and records a request.
+    pub async fn check(&self, facts: &RequestFacts<'_>) -> Outcome {
+        self.run(facts, true).await
+    }
+
+    /// Answers what [`Self::check`] would, without recording anything.
+    pub async fn peek(&self, facts: &RequestFacts<'_>) -> Outcome {
+        self.run(facts, false).await
+    }
+
+    /// The memory backend's check, synchronous (for a memory-only limiter;
+    /// on a Redis limiter it checks the local fallback state).
+    pub fn check_local(&self, facts: &RequestFacts<'_>) -> Outcome {
+        self.inner
+            .memory
+            .check(facts, RuleSet::ALL, self.now_us(), true)
+    }
+
+    async fn run(&self, facts: &RequestFacts<'_>, consume: bool) -> Outcome {
+        match &self.inner.backend {
+            Backend::Memory => self
+                .inner
+                .memory
+                .check(facts, RuleSet::ALL, self.now_us(), consume),
+            #[cfg(feature = "redis")]
+            Backend::Redis {
+                redis,
+                breaker,
+                log,
+            } => {
+                if breaker.allow() {
+                    match redis
+                        .check(&self.inner.rules, facts, RuleSet::ALL, consume)
+                        .await
+                    {
+                        Ok(outcome) => {
+                            breaker.success();
+                            return outcome;
+                        }
+                        Err(e) => {
+                            breaker.failure();
+                            return self.fallback(facts, consume, log, &e);
+                        }
+                    }
+                }
+                self.fallback(facts, consume, log, &"circuit breaker open")
+            }
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    fn fallback(
+        &self,
+        facts: &RequestFacts<'_>,
+        consume: bool,
+        log: &fallback::FallbackLog,
+        error: &dyn std::fmt::Display,
+    ) -> Outcome {
+        let rules = &self.inner.rules;
+        let mut local = RuleSet::NONE;
+        let mut deny = false;
+        let mut allowed = RuleSet::NONE;
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.key.applies(facts) {
+                continue;
+            }
+            log.record(&rule.name, rule.on_backend_error.as_str(), error);
+            match rule.on_backend_error {
+                OnBackendError::Local => local = local.with(i),
+                OnBackendError::Deny => deny = true,
+                OnBackendError::Allow => allowed = allowed.with(i),
+            }
+        }
+        let mut outcome = if local.is_empty() {
+            Outcome::empty()
+        } else {
+            // Never record locally for a request a fail-closed rule refuses.
+            self.inner
+                .memory
+                .check(facts, local, self.now_us(), consume && !deny)
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            if allowed.contains(i) {
+                outcome.push(i, Decision::unknown_allowed(rule.algorithm.quota()));
+            }
+        }
+        outcome.finish();
+        if deny {
+            outcome.set_unavailable();
+        }
+        outcome.set_degraded();
+        outcome
+    }
+
+    /// Forgets the state of the rule named `rule` for the key `facts` make
+    /// (admin); whether there was any.
+    pub async fn reset(&self, rule: &str, facts: &RequestFacts<'_>) -> Result<bool, RateLimitError> {
+        let index = self
+            .inner
+            .rules
+            .iter()
+            .position(|r| r.name == rule)
+            .ok_or_else(|| RateLimitError::UnknownRule(rule.to_owned()))?;
+        let local = self.inner.memory.reset(index, facts);
+        match &self.inner.backend {
+            Backend::Memory => Ok(local),
+            #[cfg(feature = "redis")]
+            Backend::Redis { redis, .. } => {
+                Ok(redis.reset(&self.inner.rules[index], facts).await? || local)
+            }
+        }
+    }
+
+    /// Whether the Redis circuit breaker is open (always `false` in memory).
+    pub fn backend_down(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => false,
+            #[cfg(feature = "redis")]
+            Backend::Redis { breaker, .. } => breaker.is_open(),
+        }
+    }
+
+    /// Fallbacks taken since start (0 in memory).
+    pub fn fallbacks(&self) -> u64 {
+        match &self.inner.backend {
+            Backend::Memory => 0,
+            #[cfg(feature = "redis")]
+            Backend::Redis { log, .. } => log.total(),
+        }
+    }
+
+    /// Drops idle in-memory keys; call periodically.
+    pub fn sweep(&self) {
+        self.inner.memory.sweep(self.now_us());
+    }
+}

@@ -1,0 +1,130 @@
+-- Portcullis rate limits: every rule of one request, atomically, in one call.
+-- A line-by-line port of portcullis-core/src/ratelimit/algorithm.rs.
+--
+-- ARGV[1]   mode: "check" (record if every rule admits), "peek", "reset"
+-- ARGV[2]   n: the number of rules; KEYS[1..n] are their keys
+-- ARGV[3..] 4 arguments per rule: algorithm ("g" gcra, "l" sliding log,
+--           "f" fixed window), then
+--             g: emission_us, tolerance_us, burst
+--             l: limit, period_us, 0
+--             f: limit, period_us, 0
+-- Anything after ARGV[2 + 4n] (and KEYS[n+1..]) is a trailing section
+-- reserved for other per-request counters (anomaly detectors) to share this
+-- round trip; it is ignored here.
+--
+-- Returns {allowed, remaining, reset_us, retry_us, limit} per rule, then the
+-- server time in Unix µs. "reset" deletes the keys and returns {deleted}.
+-- Time is the Redis server's TIME, so replicas with skewed clocks agree.
+
+local mode = ARGV[1]
+local n = tonumber(ARGV[2])
+
+if mode == 'reset' then
+  local deleted = 0
+  for i = 1, n do
+    deleted = deleted + redis.call('DEL', KEYS[i])
+  end
+  return {deleted}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function fmt(x)
+  return string.format('%.0f', x)
+end
+
+local function ms(us)
+  return math.floor(us / 1000) + 1
+end
+
+local out = {}
+local writes = {}
+local all = true
+
+for i = 1, n do
+  local key = KEYS[i]
+  local base = 2 + (i - 1) * 4
+  local algo = ARGV[base + 1]
+  local a = tonumber(ARGV[base + 2])
+  local b = tonumber(ARGV[base + 3])
+  local c = tonumber(ARGV[base + 4])
+  local allowed, remaining, reset, retry, limit
+  if algo == 'g' then
+    local emission, tolerance = a, b
+    limit = c
+    local tat = tonumber(redis.call('GET', key)) or 0
+    local start = math.max(tat, now)
+    local new_tat = start + emission
+    local horizon = now + tolerance
+    if new_tat <= horizon then
+      allowed, remaining, reset, retry = 1, math.floor((horizon - new_tat) / emission), new_tat - now, 0
+      writes[#writes + 1] = function()
+        redis.call('SET', key, fmt(new_tat), 'PX', ms(new_tat - now))
+      end
+    else
+      allowed, remaining, reset, retry = 0, 0, start - now, new_tat - horizon
+    end
+  elseif algo == 'l' then
+    local period = b
+    limit = a
+    local at = now
+    local newest = tonumber(redis.call('LINDEX', key, -1))
+    if newest and newest > at then at = newest end
+    while true do
+      local first = tonumber(redis.call('LINDEX', key, 0))
+      if first and first + period <= at then
+        redis.call('LPOP', key)
+      else
+        break
+      end
+    end
+    local len = redis.call('LLEN', key)
+    local oldest = tonumber(redis.call('LINDEX', key, 0))
+    if len < limit then
+      oldest = oldest or at
+      allowed, remaining, reset, retry = 1, limit - len - 1, oldest + period - at, 0
+      writes[#writes + 1] = function()
+        redis.call('RPUSH', key, fmt(at))
+        redis.call('PEXPIRE', key, ms(period))
+      end
+    else
+      oldest = oldest or at
+      newest = newest or at
+      allowed, remaining, reset, retry = 0, 0, newest + period - at, oldest + period - at
+    end
+  else
+    local period = b
+    limit = a
+    local start_now = now - math.fmod(now, period)
+    local cur = redis.call('HMGET', key, 's', 'c')
+    local start = tonumber(cur[1]) or 0
+    local count = tonumber(cur[2]) or 0
+    if start_now > start then
+      start, count = start_now, 0
+    end
+    local reset_us = math.max(start + period - now, 0)
+    if count < limit then
+      allowed, remaining, reset, retry = 1, limit - count - 1, reset_us, 0
+      writes[#writes + 1] = function()
+        redis.call('HSET', key, 's', fmt(start), 'c', count + 1)
+        redis.call('PEXPIRE', key, ms(reset_us))
+      end
+    else
+      allowed, remaining, reset, retry = 0, 0, reset_us, reset_us
+    end
+  end
+  if allowed == 0 then all = false end
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+  out[#out + 1] = limit
+end
+
+if mode == 'check' and all then
+  for _, w in ipairs(writes) do w() end
+end
+
+out[#out + 1] = now
+return out

@@ -1,0 +1,512 @@
+//! Rate limiting end to end: multi-rule semantics and response fields in
+//! memory, client-IP safety, memory and Redis deciding alike, exactness
+//! across four replicas on one Redis and on the Cluster, one EVALSHA per
+//! request, and each `on_backend_error` mode through a Redis outage.
+
+mod support;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::ratelimit::{RateLimiter, Verdict, client_key};
+use portcullis_core::ratelimit::{
+    Algorithm, ClientIpConfig, KeyPart, KeySpec, OnBackendError, RequestFacts, Rule,
+};
+use portcullis_core::{Clock, ManualClock, SystemClock};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn facts(client: &str, subject: Option<&'static str>) -> RequestFacts<'static> {
+    RequestFacts {
+        client_ip: Some(ip(client)),
+        subject,
+        route: Some("GET /orders"),
+        ..Default::default()
+    }
+}
+
+fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+}
+
+fn per_ip_and_subject() -> (Rule, Rule) {
+    (
+        Rule::new(
+            "per_ip",
+            Algorithm::Gcra {
+                rate: 10,
+                period: Duration::from_secs(1),
+                burst: 20,
+            },
+            KeySpec::ip(),
+        ),
+        Rule::new(
+            "per_subject",
+            Algorithm::FixedWindow {
+                limit: 25,
+                period: Duration::from_secs(3600),
+            },
+            KeySpec::subject(),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restrictive() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_800_000_000));
+    let (a, b) = per_ip_and_subject();
+    let limiter = RateLimiter::builder()
+        .rule(a)
+        .rule(b)
+        .clock(clock.clone())
+        .legacy_headers(true)
+        .build()
+        .unwrap();
+    let alice_a = facts("203.0.113.1", Some("alice"));
+    for i in 0..20 {
+        let o = limiter.check(&alice_a).await;
+        assert!(o.admitted(), "request {i}");
+        let h = limiter.headers(&o);
+        assert!(header(&h, "ratelimit").is_some());
+        assert!(header(&h, "retry-after").is_none());
+    }
+    let o = limiter.check(&alice_a).await;
+    assert_eq!(o.verdict(), Verdict::Limited);
+    assert_eq!(o.status(), 429);
+    let h = limiter.headers(&o);
+    assert_eq!(header(&h, "ratelimit"), Some("\"per_ip\";r=0;t=1"));
+    assert_eq!(
+        header(&h, "ratelimit-policy"),
+        Some("\"per_ip\";q=20;w=1, \"per_subject\";q=25;w=3600")
+    );
+    assert_eq!(header(&h, "retry-after"), Some("1"));
+    assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
+    let body: serde_json::Value =
+        serde_json::from_str(&limiter.problem_body(&o).unwrap()).unwrap();
+    assert_eq!(body["code"], "rate_limit.exceeded");
+
+    // The refused request did not count against the subject: 5 remain.
+    let alice_b = facts("203.0.113.2", Some("alice"));
+    let peek = limiter.peek(&alice_b).await;
+    let (_, d) = peek.decisions().find(|(r, _)| *r == 1).unwrap();
+    assert_eq!(d.remaining, 4, "a 21st request would leave 4 of 25");
+    for _ in 0..5 {
+        assert!(limiter.check(&alice_b).await.admitted());
+    }
+    let o = limiter.check(&alice_b).await;
+    assert_eq!(o.verdict(), Verdict::Limited);
+    assert_eq!(o.primary().unwrap().0, 1, "the subject rule is the binding one");
+
+    // An anonymous request is not counted by the per-subject rule.
+    let anon = facts("203.0.113.3", None);
+    assert_eq!(limiter.check(&anon).await.decisions().count(), 1);
+
+    // GCRA refills at 10/s; reset forgets a key.
+    clock.advance(Duration::from_millis(100));
+    assert!(limiter.check(&alice_a).await.verdict() == Verdict::Limited); // subject exhausted
+    assert!(limiter.reset("per_subject", &alice_a).await.unwrap());
+    assert!(limiter.check(&alice_a).await.admitted());
+    assert!(limiter.reset("nope", &alice_a).await.is_err());
+}
+
+#[tokio::test]
+async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
+    let limiter = RateLimiter::builder()
+        .rule(Rule::new(
+            "per_ip",
+            Algorithm::FixedWindow {
+                limit: 1,
+                period: Duration::from_secs(3600),
+            },
+            KeySpec::ip(),
+        ))
+        .build()
+        .unwrap();
+    let cfg = ClientIpConfig::new()
+        .trusted_proxies(["10.0.0.0/8"])
+        .unwrap();
+    let mut spoofed = http::HeaderMap::new();
+    spoofed.insert("x-forwarded-for", "192.0.2.200".parse().unwrap());
+
+    // Rotating addresses inside one /64 does not escape the limit.
+    let a = client_key(&cfg, ip("2001:db8:1:2::1"), &http::HeaderMap::new());
+    let b = client_key(&cfg, ip("2001:db8:1:2:dead:beef::9"), &http::HeaderMap::new());
+    let check = |client: IpAddr| {
+        let limiter = limiter.clone();
+        async move {
+            let f = RequestFacts {
+                client_ip: Some(client),
+                ..Default::default()
+            };
+            limiter.check(&f).await.admitted()
+        }
+    };
+    assert!(check(a).await);
+    assert!(!check(b).await);
+    assert!(check(client_key(&cfg, ip("2001:db8:1:3::1"), &http::HeaderMap::new())).await);
+
+    // An untrusted peer cannot pick its own key with X-Forwarded-For.
+    let peer = ip("198.51.100.7");
+    assert!(check(client_key(&cfg, peer, &http::HeaderMap::new())).await);
+    assert_eq!(client_key(&cfg, peer, &spoofed), peer);
+    assert!(!check(client_key(&cfg, peer, &spoofed)).await);
+
+    // Two trusted proxies: the real client is found.
+    let mut chain = http::HeaderMap::new();
+    chain.append("x-forwarded-for", "6.6.6.6, 203.0.113.50".parse().unwrap());
+    chain.append("x-forwarded-for", "10.0.0.5".parse().unwrap());
+    assert_eq!(client_key(&cfg, ip("10.1.1.1"), &chain), ip("203.0.113.50"));
+}
+
+// ---------------------------------------------------------------- Redis
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use super::*;
+    use portcullis::ratelimit::redis::RedisConnection;
+    use portcullis_core::ratelimit::Decision;
+
+    fn three_rules(limit: u64) -> Vec<Rule> {
+        vec![
+            Rule::new(
+                "g",
+                Algorithm::Gcra {
+                    rate: 1,
+                    period: Duration::from_secs(7 * 24 * 3600),
+                    burst: limit,
+                },
+                KeySpec::ip(),
+            ),
+            Rule::new(
+                "l",
+                Algorithm::SlidingLog {
+                    limit: limit + 2,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::subject(),
+            ),
+            Rule::new(
+                "f",
+                Algorithm::FixedWindow {
+                    limit: limit + 1,
+                    period: Duration::from_secs(24 * 3600),
+                },
+                KeySpec::new([KeyPart::Subject, KeyPart::Route]),
+            ),
+        ]
+    }
+
+    fn build(rules: &[Rule], conn: Option<RedisConnection>, prefix: &str) -> RateLimiter {
+        let mut b = RateLimiter::builder().clock(Arc::new(ManualClock::new(SystemClock.now())));
+        for r in rules {
+            b = b.rule(r.clone());
+        }
+        if let Some(conn) = conn {
+            b = b.redis(conn, prefix);
+        }
+        b.build().unwrap()
+    }
+
+    /// Waits while a fixed day window is about to roll over.
+    async fn away_from_day_boundary() {
+        let day = 24 * 3600;
+        while (SystemClock.unix_seconds() + 5) % day < 10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn summary(o: &portcullis::ratelimit::Outcome) -> Vec<(usize, bool, u64, u64)> {
+        o.decisions()
+            .map(|(r, d): (usize, Decision)| (r, d.allowed, d.remaining, d.limit))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn memory_and_redis_decide_alike() {
+        let Some(url) = support::redis_url() else { return };
+        away_from_day_boundary().await;
+        let prefix = support::unique_prefix("rl_alike");
+        let rules = three_rules(5);
+        for single in 0..rules.len() {
+            let subset = vec![rules[single].clone()];
+            let memory = build(&subset, None, "");
+            let redis = build(
+                &subset,
+                Some(RedisConnection::single(&url).await.unwrap()),
+                &format!("{prefix}{single}"),
+            );
+            let f = facts("203.0.113.9", Some("carol"));
+            for i in 0..12 {
+                let (pm, pr) = (memory.peek(&f).await, redis.peek(&f).await);
+                assert_eq!(summary(&pm), summary(&pr), "peek {i} of rule {single}");
+                let (m, r) = (memory.check(&f).await, redis.check(&f).await);
+                assert_eq!(summary(&m), summary(&r), "check {i} of rule {single}");
+                assert!(!r.degraded());
+            }
+        }
+        // All three rules at once: the most restrictive binds.
+        let memory = build(&rules, None, "");
+        let redis = build(
+            &rules,
+            Some(RedisConnection::single(&url).await.unwrap()),
+            &format!("{prefix}all"),
+        );
+        let f = facts("203.0.113.10", Some("dave"));
+        let mut admitted = 0;
+        for i in 0..10 {
+            let (m, r) = (memory.check(&f).await, redis.check(&f).await);
+            assert_eq!(summary(&m), summary(&r), "check {i}");
+            assert_eq!(m.verdict(), r.verdict());
+            admitted += usize::from(r.admitted());
+        }
+        assert_eq!(admitted, 5);
+        assert!(redis.reset("g", &f).await.unwrap());
+        assert!(redis.check(&f).await.admitted());
+        support::redis_cleanup(&url, &prefix).await;
+    }
+
+    async fn exact_across_replicas(connect: impl AsyncFn() -> RedisConnection, prefix: &str) {
+        for rule in [
+            Rule::new(
+                "log",
+                Algorithm::SlidingLog {
+                    limit: 1000,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::subject(),
+            ),
+            Rule::new(
+                "gcra",
+                Algorithm::Gcra {
+                    rate: 1,
+                    period: Duration::from_secs(7 * 24 * 3600),
+                    burst: 1000,
+                },
+                KeySpec::subject(),
+            ),
+        ] {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let limiter = build(std::slice::from_ref(&rule), Some(connect().await), prefix);
+                for _ in 0..4 {
+                    let limiter = limiter.clone();
+                    tasks.spawn(async move {
+                        let f = facts("203.0.113.20", Some("erin"));
+                        let mut admitted = 0u32;
+                        for _ in 0..625 {
+                            let o = limiter.check(&f).await;
+                            assert!(!o.degraded());
+                            admitted += u32::from(o.admitted());
+                        }
+                        admitted
+                    });
+                }
+            }
+            let total: u32 = tasks.join_all().await.into_iter().sum();
+            assert_eq!(total, 1000, "rule {}: 10 000 requests, limit 1 000", rule.name);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_replicas_on_one_redis_admit_exactly_the_limit() {
+        let Some(url) = support::redis_url() else { return };
+        let prefix = support::unique_prefix("rl_replicas");
+        exact_across_replicas(
+            async || RedisConnection::single(&url).await.unwrap(),
+            &prefix,
+        )
+        .await;
+        support::redis_cleanup(&url, &prefix).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_replicas_on_the_cluster_admit_exactly_the_limit() {
+        let Some(urls) = support::redis_cluster_urls() else { return };
+        if urls.is_empty() {
+            return;
+        }
+        let prefix = support::unique_prefix("rl_cluster");
+        exact_across_replicas(
+            async || RedisConnection::cluster(&urls).await.unwrap(),
+            &prefix,
+        )
+        .await;
+        support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+
+    /// A redis-server of this test's own, on a free port, killed on drop.
+    struct OwnRedis {
+        port: u16,
+        child: Option<tokio::process::Child>,
+    }
+
+    impl OwnRedis {
+        async fn start(port: Option<u16>) -> Self {
+            let port = port.unwrap_or_else(|| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            });
+            let child = tokio::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server must be installed for the outage test");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Self {
+                port,
+                child: Some(child),
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        async fn stop(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill().await;
+                let _ = c.wait().await;
+            }
+        }
+    }
+
+    async fn evalsha_calls(url: &str) -> (u64, u64) {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let calls = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (calls("evalsha"), calls("eval") + calls("script|load"))
+    }
+
+    #[tokio::test]
+    async fn one_evalsha_round_trip_per_request_with_three_rules() {
+        let mut server = OwnRedis::start(None).await;
+        let url = server.url();
+        let limiter = build(
+            &three_rules(1000),
+            Some(RedisConnection::single(&url).await.unwrap()),
+            "pcx_test_rt",
+        );
+        let f = facts("203.0.113.30", Some("frank"));
+        assert_eq!(limiter.check(&f).await.decisions().count(), 3);
+        let (sha0, other0) = evalsha_calls(&url).await;
+        for _ in 0..50 {
+            assert!(limiter.check(&f).await.admitted());
+        }
+        let (sha1, other1) = evalsha_calls(&url).await;
+        assert_eq!(sha1 - sha0, 50, "one EVALSHA per request");
+        assert_eq!(other1, other0, "no EVAL or SCRIPT LOAD once loaded");
+        server.stop().await;
+    }
+
+    fn outage_rule(mode: OnBackendError) -> Rule {
+        Rule::new(
+            "per_ip",
+            Algorithm::Gcra {
+                rate: 1,
+                period: Duration::from_secs(7 * 24 * 3600),
+                burst: 5,
+            },
+            KeySpec::ip(),
+        )
+        .on_backend_error(mode)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_outage_follows_on_backend_error_and_recovers_within_two_seconds() {
+        let mut server = OwnRedis::start(None).await;
+        let url = server.url();
+        let modes = [OnBackendError::Allow, OnBackendError::Deny, OnBackendError::Local];
+        let mut limiters = Vec::new();
+        for mode in modes {
+            limiters.push(build(
+                &[outage_rule(mode)],
+                Some(RedisConnection::single(&url).await.unwrap()),
+                &format!("pcx_test_outage_{}", mode.as_str()),
+            ));
+        }
+        let f = facts("203.0.113.40", None);
+        // Redis up: 5 admitted, then limited, for every mode.
+        for l in &limiters {
+            for _ in 0..5 {
+                assert!(l.check(&f).await.admitted());
+            }
+            assert_eq!(l.check(&f).await.verdict(), Verdict::Limited);
+        }
+
+        server.stop().await;
+        for (mode, l) in modes.iter().zip(&limiters) {
+            let verdicts: Vec<Verdict> = {
+                let mut v = Vec::new();
+                for _ in 0..10 {
+                    let o = l.check(&f).await;
+                    assert!(o.degraded(), "{mode:?}");
+                    assert_ne!(o.status(), 500);
+                    v.push(o.verdict());
+                }
+                v
+            };
+            let admitted = verdicts.iter().filter(|v| **v == Verdict::Admitted).count();
+            match mode {
+                OnBackendError::Allow => assert_eq!(admitted, 10),
+                OnBackendError::Deny => {
+                    assert!(verdicts.iter().all(|v| *v == Verdict::Unavailable))
+                }
+                // The replica's own memory limiter: a fresh bucket of 5.
+                _ => {
+                    assert_eq!(admitted, 5);
+                    assert_eq!(verdicts[5..], [Verdict::Limited; 5]);
+                }
+            }
+            assert!(l.backend_down());
+            assert!(l.fallbacks() >= 10);
+        }
+
+        // Redis returns (empty): shared limiting resumes within 2 s.
+        let server2 = OwnRedis::start(Some(server.port)).await;
+        let back = std::time::Instant::now();
+        for l in &limiters {
+            let g = facts("203.0.113.41", None);
+            loop {
+                let o = l.check(&g).await;
+                if !o.degraded() {
+                    break;
+                }
+                assert!(back.elapsed() < Duration::from_secs(2), "still degraded after 2 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut admitted = 1;
+            for _ in 0..9 {
+                let o = l.check(&g).await;
+                assert!(!o.degraded());
+                admitted += usize::from(o.admitted());
+            }
+            assert_eq!(admitted, 5, "normal shared limiting");
+        }
+        assert!(back.elapsed() < Duration::from_secs(2));
+        drop(server2);
+    }
+}
