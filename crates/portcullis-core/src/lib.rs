@@ -4,8 +4,11 @@
 //! JOSE keys and signatures ([`jose`]), access-token verification and issuance
 //! ([`jwt`]), opaque secrets ([`opaque`]), the [`Principal`] and the stable
 //! [`ErrorCode`]s.
+//!
+//! - [`audit`]: audit event types, redaction, queries and timestamps.
 
 pub mod anomaly;
+pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod jose;

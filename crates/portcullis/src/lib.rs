@@ -1,10 +1,12 @@
 //! Portcullis runtime library: the I/O shell around `portcullis-core`.
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
+//! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
+pub mod audit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod token_cache;
