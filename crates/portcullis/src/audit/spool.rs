@@ -127,12 +127,14 @@ impl Spool {
                     tracing::error!(
                         path = %s.path.display(),
                         offset = s.read_offset,
-                        "audit spool has a torn or corrupt tail; cutting it off"
+                        "audit spool has a torn or corrupt tail; discarding it"
                     );
-                    s.file
-                        .set_len(s.read_offset)
-                        .map_err(|e| AuditError::io(&s.path, e))?;
-                    s.len = s.read_offset;
+                    // Everything before the read offset is replayed already.
+                    let io = |e| AuditError::io(&s.path, e);
+                    s.file.set_len(0).map_err(io)?;
+                    s.file.sync_data().map_err(io)?;
+                    s.read_offset = 0;
+                    s.len = 0;
                     Ok(None)
                 }
                 Err(e) => Err(AuditError::io(&s.path, e)),
