@@ -12,7 +12,8 @@ use std::time::Duration;
 use audit_common::*;
 use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::{
-    AuditEvent, AuditWriter, AuditWriterConfig, Decision, EventKind, FullPolicy, Recorded,
+    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, Decision, EventKind, FullPolicy,
+    Recorded,
 };
 use portcullis_core::SystemClock;
 use sqlx::Connection;
@@ -89,6 +90,39 @@ async fn every_filter_and_pagination_on_postgres() {
     // Migrating again is a no-op.
     store.migrate().await.unwrap();
     assert_eq!(count(&store).await, dataset().len() as i64);
+}
+
+#[tokio::test]
+async fn copy_round_trips_awkward_text_and_replays_are_idempotent() {
+    let Some(db) = FreshDatabase::create("audit_copy").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    let mut odd = event(0);
+    odd.path = Some("/a\\b\tc\nd\re\\N".into());
+    odd.user_agent = Some("ua\\N".into());
+    odd.subject = Some("ünïcode ✓".into());
+    odd.anomaly_flags = vec!["burst".into()];
+    odd.code = None;
+    let mut batch: Vec<AuditEvent> = (1..1000).map(event).collect();
+    batch.push(odd.clone());
+    store.write_batch(&batch).await.unwrap();
+    // A replay of the whole batch, and one overlapping it, store nothing twice.
+    store.write_batch(&batch).await.unwrap();
+    let mut overlap: Vec<AuditEvent> = (1000..1600).map(event).collect();
+    overlap.extend_from_slice(&batch[..600]);
+    store.write_batch(&overlap).await.unwrap();
+    assert_eq!(count(&store).await, 1600);
+    let page = all_pages(
+        &store,
+        portcullis::audit::AuditQuery {
+            subject: odd.subject.clone(),
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(page, vec![odd]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
