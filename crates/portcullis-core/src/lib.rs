@@ -7,8 +7,10 @@
 //!
 //! - [`authz`]: wildcard permissions, roles, route rules, signed service requests.
 //! - [`ratelimit`]: GCRA, sliding-log and fixed-window math, client IPs, headers.
+//! - [`audit`]: audit event types, redaction, queries and timestamps.
 
 pub mod anomaly;
+pub mod audit;
 pub mod authz;
 pub mod clock;
 pub mod error;

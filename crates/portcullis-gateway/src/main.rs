@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BansCommand, Cli, Command, KeysCommand, TokenCommand};
+use cli::{AuditCommand, BansCommand, Cli, Command, KeysCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Command::Bans(BansCommand::List(a)) => cli::bans::list(a),
         Command::Bans(BansCommand::Add(a)) => cli::bans::add(a),
         Command::Bans(BansCommand::Lift(a)) => cli::bans::lift(a),
+        Command::Audit(AuditCommand::Query(a)) => cli::audit::query(a),
+        Command::Audit(AuditCommand::Tail(a)) => cli::audit::tail(a),
+        Command::Audit(AuditCommand::Prune(a)) => cli::audit::prune(a),
     };
     cli::finish(result)
 }

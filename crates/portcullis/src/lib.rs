@@ -5,6 +5,7 @@
 //! - [`authz`]: route rules with custom async policies; signed service requests and nonce stores.
 //! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
 //! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
+//! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
@@ -13,6 +14,7 @@ pub mod http_client;
 pub mod authz;
 pub mod jwks;
 pub mod ratelimit;
+pub mod audit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod token_cache;

@@ -1,5 +1,6 @@
 //! The `portcullis` command line: the command tree and how an outcome is reported.
 
+pub mod audit;
 pub mod bans;
 mod console;
 pub mod demo;
@@ -42,6 +43,20 @@ pub enum Command {
     /// List, add and lift the anomaly bans shared through Redis.
     #[command(subcommand)]
     Bans(BansCommand),
+    /// Query, follow and prune the audit log (SQLite or PostgreSQL).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `portcullis audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print one page of matching events, newest first.
+    Query(audit::QueryArgs),
+    /// Print the latest events, then follow new ones.
+    Tail(audit::TailArgs),
+    /// Delete events older than a retention period.
+    Prune(audit::PruneArgs),
 }
 
 /// `portcullis bans ...`

@@ -1,0 +1,198 @@
+//! The SQLite audit store (the embedded default): WAL, one multi-row insert
+//! transaction per batch, `ON CONFLICT (id) DO NOTHING` so replays are idempotent.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_core::audit::AuditEvent;
+use portcullis_core::audit::query::{AuditPage, AuditQuery};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
+use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
+
+/// Rows per INSERT statement (20 columns: well under SQLite's 32 766 variables).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Schema version this code writes (kept in `portcullis_audit_schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_events (
+        id TEXT PRIMARY KEY NOT NULL,
+        ts_us INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        request_id TEXT,
+        client_ip TEXT,
+        method TEXT,
+        route TEXT,
+        path TEXT,
+        status INTEGER,
+        latency_us INTEGER,
+        upstream_latency_us INTEGER,
+        subject TEXT,
+        tenant TEXT,
+        auth_method TEXT,
+        credential_id TEXT,
+        decision TEXT NOT NULL,
+        code TEXT,
+        rate_limit_remaining INTEGER,
+        anomaly_flags TEXT,
+        user_agent TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS audit_events_ts_id ON audit_events (ts_us, id)",
+    "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
+    "CREATE INDEX IF NOT EXISTS audit_events_ts_client_ip ON audit_events (ts_us, client_ip)",
+    "CREATE INDEX IF NOT EXISTS audit_events_ts_code ON audit_events (ts_us, code)",
+];
+
+/// Audit events in a SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteAudit {
+    pool: SqlitePool,
+}
+
+impl SqliteAudit {
+    /// Opens (creating when missing) the database at `path` and its tables,
+    /// waiting up to `busy_timeout` for a lock held by another connection.
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<Self, AuditError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy_timeout);
+        Self::connect_with(options).await
+    }
+
+    /// Opens a `sqlite:` URL (e.g. `sqlite://audit.db?mode=rwc`).
+    pub async fn open_url(url: &str) -> Result<Self, AuditError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        Self::connect_with(options).await
+    }
+
+    async fn connect_with(options: SqliteConnectOptions) -> Result<Self, AuditError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let this = Self { pool };
+        this.migrate().await?;
+        Ok(this)
+    }
+
+    /// Creates the tables and indexes when missing (idempotent; separate
+    /// from the stores' migrations, so both can share one database).
+    pub async fn migrate(&self) -> Result<(), AuditError> {
+        let mut tx = self.pool.begin().await?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        let have: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM portcullis_audit_schema")
+                .fetch_one(&mut *tx)
+                .await?;
+        match have {
+            None => {
+                sqlx::query("INSERT INTO portcullis_audit_schema (version) VALUES (?)")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(AuditError::Config(format!(
+                    "audit schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade portcullis"
+                )));
+            }
+            Some(_) => {}
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The connection pool (for tests and tools).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn insert(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut qb: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            qb.push_values(chunk, |mut b, e| {
+                b.push_bind(e.id.as_str())
+                    .push_bind(e.ts_us)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.request_id.as_deref())
+                    .push_bind(e.client_ip.as_deref())
+                    .push_bind(e.method.as_deref())
+                    .push_bind(e.route.as_deref())
+                    .push_bind(e.path.as_deref())
+                    .push_bind(e.status.map(i64::from))
+                    .push_bind(e.latency_us)
+                    .push_bind(e.upstream_latency_us)
+                    .push_bind(e.subject.as_deref())
+                    .push_bind(e.tenant.as_deref())
+                    .push_bind(e.auth_method.as_deref())
+                    .push_bind(e.credential_id.as_deref())
+                    .push_bind(e.decision.as_str())
+                    .push_bind(e.code.as_deref())
+                    .push_bind(e.rate_limit_remaining)
+                    .push_bind(e.anomaly_flags_text())
+                    .push_bind(e.user_agent.as_deref());
+            });
+            qb.push(" ON CONFLICT (id) DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes events older than `before_us`; returns how many.
+    pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE ts_us < ?")
+            .bind(before_us)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// One page of events, newest first.
+    pub async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
+        query.validate()?;
+        let mut qb: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events"));
+        push_query!(&mut qb, query);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let events = rows
+            .iter()
+            .map(|row| decode_row!(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuditPage::from_rows(events, query.limit))
+    }
+}
+
+impl AuditSink for SqliteAudit {
+    fn write_batch<'a>(
+        &'a self,
+        events: &'a [AuditEvent],
+    ) -> BoxFuture<'a, Result<(), AuditError>> {
+        Box::pin(self.insert(events))
+    }
+
+    fn prune(&self, before_us: i64) -> BoxFuture<'_, Result<u64, AuditError>> {
+        Box::pin(self.prune_before(before_us))
+    }
+}
+
+impl AuditStore for SqliteAudit {
+    fn query<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<AuditPage, AuditError>> {
+        Box::pin(self.query_page(query))
+    }
+}

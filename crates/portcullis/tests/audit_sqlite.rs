@@ -1,0 +1,336 @@
+//! The audit log on SQLite and in local files: every filter with pagination,
+//! a 5 s outage in the middle of 200 000 events, shutdown with a full queue,
+//! and no secret in any sink.
+
+mod audit_common;
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_common::*;
+use portcullis::audit::jsonl::JsonlSink;
+use portcullis::audit::spool::Spool;
+use portcullis::audit::sqlite::SqliteAudit;
+use portcullis::audit::{
+    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, Decision, EventKind, FullPolicy,
+    PrunePolicy, Recorded,
+};
+use portcullis_core::{Clock, ManualClock, SystemClock};
+use sqlx::{Connection, SqliteConnection};
+
+async fn open(dir: &TempDir, busy: Duration) -> SqliteAudit {
+    SqliteAudit::open(&dir.0.join("audit.db"), busy)
+        .await
+        .unwrap()
+}
+
+async fn count(store: &SqliteAudit) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+fn event(i: u64) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        EventKind::Request,
+        1_795_000_000_000_000 + i as i64,
+        Decision::Allow,
+    );
+    e.subject = Some(format!("user-{}", i % 100));
+    e.path = Some("/api/load".into());
+    e.status = Some(200);
+    e
+}
+
+#[tokio::test]
+async fn every_filter_and_pagination_on_sqlite() {
+    let dir = TempDir::new("audit_sqlite_query");
+    let store = open(&dir, Duration::from_secs(5)).await;
+    check_store(&store, &store).await;
+    // Opening again keeps the data and the schema.
+    let again = open(&dir, Duration::from_secs(5)).await;
+    assert_eq!(count(&again).await, dataset().len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_thousand_events_survive_a_five_second_outage_exactly_once() {
+    const N: u64 = 200_000;
+    let dir = TempDir::new("audit_sqlite_outage");
+    let db = dir.0.join("audit.db");
+    let store = open(&dir, Duration::from_millis(100)).await;
+    let mut config = AuditWriterConfig::new(dir.0.join("spool/audit.spool"));
+    config.full_policy = FullPolicy::Block(Duration::from_secs(30));
+    config.retry_interval = Duration::from_millis(200);
+    let writer = Arc::new(
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap(),
+    );
+
+    let producer = {
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            for i in 0..N {
+                assert_eq!(writer.record(event(i)).await, Recorded::Queued);
+                if i % 1000 == 0 {
+                    // Pace the producer so the outage falls in the middle.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    while writer.stats().written < 30_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The outage: another connection holds the write lock for 5 s.
+    let mut locker = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let written_at_lock = writer.stats().written;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        writer.stats().spooled > 0,
+        "the outage made the writer spool"
+    );
+    assert!(
+        writer.stats().enqueued > written_at_lock,
+        "events kept arriving during the outage"
+    );
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+
+    producer.await.unwrap();
+    writer.shutdown().await;
+    let stats = writer.stats();
+    assert_eq!(stats.enqueued, N);
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.lost, 0);
+    assert_eq!(stats.replayed, stats.spooled, "{stats:?}");
+    assert_eq!(count(&store).await, N as i64);
+    let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT id) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(distinct, N as i64);
+    let expected_ts: i64 = (0..N as i64).sum();
+    let sum: i64 = sqlx::query_scalar("SELECT SUM(ts_us - 1795000000000000) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        sum, expected_ts,
+        "each of the 200 000 events is stored once"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_with_a_full_queue_keeps_every_event() {
+    const CAP: usize = 20_000;
+    let dir = TempDir::new("audit_sqlite_full");
+    let store = open(&dir, Duration::from_secs(5)).await;
+    let mut config = AuditWriterConfig::new(dir.0.join("audit.spool"));
+    config.queue_capacity = CAP;
+    config.full_policy = FullPolicy::Drop;
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    // Single-threaded runtime: the batcher cannot run until we await, so the
+    // queue really is full.
+    for i in 0..CAP as u64 {
+        assert_eq!(writer.try_record(event(i)), Recorded::Queued);
+    }
+    assert_eq!(writer.queued(), CAP);
+    assert_eq!(writer.try_record(event(CAP as u64 + 1)), Recorded::Dropped);
+    assert_eq!(
+        writer.record(event(CAP as u64 + 1)).await,
+        Recorded::Dropped
+    );
+    assert_eq!(writer.stats().dropped, 2);
+    writer.shutdown().await;
+    assert_eq!(count(&store).await, CAP as i64);
+    assert_eq!(
+        writer.try_record(event(1)),
+        Recorded::Dropped,
+        "closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn events_spooled_at_shutdown_replay_on_next_start() {
+    let dir = TempDir::new("audit_sqlite_restart");
+    let db = dir.0.join("audit.db");
+    let store = open(&dir, Duration::from_millis(50)).await;
+    let spool = dir.0.join("audit.spool");
+    let mut locker = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        AuditWriterConfig::new(&spool),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    for i in 0..2500 {
+        writer.record(event(i)).await;
+    }
+    writer.shutdown().await;
+    assert_eq!(writer.stats().spooled, 2500);
+    assert!(std::fs::metadata(&spool).unwrap().len() > 0);
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert_eq!(count(&store).await, 0);
+
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        AuditWriterConfig::new(&spool),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    writer.shutdown().await;
+    assert_eq!(writer.stats().replayed, 2500);
+    assert_eq!(count(&store).await, 2500);
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool emptied");
+}
+
+#[tokio::test]
+async fn a_torn_spool_tail_is_cut_off_and_the_rest_replays() {
+    let dir = TempDir::new("audit_spool_torn");
+    let path = dir.0.join("audit.spool");
+    let spool = Spool::open(&path).unwrap();
+    let batch: Vec<_> = (0..10).map(event).collect();
+    spool.append(&batch).await.unwrap();
+    drop(spool);
+    // A crash mid-write leaves a partial record.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let good = bytes.len() as u64;
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let spool = Spool::open(&path).unwrap();
+    assert!(spool.pending());
+    let (events, next) = spool.peek().await.unwrap().unwrap();
+    assert_eq!(events, batch);
+    assert_eq!(next, good);
+    spool.advance(next).await.unwrap();
+    assert_eq!(spool.peek().await.unwrap(), None);
+    assert!(!spool.pending());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_sqlite_jsonl_or_the_spool() {
+    let dir = TempDir::new("audit_secrets");
+    let store = open(&dir, Duration::from_millis(50)).await;
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        AuditWriterConfig::new(dir.0.join("a.spool")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let jsonl_path = dir.0.join("audit.jsonl");
+    let jsonl = JsonlSink::open(&jsonl_path, 1 << 20, 2).unwrap();
+    let jsonl_writer = AuditWriter::start(
+        Arc::new(jsonl),
+        AuditWriterConfig::new(dir.0.join("j.spool")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    for i in 0..50 {
+        writer.record(secret_bearing_event(i)).await;
+        jsonl_writer.record(secret_bearing_event(i)).await;
+    }
+    // Some go through the spool too.
+    let db = dir.0.join("audit.db");
+    let mut locker = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    for i in 50..100 {
+        writer.record(secret_bearing_event(i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(writer.stats().spooled > 0);
+    assert_no_secret("the spool", &std::fs::read(dir.0.join("a.spool")).unwrap());
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    writer.shutdown().await;
+    jsonl_writer.shutdown().await;
+
+    let stored = all_pages(&store, Default::default(), 1000).await;
+    assert_eq!(stored.len(), 100);
+    assert_redacted(&stored);
+    for entry in std::fs::read_dir(&dir.0).unwrap() {
+        let path = entry.unwrap().path();
+        assert_no_secret(&path.display().to_string(), &std::fs::read(&path).unwrap());
+    }
+    let lines = std::fs::read_to_string(&jsonl_path).unwrap();
+    let events: Vec<AuditEvent> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 50);
+    assert_redacted(&events);
+}
+
+#[tokio::test]
+async fn jsonl_rotates_by_size() {
+    let dir = TempDir::new("audit_jsonl_rotate");
+    let path = dir.0.join("audit.jsonl");
+    let sink = JsonlSink::open(&path, 4096, 2).unwrap();
+    for chunk in (0..200).collect::<Vec<u64>>().chunks(10) {
+        let batch: Vec<_> = chunk.iter().copied().map(event).collect();
+        sink.write_batch(&batch).await.unwrap();
+    }
+    let rotated = |i| std::path::PathBuf::from(format!("{}.{i}", path.display()));
+    assert!(rotated(1).exists() && rotated(2).exists());
+    assert!(!rotated(3).exists(), "only `keep` rotated files are kept");
+    for p in [path.clone(), rotated(1), rotated(2)] {
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!(len <= 4096, "{} is {len} bytes", p.display());
+    }
+    // The newest events are in the live file, every line is a whole event.
+    let live = std::fs::read_to_string(&path).unwrap();
+    let last: AuditEvent = serde_json::from_str(live.lines().last().unwrap()).unwrap();
+    assert_eq!(last.ts_us, event(199).ts_us);
+}
+
+#[tokio::test]
+async fn background_prune_deletes_old_events() {
+    let dir = TempDir::new("audit_prune");
+    let store = open(&dir, Duration::from_secs(5)).await;
+    let now = 1_795_000_000u64;
+    let clock = Arc::new(ManualClock::at_unix_seconds(now));
+    let mut old = event(0);
+    old.ts_us = ((now - 40 * 86_400) * 1_000_000) as i64;
+    let mut fresh = event(1);
+    fresh.ts_us = ((now - 86_400) * 1_000_000) as i64;
+    store.write_batch(&[old, fresh.clone()]).await.unwrap();
+    let mut config = AuditWriterConfig::new(dir.0.join("audit.spool"));
+    config.prune = Some(PrunePolicy {
+        older_than: Duration::from_secs(30 * 86_400),
+        every: Duration::from_millis(100),
+    });
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        config,
+        clock.clone() as Arc<dyn Clock>,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while writer.stats().pruned == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.shutdown().await;
+    assert_eq!(writer.stats().pruned, 1);
+    let left = all_pages(&store, Default::default(), 10).await;
+    assert_eq!(left, vec![fresh]);
+}
