@@ -97,6 +97,62 @@ async fn postgres() -> Option<Env> {
     })
 }
 
+/// Deletes a test's Redis keys when dropped (even after a panic).
+#[cfg(feature = "redis")]
+struct RedisKeys {
+    urls: Vec<String>,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (urls, prefix) = (self.urls.clone(), self.prefix.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(support::redis_cluster_cleanup(&urls, &prefix));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis() -> Option<Env> {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let url = support::redis_url()?;
+    let prefix = support::unique_prefix("stores");
+    let conn = RedisConnection::single(&url).await.expect("connect Redis");
+    Some(Env {
+        backends: Backends::all(Arc::new(RedisStores::new(conn, &prefix))),
+        _guard: Box::new(RedisKeys {
+            urls: vec![url],
+            prefix,
+        }),
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn redis_cluster() -> Option<Env> {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let urls = support::redis_cluster_urls()?;
+    if urls.is_empty() {
+        return None;
+    }
+    let prefix = support::unique_prefix("stores_cluster");
+    let conn = RedisConnection::cluster(&urls)
+        .await
+        .expect("connect Redis Cluster");
+    Some(Env {
+        backends: Backends::all(Arc::new(RedisStores::new(conn, &prefix))),
+        _guard: Box::new(RedisKeys { urls, prefix }),
+    })
+}
+
 // ------------------------------------------------------------------ checks
 
 /// A refresh token and its record, as the token service would issue them.
@@ -300,7 +356,8 @@ async fn expired_and_unknown_refresh_tokens_are_rejected(env: Env) {
 
 async fn denylist_entries_expire(env: Env) {
     let stores = env.stores(config());
-    let exp = now() + 1;
+    // Two seconds: `exp` has whole-second resolution, Redis expires by the ms.
+    let exp = now() + 2;
     stores.revoke_jti("jti-expiring", exp).await.expect("deny");
     stores.revoke_jti("jti-long", now() + 3600).await.expect("deny");
     stores.revoke_jti("jti-past", now() - 5).await.expect("no-op");
@@ -729,6 +786,10 @@ full_suite!(memory_backend, super::memory);
 full_suite!(sqlite_backend, super::sqlite);
 #[cfg(feature = "postgres")]
 full_suite!(postgres_backend, super::postgres);
+#[cfg(feature = "redis")]
+full_suite!(redis_backend, super::redis);
+#[cfg(feature = "redis")]
+full_suite!(redis_cluster_backend, super::redis_cluster);
 
 /// Two replicas starting at once both run the migrations: sqlx takes an
 /// advisory lock, so both succeed and the schema is created once.

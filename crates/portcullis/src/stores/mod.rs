@@ -14,6 +14,8 @@ pub mod memory;
 pub mod password;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod refresh;
 pub mod revocation;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -131,7 +133,7 @@ impl StoreError {
 }
 
 /// A user account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Stable id.
     pub id: String,
@@ -154,7 +156,7 @@ pub struct User {
 }
 
 /// A login session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     /// Session id (`sid`).
     pub id: String,
@@ -184,7 +186,7 @@ impl Session {
 }
 
 /// A stored refresh token: only its keyed hash, never the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefreshRecord {
     /// HMAC-SHA256 (server pepper) of the token.
     pub hash: [u8; 32],
@@ -230,7 +232,7 @@ impl RefreshRecord {
 }
 
 /// A stored API key (hash only).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     /// Public id (embedded in the key).
     pub id: String,
@@ -257,7 +259,7 @@ pub struct ApiKeyRecord {
 }
 
 /// Stored app credentials (hashes only).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppRecord {
     /// App id (`x-app-id`).
     pub app_id: String,
