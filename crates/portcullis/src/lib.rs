@@ -7,6 +7,7 @@
 //! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
 //! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
+//! - [`stores`]: users, sessions, refresh families, denylist, API keys, apps.
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
@@ -17,6 +18,7 @@ pub mod ratelimit;
 pub mod audit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
+pub mod stores;
 pub mod token_cache;
 
 pub use portcullis_core as core;

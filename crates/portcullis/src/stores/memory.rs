@@ -1,0 +1,390 @@
+//! Every store in this process's memory: sharded maps behind short mutexes.
+//! For a single gateway and for tests; nothing survives a restart and
+//! nothing is shared with other replicas.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{
+    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
+    RefreshStore, Session, SessionStore, StoreError, StoreResult, User, UserStore, Username,
+};
+
+const SHARDS: usize = 16;
+
+/// A map split into mutex-guarded shards.
+#[derive(Debug)]
+struct Sharded<K, V> {
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Mutex<HashMap<K, V>>>,
+}
+
+impl<K: Hash + Eq, V> Default for Sharded<K, V> {
+    fn default() -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard cannot leave a map half-updated in a
+    // way that matters here: every update is a single insert or field write.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<K: Hash + Eq, V> Sharded<K, V> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, V>> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        lock(&self.shards[i])
+    }
+
+    fn each(&self, mut f: impl FnMut(&mut HashMap<K, V>)) {
+        for s in &self.shards {
+            f(&mut lock(s));
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Users {
+    by_id: HashMap<String, User>,
+    id_by_key: HashMap<String, String>,
+}
+
+/// All six stores in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStores {
+    users: Mutex<Users>,
+    sessions: Sharded<String, Session>,
+    refresh: Sharded<[u8; 32], RefreshRecord>,
+    families: Sharded<String, Vec<[u8; 32]>>,
+    denylist: Sharded<String, i64>,
+    api_keys: Sharded<String, ApiKeyRecord>,
+    apps: Sharded<String, AppRecord>,
+}
+
+impl MemoryStores {
+    /// Empty stores.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl UserStore for MemoryStores {
+    fn insert_user<'a>(&'a self, user: &'a User) -> BoxFuture<'a, StoreResult<()>> {
+        let key = user.username.to_lowercase();
+        let mut users = lock(&self.users);
+        let r = if users.id_by_key.contains_key(&key) || users.by_id.contains_key(&user.id) {
+            Err(StoreError::Conflict("username"))
+        } else {
+            users.id_by_key.insert(key, user.id.clone());
+            users.by_id.insert(user.id.clone(), user.clone());
+            Ok(())
+        };
+        ready(r)
+    }
+
+    fn user_by_username<'a>(
+        &'a self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, StoreResult<Option<User>>> {
+        let users = lock(&self.users);
+        let found = users
+            .id_by_key
+            .get(username.key())
+            .and_then(|id| users.by_id.get(id))
+            .cloned();
+        ready(Ok(found))
+    }
+
+    fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<User>>> {
+        ready(Ok(lock(&self.users).by_id.get(id).cloned()))
+    }
+
+    fn set_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut users = lock(&self.users);
+        let found = users.by_id.get_mut(id).map(|u| {
+            u.password_hash = hash.to_owned();
+            u.updated_at = now;
+        });
+        ready(Ok(found.is_some()))
+    }
+
+    fn set_user_disabled<'a>(
+        &'a self,
+        id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut users = lock(&self.users);
+        let found = users.by_id.get_mut(id).map(|u| {
+            u.disabled = disabled;
+            u.updated_at = now;
+        });
+        ready(Ok(found.is_some()))
+    }
+}
+
+impl SessionStore for MemoryStores {
+    fn insert_session<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, StoreResult<()>> {
+        let mut shard = self.sessions.shard(session.id.as_str());
+        let r = if shard.contains_key(&session.id) {
+            Err(StoreError::Conflict("session"))
+        } else {
+            shard.insert(session.id.clone(), session.clone());
+            Ok(())
+        };
+        ready(r)
+    }
+
+    fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>> {
+        ready(Ok(self.sessions.shard(id).get(id).cloned()))
+    }
+
+    fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>> {
+        let mut out = Vec::new();
+        self.sessions.each(|m| {
+            out.extend(m.values().filter(|s| s.user_id == user_id).cloned());
+        });
+        ready(Ok(out))
+    }
+
+    fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.sessions.shard(id);
+        let revoked = match shard.get_mut(id) {
+            Some(s) if s.revoked_at.is_none() => {
+                s.revoked_at = Some(now);
+                true
+            }
+            _ => false,
+        };
+        ready(Ok(revoked))
+    }
+
+    fn revoke_sessions_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        let mut n = 0;
+        self.sessions.each(|m| {
+            for s in m.values_mut() {
+                if s.user_id == user_id && s.revoked_at.is_none() {
+                    s.revoked_at = Some(now);
+                    n += 1;
+                }
+            }
+        });
+        ready(Ok(n))
+    }
+}
+
+impl MemoryStores {
+    fn add_to_family(&self, family: &str, hash: [u8; 32]) {
+        self.families
+            .shard(family)
+            .entry(family.to_owned())
+            .or_default()
+            .push(hash);
+    }
+}
+
+impl RefreshStore for MemoryStores {
+    fn insert_refresh<'a>(&'a self, record: &'a RefreshRecord) -> BoxFuture<'a, StoreResult<()>> {
+        {
+            let mut shard = self.refresh.shard(&record.hash);
+            if shard.contains_key(&record.hash) {
+                return ready(Err(StoreError::Conflict("refresh token")));
+            }
+            shard.insert(record.hash, record.clone());
+        }
+        self.add_to_family(&record.family, record.hash);
+        ready(Ok(()))
+    }
+
+    fn refresh_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+    ) -> BoxFuture<'a, StoreResult<Option<RefreshRecord>>> {
+        ready(Ok(self.refresh.shard(hash).get(hash).cloned()))
+    }
+
+    fn rotate_refresh<'a>(
+        &'a self,
+        old: &'a [u8; 32],
+        successor: &'a RefreshRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        // The compare-and-set happens under the old token's shard lock.
+        let won = {
+            let mut shard = self.refresh.shard(old);
+            match shard.get_mut(old) {
+                Some(r) if r.rotated_at.is_none() && r.revoked_at.is_none() => {
+                    r.rotated_at = Some(now);
+                    r.successor = Some(successor.hash);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if won {
+            self.refresh
+                .shard(&successor.hash)
+                .insert(successor.hash, successor.clone());
+            self.add_to_family(&successor.family, successor.hash);
+        }
+        ready(Ok(won))
+    }
+
+    fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
+        let hashes = self
+            .families
+            .shard(family)
+            .get(family)
+            .cloned()
+            .unwrap_or_default();
+        let mut n = 0;
+        for h in hashes {
+            if let Some(r) = self.refresh.shard(&h).get_mut(&h) {
+                if r.revoked_at.is_none() {
+                    r.revoked_at = Some(now);
+                    n += 1;
+                }
+            }
+        }
+        ready(Ok(n))
+    }
+}
+
+impl Denylist for MemoryStores {
+    fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
+        let mut shard = self.denylist.shard(jti);
+        let e = shard.entry(jti.to_owned()).or_insert(expires_at);
+        *e = (*e).max(expires_at);
+        ready(Ok(()))
+    }
+
+    fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        let denied = self.denylist.shard(jti).get(jti).is_some_and(|&e| e > now);
+        ready(Ok(denied))
+    }
+
+    fn purge_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut n = 0u64;
+        self.denylist.each(|m| {
+            let before = m.len();
+            m.retain(|_, e| *e > now);
+            n += (before - m.len()) as u64;
+        });
+        ready(Ok(n))
+    }
+}
+
+impl ApiKeyStore for MemoryStores {
+    fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
+        let mut shard = self.api_keys.shard(key.id.as_str());
+        let r = if shard.contains_key(&key.id) {
+            Err(StoreError::Conflict("API key"))
+        } else {
+            shard.insert(key.id.clone(), key.clone());
+            Ok(())
+        };
+        ready(r)
+    }
+
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+        ready(Ok(self.api_keys.shard(id).get(id).cloned()))
+    }
+
+    fn api_keys_of<'a>(
+        &'a self,
+        owner: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
+        let mut out = Vec::new();
+        self.api_keys.each(|m| {
+            out.extend(m.values().filter(|k| k.owner == owner).cloned());
+        });
+        ready(Ok(out))
+    }
+
+    fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.api_keys.shard(id);
+        let revoked = match shard.get_mut(id) {
+            Some(k) if k.revoked_at.is_none() => {
+                k.revoked_at = Some(now);
+                true
+            }
+            _ => false,
+        };
+        ready(Ok(revoked))
+    }
+
+    fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>> {
+        if let Some(k) = self.api_keys.shard(id).get_mut(id) {
+            k.last_used_at = Some(k.last_used_at.map_or(at, |prev| prev.max(at)));
+        }
+        ready(Ok(()))
+    }
+}
+
+impl AppStore for MemoryStores {
+    fn insert_app<'a>(&'a self, app: &'a AppRecord) -> BoxFuture<'a, StoreResult<()>> {
+        let mut shard = self.apps.shard(app.app_id.as_str());
+        let r = if shard.contains_key(&app.app_id) {
+            Err(StoreError::Conflict("app"))
+        } else {
+            shard.insert(app.app_id.clone(), app.clone());
+            Ok(())
+        };
+        ready(r)
+    }
+
+    fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>> {
+        ready(Ok(self.apps.shard(app_id).get(app_id).cloned()))
+    }
+
+    fn rotate_app_secret<'a>(
+        &'a self,
+        app_id: &'a str,
+        new_hash: &'a [u8; 32],
+        new_version: u32,
+        previous_valid_until: i64,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.apps.shard(app_id);
+        let found = shard.get_mut(app_id).map(|a| {
+            a.previous_hash = Some(a.secret_hash);
+            a.previous_valid_until = Some(previous_valid_until);
+            a.secret_hash = *new_hash;
+            a.secret_version = new_version;
+            a.updated_at = now;
+        });
+        ready(Ok(found.is_some()))
+    }
+
+    fn set_app_disabled<'a>(
+        &'a self,
+        app_id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.apps.shard(app_id);
+        let found = shard.get_mut(app_id).map(|a| {
+            a.disabled = disabled;
+            a.updated_at = now;
+        });
+        ready(Ok(found.is_some()))
+    }
+}

@@ -1,0 +1,564 @@
+//! Durable and hot state behind one facade, [`Stores`]: users, sessions,
+//! refresh-token families, the access-token denylist, API keys and app
+//! credentials, each a trait with one implementation per backend.
+//!
+//! Input is validated once, in [`Stores`], before any backend is touched;
+//! the backend traits take already-validated records. Which backend holds
+//! which store is configuration ([`Backends`]).
+
+pub mod api_keys;
+pub mod apps;
+pub mod input;
+#[cfg(feature = "memory")]
+pub mod memory;
+pub mod password;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod refresh;
+pub mod revocation;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+pub mod users;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::{Clock, SecretHasher, SystemClock};
+
+pub use self::api_keys::{API_KEY_PREFIX, CreatedApiKey, NewApiKey};
+pub use self::apps::{APP_SECRET_PREFIX, BasicAuthError, CreatedApp, NewApp, parse_basic_auth};
+pub use self::input::Username;
+pub use self::password::PasswordHasher;
+pub use self::refresh::Rotation;
+pub use self::revocation::RevocationCaches;
+pub use self::users::{NewSession, NewUser};
+
+/// A boxed, `Send` future: what every store method returns (object safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Something that must reach the audit log.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// An already-rotated refresh token was presented again: its family and
+    /// session were revoked.
+    RefreshReuse {
+        /// The revoked family.
+        family: String,
+        /// The revoked session.
+        session: String,
+        /// The user the family belonged to.
+        user: String,
+        /// Generation of the replayed token.
+        generation: u32,
+    },
+}
+
+/// Why a store operation failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The caller's input is malformed; nothing was changed.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A record with the same unique key exists; pick another.
+    #[error("{0} already exists; choose another")]
+    Conflict(&'static str),
+    /// No such record.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Login failed (unknown user, wrong password or disabled user).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// An already-rotated refresh token was presented; the family and the
+    /// session are revoked and the event must be audited.
+    #[error("refresh token reused; its family and session were revoked, log in again")]
+    RefreshReused(SecurityEvent),
+    /// The refresh token is malformed, unknown or revoked.
+    #[error("refresh token is invalid or revoked; log in again")]
+    RefreshInvalid,
+    /// The refresh token expired.
+    #[error("refresh token expired; log in again")]
+    RefreshExpired,
+    /// The API key is malformed, unknown, revoked or expired.
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// The app id or secret is wrong, or the app is disabled.
+    #[error("invalid app credentials")]
+    InvalidAppCredentials,
+    /// The backend could not be reached or answered with an error; retry, and
+    /// check that the server is up.
+    #[error("store backend unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded (corrupt row); inspect the record.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidInput { .. } => "store.invalid_input",
+            Self::Conflict(_) => "store.conflict",
+            Self::NotFound(_) => "store.not_found",
+            Self::InvalidCredentials => "auth.invalid_credentials",
+            Self::RefreshReused(_) => "auth.refresh_reused",
+            Self::RefreshInvalid => "auth.token_revoked",
+            Self::RefreshExpired => "auth.token_expired",
+            Self::InvalidApiKey => "auth.invalid_api_key",
+            Self::InvalidAppCredentials => "auth.invalid_app_credentials",
+            Self::Unavailable(_) => "store.unavailable",
+            Self::Corrupt(_) => "store.corrupt",
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: &'static str) -> Self {
+        Self::InvalidInput { field, reason }
+    }
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    /// Stable id.
+    pub id: String,
+    /// Display form of the username (unique case-insensitively).
+    pub username: String,
+    /// PHC string (argon2id) or bcrypt hash.
+    pub password_hash: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Whether login is refused.
+    pub disabled: bool,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Last update time, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A login session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    /// Session id (`sid`).
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Last activity, Unix seconds.
+    pub last_seen_at: i64,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Client user agent (bounded).
+    pub user_agent: Option<String>,
+    /// Client IP address.
+    pub client_ip: Option<String>,
+    /// Whether the long lifetime applies.
+    pub remember_me: bool,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl Session {
+    /// Whether the session is neither revoked nor expired at `now`.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// A stored refresh token: only its keyed hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefreshRecord {
+    /// HMAC-SHA256 (server pepper) of the token.
+    pub hash: [u8; 32],
+    /// Rotation family.
+    pub family: String,
+    /// Position in the family.
+    pub generation: u32,
+    /// Session.
+    pub session_id: String,
+    /// User.
+    pub user_id: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Whether the remember-me lifetime applies (carried over).
+    pub remember_me: bool,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// When it was rotated (single use).
+    pub rotated_at: Option<i64>,
+    /// Hash of the token that replaced it.
+    pub successor: Option<[u8; 32]>,
+    /// When its family was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl RefreshRecord {
+    /// The record for a token the issuer just produced.
+    pub fn from_issued(issued: &portcullis_core::IssuedRefresh, user_id: &str, now: i64) -> Self {
+        Self {
+            hash: issued.hash,
+            family: issued.family.clone(),
+            generation: issued.generation,
+            session_id: issued.session_id.clone(),
+            user_id: user_id.to_owned(),
+            expires_at: issued.expires_at,
+            remember_me: issued.remember_me,
+            created_at: now,
+            rotated_at: None,
+            successor: None,
+            revoked_at: None,
+        }
+    }
+}
+
+/// A stored API key (hash only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public id (embedded in the key).
+    pub id: String,
+    /// SHA-256 of the whole key.
+    pub hash: [u8; 32],
+    /// Human name.
+    pub name: String,
+    /// Owner (user or service id).
+    pub owner: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Optional expiry, Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+    /// Last use (updated at most once a minute).
+    pub last_used_at: Option<i64>,
+}
+
+/// Stored app credentials (hashes only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppRecord {
+    /// App id (`x-app-id`).
+    pub app_id: String,
+    /// Human name.
+    pub name: String,
+    /// Keyed hash of the current secret.
+    pub secret_hash: [u8; 32],
+    /// Version of the current secret (1 at creation).
+    pub secret_version: u32,
+    /// Keyed hash of the previous secret, valid until `previous_valid_until`.
+    pub previous_hash: Option<[u8; 32]>,
+    /// End of the previous secret's grace period, Unix seconds.
+    pub previous_valid_until: Option<i64>,
+    /// Services the app may call.
+    pub services: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Whether the app is refused.
+    pub disabled: bool,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Last update time, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// Users (unique case-insensitive usernames).
+pub trait UserStore: Send + Sync {
+    /// Inserts `user`; [`StoreError::Conflict`] when the username is taken.
+    fn insert_user<'a>(&'a self, user: &'a User) -> BoxFuture<'a, StoreResult<()>>;
+    /// The user with this username (case-insensitive).
+    fn user_by_username<'a>(
+        &'a self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, StoreResult<Option<User>>>;
+    /// The user with this id.
+    fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<User>>>;
+    /// Replaces the password hash; false when there is no such user.
+    fn set_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Enables or disables a user; false when there is no such user.
+    fn set_user_disabled<'a>(
+        &'a self,
+        id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+}
+
+/// Login sessions.
+pub trait SessionStore: Send + Sync {
+    /// Inserts a session.
+    fn insert_session<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, StoreResult<()>>;
+    /// The session with this id.
+    fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>>;
+    /// Every session of a user (revoked and expired ones included).
+    fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>>;
+    /// Revokes one session; false when absent or already revoked.
+    fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Revokes every live session of a user; returns how many.
+    fn revoke_sessions_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+}
+
+/// Refresh-token families.
+pub trait RefreshStore: Send + Sync {
+    /// Inserts a fresh token record.
+    fn insert_refresh<'a>(&'a self, record: &'a RefreshRecord) -> BoxFuture<'a, StoreResult<()>>;
+    /// The record with this hash.
+    fn refresh_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+    ) -> BoxFuture<'a, StoreResult<Option<RefreshRecord>>>;
+    /// Atomically marks `old` rotated (only if not yet rotated nor revoked)
+    /// and inserts `successor`; true for the one caller that won.
+    fn rotate_refresh<'a>(
+        &'a self,
+        old: &'a [u8; 32],
+        successor: &'a RefreshRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Revokes every token of a family; returns how many were live.
+    fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>>;
+}
+
+/// The access-token denylist (`jti` until the token's `exp`).
+pub trait Denylist: Send + Sync {
+    /// Denies `jti` until `expires_at` (Unix seconds).
+    fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>>;
+    /// Whether `jti` is denied at `now`.
+    fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Drops entries expired at `now`; returns how many (0 where the backend expires them itself).
+    fn purge_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+}
+
+/// API keys.
+pub trait ApiKeyStore: Send + Sync {
+    /// Inserts a key record.
+    fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>>;
+    /// The key with this id.
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>>;
+    /// Every key of an owner.
+    fn api_keys_of<'a>(
+        &'a self,
+        owner: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
+    /// Revokes a key; false when absent or already revoked.
+    fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Records a use at `at`.
+    fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>>;
+}
+
+/// App credentials.
+pub trait AppStore: Send + Sync {
+    /// Inserts an app; [`StoreError::Conflict`] when the id is taken.
+    fn insert_app<'a>(&'a self, app: &'a AppRecord) -> BoxFuture<'a, StoreResult<()>>;
+    /// The app with this id.
+    fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>>;
+    /// Makes the current secret the previous one (valid until
+    /// `previous_valid_until`) and installs `new_hash` as version
+    /// `new_version`; false when the app is absent.
+    fn rotate_app_secret<'a>(
+        &'a self,
+        app_id: &'a str,
+        new_hash: &'a [u8; 32],
+        new_version: u32,
+        previous_valid_until: i64,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Enables or disables an app; false when absent.
+    fn set_app_disabled<'a>(
+        &'a self,
+        app_id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+}
+
+/// Which backend holds which store.
+#[derive(Clone)]
+pub struct Backends {
+    /// Users.
+    pub users: Arc<dyn UserStore>,
+    /// Sessions.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Refresh-token families.
+    pub refresh: Arc<dyn RefreshStore>,
+    /// Access-token denylist.
+    pub denylist: Arc<dyn Denylist>,
+    /// API keys.
+    pub api_keys: Arc<dyn ApiKeyStore>,
+    /// App credentials.
+    pub apps: Arc<dyn AppStore>,
+}
+
+impl Backends {
+    /// Every store on one backend.
+    pub fn all<B>(backend: Arc<B>) -> Self
+    where
+        B: UserStore + SessionStore + RefreshStore + Denylist + ApiKeyStore + AppStore + 'static,
+    {
+        Self {
+            users: backend.clone(),
+            sessions: backend.clone(),
+            refresh: backend.clone(),
+            denylist: backend.clone(),
+            api_keys: backend.clone(),
+            apps: backend,
+        }
+    }
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Backends(..)")
+    }
+}
+
+/// Behaviour of [`Stores`].
+#[derive(Debug, Clone)]
+pub struct StoresConfig {
+    /// Keyed hashing (server pepper) of refresh tokens and app secrets.
+    pub hasher: SecretHasher,
+    /// A rotated refresh token presented again within this interval gets the
+    /// successor's record instead of revoking the family (default 0: off).
+    pub reuse_interval: Duration,
+    /// How long a replica may trust a looked-up session, API key or app
+    /// before asking the backend again (at most 1 s; `ZERO` disables the
+    /// caches, right for the memory backend).
+    pub revocation_cache_ttl: Duration,
+    /// Minimum time between two `last_used_at` writes of one API key (default 60 s).
+    pub api_key_touch_interval: Duration,
+}
+
+impl StoresConfig {
+    /// Defaults with `hasher`: no reuse interval, 1 s revocation caches,
+    /// `last_used_at` written at most once a minute.
+    pub fn new(hasher: SecretHasher) -> Self {
+        Self {
+            hasher,
+            reuse_interval: Duration::ZERO,
+            revocation_cache_ttl: Duration::from_secs(1),
+            api_key_touch_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The stores facade: validates input, hashes secrets, and drives the
+/// backends. Cheap to share (`Arc` it).
+pub struct Stores {
+    backends: Backends,
+    config: StoresConfig,
+    clock: Arc<dyn Clock>,
+    passwords: PasswordHasher,
+    caches: RevocationCaches,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stores {
+    /// A facade over `backends` on the system clock. Fails when
+    /// `revocation_cache_ttl` exceeds 1 s (the documented revocation bound).
+    pub fn new(backends: Backends, config: StoresConfig) -> StoreResult<Self> {
+        Self::with_clock(backends, config, Arc::new(SystemClock))
+    }
+
+    /// Like [`Stores::new`] with an injected clock.
+    pub fn with_clock(
+        backends: Backends,
+        config: StoresConfig,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<Self> {
+        if config.revocation_cache_ttl > Duration::from_secs(1) {
+            return Err(StoreError::invalid(
+                "revocation_cache_ttl",
+                "must be at most 1 s (the revocation bound)",
+            ));
+        }
+        let caches = RevocationCaches::new(config.revocation_cache_ttl);
+        Ok(Self {
+            backends,
+            passwords: PasswordHasher::new()?,
+            config,
+            clock,
+            caches,
+        })
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The password hasher (counts dummy verifications).
+    pub fn passwords(&self) -> &PasswordHasher {
+        &self.passwords
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.unix_seconds()
+    }
+
+    /// Denies an access token's `jti` until its `exp`.
+    pub async fn revoke_jti(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
+        let jti = input::bounded("jti", jti, input::MAX_ID)?;
+        if expires_at <= self.now() {
+            return Ok(());
+        }
+        self.backends.denylist.deny(&jti, expires_at).await
+    }
+
+    /// Whether an access token's `jti` is denied now.
+    pub async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool> {
+        if jti.is_empty() || jti.len() > input::MAX_ID {
+            return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
+        }
+        self.backends.denylist.is_denied(jti, self.now()).await
+    }
+}
+
+/// Random URL-safe id of `bytes` random bytes.
+pub(crate) fn random_id(bytes: usize) -> StoreResult<String> {
+    let mut buf = [0u8; 32];
+    let buf = &mut buf[..bytes.min(32)];
+    portcullis_core::opaque::fill_random(buf)
+        .map_err(|_| StoreError::Unavailable("system random source".into()))?;
+    Ok(portcullis_core::jose::b64_encode(buf))
+}

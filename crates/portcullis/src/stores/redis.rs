@@ -1,0 +1,729 @@
+//! Every store on Redis (single server or Cluster), through the shared
+//! [`RedisConnection`]. Typically the hot, expiring state: the denylist,
+//! refresh families and session revocation.
+//!
+//! Keys (`P` = the prefix; braces are removed from it):
+//! - `P:jti:<jti>`: `SET 1 PXAT exp`; a check is one `EXISTS`.
+//! - `P:rt:{<family>}:<hex hash>`: a refresh record (hash: `data` JSON plus
+//!   `rotated_at`, `successor`, `revoked_at`), with `P:rtf:{<family>}` (the
+//!   family's member set) on the same Cluster slot, so rotation is one Lua
+//!   script; `P:rth:<hex hash>` maps a token hash to its family.
+//! - `P:user:<id>` (`data` JSON plus mutable fields) and `P:uname:<key>`
+//!   (`SET NX`: case-insensitive uniqueness).
+//! - `P:sess:<sid>` and `P:usess:<user>` (the user's session ids).
+//! - `P:ak:<id>` and `P:ako:<owner>`; `P:app:<id>`.
+//!
+//! Records expire with their tokens (refresh: a day after `expires_at`, so
+//! a late replay is still recognised as reuse; sessions: at expiry).
+
+use std::collections::HashMap;
+
+use redis::{AsyncCommands, Script};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::redis_conn::RedisConnection;
+
+use super::{
+    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
+    RefreshStore, Session, SessionStore, StoreError, StoreResult, User, UserStore, Username,
+};
+
+/// Rotation compare-and-set: KEYS old, new, family set; ARGV now, new hex,
+/// new data JSON, new expiry (Unix ms). 1 when this call won.
+const ROTATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'rotated_at') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'rotated_at', ARGV[1], 'successor', ARGV[2])
+redis.call('HSET', KEYS[2], 'data', ARGV[3])
+redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+return 1
+";
+
+/// Sets `ARGV[1] = ARGV[2]` on every existing KEY lacking that field;
+/// returns how many were changed.
+const SET_ONCE: &str = r"
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 and redis.call('HSETNX', k, ARGV[1], ARGV[2]) == 1 then
+    n = n + 1
+  end
+end
+return n
+";
+
+/// HSET ARGV pairs on KEYS[1] only if it exists; 1 when it did.
+const SET_IF_EXISTS: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+";
+
+/// App secret rotation: the current hash becomes the previous one.
+/// ARGV: valid-until, new hash hex, new version, now.
+const ROTATE_APP: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'secret_hash')
+redis.call('HSET', KEYS[1], 'previous_hash', cur, 'previous_valid_until', ARGV[1],
+  'secret_hash', ARGV[2], 'secret_version', ARGV[3], 'updated_at', ARGV[4])
+return 1
+";
+
+/// How long a refresh record outlives its expiry (to recognise late reuse).
+const REFRESH_GRACE_MS: i64 = 86_400_000;
+
+/// All six stores on Redis.
+#[derive(Clone)]
+pub struct RedisStores {
+    conn: RedisConnection,
+    prefix: String,
+    rotate: Script,
+    set_once: Script,
+    set_if_exists: Script,
+    rotate_app: Script,
+}
+
+impl std::fmt::Debug for RedisStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStores")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {e}"))
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+fn unhex32(field: &str, s: &str) -> StoreResult<[u8; 32]> {
+    let bad = || StoreError::Corrupt(format!("{field} is not 32 hex bytes"));
+    if s.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn json<T: Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn int(field: &str, s: &str) -> StoreResult<i64> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{field} is not an integer")))
+}
+
+/// A stored hash: the `data` JSON and the fields written after creation.
+struct Stored<T> {
+    record: T,
+    fields: HashMap<String, String>,
+}
+
+impl<T> Stored<T> {
+    fn int(&self, field: &str) -> StoreResult<Option<i64>> {
+        self.fields.get(field).map(|v| int(field, v)).transpose()
+    }
+}
+
+fn untag(s: &str) -> String {
+    s.replace(['{', '}'], "_")
+}
+
+impl RedisStores {
+    /// Stores under `prefix` on `conn`.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        let prefix = prefix.replace(['{', '}'], "");
+        let prefix = prefix.trim_end_matches(':').to_owned();
+        Self {
+            conn,
+            prefix,
+            rotate: Script::new(ROTATE),
+            set_once: Script::new(SET_ONCE),
+            set_if_exists: Script::new(SET_IF_EXISTS),
+            rotate_app: Script::new(ROTATE_APP),
+        }
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    fn refresh_key(&self, family: &str, hash: &[u8; 32]) -> String {
+        format!("{}:rt:{{{}}}:{}", self.prefix, untag(family), hex(hash))
+    }
+
+    fn family_key(&self, family: &str) -> String {
+        format!("{}:rtf:{{{}}}", self.prefix, untag(family))
+    }
+
+    async fn load<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<Stored<T>>> {
+        let mut conn = self.conn.clone();
+        let mut fields: HashMap<String, String> = conn.hgetall(key).await.map_err(err)?;
+        let Some(data) = fields.remove("data") else {
+            return Ok(None);
+        };
+        let record = serde_json::from_str(&data)
+            .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+        Ok(Some(Stored { record, fields }))
+    }
+
+    async fn set_if_exists(&self, key: &str, pairs: &[(&str, String)]) -> StoreResult<bool> {
+        let mut inv = self.set_if_exists.prepare_invoke();
+        inv.key(key);
+        for (f, v) in pairs {
+            inv.arg(*f).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let n: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
+        Ok(n == 1)
+    }
+
+    async fn set_once(&self, keys: &[String], field: &str, value: i64) -> StoreResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.set_once.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg(field).arg(value);
+        let mut conn = self.conn.clone();
+        let n: u64 = inv.invoke_async(&mut conn).await.map_err(err)?;
+        Ok(n)
+    }
+
+    async fn create(&self, key: &str, data: String, expire_at_ms: Option<i64>) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let created: bool = conn.hset_nx(key, "data", data).await.map_err(err)?;
+        if created {
+            if let Some(at) = expire_at_ms {
+                let _: () = redis::cmd("PEXPIREAT")
+                    .arg(key)
+                    .arg(at)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        Ok(created)
+    }
+}
+
+fn user_of(s: Stored<User>) -> StoreResult<User> {
+    let mut u = s.record;
+    if let Some(h) = s.fields.get("password_hash") {
+        u.password_hash = h.clone();
+    }
+    if let Some(d) = s.fields.get("disabled") {
+        u.disabled = d == "1";
+    }
+    if let Some(t) = s.fields.get("updated_at") {
+        u.updated_at = int("updated_at", t)?;
+    }
+    Ok(u)
+}
+
+impl UserStore for RedisStores {
+    fn insert_user<'a>(&'a self, user: &'a User) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let name_key = self.key("uname", &user.username.to_lowercase());
+            let claimed: bool = redis::cmd("SET")
+                .arg(&name_key)
+                .arg(&user.id)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map_err(err)?
+                .is_some();
+            if !claimed {
+                return Err(StoreError::Conflict("username"));
+            }
+            if !self.create(&self.key("user", &user.id), json(user)?, None).await? {
+                let _: () = conn.del(&name_key).await.map_err(err)?;
+                return Err(StoreError::Conflict("user id"));
+            }
+            Ok(())
+        })
+    }
+
+    fn user_by_username<'a>(
+        &'a self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, StoreResult<Option<User>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let id: Option<String> = conn
+                .get(self.key("uname", username.key()))
+                .await
+                .map_err(err)?;
+            match id {
+                Some(id) => self.user_by_id(&id).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<User>>> {
+        Box::pin(async move {
+            self.load::<User>(&self.key("user", id))
+                .await?
+                .map(user_of)
+                .transpose()
+        })
+    }
+
+    fn set_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            self.set_if_exists(
+                &self.key("user", id),
+                &[("password_hash", hash.to_owned()), ("updated_at", now.to_string())],
+            )
+            .await
+        })
+    }
+
+    fn set_user_disabled<'a>(
+        &'a self,
+        id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            self.set_if_exists(
+                &self.key("user", id),
+                &[
+                    ("disabled", if disabled { "1" } else { "0" }.to_owned()),
+                    ("updated_at", now.to_string()),
+                ],
+            )
+            .await
+        })
+    }
+}
+
+fn session_of(s: Stored<Session>) -> StoreResult<Session> {
+    let revoked_at = s.int("revoked_at")?;
+    Ok(Session {
+        revoked_at: revoked_at.or(s.record.revoked_at),
+        ..s.record
+    })
+}
+
+impl SessionStore for RedisStores {
+    fn insert_session<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let expire = session.expires_at.saturating_mul(1000);
+            if !self
+                .create(&self.key("sess", &session.id), json(session)?, Some(expire))
+                .await?
+            {
+                return Err(StoreError::Conflict("session"));
+            }
+            let mut conn = self.conn.clone();
+            let index = self.key("usess", &session.user_id);
+            let _: () = conn.sadd(&index, &session.id).await.map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>> {
+        Box::pin(async move {
+            self.load::<Session>(&self.key("sess", id))
+                .await?
+                .map(session_of)
+                .transpose()
+        })
+    }
+
+    fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let index = self.key("usess", user_id);
+            let ids: Vec<String> = conn.smembers(&index).await.map_err(err)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.load::<Session>(&self.key("sess", &id)).await? {
+                    Some(s) => out.push(session_of(s)?),
+                    // Expired away: drop it from the index.
+                    None => {
+                        let _: () = conn.srem(&index, &id).await.map_err(err)?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .set_once(&[self.key("sess", id)], "revoked_at", now)
+                .await?
+                == 1)
+        })
+    }
+
+    fn revoke_sessions_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = conn
+                .smembers(self.key("usess", user_id))
+                .await
+                .map_err(err)?;
+            let mut n = 0;
+            // One key per call: session keys live on different Cluster slots.
+            for id in ids {
+                n += self
+                    .set_once(&[self.key("sess", &id)], "revoked_at", now)
+                    .await?;
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn refresh_of(s: Stored<RefreshRecord>) -> StoreResult<RefreshRecord> {
+    let successor = s
+        .fields
+        .get("successor")
+        .map(|h| unhex32("successor", h))
+        .transpose()?;
+    Ok(RefreshRecord {
+        rotated_at: s.int("rotated_at")?,
+        revoked_at: s.int("revoked_at")?,
+        successor,
+        ..s.record
+    })
+}
+
+impl RefreshStore for RedisStores {
+    fn insert_refresh<'a>(&'a self, record: &'a RefreshRecord) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let expire = record
+                .expires_at
+                .saturating_mul(1000)
+                .saturating_add(REFRESH_GRACE_MS);
+            let key = self.refresh_key(&record.family, &record.hash);
+            if !self.create(&key, json(record)?, Some(expire)).await? {
+                return Err(StoreError::Conflict("refresh token"));
+            }
+            let mut conn = self.conn.clone();
+            let family = self.family_key(&record.family);
+            let _: () = redis::pipe()
+                .sadd(&family, hex(&record.hash))
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(&family)
+                .arg(expire)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let _: () = redis::cmd("SET")
+                .arg(self.key("rth", &hex(&record.hash)))
+                .arg(&record.family)
+                .arg("PXAT")
+                .arg(expire)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn refresh_by_hash<'a>(
+        &'a self,
+        hash: &'a [u8; 32],
+    ) -> BoxFuture<'a, StoreResult<Option<RefreshRecord>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let family: Option<String> = conn
+                .get(self.key("rth", &hex(hash)))
+                .await
+                .map_err(err)?;
+            let Some(family) = family else {
+                return Ok(None);
+            };
+            self.load::<RefreshRecord>(&self.refresh_key(&family, hash))
+                .await?
+                .map(refresh_of)
+                .transpose()
+        })
+    }
+
+    fn rotate_refresh<'a>(
+        &'a self,
+        old: &'a [u8; 32],
+        successor: &'a RefreshRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let expire = successor
+                .expires_at
+                .saturating_mul(1000)
+                .saturating_add(REFRESH_GRACE_MS);
+            let mut conn = self.conn.clone();
+            let won: i64 = self
+                .rotate
+                .key(self.refresh_key(&successor.family, old))
+                .key(self.refresh_key(&successor.family, &successor.hash))
+                .key(self.family_key(&successor.family))
+                .arg(now)
+                .arg(hex(&successor.hash))
+                .arg(json(successor)?)
+                .arg(expire)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if won != 1 {
+                return Ok(false);
+            }
+            let _: () = redis::cmd("SET")
+                .arg(self.key("rth", &hex(&successor.hash)))
+                .arg(&successor.family)
+                .arg("PXAT")
+                .arg(expire)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(true)
+        })
+    }
+
+    fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let members: Vec<String> = conn
+                .smembers(self.family_key(family))
+                .await
+                .map_err(err)?;
+            // Every member shares the family's hash tag: one script call.
+            let keys: Vec<String> = members
+                .iter()
+                .map(|h| format!("{}:rt:{{{}}}:{h}", self.prefix, untag(family)))
+                .collect();
+            self.set_once(&keys, "revoked_at", now).await
+        })
+    }
+}
+
+impl Denylist for RedisStores {
+    fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let _: () = redis::cmd("SET")
+                .arg(self.key("jti", jti))
+                .arg(1)
+                .arg("PXAT")
+                .arg(expires_at.saturating_mul(1000))
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn is_denied<'a>(&'a self, jti: &'a str, _now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = conn.exists(self.key("jti", jti)).await.map_err(err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn purge_expired(&self, _now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Redis expires the entries itself (PXAT).
+        Box::pin(std::future::ready(Ok(0)))
+    }
+}
+
+fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        revoked_at: s.int("revoked_at")?,
+        last_used_at: s.int("last_used_at")?,
+        ..s.record
+    })
+}
+
+impl ApiKeyStore for RedisStores {
+    fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            if !self.create(&self.key("ak", &key.id), json(key)?, None).await? {
+                return Err(StoreError::Conflict("API key"));
+            }
+            let mut conn = self.conn.clone();
+            let _: () = conn
+                .sadd(self.key("ako", &key.owner), &key.id)
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+        Box::pin(async move {
+            self.load::<ApiKeyRecord>(&self.key("ak", id))
+                .await?
+                .map(api_key_of)
+                .transpose()
+        })
+    }
+
+    fn api_keys_of<'a>(
+        &'a self,
+        owner: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = conn
+                .smembers(self.key("ako", owner))
+                .await
+                .map_err(err)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(k) = self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
+                    out.push(api_key_of(k)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .set_once(&[self.key("ak", id)], "revoked_at", now)
+                .await?
+                == 1)
+        })
+    }
+
+    fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.set_if_exists(&self.key("ak", id), &[("last_used_at", at.to_string())])
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+fn app_of(s: Stored<AppRecord>) -> StoreResult<AppRecord> {
+    let secret_version = s.int("secret_version")?;
+    let previous_valid_until = s.int("previous_valid_until")?;
+    let updated_at = s.int("updated_at")?;
+    let Stored { record: mut a, fields } = s;
+    if let Some(h) = fields.get("secret_hash") {
+        a.secret_hash = unhex32("secret_hash", h)?;
+    }
+    if let Some(v) = secret_version {
+        a.secret_version = u32::try_from(v)
+            .map_err(|_| StoreError::Corrupt("secret_version out of range".into()))?;
+    }
+    if let Some(h) = fields.get("previous_hash") {
+        a.previous_hash = Some(unhex32("previous_hash", h)?);
+    }
+    if previous_valid_until.is_some() {
+        a.previous_valid_until = previous_valid_until;
+    }
+    if let Some(d) = fields.get("disabled") {
+        a.disabled = d == "1";
+    }
+    if let Some(v) = updated_at {
+        a.updated_at = v;
+    }
+    Ok(a)
+}
+
+impl AppStore for RedisStores {
+    fn insert_app<'a>(&'a self, app: &'a AppRecord) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let key = self.key("app", &app.app_id);
+            if !self.create(&key, json(app)?, None).await? {
+                return Err(StoreError::Conflict("app"));
+            }
+            // The secret lives in a field of its own so rotation can swap it.
+            let mut conn = self.conn.clone();
+            let _: () = conn
+                .hset(&key, "secret_hash", hex(&app.secret_hash))
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>> {
+        Box::pin(async move {
+            self.load::<AppRecord>(&self.key("app", app_id))
+                .await?
+                .map(app_of)
+                .transpose()
+        })
+    }
+
+    fn rotate_app_secret<'a>(
+        &'a self,
+        app_id: &'a str,
+        new_hash: &'a [u8; 32],
+        new_version: u32,
+        previous_valid_until: i64,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = self
+                .rotate_app
+                .key(self.key("app", app_id))
+                .arg(previous_valid_until)
+                .arg(hex(new_hash))
+                .arg(new_version)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn set_app_disabled<'a>(
+        &'a self,
+        app_id: &'a str,
+        disabled: bool,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            self.set_if_exists(
+                &self.key("app", app_id),
+                &[
+                    ("disabled", if disabled { "1" } else { "0" }.to_owned()),
+                    ("updated_at", now.to_string()),
+                ],
+            )
+            .await
+        })
+    }
+}

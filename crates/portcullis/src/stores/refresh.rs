@@ -1,0 +1,165 @@
+//! Refresh-token rotation, shared by every backend: the backend provides an
+//! atomic compare-and-set ([`RefreshStore::rotate_refresh`](super::RefreshStore::rotate_refresh));
+//! the policy (expiry, reuse detection, the reuse interval, revoking the
+//! family and the session, the security event) lives here, once.
+
+use portcullis_core::TokenIssuer;
+
+use super::{RefreshRecord, SecurityEvent, StoreError, StoreResult, Stores};
+
+/// The outcome of a successful rotation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// This request won: `previous` is now spent and `successor` stored.
+    Rotated {
+        /// The record of the presented token (now rotated).
+        previous: RefreshRecord,
+        /// The stored successor.
+        successor: RefreshRecord,
+    },
+    /// The token was rotated moments ago, within the configured reuse
+    /// interval (a benign client race): nothing is revoked, and the caller
+    /// gets the record of the successor already issued. Its secret is not
+    /// stored anywhere, so the token service answers with a new access
+    /// token only and the client keeps the successor it already received.
+    AlreadyRotated {
+        /// The record of the presented token.
+        previous: RefreshRecord,
+        /// Hash of the successor already issued.
+        successor_hash: [u8; 32],
+    },
+}
+
+impl Stores {
+    /// Stores a freshly issued refresh token (a login).
+    pub async fn store_refresh(&self, record: &RefreshRecord) -> StoreResult<()> {
+        check_record(record)?;
+        self.backends.refresh.insert_refresh(record).await
+    }
+
+    /// Rotates the presented refresh token. `successor` builds the next
+    /// token's record from the stored one (normally
+    /// `TokenIssuer::rotate` + [`RefreshRecord::from_issued`]); it must keep
+    /// the family, the session and the remember-me flag.
+    ///
+    /// Of any number of concurrent rotations of one token exactly one gets
+    /// [`Rotation::Rotated`]. The others, and any later presentation, get
+    /// [`StoreError::RefreshReused`] (the family and the session are revoked
+    /// and the event must be audited), or [`Rotation::AlreadyRotated`] when
+    /// within the reuse interval.
+    pub async fn rotate_refresh<F>(&self, token: &str, successor: F) -> StoreResult<Rotation>
+    where
+        F: FnOnce(&RefreshRecord) -> StoreResult<RefreshRecord>,
+    {
+        if !TokenIssuer::is_well_formed_refresh(token) {
+            return Err(StoreError::RefreshInvalid);
+        }
+        let hash = self.config.hasher.hash(token);
+        let refresh = &self.backends.refresh;
+        let Some(current) = refresh.refresh_by_hash(&hash).await? else {
+            return Err(StoreError::RefreshInvalid);
+        };
+        if current.rotated_at.is_some() {
+            return self.reused(current).await;
+        }
+        if current.revoked_at.is_some() {
+            return Err(StoreError::RefreshInvalid);
+        }
+        let now = self.now();
+        if current.expires_at <= now {
+            return Err(StoreError::RefreshExpired);
+        }
+        if !self.session_live_uncached(&current.session_id, now).await? {
+            // Maybe a concurrent reuse revoked it: classify from the record.
+            return self.look_again(&hash).await;
+        }
+        let next = successor(&current)?;
+        check_record(&next)?;
+        if next.family != current.family
+            || next.session_id != current.session_id
+            || next.user_id != current.user_id
+            || next.remember_me != current.remember_me
+            || next.hash == current.hash
+        {
+            return Err(StoreError::invalid(
+                "successor",
+                "must keep family, session, user and remember-me, with a new token",
+            ));
+        }
+        if refresh.rotate_refresh(&hash, &next, now).await? {
+            let previous = RefreshRecord {
+                rotated_at: Some(now),
+                successor: Some(next.hash),
+                ..current
+            };
+            return Ok(Rotation::Rotated {
+                previous,
+                successor: next,
+            });
+        }
+        // Lost the race (or the family was revoked meanwhile).
+        self.look_again(&hash).await
+    }
+
+    /// After a failed rotation: a rotated token is a reuse, anything else invalid.
+    async fn look_again(&self, hash: &[u8; 32]) -> StoreResult<Rotation> {
+        match self.backends.refresh.refresh_by_hash(hash).await? {
+            Some(again) if again.rotated_at.is_some() => self.reused(again).await,
+            _ => Err(StoreError::RefreshInvalid),
+        }
+    }
+
+    /// Whether the session is live, asking the backend (no cache: rotation
+    /// must see a logout at once).
+    async fn session_live_uncached(&self, sid: &str, now: i64) -> StoreResult<bool> {
+        Ok(self
+            .backends
+            .sessions
+            .session(sid)
+            .await?
+            .is_some_and(|s| s.is_active(now)))
+    }
+
+    async fn reused(&self, record: RefreshRecord) -> StoreResult<Rotation> {
+        let now = self.now();
+        let interval = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
+        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor) {
+            if interval > 0 && record.revoked_at.is_none() && now.saturating_sub(at) <= interval {
+                return Ok(Rotation::AlreadyRotated {
+                    previous: record,
+                    successor_hash,
+                });
+            }
+        }
+        self.backends
+            .refresh
+            .revoke_family(&record.family, now)
+            .await?;
+        self.backends
+            .sessions
+            .revoke_session(&record.session_id, now)
+            .await?;
+        self.caches.sessions.invalidate(&record.session_id);
+        let event = SecurityEvent::RefreshReuse {
+            family: record.family,
+            session: record.session_id,
+            user: record.user_id,
+            generation: record.generation,
+        };
+        tracing::warn!(?event, "refresh token reuse: family and session revoked");
+        Err(StoreError::RefreshReused(event))
+    }
+}
+
+fn check_record(r: &RefreshRecord) -> StoreResult<()> {
+    for (field, value) in [
+        ("family", &r.family),
+        ("session_id", &r.session_id),
+        ("user_id", &r.user_id),
+    ] {
+        if value.is_empty() || value.len() > super::input::MAX_ID {
+            return Err(StoreError::invalid(field, "must be 1..=128 bytes"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,742 @@
+//! What the SQLite and PostgreSQL backends share: the embedded migrations
+//! source, every SQL statement (written once, `$n` placeholders work on
+//! both) and the trait implementations, generated for each pool type by
+//! `sql_stores!`.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType};
+
+use super::{StoreError, StoreResult};
+
+/// Migrations compiled into the binary: `(version, description, sql)`.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedMigrations(pub &'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> futures_core_box::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The boxed future type `MigrationSource` expects.
+mod futures_core_box {
+    /// A boxed `Send` future.
+    pub type BoxFuture<'a, T> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+/// Maps a driver error: unique violations become [`StoreError::Conflict`].
+pub(crate) fn db_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Any driver error as [`StoreError::Unavailable`].
+pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(crate) fn hash32(field: &str, v: Vec<u8>) -> StoreResult<[u8; 32]> {
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{field} is not 32 bytes")))
+}
+
+pub(crate) fn list_to_json(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(crate) fn list_from_json(field: &str, s: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("{field} is not a JSON list")))
+}
+
+pub(crate) fn u32_of(field: &str, v: i64) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} out of range")))
+}
+
+/// Column list of `users`.
+pub const USER_COLS: &str =
+    "id, username, password_hash, roles, permissions, tenant, disabled, created_at, updated_at";
+/// A `users` row.
+pub type UserRow = (String, String, String, String, String, Option<String>, bool, i64, i64);
+
+/// Column list of `sessions`.
+pub const SESSION_COLS: &str = "id, user_id, created_at, last_seen_at, expires_at, user_agent, client_ip, remember_me, revoked_at";
+/// A `sessions` row.
+pub type SessionRow = (
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    bool,
+    Option<i64>,
+);
+
+/// Column list of `refresh_tokens`.
+pub const REFRESH_COLS: &str = "hash, family, generation, session_id, user_id, expires_at, remember_me, created_at, rotated_at, successor, revoked_at";
+/// A `refresh_tokens` row.
+pub type RefreshRow = (
+    Vec<u8>,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    bool,
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+);
+
+/// Column list of `api_keys`.
+pub const API_KEY_COLS: &str = "id, hash, name, owner, roles, permissions, scopes, expires_at, created_at, revoked_at, last_used_at";
+/// An `api_keys` row.
+pub type ApiKeyRow = (
+    String,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Column list of `apps`.
+pub const APP_COLS: &str = "app_id, name, secret_hash, secret_version, previous_hash, previous_valid_until, services, permissions, tenant, disabled, created_at, updated_at";
+/// An `apps` row.
+pub type AppRow = (
+    String,
+    String,
+    Vec<u8>,
+    i64,
+    Option<Vec<u8>>,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+);
+
+pub(crate) fn user_of(r: UserRow) -> StoreResult<super::User> {
+    Ok(super::User {
+        id: r.0,
+        username: r.1,
+        password_hash: r.2,
+        roles: list_from_json("roles", &r.3)?,
+        permissions: list_from_json("permissions", &r.4)?,
+        tenant: r.5,
+        disabled: r.6,
+        created_at: r.7,
+        updated_at: r.8,
+    })
+}
+
+pub(crate) fn session_of(r: SessionRow) -> super::Session {
+    super::Session {
+        id: r.0,
+        user_id: r.1,
+        created_at: r.2,
+        last_seen_at: r.3,
+        expires_at: r.4,
+        user_agent: r.5,
+        client_ip: r.6,
+        remember_me: r.7,
+        revoked_at: r.8,
+    }
+}
+
+pub(crate) fn refresh_of(r: RefreshRow) -> StoreResult<super::RefreshRecord> {
+    Ok(super::RefreshRecord {
+        hash: hash32("hash", r.0)?,
+        family: r.1,
+        generation: u32_of("generation", r.2)?,
+        session_id: r.3,
+        user_id: r.4,
+        expires_at: r.5,
+        remember_me: r.6,
+        created_at: r.7,
+        rotated_at: r.8,
+        successor: r.9.map(|s| hash32("successor", s)).transpose()?,
+        revoked_at: r.10,
+    })
+}
+
+pub(crate) fn api_key_of(r: ApiKeyRow) -> StoreResult<super::ApiKeyRecord> {
+    Ok(super::ApiKeyRecord {
+        id: r.0,
+        hash: hash32("hash", r.1)?,
+        name: r.2,
+        owner: r.3,
+        roles: list_from_json("roles", &r.4)?,
+        permissions: list_from_json("permissions", &r.5)?,
+        scopes: list_from_json("scopes", &r.6)?,
+        expires_at: r.7,
+        created_at: r.8,
+        revoked_at: r.9,
+        last_used_at: r.10,
+    })
+}
+
+pub(crate) fn app_of(r: AppRow) -> StoreResult<super::AppRecord> {
+    Ok(super::AppRecord {
+        app_id: r.0,
+        name: r.1,
+        secret_hash: hash32("secret_hash", r.2)?,
+        secret_version: u32_of("secret_version", r.3)?,
+        previous_hash: r.4.map(|h| hash32("previous_hash", h)).transpose()?,
+        previous_valid_until: r.5,
+        services: list_from_json("services", &r.6)?,
+        permissions: list_from_json("permissions", &r.7)?,
+        tenant: r.8,
+        disabled: r.9,
+        created_at: r.10,
+        updated_at: r.11,
+    })
+}
+
+/// Implements every store trait for `$ty` (a struct with a `pool: sqlx::Pool<$db>` field).
+macro_rules! sql_stores {
+    ($ty:ty, $db:ty) => {
+        async fn insert_refresh_row<'e, E>(ex: E, r: &RefreshRecord) -> StoreResult<()>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, family, generation, session_id, user_id, expires_at, remember_me, created_at, rotated_at, successor, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&r.hash[..])
+            .bind(&r.family)
+            .bind(i64::from(r.generation))
+            .bind(&r.session_id)
+            .bind(&r.user_id)
+            .bind(r.expires_at)
+            .bind(r.remember_me)
+            .bind(r.created_at)
+            .bind(r.rotated_at)
+            .bind(r.successor.as_ref().map(|h| h.to_vec()))
+            .bind(r.revoked_at)
+            .execute(ex)
+            .await
+            .map_err(db_err("refresh token"))?;
+            Ok(())
+        }
+
+        use $crate::stores::sql::{
+            API_KEY_COLS, APP_COLS, ApiKeyRow, AppRow, REFRESH_COLS, RefreshRow, SESSION_COLS,
+            SessionRow, USER_COLS, UserRow, api_key_of, app_of, db_err, list_to_json, refresh_of,
+            session_of, unavailable, user_of,
+        };
+        use $crate::stores::{
+            ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
+            RefreshStore, Session, SessionStore, StoreResult, User, UserStore, Username,
+        };
+
+        impl UserStore for $ty {
+            fn insert_user<'a>(&'a self, u: &'a User) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO users (id, username, username_key, password_hash, roles, permissions, tenant, disabled, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(&u.id)
+                    .bind(&u.username)
+                    .bind(u.username.to_lowercase())
+                    .bind(&u.password_hash)
+                    .bind(list_to_json(&u.roles))
+                    .bind(list_to_json(&u.permissions))
+                    .bind(&u.tenant)
+                    .bind(u.disabled)
+                    .bind(u.created_at)
+                    .bind(u.updated_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("username"))?;
+                    Ok(())
+                })
+            }
+
+            fn user_by_username<'a>(
+                &'a self,
+                username: &'a Username,
+            ) -> BoxFuture<'a, StoreResult<Option<User>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {USER_COLS} FROM users WHERE username_key = $1");
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(username.key())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(user_of)
+                        .transpose()
+                })
+            }
+
+            fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<User>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(user_of)
+                        .transpose()
+                })
+            }
+
+            fn set_password_hash<'a>(
+                &'a self,
+                id: &'a str,
+                hash: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3",
+                    )
+                    .bind(hash)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn set_user_disabled<'a>(
+                &'a self,
+                id: &'a str,
+                disabled: bool,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3",
+                    )
+                    .bind(disabled)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+        }
+
+        impl SessionStore for $ty {
+            fn insert_session<'a>(&'a self, s: &'a Session) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, user_agent, client_ip, remember_me, revoked_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&s.id)
+                    .bind(&s.user_id)
+                    .bind(s.created_at)
+                    .bind(s.last_seen_at)
+                    .bind(s.expires_at)
+                    .bind(&s.user_agent)
+                    .bind(&s.client_ip)
+                    .bind(s.remember_me)
+                    .bind(s.revoked_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("session"))?;
+                    Ok(())
+                })
+            }
+
+            fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1");
+                    Ok(sqlx::query_as::<_, SessionRow>(&sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(session_of))
+                })
+            }
+
+            fn sessions_of<'a>(
+                &'a self,
+                user_id: &'a str,
+            ) -> BoxFuture<'a, StoreResult<Vec<Session>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE user_id = $1");
+                    Ok(sqlx::query_as::<_, SessionRow>(&sql)
+                        .bind(user_id)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .into_iter()
+                        .map(session_of)
+                        .collect())
+                })
+            }
+
+            fn revoke_session<'a>(
+                &'a self,
+                id: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn revoke_sessions_of<'a>(
+                &'a self,
+                user_id: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<u64>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected())
+                })
+            }
+        }
+
+        impl RefreshStore for $ty {
+            fn insert_refresh<'a>(
+                &'a self,
+                r: &'a RefreshRecord,
+            ) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    insert_refresh_row(&self.pool, r).await
+                })
+            }
+
+            fn refresh_by_hash<'a>(
+                &'a self,
+                hash: &'a [u8; 32],
+            ) -> BoxFuture<'a, StoreResult<Option<RefreshRecord>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {REFRESH_COLS} FROM refresh_tokens WHERE hash = $1");
+                    sqlx::query_as::<_, RefreshRow>(&sql)
+                        .bind(&hash[..])
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(refresh_of)
+                        .transpose()
+                })
+            }
+
+            fn rotate_refresh<'a>(
+                &'a self,
+                old: &'a [u8; 32],
+                successor: &'a RefreshRecord,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    // Write first: the UPDATE takes the row (PostgreSQL) or
+                    // the database (SQLite) write lock, so of concurrent
+                    // rotations exactly one sees a row affected.
+                    let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                    let r = sqlx::query(
+                        "UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
+                         WHERE hash = $3 AND rotated_at IS NULL AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(&successor.hash[..])
+                    .bind(&old[..])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    if r.rows_affected() != 1 {
+                        tx.rollback().await.map_err(unavailable)?;
+                        return Ok(false);
+                    }
+                    insert_refresh_row(&mut *tx, successor).await?;
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(true)
+                })
+            }
+
+            fn revoke_family<'a>(
+                &'a self,
+                family: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<u64>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(family)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected())
+                })
+            }
+        }
+
+        impl Denylist for $ty {
+            fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO denylist (jti, expires_at) VALUES ($1, $2) \
+                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at",
+                    )
+                    .bind(jti)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(())
+                })
+            }
+
+            fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let hit: Option<(i64,)> = sqlx::query_as(
+                        "SELECT expires_at FROM denylist WHERE jti = $1 AND expires_at > $2",
+                    )
+                    .bind(jti)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(hit.is_some())
+                })
+            }
+
+            fn purge_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(async move {
+                    let r = sqlx::query("DELETE FROM denylist WHERE expires_at <= $1")
+                        .bind(now)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(r.rows_affected())
+                })
+            }
+        }
+
+        impl ApiKeyStore for $ty {
+            fn insert_api_key<'a>(&'a self, k: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO api_keys (id, hash, name, owner, roles, permissions, scopes, expires_at, created_at, revoked_at, last_used_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(&k.id)
+                    .bind(&k.hash[..])
+                    .bind(&k.name)
+                    .bind(&k.owner)
+                    .bind(list_to_json(&k.roles))
+                    .bind(list_to_json(&k.permissions))
+                    .bind(list_to_json(&k.scopes))
+                    .bind(k.expires_at)
+                    .bind(k.created_at)
+                    .bind(k.revoked_at)
+                    .bind(k.last_used_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("API key"))?;
+                    Ok(())
+                })
+            }
+
+            fn api_key<'a>(
+                &'a self,
+                id: &'a str,
+            ) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1");
+                    sqlx::query_as::<_, ApiKeyRow>(&sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(api_key_of)
+                        .transpose()
+                })
+            }
+
+            fn api_keys_of<'a>(
+                &'a self,
+                owner: &'a str,
+            ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {API_KEY_COLS} FROM api_keys WHERE owner = $1");
+                    sqlx::query_as::<_, ApiKeyRow>(&sql)
+                        .bind(owner)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .into_iter()
+                        .map(api_key_of)
+                        .collect()
+                })
+            }
+
+            fn revoke_api_key<'a>(
+                &'a self,
+                id: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE api_keys SET last_used_at = $1 \
+                         WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                    )
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(())
+                })
+            }
+        }
+
+        impl AppStore for $ty {
+            fn insert_app<'a>(&'a self, a: &'a AppRecord) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO apps (app_id, name, secret_hash, secret_version, previous_hash, previous_valid_until, services, permissions, tenant, disabled, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    )
+                    .bind(&a.app_id)
+                    .bind(&a.name)
+                    .bind(&a.secret_hash[..])
+                    .bind(i64::from(a.secret_version))
+                    .bind(a.previous_hash.as_ref().map(|h| h.to_vec()))
+                    .bind(a.previous_valid_until)
+                    .bind(list_to_json(&a.services))
+                    .bind(list_to_json(&a.permissions))
+                    .bind(&a.tenant)
+                    .bind(a.disabled)
+                    .bind(a.created_at)
+                    .bind(a.updated_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("app"))?;
+                    Ok(())
+                })
+            }
+
+            fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {APP_COLS} FROM apps WHERE app_id = $1");
+                    sqlx::query_as::<_, AppRow>(&sql)
+                        .bind(app_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .map(app_of)
+                        .transpose()
+                })
+            }
+
+            fn rotate_app_secret<'a>(
+                &'a self,
+                app_id: &'a str,
+                new_hash: &'a [u8; 32],
+                new_version: u32,
+                previous_valid_until: i64,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE apps SET previous_hash = secret_hash, previous_valid_until = $1, \
+                         secret_hash = $2, secret_version = $3, updated_at = $4 WHERE app_id = $5",
+                    )
+                    .bind(previous_valid_until)
+                    .bind(&new_hash[..])
+                    .bind(i64::from(new_version))
+                    .bind(now)
+                    .bind(app_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn set_app_disabled<'a>(
+                &'a self,
+                app_id: &'a str,
+                disabled: bool,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE apps SET disabled = $1, updated_at = $2 WHERE app_id = $3",
+                    )
+                    .bind(disabled)
+                    .bind(now)
+                    .bind(app_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+        }
+    };
+}
+pub(crate) use sql_stores;

@@ -1,0 +1,61 @@
+//! Every store in one SQLite file (the embedded durable default): WAL mode,
+//! migrations embedded in the binary and run at open.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use super::StoreError;
+use super::sql::{EmbeddedMigrations, sql_stores};
+
+/// The SQLite schema, versioned.
+pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[(
+    1,
+    "stores",
+    include_str!("../../migrations/sqlite/0001_stores.sql"),
+)]);
+
+/// All six stores in one SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStores {
+    pool: SqlitePool,
+}
+
+impl SqliteStores {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("open {}: {e}", path.display())))?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool, running the migrations first.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        let migrator = sqlx::migrate::Migrator::new(MIGRATIONS)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+sql_stores!(SqliteStores, sqlx::Sqlite);

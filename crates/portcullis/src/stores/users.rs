@@ -1,0 +1,233 @@
+//! Users, login and sessions on the [`Stores`] facade.
+
+use std::time::Duration;
+
+use super::input::{self, Username};
+use super::password::needs_rehash;
+use super::{Session, StoreError, StoreResult, Stores, User, random_id};
+
+/// What is needed to create a user.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    /// Username (unique case-insensitively, 1..=64 characters).
+    pub username: String,
+    /// Password (hashed with argon2id), or `None` with `password_hash` set.
+    pub password: Option<String>,
+    /// An imported hash (argon2id PHC or bcrypt), used when `password` is `None`.
+    pub password_hash: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+}
+
+/// What is needed to open a session.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    /// Owner.
+    pub user_id: String,
+    /// Lifetime.
+    pub ttl: Duration,
+    /// Client user agent (cut to 512 bytes).
+    pub user_agent: Option<String>,
+    /// Client IP address.
+    pub client_ip: Option<String>,
+    /// Remember-me.
+    pub remember_me: bool,
+}
+
+fn id_arg(field: &'static str, raw: &str) -> StoreResult<String> {
+    input::bounded(field, raw, input::MAX_ID)
+}
+
+impl Stores {
+    /// Creates a user; [`StoreError::Conflict`] when the username is taken
+    /// (compared case-insensitively).
+    pub async fn create_user(&self, new: &NewUser) -> StoreResult<User> {
+        let username = Username::parse(&new.username)?;
+        let roles = input::name_list("roles", &new.roles)?;
+        let permissions = input::name_list("permissions", &new.permissions)?;
+        let tenant = input::optional("tenant", new.tenant.as_deref())?;
+        let password_hash = match (&new.password, &new.password_hash) {
+            (Some(pw), None) => {
+                let pw = input::password(pw.as_bytes())?;
+                self.passwords.hash(pw).await?
+            }
+            (None, Some(hash)) => {
+                if hash.len() > 512 || !(hash.starts_with("$argon2id$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
+                    return Err(StoreError::invalid(
+                        "password_hash",
+                        "must be an argon2id PHC string or a bcrypt $2a$/$2b$ hash",
+                    ));
+                }
+                hash.clone()
+            }
+            _ => {
+                return Err(StoreError::invalid(
+                    "password",
+                    "give exactly one of password and password_hash",
+                ));
+            }
+        };
+        let now = self.now();
+        let user = User {
+            id: random_id(16)?,
+            username: username.as_str().to_owned(),
+            password_hash,
+            roles,
+            permissions,
+            tenant,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.backends.users.insert_user(&user).await?;
+        Ok(user)
+    }
+
+    /// The user with this username (case-insensitive).
+    pub async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let username = Username::parse(username)?;
+        self.backends.users.user_by_username(&username).await
+    }
+
+    /// The user with this id.
+    pub async fn user(&self, id: &str) -> StoreResult<Option<User>> {
+        let id = id_arg("user_id", id)?;
+        self.backends.users.user_by_id(&id).await
+    }
+
+    /// Enables or disables a user.
+    pub async fn set_user_disabled(&self, id: &str, disabled: bool) -> StoreResult<()> {
+        let id = id_arg("user_id", id)?;
+        if self
+            .backends
+            .users
+            .set_user_disabled(&id, disabled, self.now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("user"))
+        }
+    }
+
+    /// Checks a login. Unknown users cost one argon2id verification (of a
+    /// dummy hash) like known ones; a bcrypt or outdated hash is replaced by
+    /// a fresh argon2id hash after a successful check.
+    pub async fn login(&self, username: &[u8], password: &[u8]) -> StoreResult<User> {
+        let username = Username::from_bytes(username)?;
+        let password = input::password(password)?;
+        let Some(user) = self.backends.users.user_by_username(&username).await? else {
+            self.passwords.verify_dummy(password).await?;
+            return Err(StoreError::InvalidCredentials);
+        };
+        if !self.passwords.verify(password, &user.password_hash).await? || user.disabled {
+            return Err(StoreError::InvalidCredentials);
+        }
+        if needs_rehash(&user.password_hash) {
+            let fresh = self.passwords.hash(password).await?;
+            if let Err(e) = self
+                .backends
+                .users
+                .set_password_hash(&user.id, &fresh, self.now())
+                .await
+            {
+                // The login itself succeeded; the rehash is retried next time.
+                tracing::warn!(error = %e, "password rehash failed");
+            } else {
+                return Ok(User {
+                    password_hash: fresh,
+                    ..user
+                });
+            }
+        }
+        Ok(user)
+    }
+
+    /// Opens a session.
+    pub async fn create_session(&self, new: &NewSession) -> StoreResult<Session> {
+        let user_id = id_arg("user_id", &new.user_id)?;
+        if new.ttl.is_zero() {
+            return Err(StoreError::invalid("ttl", "must be positive"));
+        }
+        let client_ip = input::client_ip(new.client_ip.as_deref())?;
+        let now = self.now();
+        let ttl = i64::try_from(new.ttl.as_secs()).unwrap_or(i64::MAX);
+        let session = Session {
+            id: random_id(16)?,
+            user_id,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now.saturating_add(ttl),
+            user_agent: input::user_agent(new.user_agent.as_deref()),
+            client_ip,
+            remember_me: new.remember_me,
+            revoked_at: None,
+        };
+        self.backends.sessions.insert_session(&session).await?;
+        Ok(session)
+    }
+
+    /// The session with this id, as stored.
+    pub async fn session(&self, sid: &str) -> StoreResult<Option<Session>> {
+        let sid = id_arg("session_id", sid)?;
+        self.backends.sessions.session(&sid).await
+    }
+
+    /// Whether a session is live (not revoked, not expired). Answers may be
+    /// up to `revocation_cache_ttl` (at most 1 s) old on other replicas.
+    pub async fn session_is_active(&self, sid: &str) -> StoreResult<bool> {
+        let sid = id_arg("session_id", sid)?;
+        let now = self.now();
+        if let Some(hit) = self.caches.sessions.get(&sid) {
+            return Ok(hit.is_some_and(|expires| expires > now));
+        }
+        let found = self.backends.sessions.session(&sid).await?;
+        let live = found.filter(|s| s.revoked_at.is_none()).map(|s| s.expires_at);
+        self.caches.sessions.insert(sid, live);
+        Ok(live.is_some_and(|expires| expires > now))
+    }
+
+    /// A user's live sessions, newest first.
+    pub async fn sessions_of(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+        let user_id = id_arg("user_id", user_id)?;
+        let now = self.now();
+        let mut list: Vec<Session> = self
+            .backends
+            .sessions
+            .sessions_of(&user_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.is_active(now))
+            .collect();
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    /// Revokes one session (logout); false when absent or already revoked.
+    pub async fn revoke_session(&self, sid: &str) -> StoreResult<bool> {
+        let sid = id_arg("session_id", sid)?;
+        let revoked = self
+            .backends
+            .sessions
+            .revoke_session(&sid, self.now())
+            .await?;
+        self.caches.sessions.invalidate(&sid);
+        Ok(revoked)
+    }
+
+    /// Revokes every live session of a user (logout-all); returns how many.
+    pub async fn revoke_all_sessions(&self, user_id: &str) -> StoreResult<u64> {
+        let user_id = id_arg("user_id", user_id)?;
+        let n = self
+            .backends
+            .sessions
+            .revoke_sessions_of(&user_id, self.now())
+            .await?;
+        self.caches.sessions.invalidate_all();
+        Ok(n)
+    }
+}

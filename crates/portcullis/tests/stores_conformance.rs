@@ -1,0 +1,826 @@
+//! One conformance suite for every store backend: each check below is
+//! written once and run against memory, SQLite (a temporary file),
+//! PostgreSQL (a fresh database per test) and Redis (a unique key prefix
+//! per test, Cluster included) where the backend holds that store.
+
+mod support;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::stores::{
+    Backends, NewApiKey, NewApp, NewSession, NewUser, RefreshRecord, Rotation, SecurityEvent,
+    StoreError, Stores, StoresConfig, parse_basic_auth,
+};
+use portcullis_core::{Clock, ManualClock, SecretHasher, SystemClock};
+
+const PEPPER: [u8; 32] = [42u8; 32];
+
+/// One backend under test: its stores and whatever must live as long (a
+/// database guard, a temp file).
+struct Env {
+    backends: Backends,
+    _guard: Box<dyn Any + Send>,
+}
+
+impl Env {
+    fn stores(&self, config: StoresConfig) -> Arc<Stores> {
+        Arc::new(Stores::new(self.backends.clone(), config).expect("stores"))
+    }
+
+    fn stores_at(&self, config: StoresConfig, clock: Arc<dyn Clock>) -> Arc<Stores> {
+        Arc::new(Stores::with_clock(self.backends.clone(), config, clock).expect("stores"))
+    }
+}
+
+fn hasher() -> SecretHasher {
+    SecretHasher::new(&PEPPER).expect("pepper")
+}
+
+fn config() -> StoresConfig {
+    StoresConfig::new(hasher())
+}
+
+fn now() -> i64 {
+    SystemClock.unix_seconds()
+}
+
+// ---------------------------------------------------------------- backends
+
+async fn memory() -> Option<Env> {
+    Some(Env {
+        backends: Backends::all(Arc::new(
+            portcullis::stores::memory::MemoryStores::new(),
+        )),
+        _guard: Box::new(()),
+    })
+}
+
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+async fn sqlite() -> Option<Env> {
+    let path = std::env::temp_dir().join(format!("{}.db", support::unique_name("pcx_stores")));
+    let file = TempFile(path.clone());
+    let stores = portcullis::stores::sqlite::SqliteStores::open(&path)
+        .await
+        .expect("open SQLite");
+    // Opening again runs the migrations again: idempotent.
+    portcullis::stores::sqlite::SqliteStores::open(&path)
+        .await
+        .expect("reopen SQLite");
+    Some(Env {
+        backends: Backends::all(Arc::new(stores)),
+        _guard: Box::new(file),
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres() -> Option<Env> {
+    let db = support::FreshDatabase::create("stores").await?;
+    let stores = portcullis::stores::postgres::PostgresStores::connect(&db.url, 16)
+        .await
+        .expect("connect PostgreSQL");
+    Some(Env {
+        backends: Backends::all(Arc::new(stores)),
+        _guard: Box::new(db),
+    })
+}
+
+/// Deletes a test's Redis keys when dropped (even after a panic).
+#[cfg(feature = "redis")]
+struct RedisKeys {
+    urls: Vec<String>,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (urls, prefix) = (self.urls.clone(), self.prefix.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(support::redis_cluster_cleanup(&urls, &prefix));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis() -> Option<Env> {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let url = support::redis_url()?;
+    let prefix = support::unique_prefix("stores");
+    let conn = RedisConnection::single(&url).await.expect("connect Redis");
+    Some(Env {
+        backends: Backends::all(Arc::new(RedisStores::new(conn, &prefix))),
+        _guard: Box::new(RedisKeys {
+            urls: vec![url],
+            prefix,
+        }),
+    })
+}
+
+#[cfg(feature = "redis")]
+async fn redis_cluster() -> Option<Env> {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let urls = support::redis_cluster_urls()?;
+    if urls.is_empty() {
+        return None;
+    }
+    let prefix = support::unique_prefix("stores_cluster");
+    let conn = RedisConnection::cluster(&urls)
+        .await
+        .expect("connect Redis Cluster");
+    Some(Env {
+        backends: Backends::all(Arc::new(RedisStores::new(conn, &prefix))),
+        _guard: Box::new(RedisKeys { urls, prefix }),
+    })
+}
+
+// ------------------------------------------------------------------ checks
+
+/// A refresh token and its record, as the token service would issue them.
+fn issue_refresh(
+    user: &str,
+    sid: &str,
+    family: &str,
+    generation: u32,
+    remember_me: bool,
+    expires_at: i64,
+) -> (String, RefreshRecord) {
+    let token = portcullis_core::opaque::generate("pcr_").expect("random");
+    let record = RefreshRecord {
+        hash: hasher().hash(&token),
+        family: family.to_owned(),
+        generation,
+        session_id: sid.to_owned(),
+        user_id: user.to_owned(),
+        expires_at,
+        remember_me,
+        created_at: now(),
+        rotated_at: None,
+        successor: None,
+        revoked_at: None,
+    };
+    (token, record)
+}
+
+/// The successor of `prev` (same family, session, user and remember-me).
+fn successor_of(prev: &RefreshRecord) -> (String, RefreshRecord) {
+    let life = if prev.remember_me { 30 * 86_400 } else { 7 * 86_400 };
+    issue_refresh(
+        &prev.user_id,
+        &prev.session_id,
+        &prev.family,
+        prev.generation + 1,
+        prev.remember_me,
+        now() + life,
+    )
+}
+
+async fn session_for(stores: &Stores, user: &str, remember_me: bool) -> String {
+    stores
+        .create_session(&NewSession {
+            user_id: user.to_owned(),
+            ttl: Duration::from_secs(3600),
+            user_agent: Some("conformance".into()),
+            client_ip: Some("203.0.113.9".into()),
+            remember_me,
+        })
+        .await
+        .expect("session")
+        .id
+}
+
+async fn concurrent_rotations_have_one_winner(env: Env) {
+    let stores = env.stores(config());
+    let sid = session_for(&stores, "user-rot", false).await;
+    let (token, record) = issue_refresh("user-rot", &sid, "fam-rot", 0, false, now() + 600);
+    stores.store_refresh(&record).await.expect("store");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let stores = stores.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            stores
+                .rotate_refresh(&token, |prev| Ok(successor_of(prev).1))
+                .await
+        }));
+    }
+    let (mut won, mut reused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(Rotation::Rotated { .. }) => won += 1,
+            Err(e) if e.code() == "auth.refresh_reused" => reused += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one rotation wins");
+    assert_eq!(reused, 99, "every other one is a reuse");
+}
+
+async fn reuse_after_rotation_revokes_family_and_session(env: Env) {
+    let stores = env.stores(config());
+    let sid = session_for(&stores, "user-reuse", true).await;
+    let (t0, r0) = issue_refresh("user-reuse", &sid, "fam-reuse", 0, true, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let mut t1 = String::new();
+    let rotation = stores
+        .rotate_refresh(&t0, |prev| {
+            let (t, r) = successor_of(prev);
+            t1 = t;
+            Ok(r)
+        })
+        .await
+        .expect("first rotation");
+    let Rotation::Rotated { previous, successor } = rotation else {
+        panic!("expected a rotation, got {rotation:?}");
+    };
+    assert_eq!(previous.family, "fam-reuse");
+    assert_eq!(successor.generation, 1);
+    assert!(successor.remember_me, "remember-me carries over");
+    assert!(stores.session_is_active(&sid).await.expect("session"));
+
+    // The spent token again: family and session revoked, security event.
+    let err = stores
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("reuse is refused");
+    assert_eq!(err.code(), "auth.refresh_reused");
+    let StoreError::RefreshReused(SecurityEvent::RefreshReuse {
+        family,
+        session,
+        user,
+        generation,
+    }) = err
+    else {
+        panic!("expected a reuse event, got {err:?}");
+    };
+    assert_eq!(
+        (family.as_str(), session.as_str(), user.as_str(), generation),
+        ("fam-reuse", sid.as_str(), "user-reuse", 0)
+    );
+    // The successor died with its family, and the session with it.
+    let err = stores
+        .rotate_refresh(&t1, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("revoked family");
+    assert_eq!(err.code(), "auth.token_revoked");
+    assert!(!stores.session_is_active(&sid).await.expect("session"));
+    assert!(
+        stores
+            .sessions_of("user-reuse")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+async fn reuse_interval_returns_the_issued_successor(env: Env) {
+    let mut cfg = config();
+    cfg.reuse_interval = Duration::from_secs(30);
+    let stores = env.stores(cfg);
+    let sid = session_for(&stores, "user-grace", false).await;
+    let (t0, r0) = issue_refresh("user-grace", &sid, "fam-grace", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let Rotation::Rotated { successor, .. } = stores
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect("rotation")
+    else {
+        panic!("expected a rotation");
+    };
+    let again = stores
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect("within the reuse interval");
+    assert!(
+        matches!(again, Rotation::AlreadyRotated { successor_hash, .. } if successor_hash == successor.hash)
+    );
+    assert!(stores.session_is_active(&sid).await.expect("session"));
+}
+
+async fn expired_and_unknown_refresh_tokens_are_rejected(env: Env) {
+    let stores = env.stores(config());
+    let sid = session_for(&stores, "user-exp", false).await;
+    let (t, r) = issue_refresh("user-exp", &sid, "fam-exp", 0, false, now() - 1);
+    stores.store_refresh(&r).await.expect("store");
+    let err = stores
+        .rotate_refresh(&t, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), "auth.token_expired");
+    let unknown = portcullis_core::opaque::generate("pcr_").expect("random");
+    for bad in [unknown.as_str(), "", "pcr_short", "not a token"] {
+        let err = stores
+            .rotate_refresh(bad, |prev| Ok(successor_of(prev).1))
+            .await
+            .expect_err("unknown");
+        assert_eq!(err.code(), "auth.token_revoked");
+    }
+    // A successor that changes the family is refused and nothing rotates.
+    let (t2, r2) = issue_refresh("user-exp", &sid, "fam-exp2", 0, false, now() + 600);
+    stores.store_refresh(&r2).await.expect("store");
+    let err = stores
+        .rotate_refresh(&t2, |prev| {
+            let mut next = successor_of(prev).1;
+            next.family = "other".into();
+            Ok(next)
+        })
+        .await
+        .expect_err("family must be kept");
+    assert_eq!(err.code(), "store.invalid_input");
+    assert!(matches!(
+        stores
+            .rotate_refresh(&t2, |prev| Ok(successor_of(prev).1))
+            .await,
+        Ok(Rotation::Rotated { .. })
+    ));
+}
+
+async fn denylist_entries_expire(env: Env) {
+    let stores = env.stores(config());
+    // Two seconds: `exp` has whole-second resolution, Redis expires by the ms.
+    let exp = now() + 2;
+    stores.revoke_jti("jti-expiring", exp).await.expect("deny");
+    stores.revoke_jti("jti-long", now() + 3600).await.expect("deny");
+    stores.revoke_jti("jti-past", now() - 5).await.expect("no-op");
+    assert!(stores.is_jti_revoked("jti-expiring").await.expect("check"));
+    assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
+    assert!(!stores.is_jti_revoked("jti-past").await.expect("check"));
+    assert!(!stores.is_jti_revoked("jti-other").await.expect("check"));
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stores.is_jti_revoked("jti-expiring").await.expect("check"));
+    assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
+    env.backends
+        .denylist
+        .purge_expired(now())
+        .await
+        .expect("purge");
+    assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
+    assert_eq!(
+        stores.is_jti_revoked("").await.map_err(|e| e.code()),
+        Err("store.invalid_input")
+    );
+}
+
+async fn api_keys_create_list_verify_revoke(env: Env) {
+    let stores = env.stores(config());
+    let created = stores
+        .create_api_key(&NewApiKey {
+            name: "ci deploy".into(),
+            owner: "owner-1".into(),
+            roles: vec!["deployer".into()],
+            permissions: vec!["deploy:*".into()],
+            scopes: vec!["write".into()],
+            expires_at: None,
+        })
+        .await
+        .expect("create");
+    assert!(created.key.starts_with("pck_"));
+    let ok = stores.verify_api_key(&created.key).await.expect("verify");
+    assert_eq!(ok.roles, vec!["deployer".to_owned()]);
+    assert_eq!(ok.scopes, vec!["write".to_owned()]);
+    let listed = stores.api_keys_of("owner-1").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].last_used_at.is_some(), "first use is recorded");
+    assert_ne!(&listed[0].hash[..], created.key.as_bytes(), "stored hashed");
+    // A typo never reaches the store; another key's id with this secret fails.
+    let mut typo = created.key.clone().into_bytes();
+    typo[40] = if typo[40] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    assert_eq!(
+        stores.verify_api_key(&typo).await.map(|_| ()).map_err(|e| e.code()),
+        Err("auth.invalid_api_key")
+    );
+    assert!(stores.revoke_api_key(&created.record.id).await.expect("revoke"));
+    assert!(!stores.revoke_api_key(&created.record.id).await.expect("again"));
+    assert_eq!(
+        stores
+            .verify_api_key(&created.key)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.invalid_api_key")
+    );
+}
+
+async fn revocation_reaches_other_replicas_within_a_second(env: Env) {
+    // Two replicas over the same backend, each with 1 s caches.
+    let a = env.stores(config());
+    let b = env.stores(config());
+    let key = a
+        .create_api_key(&NewApiKey {
+            name: "k".into(),
+            owner: "owner-rep".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("create")
+        .key;
+    let app = a
+        .create_app(&NewApp {
+            name: "billing".into(),
+            ..NewApp::default()
+        })
+        .await
+        .expect("app");
+    let sid = session_for(&a, "user-rep", false).await;
+    b.verify_api_key(&key).await.expect("b caches the key");
+    b.verify_app(&app.record.app_id, &app.secret)
+        .await
+        .expect("b caches the app");
+    assert!(b.session_is_active(&sid).await.expect("b caches the session"));
+    let id = portcullis::stores::api_keys::parse_api_key(&key)
+        .expect("well formed")
+        .0
+        .to_owned();
+    a.revoke_api_key(&id).await.expect("revoke");
+    a.set_app_disabled(&app.record.app_id, true)
+        .await
+        .expect("disable");
+    a.revoke_session(&sid).await.expect("revoke session");
+    // The revoking replica knows at once.
+    assert!(a.verify_api_key(&key).await.is_err());
+    assert!(a.verify_app(&app.record.app_id, &app.secret).await.is_err());
+    assert!(!a.session_is_active(&sid).await.expect("session"));
+    // The other replica within the cache TTL (1 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(b.verify_api_key(&key).await.is_err());
+    assert!(b.verify_app(&app.record.app_id, &app.secret).await.is_err());
+    assert!(!b.session_is_active(&sid).await.expect("session"));
+}
+
+async fn app_secret_rotation_keeps_the_old_one_for_the_grace_period(env: Env) {
+    let clock = Arc::new(ManualClock::at_unix_seconds(now() as u64));
+    let mut cfg = config();
+    cfg.revocation_cache_ttl = Duration::ZERO;
+    let stores = env.stores_at(cfg, clock.clone());
+    let app = stores
+        .create_app(&NewApp {
+            name: "payments".into(),
+            services: vec!["ledger".into()],
+            permissions: vec!["ledger:read".into()],
+            tenant: Some("acme".into()),
+        })
+        .await
+        .expect("create");
+    let id = app.record.app_id.clone();
+    let old = app.secret.clone();
+    assert_eq!(
+        stores.verify_app(&id, &old).await.expect("verify").secret_version,
+        1
+    );
+    let new = stores
+        .rotate_app_secret(&id, Duration::from_secs(60))
+        .await
+        .expect("rotate");
+    let rec = stores.verify_app(&id, &new).await.expect("new secret");
+    assert_eq!(rec.secret_version, 2);
+    stores.verify_app(&id, &old).await.expect("old secret in grace");
+    // Also through HTTP Basic.
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{id}:{old}")
+        )
+    );
+    let (bid, bsecret) = parse_basic_auth(basic.as_bytes()).expect("basic");
+    stores.verify_app(&bid, &bsecret).await.expect("basic, in grace");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        stores.verify_app(&id, &old).await.map(|_| ()).map_err(|e| e.code()),
+        Err("auth.invalid_app_credentials")
+    );
+    stores.verify_app(&id, &new).await.expect("new still valid");
+    assert!(stores.verify_app(&id, "pcs_wrong").await.is_err());
+    assert!(stores.verify_app("", &new).await.is_err());
+    stores.set_app_disabled(&id, true).await.expect("disable");
+    assert!(stores.verify_app(&id, &new).await.is_err());
+    assert_eq!(
+        stores
+            .rotate_app_secret("app_missing", Duration::ZERO)
+            .await
+            .map_err(|e| e.code()),
+        Err("store.not_found")
+    );
+}
+
+async fn unknown_user_login_costs_a_hash_verification(env: Env) {
+    let stores = env.stores(config());
+    stores
+        .create_user(&NewUser {
+            username: "known".into(),
+            password: Some("right password".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    let before = stores.passwords().dummy_verifications();
+    let err = stores
+        .login(b"nobody-here", b"whatever")
+        .await
+        .expect_err("unknown user");
+    assert_eq!(err.code(), "auth.invalid_credentials");
+    assert_eq!(stores.passwords().dummy_verifications(), before + 1);
+    // A known user with a wrong password fails the same way, on its own hash.
+    let err = stores
+        .login(b"known", b"wrong password")
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.code(), "auth.invalid_credentials");
+    assert_eq!(stores.passwords().dummy_verifications(), before + 1);
+    stores
+        .login(b"known", b"right password")
+        .await
+        .expect("login");
+}
+
+async fn bcrypt_hashes_are_accepted_and_rehashed(env: Env) {
+    let stores = env.stores(config());
+    let bcrypt_hash = bcrypt::hash("imported pw", 4).expect("bcrypt");
+    let user = stores
+        .create_user(&NewUser {
+            username: "legacy".into(),
+            password_hash: Some(bcrypt_hash.clone()),
+            roles: vec!["user".into()],
+            ..NewUser::default()
+        })
+        .await
+        .expect("import");
+    assert!(user.password_hash.starts_with("$2b$"));
+    let logged = stores
+        .login(b"legacy", b"imported pw")
+        .await
+        .expect("bcrypt login");
+    assert!(logged.password_hash.starts_with("$argon2id$"));
+    let stored = stores
+        .user_by_username("legacy")
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert!(stored.password_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    stores
+        .login(b"legacy", b"imported pw")
+        .await
+        .expect("argon2id login");
+    assert!(stores.login(b"legacy", b"wrong").await.is_err());
+}
+
+async fn usernames_are_unique_case_insensitively(env: Env) {
+    let stores = env.stores(config());
+    let alice = stores
+        .create_user(&NewUser {
+            username: "Alice".into(),
+            password: Some("pw-alice".into()),
+            tenant: Some("acme".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("create");
+    for dup in ["alice", "ALICE", "  Alice  "] {
+        let err = stores
+            .create_user(&NewUser {
+                username: dup.into(),
+                password: Some("pw".into()),
+                ..NewUser::default()
+            })
+            .await
+            .expect_err("taken");
+        assert_eq!(err.code(), "store.conflict");
+    }
+    let logged = stores.login(b"aLiCe", b"pw-alice").await.expect("login");
+    assert_eq!(logged.id, alice.id);
+    assert_eq!(logged.username, "Alice");
+    assert_eq!(logged.tenant.as_deref(), Some("acme"));
+    stores.set_user_disabled(&alice.id, true).await.expect("disable");
+    assert_eq!(
+        stores.login(b"alice", b"pw-alice").await.map(|_| ()).map_err(|e| e.code()),
+        Err("auth.invalid_credentials")
+    );
+}
+
+async fn bad_input_gives_typed_errors_and_changes_nothing(env: Env) {
+    let stores = env.stores(config());
+    let invalid = |r: Result<(), StoreError>| {
+        assert_eq!(r.map_err(|e| e.code()), Err("store.invalid_input"));
+    };
+    let user = |name: &str, pw: &str| NewUser {
+        username: name.into(),
+        password: Some(pw.into()),
+        ..NewUser::default()
+    };
+    invalid(stores.create_user(&user(&"x".repeat(65), "pw")).await.map(|_| ()));
+    invalid(stores.create_user(&user("", "pw")).await.map(|_| ()));
+    invalid(stores.create_user(&user("   ", "pw")).await.map(|_| ()));
+    invalid(stores.create_user(&user("bob", "")).await.map(|_| ()));
+    invalid(stores.create_user(&user("bob\u{0}", "pw")).await.map(|_| ()));
+    invalid(
+        stores
+            .create_user(&NewUser {
+                roles: vec![String::new()],
+                ..user("bob", "pw")
+            })
+            .await
+            .map(|_| ()),
+    );
+    invalid(stores.login(&[0x62, 0xff, 0x6f], b"pw").await.map(|_| ()));
+    invalid(stores.login(b"bob", &[0xc3, 0x28]).await.map(|_| ()));
+    invalid(stores.login(b"", b"pw").await.map(|_| ()));
+    invalid(stores.login(&[b'a'; 300], b"pw").await.map(|_| ()));
+    // Nothing was created by any of those.
+    assert!(stores.user_by_username("bob").await.expect("lookup").is_none());
+
+    // SQL metacharacters are data, stored and found literally.
+    let nasty = "Robert'); DROP TABLE users;--";
+    stores.create_user(&user(nasty, "pw")).await.expect("create");
+    let found = stores
+        .user_by_username(nasty)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert_eq!(found.username, nasty);
+    assert!(stores.user_by_username("Robert").await.expect("lookup").is_none());
+    stores.login(nasty.as_bytes(), b"pw").await.expect("login");
+    let percent = stores
+        .create_api_key(&NewApiKey {
+            name: "50% off' OR '1'='1".into(),
+            owner: "o'wner\"%_".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("key");
+    let listed = stores.api_keys_of("o'wner\"%_").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, percent.record.name);
+    assert!(stores.api_keys_of("o").await.expect("list").is_empty());
+
+    invalid(
+        stores
+            .create_api_key(&NewApiKey {
+                name: String::new(),
+                owner: "owner-bad".into(),
+                ..NewApiKey::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+    invalid(
+        stores
+            .create_api_key(&NewApiKey {
+                name: "n".into(),
+                owner: "owner-bad".into(),
+                expires_at: Some(now() - 10),
+                ..NewApiKey::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+    assert!(stores.api_keys_of("owner-bad").await.expect("list").is_empty());
+    invalid(
+        stores
+            .create_session(&NewSession {
+                user_id: "u-bad".into(),
+                ttl: Duration::from_secs(60),
+                client_ip: Some("999.1.1.1".into()),
+                ..NewSession::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+    invalid(
+        stores
+            .create_app(&NewApp {
+                name: "x".repeat(129),
+                ..NewApp::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+    assert!(stores.sessions_of("u-bad").await.expect("list").is_empty());
+    invalid(stores.revoke_session("").await.map(|_| ()));
+    invalid(stores.revoke_jti(&"j".repeat(200), now() + 60).await);
+}
+
+async fn sessions_list_revoke_and_revoke_all(env: Env) {
+    let stores = env.stores(config());
+    let s1 = session_for(&stores, "user-s", false).await;
+    let s2 = session_for(&stores, "user-s", true).await;
+    let s3 = session_for(&stores, "user-s", false).await;
+    let other = session_for(&stores, "user-t", false).await;
+    let listed = stores.sessions_of("user-s").await.expect("list");
+    assert_eq!(listed.len(), 3);
+    let stored = stores.session(&s2).await.expect("get").expect("exists");
+    assert!(stored.remember_me);
+    assert_eq!(stored.client_ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(stored.user_agent.as_deref(), Some("conformance"));
+    assert!(stores.revoke_session(&s1).await.expect("revoke"));
+    assert!(!stores.revoke_session(&s1).await.expect("again"));
+    assert!(!stores.session_is_active(&s1).await.expect("check"));
+    assert_eq!(stores.sessions_of("user-s").await.expect("list").len(), 2);
+    assert_eq!(stores.revoke_all_sessions("user-s").await.expect("all"), 2);
+    assert!(stores.sessions_of("user-s").await.expect("list").is_empty());
+    assert!(!stores.session_is_active(&s3).await.expect("check"));
+    assert!(stores.session_is_active(&other).await.expect("untouched"));
+    assert!(!stores.session_is_active("no-such-session").await.expect("check"));
+}
+
+// ------------------------------------------------------------- the matrix
+
+macro_rules! suite {
+    ($backend:ident, $make:path, [$($check:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    if let Some(env) = $make().await {
+                        super::$check(env).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! full_suite {
+    ($backend:ident, $make:path) => {
+        suite!($backend, $make, [
+            concurrent_rotations_have_one_winner,
+            reuse_after_rotation_revokes_family_and_session,
+            reuse_interval_returns_the_issued_successor,
+            expired_and_unknown_refresh_tokens_are_rejected,
+            denylist_entries_expire,
+            api_keys_create_list_verify_revoke,
+            revocation_reaches_other_replicas_within_a_second,
+            app_secret_rotation_keeps_the_old_one_for_the_grace_period,
+            unknown_user_login_costs_a_hash_verification,
+            bcrypt_hashes_are_accepted_and_rehashed,
+            usernames_are_unique_case_insensitively,
+            bad_input_gives_typed_errors_and_changes_nothing,
+            sessions_list_revoke_and_revoke_all,
+        ]);
+    };
+}
+
+full_suite!(memory_backend, super::memory);
+full_suite!(sqlite_backend, super::sqlite);
+#[cfg(feature = "postgres")]
+full_suite!(postgres_backend, super::postgres);
+#[cfg(feature = "redis")]
+full_suite!(redis_backend, super::redis);
+#[cfg(feature = "redis")]
+full_suite!(redis_cluster_backend, super::redis_cluster);
+
+/// Two replicas starting at once both run the migrations: sqlx takes an
+/// advisory lock, so both succeed and the schema is created once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_migrations_are_safe() {
+    let Some(db) = support::FreshDatabase::create("stores_migrate").await else {
+        return;
+    };
+    let connect = || async {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.url)
+            .await
+            .expect("connect")
+    };
+    let (p1, p2) = (connect().await, connect().await);
+    let (a, b) = tokio::join!(
+        portcullis::stores::postgres::migrate(&p1),
+        portcullis::stores::postgres::migrate(&p2)
+    );
+    a.expect("replica 1 migrates");
+    b.expect("replica 2 migrates");
+    portcullis::stores::postgres::migrate(&p1)
+        .await
+        .expect("idempotent");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&p1)
+        .await
+        .expect("count");
+    assert_eq!(n, 1);
+    p1.close().await;
+    p2.close().await;
+}
