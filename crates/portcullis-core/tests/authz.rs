@@ -277,7 +277,18 @@ fn included_roles_count_for_role_and_permission_requirements() {
 #[test]
 fn malformed_paths_are_denied() {
     let p = policy(vec![RouteRule::allow("all", "/**").anonymous()], vec![]);
-    for path in ["/a/../admin", "/./x", "/a/%2e%2e/b"] {
+    for path in [
+        "/a/../admin",
+        "/./x",
+        "/a/%2e%2e/b",
+        "/a/%2E./b",
+        "/admin%2fx",
+        "/admin%5Cx",
+        "/a\\b",
+        "/a%zz",
+        "/a%4",
+        "/a%00",
+    ] {
         let d = p.decide(None, &RequestFacts::new("GET", path));
         assert_eq!(d.reason, Reason::MalformedPath, "{path}");
     }

@@ -7,6 +7,7 @@
 //! by its requirements; a request that matches no rule gets the configured
 //! default (deny unless configured).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -497,6 +498,47 @@ fn boxed(v: &[String]) -> Box<[Box<str>]> {
     v.iter().map(|s| s.as_str().into()).collect()
 }
 
+/// The path as rules see it: percent-encoded unreserved characters decoded
+/// (so `/%61dmin` is `/admin`), other escapes kept with upper-case hex.
+/// `None` for a path a backend could route elsewhere than we match: `.` or
+/// `..` segments, an encoded `/`, backslash or NUL, a raw backslash, a bad escape.
+/// Allocates only when the path has a `%`.
+fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
+    let path = if path.contains('%') {
+        let b = path.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'%' {
+                out.push(b[i]);
+                i += 1;
+                continue;
+            }
+            let hex = b.get(i + 1..i + 3)?;
+            let digit = |c: u8| char::from(c).to_digit(16);
+            let v = u8::try_from(digit(hex[0])? * 16 + digit(hex[1])?).ok()?;
+            match v {
+                b'/' | b'\\' | 0 => return None,
+                v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                    out.push(v);
+                }
+                _ => {
+                    out.push(b'%');
+                    out.extend(hex.iter().map(u8::to_ascii_uppercase));
+                }
+            }
+            i += 3;
+        }
+        Cow::Owned(String::from_utf8(out).ok()?)
+    } else {
+        Cow::Borrowed(path)
+    };
+    if path.contains('\\') || path.split('/').any(|s| s == "." || s == "..") {
+        return None;
+    }
+    Some(path)
+}
+
 /// Splits off the next non-empty path segment.
 fn next_segment(path: &str) -> Option<(&str, &str)> {
     let path = path.trim_start_matches('/');
@@ -793,14 +835,13 @@ impl AccessPolicy {
             reason,
             policies: &[],
         };
-        if facts.path.split('/').any(|s| {
-            s == "."
-                || s == ".."
-                || s.eq_ignore_ascii_case("%2e%2e")
-                || s.eq_ignore_ascii_case("%2e")
-        }) {
+        let Some(path) = normalize_path(facts.path) else {
             return deny(None, Reason::MalformedPath);
-        }
+        };
+        let facts = &RequestFacts {
+            path: &path,
+            ..*facts
+        };
         let (deny_rule, allow_rule) = self.matching(facts);
         if let Some(id) = deny_rule {
             return deny(Some(&self.rules[id as usize].name), Reason::DeniedByRule);

@@ -233,9 +233,13 @@ impl RemoteIssuer {
                 return Ok((v, generation));
             }
             if age < c.ttl.saturating_add(c.max_stale) {
-                if !self.attempted_within(now, c.refetch_interval) {
+                // Without a tokio runtime there is no background refresh; the
+                // set then refreshes inline once it is past `max_stale`.
+                if !self.attempted_within(now, c.refetch_interval)
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                {
                     let this = self.clone();
-                    tokio::spawn(async move {
+                    runtime.spawn(async move {
                         this.refresh(generation, RefreshCause::Stale).await;
                     });
                 }
