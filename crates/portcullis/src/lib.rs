@@ -11,11 +11,11 @@
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
-pub mod http_client;
+pub mod audit;
 pub mod authz;
+pub mod http_client;
 pub mod jwks;
 pub mod ratelimit;
-pub mod audit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
 pub mod stores;

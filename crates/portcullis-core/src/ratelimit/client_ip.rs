@@ -247,11 +247,20 @@ mod tests {
         let c = cfg();
         // client 203.0.113.9 -> proxy 10.0.0.5 -> proxy 10.1.1.1 -> us
         let xff = "6.6.6.6, 203.0.113.9, 10.0.0.5";
-        assert_eq!(c.client_ip(ip("10.1.1.1"), None, Some(xff)), ip("203.0.113.9"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), None, Some(xff)),
+            ip("203.0.113.9")
+        );
         let fwd = r#"for=6.6.6.6, for="203.0.113.9:4711";proto=https, for=10.0.0.5;by=10.1.1.1"#;
-        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")), ip("203.0.113.9"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")),
+            ip("203.0.113.9")
+        );
         let fwd6 = r#"for="[2001:db8:cafe::17]:4711", for="[2001:db8:ffff::1]""#;
-        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd6), None), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), Some(fwd6), None),
+            ip("2001:db8:cafe::17")
+        );
     }
 
     #[test]
@@ -269,15 +278,24 @@ mod tests {
     #[test]
     fn all_trusted_chain_yields_the_leftmost() {
         let c = cfg();
-        assert_eq!(c.client_ip(ip("10.0.0.1"), None, Some("10.0.0.3, 10.0.0.2")), ip("10.0.0.3"));
+        assert_eq!(
+            c.client_ip(ip("10.0.0.1"), None, Some("10.0.0.3, 10.0.0.2")),
+            ip("10.0.0.3")
+        );
     }
 
     #[test]
     fn ipv6_is_grouped_by_prefix() {
         let c = cfg();
         assert_eq!(c.group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_eq!(c.group(ip("2001:db8:1:2:ffff::9")), c.group(ip("2001:db8:1:2::5")));
-        assert_ne!(c.group(ip("2001:db8:1:3::1")), c.group(ip("2001:db8:1:2::1")));
+        assert_eq!(
+            c.group(ip("2001:db8:1:2:ffff::9")),
+            c.group(ip("2001:db8:1:2::5"))
+        );
+        assert_ne!(
+            c.group(ip("2001:db8:1:3::1")),
+            c.group(ip("2001:db8:1:2::1"))
+        );
         let c56 = cfg().ipv6_prefix(56).unwrap();
         assert_eq!(c56.group(ip("2001:db8:1:2ff::1")), ip("2001:db8:1:200::"));
         assert_eq!(c.group(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
@@ -289,7 +307,9 @@ mod tests {
     fn cidr_parsing() {
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nope".parse::<IpNet>().is_err());
-        let n: IpNet = "::ffff:10.0.0.0/8".parse::<IpNet>().map_or_else(|_| "10.0.0.0/8".parse().unwrap(), |n| n);
+        let n: IpNet = "::ffff:10.0.0.0/8"
+            .parse::<IpNet>()
+            .map_or_else(|_| "10.0.0.0/8".parse().unwrap(), |n| n);
         assert!(n.contains(ip("10.9.9.9")));
     }
 }

@@ -5,10 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::http_client::{self, HttpClient, TlsTrust};
 
 use crate::authz::BoxFuture;
 
@@ -24,9 +23,9 @@ pub enum FetchError {
         /// Why.
         reason: &'static str,
     },
-    /// The fetcher cannot speak TLS; plug in a TLS-capable [`Fetcher`].
-    #[error("`{0}` needs TLS, which this fetcher does not provide; use a TLS-capable Fetcher")]
-    TlsUnavailable(String),
+    /// The TLS client could not be set up (e.g. a malformed extra CA bundle).
+    #[error("TLS client: {0}")]
+    Tls(String),
     /// The server answered with a non-200 status.
     #[error("`{url}` answered HTTP {status}")]
     Status {
@@ -100,11 +99,12 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<(), FetchError> {
     }
 }
 
-/// A plain-HTTP/1.1 fetcher on hyper. It refuses `https://` URLs with
-/// [`FetchError::TlsUnavailable`] rather than downgrading.
+/// An HTTP/1.1 fetcher on the shared outbound client: `https://` over rustls
+/// (Mozilla roots plus configured CAs), `http://` only where [`check_url`]
+/// allowed it.
 #[derive(Clone)]
 pub struct HttpFetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: HttpClient,
     timeout: Duration,
 }
 
@@ -117,13 +117,12 @@ impl std::fmt::Debug for HttpFetcher {
 }
 
 impl HttpFetcher {
-    /// A fetcher whose every request (connect, headers, body) ends within `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { client, timeout }
+    /// A fetcher trusting `trust` whose every request (connect, TLS,
+    /// headers, body) ends within `timeout`.
+    pub fn new(timeout: Duration, trust: &TlsTrust) -> Result<Self, FetchError> {
+        let client =
+            http_client::build(trust, timeout).map_err(|e| FetchError::Tls(e.to_string()))?;
+        Ok(Self { client, timeout })
     }
 
     async fn fetch(&self, url: &str, max_bytes: usize) -> Result<Bytes, FetchError> {
@@ -135,12 +134,9 @@ impl HttpFetcher {
             url: url.to_owned(),
             reason: "not a valid absolute URL",
         })?;
-        if uri.scheme_str() == Some("https") {
-            return Err(FetchError::TlsUnavailable(url.to_owned()));
-        }
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| io(e.to_string()))?;
         let response = self
             .client

@@ -14,6 +14,7 @@ use portcullis_core::{
 use serde::Deserialize;
 
 use super::fetch::{FetchError, Fetcher, HttpFetcher, check_url};
+use crate::http_client::TlsTrust;
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct RemoteIssuerConfig {
     pub max_bytes: usize,
     /// Plain http to loopback hosts allowed (tests, local development only).
     pub allow_http: bool,
+    /// Which TLS servers are trusted (Mozilla roots plus extra CAs).
+    pub tls: TlsTrust,
 }
 
 impl RemoteIssuerConfig {
@@ -57,6 +60,7 @@ impl RemoteIssuerConfig {
             max_stale: Duration::from_secs(3600),
             max_bytes: 256 * 1024,
             allow_http: false,
+            tls: TlsTrust::default(),
         }
     }
 }
@@ -148,14 +152,11 @@ enum RefreshCause {
 }
 
 impl RemoteIssuer {
-    /// An issuer fetched with a plain-HTTP [`HttpFetcher`] (5 s bound) on the
-    /// system clock. URLs are checked against the policy now.
+    /// An issuer fetched with an [`HttpFetcher`] (5 s bound, trusting
+    /// `config.tls`) on the system clock. URLs are checked against the policy now.
     pub fn new(config: RemoteIssuerConfig) -> Result<Self, IssuerError> {
-        Self::with_fetcher(
-            config,
-            Arc::new(HttpFetcher::new(Duration::from_secs(5))),
-            Arc::new(SystemClock),
-        )
+        let fetcher = HttpFetcher::new(Duration::from_secs(5), &config.tls)?;
+        Self::with_fetcher(config, Arc::new(fetcher), Arc::new(SystemClock))
     }
 
     /// An issuer with its own fetcher and clock.

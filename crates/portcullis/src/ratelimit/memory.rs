@@ -13,9 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use portcullis_core::ratelimit::algorithm::{
-    GcraParams, fixed_window, gcra, micros, sliding_log,
-};
+use portcullis_core::ratelimit::algorithm::{GcraParams, fixed_window, gcra, micros, sliding_log};
 use portcullis_core::ratelimit::{Algorithm, Decision, MAX_RULES, RequestFacts, Rule};
 
 use super::outcome::{Outcome, RuleSet};
@@ -185,9 +183,7 @@ impl MemoryLimiter {
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         // A poisoned shard only means another thread panicked mid-update of
         // plain integers; the data is still usable.
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks the rules in `set` that apply to `facts` at `now_us` (Unix µs);
@@ -252,8 +248,7 @@ impl MemoryLimiter {
                 if consume && all {
                     outcome = Outcome::empty();
                     for &(rule, h) in keys {
-                        let Some(g) = guard_of(shard_of(h)).and_then(|i| guards[i].as_mut())
-                        else {
+                        let Some(g) = guard_of(shard_of(h)).and_then(|i| guards[i].as_mut()) else {
                             continue;
                         };
                         let d = self.check_one(g, rule, h, now_us, true);
@@ -266,7 +261,14 @@ impl MemoryLimiter {
         outcome
     }
 
-    fn check_one(&self, shard: &mut Shard, rule: usize, h: u64, now: u64, consume: bool) -> Decision {
+    fn check_one(
+        &self,
+        shard: &mut Shard,
+        rule: usize,
+        h: u64,
+        now: u64,
+        consume: bool,
+    ) -> Decision {
         let compiled = &self.compiled[rule];
         if let Some(slot) = shard.map.get_mut(&h) {
             if slot.rule() == rule {

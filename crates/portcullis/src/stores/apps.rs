@@ -201,9 +201,18 @@ mod tests {
             parse_basic_auth(h.as_bytes()),
             Ok(("app_x".into(), "pcs_secret".into()))
         );
-        assert_eq!(parse_basic_auth(b"Bearer abc"), Err(BasicAuthError::NotBasic));
-        assert_eq!(parse_basic_auth(b"Basic !!!"), Err(BasicAuthError::BadBase64));
-        assert_eq!(parse_basic_auth(b"Basic bm9jb2xvbg=="), Err(BasicAuthError::Malformed));
+        assert_eq!(
+            parse_basic_auth(b"Bearer abc"),
+            Err(BasicAuthError::NotBasic)
+        );
+        assert_eq!(
+            parse_basic_auth(b"Basic !!!"),
+            Err(BasicAuthError::BadBase64)
+        );
+        assert_eq!(
+            parse_basic_auth(b"Basic bm9jb2xvbg=="),
+            Err(BasicAuthError::Malformed)
+        );
         assert_eq!(
             parse_basic_auth(&vec![b'a'; MAX_BASIC_HEADER + 1]),
             Err(BasicAuthError::TooLong)

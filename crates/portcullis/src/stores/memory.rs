@@ -308,10 +308,7 @@ impl ApiKeyStore for MemoryStores {
         ready(Ok(self.api_keys.shard(id).get(id).cloned()))
     }
 
-    fn api_keys_of<'a>(
-        &'a self,
-        owner: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
+    fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
         let mut out = Vec::new();
         self.api_keys.each(|m| {
             out.extend(m.values().filter(|k| k.owner == owner).cloned());

@@ -370,10 +370,7 @@ pub trait ApiKeyStore: Send + Sync {
     /// The key with this id.
     fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>>;
     /// Every key of an owner.
-    fn api_keys_of<'a>(
-        &'a self,
-        owner: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
+    fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
     /// Revokes a key; false when absent or already revoked.
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Records a use at `at`.

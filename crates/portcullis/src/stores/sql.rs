@@ -38,8 +38,7 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
 /// The boxed future type `MigrationSource` expects.
 mod futures_core_box {
     /// A boxed `Send` future.
-    pub type BoxFuture<'a, T> =
-        std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 /// Maps a driver error: unique violations become [`StoreError::Conflict`].
@@ -76,7 +75,17 @@ pub(crate) fn u32_of(field: &str, v: i64) -> StoreResult<u32> {
 pub const USER_COLS: &str =
     "id, username, password_hash, roles, permissions, tenant, disabled, created_at, updated_at";
 /// A `users` row.
-pub type UserRow = (String, String, String, String, String, Option<String>, bool, i64, i64);
+pub type UserRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+);
 
 /// Column list of `sessions`.
 pub const SESSION_COLS: &str = "id, user_id, created_at, last_seen_at, expires_at, user_agent, client_ip, remember_me, revoked_at";
