@@ -75,6 +75,24 @@ pub struct Observed {
     pub bans: Vec<Ban>,
 }
 
+/// Detector updates planned for one signal (see [`AnomalyEngine::pending`]).
+#[derive(Debug)]
+pub struct Pending<'s, 'e> {
+    batch: Vec<(Observation<'s>, &'e DetectorConfig)>,
+}
+
+impl<'s, 'e> Pending<'s, 'e> {
+    /// No enabled detector watches this signal.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The updates, in the order their counts must be given back.
+    pub fn updates(&self) -> &[(Observation<'s>, &'e DetectorConfig)] {
+        &self.batch
+    }
+}
+
 /// Detectors, their state and their actions.
 pub struct AnomalyEngine {
     detectors: [Option<DetectorConfig>; DetectorKind::ALL.len()],
@@ -202,19 +220,56 @@ impl AnomalyEngine {
         signal: Signal<'_>,
         sample: impl FnOnce() -> SampleRequest,
     ) -> Result<Observed, AnomalyError> {
-        let mut batch: [Option<(Observation<'_>, &DetectorConfig)>; 3] = [None; 3];
-        let mut n = 0;
-        for obs in signal.observations() {
-            if let Some(config) = &self.detectors[obs.kind.index()] {
-                batch[n] = Some((obs, config));
-                n += 1;
-            }
-        }
-        if n == 0 {
+        let pending = self.pending(signal);
+        if pending.is_empty() {
             return Ok(Observed::default());
         }
-        let batch: Vec<(Observation<'_>, &DetectorConfig)> = batch.into_iter().flatten().collect();
-        let (counts, now) = self.record(&batch).await?;
+        let (counts, now) = self.record(&pending.batch).await?;
+        self.conclude(&pending, counts, now, sample).await
+    }
+
+    /// The detector updates `signal` calls for, for a caller that records
+    /// them inside its own Redis script call (the rate limiter folds them
+    /// into its one round trip), then hands the counts to [`Self::conclude`].
+    pub fn pending<'s>(&self, signal: Signal<'s>) -> Pending<'s, '_> {
+        let batch = signal
+            .observations()
+            .filter_map(|obs| {
+                self.detectors[obs.kind.index()]
+                    .as_ref()
+                    .map(|config| (obs, config))
+            })
+            .collect();
+        Pending { batch }
+    }
+
+    /// The Redis counters, when detection runs on Redis (for folding).
+    #[cfg(feature = "redis")]
+    pub fn redis_counters(&self) -> Option<&redis::RedisCounters> {
+        match &self.backend {
+            AnomalyBackend::Redis { counters, .. } => Some(counters),
+            AnomalyBackend::Memory { .. } => None,
+        }
+    }
+
+    /// Carries out the actions of the detectors in `pending` whose recorded
+    /// `counts` (one per update, in order; `now_ms` the recording time)
+    /// reached their thresholds.
+    pub async fn conclude(
+        &self,
+        pending: &Pending<'_, '_>,
+        counts: Vec<WindowCount>,
+        now: u64,
+        sample: impl FnOnce() -> SampleRequest,
+    ) -> Result<Observed, AnomalyError> {
+        let batch = &pending.batch;
+        if counts.len() != batch.len() {
+            return Err(AnomalyError::Backend(format!(
+                "{} counts for {} detector updates",
+                counts.len(),
+                batch.len()
+            )));
+        }
         let mut out = Observed::default();
         let mut sample = Some(sample);
         let mut sample_value: Option<SampleRequest> = None;

@@ -19,7 +19,7 @@ use redis::Script;
 /// Records every observation in KEYS; per key, ARGV holds window ms,
 /// threshold and a member (a distinct-count member, or a unique event id).
 /// Returns per key `{count, first_seen_ms}` and finally the server time.
-const RECORD: &str = r"
+pub const RECORD: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
@@ -42,6 +42,19 @@ end
 out[#out + 1] = now
 return out
 ";
+
+/// One detector update as script arguments (see [`RECORD`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptEntry {
+    /// The window's key (hash-tagged by the detection key).
+    pub key: String,
+    /// The window length.
+    pub window_ms: u64,
+    /// The count at which the detector fires (the window keeps no more).
+    pub threshold: u32,
+    /// A distinct-count member, or a unique event id.
+    pub member: String,
+}
 
 /// Detector windows on Redis.
 #[derive(Debug, Clone)]
@@ -70,6 +83,20 @@ impl RedisCounters {
         )
     }
 
+    /// One update as script arguments, for [`RECORD`] here or the same
+    /// section folded into the rate limiter's script.
+    pub fn entry(&self, obs: &Observation<'_>, config: &DetectorConfig) -> ScriptEntry {
+        ScriptEntry {
+            key: self.key(obs),
+            window_ms: config.window_ms(),
+            threshold: config.threshold,
+            member: match obs.member {
+                Some(m) => format!("m:{m}"),
+                None => unique_event_id(),
+            },
+        }
+    }
+
     /// Records observations that share one hash tag in one script call;
     /// returns their counts and the server time in Unix milliseconds.
     pub async fn record(
@@ -78,14 +105,9 @@ impl RedisCounters {
     ) -> redis::RedisResult<(Vec<WindowCount>, u64)> {
         let mut inv = self.script.prepare_invoke();
         for (obs, config) in batch {
-            inv.key(self.key(obs));
-            let member = match obs.member {
-                Some(m) => format!("m:{m}"),
-                None => unique_event_id(),
-            };
-            inv.arg(config.window_ms())
-                .arg(config.threshold)
-                .arg(member);
+            let e = self.entry(obs, config);
+            inv.key(e.key);
+            inv.arg(e.window_ms).arg(e.threshold).arg(e.member);
         }
         let mut conn = self.conn.clone();
         let raw: Vec<u64> = inv.invoke_async(&mut conn).await?;
