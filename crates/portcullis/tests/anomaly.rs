@@ -576,6 +576,62 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
 // ---------------------------------------------------------------------------
 // Shared state on Redis.
 
+#[tokio::test]
+async fn the_tag_action_marks_audit_events_that_anomalies_only_finds() {
+    use portcullis::audit::sqlite::SqliteAudit;
+    use portcullis::audit::{
+        AuditEvent, AuditQuery, AuditWriter, AuditWriterConfig, Decision, EventKind,
+    };
+
+    let clock = Arc::new(ManualClock::at_unix_seconds(T0));
+    let engine = AnomalyEngine::new(
+        vec![detector(DetectorKind::Burst, 3, 10, &[Action::Tag])],
+        AnomalyBackend::memory(100),
+        None,
+        clock.clone(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(support::unique_name("anomaly_tag"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteAudit::open(&dir.join("audit.db"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        AuditWriterConfig::new(dir.join("audit.spool")),
+        clock.clone(),
+    )
+    .unwrap();
+    for i in 0..4 {
+        let observed = observe(&engine, Signal::Request { ip: "192.0.2.77" }).await;
+        let mut event = AuditEvent::new(
+            EventKind::Request,
+            T0 as i64 * 1_000_000 + i,
+            Decision::Allow,
+        );
+        event.client_ip = Some("192.0.2.77".into());
+        observed.tag_audit(&mut event);
+        observed.tag_audit(&mut event);
+        writer.record(event).await;
+    }
+    writer.shutdown().await;
+
+    let page = store
+        .query_page(&AuditQuery {
+            anomalies_only: true,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    // The third request reached the threshold, the fourth is above it.
+    assert_eq!(page.events.len(), 2, "{:?}", page.events);
+    for e in &page.events {
+        assert_eq!(e.anomaly_flags, vec!["burst".to_owned()]);
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Sends one alert through a fresh sender and waits for its outcome.
 async fn send_one(config: WebhookConfig) -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;

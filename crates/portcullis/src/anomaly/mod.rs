@@ -75,6 +75,19 @@ pub struct Observed {
     pub bans: Vec<Ban>,
 }
 
+impl Observed {
+    /// Marks `event` with the detectors whose `tag` action fired, each once,
+    /// so the audit log can be searched for them (`anomalies_only`).
+    pub fn tag_audit(&self, event: &mut portcullis_core::audit::AuditEvent) {
+        for kind in &self.tags {
+            let name = kind.as_str();
+            if !event.anomaly_flags.iter().any(|f| f == name) {
+                event.anomaly_flags.push(name.to_owned());
+            }
+        }
+    }
+}
+
 /// Detector updates planned for one signal (see [`AnomalyEngine::pending`]).
 #[derive(Debug)]
 pub struct Pending<'s, 'e> {
