@@ -62,6 +62,9 @@ fn bench_memory(c: &mut Criterion) {
     group.bench_function("api key verify", |b| {
         b.iter(|| black_box(ready(stores.verify_api_key(black_box(&key))).expect("verify")))
     });
+    group.bench_function("api key parse + SHA-256 only", |b| {
+        b.iter(|| black_box(portcullis::stores::api_keys::parse_api_key(black_box(&key))))
+    });
     group.finish();
 }
 
@@ -89,10 +92,16 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, st
         .key;
     let mut group = c.benchmark_group(format!("stores/{name}"));
     group.bench_function("denylist check (hit)", |b| {
-        b.iter(|| rt.block_on(stores.is_jti_revoked(black_box("bench-jti"))).expect("check"))
+        b.iter(|| {
+            rt.block_on(stores.is_jti_revoked(black_box("bench-jti")))
+                .expect("check")
+        })
     });
     group.bench_function("api key verify", |b| {
-        b.iter(|| rt.block_on(stores.verify_api_key(black_box(&key))).expect("verify"))
+        b.iter(|| {
+            rt.block_on(stores.verify_api_key(black_box(&key)))
+                .expect("verify")
+        })
     });
     group.finish();
 }
@@ -187,8 +196,7 @@ fn bench_remote(c: &mut Criterion) {
         let sqlite = rt
             .block_on(portcullis::stores::sqlite::SqliteStores::open(&path))
             .expect("SQLite");
-        let stores =
-            Stores::new(Backends::all(Arc::new(sqlite)), remote_config()).expect("stores");
+        let stores = Stores::new(Backends::all(Arc::new(sqlite)), remote_config()).expect("stores");
         bench_backend(c, &rt, "sqlite", &stores);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -203,8 +211,7 @@ fn bench_remote(c: &mut Criterion) {
             Ok(conn) => {
                 let backend = portcullis::stores::redis::RedisStores::new(conn.clone(), &prefix);
                 let stores = Arc::new(
-                    Stores::new(Backends::all(Arc::new(backend)), remote_config())
-                        .expect("stores"),
+                    Stores::new(Backends::all(Arc::new(backend)), remote_config()).expect("stores"),
                 );
                 bench_backend(c, &rt, "redis", &stores);
                 rotations_per_second(&rt, "redis", stores, 32, 3);
@@ -218,11 +225,16 @@ fn bench_remote(c: &mut Criterion) {
         let admin = std::env::var("PORTCULLIS_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let name = format!("pcx_bench_stores_{}", std::process::id());
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(b, _)| b)
+            .to_owned();
         let created = rt.block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
-            sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await?;
             Ok::<_, sqlx::Error>(())
         });
         match created {

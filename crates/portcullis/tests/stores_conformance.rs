@@ -50,9 +50,7 @@ fn now() -> i64 {
 
 async fn memory() -> Option<Env> {
     Some(Env {
-        backends: Backends::all(Arc::new(
-            portcullis::stores::memory::MemoryStores::new(),
-        )),
+        backends: Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new())),
         _guard: Box::new(()),
     })
 }
@@ -183,7 +181,11 @@ fn issue_refresh(
 
 /// The successor of `prev` (same family, session, user and remember-me).
 fn successor_of(prev: &RefreshRecord) -> (String, RefreshRecord) {
-    let life = if prev.remember_me { 30 * 86_400 } else { 7 * 86_400 };
+    let life = if prev.remember_me {
+        30 * 86_400
+    } else {
+        7 * 86_400
+    };
     issue_refresh(
         &prev.user_id,
         &prev.session_id,
@@ -249,7 +251,11 @@ async fn reuse_after_rotation_revokes_family_and_session(env: Env) {
         })
         .await
         .expect("first rotation");
-    let Rotation::Rotated { previous, successor } = rotation else {
+    let Rotation::Rotated {
+        previous,
+        successor,
+    } = rotation
+    else {
         panic!("expected a rotation, got {rotation:?}");
     };
     assert_eq!(previous.family, "fam-reuse");
@@ -359,8 +365,14 @@ async fn denylist_entries_expire(env: Env) {
     // Two seconds: `exp` has whole-second resolution, Redis expires by the ms.
     let exp = now() + 2;
     stores.revoke_jti("jti-expiring", exp).await.expect("deny");
-    stores.revoke_jti("jti-long", now() + 3600).await.expect("deny");
-    stores.revoke_jti("jti-past", now() - 5).await.expect("no-op");
+    stores
+        .revoke_jti("jti-long", now() + 3600)
+        .await
+        .expect("deny");
+    stores
+        .revoke_jti("jti-past", now() - 5)
+        .await
+        .expect("no-op");
     assert!(stores.is_jti_revoked("jti-expiring").await.expect("check"));
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
     assert!(!stores.is_jti_revoked("jti-past").await.expect("check"));
@@ -371,11 +383,7 @@ async fn denylist_entries_expire(env: Env) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!stores.is_jti_revoked("jti-expiring").await.expect("check"));
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
-    env.backends
-        .denylist
-        .purge_expired(now())
-        .await
-        .expect("purge");
+    stores.purge_expired_denylist().await.expect("purge");
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
     assert_eq!(
         stores.is_jti_revoked("").await.map_err(|e| e.code()),
@@ -409,11 +417,25 @@ async fn api_keys_create_list_verify_revoke(env: Env) {
     typo[40] = if typo[40] == b'x' { b'y' } else { b'x' };
     let typo = String::from_utf8(typo).expect("ascii");
     assert_eq!(
-        stores.verify_api_key(&typo).await.map(|_| ()).map_err(|e| e.code()),
+        stores
+            .verify_api_key(&typo)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
         Err("auth.invalid_api_key")
     );
-    assert!(stores.revoke_api_key(&created.record.id).await.expect("revoke"));
-    assert!(!stores.revoke_api_key(&created.record.id).await.expect("again"));
+    assert!(
+        stores
+            .revoke_api_key(&created.record.id)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !stores
+            .revoke_api_key(&created.record.id)
+            .await
+            .expect("again")
+    );
     assert_eq!(
         stores
             .verify_api_key(&created.key)
@@ -449,7 +471,11 @@ async fn revocation_reaches_other_replicas_within_a_second(env: Env) {
     b.verify_app(&app.record.app_id, &app.secret)
         .await
         .expect("b caches the app");
-    assert!(b.session_is_active(&sid).await.expect("b caches the session"));
+    assert!(
+        b.session_is_active(&sid)
+            .await
+            .expect("b caches the session")
+    );
     let id = portcullis::stores::api_keys::parse_api_key(&key)
         .expect("well formed")
         .0
@@ -487,7 +513,11 @@ async fn app_secret_rotation_keeps_the_old_one_for_the_grace_period(env: Env) {
     let id = app.record.app_id.clone();
     let old = app.secret.clone();
     assert_eq!(
-        stores.verify_app(&id, &old).await.expect("verify").secret_version,
+        stores
+            .verify_app(&id, &old)
+            .await
+            .expect("verify")
+            .secret_version,
         1
     );
     let new = stores
@@ -496,7 +526,10 @@ async fn app_secret_rotation_keeps_the_old_one_for_the_grace_period(env: Env) {
         .expect("rotate");
     let rec = stores.verify_app(&id, &new).await.expect("new secret");
     assert_eq!(rec.secret_version, 2);
-    stores.verify_app(&id, &old).await.expect("old secret in grace");
+    stores
+        .verify_app(&id, &old)
+        .await
+        .expect("old secret in grace");
     // Also through HTTP Basic.
     let basic = format!(
         "Basic {}",
@@ -506,10 +539,17 @@ async fn app_secret_rotation_keeps_the_old_one_for_the_grace_period(env: Env) {
         )
     );
     let (bid, bsecret) = parse_basic_auth(basic.as_bytes()).expect("basic");
-    stores.verify_app(&bid, &bsecret).await.expect("basic, in grace");
+    stores
+        .verify_app(&bid, &bsecret)
+        .await
+        .expect("basic, in grace");
     clock.advance(Duration::from_secs(61));
     assert_eq!(
-        stores.verify_app(&id, &old).await.map(|_| ()).map_err(|e| e.code()),
+        stores
+            .verify_app(&id, &old)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
         Err("auth.invalid_app_credentials")
     );
     stores.verify_app(&id, &new).await.expect("new still valid");
@@ -579,7 +619,11 @@ async fn bcrypt_hashes_are_accepted_and_rehashed(env: Env) {
         .await
         .expect("lookup")
         .expect("exists");
-    assert!(stored.password_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    assert!(
+        stored
+            .password_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+    );
     stores
         .login(b"legacy", b"imported pw")
         .await
@@ -613,9 +657,16 @@ async fn usernames_are_unique_case_insensitively(env: Env) {
     assert_eq!(logged.id, alice.id);
     assert_eq!(logged.username, "Alice");
     assert_eq!(logged.tenant.as_deref(), Some("acme"));
-    stores.set_user_disabled(&alice.id, true).await.expect("disable");
+    stores
+        .set_user_disabled(&alice.id, true)
+        .await
+        .expect("disable");
     assert_eq!(
-        stores.login(b"alice", b"pw-alice").await.map(|_| ()).map_err(|e| e.code()),
+        stores
+            .login(b"alice", b"pw-alice")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
         Err("auth.invalid_credentials")
     );
 }
@@ -630,11 +681,21 @@ async fn bad_input_gives_typed_errors_and_changes_nothing(env: Env) {
         password: Some(pw.into()),
         ..NewUser::default()
     };
-    invalid(stores.create_user(&user(&"x".repeat(65), "pw")).await.map(|_| ()));
+    invalid(
+        stores
+            .create_user(&user(&"x".repeat(65), "pw"))
+            .await
+            .map(|_| ()),
+    );
     invalid(stores.create_user(&user("", "pw")).await.map(|_| ()));
     invalid(stores.create_user(&user("   ", "pw")).await.map(|_| ()));
     invalid(stores.create_user(&user("bob", "")).await.map(|_| ()));
-    invalid(stores.create_user(&user("bob\u{0}", "pw")).await.map(|_| ()));
+    invalid(
+        stores
+            .create_user(&user("bob\u{0}", "pw"))
+            .await
+            .map(|_| ()),
+    );
     invalid(
         stores
             .create_user(&NewUser {
@@ -649,18 +710,33 @@ async fn bad_input_gives_typed_errors_and_changes_nothing(env: Env) {
     invalid(stores.login(b"", b"pw").await.map(|_| ()));
     invalid(stores.login(&[b'a'; 300], b"pw").await.map(|_| ()));
     // Nothing was created by any of those.
-    assert!(stores.user_by_username("bob").await.expect("lookup").is_none());
+    assert!(
+        stores
+            .user_by_username("bob")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
 
     // SQL metacharacters are data, stored and found literally.
     let nasty = "Robert'); DROP TABLE users;--";
-    stores.create_user(&user(nasty, "pw")).await.expect("create");
+    stores
+        .create_user(&user(nasty, "pw"))
+        .await
+        .expect("create");
     let found = stores
         .user_by_username(nasty)
         .await
         .expect("lookup")
         .expect("exists");
     assert_eq!(found.username, nasty);
-    assert!(stores.user_by_username("Robert").await.expect("lookup").is_none());
+    assert!(
+        stores
+            .user_by_username("Robert")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
     stores.login(nasty.as_bytes(), b"pw").await.expect("login");
     let percent = stores
         .create_api_key(&NewApiKey {
@@ -696,7 +772,13 @@ async fn bad_input_gives_typed_errors_and_changes_nothing(env: Env) {
             .await
             .map(|_| ()),
     );
-    assert!(stores.api_keys_of("owner-bad").await.expect("list").is_empty());
+    assert!(
+        stores
+            .api_keys_of("owner-bad")
+            .await
+            .expect("list")
+            .is_empty()
+    );
     invalid(
         stores
             .create_session(&NewSession {
@@ -742,7 +824,12 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
     assert!(stores.sessions_of("user-s").await.expect("list").is_empty());
     assert!(!stores.session_is_active(&s3).await.expect("check"));
     assert!(stores.session_is_active(&other).await.expect("untouched"));
-    assert!(!stores.session_is_active("no-such-session").await.expect("check"));
+    assert!(
+        !stores
+            .session_is_active("no-such-session")
+            .await
+            .expect("check")
+    );
 }
 
 // ------------------------------------------------------------- the matrix
@@ -764,21 +851,25 @@ macro_rules! suite {
 
 macro_rules! full_suite {
     ($backend:ident, $make:path) => {
-        suite!($backend, $make, [
-            concurrent_rotations_have_one_winner,
-            reuse_after_rotation_revokes_family_and_session,
-            reuse_interval_returns_the_issued_successor,
-            expired_and_unknown_refresh_tokens_are_rejected,
-            denylist_entries_expire,
-            api_keys_create_list_verify_revoke,
-            revocation_reaches_other_replicas_within_a_second,
-            app_secret_rotation_keeps_the_old_one_for_the_grace_period,
-            unknown_user_login_costs_a_hash_verification,
-            bcrypt_hashes_are_accepted_and_rehashed,
-            usernames_are_unique_case_insensitively,
-            bad_input_gives_typed_errors_and_changes_nothing,
-            sessions_list_revoke_and_revoke_all,
-        ]);
+        suite!(
+            $backend,
+            $make,
+            [
+                concurrent_rotations_have_one_winner,
+                reuse_after_rotation_revokes_family_and_session,
+                reuse_interval_returns_the_issued_successor,
+                expired_and_unknown_refresh_tokens_are_rejected,
+                denylist_entries_expire,
+                api_keys_create_list_verify_revoke,
+                revocation_reaches_other_replicas_within_a_second,
+                app_secret_rotation_keeps_the_old_one_for_the_grace_period,
+                unknown_user_login_costs_a_hash_verification,
+                bcrypt_hashes_are_accepted_and_rehashed,
+                usernames_are_unique_case_insensitively,
+                bad_input_gives_typed_errors_and_changes_nothing,
+                sessions_list_revoke_and_revoke_all,
+            ]
+        );
     };
 }
 

@@ -169,7 +169,7 @@ impl Stores {
             Some(hit) => hit,
             None => {
                 let found = self.backends.apps.app(app_id).await?;
-                self.caches.apps.insert(app_id.to_owned(), found.clone());
+                self.caches.apps.insert(app_id, found.clone());
                 found
             }
         };
@@ -201,9 +201,18 @@ mod tests {
             parse_basic_auth(h.as_bytes()),
             Ok(("app_x".into(), "pcs_secret".into()))
         );
-        assert_eq!(parse_basic_auth(b"Bearer abc"), Err(BasicAuthError::NotBasic));
-        assert_eq!(parse_basic_auth(b"Basic !!!"), Err(BasicAuthError::BadBase64));
-        assert_eq!(parse_basic_auth(b"Basic bm9jb2xvbg=="), Err(BasicAuthError::Malformed));
+        assert_eq!(
+            parse_basic_auth(b"Bearer abc"),
+            Err(BasicAuthError::NotBasic)
+        );
+        assert_eq!(
+            parse_basic_auth(b"Basic !!!"),
+            Err(BasicAuthError::BadBase64)
+        );
+        assert_eq!(
+            parse_basic_auth(b"Basic bm9jb2xvbg=="),
+            Err(BasicAuthError::Malformed)
+        );
         assert_eq!(
             parse_basic_auth(&vec![b'a'; MAX_BASIC_HEADER + 1]),
             Err(BasicAuthError::TooLong)

@@ -31,7 +31,10 @@ impl Username {
             return Err(StoreError::invalid("username", "must not be empty"));
         }
         if display.chars().count() > MAX_USERNAME {
-            return Err(StoreError::invalid("username", "must be at most 64 characters"));
+            return Err(StoreError::invalid(
+                "username",
+                "must be at most 64 characters",
+            ));
         }
         if display.chars().any(char::is_control) {
             return Err(StoreError::invalid(
@@ -48,7 +51,10 @@ impl Username {
     /// Validates a username given as raw bytes (e.g. straight from a request body).
     pub fn from_bytes(raw: &[u8]) -> StoreResult<Self> {
         if raw.len() > MAX_USERNAME * 4 + 64 {
-            return Err(StoreError::invalid("username", "must be at most 64 characters"));
+            return Err(StoreError::invalid(
+                "username",
+                "must be at most 64 characters",
+            ));
         }
         let s = std::str::from_utf8(raw)
             .map_err(|_| StoreError::invalid("username", "must be valid UTF-8"))?;
@@ -76,7 +82,10 @@ pub fn bounded(field: &'static str, raw: &str, max_chars: usize) -> StoreResult<
         return Err(StoreError::invalid(field, "is too long"));
     }
     if s.chars().any(char::is_control) {
-        return Err(StoreError::invalid(field, "must not contain control characters"));
+        return Err(StoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(s.to_owned())
 }
@@ -84,7 +93,10 @@ pub fn bounded(field: &'static str, raw: &str, max_chars: usize) -> StoreResult<
 /// A bounded list of bounded names, de-duplicated, order kept.
 pub fn name_list(field: &'static str, raw: &[String]) -> StoreResult<Vec<String>> {
     if raw.len() > MAX_LIST {
-        return Err(StoreError::invalid(field, "has too many entries (at most 64)"));
+        return Err(StoreError::invalid(
+            field,
+            "has too many entries (at most 64)",
+        ));
     }
     let mut out: Vec<String> = Vec::with_capacity(raw.len());
     for item in raw {
@@ -107,7 +119,10 @@ pub fn password(raw: &[u8]) -> StoreResult<&str> {
         return Err(StoreError::invalid("password", "must not be empty"));
     }
     if raw.len() > MAX_PASSWORD {
-        return Err(StoreError::invalid("password", "must be at most 1024 bytes"));
+        return Err(StoreError::invalid(
+            "password",
+            "must be at most 1024 bytes",
+        ));
     }
     std::str::from_utf8(raw).map_err(|_| StoreError::invalid("password", "must be valid UTF-8"))
 }
@@ -149,7 +164,10 @@ mod tests {
         assert_eq!(u.key(), "alice");
         assert!(Username::parse(&"a".repeat(64)).is_ok());
         assert_eq!(
-            Username::parse(&"a".repeat(65)).map(|_| ()).unwrap_err().code(),
+            Username::parse(&"a".repeat(65))
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
             "store.invalid_input"
         );
         assert!(Username::parse("   ").is_err());

@@ -368,12 +368,9 @@ pub trait ApiKeyStore: Send + Sync {
     /// Inserts a key record.
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>>;
     /// The key with this id.
-    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>>;
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Arc<ApiKeyRecord>>>>;
     /// Every key of an owner.
-    fn api_keys_of<'a>(
-        &'a self,
-        owner: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
+    fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
     /// Revokes a key; false when absent or already revoked.
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Records a use at `at`.
@@ -551,6 +548,25 @@ impl Stores {
             return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
         }
         self.backends.denylist.is_denied(jti, self.now()).await
+    }
+
+    /// Drops expired denylist entries (memory, SQL; Redis expires its own).
+    pub async fn purge_expired_denylist(&self) -> StoreResult<u64> {
+        self.backends.denylist.purge_expired(self.now()).await
+    }
+
+    /// Runs [`Stores::purge_expired_denylist`] every `every` until the
+    /// returned task is aborted; failures are logged and retried next time.
+    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.purge_expired_denylist().await {
+                    tracing::warn!(error = %e, "denylist purge failed");
+                }
+            }
+        })
     }
 }
 

@@ -177,8 +177,8 @@ impl RedisStores {
         let Some(data) = fields.remove("data") else {
             return Ok(None);
         };
-        let record = serde_json::from_str(&data)
-            .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+        let record =
+            serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
         Ok(Some(Stored { record, fields }))
     }
 
@@ -207,18 +207,21 @@ impl RedisStores {
         Ok(n)
     }
 
-    async fn create(&self, key: &str, data: String, expire_at_ms: Option<i64>) -> StoreResult<bool> {
+    async fn create(
+        &self,
+        key: &str,
+        data: String,
+        expire_at_ms: Option<i64>,
+    ) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
         let created: bool = conn.hset_nx(key, "data", data).await.map_err(err)?;
-        if created {
-            if let Some(at) = expire_at_ms {
-                let _: () = redis::cmd("PEXPIREAT")
-                    .arg(key)
-                    .arg(at)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(err)?;
-            }
+        if created && let Some(at) = expire_at_ms {
+            let _: () = redis::cmd("PEXPIREAT")
+                .arg(key)
+                .arg(at)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
         }
         Ok(created)
     }
@@ -254,7 +257,10 @@ impl UserStore for RedisStores {
             if !claimed {
                 return Err(StoreError::Conflict("username"));
             }
-            if !self.create(&self.key("user", &user.id), json(user)?, None).await? {
+            if !self
+                .create(&self.key("user", &user.id), json(user)?, None)
+                .await?
+            {
                 let _: () = conn.del(&name_key).await.map_err(err)?;
                 return Err(StoreError::Conflict("user id"));
             }
@@ -297,7 +303,10 @@ impl UserStore for RedisStores {
         Box::pin(async move {
             self.set_if_exists(
                 &self.key("user", id),
-                &[("password_hash", hash.to_owned()), ("updated_at", now.to_string())],
+                &[
+                    ("password_hash", hash.to_owned()),
+                    ("updated_at", now.to_string()),
+                ],
             )
             .await
         })
@@ -462,10 +471,8 @@ impl RefreshStore for RedisStores {
     ) -> BoxFuture<'a, StoreResult<Option<RefreshRecord>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let family: Option<String> = conn
-                .get(self.key("rth", &hex(hash)))
-                .await
-                .map_err(err)?;
+            let family: Option<String> =
+                conn.get(self.key("rth", &hex(hash))).await.map_err(err)?;
             let Some(family) = family else {
                 return Ok(None);
             };
@@ -518,10 +525,7 @@ impl RefreshStore for RedisStores {
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let members: Vec<String> = conn
-                .smembers(self.family_key(family))
-                .await
-                .map_err(err)?;
+            let members: Vec<String> = conn.smembers(self.family_key(family)).await.map_err(err)?;
             // Every member shares the family's hash tag: one script call.
             let keys: Vec<String> = members
                 .iter()
@@ -573,7 +577,10 @@ fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
 impl ApiKeyStore for RedisStores {
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            if !self.create(&self.key("ak", &key.id), json(key)?, None).await? {
+            if !self
+                .create(&self.key("ak", &key.id), json(key)?, None)
+                .await?
+            {
                 return Err(StoreError::Conflict("API key"));
             }
             let mut conn = self.conn.clone();
@@ -585,25 +592,24 @@ impl ApiKeyStore for RedisStores {
         })
     }
 
-    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+    fn api_key<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<std::sync::Arc<ApiKeyRecord>>>> {
         Box::pin(async move {
-            self.load::<ApiKeyRecord>(&self.key("ak", id))
+            Ok(self
+                .load::<ApiKeyRecord>(&self.key("ak", id))
                 .await?
                 .map(api_key_of)
-                .transpose()
+                .transpose()?
+                .map(std::sync::Arc::new))
         })
     }
 
-    fn api_keys_of<'a>(
-        &'a self,
-        owner: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
+    fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let ids: Vec<String> = conn
-                .smembers(self.key("ako", owner))
-                .await
-                .map_err(err)?;
+            let ids: Vec<String> = conn.smembers(self.key("ako", owner)).await.map_err(err)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(k) = self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
@@ -636,7 +642,10 @@ fn app_of(s: Stored<AppRecord>) -> StoreResult<AppRecord> {
     let secret_version = s.int("secret_version")?;
     let previous_valid_until = s.int("previous_valid_until")?;
     let updated_at = s.int("updated_at")?;
-    let Stored { record: mut a, fields } = s;
+    let Stored {
+        record: mut a,
+        fields,
+    } = s;
     if let Some(h) = fields.get("secret_hash") {
         a.secret_hash = unhex32("secret_hash", h)?;
     }

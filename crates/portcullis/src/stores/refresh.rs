@@ -123,13 +123,15 @@ impl Stores {
     async fn reused(&self, record: RefreshRecord) -> StoreResult<Rotation> {
         let now = self.now();
         let interval = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
-        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor) {
-            if interval > 0 && record.revoked_at.is_none() && now.saturating_sub(at) <= interval {
-                return Ok(Rotation::AlreadyRotated {
-                    previous: record,
-                    successor_hash,
-                });
-            }
+        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor)
+            && interval > 0
+            && record.revoked_at.is_none()
+            && now.saturating_sub(at) <= interval
+        {
+            return Ok(Rotation::AlreadyRotated {
+                previous: record,
+                successor_hash,
+            });
         }
         self.backends
             .refresh

@@ -7,16 +7,14 @@ use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
-use super::{StoreError, StoreResult};
+use super::{BoxFuture, StoreError, StoreResult};
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedMigrations(pub &'static [(i64, &'static str, &'static str)]);
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> futures_core_box::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async move {
             Ok(self
                 .0
@@ -33,13 +31,6 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 .collect())
         })
     }
-}
-
-/// The boxed future type `MigrationSource` expects.
-mod futures_core_box {
-    /// A boxed `Send` future.
-    pub type BoxFuture<'a, T> =
-        std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 /// Maps a driver error: unique violations become [`StoreError::Conflict`].
@@ -76,7 +67,17 @@ pub(crate) fn u32_of(field: &str, v: i64) -> StoreResult<u32> {
 pub const USER_COLS: &str =
     "id, username, password_hash, roles, permissions, tenant, disabled, created_at, updated_at";
 /// A `users` row.
-pub type UserRow = (String, String, String, String, String, Option<String>, bool, i64, i64);
+pub type UserRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+);
 
 /// Column list of `sessions`.
 pub const SESSION_COLS: &str = "id, user_id, created_at, last_seen_at, expires_at, user_agent, client_ip, remember_me, revoked_at";
@@ -589,16 +590,17 @@ macro_rules! sql_stores {
             fn api_key<'a>(
                 &'a self,
                 id: &'a str,
-            ) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+            ) -> BoxFuture<'a, StoreResult<Option<std::sync::Arc<ApiKeyRecord>>>> {
                 Box::pin(async move {
                     let sql = format!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1");
-                    sqlx::query_as::<_, ApiKeyRow>(&sql)
+                    Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await
                         .map_err(unavailable)?
                         .map(api_key_of)
-                        .transpose()
+                        .transpose()?
+                        .map(std::sync::Arc::new))
                 })
             }
 

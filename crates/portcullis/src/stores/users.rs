@@ -56,7 +56,11 @@ impl Stores {
                 self.passwords.hash(pw).await?
             }
             (None, Some(hash)) => {
-                if hash.len() > 512 || !(hash.starts_with("$argon2id$") || hash.starts_with("$2a$") || hash.starts_with("$2b$")) {
+                if hash.len() > 512
+                    || !(hash.starts_with("$argon2id$")
+                        || hash.starts_with("$2a$")
+                        || hash.starts_with("$2b$"))
+                {
                     return Err(StoreError::invalid(
                         "password_hash",
                         "must be an argon2id PHC string or a bcrypt $2a$/$2b$ hash",
@@ -186,8 +190,10 @@ impl Stores {
             return Ok(hit.is_some_and(|expires| expires > now));
         }
         let found = self.backends.sessions.session(&sid).await?;
-        let live = found.filter(|s| s.revoked_at.is_none()).map(|s| s.expires_at);
-        self.caches.sessions.insert(sid, live);
+        let live = found
+            .filter(|s| s.revoked_at.is_none())
+            .map(|s| s.expires_at);
+        self.caches.sessions.insert(&sid, live);
         Ok(live.is_some_and(|expires| expires > now))
     }
 
