@@ -814,6 +814,8 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
     assert_eq!(listed.len(), 3);
     let stored = stores.session(&s2).await.expect("get").expect("exists");
     assert!(stored.remember_me);
+    // Seen just now: a touch within the minute writes nothing.
+    assert!(!stores.touch_session(&s2).await.expect("touch"));
     assert_eq!(stored.client_ip.as_deref(), Some("203.0.113.9"));
     assert_eq!(stored.user_agent.as_deref(), Some("conformance"));
     assert!(stores.revoke_session(&s1).await.expect("revoke"));
@@ -830,6 +832,18 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
             .await
             .expect("check")
     );
+
+    // last_seen_at is written at most once a minute.
+    let clock = Arc::new(ManualClock::at_unix_seconds(now() as u64));
+    let timed = env.stores_at(config(), clock.clone());
+    let sid = session_for(&timed, "user-seen", false).await;
+    let created = timed.session(&sid).await.expect("get").expect("exists");
+    assert!(!timed.touch_session(&sid).await.expect("touch"));
+    clock.advance(Duration::from_secs(61));
+    assert!(timed.touch_session(&sid).await.expect("touch"));
+    assert!(!timed.touch_session(&sid).await.expect("touch again"));
+    let seen = timed.session(&sid).await.expect("get").expect("exists");
+    assert_eq!(seen.last_seen_at, created.last_seen_at + 61);
 }
 
 // ------------------------------------------------------------- the matrix

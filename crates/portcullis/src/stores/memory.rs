@@ -161,6 +161,23 @@ impl SessionStore for MemoryStores {
         ready(Ok(out))
     }
 
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a str,
+        now: i64,
+        stale_before: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.sessions.shard(id);
+        let touched = match shard.get_mut(id) {
+            Some(s) if s.revoked_at.is_none() && s.last_seen_at <= stale_before => {
+                s.last_seen_at = now;
+                true
+            }
+            _ => false,
+        };
+        ready(Ok(touched))
+    }
+
     fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
         let mut shard = self.sessions.shard(id);
         let revoked = match shard.get_mut(id) {

@@ -322,6 +322,14 @@ pub trait SessionStore: Send + Sync {
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>>;
     /// Every session of a user (revoked and expired ones included).
     fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>>;
+    /// Sets `last_seen_at = now` on a live session last seen at or before
+    /// `stale_before`; false when nothing was written.
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a str,
+        now: i64,
+        stale_before: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
     /// Revokes one session; false when absent or already revoked.
     fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Revokes every live session of a user; returns how many.

@@ -407,6 +407,27 @@ macro_rules! sql_stores {
                 })
             }
 
+            fn touch_session<'a>(
+                &'a self,
+                id: &'a str,
+                now: i64,
+                stale_before: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE sessions SET last_seen_at = $1 \
+                         WHERE id = $2 AND revoked_at IS NULL AND last_seen_at <= $3",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .bind(stale_before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
             fn revoke_session<'a>(
                 &'a self,
                 id: &'a str,

@@ -197,6 +197,17 @@ impl Stores {
         Ok(live.is_some_and(|expires| expires > now))
     }
 
+    /// Records activity on a session, writing at most once a minute per
+    /// session (no write per request); true when it wrote.
+    pub async fn touch_session(&self, sid: &str) -> StoreResult<bool> {
+        let sid = id_arg("session_id", sid)?;
+        let now = self.now();
+        self.backends
+            .sessions
+            .touch_session(&sid, now, now.saturating_sub(60))
+            .await
+    }
+
     /// A user's live sessions, newest first.
     pub async fn sessions_of(&self, user_id: &str) -> StoreResult<Vec<Session>> {
         let user_id = id_arg("user_id", user_id)?;
