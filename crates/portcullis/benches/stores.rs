@@ -108,6 +108,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, st
 
 /// Refresh rotations per second with `clients` concurrent clients, each
 /// rotating its own family for `secs` seconds.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 fn rotations_per_second(
     rt: &tokio::runtime::Runtime,
     name: &str,
