@@ -151,6 +151,25 @@ async fn redis_cluster() -> Option<Env> {
     })
 }
 
+/// The typical split: durable state (users, API keys, apps) on SQLite,
+/// hot state (sessions, refresh families, denylist) on Redis.
+#[cfg(feature = "redis")]
+async fn mixed() -> Option<Env> {
+    let hot = redis().await?;
+    let durable = sqlite().await?;
+    Some(Env {
+        backends: Backends {
+            users: durable.backends.users.clone(),
+            api_keys: durable.backends.api_keys.clone(),
+            apps: durable.backends.apps.clone(),
+            sessions: hot.backends.sessions.clone(),
+            refresh: hot.backends.refresh.clone(),
+            denylist: hot.backends.denylist.clone(),
+        },
+        _guard: Box::new((hot, durable)),
+    })
+}
+
 // ------------------------------------------------------------------ checks
 
 /// A refresh token and its record, as the token service would issue them.
@@ -895,6 +914,8 @@ full_suite!(postgres_backend, super::postgres);
 full_suite!(redis_backend, super::redis);
 #[cfg(feature = "redis")]
 full_suite!(redis_cluster_backend, super::redis_cluster);
+#[cfg(feature = "redis")]
+full_suite!(sqlite_and_redis_backends, super::mixed);
 
 /// Two replicas starting at once both run the migrations: sqlx takes an
 /// advisory lock, so both succeed and the schema is created once.
