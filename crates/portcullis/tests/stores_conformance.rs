@@ -352,12 +352,20 @@ async fn expired_and_unknown_refresh_tokens_are_rejected(env: Env) {
         .expect_err("expired");
     assert_eq!(err.code(), "auth.token_expired");
     let unknown = portcullis_core::opaque::generate("pcr_").expect("random");
-    for bad in [unknown.as_str(), "", "pcr_short", "not a token"] {
+    let err = stores
+        .rotate_refresh(&unknown, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), "auth.token_revoked");
+    let mut typo = unknown.clone().into_bytes();
+    typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    for bad in ["", "pcr_short", "not a token", typo.as_str()] {
         let err = stores
             .rotate_refresh(bad, |prev| Ok(successor_of(prev).1))
             .await
-            .expect_err("unknown");
-        assert_eq!(err.code(), "auth.token_revoked");
+            .expect_err("malformed");
+        assert_eq!(err.code(), "auth.malformed_token");
     }
     // A successor that changes the family is refused and nothing rotates.
     let (t2, r2) = issue_refresh("user-exp", &sid, "fam-exp2", 0, false, now() + 600);

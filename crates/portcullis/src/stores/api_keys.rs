@@ -39,12 +39,21 @@ pub struct NewApiKey {
 }
 
 /// A created key: the raw key is shown once and never stored.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedApiKey {
     /// The raw key; give it to the caller once.
     pub key: String,
     /// What was stored.
     pub record: ApiKeyRecord,
+}
+
+impl std::fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("key", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
 }
 
 fn digest_of(body: &[u8]) -> [u8; 32] {

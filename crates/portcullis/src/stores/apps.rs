@@ -30,12 +30,21 @@ pub struct NewApp {
 }
 
 /// A registered app with its secret, shown once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedApp {
     /// The raw secret; give it to the app once.
     pub secret: String,
     /// What was stored.
     pub record: AppRecord,
+}
+
+impl std::fmt::Debug for CreatedApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApp")
+            .field("secret", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
 }
 
 /// Why an `Authorization: Basic` header could not be read.

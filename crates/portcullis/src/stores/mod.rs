@@ -88,7 +88,10 @@ pub enum StoreError {
     /// session are revoked and the event must be audited.
     #[error("refresh token reused; its family and session were revoked, log in again")]
     RefreshReused(SecurityEvent),
-    /// The refresh token is malformed, unknown or revoked.
+    /// The refresh token is not a well-formed `pcr_` token (prefix, length, checksum).
+    #[error("refresh token is malformed; log in again")]
+    RefreshMalformed,
+    /// The refresh token is unknown or revoked.
     #[error("refresh token is invalid or revoked; log in again")]
     RefreshInvalid,
     /// The refresh token expired.
@@ -118,6 +121,7 @@ impl StoreError {
             Self::NotFound(_) => "store.not_found",
             Self::InvalidCredentials => "auth.invalid_credentials",
             Self::RefreshReused(_) => "auth.refresh_reused",
+            Self::RefreshMalformed => "auth.malformed_token",
             Self::RefreshInvalid => "auth.token_revoked",
             Self::RefreshExpired => "auth.token_expired",
             Self::InvalidApiKey => "auth.invalid_api_key",
@@ -132,7 +136,7 @@ impl StoreError {
     }
 }
 
-/// A user account.
+/// A user account (its `Debug` output includes the password hash, never a password).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Stable id.

@@ -52,7 +52,7 @@ impl Stores {
         F: FnOnce(&RefreshRecord) -> StoreResult<RefreshRecord>,
     {
         if !TokenIssuer::is_well_formed_refresh(token) {
-            return Err(StoreError::RefreshInvalid);
+            return Err(StoreError::RefreshMalformed);
         }
         let hash = self.config.hasher.hash(token);
         let refresh = &self.backends.refresh;
