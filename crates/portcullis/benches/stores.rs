@@ -62,6 +62,9 @@ fn bench_memory(c: &mut Criterion) {
     group.bench_function("api key verify", |b| {
         b.iter(|| black_box(ready(stores.verify_api_key(black_box(&key))).expect("verify")))
     });
+    group.bench_function("api key parse + SHA-256 only", |b| {
+        b.iter(|| black_box(portcullis::stores::api_keys::parse_api_key(black_box(&key))))
+    });
     group.finish();
 }
 
@@ -105,6 +108,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, st
 
 /// Refresh rotations per second with `clients` concurrent clients, each
 /// rotating its own family for `secs` seconds.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 fn rotations_per_second(
     rt: &tokio::runtime::Runtime,
     name: &str,

@@ -151,6 +151,25 @@ async fn redis_cluster() -> Option<Env> {
     })
 }
 
+/// The typical split: durable state (users, API keys, apps) on SQLite,
+/// hot state (sessions, refresh families, denylist) on Redis.
+#[cfg(feature = "redis")]
+async fn mixed() -> Option<Env> {
+    let hot = redis().await?;
+    let durable = sqlite().await?;
+    Some(Env {
+        backends: Backends {
+            users: durable.backends.users.clone(),
+            api_keys: durable.backends.api_keys.clone(),
+            apps: durable.backends.apps.clone(),
+            sessions: hot.backends.sessions.clone(),
+            refresh: hot.backends.refresh.clone(),
+            denylist: hot.backends.denylist.clone(),
+        },
+        _guard: Box::new((hot, durable)),
+    })
+}
+
 // ------------------------------------------------------------------ checks
 
 /// A refresh token and its record, as the token service would issue them.
@@ -333,12 +352,20 @@ async fn expired_and_unknown_refresh_tokens_are_rejected(env: Env) {
         .expect_err("expired");
     assert_eq!(err.code(), "auth.token_expired");
     let unknown = portcullis_core::opaque::generate("pcr_").expect("random");
-    for bad in [unknown.as_str(), "", "pcr_short", "not a token"] {
+    let err = stores
+        .rotate_refresh(&unknown, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), "auth.token_revoked");
+    let mut typo = unknown.clone().into_bytes();
+    typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    for bad in ["", "pcr_short", "not a token", typo.as_str()] {
         let err = stores
             .rotate_refresh(bad, |prev| Ok(successor_of(prev).1))
             .await
-            .expect_err("unknown");
-        assert_eq!(err.code(), "auth.token_revoked");
+            .expect_err("malformed");
+        assert_eq!(err.code(), "auth.malformed_token");
     }
     // A successor that changes the family is refused and nothing rotates.
     let (t2, r2) = issue_refresh("user-exp", &sid, "fam-exp2", 0, false, now() + 600);
@@ -383,11 +410,7 @@ async fn denylist_entries_expire(env: Env) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!stores.is_jti_revoked("jti-expiring").await.expect("check"));
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
-    env.backends
-        .denylist
-        .purge_expired(now())
-        .await
-        .expect("purge");
+    stores.purge_expired_denylist().await.expect("purge");
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
     assert_eq!(
         stores.is_jti_revoked("").await.map_err(|e| e.code()),
@@ -818,6 +841,8 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
     assert_eq!(listed.len(), 3);
     let stored = stores.session(&s2).await.expect("get").expect("exists");
     assert!(stored.remember_me);
+    // Seen just now: a touch within the minute writes nothing.
+    assert!(!stores.touch_session(&s2).await.expect("touch"));
     assert_eq!(stored.client_ip.as_deref(), Some("203.0.113.9"));
     assert_eq!(stored.user_agent.as_deref(), Some("conformance"));
     assert!(stores.revoke_session(&s1).await.expect("revoke"));
@@ -834,6 +859,18 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
             .await
             .expect("check")
     );
+
+    // last_seen_at is written at most once a minute.
+    let clock = Arc::new(ManualClock::at_unix_seconds(now() as u64));
+    let timed = env.stores_at(config(), clock.clone());
+    let sid = session_for(&timed, "user-seen", false).await;
+    let created = timed.session(&sid).await.expect("get").expect("exists");
+    assert!(!timed.touch_session(&sid).await.expect("touch"));
+    clock.advance(Duration::from_secs(61));
+    assert!(timed.touch_session(&sid).await.expect("touch"));
+    assert!(!timed.touch_session(&sid).await.expect("touch again"));
+    let seen = timed.session(&sid).await.expect("get").expect("exists");
+    assert_eq!(seen.last_seen_at, created.last_seen_at + 61);
 }
 
 // ------------------------------------------------------------- the matrix
@@ -885,6 +922,8 @@ full_suite!(postgres_backend, super::postgres);
 full_suite!(redis_backend, super::redis);
 #[cfg(feature = "redis")]
 full_suite!(redis_cluster_backend, super::redis_cluster);
+#[cfg(feature = "redis")]
+full_suite!(sqlite_and_redis_backends, super::mixed);
 
 /// Two replicas starting at once both run the migrations: sqlx takes an
 /// advisory lock, so both succeed and the schema is created once.

@@ -5,6 +5,8 @@
 //! the first 4 bytes of that same digest, so a mistyped key is rejected
 //! without a store lookup and verification hashes once.
 
+use std::sync::Arc;
+
 use aws_lc_rs::digest;
 use portcullis_core::jose::b64_encode;
 use portcullis_core::opaque::ct_eq;
@@ -37,12 +39,21 @@ pub struct NewApiKey {
 }
 
 /// A created key: the raw key is shown once and never stored.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedApiKey {
     /// The raw key; give it to the caller once.
     pub key: String,
     /// What was stored.
     pub record: ApiKeyRecord,
+}
+
+impl std::fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("key", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
 }
 
 fn digest_of(body: &[u8]) -> [u8; 32] {
@@ -133,13 +144,13 @@ impl Stores {
     /// Verifies a presented key: shape and checksum, lookup by id, constant-
     /// time hash comparison, revocation and expiry. `last_used_at` is written
     /// at most once per `api_key_touch_interval` per key.
-    pub async fn verify_api_key(&self, key: &str) -> StoreResult<ApiKeyRecord> {
+    pub async fn verify_api_key(&self, key: &str) -> StoreResult<Arc<ApiKeyRecord>> {
         let (id, hash) = parse_api_key(key).ok_or(StoreError::InvalidApiKey)?;
         let record = match self.caches.api_keys.get(id) {
             Some(hit) => hit,
             None => {
                 let found = self.backends.api_keys.api_key(id).await?;
-                self.caches.api_keys.insert(id.to_owned(), found.clone());
+                self.caches.api_keys.insert(id, found.clone());
                 found
             }
         };

@@ -30,12 +30,21 @@ pub struct NewApp {
 }
 
 /// A registered app with its secret, shown once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedApp {
     /// The raw secret; give it to the app once.
     pub secret: String,
     /// What was stored.
     pub record: AppRecord,
+}
+
+impl std::fmt::Debug for CreatedApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApp")
+            .field("secret", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
 }
 
 /// Why an `Authorization: Basic` header could not be read.
@@ -169,7 +178,7 @@ impl Stores {
             Some(hit) => hit,
             None => {
                 let found = self.backends.apps.app(app_id).await?;
-                self.caches.apps.insert(app_id.to_owned(), found.clone());
+                self.caches.apps.insert(app_id, found.clone());
                 found
             }
         };

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
@@ -62,7 +62,7 @@ pub struct MemoryStores {
     refresh: Sharded<[u8; 32], RefreshRecord>,
     families: Sharded<String, Vec<[u8; 32]>>,
     denylist: Sharded<String, i64>,
-    api_keys: Sharded<String, ApiKeyRecord>,
+    api_keys: Sharded<String, Arc<ApiKeyRecord>>,
     apps: Sharded<String, AppRecord>,
 }
 
@@ -161,6 +161,23 @@ impl SessionStore for MemoryStores {
         ready(Ok(out))
     }
 
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a str,
+        now: i64,
+        stale_before: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut shard = self.sessions.shard(id);
+        let touched = match shard.get_mut(id) {
+            Some(s) if s.revoked_at.is_none() && s.last_seen_at <= stale_before => {
+                s.last_seen_at = now;
+                true
+            }
+            _ => false,
+        };
+        ready(Ok(touched))
+    }
+
     fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
         let mut shard = self.sessions.shard(id);
         let revoked = match shard.get_mut(id) {
@@ -257,11 +274,11 @@ impl RefreshStore for MemoryStores {
             .unwrap_or_default();
         let mut n = 0;
         for h in hashes {
-            if let Some(r) = self.refresh.shard(&h).get_mut(&h) {
-                if r.revoked_at.is_none() {
-                    r.revoked_at = Some(now);
-                    n += 1;
-                }
+            if let Some(r) = self.refresh.shard(&h).get_mut(&h)
+                && r.revoked_at.is_none()
+            {
+                r.revoked_at = Some(now);
+                n += 1;
             }
         }
         ready(Ok(n))
@@ -298,20 +315,24 @@ impl ApiKeyStore for MemoryStores {
         let r = if shard.contains_key(&key.id) {
             Err(StoreError::Conflict("API key"))
         } else {
-            shard.insert(key.id.clone(), key.clone());
+            shard.insert(key.id.clone(), Arc::new(key.clone()));
             Ok(())
         };
         ready(r)
     }
 
-    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Arc<ApiKeyRecord>>>> {
         ready(Ok(self.api_keys.shard(id).get(id).cloned()))
     }
 
     fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
         let mut out = Vec::new();
         self.api_keys.each(|m| {
-            out.extend(m.values().filter(|k| k.owner == owner).cloned());
+            out.extend(
+                m.values()
+                    .filter(|k| k.owner == owner)
+                    .map(|k| ApiKeyRecord::clone(k)),
+            );
         });
         ready(Ok(out))
     }
@@ -320,7 +341,7 @@ impl ApiKeyStore for MemoryStores {
         let mut shard = self.api_keys.shard(id);
         let revoked = match shard.get_mut(id) {
             Some(k) if k.revoked_at.is_none() => {
-                k.revoked_at = Some(now);
+                Arc::make_mut(k).revoked_at = Some(now);
                 true
             }
             _ => false,
@@ -330,6 +351,7 @@ impl ApiKeyStore for MemoryStores {
 
     fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>> {
         if let Some(k) = self.api_keys.shard(id).get_mut(id) {
+            let k = Arc::make_mut(k);
             k.last_used_at = Some(k.last_used_at.map_or(at, |prev| prev.max(at)));
         }
         ready(Ok(()))

@@ -88,7 +88,10 @@ pub enum StoreError {
     /// session are revoked and the event must be audited.
     #[error("refresh token reused; its family and session were revoked, log in again")]
     RefreshReused(SecurityEvent),
-    /// The refresh token is malformed, unknown or revoked.
+    /// The refresh token is not a well-formed `pcr_` token (prefix, length, checksum).
+    #[error("refresh token is malformed; log in again")]
+    RefreshMalformed,
+    /// The refresh token is unknown or revoked.
     #[error("refresh token is invalid or revoked; log in again")]
     RefreshInvalid,
     /// The refresh token expired.
@@ -118,6 +121,7 @@ impl StoreError {
             Self::NotFound(_) => "store.not_found",
             Self::InvalidCredentials => "auth.invalid_credentials",
             Self::RefreshReused(_) => "auth.refresh_reused",
+            Self::RefreshMalformed => "auth.malformed_token",
             Self::RefreshInvalid => "auth.token_revoked",
             Self::RefreshExpired => "auth.token_expired",
             Self::InvalidApiKey => "auth.invalid_api_key",
@@ -132,7 +136,7 @@ impl StoreError {
     }
 }
 
-/// A user account.
+/// A user account (its `Debug` output includes the password hash, never a password).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Stable id.
@@ -322,6 +326,14 @@ pub trait SessionStore: Send + Sync {
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>>;
     /// Every session of a user (revoked and expired ones included).
     fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>>;
+    /// Sets `last_seen_at = now` on a live session last seen at or before
+    /// `stale_before`; false when nothing was written.
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a str,
+        now: i64,
+        stale_before: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
     /// Revokes one session; false when absent or already revoked.
     fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Revokes every live session of a user; returns how many.
@@ -368,7 +380,7 @@ pub trait ApiKeyStore: Send + Sync {
     /// Inserts a key record.
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>>;
     /// The key with this id.
-    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>>;
+    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Arc<ApiKeyRecord>>>>;
     /// Every key of an owner.
     fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>>;
     /// Revokes a key; false when absent or already revoked.
@@ -548,6 +560,25 @@ impl Stores {
             return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
         }
         self.backends.denylist.is_denied(jti, self.now()).await
+    }
+
+    /// Drops expired denylist entries (memory, SQL; Redis expires its own).
+    pub async fn purge_expired_denylist(&self) -> StoreResult<u64> {
+        self.backends.denylist.purge_expired(self.now()).await
+    }
+
+    /// Runs [`Stores::purge_expired_denylist`] every `every` until the
+    /// returned task is aborted; failures are logged and retried next time.
+    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.purge_expired_denylist().await {
+                    tracing::warn!(error = %e, "denylist purge failed");
+                }
+            }
+        })
     }
 }
 

@@ -215,15 +215,13 @@ impl RedisStores {
     ) -> StoreResult<bool> {
         let mut conn = self.conn.clone();
         let created: bool = conn.hset_nx(key, "data", data).await.map_err(err)?;
-        if created {
-            if let Some(at) = expire_at_ms {
-                let _: () = redis::cmd("PEXPIREAT")
-                    .arg(key)
-                    .arg(at)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(err)?;
-            }
+        if created && let Some(at) = expire_at_ms {
+            let _: () = redis::cmd("PEXPIREAT")
+                .arg(key)
+                .arg(at)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
         }
         Ok(created)
     }
@@ -335,8 +333,10 @@ impl UserStore for RedisStores {
 
 fn session_of(s: Stored<Session>) -> StoreResult<Session> {
     let revoked_at = s.int("revoked_at")?;
+    let last_seen_at = s.int("last_seen_at")?;
     Ok(Session {
         revoked_at: revoked_at.or(s.record.revoked_at),
+        last_seen_at: last_seen_at.unwrap_or(s.record.last_seen_at),
         ..s.record
     })
 }
@@ -383,6 +383,26 @@ impl SessionStore for RedisStores {
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn touch_session<'a>(
+        &'a self,
+        id: &'a str,
+        now: i64,
+        stale_before: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let key = self.key("sess", id);
+            let Some(s) = self.load::<Session>(&key).await? else {
+                return Ok(false);
+            };
+            let last_seen = s.int("last_seen_at")?.unwrap_or(s.record.last_seen_at);
+            if s.fields.contains_key("revoked_at") || last_seen > stale_before {
+                return Ok(false);
+            }
+            self.set_if_exists(&key, &[("last_seen_at", now.to_string())])
+                .await
         })
     }
 
@@ -594,12 +614,17 @@ impl ApiKeyStore for RedisStores {
         })
     }
 
-    fn api_key<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+    fn api_key<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<std::sync::Arc<ApiKeyRecord>>>> {
         Box::pin(async move {
-            self.load::<ApiKeyRecord>(&self.key("ak", id))
+            Ok(self
+                .load::<ApiKeyRecord>(&self.key("ak", id))
                 .await?
                 .map(api_key_of)
-                .transpose()
+                .transpose()?
+                .map(std::sync::Arc::new))
         })
     }
 

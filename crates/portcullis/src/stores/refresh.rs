@@ -52,7 +52,7 @@ impl Stores {
         F: FnOnce(&RefreshRecord) -> StoreResult<RefreshRecord>,
     {
         if !TokenIssuer::is_well_formed_refresh(token) {
-            return Err(StoreError::RefreshInvalid);
+            return Err(StoreError::RefreshMalformed);
         }
         let hash = self.config.hasher.hash(token);
         let refresh = &self.backends.refresh;
@@ -123,13 +123,15 @@ impl Stores {
     async fn reused(&self, record: RefreshRecord) -> StoreResult<Rotation> {
         let now = self.now();
         let interval = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
-        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor) {
-            if interval > 0 && record.revoked_at.is_none() && now.saturating_sub(at) <= interval {
-                return Ok(Rotation::AlreadyRotated {
-                    previous: record,
-                    successor_hash,
-                });
-            }
+        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor)
+            && interval > 0
+            && record.revoked_at.is_none()
+            && now.saturating_sub(at) <= interval
+        {
+            return Ok(Rotation::AlreadyRotated {
+                previous: record,
+                successor_hash,
+            });
         }
         self.backends
             .refresh

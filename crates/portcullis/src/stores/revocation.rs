@@ -8,6 +8,7 @@
 //! cache and every check asks the backend. The access-token denylist is not
 //! cached: every check is one O(1) backend lookup.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -41,9 +42,9 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
     }
 
     /// Caches a value.
-    pub fn insert(&self, key: String, value: V) {
+    pub fn insert(&self, key: &str, value: V) {
         if let Some(c) = &self.inner {
-            c.insert(key, value);
+            c.insert(key.to_owned(), value);
         }
     }
 
@@ -68,7 +69,7 @@ pub struct RevocationCaches {
     /// Session id -> expiry of a live session (`None`: absent or revoked).
     pub sessions: TtlCache<Option<i64>>,
     /// API key id -> record.
-    pub api_keys: TtlCache<Option<ApiKeyRecord>>,
+    pub api_keys: TtlCache<Option<Arc<ApiKeyRecord>>>,
     /// App id -> record.
     pub apps: TtlCache<Option<AppRecord>>,
 }

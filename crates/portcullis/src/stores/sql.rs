@@ -7,16 +7,14 @@ use std::borrow::Cow;
 
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
-use super::{StoreError, StoreResult};
+use super::{BoxFuture, StoreError, StoreResult};
 
 /// Migrations compiled into the binary: `(version, description, sql)`.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedMigrations(pub &'static [(i64, &'static str, &'static str)]);
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
-    fn resolve(
-        self,
-    ) -> futures_core_box::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async move {
             Ok(self
                 .0
@@ -33,12 +31,6 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
                 .collect())
         })
     }
-}
-
-/// The boxed future type `MigrationSource` expects.
-mod futures_core_box {
-    /// A boxed `Send` future.
-    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 /// Maps a driver error: unique violations become [`StoreError::Conflict`].
@@ -415,6 +407,27 @@ macro_rules! sql_stores {
                 })
             }
 
+            fn touch_session<'a>(
+                &'a self,
+                id: &'a str,
+                now: i64,
+                stale_before: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE sessions SET last_seen_at = $1 \
+                         WHERE id = $2 AND revoked_at IS NULL AND last_seen_at <= $3",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .bind(stale_before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
             fn revoke_session<'a>(
                 &'a self,
                 id: &'a str,
@@ -598,16 +611,17 @@ macro_rules! sql_stores {
             fn api_key<'a>(
                 &'a self,
                 id: &'a str,
-            ) -> BoxFuture<'a, StoreResult<Option<ApiKeyRecord>>> {
+            ) -> BoxFuture<'a, StoreResult<Option<std::sync::Arc<ApiKeyRecord>>>> {
                 Box::pin(async move {
                     let sql = format!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1");
-                    sqlx::query_as::<_, ApiKeyRow>(&sql)
+                    Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await
                         .map_err(unavailable)?
                         .map(api_key_of)
-                        .transpose()
+                        .transpose()?
+                        .map(std::sync::Arc::new))
                 })
             }
 

@@ -193,8 +193,19 @@ impl Stores {
         let live = found
             .filter(|s| s.revoked_at.is_none())
             .map(|s| s.expires_at);
-        self.caches.sessions.insert(sid, live);
+        self.caches.sessions.insert(&sid, live);
         Ok(live.is_some_and(|expires| expires > now))
+    }
+
+    /// Records activity on a session, writing at most once a minute per
+    /// session (no write per request); true when it wrote.
+    pub async fn touch_session(&self, sid: &str) -> StoreResult<bool> {
+        let sid = id_arg("session_id", sid)?;
+        let now = self.now();
+        self.backends
+            .sessions
+            .touch_session(&sid, now, now.saturating_sub(60))
+            .await
     }
 
     /// A user's live sessions, newest first.
