@@ -1,13 +1,22 @@
 //! API keys: `pck_` + id (16 random bytes) + secret (32 random bytes) +
-//! checksum, base64url. Only the SHA-256 of the key is stored: the key
-//! carries 256 random bits, so an unkeyed fast hash cannot be brute-forced
-//! and keeps verification in the hundreds of nanoseconds. The checksum is
-//! the first 4 bytes of that same digest, so a mistyped key is rejected
-//! without a store lookup and verification hashes once.
+//! checksum, base64url. The checksum is the first 4 bytes of the SHA-256 of
+//! the rest, public so that a mistyped key is rejected without a lookup and
+//! secret scanners can recognise a key offline. At rest only a keyed hash
+//! (HMAC-SHA256 with the server pepper) is stored, as for every secret.
+//!
+//! A replica keeps the keys it verified in the last `revocation_cache_ttl`
+//! (at most 1 s) in memory, so a repeated key skips hashing and the store:
+//! revocation still reaches every replica within that bound, and the
+//! replica that revokes forgets every verified key at once.
 
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aws_lc_rs::digest;
+use foldhash::quality::FixedState;
+use portcullis_core::SecretHasher;
 use portcullis_core::jose::b64_encode;
 use portcullis_core::opaque::ct_eq;
 
@@ -56,38 +65,101 @@ impl std::fmt::Debug for CreatedApiKey {
     }
 }
 
-fn digest_of(body: &[u8]) -> [u8; 32] {
+fn checksum(body: &[u8]) -> [u8; 4] {
     let d = digest::digest(&digest::SHA256, body);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&d.as_ref()[..4]);
     out
 }
 
-/// Splits a presented key into (id, SHA-256 of everything before the
-/// checksum) when its shape and checksum are right.
-pub fn parse_api_key(key: &str) -> Option<(&str, [u8; 32])> {
+/// Splits a presented key into (id, everything before the checksum) when
+/// its shape and checksum are right.
+pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
     if key.len() != KEY_LEN || !key.starts_with(API_KEY_PREFIX) || !key.is_ascii() {
         return None;
     }
     let (body, sum) = key.split_at(KEY_LEN - CHECKSUM_CHARS);
-    let hash = digest_of(body.as_bytes());
     let mut given = [0u8; 6];
     let n = portcullis_core::jose::b64_decode_into(sum.as_bytes(), &mut given)?;
-    if n != 4 || given[..4] != hash[..4] {
+    if n != 4 || given[..4] != checksum(body.as_bytes()) {
         return None;
     }
-    Some((&body[4..4 + ID_CHARS], hash))
+    Some((&body[4..4 + ID_CHARS], body))
 }
 
-fn generate() -> StoreResult<(String, String, [u8; 32])> {
+/// A new key: (id, raw key, keyed hash to store).
+fn generate(hasher: &SecretHasher) -> StoreResult<(String, String, [u8; 32])> {
     let mut random = [0u8; 48];
     portcullis_core::opaque::fill_random(&mut random)
         .map_err(|_| StoreError::Unavailable("system random source".into()))?;
     let id = b64_encode(&random[..16]);
     let body = format!("{API_KEY_PREFIX}{id}{}", b64_encode(&random[16..]));
-    let hash = digest_of(body.as_bytes());
-    let key = format!("{body}{}", b64_encode(&hash[..4]));
-    Ok((id, key, hash))
+    let key = format!("{body}{}", b64_encode(&checksum(body.as_bytes())));
+    Ok((id, key, hasher.hash(&body)))
+}
+
+/// Keys this replica verified within the revocation bound (see the module
+/// docs). Entries are found by a seeded hash of the raw key and confirmed by
+/// a constant-time comparison of the whole key.
+pub(crate) struct VerifiedKeys {
+    seed: FixedState,
+    cache: Option<moka::sync::Cache<u64, Arc<Verified>>>,
+    /// Bumped by every local revocation: older entries no longer count.
+    generation: AtomicU64,
+}
+
+pub(crate) struct Verified {
+    key: Box<str>,
+    record: Arc<ApiKeyRecord>,
+    generation: u64,
+}
+
+impl std::fmt::Debug for VerifiedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedKeys").finish_non_exhaustive()
+    }
+}
+
+impl VerifiedKeys {
+    /// At most 100 000 keys for `ttl` each (zero: no cache).
+    pub(crate) fn new(ttl: Duration) -> Self {
+        let mut seed = [0u8; 8];
+        // Without randomness the cache is simply not used.
+        let random = portcullis_core::opaque::fill_random(&mut seed).is_ok();
+        Self {
+            seed: FixedState::with_seed(u64::from_le_bytes(seed)),
+            cache: (random && !ttl.is_zero()).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(ttl)
+                    .build()
+            }),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<ApiKeyRecord>> {
+        let hit = self.cache.as_ref()?.get(&self.seed.hash_one(key))?;
+        (hit.generation == self.generation.load(Ordering::Acquire)
+            && ct_eq(hit.key.as_bytes(), key.as_bytes()))
+        .then(|| Arc::clone(&hit.record))
+    }
+
+    fn insert(&self, key: &str, record: &Arc<ApiKeyRecord>) {
+        if let Some(cache) = &self.cache {
+            let entry = Verified {
+                key: key.into(),
+                record: Arc::clone(record),
+                generation: self.generation.load(Ordering::Acquire),
+            };
+            cache.insert(self.seed.hash_one(key), Arc::new(entry));
+        }
+    }
+
+    /// Forgets every key verified so far (a local revocation or touch).
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Stores {
@@ -102,7 +174,7 @@ impl Stores {
         if new.expires_at.is_some_and(|e| e <= now) {
             return Err(StoreError::invalid("expires_at", "must be in the future"));
         }
-        let (id, key, hash) = generate()?;
+        let (id, key, hash) = generate(&self.config.hasher)?;
         let record = ApiKeyRecord {
             id,
             hash,
@@ -138,6 +210,7 @@ impl Stores {
             .revoke_api_key(&id, self.now())
             .await?;
         self.caches.api_keys.invalidate(&id);
+        self.verified_keys.forget_all();
         Ok(revoked)
     }
 
@@ -145,7 +218,15 @@ impl Stores {
     /// time hash comparison, revocation and expiry. `last_used_at` is written
     /// at most once per `api_key_touch_interval` per key.
     pub async fn verify_api_key(&self, key: &str) -> StoreResult<Arc<ApiKeyRecord>> {
-        let (id, hash) = parse_api_key(key).ok_or(StoreError::InvalidApiKey)?;
+        let now = self.now();
+        if let Some(record) = self.verified_keys.get(key) {
+            if record.expires_at.is_some_and(|e| e <= now) {
+                return Err(StoreError::InvalidApiKey);
+            }
+            self.touch_if_due(key, &record, now).await;
+            return Ok(record);
+        }
+        let (id, body) = parse_api_key(key).ok_or(StoreError::InvalidApiKey)?;
         let record = match self.caches.api_keys.get(id) {
             Some(hit) => hit,
             None => {
@@ -155,13 +236,22 @@ impl Stores {
             }
         };
         let record = record.ok_or(StoreError::InvalidApiKey)?;
-        let now = self.now();
-        if !ct_eq(&record.hash, &hash)
+        if !self.config.hasher.matches(body, &record.hash)
             || record.revoked_at.is_some()
             || record.expires_at.is_some_and(|e| e <= now)
         {
             return Err(StoreError::InvalidApiKey);
         }
+        self.verified_keys.insert(key, &record);
+        self.touch_if_due(key, &record, now).await;
+        Ok(record)
+    }
+
+    /// Writes `last_used_at` when the last write is older than
+    /// `api_key_touch_interval` (best effort: a failed touch never fails
+    /// the request).
+    async fn touch_if_due(&self, key: &str, record: &ApiKeyRecord, now: i64) {
+        let id = record.id.as_str();
         let interval = i64::try_from(self.config.api_key_touch_interval.as_secs()).unwrap_or(60);
         if record
             .last_used_at
@@ -172,8 +262,11 @@ impl Stores {
                 tracing::warn!(error = %e, "API key last_used_at update failed");
             }
             self.caches.api_keys.invalidate(id);
+            // The next minute's checks on this replica see the new time.
+            let mut touched = record.clone();
+            touched.last_used_at = Some(now);
+            self.verified_keys.insert(key, &Arc::new(touched));
         }
-        Ok(record)
     }
 }
 
@@ -184,11 +277,14 @@ mod tests {
 
     #[test]
     fn generated_keys_parse_and_typos_do_not() {
-        let (id, key, hash) = generate().expect("random");
+        let hasher = SecretHasher::new(&[3u8; 32]).expect("pepper");
+        let (id, key, hash) = generate(&hasher).expect("random");
         assert_eq!(key.len(), KEY_LEN);
-        let (pid, phash) = parse_api_key(&key).expect("well formed");
+        let (pid, body) = parse_api_key(&key).expect("well formed");
         assert_eq!(pid, id);
-        assert_eq!(phash, hash);
+        // Stored: the keyed hash, never the plain digest the checksum uses.
+        assert!(hasher.matches(body, &hash));
+        assert_ne!(hash.as_slice(), digest::digest(&digest::SHA256, body.as_bytes()).as_ref());
         assert!(b64_decode(id.as_bytes()).is_some_and(|b| b.len() == 16));
         let mut bad = key.into_bytes();
         bad[30] = if bad[30] == b'A' { b'B' } else { b'A' };

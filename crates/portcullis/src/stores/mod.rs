@@ -492,6 +492,7 @@ pub struct Stores {
     clock: Arc<dyn Clock>,
     passwords: PasswordHasher,
     caches: RevocationCaches,
+    verified_keys: api_keys::VerifiedKeys,
 }
 
 impl std::fmt::Debug for Stores {
@@ -522,12 +523,14 @@ impl Stores {
             ));
         }
         let caches = RevocationCaches::new(config.revocation_cache_ttl);
+        let verified_keys = api_keys::VerifiedKeys::new(config.revocation_cache_ttl);
         Ok(Self {
             backends,
             passwords: PasswordHasher::new()?,
             config,
             clock,
             caches,
+            verified_keys,
         })
     }
 
