@@ -11,8 +11,11 @@ use proptest::prelude::*;
 
 /// Sorted request times (µs), starting anywhere, with gaps from 0 to 3 s.
 fn times() -> impl Strategy<Value = Vec<u64>> {
-    (0u64..4_000_000_000_000_000, prop::collection::vec(0u64..3_000_000, 1..200)).prop_map(
-        |(start, gaps)| {
+    (
+        0u64..4_000_000_000_000_000,
+        prop::collection::vec(0u64..3_000_000, 1..200),
+    )
+        .prop_map(|(start, gaps)| {
             let mut t = start;
             gaps.into_iter()
                 .map(|g| {
@@ -20,8 +23,7 @@ fn times() -> impl Strategy<Value = Vec<u64>> {
                     t
                 })
                 .collect()
-        },
-    )
+        })
 }
 
 /// Leaky-bucket meter: a level in µs of debt that drains at 1 µs per µs;

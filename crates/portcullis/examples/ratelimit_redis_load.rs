@@ -30,7 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 period: Duration::from_secs(1),
                 burst: 1000,
             },
-            if i == 1 { KeySpec::subject() } else { KeySpec::ip() },
+            if i == 1 {
+                KeySpec::subject()
+            } else {
+                KeySpec::ip()
+            },
         ));
     }
     let limiter = builder
@@ -47,7 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut i = 0u32;
             while Instant::now() < deadline {
                 let f = RequestFacts {
-                    client_ip: Some(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + t * 1000 + i % 1000))),
+                    client_ip: Some(IpAddr::V4(Ipv4Addr::from(
+                        0x0a00_0000 + t * 1000 + i % 1000,
+                    ))),
                     subject: Some("load"),
                     ..Default::default()
                 };

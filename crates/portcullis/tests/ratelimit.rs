@@ -84,8 +84,7 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
     );
     assert_eq!(header(&h, "retry-after"), Some("1"));
     assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
-    let body: serde_json::Value =
-        serde_json::from_str(&limiter.problem_body(&o).unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&limiter.problem_body(&o).unwrap()).unwrap();
     assert_eq!(body["code"], "rate_limit.exceeded");
 
     // The refused request did not count against the subject: 5 remain.
@@ -98,7 +97,11 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
     }
     let o = limiter.check(&alice_b).await;
     assert_eq!(o.verdict(), Verdict::Limited);
-    assert_eq!(o.primary().unwrap().0, 1, "the subject rule is the binding one");
+    assert_eq!(
+        o.primary().unwrap().0,
+        1,
+        "the subject rule is the binding one"
+    );
 
     // An anonymous request is not counted by the per-subject rule.
     let anon = facts("203.0.113.3", None);
@@ -133,7 +136,11 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
 
     // Rotating addresses inside one /64 does not escape the limit.
     let a = client_key(&cfg, ip("2001:db8:1:2::1"), &http::HeaderMap::new());
-    let b = client_key(&cfg, ip("2001:db8:1:2:dead:beef::9"), &http::HeaderMap::new());
+    let b = client_key(
+        &cfg,
+        ip("2001:db8:1:2:dead:beef::9"),
+        &http::HeaderMap::new(),
+    );
     let check = |client: IpAddr| {
         let limiter = limiter.clone();
         async move {
@@ -146,7 +153,14 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
     };
     assert!(check(a).await);
     assert!(!check(b).await);
-    assert!(check(client_key(&cfg, ip("2001:db8:1:3::1"), &http::HeaderMap::new())).await);
+    assert!(
+        check(client_key(
+            &cfg,
+            ip("2001:db8:1:3::1"),
+            &http::HeaderMap::new()
+        ))
+        .await
+    );
 
     // An untrusted peer cannot pick its own key with X-Forwarded-For.
     let peer = ip("198.51.100.7");
@@ -226,12 +240,14 @@ mod redis_backend {
 
     #[tokio::test]
     async fn memory_and_redis_decide_alike() {
-        let Some(url) = support::redis_url() else { return };
+        let Some(url) = support::redis_url() else {
+            return;
+        };
         away_from_day_boundary().await;
         let prefix = support::unique_prefix("rl_alike");
         let rules = three_rules(5);
-        for single in 0..rules.len() {
-            let subset = vec![rules[single].clone()];
+        for (single, rule) in rules.iter().enumerate() {
+            let subset = vec![rule.clone()];
             let memory = build(&subset, None, "");
             let redis = build(
                 &subset,
@@ -306,13 +322,19 @@ mod redis_backend {
                 }
             }
             let total: u32 = tasks.join_all().await.into_iter().sum();
-            assert_eq!(total, 1000, "rule {}: 10 000 requests, limit 1 000", rule.name);
+            assert_eq!(
+                total, 1000,
+                "rule {}: 10 000 requests, limit 1 000",
+                rule.name
+            );
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn four_replicas_on_one_redis_admit_exactly_the_limit() {
-        let Some(url) = support::redis_url() else { return };
+        let Some(url) = support::redis_url() else {
+            return;
+        };
         let prefix = support::unique_prefix("rl_replicas");
         exact_across_replicas(
             async || RedisConnection::single(&url).await.unwrap(),
@@ -324,7 +346,9 @@ mod redis_backend {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn four_replicas_on_the_cluster_admit_exactly_the_limit() {
-        let Some(urls) = support::redis_cluster_urls() else { return };
+        let Some(urls) = support::redis_cluster_urls() else {
+            return;
+        };
         if urls.is_empty() {
             return;
         }
@@ -439,7 +463,11 @@ mod redis_backend {
     async fn redis_outage_follows_on_backend_error_and_recovers_within_two_seconds() {
         let mut server = OwnRedis::start(None).await;
         let url = server.url();
-        let modes = [OnBackendError::Allow, OnBackendError::Deny, OnBackendError::Local];
+        let modes = [
+            OnBackendError::Allow,
+            OnBackendError::Deny,
+            OnBackendError::Local,
+        ];
         let mut limiters = Vec::new();
         for mode in modes {
             limiters.push(build(
@@ -495,7 +523,10 @@ mod redis_backend {
                 if !o.degraded() {
                     break;
                 }
-                assert!(back.elapsed() < Duration::from_secs(2), "still degraded after 2 s");
+                assert!(
+                    back.elapsed() < Duration::from_secs(2),
+                    "still degraded after 2 s"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let mut admitted = 1;

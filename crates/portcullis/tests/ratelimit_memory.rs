@@ -24,7 +24,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -52,12 +55,23 @@ fn memory_one_million_keys_fit_and_idle_keys_are_swept() {
             client_ip: Some(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
             ..Default::default()
         };
-        assert!(limiter.check(&f, RuleSet::ALL, now, true).primary().is_some());
+        assert!(
+            limiter
+                .check(&f, RuleSet::ALL, now, true)
+                .primary()
+                .is_some()
+        );
     }
     assert_eq!(limiter.len(), 1_000_000);
     let used = LIVE.load(Ordering::Relaxed) - before;
-    eprintln!("1 000 000 keys: {used} bytes, {} bytes/key", used / 1_000_000);
-    assert!(used <= 150 * 1024 * 1024, "{used} bytes for one million keys");
+    eprintln!(
+        "1 000 000 keys: {used} bytes, {} bytes/key",
+        used / 1_000_000
+    );
+    assert!(
+        used <= 150 * 1024 * 1024,
+        "{used} bytes for one million keys"
+    );
 
     // A second later every bucket is full again: a sweep drops them all.
     limiter.sweep(now + 1_000_000);

@@ -136,7 +136,10 @@ pub fn sliding_log(
     consume: bool,
 ) -> Decision {
     let now = log.back().map_or(now, |&newest| now.max(newest));
-    while log.front().is_some_and(|&t| t.saturating_add(period_us) <= now) {
+    while log
+        .front()
+        .is_some_and(|&t| t.saturating_add(period_us) <= now)
+    {
         log.pop_front();
     }
     let len = log.len() as u64;

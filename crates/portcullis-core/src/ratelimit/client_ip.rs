@@ -42,11 +42,21 @@ impl std::str::FromStr for IpNet {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let addr = addr.to_canonical();
+        let parsed: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let addr = parsed.to_canonical();
+        // An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4
+        // network with the prefix shortened by 96.
+        let mapped = parsed.is_ipv6() && addr.is_ipv4();
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            Some(p) => {
+                let p = p.trim().parse::<u8>().map_err(|_| bad())?;
+                if mapped {
+                    p.checked_sub(96).ok_or_else(bad)?
+                } else {
+                    p
+                }
+            }
             None => max,
         };
         if prefix > max {
@@ -247,11 +257,20 @@ mod tests {
         let c = cfg();
         // client 203.0.113.9 -> proxy 10.0.0.5 -> proxy 10.1.1.1 -> us
         let xff = "6.6.6.6, 203.0.113.9, 10.0.0.5";
-        assert_eq!(c.client_ip(ip("10.1.1.1"), None, Some(xff)), ip("203.0.113.9"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), None, Some(xff)),
+            ip("203.0.113.9")
+        );
         let fwd = r#"for=6.6.6.6, for="203.0.113.9:4711";proto=https, for=10.0.0.5;by=10.1.1.1"#;
-        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")), ip("203.0.113.9"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")),
+            ip("203.0.113.9")
+        );
         let fwd6 = r#"for="[2001:db8:cafe::17]:4711", for="[2001:db8:ffff::1]""#;
-        assert_eq!(c.client_ip(ip("10.1.1.1"), Some(fwd6), None), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            c.client_ip(ip("10.1.1.1"), Some(fwd6), None),
+            ip("2001:db8:cafe::17")
+        );
     }
 
     #[test]
@@ -269,15 +288,24 @@ mod tests {
     #[test]
     fn all_trusted_chain_yields_the_leftmost() {
         let c = cfg();
-        assert_eq!(c.client_ip(ip("10.0.0.1"), None, Some("10.0.0.3, 10.0.0.2")), ip("10.0.0.3"));
+        assert_eq!(
+            c.client_ip(ip("10.0.0.1"), None, Some("10.0.0.3, 10.0.0.2")),
+            ip("10.0.0.3")
+        );
     }
 
     #[test]
     fn ipv6_is_grouped_by_prefix() {
         let c = cfg();
         assert_eq!(c.group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_eq!(c.group(ip("2001:db8:1:2:ffff::9")), c.group(ip("2001:db8:1:2::5")));
-        assert_ne!(c.group(ip("2001:db8:1:3::1")), c.group(ip("2001:db8:1:2::1")));
+        assert_eq!(
+            c.group(ip("2001:db8:1:2:ffff::9")),
+            c.group(ip("2001:db8:1:2::5"))
+        );
+        assert_ne!(
+            c.group(ip("2001:db8:1:3::1")),
+            c.group(ip("2001:db8:1:2::1"))
+        );
         let c56 = cfg().ipv6_prefix(56).unwrap();
         assert_eq!(c56.group(ip("2001:db8:1:2ff::1")), ip("2001:db8:1:200::"));
         assert_eq!(c.group(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
@@ -289,7 +317,9 @@ mod tests {
     fn cidr_parsing() {
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nope".parse::<IpNet>().is_err());
-        let n: IpNet = "::ffff:10.0.0.0/8".parse::<IpNet>().map_or_else(|_| "10.0.0.0/8".parse().unwrap(), |n| n);
+        let n: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
         assert!(n.contains(ip("10.9.9.9")));
+        assert!(n.contains(ip("::ffff:10.1.2.3")));
+        assert!(!n.contains(ip("11.0.0.1")));
     }
 }

@@ -68,7 +68,10 @@ pub fn response_headers(
         out.push(("x-ratelimit-reset", t.to_string()));
     }
     if !d.allowed {
-        out.push(("retry-after", ceil_secs(d.retry_after_us).max(1).to_string()));
+        out.push((
+            "retry-after",
+            ceil_secs(d.retry_after_us).max(1).to_string(),
+        ));
     }
     out
 }

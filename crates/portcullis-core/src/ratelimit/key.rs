@@ -270,9 +270,15 @@ mod tests {
             ..Default::default()
         };
         let k = KeySpec::new([KeyPart::Subject, KeyPart::Route]);
-        assert_eq!(k.render(&facts).unwrap(), "sub=alice|rt=GET%20/orders/%7Bid%7D");
+        assert_eq!(
+            k.render(&facts).unwrap(),
+            "sub=alice|rt=GET%20/orders/%7Bid%7D"
+        );
         let k = KeySpec::new([KeyPart::Ip, KeyPart::Header("x-team".into())]);
-        assert_eq!(k.render(&facts).unwrap(), "ip=2001:db8::|x-team=a%7Bb%7D%7Cc");
+        assert_eq!(
+            k.render(&facts).unwrap(),
+            "ip=2001:db8::|x-team=a%7Bb%7D%7Cc"
+        );
         assert!(KeySpec::new([KeyPart::Tenant]).render(&facts).is_none());
         let long = "x".repeat(500);
         let facts = RequestFacts {
@@ -284,7 +290,11 @@ mod tests {
 
     #[test]
     fn header_names_must_be_lower_case() {
-        assert!(KeySpec::new([KeyPart::Header("X-Team".into())]).validate().is_err());
+        assert!(
+            KeySpec::new([KeyPart::Header("X-Team".into())])
+                .validate()
+                .is_err()
+        );
         assert!(KeySpec::new([]).validate().is_err());
     }
 }

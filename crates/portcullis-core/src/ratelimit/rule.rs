@@ -104,7 +104,9 @@ impl Algorithm {
                     });
                 }
                 // The bucket's depth in time must stay exact in a Lua double.
-                if (period.as_micros() / u128::from(rate)) * u128::from(burst) > 1_000_000_000_000_000 {
+                if (period.as_micros() / u128::from(rate)) * u128::from(burst)
+                    > 1_000_000_000_000_000
+                {
                     return Err(RuleError::Field {
                         field: "burst",
                         reason: "burst / rate spans more than 30 years; lower burst or raise rate",

@@ -52,7 +52,12 @@ impl CircuitBreaker {
         now >= next
             && self
                 .next_probe_ms
-                .compare_exchange(next, now + self.probe_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + self.probe_ms,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -67,7 +72,10 @@ impl CircuitBreaker {
 
     /// The backend failed: count, and open at the threshold.
     pub fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if n >= self.threshold {
             let next = self.now_ms() + self.probe_ms;
             self.next_probe_ms.fetch_max(next, Ordering::AcqRel);

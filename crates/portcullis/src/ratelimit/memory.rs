@@ -13,9 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use portcullis_core::ratelimit::algorithm::{
-    GcraParams, fixed_window, gcra, micros, sliding_log,
-};
+use portcullis_core::ratelimit::algorithm::{GcraParams, fixed_window, gcra, micros, sliding_log};
 use portcullis_core::ratelimit::{Algorithm, Decision, MAX_RULES, RequestFacts, Rule};
 
 use super::outcome::{Outcome, RuleSet};
@@ -28,9 +26,21 @@ const FIRST_SWEEP: usize = 1024;
 /// One key's state: 24 bytes.
 #[derive(Debug)]
 enum Slot {
-    Gcra { rule: u8, tat: u64 },
-    Fixed { rule: u8, start: u64, count: u64 },
-    Log { rule: u8, log: Box<VecDeque<u64>> },
+    Gcra {
+        rule: u8,
+        tat: u64,
+    },
+    Fixed {
+        rule: u8,
+        start: u64,
+        count: u64,
+    },
+    // Boxed so that a slot stays 24 bytes (a bare VecDeque is 32).
+    #[allow(clippy::box_collection)]
+    Log {
+        rule: u8,
+        log: Box<VecDeque<u64>>,
+    },
 }
 
 impl Slot {
@@ -185,9 +195,7 @@ impl MemoryLimiter {
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         // A poisoned shard only means another thread panicked mid-update of
         // plain integers; the data is still usable.
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks the rules in `set` that apply to `facts` at `now_us` (Unix µs);
@@ -252,8 +260,7 @@ impl MemoryLimiter {
                 if consume && all {
                     outcome = Outcome::empty();
                     for &(rule, h) in keys {
-                        let Some(g) = guard_of(shard_of(h)).and_then(|i| guards[i].as_mut())
-                        else {
+                        let Some(g) = guard_of(shard_of(h)).and_then(|i| guards[i].as_mut()) else {
                             continue;
                         };
                         let d = self.check_one(g, rule, h, now_us, true);
@@ -266,12 +273,19 @@ impl MemoryLimiter {
         outcome
     }
 
-    fn check_one(&self, shard: &mut Shard, rule: usize, h: u64, now: u64, consume: bool) -> Decision {
+    fn check_one(
+        &self,
+        shard: &mut Shard,
+        rule: usize,
+        h: u64,
+        now: u64,
+        consume: bool,
+    ) -> Decision {
         let compiled = &self.compiled[rule];
-        if let Some(slot) = shard.map.get_mut(&h) {
-            if slot.rule() == rule {
-                return compiled.apply(slot, now, consume);
-            }
+        if let Some(slot) = shard.map.get_mut(&h)
+            && slot.rule() == rule
+        {
+            return compiled.apply(slot, now, consume);
         }
         let mut fresh = Slot::fresh(u8::try_from(rule).unwrap_or(u8::MAX), &compiled.algorithm);
         let d = compiled.apply(&mut fresh, now, consume);

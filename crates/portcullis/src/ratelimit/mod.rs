@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use portcullis_core::ratelimit::algorithm::micros;
-#[cfg(feature = "redis")]
-use portcullis_core::ratelimit::{Decision, OnBackendError};
 use portcullis_core::ratelimit::{
     ClientIpConfig, HeaderLookup, RequestFacts, Rule, RuleError, validate_rules,
 };
+#[cfg(feature = "redis")]
+use portcullis_core::ratelimit::{Decision, OnBackendError};
 use portcullis_core::{Clock, SystemClock};
 
 pub use memory::MemoryLimiter;
@@ -69,7 +69,9 @@ pub enum RateLimitError {
     #[error(transparent)]
     Rule(#[from] RuleError),
     /// A partition key part is not in every rule's key.
-    #[error("rate limit partition: every rule's key must include the partition part (rule `{0}` does not)")]
+    #[error(
+        "rate limit partition: every rule's key must include the partition part (rule `{0}` does not)"
+    )]
     Partition(String),
     /// No rule has this name.
     #[error("no rate limit rule named `{0}`")]
@@ -199,10 +201,10 @@ impl RateLimiterBuilder {
         let backend = match self.redis {
             None => Backend::Memory,
             Some((conn, prefix, partition)) => {
-                if let redis::Partition::By(part) = &partition {
-                    if let Some(r) = rules.iter().find(|r| !r.key.parts().contains(part)) {
-                        return Err(RateLimitError::Partition(r.name.clone()));
-                    }
+                if let redis::Partition::By(part) = &partition
+                    && let Some(r) = rules.iter().find(|r| !r.key.parts().contains(part))
+                {
+                    return Err(RateLimitError::Partition(r.name.clone()));
                 }
                 Backend::Redis {
                     redis: redis::RedisLimiter::new(conn, &prefix, partition),
@@ -358,7 +360,11 @@ impl RateLimiter {
 
     /// Forgets the state of the rule named `rule` for the key `facts` make
     /// (admin); whether there was any.
-    pub async fn reset(&self, rule: &str, facts: &RequestFacts<'_>) -> Result<bool, RateLimitError> {
+    pub async fn reset(
+        &self,
+        rule: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Result<bool, RateLimitError> {
         let index = self
             .inner
             .rules

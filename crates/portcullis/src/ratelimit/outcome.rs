@@ -22,7 +22,12 @@ impl RuleSet {
 
     /// This set plus rule `i`.
     pub fn with(self, i: usize) -> Self {
-        Self(self.0 | 1u16.checked_shl(u32::try_from(i).unwrap_or(u32::MAX)).unwrap_or(0))
+        Self(
+            self.0
+                | 1u16
+                    .checked_shl(u32::try_from(i).unwrap_or(u32::MAX))
+                    .unwrap_or(0),
+        )
     }
 
     /// Whether rule `i` is in the set.

@@ -139,7 +139,11 @@ impl RedisLimiter {
     }
 
     /// Deletes `rule`'s state for the key `facts` make; whether there was any.
-    pub async fn reset(&self, rule: &Rule, facts: &RequestFacts<'_>) -> Result<bool, RedisLimitError> {
+    pub async fn reset(
+        &self,
+        rule: &Rule,
+        facts: &RequestFacts<'_>,
+    ) -> Result<bool, RedisLimitError> {
         let Some(key) = self.key(rule, facts) else {
             return Ok(false);
         };
