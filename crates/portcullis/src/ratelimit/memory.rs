@@ -147,12 +147,18 @@ struct Shard {
     next_sweep: usize,
 }
 
+/// A shard's lock on cache lines of its own, so that two threads working
+/// on neighbouring shards do not slow each other (false sharing).
+#[derive(Debug)]
+#[repr(align(128))]
+struct PaddedShard(Mutex<Shard>);
+
 /// In-process rate-limit state for a fixed set of rules.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     rules: Arc<[Rule]>,
     compiled: Box<[Compiled]>,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[PaddedShard]>,
     max_per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
@@ -167,10 +173,10 @@ impl MemoryLimiter {
             compiled,
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    PaddedShard(Mutex::new(Shard {
                         map: HashMap::with_hasher(MixState),
                         next_sweep: FIRST_SWEEP,
-                    })
+                    }))
                 })
                 .collect(),
             max_per_shard: (max_keys / SHARDS).max(FIRST_SWEEP),
@@ -195,7 +201,10 @@ impl MemoryLimiter {
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         // A poisoned shard only means another thread panicked mid-update of
         // plain integers; the data is still usable.
-        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks the rules in `set` that apply to `facts` at `now_us` (Unix µs);
