@@ -361,6 +361,79 @@ mod redis_backend {
         support::redis_cluster_cleanup(&urls, &prefix).await;
     }
 
+    #[tokio::test]
+    async fn cluster_partition_by_subject_keeps_a_request_on_one_slot() {
+        let Some(urls) = support::redis_cluster_urls() else {
+            return;
+        };
+        if urls.is_empty() {
+            return;
+        }
+        let prefix = support::unique_prefix("rl_part");
+        let conn = RedisConnection::cluster(&urls).await.unwrap();
+        let rules = [
+            Rule::new(
+                "sub",
+                Algorithm::SlidingLog {
+                    limit: 10,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::subject(),
+            ),
+            Rule::new(
+                "sub_route",
+                Algorithm::FixedWindow {
+                    limit: 20,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::new([KeyPart::Subject, KeyPart::Route]),
+            ),
+        ];
+        let mut b = RateLimiter::builder();
+        for r in &rules {
+            b = b.rule(r.clone());
+        }
+        let limiter = b
+            .redis(conn.clone(), &prefix)
+            .redis_partition(KeyPart::Subject)
+            .build()
+            .unwrap();
+        for subject in ["p1", "p2", "p3", "p4"] {
+            let f = RequestFacts {
+                subject: Some(subject),
+                route: Some("GET /x"),
+                ..Default::default()
+            };
+            let mut admitted = 0;
+            for _ in 0..15 {
+                let o = limiter.check(&f).await;
+                assert!(
+                    !o.degraded(),
+                    "no CROSSSLOT: both keys share the subject tag"
+                );
+                assert_eq!(o.decisions().count(), 2);
+                admitted += usize::from(o.admitted());
+            }
+            assert_eq!(admitted, 10);
+        }
+        // A rule without the partition part is refused at build time.
+        let err = RateLimiter::builder()
+            .rule(Rule::new(
+                "by_ip",
+                Algorithm::FixedWindow {
+                    limit: 1,
+                    period: Duration::from_secs(1),
+                },
+                KeySpec::ip(),
+            ))
+            .redis(conn, &prefix)
+            .redis_partition(KeyPart::Subject)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("by_ip"), "{err}");
+        support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+
     /// A redis-server of this test's own, on a free port, killed on drop.
     struct OwnRedis {
         port: u16,

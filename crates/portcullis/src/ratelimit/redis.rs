@@ -53,11 +53,18 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// State under `prefix` (braces are removed) on `conn`.
+    /// State under `prefix` (braces are removed; empty means `portcullis`)
+    /// on `conn`.
     pub fn new(conn: RedisConnection, prefix: &str, partition: Partition) -> Self {
+        let prefix = prefix.replace(['{', '}'], "");
         Self {
             conn,
-            prefix: prefix.replace(['{', '}'], ""),
+            // An empty tag (`{}`) is no tag at all in Cluster hashing.
+            prefix: if prefix.is_empty() {
+                "portcullis".to_owned()
+            } else {
+                prefix
+            },
             partition,
             script: Script::new(SCRIPT),
         }
@@ -75,6 +82,7 @@ impl RedisLimiter {
                 if !spec.render_into(facts, &mut key) {
                     return None;
                 }
+                // Never an empty tag: the part name (`ten=`) precedes the value.
             }
         }
         let _ = write!(key, "}}:{}:", rule.name);
