@@ -72,6 +72,10 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
         let h = limiter.headers(&o);
         assert!(header(&h, "ratelimit").is_some());
         assert!(header(&h, "retry-after").is_none());
+        assert!(limiter.refusal(&o).is_none());
+        let mut map = http::HeaderMap::new();
+        limiter.apply_headers(&o, &mut map);
+        assert!(map.contains_key("ratelimit-policy"));
     }
     let o = limiter.check(&alice_a).await;
     assert_eq!(o.verdict(), Verdict::Limited);

@@ -264,6 +264,32 @@ impl RateLimiter {
         outcome.headers(&self.inner.rules, self.inner.legacy_headers)
     }
 
+    /// Adds the rate-limit response fields of `outcome` to `headers` (for
+    /// admitted responses too).
+    pub fn apply_headers(&self, outcome: &Outcome, headers: &mut http::HeaderMap) {
+        for (name, value) in self.headers(outcome) {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(http::HeaderName::from_static(name), value);
+            }
+        }
+    }
+
+    /// The complete 429 (or 503) response for a refused `outcome`: status,
+    /// fields and problem+json body; `None` when admitted.
+    pub fn refusal(&self, outcome: &Outcome) -> Option<http::Response<String>> {
+        let body = self.problem_body(outcome)?;
+        let mut response = http::Response::new(body);
+        *response.status_mut() = http::StatusCode::from_u16(outcome.status())
+            .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers_mut();
+        self.apply_headers(outcome, headers);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(portcullis_core::ratelimit::headers::PROBLEM_JSON),
+        );
+        Some(response)
+    }
+
     /// The problem+json body for a refused `outcome`.
     pub fn problem_body(&self, outcome: &Outcome) -> Option<String> {
         outcome.problem_body(&self.inner.rules)
