@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::ratelimit::{RateLimiter, Verdict, client_key};
-use portcullis_core::ratelimit::{
-    Algorithm, ClientIpConfig, KeyPart, KeySpec, OnBackendError, RequestFacts, Rule,
-};
-use portcullis_core::{Clock, ManualClock, SystemClock};
+use portcullis_core::ManualClock;
+use portcullis_core::ratelimit::{Algorithm, ClientIpConfig, KeySpec, RequestFacts, Rule};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -185,7 +183,8 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
 mod redis_backend {
     use super::*;
     use portcullis::ratelimit::redis::RedisConnection;
-    use portcullis_core::ratelimit::Decision;
+    use portcullis_core::ratelimit::{Decision, KeyPart, OnBackendError};
+    use portcullis_core::{Clock, SystemClock};
 
     fn three_rules(limit: u64) -> Vec<Rule> {
         vec![
