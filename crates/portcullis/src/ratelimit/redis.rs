@@ -2,7 +2,7 @@
 //! is decided atomically in ONE round trip by `redis.lua`, loaded once and
 //! called by SHA (`EVALSHA`, re-loaded only after a `NOSCRIPT`).
 //!
-//! Keys: `P:rl:{T}:<rule>:<key>` with `P` the configured prefix and `T` the
+//! Keys: `P:rl:{T}:<rule>:<g|l|f>:<key>` with `P` the configured prefix and `T` the
 //! hash tag, so all keys of one request land on one Cluster slot. `T` is
 //! the prefix itself by default (every rate-limit key on one slot: the
 //! Cluster then gives failover, not sharding), or, with
@@ -85,7 +85,10 @@ impl RedisLimiter {
                 // Never an empty tag: the part name (`ten=`) precedes the value.
             }
         }
-        let _ = write!(key, "}}:{}:", rule.name);
+        // The algorithm is part of the key: a rule whose algorithm changes
+        // across a deploy starts afresh instead of meeting a key of another
+        // Redis type (WRONGTYPE on every request).
+        let _ = write!(key, "}}:{}:{}:", rule.name, script_args(&rule.algorithm).0);
         rule.key.render_into(facts, &mut key).then_some(key)
     }
 
