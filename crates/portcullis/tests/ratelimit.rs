@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::ratelimit::{RateLimiter, Verdict, client_key};
-use portcullis_core::ratelimit::{
-    Algorithm, ClientIpConfig, KeyPart, KeySpec, OnBackendError, RequestFacts, Rule,
-};
-use portcullis_core::{Clock, ManualClock, SystemClock};
+use portcullis_core::ManualClock;
+use portcullis_core::ratelimit::{Algorithm, ClientIpConfig, KeySpec, RequestFacts, Rule};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -72,6 +70,10 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
         let h = limiter.headers(&o);
         assert!(header(&h, "ratelimit").is_some());
         assert!(header(&h, "retry-after").is_none());
+        assert!(limiter.refusal(&o).is_none());
+        let mut map = http::HeaderMap::new();
+        limiter.apply_headers(&o, &mut map);
+        assert!(map.contains_key("ratelimit-policy"));
     }
     let o = limiter.check(&alice_a).await;
     assert_eq!(o.verdict(), Verdict::Limited);
@@ -181,7 +183,8 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
 mod redis_backend {
     use super::*;
     use portcullis::ratelimit::redis::RedisConnection;
-    use portcullis_core::ratelimit::Decision;
+    use portcullis_core::ratelimit::{Decision, KeyPart, OnBackendError};
+    use portcullis_core::{Clock, SystemClock};
 
     fn three_rules(limit: u64) -> Vec<Rule> {
         vec![
@@ -246,8 +249,8 @@ mod redis_backend {
         away_from_day_boundary().await;
         let prefix = support::unique_prefix("rl_alike");
         let rules = three_rules(5);
-        for single in 0..rules.len() {
-            let subset = vec![rules[single].clone()];
+        for (single, rule) in rules.iter().enumerate() {
+            let subset = vec![rule.clone()];
             let memory = build(&subset, None, "");
             let redis = build(
                 &subset,
@@ -358,6 +361,79 @@ mod redis_backend {
             &prefix,
         )
         .await;
+        support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn cluster_partition_by_subject_keeps_a_request_on_one_slot() {
+        let Some(urls) = support::redis_cluster_urls() else {
+            return;
+        };
+        if urls.is_empty() {
+            return;
+        }
+        let prefix = support::unique_prefix("rl_part");
+        let conn = RedisConnection::cluster(&urls).await.unwrap();
+        let rules = [
+            Rule::new(
+                "sub",
+                Algorithm::SlidingLog {
+                    limit: 10,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::subject(),
+            ),
+            Rule::new(
+                "sub_route",
+                Algorithm::FixedWindow {
+                    limit: 20,
+                    period: Duration::from_secs(3600),
+                },
+                KeySpec::new([KeyPart::Subject, KeyPart::Route]),
+            ),
+        ];
+        let mut b = RateLimiter::builder();
+        for r in &rules {
+            b = b.rule(r.clone());
+        }
+        let limiter = b
+            .redis(conn.clone(), &prefix)
+            .redis_partition(KeyPart::Subject)
+            .build()
+            .unwrap();
+        for subject in ["p1", "p2", "p3", "p4"] {
+            let f = RequestFacts {
+                subject: Some(subject),
+                route: Some("GET /x"),
+                ..Default::default()
+            };
+            let mut admitted = 0;
+            for _ in 0..15 {
+                let o = limiter.check(&f).await;
+                assert!(
+                    !o.degraded(),
+                    "no CROSSSLOT: both keys share the subject tag"
+                );
+                assert_eq!(o.decisions().count(), 2);
+                admitted += usize::from(o.admitted());
+            }
+            assert_eq!(admitted, 10);
+        }
+        // A rule without the partition part is refused at build time.
+        let err = RateLimiter::builder()
+            .rule(Rule::new(
+                "by_ip",
+                Algorithm::FixedWindow {
+                    limit: 1,
+                    period: Duration::from_secs(1),
+                },
+                KeySpec::ip(),
+            ))
+            .redis(conn, &prefix)
+            .redis_partition(KeyPart::Subject)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("by_ip"), "{err}");
         support::redis_cluster_cleanup(&urls, &prefix).await;
     }
 

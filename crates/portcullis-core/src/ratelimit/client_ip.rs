@@ -42,11 +42,21 @@ impl std::str::FromStr for IpNet {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let addr = addr.to_canonical();
+        let parsed: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let addr = parsed.to_canonical();
+        // An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is the IPv4
+        // network with the prefix shortened by 96.
+        let mapped = parsed.is_ipv6() && addr.is_ipv4();
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            Some(p) => {
+                let p = p.trim().parse::<u8>().map_err(|_| bad())?;
+                if mapped {
+                    p.checked_sub(96).ok_or_else(bad)?
+                } else {
+                    p
+                }
+            }
             None => max,
         };
         if prefix > max {
@@ -307,9 +317,9 @@ mod tests {
     fn cidr_parsing() {
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nope".parse::<IpNet>().is_err());
-        let n: IpNet = "::ffff:10.0.0.0/8"
-            .parse::<IpNet>()
-            .map_or_else(|_| "10.0.0.0/8".parse().unwrap(), |n| n);
+        let n: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
         assert!(n.contains(ip("10.9.9.9")));
+        assert!(n.contains(ip("::ffff:10.1.2.3")));
+        assert!(!n.contains(ip("11.0.0.1")));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::key::KeySpec;
+use super::key::{KeyPart, KeySpec};
 
 /// Longest period a rule may have (one week), so that microsecond times and
 /// products stay far inside the range both Rust `u64` and Lua doubles hold
@@ -274,5 +274,155 @@ impl RuleError {
             rule: rule.to_owned(),
             source: Box::new(self),
         }
+    }
+}
+
+/// A rule as written in configuration (JSON / TOML), e.g.
+/// `{"name": "per_ip", "algorithm": "gcra", "rate": 10, "period": 1,
+/// "burst": 20, "key": ["ip"], "on_backend_error": "local"}`.
+/// `period` is in seconds (fractions allowed); `key` parts are `ip`,
+/// `subject`, `api_key_id`, `app_id`, `tenant`, `route` or
+/// `header:<name>`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The rule's name.
+    pub name: String,
+    /// `gcra`, `sliding_log` or `fixed_window`.
+    pub algorithm: String,
+    /// GCRA: requests per period.
+    #[serde(default)]
+    pub rate: Option<u64>,
+    /// GCRA: bucket size (default: `rate`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Windows: requests per period.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Period in seconds.
+    pub period: f64,
+    /// Key parts.
+    pub key: Vec<String>,
+    /// `allow`, `deny` or `local` (default).
+    #[serde(default)]
+    pub on_backend_error: Option<String>,
+}
+
+impl TryFrom<RuleConfig> for Rule {
+    type Error = RuleError;
+    fn try_from(c: RuleConfig) -> Result<Self, RuleError> {
+        let name = c.name.clone();
+        let inner = || -> Result<Rule, RuleError> {
+            if !(c.period.is_finite() && c.period > 0.0 && c.period <= MAX_PERIOD.as_secs_f64()) {
+                return Err(RuleError::Field {
+                    field: "period",
+                    reason: "must be seconds between 0.001 and 604800",
+                });
+            }
+            let period = Duration::from_secs_f64(c.period);
+            let need = |v: Option<u64>, field: &'static str| {
+                v.ok_or(RuleError::Field {
+                    field,
+                    reason: "is required for this algorithm",
+                })
+            };
+            let algorithm = match c.algorithm.as_str() {
+                "gcra" => {
+                    let rate = need(c.rate, "rate")?;
+                    Algorithm::Gcra {
+                        rate,
+                        period,
+                        burst: c.burst.unwrap_or(rate),
+                    }
+                }
+                "sliding_log" => Algorithm::SlidingLog {
+                    limit: need(c.limit, "limit")?,
+                    period,
+                },
+                "fixed_window" => Algorithm::FixedWindow {
+                    limit: need(c.limit, "limit")?,
+                    period,
+                },
+                _ => {
+                    return Err(RuleError::Field {
+                        field: "algorithm",
+                        reason: "must be one of gcra, sliding_log, fixed_window",
+                    });
+                }
+            };
+            let mut parts = Vec::with_capacity(c.key.len());
+            for p in &c.key {
+                parts.push(match p.as_str() {
+                    "ip" => KeyPart::Ip,
+                    "subject" => KeyPart::Subject,
+                    "api_key_id" => KeyPart::ApiKeyId,
+                    "app_id" => KeyPart::AppId,
+                    "tenant" => KeyPart::Tenant,
+                    "route" => KeyPart::Route,
+                    other => match other.strip_prefix("header:") {
+                        Some(h) => KeyPart::Header(h.to_ascii_lowercase()),
+                        None => {
+                            return Err(RuleError::Field {
+                                field: "key",
+                                reason: "parts are ip, subject, api_key_id, app_id, tenant, route or header:<name>",
+                            });
+                        }
+                    },
+                });
+            }
+            let rule = Rule {
+                name: c.name.clone(),
+                algorithm,
+                key: KeySpec::new(parts),
+                on_backend_error: match &c.on_backend_error {
+                    Some(m) => m.parse()?,
+                    None => OnBackendError::default(),
+                },
+            };
+            rule.validate()?;
+            Ok(rule)
+        };
+        inner().map_err(|e| match e {
+            RuleError::InRule { .. } => e,
+            other => other.in_rule(&name),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Rule, String> {
+        let c: RuleConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Rule::try_from(c).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_parses_and_errors_name_the_rule_and_field() {
+        let r = parse(r#"{"name":"per_ip","algorithm":"gcra","rate":10,"period":1,"burst":20,"key":["ip"],"on_backend_error":"deny"}"#).unwrap();
+        assert_eq!(r.algorithm.quota(), 20);
+        assert_eq!(r.on_backend_error, OnBackendError::Deny);
+        let r = parse(r#"{"name":"t","algorithm":"fixed_window","limit":5,"period":0.5,"key":["subject","header:X-Team"]}"#).unwrap();
+        assert_eq!(r.key.parts()[1], KeyPart::Header("x-team".into()));
+        let e = parse(
+            r#"{"name":"bad","algorithm":"sliding_log","limit":50000,"period":1,"key":["ip"]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`bad`") && e.contains("limit"), "{e}");
+        let e = parse(r#"{"name":"m","algorithm":"gcra","rate":1,"period":1,"key":["ip"],"on_backend_error":"maybe"}"#).unwrap_err();
+        assert!(e.contains("on_backend_error"), "{e}");
+        let e = parse(r#"{"name":"k","algorithm":"gcra","rate":1,"period":1,"key":["cookie"]}"#)
+            .unwrap_err();
+        assert!(e.contains("key"), "{e}");
+        assert!(
+            parse(r#"{"name":"u","algorithm":"gcra","rate":1,"period":1,"key":["ip"],"extra":1}"#)
+                .is_err()
+        );
+        assert!(
+            parse(r#"{"name":"p","algorithm":"gcra","rate":1,"period":-1,"key":["ip"]}"#)
+                .unwrap_err()
+                .contains("period")
+        );
     }
 }

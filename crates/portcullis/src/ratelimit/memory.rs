@@ -26,9 +26,21 @@ const FIRST_SWEEP: usize = 1024;
 /// One key's state: 24 bytes.
 #[derive(Debug)]
 enum Slot {
-    Gcra { rule: u8, tat: u64 },
-    Fixed { rule: u8, start: u64, count: u64 },
-    Log { rule: u8, log: Box<VecDeque<u64>> },
+    Gcra {
+        rule: u8,
+        tat: u64,
+    },
+    Fixed {
+        rule: u8,
+        start: u64,
+        count: u64,
+    },
+    // Boxed so that a slot stays 24 bytes (a bare VecDeque is 32).
+    #[allow(clippy::box_collection)]
+    Log {
+        rule: u8,
+        log: Box<VecDeque<u64>>,
+    },
 }
 
 impl Slot {
@@ -135,12 +147,18 @@ struct Shard {
     next_sweep: usize,
 }
 
+/// A shard's lock on cache lines of its own, so that two threads working
+/// on neighbouring shards do not slow each other (false sharing).
+#[derive(Debug)]
+#[repr(align(128))]
+struct PaddedShard(Mutex<Shard>);
+
 /// In-process rate-limit state for a fixed set of rules.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     rules: Arc<[Rule]>,
     compiled: Box<[Compiled]>,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[PaddedShard]>,
     max_per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
@@ -155,10 +173,10 @@ impl MemoryLimiter {
             compiled,
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    PaddedShard(Mutex::new(Shard {
                         map: HashMap::with_hasher(MixState),
                         next_sweep: FIRST_SWEEP,
-                    })
+                    }))
                 })
                 .collect(),
             max_per_shard: (max_keys / SHARDS).max(FIRST_SWEEP),
@@ -183,7 +201,10 @@ impl MemoryLimiter {
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
         // A poisoned shard only means another thread panicked mid-update of
         // plain integers; the data is still usable.
-        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks the rules in `set` that apply to `facts` at `now_us` (Unix µs);
@@ -270,10 +291,10 @@ impl MemoryLimiter {
         consume: bool,
     ) -> Decision {
         let compiled = &self.compiled[rule];
-        if let Some(slot) = shard.map.get_mut(&h) {
-            if slot.rule() == rule {
-                return compiled.apply(slot, now, consume);
-            }
+        if let Some(slot) = shard.map.get_mut(&h)
+            && slot.rule() == rule
+        {
+            return compiled.apply(slot, now, consume);
         }
         let mut fresh = Slot::fresh(u8::try_from(rule).unwrap_or(u8::MAX), &compiled.algorithm);
         let d = compiled.apply(&mut fresh, now, consume);

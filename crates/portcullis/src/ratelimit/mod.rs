@@ -39,26 +39,35 @@ impl HeaderLookup for HttpHeaders<'_> {
 /// The grouped client IP of a request from its socket peer and forwarding
 /// headers (several header lines are joined, as one list).
 pub fn client_key(config: &ClientIpConfig, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    /// All lines of `name` joined by commas; `Err` when a line is not
+    /// visible ASCII or the total is oversized (then the peer is used).
+    fn joined(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, ()> {
         let mut out: Option<String> = None;
         for v in headers.get_all(name) {
-            let v = v.to_str().ok()?;
+            let v = v.to_str().map_err(|_| ())?;
             match &mut out {
                 None => out = Some(v.to_owned()),
                 Some(s) => {
-                    if s.len() + v.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN {
-                        return Some(String::from("\u{0}oversized"));
-                    }
                     s.push(',');
                     s.push_str(v);
                 }
             }
+            if out
+                .as_ref()
+                .is_some_and(|s| s.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN)
+            {
+                return Err(());
+            }
         }
-        out
+        Ok(out)
     }
-    let forwarded = joined(headers, "forwarded");
-    let xff = joined(headers, "x-forwarded-for");
-    config.client_key(peer, forwarded.as_deref(), xff.as_deref())
+    match (
+        joined(headers, "forwarded"),
+        joined(headers, "x-forwarded-for"),
+    ) {
+        (Ok(forwarded), Ok(xff)) => config.client_key(peer, forwarded.as_deref(), xff.as_deref()),
+        _ => config.group(peer),
+    }
 }
 
 /// Why a limiter could not be built or an admin operation failed.
@@ -201,10 +210,10 @@ impl RateLimiterBuilder {
         let backend = match self.redis {
             None => Backend::Memory,
             Some((conn, prefix, partition)) => {
-                if let redis::Partition::By(part) = &partition {
-                    if let Some(r) = rules.iter().find(|r| !r.key.parts().contains(part)) {
-                        return Err(RateLimitError::Partition(r.name.clone()));
-                    }
+                if let redis::Partition::By(part) = &partition
+                    && let Some(r) = rules.iter().find(|r| !r.key.parts().contains(part))
+                {
+                    return Err(RateLimitError::Partition(r.name.clone()));
                 }
                 Backend::Redis {
                     redis: redis::RedisLimiter::new(conn, &prefix, partition),
@@ -253,6 +262,32 @@ impl RateLimiter {
     /// Response fields for `outcome` (with the legacy ones if configured).
     pub fn headers(&self, outcome: &Outcome) -> Vec<(&'static str, String)> {
         outcome.headers(&self.inner.rules, self.inner.legacy_headers)
+    }
+
+    /// Adds the rate-limit response fields of `outcome` to `headers` (for
+    /// admitted responses too).
+    pub fn apply_headers(&self, outcome: &Outcome, headers: &mut http::HeaderMap) {
+        for (name, value) in self.headers(outcome) {
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(http::HeaderName::from_static(name), value);
+            }
+        }
+    }
+
+    /// The complete 429 (or 503) response for a refused `outcome`: status,
+    /// fields and problem+json body; `None` when admitted.
+    pub fn refusal(&self, outcome: &Outcome) -> Option<http::Response<String>> {
+        let body = self.problem_body(outcome)?;
+        let mut response = http::Response::new(body);
+        *response.status_mut() = http::StatusCode::from_u16(outcome.status())
+            .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers_mut();
+        self.apply_headers(outcome, headers);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(portcullis_core::ratelimit::headers::PROBLEM_JSON),
+        );
+        Some(response)
     }
 
     /// The problem+json body for a refused `outcome`.
@@ -399,8 +434,25 @@ impl RateLimiter {
         }
     }
 
-    /// Drops idle in-memory keys; call periodically.
+    /// Drops idle in-memory keys; call periodically (or use
+    /// [`Self::spawn_sweeper`]).
     pub fn sweep(&self) {
         self.inner.memory.sweep(self.now_us());
+    }
+
+    /// Sweeps idle in-memory keys every `every` on the current tokio
+    /// runtime, until the last clone of this limiter is dropped.
+    pub fn spawn_sweeper(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.memory.sweep(micros(inner.clock.now()));
+            }
+        })
     }
 }

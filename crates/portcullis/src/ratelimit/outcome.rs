@@ -53,22 +53,50 @@ pub enum Verdict {
     Unavailable,
 }
 
-const EMPTY: Decision = Decision {
-    allowed: true,
-    limit: 0,
-    remaining: 0,
-    reset_after_us: 0,
-    retry_after_us: 0,
-};
+/// A [`Decision`] in 24 bytes, all-zero when empty, so an [`Outcome`]
+/// stays small and cheap to create and return (limits and remaining
+/// counts are at most 1e9, see `MAX_LIMIT`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Packed {
+    reset_after_us: u64,
+    retry_after_us: u64,
+    /// Bit 31: allowed; bits 0-30: the limit.
+    limit_allowed: u32,
+    remaining: u32,
+}
+
+const ALLOWED_BIT: u32 = 1 << 31;
+
+impl Packed {
+    fn pack(d: Decision) -> Self {
+        let limit = u32::try_from(d.limit.min(u64::from(ALLOWED_BIT - 1))).unwrap_or(0);
+        Self {
+            reset_after_us: d.reset_after_us,
+            retry_after_us: d.retry_after_us,
+            limit_allowed: limit | if d.allowed { ALLOWED_BIT } else { 0 },
+            remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn unpack(self) -> Decision {
+        Decision {
+            allowed: self.limit_allowed & ALLOWED_BIT != 0,
+            limit: u64::from(self.limit_allowed & !ALLOWED_BIT),
+            remaining: u64::from(self.remaining),
+            reset_after_us: self.reset_after_us,
+            retry_after_us: self.retry_after_us,
+        }
+    }
+}
 
 /// The decisions of the rules that applied to one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
-    verdict: Verdict,
+    decisions: [Packed; MAX_RULES],
     rules: [u8; MAX_RULES],
-    decisions: [Decision; MAX_RULES],
     len: u8,
     primary: u8,
+    verdict: Verdict,
     degraded: bool,
 }
 
@@ -77,7 +105,7 @@ impl Outcome {
         Self {
             verdict: Verdict::Admitted,
             rules: [0; MAX_RULES],
-            decisions: [EMPTY; MAX_RULES],
+            decisions: [Packed::default(); MAX_RULES],
             len: 0,
             primary: 0,
             degraded: false,
@@ -88,18 +116,24 @@ impl Outcome {
         let i = usize::from(self.len);
         if i < MAX_RULES {
             self.rules[i] = u8::try_from(rule).unwrap_or(u8::MAX);
-            self.decisions[i] = decision;
+            self.decisions[i] = Packed::pack(decision);
             self.len += 1;
         }
     }
 
     /// Sets the verdict and the most restrictive decision from the decisions.
     pub(crate) fn finish(&mut self) {
-        let decisions = &self.decisions[..usize::from(self.len)];
-        self.primary = portcullis_core::ratelimit::most_restrictive(decisions)
-            .and_then(|i| u8::try_from(i).ok())
-            .unwrap_or(0);
-        if self.verdict == Verdict::Admitted && decisions.iter().any(|d| !d.allowed) {
+        let mut primary: Option<(usize, Decision)> = None;
+        let mut refused = false;
+        for (i, d) in self.decisions[..usize::from(self.len)].iter().enumerate() {
+            let d = d.unpack();
+            refused |= !d.allowed;
+            if primary.is_none_or(|(_, p)| d.more_restrictive_than(&p)) {
+                primary = Some((i, d));
+            }
+        }
+        self.primary = primary.map_or(0, |(i, _)| u8::try_from(i).unwrap_or(0));
+        if self.verdict == Verdict::Admitted && refused {
             self.verdict = Verdict::Limited;
         }
     }
@@ -134,14 +168,14 @@ impl Outcome {
         self.rules[..usize::from(self.len)]
             .iter()
             .zip(&self.decisions[..usize::from(self.len)])
-            .map(|(r, d)| (usize::from(*r), *d))
+            .map(|(r, d)| (usize::from(*r), d.unpack()))
     }
 
     /// The most restrictive `(rule index, decision)`, if any rule applied.
     pub fn primary(&self) -> Option<(usize, Decision)> {
         (self.len > 0).then(|| {
             let i = usize::from(self.primary);
-            (usize::from(self.rules[i]), self.decisions[i])
+            (usize::from(self.rules[i]), self.decisions[i].unpack())
         })
     }
 

@@ -39,7 +39,9 @@ local function ms(us)
 end
 
 local out = {}
-local writes = {}
+-- Pending writes, applied only if every rule admits: kind, key, values.
+local wk, wkey, wa, wb, wc = {}, {}, {}, {}, {}
+local nw = 0
 local all = true
 
 for i = 1, n do
@@ -59,9 +61,8 @@ for i = 1, n do
     local horizon = now + tolerance
     if new_tat <= horizon then
       allowed, remaining, reset, retry = 1, math.floor((horizon - new_tat) / emission), new_tat - now, 0
-      writes[#writes + 1] = function()
-        redis.call('SET', key, fmt(new_tat), 'PX', ms(new_tat - now))
-      end
+      nw = nw + 1
+      wk[nw], wkey[nw], wa[nw], wb[nw] = 'g', key, new_tat, ms(new_tat - now)
     else
       allowed, remaining, reset, retry = 0, 0, start - now, new_tat - horizon
     end
@@ -84,10 +85,8 @@ for i = 1, n do
     if len < limit then
       oldest = oldest or at
       allowed, remaining, reset, retry = 1, limit - len - 1, oldest + period - at, 0
-      writes[#writes + 1] = function()
-        redis.call('RPUSH', key, fmt(at))
-        redis.call('PEXPIRE', key, ms(period))
-      end
+      nw = nw + 1
+      wk[nw], wkey[nw], wa[nw], wb[nw] = 'l', key, at, ms(period)
     else
       oldest = oldest or at
       newest = newest or at
@@ -106,10 +105,9 @@ for i = 1, n do
     local reset_us = math.max(start + period - now, 0)
     if count < limit then
       allowed, remaining, reset, retry = 1, limit - count - 1, reset_us, 0
-      writes[#writes + 1] = function()
-        redis.call('HSET', key, 's', fmt(start), 'c', count + 1)
-        redis.call('PEXPIRE', key, ms(reset_us))
-      end
+      nw = nw + 1
+      wk[nw], wkey[nw], wa[nw], wb[nw] = 'f', key, start, ms(reset_us)
+      wc[nw] = count + 1
     else
       allowed, remaining, reset, retry = 0, 0, reset_us, reset_us
     end
@@ -123,7 +121,18 @@ for i = 1, n do
 end
 
 if mode == 'check' and all then
-  for _, w in ipairs(writes) do w() end
+  for j = 1, nw do
+    local kind, key = wk[j], wkey[j]
+    if kind == 'g' then
+      redis.call('SET', key, fmt(wa[j]), 'PX', wb[j])
+    elseif kind == 'l' then
+      redis.call('RPUSH', key, fmt(wa[j]))
+      redis.call('PEXPIRE', key, wb[j])
+    else
+      redis.call('HSET', key, 's', fmt(wa[j]), 'c', wc[j])
+      redis.call('PEXPIRE', key, wb[j])
+    end
+  end
 end
 
 out[#out + 1] = now

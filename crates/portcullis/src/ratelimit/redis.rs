@@ -2,7 +2,7 @@
 //! is decided atomically in ONE round trip by `redis.lua`, loaded once and
 //! called by SHA (`EVALSHA`, re-loaded only after a `NOSCRIPT`).
 //!
-//! Keys: `P:rl:{T}:<rule>:<key>` with `P` the configured prefix and `T` the
+//! Keys: `P:rl:{T}:<rule>:<g|l|f>:<key>` with `P` the configured prefix and `T` the
 //! hash tag, so all keys of one request land on one Cluster slot. `T` is
 //! the prefix itself by default (every rate-limit key on one slot: the
 //! Cluster then gives failover, not sharding), or, with
@@ -53,11 +53,18 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// State under `prefix` (braces are removed) on `conn`.
+    /// State under `prefix` (braces are removed; empty means `portcullis`)
+    /// on `conn`.
     pub fn new(conn: RedisConnection, prefix: &str, partition: Partition) -> Self {
+        let prefix = prefix.replace(['{', '}'], "");
         Self {
             conn,
-            prefix: prefix.replace(['{', '}'], ""),
+            // An empty tag (`{}`) is no tag at all in Cluster hashing.
+            prefix: if prefix.is_empty() {
+                "portcullis".to_owned()
+            } else {
+                prefix
+            },
             partition,
             script: Script::new(SCRIPT),
         }
@@ -75,9 +82,13 @@ impl RedisLimiter {
                 if !spec.render_into(facts, &mut key) {
                     return None;
                 }
+                // Never an empty tag: the part name (`ten=`) precedes the value.
             }
         }
-        let _ = write!(key, "}}:{}:", rule.name);
+        // The algorithm is part of the key: a rule whose algorithm changes
+        // across a deploy starts afresh instead of meeting a key of another
+        // Redis type (WRONGTYPE on every request).
+        let _ = write!(key, "}}:{}:{}:", rule.name, script_args(&rule.algorithm).0);
         rule.key.render_into(facts, &mut key).then_some(key)
     }
 
