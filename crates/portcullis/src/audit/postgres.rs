@@ -1,7 +1,7 @@
 //! The PostgreSQL audit store. A batch is split in two halves written
 //! concurrently, each with `COPY ... FROM STDIN` (text format); a half that
 //! hits an id already stored (a replay) is retried with
-//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (id) DO NOTHING`,
+//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (ts_us, id) DO NOTHING`,
 //! so replays are idempotent.
 
 use std::time::Duration;
@@ -22,7 +22,7 @@ const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_events (
-        id TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
         ts_us BIGINT NOT NULL,
         kind TEXT NOT NULL,
         request_id TEXT,
@@ -41,9 +41,9 @@ const SCHEMA: &[&str] = &[
         code TEXT,
         rate_limit_remaining BIGINT,
         anomaly_flags TEXT,
-        user_agent TEXT
+        user_agent TEXT,
+        PRIMARY KEY (ts_us, id)
     )",
-    "CREATE INDEX IF NOT EXISTS audit_events_ts_id ON audit_events (ts_us, id)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_client_ip ON audit_events (ts_us, client_ip)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_code ON audit_events (ts_us, code)",
@@ -56,7 +56,7 @@ const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, cli
     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
     $18::bigint[], $19::text[], $20::text[]) \
-    ON CONFLICT (id) DO NOTHING";
+    ON CONFLICT (ts_us, id) DO NOTHING";
 
 /// Below this many events per half, a batch is written in one piece.
 const MIN_HALF: usize = 256;
