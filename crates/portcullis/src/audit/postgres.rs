@@ -19,26 +19,28 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Serialises concurrent schema creation by several replicas.
 const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
 
+/// Indexed text columns compare bytewise (`COLLATE "C"`): faster, and the
+/// same order as the keyset cursor's, whatever the database locale.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_events (
-        id TEXT NOT NULL,
+        id TEXT NOT NULL COLLATE \"C\",
         ts_us BIGINT NOT NULL,
         kind TEXT NOT NULL,
         request_id TEXT,
-        client_ip TEXT,
+        client_ip TEXT COLLATE \"C\",
         method TEXT,
         route TEXT,
         path TEXT,
         status BIGINT,
         latency_us BIGINT,
         upstream_latency_us BIGINT,
-        subject TEXT,
+        subject TEXT COLLATE \"C\",
         tenant TEXT,
         auth_method TEXT,
         credential_id TEXT,
         decision TEXT NOT NULL,
-        code TEXT,
+        code TEXT COLLATE \"C\",
         rate_limit_remaining BIGINT,
         anomaly_flags TEXT,
         user_agent TEXT,
