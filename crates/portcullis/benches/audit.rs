@@ -1,6 +1,7 @@
 //! Audit writer costs: enqueue on the request path, and sustained events/s
 //! through the writer into SQLite and (with `--features postgres`) the local
 //! PostgreSQL (`PORTCULLIS_POSTGRES_URL`, default postgres://postgres@127.0.0.1:5432/test).
+//! `BENCH_AUDIT_BATCH=N` overrides the writer's batch size (default 1 000).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -101,6 +102,9 @@ fn sustained(
     *offset += SUSTAINED;
     let mut config = AuditWriterConfig::new(spool(label));
     config.full_policy = FullPolicy::Block(Duration::from_secs(60));
+    if let Ok(n) = std::env::var("BENCH_AUDIT_BATCH") {
+        config.batch_size = n.parse().unwrap();
+    }
     rt.block_on(async {
         let writer = AuditWriter::start(sink, config, Arc::new(SystemClock)).unwrap();
         let start = Instant::now();
