@@ -144,6 +144,7 @@ fn bench_sqlite(c: &mut Criterion) {
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(spool("sqlite.spool"));
 }
 
 #[cfg(feature = "postgres")]
@@ -179,6 +180,7 @@ fn bench_postgres(c: &mut Criterion) {
     });
     group.finish();
     drop(sink);
+    let _ = std::fs::remove_file(spool("pg.spool"));
     rt.block_on(store.pool().close());
     let _ = rt.block_on(
         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn),
