@@ -298,3 +298,100 @@ async fn tail_prints_the_latest_then_follows_new_events() {
         ]
     );
 }
+
+fn postgres_admin_url() -> Option<String> {
+    let url = std::env::var("PORTCULLIS_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .map(|mut addrs| {
+            addrs.any(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()
+            })
+        })
+        .unwrap_or(false);
+    if !reachable {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_BACKENDS").is_none(),
+            "PostgreSQL at {url} is unreachable and PORTCULLIS_REQUIRE_BACKENDS is set"
+        );
+        eprintln!("skipping: PostgreSQL at {url} is unreachable");
+        return None;
+    }
+    Some(url)
+}
+
+#[tokio::test]
+async fn query_and_prune_against_postgres() {
+    use portcullis::audit::postgres::PostgresAudit;
+    use sqlx::Connection;
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("pcx_cli_audit_{}_{nanos}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+    let store = PostgresAudit::open(&url).await.unwrap();
+    let now = now_us();
+    let day = 86_400_000_000i64;
+    store
+        .write_batch(&[
+            event(0, now - 40 * day),
+            event(1, now - 2),
+            event(2, now - 1),
+        ])
+        .await
+        .unwrap();
+    store.pool().close().await;
+
+    let page = json(&run(&[
+        "audit",
+        "query",
+        "--postgres",
+        &url,
+        "--since",
+        "1d",
+        "--format",
+        "json",
+    ]));
+    let paths: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/api/items/2", "/api/items/1"]);
+    let pruned = json(&run(&[
+        "audit",
+        "prune",
+        "--postgres",
+        &url,
+        "--older-than",
+        "30d",
+    ]));
+    assert_eq!(pruned["deleted"], 1);
+    let all = json(&run(&[
+        "audit",
+        "query",
+        "--postgres",
+        &url,
+        "--format",
+        "json",
+    ]));
+    assert_eq!(all["events"].as_array().unwrap().len(), 2);
+
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
+}

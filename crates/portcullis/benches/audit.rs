@@ -1,6 +1,7 @@
 //! Audit writer costs: enqueue on the request path, and sustained events/s
 //! through the writer into SQLite and (with `--features postgres`) the local
 //! PostgreSQL (`PORTCULLIS_POSTGRES_URL`, default postgres://postgres@127.0.0.1:5432/test).
+//! `BENCH_AUDIT_BATCH=N` overrides the writer's batch size (default 1 000).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -101,6 +102,9 @@ fn sustained(
     *offset += SUSTAINED;
     let mut config = AuditWriterConfig::new(spool(label));
     config.full_policy = FullPolicy::Block(Duration::from_secs(60));
+    if let Ok(n) = std::env::var("BENCH_AUDIT_BATCH") {
+        config.batch_size = n.parse().unwrap();
+    }
     rt.block_on(async {
         let writer = AuditWriter::start(sink, config, Arc::new(SystemClock)).unwrap();
         let start = Instant::now();
@@ -140,6 +144,7 @@ fn bench_sqlite(c: &mut Criterion) {
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(spool("sqlite.spool"));
 }
 
 #[cfg(feature = "postgres")]
@@ -175,6 +180,7 @@ fn bench_postgres(c: &mut Criterion) {
     });
     group.finish();
     drop(sink);
+    let _ = std::fs::remove_file(spool("pg.spool"));
     rt.block_on(store.pool().close());
     let _ = rt.block_on(
         sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn),

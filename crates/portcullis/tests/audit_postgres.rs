@@ -113,6 +113,16 @@ async fn copy_round_trips_awkward_text_and_replays_are_idempotent() {
     overlap.extend_from_slice(&batch[..600]);
     store.write_batch(&overlap).await.unwrap();
     assert_eq!(count(&store).await, 1600);
+    // A batch big enough to be written as two concurrent halves, one of
+    // them all replays.
+    let big: Vec<AuditEvent> = (1600..2800)
+        .map(event)
+        .chain(batch.iter().cloned())
+        .chain((3000..3200).map(event))
+        .collect();
+    assert!(big.len() >= 2000);
+    store.write_batch(&big).await.unwrap();
+    assert_eq!(count(&store).await, 1600 + 1200 + 200);
     let page = all_pages(
         &store,
         portcullis::audit::AuditQuery {

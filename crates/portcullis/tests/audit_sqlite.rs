@@ -159,6 +159,38 @@ async fn shutdown_with_a_full_queue_keeps_every_event() {
 }
 
 #[tokio::test]
+async fn the_block_policy_waits_for_room_and_counts_it() {
+    let dir = TempDir::new("audit_sqlite_block");
+    let store = open(&dir, Duration::from_secs(5)).await;
+    let mut config = AuditWriterConfig::new(dir.0.join("audit.spool"));
+    config.queue_capacity = 10;
+    config.full_policy = FullPolicy::Block(Duration::from_secs(5));
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    for i in 0..10 {
+        assert_eq!(writer.try_record(event(i)), Recorded::Queued);
+    }
+    // The queue is full; `record` waits while the batcher makes room.
+    assert_eq!(writer.record(event(10)).await, Recorded::Queued);
+    let stats = writer.stats();
+    assert_eq!((stats.blocked, stats.dropped, stats.enqueued), (1, 0, 11));
+    writer.shutdown().await;
+    assert_eq!(count(&store).await, 11);
+}
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    let dir = TempDir::new("audit_no_runtime");
+    let err = AuditWriter::start(
+        Arc::new(JsonlSink::open(dir.0.join("a.jsonl"), 1 << 20, 1).unwrap()),
+        AuditWriterConfig::new(dir.0.join("a.spool")),
+        Arc::new(SystemClock),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+}
+
+#[tokio::test]
 async fn events_spooled_at_shutdown_replay_on_next_start() {
     let dir = TempDir::new("audit_sqlite_restart");
     let db = dir.0.join("audit.db");

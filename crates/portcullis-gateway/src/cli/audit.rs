@@ -55,7 +55,7 @@ fn parse_time(text: &str) -> Result<TimeArg, String> {
         })
 }
 
-fn parse_retention(text: &str) -> Result<Duration, String> {
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("`{text}` is not a positive duration; use e.g. 30d, 12h"))
@@ -153,7 +153,7 @@ pub struct TailArgs {
     #[command(flatten)]
     filters: FilterArgs,
     /// How often to poll, e.g. 1s, 5s.
-    #[arg(long, default_value = "1s", value_parser = parse_retention)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     interval: Duration,
     /// Events from the past printed first.
     #[arg(long, default_value_t = 10)]
@@ -172,7 +172,7 @@ pub struct PruneArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Delete events older than this, e.g. 30d.
-    #[arg(long, value_parser = parse_retention)]
+    #[arg(long, value_parser = parse_positive_duration)]
     older_than: Duration,
 }
 

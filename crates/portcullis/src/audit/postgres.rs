@@ -1,7 +1,7 @@
-//! The PostgreSQL audit store. A batch is split in two halves written
-//! concurrently, each with `COPY ... FROM STDIN` (text format); a half that
+//! The PostgreSQL audit store. A batch is written with `COPY ... FROM STDIN`
+//! (text format; batches of 2 000 or more as two concurrent halves); a piece that
 //! hits an id already stored (a replay) is retried with
-//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (id) DO NOTHING`,
+//! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (ts_us, id) DO NOTHING`,
 //! so replays are idempotent.
 
 use std::time::Duration;
@@ -19,31 +19,33 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Serialises concurrent schema creation by several replicas.
 const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
 
+/// Indexed text columns compare bytewise (`COLLATE "C"`): faster, and the
+/// same order as the keyset cursor's, whatever the database locale.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_events (
-        id TEXT PRIMARY KEY,
+        id TEXT NOT NULL COLLATE \"C\",
         ts_us BIGINT NOT NULL,
         kind TEXT NOT NULL,
         request_id TEXT,
-        client_ip TEXT,
+        client_ip TEXT COLLATE \"C\",
         method TEXT,
         route TEXT,
         path TEXT,
         status BIGINT,
         latency_us BIGINT,
         upstream_latency_us BIGINT,
-        subject TEXT,
+        subject TEXT COLLATE \"C\",
         tenant TEXT,
         auth_method TEXT,
         credential_id TEXT,
         decision TEXT NOT NULL,
-        code TEXT,
+        code TEXT COLLATE \"C\",
         rate_limit_remaining BIGINT,
         anomaly_flags TEXT,
-        user_agent TEXT
+        user_agent TEXT,
+        PRIMARY KEY (ts_us, id)
     )",
-    "CREATE INDEX IF NOT EXISTS audit_events_ts_id ON audit_events (ts_us, id)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_client_ip ON audit_events (ts_us, client_ip)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_code ON audit_events (ts_us, code)",
@@ -56,10 +58,11 @@ const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, cli
     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
     $18::bigint[], $19::text[], $20::text[]) \
-    ON CONFLICT (id) DO NOTHING";
+    ON CONFLICT (ts_us, id) DO NOTHING";
 
-/// Below this many events per half, a batch is written in one piece.
-const MIN_HALF: usize = 256;
+/// Below this many events per half, a batch is written in one piece (at
+/// 1 000 events, two concurrent halves measured slower than one COPY).
+const MIN_HALF: usize = 1000;
 
 /// Appends `value` as a COPY text field (`\N` for NULL; backslash, tab,
 /// newline and carriage return escaped).

@@ -1,5 +1,5 @@
 //! The SQLite audit store (the embedded default): WAL, one multi-row insert
-//! transaction per batch, `ON CONFLICT (id) DO NOTHING` so replays are idempotent.
+//! transaction per batch, `ON CONFLICT (ts_us, id) DO NOTHING` so replays are idempotent.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,7 +21,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_events (
-        id TEXT PRIMARY KEY NOT NULL,
+        id TEXT NOT NULL,
         ts_us INTEGER NOT NULL,
         kind TEXT NOT NULL,
         request_id TEXT,
@@ -40,9 +40,9 @@ const SCHEMA: &[&str] = &[
         code TEXT,
         rate_limit_remaining INTEGER,
         anomaly_flags TEXT,
-        user_agent TEXT
+        user_agent TEXT,
+        PRIMARY KEY (ts_us, id)
     )",
-    "CREATE INDEX IF NOT EXISTS audit_events_ts_id ON audit_events (ts_us, id)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_client_ip ON audit_events (ts_us, client_ip)",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_code ON audit_events (ts_us, code)",
@@ -147,7 +147,7 @@ impl SqliteAudit {
                     .push_bind(e.anomaly_flags_text())
                     .push_bind(e.user_agent.as_deref());
             });
-            qb.push(" ON CONFLICT (id) DO NOTHING");
+            qb.push(" ON CONFLICT (ts_us, id) DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;

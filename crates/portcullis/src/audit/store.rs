@@ -16,7 +16,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The database refused or could not be reached; the writer spools and retries.
-    #[error("audit database error: {0}; events are spooled and retried")]
+    #[error(
+        "audit database error: {0}; check that the database is up and the audit role may insert and select"
+    )]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A local file (spool, JSON Lines) could not be used.
     #[error("audit file `{path}`: {source}; check the path, its permissions and free space")]

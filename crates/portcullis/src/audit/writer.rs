@@ -166,6 +166,9 @@ impl AuditWriter {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuditError> {
         config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            AuditError::Config("AuditWriter::start must be called inside a tokio runtime".into())
+        })?;
         let spool = Spool::open(&config.spool_path)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
@@ -181,7 +184,7 @@ impl AuditWriter {
             clock,
             config: config.clone(),
         };
-        let task = tokio::spawn(batcher.run());
+        let task = runtime.spawn(batcher.run());
         Ok(Self {
             tx,
             policy: config.full_policy,
