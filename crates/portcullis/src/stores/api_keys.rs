@@ -284,7 +284,10 @@ mod tests {
         assert_eq!(pid, id);
         // Stored: the keyed hash, never the plain digest the checksum uses.
         assert!(hasher.matches(body, &hash));
-        assert_ne!(hash.as_slice(), digest::digest(&digest::SHA256, body.as_bytes()).as_ref());
+        assert_ne!(
+            hash.as_slice(),
+            digest::digest(&digest::SHA256, body.as_bytes()).as_ref()
+        );
         assert!(b64_decode(id.as_bytes()).is_some_and(|b| b.len() == 16));
         let mut bad = key.into_bytes();
         bad[30] = if bad[30] == b'A' { b'B' } else { b'A' };

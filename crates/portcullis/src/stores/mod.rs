@@ -240,7 +240,7 @@ impl RefreshRecord {
 pub struct ApiKeyRecord {
     /// Public id (embedded in the key).
     pub id: String,
-    /// SHA-256 of the whole key.
+    /// HMAC-SHA256 (server pepper) of the key without its checksum.
     pub hash: [u8; 32],
     /// Human name.
     pub name: String,
