@@ -15,11 +15,27 @@ pub(crate) struct Subject {
     pub name: Option<String>,
 }
 
+/// `aud`: one string (the usual case, kept without allocating) or an array.
+pub(crate) enum Audience<'de> {
+    One(CowStr<'de>),
+    Many(Vec<CowStr<'de>>),
+}
+
+impl Audience<'_> {
+    pub(crate) fn contains_any(&self, ours: &[String]) -> bool {
+        let ok = |a: &CowStr<'_>| ours.iter().any(|o| o == a.as_str());
+        match self {
+            Self::One(a) => ok(a),
+            Self::Many(all) => all.iter().any(ok),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct ParsedClaims<'de> {
     pub sub: Option<Subject>,
     pub iss: Option<CowStr<'de>>,
-    pub aud: Option<Vec<CowStr<'de>>>,
+    pub aud: Option<Audience<'de>>,
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
@@ -104,7 +120,13 @@ pub(crate) fn parse_claims<'a>(bytes: &'a [u8], n: &ClaimNames) -> Result<Parsed
         match slot {
             SUB => c.sub = Some(subject(s, depth)?),
             ISS => c.iss = Some(s.string()?),
-            AUD => c.aud = Some(strings(s, depth, false)?),
+            AUD => {
+                c.aud = Some(if s.peek() == Some(b'[') {
+                    Audience::Many(strings(s, depth, false)?)
+                } else {
+                    Audience::One(s.string()?)
+                })
+            }
             EXP => c.exp = Some(numeric_date(s)?),
             NBF => c.nbf = Some(numeric_date(s)?),
             IAT => c.iat = Some(numeric_date(s)?),

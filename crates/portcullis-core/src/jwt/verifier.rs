@@ -79,11 +79,19 @@ impl Verifier {
 
     /// Verifies `token` as an access token and returns its principal.
     pub fn verify(&self, token: &[u8]) -> Result<Principal, TokenError> {
-        self.verify_detailed(token).map(|v| v.principal)
+        self.verify_inner(token).map(|(principal, _)| principal)
     }
 
     /// Verifies `token` and also returns the key that signed it.
     pub fn verify_detailed(&self, token: &[u8]) -> Result<Verified, TokenError> {
+        let (principal, key) = self.verify_inner(token)?;
+        Ok(Verified {
+            principal,
+            key: Arc::clone(key),
+        })
+    }
+
+    fn verify_inner(&self, token: &[u8]) -> Result<(Principal, &Arc<Key>), TokenError> {
         let v = &self.validation;
         let jws = jws::verify_compact(token, &self.keys, &v.jws)?;
         if jws.typ == TypHeader::Other {
@@ -95,14 +103,13 @@ impl Verifier {
             .map_err(|_| TokenError::Malformed("claims are not a valid JWT claims object"))?;
         self.check(&claims)?;
         let principal = to_principal(claims);
-        let key = Arc::clone(jws.key);
-        Ok(Verified {
-            principal: Principal {
+        Ok((
+            Principal {
                 claims: RawClaims::new(jws.payload),
                 ..principal
             },
-            key,
-        })
+            jws.key,
+        ))
     }
 
     /// Checks an already verified token's time claims against the clock; used
@@ -158,10 +165,7 @@ impl Verifier {
                 .aud
                 .as_ref()
                 .ok_or_else(|| TokenError::MissingClaim("aud".into()))?;
-            if !aud
-                .iter()
-                .any(|a| v.audiences.iter().any(|ours| ours == a.as_str()))
-            {
+            if !aud.contains_any(&v.audiences) {
                 return Err(TokenError::InvalidAudience);
             }
         }
