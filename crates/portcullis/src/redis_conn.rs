@@ -39,6 +39,12 @@ impl RedisConnection {
         ))
     }
 
+    /// Whether this is a Cluster connection (multi-key calls must then stay
+    /// on one hash slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// Connects to a Cluster through its seed nodes.
     pub async fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
         let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
@@ -71,5 +77,31 @@ impl ConnectionLike for RedisConnection {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// The part of `key` Redis Cluster hashes: the text between the first `{`
+/// and the next `}` when that is not empty, else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_tag;
+
+    #[test]
+    fn hash_tags_follow_the_cluster_rule() {
+        assert_eq!(hash_tag("p:rl:{tenant-1}:r:k"), "tenant-1");
+        assert_eq!(hash_tag("p:{}:x"), "p:{}:x");
+        assert_eq!(hash_tag("p:{a}{b}"), "a");
+        assert_eq!(hash_tag("plain"), "plain");
+        assert_eq!(hash_tag("p:{open"), "p:{open");
     }
 }

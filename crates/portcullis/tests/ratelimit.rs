@@ -522,6 +522,96 @@ mod redis_backend {
         server.stop().await;
     }
 
+    /// A limiter and a `burst` detector (threshold 5, tag) sharing `conn`.
+    fn limiter_and_detector(
+        conn: &RedisConnection,
+        prefix: &str,
+    ) -> (RateLimiter, portcullis::anomaly::AnomalyEngine) {
+        use portcullis::anomaly::redis::{RedisBans, RedisCounters};
+        use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
+        use portcullis_core::anomaly::{Action, DetectorConfig, DetectorKind};
+        let limiter = build(&three_rules(1000), Some(conn.clone()), prefix);
+        let burst = DetectorConfig {
+            threshold: 5,
+            window: Duration::from_secs(60),
+            actions: vec![Action::Tag],
+            ..DetectorConfig::default_for(DetectorKind::Burst)
+        };
+        let engine = AnomalyEngine::new(
+            vec![burst],
+            AnomalyBackend::Redis {
+                counters: RedisCounters::new(conn.clone(), prefix),
+                bans: RedisBans::new(conn.clone(), prefix),
+            },
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        (limiter, engine)
+    }
+
+    /// Requests from one IP: rate-limit outcomes and whether `burst` fired.
+    async fn observe_burst(
+        limiter: &RateLimiter,
+        engine: &portcullis::anomaly::AnomalyEngine,
+        client: &'static str,
+        requests: usize,
+    ) -> Vec<bool> {
+        use portcullis_core::anomaly::{SampleRequest, Signal};
+        let f = facts(client, Some("grace"));
+        let mut fired = Vec::new();
+        for _ in 0..requests {
+            let (outcome, observed) = limiter
+                .check_observing(&f, engine, Signal::Request { ip: client }, || {
+                    SampleRequest::new("GET", "/x", "test")
+                })
+                .await;
+            assert!(outcome.admitted() && !outcome.degraded());
+            fired.push(!observed.unwrap().tags.is_empty());
+        }
+        fired
+    }
+
+    #[tokio::test]
+    async fn rate_limits_and_detectors_share_one_evalsha_per_request() {
+        let mut server = OwnRedis::start(None).await;
+        let url = server.url();
+        let conn = RedisConnection::single(&url).await.unwrap();
+        let (limiter, engine) = limiter_and_detector(&conn, "pcx_test_fold");
+        let (sha0, _) = evalsha_calls(&url).await;
+        let fired = observe_burst(&limiter, &engine, "203.0.113.40", 8).await;
+        let (sha1, _) = evalsha_calls(&url).await;
+        // Three rules and the detector window in one call per request (the
+        // first call loads the script: EVALSHA, NOSCRIPT, then EVAL).
+        assert!(sha1 - sha0 <= 9, "{} EVALSHA for 8 requests", sha1 - sha0);
+        let (sha2, _) = evalsha_calls(&url).await;
+        observe_burst(&limiter, &engine, "203.0.113.41", 10).await;
+        let (sha3, _) = evalsha_calls(&url).await;
+        assert_eq!(
+            sha3 - sha2,
+            10,
+            "one EVALSHA per request for limits and detector"
+        );
+        // The detector fires at its threshold (the 5th request), not before.
+        assert_eq!(fired, [false, false, false, false, true, true, true, true]);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn detectors_fire_at_their_threshold_beside_the_limiter_on_the_cluster() {
+        let Some(urls) = support::redis_cluster_urls() else {
+            return;
+        };
+        let prefix = support::unique_prefix("rl_fold_cluster");
+        let conn = RedisConnection::cluster(&urls).await.unwrap();
+        // The detector windows are tagged by IP, the limits by the prefix:
+        // on a Cluster the engine records them in its own call instead.
+        let (limiter, engine) = limiter_and_detector(&conn, prefix.trim_end_matches(':'));
+        let fired = observe_burst(&limiter, &engine, "203.0.113.42", 6).await;
+        assert_eq!(fired, [false, false, false, false, true, true]);
+        support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+
     fn outage_rule(mode: OnBackendError) -> Rule {
         Rule::new(
             "per_ip",

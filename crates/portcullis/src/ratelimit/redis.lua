@@ -8,12 +8,16 @@
 --             g: emission_us, tolerance_us, burst
 --             l: limit, period_us, 0
 --             f: limit, period_us, 0
--- Anything after ARGV[2 + 4n] (and KEYS[n+1..]) is a trailing section
--- reserved for other per-request counters (anomaly detectors) to share this
--- round trip; it is ignored here.
+-- ARGV[3 + 4n] m: anomaly detector updates riding on this call (0 or absent:
+--           none); KEYS[n+1..n+m] are their windows, with 3 arguments each:
+--           window_ms, threshold, member. The same update as the anomaly
+--           module's RECORD script (portcullis/src/anomaly/redis.rs), made in
+--           "check" mode whatever the rules decide (a refused burst still
+--           counts), skipped in "peek".
 --
--- Returns {allowed, remaining, reset_us, retry_us, limit} per rule, then the
--- server time in Unix µs. "reset" deletes the keys and returns {deleted}.
+-- Returns {allowed, remaining, reset_us, retry_us, limit} per rule, then
+-- {count, first_seen_ms} per detector update, then the server time in Unix
+-- µs. "reset" deletes the keys and returns {deleted}.
 -- Time is the Redis server's TIME, so replicas with skewed clocks agree.
 
 local mode = ARGV[1]
@@ -133,6 +137,29 @@ if mode == 'check' and all then
       redis.call('PEXPIRE', key, wb[j])
     end
   end
+end
+
+local m = tonumber(ARGV[3 + 4 * n]) or 0
+local now_ms = math.floor(now / 1000)
+for j = 1, m do
+  local key = KEYS[n + j]
+  local base = 3 + 4 * n + (j - 1) * 3
+  local window = tonumber(ARGV[base + 1])
+  local threshold = tonumber(ARGV[base + 2])
+  local count, first = 0, now_ms
+  if mode == 'check' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
+    redis.call('ZADD', key, now_ms, ARGV[base + 3])
+    count = redis.call('ZCARD', key)
+    if count > threshold then
+      redis.call('ZREMRANGEBYRANK', key, 0, count - threshold - 1)
+      count = threshold
+    end
+    first = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) or now_ms
+    redis.call('PEXPIRE', key, window)
+  end
+  out[#out + 1] = count
+  out[#out + 1] = first
 end
 
 out[#out + 1] = now
