@@ -29,9 +29,15 @@ fn checksum(prefix: &str, body: &[u8]) -> [u8; CHECKSUM_BYTES] {
 pub fn generate(prefix: &str) -> Result<String, KeyError> {
     let mut random = [0u8; SECRET_BYTES];
     rand::fill(&mut random).map_err(|_| KeyError::Crypto("random"))?;
-    let body = b64_encode(&random);
+    Ok(encode(prefix, &random))
+}
+
+/// The secret `prefix` + base64url(`secret`) + checksum, for 256 bits that
+/// come from elsewhere (e.g. a keyed derivation).
+pub fn encode(prefix: &str, secret: &[u8; SECRET_BYTES]) -> String {
+    let body = b64_encode(secret);
     let sum = b64_encode(&checksum(prefix, body.as_bytes()));
-    Ok(format!("{prefix}{body}{sum}"))
+    format!("{prefix}{body}{sum}")
 }
 
 /// Whether `token` is a well-formed secret with `prefix` and a valid checksum.

@@ -324,10 +324,17 @@ async fn reuse_interval_returns_the_issued_successor(env: Env) {
     let sid = session_for(&stores, "user-grace", false).await;
     let (t0, r0) = issue_refresh("user-grace", &sid, "fam-grace", 0, false, now() + 600);
     stores.store_refresh(&r0).await.expect("store");
-    let Rotation::Rotated { successor, .. } = stores
-        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
-        .await
-        .expect("rotation")
+    // The token service mints the successor by derivation, so a racing
+    // duplicate of the request can be handed the very same token.
+    let t1 = stores.successor_token(&t0);
+    let mint = |prev: &RefreshRecord| {
+        Ok(RefreshRecord {
+            hash: hasher().hash(&t1),
+            ..successor_of(prev).1
+        })
+    };
+    let Rotation::Rotated { successor, .. } =
+        stores.rotate_refresh(&t0, mint).await.expect("rotation")
     else {
         panic!("expected a rotation");
     };
@@ -335,10 +342,26 @@ async fn reuse_interval_returns_the_issued_successor(env: Env) {
         .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
         .await
         .expect("within the reuse interval");
-    assert!(
-        matches!(again, Rotation::AlreadyRotated { successor_hash, .. } if successor_hash == successor.hash)
-    );
+    match again {
+        Rotation::AlreadyRotated {
+            successor_hash,
+            successor_token,
+            ..
+        } => {
+            assert_eq!(successor_hash, successor.hash);
+            assert_eq!(successor_token.as_deref(), Some(t1.as_str()));
+        }
+        other => panic!("expected the issued successor, got {other:?}"),
+    }
     assert!(stores.session_is_active(&sid).await.expect("session"));
+    // The successor handed out is a working token: it rotates in turn.
+    assert!(matches!(
+        stores
+            .rotate_refresh(&t1, |prev| Ok(successor_of(prev).1))
+            .await
+            .expect("successor rotates"),
+        Rotation::Rotated { .. }
+    ));
 }
 
 async fn expired_and_unknown_refresh_tokens_are_rejected(env: Env) {

@@ -4,6 +4,7 @@
 //! family and the session, the security event) lives here, once.
 
 use portcullis_core::TokenIssuer;
+use portcullis_core::jwt::issue::REFRESH_PREFIX;
 
 use super::{RefreshRecord, SecurityEvent, StoreError, StoreResult, Stores};
 
@@ -19,14 +20,17 @@ pub enum Rotation {
     },
     /// The token was rotated moments ago, within the configured reuse
     /// interval (a benign client race): nothing is revoked, and the caller
-    /// gets the record of the successor already issued. Its secret is not
-    /// stored anywhere, so the token service answers with a new access
-    /// token only and the client keeps the successor it already received.
+    /// gets the successor already issued. Its secret is stored nowhere; it
+    /// is re-derived when it was minted with [`Stores::successor_token`].
     AlreadyRotated {
         /// The record of the presented token.
         previous: RefreshRecord,
         /// Hash of the successor already issued.
         successor_hash: [u8; 32],
+        /// The successor token itself, when it was minted with
+        /// [`Stores::successor_token`] (`None` for a successor minted
+        /// otherwise: answer with a new access token only).
+        successor_token: Option<String>,
     },
 }
 
@@ -60,7 +64,7 @@ impl Stores {
             return Err(StoreError::RefreshInvalid);
         };
         if current.rotated_at.is_some() {
-            return self.reused(current).await;
+            return self.reused(current, token).await;
         }
         if current.revoked_at.is_some() {
             return Err(StoreError::RefreshInvalid);
@@ -71,7 +75,7 @@ impl Stores {
         }
         if !self.session_live_uncached(&current.session_id, now).await? {
             // Maybe a concurrent reuse revoked it: classify from the record.
-            return self.look_again(&hash).await;
+            return self.look_again(&hash, token).await;
         }
         let next = successor(&current)?;
         check_record(&next)?;
@@ -98,13 +102,27 @@ impl Stores {
             });
         }
         // Lost the race (or the family was revoked meanwhile).
-        self.look_again(&hash).await
+        self.look_again(&hash, token).await
+    }
+
+    /// The successor of refresh token `token`: derived from it with the
+    /// server pepper (HMAC-SHA256, domain-separated from the stored hashes),
+    /// so a client racing itself within `reuse_interval` can be handed the
+    /// very successor the winner got without the store ever holding a
+    /// secret. Mint rotations with it to get
+    /// [`Rotation::AlreadyRotated::successor_token`].
+    pub fn successor_token(&self, token: &str) -> String {
+        let secret = self
+            .config
+            .hasher
+            .hash(&format!("portcullis/successor/v1:{token}"));
+        portcullis_core::opaque::encode(REFRESH_PREFIX, &secret)
     }
 
     /// After a failed rotation: a rotated token is a reuse, anything else invalid.
-    async fn look_again(&self, hash: &[u8; 32]) -> StoreResult<Rotation> {
+    async fn look_again(&self, hash: &[u8; 32], token: &str) -> StoreResult<Rotation> {
         match self.backends.refresh.refresh_by_hash(hash).await? {
-            Some(again) if again.rotated_at.is_some() => self.reused(again).await,
+            Some(again) if again.rotated_at.is_some() => self.reused(again, token).await,
             _ => Err(StoreError::RefreshInvalid),
         }
     }
@@ -120,7 +138,7 @@ impl Stores {
             .is_some_and(|s| s.is_active(now)))
     }
 
-    async fn reused(&self, record: RefreshRecord) -> StoreResult<Rotation> {
+    async fn reused(&self, record: RefreshRecord, token: &str) -> StoreResult<Rotation> {
         let now = self.now();
         let interval = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
         if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor)
@@ -128,9 +146,16 @@ impl Stores {
             && record.revoked_at.is_none()
             && now.saturating_sub(at) <= interval
         {
+            let derived = self.successor_token(token);
+            let successor_token = self
+                .config
+                .hasher
+                .matches(&derived, &successor_hash)
+                .then_some(derived);
             return Ok(Rotation::AlreadyRotated {
                 previous: record,
                 successor_hash,
+                successor_token,
             });
         }
         self.backends
