@@ -22,6 +22,20 @@ pub fn format_rfc3339_micros(ts_us: i64) -> String {
     )
 }
 
+/// Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-23T02:40:00.123Z`.
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    let ms = i64::try_from(unix_ms).unwrap_or(i64::MAX);
+    let (secs, frac) = (ms / 1000, ms % 1000);
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) to microseconds
 /// since the epoch; `None` when it is not one.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
