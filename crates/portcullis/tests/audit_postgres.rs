@@ -12,8 +12,7 @@ use std::time::Duration;
 use audit_common::*;
 use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::{
-    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, Decision, EventKind, FullPolicy,
-    Recorded,
+    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, FullPolicy, Recorded,
 };
 use portcullis_core::SystemClock;
 use sqlx::Connection;
@@ -24,18 +23,6 @@ async fn count(store: &PostgresAudit) -> i64 {
         .fetch_one(store.pool())
         .await
         .unwrap()
-}
-
-fn event(i: u64) -> AuditEvent {
-    let mut e = AuditEvent::new(
-        EventKind::Request,
-        1_795_000_000_000_000 + i as i64,
-        Decision::Allow,
-    );
-    e.subject = Some(format!("user-{}", i % 100));
-    e.path = Some("/api/load".into());
-    e.status = Some(200);
-    e
 }
 
 /// A login role dropped when this guard goes (declare it before the

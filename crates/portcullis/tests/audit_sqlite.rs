@@ -13,8 +13,7 @@ use portcullis::audit::jsonl::JsonlSink;
 use portcullis::audit::spool::Spool;
 use portcullis::audit::sqlite::SqliteAudit;
 use portcullis::audit::{
-    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, Decision, EventKind, FullPolicy,
-    PrunePolicy, Recorded,
+    AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, FullPolicy, PrunePolicy, Recorded,
 };
 use portcullis_core::{Clock, ManualClock, SystemClock};
 use sqlx::{Connection, SqliteConnection};
@@ -30,18 +29,6 @@ async fn count(store: &SqliteAudit) -> i64 {
         .fetch_one(store.pool())
         .await
         .unwrap()
-}
-
-fn event(i: u64) -> AuditEvent {
-    let mut e = AuditEvent::new(
-        EventKind::Request,
-        1_795_000_000_000_000 + i as i64,
-        Decision::Allow,
-    );
-    e.subject = Some(format!("user-{}", i % 100));
-    e.path = Some("/api/load".into());
-    e.status = Some(200);
-    e
 }
 
 #[tokio::test]

@@ -30,6 +30,19 @@ impl Drop for TempDir {
     }
 }
 
+/// The `i`th event of a bulk load: an allowed request from one of 100 subjects.
+pub fn event(i: u64) -> AuditEvent {
+    let mut e = AuditEvent::new(
+        EventKind::Request,
+        1_795_000_000_000_000 + i as i64,
+        Decision::Allow,
+    );
+    e.subject = Some(format!("user-{}", i % 100));
+    e.path = Some("/api/load".into());
+    e.status = Some(200);
+    e
+}
+
 /// 240 events across subjects, IPs, paths, statuses, codes, flags and times,
 /// with several events sharing a timestamp (to exercise the id tiebreak).
 pub fn dataset() -> Vec<AuditEvent> {
