@@ -16,14 +16,11 @@ use hyper_util::rt::TokioIo;
 use portcullis::anomaly::memory::MemoryDedup;
 use portcullis::anomaly::webhook::{AlertDedup, AlertSender, WebhookConfig, WebhookEndpoint};
 use portcullis::anomaly::{AnomalyBackend, AnomalyEngine, Observed};
-use portcullis::http_client::TlsTrust;
 use portcullis_core::anomaly::webhook::{PayloadFormat, WebhookSecret};
 use portcullis_core::anomaly::{
     Action, BanTarget, DetectorConfig, DetectorKind, SampleRequest, Signal,
 };
 use portcullis_core::{Clock, ManualClock, SystemClock};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -266,12 +263,6 @@ struct Receiver {
     scheme: &'static str,
 }
 
-fn tls_data(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/tls")
-        .join(name)
-}
-
 /// Serves one connection: every POST is recorded and answered with `status`.
 async fn serve_connection<I>(io: I, store: Arc<Mutex<Vec<Received>>>, status: u16)
 where
@@ -322,19 +313,7 @@ impl Receiver {
 
     /// The same over TLS, with the test certificate for 127.0.0.1.
     async fn start_tls(status: u16) -> Self {
-        let certs = CertificateDer::pem_file_iter(tls_data("server.pem"))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(tls_data("server.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        Self::serve(status, Some(TlsAcceptor::from(Arc::new(config)))).await
+        Self::serve(status, Some(support::test_tls_acceptor())).await
     }
 
     async fn serve(status: u16, tls: Option<TlsAcceptor>) -> Self {
@@ -662,10 +641,7 @@ async fn webhooks_are_delivered_over_https_to_a_trusted_ca() {
     let receiver = Receiver::start_tls(200).await;
     let mut config = webhook_config(receiver.url(), 1);
     config.allow_http = false;
-    config.tls = TlsTrust {
-        extra_roots_pem: std::fs::read(tls_data("ca.pem")).unwrap(),
-        only_extra_roots: false,
-    };
+    config.tls = support::test_ca_trust();
     assert_eq!(send_one(config).await, (1, 0));
     let got = receiver.received();
     assert_eq!(got.len(), 1);

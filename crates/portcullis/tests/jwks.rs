@@ -2,6 +2,8 @@
 //! OIDC discovery document: rotation, single-flight refetch on unknown kids,
 //! stale serving while the issuer is down, then `auth.jwks_unavailable`.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -456,30 +458,10 @@ async fn only_https_unless_http_is_allowed_for_loopback() {
     assert_eq!(err.code(), ErrorCode::JwksUnavailable);
 }
 
-fn tls_data(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/tls")
-        .join(name)
-}
-
 /// An identity provider over TLS (the test certificate for 127.0.0.1):
 /// discovery at `/.well-known/openid-configuration`, keys at `/jwks`.
 async fn start_tls_idp(jwks: String) -> (String, tokio::task::JoinHandle<()>) {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(tls_data("server.pem"))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(tls_data("server.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = support::test_tls_acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("https://{}", listener.local_addr().unwrap());
     let discovery = format!(r#"{{"issuer":"{issuer}","jwks_uri":"{issuer}/jwks"}}"#);
@@ -521,10 +503,7 @@ async fn keys_are_discovered_and_fetched_over_https_from_a_trusted_ca() {
     let token = mint(&k, &issuer, &clock);
 
     let mut trusted = RemoteIssuerConfig::new(issuer.clone(), KeySource::Discovery);
-    trusted.tls = TlsTrust {
-        extra_roots_pem: std::fs::read(tls_data("ca.pem")).unwrap(),
-        only_extra_roots: false,
-    };
+    trusted.tls = support::test_ca_trust();
     let remote = RemoteIssuer::new(trusted).unwrap();
     let principal = remote.verify(token.as_bytes()).await.unwrap();
     assert_eq!(principal.subject, "alice");

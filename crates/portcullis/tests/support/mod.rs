@@ -212,3 +212,39 @@ pub async fn redis_cluster_cleanup(urls: &[String], prefix: &str) {
         redis_cleanup(url, prefix).await;
     }
 }
+
+// --- TLS (webhook and remote-issuer tests) ---------------------------------
+
+/// A file of the test-only TLS material in `tests/data/tls`.
+pub fn tls_data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/tls")
+        .join(name)
+}
+
+/// The test CA as an extra root for `portcullis::http_client`.
+pub fn test_ca_trust() -> portcullis::http_client::TlsTrust {
+    portcullis::http_client::TlsTrust {
+        extra_roots_pem: std::fs::read(tls_data("ca.pem")).expect("tests/data/tls/ca.pem"),
+        only_extra_roots: false,
+    }
+}
+
+/// A TLS acceptor serving the test certificate for 127.0.0.1 and localhost.
+pub fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_data("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate");
+    let key = PrivateKeyDer::from_pem_file(tls_data("server.key")).expect("server.key");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
