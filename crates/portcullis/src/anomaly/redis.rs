@@ -19,29 +19,23 @@ use redis::Script;
 /// Records every observation in KEYS; per key, ARGV holds window ms,
 /// threshold and a member (a distinct-count member, or a unique event id).
 /// Returns per key `{count, first_seen_ms}` and finally the server time.
-pub const RECORD: &str = r"
+pub const RECORD: &str = concat!(
+    include_str!("window.lua"),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[(i - 1) * 3 + 1])
-  local threshold = tonumber(ARGV[(i - 1) * 3 + 2])
-  local member = ARGV[(i - 1) * 3 + 3]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  redis.call('ZADD', key, now, member)
-  local n = redis.call('ZCARD', key)
-  if n > threshold then
-    redis.call('ZREMRANGEBYRANK', key, 0, n - threshold - 1)
-    n = threshold
-  end
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  redis.call('PEXPIRE', key, window)
+  local base = (i - 1) * 3
+  local n, first = record_window(key, now, tonumber(ARGV[base + 1]),
+    tonumber(ARGV[base + 2]), ARGV[base + 3])
   out[#out + 1] = n
-  out[#out + 1] = tonumber(first[2]) or now
+  out[#out + 1] = first
 end
 out[#out + 1] = now
 return out
-";
+"
+);
 
 /// One detector update as script arguments (see [`RECORD`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 -- ARGV[3 + 4n] m: anomaly detector updates riding on this call (0 or absent:
 --           none); KEYS[n+1..n+m] are their windows, with 3 arguments each:
 --           window_ms, threshold, member. The same update as the anomaly
---           module's RECORD script (portcullis/src/anomaly/redis.rs), made in
+--           module's RECORD script (`record_window`, anomaly/window.lua), made in
 --           "check" mode whatever the rules decide (a refused burst still
 --           counts), skipped in "peek".
 --
@@ -144,19 +144,10 @@ local now_ms = math.floor(now / 1000)
 for j = 1, m do
   local key = KEYS[n + j]
   local base = 3 + 4 * n + (j - 1) * 3
-  local window = tonumber(ARGV[base + 1])
-  local threshold = tonumber(ARGV[base + 2])
   local count, first = 0, now_ms
   if mode == 'check' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
-    redis.call('ZADD', key, now_ms, ARGV[base + 3])
-    count = redis.call('ZCARD', key)
-    if count > threshold then
-      redis.call('ZREMRANGEBYRANK', key, 0, count - threshold - 1)
-      count = threshold
-    end
-    first = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]) or now_ms
-    redis.call('PEXPIRE', key, window)
+    count, first = record_window(key, now_ms, tonumber(ARGV[base + 1]),
+      tonumber(ARGV[base + 2]), ARGV[base + 3])
   end
   out[#out + 1] = count
   out[#out + 1] = first

@@ -22,7 +22,10 @@ use crate::redis_conn::hash_tag;
 use portcullis_core::anomaly::window::WindowCount;
 
 /// The script's source.
-pub const SCRIPT: &str = include_str!("redis.lua");
+pub const SCRIPT: &str = concat!(
+    include_str!("../anomaly/window.lua"),
+    include_str!("redis.lua")
+);
 
 /// Which hash tag a request's keys share.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
