@@ -27,7 +27,7 @@ pub enum FetchError {
     #[error("TLS client: {0}")]
     Tls(String),
     /// The server answered with a non-200 status.
-    #[error("`{url}` answered HTTP {status}")]
+    #[error("`{url}` answered HTTP {status}; check the JWKS or discovery URL and the issuer")]
     Status {
         /// The URL.
         url: String,
@@ -35,7 +35,9 @@ pub enum FetchError {
         status: u16,
     },
     /// The body exceeds the bound.
-    #[error("`{url}` sent more than {limit} bytes")]
+    #[error(
+        "`{url}` sent more than {limit} bytes; raise max_bytes if the key set is really that large"
+    )]
     TooLarge {
         /// The URL.
         url: String,
@@ -43,7 +45,7 @@ pub enum FetchError {
         limit: usize,
     },
     /// The request did not finish in time.
-    #[error("`{0}` did not answer in time")]
+    #[error("`{0}` did not answer in time; check the issuer is reachable from this host")]
     Timeout(String),
     /// Connection or protocol failure.
     #[error("`{url}`: {detail}")]

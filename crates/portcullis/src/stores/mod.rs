@@ -98,17 +98,19 @@ pub enum StoreError {
     #[error("refresh token expired; log in again")]
     RefreshExpired,
     /// The API key is malformed, unknown, revoked or expired.
-    #[error("invalid API key")]
+    #[error("invalid, revoked or expired API key; check the key or create a new one")]
     InvalidApiKey,
     /// The app id or secret is wrong, or the app is disabled.
-    #[error("invalid app credentials")]
+    #[error(
+        "invalid app id or secret; check both (a rotated-out secret works only during its grace period)"
+    )]
     InvalidAppCredentials,
     /// The backend could not be reached or answered with an error; retry, and
     /// check that the server is up.
-    #[error("store backend unavailable: {0}")]
+    #[error("store backend unavailable: {0}; check that the server is running and reachable")]
     Unavailable(String),
     /// A stored value could not be decoded (corrupt row); inspect the record.
-    #[error("stored data is corrupt: {0}")]
+    #[error("stored data is corrupt: {0}; restore the record or the database from a backup")]
     Corrupt(String),
 }
 
