@@ -8,6 +8,7 @@
 
 pub mod api_keys;
 pub mod apps;
+pub mod hook;
 pub mod input;
 #[cfg(feature = "memory")]
 pub mod memory;
@@ -33,6 +34,7 @@ use portcullis_core::{Clock, SecretHasher, SystemClock};
 
 pub use self::api_keys::{API_KEY_PREFIX, CreatedApiKey, NewApiKey};
 pub use self::apps::{APP_SECRET_PREFIX, BasicAuthError, CreatedApp, NewApp, parse_basic_auth};
+pub use self::hook::StoresRevocation;
 pub use self::input::Username;
 pub use self::password::PasswordHasher;
 pub use self::refresh::Rotation;
