@@ -2,6 +2,8 @@
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
 //! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
+//! - [`guard`]: the one decision per request: bans, authentication, revocation,
+//!   rate limits, authorization, anomaly signals, audit.
 //! - [`authz`]: route rules with custom async policies; signed service requests and nonce stores.
 //! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
 //! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
@@ -13,6 +15,7 @@
 pub mod anomaly;
 pub mod audit;
 pub mod authz;
+pub mod guard;
 pub mod http_client;
 pub mod jwks;
 pub mod ratelimit;
@@ -21,5 +24,6 @@ pub mod redis_conn;
 pub mod stores;
 pub mod token_cache;
 
+pub use guard::{Decision, Guard, GuardBuilder, GuardConfig, Refusal, RouteConfig};
 pub use portcullis_core as core;
 pub use token_cache::{AuthError, CachedVerifier, NoRevocation, RevocationHook, TokenCacheConfig};

@@ -823,6 +823,19 @@ impl AccessPolicy {
         principal.roles.iter().any(|h| self.roles.implies(h, role))
     }
 
+    /// The index, in configuration order, of the rule whose settings apply
+    /// to `facts`: the first matching `allow` rule, else the first matching
+    /// `deny` rule; `None` when no rule matches or the path is malformed.
+    pub fn route_index(&self, facts: &RequestFacts<'_>) -> Option<usize> {
+        let path = normalize_path(facts.path)?;
+        let facts = &RequestFacts {
+            path: &path,
+            ..*facts
+        };
+        let (deny, allow) = self.matching(facts);
+        allow.or(deny).map(|id| id as usize)
+    }
+
     /// Decides for `principal` (`None` when no credentials were presented).
     pub fn decide<'s>(
         &'s self,

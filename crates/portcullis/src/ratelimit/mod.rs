@@ -303,7 +303,31 @@ impl RateLimiter {
 
     /// Checks and records a request.
     pub async fn check(&self, facts: &RequestFacts<'_>) -> Outcome {
-        self.run(facts, true).await
+        self.run(facts, RuleSet::ALL, true).await
+    }
+
+    /// [`Self::check`] against only the rules in `set` (a route's rules).
+    pub async fn check_rules(&self, facts: &RequestFacts<'_>, set: RuleSet) -> Outcome {
+        self.run(facts, set, true).await
+    }
+
+    /// The [`RuleSet`] of the rules with these names; the first unknown name is the error.
+    pub fn rule_set<S: AsRef<str>>(
+        &self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<RuleSet, RateLimitError> {
+        let mut set = RuleSet::NONE;
+        for name in names {
+            let name = name.as_ref();
+            let i = self
+                .inner
+                .rules
+                .iter()
+                .position(|r| r.name == name)
+                .ok_or_else(|| RateLimitError::UnknownRule(name.to_owned()))?;
+            set = set.with(i);
+        }
+        Ok(set)
     }
 
     /// [`Self::check`], and feeds `signal` to `engine`'s detectors. When both
@@ -316,6 +340,19 @@ impl RateLimiter {
     pub async fn check_observing(
         &self,
         facts: &RequestFacts<'_>,
+        engine: &crate::anomaly::AnomalyEngine,
+        signal: Signal<'_>,
+        sample: impl FnOnce() -> SampleRequest,
+    ) -> (Outcome, Result<Observed, AnomalyError>) {
+        self.check_observing_rules(facts, RuleSet::ALL, engine, signal, sample)
+            .await
+    }
+
+    /// [`Self::check_observing`] against only the rules in `set`.
+    pub async fn check_observing_rules(
+        &self,
+        facts: &RequestFacts<'_>,
+        set: RuleSet,
         engine: &crate::anomaly::AnomalyEngine,
         signal: Signal<'_>,
         sample: impl FnOnce() -> SampleRequest,
@@ -336,12 +373,12 @@ impl RateLimiter {
                 .collect();
             if redis.can_carry(facts, entries.iter().map(|e| e.key.as_str())) {
                 if !breaker.allow() {
-                    let outcome = self.fallback(facts, true, log, &"circuit breaker open");
+                    let outcome = self.fallback(facts, set, true, log, &"circuit breaker open");
                     let skipped = AnomalyError::Backend("Redis circuit breaker open".into());
                     return (outcome, Err(skipped));
                 }
                 let checked = redis
-                    .check_with(&self.inner.rules, facts, RuleSet::ALL, true, &entries)
+                    .check_with(&self.inner.rules, facts, set, true, &entries)
                     .await;
                 return match checked {
                     Ok((outcome, counts, now_ms)) => {
@@ -356,18 +393,18 @@ impl RateLimiter {
                     Err(e) => {
                         breaker.failure();
                         let skipped = AnomalyError::Backend(e.to_string());
-                        (self.fallback(facts, true, log, &e), Err(skipped))
+                        (self.fallback(facts, set, true, log, &e), Err(skipped))
                     }
                 };
             }
         }
-        let outcome = self.check(facts).await;
+        let outcome = self.check_rules(facts, set).await;
         (outcome, engine.observe(signal, sample).await)
     }
 
     /// Answers what [`Self::check`] would, without recording anything.
     pub async fn peek(&self, facts: &RequestFacts<'_>) -> Outcome {
-        self.run(facts, false).await
+        self.run(facts, RuleSet::ALL, false).await
     }
 
     /// The memory backend's check, synchronous (for a memory-only limiter;
@@ -378,12 +415,9 @@ impl RateLimiter {
             .check(facts, RuleSet::ALL, self.now_us(), true)
     }
 
-    async fn run(&self, facts: &RequestFacts<'_>, consume: bool) -> Outcome {
+    async fn run(&self, facts: &RequestFacts<'_>, set: RuleSet, consume: bool) -> Outcome {
         match &self.inner.backend {
-            Backend::Memory => self
-                .inner
-                .memory
-                .check(facts, RuleSet::ALL, self.now_us(), consume),
+            Backend::Memory => self.inner.memory.check(facts, set, self.now_us(), consume),
             #[cfg(feature = "redis")]
             Backend::Redis {
                 redis,
@@ -391,21 +425,18 @@ impl RateLimiter {
                 log,
             } => {
                 if breaker.allow() {
-                    match redis
-                        .check(&self.inner.rules, facts, RuleSet::ALL, consume)
-                        .await
-                    {
+                    match redis.check(&self.inner.rules, facts, set, consume).await {
                         Ok(outcome) => {
                             breaker.success();
                             return outcome;
                         }
                         Err(e) => {
                             breaker.failure();
-                            return self.fallback(facts, consume, log, &e);
+                            return self.fallback(facts, set, consume, log, &e);
                         }
                     }
                 }
-                self.fallback(facts, consume, log, &"circuit breaker open")
+                self.fallback(facts, set, consume, log, &"circuit breaker open")
             }
         }
     }
@@ -414,6 +445,7 @@ impl RateLimiter {
     fn fallback(
         &self,
         facts: &RequestFacts<'_>,
+        set: RuleSet,
         consume: bool,
         log: &fallback::FallbackLog,
         error: &dyn std::fmt::Display,
@@ -423,7 +455,7 @@ impl RateLimiter {
         let mut deny = false;
         let mut allowed = RuleSet::NONE;
         for (i, rule) in rules.iter().enumerate() {
-            if !rule.key.applies(facts) {
+            if !set.contains(i) || !rule.key.applies(facts) {
                 continue;
             }
             log.record(&rule.name, rule.on_backend_error.as_str(), error);

@@ -1,0 +1,185 @@
+//! Finding the credential a request presents, by the route's sources in
+//! order. Only the presence and kind are decided here; verification is the
+//! guard's.
+
+use http::{HeaderMap, HeaderName};
+use portcullis_core::authz::signed_request::{HEADER_APP, HEADER_SIGNATURE};
+
+use super::GuardConfigError;
+use super::config::{CredentialHeaders, CredentialSource};
+use crate::stores::API_KEY_PREFIX;
+
+/// Parsed credential header names.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderNames {
+    api_key: HeaderName,
+    app_id: HeaderName,
+    app_secret: HeaderName,
+}
+
+impl HeaderNames {
+    pub(crate) fn new(c: &CredentialHeaders) -> Result<Self, GuardConfigError> {
+        let parse =
+            |field: &'static str, v: &str| {
+                let name = HeaderName::from_bytes(v.trim().to_ascii_lowercase().as_bytes())
+                    .map_err(|_| GuardConfigError::Field {
+                        field,
+                        message: format!("`{v}` is not a valid header name"),
+                    })?;
+                if name == http::header::AUTHORIZATION || name == http::header::COOKIE {
+                    return Err(GuardConfigError::Field {
+                        field,
+                        message: "must not be Authorization or Cookie".into(),
+                    });
+                }
+                Ok(name)
+            };
+        Ok(Self {
+            api_key: parse("headers.api_key", &c.api_key)?,
+            app_id: parse("headers.app_id", &c.app_id)?,
+            app_secret: parse("headers.app_secret", &c.app_secret)?,
+        })
+    }
+}
+
+/// The credential a request presents.
+#[derive(Debug)]
+pub(crate) enum Presented<'a> {
+    /// None of any kind the guard knows.
+    None,
+    /// A credential of a kind the route does not accept (and the route is
+    /// not anonymous-capable): named for the error message.
+    Unaccepted(&'static str),
+    Jwt(&'a str),
+    ApiKey(&'a str),
+    App {
+        id: &'a str,
+        secret: &'a str,
+    },
+    Signed,
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive), if any.
+/// `Err` when an Authorization header is present but unreadable.
+fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    let Ok(text) = value.to_str() else {
+        return Some(Err(()));
+    };
+    let text = text.trim();
+    match text.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Some(Ok(rest.trim())),
+        _ => Some(Err(())),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"))
+}
+
+/// What `source` finds in `headers`: `Some(credential)` when one of its
+/// kind is present (possibly malformed: then it is refused, not skipped).
+fn of_source<'a>(
+    headers: &'a HeaderMap,
+    names: &HeaderNames,
+    source: CredentialSource,
+) -> Option<Presented<'a>> {
+    match source {
+        CredentialSource::Jwt => match bearer(headers) {
+            Some(Ok(t)) if !t.starts_with(API_KEY_PREFIX) => Some(Presented::Jwt(t)),
+            // An Authorization header that is not `Bearer <token>` is a
+            // malformed credential, never ignored.
+            Some(Err(())) => Some(Presented::Jwt("")),
+            _ => None,
+        },
+        CredentialSource::ApiKey => match bearer(headers) {
+            Some(Ok(t)) if t.starts_with(API_KEY_PREFIX) => Some(Presented::ApiKey(t)),
+            _ => header(headers, &names.api_key).map(Presented::ApiKey),
+        },
+        CredentialSource::App => {
+            let id = header(headers, &names.app_id);
+            let secret = header(headers, &names.app_secret);
+            match (id, secret) {
+                (None, None) => None,
+                (id, secret) => Some(Presented::App {
+                    id: id.unwrap_or(""),
+                    secret: secret.unwrap_or(""),
+                }),
+            }
+        }
+        CredentialSource::Signed => (headers.contains_key(HEADER_SIGNATURE)
+            || headers.contains_key(HEADER_APP))
+        .then_some(Presented::Signed),
+        CredentialSource::Anonymous => None,
+    }
+}
+
+const ALL: [CredentialSource; 4] = [
+    CredentialSource::Jwt,
+    CredentialSource::ApiKey,
+    CredentialSource::App,
+    CredentialSource::Signed,
+];
+
+/// The first credential present among `sources`, in order. A credential of
+/// another kind on a route that takes no anonymous callers is reported as
+/// [`Presented::Unaccepted`].
+pub(crate) fn find<'a>(
+    headers: &'a HeaderMap,
+    names: &HeaderNames,
+    sources: &[CredentialSource],
+) -> Presented<'a> {
+    for source in sources {
+        if let Some(found) = of_source(headers, names, *source) {
+            return found;
+        }
+    }
+    if sources.contains(&CredentialSource::Anonymous) || sources.is_empty() {
+        return Presented::None;
+    }
+    for source in ALL {
+        if !sources.contains(&source) && of_source(headers, names, source).is_some() {
+            return Presented::Unaccepted(describe_one(source));
+        }
+    }
+    Presented::None
+}
+
+fn describe_one(source: CredentialSource) -> &'static str {
+    match source {
+        CredentialSource::Jwt => "a bearer JWT",
+        CredentialSource::ApiKey => "an API key",
+        CredentialSource::App => "app credentials",
+        CredentialSource::Signed => "a signed request",
+        CredentialSource::Anonymous => "anonymous calls",
+    }
+}
+
+/// `a bearer JWT or an API key`.
+pub(crate) fn describe(sources: &[CredentialSource]) -> String {
+    let parts: Vec<&str> = sources.iter().map(|s| describe_one(*s)).collect();
+    parts.join(" or ")
+}
+
+/// Every line of `name` joined by commas; `Err` when a line is not visible
+/// ASCII or the whole is oversized (then the peer address is used).
+pub(crate) fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, ()> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let v = v.to_str().map_err(|_| ())?;
+        match &mut out {
+            None => out = Some(v.to_owned()),
+            Some(s) => {
+                s.push(',');
+                s.push_str(v);
+            }
+        }
+        if out
+            .as_ref()
+            .is_some_and(|s| s.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN)
+        {
+            return Err(());
+        }
+    }
+    Ok(out)
+}

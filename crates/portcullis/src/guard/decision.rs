@@ -1,0 +1,128 @@
+//! What the guard decided for one request: let it through (with the
+//! principal and the response headers to add) or refuse it (status, stable
+//! code, message, headers), and the request's one audit event.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use portcullis_core::audit::AuditEvent;
+use portcullis_core::{ErrorCode, Principal};
+
+use crate::audit::AuditWriter;
+
+/// Why a request was refused: everything a renderer needs.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// HTTP status (401, 403, 429 or 503).
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong and what to do, safe to show the caller.
+    pub detail: String,
+    /// Headers the refusal carries (`WWW-Authenticate`, `Retry-After`, `RateLimit`…).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Refusal {
+    /// A refusal with `code`'s status and no header.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The RFC 9457 title of the status.
+    pub fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+/// The guard's answer for one request.
+#[derive(Debug)]
+pub struct Decision {
+    /// The request id (adopted from a trusted proxy, else generated).
+    pub request_id: String,
+    /// The client address, as the trusted-proxy configuration resolves it.
+    pub client_ip: Option<IpAddr>,
+    /// The route (rule) that decided, `None` for the default.
+    pub route: Option<Arc<str>>,
+    /// The authenticated caller (`None` when anonymous or refused before authentication).
+    pub principal: Option<Arc<Principal>>,
+    /// Headers to add to the response (`RateLimit`, `RateLimit-Policy`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Why the request is refused; `None` when it may go through.
+    pub refusal: Option<Refusal>,
+    /// The refusal a `dry_run` route did not enforce.
+    pub dry_run_refusal: Option<Refusal>,
+    pub(crate) audit: AuditTicket,
+}
+
+impl Decision {
+    /// Whether the request may go through.
+    pub fn allowed(&self) -> bool {
+        self.refusal.is_none()
+    }
+
+    /// Records the request's audit event with the status answered. Called by
+    /// the layers once the response is known; if a decision is dropped
+    /// unfinished, its event is recorded without a status.
+    pub fn finish(&mut self, status: StatusCode) {
+        self.audit.finish(Some(status.as_u16()), None);
+    }
+
+    /// Like [`Self::finish`], also recording the upstream's own latency.
+    pub fn finish_with_upstream(&mut self, status: StatusCode, upstream_us: i64) {
+        self.audit.finish(Some(status.as_u16()), Some(upstream_us));
+    }
+
+    /// Takes the audit ticket, to finish it later (e.g. when a streamed body ends).
+    pub fn take_audit(&mut self) -> AuditTicket {
+        std::mem::take(&mut self.audit)
+    }
+}
+
+/// The pending audit event of one request: recorded exactly once, by
+/// [`AuditTicket::finish`] or, failing that, when dropped.
+#[derive(Debug, Default)]
+pub struct AuditTicket {
+    pending: Option<(AuditEvent, Arc<AuditWriter>, Instant)>,
+}
+
+impl AuditTicket {
+    pub(crate) fn new(event: AuditEvent, writer: Arc<AuditWriter>, started: Instant) -> Self {
+        Self {
+            pending: Some((event, writer, started)),
+        }
+    }
+
+    /// Records the event with the answered status (once; later calls do nothing).
+    pub fn finish(&mut self, status: Option<u16>, upstream_us: Option<i64>) {
+        if let Some((mut event, writer, started)) = self.pending.take() {
+            if status.is_some() {
+                event.status = status;
+            }
+            event.upstream_latency_us = upstream_us;
+            event.latency_us =
+                Some(i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX));
+            // Never blocks the request path: a full queue drops (counted).
+            let _ = writer.try_record(event);
+        }
+    }
+
+    /// Whether the event is still to be recorded.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+impl Drop for AuditTicket {
+    fn drop(&mut self) {
+        self.finish(None, None);
+    }
+}

@@ -1,0 +1,1223 @@
+//! The [`Guard`]: one decision per request. Everything that protects an
+//! HTTP request, in the library's layers or the gateway, goes through it.
+//!
+//! For each request, stopping at the first refusal:
+//!
+//! 1. request id (adopted only from a trusted proxy) and client IP;
+//! 2. IP ban;
+//! 3. authentication: the route's credential sources in order, the first
+//!    credential present decides (a bad one is refused, never skipped);
+//! 4. revocation (jti denylist, revoked session; API keys and apps are
+//!    checked by the stores) and the subject's ban;
+//! 5. the route's rate limits, in one limiter call that also carries the
+//!    burst detector's window;
+//! 6. authorization (route requirements, roles, tenant, custom policies);
+//! 7. anomaly signals for failures and denials;
+//! 8. one audit event, recorded when the response is known.
+
+mod config;
+mod credentials;
+mod decision;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use portcullis_core::anomaly::{SampleRequest, Signal};
+use portcullis_core::audit::redact::Redactor;
+use portcullis_core::audit::{AuditEvent, Decision as AuditDecision, EventIds};
+use portcullis_core::authz::routes::{AuthzConfig, Effect, Reason, RouteRule};
+use portcullis_core::authz::signed_request::{SignatureHeaders, SignedParts};
+use portcullis_core::ratelimit::{ClientIpConfig, IpNet, Rule};
+use portcullis_core::{AuthMethod, Clock, ErrorCode, Principal, SystemClock, Verifier};
+
+pub use self::config::{
+    ClientIpSettings, CredentialHeaders, CredentialSource, ForwardedHeader, GuardConfig,
+    GuardConfigError, Mode, RouteConfig,
+};
+use self::credentials::Presented;
+pub use self::decision::{AuditTicket, Decision, Refusal};
+use crate::anomaly::AnomalyEngine;
+use crate::audit::AuditWriter;
+use crate::authz::{
+    Authorizer, BoxFuture, NonceStore, Policy, SignedRequestAuthenticator, SignedRequestError,
+};
+use crate::jwks::TrustedIssuers;
+use crate::ratelimit::{HttpHeaders, RateLimiter, RateLimiterBuilder, RuleSet, Verdict};
+use crate::stores::{StoreError, Stores, StoresRevocation};
+use crate::token_cache::{AuthError, CachedVerifier, RevocationHook, TokenCacheConfig};
+
+/// The revocation hook of the local verifier: the stores, or (only when
+/// asked for explicitly) none.
+#[derive(Debug, Clone)]
+enum LocalRevocation {
+    Stores(StoresRevocation),
+    Off,
+}
+
+impl RevocationHook for LocalRevocation {
+    async fn check(&self, principal: &Principal) -> Result<(), ErrorCode> {
+        match self {
+            Self::Stores(hook) => hook.check(principal).await,
+            Self::Off => Ok(()),
+        }
+    }
+}
+
+/// A signed-request authenticator over any nonce store, object-safe.
+trait SignedAuth: Send + Sync {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a SignatureHeaders<'a>,
+        parts: &'a SignedParts<'a>,
+    ) -> BoxFuture<'a, Result<Principal, SignedRequestError>>;
+}
+
+impl<N: NonceStore + 'static> SignedAuth for SignedRequestAuthenticator<N> {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a SignatureHeaders<'a>,
+        parts: &'a SignedParts<'a>,
+    ) -> BoxFuture<'a, Result<Principal, SignedRequestError>> {
+        Box::pin(SignedRequestAuthenticator::authenticate(
+            self, headers, parts,
+        ))
+    }
+}
+
+/// A route as compiled once at build time.
+#[derive(Debug)]
+struct CompiledRoute {
+    name: Option<Arc<str>>,
+    sources: Box<[CredentialSource]>,
+    anonymous: bool,
+    rules: RuleSet,
+    dry_run: bool,
+}
+
+struct Inner {
+    realm: String,
+    client_ip: ClientIpConfig,
+    forwarded: ForwardedHeader,
+    trusted: Vec<IpNet>,
+    headers: credentials::HeaderNames,
+    routes: Vec<CompiledRoute>,
+    default_route: CompiledRoute,
+    authorizer: Authorizer,
+    local: Option<CachedVerifier<LocalRevocation>>,
+    remote: Option<TrustedIssuers>,
+    remote_revocation: Option<StoresRevocation>,
+    stores: Option<Arc<Stores>>,
+    signed: Option<Box<dyn SignedAuth>>,
+    limiter: Option<RateLimiter>,
+    anomaly: Option<Arc<AnomalyEngine>>,
+    audit: Option<Arc<AuditWriter>>,
+    redactor: Redactor,
+    clock: Arc<dyn Clock>,
+    max_signed_body: usize,
+}
+
+/// Decides requests; cheap to clone and share.
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("routes", &self.inner.routes.len())
+            .field("local_keys", &self.inner.local.is_some())
+            .field("remote_issuers", &self.inner.remote.is_some())
+            .field("stores", &self.inner.stores.is_some())
+            .field("rate_limits", &self.inner.limiter.is_some())
+            .field("anomaly", &self.inner.anomaly.is_some())
+            .field("audit", &self.inner.audit.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Guard`] from a [`GuardConfig`] and the runtime handles.
+pub struct GuardBuilder {
+    config: GuardConfig,
+    local: Option<(Verifier, TokenCacheConfig)>,
+    remote: Option<TrustedIssuers>,
+    stores: Option<Arc<Stores>>,
+    revocation_off: bool,
+    signed: Option<Box<dyn SignedAuth>>,
+    limiter: Option<RateLimiterBuilder>,
+    anomaly: Option<Arc<AnomalyEngine>>,
+    audit: Option<Arc<AuditWriter>>,
+    policies: Vec<(String, Box<dyn PolicyObject>)>,
+    redactor: Redactor,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for GuardBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A boxed policy, so the builder can hold any number of them.
+trait PolicyObject: Policy {
+    fn into_policy(self: Box<Self>) -> Box<dyn Policy>;
+}
+
+impl<P: Policy + 'static> PolicyObject for P {
+    fn into_policy(self: Box<Self>) -> Box<dyn Policy> {
+        self
+    }
+}
+
+struct BoxedPolicy(Box<dyn Policy>);
+
+impl Policy for BoxedPolicy {
+    fn allows<'a>(
+        &'a self,
+        principal: Option<&'a Principal>,
+        facts: &'a portcullis_core::authz::routes::RequestFacts<'a>,
+    ) -> BoxFuture<'a, bool> {
+        self.0.allows(principal, facts)
+    }
+}
+
+impl GuardBuilder {
+    /// Verifies JWTs with this key set (the local issuer), through the
+    /// verified-token cache; the stores' denylist and sessions are checked
+    /// on every request.
+    #[must_use]
+    pub fn local_keys(mut self, verifier: Verifier) -> Self {
+        self.local = Some((verifier, TokenCacheConfig::default()));
+        self
+    }
+
+    /// Like [`Self::local_keys`] with a sized cache.
+    #[must_use]
+    pub fn local_keys_cached(mut self, verifier: Verifier, cache: TokenCacheConfig) -> Self {
+        self.local = Some((verifier, cache));
+        self
+    }
+
+    /// Trusts these remote issuers (their tokens' `jti` is checked against the denylist).
+    #[must_use]
+    pub fn trusted_issuers(mut self, issuers: TrustedIssuers) -> Self {
+        self.remote = Some(issuers);
+        self
+    }
+
+    /// The stores: API keys, apps, and revocation of JWTs.
+    #[must_use]
+    pub fn stores(mut self, stores: Arc<Stores>) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
+    /// Verifies JWTs without any revocation check. Only for deployments
+    /// that issue no revocable token; without this call a guard that
+    /// verifies JWTs must be given the stores.
+    #[must_use]
+    pub fn without_revocation(mut self) -> Self {
+        self.revocation_off = true;
+        self
+    }
+
+    /// Accepts HMAC-signed service requests.
+    #[must_use]
+    pub fn signed_requests<N: NonceStore + 'static>(
+        mut self,
+        auth: SignedRequestAuthenticator<N>,
+    ) -> Self {
+        self.signed = Some(Box::new(auth));
+        self
+    }
+
+    /// The rate limiter's backend (memory by default); the configured
+    /// rules are added to it.
+    #[must_use]
+    pub fn rate_limiter(mut self, limiter: RateLimiterBuilder) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Bans and anomaly detection.
+    #[must_use]
+    pub fn anomaly(mut self, engine: Arc<AnomalyEngine>) -> Self {
+        self.anomaly = Some(engine);
+        self
+    }
+
+    /// The audit log: one event per request.
+    #[must_use]
+    pub fn audit(mut self, writer: Arc<AuditWriter>) -> Self {
+        self.audit = Some(writer);
+        self
+    }
+
+    /// Registers a custom policy that routes name in `require.policies`.
+    #[must_use]
+    pub fn policy(mut self, name: impl Into<String>, policy: impl Policy + 'static) -> Self {
+        self.policies.push((name.into(), Box::new(policy)));
+        self
+    }
+
+    /// How paths are redacted in audit events.
+    #[must_use]
+    pub fn redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// The clock (tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates everything and compiles the routes.
+    pub fn build(self) -> Result<Guard, GuardConfigError> {
+        let config = self.config;
+        let field =
+            |field: &'static str, message: String| GuardConfigError::Field { field, message };
+        if config.realm.is_empty()
+            || config.realm.len() > 64
+            || !config
+                .realm
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(field(
+                "realm",
+                "must be 1-64 visible ASCII characters without quotes or backslashes".into(),
+            ));
+        }
+        let client_ip = ClientIpConfig::new()
+            .trusted_proxies(&config.client_ip.trusted_proxies)
+            .and_then(|c| c.ipv6_prefix(config.client_ip.ipv6_prefix))
+            .map_err(|e| field("client_ip", e.to_string()))?;
+        let trusted = config
+            .client_ip
+            .trusted_proxies
+            .iter()
+            .map(|c| c.parse::<IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| field("client_ip.trusted_proxies", e.to_string()))?;
+        let headers = credentials::HeaderNames::new(&config.headers)?;
+
+        // Rate limits: one limiter holding every configured rule; routes
+        // select theirs by name.
+        let rules = config
+            .rate_limits
+            .iter()
+            .cloned()
+            .map(Rule::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| GuardConfigError::RateLimit(e.into()))?;
+        let limiter = if rules.is_empty() {
+            None
+        } else {
+            let mut b = self
+                .limiter
+                .unwrap_or_else(RateLimiter::builder)
+                .clock(Arc::clone(&self.clock));
+            for r in rules {
+                b = b.rule(r);
+            }
+            Some(b.build()?)
+        };
+
+        // Routes: authorization rules plus what the guard needs per route.
+        let mut rules = Vec::with_capacity(config.routes.len());
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let bad = |field: &'static str, message: &str| GuardConfigError::Route {
+                route: r.name.clone(),
+                field,
+                message: message.to_owned(),
+            };
+            if r.credentials.is_empty() {
+                return Err(bad(
+                    "credentials",
+                    "list at least one of jwt, api_key, app, signed, anonymous",
+                ));
+            }
+            for (i, s) in r.credentials.iter().enumerate() {
+                if r.credentials[..i].contains(s) {
+                    return Err(bad("credentials", "a source is listed twice"));
+                }
+            }
+            if r.require.anonymous {
+                return Err(bad(
+                    "require.anonymous",
+                    "list `anonymous` in `credentials` instead",
+                ));
+            }
+            if !r.require.auth_methods.is_empty() {
+                return Err(bad(
+                    "require.auth_methods",
+                    "the route's `credentials` list says which methods it accepts",
+                ));
+            }
+            let anonymous = r.credentials.contains(&CredentialSource::Anonymous);
+            let mut require = r.require.clone();
+            require.anonymous = anonymous;
+            require.auth_methods = r
+                .credentials
+                .iter()
+                .filter(|s| **s != CredentialSource::Anonymous)
+                .map(|s| s.auth_method())
+                .collect();
+            for source in r.credentials.iter() {
+                let missing = match source {
+                    CredentialSource::Jwt if self.local.is_none() && self.remote.is_none() => {
+                        Some(("JWTs", "local_keys() or trusted_issuers()"))
+                    }
+                    CredentialSource::ApiKey | CredentialSource::App if self.stores.is_none() => {
+                        Some(("API keys or app credentials", "stores()"))
+                    }
+                    CredentialSource::Signed if self.signed.is_none() => {
+                        Some(("signed requests", "signed_requests()"))
+                    }
+                    _ => None,
+                };
+                if let Some((what, missing)) = missing {
+                    return Err(GuardConfigError::Missing {
+                        route: r.name.clone(),
+                        what,
+                        missing,
+                    });
+                }
+            }
+            let rule_set = match &limiter {
+                _ if r.rate_limits.is_empty() => RuleSet::NONE,
+                Some(l) => l.rule_set(&r.rate_limits).map_err(|e| {
+                    bad("rate_limits", &format!("{e}; define it under rate_limits"))
+                })?,
+                None => {
+                    return Err(bad(
+                        "rate_limits",
+                        "names a rate limit, but none is defined under rate_limits",
+                    ));
+                }
+            };
+            rules.push(RouteRule {
+                name: r.name.clone(),
+                effect: r.effect,
+                methods: r.methods.clone(),
+                path: r.path.clone(),
+                host: r.host.clone(),
+                require,
+            });
+            routes.push(CompiledRoute {
+                name: Some(Arc::from(r.name.as_str())),
+                sources: r.credentials.clone().into_boxed_slice(),
+                anonymous,
+                rules: rule_set,
+                dry_run: r.mode == Mode::DryRun,
+            });
+        }
+        let default_route = CompiledRoute {
+            name: None,
+            sources: match config.default {
+                Effect::Allow => vec![
+                    CredentialSource::Jwt,
+                    CredentialSource::ApiKey,
+                    CredentialSource::Anonymous,
+                ]
+                .into_iter()
+                .filter(|s| match s {
+                    CredentialSource::Jwt => self.local.is_some() || self.remote.is_some(),
+                    CredentialSource::ApiKey => self.stores.is_some(),
+                    _ => true,
+                })
+                .collect(),
+                Effect::Deny => Box::new([]),
+            },
+            anonymous: config.default == Effect::Allow,
+            rules: RuleSet::NONE,
+            dry_run: false,
+        };
+        let mut authz = Authorizer::builder(AuthzConfig {
+            roles: config.roles.clone(),
+            rules,
+            default: config.default,
+        });
+        for (name, policy) in self.policies {
+            authz = authz.policy(name, BoxedPolicy(policy.into_policy()));
+        }
+        let authorizer = authz.build()?;
+
+        let local = match self.local {
+            None => None,
+            Some((verifier, cache)) => {
+                let hook = match (&self.stores, self.revocation_off) {
+                    (Some(stores), false) => {
+                        LocalRevocation::Stores(StoresRevocation::new(Arc::clone(stores)))
+                    }
+                    (_, true) => LocalRevocation::Off,
+                    (None, false) => {
+                        return Err(field(
+                            "revocation",
+                            "JWTs are verified but no stores were given to check revocation \
+                             against; call stores(..), or without_revocation() if no token \
+                             you accept can be revoked"
+                                .into(),
+                        ));
+                    }
+                };
+                Some(CachedVerifier::with_hook(verifier, cache, hook))
+            }
+        };
+        let remote_revocation = match (&self.remote, &self.stores, self.revocation_off) {
+            (Some(_), Some(stores), false) => Some(StoresRevocation::jti_only(Arc::clone(stores))),
+            (Some(_), None, false) => {
+                return Err(field(
+                    "revocation",
+                    "remote issuers are trusted but no stores were given for the jti denylist; \
+                     call stores(..), or without_revocation()"
+                        .into(),
+                ));
+            }
+            _ => None,
+        };
+        Ok(Guard {
+            inner: Arc::new(Inner {
+                realm: config.realm,
+                client_ip,
+                forwarded: config.client_ip.header,
+                trusted,
+                headers,
+                routes,
+                default_route,
+                authorizer,
+                local,
+                remote: self.remote,
+                remote_revocation,
+                stores: self.stores,
+                signed: self.signed,
+                limiter,
+                anomaly: self.anomaly,
+                audit: self.audit,
+                redactor: self.redactor,
+                clock: self.clock,
+                max_signed_body: config.max_signed_body_bytes,
+            }),
+        })
+    }
+}
+
+/// What authentication produced.
+enum Authn {
+    Caller(Arc<Principal>, Option<String>),
+    Anonymous,
+}
+
+/// A refusal under construction, with what the audit event needs.
+struct Refused {
+    refusal: Refusal,
+    reason: &'static str,
+}
+
+impl Guard {
+    /// A builder over `config`.
+    pub fn builder(config: GuardConfig) -> GuardBuilder {
+        GuardBuilder {
+            config,
+            local: None,
+            remote: None,
+            stores: None,
+            revocation_off: false,
+            signed: None,
+            limiter: None,
+            anomaly: None,
+            audit: None,
+            policies: Vec::new(),
+            redactor: Redactor::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The local verifier (to replace its keys on rotation).
+    pub fn local_verifier(&self) -> Option<&CachedVerifier<impl RevocationHook>> {
+        self.inner.local.as_ref()
+    }
+
+    /// The rate limiter, when rate limits are configured.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.inner.limiter.as_ref()
+    }
+
+    /// The stores, when given.
+    pub fn stores(&self) -> Option<&Arc<Stores>> {
+        self.inner.stores.as_ref()
+    }
+
+    /// The `realm` of challenges.
+    pub fn realm(&self) -> &str {
+        &self.inner.realm
+    }
+
+    /// Largest body a layer buffers for a signed request.
+    pub fn max_signed_body(&self) -> usize {
+        self.inner.max_signed_body
+    }
+
+    /// Whether deciding this request needs its body: its route accepts
+    /// signed requests and the request carries a signature.
+    pub fn needs_body(&self, parts: &Parts) -> bool {
+        self.inner.signed.is_some()
+            && parts
+                .headers
+                .contains_key(portcullis_core::authz::signed_request::HEADER_SIGNATURE)
+            && self
+                .route_of(parts)
+                .sources
+                .contains(&CredentialSource::Signed)
+    }
+
+    fn route_of(&self, parts: &Parts) -> &CompiledRoute {
+        let facts = authz_facts(parts);
+        self.inner
+            .authorizer
+            .access()
+            .route_index(&facts)
+            .and_then(|i| self.inner.routes.get(i))
+            .unwrap_or(&self.inner.default_route)
+    }
+
+    /// The client address of a request from `peer`: the socket peer, or
+    /// what a trusted proxy's configured forwarding header says.
+    pub fn client_ip(&self, parts: &Parts, peer: IpAddr) -> IpAddr {
+        let name = match self.inner.forwarded {
+            ForwardedHeader::Xff => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        };
+        let Ok(joined) = credentials::joined(&parts.headers, name) else {
+            return self.inner.client_ip.group(peer);
+        };
+        match self.inner.forwarded {
+            ForwardedHeader::Xff => self
+                .inner
+                .client_ip
+                .client_key(peer, None, joined.as_deref()),
+            ForwardedHeader::Forwarded => {
+                self.inner
+                    .client_ip
+                    .client_key(peer, joined.as_deref(), None)
+            }
+        }
+    }
+
+    fn is_trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|p| {
+            let p = p.to_canonical();
+            self.inner.trusted.iter().any(|n| n.contains(p))
+        })
+    }
+
+    fn request_id(&self, parts: &Parts, peer: Option<IpAddr>) -> String {
+        if self.is_trusted_proxy(peer)
+            && let Some(id) = parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= crate::audit::request::MAX_REQUEST_ID
+                        && v.bytes().all(|b| b.is_ascii_graphic())
+                })
+        {
+            return id.to_owned();
+        }
+        EventIds::global().next_id()
+    }
+
+    /// Decides a request whose body is not needed (see [`Self::needs_body`]).
+    pub async fn check(&self, parts: &Parts, peer: Option<IpAddr>) -> Decision {
+        self.check_with_body(parts, peer, None).await
+    }
+
+    /// Decides a request; `body` is the buffered body of a signed request.
+    pub async fn check_with_body(
+        &self,
+        parts: &Parts,
+        peer: Option<IpAddr>,
+        body: Option<&[u8]>,
+    ) -> Decision {
+        let started = Instant::now();
+        let inner = &*self.inner;
+        let request_id = self.request_id(parts, peer);
+        let client_ip = peer.map(|p| self.client_ip(parts, p));
+        let ip_text = client_ip.map(|ip| ip.to_string());
+        let facts = authz_facts(parts);
+        let route = inner
+            .authorizer
+            .access()
+            .route_index(&facts)
+            .and_then(|i| inner.routes.get(i))
+            .unwrap_or(&inner.default_route);
+
+        let mut event = inner.audit.as_ref().map(|_| {
+            let ts = i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX);
+            let mut e = crate::audit::request::request_event(parts, client_ip, &inner.redactor, ts);
+            e.request_id = Some(request_id.clone());
+            e.route = route.name.as_deref().map(str::to_owned);
+            e
+        });
+        let mut headers = Vec::new();
+        let mut principal = None;
+
+        let outcome = self
+            .decide(
+                parts,
+                body,
+                route,
+                client_ip,
+                ip_text.as_deref(),
+                &facts,
+                &mut principal,
+                &mut headers,
+                event.as_mut(),
+            )
+            .await;
+
+        let (refusal, dry_run_refusal) = match outcome {
+            Ok(()) => (None, None),
+            Err(refused) => {
+                if let Some(e) = event.as_mut() {
+                    e.decision = AuditDecision::Deny;
+                    e.code = Some(refused.refusal.code.as_str().to_owned());
+                }
+                tracing::debug!(
+                    request_id,
+                    route = route.name.as_deref().unwrap_or("<default>"),
+                    code = refused.refusal.code.as_str(),
+                    reason = refused.reason,
+                    dry_run = route.dry_run,
+                    "request refused"
+                );
+                if route.dry_run {
+                    metrics::counter!("portcullis_guard_dry_run_refusals_total").increment(1);
+                    (None, Some(refused.refusal))
+                } else {
+                    (Some(refused.refusal), None)
+                }
+            }
+        };
+        metrics::counter!(
+            "portcullis_guard_decisions_total",
+            "decision" => if refusal.is_some() { "deny" } else { "allow" }
+        )
+        .increment(1);
+        let mut audit = AuditTicket::default();
+        if let (Some(mut e), Some(writer)) = (event, inner.audit.as_ref()) {
+            if let Some(p) = principal.as_deref() {
+                e.set_principal(p);
+            }
+            if let Some(r) = &refusal {
+                e.status = Some(r.status.as_u16());
+            }
+            audit = AuditTicket::new(e, Arc::clone(writer), started);
+        }
+        let mut decision = Decision {
+            request_id,
+            client_ip,
+            route: route.name.clone(),
+            principal,
+            headers,
+            refusal,
+            dry_run_refusal,
+            audit,
+        };
+        if let Some(r) = &decision.refusal {
+            let status = r.status;
+            decision.finish(status);
+        }
+        decision
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        parts: &Parts,
+        body: Option<&[u8]>,
+        route: &CompiledRoute,
+        client_ip: Option<IpAddr>,
+        ip: Option<&str>,
+        facts: &portcullis_core::authz::routes::RequestFacts<'_>,
+        principal_out: &mut Option<Arc<Principal>>,
+        headers_out: &mut Vec<(HeaderName, HeaderValue)>,
+        mut event: Option<&mut AuditEvent>,
+    ) -> Result<(), Refused> {
+        let inner = &*self.inner;
+
+        // 2. A banned IP is refused before any credential costs us work.
+        if let (Some(engine), Some(ip)) = (&inner.anomaly, ip) {
+            self.check_ban(engine, Some(ip), None).await?;
+        }
+
+        // 3. Authentication.
+        let authn = match self.authenticate(parts, body, route).await {
+            Ok(a) => a,
+            Err((refused, account)) => {
+                if let (Some(engine), Some(ip)) = (&inner.anomaly, ip)
+                    && refused.refusal.code != ErrorCode::MissingCredentials
+                    && refused.refusal.code != ErrorCode::BackendUnavailable
+                {
+                    let signal = Signal::AuthFailure {
+                        ip,
+                        account: account.as_deref(),
+                    };
+                    self.observe(engine, signal, parts, event.as_deref_mut())
+                        .await;
+                }
+                return Err(refused);
+            }
+        };
+        let (principal, key_or_app) = match authn {
+            Authn::Caller(p, id) => (Some(p), id),
+            Authn::Anonymous => (None, None),
+        };
+        *principal_out = principal.clone();
+
+        // 4. The subject's ban (revocation ran inside authentication).
+        if let (Some(engine), Some(p)) = (&inner.anomaly, principal.as_deref()) {
+            self.check_ban(engine, None, Some(&p.subject)).await?;
+        }
+
+        // 5. Rate limits, with the burst detector's window in the same call.
+        if let Some(limiter) = &inner.limiter {
+            let p = principal.as_deref();
+            let rl_facts = portcullis_core::ratelimit::RequestFacts {
+                client_ip,
+                subject: p.map(|p| p.subject.as_str()),
+                api_key_id: key_or_app
+                    .as_deref()
+                    .filter(|_| p.is_some_and(|p| p.auth_method == AuthMethod::ApiKey)),
+                app_id: key_or_app.as_deref().filter(|_| {
+                    p.is_some_and(|p| {
+                        matches!(p.auth_method, AuthMethod::App | AuthMethod::SignedRequest)
+                    })
+                }),
+                tenant: p.and_then(|p| p.tenant.as_deref()),
+                route: route.name.as_deref(),
+                headers: Some(&HttpHeaders(&parts.headers)),
+            };
+            let outcome = match (&inner.anomaly, ip) {
+                (Some(engine), Some(ip)) => {
+                    let (outcome, observed) = limiter
+                        .check_observing_rules(
+                            &rl_facts,
+                            route.rules,
+                            engine,
+                            Signal::Request { ip },
+                            || sample(parts, &inner.redactor),
+                        )
+                        .await;
+                    match observed {
+                        Ok(o) => {
+                            if let Some(e) = event.as_deref_mut() {
+                                o.tag_audit(e);
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "burst detection skipped"),
+                    }
+                    outcome
+                }
+                _ if route.rules.is_empty() => crate::ratelimit::Outcome::empty(),
+                _ => limiter.check_rules(&rl_facts, route.rules).await,
+            };
+            for (name, value) in limiter.headers(&outcome) {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers_out.push((n, v));
+                }
+            }
+            if let Some(e) = event.as_deref_mut() {
+                e.rate_limit_remaining = outcome
+                    .primary()
+                    .map(|(_, d)| i64::try_from(d.remaining).unwrap_or(i64::MAX));
+            }
+            match outcome.verdict() {
+                Verdict::Admitted => {}
+                Verdict::Limited => {
+                    let mut r = Refusal::new(
+                        ErrorCode::RateLimitExceeded,
+                        "too many requests; retry after the time in Retry-After",
+                    );
+                    r.headers = headers_out.clone();
+                    return Err(Refused {
+                        refusal: r,
+                        reason: "rate_limited",
+                    });
+                }
+                Verdict::Unavailable => {
+                    let mut r = Refusal::new(
+                        ErrorCode::BackendUnavailable,
+                        "the rate-limit backend is unavailable and this limit fails closed; retry shortly",
+                    );
+                    r.headers = headers_out.clone();
+                    return Err(Refused {
+                        refusal: r,
+                        reason: "rate_limit_backend_down",
+                    });
+                }
+            }
+        }
+
+        // 6. Authorization.
+        let decision = inner
+            .authorizer
+            .authorize(principal.as_deref(), facts)
+            .await;
+        if !decision.allowed {
+            let code = decision.code().unwrap_or(ErrorCode::Denied);
+            let detail = match decision.reason {
+                Reason::NoMatchingRule => "no route allows this request".to_owned(),
+                other => other.to_string(),
+            };
+            if let (Some(engine), Some(p)) = (&inner.anomaly, principal.as_deref())
+                && code == ErrorCode::Denied
+            {
+                let signal = Signal::Denied {
+                    subject: &p.subject,
+                };
+                self.observe(engine, signal, parts, event).await;
+            }
+            let mut refusal = Refusal::new(code, detail);
+            if code == ErrorCode::MissingCredentials {
+                refusal.headers.push(self.challenge(None));
+            }
+            refusal.headers.extend(headers_out.iter().cloned());
+            return Err(Refused {
+                refusal,
+                reason: decision.reason.as_str(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn check_ban(
+        &self,
+        engine: &AnomalyEngine,
+        ip: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(), Refused> {
+        match engine.banned(ip, subject).await {
+            Ok(None) => Ok(()),
+            Ok(Some(ban)) => {
+                let now_ms = u64::try_from(self.inner.clock.now().as_millis()).unwrap_or(u64::MAX);
+                let secs = ban.until_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+                let mut r = Refusal::new(
+                    ErrorCode::Banned,
+                    "this client is temporarily banned after abusive traffic; retry after the time in Retry-After",
+                );
+                r.headers
+                    .push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
+                Err(Refused {
+                    refusal: r,
+                    reason: "banned",
+                })
+            }
+            Err(e) => {
+                // Bans fail open: a ban backend outage must not stop every request.
+                tracing::warn!(error = %e, "ban check failed; letting the request through");
+                Ok(())
+            }
+        }
+    }
+
+    async fn observe(
+        &self,
+        engine: &AnomalyEngine,
+        signal: Signal<'_>,
+        parts: &Parts,
+        event: Option<&mut AuditEvent>,
+    ) {
+        match engine
+            .observe(signal, || sample(parts, &self.inner.redactor))
+            .await
+        {
+            Ok(o) => {
+                if let Some(e) = event {
+                    o.tag_audit(e);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "anomaly detection skipped"),
+        }
+    }
+
+    /// `WWW-Authenticate: Bearer realm="…"[, error="…", error_description="…"]`.
+    fn challenge(&self, error: Option<(&str, &str)>) -> (HeaderName, HeaderValue) {
+        let value = match error {
+            None => format!("Bearer realm=\"{}\"", self.inner.realm),
+            Some((error, description)) => format!(
+                "Bearer realm=\"{}\", error=\"{error}\", error_description=\"{}\"",
+                self.inner.realm,
+                description.replace(['"', '\\'], "'")
+            ),
+        };
+        let value =
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+        (http::header::WWW_AUTHENTICATE, value)
+    }
+
+    fn auth_refusal(&self, code: ErrorCode, detail: &str) -> Refused {
+        let mut refusal = Refusal::new(code, detail);
+        if refusal.status == http::StatusCode::UNAUTHORIZED {
+            refusal
+                .headers
+                .push(self.challenge(Some(("invalid_token", detail))));
+        }
+        Refused {
+            refusal,
+            reason: "authentication_failed",
+        }
+    }
+
+    /// Step 3: the first credential present among the route's sources decides.
+    async fn authenticate(
+        &self,
+        parts: &Parts,
+        body: Option<&[u8]>,
+        route: &CompiledRoute,
+    ) -> Result<Authn, (Refused, Option<String>)> {
+        let inner = &*self.inner;
+        let presented = credentials::find(&parts.headers, &inner.headers, &route.sources);
+        match presented {
+            Presented::None => {
+                if route.anonymous {
+                    return Ok(Authn::Anonymous);
+                }
+                if route.sources.is_empty() {
+                    // The default route under `default = "deny"`: authorization refuses.
+                    return Ok(Authn::Anonymous);
+                }
+                let mut refusal = Refusal::new(
+                    ErrorCode::MissingCredentials,
+                    format!(
+                        "this route needs credentials: {}",
+                        credentials::describe(&route.sources)
+                    ),
+                );
+                refusal.headers.push(self.challenge(None));
+                Err((
+                    Refused {
+                        refusal,
+                        reason: "missing_credentials",
+                    },
+                    None,
+                ))
+            }
+            Presented::Unaccepted(kind) => {
+                let mut refusal = Refusal::new(
+                    ErrorCode::MissingCredentials,
+                    format!(
+                        "this route does not accept {kind}; it accepts {}",
+                        credentials::describe(&route.sources)
+                    ),
+                );
+                refusal.headers.push(self.challenge(Some((
+                    "invalid_request",
+                    "credential type not accepted here",
+                ))));
+                Err((
+                    Refused {
+                        refusal,
+                        reason: "credential_type_not_accepted",
+                    },
+                    None,
+                ))
+            }
+            Presented::Jwt(token) => self
+                .verify_jwt(token.as_bytes())
+                .await
+                .map(|p| Authn::Caller(p, None))
+                .map_err(|code| (self.auth_refusal(code, jwt_detail(code)), None)),
+            Presented::ApiKey(key) => {
+                let Some(stores) = &inner.stores else {
+                    return Err((
+                        self.auth_refusal(ErrorCode::InvalidApiKey, "API keys are not enabled"),
+                        None,
+                    ));
+                };
+                match stores.verify_api_key(key).await {
+                    Ok(record) => {
+                        let mut p = Principal::new(record.owner.clone(), AuthMethod::ApiKey);
+                        p.roles.clone_from(&record.roles);
+                        p.permissions.clone_from(&record.permissions);
+                        p.scopes.clone_from(&record.scopes);
+                        p.token_id = Some(record.id.clone());
+                        p.expires_at = record.expires_at;
+                        Ok(Authn::Caller(Arc::new(p), Some(record.id.clone())))
+                    }
+                    Err(e) => {
+                        let account = crate::stores::api_keys::parse_api_key(key)
+                            .map(|(id, _)| id.to_owned());
+                        Err((store_refusal(self, &e, ErrorCode::InvalidApiKey), account))
+                    }
+                }
+            }
+            Presented::App { id, secret } => {
+                let Some(stores) = &inner.stores else {
+                    return Err((
+                        self.auth_refusal(
+                            ErrorCode::InvalidAppCredentials,
+                            "app credentials are not enabled",
+                        ),
+                        None,
+                    ));
+                };
+                match stores.verify_app(id, secret).await {
+                    Ok(app) => {
+                        let mut p = Principal::new(app.app_id.clone(), AuthMethod::App);
+                        p.permissions = app.permissions;
+                        p.tenant = app.tenant;
+                        p.name = Some(app.name);
+                        Ok(Authn::Caller(Arc::new(p), Some(app.app_id)))
+                    }
+                    Err(e) => Err((
+                        store_refusal(self, &e, ErrorCode::InvalidAppCredentials),
+                        Some(id.to_owned()),
+                    )),
+                }
+            }
+            Presented::Signed => {
+                let Some(signed) = &inner.signed else {
+                    return Err((
+                        self.auth_refusal(
+                            ErrorCode::InvalidSignatureRequest,
+                            "signed requests are not enabled",
+                        ),
+                        None,
+                    ));
+                };
+                let sig_headers = crate::authz::signature_headers(&parts.headers);
+                let signed_parts = SignedParts {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    query: parts.uri.query().unwrap_or(""),
+                    body: body.unwrap_or(&[]),
+                };
+                match signed.authenticate(&sig_headers, &signed_parts).await {
+                    Ok(p) => {
+                        let app = p.subject.clone();
+                        Ok(Authn::Caller(Arc::new(p), Some(app)))
+                    }
+                    Err(e) => {
+                        let code = e.code();
+                        let refused = if code == ErrorCode::BackendUnavailable {
+                            Refused {
+                                refusal: Refusal::new(
+                                    code,
+                                    "the nonce store is unavailable; retry shortly",
+                                ),
+                                reason: "backend_unavailable",
+                            }
+                        } else {
+                            self.auth_refusal(code, "the request signature does not verify")
+                        };
+                        Err((refused, sig_headers.app_id.map(str::to_owned)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A JWT against the local key set, then (for another issuer) the
+    /// trusted remote issuers; revocation is checked either way.
+    async fn verify_jwt(&self, token: &[u8]) -> Result<Arc<Principal>, ErrorCode> {
+        let inner = &*self.inner;
+        if let Some(local) = &inner.local {
+            match local.verify(token).await {
+                Ok(p) => return Ok(p),
+                Err(AuthError::Token(portcullis_core::TokenError::InvalidIssuer))
+                    if inner.remote.is_some() => {}
+                Err(e) => return Err(e.code()),
+            }
+        }
+        let Some(remote) = &inner.remote else {
+            return Err(ErrorCode::InvalidIssuer);
+        };
+        let principal = remote.verify(token).await.map_err(|e| e.code())?;
+        if let Some(hook) = &inner.remote_revocation {
+            hook.check(&principal).await?;
+        }
+        Ok(Arc::new(principal))
+    }
+}
+
+fn store_refusal(guard: &Guard, e: &StoreError, code: ErrorCode) -> Refused {
+    match e {
+        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
+            tracing::warn!(error = %e, "credential store unavailable; refusing");
+            Refused {
+                refusal: Refusal::new(
+                    ErrorCode::BackendUnavailable,
+                    "the credential store is unavailable; retry shortly",
+                ),
+                reason: "backend_unavailable",
+            }
+        }
+        _ => guard.auth_refusal(
+            code,
+            match code {
+                ErrorCode::InvalidApiKey => "the API key is invalid, revoked or expired",
+                _ => "the app id or secret is wrong, or the app is disabled",
+            },
+        ),
+    }
+}
+
+fn jwt_detail(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::TokenExpired => "the access token expired; refresh it or log in again",
+        ErrorCode::TokenNotYetValid => "the access token is not valid yet; check the clock",
+        ErrorCode::TokenRevoked => "the access token was revoked",
+        ErrorCode::SessionRevoked => "the session of this token was revoked; log in again",
+        ErrorCode::InvalidIssuer => "the token's issuer is not trusted",
+        ErrorCode::InvalidAudience => "the token is not meant for this API",
+        ErrorCode::WrongTokenType => "this is not an access token",
+        ErrorCode::JwksUnavailable => "the issuer's keys are unavailable; retry shortly",
+        ErrorCode::BackendUnavailable => "the revocation store is unavailable; retry shortly",
+        ErrorCode::MissingClaim => "the token lacks a required claim",
+        _ => "the access token is invalid",
+    }
+}
+
+fn authz_facts(parts: &Parts) -> portcullis_core::authz::routes::RequestFacts<'_> {
+    let facts =
+        portcullis_core::authz::routes::RequestFacts::new(parts.method.as_str(), parts.uri.path());
+    match parts.uri.host().or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    }) {
+        Some(host) => facts.with_host(host),
+        None => facts,
+    }
+}
+
+fn sample(parts: &Parts, redactor: &Redactor) -> SampleRequest {
+    let path = redactor.path(
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str()),
+    );
+    let ua = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    SampleRequest::new(parts.method.as_str(), &path, ua)
+}
