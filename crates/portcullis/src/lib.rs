@@ -1,6 +1,7 @@
 //! Portcullis runtime library: the I/O shell around `portcullis-core`.
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
+//! - [`http`]: tower layers around the guard, problem+json refusals, axum extractors.
 //! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
 //! - [`guard`]: the one decision per request: bans, authentication, revocation,
 //!   rate limits, authorization, anomaly signals, audit.
@@ -16,6 +17,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod authz;
 pub mod guard;
+pub mod http;
 pub mod http_client;
 pub mod jwks;
 pub mod ratelimit;

@@ -365,13 +365,15 @@ impl GuardBuilder {
             }
             let anonymous = r.credentials.contains(&CredentialSource::Anonymous);
             let mut require = r.require.clone();
-            require.anonymous = anonymous;
-            require.auth_methods = r
-                .credentials
-                .iter()
-                .filter(|s| **s != CredentialSource::Anonymous)
-                .map(|s| s.auth_method())
-                .collect();
+            if r.effect == Effect::Allow {
+                require.anonymous = anonymous;
+                require.auth_methods = r
+                    .credentials
+                    .iter()
+                    .filter(|s| **s != CredentialSource::Anonymous)
+                    .map(|s| s.auth_method())
+                    .collect();
+            }
             for source in r.credentials.iter() {
                 let missing = match source {
                     CredentialSource::Jwt if self.local.is_none() && self.remote.is_none() => {
@@ -555,6 +557,27 @@ impl Guard {
     /// The stores, when given.
     pub fn stores(&self) -> Option<&Arc<Stores>> {
         self.inner.stores.as_ref()
+    }
+
+    /// The compiled routes and roles.
+    pub fn access_policy(&self) -> &portcullis_core::authz::routes::AccessPolicy {
+        self.inner.authorizer.access()
+    }
+
+    /// Only step 3 (with revocation): the caller of `parts` by its route's
+    /// credential sources; `Ok(None)` for an anonymous caller where the
+    /// route allows one. No ban, limit, authorization or audit.
+    pub async fn authenticate(
+        &self,
+        parts: &Parts,
+        body: Option<&[u8]>,
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        let route = self.route_of(parts);
+        match self.authenticate_route(parts, body, route).await {
+            Ok(Authn::Caller(p, _)) => Ok(Some(p)),
+            Ok(Authn::Anonymous) => Ok(None),
+            Err((refused, _)) => Err(refused.refusal),
+        }
     }
 
     /// The `realm` of challenges.
@@ -763,7 +786,7 @@ impl Guard {
         }
 
         // 3. Authentication.
-        let authn = match self.authenticate(parts, body, route).await {
+        let authn = match self.authenticate_route(parts, body, route).await {
             Ok(a) => a,
             Err((refused, account)) => {
                 if let (Some(engine), Some(ip)) = (&inner.anomaly, ip)
@@ -984,7 +1007,7 @@ impl Guard {
     }
 
     /// Step 3: the first credential present among the route's sources decides.
-    async fn authenticate(
+    async fn authenticate_route(
         &self,
         parts: &Parts,
         body: Option<&[u8]>,
