@@ -22,4 +22,6 @@ pub mod stores;
 pub mod token_cache;
 
 pub use portcullis_core as core;
-pub use token_cache::{AuthError, CachedVerifier, NoRevocation, RevocationHook, TokenCacheConfig};
+pub use token_cache::{
+    AuthError, CachedVerifier, DynRevocationHook, NoRevocation, RevocationHook, TokenCacheConfig,
+};
