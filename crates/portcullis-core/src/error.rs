@@ -135,6 +135,9 @@ pub enum TokenError {
     /// The token is not an access token.
     #[error("wrong token type: {0}")]
     WrongTokenType(&'static str),
+    /// `exp - iat` exceeds the configured maximum lifetime.
+    #[error("token lifetime exceeds the allowed maximum")]
+    LifetimeTooLong,
 }
 
 impl TokenError {
@@ -151,6 +154,8 @@ impl TokenError {
             Self::InvalidAudience => ErrorCode::InvalidAudience,
             Self::MissingClaim(_) => ErrorCode::MissingClaim,
             Self::WrongTokenType(_) => ErrorCode::WrongTokenType,
+            // Not malformed JSON, but claims this verifier will not accept.
+            Self::LifetimeTooLong => ErrorCode::MalformedToken,
         }
     }
 }

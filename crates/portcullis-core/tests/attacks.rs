@@ -268,19 +268,36 @@ fn hs256_signed_with_the_rsa_public_key_is_unsupported_algorithm() {
     let jwk_text = jwk.to_string();
     let secrets: [&[u8]; 4] = [RSA_PUBLIC_PEM, &pem, n.as_bytes(), jwk_text.as_bytes()];
     for secret in secrets {
-        let attacker = Key::hmac(secret, None).expect("long secret");
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             // Naming the RSA key's kid: the key refuses a foreign algorithm.
             let header = json!({ "alg": alg.name(), "kid": "rsa" });
-            let token = sign_with(&attacker, &header, &good_claims());
+            let token = hmac_token(secret, alg, &header, &good_claims());
             assert_code(&v, &token, ErrorCode::UnsupportedAlgorithm);
 
             // Without a kid there is no HMAC key to select at all.
             let header = json!({ "alg": alg.name() });
-            let token = sign_with(&attacker, &header, &good_claims());
+            let token = hmac_token(secret, alg, &header, &good_claims());
             assert_code(&v, &token, ErrorCode::UnknownKey);
         }
     }
+}
+
+/// An HMAC-signed token made with raw aws-lc-rs: an attacker is not bound by
+/// `Key::hmac`, which refuses public-key text as a secret.
+fn hmac_token(secret: &[u8], alg: Algorithm, header: &Value, claims: &Value) -> String {
+    use aws_lc_rs::hmac;
+    let algorithm = match alg {
+        Algorithm::HS256 => hmac::HMAC_SHA256,
+        Algorithm::HS384 => hmac::HMAC_SHA384,
+        _ => hmac::HMAC_SHA512,
+    };
+    let input = format!(
+        "{}.{}",
+        b64_encode(&bytes(header)),
+        b64_encode(&bytes(claims))
+    );
+    let tag = hmac::sign(&hmac::Key::new(algorithm, secret), input.as_bytes());
+    format!("{input}.{}", b64_encode(tag.as_ref()))
 }
 
 /// The DER inside a PEM block.
@@ -1456,4 +1473,245 @@ fn error_codes_have_stable_strings() {
         assert_eq!(code.to_string(), s);
         assert_eq!(code.http_status(), 401);
     }
+}
+
+// ------------------------------------------------------------------ issue 12: token hardening
+
+/// A token for another API (or an OIDC ID token, `aud` = a client id) is not
+/// ours when we name no audience.
+#[test]
+fn a_token_with_aud_is_refused_when_no_audience_is_configured() {
+    let (es, v) = es_verifier();
+    for aud in [json!("other-api"), json!(["a", "b"]), json!([])] {
+        let token = es_token(&es, &json!({ "sub": "a", "exp": NOW + 60, "aud": aud }));
+        assert_eq!(rejection(&v, &token), TokenError::InvalidAudience);
+        assert_eq!(
+            rejection(&v, &token).code().as_str(),
+            "auth.invalid_audience"
+        );
+    }
+    assert_accepted(&v, &es_token(&es, &json!({ "sub": "a", "exp": NOW + 60 })));
+}
+
+/// RFC 9068: with `require_typ`, only `typ: at+jwt` passes; ID tokens
+/// (`typ: JWT` or none) are the wrong type.
+#[test]
+fn require_typ_refuses_tokens_not_typed_at_jwt() {
+    let es = es_key();
+    let v = verifier_with(
+        set([public_copy(&es)]),
+        Validation::new().with_require_typ(true),
+    );
+    for header in [
+        json!({ "alg": "ES256", "kid": "es" }),
+        json!({ "alg": "ES256", "kid": "es", "typ": "JWT" }),
+    ] {
+        let token = sign_with(&es, &header, &good_claims());
+        assert_eq!(rejection(&v, &token).code(), ErrorCode::WrongTokenType);
+    }
+    for typ in ["at+jwt", "application/at+jwt"] {
+        let header = json!({ "alg": "ES256", "kid": "es", "typ": typ });
+        assert_accepted(&v, &sign_with(&es, &header, &good_claims()));
+    }
+}
+
+#[test]
+fn require_type_claim_refuses_tokens_without_it() {
+    let es = es_key();
+    let v = verifier_with(
+        set([public_copy(&es)]),
+        Validation::new().with_require_type_claim(true),
+    );
+    let err = rejection(&v, &es_token(&es, &good_claims()));
+    assert_eq!(err.code(), ErrorCode::WrongTokenType);
+    let mut claims = good_claims();
+    claims["type"] = json!("refresh");
+    assert_eq!(
+        rejection(&v, &es_token(&es, &claims)).code(),
+        ErrorCode::WrongTokenType
+    );
+    claims["type"] = json!("access");
+    assert_accepted(&v, &es_token(&es, &claims));
+}
+
+/// The local issuer's rules accept what `TokenIssuer` writes and refuse an
+/// ID-token-shaped JWT signed by the same key.
+#[test]
+fn local_issuer_validation_requires_both_type_markers() {
+    use portcullis_core::{AccessRequest, IssuerConfig, SecretHasher, TokenIssuer};
+    let es = es_key();
+    let mut config = IssuerConfig::new("https://issuer.example");
+    config.audience = vec!["api".into()];
+    let clock = Arc::new(ManualClock::at_unix_seconds(NOW as u64));
+    let issuer = TokenIssuer::new(
+        set([
+            Key::from_pem(es.private_pkcs8_pem().expect("pem").as_bytes(), None)
+                .expect("key")
+                .with_kid("es"),
+        ]),
+        config.clone(),
+        SecretHasher::new(&[3; 32]).expect("pepper"),
+    )
+    .with_clock(clock);
+    let v = verifier_with(
+        set([public_copy(&es)]),
+        Validation::for_local_issuer(&config),
+    );
+    let issued = issuer
+        .issue_access(&AccessRequest {
+            subject: "alice".into(),
+            ..AccessRequest::default()
+        })
+        .expect("issue");
+    assert_accepted(&v, &issued.token);
+    // Nor is a token for nobody issued.
+    assert!(matches!(
+        issuer.issue_access(&AccessRequest::default()),
+        Err(portcullis_core::IssueError::EmptySubject)
+    ));
+
+    let id_token = json!({ "sub": "alice", "iss": "https://issuer.example", "aud": "api",
+                           "iat": NOW, "exp": NOW + 600 });
+    let header = json!({ "alg": "ES256", "kid": "es", "typ": "JWT" });
+    assert_code(
+        &v,
+        &sign_with(&es, &header, &id_token),
+        ErrorCode::WrongTokenType,
+    );
+    let header = json!({ "alg": "ES256", "kid": "es", "typ": "at+jwt" });
+    assert_code(
+        &v,
+        &sign_with(&es, &header, &id_token),
+        ErrorCode::WrongTokenType,
+    );
+}
+
+#[test]
+fn an_empty_subject_is_refused() {
+    let (es, v) = es_verifier();
+    for sub in [
+        json!(""),
+        json!({ "uuid": "" }),
+        json!({ "email": "a@example.com" }),
+    ] {
+        let err = rejection(&v, &es_token(&es, &json!({ "sub": sub, "exp": NOW + 60 })));
+        assert_eq!(err, TokenError::MissingClaim("sub".into()), "{sub}");
+    }
+}
+
+#[test]
+fn an_object_subject_with_both_uuid_and_id_is_refused() {
+    let (es, v) = es_verifier();
+    for sub in [
+        json!({ "uuid": "u-1", "id": "admin" }),
+        json!({ "id": "admin", "uuid": "u-1" }),
+    ] {
+        let err = rejection(&v, &es_token(&es, &json!({ "sub": sub, "exp": NOW + 60 })));
+        assert_eq!(err.code(), ErrorCode::MalformedToken, "{sub}");
+    }
+    let p = v
+        .verify(es_token(&es, &json!({ "sub": { "uuid": "u-1" }, "exp": NOW + 60 })).as_bytes())
+        .expect("one id");
+    assert_eq!(p.subject, "u-1");
+}
+
+/// The header is read before the signature: its member count is bounded
+/// before the (quadratic) duplicate check runs.
+#[test]
+fn a_header_with_too_many_members_is_malformed() {
+    let (es, v) = es_verifier();
+    let mut header = serde_json::Map::new();
+    header.insert("alg".into(), json!("ES256"));
+    header.insert("kid".into(), json!("es"));
+    for i in 0..40 {
+        header.insert(format!("x{i}"), json!(0));
+    }
+    let token = sign_with(&es, &Value::Object(header), &good_claims());
+    assert_code(&v, &token, ErrorCode::MalformedToken);
+    // Nested members count too.
+    let nested: serde_json::Map<String, Value> =
+        (0..40).map(|i| (format!("y{i}"), json!(0))).collect();
+    let header = json!({ "alg": "ES256", "kid": "es", "ext": nested });
+    assert_code(
+        &v,
+        &sign_with(&es, &header, &good_claims()),
+        ErrorCode::MalformedToken,
+    );
+    // A usual header with a few extra members is fine.
+    let header = json!({ "alg": "ES256", "kid": "es", "typ": "at+jwt", "cty": "x", "x5t": "y" });
+    assert_accepted(&v, &sign_with(&es, &header, &good_claims()));
+}
+
+/// PyJWT CVE-2022-29217: public-key text is not a secret.
+#[test]
+fn public_key_text_is_refused_as_an_hmac_secret() {
+    let ssh = format!("ssh-ed25519 {} user@host", "A".repeat(68));
+    let secrets: [&[u8]; 4] = [
+        RSA_PUBLIC_PEM,
+        RSA_PRIVATE_PEM,
+        ssh.as_bytes(),
+        b"  \necdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY",
+    ];
+    for secret in secrets {
+        assert!(
+            matches!(Key::hmac(secret, None), Err(KeyError::Malformed(_))),
+            "{}",
+            String::from_utf8_lossy(secret)
+        );
+    }
+    assert!(Key::hmac(&[0x5a; 32], None).is_ok());
+}
+
+/// A secret or private entry listed before the real public key of the same
+/// kid must not push that key out of a remote key set.
+#[test]
+fn a_secret_entry_listed_first_does_not_displace_the_public_key() {
+    let es = es_key();
+    let Some(public) = public_jwk(&es) else {
+        panic!("public JWK");
+    };
+    let oct = json!({ "kty": "oct", "kid": "es", "k": b64_encode(&[7u8; 32]) });
+    // Another key's private JWK, under the same kid.
+    let doc: Value =
+        serde_json::from_slice(include_bytes!("data/private_jwks.json")).expect("json");
+    let mut private = doc["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == "p256")
+        .cloned()
+        .expect("p256");
+    private["kid"] = json!("es");
+    for first in [oct, private] {
+        let doc = json!({ "keys": [first, public.clone()] }).to_string();
+        let (keys, warnings) = KeySet::from_public_jwks_json(doc.as_bytes()).expect("jwks");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(warnings.len(), 1);
+        let key = keys.get("es").expect("the public key");
+        assert!(!key.can_sign() && !key.is_symmetric());
+        assert_accepted(&verifier(keys), &good_token(&es));
+    }
+}
+
+#[test]
+fn a_lifetime_longer_than_the_maximum_is_refused() {
+    let es = es_key();
+    let v = verifier_with(
+        set([public_copy(&es)]),
+        Validation::new().with_max_lifetime(Duration::from_secs(3600)),
+    );
+    let long = json!({ "sub": "a", "iat": NOW, "exp": NOW + 3601 });
+    assert_eq!(
+        rejection(&v, &es_token(&es, &long)),
+        TokenError::LifetimeTooLong
+    );
+    let no_iat = json!({ "sub": "a", "exp": NOW + 60 });
+    assert_eq!(
+        rejection(&v, &es_token(&es, &no_iat)),
+        TokenError::MissingClaim("iat".into())
+    );
+    assert_accepted(
+        &v,
+        &es_token(&es, &json!({ "sub": "a", "iat": NOW, "exp": NOW + 3600 })),
+    );
 }

@@ -28,4 +28,6 @@ pub mod token_cache;
 
 pub use guard::{Decision, Guard, GuardBuilder, GuardConfig, Refusal, RouteConfig};
 pub use portcullis_core as core;
-pub use token_cache::{AuthError, CachedVerifier, NoRevocation, RevocationHook, TokenCacheConfig};
+pub use token_cache::{
+    AuthError, CachedVerifier, DynRevocationHook, NoRevocation, RevocationHook, TokenCacheConfig,
+};

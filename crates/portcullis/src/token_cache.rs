@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +46,32 @@ impl<H: RevocationHook> RevocationHook for Arc<H> {
     }
 }
 
+/// A [`RevocationHook`] behind a pointer (`Arc<dyn DynRevocationHook>`),
+/// for holders that cannot be generic over the hook (remote issuers).
+/// Implemented for every `RevocationHook`.
+pub trait DynRevocationHook: Send + Sync {
+    /// [`RevocationHook::check`], boxed.
+    fn check_dyn<'a>(
+        &'a self,
+        principal: &'a Principal,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ErrorCode>> + Send + 'a>>;
+}
+
+impl<H: RevocationHook> DynRevocationHook for H {
+    fn check_dyn<'a>(
+        &'a self,
+        principal: &'a Principal,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ErrorCode>> + Send + 'a>> {
+        Box::pin(self.check(principal))
+    }
+}
+
+impl RevocationHook for Arc<dyn DynRevocationHook> {
+    async fn check(&self, principal: &Principal) -> Result<(), ErrorCode> {
+        (**self).check_dyn(principal).await
+    }
+}
+
 /// A hook that revokes nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoRevocation;
@@ -55,9 +82,12 @@ impl RevocationHook for NoRevocation {
     }
 }
 
-/// Sizing of the verified-token cache.
+/// Sizing of the verified-token cache. Both bounds hold: every entry is
+/// weighed at its size in bytes, but at least `max_bytes / max_entries`.
 #[derive(Debug, Clone)]
 pub struct TokenCacheConfig {
+    /// Most bytes of tokens and principals kept (default 32 MiB).
+    pub max_bytes: u64,
     /// Most tokens kept (default 10 000).
     pub max_entries: u64,
     /// Longest a verified token is kept before it is verified again (default 5 min).
@@ -67,6 +97,7 @@ pub struct TokenCacheConfig {
 impl Default for TokenCacheConfig {
     fn default() -> Self {
         Self {
+            max_bytes: 32 * 1024 * 1024,
             max_entries: 10_000,
             time_to_live: Duration::from_secs(300),
         }
@@ -77,6 +108,33 @@ struct Entry {
     token: Box<[u8]>,
     principal: Arc<Principal>,
     key: Arc<Key>,
+}
+
+/// Bytes an entry holds: the token, the principal's strings and claims JSON,
+/// and the fixed-size parts (the key is shared with the key set).
+fn entry_bytes(token: &[u8], p: &Principal) -> u64 {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| s.len() + size_of::<String>())
+            .sum::<usize>()
+    };
+    let bytes = size_of::<Entry>()
+        + size_of::<Principal>()
+        + 64 // moka's per-entry bookkeeping, roughly
+        + token.len()
+        + p.subject.len()
+        + opt(&p.issuer)
+        + opt(&p.tenant)
+        + opt(&p.email)
+        + opt(&p.name)
+        + opt(&p.session_id)
+        + opt(&p.token_id)
+        + list(&p.roles)
+        + list(&p.permissions)
+        + list(&p.scopes)
+        + p.claims.as_json().len();
+    bytes as u64
 }
 
 /// A [`Verifier`] fronted by a bounded cache keyed by a keyed hash of the token.
@@ -114,8 +172,13 @@ impl CachedVerifier<NoRevocation> {
 impl<H: RevocationHook> CachedVerifier<H> {
     /// A cache in front of `verifier` calling `hook` on every token.
     pub fn with_hook(verifier: Verifier, config: TokenCacheConfig, hook: H) -> Self {
+        let floor = config.max_bytes / config.max_entries.max(1);
         let cache = Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(config.max_bytes)
+            .weigher(move |_: &u64, e: &Arc<Entry>| {
+                let bytes = entry_bytes(&e.token, &e.principal).max(floor);
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
             .time_to_live(config.time_to_live)
             .support_invalidation_closures()
             .build();
@@ -145,7 +208,11 @@ impl<H: RevocationHook> CachedVerifier<H> {
     }
 
     /// The cached part of [`Self::verify`]: signature and claims, no hook.
-    pub fn verify_signature_cached(&self, token: &[u8]) -> Result<Arc<Principal>, AuthError> {
+    /// Not public: every caller outside goes through the revocation hook.
+    pub(crate) fn verify_signature_cached(
+        &self,
+        token: &[u8],
+    ) -> Result<Arc<Principal>, AuthError> {
         let verifier = self.current();
         let id = self.hasher.hash_one(token);
         if let Some(entry) = self.cache.get(&id)
@@ -198,6 +265,13 @@ impl<H: RevocationHook> CachedVerifier<H> {
     /// Number of cached tokens (approximate).
     pub fn len(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Bytes held by cached entries, as weighed against `max_bytes` (after
+    /// pending evictions ran).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
     }
 
     /// Whether the cache is empty (approximate).

@@ -173,3 +173,76 @@ fn the_cache_is_bounded() {
     }
     assert!(cache.len() <= 32, "cache holds {} entries", cache.len());
 }
+
+/// Item 5 (issue 12): the bound is in bytes, whatever the entry count allows.
+#[test]
+fn the_cache_is_bounded_in_bytes() {
+    let f = fixture();
+    let max_bytes = 64 * 1024;
+    let cache = CachedVerifier::new(
+        verifier(&f),
+        TokenCacheConfig {
+            max_bytes,
+            max_entries: 100_000,
+            ..TokenCacheConfig::default()
+        },
+    );
+    for i in 0..100 {
+        let mut req = AccessRequest {
+            subject: format!("user{i}"),
+            ..AccessRequest::default()
+        };
+        req.claims
+            .insert("blob".into(), serde_json::json!("x".repeat(3000)));
+        let t = f.issuer.issue_access(&req).expect("issue").token;
+        ready(cache.verify(t.as_bytes())).expect("valid");
+    }
+    let held = cache.weighted_bytes();
+    assert!(held <= max_bytes, "cache holds {held} bytes");
+    assert!(cache.len() < 20, "cache holds {} entries", cache.len());
+}
+
+/// Item 3 (issue 12): the stores' denylist refuses a token through the
+/// cached verifier, on a miss and on a hit.
+#[tokio::test]
+async fn a_denied_jti_is_refused_through_the_cached_verifier() {
+    use portcullis::stores::memory::MemoryStores;
+    use portcullis::stores::{Backends, Stores, StoresConfig, hook::StoresRevocation};
+    let f = fixture();
+    let mut config = StoresConfig::new(SecretHasher::new(&[5u8; 32]).expect("pepper"));
+    config.revocation_cache_ttl = Duration::ZERO;
+    let stores = Arc::new(
+        Stores::new(Backends::all(Arc::new(MemoryStores::new())), config).expect("stores"),
+    );
+    let cache = CachedVerifier::with_hook(
+        verifier(&f),
+        TokenCacheConfig::default(),
+        StoresRevocation::new(stores.clone()),
+    );
+    let issue = |sub: &str| {
+        f.issuer
+            .issue_access(&AccessRequest {
+                subject: sub.into(),
+                ..AccessRequest::default()
+            })
+            .expect("issue")
+    };
+    let (denied, kept) = (issue("mallory"), issue("alice"));
+    cache.verify(denied.token.as_bytes()).await.expect("valid");
+    stores
+        .revoke_jti(&denied.jti, 4_000_000_000)
+        .await
+        .expect("revoke");
+    let err = cache.verify(denied.token.as_bytes()).await.unwrap_err();
+    assert_eq!(err, AuthError::Revoked(ErrorCode::TokenRevoked));
+    assert_eq!(err.code().as_str(), "auth.token_revoked");
+    cache.verify(kept.token.as_bytes()).await.expect("valid");
+
+    // The same through the boxed form a non-generic holder keeps.
+    let boxed: Arc<dyn portcullis::DynRevocationHook> =
+        Arc::new(StoresRevocation::new(stores.clone()));
+    let cache = CachedVerifier::with_hook(verifier(&f), TokenCacheConfig::default(), boxed);
+    let err = cache.verify(denied.token.as_bytes()).await.unwrap_err();
+    assert_eq!(err, AuthError::Revoked(ErrorCode::TokenRevoked));
+    cache.verify(kept.token.as_bytes()).await.expect("valid");
+}

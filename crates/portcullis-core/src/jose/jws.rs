@@ -15,6 +15,9 @@ use crate::error::{KeyError, TokenError};
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// The largest decoded JOSE header accepted, in bytes.
 pub const MAX_HEADER_BYTES: usize = 2048;
+/// The most members a JOSE header may hold, nested ones included: read
+/// before the signature is checked, so bounded before any duplicate check.
+pub const MAX_HEADER_MEMBERS: usize = 32;
 /// The largest decoded signature accepted (RSA-8192), in bytes.
 pub const MAX_SIGNATURE_BYTES: usize = 1024;
 
@@ -92,7 +95,7 @@ fn classify_typ(typ: &str) -> TypHeader {
 
 /// Parses the JOSE header in one strict pass (see [`super::scan`]).
 fn parse_header(bytes: &[u8]) -> Result<Header<'_>, JsonError> {
-    let mut s = Scanner::new(bytes)?;
+    let mut s = Scanner::new(bytes)?.with_member_limit(MAX_HEADER_MEMBERS);
     // `alg`, `kid` and `typ` are tracked by bit, other names in `names`, so
     // the usual header allocates nothing.
     let mut seen = 0u8;

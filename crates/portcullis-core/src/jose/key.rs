@@ -103,6 +103,25 @@ fn rsa_sign_params(alg: Algorithm) -> &'static dyn signature::RsaEncoding {
     }
 }
 
+/// Whether `secret` is PEM or OpenSSH public-key text, which is never secret.
+fn is_public_key_text(secret: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 7] = [
+        b"-----BEGIN ",
+        b"ssh-rsa ",
+        b"ssh-dss ",
+        b"ssh-ed25519 ",
+        b"ecdsa-sha2-",
+        b"sk-ssh-ed25519",
+        b"sk-ecdsa-sha2-",
+    ];
+    let start = secret
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(secret.len());
+    let text = &secret[start..];
+    PREFIXES.iter().any(|p| text.starts_with(p))
+}
+
 fn hmac_params(alg: Algorithm) -> (hmac::Algorithm, usize) {
     match alg {
         Algorithm::HS384 => (hmac::HMAC_SHA384, 48),
@@ -175,8 +194,15 @@ impl Key {
 
     /// An HMAC key. HS384 and HS512 are enabled only for secrets at least as long
     /// as their hash (RFC 7518 §3.2); fewer than 32 bytes is an error.
+    /// Public-key text (PEM, OpenSSH) is refused as a secret: it is public,
+    /// so anyone could sign with it (the PyJWT CVE-2022-29217 confusion).
     pub fn hmac(secret: &[u8], pinned: Option<Algorithm>) -> Result<Self, KeyError> {
         check_pin(KeyFamily::Hmac, pinned)?;
+        if is_public_key_text(secret) {
+            return Err(KeyError::Malformed(
+                "an HMAC secret must not be PEM or OpenSSH key text".into(),
+            ));
+        }
         let mut verifiers: [Option<Verifier>; 12] = Default::default();
         let mut any = false;
         for alg in family_algorithms(KeyFamily::Hmac) {

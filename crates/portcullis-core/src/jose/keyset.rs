@@ -148,6 +148,17 @@ impl KeySet {
     /// Loads a JWKS document (`{"keys": [...]}`). Entries that cannot be used
     /// (weak, unsupported, `use: enc`) are skipped and reported, not fatal.
     pub fn from_jwks_json(bytes: &[u8]) -> Result<(Self, Vec<JwkWarning>), KeyError> {
+        Self::load_jwks(bytes, false)
+    }
+
+    /// Loads a JWKS published by someone else: secret (`oct`) and private
+    /// entries are skipped and reported *before* keys are indexed, so one
+    /// listed first cannot take the `kid` of the real public key.
+    pub fn from_public_jwks_json(bytes: &[u8]) -> Result<(Self, Vec<JwkWarning>), KeyError> {
+        Self::load_jwks(bytes, true)
+    }
+
+    fn load_jwks(bytes: &[u8], public_only: bool) -> Result<(Self, Vec<JwkWarning>), KeyError> {
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(KeyError::Malformed(format!(
                 "JWKS is larger than {MAX_JWKS_BYTES} bytes"
@@ -175,7 +186,15 @@ impl KeySet {
                 continue;
             };
             let kid = object.get("kid").and_then(Value::as_str).map(str::to_owned);
-            match jwk::key_from_jwk(object).and_then(|key| set.insert(key)) {
+            let loaded = jwk::key_from_jwk(object).and_then(|key| {
+                if public_only && (key.is_symmetric() || key.can_sign()) {
+                    return Err(KeyError::Unsupported(
+                        "a secret or private key has no place in a public JWKS".into(),
+                    ));
+                }
+                set.insert(key)
+            });
+            match loaded {
                 Ok(()) => {}
                 Err(error) => warnings.push(JwkWarning { index, kid, error }),
             }

@@ -30,13 +30,26 @@ pub(crate) enum Number {
 pub(crate) struct Scanner<'a> {
     text: &'a str,
     pos: usize,
+    /// Object members still allowed, at any depth (duplicate detection is
+    /// quadratic in the members of one object, so untrusted input is capped).
+    members_left: usize,
 }
 
 impl<'a> Scanner<'a> {
     /// Starts a scan; the whole input must be UTF-8.
     pub(crate) fn new(bytes: &'a [u8]) -> Result<Self> {
         let text = std::str::from_utf8(bytes).map_err(|_| JsonError("not UTF-8"))?;
-        Ok(Self { text, pos: 0 })
+        Ok(Self {
+            text,
+            pos: 0,
+            members_left: usize::MAX,
+        })
+    }
+
+    /// Refuses documents with more than `max` object members in all.
+    pub(crate) fn with_member_limit(mut self, max: usize) -> Self {
+        self.members_left = max;
+        self
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -86,6 +99,10 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         loop {
+            self.members_left = self
+                .members_left
+                .checked_sub(1)
+                .ok_or(JsonError("too many members"))?;
             let name = self.string()?;
             self.eat(b':')?;
             member(self, name, inner)?;

@@ -196,6 +196,10 @@ fn subject(s: &mut Scanner<'_>, depth: u8) -> Result<Subject> {
     let mut sub = Subject::default();
     s.object(depth, |s, key, inner| {
         match key.as_str() {
+            // Both would leave the subject ambiguous: refuse, never pick one.
+            "uuid" | "id" if sub.id.is_some() => {
+                return Err(JsonError("`sub` has both `uuid` and `id`"));
+            }
             "uuid" | "id" => sub.id = Some(s.string()?.0.into_owned()),
             "email" => sub.email = Some(s.string()?.0.into_owned()),
             "name" => sub.name = Some(s.string()?.0.into_owned()),

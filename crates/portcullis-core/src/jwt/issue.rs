@@ -30,6 +30,9 @@ pub enum IssueError {
     /// A custom claim tried to override a reserved one.
     #[error("custom claim `{0}` is reserved")]
     ReservedClaim(String),
+    /// The subject is empty; verifiers refuse such a token.
+    #[error("the subject must not be empty")]
+    EmptySubject,
 }
 
 /// Lifetimes and names for issued tokens.
@@ -173,6 +176,9 @@ impl TokenIssuer {
             .keys
             .active()
             .ok_or_else(|| KeyError::NoSuchKey("(active signing key)".into()))?;
+        if req.subject.is_empty() {
+            return Err(IssueError::EmptySubject);
+        }
         if let Some(reserved) = req
             .claims
             .keys()

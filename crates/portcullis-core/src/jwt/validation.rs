@@ -48,7 +48,9 @@ pub struct Validation {
     pub jws: JwsPolicy,
     /// Trusted issuers; empty means `iss` is not checked.
     pub issuers: Vec<String>,
-    /// Accepted audiences; empty means `aud` is not checked.
+    /// Accepted audiences. Empty means no audience is configured: a token
+    /// *carrying* `aud` is then refused (`auth.invalid_audience`), since it
+    /// was issued for someone else (as PyJWT and jsonwebtoken do).
     pub audiences: Vec<String>,
     /// Whether `exp` must be present (default true).
     pub require_exp: bool,
@@ -58,6 +60,16 @@ pub struct Validation {
     pub leeway: Duration,
     /// The value the token-type claim must have when present (default `access`).
     pub expected_type: String,
+    /// Whether the `typ` header must be `at+jwt` (RFC 9068). Default false:
+    /// absent, `JWT` and `at+jwt` are accepted. Refuses OIDC ID tokens and
+    /// other JWTs that do not declare themselves access tokens.
+    pub require_typ: bool,
+    /// Whether the token-type claim must be present (and equal
+    /// `expected_type`). Default false: checked only when present.
+    pub require_type_claim: bool,
+    /// Longest accepted lifetime, `exp - iat`; when set, `iat` is required
+    /// too. Default none.
+    pub max_lifetime: Option<Duration>,
     /// Claim names.
     pub claim_names: ClaimNames,
 }
@@ -72,15 +84,33 @@ impl Default for Validation {
             required_claims: vec!["sub".into()],
             leeway: Duration::from_secs(30),
             expected_type: "access".into(),
+            require_typ: false,
+            require_type_claim: false,
+            max_lifetime: None,
             claim_names: ClaimNames::default(),
         }
     }
 }
 
 impl Validation {
-    /// Defaults: `exp` and `sub` required, 30 s leeway, any issuer and audience.
+    /// Defaults: `exp` and `sub` required, 30 s leeway, any issuer, no
+    /// audience (a token with `aud` is refused until one is configured).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The rules for tokens signed by this deployment's own
+    /// [`crate::TokenIssuer`] with `config`: its issuer and audience, and
+    /// both type markers it always writes (`typ: at+jwt`, `type=access`)
+    /// required, so no other kind of JWT signed by the same key passes.
+    pub fn for_local_issuer(config: &crate::IssuerConfig) -> Self {
+        Self {
+            issuers: vec![config.issuer.clone()],
+            audiences: config.audience.clone(),
+            require_typ: true,
+            require_type_claim: true,
+            ..Self::default()
+        }
     }
 
     /// Trusts `issuer` (may be called several times).
@@ -119,6 +149,27 @@ impl Validation {
         S: Into<String>,
     {
         self.required_claims = claims.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires the `typ` header to be `at+jwt` (RFC 9068).
+    #[must_use]
+    pub fn with_require_typ(mut self, require: bool) -> Self {
+        self.require_typ = require;
+        self
+    }
+
+    /// Requires the token-type claim (`type` by default) to be present.
+    #[must_use]
+    pub fn with_require_type_claim(mut self, require: bool) -> Self {
+        self.require_type_claim = require;
+        self
+    }
+
+    /// Refuses tokens whose `exp - iat` exceeds `max` (and tokens without `iat`).
+    #[must_use]
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
         self
     }
 

@@ -94,10 +94,16 @@ impl Verifier {
     fn verify_inner(&self, token: &[u8]) -> Result<(Principal, &Arc<Key>), TokenError> {
         let v = &self.validation;
         let jws = jws::verify_compact(token, &self.keys, &v.jws)?;
-        if jws.typ == TypHeader::Other {
-            return Err(TokenError::WrongTokenType(
-                "`typ` header is not JWT or at+jwt",
-            ));
+        match jws.typ {
+            TypHeader::Other => {
+                return Err(TokenError::WrongTokenType(
+                    "`typ` header is not JWT or at+jwt",
+                ));
+            }
+            TypHeader::Absent | TypHeader::Jwt if v.require_typ => {
+                return Err(TokenError::WrongTokenType("`typ` header is not at+jwt"));
+            }
+            _ => {}
         }
         let claims = parse_claims(&jws.payload, &v.claim_names)
             .map_err(|_| TokenError::Malformed("claims are not a valid JWT claims object"))?;
@@ -130,12 +136,23 @@ impl Verifier {
 
     fn check(&self, c: &ParsedClaims<'_>) -> Result<(), TokenError> {
         let v = &self.validation;
-        if let Some(t) = &c.token_type
-            && t.as_str() != v.expected_type
-        {
-            return Err(TokenError::WrongTokenType(
-                "token type claim is not `access`",
-            ));
+        match &c.token_type {
+            Some(t) if t.as_str() != v.expected_type => {
+                return Err(TokenError::WrongTokenType(
+                    "token type claim is not `access`",
+                ));
+            }
+            None if v.require_type_claim => {
+                return Err(TokenError::WrongTokenType("token type claim is missing"));
+            }
+            _ => {}
+        }
+        if let Some(sub) = &c.sub {
+            match &sub.id {
+                // An empty subject would name nobody (or everybody).
+                Some(id) if !id.is_empty() => {}
+                _ => return Err(TokenError::MissingClaim("sub".into())),
+            }
         }
         for name in &v.required_claims {
             if !c.has(name, &v.claim_names) {
@@ -160,13 +177,27 @@ impl Verifier {
                 return Err(TokenError::InvalidIssuer);
             }
         }
-        if !v.audiences.is_empty() {
-            let aud = c
-                .aud
-                .as_ref()
-                .ok_or_else(|| TokenError::MissingClaim("aud".into()))?;
-            if !aud.contains_any(&v.audiences) {
+        match &c.aud {
+            // A token for a named audience is not for a verifier that names none.
+            Some(_) if v.audiences.is_empty() => return Err(TokenError::InvalidAudience),
+            Some(aud) if !aud.contains_any(&v.audiences) => {
                 return Err(TokenError::InvalidAudience);
+            }
+            None if !v.audiences.is_empty() => {
+                return Err(TokenError::MissingClaim("aud".into()));
+            }
+            _ => {}
+        }
+        if let Some(max) = v.max_lifetime {
+            let iat = c
+                .iat
+                .ok_or_else(|| TokenError::MissingClaim("iat".into()))?;
+            let exp = c
+                .exp
+                .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+            let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+            if exp.saturating_sub(iat) > max {
+                return Err(TokenError::LifetimeTooLong);
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Remote issuers: key sets fetched from a JWKS URL or through OIDC
-//! discovery, cached with a TTL, refetched single-flight on a key miss (at
-//! most once per interval), and served stale for a bounded time while the
-//! issuer is down.
+//! discovery, cached with a TTL measured on a monotonic clock, refetched
+//! single-flight on a key miss (at most once per interval), and served stale
+//! for a bounded time while the issuer is down.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +9,50 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use portcullis_core::{
-    Clock, ErrorCode, KeySet, Principal, SystemClock, TokenError, Validation, Verifier,
+    Clock, ErrorCode, KeySet, ManualClock, Principal, SystemClock, TokenError, Validation, Verifier,
 };
 use serde::Deserialize;
 
 use super::fetch::{FetchError, Fetcher, HttpFetcher, check_url};
 use crate::http_client::TlsTrust;
+use crate::token_cache::{DynRevocationHook, RevocationHook};
+
+/// A monotonic time source for key-set ages and fetch throttles: a wall
+/// clock that jumps (NTP, a VM resume) must not stretch how long a
+/// withdrawn key keeps working.
+pub trait Monotonic: Send + Sync {
+    /// Time since a fixed origin; never goes backwards.
+    fn elapsed(&self) -> Duration;
+}
+
+/// [`Monotonic`] on `tokio::time::Instant` (which follows tokio's paused
+/// test clock, and `std::time::Instant` otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioMonotonic {
+    origin: tokio::time::Instant,
+}
+
+impl Default for TokioMonotonic {
+    fn default() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Monotonic for TokioMonotonic {
+    fn elapsed(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A [`ManualClock`] only moves when told to, so tests may use one as both
+/// the wall clock and the monotonic source.
+impl Monotonic for ManualClock {
+    fn elapsed(&self) -> Duration {
+        self.now()
+    }
+}
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +70,17 @@ pub struct RemoteIssuerConfig {
     pub issuer: String,
     /// Where the keys are.
     pub source: KeySource,
-    /// Token rules (the issuer is added to them).
+    /// Token rules (the issuer is added to them). `validation.audiences`
+    /// must not be empty (see [`RemoteIssuerConfig::with_audience`]);
+    /// `require_typ` (RFC 9068 `at+jwt`) is off by default, turn it on for
+    /// issuers that type their access tokens.
     pub validation: Validation,
     /// How long a fetched key set is fresh (default 10 min).
     pub ttl: Duration,
     /// Least time between fetches caused by unknown kids or failed refreshes (default 30 s).
     pub refetch_interval: Duration,
-    /// How long after `ttl` the last good set still serves while the issuer is down (default 1 h).
+    /// How long after `ttl` the last good set still serves while the issuer
+    /// is down (default 5 min): a withdrawn key works at most `ttl + max_stale`.
     pub max_stale: Duration,
     /// Largest document accepted (default 256 KiB).
     pub max_bytes: usize,
@@ -46,6 +88,9 @@ pub struct RemoteIssuerConfig {
     pub allow_http: bool,
     /// Which TLS servers are trusted (Mozilla roots plus extra CAs).
     pub tls: TlsTrust,
+    /// Hosts other than the issuer's own that a discovered `jwks_uri` may
+    /// name (exact, case-insensitive; default none: same host only).
+    pub jwks_hosts: Vec<String>,
 }
 
 impl RemoteIssuerConfig {
@@ -57,11 +102,44 @@ impl RemoteIssuerConfig {
             validation: Validation::new(),
             ttl: Duration::from_secs(600),
             refetch_interval: Duration::from_secs(30),
-            max_stale: Duration::from_secs(3600),
+            max_stale: Duration::from_secs(300),
             max_bytes: 256 * 1024,
             allow_http: false,
             tls: TlsTrust::default(),
+            jwks_hosts: Vec::new(),
         }
+    }
+
+    /// Accepts tokens whose `aud` names `audience` (may be called several
+    /// times; at least once, or the issuer refuses to build).
+    #[must_use]
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.validation.audiences.push(audience.into());
+        self
+    }
+
+    /// Checks the settings that need no I/O; errors name the field.
+    pub fn validate(&self) -> Result<(), IssuerError> {
+        let setting = |field, reason| Err(IssuerError::Setting { field, reason });
+        if self.validation.audiences.is_empty() {
+            // Without it, any token of this issuer passes: one issued for
+            // another API, or an OIDC ID token.
+            return setting(
+                "validation.audiences",
+                "a remote issuer needs at least one audience (the `aud` of tokens meant for this API)",
+            );
+        }
+        if self.validation.audiences.iter().any(String::is_empty) {
+            return setting("validation.audiences", "an audience must not be empty");
+        }
+        if self.ttl.is_zero() {
+            return setting("ttl", "must be more than zero");
+        }
+        match &self.source {
+            KeySource::Jwks(url) => check_url(url, self.allow_http)?,
+            KeySource::Discovery => check_url(&self.issuer, self.allow_http)?,
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +162,17 @@ pub enum IssuerError {
     /// The configuration is refused (URL policy).
     #[error(transparent)]
     Config(#[from] FetchError),
+    /// A setting is missing or invalid.
+    #[error("remote issuer setting `{field}`: {reason}")]
+    Setting {
+        /// The field, e.g. `validation.audiences`.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The revocation hook refused the token (`auth.token_revoked`, ...).
+    #[error("credential refused: {0}")]
+    Revoked(ErrorCode),
 }
 
 impl IssuerError {
@@ -91,7 +180,10 @@ impl IssuerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Token(e) => e.code(),
-            Self::Unavailable { .. } | Self::Config(_) => ErrorCode::JwksUnavailable,
+            Self::Revoked(code) => *code,
+            Self::Unavailable { .. } | Self::Config(_) | Self::Setting { .. } => {
+                ErrorCode::JwksUnavailable
+            }
         }
     }
 }
@@ -101,11 +193,11 @@ struct Cached {
     verifier: Option<Arc<Verifier>>,
     /// Bumped on each successful fetch.
     generation: u64,
-    /// Clock time of the last successful fetch.
+    /// Monotonic time of the last successful fetch.
     fetched_at: Duration,
-    /// Clock time of the last fetch started by a miss or a failed refresh.
+    /// Monotonic time of the last fetch started by a key miss.
     last_forced: Option<Duration>,
-    /// Clock time of the last attempt of any kind.
+    /// Monotonic time of the last attempt of any kind.
     last_attempt: Option<Duration>,
     jwks_uri: Option<String>,
     last_error: Option<String>,
@@ -115,7 +207,10 @@ struct Inner {
     config: RemoteIssuerConfig,
     validation: Validation,
     fetcher: Arc<dyn Fetcher>,
+    /// Wall clock: token times (`exp`, `nbf`, `iat`).
     clock: Arc<dyn Clock>,
+    /// Monotonic: key-set ages and fetch throttles.
+    ticker: Arc<dyn Monotonic>,
     cached: RwLock<Cached>,
     refresh: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
@@ -125,6 +220,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct RemoteIssuer {
     inner: Arc<Inner>,
+    revocation: Option<Arc<dyn DynRevocationHook>>,
 }
 
 impl std::fmt::Debug for RemoteIssuer {
@@ -159,16 +255,25 @@ impl RemoteIssuer {
         Self::with_fetcher(config, Arc::new(fetcher), Arc::new(SystemClock))
     }
 
-    /// An issuer with its own fetcher and clock.
+    /// An issuer with its own fetcher and wall clock (key-set ages on
+    /// [`TokioMonotonic`]).
     pub fn with_fetcher(
         config: RemoteIssuerConfig,
         fetcher: Arc<dyn Fetcher>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, IssuerError> {
-        match &config.source {
-            KeySource::Jwks(url) => check_url(url, config.allow_http)?,
-            KeySource::Discovery => check_url(&config.issuer, config.allow_http)?,
-        }
+        Self::with_clocks(config, fetcher, clock, Arc::new(TokioMonotonic::default()))
+    }
+
+    /// An issuer with its own fetcher, wall clock (token times) and
+    /// monotonic source (key-set ages, throttles).
+    pub fn with_clocks(
+        config: RemoteIssuerConfig,
+        fetcher: Arc<dyn Fetcher>,
+        clock: Arc<dyn Clock>,
+        ticker: Arc<dyn Monotonic>,
+    ) -> Result<Self, IssuerError> {
+        config.validate()?;
         let mut validation = config.validation.clone();
         validation.issuers = vec![config.issuer.clone()];
         Ok(Self {
@@ -177,11 +282,21 @@ impl RemoteIssuer {
                 validation,
                 fetcher,
                 clock,
+                ticker,
                 cached: RwLock::new(Cached::default()),
                 refresh: tokio::sync::Mutex::new(()),
                 fetches: AtomicU64::new(0),
             }),
+            revocation: None,
         })
+    }
+
+    /// Runs `hook` on every token this issuer verified (e.g.
+    /// `StoresRevocation::jti_only`): a refusal is [`IssuerError::Revoked`].
+    #[must_use]
+    pub fn with_revocation(mut self, hook: impl RevocationHook + 'static) -> Self {
+        self.revocation = Some(Arc::new(hook));
+        self
     }
 
     /// The issuer (`iss`).
@@ -226,7 +341,7 @@ impl RemoteIssuer {
     /// in the background), or freshly fetched.
     async fn current(&self) -> Result<(Arc<Verifier>, u64), IssuerError> {
         let c = &self.inner.config;
-        let now = self.inner.clock.now();
+        let now = self.inner.ticker.elapsed();
         let (verifier, generation, fetched_at) = self.snapshot();
         if let Some(v) = verifier {
             let age = now.saturating_sub(fetched_at);
@@ -249,7 +364,7 @@ impl RemoteIssuer {
         }
         self.refresh(generation, RefreshCause::Required).await;
         let (verifier, generation, fetched_at) = self.snapshot();
-        let now = self.inner.clock.now();
+        let now = self.inner.ticker.elapsed();
         match verifier {
             Some(v) if now.saturating_sub(fetched_at) < c.ttl.saturating_add(c.max_stale) => {
                 Ok((v, generation))
@@ -258,12 +373,24 @@ impl RemoteIssuer {
         }
     }
 
-    /// Verifies `token` with this issuer's keys, refetching once on a key miss.
+    /// Verifies `token` with this issuer's keys, refetching once on a key
+    /// miss, then runs the revocation hook, if any.
     pub async fn verify(&self, token: &[u8]) -> Result<Principal, IssuerError> {
+        let principal = self.verify_keys(token).await?;
+        if let Some(hook) = &self.revocation {
+            hook.check_dyn(&principal)
+                .await
+                .map_err(IssuerError::Revoked)?;
+        }
+        Ok(principal)
+    }
+
+    async fn verify_keys(&self, token: &[u8]) -> Result<Principal, IssuerError> {
         let (verifier, generation) = self.current().await?;
         match verifier.verify(token) {
             Err(TokenError::UnknownKey(_) | TokenError::InvalidSignature)
-                if self.refresh(generation, RefreshCause::KeyMiss).await =>
+                if kid_may_refetch(token)
+                    && self.refresh(generation, RefreshCause::KeyMiss).await =>
             {
                 let (verifier, _) = self.current().await?;
                 Ok(verifier.verify(token)?)
@@ -272,30 +399,42 @@ impl RemoteIssuer {
         }
     }
 
+    /// Whether a fetch for `why` must wait: `Some(true)` when a newer set
+    /// than `seen_generation` is already installed, `Some(false)` when
+    /// throttled, `None` when a fetch may go ahead.
+    fn settled(&self, seen_generation: u64, why: &RefreshCause, now: Duration) -> Option<bool> {
+        let interval = self.inner.config.refetch_interval;
+        let Ok(c) = self.inner.cached.read() else {
+            return Some(false);
+        };
+        if c.generation != seen_generation {
+            return Some(true); // another caller fetched meanwhile
+        }
+        let recent = |t: Option<Duration>| t.is_some_and(|t| now.saturating_sub(t) < interval);
+        let failed_recently = recent(c.last_attempt) && c.last_error.is_some();
+        let throttled = match why {
+            RefreshCause::KeyMiss => recent(c.last_forced) || failed_recently,
+            RefreshCause::Stale => recent(c.last_attempt),
+            // Nothing usable: try unless a fetch just failed.
+            RefreshCause::Required => failed_recently,
+        };
+        throttled.then_some(false)
+    }
+
     /// Single-flight refresh. Returns whether a newer key set than
     /// `seen_generation` is now installed.
     async fn refresh(&self, seen_generation: u64, why: RefreshCause) -> bool {
-        let _guard = self.inner.refresh.lock().await;
-        let now = self.inner.clock.now();
-        let interval = self.inner.config.refetch_interval;
+        // Throttle first: a miss within the interval must not queue behind
+        // an in-flight fetch (up to the fetch timeout) only to be refused.
+        if !matches!(why, RefreshCause::Required)
+            && let Some(done) = self.settled(seen_generation, &why, self.inner.ticker.elapsed())
         {
-            let Ok(c) = self.inner.cached.read() else {
-                return false;
-            };
-            if c.generation != seen_generation {
-                return true; // another caller fetched while we waited
-            }
-            let recent = |t: Option<Duration>| t.is_some_and(|t| now.saturating_sub(t) < interval);
-            let failed_recently = recent(c.last_attempt) && c.last_error.is_some();
-            let throttled = match why {
-                RefreshCause::KeyMiss => recent(c.last_forced) || failed_recently,
-                RefreshCause::Stale => recent(c.last_attempt),
-                // Nothing usable: try unless a fetch just failed.
-                RefreshCause::Required => failed_recently,
-            };
-            if throttled {
-                return false;
-            }
+            return done;
+        }
+        let _guard = self.inner.refresh.lock().await;
+        let now = self.inner.ticker.elapsed();
+        if let Some(done) = self.settled(seen_generation, &why, now) {
+            return done;
         }
         if let Ok(mut c) = self.inner.cached.write() {
             c.last_attempt = Some(now);
@@ -313,7 +452,7 @@ impl RemoteIssuer {
                 if let Ok(mut c) = self.inner.cached.write() {
                     c.verifier = Some(Arc::new(verifier));
                     c.generation = c.generation.wrapping_add(1);
-                    c.fetched_at = self.inner.clock.now();
+                    c.fetched_at = self.inner.ticker.elapsed();
                     c.last_error = None;
                 }
                 tracing::info!(issuer = %self.inner.config.issuer, "fetched remote key set");
@@ -366,6 +505,7 @@ impl RemoteIssuer {
                     });
                 }
                 check_url(&doc.jwks_uri, c.allow_http)?;
+                check_jwks_host(&c.issuer, &doc.jwks_uri, &c.jwks_hosts)?;
                 if let Ok(mut cached) = self.inner.cached.write() {
                     cached.jwks_uri = Some(doc.jwks_uri.clone());
                 }
@@ -386,19 +526,13 @@ impl RemoteIssuer {
             url: url.clone(),
             detail,
         };
-        let (mut keys, warnings) = KeySet::from_jwks_json(&body).map_err(|e| bad(e.to_string()))?;
+        // A published secret or private key would let anyone forge tokens:
+        // such entries are dropped before keys are indexed by kid, so one
+        // listed first cannot push out the real public key.
+        let (keys, warnings) =
+            KeySet::from_public_jwks_json(&body).map_err(|e| bad(e.to_string()))?;
         for w in &warnings {
             tracing::warn!(issuer = %self.inner.config.issuer, kid = ?w.kid, error = %w.error, "skipped JWKS entry");
-        }
-        // A published symmetric key would let anyone forge tokens.
-        let symmetric: Vec<String> = keys
-            .iter()
-            .filter(|k| k.is_symmetric() || k.can_sign())
-            .map(|k| k.kid().to_owned())
-            .collect();
-        for kid in symmetric {
-            tracing::warn!(issuer = %self.inner.config.issuer, kid, "dropped a secret key from a public JWKS");
-            keys.remove(&kid);
         }
         if keys.is_empty() {
             return Err(bad("JWKS has no usable public key".into()));
@@ -407,10 +541,86 @@ impl RemoteIssuer {
     }
 }
 
+/// The longest `kid` that may cause a forced refetch.
+const MAX_REFETCH_KID_LEN: usize = 128;
+
+/// Whether a key miss on `token` may force a refetch: no `kid`, or a `kid`
+/// that looks like one (base64/base64url, hex, UUID, thumbprint
+/// characters, at most 128, nothing path-like). Junk kids cannot spend the
+/// refetch window.
+fn kid_may_refetch(token: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct KidOnly {
+        kid: Option<String>,
+    }
+    let header = token.split(|&b| b == b'.').next().unwrap_or_default();
+    let Some(json) = portcullis_core::jose::b64_decode(header) else {
+        return false;
+    };
+    match serde_json::from_slice::<KidOnly>(&json) {
+        Ok(KidOnly { kid: None }) => true,
+        Ok(KidOnly { kid: Some(kid) }) => {
+            !kid.is_empty()
+                && kid.len() <= MAX_REFETCH_KID_LEN
+                && kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=:".contains(&b))
+                // Path-like junk (`../..`), which no issuer uses as a kid.
+                && !kid.contains("..")
+                && !kid.contains("//")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The host of `url`, lower-cased, brackets kept off IPv6 literals.
+fn host_of(url: &str) -> Option<String> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    let host = uri.host()?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+    )
+}
+
+/// A discovered `jwks_uri` must be on the issuer's own host, or on a host
+/// allowed by `jwks_hosts`: a discovery document must not point the fetcher
+/// at private or link-local addresses (SSRF) or at someone else's keys.
+fn check_jwks_host(issuer: &str, jwks_uri: &str, allowed: &[String]) -> Result<(), FetchError> {
+    let host = host_of(jwks_uri);
+    let ok = host.as_deref().is_some_and(|h| {
+        host_of(issuer).as_deref() == Some(h)
+            || allowed.iter().any(|a| {
+                a.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .eq_ignore_ascii_case(h)
+            })
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(FetchError::Url {
+            url: jwks_uri.to_owned(),
+            reason: "discovered jwks_uri is not on the issuer's host; list its host in jwks_hosts to trust it",
+        })
+    }
+}
+
 /// Several trusted issuers; a token goes to the one its `iss` names.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TrustedIssuers {
     issuers: HashMap<String, RemoteIssuer>,
+    revocation: Option<Arc<dyn DynRevocationHook>>,
+}
+
+impl std::fmt::Debug for TrustedIssuers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustedIssuers")
+            .field("issuers", &self.issuers)
+            .field("revocation", &self.revocation.is_some())
+            .finish()
+    }
 }
 
 /// The largest token whose `iss` is peeked at.
@@ -447,15 +657,30 @@ impl TrustedIssuers {
         self
     }
 
+    /// Runs `hook` on every token any of these issuers verified (e.g.
+    /// `StoresRevocation::jti_only`), after the issuer's own hook, if any.
+    #[must_use]
+    pub fn with_revocation(mut self, hook: impl RevocationHook + 'static) -> Self {
+        self.revocation = Some(Arc::new(hook));
+        self
+    }
+
     /// The issuer named `iss`.
     pub fn get(&self, iss: &str) -> Option<&RemoteIssuer> {
         self.issuers.get(iss)
     }
 
-    /// Verifies `token` with the keys of the issuer its `iss` names.
+    /// Verifies `token` with the keys of the issuer its `iss` names, then
+    /// runs the revocation hook.
     pub async fn verify(&self, token: &[u8]) -> Result<Principal, IssuerError> {
         let iss = peek_issuer(token).ok_or(TokenError::Malformed("token has no readable `iss`"))?;
         let issuer = self.issuers.get(&iss).ok_or(TokenError::InvalidIssuer)?;
-        issuer.verify(token).await
+        let principal = issuer.verify(token).await?;
+        if let Some(hook) = &self.revocation {
+            hook.check_dyn(&principal)
+                .await
+                .map_err(IssuerError::Revoked)?;
+        }
+        Ok(principal)
     }
 }

@@ -5,4 +5,7 @@ pub mod fetch;
 pub mod issuer;
 
 pub use fetch::{FetchError, Fetcher, HttpFetcher, check_url};
-pub use issuer::{IssuerError, KeySource, RemoteIssuer, RemoteIssuerConfig, TrustedIssuers};
+pub use issuer::{
+    IssuerError, KeySource, Monotonic, RemoteIssuer, RemoteIssuerConfig, TokioMonotonic,
+    TrustedIssuers,
+};
