@@ -103,7 +103,10 @@ async fn harness(config: GuardConfig) -> Harness {
         IssuerConfig::new("https://issuer.test"),
         hasher,
     );
-    let verifier = Verifier::new(keys, Validation::new().with_issuer("https://issuer.test"));
+    let verifier = Verifier::new(
+        keys,
+        Validation::for_local_issuer(&IssuerConfig::new("https://issuer.test")),
+    );
     let audit_db = SqliteAudit::open(&dir.0.join("audit.db"), Duration::from_secs(5))
         .await
         .unwrap();

@@ -108,7 +108,6 @@ struct Inner {
     authorizer: Authorizer,
     local: Option<CachedVerifier<LocalRevocation>>,
     remote: Option<TrustedIssuers>,
-    remote_revocation: Option<StoresRevocation>,
     stores: Option<Arc<Stores>>,
     signed: Option<Box<dyn SignedAuth>>,
     limiter: Option<RateLimiter>,
@@ -475,8 +474,10 @@ impl GuardBuilder {
                 Some(CachedVerifier::with_hook(verifier, cache, hook))
             }
         };
-        let remote_revocation = match (&self.remote, &self.stores, self.revocation_off) {
-            (Some(_), Some(stores), false) => Some(StoresRevocation::jti_only(Arc::clone(stores))),
+        let remote = match (self.remote, &self.stores, self.revocation_off) {
+            (Some(remote), Some(stores), false) => {
+                Some(remote.with_revocation(StoresRevocation::jti_only(Arc::clone(stores))))
+            }
             (Some(_), None, false) => {
                 return Err(field(
                     "revocation",
@@ -485,7 +486,7 @@ impl GuardBuilder {
                         .into(),
                 ));
             }
-            _ => None,
+            (remote, _, _) => remote,
         };
         Ok(Guard {
             inner: Arc::new(Inner {
@@ -498,8 +499,7 @@ impl GuardBuilder {
                 default_route,
                 authorizer,
                 local,
-                remote: self.remote,
-                remote_revocation,
+                remote,
                 stores: self.stores,
                 signed: self.signed,
                 limiter,
@@ -1171,9 +1171,6 @@ impl Guard {
             return Err(ErrorCode::InvalidIssuer);
         };
         let principal = remote.verify(token).await.map_err(|e| e.code())?;
-        if let Some(hook) = &inner.remote_revocation {
-            hook.check(&principal).await?;
-        }
         Ok(Arc::new(principal))
     }
 }
