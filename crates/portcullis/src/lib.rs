@@ -1,7 +1,9 @@
 //! Portcullis runtime library: the I/O shell around `portcullis-core`.
 //!
 //! - [`anomaly`]: detectors, bans and signed webhook alerts.
-//! - [`http`]: tower layers around the guard, problem+json refusals, axum extractors.
+//! - [`http`]: tower layers around the guard, problem+json refusals, axum extractors,
+//!   and the verifier of the gateway's internal identity token.
+//! - `graphql` (feature `graphql`): `async-graphql` field guards from the same `Principal`.
 //! - [`http_client`]: the outbound HTTP(S) client (rustls, Mozilla roots + extra CAs).
 //! - [`guard`]: the one decision per request: bans, authentication, revocation,
 //!   rate limits, authorization, anomaly signals, audit.
@@ -17,6 +19,8 @@ pub mod anomaly;
 pub mod audit;
 pub mod authz;
 pub mod guard;
+#[cfg(feature = "graphql")]
+pub mod graphql;
 pub mod http;
 pub mod http_client;
 pub mod jwks;
