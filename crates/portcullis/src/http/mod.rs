@@ -8,6 +8,7 @@
 
 #[cfg(feature = "axum")]
 mod extract;
+mod internal;
 mod layers;
 mod problem;
 
@@ -25,6 +26,7 @@ use portcullis_core::authz::routes::AccessPolicy;
 
 #[cfg(feature = "axum")]
 pub use self::extract::{Forbidden, Unauthenticated};
+pub use self::internal::{INTERNAL_TOKEN_HEADER, InternalTokenLayer, InternalTokenService};
 pub use self::layers::{
     AuditLayer, AuditService, AuthLayer, AuthService, RateLimitLayer, RateLimitService,
 };
