@@ -494,6 +494,12 @@ async fn refresh_reuse_revokes_the_family_and_session(env: Env) {
     let access2 = body["access_token"].as_str().expect("access").to_owned();
     let refresh2 = body["refresh_token"].as_str().expect("refresh").to_owned();
     assert_eq!(body["session_id"], sid.as_str());
+    // Rotation keeps the family's lifetime: it never extends it.
+    assert!(
+        body["refresh_expires_in"]
+            .as_i64()
+            .is_some_and(|e| e <= 7 * 24 * 3600)
+    );
     assert_ne!(refresh2, refresh1);
     assert_ne!(access2, access1);
     assert_eq!(srv.get("/sessions", &access2).await.status, StatusCode::OK);
@@ -508,6 +514,25 @@ async fn refresh_reuse_revokes_the_family_and_session(env: Env) {
     srv.refresh(&refresh2)
         .await
         .problem(StatusCode::UNAUTHORIZED, "auth.token_revoked");
+
+    // Remember-me: the long lifetime, kept across rotation.
+    let long = srv
+        .post(
+            "/login",
+            None,
+            &json!({ "username": "alice", "password": PASSWORD, "remember_me": true }),
+        )
+        .await
+        .json();
+    assert!(near(&long["refresh_expires_in"], 30 * 24 * 3600), "{long}");
+    let rotated = srv
+        .refresh(long["refresh_token"].as_str().expect("refresh"))
+        .await
+        .json();
+    assert!(
+        near(&rotated["refresh_expires_in"], 30 * 24 * 3600),
+        "{rotated}"
+    );
 
     let events = srv.audit_events().await;
     let seen = kinds(&events);

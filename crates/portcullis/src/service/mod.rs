@@ -15,7 +15,7 @@
 mod api_keys;
 mod discovery;
 mod extract;
-pub mod problem;
+mod problem;
 mod sessions;
 mod tokens;
 
@@ -37,8 +37,7 @@ use crate::ratelimit::RateLimiter;
 use crate::stores::{Stores, StoresRevocation};
 use crate::token_cache::{CachedVerifier, TokenCacheConfig};
 
-pub use self::extract::{Caller, Client};
-pub use self::problem::Problem;
+use self::extract::Client;
 
 /// Default bound on request bodies: 16 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;

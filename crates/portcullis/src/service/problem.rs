@@ -80,16 +80,6 @@ impl Problem {
         self.headers.push((name, value.into()));
         self
     }
-
-    /// The stable code.
-    pub fn code_str(&self) -> &'static str {
-        self.code
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl From<StoreError> for Problem {

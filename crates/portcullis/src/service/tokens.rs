@@ -99,10 +99,6 @@ fn refresh_ttl(issuer: &TokenIssuer, remember_me: bool) -> Duration {
     }
 }
 
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-}
-
 impl Inner {
     /// Refuses a banned client (403 `anomaly.banned`); a detector backend
     /// that fails lets the request through (fail open, logged).
@@ -272,7 +268,6 @@ pub(super) async fn refresh(
     // handed the very token the winner got.
     let successor_token = s.stores.successor_token(&req.refresh_token);
     let successor_hash = s.issuer.refresh_hash(&successor_token);
-    let issuer = &s.issuer;
     let rotation = s
         .stores
         .rotate_refresh(&req.refresh_token, |current| {
@@ -282,7 +277,9 @@ pub(super) async fn refresh(
                 generation: current.generation.saturating_add(1),
                 session_id: current.session_id.clone(),
                 user_id: current.user_id.clone(),
-                expires_at: now.saturating_add(secs(refresh_ttl(issuer, current.remember_me))),
+                // The family keeps the lifetime it got at login, like its
+                // session: rotation never extends it.
+                expires_at: current.expires_at,
                 remember_me: current.remember_me,
                 created_at: now,
                 rotated_at: None,
@@ -291,16 +288,13 @@ pub(super) async fn refresh(
             })
         })
         .await;
-    let (previous, refresh_token, refresh_expires_at) = match rotation {
-        Ok(Rotation::Rotated {
-            previous,
-            successor,
-        }) => (previous, Some(successor_token), Some(successor.expires_at)),
+    let (previous, refresh_token) = match rotation {
+        Ok(Rotation::Rotated { previous, .. }) => (previous, Some(successor_token)),
         Ok(Rotation::AlreadyRotated {
             previous,
             successor_token,
             ..
-        }) => (previous, successor_token, None),
+        }) => (previous, successor_token),
         Err(StoreError::RefreshReused(reuse)) => {
             return Err(reuse_detected(&s, &client, reuse).await);
         }
@@ -320,8 +314,11 @@ pub(super) async fn refresh(
             access_token: access.token,
             token_type: "Bearer",
             expires_in: access.expires_at.saturating_sub(now),
+            // The successor keeps the family's expiry (see above).
+            refresh_expires_in: refresh_token
+                .is_some()
+                .then(|| previous.expires_at.saturating_sub(now)),
             refresh_token,
-            refresh_expires_in: refresh_expires_at.map(|e| e.saturating_sub(now)),
             session_id: previous.session_id,
         },
     ))
