@@ -381,6 +381,7 @@ pub(super) async fn logout_all(
     let mut event = s.event(EventKind::TokenRevoked, LOGOUT_ALL, &client);
     event.status = Some(200);
     event.set_principal(&caller.0);
+    event.credential_id.clone_from(&caller.0.session_id);
     s.record(event).await;
     Ok(json_response(
         StatusCode::OK,
