@@ -43,6 +43,8 @@ struct Env {
     backends: Backends,
     /// Where the login limiter keeps its state (`None`: memory).
     redis_url: Option<String>,
+    /// The signing keys every replica shares.
+    keys: Arc<KeySet>,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -50,6 +52,7 @@ async fn memory() -> Env {
     Env {
         backends: Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new())),
         redis_url: None,
+        keys: key_set(),
         _guard: Box::new(()),
     }
 }
@@ -105,6 +108,7 @@ async fn postgres_redis() -> Option<Env> {
             denylist: hot,
         },
         redis_url: Some(url.clone()),
+        keys: key_set(),
         _guard: Box::new((db, RedisKeys { url, prefix })),
     })
 }
@@ -247,7 +251,7 @@ async fn start(env: &Env, options: Options) -> Server {
     let stores =
         Arc::new(Stores::new(env.backends.clone(), StoresConfig::new(hasher())).expect("stores"));
     seed(&stores).await;
-    let keys = key_set();
+    let keys = Arc::clone(&env.keys);
     let issuer = TokenIssuer::new(Arc::clone(&keys), IssuerConfig::new(ISSUER), hasher());
     let audit_path = std::env::temp_dir().join(format!(
         "{}.jsonl",
@@ -592,6 +596,13 @@ async fn logout_and_logout_all(env: Env) {
     assert_eq!(left.status, StatusCode::OK);
     assert_eq!(left.json()["sessions"].as_array().map(Vec::len), Some(2));
 
+    // A second replica on the same stores has seen `c`'s session as live.
+    let replica = start(&env, Options::default()).await;
+    assert_eq!(
+        replica.get("/sessions", &c_access).await.status,
+        StatusCode::OK
+    );
+
     // No body at all is fine for logout-all (and for logout).
     let all = srv
         .send(
@@ -610,6 +621,12 @@ async fn logout_and_logout_all(env: Env) {
     srv.get("/sessions", &b_access)
         .await
         .problem(StatusCode::UNAUTHORIZED, "auth.token_revoked");
+    // ...and refuses it within the revocation bound (1 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    replica
+        .get("/sessions", &c_access)
+        .await
+        .problem(StatusCode::UNAUTHORIZED, "auth.session_revoked");
     for refresh in [&b_refresh, &c_refresh] {
         srv.refresh(refresh)
             .await
@@ -704,10 +721,17 @@ async fn api_keys_create_list_revoke(env: Env) {
     srv.delete(&format!("/api-keys/{id}"), &bob)
         .await
         .problem(StatusCode::NOT_FOUND, "request.not_found");
+    // Another replica's stores verify the key (and remember it)...
+    let replica =
+        Stores::new(env.backends.clone(), StoresConfig::new(hasher())).expect("replica stores");
+    assert!(replica.verify_api_key(&key).await.is_ok());
     assert!(srv.stores.verify_api_key(&key).await.is_ok());
     let revoked = srv.delete(&format!("/api-keys/{id}"), &alice).await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.text());
     assert!(srv.stores.verify_api_key(&key).await.is_err());
+    // ...and refuse it within the revocation bound (1 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(replica.verify_api_key(&key).await.is_err());
     srv.delete(&format!("/api-keys/{id}"), &alice)
         .await
         .problem(StatusCode::NOT_FOUND, "request.not_found");
