@@ -279,7 +279,7 @@ impl Inner {
     }
 
     /// Feeds `signal` to the detectors (fail open: errors are logged) and
-    /// returns the detectors that tag the audit event.
+    /// marks `event` with those whose `tag` action fired.
     async fn observe(
         &self,
         signal: Signal<'_>,
