@@ -1146,7 +1146,10 @@ impl Guard {
                                 reason: "backend_unavailable",
                             }
                         } else {
-                            self.auth_refusal(code, "the request signature does not verify")
+                            self.auth_refusal(
+                                code,
+                                &format!("the request signature does not verify: {e}"),
+                            )
                         };
                         Err((refused, sig_headers.app_id.map(str::to_owned)))
                     }
