@@ -1,6 +1,7 @@
 //! The audit log on the real PostgreSQL (127.0.0.1:5432): every filter with
 //! pagination, 200 000 events across a 5 s loss of the writer's INSERT
-//! privilege, shutdown with a full queue, and no secret stored.
+//! privilege, shutdown with a full queue, no secret stored, a NUL byte, a
+//! batch PostgreSQL keeps rejecting (dead-lettered), and chunked prune.
 #![cfg(feature = "postgres")]
 
 mod audit_common;
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_common::*;
-use portcullis::audit::postgres::PostgresAudit;
+use portcullis::audit::postgres::{PRUNE_CHUNK, PostgresAudit};
+use portcullis::audit::spool::Spool;
 use portcullis::audit::{
     AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, FullPolicy, Recorded,
 };
@@ -248,4 +250,119 @@ async fn secrets_never_reach_postgres() {
         .unwrap();
     assert!(dump.contains("keep=yes"));
     assert_no_secret("audit_events", dump.as_bytes());
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_a_subject_does_not_block_the_log() {
+    let Some(db) = FreshDatabase::create("audit_nul").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    let dir = TempDir::new("audit_pg_nul");
+    let mut config = AuditWriterConfig::new(dir.0.join("audit.spool"));
+    config.retry_interval = Duration::from_millis(50);
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    let mut bad = event(0);
+    bad.subject = Some("ali\0ce".into());
+    bad.user_agent = Some("ua\0".into());
+    bad.anomaly_flags = vec!["b\0urst".into()];
+    writer.record(bad.clone()).await;
+    for i in 1..100 {
+        writer.record(event(i)).await;
+    }
+    writer.shutdown().await;
+    assert_eq!(count(&store).await, 100, "{:?}", writer.stats());
+    let stats = writer.stats();
+    assert_eq!((stats.lost, stats.dead_lettered), (0, 0), "{stats:?}");
+    let subject: String = sqlx::query_scalar("SELECT subject FROM audit_events WHERE id = $1")
+        .bind(&bad.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(subject, "ali\u{fffd}ce");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_postgres_keeps_rejecting_is_dead_lettered_and_the_log_moves_on() {
+    const N: u64 = 300;
+    let Some(db) = FreshDatabase::create("audit_poison").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    // A permanently bad event: PostgreSQL refuses it whatever we retry.
+    sqlx::query(
+        "ALTER TABLE audit_events ADD CONSTRAINT no_poison CHECK (subject IS DISTINCT FROM 'poison')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let dir = TempDir::new("audit_pg_poison");
+    let spool = dir.0.join("audit.spool");
+    let mut config = AuditWriterConfig::new(&spool);
+    config.retry_interval = Duration::from_millis(50);
+    config.batch_size = 100;
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    let mut poison = event(150);
+    poison.subject = Some("poison".into());
+    for i in 0..N {
+        writer
+            .record(if i == 150 { poison.clone() } else { event(i) })
+            .await;
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Everything but the poison reaches PostgreSQL while the writer runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count(&store).await < N as i64 - 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&store).await, N as i64 - 1, "{:?}", writer.stats());
+    writer.shutdown().await;
+    let stats = writer.stats();
+    assert_eq!(
+        (stats.dead_lettered, stats.lost, stats.dropped),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool drained");
+    // The poison is kept, in the spool's format, in the dead-letter file.
+    let dead = Spool::open(&dir.0.join("audit.spool.dead")).unwrap();
+    let (kept, _) = dead.peek().await.unwrap().unwrap();
+    assert_eq!(kept, vec![poison]);
+}
+
+#[tokio::test]
+async fn prune_deletes_in_chunks_of_at_most_ten_thousand_rows() {
+    const OLD: u64 = 25_000;
+    let Some(db) = FreshDatabase::create("audit_prune_chunks").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    let events: Vec<AuditEvent> = (0..OLD + 10).map(event).collect();
+    for chunk in events.chunks(5000) {
+        store.write_batch(chunk).await.unwrap();
+    }
+    // Log the rows each DELETE statement removes.
+    for stmt in [
+        "CREATE TABLE prune_log (n BIGINT NOT NULL)",
+        "CREATE FUNCTION log_prune() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO prune_log SELECT COUNT(*) FROM old_rows; RETURN NULL; END $$",
+        "CREATE TRIGGER audit_prune_log AFTER DELETE ON audit_events \
+         REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION log_prune()",
+    ] {
+        sqlx::query(stmt).execute(store.pool()).await.unwrap();
+    }
+    let cutoff = event(OLD).ts_us;
+    assert_eq!(store.prune_before(cutoff).await.unwrap(), OLD);
+    assert_eq!(count(&store).await, 10);
+    let chunks: Vec<i64> = sqlx::query_scalar("SELECT n FROM prune_log")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(chunks.iter().all(|n| *n <= PRUNE_CHUNK), "{chunks:?}");
+    assert_eq!(chunks.iter().sum::<i64>(), OLD as i64);
 }
