@@ -375,6 +375,21 @@ impl AuditWriter {
     }
 }
 
+impl Drop for AuditWriter {
+    /// A writer dropped without `shutdown` stops its prune task too (the
+    /// batcher ends by itself once the queue's sender is gone).
+    fn drop(&mut self) {
+        let prune = self
+            .prune_task
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(prune) = prune {
+            prune.abort();
+        }
+    }
+}
+
 /// Deletes old events every `policy.every`, beside the batcher (a long
 /// delete never holds up writes); sinks delete in bounded chunks.
 async fn prune_loop(
