@@ -311,6 +311,17 @@ mod tests {
     }
 
     #[test]
+    fn an_event_from_an_older_build_decodes_with_empty_new_fields() {
+        let json = r#"{"id":"a","ts_us":1,"kind":"request","decision":"allow","path":"/x"}"#;
+        let e: AuditEvent = serde_json::from_str(json).unwrap();
+        assert_eq!(e.path.as_deref(), Some("/x"));
+        assert_eq!((e.subject, e.upstream_latency_us), (None, None));
+        assert!(e.anomaly_flags.is_empty());
+        // The identity and the decision stay required.
+        assert!(serde_json::from_str::<AuditEvent>(r#"{"id":"a","ts_us":1}"#).is_err());
+    }
+
+    #[test]
     fn anomaly_flags_round_trip() {
         let mut e = AuditEvent::new(EventKind::Request, 1, Decision::Allow);
         assert_eq!(e.anomaly_flags_text(), None);
