@@ -636,6 +636,52 @@ async fn a_hanging_sink_is_timed_out_spooled_and_shutdown_is_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_against_a_hanging_sink_do_not_back_up_the_queue() {
+    const N: u64 = 1000;
+    let dir = TempDir::new("audit_hanging_replay");
+    let spool = dir.0.join("audit.spool");
+    // An earlier run left a batch in the spool: the writer retries it first.
+    let left: Vec<_> = (N..N + 10).map(event).collect();
+    Spool::open(&spool).unwrap().append(&left).await.unwrap();
+    let sink = Arc::new(TestSink::default());
+    sink.hang.store(true, Ordering::SeqCst);
+    let mut config = AuditWriterConfig::new(&spool);
+    config.queue_capacity = 100;
+    config.batch_size = 10;
+    config.full_policy = FullPolicy::Block(Duration::from_millis(300));
+    // Each retry waits a whole second on the sink: the queue fills in far less.
+    config.write_timeout = Duration::from_secs(1);
+    config.retry_interval = Duration::from_millis(20);
+    config.shutdown_timeout = Duration::from_secs(2);
+    let writer = AuditWriter::start(sink.clone(), config, Arc::new(SystemClock)).unwrap();
+    for i in 0..N {
+        assert_eq!(writer.record(event(i)).await, Recorded::Queued, "event {i}");
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(6), writer.shutdown())
+        .await
+        .expect("bounded shutdown");
+    let stats = writer.stats();
+    assert!(stats.sink_timeouts >= 1, "{stats:?}");
+    assert_eq!(
+        (stats.dropped, stats.lost, stats.spooled),
+        (0, 0, N),
+        "{stats:?}"
+    );
+    sink.hang.store(false, Ordering::SeqCst);
+    let writer = AuditWriter::start(
+        sink.clone(),
+        AuditWriterConfig::new(&spool),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    writer.shutdown().await;
+    assert_eq!(sink.stored(), N as usize + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_prune_does_not_stall_the_batcher() {
     let dir = TempDir::new("audit_hanging_prune");
     let sink = Arc::new(TestSink::default());

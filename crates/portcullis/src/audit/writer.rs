@@ -499,6 +499,48 @@ impl Batcher {
         }
     }
 
+    /// [`Batcher::write`] of the spool's oldest batch, moving the events
+    /// that arrive meanwhile into the spool (where they would go anyway
+    /// while it is not empty, so the order is kept): a sink that hangs for
+    /// `write_timeout` on every retry never backs up the queue.
+    async fn replay_write(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let budget = self.budget();
+        if budget.is_zero() {
+            return Err(AuditError::Timeout(budget));
+        }
+        let sink = Arc::clone(&self.sink);
+        let write = tokio::time::timeout(budget, sink.write_batch(events));
+        tokio::pin!(write);
+        let size = self.config.batch_size;
+        let mut arrived = Vec::with_capacity(size);
+        let mut open = true;
+        let done = loop {
+            let room = size - arrived.len();
+            tokio::select! {
+                biased;
+                done = &mut write => break done,
+                n = self.rx.recv_many(&mut arrived, room), if open => {
+                    open = n > 0;
+                    if arrived.len() >= size {
+                        let full = std::mem::replace(&mut arrived, Vec::with_capacity(size));
+                        self.spool_batch(&full).await;
+                    }
+                }
+            }
+        };
+        if !arrived.is_empty() {
+            self.spool_batch(&arrived).await;
+        }
+        done.unwrap_or_else(|_| {
+            bump(
+                &self.counters.sink_timeouts,
+                "portcullis_audit_sink_timeouts_total",
+                1,
+            );
+            Err(AuditError::Timeout(budget))
+        })
+    }
+
     /// Counts a failed write and schedules the next replay attempt.
     fn failed(&mut self, e: &AuditError, what: &'static str) {
         tracing::warn!(error = %e, "{what}");
@@ -589,7 +631,7 @@ impl Batcher {
                     return;
                 }
             };
-            let stored = match self.write(&events).await {
+            let stored = match self.replay_write(&events).await {
                 Ok(()) => events.len() as u64,
                 Err(e) if e.is_rejection() => {
                     self.head_rejections += 1;
