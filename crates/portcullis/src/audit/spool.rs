@@ -285,7 +285,7 @@ impl SpoolFile {
             moved_to = %aside.display(),
             offset = keep,
             reason = why,
-            "audit spool holds a corrupt record; the file is moved aside, the records before it are kept"
+            "audit spool holds a corrupt record; the file is moved aside whole and the spool restarts with the records before `offset`"
         );
         let mut fresh = OpenOptions::new()
             .create(true)
@@ -460,9 +460,9 @@ impl Spool {
                     },
                     Frame::Torn | Frame::Corrupt(_) => {
                         // Checked at open and appended whole since: the file
-                        // was changed under us. Keep it for forensics.
-                        let keep_none = 0;
-                        s.move_aside(keep_none, "record changed after it was written")?;
+                        // was changed under us. Nothing in it is trusted for
+                        // replay any more; all of it is kept aside.
+                        s.move_aside(0, "record changed after it was written")?;
                         s.read_offset = 0;
                         s.len = 0;
                         return Ok(None);
