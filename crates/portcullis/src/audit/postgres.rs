@@ -2,8 +2,11 @@
 //! (text format; batches of 2 000 or more as two concurrent halves); a piece that
 //! hits an id already stored (a replay) is retried with
 //! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (ts_us, id) DO NOTHING`,
-//! so replays are idempotent.
+//! so replays are idempotent. PostgreSQL text cannot hold NUL, so a NUL
+//! in any field is stored as U+FFFD instead of failing the batch. Prune
+//! deletes in chunks of [`PRUNE_CHUNK`] rows.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use portcullis_core::audit::AuditEvent;
@@ -59,6 +62,64 @@ const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, cli
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
     $18::bigint[], $19::text[], $20::text[]) \
     ON CONFLICT (ts_us, id) DO NOTHING";
+
+/// Rows deleted per prune statement (short transactions, bounded WAL and locks).
+pub const PRUNE_CHUNK: i64 = 10_000;
+
+const PRUNE: &str = "DELETE FROM audit_events WHERE (ts_us, id) IN \
+    (SELECT ts_us, id FROM audit_events WHERE ts_us < $1 ORDER BY ts_us LIMIT $2)";
+
+/// What a NUL becomes (PostgreSQL text cannot hold NUL).
+const NUL_REPLACEMENT: &str = "\u{fffd}";
+
+/// `events` with every NUL replaced by U+FFFD; borrowed when there is none
+/// (the common case costs one scan).
+fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
+    fn has_nul(e: &AuditEvent) -> bool {
+        let opt = |v: &Option<String>| v.as_deref().is_some_and(|t| t.contains('\0'));
+        e.id.contains('\0')
+            || opt(&e.request_id)
+            || opt(&e.client_ip)
+            || opt(&e.method)
+            || opt(&e.route)
+            || opt(&e.path)
+            || opt(&e.subject)
+            || opt(&e.tenant)
+            || opt(&e.auth_method)
+            || opt(&e.credential_id)
+            || opt(&e.code)
+            || opt(&e.user_agent)
+            || e.anomaly_flags.iter().any(|f| f.contains('\0'))
+    }
+    fn clean(e: &AuditEvent) -> AuditEvent {
+        let fix = |v: &Option<String>| v.as_ref().map(|t| t.replace('\0', NUL_REPLACEMENT));
+        AuditEvent {
+            id: e.id.replace('\0', NUL_REPLACEMENT),
+            request_id: fix(&e.request_id),
+            client_ip: fix(&e.client_ip),
+            method: fix(&e.method),
+            route: fix(&e.route),
+            path: fix(&e.path),
+            subject: fix(&e.subject),
+            tenant: fix(&e.tenant),
+            auth_method: fix(&e.auth_method),
+            credential_id: fix(&e.credential_id),
+            code: fix(&e.code),
+            user_agent: fix(&e.user_agent),
+            anomaly_flags: e
+                .anomaly_flags
+                .iter()
+                .map(|f| f.replace('\0', NUL_REPLACEMENT))
+                .collect(),
+            ..e.clone()
+        }
+    }
+    if events.iter().any(has_nul) {
+        Cow::Owned(events.iter().map(clean).collect())
+    } else {
+        Cow::Borrowed(events)
+    }
+}
 
 /// Below this many events per half, a batch is written in one piece (at
 /// 1 000 events, two concurrent halves measured slower than one COPY).
@@ -189,6 +250,8 @@ impl PostgresAudit {
     }
 
     async fn write(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let events = without_nul(events);
+        let events = &events[..];
         if events.len() < 2 * MIN_HALF {
             return self.copy_or_insert(events).await;
         }
@@ -255,13 +318,23 @@ impl PostgresAudit {
         Ok(())
     }
 
-    /// Deletes events older than `before_us`; returns how many.
+    /// Deletes events older than `before_us`, [`PRUNE_CHUNK`] rows per
+    /// statement (each its own transaction); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE ts_us < $1")
-            .bind(before_us)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(PRUNE)
+                .bind(before_us)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// One page of events, newest first.

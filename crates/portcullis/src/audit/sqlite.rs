@@ -15,6 +15,9 @@ use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, p
 /// Rows per INSERT statement (20 columns: well under SQLite's 32 766 variables).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Rows deleted per prune statement.
+pub const PRUNE_CHUNK: i64 = 10_000;
+
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -154,13 +157,27 @@ impl SqliteAudit {
         Ok(())
     }
 
-    /// Deletes events older than `before_us`; returns how many.
+    /// Deletes events older than `before_us`, [`PRUNE_CHUNK`] rows per
+    /// statement (each its own transaction, so writers wait for one chunk
+    /// at most); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE ts_us < ?")
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM audit_events WHERE rowid IN \
+                 (SELECT rowid FROM audit_events WHERE ts_us < ? ORDER BY ts_us LIMIT ?)",
+            )
             .bind(before_us)
+            .bind(PRUNE_CHUNK)
             .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+            .await?
+            .rows_affected();
+            total += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// One page of events, newest first.
