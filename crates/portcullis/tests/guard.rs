@@ -601,6 +601,16 @@ async fn dry_run_lets_the_request_through_and_audits_the_would_be_refusal() {
     assert_eq!(code.as_deref(), Some("authz.denied"));
     assert_eq!(route.as_deref(), Some("admin-dry"));
     assert_eq!(status, Some(200));
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM audit_events ORDER BY ts_us DESC LIMIT 1")
+            .fetch_one(h.audit_db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        reason.as_deref(),
+        Some("dry_run: missing_permission: missing permission `admin.all`"),
+        "the event says which rule refused and why"
+    );
 }
 
 #[tokio::test]

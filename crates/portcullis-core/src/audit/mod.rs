@@ -167,6 +167,10 @@ pub struct AuditEvent {
     /// User agent, truncated to [`redact::MAX_USER_AGENT`] bytes.
     #[serde(default)]
     pub user_agent: Option<String>,
+    /// Why the rule decided so, e.g. `missing_permission: docs.write`, or
+    /// `dry_run: …` for a refusal a dry-run route did not enforce.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl AuditEvent {
@@ -193,6 +197,7 @@ impl AuditEvent {
             rate_limit_remaining: None,
             anomaly_flags: Vec::new(),
             user_agent: None,
+            reason: None,
         }
     }
 

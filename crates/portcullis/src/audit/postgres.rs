@@ -17,7 +17,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
 
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Serialises concurrent schema creation by several replicas.
 const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
@@ -47,6 +47,7 @@ const SCHEMA: &[&str] = &[
         rate_limit_remaining BIGINT,
         anomaly_flags TEXT,
         user_agent TEXT,
+        reason TEXT,
         PRIMARY KEY (ts_us, id)
     )",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
@@ -56,11 +57,11 @@ const SCHEMA: &[&str] = &[
 
 const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, client_ip, method, \
     route, path, status, latency_us, upstream_latency_us, subject, tenant, auth_method, \
-    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent) \
+    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent, reason) \
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
-    $18::bigint[], $19::text[], $20::text[]) \
+    $18::bigint[], $19::text[], $20::text[], $21::text[]) \
     ON CONFLICT (ts_us, id) DO NOTHING";
 
 /// Rows deleted per prune statement (short transactions, bounded WAL and locks).
@@ -89,6 +90,7 @@ fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
             || opt(&e.credential_id)
             || opt(&e.code)
             || opt(&e.user_agent)
+            || opt(&e.reason)
             || e.anomaly_flags.iter().any(|f| f.contains('\0'))
     }
     fn clean(e: &AuditEvent) -> AuditEvent {
@@ -106,6 +108,7 @@ fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
             credential_id: fix(&e.credential_id),
             code: fix(&e.code),
             user_agent: fix(&e.user_agent),
+            reason: fix(&e.reason),
             anomaly_flags: e
                 .anomaly_flags
                 .iter()
@@ -180,7 +183,8 @@ fn copy_text(events: &[AuditEvent]) -> Vec<u8> {
         text(&mut out, e.code.as_deref());
         int(&mut out, e.rate_limit_remaining);
         text(&mut out, e.anomaly_flags_text().as_deref());
-        push_field(&mut out, e.user_agent.as_deref());
+        text(&mut out, e.user_agent.as_deref());
+        push_field(&mut out, e.reason.as_deref());
         out.push('\n');
     }
     out.into_bytes()
@@ -237,6 +241,16 @@ impl PostgresAudit {
                 return Err(AuditError::Config(format!(
                     "audit schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade portcullis"
                 )));
+            }
+            Some(v) if v < SCHEMA_VERSION => {
+                // Version 2 adds `reason`.
+                sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS reason TEXT")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE portcullis_audit_schema SET version = $1")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Some(_) => {}
         }
@@ -313,6 +327,7 @@ impl PostgresAudit {
             .bind(col(events, |e| e.rate_limit_remaining))
             .bind(col(events, AuditEvent::anomaly_flags_text))
             .bind(col(events, |e| e.user_agent.as_deref()))
+            .bind(col(events, |e| e.reason.as_deref()))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -711,11 +711,22 @@ impl Guard {
             .await;
 
         let (refusal, dry_run_refusal) = match outcome {
-            Ok(()) => (None, None),
+            Ok(reason) => {
+                if let Some(e) = event.as_mut() {
+                    e.reason = Some(reason.to_owned());
+                }
+                (None, None)
+            }
             Err(refused) => {
                 if let Some(e) = event.as_mut() {
                     e.decision = AuditDecision::Deny;
                     e.code = Some(refused.refusal.code.as_str().to_owned());
+                    e.reason = Some(format!(
+                        "{}{}: {}",
+                        if route.dry_run { "dry_run: " } else { "" },
+                        refused.reason,
+                        refused.refusal.detail
+                    ));
                 }
                 tracing::debug!(
                     request_id,
@@ -777,7 +788,7 @@ impl Guard {
         principal_out: &mut Option<Arc<Principal>>,
         headers_out: &mut Vec<(HeaderName, HeaderValue)>,
         mut event: Option<&mut AuditEvent>,
-    ) -> Result<(), Refused> {
+    ) -> Result<&'static str, Refused> {
         let inner = &*self.inner;
 
         // 2. A banned IP is refused before any credential costs us work.
@@ -925,7 +936,7 @@ impl Guard {
                 reason: decision.reason.as_str(),
             });
         }
-        Ok(())
+        Ok(decision.reason.as_str())
     }
 
     async fn check_ban(
