@@ -82,7 +82,7 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
     assert_eq!(header(&h, "ratelimit"), Some("\"per_ip\";r=0;t=1"));
     assert_eq!(
         header(&h, "ratelimit-policy"),
-        Some("\"per_ip\";q=20;w=1, \"per_subject\";q=25;w=3600")
+        Some("\"per_ip\";q=20;w=2, \"per_subject\";q=25;w=3600")
     );
     assert_eq!(header(&h, "retry-after"), Some("1"));
     assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
