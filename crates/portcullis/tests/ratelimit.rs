@@ -177,6 +177,43 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
     assert_eq!(client_key(&cfg, ip("10.1.1.1"), &chain), ip("203.0.113.50"));
 }
 
+/// Issue 12 items 6 and 7 through the runtime's header handling: behind
+/// nginx (which appends only X-Forwarded-For), neither a client-sent
+/// `Forwarded`, nor bytes that are not visible ASCII, nor padding past 8 KiB
+/// in what the client sent can change the key from the client's address.
+#[test]
+fn client_key_reads_only_the_configured_header_and_ignores_client_garbage() {
+    let cfg = ClientIpConfig::new()
+        .trusted_proxies(["10.0.0.0/8"])
+        .unwrap();
+    let nginx = ip("10.1.1.1");
+    let client = ip("203.0.113.50");
+    let with = |lines: &[&[u8]], forwarded: Option<&str>| {
+        let mut h = http::HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", http::HeaderValue::from_bytes(l).unwrap());
+        }
+        if let Some(f) = forwarded {
+            h.insert("forwarded", f.parse().unwrap());
+        }
+        client_key(&cfg, nginx, &h)
+    };
+    assert_eq!(with(&[b"203.0.113.50"], Some("for=6.6.6.6")), client);
+    assert_eq!(with(&[b"\xff\xfe, 203.0.113.50"], None), client);
+    assert_eq!(with(&[b"caf\xc3\xa9", b"203.0.113.50"], None), client);
+    let padding = "1.1.1.1, ".repeat(2_000);
+    assert_eq!(
+        with(&[padding.as_bytes(), b"203.0.113.50, 10.0.0.5"], None),
+        client
+    );
+    let long_line = format!("{padding}203.0.113.50");
+    assert_eq!(with(&[long_line.as_bytes()], None), client);
+    // Without a trusted peer nothing is read.
+    let mut h = http::HeaderMap::new();
+    h.insert("x-forwarded-for", "192.0.2.200".parse().unwrap());
+    assert_eq!(client_key(&cfg, ip("198.51.100.7"), &h), ip("198.51.100.7"));
+}
+
 // ---------------------------------------------------------------- Redis
 
 #[cfg(feature = "redis")]

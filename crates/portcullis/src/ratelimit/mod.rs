@@ -38,37 +38,36 @@ impl HeaderLookup for HttpHeaders<'_> {
     }
 }
 
-/// The grouped client IP of a request from its socket peer and forwarding
-/// headers (several header lines are joined, as one list).
+/// The grouped client IP of a request from its socket peer and the one
+/// forwarding header `config` names (several lines of it are one list).
+/// Only the rightmost 8 KiB are read, and bytes that are not visible ASCII
+/// only spoil the element they sit in, so nothing a client prepends can
+/// change the answer (see [`ClientIpConfig::client_ip`]).
 pub fn client_key(config: &ClientIpConfig, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    /// All lines of `name` joined by commas; `Err` when a line is not
-    /// visible ASCII or the total is oversized (then the peer is used).
-    fn joined(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, ()> {
-        let mut out: Option<String> = None;
-        for v in headers.get_all(name) {
-            let v = v.to_str().map_err(|_| ())?;
-            match &mut out {
-                None => out = Some(v.to_owned()),
-                Some(s) => {
-                    s.push(',');
-                    s.push_str(v);
-                }
-            }
-            if out
-                .as_ref()
-                .is_some_and(|s| s.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN)
-            {
-                return Err(());
-            }
+    use portcullis_core::ratelimit::ForwardingHeader;
+    use portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN;
+    // The last lines, right to left, until they hold MAX_HEADER_LEN bytes.
+    let mut lines = Vec::new();
+    let mut total = 0;
+    for v in headers.get_all(config.header().name()).iter().rev() {
+        lines.push(v.as_bytes());
+        total += v.len() + 1;
+        if total > MAX_HEADER_LEN {
+            break;
         }
-        Ok(out)
     }
-    match (
-        joined(headers, "forwarded"),
-        joined(headers, "x-forwarded-for"),
-    ) {
-        (Ok(forwarded), Ok(xff)) => config.client_key(peer, forwarded.as_deref(), xff.as_deref()),
-        _ => config.group(peer),
+    let mut joined = Vec::with_capacity(total);
+    for (i, line) in lines.iter().rev().enumerate() {
+        if i > 0 {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(line);
+    }
+    let list = (!lines.is_empty()).then(|| String::from_utf8_lossy(&joined));
+    let list = list.as_deref();
+    match config.header() {
+        ForwardingHeader::Forwarded => config.client_key(peer, list, None),
+        ForwardingHeader::Xff => config.client_key(peer, None, list),
     }
 }
 
