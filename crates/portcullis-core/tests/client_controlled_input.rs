@@ -61,3 +61,43 @@ fn client_padding_left_of_its_hop_cannot_select_the_proxy_bucket() {
         client
     );
 }
+
+/// Item 22: account names and paths are the attacker's text; in a Slack
+/// message `<!channel>` pings everyone and `<url|text>` renders a link.
+#[test]
+fn slack_alerts_escape_attacker_text() {
+    use portcullis_core::anomaly::webhook::{PayloadFormat, payload};
+    use portcullis_core::anomaly::{AnomalyEvent, DetectorKind, SampleRequest};
+    let event = AnomalyEvent {
+        detector: DetectorKind::AuthFailures,
+        key: "account:<!channel> & <https://evil.example|reset your password>".into(),
+        count: 10,
+        window_secs: 60.0,
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        sample: SampleRequest::new("POST", "/login?<!here>", "curl/8"),
+    };
+    let body: serde_json::Value =
+        serde_json::from_slice(&payload(&event, PayloadFormat::Slack)).unwrap();
+    let text = body["text"].as_str().unwrap();
+    for raw in ["<!channel>", "<!here>", "<https://", "& <"] {
+        assert!(!text.contains(raw), "{raw} reached Slack unescaped: {text}");
+    }
+    assert!(text.contains("&lt;!channel&gt; &amp; &lt;https://evil.example|reset"));
+    assert!(text.contains("/login?&lt;!here&gt;"));
+}
+
+/// Item 22: an attempted account name is the attacker's text and goes into
+/// detector keys and distinct-count members: its length is capped (long
+/// names are hashed), as the rate limiter does for key values.
+#[test]
+fn long_account_names_are_hashed_in_detection_keys() {
+    use portcullis_core::anomaly::DetectionKey;
+    let long = "a".repeat(100_000);
+    let key = DetectionKey::Account(&long).render();
+    assert!(key.len() <= 8 + 1 + 64, "{} bytes", key.len());
+    assert!(key.starts_with("account:#"));
+    let other = format!("{}b", "a".repeat(99_999));
+    assert_ne!(key, DetectionKey::Account(&other).render());
+    assert_eq!(DetectionKey::Account("alice").render(), "account:alice");
+}

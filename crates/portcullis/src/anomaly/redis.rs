@@ -85,7 +85,8 @@ impl RedisCounters {
             window_ms: config.window_ms(),
             threshold: config.threshold,
             member: match obs.member {
-                Some(m) => format!("m:{m}"),
+                // An attempted account name: capped like key values.
+                Some(m) => format!("m:{}", portcullis_core::anomaly::capped(m)),
                 None => unique_event_id(),
             },
         }
