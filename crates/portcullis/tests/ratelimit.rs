@@ -743,4 +743,72 @@ mod redis_backend {
         assert!(back.elapsed() < Duration::from_secs(2));
         drop(server2);
     }
+
+    /// Issue 12 item 8: the algorithm letter is part of every key, so a rule
+    /// that keeps its name and changes algorithm starts on fresh keys instead
+    /// of meeting a key of another Redis type (WRONGTYPE, which would trip
+    /// the breaker for the key's whole TTL).
+    #[tokio::test]
+    async fn redis_keys_name_the_algorithm_so_a_rule_can_change_it() {
+        use portcullis::ratelimit::redis::{Partition, RedisLimiter};
+        let Some(url) = support::redis_url() else {
+            return;
+        };
+        let prefix = support::unique_prefix("rl_keys");
+        let prefix = prefix.trim_end_matches(':');
+        let conn = RedisConnection::single(&url).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let key = KeySpec::new([KeyPart::Subject, KeyPart::Route]);
+        let rules = [
+            Rule::new(
+                "api",
+                Algorithm::Gcra {
+                    rate: 10,
+                    period: hour,
+                    burst: 10,
+                },
+                key.clone(),
+            ),
+            Rule::new(
+                "api",
+                Algorithm::SlidingLog {
+                    limit: 10,
+                    period: hour,
+                },
+                key.clone(),
+            ),
+            Rule::new(
+                "api",
+                Algorithm::FixedWindow {
+                    limit: 10,
+                    period: hour,
+                },
+                key,
+            ),
+        ];
+        let f = facts("203.0.113.9", Some("alice"));
+        let layout = RedisLimiter::new(conn.clone(), prefix, Partition::Single);
+        for (rule, letter) in rules.iter().zip(["g", "l", "f"]) {
+            assert_eq!(
+                layout.key(rule, &f).unwrap(),
+                format!("{prefix}:rl:{{{prefix}}}:api:{letter}:sub=alice|rt=GET%20/orders")
+            );
+        }
+        let by_subject = RedisLimiter::new(conn.clone(), prefix, Partition::By(KeyPart::Subject));
+        assert_eq!(
+            by_subject.key(&rules[0], &f).unwrap(),
+            format!("{prefix}:rl:{{sub=alice}}:api:g:sub=alice|rt=GET%20/orders")
+        );
+        // The same rule name under each algorithm in turn, as after a
+        // configuration change: every check is answered by Redis.
+        for rule in &rules {
+            let limiter = build(std::slice::from_ref(rule), Some(conn.clone()), prefix);
+            for _ in 0..3 {
+                let o = limiter.check(&f).await;
+                assert!(o.admitted() && !o.degraded(), "{}", rule.algorithm.as_str());
+            }
+            assert!(!limiter.backend_down());
+        }
+        support::redis_cleanup(&url, &format!("{prefix}:")).await;
+    }
 }
