@@ -3,6 +3,8 @@
 //! across four replicas on one Redis and on the Cluster, one EVALSHA per
 //! request, and each `on_backend_error` mode through a Redis outage.
 
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::net::IpAddr;
@@ -222,6 +224,7 @@ mod redis_backend {
     use portcullis::ratelimit::redis::RedisConnection;
     use portcullis_core::ratelimit::{Decision, KeyPart, OnBackendError};
     use portcullis_core::{Clock, SystemClock};
+    use std::time::Instant;
 
     fn three_rules(limit: u64) -> Vec<Rule> {
         vec![
@@ -474,51 +477,7 @@ mod redis_backend {
         support::redis_cluster_cleanup(&urls, &prefix).await;
     }
 
-    /// A redis-server of this test's own, on a free port, killed on drop.
-    struct OwnRedis {
-        port: u16,
-        child: Option<tokio::process::Child>,
-    }
-
-    impl OwnRedis {
-        async fn start(port: Option<u16>) -> Self {
-            let port = port.unwrap_or_else(|| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            });
-            let child = tokio::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server must be installed for the outage test");
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Self {
-                port,
-                child: Some(child),
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-
-        async fn stop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill().await;
-                let _ = c.wait().await;
-            }
-        }
-    }
+    use crate::own_redis::{OwnCluster, OwnRedis};
 
     async fn evalsha_calls(url: &str) -> (u64, u64) {
         let client = redis::Client::open(url).unwrap();
@@ -810,5 +769,111 @@ mod redis_backend {
             assert!(!limiter.backend_down());
         }
         support::redis_cleanup(&url, &format!("{prefix}:")).await;
+    }
+
+    /// Checks `limiter` `n` times while its backend hangs: every call is
+    /// answered (degraded) within the budget's order of magnitude, and the
+    /// breaker opens.
+    async fn hung_calls_are_bounded(limiter: &RateLimiter, f: &RequestFacts<'_>, what: &str) {
+        let started = Instant::now();
+        for i in 0..20 {
+            let t = Instant::now();
+            let o = tokio::time::timeout(Duration::from_secs(10), limiter.check(f))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: call {i} hung for 10 s"));
+            assert!(o.degraded(), "{what}: call {i}");
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{what}: call {i} took {:?} while the backend hung",
+                t.elapsed()
+            );
+        }
+        assert!(limiter.backend_down(), "{what}: timeouts count as failures");
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}");
+    }
+
+    /// Waits until `limiter` is answered by Redis again.
+    async fn recovers(limiter: &RateLimiter, f: &RequestFacts<'_>, within: Duration) {
+        let back = Instant::now();
+        while limiter.check(f).await.degraded() {
+            assert!(back.elapsed() < within, "still degraded after {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Issue 12 item 9: a server that hangs (SIGSTOP: connections stay
+    /// open, nothing answers) is a server that is down: each limiter, ban and
+    /// detector call gives up after its budget (100 ms by default), the
+    /// breaker opens, and shared limiting resumes once it answers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_redis_costs_each_call_its_budget_and_opens_the_breaker() {
+        use portcullis_core::anomaly::{SampleRequest, Signal};
+        let server = OwnRedis::start(None).await;
+        let conn = RedisConnection::single(&server.url()).await.unwrap();
+        let limiter = build(
+            &[outage_rule(OnBackendError::Local)],
+            Some(conn.clone()),
+            "pcx_test_hang",
+        );
+        let (_, engine) = limiter_and_detector(&conn, "pcx_test_hang");
+        let f = facts("203.0.113.60", None);
+        assert!(!limiter.check(&f).await.degraded());
+        assert!(engine.banned(Some("203.0.113.60"), None).await.is_ok());
+
+        server.pause();
+        hung_calls_are_bounded(&limiter, &f, "single server").await;
+        for i in 0..5 {
+            let t = Instant::now();
+            let banned = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine.banned(Some("203.0.113.60"), None),
+            )
+            .await
+            .expect("ban check hung");
+            assert!(
+                banned.is_err(),
+                "a hung ban store is an error, not 'not banned'"
+            );
+            let observed = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine.observe(Signal::Request { ip: "203.0.113.60" }, || {
+                    SampleRequest::new("GET", "/", "t")
+                }),
+            )
+            .await
+            .expect("detector update hung");
+            assert!(observed.is_err());
+            assert!(
+                t.elapsed() < Duration::from_millis(700),
+                "ban check and detector update {i} took {:?}",
+                t.elapsed()
+            );
+        }
+
+        server.resume();
+        recovers(&limiter, &f, Duration::from_secs(3)).await;
+        // The engine's own breaker lets a probe through every 250 ms.
+        let back = Instant::now();
+        while engine.banned(Some("203.0.113.60"), None).await.is_err() {
+            assert!(back.elapsed() < Duration::from_secs(3), "bans still failing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Issue 12 item 9 on a Cluster of this test's own (ports 7410-7412,
+    /// never the shared one): the node serving the limits' slot hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_cluster_node_costs_each_call_its_budget_and_opens_the_breaker() {
+        let cluster = OwnCluster::start([7410, 7411, 7412]).await;
+        let conn = RedisConnection::cluster(&cluster.urls()).await.unwrap();
+        let prefix = "pcx_test_hang_cluster";
+        let limiter = build(&[outage_rule(OnBackendError::Local)], Some(conn), prefix);
+        let f = facts("203.0.113.61", None);
+        assert!(!limiter.check(&f).await.degraded());
+        let node = cluster.node_for(prefix).await;
+        node.pause();
+        hung_calls_are_bounded(&limiter, &f, "cluster node").await;
+        node.resume();
+        recovers(&limiter, &f, Duration::from_secs(5)).await;
     }
 }

@@ -123,9 +123,10 @@ async fn engine(args: &RedisArgs) -> Result<AnomalyEngine, CliError> {
             "cannot connect to Redis: {e}; check --redis / --redis-cluster"
         ))
     })?;
+    // An operator's command may wait longer than a request's 100 ms.
     let backend = AnomalyBackend::Redis {
         counters: RedisCounters::new(conn.clone(), &args.prefix),
-        bans: RedisBans::new(conn, &args.prefix),
+        bans: RedisBans::new(conn, &args.prefix).call_timeout(Duration::from_secs(5)),
     };
     AnomalyEngine::new(Vec::new(), backend, None, Arc::new(SystemClock))
         .map_err(|e| CliError::Usage(e.to_string()))

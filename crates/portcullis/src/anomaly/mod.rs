@@ -110,6 +110,10 @@ impl<'s, 'e> Pending<'s, 'e> {
 pub struct AnomalyEngine {
     detectors: [Option<DetectorConfig>; DetectorKind::ALL.len()],
     backend: AnomalyBackend,
+    /// Opens after consecutive Redis failures (timeouts included), so a
+    /// hung Redis costs the request path nothing until a probe succeeds.
+    #[cfg(feature = "redis")]
+    breaker: crate::ratelimit::fallback::CircuitBreaker,
     alerts: Option<AlertSender>,
     clock: Arc<dyn Clock>,
 }
@@ -140,6 +144,12 @@ impl AnomalyEngine {
         Ok(Self {
             detectors: table,
             backend,
+            #[cfg(feature = "redis")]
+            breaker: crate::ratelimit::fallback::CircuitBreaker::new(
+                crate::ratelimit::fallback::DEFAULT_FAILURE_THRESHOLD,
+                crate::ratelimit::fallback::DEFAULT_PROBE_INTERVAL,
+            )
+            .named("anomaly"),
             alerts,
             clock,
         })
@@ -147,6 +157,30 @@ impl AnomalyEngine {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request-path Redis call behind the breaker: refused at once while
+    /// it is open; its failure (a timeout included) counts toward opening.
+    #[cfg(feature = "redis")]
+    async fn guarded<T, E: std::fmt::Display>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, AnomalyError> {
+        if !self.breaker.allow() {
+            return Err(AnomalyError::Backend(
+                "anomaly backend circuit breaker open".into(),
+            ));
+        }
+        match call.await {
+            Ok(v) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Err(e) => {
+                self.breaker.failure();
+                Err(AnomalyError::Backend(e.to_string()))
+            }
+        }
     }
 
     /// The ban blocking this caller right now, if any.
@@ -159,10 +193,7 @@ impl AnomalyEngine {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => Ok(bans.banned(ip, subject, now)),
             #[cfg(feature = "redis")]
-            AnomalyBackend::Redis { bans, .. } => bans
-                .banned(ip, subject, now)
-                .await
-                .map_err(|e| AnomalyError::Backend(e.to_string())),
+            AnomalyBackend::Redis { bans, .. } => self.guarded(bans.banned(ip, subject, now)).await,
         }
     }
 
@@ -363,10 +394,7 @@ impl AnomalyEngine {
                         .filter(|&j| !done[j] && redis::RedisCounters::tag(&batch[j].0) == tag)
                         .collect();
                     let group: Vec<_> = members.iter().map(|&j| batch[j]).collect();
-                    let (group_counts, server_now) = counters
-                        .record(&group)
-                        .await
-                        .map_err(|e| AnomalyError::Backend(e.to_string()))?;
+                    let (group_counts, server_now) = self.guarded(counters.record(&group)).await?;
                     now = now.max(server_now);
                     for (&j, c) in members.iter().zip(group_counts) {
                         counts[j] = Some(c);

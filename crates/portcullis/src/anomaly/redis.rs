@@ -10,7 +10,10 @@
 //! - `P:alert:{<detector>:<key>}`: `SET NX PX cooldown` de-duplication.
 //!
 //! Time is the Redis server's (`TIME`), so replicas with skewed clocks agree.
+//! Every call has a time budget (default 100 ms, `call_timeout` on each
+//! type); a call over it is a backend error like any other.
 
+use crate::redis_conn::DEFAULT_CALL_TIMEOUT;
 pub use crate::redis_conn::RedisConnection;
 use portcullis_core::anomaly::window::WindowCount;
 use portcullis_core::anomaly::{Ban, BanTarget, DetectorConfig, Observation};
@@ -59,13 +62,20 @@ pub struct RedisCounters {
 }
 
 impl RedisCounters {
-    /// Counters under `prefix` (no braces) on `conn`.
+    /// Counters under `prefix` (no braces) on `conn`, each call bounded to
+    /// 100 ms.
     pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         Self {
-            conn,
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
             prefix: prefix.replace(['{', '}'], ""),
             script: Script::new(RECORD),
         }
+    }
+
+    /// Bounds each call to `budget` instead.
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
     }
 
     fn key(&self, obs: &Observation<'_>) -> String {
@@ -144,12 +154,19 @@ pub struct RedisBans {
 }
 
 impl RedisBans {
-    /// Bans under `prefix` (no braces) on `conn`.
+    /// Bans under `prefix` (no braces) on `conn`, each call bounded to
+    /// 100 ms.
     pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         Self {
-            conn,
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
             key: format!("{}:{{bans}}", prefix.replace(['{', '}'], "")),
         }
+    }
+
+    /// Bounds each call to `budget` instead (the CLI allows more).
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
     }
 
     /// Adds or extends a ban (a longer existing ban is kept), atomically.
@@ -257,12 +274,19 @@ pub struct RedisDedup {
 }
 
 impl RedisDedup {
-    /// De-duplication under `prefix` (no braces) on `conn`.
+    /// De-duplication under `prefix` (no braces) on `conn`, each call
+    /// bounded to 100 ms.
     pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         Self {
-            conn,
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
             prefix: prefix.replace(['{', '}'], ""),
         }
+    }
+
+    /// Bounds each call to `budget` instead.
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
     }
 
     /// Whether this replica is the first to alert on `id` in the cooldown.

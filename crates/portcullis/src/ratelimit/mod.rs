@@ -96,7 +96,7 @@ enum Backend {
     Memory,
     #[cfg(feature = "redis")]
     Redis {
-        redis: redis::RedisLimiter,
+        redis: Box<redis::RedisLimiter>,
         breaker: fallback::CircuitBreaker,
         log: fallback::FallbackLog,
     },
@@ -143,6 +143,8 @@ pub struct RateLimiterBuilder {
     redis: Option<(redis::RedisConnection, String, redis::Partition)>,
     failure_threshold: u32,
     probe_interval: std::time::Duration,
+    #[cfg(feature = "redis")]
+    redis_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RateLimiterBuilder {
@@ -192,6 +194,16 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The time budget of each Redis call (default 100 ms,
+    /// `redis_conn::DEFAULT_CALL_TIMEOUT`): a call that takes longer counts
+    /// as a backend failure (the rules' `on_backend_error` applies and the
+    /// breaker counts it), so a hung server costs a request at most this.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.redis_timeout = budget;
+        self
+    }
+
     /// Hash-tags Redis keys by the value of `part` (every rule must include
     /// it) so load spreads over a Cluster.
     #[cfg(feature = "redis")]
@@ -217,7 +229,11 @@ impl RateLimiterBuilder {
                     return Err(RateLimitError::Partition(r.name.clone()));
                 }
                 Backend::Redis {
-                    redis: redis::RedisLimiter::new(conn, &prefix, partition),
+                    redis: Box::new(redis::RedisLimiter::new(
+                        conn.with_call_timeout(self.redis_timeout),
+                        &prefix,
+                        partition,
+                    )),
                     breaker: fallback::CircuitBreaker::new(
                         self.failure_threshold,
                         self.probe_interval,
@@ -252,6 +268,8 @@ impl RateLimiter {
             redis: None,
             failure_threshold: fallback::DEFAULT_FAILURE_THRESHOLD,
             probe_interval: fallback::DEFAULT_PROBE_INTERVAL,
+            #[cfg(feature = "redis")]
+            redis_timeout: crate::redis_conn::DEFAULT_CALL_TIMEOUT,
         }
     }
 
