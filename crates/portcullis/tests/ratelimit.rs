@@ -855,7 +855,10 @@ mod redis_backend {
         // The engine's own breaker lets a probe through every 250 ms.
         let back = Instant::now();
         while engine.banned(Some("203.0.113.60"), None).await.is_err() {
-            assert!(back.elapsed() < Duration::from_secs(3), "bans still failing");
+            assert!(
+                back.elapsed() < Duration::from_secs(3),
+                "bans still failing"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -876,4 +879,43 @@ mod redis_backend {
         node.resume();
         recovers(&limiter, &f, Duration::from_secs(5)).await;
     }
+}
+
+/// Issue 12 item 10: when the memory limiter is full, eviction forgets the
+/// buckets that limit nobody, never a throttled one: an attacker with many
+/// fresh keys cannot push its own exhausted bucket out and start over.
+#[test]
+fn memory_eviction_keeps_the_buckets_that_are_limiting_someone() {
+    use portcullis::ratelimit::{MemoryLimiter, RuleSet};
+    let rules: Arc<[Rule]> = vec![Rule::new(
+        "per_ip",
+        Algorithm::FixedWindow {
+            limit: 3,
+            period: Duration::from_secs(3600),
+        },
+        KeySpec::ip(),
+    )]
+    .into();
+    // 64 shards of at most 1 024 keys.
+    let limiter = MemoryLimiter::new(rules, 64 * 1024);
+    let now = 1_800_000_000_000_000u64;
+    let attacker = facts("198.51.100.66", None);
+    for _ in 0..3 {
+        assert!(limiter.check(&attacker, RuleSet::ALL, now, true).admitted());
+    }
+    assert!(!limiter.check(&attacker, RuleSet::ALL, now, true).admitted());
+    for i in 0..400_000u32 {
+        let f = RequestFacts {
+            client_ip: Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+            ..Default::default()
+        };
+        assert!(limiter.check(&f, RuleSet::ALL, now + 1, true).admitted());
+    }
+    assert!(limiter.len() <= 64 * 1024, "{} keys", limiter.len());
+    assert!(
+        !limiter
+            .check(&attacker, RuleSet::ALL, now + 2, true)
+            .admitted(),
+        "the throttled bucket survived 400 000 fresh keys"
+    );
 }

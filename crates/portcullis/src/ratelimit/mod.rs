@@ -138,6 +138,7 @@ pub struct RateLimiterBuilder {
     rules: Vec<Rule>,
     clock: Arc<dyn Clock>,
     max_keys: usize,
+    max_bytes: Option<usize>,
     legacy_headers: bool,
     #[cfg(feature = "redis")]
     redis: Option<(redis::RedisConnection, String, redis::Partition)>,
@@ -171,6 +172,13 @@ impl RateLimiterBuilder {
     /// Bound on in-memory keys (default one million).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
+        self
+    }
+
+    /// Bound on in-memory bytes (default 128 per allowed key: 128 MB for
+    /// the default million keys); sliding logs count their stamps.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = Some(max_bytes);
         self
     }
 
@@ -218,7 +226,10 @@ impl RateLimiterBuilder {
     pub fn build(self) -> Result<RateLimiter, RateLimitError> {
         validate_rules(&self.rules)?;
         let rules: Arc<[Rule]> = self.rules.into();
-        let memory = MemoryLimiter::new(rules.clone(), self.max_keys);
+        let memory = match self.max_bytes {
+            Some(bytes) => MemoryLimiter::with_max_bytes(rules.clone(), self.max_keys, bytes),
+            None => MemoryLimiter::new(rules.clone(), self.max_keys),
+        };
         #[cfg(feature = "redis")]
         let backend = match self.redis {
             None => Backend::Memory,
@@ -263,6 +274,7 @@ impl RateLimiter {
             rules: Vec::new(),
             clock: Arc::new(SystemClock),
             max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: None,
             legacy_headers: false,
             #[cfg(feature = "redis")]
             redis: None,
