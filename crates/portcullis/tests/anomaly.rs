@@ -2,6 +2,8 @@
 //! shared state and alert de-duplication on the real Redis (single server
 //! and the local Cluster), and signed webhooks to a real local receiver.
 
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::convert::Infallible;
@@ -552,6 +554,53 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
     worker.await.unwrap();
 }
 
+/// Issue 12 item 19: one key above its threshold on every request must
+/// not fill the alert queue; alerts for other keys still get through.
+#[tokio::test]
+async fn one_flooding_key_does_not_crowd_other_keys_out_of_the_alert_queue() {
+    let receiver = Receiver::start(204).await;
+    let mut config = webhook_config(receiver.url(), 1);
+    config.queue_capacity = 4;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alerts, worker) = AlertSender::start(
+        config,
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    let engine = AnomalyEngine::new(
+        vec![detector(DetectorKind::Burst, 1, 10, &[Action::Alert])],
+        AnomalyBackend::memory(100),
+        Some(alerts.clone()),
+        clock,
+    )
+    .unwrap();
+    for _ in 0..1_000 {
+        observe(&engine, Signal::Request { ip: "192.0.2.66" }).await;
+    }
+    for ip in ["192.0.2.67", "192.0.2.68"] {
+        observe(&engine, Signal::Request { ip }).await;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = Arc::clone(alerts.stats());
+    assert_eq!(stats.overflowed.load(Relaxed), 0, "no alert was dropped");
+    assert_eq!(stats.queued.load(Relaxed), 3, "one per key and cooldown");
+    assert_eq!(stats.deduplicated.load(Relaxed), 999);
+    drop(engine);
+    drop(alerts);
+    worker.await.unwrap();
+    let mut keys: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["data"]["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["ip:192.0.2.66", "ip:192.0.2.67", "ip:192.0.2.68"]);
+}
+
 // ---------------------------------------------------------------------------
 // Shared state on Redis.
 
@@ -763,4 +812,5 @@ mod on_redis {
         suite(conn, prefix.trim_end_matches(':')).await;
         support::redis_cluster_cleanup(&urls, &prefix).await;
     }
+
 }

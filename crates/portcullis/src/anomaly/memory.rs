@@ -200,25 +200,37 @@ impl MemoryBans {
 }
 
 /// Alert de-duplication for one process: a (detector, key) alerts at most
-/// once per cooldown.
+/// once per cooldown. Bounded: past [`MAX_DEDUP_ENTRIES`] live entries it
+/// stops remembering (and lets alerts through; the queue is bounded).
 #[derive(Debug, Default)]
 pub struct MemoryDedup {
     until: Mutex<HashMap<String, u64>>,
 }
 
+/// Most (detector, key) cooldowns one [`MemoryDedup`] remembers.
+pub const MAX_DEDUP_ENTRIES: usize = 100_000;
+
 impl MemoryDedup {
     /// Whether this is the first alert for `id` in its cooldown (and claims it).
     pub fn claim(&self, id: &str, cooldown_ms: u64, now_ms: u64) -> bool {
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, until| *until > now_ms);
-        }
         match map.get(id) {
             Some(&until) if until > now_ms => false,
             _ => {
-                map.insert(id.to_owned(), now_ms.saturating_add(cooldown_ms));
+                if map.len() >= MAX_DEDUP_ENTRIES {
+                    map.retain(|_, until| *until > now_ms);
+                }
+                if map.len() < MAX_DEDUP_ENTRIES {
+                    map.insert(id.to_owned(), now_ms.saturating_add(cooldown_ms));
+                }
                 true
             }
         }
+    }
+
+    /// Forgets a claim (the alert could not be queued after all).
+    pub fn release(&self, id: &str) {
+        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
     }
 }
