@@ -71,7 +71,8 @@ pub struct Observed {
     pub events: Vec<AnomalyEvent>,
     /// Detectors whose `tag` action marks this request's audit event.
     pub tags: Vec<DetectorKind>,
-    /// Bans added.
+    /// Bans written by this observation (a key above its threshold is
+    /// banned once per its detector's cooldown, not on every event).
     pub bans: Vec<Ban>,
 }
 
@@ -116,6 +117,8 @@ pub struct AnomalyEngine {
     breaker: crate::ratelimit::fallback::CircuitBreaker,
     alerts: Option<AlertSender>,
     clock: Arc<dyn Clock>,
+    /// (detector, target) bans this process wrote, within their cooldown.
+    recent_bans: memory::MemoryDedup,
 }
 
 impl std::fmt::Debug for AnomalyEngine {
@@ -152,6 +155,7 @@ impl AnomalyEngine {
             .named("anomaly"),
             alerts,
             clock,
+            recent_bans: memory::MemoryDedup::default(),
         })
     }
 
@@ -217,7 +221,7 @@ impl AnomalyEngine {
     async fn store_ban(&self, ban: &Ban) -> Result<(), AnomalyError> {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => {
-                bans.ban(ban.clone());
+                bans.ban(ban.clone(), self.now_ms());
                 Ok(())
             }
             #[cfg(feature = "redis")]
@@ -347,14 +351,29 @@ impl AnomalyEngine {
             if config.has(Action::Ban)
                 && let Some(target) = obs.key.ban_target()
             {
+                // Once per cooldown (or sooner if the ban has ended): every
+                // further event would only extend it by a few ms, at the cost
+                // of a write and a round trip per request.
                 let ms = u64::try_from(config.ban_for.as_millis()).unwrap_or(u64::MAX);
-                let ban = Ban {
-                    target,
-                    until_ms: now.saturating_add(ms),
-                    reason: obs.kind.as_str().to_owned(),
-                };
-                self.store_ban(&ban).await?;
-                out.bans.push(ban);
+                let cooldown = u64::try_from(config.cooldown.as_millis()).unwrap_or(u64::MAX);
+                let id = format!("{}:{}", obs.kind.as_str(), target.render());
+                if self.recent_bans.claim(&id, cooldown.min(ms), now) {
+                    let ban = Ban {
+                        target,
+                        until_ms: now.saturating_add(ms),
+                        reason: obs.kind.as_str().to_owned(),
+                    };
+                    let stored = match &self.backend {
+                        AnomalyBackend::Memory { .. } => self.store_ban(&ban).await,
+                        #[cfg(feature = "redis")]
+                        AnomalyBackend::Redis { bans, .. } => self.guarded(bans.ban(&ban)).await,
+                    };
+                    if let Err(e) = stored {
+                        self.recent_bans.release(&id);
+                        return Err(e);
+                    }
+                    out.bans.push(ban);
+                }
             }
             if config.has(Action::Alert)
                 && let Some(alerts) = &self.alerts
