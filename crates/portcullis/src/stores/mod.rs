@@ -63,6 +63,19 @@ pub enum SecurityEvent {
         /// Generation of the replayed token.
         generation: u32,
     },
+    /// An already-rotated refresh token was presented again within the
+    /// reuse window and its successor was handed back (at most once per
+    /// token, only while its session, user and family are live).
+    RefreshGraceReplay {
+        /// The token's family.
+        family: String,
+        /// The token's session.
+        session: String,
+        /// The user the family belongs to.
+        user: String,
+        /// Generation of the replayed token.
+        generation: u32,
+    },
 }
 
 /// Why a store operation failed.
@@ -365,8 +378,25 @@ pub trait RefreshStore: Send + Sync {
         successor: &'a RefreshRecord,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>>;
-    /// Revokes every token of a family; returns how many were live.
+    /// Revokes every token of a family, atomically with respect to
+    /// concurrent rotations (a successor stored meanwhile is revoked too);
+    /// returns how many were live.
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Revokes every family of a user; returns how many tokens were live.
+    fn revoke_families_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Marks the one hand-out of a rotated token's successor within the
+    /// reuse window; true for the one caller that got it (false when it was
+    /// already claimed, or the token is unknown or revoked).
+    fn claim_reuse_grace<'a>(
+        &'a self,
+        family: &'a str,
+        hash: &'a [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
 /// The access-token denylist (`jti` until the token's `exp`).
@@ -465,15 +495,20 @@ pub struct StoresConfig {
     /// Keyed hashing (server pepper) of refresh tokens and app secrets.
     pub hasher: SecretHasher,
     /// A rotated refresh token presented again within this interval gets the
-    /// successor's record instead of revoking the family (default 0: off).
+    /// successor back once instead of revoking the family (default 0: off;
+    /// at most [`MAX_REUSE_INTERVAL`]).
     pub reuse_interval: Duration,
     /// How long a replica may trust a looked-up session, API key or app
     /// before asking the backend again (at most 1 s; `ZERO` disables the
     /// caches, right for the memory backend).
     pub revocation_cache_ttl: Duration,
-    /// Minimum time between two `last_used_at` writes of one API key (default 60 s).
+    /// Minimum time between two `last_used_at` writes of one API key
+    /// (default 60 s; at least 1 s).
     pub api_key_touch_interval: Duration,
 }
+
+/// Longest accepted [`StoresConfig::reuse_interval`].
+pub const MAX_REUSE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl StoresConfig {
     /// Defaults with `hasher`: no reuse interval, 1 s revocation caches,
@@ -509,7 +544,9 @@ impl std::fmt::Debug for Stores {
 
 impl Stores {
     /// A facade over `backends` on the system clock. Fails when
-    /// `revocation_cache_ttl` exceeds 1 s (the documented revocation bound).
+    /// `revocation_cache_ttl` exceeds 1 s (the documented revocation bound),
+    /// `reuse_interval` exceeds [`MAX_REUSE_INTERVAL`] or
+    /// `api_key_touch_interval` is under 1 s.
     pub fn new(backends: Backends, config: StoresConfig) -> StoreResult<Self> {
         Self::with_clock(backends, config, Arc::new(SystemClock))
     }
@@ -524,6 +561,18 @@ impl Stores {
             return Err(StoreError::invalid(
                 "revocation_cache_ttl",
                 "must be at most 1 s (the revocation bound)",
+            ));
+        }
+        if config.reuse_interval > MAX_REUSE_INTERVAL {
+            return Err(StoreError::invalid(
+                "reuse_interval",
+                "must be at most 10 s (a replayed token's successor is handed out only briefly)",
+            ));
+        }
+        if config.api_key_touch_interval < Duration::from_secs(1) {
+            return Err(StoreError::invalid(
+                "api_key_touch_interval",
+                "must be at least 1 s (one last_used_at write per key per interval)",
             ));
         }
         let caches = RevocationCaches::new(config.revocation_cache_ttl);

@@ -10,11 +10,13 @@
 //!   script; `P:rth:<hex hash>` maps a token hash to its family.
 //! - `P:user:<id>` (`data` JSON plus mutable fields) and `P:uname:<key>`
 //!   (`SET NX`: case-insensitive uniqueness).
+//! - `P:ufam:<user>`: the user's families (disabling a user revokes them).
 //! - `P:sess:<sid>` and `P:usess:<user>` (the user's session ids).
 //! - `P:ak:<id>` and `P:ako:<owner>`; `P:app:<id>`.
 //!
 //! Records expire with their tokens (refresh: a day after `expires_at`, so
-//! a late replay is still recognised as reuse; sessions: at expiry).
+//! a late replay is still recognised as reuse; sessions: at expiry), and
+//! index sets live as long as their longest-lived member.
 
 use std::collections::HashMap;
 
@@ -40,6 +42,47 @@ redis.call('HSET', KEYS[2], 'data', ARGV[3])
 redis.call('PEXPIREAT', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+return 1
+";
+
+/// Revokes a family in one step: `revoked_at = ARGV[2]` on every member of
+/// the family set KEYS[1] lacking it (member keys are `ARGV[1] .. hex`, on
+/// the family's slot), so a concurrent rotation is wholly before or after.
+const REVOKE_FAMILY: &str = r"
+local n = 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[1] .. h
+  if redis.call('EXISTS', k) == 1 and redis.call('HSETNX', k, 'revoked_at', ARGV[2]) == 1 then
+    n = n + 1
+  end
+end
+return n
+";
+
+/// The one hand-out of a rotated token's successor within the reuse
+/// window: KEYS[1] the token's record; ARGV[1] now. 1 for the first caller.
+const CLAIM_GRACE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'grace_at', ARGV[1])
+";
+
+/// Adds ARGV[1] to the index set KEYS[1] and makes the set live at least
+/// until ARGV[2] (Unix ms; 0: a member that never expires, so neither does
+/// the set). A set already without expiry keeps none.
+const INDEX_ADD: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local at = tonumber(ARGV[2])
+if at == 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif ttl ~= -1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if ttl == -2 or ttl < at - now then
+    redis.call('PEXPIREAT', KEYS[1], at)
+  end
+end
 return 1
 ";
 
@@ -84,6 +127,9 @@ pub struct RedisStores {
     set_once: Script,
     set_if_exists: Script,
     rotate_app: Script,
+    revoke_family: Script,
+    claim_grace: Script,
+    index_add: Script,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -156,7 +202,31 @@ impl RedisStores {
             set_once: Script::new(SET_ONCE),
             set_if_exists: Script::new(SET_IF_EXISTS),
             rotate_app: Script::new(ROTATE_APP),
+            revoke_family: Script::new(REVOKE_FAMILY),
+            claim_grace: Script::new(CLAIM_GRACE),
+            index_add: Script::new(INDEX_ADD),
         }
+    }
+
+    /// Adds `member` to the index set `key`, which then lives at least until
+    /// `expire_at_ms` (`None`: as long as the set, for a member that never
+    /// expires).
+    async fn index_add(
+        &self,
+        key: &str,
+        member: &str,
+        expire_at_ms: Option<i64>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .index_add
+            .key(key)
+            .arg(member)
+            .arg(expire_at_ms.unwrap_or(0))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -351,10 +421,12 @@ impl SessionStore for RedisStores {
             {
                 return Err(StoreError::Conflict("session"));
             }
-            let mut conn = self.conn.clone();
-            let index = self.key("usess", &session.user_id);
-            let _: () = conn.sadd(&index, &session.id).await.map_err(err)?;
-            Ok(())
+            self.index_add(
+                &self.key("usess", &session.user_id),
+                &session.id,
+                Some(expire),
+            )
+            .await
         })
     }
 
@@ -483,7 +555,12 @@ impl RefreshStore for RedisStores {
                 .query_async(&mut conn)
                 .await
                 .map_err(err)?;
-            Ok(())
+            self.index_add(
+                &self.key("ufam", &record.user_id),
+                &record.family,
+                Some(expire),
+            )
+            .await
         })
     }
 
@@ -517,6 +594,22 @@ impl RefreshStore for RedisStores {
                 .saturating_mul(1000)
                 .saturating_add(REFRESH_GRACE_MS);
             let mut conn = self.conn.clone();
+            // The successor's lookup key is written first: it lives on
+            // another Cluster slot than the family, so it cannot be in the
+            // script, and written after it a timeout in between would spend
+            // the old token with no findable successor (the client's retry
+            // would then be taken for a reuse). Written first, a failure
+            // leaves the old token unspent; a lost race leaves a key
+            // pointing at nothing, deleted below or expiring with the token.
+            let lookup = self.key("rth", &hex(&successor.hash));
+            let _: () = redis::cmd("SET")
+                .arg(&lookup)
+                .arg(&successor.family)
+                .arg("PXAT")
+                .arg(expire)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
             let won: i64 = self
                 .rotate
                 .key(self.refresh_key(&successor.family, old))
@@ -530,31 +623,78 @@ impl RefreshStore for RedisStores {
                 .await
                 .map_err(err)?;
             if won != 1 {
+                let _: Result<i64, _> = conn.del(&lookup).await;
                 return Ok(false);
             }
-            let _: () = redis::cmd("SET")
-                .arg(self.key("rth", &hex(&successor.hash)))
-                .arg(&successor.family)
-                .arg("PXAT")
-                .arg(expire)
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
+            // The user's family index lives as long as the newest token;
+            // not on the rotation's critical path (a disabled user's
+            // rotation is refused by the facade whatever the index says).
+            let this = self.clone();
+            let (user, family) = (successor.user_id.clone(), successor.family.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this
+                    .index_add(&this.key("ufam", &user), &family, Some(expire))
+                    .await
+                {
+                    tracing::warn!(error = %e, "refresh family index update failed");
+                }
+            });
             Ok(true)
         })
     }
 
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move { self.revoke_family_now(family, now).await })
+    }
+
+    fn revoke_families_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let members: Vec<String> = conn.smembers(self.family_key(family)).await.map_err(err)?;
-            // Every member shares the family's hash tag: one script call.
-            let keys: Vec<String> = members
-                .iter()
-                .map(|h| format!("{}:rt:{{{}}}:{h}", self.prefix, untag(family)))
-                .collect();
-            self.set_once(&keys, "revoked_at", now).await
+            let index = self.key("ufam", user_id);
+            let families: Vec<String> = conn.smembers(&index).await.map_err(err)?;
+            let mut n = 0;
+            // One script per family: families live on different Cluster slots.
+            for family in families {
+                n += self.revoke_family_now(&family, now).await?;
+            }
+            Ok(n)
         })
+    }
+
+    fn claim_reuse_grace<'a>(
+        &'a self,
+        family: &'a str,
+        hash: &'a [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = self
+                .claim_grace
+                .key(self.refresh_key(family, hash))
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
+        })
+    }
+}
+
+impl RedisStores {
+    async fn revoke_family_now(&self, family: &str, now: i64) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        self.revoke_family
+            .key(self.family_key(family))
+            .arg(format!("{}:rt:{{{}}}:", self.prefix, untag(family)))
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)
     }
 }
 

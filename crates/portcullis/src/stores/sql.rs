@@ -251,6 +251,34 @@ macro_rules! sql_stores {
             Ok(())
         }
 
+        /// Runs a revoking `UPDATE` (`$1` now, `$2` key) until it finds
+        /// nothing left: on PostgreSQL a rotation committing while the first
+        /// pass waits on its row inserts a successor that pass cannot see,
+        /// and the next pass revokes it (a revoked token never rotates, so
+        /// this ends).
+        async fn revoke_until_done(
+            pool: &sqlx::Pool<$db>,
+            sql: &'static str,
+            key: &str,
+            now: i64,
+        ) -> StoreResult<u64> {
+            let mut total = 0;
+            for _ in 0..16 {
+                let n = sqlx::query(sql)
+                    .bind(now)
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            Ok(total)
+        }
+
         use $crate::stores::sql::{
             API_KEY_COLS, APP_COLS, ApiKeyRow, AppRow, REFRESH_COLS, RefreshRow, SESSION_COLS,
             SessionRow, USER_COLS, UserRow, api_key_of, app_of, db_err, list_to_json, refresh_of,
@@ -528,15 +556,49 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<u64>> {
                 Box::pin(async move {
-                    let r = sqlx::query(
+                    revoke_until_done(
+                        &self.pool,
                         "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
+                        family,
+                        now,
+                    )
+                    .await
+                })
+            }
+
+            fn revoke_families_of<'a>(
+                &'a self,
+                user_id: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<u64>> {
+                Box::pin(async move {
+                    revoke_until_done(
+                        &self.pool,
+                        "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                        user_id,
+                        now,
+                    )
+                    .await
+                })
+            }
+
+            fn claim_reuse_grace<'a>(
+                &'a self,
+                _family: &'a str,
+                hash: &'a [u8; 32],
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE refresh_tokens SET grace_claimed_at = $1 \
+                         WHERE hash = $2 AND grace_claimed_at IS NULL AND revoked_at IS NULL",
                     )
                     .bind(now)
-                    .bind(family)
+                    .bind(&hash[..])
                     .execute(&self.pool)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected())
+                    Ok(r.rows_affected() == 1)
                 })
             }
         }
