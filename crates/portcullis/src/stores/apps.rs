@@ -177,8 +177,11 @@ impl Stores {
         let record = match self.caches.apps.get(app_id) {
             Some(hit) => hit,
             None => {
+                let fetched_at = std::time::Instant::now();
                 let found = self.backends.apps.app(app_id).await?;
-                self.caches.apps.insert(app_id, found.clone());
+                self.caches
+                    .apps
+                    .insert_fetched(app_id, found.clone(), fetched_at);
                 found
             }
         };

@@ -204,11 +204,12 @@ impl Stores {
         if let Some(hit) = self.caches.sessions.get(&sid) {
             return Ok(hit.is_some_and(|expires| expires > now));
         }
+        let fetched_at = std::time::Instant::now();
         let found = self.backends.sessions.session(&sid).await?;
         let live = found
             .filter(|s| s.revoked_at.is_none())
             .map(|s| s.expires_at);
-        self.caches.sessions.insert(&sid, live);
+        self.caches.sessions.insert_fetched(&sid, live, fetched_at);
         Ok(live.is_some_and(|expires| expires > now))
     }
 
