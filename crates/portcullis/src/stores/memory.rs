@@ -432,19 +432,19 @@ impl AppStore for MemoryStores {
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>> {
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
         let mut shard = self.apps.shard(app_id);
-        let found = shard.get_mut(app_id).map(|a| {
+        let version = shard.get_mut(app_id).map(|a| {
             a.previous_hash = Some(a.secret_hash);
             a.previous_valid_until = Some(previous_valid_until);
             a.secret_hash = *new_hash;
-            a.secret_version = new_version;
+            a.secret_version = a.secret_version.saturating_add(1);
             a.updated_at = now;
+            a.secret_version
         });
-        ready(Ok(found.is_some()))
+        ready(Ok(version))
     }
 
     fn set_app_disabled<'a>(

@@ -33,7 +33,9 @@ use std::time::Duration;
 use portcullis_core::{Clock, SecretHasher, SystemClock};
 
 pub use self::api_keys::{API_KEY_PREFIX, CreatedApiKey, NewApiKey};
-pub use self::apps::{APP_SECRET_PREFIX, BasicAuthError, CreatedApp, NewApp, parse_basic_auth};
+pub use self::apps::{
+    APP_SECRET_PREFIX, BasicAuthError, CreatedApp, MAX_APP_SECRET_GRACE, NewApp, parse_basic_auth,
+};
 pub use self::hook::StoresRevocation;
 pub use self::input::Username;
 pub use self::password::PasswordHasher;
@@ -401,7 +403,8 @@ pub trait RefreshStore: Send + Sync {
 
 /// The access-token denylist (`jti` until the token's `exp`).
 pub trait Denylist: Send + Sync {
-    /// Denies `jti` until `expires_at` (Unix seconds).
+    /// Denies `jti` until `expires_at` (Unix seconds); an entry already
+    /// there keeps the later of the two expiries.
     fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>>;
     /// Whether `jti` is denied at `now`.
     fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
@@ -430,16 +433,16 @@ pub trait AppStore: Send + Sync {
     /// The app with this id.
     fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>>;
     /// Makes the current secret the previous one (valid until
-    /// `previous_valid_until`) and installs `new_hash` as version
-    /// `new_version`; false when the app is absent.
+    /// `previous_valid_until`) and installs `new_hash` as the next version,
+    /// incremented in the store (concurrent rotations get distinct
+    /// versions); the new version, or `None` when the app is absent.
     fn rotate_app_secret<'a>(
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>>;
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>>;
     /// Enables or disables an app; false when absent.
     fn set_app_disabled<'a>(
         &'a self,
@@ -587,11 +590,6 @@ impl Stores {
         })
     }
 
-    /// The backends.
-    pub fn backends(&self) -> &Backends {
-        &self.backends
-    }
-
     /// The password hasher (counts dummy verifications).
     pub fn passwords(&self) -> &PasswordHasher {
         &self.passwords
@@ -601,20 +599,20 @@ impl Stores {
         self.clock.unix_seconds()
     }
 
-    /// Denies an access token's `jti` until its `exp`.
+    /// Denies an access token's `jti` until its `exp` (denying it again
+    /// keeps the later expiry). The `jti` is taken exactly as given:
+    /// 1..=128 bytes, no control characters, the rule `is_jti_revoked` uses.
     pub async fn revoke_jti(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
-        let jti = input::bounded("jti", jti, input::MAX_ID)?;
+        let jti = input::jti(jti)?;
         if expires_at <= self.now() {
             return Ok(());
         }
-        self.backends.denylist.deny(&jti, expires_at).await
+        self.backends.denylist.deny(jti, expires_at).await
     }
 
     /// Whether an access token's `jti` is denied now.
     pub async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool> {
-        if jti.is_empty() || jti.len() > input::MAX_ID {
-            return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
-        }
+        let jti = input::jti(jti)?;
         self.backends.denylist.is_denied(jti, self.now()).await
     }
 

@@ -3,7 +3,8 @@
 //! refresh families and session revocation.
 //!
 //! Keys (`P` = the prefix; braces are removed from it):
-//! - `P:jti:<jti>`: `SET 1 PXAT exp`; a check is one `EXISTS`.
+//! - `P:jti:<jti>`: `1` expiring at `exp` (a script keeps the later expiry
+//!   when denied twice); a check is one `EXISTS`.
 //! - `P:rt:{<family>}:<hex hash>`: a refresh record (hash: `data` JSON plus
 //!   `rotated_at`, `successor`, `revoked_at`), with `P:rtf:{<family>}` (the
 //!   family's member set) on the same Cluster slot, so rotation is one Lua
@@ -105,13 +106,32 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 ";
 
-/// App secret rotation: the current hash becomes the previous one.
-/// ARGV: valid-until, new hash hex, new version, now.
+/// App secret rotation: the current hash becomes the previous one and the
+/// version is incremented here (concurrent rotations get distinct versions).
+/// ARGV: valid-until, new hash hex, now. The new version, or 0 when absent.
 const ROTATE_APP: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'secret_hash')
+local version = tonumber(redis.call('HGET', KEYS[1], 'secret_version'))
+if not version then
+  version = tonumber(cjson.decode(redis.call('HGET', KEYS[1], 'data')).secret_version)
+end
+version = version + 1
 redis.call('HSET', KEYS[1], 'previous_hash', cur, 'previous_valid_until', ARGV[1],
-  'secret_hash', ARGV[2], 'secret_version', ARGV[3], 'updated_at', ARGV[4])
+  'secret_hash', ARGV[2], 'secret_version', version, 'updated_at', ARGV[3])
+return version
+";
+
+/// Denies KEYS[1] until ARGV[1] (Unix ms), keeping a later expiry already set.
+const DENY: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 then return 0 end
+if ttl >= 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now + ttl >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], 1, 'PXAT', ARGV[1])
 return 1
 ";
 
@@ -129,6 +149,7 @@ pub struct RedisStores {
     rotate_app: Script,
     revoke_family: Script,
     claim_grace: Script,
+    deny: Script,
     index_add: Script,
 }
 
@@ -204,6 +225,7 @@ impl RedisStores {
             rotate_app: Script::new(ROTATE_APP),
             revoke_family: Script::new(REVOKE_FAMILY),
             claim_grace: Script::new(CLAIM_GRACE),
+            deny: Script::new(DENY),
             index_add: Script::new(INDEX_ADD),
         }
     }
@@ -702,12 +724,11 @@ impl Denylist for RedisStores {
     fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let _: () = redis::cmd("SET")
-                .arg(self.key("jti", jti))
-                .arg(1)
-                .arg("PXAT")
+            let _: i64 = self
+                .deny
+                .key(self.key("jti", jti))
                 .arg(expires_at.saturating_mul(1000))
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
             Ok(())
@@ -860,23 +881,26 @@ impl AppStore for RedisStores {
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>> {
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let n: i64 = self
+            let version: i64 = self
                 .rotate_app
                 .key(self.key("app", app_id))
                 .arg(previous_valid_until)
                 .arg(hex(new_hash))
-                .arg(new_version)
                 .arg(now)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
-            Ok(n == 1)
+            if version == 0 {
+                return Ok(None);
+            }
+            u32::try_from(version)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("secret_version out of range".into()))
         })
     }
 

@@ -608,7 +608,8 @@ macro_rules! sql_stores {
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO denylist (jti, expires_at) VALUES ($1, $2) \
-                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at",
+                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+                         WHERE excluded.expires_at > denylist.expires_at",
                     )
                     .bind(jti)
                     .bind(expires_at)
@@ -781,24 +782,25 @@ macro_rules! sql_stores {
                 &'a self,
                 app_id: &'a str,
                 new_hash: &'a [u8; 32],
-                new_version: u32,
                 previous_valid_until: i64,
                 now: i64,
-            ) -> BoxFuture<'a, StoreResult<bool>> {
+            ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
                 Box::pin(async move {
-                    let r = sqlx::query(
+                    let version: Option<(i64,)> = sqlx::query_as(
                         "UPDATE apps SET previous_hash = secret_hash, previous_valid_until = $1, \
-                         secret_hash = $2, secret_version = $3, updated_at = $4 WHERE app_id = $5",
+                         secret_hash = $2, secret_version = secret_version + 1, updated_at = $3 \
+                         WHERE app_id = $4 RETURNING secret_version",
                     )
                     .bind(previous_valid_until)
                     .bind(&new_hash[..])
-                    .bind(i64::from(new_version))
                     .bind(now)
                     .bind(app_id)
-                    .execute(&self.pool)
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    version
+                        .map(|(v,)| $crate::stores::sql::u32_of("secret_version", v))
+                        .transpose()
                 })
             }
 
