@@ -1228,6 +1228,132 @@ async fn family_revocation_is_atomic_with_rotation(env: Env) {
     }
 }
 
+/// What `seed_purgeable` made: one expired and one live record of each kind.
+struct Purgeable {
+    old_session: String,
+    live_session: String,
+    old_refresh: String,
+    live_refresh: String,
+    live_key: String,
+}
+
+/// Seeds, through the facade, one record of each purgeable kind that expired
+/// days ago (made on a clock three days back) and one that is live.
+async fn seed_purgeable(backends: &Backends) -> (Arc<Stores>, Purgeable) {
+    let then = now() - 3 * 86_400;
+    let mut cfg = config();
+    cfg.revocation_cache_ttl = Duration::ZERO;
+    let old = Stores::with_clock(
+        backends.clone(),
+        cfg.clone(),
+        Arc::new(ManualClock::at_unix_seconds(then as u64)),
+    )
+    .expect("stores");
+    let stores = Arc::new(Stores::new(backends.clone(), cfg).expect("stores"));
+    let old_session = session_for(&old, "user-purge", false).await;
+    let live_session = session_for(&stores, "user-purge", false).await;
+    old.create_api_key(&NewApiKey {
+        name: "expired".into(),
+        owner: "owner-purge".into(),
+        expires_at: Some(then + 60),
+        ..NewApiKey::default()
+    })
+    .await
+    .expect("expired key");
+    let live_key = stores
+        .create_api_key(&NewApiKey {
+            name: "live".into(),
+            owner: "owner-purge".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("live key")
+        .record
+        .id;
+    old.revoke_jti("jti-purge-old", then + 60)
+        .await
+        .expect("old jti");
+    stores
+        .revoke_jti("jti-purge-live", now() + 600)
+        .await
+        .expect("live jti");
+    let (old_refresh, r) = issue_refresh(
+        "user-purge",
+        &old_session,
+        "fam-purge-old",
+        0,
+        false,
+        now() - 2 * 86_400,
+    );
+    stores.store_refresh(&r).await.expect("old refresh");
+    let (live_refresh, r) = issue_refresh(
+        "user-purge",
+        &live_session,
+        "fam-purge-live",
+        0,
+        false,
+        now() + 600,
+    );
+    stores.store_refresh(&r).await.expect("live refresh");
+    let seeded = Purgeable {
+        old_session,
+        live_session,
+        old_refresh,
+        live_refresh,
+        live_key,
+    };
+    (stores, seeded)
+}
+
+async fn purge_drops_expired_records_and_keeps_live_ones(env: Env) {
+    let (stores, seeded) = seed_purgeable(&env.backends).await;
+    stores.purge_expired().await.expect("purge");
+    assert!(
+        stores
+            .session(&seeded.old_session)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        stores
+            .session(&seeded.live_session)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let keys: Vec<String> = stores
+        .api_keys_of("owner-purge")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(keys, vec![seeded.live_key]);
+    assert!(!stores.is_jti_revoked("jti-purge-old").await.expect("check"));
+    assert!(
+        stores
+            .is_jti_revoked("jti-purge-live")
+            .await
+            .expect("check")
+    );
+    assert_eq!(
+        stores
+            .rotate_refresh(&seeded.old_refresh, |prev| Ok(successor_of(prev).1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.token_revoked"),
+        "an expired token's record is gone (unknown), not merely expired"
+    );
+    assert!(matches!(
+        stores
+            .rotate_refresh(&seeded.live_refresh, |prev| Ok(successor_of(prev).1))
+            .await,
+        Ok(Rotation::Rotated { .. })
+    ));
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -1271,6 +1397,7 @@ macro_rules! full_suite {
                 denylist_keeps_the_later_expiry,
                 app_secret_rotations_at_once_get_distinct_versions,
                 family_revocation_is_atomic_with_rotation,
+                purge_drops_expired_records_and_keeps_live_ones,
             ]
         );
     };
@@ -1286,6 +1413,85 @@ full_suite!(redis_backend, super::redis);
 full_suite!(redis_cluster_backend, super::redis_cluster);
 #[cfg(feature = "redis")]
 full_suite!(sqlite_and_redis_backends, super::mixed);
+
+/// Row counts of the purgeable SQL tables.
+async fn purgeable_rows<DB>(pool: &sqlx::Pool<DB>) -> [i64; 4]
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let mut out = [0; 4];
+    for (i, table) in ["denylist", "refresh_tokens", "sessions", "api_keys"]
+        .into_iter()
+        .enumerate()
+    {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        out[i] = n;
+    }
+    out
+}
+
+/// The purge deletes exactly the expired rows: counted before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_purge_deletes_expired_rows() {
+    let path = std::env::temp_dir().join(format!("{}.db", support::unique_name("pcx_purge")));
+    let _file = TempFile(path.clone());
+    let sqlite = Arc::new(
+        portcullis::stores::sqlite::SqliteStores::open(&path)
+            .await
+            .expect("open SQLite"),
+    );
+    let (stores, _) = seed_purgeable(&Backends::all(sqlite.clone())).await;
+    assert_eq!(purgeable_rows(sqlite.pool()).await, [2, 2, 2, 2]);
+    let report = stores.purge_expired().await.expect("purge");
+    assert_eq!(
+        (
+            report.denylist,
+            report.refresh_tokens,
+            report.sessions,
+            report.api_keys
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(purgeable_rows(sqlite.pool()).await, [1, 1, 1, 1]);
+    assert_eq!(
+        stores.purge_expired().await.expect("again"),
+        Default::default()
+    );
+}
+
+/// The same on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_purge_deletes_expired_rows() {
+    let Some(db) = support::FreshDatabase::create("stores_purge").await else {
+        return;
+    };
+    let pg = Arc::new(
+        portcullis::stores::postgres::PostgresStores::connect(&db.url, 4)
+            .await
+            .expect("connect PostgreSQL"),
+    );
+    let (stores, _) = seed_purgeable(&Backends::all(pg.clone())).await;
+    assert_eq!(purgeable_rows(pg.pool()).await, [2, 2, 2, 2]);
+    let report = stores.purge_expired().await.expect("purge");
+    assert_eq!(
+        (
+            report.denylist,
+            report.refresh_tokens,
+            report.sessions,
+            report.api_keys
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(purgeable_rows(pg.pool()).await, [1, 1, 1, 1]);
+    pg.pool().close().await;
+}
 
 /// Out-of-bounds settings are refused at start-up, naming the field.
 #[test]

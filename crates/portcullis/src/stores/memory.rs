@@ -208,6 +208,16 @@ impl SessionStore for MemoryStores {
         });
         ready(Ok(n))
     }
+
+    fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut n = 0u64;
+        self.sessions.each(|m| {
+            let before = m.len();
+            m.retain(|_, s| s.expires_at > now);
+            n += (before - m.len()) as u64;
+        });
+        ready(Ok(n))
+    }
 }
 
 impl MemoryStores {
@@ -297,6 +307,30 @@ impl RefreshStore for MemoryStores {
             .map(|f| self.revoke_family_now(f, now))
             .sum();
         ready(Ok(n))
+    }
+
+    fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut gone = Vec::new();
+        self.refresh.each(|m| {
+            m.retain(|h, r| {
+                let keep = r.expires_at > before;
+                if !keep {
+                    gone.push((r.family.clone(), *h));
+                }
+                keep
+            });
+        });
+        for (family, hash) in &gone {
+            let mut members = self.families.shard(family.as_str());
+            if let Some(list) = members.get_mut(family) {
+                list.retain(|h| h != hash);
+                if list.is_empty() {
+                    members.remove(family);
+                }
+            }
+            self.grace_claims.shard(hash).remove(hash);
+        }
+        ready(Ok(gone.len() as u64))
     }
 
     fn claim_reuse_grace<'a>(
@@ -409,6 +443,16 @@ impl ApiKeyStore for MemoryStores {
             k.last_used_at = Some(k.last_used_at.map_or(at, |prev| prev.max(at)));
         }
         ready(Ok(()))
+    }
+
+    fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut n = 0u64;
+        self.api_keys.each(|m| {
+            let len = m.len();
+            m.retain(|_, k| k.expires_at.is_none_or(|e| e > before));
+            n += (len - m.len()) as u64;
+        });
+        ready(Ok(n))
     }
 }
 

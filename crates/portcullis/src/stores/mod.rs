@@ -361,6 +361,9 @@ pub trait SessionStore: Send + Sync {
         user_id: &'a str,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Deletes sessions expired at `now`; returns how many (0 where the
+    /// backend expires them itself).
+    fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// Refresh-token families.
@@ -390,6 +393,9 @@ pub trait RefreshStore: Send + Sync {
         user_id: &'a str,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Deletes token records that expired at or before `before`; returns
+    /// how many (0 where the backend expires them itself).
+    fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>>;
     /// Marks the one hand-out of a rotated token's successor within the
     /// reuse window; true for the one caller that got it (false when it was
     /// already claimed, or the token is unknown or revoked).
@@ -424,6 +430,9 @@ pub trait ApiKeyStore: Send + Sync {
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Records a use at `at`.
     fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>>;
+    /// Deletes keys that expired at or before `before`; returns how many
+    /// (0 where the backend expires them itself).
+    fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// App credentials.
@@ -508,6 +517,26 @@ pub struct StoresConfig {
     /// Minimum time between two `last_used_at` writes of one API key
     /// (default 60 s; at least 1 s).
     pub api_key_touch_interval: Duration,
+}
+
+/// How long expired refresh tokens and API keys are kept before they are
+/// purged (or expire, on Redis): a late replay of a refresh token is still
+/// recognised as reuse, and `api_keys_of` still shows a recently expired key.
+pub const EXPIRED_RETENTION: Duration = Duration::from_secs(86_400);
+
+/// What one [`Stores::purge_expired`] pass deleted, per store (0 where the
+/// backend expires records itself, as Redis does).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Denylist entries past their token's `exp`.
+    pub denylist: u64,
+    /// Refresh-token records expired for longer than [`EXPIRED_RETENTION`].
+    pub refresh_tokens: u64,
+    /// Sessions past their expiry.
+    pub sessions: u64,
+    /// API keys expired for longer than [`EXPIRED_RETENTION`].
+    pub api_keys: u64,
 }
 
 /// Longest accepted [`StoresConfig::reuse_interval`].
@@ -621,18 +650,48 @@ impl Stores {
         self.backends.denylist.purge_expired(self.now()).await
     }
 
-    /// Runs [`Stores::purge_expired_denylist`] every `every` until the
+    /// Deletes everything that can never be valid again: denylist entries
+    /// past `exp`, sessions past expiry, refresh tokens and API keys expired
+    /// for longer than [`EXPIRED_RETENTION`]. SQL deletes through indexes on
+    /// the expiry columns; Redis expires the same records itself (TTLs).
+    /// Every store is tried; the first failure is returned after the rest.
+    pub async fn purge_expired(&self) -> StoreResult<PurgeReport> {
+        let now = self.now();
+        let retention = i64::try_from(EXPIRED_RETENTION.as_secs()).unwrap_or(i64::MAX);
+        let before = now.saturating_sub(retention);
+        let (denylist, refresh_tokens, sessions, api_keys) = tokio::join!(
+            self.backends.denylist.purge_expired(now),
+            self.backends.refresh.purge_expired_refresh(before),
+            self.backends.sessions.purge_expired_sessions(now),
+            self.backends.api_keys.purge_expired_api_keys(before),
+        );
+        Ok(PurgeReport {
+            denylist: denylist?,
+            refresh_tokens: refresh_tokens?,
+            sessions: sessions?,
+            api_keys: api_keys?,
+        })
+    }
+
+    /// Runs [`Stores::purge_expired`] every `every` (at least 1 s) until the
     /// returned task is aborted; failures are logged and retried next time.
-    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
             loop {
                 tick.tick().await;
-                if let Err(e) = self.purge_expired_denylist().await {
-                    tracing::warn!(error = %e, "denylist purge failed");
+                match self.purge_expired().await {
+                    Ok(report) => tracing::debug!(?report, "expired records purged"),
+                    Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
                 }
             }
         })
+    }
+
+    /// The former name of [`Stores::spawn_purge`], which now purges every
+    /// store, not only the denylist.
+    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_purge(every)
     }
 }
 

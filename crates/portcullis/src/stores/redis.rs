@@ -135,8 +135,10 @@ redis.call('SET', KEYS[1], 1, 'PXAT', ARGV[1])
 return 1
 ";
 
-/// How long a refresh record outlives its expiry (to recognise late reuse).
-const REFRESH_GRACE_MS: i64 = 86_400_000;
+/// How long a refresh record or an API key outlives its expiry
+/// ([`EXPIRED_RETENTION`](super::EXPIRED_RETENTION): late reuse is still
+/// recognised, recently expired keys still listed).
+const REFRESH_GRACE_MS: i64 = super::EXPIRED_RETENTION.as_millis() as i64;
 
 /// All six stores on Redis.
 #[derive(Clone)]
@@ -530,6 +532,13 @@ impl SessionStore for RedisStores {
             Ok(n)
         })
     }
+
+    fn purge_expired_sessions(&self, _now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Session keys expire at the session's expiry, and the per-user
+        // index with its longest-lived session (stale members are dropped
+        // when the index is read).
+        Box::pin(std::future::ready(Ok(0)))
+    }
 }
 
 fn refresh_of(s: Stored<RefreshRecord>) -> StoreResult<RefreshRecord> {
@@ -687,6 +696,12 @@ impl RefreshStore for RedisStores {
         })
     }
 
+    fn purge_expired_refresh(&self, _before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Records, family sets, lookup keys and user indexes expire a day
+        // after their newest token (PXAT / PEXPIREAT).
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
     fn claim_reuse_grace<'a>(
         &'a self,
         family: &'a str,
@@ -760,18 +775,19 @@ fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
 impl ApiKeyStore for RedisStores {
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
+            // An expiring key is deleted a day after its expiry; the owner's
+            // index lives as long as its longest-lived key.
+            let expire = key
+                .expires_at
+                .map(|e| e.saturating_mul(1000).saturating_add(REFRESH_GRACE_MS));
             if !self
-                .create(&self.key("ak", &key.id), json(key)?, None)
+                .create(&self.key("ak", &key.id), json(key)?, expire)
                 .await?
             {
                 return Err(StoreError::Conflict("API key"));
             }
-            let mut conn = self.conn.clone();
-            let _: () = conn
-                .sadd(self.key("ako", &key.owner), &key.id)
+            self.index_add(&self.key("ako", &key.owner), &key.id, expire)
                 .await
-                .map_err(err)?;
-            Ok(())
         })
     }
 
@@ -792,11 +808,16 @@ impl ApiKeyStore for RedisStores {
     fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let ids: Vec<String> = conn.smembers(self.key("ako", owner)).await.map_err(err)?;
+            let index = self.key("ako", owner);
+            let ids: Vec<String> = conn.smembers(&index).await.map_err(err)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(k) = self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
-                    out.push(api_key_of(k)?);
+                match self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
+                    Some(k) => out.push(api_key_of(k)?),
+                    // Expired away: drop it from the index.
+                    None => {
+                        let _: () = conn.srem(&index, &id).await.map_err(err)?;
+                    }
                 }
             }
             Ok(out)
@@ -818,6 +839,11 @@ impl ApiKeyStore for RedisStores {
                 .await?;
             Ok(())
         })
+    }
+
+    fn purge_expired_api_keys(&self, _before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Expiring keys carry a TTL (a day after expiry).
+        Box::pin(std::future::ready(Ok(0)))
     }
 }
 

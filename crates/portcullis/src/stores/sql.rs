@@ -384,6 +384,14 @@ macro_rules! sql_stores {
         }
 
         impl SessionStore for $ty {
+            fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM sessions WHERE expires_at <= $1",
+                    now,
+                ))
+            }
+
             fn insert_session<'a>(&'a self, s: &'a Session) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
                     sqlx::query(
@@ -493,7 +501,25 @@ macro_rules! sql_stores {
             }
         }
 
+        /// Runs a purging `DELETE` with `$1` bound to `bound`; rows deleted.
+        async fn purge(pool: &sqlx::Pool<$db>, sql: &'static str, bound: i64) -> StoreResult<u64> {
+            Ok(sqlx::query(sql)
+                .bind(bound)
+                .execute(pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected())
+        }
+
         impl RefreshStore for $ty {
+            fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM refresh_tokens WHERE expires_at <= $1",
+                    before,
+                ))
+            }
+
             fn insert_refresh<'a>(
                 &'a self,
                 r: &'a RefreshRecord,
@@ -647,6 +673,14 @@ macro_rules! sql_stores {
         }
 
         impl ApiKeyStore for $ty {
+            fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= $1",
+                    before,
+                ))
+            }
+
             fn insert_api_key<'a>(&'a self, k: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
                     sqlx::query(
