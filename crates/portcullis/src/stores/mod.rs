@@ -126,6 +126,11 @@ pub enum StoreError {
     /// check that the server is up.
     #[error("store backend unavailable: {0}; check that the server is running and reachable")]
     Unavailable(String),
+    /// Too many password hashes are being computed at once (each holds
+    /// 19 MiB): the login waited its bounded time and was refused; retry
+    /// shortly.
+    #[error("too many logins are being checked at once; retry in a moment")]
+    Busy,
     /// A stored value could not be decoded (corrupt row); inspect the record.
     #[error("stored data is corrupt: {0}; restore the record or the database from a backup")]
     Corrupt(String),
@@ -146,6 +151,7 @@ impl StoreError {
             Self::InvalidApiKey => "auth.invalid_api_key",
             Self::InvalidAppCredentials => "auth.invalid_app_credentials",
             Self::Unavailable(_) => "store.unavailable",
+            Self::Busy => "backend.unavailable",
             Self::Corrupt(_) => "store.corrupt",
         }
     }
@@ -517,6 +523,12 @@ pub struct StoresConfig {
     /// Minimum time between two `last_used_at` writes of one API key
     /// (default 60 s; at least 1 s).
     pub api_key_touch_interval: Duration,
+    /// Most password hashes computed at once (default 0: one per core;
+    /// each argon2id hash holds 19 MiB).
+    pub hashing_concurrency: usize,
+    /// Longest wait for a hashing slot before a login is refused with
+    /// [`StoreError::Busy`] (default 2 s).
+    pub hashing_wait: Duration,
 }
 
 /// How long expired refresh tokens and API keys are kept before they are
@@ -551,6 +563,8 @@ impl StoresConfig {
             reuse_interval: Duration::ZERO,
             revocation_cache_ttl: Duration::from_secs(1),
             api_key_touch_interval: Duration::from_secs(60),
+            hashing_concurrency: 0,
+            hashing_wait: password::DEFAULT_HASHING_WAIT,
         }
     }
 }
@@ -611,7 +625,10 @@ impl Stores {
         let verified_keys = api_keys::VerifiedKeys::new(config.revocation_cache_ttl);
         Ok(Self {
             backends,
-            passwords: PasswordHasher::new()?,
+            passwords: PasswordHasher::with_limits(
+                config.hashing_concurrency,
+                config.hashing_wait,
+            )?,
             config,
             clock,
             caches,
