@@ -546,10 +546,12 @@ fn refresh_of(s: Stored<RefreshRecord>) -> StoreResult<RefreshRecord> {
         .fields
         .get("successor")
         .map(|h| unhex32("successor", h))
-        .transpose()?;
+        .transpose()?
+        .or(s.record.successor);
+    // Fields written after creation win over the creation-time record.
     Ok(RefreshRecord {
-        rotated_at: s.int("rotated_at")?,
-        revoked_at: s.int("revoked_at")?,
+        rotated_at: s.int("rotated_at")?.or(s.record.rotated_at),
+        revoked_at: s.int("revoked_at")?.or(s.record.revoked_at),
         successor,
         ..s.record
     })
@@ -567,6 +569,21 @@ impl RefreshStore for RedisStores {
                 return Err(StoreError::Conflict("refresh token"));
             }
             let mut conn = self.conn.clone();
+            // The scripts read the state fields, not the JSON: a record
+            // stored already rotated or revoked carries them as fields too.
+            let mut state: Vec<(&str, String)> = Vec::new();
+            if let Some(at) = record.rotated_at {
+                state.push(("rotated_at", at.to_string()));
+            }
+            if let Some(h) = &record.successor {
+                state.push(("successor", hex(h)));
+            }
+            if let Some(at) = record.revoked_at {
+                state.push(("revoked_at", at.to_string()));
+            }
+            if !state.is_empty() {
+                let _: () = conn.hset_multiple(&key, &state).await.map_err(err)?;
+            }
             let family = self.family_key(&record.family);
             let _: () = redis::pipe()
                 .sadd(&family, hex(&record.hash))
@@ -765,9 +782,10 @@ impl Denylist for RedisStores {
 }
 
 fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
+    // Fields written after creation win over the creation-time record.
     Ok(ApiKeyRecord {
-        revoked_at: s.int("revoked_at")?,
-        last_used_at: s.int("last_used_at")?,
+        revoked_at: s.int("revoked_at")?.or(s.record.revoked_at),
+        last_used_at: s.int("last_used_at")?.or(s.record.last_used_at),
         ..s.record
     })
 }
