@@ -13,7 +13,7 @@ use portcullis_core::anomaly::{Ban, BanTarget};
 
 use super::CliError;
 use super::console;
-use super::token::parse_duration;
+use super::duration::parse_duration;
 
 /// Where the shared bans live.
 #[derive(Debug, Args)]
