@@ -234,14 +234,17 @@ async fn concurrent_rotations_have_one_winner(env: Env) {
     let sid = session_for(&stores, "user-rot", false).await;
     let (token, record) = issue_refresh("user-rot", &sid, "fam-rot", 0, false, now() + 600);
     stores.store_refresh(&record).await.expect("store");
+    // Successors minted by derivation, as the token service does: every
+    // racer builds the same successor, and the losers must not undo the
+    // winner's (its lookup key, its record).
+    let next = stores.successor_token(&token);
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let stores = stores.clone();
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
-            stores
-                .rotate_refresh(&token, |prev| Ok(successor_of(prev).1))
-                .await
+            let (_, mint) = derived_successor(&stores, &token);
+            stores.rotate_refresh(&token, mint).await
         }));
     }
     let (mut won, mut reused) = (0, 0);
@@ -254,6 +257,18 @@ async fn concurrent_rotations_have_one_winner(env: Env) {
     }
     assert_eq!(won, 1, "exactly one rotation wins");
     assert_eq!(reused, 99, "every other one is a reuse");
+    // The reuses revoked the family: the winner's successor is found (not
+    // unknown) and refused as revoked.
+    let record = env
+        .backends
+        .refresh
+        .refresh_by_hash(&hasher().hash(&next))
+        .await
+        .expect("lookup");
+    assert!(
+        record.is_some_and(|r| r.revoked_at.is_some()),
+        "the winner's successor is findable"
+    );
 }
 
 async fn reuse_after_rotation_revokes_family_and_session(env: Env) {

@@ -647,8 +647,11 @@ impl RefreshStore for RedisStores {
             // script, and written after it a timeout in between would spend
             // the old token with no findable successor (the client's retry
             // would then be taken for a reuse). Written first, a failure
-            // leaves the old token unspent; a lost race leaves a key
-            // pointing at nothing, deleted below or expiring with the token.
+            // leaves the old token unspent. A lost race leaves the key in
+            // place: with successors minted by `Stores::successor_token`
+            // every racer writes the winner's very key, so deleting it would
+            // lose the winner's successor; otherwise it points at nothing
+            // and expires with the token.
             let lookup = self.key("rth", &hex(&successor.hash));
             let _: () = redis::cmd("SET")
                 .arg(&lookup)
@@ -671,7 +674,6 @@ impl RefreshStore for RedisStores {
                 .await
                 .map_err(err)?;
             if won != 1 {
-                let _: Result<i64, _> = conn.del(&lookup).await;
                 return Ok(false);
             }
             // The user's family index lives as long as the newest token;
