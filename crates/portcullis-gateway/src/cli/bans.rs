@@ -14,7 +14,7 @@ use portcullis_core::ratelimit::ClientIpConfig;
 
 use super::CliError;
 use super::console;
-use super::token::parse_duration;
+use super::duration::parse_duration;
 
 /// Where the shared bans live.
 #[derive(Debug, Args)]
