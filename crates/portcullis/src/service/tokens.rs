@@ -288,13 +288,13 @@ pub(super) async fn refresh(
             })
         })
         .await;
-    let (previous, refresh_token) = match rotation {
-        Ok(Rotation::Rotated { previous, .. }) => (previous, Some(successor_token)),
+    let (previous, refresh_token, grace_replay) = match rotation {
+        Ok(Rotation::Rotated { previous, .. }) => (previous, Some(successor_token), false),
         Ok(Rotation::AlreadyRotated {
             previous,
             successor_token,
             ..
-        }) => (previous, successor_token),
+        }) => (previous, successor_token, true),
         Err(StoreError::RefreshReused(reuse)) => {
             return Err(reuse_detected(&s, &client, reuse).await);
         }
@@ -305,6 +305,11 @@ pub(super) async fn refresh(
         .await?;
     let mut event = s.event(EventKind::TokenRotated, REFRESH, &client);
     event.status = Some(200);
+    if grace_replay {
+        // A rotated token presented again within the reuse interval got the
+        // successor already issued (once): recorded, since it is a replay.
+        event.reason = Some("refresh_grace_replay".to_owned());
+    }
     event.subject = Some(previous.user_id.clone());
     event.credential_id = Some(previous.session_id.clone());
     s.record(event).await;
@@ -331,7 +336,8 @@ async fn reuse_detected(s: &Inner, client: &Client, reuse: SecurityEvent) -> Pro
     let mut event: AuditEvent = s.event(EventKind::TokenReuseDetected, REFRESH, client);
     event.status = Some(401);
     event.code = Some(code.as_str().to_owned());
-    let SecurityEvent::RefreshReuse { session, user, .. } = &reuse;
+    let (SecurityEvent::RefreshReuse { session, user, .. }
+    | SecurityEvent::RefreshGraceReplay { session, user, .. }) = &reuse;
     event.subject = Some(user.clone());
     event.credential_id = Some(session.clone());
     let ip = client.ip_text().unwrap_or_default();
@@ -405,19 +411,6 @@ async fn revoke_refresh_of(s: &Inner, user_id: &str, token: &str) -> Result<(), 
     if !TokenIssuer::is_well_formed_refresh(token) {
         return Ok(());
     }
-    let refresh = &s.stores.backends().refresh;
-    let hash = s.issuer.refresh_hash(token);
-    if let Some(record) = refresh
-        .refresh_by_hash(&hash)
-        .await
-        .map_err(Problem::from)?
-        && record.user_id == user_id
-    {
-        refresh
-            .revoke_family(&record.family, s.now())
-            .await
-            .map_err(Problem::from)?;
-        s.stores.revoke_session(&record.session_id).await?;
-    }
+    s.stores.revoke_refresh_of(user_id, token).await?;
     Ok(())
 }

@@ -43,6 +43,25 @@ impl Stores {
         self.backends.refresh.insert_refresh(record).await
     }
 
+    /// Revokes the family and the session of refresh token `token` when it
+    /// belongs to `user_id` (logout); whether it did. A malformed, unknown
+    /// or foreign token is left alone.
+    pub async fn revoke_refresh_of(&self, user_id: &str, token: &str) -> StoreResult<bool> {
+        if !TokenIssuer::is_well_formed_refresh(token) {
+            return Ok(false);
+        }
+        let hash = self.config.hasher.hash(token);
+        let refresh = &self.backends.refresh;
+        match refresh.refresh_by_hash(&hash).await? {
+            Some(record) if record.user_id == user_id => {
+                refresh.revoke_family(&record.family, self.now()).await?;
+                self.revoke_session(&record.session_id).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Rotates the presented refresh token. `successor` builds the next
     /// token's record from the stored one (normally
     /// `TokenIssuer::rotate` + [`RefreshRecord::from_issued`]); it must keep
