@@ -25,7 +25,7 @@ use portcullis::guard::{CredentialSource, GuardConfig, RouteConfig};
 use portcullis::http::{GuardLayer, Principal};
 use portcullis::stores::{Backends, NewApiKey, NewApp, NewSession, NewUser, Stores, StoresConfig};
 use portcullis_core::anomaly::{Action, DetectorConfig, DetectorKind};
-use portcullis_core::ratelimit::RuleConfig;
+use portcullis_core::ratelimit::{ClientIpConfig, RuleConfig};
 use portcullis_core::{
     AccessRequest, Algorithm, IssuerConfig, Key, KeySet, SecretHasher, SystemClock, TokenIssuer,
     Validation, Verifier,
@@ -654,7 +654,9 @@ async fn the_request_id_is_adopted_only_from_a_trusted_proxy() {
     assert_ne!(r.header("x-request-id"), Some("client-chosen"));
 
     let mut trusting = config();
-    trusting.client_ip.trusted_proxies = vec!["127.0.0.1".into()];
+    trusting.client_ip = ClientIpConfig::new()
+        .trusted_proxies(["127.0.0.1"])
+        .unwrap();
     let h = harness(trusting).await;
     let r = h
         .call("GET", "/health", &[("x-request-id", "proxy-chosen")])
@@ -665,7 +667,9 @@ async fn the_request_id_is_adopted_only_from_a_trusted_proxy() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_configured_header_names_the_client_and_forwarded_is_ignored() {
     let mut c = config();
-    c.client_ip.trusted_proxies = vec!["127.0.0.1".into()];
+    c.client_ip = ClientIpConfig::new()
+        .trusted_proxies(["127.0.0.1"])
+        .unwrap();
     let h = harness(c).await;
     h.anomaly
         .ban(

@@ -213,7 +213,9 @@ impl ClientIpConfig {
         self.header
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies (IPv4-mapped counts as IPv4).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|n| n.contains(ip))
     }
 
