@@ -618,7 +618,8 @@ async fn exactly_one_audit_event_per_request_allowed_or_refused() {
     let h = harness(config()).await;
     let (token, _, _) = h.session_token(serde_json::json!({})).await;
     let auth = bearer(&token);
-    let calls: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Call<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let calls: Vec<Call<'_>> = vec![
         ("GET", "/health", vec![]),
         ("GET", "/docs/1", vec![]),
         ("GET", "/docs/1", vec![("authorization", auth.as_str())]),
