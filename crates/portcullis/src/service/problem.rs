@@ -134,15 +134,8 @@ impl IntoResponse for Problem {
 /// unless no credential was presented.
 pub fn problem(p: Problem) -> Response {
     let request_id = EventIds::global().next_id();
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": p.status.canonical_reason().unwrap_or("Error"),
-        "status": p.status.as_u16(),
-        "detail": p.detail,
-        "code": p.code,
-        "request_id": request_id,
-    });
-    let mut response = (p.status, body.to_string()).into_response();
+    let body = crate::http::problem_json(p.status, p.code, &p.detail, &request_id);
+    let mut response = (p.status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
