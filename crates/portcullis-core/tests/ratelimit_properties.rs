@@ -153,3 +153,67 @@ proptest! {
         }
     }
 }
+
+/// The `q` and `w` a rule's `RateLimit-Policy` item advertises.
+fn advertised(algorithm: Algorithm) -> (u64, u64) {
+    use portcullis_core::ratelimit::{Decision, KeySpec, Rule, RuleReport, response_headers};
+    let rule = Rule::new("r", algorithm, KeySpec::ip());
+    let report = RuleReport {
+        rule: &rule,
+        decision: Decision::unknown_allowed(algorithm.quota()),
+    };
+    let fields = response_headers(&[report], 0, false);
+    let policy = &fields
+        .iter()
+        .find(|(n, _)| *n == "ratelimit-policy")
+        .unwrap()
+        .1;
+    let param = |p: &str| -> u64 {
+        policy
+            .split(';')
+            .find_map(|kv| kv.strip_prefix(p))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (param("q="), param("w="))
+}
+
+proptest! {
+    /// Issue 12 item 11: a GCRA policy never advertises more than the rule
+    /// sustains (`q / w <= rate / period`), and never less than one burst.
+    #[test]
+    fn gcra_policy_never_overstates_the_sustained_rate(
+        rate in 1u64..5_000, period_ms in 1u64..100_000, burst in 1u64..5_000,
+    ) {
+        let period = Duration::from_millis(period_ms);
+        prop_assume!(period.as_micros() >= u128::from(rate));
+        let algorithm = Algorithm::Gcra { rate, period, burst };
+        let (q, w) = advertised(algorithm);
+        let emission_us = u128::from(GcraParams::new(rate, period, burst).emission_us);
+        prop_assert!(w >= 1);
+        prop_assert!(u128::from(q) * emission_us <= u128::from(w) * 1_000_000,
+            "q={q} w={w} for {rate}/{period_ms}ms burst {burst}");
+        prop_assert!(q >= burst, "q={q} hides the burst {burst}");
+    }
+}
+
+#[test]
+fn gcra_policy_examples() {
+    let gcra = |rate, secs, burst| Algorithm::Gcra {
+        rate,
+        period: Duration::from_secs(secs),
+        burst,
+    };
+    // 10/s with bursts of 20: 20 per 2 s, not 20 per second.
+    assert_eq!(advertised(gcra(10, 1, 20)), (20, 2));
+    assert_eq!(advertised(gcra(10, 1, 10)), (10, 1));
+    // 100/min with bursts of 5: 5 per 3 s.
+    assert_eq!(advertised(gcra(100, 60, 5)), (5, 3));
+    assert_eq!(
+        advertised(Algorithm::FixedWindow {
+            limit: 1000,
+            period: Duration::from_secs(3600)
+        }),
+        (1000, 3600)
+    );
+}

@@ -104,3 +104,62 @@ fn bans_usage_errors_exit_2_with_a_hint() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to Redis"));
 }
+
+/// Issue 12 item 21: `--ip` is parsed, grouped as the gateway groups client
+/// addresses (IPv6 by /64 unless `--ipv6-prefix` says otherwise) and stored
+/// in the canonical form requests are checked against; what does not parse,
+/// or spans more than one group, is refused.
+#[test]
+fn ip_bans_are_stored_in_the_grouped_form_requests_are_checked_against() {
+    if !redis_reachable() {
+        return;
+    }
+    let prefix = format!("pcx_test_cli_ip_bans_{}", std::process::id());
+    for (given, stored) in [
+        ("2001:db8::/64", "2001:db8::"),
+        ("2001:DB8:0:0:abcd::1", "2001:db8::"),
+        ("2001:db8:0:0:1::/80", "2001:db8::"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("192.0.2.7/32", "192.0.2.7"),
+        (" 198.51.100.3 ", "198.51.100.3"),
+    ] {
+        let added = json(&bans(&prefix, &["add", "--ip", given, "--for", "10m"]));
+        assert_eq!(added["target"]["value"], stored, "--ip {given}");
+    }
+    // Another address of the same /64 names the same ban.
+    assert_eq!(
+        json(&bans(&prefix, &["lift", "--ip", "2001:db8::99"]))["lifted"],
+        true
+    );
+    let added = json(&bans(
+        &prefix,
+        &[
+            "add",
+            "--ip",
+            "2001:db8:1:2ff::1",
+            "--ipv6-prefix",
+            "56",
+            "--for",
+            "1m",
+        ],
+    ));
+    assert_eq!(added["target"]["value"], "2001:db8:1:200::");
+    for bad in [
+        "2001:db8::/48",
+        "192.0.2.0/24",
+        "not-an-ip",
+        "10.0.0.1/33",
+        "2001:db8::/x",
+        "",
+    ] {
+        let out = bans(&prefix, &["add", "--ip", bad, "--for", "1m"]);
+        assert_eq!(out.status.code(), Some(2), "--ip {bad:?} must be refused");
+    }
+    for b in json(&bans(&prefix, &["list", "--format", "json"]))
+        .as_array()
+        .unwrap()
+    {
+        let value = b["target"]["value"].as_str().unwrap();
+        json(&bans(&prefix, &["lift", "--ip", value]));
+    }
+}

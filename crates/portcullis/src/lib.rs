@@ -13,6 +13,7 @@
 //! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`stores`]: users, sessions, refresh families, denylist, API keys, apps.
+//! - `service` (feature `service`): the token service router (login, refresh, sessions, API keys, JWKS).
 //! - [`token_cache`]: a bounded verified-token cache with revocation hooks.
 
 pub mod anomaly;
@@ -27,6 +28,8 @@ pub mod jwks;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod stores;
 pub mod token_cache;
 

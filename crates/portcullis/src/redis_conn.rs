@@ -1,63 +1,136 @@
 //! One Redis connection type for every Redis-backed part of the runtime
 //! (stores, rate limits, anomaly windows and bans, nonces): a single server
 //! through an auto-reconnecting connection manager, or a Redis Cluster.
+//!
+//! Every call is bounded twice: by the connection's reply timeout (2 s, on
+//! a single server and on each Cluster node), and, on the request path, by a
+//! per-call time budget ([`RedisConnection::with_call_timeout`], default
+//! [`DEFAULT_CALL_TIMEOUT`] for the rate limiter, bans and anomaly
+//! detectors). A call over its budget fails with an I/O `TimedOut` error,
+//! which callers count as a failure like any other: a server that hangs is
+//! a server that is down. (A call cut off by its budget may still run on
+//! the server once it answers again.)
+
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-/// A connection to one Redis server (auto-reconnecting) or to a Cluster.
+/// The budget of one request-path call (rate limits, bans, detectors).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long connecting, and each reply, may take on any connection.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to one Redis server (auto-reconnecting) or to a Cluster;
+/// cheap to clone.
 #[derive(Clone)]
-pub enum RedisConnection {
-    /// A single server through a connection manager.
+pub struct RedisConnection {
+    inner: Inner,
+    call_timeout: Option<Duration>,
+}
+
+#[derive(Clone)]
+enum Inner {
     Single(ConnectionManager),
-    /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Single(_) => "RedisConnection::Single",
-            Self::Cluster(_) => "RedisConnection::Cluster",
-        })
+        f.debug_struct("RedisConnection")
+            .field(
+                "kind",
+                &match self.inner {
+                    Inner::Single(_) => "single",
+                    Inner::Cluster(_) => "cluster",
+                },
+            )
+            .field("call_timeout", &self.call_timeout)
+            .finish()
     }
 }
 
 impl RedisConnection {
     /// Connects to one server (`redis://host:port`); connecting and each
-    /// reply are bounded to 2 s, and a lost connection is re-established in
-    /// the background.
+    /// reply are bounded to [`REPLY_TIMEOUT`], and a lost connection is
+    /// re-established in the background.
     pub async fn single(url: &str) -> redis::RedisResult<Self> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_connection_timeout(Some(REPLY_TIMEOUT))
+            .set_response_timeout(Some(REPLY_TIMEOUT))
             .set_number_of_retries(2);
-        Ok(Self::Single(
-            client.get_connection_manager_with_config(config).await?,
-        ))
+        Ok(Self {
+            inner: Inner::Single(client.get_connection_manager_with_config(config).await?),
+            call_timeout: None,
+        })
+    }
+
+    /// Connects to a Cluster through its seed nodes; connecting to a node
+    /// and each reply (retries and redirections included) are bounded to
+    /// [`REPLY_TIMEOUT`].
+    pub async fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .connection_timeout(REPLY_TIMEOUT)
+            .response_timeout(REPLY_TIMEOUT)
+            .build()?;
+        Ok(Self {
+            inner: Inner::Cluster(client.get_async_connection().await?),
+            call_timeout: None,
+        })
+    }
+
+    /// The same connection with every call bounded to `budget` (a call over
+    /// it fails with an I/O `TimedOut` error).
+    pub fn with_call_timeout(&self, budget: Duration) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            call_timeout: Some(budget.max(Duration::from_millis(1))),
+        }
+    }
+
+    /// The per-call budget, if one is set.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
     }
 
     /// Whether this is a Cluster connection (multi-key calls must then stay
     /// on one hash slot).
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self.inner, Inner::Cluster(_))
     }
+}
 
-    /// Connects to a Cluster through its seed nodes.
-    pub async fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
-        let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
-        Ok(Self::Cluster(client.get_async_connection().await?))
+/// `call` bounded by `budget`, if any.
+fn bounded<'a, T: Send + 'a>(
+    budget: Option<Duration>,
+    call: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    match budget {
+        None => call,
+        Some(budget) => Box::pin(async move {
+            match tokio::time::timeout(budget, call).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("Redis did not answer within the {budget:?} call budget"),
+                )
+                .into()),
+            }
+        }),
     }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        let budget = self.call_timeout;
+        let call = match &mut self.inner {
+            Inner::Single(c) => c.req_packed_command(cmd),
+            Inner::Cluster(c) => c.req_packed_command(cmd),
+        };
+        bounded(budget, call)
     }
 
     fn req_packed_commands<'a>(
@@ -66,16 +139,18 @@ impl ConnectionLike for RedisConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        let budget = self.call_timeout;
+        let call = match &mut self.inner {
+            Inner::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Inner::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        };
+        bounded(budget, call)
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.inner {
+            Inner::Single(c) => c.get_db(),
+            Inner::Cluster(c) => c.get_db(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! shared state and alert de-duplication on the real Redis (single server
 //! and the local Cluster), and signed webhooks to a real local receiver.
 
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::convert::Infallible;
@@ -225,6 +227,35 @@ async fn a_ban_blocks_then_expires_and_can_be_lifted() {
     assert!(engine.lift_ban(&subject).await.unwrap());
     assert_eq!(engine.banned(None, Some("u-1")).await.unwrap(), None);
     assert!(!engine.lift_ban(&subject).await.unwrap());
+}
+
+/// Issue 12 item 20 in memory: expired bans are purged as bans are added,
+/// without anyone listing them, and dropped when a check meets them.
+#[test]
+fn memory_bans_expire_without_being_listed() {
+    use portcullis::anomaly::memory::MemoryBans;
+    use portcullis_core::anomaly::Ban;
+    let bans = MemoryBans::default();
+    let ban = |i: u32, until_ms: u64| Ban {
+        target: BanTarget::Ip(format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)),
+        until_ms,
+        reason: "burst".into(),
+    };
+    for i in 0..5_000 {
+        bans.ban(ban(i, 1_000 + u64::from(i)), 0);
+    }
+    for i in 5_000..10_000 {
+        bans.ban(ban(i, 100_000), 10_000);
+    }
+    assert_eq!(bans.len(), 5_000, "only the live bans are held");
+    assert!(bans.banned(Some("10.0.39.15"), None, 10_000).is_some());
+    bans.ban(ban(1, 50_000), 10_000);
+    assert!(bans.banned(Some("10.0.0.1"), None, 60_000).is_none());
+    assert_eq!(
+        bans.len(),
+        5_000,
+        "the expired ban met by a check is dropped"
+    );
 }
 
 #[test]
@@ -552,6 +583,53 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
     worker.await.unwrap();
 }
 
+/// Issue 12 item 19: one key above its threshold on every request must
+/// not fill the alert queue; alerts for other keys still get through.
+#[tokio::test]
+async fn one_flooding_key_does_not_crowd_other_keys_out_of_the_alert_queue() {
+    let receiver = Receiver::start(204).await;
+    let mut config = webhook_config(receiver.url(), 1);
+    config.queue_capacity = 4;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (alerts, worker) = AlertSender::start(
+        config,
+        AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+        Arc::clone(&clock),
+    )
+    .unwrap();
+    let engine = AnomalyEngine::new(
+        vec![detector(DetectorKind::Burst, 1, 10, &[Action::Alert])],
+        AnomalyBackend::memory(100),
+        Some(alerts.clone()),
+        clock,
+    )
+    .unwrap();
+    for _ in 0..1_000 {
+        observe(&engine, Signal::Request { ip: "192.0.2.66" }).await;
+    }
+    for ip in ["192.0.2.67", "192.0.2.68"] {
+        observe(&engine, Signal::Request { ip }).await;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = Arc::clone(alerts.stats());
+    assert_eq!(stats.overflowed.load(Relaxed), 0, "no alert was dropped");
+    assert_eq!(stats.queued.load(Relaxed), 3, "one per key and cooldown");
+    assert_eq!(stats.deduplicated.load(Relaxed), 999);
+    drop(engine);
+    drop(alerts);
+    worker.await.unwrap();
+    let mut keys: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["data"]["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["ip:192.0.2.66", "ip:192.0.2.67", "ip:192.0.2.68"]);
+}
+
 // ---------------------------------------------------------------------------
 // Shared state on Redis.
 
@@ -762,5 +840,73 @@ mod on_redis {
         let conn = RedisConnection::cluster(&urls).await.expect("connect");
         suite(conn, prefix.trim_end_matches(':')).await;
         support::redis_cluster_cleanup(&urls, &prefix).await;
+    }
+
+    /// Calls of `names` a server has run (scripts' inner calls included).
+    async fn calls(url: &str, names: &[&str]) -> u64 {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        names
+            .iter()
+            .map(|name| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    async fn keys(url: &str, pattern: &str) -> Vec<String> {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Issue 12 item 20: a key above its threshold on every request writes
+    /// its ban once per cooldown, not once per request, and a ban leaves
+    /// Redis when it expires, without anyone listing bans.
+    #[tokio::test]
+    async fn bans_are_written_once_per_cooldown_and_expire_in_storage() {
+        let server = crate::own_redis::OwnRedis::start(None).await;
+        let url = server.url();
+        let conn = RedisConnection::single(&url).await.unwrap();
+        let prefix = "pcx_test_bans";
+        let mut burst = detector(DetectorKind::Burst, 3, 60, &[Action::Ban]);
+        burst.ban_for = Duration::from_secs(1);
+        burst.cooldown = Duration::from_secs(60);
+        let engine = AnomalyEngine::new(
+            vec![burst],
+            backend(&conn, prefix),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let writes = ["set", "hset", "setex", "psetex", "hmset"];
+        let before = calls(&url, &writes).await;
+        let ip = "198.51.100.90";
+        for _ in 0..20 {
+            observe(&engine, Signal::Request { ip }).await;
+        }
+        assert_eq!(calls(&url, &writes).await - before, 1, "one ban write");
+        assert!(engine.banned(Some(ip), None).await.unwrap().is_some());
+        assert!(!keys(&url, &format!("{prefix}*bans*")).await.is_empty());
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(engine.banned(Some(ip), None).await.unwrap(), None);
+        assert_eq!(
+            keys(&url, &format!("{prefix}*bans*")).await,
+            Vec::<String>::new(),
+            "an expired ban is gone from Redis"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The audit log on the real PostgreSQL (127.0.0.1:5432): every filter with
 //! pagination, 200 000 events across a 5 s loss of the writer's INSERT
-//! privilege, shutdown with a full queue, and no secret stored.
+//! privilege, shutdown with a full queue, no secret stored, a NUL byte, a
+//! batch PostgreSQL keeps rejecting (dead-lettered), and chunked prune.
 #![cfg(feature = "postgres")]
 
 mod audit_common;
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_common::*;
-use portcullis::audit::postgres::PostgresAudit;
+use portcullis::audit::postgres::{PRUNE_CHUNK, PostgresAudit};
+use portcullis::audit::spool::Spool;
 use portcullis::audit::{
     AuditEvent, AuditSink, AuditWriter, AuditWriterConfig, FullPolicy, Recorded,
 };
@@ -248,4 +250,306 @@ async fn secrets_never_reach_postgres() {
         .unwrap();
     assert!(dump.contains("keep=yes"));
     assert_no_secret("audit_events", dump.as_bytes());
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_a_subject_does_not_block_the_log() {
+    let Some(db) = FreshDatabase::create("audit_nul").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    let dir = TempDir::new("audit_pg_nul");
+    let mut config = AuditWriterConfig::new(dir.0.join("audit.spool"));
+    config.retry_interval = Duration::from_millis(50);
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    let mut bad = event(0);
+    bad.subject = Some("ali\0ce".into());
+    bad.user_agent = Some("ua\0".into());
+    bad.anomaly_flags = vec!["b\0urst".into()];
+    writer.record(bad.clone()).await;
+    for i in 1..100 {
+        writer.record(event(i)).await;
+    }
+    writer.shutdown().await;
+    assert_eq!(count(&store).await, 100, "{:?}", writer.stats());
+    let stats = writer.stats();
+    assert_eq!((stats.lost, stats.dead_lettered), (0, 0), "{stats:?}");
+    let subject: String = sqlx::query_scalar("SELECT subject FROM audit_events WHERE id = $1")
+        .bind(&bad.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(subject, "ali\u{fffd}ce");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_postgres_keeps_rejecting_is_dead_lettered_and_the_log_moves_on() {
+    const N: u64 = 300;
+    let Some(db) = FreshDatabase::create("audit_poison").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    // A permanently bad event: PostgreSQL refuses it whatever we retry.
+    sqlx::query(
+        "ALTER TABLE audit_events ADD CONSTRAINT no_poison CHECK (subject IS DISTINCT FROM 'poison')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let dir = TempDir::new("audit_pg_poison");
+    let spool = dir.0.join("audit.spool");
+    let mut config = AuditWriterConfig::new(&spool);
+    config.retry_interval = Duration::from_millis(50);
+    config.batch_size = 100;
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    let mut poison = event(150);
+    poison.subject = Some("poison".into());
+    for i in 0..N {
+        writer
+            .record(if i == 150 { poison.clone() } else { event(i) })
+            .await;
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Everything but the poison reaches PostgreSQL while the writer runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count(&store).await < N as i64 - 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&store).await, N as i64 - 1, "{:?}", writer.stats());
+    writer.shutdown().await;
+    let stats = writer.stats();
+    assert_eq!(
+        (stats.dead_lettered, stats.lost, stats.dropped),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(std::fs::metadata(&spool).unwrap().len(), 0, "spool drained");
+    // The poison is kept, in the spool's format, in the dead-letter file.
+    let dead = Spool::open(&dir.0.join("audit.spool.dead")).unwrap();
+    let (kept, _) = dead.peek().await.unwrap().unwrap();
+    assert_eq!(kept, vec![poison]);
+}
+
+#[tokio::test]
+async fn prune_deletes_in_chunks_of_at_most_ten_thousand_rows() {
+    const OLD: u64 = 25_000;
+    let Some(db) = FreshDatabase::create("audit_prune_chunks").await else {
+        return;
+    };
+    let store = PostgresAudit::open(&db.url).await.unwrap();
+    let events: Vec<AuditEvent> = (0..OLD + 10).map(event).collect();
+    for chunk in events.chunks(5000) {
+        store.write_batch(chunk).await.unwrap();
+    }
+    // Log the rows each DELETE statement removes.
+    for stmt in [
+        "CREATE TABLE prune_log (n BIGINT NOT NULL)",
+        "CREATE FUNCTION log_prune() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO prune_log SELECT COUNT(*) FROM old_rows; RETURN NULL; END $$",
+        "CREATE TRIGGER audit_prune_log AFTER DELETE ON audit_events \
+         REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION log_prune()",
+    ] {
+        sqlx::query(stmt).execute(store.pool()).await.unwrap();
+    }
+    let cutoff = event(OLD).ts_us;
+    assert_eq!(store.prune_before(cutoff).await.unwrap(), OLD);
+    assert_eq!(count(&store).await, 10);
+    let chunks: Vec<i64> = sqlx::query_scalar("SELECT n FROM prune_log")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(chunks.iter().all(|n| *n <= PRUNE_CHUNK), "{chunks:?}");
+    assert_eq!(chunks.iter().sum::<i64>(), OLD as i64);
+}
+
+/// A PostgreSQL server of this test's own (never the shared one), in a
+/// temporary directory, stopped and removed on drop. `None` when `initdb`
+/// and `pg_ctl` are not installed.
+struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    as_postgres: bool,
+    url: String,
+}
+
+impl PrivatePostgres {
+    fn cmd(&self, script: &str) -> std::process::Output {
+        let mut c = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", script]);
+            c
+        } else {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        c.output().expect("run a PostgreSQL tool")
+    }
+
+    fn start() -> Option<Self> {
+        let found = |tool: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !found("initdb") || !found("pg_ctl") {
+            eprintln!("skipping: initdb/pg_ctl not installed");
+            return None;
+        }
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(support::unique_name("pcx_private_pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let this = Self {
+            dir: dir.clone(),
+            as_postgres: root,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        };
+        if root {
+            let chown = std::process::Command::new("chown")
+                .args(["postgres", &dir.display().to_string()])
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let d = dir.display();
+        let out = this.cmd(&format!(
+            "initdb -D {d}/data -A trust -U postgres >{d}/initdb.log 2>&1 && \
+             pg_ctl -D {d}/data -l {d}/server.log -w -o \"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off\" start"
+        ));
+        assert!(
+            out.status.success(),
+            "private PostgreSQL failed to start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(this)
+    }
+
+    /// The postmaster and every backend it forked.
+    fn pids(&self) -> Vec<u32> {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces, so parse after `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    fn signal(&self, sig: &str) {
+        let pids: Vec<String> = self.pids().iter().map(u32::to_string).collect();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(&pids)
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pids:?}");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let pids: Vec<String> = self.pids().iter().map(u32::to_string).collect();
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .args(&pids)
+            .status();
+        let d = self.dir.display();
+        let _ = self.cmd(&format!("pg_ctl -D {d}/data -m immediate -w stop"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_stopped_with_sigstop_is_timed_out_spooled_and_replayed() {
+    const BEFORE: u64 = 500;
+    const DURING: u64 = 3000;
+    let Some(pg) = PrivatePostgres::start() else {
+        return;
+    };
+    let store = PostgresAudit::open(&pg.url).await.unwrap();
+    let dir = TempDir::new("audit_pg_sigstop");
+    let spool = dir.0.join("audit.spool");
+    let mut config = AuditWriterConfig::new(&spool);
+    config.queue_capacity = 1000;
+    config.batch_size = 100;
+    config.full_policy = FullPolicy::Block(Duration::from_secs(3));
+    config.write_timeout = Duration::from_millis(500);
+    config.retry_interval = Duration::from_millis(100);
+    config.shutdown_timeout = Duration::from_secs(2);
+    let writer =
+        AuditWriter::start(Arc::new(store.clone()), config, Arc::new(SystemClock)).unwrap();
+    for i in 0..BEFORE {
+        writer.record(event(i)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while writer.stats().written < BEFORE && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(writer.stats().written, BEFORE);
+
+    // The server hangs: it accepts connections but never answers.
+    pg.signal("STOP");
+    for i in BEFORE..BEFORE + DURING {
+        assert_eq!(writer.record(event(i)).await, Recorded::Queued, "event {i}");
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), writer.shutdown())
+        .await
+        .expect("shutdown is bounded while PostgreSQL hangs");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = writer.stats();
+    assert!(stats.sink_timeouts >= 1, "{stats:?}");
+    assert_eq!((stats.dropped, stats.lost), (0, 0), "{stats:?}");
+    assert_eq!(stats.written + stats.spooled, BEFORE + DURING, "{stats:?}");
+
+    // It comes back: the next run replays the spool, every event once.
+    pg.signal("CONT");
+    let store = PostgresAudit::open(&pg.url).await.unwrap();
+    let writer = AuditWriter::start(
+        Arc::new(store.clone()),
+        AuditWriterConfig::new(&spool),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    writer.shutdown().await;
+    assert_eq!(writer.stats().lost, 0);
+    assert_eq!(count(&store).await, (BEFORE + DURING) as i64);
+    let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT id) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(distinct, (BEFORE + DURING) as i64);
 }

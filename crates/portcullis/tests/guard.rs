@@ -25,7 +25,7 @@ use portcullis::guard::{CredentialSource, GuardConfig, RouteConfig};
 use portcullis::http::{GuardLayer, Principal};
 use portcullis::stores::{Backends, NewApiKey, NewApp, NewSession, NewUser, Stores, StoresConfig};
 use portcullis_core::anomaly::{Action, DetectorConfig, DetectorKind};
-use portcullis_core::ratelimit::RuleConfig;
+use portcullis_core::ratelimit::{ClientIpConfig, RuleConfig};
 use portcullis_core::{
     AccessRequest, Algorithm, IssuerConfig, Key, KeySet, SecretHasher, SystemClock, TokenIssuer,
     Validation, Verifier,
@@ -315,9 +315,12 @@ async fn a_valid_token_reaches_the_handler_with_its_principal() {
 async fn bad_tokens_are_refused_with_invalid_token_and_never_fall_through_to_anonymous() {
     let h = harness(config()).await;
     let (token, _, _) = h.session_token(serde_json::json!({})).await;
-    let mut forged = token.clone();
-    forged.pop();
-    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    // Change one signature character away from the end (whose low bits
+    // must stay canonical): a well-formed token with a wrong signature.
+    let mut forged = token.clone().into_bytes();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
     for (auth, code) in [
         (bearer(&forged), "auth.invalid_signature"),
         (bearer("not.a.jwt"), "auth.malformed_token"),
@@ -598,6 +601,16 @@ async fn dry_run_lets_the_request_through_and_audits_the_would_be_refusal() {
     assert_eq!(code.as_deref(), Some("authz.denied"));
     assert_eq!(route.as_deref(), Some("admin-dry"));
     assert_eq!(status, Some(200));
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM audit_events ORDER BY ts_us DESC LIMIT 1")
+            .fetch_one(h.audit_db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        reason.as_deref(),
+        Some("dry_run: missing_permission: missing permission `admin.all`"),
+        "the event says which rule refused and why"
+    );
 }
 
 #[tokio::test]
@@ -605,7 +618,8 @@ async fn exactly_one_audit_event_per_request_allowed_or_refused() {
     let h = harness(config()).await;
     let (token, _, _) = h.session_token(serde_json::json!({})).await;
     let auth = bearer(&token);
-    let calls: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Call<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let calls: Vec<Call<'_>> = vec![
         ("GET", "/health", vec![]),
         ("GET", "/docs/1", vec![]),
         ("GET", "/docs/1", vec![("authorization", auth.as_str())]),
@@ -641,7 +655,9 @@ async fn the_request_id_is_adopted_only_from_a_trusted_proxy() {
     assert_ne!(r.header("x-request-id"), Some("client-chosen"));
 
     let mut trusting = config();
-    trusting.client_ip.trusted_proxies = vec!["127.0.0.1".into()];
+    trusting.client_ip = ClientIpConfig::new()
+        .trusted_proxies(["127.0.0.1"])
+        .unwrap();
     let h = harness(trusting).await;
     let r = h
         .call("GET", "/health", &[("x-request-id", "proxy-chosen")])
@@ -652,7 +668,9 @@ async fn the_request_id_is_adopted_only_from_a_trusted_proxy() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_configured_header_names_the_client_and_forwarded_is_ignored() {
     let mut c = config();
-    c.client_ip.trusted_proxies = vec!["127.0.0.1".into()];
+    c.client_ip = ClientIpConfig::new()
+        .trusted_proxies(["127.0.0.1"])
+        .unwrap();
     let h = harness(c).await;
     h.anomaly
         .ban(
@@ -727,4 +745,75 @@ async fn config_errors_name_the_route_and_field() {
         "routes": [{"name": "x", "path": "/x", "credentails": ["jwt"]}]
     }));
     assert!(toml_like.unwrap_err().to_string().contains("credentails"));
+}
+
+#[tokio::test]
+async fn signed_service_requests_are_verified_over_their_body_and_never_replayed() {
+    use portcullis::authz::{MemoryNonceStore, SignedRequestAuthenticator};
+    use portcullis_core::authz::signed_request::{SignedParts, sign};
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    let config = GuardConfig::default()
+        .route(RouteConfig::new("svc", "/svc/**").credentials([CredentialSource::Signed]));
+    let guard = Guard::builder(config)
+        .signed_requests(
+            SignedRequestAuthenticator::new(MemoryNonceStore::default())
+                .with_app("billing", SECRET)
+                .unwrap(),
+        )
+        .without_revocation()
+        .build()
+        .unwrap();
+    async fn echo(p: Principal, body: String) -> String {
+        format!("{}:{body}", p.subject)
+    }
+    let app = Router::new()
+        .route("/svc/echo", axum::routing::post(echo))
+        .layer(GuardLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let send = |body: &'static str, signed_body: &'static str, nonce: &'static str| {
+        let client = client.clone();
+        async move {
+            let ts = chrono_now();
+            let parts = SignedParts {
+                method: "POST",
+                path: "/svc/echo",
+                query: "",
+                body: signed_body.as_bytes(),
+            };
+            let sig = sign(SECRET, "billing", ts, nonce, &parts);
+            let req = http::Request::post(format!("http://{addr}/svc/echo"))
+                .header("x-portcullis-app", "billing")
+                .header("x-portcullis-timestamp", ts.to_string())
+                .header("x-portcullis-nonce", nonce)
+                .header("x-portcullis-signature", sig)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            let res = client.request(req).await.unwrap();
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = send("{\"amount\":5}", "{\"amount\":5}", "nonce-0000000001").await;
+    assert_eq!((status, body.as_str()), (200, "billing:{\"amount\":5}"));
+    let (status, body) = send("{\"amount\":5}", "{\"amount\":5}", "nonce-0000000001").await;
+    assert_eq!(status, 401, "a replayed nonce is refused: {body}");
+    assert!(body.contains("auth.invalid_signature_request"));
+    let (status, body) = send("{\"amount\":500}", "{\"amount\":5}", "nonce-0000000002").await;
+    assert_eq!(
+        status, 401,
+        "a body other than the signed one is refused: {body}"
+    );
+    let (status, _) = send("{}", "{}", "nonce-0000000003").await;
+    assert_eq!(status, 200);
 }

@@ -3,6 +3,8 @@
 //! across four replicas on one Redis and on the Cluster, one EVALSHA per
 //! request, and each `on_backend_error` mode through a Redis outage.
 
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::net::IpAddr;
@@ -82,7 +84,7 @@ async fn memory_multi_rule_admits_only_when_all_admit_and_reports_the_most_restr
     assert_eq!(header(&h, "ratelimit"), Some("\"per_ip\";r=0;t=1"));
     assert_eq!(
         header(&h, "ratelimit-policy"),
-        Some("\"per_ip\";q=20;w=1, \"per_subject\";q=25;w=3600")
+        Some("\"per_ip\";q=20;w=2, \"per_subject\";q=25;w=3600")
     );
     assert_eq!(header(&h, "retry-after"), Some("1"));
     assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
@@ -177,6 +179,43 @@ async fn ipv6_clients_in_one_prefix_share_a_limit_and_spoofed_xff_is_ignored() {
     assert_eq!(client_key(&cfg, ip("10.1.1.1"), &chain), ip("203.0.113.50"));
 }
 
+/// Issue 12 items 6 and 7 through the runtime's header handling: behind
+/// nginx (which appends only X-Forwarded-For), neither a client-sent
+/// `Forwarded`, nor bytes that are not visible ASCII, nor padding past 8 KiB
+/// in what the client sent can change the key from the client's address.
+#[test]
+fn client_key_reads_only_the_configured_header_and_ignores_client_garbage() {
+    let cfg = ClientIpConfig::new()
+        .trusted_proxies(["10.0.0.0/8"])
+        .unwrap();
+    let nginx = ip("10.1.1.1");
+    let client = ip("203.0.113.50");
+    let with = |lines: &[&[u8]], forwarded: Option<&str>| {
+        let mut h = http::HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", http::HeaderValue::from_bytes(l).unwrap());
+        }
+        if let Some(f) = forwarded {
+            h.insert("forwarded", f.parse().unwrap());
+        }
+        client_key(&cfg, nginx, &h)
+    };
+    assert_eq!(with(&[b"203.0.113.50"], Some("for=6.6.6.6")), client);
+    assert_eq!(with(&[b"\xff\xfe, 203.0.113.50"], None), client);
+    assert_eq!(with(&[b"caf\xc3\xa9", b"203.0.113.50"], None), client);
+    let padding = "1.1.1.1, ".repeat(2_000);
+    assert_eq!(
+        with(&[padding.as_bytes(), b"203.0.113.50, 10.0.0.5"], None),
+        client
+    );
+    let long_line = format!("{padding}203.0.113.50");
+    assert_eq!(with(&[long_line.as_bytes()], None), client);
+    // Without a trusted peer nothing is read.
+    let mut h = http::HeaderMap::new();
+    h.insert("x-forwarded-for", "192.0.2.200".parse().unwrap());
+    assert_eq!(client_key(&cfg, ip("198.51.100.7"), &h), ip("198.51.100.7"));
+}
+
 // ---------------------------------------------------------------- Redis
 
 #[cfg(feature = "redis")]
@@ -185,6 +224,7 @@ mod redis_backend {
     use portcullis::ratelimit::redis::RedisConnection;
     use portcullis_core::ratelimit::{Decision, KeyPart, OnBackendError};
     use portcullis_core::{Clock, SystemClock};
+    use std::time::Instant;
 
     fn three_rules(limit: u64) -> Vec<Rule> {
         vec![
@@ -437,51 +477,7 @@ mod redis_backend {
         support::redis_cluster_cleanup(&urls, &prefix).await;
     }
 
-    /// A redis-server of this test's own, on a free port, killed on drop.
-    struct OwnRedis {
-        port: u16,
-        child: Option<tokio::process::Child>,
-    }
-
-    impl OwnRedis {
-        async fn start(port: Option<u16>) -> Self {
-            let port = port.unwrap_or_else(|| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            });
-            let child = tokio::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server must be installed for the outage test");
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Self {
-                port,
-                child: Some(child),
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}", self.port)
-        }
-
-        async fn stop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill().await;
-                let _ = c.wait().await;
-            }
-        }
-    }
+    use crate::own_redis::{OwnCluster, OwnRedis};
 
     async fn evalsha_calls(url: &str) -> (u64, u64) {
         let client = redis::Client::open(url).unwrap();
@@ -706,4 +702,220 @@ mod redis_backend {
         assert!(back.elapsed() < Duration::from_secs(2));
         drop(server2);
     }
+
+    /// Issue 12 item 8: the algorithm letter is part of every key, so a rule
+    /// that keeps its name and changes algorithm starts on fresh keys instead
+    /// of meeting a key of another Redis type (WRONGTYPE, which would trip
+    /// the breaker for the key's whole TTL).
+    #[tokio::test]
+    async fn redis_keys_name_the_algorithm_so_a_rule_can_change_it() {
+        use portcullis::ratelimit::redis::{Partition, RedisLimiter};
+        let Some(url) = support::redis_url() else {
+            return;
+        };
+        let prefix = support::unique_prefix("rl_keys");
+        let prefix = prefix.trim_end_matches(':');
+        let conn = RedisConnection::single(&url).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let key = KeySpec::new([KeyPart::Subject, KeyPart::Route]);
+        let rules = [
+            Rule::new(
+                "api",
+                Algorithm::Gcra {
+                    rate: 10,
+                    period: hour,
+                    burst: 10,
+                },
+                key.clone(),
+            ),
+            Rule::new(
+                "api",
+                Algorithm::SlidingLog {
+                    limit: 10,
+                    period: hour,
+                },
+                key.clone(),
+            ),
+            Rule::new(
+                "api",
+                Algorithm::FixedWindow {
+                    limit: 10,
+                    period: hour,
+                },
+                key,
+            ),
+        ];
+        let f = facts("203.0.113.9", Some("alice"));
+        let layout = RedisLimiter::new(conn.clone(), prefix, Partition::Single);
+        for (rule, letter) in rules.iter().zip(["g", "l", "f"]) {
+            assert_eq!(
+                layout.key(rule, &f).unwrap(),
+                format!("{prefix}:rl:{{{prefix}}}:api:{letter}:sub=alice|rt=GET%20/orders")
+            );
+        }
+        let by_subject = RedisLimiter::new(conn.clone(), prefix, Partition::By(KeyPart::Subject));
+        assert_eq!(
+            by_subject.key(&rules[0], &f).unwrap(),
+            format!("{prefix}:rl:{{sub=alice}}:api:g:sub=alice|rt=GET%20/orders")
+        );
+        // The same rule name under each algorithm in turn, as after a
+        // configuration change: every check is answered by Redis.
+        for rule in &rules {
+            let limiter = build(std::slice::from_ref(rule), Some(conn.clone()), prefix);
+            for _ in 0..3 {
+                let o = limiter.check(&f).await;
+                assert!(o.admitted() && !o.degraded(), "{}", rule.algorithm.as_str());
+            }
+            assert!(!limiter.backend_down());
+        }
+        support::redis_cleanup(&url, &format!("{prefix}:")).await;
+    }
+
+    /// Checks `limiter` `n` times while its backend hangs: every call is
+    /// answered (degraded) within the budget's order of magnitude, and the
+    /// breaker opens.
+    async fn hung_calls_are_bounded(limiter: &RateLimiter, f: &RequestFacts<'_>, what: &str) {
+        let started = Instant::now();
+        for i in 0..20 {
+            let t = Instant::now();
+            let o = tokio::time::timeout(Duration::from_secs(10), limiter.check(f))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: call {i} hung for 10 s"));
+            assert!(o.degraded(), "{what}: call {i}");
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{what}: call {i} took {:?} while the backend hung",
+                t.elapsed()
+            );
+        }
+        assert!(limiter.backend_down(), "{what}: timeouts count as failures");
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}");
+    }
+
+    /// Waits until `limiter` is answered by Redis again.
+    async fn recovers(limiter: &RateLimiter, f: &RequestFacts<'_>, within: Duration) {
+        let back = Instant::now();
+        while limiter.check(f).await.degraded() {
+            assert!(back.elapsed() < within, "still degraded after {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Issue 12 item 9: a server that hangs (SIGSTOP: connections stay
+    /// open, nothing answers) is a server that is down: each limiter, ban and
+    /// detector call gives up after its budget (100 ms by default), the
+    /// breaker opens, and shared limiting resumes once it answers again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_redis_costs_each_call_its_budget_and_opens_the_breaker() {
+        use portcullis_core::anomaly::{SampleRequest, Signal};
+        let server = OwnRedis::start(None).await;
+        let conn = RedisConnection::single(&server.url()).await.unwrap();
+        let limiter = build(
+            &[outage_rule(OnBackendError::Local)],
+            Some(conn.clone()),
+            "pcx_test_hang",
+        );
+        let (_, engine) = limiter_and_detector(&conn, "pcx_test_hang");
+        let f = facts("203.0.113.60", None);
+        assert!(!limiter.check(&f).await.degraded());
+        assert!(engine.banned(Some("203.0.113.60"), None).await.is_ok());
+
+        server.pause();
+        hung_calls_are_bounded(&limiter, &f, "single server").await;
+        for i in 0..5 {
+            let t = Instant::now();
+            let banned = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine.banned(Some("203.0.113.60"), None),
+            )
+            .await
+            .expect("ban check hung");
+            assert!(
+                banned.is_err(),
+                "a hung ban store is an error, not 'not banned'"
+            );
+            let observed = tokio::time::timeout(
+                Duration::from_secs(10),
+                engine.observe(Signal::Request { ip: "203.0.113.60" }, || {
+                    SampleRequest::new("GET", "/", "t")
+                }),
+            )
+            .await
+            .expect("detector update hung");
+            assert!(observed.is_err());
+            assert!(
+                t.elapsed() < Duration::from_millis(700),
+                "ban check and detector update {i} took {:?}",
+                t.elapsed()
+            );
+        }
+
+        server.resume();
+        recovers(&limiter, &f, Duration::from_secs(3)).await;
+        // The engine's own breaker lets a probe through every 250 ms.
+        let back = Instant::now();
+        while engine.banned(Some("203.0.113.60"), None).await.is_err() {
+            assert!(
+                back.elapsed() < Duration::from_secs(3),
+                "bans still failing"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Issue 12 item 9 on a Cluster of this test's own (ports 7410-7412,
+    /// never the shared one): the node serving the limits' slot hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_cluster_node_costs_each_call_its_budget_and_opens_the_breaker() {
+        let cluster = OwnCluster::start([7410, 7411, 7412]).await;
+        let conn = RedisConnection::cluster(&cluster.urls()).await.unwrap();
+        let prefix = "pcx_test_hang_cluster";
+        let limiter = build(&[outage_rule(OnBackendError::Local)], Some(conn), prefix);
+        let f = facts("203.0.113.61", None);
+        assert!(!limiter.check(&f).await.degraded());
+        let node = cluster.node_for(prefix).await;
+        node.pause();
+        hung_calls_are_bounded(&limiter, &f, "cluster node").await;
+        node.resume();
+        recovers(&limiter, &f, Duration::from_secs(5)).await;
+    }
+}
+
+/// Issue 12 item 10: when the memory limiter is full, eviction forgets the
+/// buckets that limit nobody, never a throttled one: an attacker with many
+/// fresh keys cannot push its own exhausted bucket out and start over.
+#[test]
+fn memory_eviction_keeps_the_buckets_that_are_limiting_someone() {
+    use portcullis::ratelimit::{MemoryLimiter, RuleSet};
+    let rules: Arc<[Rule]> = vec![Rule::new(
+        "per_ip",
+        Algorithm::FixedWindow {
+            limit: 3,
+            period: Duration::from_secs(3600),
+        },
+        KeySpec::ip(),
+    )]
+    .into();
+    // 64 shards of at most 1 024 keys.
+    let limiter = MemoryLimiter::new(rules, 64 * 1024);
+    let now = 1_800_000_000_000_000u64;
+    let attacker = facts("198.51.100.66", None);
+    for _ in 0..3 {
+        assert!(limiter.check(&attacker, RuleSet::ALL, now, true).admitted());
+    }
+    assert!(!limiter.check(&attacker, RuleSet::ALL, now, true).admitted());
+    for i in 0..400_000u32 {
+        let f = RequestFacts {
+            client_ip: Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+            ..Default::default()
+        };
+        assert!(limiter.check(&f, RuleSet::ALL, now + 1, true).admitted());
+    }
+    assert!(limiter.len() <= 64 * 1024, "{} keys", limiter.len());
+    assert!(
+        !limiter
+            .check(&attacker, RuleSet::ALL, now + 2, true)
+            .admitted(),
+        "the throttled bucket survived 400 000 fresh keys"
+    );
 }

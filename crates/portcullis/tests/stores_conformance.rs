@@ -234,14 +234,17 @@ async fn concurrent_rotations_have_one_winner(env: Env) {
     let sid = session_for(&stores, "user-rot", false).await;
     let (token, record) = issue_refresh("user-rot", &sid, "fam-rot", 0, false, now() + 600);
     stores.store_refresh(&record).await.expect("store");
+    // Successors minted by derivation, as the token service does: every
+    // racer builds the same successor, and the losers must not undo the
+    // winner's (its lookup key, its record).
+    let next = stores.successor_token(&token);
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let stores = stores.clone();
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
-            stores
-                .rotate_refresh(&token, |prev| Ok(successor_of(prev).1))
-                .await
+            let (_, mint) = derived_successor(&stores, &token);
+            stores.rotate_refresh(&token, mint).await
         }));
     }
     let (mut won, mut reused) = (0, 0);
@@ -254,6 +257,18 @@ async fn concurrent_rotations_have_one_winner(env: Env) {
     }
     assert_eq!(won, 1, "exactly one rotation wins");
     assert_eq!(reused, 99, "every other one is a reuse");
+    // The reuses revoked the family: the winner's successor is found (not
+    // unknown) and refused as revoked.
+    let record = env
+        .backends
+        .refresh
+        .refresh_by_hash(&hasher().hash(&next))
+        .await
+        .expect("lookup");
+    assert!(
+        record.is_some_and(|r| r.revoked_at.is_some()),
+        "the winner's successor is findable"
+    );
 }
 
 async fn reuse_after_rotation_revokes_family_and_session(env: Env) {
@@ -319,7 +334,7 @@ async fn reuse_after_rotation_revokes_family_and_session(env: Env) {
 
 async fn reuse_interval_returns_the_issued_successor(env: Env) {
     let mut cfg = config();
-    cfg.reuse_interval = Duration::from_secs(30);
+    cfg.reuse_interval = Duration::from_secs(10);
     let stores = env.stores(cfg);
     let sid = session_for(&stores, "user-grace", false).await;
     let (t0, r0) = issue_refresh("user-grace", &sid, "fam-grace", 0, false, now() + 600);
@@ -896,6 +911,554 @@ async fn sessions_list_revoke_and_revoke_all(env: Env) {
     assert_eq!(seen.last_seen_at, created.last_seen_at + 61);
 }
 
+/// A derived successor for `prev`, minted as the token service does.
+fn derived_successor(
+    stores: &Stores,
+    token: &str,
+) -> (
+    String,
+    impl FnOnce(&RefreshRecord) -> Result<RefreshRecord, StoreError>,
+) {
+    let next = stores.successor_token(token);
+    let hash = hasher().hash(&next);
+    (next, move |prev: &RefreshRecord| {
+        Ok(RefreshRecord {
+            hash,
+            ..successor_of(prev).1
+        })
+    })
+}
+
+async fn reuse_grace_is_checked_first_and_handed_out_once(env: Env) {
+    let mut cfg = config();
+    cfg.reuse_interval = Duration::from_secs(10);
+    let stores = env.stores(cfg);
+
+    // Once per token: a second replay within the window is a reuse.
+    let sid = session_for(&stores, "user-once", false).await;
+    let (t0, r0) = issue_refresh("user-once", &sid, "fam-once", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let (t1, mint) = derived_successor(&stores, &t0);
+    assert!(matches!(
+        stores.rotate_refresh(&t0, mint).await.expect("rotation"),
+        Rotation::Rotated { .. }
+    ));
+    let again = stores
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect("first replay within the window");
+    let Rotation::AlreadyRotated {
+        successor_token, ..
+    } = &again
+    else {
+        panic!("expected the issued successor, got {again:?}");
+    };
+    assert_eq!(successor_token.as_deref(), Some(t1.as_str()));
+    assert_eq!(
+        again.security_event(),
+        Some(SecurityEvent::RefreshGraceReplay {
+            family: "fam-once".into(),
+            session: sid.clone(),
+            user: "user-once".into(),
+            generation: 0,
+        }),
+        "the hand-out is audited"
+    );
+    let err = stores
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("a second replay is a reuse");
+    assert_eq!(err.code(), "auth.refresh_reused");
+    assert_eq!(
+        stores
+            .rotate_refresh(&t1, |prev| Ok(successor_of(prev).1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.token_revoked"),
+        "the successor died with its family"
+    );
+
+    // After logout, the window hands out nothing.
+    let sid = session_for(&stores, "user-logout", false).await;
+    let (u0, r0) = issue_refresh("user-logout", &sid, "fam-logout", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let (_, mint) = derived_successor(&stores, &u0);
+    stores.rotate_refresh(&u0, mint).await.expect("rotation");
+    assert!(stores.revoke_session(&sid).await.expect("logout"));
+    let replay = stores
+        .rotate_refresh(&u0, |prev| Ok(successor_of(prev).1))
+        .await;
+    assert!(replay.is_err(), "no successor after logout, got {replay:?}");
+
+    // A revoked family hands out nothing either.
+    let sid = session_for(&stores, "user-famrev", false).await;
+    let (v0, r0) = issue_refresh("user-famrev", &sid, "fam-famrev", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let (_, mint) = derived_successor(&stores, &v0);
+    stores.rotate_refresh(&v0, mint).await.expect("rotation");
+    env.backends
+        .refresh
+        .revoke_family("fam-famrev", now())
+        .await
+        .expect("revoke family");
+    let replay = stores
+        .rotate_refresh(&v0, |prev| Ok(successor_of(prev).1))
+        .await;
+    assert!(
+        replay.is_err(),
+        "no successor from a revoked family, got {replay:?}"
+    );
+}
+
+async fn disabling_a_user_ends_its_sessions_and_refresh_families(env: Env) {
+    let stores = env.stores(config());
+    let user = stores
+        .create_user(&NewUser {
+            username: "to-disable".into(),
+            password: Some("pw-disable".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    let sid = session_for(&stores, &user.id, false).await;
+    let (t0, r0) = issue_refresh(&user.id, &sid, "fam-disable", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    stores
+        .set_user_disabled(&user.id, true)
+        .await
+        .expect("disable");
+    assert!(!stores.session_is_active(&sid).await.expect("session"));
+    let family = env
+        .backends
+        .refresh
+        .refresh_by_hash(&r0.hash)
+        .await
+        .expect("lookup")
+        .expect("exists");
+    assert!(family.revoked_at.is_some(), "the family is revoked");
+    assert_eq!(
+        stores
+            .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.token_revoked")
+    );
+
+    // Rotation itself refuses a disabled user, whatever the session says.
+    let other = stores
+        .create_user(&NewUser {
+            username: "disabled-behind".into(),
+            password: Some("pw-behind".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    let sid = session_for(&stores, &other.id, false).await;
+    let (t0, r0) = issue_refresh(&other.id, &sid, "fam-behind", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    env.backends
+        .users
+        .set_user_disabled(&other.id, true, now())
+        .await
+        .expect("disable in the backend only");
+    assert_eq!(
+        stores
+            .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.token_revoked")
+    );
+}
+
+async fn api_key_revocation_reaches_a_busy_replica_within_a_second(env: Env) {
+    let mut cfg = config();
+    cfg.api_key_touch_interval = Duration::from_secs(1);
+    let a = env.stores(cfg.clone());
+    let b = env.stores(cfg);
+    let created = a
+        .create_api_key(&NewApiKey {
+            name: "busy".into(),
+            owner: "owner-busy".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("create");
+    b.verify_api_key(&created.key).await.expect("b caches it");
+    assert!(a.revoke_api_key(&created.record.id).await.expect("revoke"));
+    let revoked = std::time::Instant::now();
+    // b is asked every 50 ms: touches must not keep its cache entry alive.
+    while revoked.elapsed() < Duration::from_millis(2500) {
+        if b.verify_api_key(&created.key).await.is_ok() {
+            assert!(
+                revoked.elapsed() < Duration::from_millis(1100),
+                "a revoked key was accepted {:?} after revocation",
+                revoked.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn jti_rules_are_the_same_for_revoke_and_check(env: Env) {
+    let stores = env.stores(config());
+    stores
+        .revoke_jti(" padded ", now() + 600)
+        .await
+        .expect("deny");
+    assert!(stores.is_jti_revoked(" padded ").await.expect("check"));
+    assert!(!stores.is_jti_revoked("padded").await.expect("check"));
+    // 100 characters but 200 bytes: refused by both, the same way.
+    let wide = "é".repeat(100);
+    assert_eq!(
+        stores
+            .revoke_jti(&wide, now() + 600)
+            .await
+            .map_err(|e| e.code()),
+        Err("store.invalid_input")
+    );
+    assert_eq!(
+        stores.is_jti_revoked(&wide).await.map_err(|e| e.code()),
+        Err("store.invalid_input")
+    );
+    let exact = "é".repeat(64);
+    stores.revoke_jti(&exact, now() + 600).await.expect("deny");
+    assert!(stores.is_jti_revoked(&exact).await.expect("check"));
+}
+
+async fn denylist_keeps_the_later_expiry(env: Env) {
+    let stores = env.stores(config());
+    let start = now();
+    stores
+        .revoke_jti("jti-twice", start + 3600)
+        .await
+        .expect("deny");
+    stores
+        .revoke_jti("jti-twice", start + 1)
+        .await
+        .expect("deny again, shorter");
+    while now() <= start + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        stores.is_jti_revoked("jti-twice").await.expect("check"),
+        "the later expiry is kept"
+    );
+}
+
+async fn app_secret_rotations_at_once_get_distinct_versions(env: Env) {
+    let mut cfg = config();
+    cfg.revocation_cache_ttl = Duration::ZERO;
+    let stores = env.stores(cfg);
+    let app = stores
+        .create_app(&NewApp {
+            name: "racy".into(),
+            ..NewApp::default()
+        })
+        .await
+        .expect("create");
+    let id = app.record.app_id.clone();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stores, id) = (stores.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            stores.rotate_app_secret(&id, Duration::from_secs(60)).await
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        let secret = t.await.expect("task").expect("rotate");
+        if let Ok(rec) = stores.verify_app(&id, &secret).await {
+            versions.push(rec.secret_version);
+        }
+    }
+    assert!(
+        versions.contains(&9),
+        "eight rotations make version 9, saw {versions:?}"
+    );
+    assert_eq!(
+        stores
+            .rotate_app_secret(&id, Duration::from_secs(8 * 86_400))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("store.invalid_input"),
+        "the grace period is capped"
+    );
+}
+
+async fn family_revocation_is_atomic_with_rotation(env: Env) {
+    let stores = env.stores(config());
+    for i in 0..20 {
+        let user = format!("user-race-{i}");
+        let sid = session_for(&stores, &user, false).await;
+        let (t0, r0) = issue_refresh(&user, &sid, &format!("fam-race-{i}"), 0, false, now() + 600);
+        stores.store_refresh(&r0).await.expect("store");
+        let mut t1 = String::new();
+        stores
+            .rotate_refresh(&t0, |prev| {
+                let (t, r) = successor_of(prev);
+                t1 = t;
+                Ok(r)
+            })
+            .await
+            .expect("rotation");
+        let legit = {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                stores
+                    .rotate_refresh(&t1, |prev| Ok(successor_of(prev).1))
+                    .await
+            })
+        };
+        let replay = {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                stores
+                    .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+                    .await
+            })
+        };
+        let (legit, replay) = (legit.await.expect("task"), replay.await.expect("task"));
+        assert_eq!(
+            replay.map(|_| ()).map_err(|e| e.code()),
+            Err("auth.refresh_reused")
+        );
+        if let Ok(Rotation::Rotated { successor, .. }) = legit {
+            let stored = env
+                .backends
+                .refresh
+                .refresh_by_hash(&successor.hash)
+                .await
+                .expect("lookup")
+                .expect("exists");
+            assert!(
+                stored.revoked_at.is_some(),
+                "round {i}: a successor made during the family's revocation survived it"
+            );
+        }
+    }
+}
+
+/// What `seed_purgeable` made: one expired and one live record of each kind.
+struct Purgeable {
+    old_session: String,
+    live_session: String,
+    old_refresh: String,
+    live_refresh: String,
+    live_key: String,
+}
+
+/// Seeds, through the facade, one record of each purgeable kind that expired
+/// days ago (made on a clock three days back) and one that is live.
+async fn seed_purgeable(backends: &Backends) -> (Arc<Stores>, Purgeable) {
+    let then = now() - 3 * 86_400;
+    let mut cfg = config();
+    cfg.revocation_cache_ttl = Duration::ZERO;
+    let old = Stores::with_clock(
+        backends.clone(),
+        cfg.clone(),
+        Arc::new(ManualClock::at_unix_seconds(then as u64)),
+    )
+    .expect("stores");
+    let stores = Arc::new(Stores::new(backends.clone(), cfg).expect("stores"));
+    let old_session = session_for(&old, "user-purge", false).await;
+    let live_session = session_for(&stores, "user-purge", false).await;
+    old.create_api_key(&NewApiKey {
+        name: "expired".into(),
+        owner: "owner-purge".into(),
+        expires_at: Some(then + 60),
+        ..NewApiKey::default()
+    })
+    .await
+    .expect("expired key");
+    let live_key = stores
+        .create_api_key(&NewApiKey {
+            name: "live".into(),
+            owner: "owner-purge".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("live key")
+        .record
+        .id;
+    old.revoke_jti("jti-purge-old", then + 60)
+        .await
+        .expect("old jti");
+    stores
+        .revoke_jti("jti-purge-live", now() + 600)
+        .await
+        .expect("live jti");
+    let (old_refresh, r) = issue_refresh(
+        "user-purge",
+        &old_session,
+        "fam-purge-old",
+        0,
+        false,
+        now() - 2 * 86_400,
+    );
+    stores.store_refresh(&r).await.expect("old refresh");
+    let (live_refresh, r) = issue_refresh(
+        "user-purge",
+        &live_session,
+        "fam-purge-live",
+        0,
+        false,
+        now() + 600,
+    );
+    stores.store_refresh(&r).await.expect("live refresh");
+    let seeded = Purgeable {
+        old_session,
+        live_session,
+        old_refresh,
+        live_refresh,
+        live_key,
+    };
+    (stores, seeded)
+}
+
+async fn purge_drops_expired_records_and_keeps_live_ones(env: Env) {
+    let (stores, seeded) = seed_purgeable(&env.backends).await;
+    stores.purge_expired().await.expect("purge");
+    assert!(
+        stores
+            .session(&seeded.old_session)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        stores
+            .session(&seeded.live_session)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    let keys: Vec<String> = stores
+        .api_keys_of("owner-purge")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(keys, vec![seeded.live_key]);
+    assert!(!stores.is_jti_revoked("jti-purge-old").await.expect("check"));
+    assert!(
+        stores
+            .is_jti_revoked("jti-purge-live")
+            .await
+            .expect("check")
+    );
+    assert_eq!(
+        stores
+            .rotate_refresh(&seeded.old_refresh, |prev| Ok(successor_of(prev).1))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err("auth.token_revoked"),
+        "an expired token's record is gone (unknown), not merely expired"
+    );
+    assert!(matches!(
+        stores
+            .rotate_refresh(&seeded.live_refresh, |prev| Ok(successor_of(prev).1))
+            .await,
+        Ok(Rotation::Rotated { .. })
+    ));
+}
+
+/// Every field of every record comes back as written, each with a value no
+/// other field has: a column mapped to the wrong field cannot pass.
+async fn records_round_trip_every_field(env: Env) {
+    let b = &env.backends;
+    let user = portcullis::stores::User {
+        id: "rt-user".into(),
+        username: "RoundTrip".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        roles: vec!["role-a".into()],
+        permissions: vec!["perm-a".into(), "perm-b".into()],
+        tenant: Some("tenant-a".into()),
+        disabled: true,
+        created_at: 1_000_001,
+        updated_at: 1_000_002,
+    };
+    b.users.insert_user(&user).await.expect("user");
+    assert_eq!(
+        b.users.user_by_id("rt-user").await.expect("get"),
+        Some(user)
+    );
+    let session = portcullis::stores::Session {
+        id: "rt-session".into(),
+        user_id: "rt-user".into(),
+        created_at: now() - 30,
+        last_seen_at: now() - 20,
+        expires_at: now() + 3600,
+        user_agent: Some("agent".into()),
+        client_ip: Some("192.0.2.7".into()),
+        remember_me: true,
+        revoked_at: None,
+    };
+    b.sessions.insert_session(&session).await.expect("session");
+    assert_eq!(
+        b.sessions.session("rt-session").await.expect("get"),
+        Some(session)
+    );
+    let refresh = RefreshRecord {
+        hash: [1u8; 32],
+        family: "rt-family".into(),
+        generation: 7,
+        session_id: "rt-session".into(),
+        user_id: "rt-user".into(),
+        expires_at: now() + 600,
+        remember_me: true,
+        created_at: now() - 5,
+        rotated_at: Some(now() - 4),
+        successor: Some([2u8; 32]),
+        revoked_at: Some(now() - 3),
+    };
+    b.refresh.insert_refresh(&refresh).await.expect("refresh");
+    assert_eq!(
+        b.refresh.refresh_by_hash(&[1u8; 32]).await.expect("get"),
+        Some(refresh)
+    );
+    let key = portcullis::stores::ApiKeyRecord {
+        id: "rt-key".into(),
+        hash: [3u8; 32],
+        name: "key-name".into(),
+        owner: "key-owner".into(),
+        roles: vec!["k-role".into()],
+        permissions: vec!["k-perm".into()],
+        scopes: vec!["k-scope".into()],
+        expires_at: Some(now() + 7200),
+        created_at: now() - 50,
+        revoked_at: Some(now() - 40),
+        last_used_at: Some(now() - 45),
+    };
+    b.api_keys.insert_api_key(&key).await.expect("key");
+    assert_eq!(
+        b.api_keys.api_key("rt-key").await.expect("get").as_deref(),
+        Some(&key)
+    );
+    let app = portcullis::stores::AppRecord {
+        app_id: "app_rt".into(),
+        name: "app-name".into(),
+        secret_hash: [4u8; 32],
+        secret_version: 3,
+        previous_hash: Some([5u8; 32]),
+        previous_valid_until: Some(now() + 60),
+        services: vec!["svc".into()],
+        permissions: vec!["a-perm".into()],
+        tenant: Some("a-tenant".into()),
+        disabled: true,
+        created_at: 2_000_001,
+        updated_at: 2_000_002,
+    };
+    b.apps.insert_app(&app).await.expect("app");
+    assert_eq!(b.apps.app("app_rt").await.expect("get"), Some(app));
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -932,6 +1495,15 @@ macro_rules! full_suite {
                 usernames_are_unique_case_insensitively,
                 bad_input_gives_typed_errors_and_changes_nothing,
                 sessions_list_revoke_and_revoke_all,
+                reuse_grace_is_checked_first_and_handed_out_once,
+                disabling_a_user_ends_its_sessions_and_refresh_families,
+                api_key_revocation_reaches_a_busy_replica_within_a_second,
+                jti_rules_are_the_same_for_revoke_and_check,
+                denylist_keeps_the_later_expiry,
+                app_secret_rotations_at_once_get_distinct_versions,
+                family_revocation_is_atomic_with_rotation,
+                purge_drops_expired_records_and_keeps_live_ones,
+                records_round_trip_every_field,
             ]
         );
     };
@@ -947,6 +1519,108 @@ full_suite!(redis_backend, super::redis);
 full_suite!(redis_cluster_backend, super::redis_cluster);
 #[cfg(feature = "redis")]
 full_suite!(sqlite_and_redis_backends, super::mixed);
+
+/// Row counts of the purgeable SQL tables.
+async fn purgeable_rows<DB>(pool: &sqlx::Pool<DB>) -> [i64; 4]
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let mut out = [0; 4];
+    for (i, table) in ["denylist", "refresh_tokens", "sessions", "api_keys"]
+        .into_iter()
+        .enumerate()
+    {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        out[i] = n;
+    }
+    out
+}
+
+/// The purge deletes exactly the expired rows: counted before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_purge_deletes_expired_rows() {
+    let path = std::env::temp_dir().join(format!("{}.db", support::unique_name("pcx_purge")));
+    let _file = TempFile(path.clone());
+    let sqlite = Arc::new(
+        portcullis::stores::sqlite::SqliteStores::open(&path)
+            .await
+            .expect("open SQLite"),
+    );
+    let (stores, _) = seed_purgeable(&Backends::all(sqlite.clone())).await;
+    assert_eq!(purgeable_rows(sqlite.pool()).await, [2, 2, 2, 2]);
+    let report = stores.purge_expired().await.expect("purge");
+    assert_eq!(
+        (
+            report.denylist,
+            report.refresh_tokens,
+            report.sessions,
+            report.api_keys
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(purgeable_rows(sqlite.pool()).await, [1, 1, 1, 1]);
+    assert_eq!(
+        stores.purge_expired().await.expect("again"),
+        Default::default()
+    );
+}
+
+/// The same on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_purge_deletes_expired_rows() {
+    let Some(db) = support::FreshDatabase::create("stores_purge").await else {
+        return;
+    };
+    let pg = Arc::new(
+        portcullis::stores::postgres::PostgresStores::connect(&db.url, 4)
+            .await
+            .expect("connect PostgreSQL"),
+    );
+    let (stores, _) = seed_purgeable(&Backends::all(pg.clone())).await;
+    assert_eq!(purgeable_rows(pg.pool()).await, [2, 2, 2, 2]);
+    let report = stores.purge_expired().await.expect("purge");
+    assert_eq!(
+        (
+            report.denylist,
+            report.refresh_tokens,
+            report.sessions,
+            report.api_keys
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(purgeable_rows(pg.pool()).await, [1, 1, 1, 1]);
+    pg.pool().close().await;
+}
+
+/// Out-of-bounds settings are refused at start-up, naming the field.
+#[test]
+fn stores_config_is_validated() {
+    let backends = Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()));
+    let refused = |cfg: StoresConfig| match Stores::new(backends.clone(), cfg) {
+        Err(StoreError::InvalidInput { field, .. }) => field,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let mut cfg = config();
+    cfg.reuse_interval = Duration::from_secs(11);
+    assert_eq!(refused(cfg), "reuse_interval");
+    let mut cfg = config();
+    cfg.api_key_touch_interval = Duration::from_millis(500);
+    assert_eq!(refused(cfg), "api_key_touch_interval");
+    let mut cfg = config();
+    cfg.revocation_cache_ttl = Duration::from_millis(1500);
+    assert_eq!(refused(cfg), "revocation_cache_ttl");
+    let mut cfg = config();
+    cfg.reuse_interval = Duration::from_secs(10);
+    cfg.api_key_touch_interval = Duration::from_secs(1);
+    Stores::new(backends.clone(), cfg).expect("the bounds themselves are fine");
+}
 
 /// Two replicas starting at once both run the migrations: sqlx takes an
 /// advisory lock, so both succeed and the schema is created once.
@@ -977,7 +1651,167 @@ async fn postgres_concurrent_migrations_are_safe() {
         .fetch_one(&p1)
         .await
         .expect("count");
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "one row per migration file");
     p1.close().await;
     p2.close().await;
+}
+
+/// A Redis ACL user that may read every key but write only the refresh
+/// records and family sets under one prefix; deleted when dropped.
+#[cfg(feature = "redis")]
+struct RestrictedRedisUser {
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "redis")]
+impl RestrictedRedisUser {
+    async fn create(url: &str, prefix: &str) -> Self {
+        let name = support::unique_name("pcx_acl");
+        let p = prefix.trim_end_matches(':');
+        let mut admin = redis::Client::open(url)
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&name)
+            .arg("on")
+            .arg(">pw")
+            .arg("+@all")
+            .arg("resetkeys")
+            .arg("%R~*")
+            .arg(format!("~{p}:rt:*"))
+            .arg(format!("~{p}:rtf:*"))
+            .arg(format!("~{p}:ufam:*"))
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+        let url = url.replacen("redis://", &format!("redis://{name}:pw@"), 1);
+        Self { url, name }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RestrictedRedisUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let url = support::redis_url().unwrap_or_default();
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return;
+            };
+            if let Ok(mut c) = client.get_connection() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("ACL").arg("DELUSER").arg(&name).query(&mut c);
+            }
+        })
+        .join();
+    }
+}
+
+/// A rotation whose successor lookup cannot be written must not spend the
+/// token: the client's retry then rotates normally instead of being taken
+/// for a reuse (which would log the user out).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_rotation_never_spends_a_token_without_a_findable_successor() {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let prefix = support::unique_prefix("stores_rth");
+    let _keys = RedisKeys {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+    };
+    let acl = RestrictedRedisUser::create(&url, &prefix).await;
+    let full = Arc::new(RedisStores::new(
+        RedisConnection::single(&url).await.expect("connect"),
+        &prefix,
+    ));
+    let restricted = Arc::new(RedisStores::new(
+        RedisConnection::single(&acl.url)
+            .await
+            .expect("connect restricted"),
+        &prefix,
+    ));
+    let mut failing = Backends::all(full.clone());
+    failing.refresh = restricted;
+    let failing = Stores::new(failing, config()).expect("stores");
+    let working = Stores::new(Backends::all(full), config()).expect("stores");
+    let sid = session_for(&working, "user-rth", false).await;
+    let (t0, r0) = issue_refresh("user-rth", &sid, "fam-rth", 0, false, now() + 600);
+    working.store_refresh(&r0).await.expect("store");
+    let err = failing
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await
+        .expect_err("the successor lookup cannot be written");
+    assert_eq!(err.code(), "store.unavailable");
+    // The retry: the token was not spent, so it rotates.
+    let retry = working
+        .rotate_refresh(&t0, |prev| Ok(successor_of(prev).1))
+        .await;
+    assert!(
+        matches!(retry, Ok(Rotation::Rotated { .. })),
+        "the retry must rotate, got {retry:?}"
+    );
+    assert!(working.session_is_active(&sid).await.expect("session"));
+}
+
+/// Redis index sets expire with what they index: per-user session sets,
+/// per-user family sets and per-owner API-key sets get TTLs, and expiring
+/// API-key records expire.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_indexes_and_expiring_records_have_ttls() {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let prefix = support::unique_prefix("stores_ttl");
+    let _keys = RedisKeys {
+        urls: vec![url.clone()],
+        prefix: prefix.clone(),
+    };
+    let p = prefix.trim_end_matches(':').to_owned();
+    let stores = Stores::new(
+        Backends::all(Arc::new(RedisStores::new(
+            RedisConnection::single(&url).await.expect("connect"),
+            &prefix,
+        ))),
+        config(),
+    )
+    .expect("stores");
+    let sid = session_for(&stores, "user-ttl", false).await;
+    let (_, r0) = issue_refresh("user-ttl", &sid, "fam-ttl", 0, false, now() + 600);
+    stores.store_refresh(&r0).await.expect("store");
+    let key = stores
+        .create_api_key(&NewApiKey {
+            name: "expiring".into(),
+            owner: "owner-ttl".into(),
+            expires_at: Some(now() + 600),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("key");
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    for k in [
+        format!("{p}:usess:user-ttl"),
+        format!("{p}:ufam:user-ttl"),
+        format!("{p}:ako:owner-ttl"),
+        format!("{p}:ak:{}", key.record.id),
+    ] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
 }

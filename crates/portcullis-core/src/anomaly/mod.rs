@@ -227,13 +227,35 @@ pub enum DetectionKey<'a> {
     Subject(&'a str),
 }
 
+/// Longest detection-key value kept verbatim; a longer one (an attempted
+/// account name is whatever the client typed) is stored as `#` and 32 hex
+/// digits of its SHA-256, as the rate limiter does for key values.
+pub const MAX_KEY_VALUE_LEN: usize = 128;
+
+/// `value`, or `#<128-bit SHA-256 prefix in hex>` when it is longer than
+/// [`MAX_KEY_VALUE_LEN`] bytes.
+pub fn capped(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_KEY_VALUE_LEN {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut out = String::with_capacity(33);
+    out.push('#');
+    for b in &digest.as_ref()[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl DetectionKey<'_> {
-    /// The stored form, e.g. `ip:203.0.113.7`.
+    /// The stored form, e.g. `ip:203.0.113.7`; values over
+    /// [`MAX_KEY_VALUE_LEN`] bytes are hashed (see [`capped`]).
     pub fn render(&self) -> String {
         match self {
-            Self::Ip(v) => format!("ip:{v}"),
-            Self::Account(v) => format!("account:{v}"),
-            Self::Subject(v) => format!("subject:{v}"),
+            Self::Ip(v) => format!("ip:{}", capped(v)),
+            Self::Account(v) => format!("account:{}", capped(v)),
+            Self::Subject(v) => format!("subject:{}", capped(v)),
         }
     }
 

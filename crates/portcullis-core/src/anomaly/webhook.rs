@@ -160,17 +160,36 @@ pub fn payload(event: &AnomalyEvent, format: PayloadFormat) -> Vec<u8> {
             text: format!(
                 ":rotating_light: Portcullis anomaly `{}` on `{}`: {} events in {}s (sample: {} {})",
                 event.detector.as_str(),
-                event.key,
+                slack_escape(&event.key),
                 event.count,
                 event.window_secs,
-                event.sample.method,
-                event.sample.path,
+                slack_escape(&event.sample.method),
+                slack_escape(&event.sample.path),
             ),
         }),
     };
     // Serializing these plain structs cannot fail; an empty body would be
     // rejected by the receiver rather than panic here.
     result.unwrap_or_default()
+}
+
+/// Escapes the three characters Slack's message format treats as control
+/// (`&`, `<`, `>`), so attacker text such as `<!channel>` or `<url|text>`
+/// shows as typed instead of pinging a channel or rendering a link.
+pub fn slack_escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['&', '<', '>']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 pub use crate::audit::time::rfc3339_millis;

@@ -105,6 +105,10 @@ event_kinds! {
 
 /// One audit record. Never holds a secret: the path is redacted, the
 /// credential is named by its id only, and no header but the user agent is kept.
+///
+/// Only `id`, `ts_us`, `kind` and `decision` are required when decoding:
+/// every other field defaults when missing, so events spooled by an older
+/// build (without a field added since) still decode after an upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Unique id (32 hex digits); replays are de-duplicated on it.
@@ -114,39 +118,59 @@ pub struct AuditEvent {
     /// Request decision or security event.
     pub kind: EventKind,
     /// The request id (`x-request-id`, or generated).
+    #[serde(default)]
     pub request_id: Option<String>,
     /// The client IP.
+    #[serde(default)]
     pub client_ip: Option<String>,
     /// HTTP method.
+    #[serde(default)]
     pub method: Option<String>,
     /// Route template, e.g. `/users/{id}`.
+    #[serde(default)]
     pub route: Option<String>,
     /// Raw path with secret query parameters removed.
+    #[serde(default)]
     pub path: Option<String>,
     /// HTTP status answered.
+    #[serde(default)]
     pub status: Option<u16>,
     /// Total latency in microseconds.
+    #[serde(default)]
     pub latency_us: Option<i64>,
     /// Upstream latency in microseconds.
+    #[serde(default)]
     pub upstream_latency_us: Option<i64>,
     /// Authenticated subject.
+    #[serde(default)]
     pub subject: Option<String>,
     /// Tenant.
+    #[serde(default)]
     pub tenant: Option<String>,
     /// How the caller authenticated (`jwt`, `api_key`, ...).
+    #[serde(default)]
     pub auth_method: Option<String>,
     /// Credential id (API key id, app id, `jti`, `sid`); never a secret.
+    #[serde(default)]
     pub credential_id: Option<String>,
     /// Allow or deny.
     pub decision: Decision,
     /// Stable reason code, e.g. `auth.token_expired`.
+    #[serde(default)]
     pub code: Option<String>,
     /// Rate-limit budget left after this request.
+    #[serde(default)]
     pub rate_limit_remaining: Option<i64>,
     /// Anomaly detectors that flagged the request.
+    #[serde(default)]
     pub anomaly_flags: Vec<String>,
     /// User agent, truncated to [`redact::MAX_USER_AGENT`] bytes.
+    #[serde(default)]
     pub user_agent: Option<String>,
+    /// Why the rule decided so, e.g. `missing_permission: docs.write`, or
+    /// `dry_run: …` for a refusal a dry-run route did not enforce.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl AuditEvent {
@@ -173,6 +197,7 @@ impl AuditEvent {
             rate_limit_remaining: None,
             anomaly_flags: Vec::new(),
             user_agent: None,
+            reason: None,
         }
     }
 
@@ -288,6 +313,17 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a < b, "ids of one generator sort in creation order");
+    }
+
+    #[test]
+    fn an_event_from_an_older_build_decodes_with_empty_new_fields() {
+        let json = r#"{"id":"a","ts_us":1,"kind":"request","decision":"allow","path":"/x"}"#;
+        let e: AuditEvent = serde_json::from_str(json).unwrap();
+        assert_eq!(e.path.as_deref(), Some("/x"));
+        assert_eq!((e.subject, e.upstream_latency_us), (None, None));
+        assert!(e.anomaly_flags.is_empty());
+        // The identity and the decision stay required.
+        assert!(serde_json::from_str::<AuditEvent>(r#"{"id":"a","ts_us":1}"#).is_err());
     }
 
     #[test]

@@ -1,29 +1,143 @@
-//! Keeping secrets out of the audit log: secret query parameters are removed
-//! from the raw path, the user agent is truncated, and no other header is kept.
+//! Keeping secrets out of the audit log: secret query and path (`;name=`)
+//! parameters are removed from the raw path, path segments that carry a
+//! secret (`/reset/<token>`) are replaced, the user agent is truncated, and
+//! no other header is kept.
 
-/// Query parameters removed by default (compared case-insensitively, after
-/// percent-decoding the name).
+/// Query and path parameters removed by default (compared case-insensitively,
+/// after percent-decoding the name).
 pub const DEFAULT_SECRET_PARAMS: &[&str] = &[
     "token",
     "access_token",
+    "access-token",
     "refresh_token",
     "id_token",
     "api_key",
+    "api-key",
     "apikey",
+    "x-api-key",
+    "key",
+    "secret",
     "password",
     "client_secret",
+    "client_assertion",
     "code",
+    "code_verifier",
+    "sig",
+    "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "session",
+    "sessionid",
+    "session_id",
+    "jsessionid",
+    "phpsessid",
+    "jwt",
 ];
+
+/// Path patterns whose `{secret}` segment is replaced by default. A pattern
+/// is a run of segments matched anywhere in the path: a literal (compared
+/// case-insensitively after percent-decoding), `*` (any segment, kept) or
+/// `{secret}` (any non-empty segment, replaced by [`REDACTED`]).
+pub const DEFAULT_SECRET_PATH_PATTERNS: &[&str] = &[
+    "reset/{secret}",
+    "password-reset/{secret}",
+    "reset-password/{secret}",
+    "verify/{secret}",
+    "verify-email/{secret}",
+    "confirm/{secret}",
+    "confirm-email/{secret}",
+    "activate/{secret}",
+    "invite/{secret}",
+    "invitation/{secret}",
+    "magic-link/{secret}",
+    "unsubscribe/{secret}",
+];
+
+/// What a secret path segment is replaced with.
+pub const REDACTED: &str = "[redacted]";
 
 /// Longest user agent kept, in bytes.
 pub const MAX_USER_AGENT: usize = 256;
 /// Longest path kept, in bytes.
 pub const MAX_PATH: usize = 2048;
 
-/// Which query parameters carry secrets.
+/// One segment of a [`PathPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternSegment {
+    /// This name (lowercase).
+    Literal(String),
+    /// Any segment, kept.
+    Any,
+    /// Any non-empty segment, replaced.
+    Secret,
+}
+
+/// A run of path segments one of which carries a secret, e.g. `reset/{secret}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<PatternSegment>,
+}
+
+/// A path pattern that cannot be used; names the pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid secret path pattern `{0}`: write segments separated by `/`, with at least one `{{secret}}` (e.g. `reset/{{secret}}`)"
+)]
+pub struct InvalidPathPattern(pub String);
+
+impl PathPattern {
+    /// Parses `reset/{secret}`-style text (leading and trailing `/` ignored).
+    pub fn parse(text: &str) -> Result<Self, InvalidPathPattern> {
+        let bad = || InvalidPathPattern(text.to_owned());
+        let segments = text
+            .trim_matches('/')
+            .split('/')
+            .map(|s| match s {
+                "" => Err(bad()),
+                "*" => Ok(PatternSegment::Any),
+                "{secret}" => Ok(PatternSegment::Secret),
+                lit => Ok(PatternSegment::Literal(percent_decode_lower(lit))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !segments.contains(&PatternSegment::Secret) {
+            return Err(bad());
+        }
+        Ok(Self { segments })
+    }
+
+    /// Marks in `secret` the segments of `segs` this pattern matches at any position.
+    fn mark(&self, segs: &[&str], secret: &mut [bool]) {
+        let n = self.segments.len();
+        if segs.len() < n {
+            return;
+        }
+        for start in 0..=segs.len() - n {
+            let window = &segs[start..start + n];
+            let hit = self.segments.iter().zip(window).all(|(p, seg)| {
+                let name = segment_name(seg);
+                match p {
+                    PatternSegment::Literal(lit) => name_eq(name, lit),
+                    PatternSegment::Any => true,
+                    PatternSegment::Secret => !name.is_empty(),
+                }
+            });
+            if hit {
+                for (i, p) in self.segments.iter().enumerate() {
+                    if *p == PatternSegment::Secret {
+                        secret[start + i] = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which query and path parameters, and which path segments, carry secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redactor {
     secret_params: Vec<String>,
+    path_patterns: Vec<PathPattern>,
 }
 
 impl Default for Redactor {
@@ -33,7 +147,8 @@ impl Default for Redactor {
 }
 
 impl Redactor {
-    /// Removes exactly the parameters named (case-insensitively).
+    /// Removes exactly the parameters named (case-insensitively), and
+    /// replaces the segments of [`DEFAULT_SECRET_PATH_PATTERNS`].
     pub fn new<I, S>(secret_params: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -44,7 +159,26 @@ impl Redactor {
                 .into_iter()
                 .map(|s| s.as_ref().to_ascii_lowercase())
                 .collect(),
+            path_patterns: DEFAULT_SECRET_PATH_PATTERNS
+                .iter()
+                .filter_map(|p| PathPattern::parse(p).ok())
+                .collect(),
         }
+    }
+
+    /// The same parameters, with exactly these path patterns (see
+    /// [`DEFAULT_SECRET_PATH_PATTERNS`] for the syntax; an empty list
+    /// replaces no segment).
+    pub fn with_path_patterns<I, S>(mut self, patterns: I) -> Result<Self, InvalidPathPattern>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.path_patterns = patterns
+            .into_iter()
+            .map(|p| PathPattern::parse(p.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
     }
 
     /// The parameters removed.
@@ -52,8 +186,14 @@ impl Redactor {
         &self.secret_params
     }
 
-    /// `raw` (path and query, as received) without secret query parameters
-    /// or fragment, truncated to [`MAX_PATH`] bytes.
+    /// The path patterns whose `{secret}` segments are replaced.
+    pub fn path_patterns(&self) -> &[PathPattern] {
+        &self.path_patterns
+    }
+
+    /// `raw` (path and query, as received) without secret query or path
+    /// (`;name=value`) parameters, with secret segments replaced by
+    /// [`REDACTED`], without fragment, truncated to [`MAX_PATH`] bytes.
     pub fn path(&self, raw: &str) -> String {
         let raw = raw.split('#').next().unwrap_or_default();
         let (path, query) = match raw.split_once('?') {
@@ -61,7 +201,7 @@ impl Redactor {
             None => (raw, None),
         };
         let mut out = String::with_capacity(raw.len().min(MAX_PATH));
-        out.push_str(path);
+        self.push_path(&mut out, path);
         if let Some(query) = query {
             let mut first = true;
             for pair in query.split(['&', ';']) {
@@ -77,12 +217,55 @@ impl Redactor {
         truncate(out, MAX_PATH)
     }
 
+    /// Appends `path` with secret segments replaced and secret `;name=value`
+    /// parameters removed.
+    fn push_path(&self, out: &mut String, path: &str) {
+        if !path.contains(';') && self.path_patterns.is_empty() {
+            out.push_str(path);
+            return;
+        }
+        let segs: Vec<&str> = path.split('/').collect();
+        let mut secret = vec![false; segs.len()];
+        for pattern in &self.path_patterns {
+            pattern.mark(&segs, &mut secret);
+        }
+        for (i, seg) in segs.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            let mut parts = seg.split(';');
+            let name = parts.next().unwrap_or_default();
+            out.push_str(if secret[i] { REDACTED } else { name });
+            for param in parts {
+                if !self.is_secret(param.split('=').next().unwrap_or_default()) {
+                    out.push(';');
+                    out.push_str(param);
+                }
+            }
+        }
+    }
+
     fn is_secret(&self, raw_name: &str) -> bool {
         let name = percent_decode_lower(raw_name);
         let name = name.trim();
         // `token[]` and `token[x]` carry the same secret as `token`.
         let base = name.split('[').next().unwrap_or(name);
         self.secret_params.iter().any(|s| s == name || s == base)
+    }
+}
+
+/// A path segment without its `;name=value` parameters.
+fn segment_name(seg: &str) -> &str {
+    seg.split(';').next().unwrap_or_default()
+}
+
+/// Whether a raw segment name equals `lit` (lowercase), case-insensitively
+/// after percent-decoding.
+fn name_eq(raw: &str, lit: &str) -> bool {
+    if raw.contains(['%', '+']) {
+        percent_decode_lower(raw) == lit
+    } else {
+        raw.eq_ignore_ascii_case(lit)
     }
 }
 
@@ -167,6 +350,88 @@ mod tests {
     fn the_list_is_configurable() {
         let r = Redactor::new(["sig"]);
         assert_eq!(r.path("/a?sig=1&token=2"), "/a?token=2");
+    }
+
+    #[test]
+    fn common_secret_names_are_removed_by_default() {
+        let r = Redactor::default();
+        for name in [
+            "key",
+            "KEY",
+            "secret",
+            "sig",
+            "signature",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "x-amz-security-token",
+            "session",
+            "jwt",
+            "client_assertion",
+            "code_verifier",
+            "api-key",
+            "Api-Key",
+            "jsessionid",
+        ] {
+            assert_eq!(
+                r.path(&format!("/a?x=1&{name}=s3cret&y=2")),
+                "/a?x=1&y=2",
+                "{name}"
+            );
+        }
+        // A presigned S3 URL keeps only its harmless parameters.
+        assert_eq!(
+            r.path(
+                "/bucket/obj?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20260101&\
+                 X-Amz-Date=20260101T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&\
+                 X-Amz-Security-Token=tok&X-Amz-Signature=abcdef"
+            ),
+            "/bucket/obj?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20260101T000000Z&\
+             X-Amz-Expires=300&X-Amz-SignedHeaders=host"
+        );
+    }
+
+    #[test]
+    fn secrets_in_path_segments_are_redacted() {
+        let r = Redactor::default();
+        assert_eq!(r.path("/app;jsessionid=ABC123/page?x=1"), "/app/page?x=1");
+        assert_eq!(r.path("/app/page;JSESSIONID=ABC123"), "/app/page");
+        assert_eq!(r.path("/app;v=2;jsessionid=A/p"), "/app;v=2/p");
+        assert_eq!(
+            r.path("/api/v1/Reset/s3cr3t-token?lang=en"),
+            "/api/v1/Reset/[redacted]?lang=en"
+        );
+        assert_eq!(
+            r.path("/verify-email/abc/done"),
+            "/verify-email/[redacted]/done"
+        );
+        assert_eq!(r.path("/%72eset/abc"), "/%72eset/[redacted]");
+        // Nothing to redact: unchanged, including a bare `/reset`.
+        assert_eq!(r.path("/reset"), "/reset");
+        assert_eq!(r.path("/reset/"), "/reset/");
+        assert_eq!(r.path("/presets/abc"), "/presets/abc");
+    }
+
+    #[test]
+    fn path_patterns_are_configurable() {
+        let r = Redactor::default()
+            .with_path_patterns(["share/*/{secret}", "/dl/{secret}/"])
+            .unwrap();
+        assert_eq!(
+            r.path("/share/doc/t0k3n/view"),
+            "/share/doc/[redacted]/view"
+        );
+        assert_eq!(r.path("/x/dl/t0k3n"), "/x/dl/[redacted]");
+        assert_eq!(r.path("/reset/kept"), "/reset/kept", "defaults replaced");
+        assert!(Redactor::default().with_path_patterns(["reset/*"]).is_err());
+        assert!(
+            Redactor::default()
+                .with_path_patterns(["a//{secret}"])
+                .is_err()
+        );
+        let none = Redactor::default()
+            .with_path_patterns(std::iter::empty::<&str>())
+            .unwrap();
+        assert_eq!(none.path("/reset/kept"), "/reset/kept");
     }
 
     #[test]

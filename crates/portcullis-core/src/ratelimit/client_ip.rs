@@ -1,16 +1,45 @@
 //! The client IP a limit counts by, computed safely: forwarding headers are
-//! believed only when the socket peer is a trusted proxy, and then walked
-//! right to left to the first hop that is not a trusted proxy. IPv6 clients
-//! are grouped by prefix (default /64) so that rotating addresses inside one
-//! allocation does not escape a limit.
+//! believed only when the socket peer is a trusted proxy, only the one header
+//! the configuration says those proxies write (`X-Forwarded-For` or RFC 7239
+//! `Forwarded`), and then walked right to left to the first hop that is not
+//! a trusted proxy. What a client wrote to the left of that hop is never
+//! read, so it cannot change the result. IPv6 clients are grouped by prefix
+//! (default /64) so that rotating addresses inside one allocation does not
+//! escape a limit.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Longest forwarding header considered; longer ones are ignored (the peer
-/// address is used).
+/// Bytes of a forwarding header considered, from its right end; what lies
+/// further left (client-written padding) is never read.
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
-/// Most hops walked; a longer chain falls back to the peer address.
+/// Most hops walked from the right; a chain of more trusted proxies ends at
+/// the last one walked.
 pub const MAX_HOPS: usize = 64;
+
+/// The forwarding header the trusted proxies write. A proxy that only
+/// appends to one of them passes the other through from the client
+/// unchanged, so only the configured one is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For` (nginx `proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`, most load balancers). The default.
+    #[default]
+    #[serde(alias = "x-forwarded-for")]
+    Xff,
+    /// RFC 7239 `Forwarded` (`for=` of each element).
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// The header's name in lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Xff => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
 
 /// An IP network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +126,17 @@ fn mask_v6(ip: Ipv6Addr, prefix: u8) -> u128 {
 }
 
 /// How the client IP is found and grouped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// From configuration (unknown fields rejected, every field optional):
+/// `{"trusted_proxies": ["10.0.0.0/8"], "header": "xff", "ipv6_prefix": 64}`.
+/// The default trusts no proxy (the socket peer is the client), reads
+/// `X-Forwarded-For` once proxies are trusted, and groups IPv6 by /64.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "ClientIpConfigFile")]
 pub struct ClientIpConfig {
     trusted: Vec<IpNet>,
     ipv6_prefix: u8,
+    header: ForwardingHeader,
 }
 
 impl Default for ClientIpConfig {
@@ -108,7 +144,34 @@ impl Default for ClientIpConfig {
         Self {
             trusted: Vec::new(),
             ipv6_prefix: 64,
+            header: ForwardingHeader::Xff,
         }
+    }
+}
+
+/// [`ClientIpConfig`] as written in configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientIpConfigFile {
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    header: ForwardingHeader,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+impl TryFrom<ClientIpConfigFile> for ClientIpConfig {
+    type Error = ClientIpError;
+    fn try_from(f: ClientIpConfigFile) -> Result<Self, ClientIpError> {
+        Ok(ClientIpConfig::new()
+            .trusted_proxies(&f.trusted_proxies)?
+            .ipv6_prefix(f.ipv6_prefix)?
+            .forwarding_header(f.header))
     }
 }
 
@@ -138,43 +201,67 @@ impl ClientIpConfig {
         Ok(self)
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// Which forwarding header the trusted proxies write (default
+    /// [`ForwardingHeader::Xff`]); the other one is never read.
+    pub fn forwarding_header(mut self, header: ForwardingHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The configured forwarding header.
+    pub fn header(&self) -> ForwardingHeader {
+        self.header
+    }
+
+    /// Whether `ip` is one of the trusted proxies (IPv4-mapped counts as IPv4).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|n| n.contains(ip))
     }
 
     /// The client's address: the peer, unless the peer is a trusted proxy, in
-    /// which case the `Forwarded` header (RFC 7239) if present, else
-    /// `X-Forwarded-For`, is walked from the right to the first untrusted
-    /// hop. A malformed, oversized or overlong header yields the peer.
+    /// which case the configured header (`forwarded` or `xff`; the other is
+    /// ignored) is walked from the right over trusted proxies. The walk
+    /// stops at the first hop that is not a trusted proxy (the client), or
+    /// at the first element that does not parse (`unknown`, an obfuscated
+    /// `_id`, garbage), then answering the last trusted hop walked (the peer
+    /// when none was). Only the rightmost [`MAX_HEADER_LEN`] bytes and
+    /// [`MAX_HOPS`] elements are read; a chain of trusted proxies only ends at
+    /// its leftmost walked hop. Whatever lies left of where the walk stops is
+    /// never read, so a client cannot steer the result by what it sends.
     pub fn client_ip(&self, peer: IpAddr, forwarded: Option<&str>, xff: Option<&str>) -> IpAddr {
         let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
             return peer;
         }
-        let walked = match (forwarded, xff) {
-            (Some(f), _) if !f.trim().is_empty() => self.walk(f, parse_forwarded_element),
-            (_, Some(x)) if !x.trim().is_empty() => self.walk(x, |e| e.trim().parse().ok()),
-            _ => None,
+        let walked = match self.header {
+            ForwardingHeader::Forwarded => {
+                forwarded.and_then(|f| self.walk(f, parse_forwarded_element))
+            }
+            ForwardingHeader::Xff => xff.and_then(|x| self.walk(x, |e| e.trim().parse().ok())),
         };
         walked.unwrap_or(peer)
     }
 
     fn walk(&self, header: &str, parse: impl Fn(&str) -> Option<IpAddr>) -> Option<IpAddr> {
-        if header.len() > MAX_HEADER_LEN {
-            return None;
-        }
-        let mut leftmost = None;
-        for (n, element) in header.rsplit(',').enumerate() {
-            if n >= MAX_HOPS {
-                return None;
-            }
-            let hop = parse(element)?.to_canonical();
+        let header = rightmost(header, MAX_HEADER_LEN);
+        let mut last_trusted = None;
+        // Empty list elements are allowed by the list syntax and skipped.
+        for element in header
+            .rsplit(',')
+            .filter(|e| !e.trim().is_empty())
+            .take(MAX_HOPS)
+        {
+            let Some(hop) = parse(element) else {
+                break;
+            };
+            let hop = hop.to_canonical();
             if !self.is_trusted(hop) {
                 return Some(hop);
             }
-            leftmost = Some(hop);
+            last_trusted = Some(hop);
         }
-        leftmost
+        last_trusted
     }
 
     /// The address a limit counts by: IPv4 as is, IPv6 masked to the prefix.
@@ -188,6 +275,20 @@ impl ClientIpConfig {
     /// [`Self::client_ip`] then [`Self::group`].
     pub fn client_key(&self, peer: IpAddr, forwarded: Option<&str>, xff: Option<&str>) -> IpAddr {
         self.group(self.client_ip(peer, forwarded, xff))
+    }
+}
+
+/// The whole elements within the last `max` bytes of a list header: when it
+/// is longer, the element cut at the boundary is dropped too.
+pub fn rightmost(header: &str, max: usize) -> &str {
+    if header.len() <= max {
+        return header;
+    }
+    let start = header.len() - max;
+    match header.as_bytes()[start..].iter().position(|&b| b == b',') {
+        // A comma is ASCII, so the byte after it starts a character.
+        Some(i) => &header[start + i + 1..],
+        None => "",
     }
 }
 
@@ -261,28 +362,84 @@ mod tests {
             c.client_ip(ip("10.1.1.1"), None, Some(xff)),
             ip("203.0.113.9")
         );
+        let fc = cfg().forwarding_header(ForwardingHeader::Forwarded);
         let fwd = r#"for=6.6.6.6, for="203.0.113.9:4711";proto=https, for=10.0.0.5;by=10.1.1.1"#;
         assert_eq!(
-            c.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")),
+            fc.client_ip(ip("10.1.1.1"), Some(fwd), Some("9.9.9.9")),
             ip("203.0.113.9")
         );
         let fwd6 = r#"for="[2001:db8:cafe::17]:4711", for="[2001:db8:ffff::1]""#;
         assert_eq!(
-            c.client_ip(ip("10.1.1.1"), Some(fwd6), None),
+            fc.client_ip(ip("10.1.1.1"), Some(fwd6), None),
             ip("2001:db8:cafe::17")
         );
     }
 
     #[test]
-    fn malformed_or_oversized_headers_fall_back_to_the_peer() {
+    fn an_unparsable_hop_next_to_us_yields_the_last_trusted_hop() {
         let c = cfg();
+        let fc = cfg().forwarding_header(ForwardingHeader::Forwarded);
         let peer = ip("10.0.0.1");
         assert_eq!(c.client_ip(peer, None, Some("1.2.3.4, garbage")), peer);
-        assert_eq!(c.client_ip(peer, Some("for=unknown"), None), peer);
-        assert_eq!(c.client_ip(peer, Some("for=_hidden"), None), peer);
+        assert_eq!(fc.client_ip(peer, Some("for=unknown"), None), peer);
+        assert_eq!(fc.client_ip(peer, Some("for=_hidden"), None), peer);
+        assert_eq!(fc.client_ip(peer, Some("for=\"[::1\""), None), peer);
+        assert_eq!(
+            c.client_ip(peer, None, Some("203.0.113.9, garbage, 10.0.0.5")),
+            ip("10.0.0.5")
+        );
+        // The trusted chain is longer than MAX_HOPS: its last walked hop.
         let long = "10.0.0.2, ".repeat(1000);
-        assert_eq!(c.client_ip(peer, None, Some(&long)), peer);
-        assert_eq!(c.client_ip(peer, Some("for=\"[::1\""), None), peer);
+        assert_eq!(c.client_ip(peer, None, Some(&long)), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn only_the_configured_forwarding_header_is_read() {
+        let peer = ip("10.0.0.1");
+        let xff = cfg();
+        assert_eq!(xff.header(), ForwardingHeader::Xff);
+        assert_eq!(
+            xff.client_ip(peer, Some("for=6.6.6.6"), Some("203.0.113.9")),
+            ip("203.0.113.9")
+        );
+        assert_eq!(xff.client_ip(peer, Some("for=6.6.6.6"), None), peer);
+        let fwd = cfg().forwarding_header(ForwardingHeader::Forwarded);
+        assert_eq!(
+            fwd.client_ip(peer, Some("for=203.0.113.9"), Some("6.6.6.6")),
+            ip("203.0.113.9")
+        );
+        assert_eq!(fwd.client_ip(peer, None, Some("6.6.6.6")), peer);
+    }
+
+    #[test]
+    fn config_deserializes_with_safe_defaults_and_named_errors() {
+        let c: ClientIpConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, ClientIpConfig::default());
+        assert_eq!(c.header(), ForwardingHeader::Xff);
+        let c: ClientIpConfig = serde_json::from_str(
+            r#"{"trusted_proxies": ["10.0.0.0/8"], "header": "forwarded", "ipv6_prefix": 56}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            cfg_with(&["10.0.0.0/8"])
+                .ipv6_prefix(56)
+                .unwrap()
+                .forwarding_header(ForwardingHeader::Forwarded)
+        );
+        let c: ClientIpConfig = serde_json::from_str(r#"{"header": "x-forwarded-for"}"#).unwrap();
+        assert_eq!(c.header(), ForwardingHeader::Xff);
+        let e = serde_json::from_str::<ClientIpConfig>(r#"{"trusted_proxies": ["nope"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        assert!(serde_json::from_str::<ClientIpConfig>(r#"{"header": "x-real-ip"}"#).is_err());
+        assert!(serde_json::from_str::<ClientIpConfig>(r#"{"ipv6_prefix": 8}"#).is_err());
+        assert!(serde_json::from_str::<ClientIpConfig>(r#"{"trusted": []}"#).is_err());
+    }
+
+    fn cfg_with(cidrs: &[&str]) -> ClientIpConfig {
+        ClientIpConfig::new().trusted_proxies(cidrs).unwrap()
     }
 
     #[test]

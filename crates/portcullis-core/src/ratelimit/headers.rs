@@ -43,13 +43,8 @@ pub fn response_headers(
         if i > 0 {
             policy.push_str(", ");
         }
-        let _ = write!(
-            policy,
-            "\"{}\";q={};w={}",
-            r.rule.name,
-            r.rule.algorithm.quota(),
-            ceil_secs(super::algorithm::micros(r.rule.algorithm.period())).max(1)
-        );
+        let (q, w) = r.rule.algorithm.policy();
+        let _ = write!(policy, "\"{}\";q={q};w={w}", r.rule.name);
     }
     out.push(("ratelimit-policy", policy));
     let d = &main.decision;
@@ -140,7 +135,7 @@ mod tests {
         let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         assert_eq!(
             get("ratelimit-policy"),
-            Some("\"per_ip\";q=20;w=1, \"hourly\";q=1000;w=3600")
+            Some("\"per_ip\";q=20;w=2, \"hourly\";q=1000;w=3600")
         );
         assert_eq!(get("ratelimit"), Some("\"per_ip\";r=0;t=1"));
         assert_eq!(get("retry-after"), Some("1"));

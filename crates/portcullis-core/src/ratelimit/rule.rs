@@ -56,7 +56,38 @@ impl Algorithm {
         }
     }
 
-    /// The period advertised as the window (`w`).
+    /// The `RateLimit-Policy` quota and window in whole seconds (`q`, `w`),
+    /// stating no more than the rule sustains. Windows: the limit per
+    /// period. GCRA: one burst per the time the bucket takes to refill
+    /// (`burst * period / rate`, rounded up to whole seconds, at least 1,
+    /// with `q` the requests earned in that time), so `q / w` is the
+    /// sustained rate and `q` at least the burst. `q = burst; w = period`
+    /// would overstate the rate whenever burst > rate.
+    pub fn policy(&self) -> (u64, u64) {
+        let secs = |us: u128| {
+            u64::try_from(us.div_ceil(1_000_000))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        };
+        match *self {
+            Self::Gcra {
+                rate,
+                period,
+                burst,
+            } => {
+                let p = super::algorithm::GcraParams::new(rate, period, burst);
+                let emission = u128::from(p.emission_us);
+                let w = secs(emission * u128::from(p.burst));
+                let q = u128::from(w) * 1_000_000 / emission;
+                (u64::try_from(q).unwrap_or(u64::MAX), w)
+            }
+            Self::SlidingLog { limit, period } | Self::FixedWindow { limit, period } => {
+                (limit, secs(period.as_micros()))
+            }
+        }
+    }
+
+    /// The period of the rate or window.
     pub fn period(&self) -> Duration {
         match *self {
             Self::Gcra { period, .. }

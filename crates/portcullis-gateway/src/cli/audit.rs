@@ -10,11 +10,12 @@ use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::sqlite::SqliteAudit;
 use portcullis::audit::{AuditEvent, AuditPage, AuditQuery, AuditStore, Cursor, Decision};
 use portcullis_core::audit::query::MAX_PAGE_SIZE;
-use portcullis_core::audit::time::{format_rfc3339_micros, micros, parse_duration, parse_rfc3339};
+use portcullis_core::audit::time::{format_rfc3339_micros, micros, parse_rfc3339};
 use portcullis_core::{Clock, SystemClock};
 
 use super::CliError;
 use super::console;
+use super::duration::parse_duration;
 
 /// Which audit store to read.
 #[derive(Debug, Args)]
@@ -49,16 +50,10 @@ impl TimeArg {
 fn parse_time(text: &str) -> Result<TimeArg, String> {
     parse_rfc3339(text)
         .map(TimeArg::At)
-        .or_else(|| parse_duration(text).map(TimeArg::Ago))
+        .or_else(|| parse_duration(text).ok().map(TimeArg::Ago))
         .ok_or_else(|| {
-            format!("`{text}` is neither an RFC 3339 time (2026-11-29T00:00:00Z) nor a duration (15m, 2h, 7d)")
+            format!("`{text}` is neither an RFC 3339 time (2026-11-29T00:00:00Z) nor a duration (15m, 2h, 7d, 2w)")
         })
-}
-
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("`{text}` is not a positive duration; use e.g. 30d, 12h"))
 }
 
 fn parse_decision(text: &str) -> Result<Decision, String> {
@@ -153,7 +148,7 @@ pub struct TailArgs {
     #[command(flatten)]
     filters: FilterArgs,
     /// How often to poll, e.g. 1s, 5s.
-    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
     /// Events from the past printed first.
     #[arg(long, default_value_t = 10)]
@@ -172,7 +167,7 @@ pub struct PruneArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Delete events older than this, e.g. 30d.
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, value_parser = parse_duration)]
     older_than: Duration,
 }
 

@@ -10,10 +10,11 @@ use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
 use portcullis_core::SystemClock;
 use portcullis_core::anomaly::webhook::rfc3339_millis;
 use portcullis_core::anomaly::{Ban, BanTarget};
+use portcullis_core::ratelimit::ClientIpConfig;
 
 use super::CliError;
 use super::console;
-use super::token::parse_duration;
+use super::duration::parse_duration;
 
 /// Where the shared bans live.
 #[derive(Debug, Args)]
@@ -37,7 +38,8 @@ pub struct RedisArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct TargetArgs {
-    /// A client IP (IPv6 as the rate limiter groups it, e.g. 2001:db8::/64).
+    /// A client IP, or the IPv6 network the gateway groups clients by
+    /// (e.g. 203.0.113.7, 2001:db8::/64; any address inside it names it).
     #[arg(long)]
     pub ip: Option<String>,
     /// A subject.
@@ -46,14 +48,62 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(&self) -> Result<BanTarget, CliError> {
+    fn target(&self, ipv6_prefix: u8) -> Result<BanTarget, CliError> {
         match (&self.ip, &self.subject) {
-            (Some(ip), None) if !ip.trim().is_empty() => Ok(BanTarget::Ip(ip.trim().to_owned())),
+            (Some(ip), None) => Ok(BanTarget::Ip(ip_target(ip, ipv6_prefix)?)),
             (None, Some(s)) if !s.trim().is_empty() => Ok(BanTarget::Subject(s.trim().to_owned())),
             _ => Err(CliError::Usage(
                 "pass exactly one non-empty --ip or --subject".into(),
             )),
         }
+    }
+}
+
+/// The form requests are checked against for `--ip`: the address, grouped
+/// as the gateway groups clients (IPv4 as is, IPv4-mapped IPv6 as IPv4,
+/// IPv6 masked to `ipv6_prefix`), in canonical text. A network is accepted
+/// when it lies within one group (`/32` for IPv4, at least the prefix for
+/// IPv6); anything else is refused rather than stored as text that no
+/// request would ever match.
+fn ip_target(text: &str, ipv6_prefix: u8) -> Result<String, CliError> {
+    use std::net::IpAddr;
+    let usage = |why: String| CliError::Usage(format!("--ip `{}`: {why}", text.trim()));
+    let config = ClientIpConfig::new()
+        .ipv6_prefix(ipv6_prefix)
+        .map_err(|e| CliError::Usage(format!("--ipv6-prefix: {e}")))?;
+    let (addr, len) = match text.trim().split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text.trim(), None),
+    };
+    let parsed: IpAddr = addr.parse().map_err(|_| {
+        usage("not an IP address or network (e.g. 203.0.113.7, 2001:db8::/64)".into())
+    })?;
+    let ip = parsed.to_canonical();
+    let len = match len {
+        None => None,
+        Some(l) => Some(
+            l.parse::<u8>()
+                .map_err(|_| usage(format!("`{l}` is not a prefix length")))?,
+        ),
+    };
+    // IPv4-mapped IPv6 (`::ffff:192.0.2.1/128`) counts as IPv4.
+    let len = len.map(|l| {
+        if parsed.is_ipv6() && ip.is_ipv4() {
+            l.saturating_sub(96)
+        } else {
+            l
+        }
+    });
+    match (ip, len) {
+        (IpAddr::V4(_), Some(l)) if l != 32 => Err(usage(
+            "IPv4 clients are banned one address at a time (/32)".into(),
+        )),
+        (IpAddr::V6(_), Some(l)) if l > 128 => Err(usage(format!("/{l} is not a prefix length"))),
+        (IpAddr::V6(_), Some(l)) if l < ipv6_prefix => Err(usage(format!(
+            "clients are grouped by /{ipv6_prefix}: a ban covers one /{ipv6_prefix}, not a /{l} \
+             (set --ipv6-prefix to the gateway's client_ip.ipv6_prefix)"
+        ))),
+        _ => Ok(config.group(ip).to_string()),
     }
 }
 
@@ -83,6 +133,9 @@ pub struct AddArgs {
     redis: RedisArgs,
     #[command(flatten)]
     target: TargetArgs,
+    /// The gateway's IPv6 grouping prefix (client_ip.ipv6_prefix), for --ip.
+    #[arg(long, default_value_t = 64)]
+    ipv6_prefix: u8,
     /// How long, e.g. 15m, 2h, 1d.
     #[arg(long = "for", value_parser = parse_duration)]
     duration: Duration,
@@ -98,6 +151,9 @@ pub struct LiftArgs {
     redis: RedisArgs,
     #[command(flatten)]
     target: TargetArgs,
+    /// The gateway's IPv6 grouping prefix (client_ip.ipv6_prefix), for --ip.
+    #[arg(long, default_value_t = 64)]
+    ipv6_prefix: u8,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -123,9 +179,10 @@ async fn engine(args: &RedisArgs) -> Result<AnomalyEngine, CliError> {
             "cannot connect to Redis: {e}; check --redis / --redis-cluster"
         ))
     })?;
+    // An operator's command may wait longer than a request's 100 ms.
     let backend = AnomalyBackend::Redis {
         counters: RedisCounters::new(conn.clone(), &args.prefix),
-        bans: RedisBans::new(conn, &args.prefix),
+        bans: RedisBans::new(conn, &args.prefix).call_timeout(Duration::from_secs(5)),
     };
     AnomalyEngine::new(Vec::new(), backend, None, Arc::new(SystemClock))
         .map_err(|e| CliError::Usage(e.to_string()))
@@ -164,7 +221,7 @@ pub fn list(args: &ListArgs) -> Result<(), CliError> {
 
 /// Adds (or extends) a ban and prints it.
 pub fn add(args: &AddArgs) -> Result<(), CliError> {
-    let target = args.target.target()?;
+    let target = args.target.target(args.ipv6_prefix)?;
     if args.duration.is_zero() {
         return Err(CliError::Usage("--for must be positive".into()));
     }
@@ -180,7 +237,7 @@ pub fn add(args: &AddArgs) -> Result<(), CliError> {
 
 /// Lifts a ban on every replica.
 pub fn lift(args: &LiftArgs) -> Result<(), CliError> {
-    let target = args.target.target()?;
+    let target = args.target.target(args.ipv6_prefix)?;
     runtime()?.block_on(async {
         let engine = engine(&args.redis).await?;
         let lifted = engine.lift_ban(&target).await.map_err(backend_error)?;

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bans;
 mod console;
 pub mod demo;
+pub mod duration;
 mod error;
 mod keyfile;
 pub mod keys;

@@ -124,7 +124,9 @@ fn sweep(map: &mut Shard, now_ms: u64, cap: usize) {
     }
 }
 
-/// Active bans of this process, by IP and by subject.
+/// Active bans of this process, by IP and by subject. Expired bans are
+/// dropped when met and purged whenever the maps have doubled since the
+/// last purge, so they do not pile up until someone lists them.
 #[derive(Debug, Default)]
 pub struct MemoryBans {
     inner: Mutex<BanMaps>,
@@ -134,6 +136,23 @@ pub struct MemoryBans {
 struct BanMaps {
     ips: HashMap<String, Ban>,
     subjects: HashMap<String, Ban>,
+    /// Purge expired bans when this many are held.
+    purge_at: usize,
+}
+
+/// Bans held before the first purge of expired ones.
+const FIRST_BAN_PURGE: usize = 1024;
+
+impl BanMaps {
+    fn len(&self) -> usize {
+        self.ips.len() + self.subjects.len()
+    }
+
+    fn purge(&mut self, now_ms: u64) {
+        self.ips.retain(|_, b| b.until_ms > now_ms);
+        self.subjects.retain(|_, b| b.until_ms > now_ms);
+        self.purge_at = (self.len() * 2).max(FIRST_BAN_PURGE);
+    }
 }
 
 impl BanMaps {
@@ -150,9 +169,13 @@ impl MemoryBans {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds or extends a ban (a longer existing ban is kept).
-    pub fn ban(&self, ban: Ban) {
+    /// Adds or extends a ban (a longer existing ban is kept); `now_ms` is
+    /// the time now, for purging expired bans.
+    pub fn ban(&self, ban: Ban, now_ms: u64) {
         let mut maps = self.lock();
+        if maps.len() >= maps.purge_at.max(FIRST_BAN_PURGE) {
+            maps.purge(now_ms);
+        }
         let target = ban.target.clone();
         let (map, key) = maps.map(&target);
         match map.get(key) {
@@ -165,18 +188,39 @@ impl MemoryBans {
 
     /// The ban blocking `ip` or `subject` at `now_ms`, if any.
     pub fn banned(&self, ip: Option<&str>, subject: Option<&str>, now_ms: u64) -> Option<Ban> {
-        let maps = self.lock();
-        let live = |b: &&Ban| b.until_ms > now_ms;
-        ip.and_then(|ip| maps.ips.get(ip).filter(live))
-            .or_else(|| subject.and_then(|s| maps.subjects.get(s).filter(live)))
-            .cloned()
+        let mut guard = self.lock();
+        let maps = &mut *guard;
+        let mut found = None;
+        for (map, key) in [(&mut maps.ips, ip), (&mut maps.subjects, subject)] {
+            let Some(key) = key else { continue };
+            match map.get(key) {
+                Some(b) if b.until_ms > now_ms => {
+                    found.get_or_insert_with(|| b.clone());
+                }
+                // Met expired: drop it now.
+                Some(_) => {
+                    map.remove(key);
+                }
+                None => {}
+            }
+        }
+        found
+    }
+
+    /// Bans held, expired ones not yet purged included.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no ban is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Active bans, soonest to expire first; expired ones are dropped.
     pub fn list(&self, now_ms: u64) -> Vec<Ban> {
         let mut maps = self.lock();
-        maps.ips.retain(|_, b| b.until_ms > now_ms);
-        maps.subjects.retain(|_, b| b.until_ms > now_ms);
+        maps.purge(now_ms);
         let mut out: Vec<Ban> = maps
             .ips
             .values()
@@ -200,25 +244,37 @@ impl MemoryBans {
 }
 
 /// Alert de-duplication for one process: a (detector, key) alerts at most
-/// once per cooldown.
+/// once per cooldown. Bounded: past [`MAX_DEDUP_ENTRIES`] live entries it
+/// stops remembering (and lets alerts through; the queue is bounded).
 #[derive(Debug, Default)]
 pub struct MemoryDedup {
     until: Mutex<HashMap<String, u64>>,
 }
 
+/// Most (detector, key) cooldowns one [`MemoryDedup`] remembers.
+pub const MAX_DEDUP_ENTRIES: usize = 100_000;
+
 impl MemoryDedup {
     /// Whether this is the first alert for `id` in its cooldown (and claims it).
     pub fn claim(&self, id: &str, cooldown_ms: u64, now_ms: u64) -> bool {
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, until| *until > now_ms);
-        }
         match map.get(id) {
             Some(&until) if until > now_ms => false,
             _ => {
-                map.insert(id.to_owned(), now_ms.saturating_add(cooldown_ms));
+                if map.len() >= MAX_DEDUP_ENTRIES {
+                    map.retain(|_, until| *until > now_ms);
+                }
+                if map.len() < MAX_DEDUP_ENTRIES {
+                    map.insert(id.to_owned(), now_ms.saturating_add(cooldown_ms));
+                }
                 true
             }
         }
+    }
+
+    /// Forgets a claim (the alert could not be queued after all).
+    pub fn release(&self, id: &str) {
+        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
     }
 }

@@ -71,7 +71,8 @@ pub struct Observed {
     pub events: Vec<AnomalyEvent>,
     /// Detectors whose `tag` action marks this request's audit event.
     pub tags: Vec<DetectorKind>,
-    /// Bans added.
+    /// Bans written by this observation (a key above its threshold is
+    /// banned once per its detector's cooldown, not on every event).
     pub bans: Vec<Ban>,
 }
 
@@ -110,8 +111,14 @@ impl<'s, 'e> Pending<'s, 'e> {
 pub struct AnomalyEngine {
     detectors: [Option<DetectorConfig>; DetectorKind::ALL.len()],
     backend: AnomalyBackend,
+    /// Opens after consecutive Redis failures (timeouts included), so a
+    /// hung Redis costs the request path nothing until a probe succeeds.
+    #[cfg(feature = "redis")]
+    breaker: crate::ratelimit::fallback::CircuitBreaker,
     alerts: Option<AlertSender>,
     clock: Arc<dyn Clock>,
+    /// (detector, target) bans this process wrote, within their cooldown.
+    recent_bans: memory::MemoryDedup,
 }
 
 impl std::fmt::Debug for AnomalyEngine {
@@ -140,13 +147,44 @@ impl AnomalyEngine {
         Ok(Self {
             detectors: table,
             backend,
+            #[cfg(feature = "redis")]
+            breaker: crate::ratelimit::fallback::CircuitBreaker::new(
+                crate::ratelimit::fallback::DEFAULT_FAILURE_THRESHOLD,
+                crate::ratelimit::fallback::DEFAULT_PROBE_INTERVAL,
+            )
+            .named("anomaly"),
             alerts,
             clock,
+            recent_bans: memory::MemoryDedup::default(),
         })
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request-path Redis call behind the breaker: refused at once while
+    /// it is open; its failure (a timeout included) counts toward opening.
+    #[cfg(feature = "redis")]
+    async fn guarded<T, E: std::fmt::Display>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, AnomalyError> {
+        if !self.breaker.allow() {
+            return Err(AnomalyError::Backend(
+                "anomaly backend circuit breaker open".into(),
+            ));
+        }
+        match call.await {
+            Ok(v) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Err(e) => {
+                self.breaker.failure();
+                Err(AnomalyError::Backend(e.to_string()))
+            }
+        }
     }
 
     /// The ban blocking this caller right now, if any.
@@ -159,10 +197,7 @@ impl AnomalyEngine {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => Ok(bans.banned(ip, subject, now)),
             #[cfg(feature = "redis")]
-            AnomalyBackend::Redis { bans, .. } => bans
-                .banned(ip, subject, now)
-                .await
-                .map_err(|e| AnomalyError::Backend(e.to_string())),
+            AnomalyBackend::Redis { bans, .. } => self.guarded(bans.banned(ip, subject, now)).await,
         }
     }
 
@@ -186,7 +221,7 @@ impl AnomalyEngine {
     async fn store_ban(&self, ban: &Ban) -> Result<(), AnomalyError> {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => {
-                bans.ban(ban.clone());
+                bans.ban(ban.clone(), self.now_ms());
                 Ok(())
             }
             #[cfg(feature = "redis")]
@@ -316,14 +351,29 @@ impl AnomalyEngine {
             if config.has(Action::Ban)
                 && let Some(target) = obs.key.ban_target()
             {
+                // Once per cooldown (or sooner if the ban has ended): every
+                // further event would only extend it by a few ms, at the cost
+                // of a write and a round trip per request.
                 let ms = u64::try_from(config.ban_for.as_millis()).unwrap_or(u64::MAX);
-                let ban = Ban {
-                    target,
-                    until_ms: now.saturating_add(ms),
-                    reason: obs.kind.as_str().to_owned(),
-                };
-                self.store_ban(&ban).await?;
-                out.bans.push(ban);
+                let cooldown = u64::try_from(config.cooldown.as_millis()).unwrap_or(u64::MAX);
+                let id = format!("{}:{}", obs.kind.as_str(), target.render());
+                if self.recent_bans.claim(&id, cooldown.min(ms), now) {
+                    let ban = Ban {
+                        target,
+                        until_ms: now.saturating_add(ms),
+                        reason: obs.kind.as_str().to_owned(),
+                    };
+                    let stored = match &self.backend {
+                        AnomalyBackend::Memory { .. } => self.store_ban(&ban).await,
+                        #[cfg(feature = "redis")]
+                        AnomalyBackend::Redis { bans, .. } => self.guarded(bans.ban(&ban)).await,
+                    };
+                    if let Err(e) = stored {
+                        self.recent_bans.release(&id);
+                        return Err(e);
+                    }
+                    out.bans.push(ban);
+                }
             }
             if config.has(Action::Alert)
                 && let Some(alerts) = &self.alerts
@@ -363,10 +413,7 @@ impl AnomalyEngine {
                         .filter(|&j| !done[j] && redis::RedisCounters::tag(&batch[j].0) == tag)
                         .collect();
                     let group: Vec<_> = members.iter().map(|&j| batch[j]).collect();
-                    let (group_counts, server_now) = counters
-                        .record(&group)
-                        .await
-                        .map_err(|e| AnomalyError::Backend(e.to_string()))?;
+                    let (group_counts, server_now) = self.guarded(counters.record(&group)).await?;
                     now = now.max(server_now);
                     for (&j, c) in members.iter().zip(group_counts) {
                         counts[j] = Some(c);

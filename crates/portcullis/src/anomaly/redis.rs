@@ -6,11 +6,18 @@
 //!   distinct members), trimmed to the threshold, expiring with the window.
 //!   The `{<key>}` hash tag keeps one key's detectors on one Cluster slot, so
 //!   one script call updates them together.
-//! - `P:{bans}`: a hash `target -> ban JSON`; all bans share one slot.
+//! - `P:{bans}:ban:<target>`: one ban's JSON, expiring with the ban
+//!   (`PXAT`), and `P:{bans}:until`, a sorted set `target -> until_ms` for
+//!   listing, trimmed of expired entries on every write and expiring with
+//!   its last ban. All bans share the `{bans}` slot, so a check of an IP and
+//!   a subject is one `MGET`.
 //! - `P:alert:{<detector>:<key>}`: `SET NX PX cooldown` de-duplication.
 //!
 //! Time is the Redis server's (`TIME`), so replicas with skewed clocks agree.
+//! Every call has a time budget (default 100 ms, `call_timeout` on each
+//! type); a call over it is a backend error like any other.
 
+use crate::redis_conn::DEFAULT_CALL_TIMEOUT;
 pub use crate::redis_conn::RedisConnection;
 use portcullis_core::anomaly::window::WindowCount;
 use portcullis_core::anomaly::{Ban, BanTarget, DetectorConfig, Observation};
@@ -59,13 +66,20 @@ pub struct RedisCounters {
 }
 
 impl RedisCounters {
-    /// Counters under `prefix` (no braces) on `conn`.
+    /// Counters under `prefix` (no braces) on `conn`, each call bounded to
+    /// 100 ms.
     pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         Self {
-            conn,
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
             prefix: prefix.replace(['{', '}'], ""),
             script: Script::new(RECORD),
         }
+    }
+
+    /// Bounds each call to `budget` instead.
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
     }
 
     fn key(&self, obs: &Observation<'_>) -> String {
@@ -85,7 +99,8 @@ impl RedisCounters {
             window_ms: config.window_ms(),
             threshold: config.threshold,
             member: match obs.member {
-                Some(m) => format!("m:{m}"),
+                // An attempted account name: capped like key values.
+                Some(m) => format!("m:{}", portcullis_core::anomaly::capped(m)),
                 None => unique_event_id(),
             },
         }
@@ -135,42 +150,80 @@ fn unique_event_id() -> String {
     format!("e:{process:x}:{}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Bans on Redis, shared by every replica.
+/// Bans on Redis, shared by every replica; each expires in storage with
+/// the ban itself.
 #[derive(Debug, Clone)]
 pub struct RedisBans {
     conn: RedisConnection,
-    key: String,
+    /// `P:{bans}`: the hash tag and start of every ban key.
+    base: String,
 }
 
-impl RedisBans {
-    /// Bans under `prefix` (no braces) on `conn`.
-    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
-        Self {
-            conn,
-            key: format!("{}:{{bans}}", prefix.replace(['{', '}'], "")),
-        }
-    }
-
-    /// Adds or extends a ban (a longer existing ban is kept), atomically.
-    pub async fn ban(&self, ban: &Ban) -> redis::RedisResult<()> {
-        const EXTEND: &str = r"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
+/// Adds or extends one ban, atomically. KEYS: the ban, the index. ARGV:
+/// target, JSON, until_ms. Returns 1 when written, 0 when a ban at least as
+/// long exists (or this one is already over).
+const BAN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = tonumber(ARGV[3])
+if until_ms <= now then return 0 end
+local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, b = pcall(cjson.decode, cur)
-  if ok and tonumber(b['until_ms']) and tonumber(b['until_ms']) >= tonumber(ARGV[3]) then
+  if ok and tonumber(b['until_ms']) and tonumber(b['until_ms']) >= until_ms then
     return 0
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+redis.call('ZADD', KEYS[2], until_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[2], last[2]) end
 return 1
 ";
+
+/// Lifts one ban. KEYS: the ban, the index. ARGV: target.
+const LIFT: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+";
+
+impl RedisBans {
+    /// Bans under `prefix` (no braces) on `conn`, each call bounded to
+    /// 100 ms.
+    pub fn new(conn: RedisConnection, prefix: &str) -> Self {
+        Self {
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
+            base: format!("{}:{{bans}}", prefix.replace(['{', '}'], "")),
+        }
+    }
+
+    /// Bounds each call to `budget` instead (the CLI allows more).
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
+    }
+
+    fn ban_key(&self, target: &str) -> String {
+        format!("{}:ban:{target}", self.base)
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}:until", self.base)
+    }
+
+    /// Adds or extends a ban (a longer existing ban is kept), atomically;
+    /// it expires in Redis when it ends.
+    pub async fn ban(&self, ban: &Ban) -> redis::RedisResult<()> {
         let json = serde_json::to_string(ban).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Client, "ban encoding", e.to_string()))
         })?;
+        let target = ban.target.render();
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(EXTEND)
-            .key(&self.key)
-            .arg(ban.target.render())
+        let _: i64 = Script::new(BAN)
+            .key(self.ban_key(&target))
+            .key(self.index_key())
+            .arg(target)
             .arg(json)
             .arg(ban.until_ms)
             .invoke_async(&mut conn)
@@ -178,27 +231,24 @@ return 1
         Ok(())
     }
 
-    /// The ban blocking `ip` or `subject` at `now_ms`, if any (one round trip).
+    /// The ban blocking `ip` or `subject` at `now_ms`, if any (one `MGET`).
     pub async fn banned(
         &self,
         ip: Option<&str>,
         subject: Option<&str>,
         now_ms: u64,
     ) -> redis::RedisResult<Option<Ban>> {
-        let fields: Vec<String> = ip
-            .map(|v| BanTarget::Ip(v.to_owned()).render())
+        let keys: Vec<String> = ip
+            .map(|v| BanTarget::Ip(v.to_owned()))
             .into_iter()
-            .chain(subject.map(|v| BanTarget::Subject(v.to_owned()).render()))
+            .chain(subject.map(|v| BanTarget::Subject(v.to_owned())))
+            .map(|t| self.ban_key(&t.render()))
             .collect();
-        if fields.is_empty() {
+        if keys.is_empty() {
             return Ok(None);
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&self.key)
-            .arg(&fields)
-            .query_async(&mut conn)
-            .await?;
+        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         Ok(raw
             .into_iter()
             .flatten()
@@ -206,27 +256,26 @@ return 1
             .find(|b| b.until_ms > now_ms))
     }
 
-    /// Active bans, soonest to expire first; expired entries are removed.
+    /// Active bans, soonest to expire first.
     pub async fn list(&self, now_ms: u64) -> redis::RedisResult<Vec<Ban>> {
         let mut conn = self.conn.clone();
-        let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(&self.key)
+        let targets: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.index_key())
+            .arg(format!("({now_ms}"))
+            .arg("+inf")
             .query_async(&mut conn)
             .await?;
-        let mut live = Vec::new();
-        let mut expired = Vec::new();
-        for (field, json) in all {
-            match serde_json::from_str::<Ban>(&json) {
-                Ok(b) if b.until_ms > now_ms => live.push(b),
-                _ => expired.push(field),
-            }
-        }
-        if !expired.is_empty() {
-            let _: i64 = redis::cmd("HDEL")
-                .arg(&self.key)
-                .arg(&expired)
-                .query_async(&mut conn)
-                .await?;
+        let mut live = Vec::with_capacity(targets.len());
+        for chunk in targets.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|t| self.ban_key(t)).collect();
+            let raw: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            live.extend(
+                raw.into_iter()
+                    .flatten()
+                    .filter_map(|json| serde_json::from_str::<Ban>(&json).ok())
+                    .filter(|b| b.until_ms > now_ms),
+            );
         }
         live.sort_by(|a, b| {
             a.until_ms
@@ -238,11 +287,13 @@ return 1
 
     /// Lifts a ban on every replica; whether one existed.
     pub async fn lift(&self, target: &BanTarget) -> redis::RedisResult<bool> {
+        let target = target.render();
         let mut conn = self.conn.clone();
-        let n: i64 = redis::cmd("HDEL")
-            .arg(&self.key)
-            .arg(target.render())
-            .query_async(&mut conn)
+        let n: i64 = Script::new(LIFT)
+            .key(self.ban_key(&target))
+            .key(self.index_key())
+            .arg(target)
+            .invoke_async(&mut conn)
             .await?;
         Ok(n > 0)
     }
@@ -256,12 +307,19 @@ pub struct RedisDedup {
 }
 
 impl RedisDedup {
-    /// De-duplication under `prefix` (no braces) on `conn`.
+    /// De-duplication under `prefix` (no braces) on `conn`, each call
+    /// bounded to 100 ms.
     pub fn new(conn: RedisConnection, prefix: &str) -> Self {
         Self {
-            conn,
+            conn: conn.with_call_timeout(DEFAULT_CALL_TIMEOUT),
             prefix: prefix.replace(['{', '}'], ""),
         }
+    }
+
+    /// Bounds each call to `budget` instead.
+    pub fn call_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.conn = self.conn.with_call_timeout(budget);
+        self
     }
 
     /// Whether this replica is the first to alert on `id` in the cooldown.

@@ -1,6 +1,8 @@
-//! The alert sender: a bounded queue the request path never waits on, a
-//! worker that de-duplicates per (detector, key) and POSTs signed JSON to
-//! every endpoint, retrying with exponential backoff and full jitter.
+//! The alert sender: a bounded queue the request path never waits on, fed
+//! at most once per (detector, key) and cooldown by this process, and a
+//! worker that claims each alert across replicas (de-duplication) and POSTs
+//! signed JSON to every endpoint, retrying with exponential backoff and full
+//! jitter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,10 +172,21 @@ struct Job {
 }
 
 /// The request path's handle: enqueue and go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AlertSender {
     tx: mpsc::Sender<Job>,
     stats: Arc<WebhookStats>,
+    /// (detector, key) enqueued by this process within its cooldown.
+    recent: Arc<MemoryDedup>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for AlertSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSender")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -199,23 +212,40 @@ impl AlertSender {
         let worker = Worker {
             config: Arc::new(config),
             dedup,
-            clock,
+            clock: Arc::clone(&clock),
             client,
             stats: Arc::clone(&stats),
         };
         let handle = tokio::spawn(worker.run(rx));
-        Ok((Self { tx, stats }, handle))
+        let sender = Self {
+            tx,
+            stats,
+            recent: Arc::new(MemoryDedup::default()),
+            clock,
+        };
+        Ok((sender, handle))
     }
 
-    /// Queues an alert without waiting; `false` (and counted) when the queue is full.
+    /// Queues an alert without waiting, unless this process already queued
+    /// one for the same (detector, key) within `cooldown` (then it is
+    /// counted as de-duplicated: one flooding key cannot fill the queue and
+    /// crowd out other keys' alerts). `false` (and counted) only when the
+    /// queue is full.
     pub fn alert(&self, event: AnomalyEvent, cooldown: Duration) -> bool {
         let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        let id = alert_id(&event);
+        if !self.recent.claim(&id, cooldown_ms, millis(&*self.clock)) {
+            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         match self.tx.try_send(Job { event, cooldown_ms }) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(_) => {
+                // Not sent: the next detection may try again.
+                self.recent.release(&id);
                 self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("portcullis_webhook_overflow_total").increment(1);
                 false
@@ -243,7 +273,8 @@ impl Worker {
         let mut deliveries = JoinSet::new();
         while let Some(job) = rx.recv().await {
             while deliveries.try_join_next().is_some() {}
-            let id = format!("{}:{}", job.event.detector.as_str(), job.event.key);
+            // Claimed across replicas (or in this process) before sending.
+            let id = alert_id(&job.event);
             if !self.dedup.claim(&id, job.cooldown_ms, &*self.clock).await {
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -365,6 +396,11 @@ fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
     }
     let frac = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
     exp.mul_f64(frac)
+}
+
+/// What alerts are de-duplicated by: `<detector>:<key>`.
+fn alert_id(event: &AnomalyEvent) -> String {
+    format!("{}:{}", event.detector.as_str(), event.key)
 }
 
 fn millis(clock: &dyn Clock) -> u64 {

@@ -23,7 +23,7 @@ pub use writer::{AuditStats, AuditWriter, AuditWriterConfig, FullPolicy, PrunePo
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const COLUMNS: &str = "id, ts_us, kind, request_id, client_ip, method, route, path, status, \
      latency_us, upstream_latency_us, subject, tenant, auth_method, credential_id, decision, code, \
-     rate_limit_remaining, anomaly_flags, user_agent";
+     rate_limit_remaining, anomaly_flags, user_agent, reason";
 
 /// Appends the WHERE clause, order and limit of `q` to a query builder
 /// (identical SQL on SQLite and PostgreSQL; placeholders come from the builder).
@@ -122,6 +122,7 @@ macro_rules! decode_row {
                     flags.as_deref(),
                 ),
                 user_agent: row.try_get("user_agent")?,
+                reason: row.try_get("reason")?,
             })
         })()
     }};

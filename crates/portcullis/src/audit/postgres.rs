@@ -2,8 +2,11 @@
 //! (text format; batches of 2 000 or more as two concurrent halves); a piece that
 //! hits an id already stored (a replay) is retried with
 //! `INSERT ... SELECT FROM UNNEST(arrays) ON CONFLICT (ts_us, id) DO NOTHING`,
-//! so replays are idempotent.
+//! so replays are idempotent. PostgreSQL text cannot hold NUL, so a NUL
+//! in any field is stored as U+FFFD instead of failing the batch. Prune
+//! deletes in chunks of [`PRUNE_CHUNK`] rows.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use portcullis_core::audit::AuditEvent;
@@ -14,7 +17,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
 
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Serialises concurrent schema creation by several replicas.
 const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
@@ -44,6 +47,7 @@ const SCHEMA: &[&str] = &[
         rate_limit_remaining BIGINT,
         anomaly_flags TEXT,
         user_agent TEXT,
+        reason TEXT,
         PRIMARY KEY (ts_us, id)
     )",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
@@ -53,12 +57,72 @@ const SCHEMA: &[&str] = &[
 
 const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, client_ip, method, \
     route, path, status, latency_us, upstream_latency_us, subject, tenant, auth_method, \
-    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent) \
+    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent, reason) \
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
-    $18::bigint[], $19::text[], $20::text[]) \
+    $18::bigint[], $19::text[], $20::text[], $21::text[]) \
     ON CONFLICT (ts_us, id) DO NOTHING";
+
+/// Rows deleted per prune statement (short transactions, bounded WAL and locks).
+pub const PRUNE_CHUNK: i64 = 10_000;
+
+const PRUNE: &str = "DELETE FROM audit_events WHERE (ts_us, id) IN \
+    (SELECT ts_us, id FROM audit_events WHERE ts_us < $1 ORDER BY ts_us LIMIT $2)";
+
+/// What a NUL becomes (PostgreSQL text cannot hold NUL).
+const NUL_REPLACEMENT: &str = "\u{fffd}";
+
+/// `events` with every NUL replaced by U+FFFD; borrowed when there is none
+/// (the common case costs one scan).
+fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
+    fn has_nul(e: &AuditEvent) -> bool {
+        let opt = |v: &Option<String>| v.as_deref().is_some_and(|t| t.contains('\0'));
+        e.id.contains('\0')
+            || opt(&e.request_id)
+            || opt(&e.client_ip)
+            || opt(&e.method)
+            || opt(&e.route)
+            || opt(&e.path)
+            || opt(&e.subject)
+            || opt(&e.tenant)
+            || opt(&e.auth_method)
+            || opt(&e.credential_id)
+            || opt(&e.code)
+            || opt(&e.user_agent)
+            || opt(&e.reason)
+            || e.anomaly_flags.iter().any(|f| f.contains('\0'))
+    }
+    fn clean(e: &AuditEvent) -> AuditEvent {
+        let fix = |v: &Option<String>| v.as_ref().map(|t| t.replace('\0', NUL_REPLACEMENT));
+        AuditEvent {
+            id: e.id.replace('\0', NUL_REPLACEMENT),
+            request_id: fix(&e.request_id),
+            client_ip: fix(&e.client_ip),
+            method: fix(&e.method),
+            route: fix(&e.route),
+            path: fix(&e.path),
+            subject: fix(&e.subject),
+            tenant: fix(&e.tenant),
+            auth_method: fix(&e.auth_method),
+            credential_id: fix(&e.credential_id),
+            code: fix(&e.code),
+            user_agent: fix(&e.user_agent),
+            reason: fix(&e.reason),
+            anomaly_flags: e
+                .anomaly_flags
+                .iter()
+                .map(|f| f.replace('\0', NUL_REPLACEMENT))
+                .collect(),
+            ..e.clone()
+        }
+    }
+    if events.iter().any(has_nul) {
+        Cow::Owned(events.iter().map(clean).collect())
+    } else {
+        Cow::Borrowed(events)
+    }
+}
 
 /// Below this many events per half, a batch is written in one piece (at
 /// 1 000 events, two concurrent halves measured slower than one COPY).
@@ -119,7 +183,8 @@ fn copy_text(events: &[AuditEvent]) -> Vec<u8> {
         text(&mut out, e.code.as_deref());
         int(&mut out, e.rate_limit_remaining);
         text(&mut out, e.anomaly_flags_text().as_deref());
-        push_field(&mut out, e.user_agent.as_deref());
+        text(&mut out, e.user_agent.as_deref());
+        push_field(&mut out, e.reason.as_deref());
         out.push('\n');
     }
     out.into_bytes()
@@ -177,6 +242,16 @@ impl PostgresAudit {
                     "audit schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade portcullis"
                 )));
             }
+            Some(v) if v < SCHEMA_VERSION => {
+                // Version 2 adds `reason`.
+                sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS reason TEXT")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE portcullis_audit_schema SET version = $1")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Some(_) => {}
         }
         tx.commit().await?;
@@ -189,6 +264,8 @@ impl PostgresAudit {
     }
 
     async fn write(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let events = without_nul(events);
+        let events = &events[..];
         if events.len() < 2 * MIN_HALF {
             return self.copy_or_insert(events).await;
         }
@@ -250,18 +327,29 @@ impl PostgresAudit {
             .bind(col(events, |e| e.rate_limit_remaining))
             .bind(col(events, AuditEvent::anomaly_flags_text))
             .bind(col(events, |e| e.user_agent.as_deref()))
+            .bind(col(events, |e| e.reason.as_deref()))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Deletes events older than `before_us`; returns how many.
+    /// Deletes events older than `before_us`, [`PRUNE_CHUNK`] rows per
+    /// statement (each its own transaction); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE ts_us < $1")
-            .bind(before_us)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(PRUNE)
+                .bind(before_us)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// One page of events, newest first.

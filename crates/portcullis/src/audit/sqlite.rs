@@ -15,8 +15,11 @@ use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, p
 /// Rows per INSERT statement (20 columns: well under SQLite's 32 766 variables).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Rows deleted per prune statement.
+pub const PRUNE_CHUNK: i64 = 10_000;
+
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version INTEGER NOT NULL)",
@@ -41,6 +44,7 @@ const SCHEMA: &[&str] = &[
         rate_limit_remaining INTEGER,
         anomaly_flags TEXT,
         user_agent TEXT,
+        reason TEXT,
         PRIMARY KEY (ts_us, id)
     )",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
@@ -109,6 +113,23 @@ impl SqliteAudit {
                     "audit schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade portcullis"
                 )));
             }
+            Some(v) if v < SCHEMA_VERSION => {
+                // Version 2 adds `reason`.
+                let has_reason: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = 'reason'",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                if has_reason == 0 {
+                    sqlx::query("ALTER TABLE audit_events ADD COLUMN reason TEXT")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE portcullis_audit_schema SET version = ?")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Some(_) => {}
         }
         tx.commit().await?;
@@ -145,7 +166,8 @@ impl SqliteAudit {
                     .push_bind(e.code.as_deref())
                     .push_bind(e.rate_limit_remaining)
                     .push_bind(e.anomaly_flags_text())
-                    .push_bind(e.user_agent.as_deref());
+                    .push_bind(e.user_agent.as_deref())
+                    .push_bind(e.reason.as_deref());
             });
             qb.push(" ON CONFLICT (ts_us, id) DO NOTHING");
             qb.build().execute(&mut *tx).await?;
@@ -154,13 +176,27 @@ impl SqliteAudit {
         Ok(())
     }
 
-    /// Deletes events older than `before_us`; returns how many.
+    /// Deletes events older than `before_us`, [`PRUNE_CHUNK`] rows per
+    /// statement (each its own transaction, so writers wait for one chunk
+    /// at most); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE ts_us < ?")
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM audit_events WHERE rowid IN \
+                 (SELECT rowid FROM audit_events WHERE ts_us < ? ORDER BY ts_us LIMIT ?)",
+            )
             .bind(before_us)
+            .bind(PRUNE_CHUNK)
             .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+            .await?
+            .rows_affected();
+            total += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// One page of events, newest first.

@@ -29,6 +29,28 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    /// The sink refused the batch's content (a constraint or data error):
+    /// retrying the same batch will not help. The writer retries it a few
+    /// times, then moves it to the dead-letter file.
+    #[error(
+        "audit sink rejected the batch: {0}; it is retried, then kept in the spool's dead-letter file"
+    )]
+    Rejected(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The sink did not answer in time; the writer spools and retries.
+    #[error(
+        "audit sink did not answer within {0:?}; check that the database is up and not overloaded"
+    )]
+    Timeout(std::time::Duration),
+    /// The spool (or its dead-letter file) is at its size cap.
+    #[error(
+        "audit spool `{path}` is at its cap of {max_bytes} bytes; the audit database has been down too long or keeps refusing events"
+    )]
+    SpoolFull {
+        /// The spool or dead-letter file.
+        path: PathBuf,
+        /// The cap (`AuditWriterConfig::spool_max_bytes`).
+        max_bytes: u64,
+    },
     /// The query is invalid.
     #[error(transparent)]
     Query(#[from] QueryError),
@@ -41,6 +63,11 @@ pub enum AuditError {
 }
 
 impl AuditError {
+    /// Whether the sink refused the content (retrying the same batch cannot help).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
@@ -53,8 +80,42 @@ impl AuditError {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl From<sqlx::Error> for AuditError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(Box::new(e))
+        if rejects_content(&e) {
+            Self::Rejected(Box::new(e))
+        } else {
+            Self::Database(Box::new(e))
+        }
     }
+}
+
+/// Whether the database refused the data itself (not the connection, a
+/// lock or a privilege, which pass): PostgreSQL classes 22 (data
+/// exception), 23 (constraint, but not the unique violation a replay
+/// meets) and 54 (limit exceeded); SQLite `TOOBIG`, `CONSTRAINT`,
+/// `MISMATCH` and `RANGE`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn rejects_content(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    let Some(code) = db.code() else {
+        return false;
+    };
+    #[cfg(feature = "postgres")]
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return code != "23505" && ["22", "23", "54"].iter().any(|c| code.starts_with(c));
+    }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return code
+            .parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25));
+    }
+    let _ = code;
+    false
 }
 
 /// Where the writer puts batches of events.

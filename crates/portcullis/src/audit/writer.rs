@@ -1,6 +1,9 @@
 //! The audit writer: the request path only enqueues (never awaits a sink);
-//! one batcher task flushes by size or time, spools while the sink is down,
-//! replays the spool in order when it returns, and drains on shutdown.
+//! one batcher task flushes by size or time under a write deadline, spools
+//! while the sink is down or hangs, replays the spool in order when it
+//! returns, moves batches the sink keeps rejecting to a dead-letter file,
+//! and drains on shutdown within a deadline. Retention runs in a task of
+//! its own beside the batcher.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +41,19 @@ pub struct PrunePolicy {
 /// Writer settings; [`AuditWriterConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditWriterConfig {
+    /// Longest a sink write may take before the batch is spooled instead
+    /// (a hung database is a database that is down). Default 5 s.
+    pub write_timeout: Duration,
+    /// Longest [`AuditWriter::shutdown`] takes: queued events the sink has
+    /// not taken by then are spooled. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Cap on the spool file, and separately on its dead-letter file, in
+    /// bytes; batches that would pass it are dropped (counted in
+    /// `spool_overflow` and `lost`, logged). Default 1 GiB.
+    pub spool_max_bytes: u64,
+    /// Times the sink may reject the oldest spooled batch's content before
+    /// the events it keeps rejecting move to the dead-letter file. Default 3.
+    pub dead_letter_after: u32,
     /// Events the queue holds (bounds memory). Default 65 536.
     pub queue_capacity: usize,
     /// Flush when this many events are waiting. Default 1 000.
@@ -65,6 +81,10 @@ impl AuditWriterConfig {
             spool_path: spool_path.into(),
             retry_interval: Duration::from_millis(500),
             prune: None,
+            write_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            spool_max_bytes: 1 << 30,
+            dead_letter_after: 3,
         }
     }
 
@@ -78,6 +98,15 @@ impl AuditWriterConfig {
         }
         if self.flush_interval.is_zero() || self.retry_interval.is_zero() {
             return bad("flush_interval and retry_interval must be positive");
+        }
+        if self.write_timeout.is_zero() || self.shutdown_timeout.is_zero() {
+            return bad("write_timeout and shutdown_timeout must be positive");
+        }
+        if self.spool_max_bytes < 1 << 20 {
+            return bad("spool_max_bytes must be at least 1048576");
+        }
+        if self.dead_letter_after == 0 {
+            return bad("dead_letter_after must be at least 1");
         }
         if self
             .prune
@@ -109,9 +138,14 @@ struct Counters {
     sink_errors: AtomicU64,
     lost: AtomicU64,
     pruned: AtomicU64,
+    dead_lettered: AtomicU64,
+    spool_overflow: AtomicU64,
+    sink_timeouts: AtomicU64,
+    set_aside: AtomicU64,
 }
 
 /// A snapshot of the writer's counters (also exported through `metrics`).
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuditStats {
     /// Events accepted into the queue.
@@ -128,10 +162,20 @@ pub struct AuditStats {
     pub replayed: u64,
     /// Failed sink writes.
     pub sink_errors: u64,
-    /// Events neither stored nor spooled (spool write failed).
+    /// Events neither stored nor spooled nor dead-lettered (spool write
+    /// failed, spool at its cap, shutdown deadline missed by the spool).
     pub lost: u64,
     /// Events deleted by the background prune.
     pub pruned: u64,
+    /// Events the sink kept rejecting, moved to the dead-letter file.
+    pub dead_lettered: u64,
+    /// Events dropped because the spool was at `spool_max_bytes` (also in `lost`).
+    pub spool_overflow: u64,
+    /// Sink writes that missed `write_timeout` (also in `sink_errors`).
+    pub sink_timeouts: u64,
+    /// Spool records moved aside: corrupt files (`.corrupt-*`) and records
+    /// this build cannot decode (to the dead-letter file).
+    pub set_aside: u64,
 }
 
 fn bump(counter: &AtomicU64, name: &'static str, n: u64) {
@@ -145,7 +189,9 @@ pub struct AuditWriter {
     policy: FullPolicy,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
+    shutdown_timeout: Duration,
     task: Mutex<Option<JoinHandle<()>>>,
+    prune_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -169,19 +215,38 @@ impl AuditWriter {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             AuditError::Config("AuditWriter::start must be called inside a tokio runtime".into())
         })?;
-        let spool = Spool::open(&config.spool_path)?;
+        let spool = Spool::open_capped(&config.spool_path, config.spool_max_bytes)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let counters = Arc::new(Counters::default());
+        let set_aside = spool.set_aside();
+        if set_aside > 0 {
+            bump(
+                &counters.set_aside,
+                "portcullis_audit_set_aside_total",
+                set_aside,
+            );
+        }
         let shutdown = Arc::new(Notify::new());
+        let prune_task = config.prune.map(|policy| {
+            runtime.spawn(prune_loop(
+                Arc::clone(&sink),
+                policy,
+                clock,
+                Arc::clone(&counters),
+            ))
+        });
         let batcher = Batcher {
             rx,
             sink,
             spool,
             next_retry: Instant::now(),
-            next_prune: Instant::now(),
+            backoff: config.retry_interval,
+            head_rejections: 0,
+            seen_set_aside: set_aside,
+            spool_full_logged: false,
+            deadline: None,
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
-            clock,
             config: config.clone(),
         };
         let task = runtime.spawn(batcher.run());
@@ -190,7 +255,9 @@ impl AuditWriter {
             policy: config.full_policy,
             counters,
             shutdown,
+            shutdown_timeout: config.shutdown_timeout,
             task: Mutex::new(Some(task)),
+            prune_task: Mutex::new(prune_task),
         })
     }
 
@@ -260,6 +327,10 @@ impl AuditWriter {
             sink_errors: l(&c.sink_errors),
             lost: l(&c.lost),
             pruned: l(&c.pruned),
+            dead_lettered: l(&c.dead_lettered),
+            spool_overflow: l(&c.spool_overflow),
+            sink_timeouts: l(&c.sink_timeouts),
+            set_aside: l(&c.set_aside),
         }
     }
 
@@ -268,16 +339,71 @@ impl AuditWriter {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Stops accepting events, writes every queued one (to the sink, or to
-    /// the spool when the sink is down; spooled events replay on next start)
-    /// and waits for the batcher to finish. Idempotent.
+    /// Stops accepting events and the prune task, writes every queued event
+    /// (to the sink, or to the spool when the sink is down, hangs, or the
+    /// deadline is near; spooled events replay on next start) and waits for
+    /// the batcher, at most `shutdown_timeout` (plus a second's grace before
+    /// it is aborted and what is still queued is counted lost). Idempotent.
     pub async fn shutdown(&self) {
         self.shutdown.notify_one();
+        let prune = self
+            .prune_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(prune) = prune {
+            prune.abort();
+        }
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::error!(error = %e, "audit batcher ended abnormally");
+        let Some(mut task) = task else {
+            return;
+        };
+        let backstop = self.shutdown_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(backstop, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit batcher ended abnormally"),
+            Err(_) => {
+                task.abort();
+                let queued = self.queued() as u64;
+                tracing::error!(
+                    events = queued,
+                    "audit writer missed its shutdown deadline (the spool's disk hangs?); queued events are lost"
+                );
+                bump(&self.counters.lost, "portcullis_audit_lost_total", queued);
+            }
+        }
+    }
+}
+
+impl Drop for AuditWriter {
+    /// A writer dropped without `shutdown` stops its prune task too (the
+    /// batcher ends by itself once the queue's sender is gone).
+    fn drop(&mut self) {
+        let prune = self
+            .prune_task
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(prune) = prune {
+            prune.abort();
+        }
+    }
+}
+
+/// Deletes old events every `policy.every`, beside the batcher (a long
+/// delete never holds up writes); sinks delete in bounded chunks.
+async fn prune_loop(
+    sink: Arc<dyn AuditSink>,
+    policy: PrunePolicy,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        tokio::time::sleep(policy.every).await;
+        let before = micros(clock.now().saturating_sub(policy.older_than));
+        match sink.prune(before).await {
+            Ok(n) => bump(&counters.pruned, "portcullis_audit_pruned_total", n),
+            Err(e) => tracing::warn!(error = %e, "audit prune failed; retrying next period"),
         }
     }
 }
@@ -287,15 +413,28 @@ struct Batcher {
     sink: Arc<dyn AuditSink>,
     spool: Spool,
     next_retry: Instant,
-    next_prune: Instant,
+    /// Wait before the next replay attempt: `retry_interval`, doubled after
+    /// each timeout up to [`MAX_BACKOFF`].
+    backoff: Duration,
+    /// Times the sink rejected the content of the spool's oldest batch.
+    head_rejections: u32,
+    seen_set_aside: u64,
+    spool_full_logged: bool,
+    /// Set at shutdown: sink writes stop being attempted past it.
+    deadline: Option<Instant>,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
-    clock: Arc<dyn Clock>,
     config: AuditWriterConfig,
 }
 
 /// Spool records replayed per loop turn, so the queue keeps draining meanwhile.
 const REPLAY_PER_TURN: usize = 8;
+/// Longest wait between replay attempts while the sink keeps timing out
+/// (each attempt may hold the batcher for `write_timeout`).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Most sink writes spent isolating the events a rejected batch's sink
+/// refuses; what is left untried then goes to the dead-letter file whole.
+const MAX_SALVAGE_WRITES: usize = 64;
 
 impl Batcher {
     async fn run(mut self) {
@@ -303,9 +442,6 @@ impl Batcher {
         let mut batch = Vec::with_capacity(size);
         let mut closing = false;
         let mut done = false;
-        if let Some(p) = self.config.prune {
-            self.next_prune = Instant::now() + p.every;
-        }
         while !done {
             let deadline = Instant::now() + self.config.flush_interval;
             while batch.len() < size {
@@ -314,6 +450,7 @@ impl Batcher {
                     biased;
                     () = self.shutdown.notified(), if !closing => {
                         closing = true;
+                        self.deadline = Some(Instant::now() + self.config.shutdown_timeout);
                         self.rx.close();
                     }
                     n = self.rx.recv_many(&mut batch, room) => {
@@ -331,33 +468,133 @@ impl Batcher {
             }
             self.replay(if done { usize::MAX } else { REPLAY_PER_TURN }, done)
                 .await;
-            if !done {
-                self.prune().await;
+        }
+    }
+
+    /// The time a sink write may take now: `write_timeout`, cut to what is
+    /// left before the shutdown deadline (zero: do not try).
+    fn budget(&self) -> Duration {
+        let budget = self.config.write_timeout;
+        self.deadline.map_or(budget, |d| {
+            budget.min(d.saturating_duration_since(Instant::now()))
+        })
+    }
+
+    /// One sink write under [`Batcher::budget`].
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let budget = self.budget();
+        if budget.is_zero() {
+            return Err(AuditError::Timeout(budget));
+        }
+        match tokio::time::timeout(budget, self.sink.write_batch(events)).await {
+            Ok(done) => done,
+            Err(_) => {
+                bump(
+                    &self.counters.sink_timeouts,
+                    "portcullis_audit_sink_timeouts_total",
+                    1,
+                );
+                Err(AuditError::Timeout(budget))
             }
         }
     }
 
-    async fn deliver(&mut self, batch: Vec<AuditEvent>) {
-        let n = batch.len() as u64;
-        if !self.spool.pending() {
-            match self.sink.write_batch(&batch).await {
-                Ok(()) => {
-                    bump(&self.counters.written, "portcullis_audit_written_total", n);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, events = n, "audit sink write failed; spooling");
-                    bump(
-                        &self.counters.sink_errors,
-                        "portcullis_audit_sink_errors_total",
-                        1,
-                    );
-                    self.next_retry = Instant::now() + self.config.retry_interval;
+    /// [`Batcher::write`] of the spool's oldest batch, moving the events
+    /// that arrive meanwhile into the spool (where they would go anyway
+    /// while it is not empty, so the order is kept): a sink that hangs for
+    /// `write_timeout` on every retry never backs up the queue.
+    async fn replay_write(&mut self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        let budget = self.budget();
+        if budget.is_zero() {
+            return Err(AuditError::Timeout(budget));
+        }
+        let sink = Arc::clone(&self.sink);
+        let write = tokio::time::timeout(budget, sink.write_batch(events));
+        tokio::pin!(write);
+        let size = self.config.batch_size;
+        let mut arrived = Vec::with_capacity(size);
+        let mut open = true;
+        let done = loop {
+            let room = size - arrived.len();
+            tokio::select! {
+                biased;
+                done = &mut write => break done,
+                n = self.rx.recv_many(&mut arrived, room), if open => {
+                    open = n > 0;
+                    if arrived.len() >= size {
+                        let full = std::mem::replace(&mut arrived, Vec::with_capacity(size));
+                        self.spool_batch(&full).await;
+                    }
                 }
             }
+        };
+        if !arrived.is_empty() {
+            self.spool_batch(&arrived).await;
         }
-        match self.spool.append(&batch).await {
-            Ok(()) => bump(&self.counters.spooled, "portcullis_audit_spooled_total", n),
+        done.unwrap_or_else(|_| {
+            bump(
+                &self.counters.sink_timeouts,
+                "portcullis_audit_sink_timeouts_total",
+                1,
+            );
+            Err(AuditError::Timeout(budget))
+        })
+    }
+
+    /// Counts a failed write and schedules the next replay attempt.
+    fn failed(&mut self, e: &AuditError, what: &'static str) {
+        tracing::warn!(error = %e, "{what}");
+        bump(
+            &self.counters.sink_errors,
+            "portcullis_audit_sink_errors_total",
+            1,
+        );
+        self.backoff = if matches!(e, AuditError::Timeout(_)) {
+            (self.backoff * 2).min(MAX_BACKOFF.max(self.config.retry_interval))
+        } else {
+            self.config.retry_interval
+        };
+        self.next_retry = Instant::now() + self.backoff;
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = self.config.retry_interval;
+    }
+
+    async fn deliver(&mut self, batch: Vec<AuditEvent>) {
+        let n = batch.len() as u64;
+        if !self.spool.pending() && !self.budget().is_zero() {
+            match self.write(&batch).await {
+                Ok(()) => {
+                    bump(&self.counters.written, "portcullis_audit_written_total", n);
+                    self.succeeded();
+                    return;
+                }
+                Err(e) => self.failed(&e, "audit sink write failed; spooling"),
+            }
+        }
+        self.spool_batch(&batch).await;
+    }
+
+    async fn spool_batch(&mut self, batch: &[AuditEvent]) {
+        let n = batch.len() as u64;
+        match self.spool.append(batch).await {
+            Ok(()) => {
+                self.spool_full_logged = false;
+                bump(&self.counters.spooled, "portcullis_audit_spooled_total", n);
+            }
+            Err(e @ AuditError::SpoolFull { .. }) => {
+                if !self.spool_full_logged {
+                    tracing::error!(error = %e, "audit spool full; dropping new batches until it drains");
+                    self.spool_full_logged = true;
+                }
+                bump(
+                    &self.counters.spool_overflow,
+                    "portcullis_audit_spool_overflow_total",
+                    n,
+                );
+                bump(&self.counters.lost, "portcullis_audit_lost_total", n);
+            }
             Err(e) => {
                 tracing::error!(error = %e, events = n, "audit spool write failed; events lost");
                 bump(&self.counters.lost, "portcullis_audit_lost_total", n);
@@ -366,13 +603,26 @@ impl Batcher {
     }
 
     /// Replays up to `max` spooled batches, in order, when a retry is due
-    /// (always when `force`).
+    /// (always when `force`, within the shutdown deadline).
     async fn replay(&mut self, max: usize, force: bool) {
         if !self.spool.pending() || (!force && Instant::now() < self.next_retry) {
             return;
         }
         for _ in 0..max {
-            let (events, next) = match self.spool.peek().await {
+            if self.budget().is_zero() {
+                return;
+            }
+            let peeked = self.spool.peek().await;
+            let set_aside = self.spool.set_aside();
+            if set_aside > self.seen_set_aside {
+                bump(
+                    &self.counters.set_aside,
+                    "portcullis_audit_set_aside_total",
+                    set_aside - self.seen_set_aside,
+                );
+                self.seen_set_aside = set_aside;
+            }
+            let (events, next) = match peeked {
                 Ok(Some(found)) => found,
                 Ok(None) => return,
                 Err(e) => {
@@ -381,22 +631,38 @@ impl Batcher {
                     return;
                 }
             };
-            if let Err(e) = self.sink.write_batch(&events).await {
-                tracing::warn!(error = %e, "audit sink still unavailable; replay later");
-                bump(
-                    &self.counters.sink_errors,
-                    "portcullis_audit_sink_errors_total",
-                    1,
-                );
-                self.next_retry = Instant::now() + self.config.retry_interval;
-                return;
-            }
-            let n = events.len() as u64;
-            bump(&self.counters.written, "portcullis_audit_written_total", n);
+            let stored = match self.replay_write(&events).await {
+                Ok(()) => events.len() as u64,
+                Err(e) if e.is_rejection() => {
+                    self.head_rejections += 1;
+                    if self.head_rejections < self.config.dead_letter_after {
+                        self.failed(&e, "audit sink rejected a spooled batch; retrying it later");
+                        return;
+                    }
+                    match self.salvage(&events).await {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            self.failed(&e, "audit sink unavailable while isolating a rejected batch; replay later");
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.failed(&e, "audit sink still unavailable; replay later");
+                    return;
+                }
+            };
+            self.head_rejections = 0;
+            self.succeeded();
+            bump(
+                &self.counters.written,
+                "portcullis_audit_written_total",
+                stored,
+            );
             bump(
                 &self.counters.replayed,
                 "portcullis_audit_replayed_total",
-                n,
+                stored,
             );
             if let Err(e) = self.spool.advance(next).await {
                 tracing::error!(error = %e, "cannot advance the audit spool");
@@ -405,18 +671,61 @@ impl Batcher {
         }
     }
 
-    async fn prune(&mut self) {
-        let Some(policy) = self.config.prune else {
-            return;
-        };
-        if Instant::now() < self.next_prune {
-            return;
+    /// Writes what the sink accepts of a batch it keeps rejecting, halving
+    /// the rejected parts down to single events, and moves the events it
+    /// still rejects to the dead-letter file. Returns how many were stored;
+    /// an error that is not a rejection stops it (retried later: writes are
+    /// idempotent).
+    async fn salvage(&mut self, events: &[AuditEvent]) -> Result<u64, AuditError> {
+        let mut stack = vec![(0, events.len())];
+        let mut dead: Vec<AuditEvent> = Vec::new();
+        let mut stored = 0u64;
+        let mut writes = 0;
+        while let Some((a, b)) = stack.pop() {
+            let part = &events[a..b];
+            writes += 1;
+            if writes > MAX_SALVAGE_WRITES {
+                dead.extend_from_slice(part);
+                continue;
+            }
+            match self.write(part).await {
+                Ok(()) => stored += part.len() as u64,
+                Err(e) if e.is_rejection() => {
+                    if part.len() == 1 {
+                        tracing::debug!(error = %e, id = %part[0].id, "audit sink rejects this event");
+                        dead.extend_from_slice(part);
+                    } else {
+                        let mid = a + (b - a) / 2;
+                        stack.push((mid, b));
+                        stack.push((a, mid));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        self.next_prune = Instant::now() + policy.every;
-        let before = micros(self.clock.now().saturating_sub(policy.older_than));
-        match self.sink.prune(before).await {
-            Ok(n) => bump(&self.counters.pruned, "portcullis_audit_pruned_total", n),
-            Err(e) => tracing::warn!(error = %e, "audit prune failed; retrying next period"),
+        if dead.is_empty() {
+            return Ok(stored);
         }
+        let n = dead.len() as u64;
+        match self.spool.dead_letter(&dead).await {
+            Ok(()) => {
+                tracing::error!(
+                    events = n,
+                    stored,
+                    dead_letter = %self.spool.dead_letter_path().display(),
+                    "audit sink keeps rejecting these events; moved them to the dead-letter file"
+                );
+                bump(
+                    &self.counters.dead_lettered,
+                    "portcullis_audit_dead_lettered_total",
+                    n,
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = n, "cannot write the audit dead-letter file; events lost");
+                bump(&self.counters.lost, "portcullis_audit_lost_total", n);
+            }
+        }
+        Ok(stored)
     }
 }

@@ -5,7 +5,7 @@
 use portcullis_core::AuthMethod;
 use portcullis_core::authz::roles::RoleDef;
 use portcullis_core::authz::routes::{Effect, Requirements};
-use portcullis_core::ratelimit::RuleConfig;
+use portcullis_core::ratelimit::{ClientIpConfig, RuleConfig};
 use serde::Deserialize;
 
 /// Where a route looks for credentials, in the order configured.
@@ -172,47 +172,6 @@ impl RouteConfig {
     }
 }
 
-/// Which forwarding header the trusted proxies write.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For` (nginx, most load balancers).
-    #[default]
-    Xff,
-    /// RFC 7239 `Forwarded`.
-    Forwarded,
-}
-
-/// How the client address is found (see `ClientIpConfig`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientIpSettings {
-    /// Proxies (addresses or CIDRs) whose forwarding header is believed;
-    /// empty (the default): the socket peer is the client.
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-    /// The header those proxies write.
-    #[serde(default)]
-    pub header: ForwardedHeader,
-    /// IPv6 clients are grouped by this prefix for limits and bans (default 64).
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-}
-
-fn default_ipv6_prefix() -> u8 {
-    64
-}
-
-impl Default for ClientIpSettings {
-    fn default() -> Self {
-        Self {
-            trusted_proxies: Vec::new(),
-            header: ForwardedHeader::Xff,
-            ipv6_prefix: default_ipv6_prefix(),
-        }
-    }
-}
-
 /// Names of the headers credentials arrive in.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,9 +215,10 @@ pub struct GuardConfig {
     /// The `realm` of `WWW-Authenticate` challenges (default `api`).
     #[serde(default = "default_realm")]
     pub realm: String,
-    /// Client IP resolution.
+    /// Client IP resolution: which proxies are trusted and which header
+    /// they write (`{trusted_proxies, header = "xff" | "forwarded", ipv6_prefix}`).
     #[serde(default)]
-    pub client_ip: ClientIpSettings,
+    pub client_ip: ClientIpConfig,
     /// Credential header names.
     #[serde(default)]
     pub headers: CredentialHeaders,
@@ -294,7 +254,7 @@ impl Default for GuardConfig {
     fn default() -> Self {
         Self {
             realm: default_realm(),
-            client_ip: ClientIpSettings::default(),
+            client_ip: ClientIpConfig::default(),
             headers: CredentialHeaders::default(),
             roles: Vec::new(),
             rate_limits: Vec::new(),

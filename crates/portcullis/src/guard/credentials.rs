@@ -160,26 +160,3 @@ pub(crate) fn describe(sources: &[CredentialSource]) -> String {
     let parts: Vec<&str> = sources.iter().map(|s| describe_one(*s)).collect();
     parts.join(" or ")
 }
-
-/// Every line of `name` joined by commas; `Err` when a line is not visible
-/// ASCII or the whole is oversized (then the peer address is used).
-pub(crate) fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, ()> {
-    let mut out: Option<String> = None;
-    for v in headers.get_all(name) {
-        let v = v.to_str().map_err(|_| ())?;
-        match &mut out {
-            None => out = Some(v.to_owned()),
-            Some(s) => {
-                s.push(',');
-                s.push_str(v);
-            }
-        }
-        if out
-            .as_ref()
-            .is_some_and(|s| s.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN)
-        {
-            return Err(());
-        }
-    }
-    Ok(out)
-}

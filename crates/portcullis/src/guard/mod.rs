@@ -30,12 +30,11 @@ use portcullis_core::audit::redact::Redactor;
 use portcullis_core::audit::{AuditEvent, Decision as AuditDecision, EventIds};
 use portcullis_core::authz::routes::{AuthzConfig, Effect, Reason, RouteRule};
 use portcullis_core::authz::signed_request::{SignatureHeaders, SignedParts};
-use portcullis_core::ratelimit::{ClientIpConfig, IpNet, Rule};
+use portcullis_core::ratelimit::{ClientIpConfig, Rule};
 use portcullis_core::{AuthMethod, Clock, ErrorCode, Principal, SystemClock, Verifier};
 
 pub use self::config::{
-    ClientIpSettings, CredentialHeaders, CredentialSource, ForwardedHeader, GuardConfig,
-    GuardConfigError, Mode, RouteConfig,
+    CredentialHeaders, CredentialSource, GuardConfig, GuardConfigError, Mode, RouteConfig,
 };
 use self::credentials::Presented;
 pub use self::decision::{AuditTicket, Decision, Refusal};
@@ -100,8 +99,6 @@ struct CompiledRoute {
 struct Inner {
     realm: String,
     client_ip: ClientIpConfig,
-    forwarded: ForwardedHeader,
-    trusted: Vec<IpNet>,
     headers: credentials::HeaderNames,
     routes: Vec<CompiledRoute>,
     default_route: CompiledRoute,
@@ -295,17 +292,6 @@ impl GuardBuilder {
                 "must be 1-64 visible ASCII characters without quotes or backslashes".into(),
             ));
         }
-        let client_ip = ClientIpConfig::new()
-            .trusted_proxies(&config.client_ip.trusted_proxies)
-            .and_then(|c| c.ipv6_prefix(config.client_ip.ipv6_prefix))
-            .map_err(|e| field("client_ip", e.to_string()))?;
-        let trusted = config
-            .client_ip
-            .trusted_proxies
-            .iter()
-            .map(|c| c.parse::<IpNet>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| field("client_ip.trusted_proxies", e.to_string()))?;
         let headers = credentials::HeaderNames::new(&config.headers)?;
 
         // Rate limits: one limiter holding every configured rule; routes
@@ -491,9 +477,7 @@ impl GuardBuilder {
         Ok(Guard {
             inner: Arc::new(Inner {
                 realm: config.realm,
-                client_ip,
-                forwarded: config.client_ip.header,
-                trusted,
+                client_ip: config.client_ip,
                 headers,
                 routes,
                 default_route,
@@ -616,31 +600,11 @@ impl Guard {
     /// The client address of a request from `peer`: the socket peer, or
     /// what a trusted proxy's configured forwarding header says.
     pub fn client_ip(&self, parts: &Parts, peer: IpAddr) -> IpAddr {
-        let name = match self.inner.forwarded {
-            ForwardedHeader::Xff => "x-forwarded-for",
-            ForwardedHeader::Forwarded => "forwarded",
-        };
-        let Ok(joined) = credentials::joined(&parts.headers, name) else {
-            return self.inner.client_ip.group(peer);
-        };
-        match self.inner.forwarded {
-            ForwardedHeader::Xff => self
-                .inner
-                .client_ip
-                .client_key(peer, None, joined.as_deref()),
-            ForwardedHeader::Forwarded => {
-                self.inner
-                    .client_ip
-                    .client_key(peer, joined.as_deref(), None)
-            }
-        }
+        crate::ratelimit::client_key(&self.inner.client_ip, peer, &parts.headers)
     }
 
     fn is_trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|p| {
-            let p = p.to_canonical();
-            self.inner.trusted.iter().any(|n| n.contains(p))
-        })
+        peer.is_some_and(|p| self.inner.client_ip.is_trusted(p))
     }
 
     fn request_id(&self, parts: &Parts, peer: Option<IpAddr>) -> String {
@@ -711,11 +675,22 @@ impl Guard {
             .await;
 
         let (refusal, dry_run_refusal) = match outcome {
-            Ok(()) => (None, None),
+            Ok(reason) => {
+                if let Some(e) = event.as_mut() {
+                    e.reason = Some(reason.to_owned());
+                }
+                (None, None)
+            }
             Err(refused) => {
                 if let Some(e) = event.as_mut() {
                     e.decision = AuditDecision::Deny;
                     e.code = Some(refused.refusal.code.as_str().to_owned());
+                    e.reason = Some(format!(
+                        "{}{}: {}",
+                        if route.dry_run { "dry_run: " } else { "" },
+                        refused.reason,
+                        refused.refusal.detail
+                    ));
                 }
                 tracing::debug!(
                     request_id,
@@ -777,7 +752,7 @@ impl Guard {
         principal_out: &mut Option<Arc<Principal>>,
         headers_out: &mut Vec<(HeaderName, HeaderValue)>,
         mut event: Option<&mut AuditEvent>,
-    ) -> Result<(), Refused> {
+    ) -> Result<&'static str, Refused> {
         let inner = &*self.inner;
 
         // 2. A banned IP is refused before any credential costs us work.
@@ -925,7 +900,7 @@ impl Guard {
                 reason: decision.reason.as_str(),
             });
         }
-        Ok(())
+        Ok(decision.reason.as_str())
     }
 
     async fn check_ban(
@@ -1146,7 +1121,10 @@ impl Guard {
                                 reason: "backend_unavailable",
                             }
                         } else {
-                            self.auth_refusal(code, "the request signature does not verify")
+                            self.auth_refusal(
+                                code,
+                                &format!("the request signature does not verify: {e}"),
+                            )
                         };
                         Err((refused, sig_headers.app_id.map(str::to_owned)))
                     }

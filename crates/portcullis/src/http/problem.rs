@@ -22,12 +22,30 @@ pub struct ProblemJson;
 
 /// The problem+json body of `refusal`.
 pub fn problem_body(refusal: &Refusal, request_id: &str) -> String {
+    problem_json(
+        refusal.status,
+        refusal.code.as_str(),
+        &refusal.detail,
+        request_id,
+    )
+}
+
+/// An RFC 9457 body: `type` (`about:blank`), `title` (the status's reason
+/// phrase), `status`, `detail`, the stable `code` and `request_id`. Every
+/// problem answer of the library (guard refusals, the token service) is
+/// rendered by this one function.
+pub fn problem_json(
+    status: http::StatusCode,
+    code: &str,
+    detail: &str,
+    request_id: &str,
+) -> String {
     serde_json::json!({
         "type": "about:blank",
-        "title": refusal.title(),
-        "status": refusal.status.as_u16(),
-        "detail": refusal.detail,
-        "code": refusal.code.as_str(),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
         "request_id": request_id,
     })
     .to_string()

@@ -16,6 +16,7 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// A circuit breaker over the Redis backend.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    name: &'static str,
     epoch: Instant,
     threshold: u32,
     probe_ms: u64,
@@ -28,12 +29,19 @@ impl CircuitBreaker {
     /// Opens after `threshold` consecutive failures; probes every `probe`.
     pub fn new(threshold: u32, probe: Duration) -> Self {
         Self {
+            name: "rate-limit",
             epoch: Instant::now(),
             threshold: threshold.max(1),
             probe_ms: u64::try_from(probe.as_millis()).unwrap_or(u64::MAX).max(1),
             failures: AtomicU32::new(0),
             next_probe_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Names the backend in the breaker's log lines (default `rate-limit`).
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -66,7 +74,10 @@ impl CircuitBreaker {
         self.failures.store(0, Ordering::Relaxed);
         if self.next_probe_ms.load(Ordering::Relaxed) != 0 {
             self.next_probe_ms.store(0, Ordering::Release);
-            tracing::info!("rate-limit backend is answering again; shared limiting resumed");
+            tracing::info!(
+                backend = self.name,
+                "backend is answering again; circuit breaker closed"
+            );
         }
     }
 

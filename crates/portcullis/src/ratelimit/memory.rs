@@ -1,13 +1,20 @@
 //! The in-process limiter: 64 shards, each a mutex over a hash map from a
 //! 64-bit key hash to a compact per-key state; no global lock, no
 //! allocation on the check path (except a sliding log's stamps), idle keys
-//! swept, the number of keys bounded.
+//! swept, memory bounded in keys and in bytes.
 //!
 //! Memory: a key costs one map slot of 32 bytes (8-byte hash + 24-byte
 //! state) plus a control byte, at a load factor between 7/16 and 7/8, so
-//! 37-75 bytes; a sliding-log key adds its stamps (8 bytes each, up to the
-//! limit, plus a 32-byte header). One million GCRA or fixed-window keys fit
-//! in about 70 MB (test `memory_one_million_keys_fit`).
+//! 37-75 bytes (counted as [`KEY_BYTES`]); a sliding-log key adds its stamps
+//! (8 bytes each, up to the limit, plus a 32-byte header), counted by
+//! capacity. One million GCRA or fixed-window keys fit in about 70 MB (test
+//! `memory_one_million_keys_fit_and_idle_keys_are_swept`).
+//!
+//! When a shard is full (in keys or bytes) after idle keys are swept, the
+//! least useful keys are evicted first: those whose state limits their
+//! client least (the smallest used fraction of their quota), so a bucket
+//! that is throttling someone right now is the last to go and a client
+//! cannot reset its own by flooding the limiter with fresh keys.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -22,6 +29,19 @@ const SHARDS: usize = 64;
 /// A shard is swept for idle keys when it grows past this many keys (and
 /// then again each time it doubles).
 const FIRST_SWEEP: usize = 1024;
+/// Bytes counted per key (map slot, control byte, load-factor slack).
+pub const KEY_BYTES: usize = 64;
+/// Bytes of the memory bound per allowed key when none is set
+/// ([`MemoryLimiter::new`]): 128 MB for the default million keys.
+pub const DEFAULT_BYTES_PER_KEY: usize = 128;
+/// Smallest byte bound of one shard: room for one full sliding log (10 000
+/// stamps, 16 384 of capacity) and then some.
+const MIN_SHARD_BYTES: usize = 256 * 1024;
+/// A full shard is evicted down to this fraction (in eighths) of its bounds,
+/// so that eviction, which sorts the shard, runs rarely.
+const EVICT_TO_EIGHTHS: usize = 7;
+/// Pressure (used fraction of the quota) is in units of 1/65 536.
+const FULL: u64 = 1 << 16;
 
 /// One key's state: 24 bytes.
 #[derive(Debug)]
@@ -64,6 +84,14 @@ impl Slot {
             Self::Gcra { rule, .. } | Self::Fixed { rule, .. } | Self::Log { rule, .. } => {
                 usize::from(*rule)
             }
+        }
+    }
+
+    /// The bytes this key is counted for.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Log { log, .. } => KEY_BYTES + 32 + 8 * log.capacity(),
+            _ => KEY_BYTES,
         }
     }
 }
@@ -111,6 +139,35 @@ impl Compiled {
             Slot::Log { log, .. } => log.back().map_or(0, |t| t.saturating_add(self.period_us)),
         }
     }
+
+    /// How much of its quota the key has used at `now`, in 1/65 536: what
+    /// forgetting it would give its client back. 0 for an idle key, 65 536
+    /// for one that is refusing requests.
+    fn pressure(&self, slot: &Slot, now: u64) -> u64 {
+        let fraction = |used: u64, of: u64| {
+            u64::try_from(u128::from(used) * u128::from(FULL) / u128::from(of.max(1)))
+                .unwrap_or(FULL)
+                .min(FULL)
+        };
+        match slot {
+            Slot::Gcra { tat, .. } => fraction(tat.saturating_sub(now), self.gcra.tolerance_us),
+            Slot::Fixed { start, count, .. } => {
+                if start.saturating_add(self.period_us) <= now {
+                    0
+                } else {
+                    fraction(*count, self.limit)
+                }
+            }
+            Slot::Log { log, .. } => {
+                let live = log
+                    .iter()
+                    .rev()
+                    .take_while(|&&t| t.saturating_add(self.period_us) > now)
+                    .count();
+                fraction(live as u64, self.limit)
+            }
+        }
+    }
 }
 
 /// Hashes an already well-mixed 64-bit key: one multiply.
@@ -145,6 +202,8 @@ impl BuildHasher for MixState {
 struct Shard {
     map: HashMap<u64, Slot, MixState>,
     next_sweep: usize,
+    /// Bytes counted for the keys held (see [`Slot::bytes`]).
+    bytes: usize,
 }
 
 /// A shard's lock on cache lines of its own, so that two threads working
@@ -160,13 +219,25 @@ pub struct MemoryLimiter {
     compiled: Box<[Compiled]>,
     shards: Box<[PaddedShard]>,
     max_per_shard: usize,
+    max_bytes_per_shard: usize,
     hasher: foldhash::fast::RandomState,
 }
 
 impl MemoryLimiter {
     /// State for `rules` (already validated), holding at most about
-    /// `max_keys` keys.
+    /// `max_keys` keys and `max_keys * 128` bytes.
     pub fn new(rules: Arc<[Rule]>, max_keys: usize) -> Self {
+        Self::with_max_bytes(
+            rules,
+            max_keys,
+            max_keys.saturating_mul(DEFAULT_BYTES_PER_KEY),
+        )
+    }
+
+    /// State for `rules` holding at most about `max_keys` keys and
+    /// `max_bytes` bytes (at least 256 KiB per shard, 16 MiB in all, so
+    /// that a full sliding log fits).
+    pub fn with_max_bytes(rules: Arc<[Rule]>, max_keys: usize, max_bytes: usize) -> Self {
         let compiled = rules.iter().map(|r| Compiled::new(r.algorithm)).collect();
         Self {
             rules,
@@ -176,10 +247,12 @@ impl MemoryLimiter {
                     PaddedShard(Mutex::new(Shard {
                         map: HashMap::with_hasher(MixState),
                         next_sweep: FIRST_SWEEP,
+                        bytes: 0,
                     }))
                 })
                 .collect(),
             max_per_shard: (max_keys / SHARDS).max(FIRST_SWEEP),
+            max_bytes_per_shard: (max_bytes / SHARDS).max(MIN_SHARD_BYTES),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -294,38 +367,76 @@ impl MemoryLimiter {
         if let Some(slot) = shard.map.get_mut(&h)
             && slot.rule() == rule
         {
-            return compiled.apply(slot, now, consume);
+            let Slot::Log { log, .. } = slot else {
+                return compiled.apply(slot, now, consume);
+            };
+            // A sliding log grows and shrinks: keep its bytes counted.
+            let before = log.capacity();
+            let d = sliding_log(log, compiled.limit, compiled.period_us, now, consume);
+            if log.capacity() > 64 && log.len() < log.capacity() / 4 {
+                log.shrink_to(log.len() * 2);
+            }
+            let after = log.capacity();
+            shard.bytes = (shard.bytes + 8 * after).saturating_sub(8 * before);
+            if shard.bytes > self.max_bytes_per_shard {
+                self.sweep_shard(shard, now);
+            }
+            return d;
         }
         let mut fresh = Slot::fresh(u8::try_from(rule).unwrap_or(u8::MAX), &compiled.algorithm);
         let d = compiled.apply(&mut fresh, now, consume);
         if consume && d.allowed {
-            if shard.map.len() >= shard.next_sweep {
+            if shard.map.len() >= shard.next_sweep
+                || shard.bytes + fresh.bytes() > self.max_bytes_per_shard
+            {
                 self.sweep_shard(shard, now);
             }
-            shard.map.insert(h, fresh);
+            shard.bytes += fresh.bytes();
+            if let Some(old) = shard.map.insert(h, fresh) {
+                // A 64-bit hash collision with another rule's key.
+                shard.bytes = shard.bytes.saturating_sub(old.bytes());
+            }
         }
         d
     }
 
+    /// Drops the idle keys of a shard; if it is still full (in keys or
+    /// bytes), evicts the least useful keys (lowest pressure, the largest
+    /// first among equals) down to 7/8 of its bounds.
     fn sweep_shard(&self, shard: &mut Shard, now: u64) {
         let compiled = &self.compiled;
+        let mut freed = 0;
         shard.map.retain(|_, slot| {
-            compiled
+            let live = compiled
                 .get(slot.rule())
-                .is_some_and(|c| c.idle_at(slot) > now)
+                .is_some_and(|c| c.idle_at(slot) > now);
+            if !live {
+                freed += slot.bytes();
+            }
+            live
         });
-        if shard.map.len() >= self.max_per_shard {
-            // Still full of live keys: forget an arbitrary half (hash order
-            // is random) rather than grow without bound.
-            let mut drop = shard.map.len() / 2;
-            shard.map.retain(|_, _| {
-                if drop > 0 {
-                    drop -= 1;
-                    false
-                } else {
-                    true
+        shard.bytes = shard.bytes.saturating_sub(freed);
+        if shard.map.len() >= self.max_per_shard || shard.bytes > self.max_bytes_per_shard {
+            let keep_keys = self.max_per_shard / 8 * EVICT_TO_EIGHTHS;
+            let keep_bytes = self.max_bytes_per_shard / 8 * EVICT_TO_EIGHTHS;
+            let mut order: Vec<(u64, std::cmp::Reverse<usize>, u64)> = shard
+                .map
+                .iter()
+                .map(|(&h, slot)| {
+                    let pressure = compiled
+                        .get(slot.rule())
+                        .map_or(0, |c| c.pressure(slot, now));
+                    (pressure, std::cmp::Reverse(slot.bytes()), h)
+                })
+                .collect();
+            order.sort_unstable();
+            for (_, std::cmp::Reverse(bytes), h) in order {
+                if shard.map.len() <= keep_keys && shard.bytes <= keep_bytes {
+                    break;
                 }
-            });
+                shard.map.remove(&h);
+                shard.bytes = shard.bytes.saturating_sub(bytes);
+            }
         }
         shard.next_sweep = (shard.map.len() * 2).clamp(FIRST_SWEEP, self.max_per_shard);
     }
@@ -344,7 +455,19 @@ impl MemoryLimiter {
         let Some(h) = self.key_hash(rule, facts) else {
             return false;
         };
-        self.lock(shard_of(h)).map.remove(&h).is_some()
+        let mut shard = self.lock(shard_of(h));
+        match shard.map.remove(&h) {
+            Some(slot) => {
+                shard.bytes = shard.bytes.saturating_sub(slot.bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes counted for the keys held (see the module docs).
+    pub fn bytes(&self) -> usize {
+        (0..SHARDS).map(|i| self.lock(i).bytes).sum()
     }
 
     /// Keys currently held.

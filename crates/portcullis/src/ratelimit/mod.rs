@@ -38,37 +38,36 @@ impl HeaderLookup for HttpHeaders<'_> {
     }
 }
 
-/// The grouped client IP of a request from its socket peer and forwarding
-/// headers (several header lines are joined, as one list).
+/// The grouped client IP of a request from its socket peer and the one
+/// forwarding header `config` names (several lines of it are one list).
+/// Only the rightmost 8 KiB are read, and bytes that are not visible ASCII
+/// only spoil the element they sit in, so nothing a client prepends can
+/// change the answer (see [`ClientIpConfig::client_ip`]).
 pub fn client_key(config: &ClientIpConfig, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    /// All lines of `name` joined by commas; `Err` when a line is not
-    /// visible ASCII or the total is oversized (then the peer is used).
-    fn joined(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, ()> {
-        let mut out: Option<String> = None;
-        for v in headers.get_all(name) {
-            let v = v.to_str().map_err(|_| ())?;
-            match &mut out {
-                None => out = Some(v.to_owned()),
-                Some(s) => {
-                    s.push(',');
-                    s.push_str(v);
-                }
-            }
-            if out
-                .as_ref()
-                .is_some_and(|s| s.len() > portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN)
-            {
-                return Err(());
-            }
+    use portcullis_core::ratelimit::ForwardingHeader;
+    use portcullis_core::ratelimit::client_ip::MAX_HEADER_LEN;
+    // The last lines, right to left, until they hold MAX_HEADER_LEN bytes.
+    let mut lines = Vec::new();
+    let mut total = 0;
+    for v in headers.get_all(config.header().name()).iter().rev() {
+        lines.push(v.as_bytes());
+        total += v.len() + 1;
+        if total > MAX_HEADER_LEN {
+            break;
         }
-        Ok(out)
     }
-    match (
-        joined(headers, "forwarded"),
-        joined(headers, "x-forwarded-for"),
-    ) {
-        (Ok(forwarded), Ok(xff)) => config.client_key(peer, forwarded.as_deref(), xff.as_deref()),
-        _ => config.group(peer),
+    let mut joined = Vec::with_capacity(total);
+    for (i, line) in lines.iter().rev().enumerate() {
+        if i > 0 {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(line);
+    }
+    let list = (!lines.is_empty()).then(|| String::from_utf8_lossy(&joined));
+    let list = list.as_deref();
+    match config.header() {
+        ForwardingHeader::Forwarded => config.client_key(peer, list, None),
+        ForwardingHeader::Xff => config.client_key(peer, None, list),
     }
 }
 
@@ -97,7 +96,7 @@ enum Backend {
     Memory,
     #[cfg(feature = "redis")]
     Redis {
-        redis: redis::RedisLimiter,
+        redis: Box<redis::RedisLimiter>,
         breaker: fallback::CircuitBreaker,
         log: fallback::FallbackLog,
     },
@@ -139,11 +138,14 @@ pub struct RateLimiterBuilder {
     rules: Vec<Rule>,
     clock: Arc<dyn Clock>,
     max_keys: usize,
+    max_bytes: Option<usize>,
     legacy_headers: bool,
     #[cfg(feature = "redis")]
     redis: Option<(redis::RedisConnection, String, redis::Partition)>,
     failure_threshold: u32,
     probe_interval: std::time::Duration,
+    #[cfg(feature = "redis")]
+    redis_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RateLimiterBuilder {
@@ -173,6 +175,13 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// Bound on in-memory bytes (default 128 per allowed key: 128 MB for
+    /// the default million keys); sliding logs count their stamps.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
     /// Also emit `X-RateLimit-Limit` / `-Remaining` / `-Reset`.
     pub fn legacy_headers(mut self, on: bool) -> Self {
         self.legacy_headers = on;
@@ -193,6 +202,16 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The time budget of each Redis call (default 100 ms,
+    /// `redis_conn::DEFAULT_CALL_TIMEOUT`): a call that takes longer counts
+    /// as a backend failure (the rules' `on_backend_error` applies and the
+    /// breaker counts it), so a hung server costs a request at most this.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, budget: std::time::Duration) -> Self {
+        self.redis_timeout = budget;
+        self
+    }
+
     /// Hash-tags Redis keys by the value of `part` (every rule must include
     /// it) so load spreads over a Cluster.
     #[cfg(feature = "redis")]
@@ -207,7 +226,10 @@ impl RateLimiterBuilder {
     pub fn build(self) -> Result<RateLimiter, RateLimitError> {
         validate_rules(&self.rules)?;
         let rules: Arc<[Rule]> = self.rules.into();
-        let memory = MemoryLimiter::new(rules.clone(), self.max_keys);
+        let memory = match self.max_bytes {
+            Some(bytes) => MemoryLimiter::with_max_bytes(rules.clone(), self.max_keys, bytes),
+            None => MemoryLimiter::new(rules.clone(), self.max_keys),
+        };
         #[cfg(feature = "redis")]
         let backend = match self.redis {
             None => Backend::Memory,
@@ -218,7 +240,11 @@ impl RateLimiterBuilder {
                     return Err(RateLimitError::Partition(r.name.clone()));
                 }
                 Backend::Redis {
-                    redis: redis::RedisLimiter::new(conn, &prefix, partition),
+                    redis: Box::new(redis::RedisLimiter::new(
+                        conn.with_call_timeout(self.redis_timeout),
+                        &prefix,
+                        partition,
+                    )),
                     breaker: fallback::CircuitBreaker::new(
                         self.failure_threshold,
                         self.probe_interval,
@@ -248,11 +274,14 @@ impl RateLimiter {
             rules: Vec::new(),
             clock: Arc::new(SystemClock),
             max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: None,
             legacy_headers: false,
             #[cfg(feature = "redis")]
             redis: None,
             failure_threshold: fallback::DEFAULT_FAILURE_THRESHOLD,
             probe_interval: fallback::DEFAULT_PROBE_INTERVAL,
+            #[cfg(feature = "redis")]
+            redis_timeout: crate::redis_conn::DEFAULT_CALL_TIMEOUT,
         }
     }
 

@@ -2,8 +2,10 @@
 //! is decided atomically in ONE round trip by `redis.lua`, loaded once and
 //! called by SHA (`EVALSHA`, re-loaded only after a `NOSCRIPT`).
 //!
-//! Keys: `P:rl:{T}:<rule>:<g|l|f>:<key>` with `P` the configured prefix and `T` the
-//! hash tag, so all keys of one request land on one Cluster slot. `T` is
+//! Keys: `P:rl:{T}:<rule>:<g|l|f>:<key>` with `P` the configured prefix, `T`
+//! the hash tag, so all keys of one request land on one Cluster slot, and
+//! the algorithm's letter (GCRA, sliding log, fixed window), so a rule that
+//! changes algorithm under the same name starts on keys of its own type. `T` is
 //! the prefix itself by default (every rate-limit key on one slot: the
 //! Cluster then gives failover, not sharding), or, with
 //! [`Partition::By`], the value of a key part every rule includes (e.g. the
@@ -98,7 +100,9 @@ impl RedisLimiter {
         if !self.tag_into(facts, &mut key) {
             return None;
         }
-        let _ = write!(key, "}}:{}:", rule.name);
+        // The algorithm letter: a rule that keeps its name and changes
+        // algorithm must not meet a key of another Redis type (WRONGTYPE).
+        let _ = write!(key, "}}:{}:{}:", rule.name, script_args(&rule.algorithm).0);
         rule.key.render_into(facts, &mut key).then_some(key)
     }
 

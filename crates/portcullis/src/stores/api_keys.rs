@@ -7,12 +7,15 @@
 //! A replica keeps the keys it verified in the last `revocation_cache_ttl`
 //! (at most 1 s) in memory, so a repeated key skips hashing and the store:
 //! revocation still reaches every replica within that bound, and the
-//! replica that revokes forgets every verified key at once.
+//! replica that revokes forgets every verified key at once. An entry is
+//! trusted until the time its record was fetched from the backend + the
+//! TTL, whatever happens to it meanwhile (hits and `last_used_at` touches
+//! do not extend it).
 
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use foldhash::quality::FixedState;
@@ -112,6 +115,8 @@ pub(crate) struct Verified {
     key: Box<str>,
     record: Arc<ApiKeyRecord>,
     generation: u64,
+    /// Fetch time of the record + TTL: never extended.
+    deadline: Instant,
 }
 
 impl std::fmt::Debug for VerifiedKeys {
@@ -138,19 +143,23 @@ impl VerifiedKeys {
         }
     }
 
-    fn get(&self, key: &str) -> Option<Arc<ApiKeyRecord>> {
+    /// The verified record and its deadline.
+    fn get(&self, key: &str) -> Option<(Arc<ApiKeyRecord>, Instant)> {
         let hit = self.cache.as_ref()?.get(&self.seed.hash_one(key))?;
         (hit.generation == self.generation.load(Ordering::Acquire)
+            && Instant::now() < hit.deadline
             && ct_eq(hit.key.as_bytes(), key.as_bytes()))
-        .then(|| Arc::clone(&hit.record))
+        .then(|| (Arc::clone(&hit.record), hit.deadline))
     }
 
-    fn insert(&self, key: &str, record: &Arc<ApiKeyRecord>) {
+    /// Remembers a verified key until `deadline` (its record's fetch time + TTL).
+    fn insert(&self, key: &str, record: &Arc<ApiKeyRecord>, deadline: Instant) {
         if let Some(cache) = &self.cache {
             let entry = Verified {
                 key: key.into(),
                 record: Arc::clone(record),
                 generation: self.generation.load(Ordering::Acquire),
+                deadline,
             };
             cache.insert(self.seed.hash_one(key), Arc::new(entry));
         }
@@ -219,20 +228,22 @@ impl Stores {
     /// at most once per `api_key_touch_interval` per key.
     pub async fn verify_api_key(&self, key: &str) -> StoreResult<Arc<ApiKeyRecord>> {
         let now = self.now();
-        if let Some(record) = self.verified_keys.get(key) {
+        if let Some((record, deadline)) = self.verified_keys.get(key) {
             if record.expires_at.is_some_and(|e| e <= now) {
                 return Err(StoreError::InvalidApiKey);
             }
-            self.touch_if_due(key, &record, now).await;
+            self.touch_if_due(key, &record, deadline, now).await;
             return Ok(record);
         }
         let (id, body) = parse_api_key(key).ok_or(StoreError::InvalidApiKey)?;
-        let record = match self.caches.api_keys.get(id) {
+        let cache = &self.caches.api_keys;
+        let (record, deadline) = match cache.get_entry(id) {
             Some(hit) => hit,
             None => {
+                let fetched_at = Instant::now();
                 let found = self.backends.api_keys.api_key(id).await?;
-                self.caches.api_keys.insert(id, found.clone());
-                found
+                cache.insert_fetched(id, found.clone(), fetched_at);
+                (found, cache.deadline(fetched_at))
             }
         };
         let record = record.ok_or(StoreError::InvalidApiKey)?;
@@ -242,15 +253,16 @@ impl Stores {
         {
             return Err(StoreError::InvalidApiKey);
         }
-        self.verified_keys.insert(key, &record);
-        self.touch_if_due(key, &record, now).await;
+        self.verified_keys.insert(key, &record, deadline);
+        self.touch_if_due(key, &record, deadline, now).await;
         Ok(record)
     }
 
     /// Writes `last_used_at` when the last write is older than
     /// `api_key_touch_interval` (best effort: a failed touch never fails
-    /// the request).
-    async fn touch_if_due(&self, key: &str, record: &ApiKeyRecord, now: i64) {
+    /// the request). The cached entry keeps its deadline: a touch never
+    /// extends how long this replica trusts the record.
+    async fn touch_if_due(&self, key: &str, record: &ApiKeyRecord, deadline: Instant, now: i64) {
         let id = record.id.as_str();
         let interval = i64::try_from(self.config.api_key_touch_interval.as_secs()).unwrap_or(60);
         if record
@@ -262,10 +274,11 @@ impl Stores {
                 tracing::warn!(error = %e, "API key last_used_at update failed");
             }
             self.caches.api_keys.invalidate(id);
-            // The next minute's checks on this replica see the new time.
+            // This replica's next checks see the new time, until the
+            // record's own deadline.
             let mut touched = record.clone();
             touched.last_used_at = Some(now);
-            self.verified_keys.insert(key, &Arc::new(touched));
+            self.verified_keys.insert(key, &Arc::new(touched), deadline);
         }
     }
 }

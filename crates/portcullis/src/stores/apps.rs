@@ -13,6 +13,8 @@ use super::{AppRecord, StoreError, StoreResult, Stores, random_id};
 
 /// Prefix of every app secret.
 pub const APP_SECRET_PREFIX: &str = "pcs_";
+/// Longest grace period of a rotated-out app secret.
+pub const MAX_APP_SECRET_GRACE: Duration = Duration::from_secs(7 * 86_400);
 /// Longest accepted `Authorization: Basic` header value, in bytes.
 pub const MAX_BASIC_HEADER: usize = 512;
 
@@ -115,35 +117,38 @@ impl Stores {
         Ok(CreatedApp { secret, record })
     }
 
-    /// Issues a new secret; the previous one stays valid for `grace`.
-    /// Returns the new secret (shown once).
+    /// Issues a new secret; the previous one stays valid for `grace` (at
+    /// most [`MAX_APP_SECRET_GRACE`]). The version is incremented in the
+    /// store, so concurrent rotations get distinct versions. Returns the
+    /// new secret (shown once).
     pub async fn rotate_app_secret(&self, app_id: &str, grace: Duration) -> StoreResult<String> {
         let app_id = input::bounded("app_id", app_id, input::MAX_ID)?;
-        let current = self
-            .backends
-            .apps
-            .app(&app_id)
-            .await?
-            .ok_or(StoreError::NotFound("app"))?;
+        if grace > MAX_APP_SECRET_GRACE {
+            return Err(StoreError::invalid(
+                "grace",
+                "must be at most 7 days (the old secret's remaining life)",
+            ));
+        }
         let secret = new_secret()?;
         let now = self.now();
         let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        let rotated = self
+        let version = self
             .backends
             .apps
             .rotate_app_secret(
                 &app_id,
                 &self.config.hasher.hash(&secret),
-                current.secret_version.saturating_add(1),
                 now.saturating_add(grace),
                 now,
             )
             .await?;
         self.caches.apps.invalidate(&app_id);
-        if rotated {
-            Ok(secret)
-        } else {
-            Err(StoreError::NotFound("app"))
+        match version {
+            Some(version) => {
+                tracing::info!(app = %app_id, version, "app secret rotated");
+                Ok(secret)
+            }
+            None => Err(StoreError::NotFound("app")),
         }
     }
 
@@ -177,8 +182,11 @@ impl Stores {
         let record = match self.caches.apps.get(app_id) {
             Some(hit) => hit,
             None => {
+                let fetched_at = std::time::Instant::now();
                 let found = self.backends.apps.app(app_id).await?;
-                self.caches.apps.insert(app_id, found.clone());
+                self.caches
+                    .apps
+                    .insert_fetched(app_id, found.clone(), fetched_at);
                 found
             }
         };

@@ -90,6 +90,21 @@ pub fn bounded(field: &'static str, raw: &str, max_chars: usize) -> StoreResult<
     Ok(s.to_owned())
 }
 
+/// An access token's `jti`, the same rule for revoking and checking: taken
+/// exactly as given (not trimmed), 1..=128 bytes, no control characters.
+pub fn jti(raw: &str) -> StoreResult<&str> {
+    if raw.is_empty() || raw.len() > MAX_ID {
+        return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            "jti",
+            "must not contain control characters",
+        ));
+    }
+    Ok(raw)
+}
+
 /// A bounded list of bounded names, de-duplicated, order kept.
 pub fn name_list(field: &'static str, raw: &[String]) -> StoreResult<Vec<String>> {
     if raw.len() > MAX_LIST {

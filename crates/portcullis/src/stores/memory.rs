@@ -61,6 +61,8 @@ pub struct MemoryStores {
     sessions: Sharded<String, Session>,
     refresh: Sharded<[u8; 32], RefreshRecord>,
     families: Sharded<String, Vec<[u8; 32]>>,
+    /// Rotated tokens whose successor was handed back within the reuse window.
+    grace_claims: Sharded<[u8; 32], i64>,
     denylist: Sharded<String, i64>,
     api_keys: Sharded<String, Arc<ApiKeyRecord>>,
     apps: Sharded<String, AppRecord>,
@@ -206,6 +208,16 @@ impl SessionStore for MemoryStores {
         });
         ready(Ok(n))
     }
+
+    fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut n = 0u64;
+        self.sessions.each(|m| {
+            let before = m.len();
+            m.retain(|_, s| s.expires_at > now);
+            n += (before - m.len()) as u64;
+        });
+        ready(Ok(n))
+    }
 }
 
 impl MemoryStores {
@@ -244,6 +256,9 @@ impl RefreshStore for MemoryStores {
         successor: &'a RefreshRecord,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>> {
+        // The family's lock is held throughout, as `revoke_family` holds it:
+        // a rotation is wholly before or wholly after a family revocation.
+        let mut family = self.families.shard(successor.family.as_str());
         // The compare-and-set happens under the old token's shard lock.
         let won = {
             let mut shard = self.refresh.shard(old);
@@ -260,28 +275,101 @@ impl RefreshStore for MemoryStores {
             self.refresh
                 .shard(&successor.hash)
                 .insert(successor.hash, successor.clone());
-            self.add_to_family(&successor.family, successor.hash);
+            family
+                .entry(successor.family.clone())
+                .or_default()
+                .push(successor.hash);
         }
         ready(Ok(won))
     }
 
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
-        let hashes = self
-            .families
-            .shard(family)
-            .get(family)
-            .cloned()
-            .unwrap_or_default();
+        ready(Ok(self.revoke_family_now(family, now)))
+    }
+
+    fn revoke_families_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
+        let mut families = Vec::new();
+        self.refresh.each(|m| {
+            families.extend(
+                m.values()
+                    .filter(|r| r.user_id == user_id && r.revoked_at.is_none())
+                    .map(|r| r.family.clone()),
+            );
+        });
+        families.sort_unstable();
+        families.dedup();
+        let n = families
+            .iter()
+            .map(|f| self.revoke_family_now(f, now))
+            .sum();
+        ready(Ok(n))
+    }
+
+    fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut gone = Vec::new();
+        self.refresh.each(|m| {
+            m.retain(|h, r| {
+                let keep = r.expires_at > before;
+                if !keep {
+                    gone.push((r.family.clone(), *h));
+                }
+                keep
+            });
+        });
+        for (family, hash) in &gone {
+            let mut members = self.families.shard(family.as_str());
+            if let Some(list) = members.get_mut(family) {
+                list.retain(|h| h != hash);
+                if list.is_empty() {
+                    members.remove(family);
+                }
+            }
+            self.grace_claims.shard(hash).remove(hash);
+        }
+        ready(Ok(gone.len() as u64))
+    }
+
+    fn claim_reuse_grace<'a>(
+        &'a self,
+        _family: &'a str,
+        hash: &'a [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let shard = self.refresh.shard(hash);
+        let claimed = match shard.get(hash) {
+            Some(r) if r.revoked_at.is_none() => {
+                let mut claims = self.grace_claims.shard(hash);
+                if claims.contains_key(hash) {
+                    false
+                } else {
+                    claims.insert(*hash, now);
+                    true
+                }
+            }
+            _ => false,
+        };
+        ready(Ok(claimed))
+    }
+}
+
+impl MemoryStores {
+    /// Revokes a family under its lock (see `rotate_refresh`).
+    fn revoke_family_now(&self, family: &str, now: i64) -> u64 {
+        let members = self.families.shard(family);
         let mut n = 0;
-        for h in hashes {
-            if let Some(r) = self.refresh.shard(&h).get_mut(&h)
+        for h in members.get(family).into_iter().flatten() {
+            if let Some(r) = self.refresh.shard(h).get_mut(h)
                 && r.revoked_at.is_none()
             {
                 r.revoked_at = Some(now);
                 n += 1;
             }
         }
-        ready(Ok(n))
+        n
     }
 }
 
@@ -356,6 +444,16 @@ impl ApiKeyStore for MemoryStores {
         }
         ready(Ok(()))
     }
+
+    fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut n = 0u64;
+        self.api_keys.each(|m| {
+            let len = m.len();
+            m.retain(|_, k| k.expires_at.is_none_or(|e| e > before));
+            n += (len - m.len()) as u64;
+        });
+        ready(Ok(n))
+    }
 }
 
 impl AppStore for MemoryStores {
@@ -378,19 +476,19 @@ impl AppStore for MemoryStores {
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>> {
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
         let mut shard = self.apps.shard(app_id);
-        let found = shard.get_mut(app_id).map(|a| {
+        let version = shard.get_mut(app_id).map(|a| {
             a.previous_hash = Some(a.secret_hash);
             a.previous_valid_until = Some(previous_valid_until);
             a.secret_hash = *new_hash;
-            a.secret_version = new_version;
+            a.secret_version = a.secret_version.saturating_add(1);
             a.updated_at = now;
+            a.secret_version
         });
-        ready(Ok(found.is_some()))
+        ready(Ok(version))
     }
 
     fn set_app_disabled<'a>(

@@ -33,7 +33,9 @@ use std::time::Duration;
 use portcullis_core::{Clock, SecretHasher, SystemClock};
 
 pub use self::api_keys::{API_KEY_PREFIX, CreatedApiKey, NewApiKey};
-pub use self::apps::{APP_SECRET_PREFIX, BasicAuthError, CreatedApp, NewApp, parse_basic_auth};
+pub use self::apps::{
+    APP_SECRET_PREFIX, BasicAuthError, CreatedApp, MAX_APP_SECRET_GRACE, NewApp, parse_basic_auth,
+};
 pub use self::hook::StoresRevocation;
 pub use self::input::Username;
 pub use self::password::PasswordHasher;
@@ -59,6 +61,19 @@ pub enum SecurityEvent {
         /// The revoked session.
         session: String,
         /// The user the family belonged to.
+        user: String,
+        /// Generation of the replayed token.
+        generation: u32,
+    },
+    /// An already-rotated refresh token was presented again within the
+    /// reuse window and its successor was handed back (at most once per
+    /// token, only while its session, user and family are live).
+    RefreshGraceReplay {
+        /// The token's family.
+        family: String,
+        /// The token's session.
+        session: String,
+        /// The user the family belongs to.
         user: String,
         /// Generation of the replayed token.
         generation: u32,
@@ -111,6 +126,11 @@ pub enum StoreError {
     /// check that the server is up.
     #[error("store backend unavailable: {0}; check that the server is running and reachable")]
     Unavailable(String),
+    /// Too many password hashes are being computed at once (each holds
+    /// 19 MiB): the login waited its bounded time and was refused; retry
+    /// shortly.
+    #[error("too many logins are being checked at once; retry in a moment")]
+    Busy,
     /// A stored value could not be decoded (corrupt row); inspect the record.
     #[error("stored data is corrupt: {0}; restore the record or the database from a backup")]
     Corrupt(String),
@@ -131,6 +151,7 @@ impl StoreError {
             Self::InvalidApiKey => "auth.invalid_api_key",
             Self::InvalidAppCredentials => "auth.invalid_app_credentials",
             Self::Unavailable(_) => "store.unavailable",
+            Self::Busy => "backend.unavailable",
             Self::Corrupt(_) => "store.corrupt",
         }
     }
@@ -346,6 +367,9 @@ pub trait SessionStore: Send + Sync {
         user_id: &'a str,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Deletes sessions expired at `now`; returns how many (0 where the
+    /// backend expires them itself).
+    fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// Refresh-token families.
@@ -365,13 +389,34 @@ pub trait RefreshStore: Send + Sync {
         successor: &'a RefreshRecord,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>>;
-    /// Revokes every token of a family; returns how many were live.
+    /// Revokes every token of a family, atomically with respect to
+    /// concurrent rotations (a successor stored meanwhile is revoked too);
+    /// returns how many were live.
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Revokes every family of a user; returns how many tokens were live.
+    fn revoke_families_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Deletes token records that expired at or before `before`; returns
+    /// how many (0 where the backend expires them itself).
+    fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Marks the one hand-out of a rotated token's successor within the
+    /// reuse window; true for the one caller that got it (false when it was
+    /// already claimed, or the token is unknown or revoked).
+    fn claim_reuse_grace<'a>(
+        &'a self,
+        family: &'a str,
+        hash: &'a [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
 /// The access-token denylist (`jti` until the token's `exp`).
 pub trait Denylist: Send + Sync {
-    /// Denies `jti` until `expires_at` (Unix seconds).
+    /// Denies `jti` until `expires_at` (Unix seconds); an entry already
+    /// there keeps the later of the two expiries.
     fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>>;
     /// Whether `jti` is denied at `now`.
     fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
@@ -391,6 +436,9 @@ pub trait ApiKeyStore: Send + Sync {
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Records a use at `at`.
     fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>>;
+    /// Deletes keys that expired at or before `before`; returns how many
+    /// (0 where the backend expires them itself).
+    fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// App credentials.
@@ -400,16 +448,16 @@ pub trait AppStore: Send + Sync {
     /// The app with this id.
     fn app<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, StoreResult<Option<AppRecord>>>;
     /// Makes the current secret the previous one (valid until
-    /// `previous_valid_until`) and installs `new_hash` as version
-    /// `new_version`; false when the app is absent.
+    /// `previous_valid_until`) and installs `new_hash` as the next version,
+    /// incremented in the store (concurrent rotations get distinct
+    /// versions); the new version, or `None` when the app is absent.
     fn rotate_app_secret<'a>(
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>>;
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>>;
     /// Enables or disables an app; false when absent.
     fn set_app_disabled<'a>(
         &'a self,
@@ -465,15 +513,46 @@ pub struct StoresConfig {
     /// Keyed hashing (server pepper) of refresh tokens and app secrets.
     pub hasher: SecretHasher,
     /// A rotated refresh token presented again within this interval gets the
-    /// successor's record instead of revoking the family (default 0: off).
+    /// successor back once instead of revoking the family (default 0: off;
+    /// at most [`MAX_REUSE_INTERVAL`]).
     pub reuse_interval: Duration,
     /// How long a replica may trust a looked-up session, API key or app
     /// before asking the backend again (at most 1 s; `ZERO` disables the
     /// caches, right for the memory backend).
     pub revocation_cache_ttl: Duration,
-    /// Minimum time between two `last_used_at` writes of one API key (default 60 s).
+    /// Minimum time between two `last_used_at` writes of one API key
+    /// (default 60 s; at least 1 s).
     pub api_key_touch_interval: Duration,
+    /// Most password hashes computed at once (default 0: one per core;
+    /// each argon2id hash holds 19 MiB).
+    pub hashing_concurrency: usize,
+    /// Longest wait for a hashing slot before a login is refused with
+    /// [`StoreError::Busy`] (default 2 s).
+    pub hashing_wait: Duration,
 }
+
+/// How long expired refresh tokens and API keys are kept before they are
+/// purged (or expire, on Redis): a late replay of a refresh token is still
+/// recognised as reuse, and `api_keys_of` still shows a recently expired key.
+pub const EXPIRED_RETENTION: Duration = Duration::from_secs(86_400);
+
+/// What one [`Stores::purge_expired`] pass deleted, per store (0 where the
+/// backend expires records itself, as Redis does).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Denylist entries past their token's `exp`.
+    pub denylist: u64,
+    /// Refresh-token records expired for longer than [`EXPIRED_RETENTION`].
+    pub refresh_tokens: u64,
+    /// Sessions past their expiry.
+    pub sessions: u64,
+    /// API keys expired for longer than [`EXPIRED_RETENTION`].
+    pub api_keys: u64,
+}
+
+/// Longest accepted [`StoresConfig::reuse_interval`].
+pub const MAX_REUSE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl StoresConfig {
     /// Defaults with `hasher`: no reuse interval, 1 s revocation caches,
@@ -484,6 +563,8 @@ impl StoresConfig {
             reuse_interval: Duration::ZERO,
             revocation_cache_ttl: Duration::from_secs(1),
             api_key_touch_interval: Duration::from_secs(60),
+            hashing_concurrency: 0,
+            hashing_wait: password::DEFAULT_HASHING_WAIT,
         }
     }
 }
@@ -509,7 +590,9 @@ impl std::fmt::Debug for Stores {
 
 impl Stores {
     /// A facade over `backends` on the system clock. Fails when
-    /// `revocation_cache_ttl` exceeds 1 s (the documented revocation bound).
+    /// `revocation_cache_ttl` exceeds 1 s (the documented revocation bound),
+    /// `reuse_interval` exceeds [`MAX_REUSE_INTERVAL`] or
+    /// `api_key_touch_interval` is under 1 s.
     pub fn new(backends: Backends, config: StoresConfig) -> StoreResult<Self> {
         Self::with_clock(backends, config, Arc::new(SystemClock))
     }
@@ -526,21 +609,31 @@ impl Stores {
                 "must be at most 1 s (the revocation bound)",
             ));
         }
+        if config.reuse_interval > MAX_REUSE_INTERVAL {
+            return Err(StoreError::invalid(
+                "reuse_interval",
+                "must be at most 10 s (a replayed token's successor is handed out only briefly)",
+            ));
+        }
+        if config.api_key_touch_interval < Duration::from_secs(1) {
+            return Err(StoreError::invalid(
+                "api_key_touch_interval",
+                "must be at least 1 s (one last_used_at write per key per interval)",
+            ));
+        }
         let caches = RevocationCaches::new(config.revocation_cache_ttl);
         let verified_keys = api_keys::VerifiedKeys::new(config.revocation_cache_ttl);
         Ok(Self {
             backends,
-            passwords: PasswordHasher::new()?,
+            passwords: PasswordHasher::with_limits(
+                config.hashing_concurrency,
+                config.hashing_wait,
+            )?,
             config,
             clock,
             caches,
             verified_keys,
         })
-    }
-
-    /// The backends.
-    pub fn backends(&self) -> &Backends {
-        &self.backends
     }
 
     /// The password hasher (counts dummy verifications).
@@ -552,20 +645,20 @@ impl Stores {
         self.clock.unix_seconds()
     }
 
-    /// Denies an access token's `jti` until its `exp`.
+    /// Denies an access token's `jti` until its `exp` (denying it again
+    /// keeps the later expiry). The `jti` is taken exactly as given:
+    /// 1..=128 bytes, no control characters, the rule `is_jti_revoked` uses.
     pub async fn revoke_jti(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
-        let jti = input::bounded("jti", jti, input::MAX_ID)?;
+        let jti = input::jti(jti)?;
         if expires_at <= self.now() {
             return Ok(());
         }
-        self.backends.denylist.deny(&jti, expires_at).await
+        self.backends.denylist.deny(jti, expires_at).await
     }
 
     /// Whether an access token's `jti` is denied now.
     pub async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool> {
-        if jti.is_empty() || jti.len() > input::MAX_ID {
-            return Err(StoreError::invalid("jti", "must be 1..=128 bytes"));
-        }
+        let jti = input::jti(jti)?;
         self.backends.denylist.is_denied(jti, self.now()).await
     }
 
@@ -574,18 +667,48 @@ impl Stores {
         self.backends.denylist.purge_expired(self.now()).await
     }
 
-    /// Runs [`Stores::purge_expired_denylist`] every `every` until the
+    /// Deletes everything that can never be valid again: denylist entries
+    /// past `exp`, sessions past expiry, refresh tokens and API keys expired
+    /// for longer than [`EXPIRED_RETENTION`]. SQL deletes through indexes on
+    /// the expiry columns; Redis expires the same records itself (TTLs).
+    /// Every store is tried; the first failure is returned after the rest.
+    pub async fn purge_expired(&self) -> StoreResult<PurgeReport> {
+        let now = self.now();
+        let retention = i64::try_from(EXPIRED_RETENTION.as_secs()).unwrap_or(i64::MAX);
+        let before = now.saturating_sub(retention);
+        let (denylist, refresh_tokens, sessions, api_keys) = tokio::join!(
+            self.backends.denylist.purge_expired(now),
+            self.backends.refresh.purge_expired_refresh(before),
+            self.backends.sessions.purge_expired_sessions(now),
+            self.backends.api_keys.purge_expired_api_keys(before),
+        );
+        Ok(PurgeReport {
+            denylist: denylist?,
+            refresh_tokens: refresh_tokens?,
+            sessions: sessions?,
+            api_keys: api_keys?,
+        })
+    }
+
+    /// Runs [`Stores::purge_expired`] every `every` (at least 1 s) until the
     /// returned task is aborted; failures are logged and retried next time.
-    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
             loop {
                 tick.tick().await;
-                if let Err(e) = self.purge_expired_denylist().await {
-                    tracing::warn!(error = %e, "denylist purge failed");
+                match self.purge_expired().await {
+                    Ok(report) => tracing::debug!(?report, "expired records purged"),
+                    Err(e) => tracing::warn!(error = %e, "purge of expired records failed"),
                 }
             }
         })
+    }
+
+    /// The former name of [`Stores::spawn_purge`], which now purges every
+    /// store, not only the denylist.
+    pub fn spawn_denylist_purge(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        self.spawn_purge(every)
     }
 }
 

@@ -1,9 +1,15 @@
 //! Password hashing: argon2id with the OWASP parameters (m = 19456 KiB,
 //! t = 2, p = 1); bcrypt (`$2a$` / `$2b$`) accepted for imported accounts
-//! and reported as needing a rehash. Hashing runs on the blocking pool.
+//! and reported as needing a rehash. Hashing runs on the blocking pool,
+//! at most one hash per core at a time (each takes 19 MiB): a caller waits
+//! for a slot a bounded time, with a bounded number of others, and is then
+//! refused with [`StoreError::Busy`] rather than queued without end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -75,17 +81,47 @@ pub fn needs_rehash(stored: &str) -> bool {
     }
 }
 
-/// Hashes and verifies passwords off the async threads; verifies a fixed
-/// dummy hash for unknown users so both paths cost one argon2id verification.
+/// Default longest wait for a hashing slot.
+pub const DEFAULT_HASHING_WAIT: Duration = Duration::from_secs(2);
+/// Callers allowed to wait for a slot, per slot; more are refused at once.
+const WAITING_PER_SLOT: usize = 32;
+
+/// Hashes and verifies passwords off the async threads, a bounded number at
+/// a time; verifies a fixed dummy hash for unknown users so both paths cost
+/// one argon2id verification.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     dummy: Arc<str>,
     dummy_verifications: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    wait: Duration,
+}
+
+/// One caller in the waiting line; leaves it when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PasswordHasher {
-    /// A hasher with a freshly made dummy hash (one argon2id hash, at start-up).
+    /// A hasher with a freshly made dummy hash (one argon2id hash, at
+    /// start-up), one hashing slot per core and [`DEFAULT_HASHING_WAIT`].
     pub fn new() -> StoreResult<Self> {
+        Self::with_limits(0, DEFAULT_HASHING_WAIT)
+    }
+
+    /// A hasher running at most `concurrency` hashes at once (0: one per
+    /// core) whose callers wait at most `wait` for a slot.
+    pub fn with_limits(concurrency: usize, wait: Duration) -> StoreResult<Self> {
+        let concurrency = match concurrency {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         let mut random = [0u8; 32];
         portcullis_core::opaque::fill_random(&mut random)
             .map_err(|_| StoreError::Unavailable("system random source".into()))?;
@@ -93,23 +129,52 @@ impl PasswordHasher {
         Ok(Self {
             dummy: dummy.into(),
             dummy_verifications: Arc::new(AtomicU64::new(0)),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: concurrency.saturating_mul(WAITING_PER_SLOT),
+            wait,
         })
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free: at most `wait`
+    /// in a line of at most `max_waiting` callers, else [`StoreError::Busy`].
+    /// The slot is held until the work ends, even if the caller goes away.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> StoreResult<T> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(StoreError::Busy);
+                }
+                let _line = Waiting(&self.waiting);
+                tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| StoreError::Busy)?
+                    .map_err(|_| StoreError::Busy)?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("hashing task: {e}")))
     }
 
     /// Hashes `password` with argon2id on the blocking pool.
     pub async fn hash(&self, password: &str) -> StoreResult<String> {
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("hashing task: {e}")))?
+        self.run(move || hash_blocking(&password)).await?
     }
 
     /// Verifies `password` against `stored` on the blocking pool.
     pub async fn verify(&self, password: &str, stored: &str) -> StoreResult<bool> {
         let (password, stored) = (password.to_owned(), stored.to_owned());
-        tokio::task::spawn_blocking(move || verify_blocking(&password, &stored))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("hashing task: {e}")))
+        self.run(move || verify_blocking(&password, &stored)).await
     }
 
     /// Verifies `password` against the dummy hash (always false): the cost of
@@ -118,9 +183,7 @@ impl PasswordHasher {
         self.dummy_verifications.fetch_add(1, Ordering::Relaxed);
         let dummy = self.dummy.clone();
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || verify_blocking(&password, &dummy))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("hashing task: {e}")))
+        self.run(move || verify_blocking(&password, &dummy)).await
     }
 
     /// How many dummy verifications were made (observability and tests).
@@ -141,6 +204,59 @@ mod tests {
         assert!(!verify_blocking("wrong", &h));
         assert!(!needs_rehash(&h));
         assert!(!verify_blocking("x", "not a hash"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_is_bounded_and_so_is_waiting() {
+        // One slot, 1 ms of patience: of 8 logins at once, the first hashes
+        // and the others are refused as busy rather than queued.
+        let hasher = PasswordHasher::with_limits(1, Duration::from_millis(1)).expect("hasher");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let h = hasher.clone();
+                tokio::spawn(async move { h.verify_dummy("pw").await })
+            })
+            .collect();
+        let (mut ok, mut busy) = (0, 0);
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(false) => ok += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), "backend.unavailable");
+                    assert!(matches!(e, StoreError::Busy));
+                    busy += 1;
+                }
+                Ok(true) => panic!("the dummy hash never matches"),
+            }
+        }
+        assert!(ok >= 1, "a slot was free");
+        assert!(busy >= 1, "the others were refused, not queued");
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+
+        // Patience enough: everyone gets a slot in turn.
+        let patient = PasswordHasher::with_limits(1, Duration::from_secs(30)).expect("hasher");
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let h = patient.clone();
+                tokio::spawn(async move { h.verify_dummy("pw").await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(!t.await.expect("task").expect("a slot in time"));
+        }
+
+        // The line itself is bounded: with no one allowed to wait, a
+        // second caller is refused at once.
+        let strict = PasswordHasher::with_limits(1, Duration::from_secs(30)).expect("hasher");
+        let held = strict.slots.clone().try_acquire_owned().expect("free");
+        let mut strict_line = strict.clone();
+        strict_line.max_waiting = 0;
+        assert!(matches!(
+            strict_line.verify_dummy("pw").await,
+            Err(StoreError::Busy)
+        ));
+        drop(held);
+        assert!(!strict.verify_dummy("pw").await.expect("free again"));
     }
 
     #[test]

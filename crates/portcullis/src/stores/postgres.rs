@@ -10,11 +10,18 @@ use super::StoreError;
 use super::sql::{EmbeddedMigrations, sql_stores};
 
 /// The PostgreSQL schema, versioned.
-pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[(
-    1,
-    "stores",
-    include_str!("../../migrations/postgres/0001_stores.sql"),
-)]);
+pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
+    (
+        1,
+        "stores",
+        include_str!("../../migrations/postgres/0001_stores.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../../migrations/postgres/0002_lifecycle.sql"),
+    ),
+]);
 
 /// All six stores in one PostgreSQL database.
 #[derive(Debug, Clone)]

@@ -3,18 +3,21 @@
 //! refresh families and session revocation.
 //!
 //! Keys (`P` = the prefix; braces are removed from it):
-//! - `P:jti:<jti>`: `SET 1 PXAT exp`; a check is one `EXISTS`.
+//! - `P:jti:<jti>`: `1` expiring at `exp` (a script keeps the later expiry
+//!   when denied twice); a check is one `EXISTS`.
 //! - `P:rt:{<family>}:<hex hash>`: a refresh record (hash: `data` JSON plus
 //!   `rotated_at`, `successor`, `revoked_at`), with `P:rtf:{<family>}` (the
 //!   family's member set) on the same Cluster slot, so rotation is one Lua
 //!   script; `P:rth:<hex hash>` maps a token hash to its family.
 //! - `P:user:<id>` (`data` JSON plus mutable fields) and `P:uname:<key>`
 //!   (`SET NX`: case-insensitive uniqueness).
+//! - `P:ufam:<user>`: the user's families (disabling a user revokes them).
 //! - `P:sess:<sid>` and `P:usess:<user>` (the user's session ids).
 //! - `P:ak:<id>` and `P:ako:<owner>`; `P:app:<id>`.
 //!
 //! Records expire with their tokens (refresh: a day after `expires_at`, so
-//! a late replay is still recognised as reuse; sessions: at expiry).
+//! a late replay is still recognised as reuse; sessions: at expiry), and
+//! index sets live as long as their longest-lived member.
 
 use std::collections::HashMap;
 
@@ -43,6 +46,47 @@ redis.call('PEXPIREAT', KEYS[3], ARGV[4])
 return 1
 ";
 
+/// Revokes a family in one step: `revoked_at = ARGV[2]` on every member of
+/// the family set KEYS[1] lacking it (member keys are `ARGV[1] .. hex`, on
+/// the family's slot), so a concurrent rotation is wholly before or after.
+const REVOKE_FAMILY: &str = r"
+local n = 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[1] .. h
+  if redis.call('EXISTS', k) == 1 and redis.call('HSETNX', k, 'revoked_at', ARGV[2]) == 1 then
+    n = n + 1
+  end
+end
+return n
+";
+
+/// The one hand-out of a rotated token's successor within the reuse
+/// window: KEYS[1] the token's record; ARGV[1] now. 1 for the first caller.
+const CLAIM_GRACE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'revoked_at') == 1 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'grace_at', ARGV[1])
+";
+
+/// Adds ARGV[1] to the index set KEYS[1] and makes the set live at least
+/// until ARGV[2] (Unix ms; 0: a member that never expires, so neither does
+/// the set). A set already without expiry keeps none.
+const INDEX_ADD: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local at = tonumber(ARGV[2])
+if at == 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif ttl ~= -1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if ttl == -2 or ttl < at - now then
+    redis.call('PEXPIREAT', KEYS[1], at)
+  end
+end
+return 1
+";
+
 /// Sets `ARGV[1] = ARGV[2]` on every existing KEY lacking that field;
 /// returns how many were changed.
 const SET_ONCE: &str = r"
@@ -62,18 +106,39 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 ";
 
-/// App secret rotation: the current hash becomes the previous one.
-/// ARGV: valid-until, new hash hex, new version, now.
+/// App secret rotation: the current hash becomes the previous one and the
+/// version is incremented here (concurrent rotations get distinct versions).
+/// ARGV: valid-until, new hash hex, now. The new version, or 0 when absent.
 const ROTATE_APP: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], 'secret_hash')
+local version = tonumber(redis.call('HGET', KEYS[1], 'secret_version'))
+if not version then
+  version = tonumber(cjson.decode(redis.call('HGET', KEYS[1], 'data')).secret_version)
+end
+version = version + 1
 redis.call('HSET', KEYS[1], 'previous_hash', cur, 'previous_valid_until', ARGV[1],
-  'secret_hash', ARGV[2], 'secret_version', ARGV[3], 'updated_at', ARGV[4])
+  'secret_hash', ARGV[2], 'secret_version', version, 'updated_at', ARGV[3])
+return version
+";
+
+/// Denies KEYS[1] until ARGV[1] (Unix ms), keeping a later expiry already set.
+const DENY: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 then return 0 end
+if ttl >= 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now + ttl >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], 1, 'PXAT', ARGV[1])
 return 1
 ";
 
-/// How long a refresh record outlives its expiry (to recognise late reuse).
-const REFRESH_GRACE_MS: i64 = 86_400_000;
+/// How long a refresh record or an API key outlives its expiry
+/// ([`EXPIRED_RETENTION`](super::EXPIRED_RETENTION): late reuse is still
+/// recognised, recently expired keys still listed).
+const REFRESH_GRACE_MS: i64 = super::EXPIRED_RETENTION.as_millis() as i64;
 
 /// All six stores on Redis.
 #[derive(Clone)]
@@ -84,6 +149,10 @@ pub struct RedisStores {
     set_once: Script,
     set_if_exists: Script,
     rotate_app: Script,
+    revoke_family: Script,
+    claim_grace: Script,
+    deny: Script,
+    index_add: Script,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -156,7 +225,32 @@ impl RedisStores {
             set_once: Script::new(SET_ONCE),
             set_if_exists: Script::new(SET_IF_EXISTS),
             rotate_app: Script::new(ROTATE_APP),
+            revoke_family: Script::new(REVOKE_FAMILY),
+            claim_grace: Script::new(CLAIM_GRACE),
+            deny: Script::new(DENY),
+            index_add: Script::new(INDEX_ADD),
         }
+    }
+
+    /// Adds `member` to the index set `key`, which then lives at least until
+    /// `expire_at_ms` (`None`: as long as the set, for a member that never
+    /// expires).
+    async fn index_add(
+        &self,
+        key: &str,
+        member: &str,
+        expire_at_ms: Option<i64>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .index_add
+            .key(key)
+            .arg(member)
+            .arg(expire_at_ms.unwrap_or(0))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -351,10 +445,12 @@ impl SessionStore for RedisStores {
             {
                 return Err(StoreError::Conflict("session"));
             }
-            let mut conn = self.conn.clone();
-            let index = self.key("usess", &session.user_id);
-            let _: () = conn.sadd(&index, &session.id).await.map_err(err)?;
-            Ok(())
+            self.index_add(
+                &self.key("usess", &session.user_id),
+                &session.id,
+                Some(expire),
+            )
+            .await
         })
     }
 
@@ -436,6 +532,13 @@ impl SessionStore for RedisStores {
             Ok(n)
         })
     }
+
+    fn purge_expired_sessions(&self, _now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Session keys expire at the session's expiry, and the per-user
+        // index with its longest-lived session (stale members are dropped
+        // when the index is read).
+        Box::pin(std::future::ready(Ok(0)))
+    }
 }
 
 fn refresh_of(s: Stored<RefreshRecord>) -> StoreResult<RefreshRecord> {
@@ -443,10 +546,12 @@ fn refresh_of(s: Stored<RefreshRecord>) -> StoreResult<RefreshRecord> {
         .fields
         .get("successor")
         .map(|h| unhex32("successor", h))
-        .transpose()?;
+        .transpose()?
+        .or(s.record.successor);
+    // Fields written after creation win over the creation-time record.
     Ok(RefreshRecord {
-        rotated_at: s.int("rotated_at")?,
-        revoked_at: s.int("revoked_at")?,
+        rotated_at: s.int("rotated_at")?.or(s.record.rotated_at),
+        revoked_at: s.int("revoked_at")?.or(s.record.revoked_at),
         successor,
         ..s.record
     })
@@ -464,6 +569,21 @@ impl RefreshStore for RedisStores {
                 return Err(StoreError::Conflict("refresh token"));
             }
             let mut conn = self.conn.clone();
+            // The scripts read the state fields, not the JSON: a record
+            // stored already rotated or revoked carries them as fields too.
+            let mut state: Vec<(&str, String)> = Vec::new();
+            if let Some(at) = record.rotated_at {
+                state.push(("rotated_at", at.to_string()));
+            }
+            if let Some(h) = &record.successor {
+                state.push(("successor", hex(h)));
+            }
+            if let Some(at) = record.revoked_at {
+                state.push(("revoked_at", at.to_string()));
+            }
+            if !state.is_empty() {
+                let _: () = conn.hset_multiple(&key, &state).await.map_err(err)?;
+            }
             let family = self.family_key(&record.family);
             let _: () = redis::pipe()
                 .sadd(&family, hex(&record.hash))
@@ -483,7 +603,12 @@ impl RefreshStore for RedisStores {
                 .query_async(&mut conn)
                 .await
                 .map_err(err)?;
-            Ok(())
+            self.index_add(
+                &self.key("ufam", &record.user_id),
+                &record.family,
+                Some(expire),
+            )
+            .await
         })
     }
 
@@ -517,6 +642,25 @@ impl RefreshStore for RedisStores {
                 .saturating_mul(1000)
                 .saturating_add(REFRESH_GRACE_MS);
             let mut conn = self.conn.clone();
+            // The successor's lookup key is written first: it lives on
+            // another Cluster slot than the family, so it cannot be in the
+            // script, and written after it a timeout in between would spend
+            // the old token with no findable successor (the client's retry
+            // would then be taken for a reuse). Written first, a failure
+            // leaves the old token unspent. A lost race leaves the key in
+            // place: with successors minted by `Stores::successor_token`
+            // every racer writes the winner's very key, so deleting it would
+            // lose the winner's successor; otherwise it points at nothing
+            // and expires with the token.
+            let lookup = self.key("rth", &hex(&successor.hash));
+            let _: () = redis::cmd("SET")
+                .arg(&lookup)
+                .arg(&successor.family)
+                .arg("PXAT")
+                .arg(expire)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
             let won: i64 = self
                 .rotate
                 .key(self.refresh_key(&successor.family, old))
@@ -532,29 +676,81 @@ impl RefreshStore for RedisStores {
             if won != 1 {
                 return Ok(false);
             }
-            let _: () = redis::cmd("SET")
-                .arg(self.key("rth", &hex(&successor.hash)))
-                .arg(&successor.family)
-                .arg("PXAT")
-                .arg(expire)
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
+            // The user's family index lives as long as the newest token;
+            // not on the rotation's critical path (a disabled user's
+            // rotation is refused by the facade whatever the index says).
+            let this = self.clone();
+            let (user, family) = (successor.user_id.clone(), successor.family.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this
+                    .index_add(&this.key("ufam", &user), &family, Some(expire))
+                    .await
+                {
+                    tracing::warn!(error = %e, "refresh family index update failed");
+                }
+            });
             Ok(true)
         })
     }
 
     fn revoke_family<'a>(&'a self, family: &'a str, now: i64) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move { self.revoke_family_now(family, now).await })
+    }
+
+    fn revoke_families_of<'a>(
+        &'a self,
+        user_id: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<u64>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let members: Vec<String> = conn.smembers(self.family_key(family)).await.map_err(err)?;
-            // Every member shares the family's hash tag: one script call.
-            let keys: Vec<String> = members
-                .iter()
-                .map(|h| format!("{}:rt:{{{}}}:{h}", self.prefix, untag(family)))
-                .collect();
-            self.set_once(&keys, "revoked_at", now).await
+            let index = self.key("ufam", user_id);
+            let families: Vec<String> = conn.smembers(&index).await.map_err(err)?;
+            let mut n = 0;
+            // One script per family: families live on different Cluster slots.
+            for family in families {
+                n += self.revoke_family_now(&family, now).await?;
+            }
+            Ok(n)
         })
+    }
+
+    fn purge_expired_refresh(&self, _before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Records, family sets, lookup keys and user indexes expire a day
+        // after their newest token (PXAT / PEXPIREAT).
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn claim_reuse_grace<'a>(
+        &'a self,
+        family: &'a str,
+        hash: &'a [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = self
+                .claim_grace
+                .key(self.refresh_key(family, hash))
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
+        })
+    }
+}
+
+impl RedisStores {
+    async fn revoke_family_now(&self, family: &str, now: i64) -> StoreResult<u64> {
+        let mut conn = self.conn.clone();
+        self.revoke_family
+            .key(self.family_key(family))
+            .arg(format!("{}:rt:{{{}}}:", self.prefix, untag(family)))
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)
     }
 }
 
@@ -562,12 +758,11 @@ impl Denylist for RedisStores {
     fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let _: () = redis::cmd("SET")
-                .arg(self.key("jti", jti))
-                .arg(1)
-                .arg("PXAT")
+            let _: i64 = self
+                .deny
+                .key(self.key("jti", jti))
                 .arg(expires_at.saturating_mul(1000))
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
             Ok(())
@@ -589,9 +784,10 @@ impl Denylist for RedisStores {
 }
 
 fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
+    // Fields written after creation win over the creation-time record.
     Ok(ApiKeyRecord {
-        revoked_at: s.int("revoked_at")?,
-        last_used_at: s.int("last_used_at")?,
+        revoked_at: s.int("revoked_at")?.or(s.record.revoked_at),
+        last_used_at: s.int("last_used_at")?.or(s.record.last_used_at),
         ..s.record
     })
 }
@@ -599,18 +795,19 @@ fn api_key_of(s: Stored<ApiKeyRecord>) -> StoreResult<ApiKeyRecord> {
 impl ApiKeyStore for RedisStores {
     fn insert_api_key<'a>(&'a self, key: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
+            // An expiring key is deleted a day after its expiry; the owner's
+            // index lives as long as its longest-lived key.
+            let expire = key
+                .expires_at
+                .map(|e| e.saturating_mul(1000).saturating_add(REFRESH_GRACE_MS));
             if !self
-                .create(&self.key("ak", &key.id), json(key)?, None)
+                .create(&self.key("ak", &key.id), json(key)?, expire)
                 .await?
             {
                 return Err(StoreError::Conflict("API key"));
             }
-            let mut conn = self.conn.clone();
-            let _: () = conn
-                .sadd(self.key("ako", &key.owner), &key.id)
+            self.index_add(&self.key("ako", &key.owner), &key.id, expire)
                 .await
-                .map_err(err)?;
-            Ok(())
         })
     }
 
@@ -631,11 +828,16 @@ impl ApiKeyStore for RedisStores {
     fn api_keys_of<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, StoreResult<Vec<ApiKeyRecord>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let ids: Vec<String> = conn.smembers(self.key("ako", owner)).await.map_err(err)?;
+            let index = self.key("ako", owner);
+            let ids: Vec<String> = conn.smembers(&index).await.map_err(err)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(k) = self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
-                    out.push(api_key_of(k)?);
+                match self.load::<ApiKeyRecord>(&self.key("ak", &id)).await? {
+                    Some(k) => out.push(api_key_of(k)?),
+                    // Expired away: drop it from the index.
+                    None => {
+                        let _: () = conn.srem(&index, &id).await.map_err(err)?;
+                    }
                 }
             }
             Ok(out)
@@ -657,6 +859,11 @@ impl ApiKeyStore for RedisStores {
                 .await?;
             Ok(())
         })
+    }
+
+    fn purge_expired_api_keys(&self, _before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        // Expiring keys carry a TTL (a day after expiry).
+        Box::pin(std::future::ready(Ok(0)))
     }
 }
 
@@ -720,23 +927,26 @@ impl AppStore for RedisStores {
         &'a self,
         app_id: &'a str,
         new_hash: &'a [u8; 32],
-        new_version: u32,
         previous_valid_until: i64,
         now: i64,
-    ) -> BoxFuture<'a, StoreResult<bool>> {
+    ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let n: i64 = self
+            let version: i64 = self
                 .rotate_app
                 .key(self.key("app", app_id))
                 .arg(previous_valid_until)
                 .arg(hex(new_hash))
-                .arg(new_version)
                 .arg(now)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
-            Ok(n == 1)
+            if version == 0 {
+                return Ok(None);
+            }
+            u32::try_from(version)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("secret_version out of range".into()))
         })
     }
 

@@ -20,8 +20,10 @@ pub enum Rotation {
     },
     /// The token was rotated moments ago, within the configured reuse
     /// interval (a benign client race): nothing is revoked, and the caller
-    /// gets the successor already issued. Its secret is stored nowhere; it
-    /// is re-derived when it was minted with [`Stores::successor_token`].
+    /// gets the successor already issued, at most once per token and only
+    /// while the session, the user and the family are live. Its secret is
+    /// stored nowhere; it is re-derived when it was minted with
+    /// [`Stores::successor_token`]. Audit [`Rotation::security_event`].
     AlreadyRotated {
         /// The record of the presented token.
         previous: RefreshRecord,
@@ -41,6 +43,25 @@ impl Stores {
         self.backends.refresh.insert_refresh(record).await
     }
 
+    /// Revokes the family and the session of refresh token `token` when it
+    /// belongs to `user_id` (logout); whether it did. A malformed, unknown
+    /// or foreign token is left alone.
+    pub async fn revoke_refresh_of(&self, user_id: &str, token: &str) -> StoreResult<bool> {
+        if !TokenIssuer::is_well_formed_refresh(token) {
+            return Ok(false);
+        }
+        let hash = self.config.hasher.hash(token);
+        let refresh = &self.backends.refresh;
+        match refresh.refresh_by_hash(&hash).await? {
+            Some(record) if record.user_id == user_id => {
+                refresh.revoke_family(&record.family, self.now()).await?;
+                self.revoke_session(&record.session_id).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Rotates the presented refresh token. `successor` builds the next
     /// token's record from the stored one (normally
     /// `TokenIssuer::rotate` + [`RefreshRecord::from_issued`]); it must keep
@@ -49,8 +70,11 @@ impl Stores {
     /// Of any number of concurrent rotations of one token exactly one gets
     /// [`Rotation::Rotated`]. The others, and any later presentation, get
     /// [`StoreError::RefreshReused`] (the family and the session are revoked
-    /// and the event must be audited), or [`Rotation::AlreadyRotated`] when
-    /// within the reuse interval.
+    /// and the event must be audited), or - once per token, within the
+    /// reuse interval, while session, user and family are live -
+    /// [`Rotation::AlreadyRotated`] (audit [`Rotation::security_event`]).
+    /// The reuse window is checked last: a revoked or expired token, a
+    /// logged-out session or a disabled user never gets a successor.
     pub async fn rotate_refresh<F>(&self, token: &str, successor: F) -> StoreResult<Rotation>
     where
         F: FnOnce(&RefreshRecord) -> StoreResult<RefreshRecord>,
@@ -63,17 +87,17 @@ impl Stores {
         let Some(current) = refresh.refresh_by_hash(&hash).await? else {
             return Err(StoreError::RefreshInvalid);
         };
+        let now = self.now();
         if current.rotated_at.is_some() {
-            return self.reused(current, token).await;
+            return self.reused(current, token, now).await;
         }
         if current.revoked_at.is_some() {
             return Err(StoreError::RefreshInvalid);
         }
-        let now = self.now();
         if current.expires_at <= now {
             return Err(StoreError::RefreshExpired);
         }
-        if !self.session_live_uncached(&current.session_id, now).await? {
+        if !self.holder_live(&current, now).await? {
             // Maybe a concurrent reuse revoked it: classify from the record.
             return self.look_again(&hash, token).await;
         }
@@ -122,9 +146,22 @@ impl Stores {
     /// After a failed rotation: a rotated token is a reuse, anything else invalid.
     async fn look_again(&self, hash: &[u8; 32], token: &str) -> StoreResult<Rotation> {
         match self.backends.refresh.refresh_by_hash(hash).await? {
-            Some(again) if again.rotated_at.is_some() => self.reused(again, token).await,
+            Some(again) if again.rotated_at.is_some() => {
+                self.reused(again, token, self.now()).await
+            }
             _ => Err(StoreError::RefreshInvalid),
         }
+    }
+
+    /// Whether the token's holder may still refresh: its session is live
+    /// (asked of the backend, no cache: a logout stops rotation at once) and
+    /// its user is not disabled.
+    async fn holder_live(&self, record: &RefreshRecord, now: i64) -> StoreResult<bool> {
+        let (session, user) = tokio::try_join!(
+            self.session_live_uncached(&record.session_id, now),
+            self.backends.users.user_by_id(&record.user_id),
+        )?;
+        Ok(session && !user.is_some_and(|u| u.disabled))
     }
 
     /// Whether the session is live, asking the backend (no cache: rotation
@@ -138,25 +175,26 @@ impl Stores {
             .is_some_and(|s| s.is_active(now)))
     }
 
-    async fn reused(&self, record: RefreshRecord, token: &str) -> StoreResult<Rotation> {
-        let now = self.now();
-        let interval = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
-        if let (Some(at), Some(successor_hash)) = (record.rotated_at, record.successor)
-            && interval > 0
-            && record.revoked_at.is_none()
-            && now.saturating_sub(at) <= interval
-        {
+    /// A rotated token presented again: its successor once within the reuse
+    /// window when everything about it is still valid, else a reuse.
+    async fn reused(&self, record: RefreshRecord, token: &str, now: i64) -> StoreResult<Rotation> {
+        if let Some(successor_hash) = self.grace_successor(&record, now).await? {
             let derived = self.successor_token(token);
             let successor_token = self
                 .config
                 .hasher
                 .matches(&derived, &successor_hash)
                 .then_some(derived);
-            return Ok(Rotation::AlreadyRotated {
+            let rotation = Rotation::AlreadyRotated {
                 previous: record,
                 successor_hash,
                 successor_token,
-            });
+            };
+            tracing::warn!(
+                event = ?rotation.security_event(),
+                "refresh token replayed within the reuse window: successor handed back once"
+            );
+            return Ok(rotation);
         }
         self.backends
             .refresh
@@ -175,6 +213,60 @@ impl Stores {
         };
         tracing::warn!(?event, "refresh token reuse: family and session revoked");
         Err(StoreError::RefreshReused(event))
+    }
+}
+
+impl Stores {
+    /// The successor to hand back for a replay of `record`, when all of
+    /// these hold: a reuse window is configured and not over; the token is
+    /// neither revoked nor expired; its session is live and its user not
+    /// disabled; the successor is stored and not revoked; and this is the
+    /// first replay of the token (claimed atomically in the backend).
+    async fn grace_successor(
+        &self,
+        record: &RefreshRecord,
+        now: i64,
+    ) -> StoreResult<Option<[u8; 32]>> {
+        let window = i64::try_from(self.config.reuse_interval.as_secs()).unwrap_or(i64::MAX);
+        let (Some(at), Some(successor)) = (record.rotated_at, record.successor) else {
+            return Ok(None);
+        };
+        if window == 0
+            || now.saturating_sub(at) > window
+            || record.revoked_at.is_some()
+            || record.expires_at <= now
+            || !self.holder_live(record, now).await?
+        {
+            return Ok(None);
+        }
+        let refresh = &self.backends.refresh;
+        if !refresh
+            .refresh_by_hash(&successor)
+            .await?
+            .is_some_and(|s| s.revoked_at.is_none() && s.expires_at > now)
+        {
+            return Ok(None);
+        }
+        let claimed = refresh
+            .claim_reuse_grace(&record.family, &record.hash, now)
+            .await?;
+        Ok(claimed.then_some(successor))
+    }
+}
+
+impl Rotation {
+    /// The event the caller must audit, if any: a successor handed back
+    /// within the reuse window is [`SecurityEvent::RefreshGraceReplay`].
+    pub fn security_event(&self) -> Option<SecurityEvent> {
+        match self {
+            Self::Rotated { .. } => None,
+            Self::AlreadyRotated { previous, .. } => Some(SecurityEvent::RefreshGraceReplay {
+                family: previous.family.clone(),
+                session: previous.session_id.clone(),
+                user: previous.user_id.clone(),
+                generation: previous.generation,
+            }),
+        }
     }
 }
 

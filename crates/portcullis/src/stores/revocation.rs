@@ -4,12 +4,14 @@
 //! entries live at most `revocation_cache_ttl` (at most 1 s, enforced at
 //! start-up). A revocation written to the shared backend (PostgreSQL, Redis)
 //! is therefore honoured by every replica within that TTL; the replica that
-//! revokes drops its own entry at once. With the TTL set to zero there is no
-//! cache and every check asks the backend. The access-token denylist is not
+//! revokes drops its own entry at once. An entry's deadline is fixed when
+//! the backend is asked (fetch time + TTL) and nothing extends it: not a
+//! hit, not a re-insert, not an API key's `last_used_at` touch. With the TTL
+//! set to zero there is no cache and every check asks the backend. The access-token denylist is not
 //! cached: every check is one O(1) backend lookup.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
@@ -18,10 +20,12 @@ use super::{ApiKeyRecord, AppRecord};
 /// Most entries per cache.
 const MAX_ENTRIES: u64 = 100_000;
 
-/// A cache that may be switched off (TTL zero).
+/// A cache that may be switched off (TTL zero). Each value carries the
+/// deadline it got when it was fetched; a value past it is never returned.
 #[derive(Debug, Clone)]
 pub struct TtlCache<V: Clone + Send + Sync + 'static> {
-    inner: Option<Cache<String, V>>,
+    inner: Option<Cache<String, (V, Instant)>>,
+    ttl: Duration,
 }
 
 impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
@@ -33,19 +37,37 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
                     .time_to_live(ttl)
                     .build()
             }),
+            ttl,
         }
     }
 
-    /// The cached value.
+    /// The cached value, if still within its deadline.
     pub fn get(&self, key: &str) -> Option<V> {
-        self.inner.as_ref()?.get(key)
+        self.get_entry(key).map(|(v, _)| v)
     }
 
-    /// Caches a value.
+    /// The cached value and its deadline (fetch time + TTL).
+    pub(crate) fn get_entry(&self, key: &str) -> Option<(V, Instant)> {
+        let (value, deadline) = self.inner.as_ref()?.get(key)?;
+        (Instant::now() < deadline).then_some((value, deadline))
+    }
+
+    /// Caches a value fetched just now.
     pub fn insert(&self, key: &str, value: V) {
+        self.insert_fetched(key, value, Instant::now());
+    }
+
+    /// Caches a value the backend was asked for at `fetched_at`: it is
+    /// trusted until `fetched_at` + TTL, and not a moment longer.
+    pub(crate) fn insert_fetched(&self, key: &str, value: V, fetched_at: Instant) {
         if let Some(c) = &self.inner {
-            c.insert(key.to_owned(), value);
+            c.insert(key.to_owned(), (value, self.deadline(fetched_at)));
         }
+    }
+
+    /// The deadline of a value fetched at `fetched_at`.
+    pub(crate) fn deadline(&self, fetched_at: Instant) -> Instant {
+        fetched_at + self.ttl
     }
 
     /// Drops one entry.

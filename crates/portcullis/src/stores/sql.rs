@@ -63,163 +63,201 @@ pub(crate) fn u32_of(field: &str, v: i64) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} out of range")))
 }
 
+/// A row struct whose fields are read by column name (`row.try_get("name")`),
+/// never by position: a column list out of order cannot fill the wrong
+/// field. Generic over the database, so SQLite and PostgreSQL share it.
+macro_rules! named_row {
+    ($(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name {
+            $(pub(crate) $field: $ty,)*
+        }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'r str: sqlx::ColumnIndex<R>,
+            $($ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,)*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?,)*
+                })
+            }
+        }
+    };
+}
+
 /// Column list of `users`.
 pub const USER_COLS: &str =
     "id, username, password_hash, roles, permissions, tenant, disabled, created_at, updated_at";
-/// A `users` row.
-pub type UserRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    bool,
-    i64,
-    i64,
+named_row!(
+    /// A `users` row.
+    UserRow {
+        id: String,
+        username: String,
+        password_hash: String,
+        roles: String,
+        permissions: String,
+        tenant: Option<String>,
+        disabled: bool,
+        created_at: i64,
+        updated_at: i64,
+    }
 );
 
 /// Column list of `sessions`.
 pub const SESSION_COLS: &str = "id, user_id, created_at, last_seen_at, expires_at, user_agent, client_ip, remember_me, revoked_at";
-/// A `sessions` row.
-pub type SessionRow = (
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    Option<String>,
-    Option<String>,
-    bool,
-    Option<i64>,
+named_row!(
+    /// A `sessions` row.
+    SessionRow {
+        id: String,
+        user_id: String,
+        created_at: i64,
+        last_seen_at: i64,
+        expires_at: i64,
+        user_agent: Option<String>,
+        client_ip: Option<String>,
+        remember_me: bool,
+        revoked_at: Option<i64>,
+    }
 );
 
 /// Column list of `refresh_tokens`.
 pub const REFRESH_COLS: &str = "hash, family, generation, session_id, user_id, expires_at, remember_me, created_at, rotated_at, successor, revoked_at";
-/// A `refresh_tokens` row.
-pub type RefreshRow = (
-    Vec<u8>,
-    String,
-    i64,
-    String,
-    String,
-    i64,
-    bool,
-    i64,
-    Option<i64>,
-    Option<Vec<u8>>,
-    Option<i64>,
+named_row!(
+    /// A `refresh_tokens` row.
+    RefreshRow {
+        hash: Vec<u8>,
+        family: String,
+        generation: i64,
+        session_id: String,
+        user_id: String,
+        expires_at: i64,
+        remember_me: bool,
+        created_at: i64,
+        rotated_at: Option<i64>,
+        successor: Option<Vec<u8>>,
+        revoked_at: Option<i64>,
+    }
 );
 
 /// Column list of `api_keys`.
 pub const API_KEY_COLS: &str = "id, hash, name, owner, roles, permissions, scopes, expires_at, created_at, revoked_at, last_used_at";
-/// An `api_keys` row.
-pub type ApiKeyRow = (
-    String,
-    Vec<u8>,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<i64>,
-    i64,
-    Option<i64>,
-    Option<i64>,
+named_row!(
+    /// An `api_keys` row.
+    ApiKeyRow {
+        id: String,
+        hash: Vec<u8>,
+        name: String,
+        owner: String,
+        roles: String,
+        permissions: String,
+        scopes: String,
+        expires_at: Option<i64>,
+        created_at: i64,
+        revoked_at: Option<i64>,
+        last_used_at: Option<i64>,
+    }
 );
 
 /// Column list of `apps`.
 pub const APP_COLS: &str = "app_id, name, secret_hash, secret_version, previous_hash, previous_valid_until, services, permissions, tenant, disabled, created_at, updated_at";
-/// An `apps` row.
-pub type AppRow = (
-    String,
-    String,
-    Vec<u8>,
-    i64,
-    Option<Vec<u8>>,
-    Option<i64>,
-    String,
-    String,
-    Option<String>,
-    bool,
-    i64,
-    i64,
+named_row!(
+    /// An `apps` row.
+    AppRow {
+        app_id: String,
+        name: String,
+        secret_hash: Vec<u8>,
+        secret_version: i64,
+        previous_hash: Option<Vec<u8>>,
+        previous_valid_until: Option<i64>,
+        services: String,
+        permissions: String,
+        tenant: Option<String>,
+        disabled: bool,
+        created_at: i64,
+        updated_at: i64,
+    }
 );
 
 pub(crate) fn user_of(r: UserRow) -> StoreResult<super::User> {
     Ok(super::User {
-        id: r.0,
-        username: r.1,
-        password_hash: r.2,
-        roles: list_from_json("roles", &r.3)?,
-        permissions: list_from_json("permissions", &r.4)?,
-        tenant: r.5,
-        disabled: r.6,
-        created_at: r.7,
-        updated_at: r.8,
+        roles: list_from_json("roles", &r.roles)?,
+        permissions: list_from_json("permissions", &r.permissions)?,
+        id: r.id,
+        username: r.username,
+        password_hash: r.password_hash,
+        tenant: r.tenant,
+        disabled: r.disabled,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
     })
 }
 
 pub(crate) fn session_of(r: SessionRow) -> super::Session {
     super::Session {
-        id: r.0,
-        user_id: r.1,
-        created_at: r.2,
-        last_seen_at: r.3,
-        expires_at: r.4,
-        user_agent: r.5,
-        client_ip: r.6,
-        remember_me: r.7,
-        revoked_at: r.8,
+        id: r.id,
+        user_id: r.user_id,
+        created_at: r.created_at,
+        last_seen_at: r.last_seen_at,
+        expires_at: r.expires_at,
+        user_agent: r.user_agent,
+        client_ip: r.client_ip,
+        remember_me: r.remember_me,
+        revoked_at: r.revoked_at,
     }
 }
 
 pub(crate) fn refresh_of(r: RefreshRow) -> StoreResult<super::RefreshRecord> {
     Ok(super::RefreshRecord {
-        hash: hash32("hash", r.0)?,
-        family: r.1,
-        generation: u32_of("generation", r.2)?,
-        session_id: r.3,
-        user_id: r.4,
-        expires_at: r.5,
-        remember_me: r.6,
-        created_at: r.7,
-        rotated_at: r.8,
-        successor: r.9.map(|s| hash32("successor", s)).transpose()?,
-        revoked_at: r.10,
+        hash: hash32("hash", r.hash)?,
+        family: r.family,
+        generation: u32_of("generation", r.generation)?,
+        session_id: r.session_id,
+        user_id: r.user_id,
+        expires_at: r.expires_at,
+        remember_me: r.remember_me,
+        created_at: r.created_at,
+        rotated_at: r.rotated_at,
+        successor: r.successor.map(|s| hash32("successor", s)).transpose()?,
+        revoked_at: r.revoked_at,
     })
 }
 
 pub(crate) fn api_key_of(r: ApiKeyRow) -> StoreResult<super::ApiKeyRecord> {
     Ok(super::ApiKeyRecord {
-        id: r.0,
-        hash: hash32("hash", r.1)?,
-        name: r.2,
-        owner: r.3,
-        roles: list_from_json("roles", &r.4)?,
-        permissions: list_from_json("permissions", &r.5)?,
-        scopes: list_from_json("scopes", &r.6)?,
-        expires_at: r.7,
-        created_at: r.8,
-        revoked_at: r.9,
-        last_used_at: r.10,
+        hash: hash32("hash", r.hash)?,
+        roles: list_from_json("roles", &r.roles)?,
+        permissions: list_from_json("permissions", &r.permissions)?,
+        scopes: list_from_json("scopes", &r.scopes)?,
+        id: r.id,
+        name: r.name,
+        owner: r.owner,
+        expires_at: r.expires_at,
+        created_at: r.created_at,
+        revoked_at: r.revoked_at,
+        last_used_at: r.last_used_at,
     })
 }
 
 pub(crate) fn app_of(r: AppRow) -> StoreResult<super::AppRecord> {
     Ok(super::AppRecord {
-        app_id: r.0,
-        name: r.1,
-        secret_hash: hash32("secret_hash", r.2)?,
-        secret_version: u32_of("secret_version", r.3)?,
-        previous_hash: r.4.map(|h| hash32("previous_hash", h)).transpose()?,
-        previous_valid_until: r.5,
-        services: list_from_json("services", &r.6)?,
-        permissions: list_from_json("permissions", &r.7)?,
-        tenant: r.8,
-        disabled: r.9,
-        created_at: r.10,
-        updated_at: r.11,
+        secret_hash: hash32("secret_hash", r.secret_hash)?,
+        secret_version: u32_of("secret_version", r.secret_version)?,
+        previous_hash: r
+            .previous_hash
+            .map(|h| hash32("previous_hash", h))
+            .transpose()?,
+        services: list_from_json("services", &r.services)?,
+        permissions: list_from_json("permissions", &r.permissions)?,
+        app_id: r.app_id,
+        name: r.name,
+        previous_valid_until: r.previous_valid_until,
+        tenant: r.tenant,
+        disabled: r.disabled,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
     })
 }
 
@@ -249,6 +287,34 @@ macro_rules! sql_stores {
             .await
             .map_err(db_err("refresh token"))?;
             Ok(())
+        }
+
+        /// Runs a revoking `UPDATE` (`$1` now, `$2` key) until it finds
+        /// nothing left: on PostgreSQL a rotation committing while the first
+        /// pass waits on its row inserts a successor that pass cannot see,
+        /// and the next pass revokes it (a revoked token never rotates, so
+        /// this ends).
+        async fn revoke_until_done(
+            pool: &sqlx::Pool<$db>,
+            sql: &'static str,
+            key: &str,
+            now: i64,
+        ) -> StoreResult<u64> {
+            let mut total = 0;
+            for _ in 0..16 {
+                let n = sqlx::query(sql)
+                    .bind(now)
+                    .bind(key)
+                    .execute(pool)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            Ok(total)
         }
 
         use $crate::stores::sql::{
@@ -356,6 +422,14 @@ macro_rules! sql_stores {
         }
 
         impl SessionStore for $ty {
+            fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM sessions WHERE expires_at <= $1",
+                    now,
+                ))
+            }
+
             fn insert_session<'a>(&'a self, s: &'a Session) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
                     sqlx::query(
@@ -465,7 +539,25 @@ macro_rules! sql_stores {
             }
         }
 
+        /// Runs a purging `DELETE` with `$1` bound to `bound`; rows deleted.
+        async fn purge(pool: &sqlx::Pool<$db>, sql: &'static str, bound: i64) -> StoreResult<u64> {
+            Ok(sqlx::query(sql)
+                .bind(bound)
+                .execute(pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected())
+        }
+
         impl RefreshStore for $ty {
+            fn purge_expired_refresh(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM refresh_tokens WHERE expires_at <= $1",
+                    before,
+                ))
+            }
+
             fn insert_refresh<'a>(
                 &'a self,
                 r: &'a RefreshRecord,
@@ -528,15 +620,49 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<u64>> {
                 Box::pin(async move {
-                    let r = sqlx::query(
+                    revoke_until_done(
+                        &self.pool,
                         "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
+                        family,
+                        now,
+                    )
+                    .await
+                })
+            }
+
+            fn revoke_families_of<'a>(
+                &'a self,
+                user_id: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<u64>> {
+                Box::pin(async move {
+                    revoke_until_done(
+                        &self.pool,
+                        "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                        user_id,
+                        now,
+                    )
+                    .await
+                })
+            }
+
+            fn claim_reuse_grace<'a>(
+                &'a self,
+                _family: &'a str,
+                hash: &'a [u8; 32],
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE refresh_tokens SET grace_claimed_at = $1 \
+                         WHERE hash = $2 AND grace_claimed_at IS NULL AND revoked_at IS NULL",
                     )
                     .bind(now)
-                    .bind(family)
+                    .bind(&hash[..])
                     .execute(&self.pool)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected())
+                    Ok(r.rows_affected() == 1)
                 })
             }
         }
@@ -546,7 +672,8 @@ macro_rules! sql_stores {
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO denylist (jti, expires_at) VALUES ($1, $2) \
-                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at",
+                         ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
+                         WHERE excluded.expires_at > denylist.expires_at",
                     )
                     .bind(jti)
                     .bind(expires_at)
@@ -584,6 +711,14 @@ macro_rules! sql_stores {
         }
 
         impl ApiKeyStore for $ty {
+            fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= $1",
+                    before,
+                ))
+            }
+
             fn insert_api_key<'a>(&'a self, k: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
                     sqlx::query(
@@ -719,24 +854,25 @@ macro_rules! sql_stores {
                 &'a self,
                 app_id: &'a str,
                 new_hash: &'a [u8; 32],
-                new_version: u32,
                 previous_valid_until: i64,
                 now: i64,
-            ) -> BoxFuture<'a, StoreResult<bool>> {
+            ) -> BoxFuture<'a, StoreResult<Option<u32>>> {
                 Box::pin(async move {
-                    let r = sqlx::query(
+                    let version: Option<(i64,)> = sqlx::query_as(
                         "UPDATE apps SET previous_hash = secret_hash, previous_valid_until = $1, \
-                         secret_hash = $2, secret_version = $3, updated_at = $4 WHERE app_id = $5",
+                         secret_hash = $2, secret_version = secret_version + 1, updated_at = $3 \
+                         WHERE app_id = $4 RETURNING secret_version",
                     )
                     .bind(previous_valid_until)
                     .bind(&new_hash[..])
-                    .bind(i64::from(new_version))
                     .bind(now)
                     .bind(app_id)
-                    .execute(&self.pool)
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    version
+                        .map(|(v,)| $crate::stores::sql::u32_of("secret_version", v))
+                        .transpose()
                 })
             }
 

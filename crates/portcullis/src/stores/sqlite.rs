@@ -10,11 +10,18 @@ use super::StoreError;
 use super::sql::{EmbeddedMigrations, sql_stores};
 
 /// The SQLite schema, versioned.
-pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[(
-    1,
-    "stores",
-    include_str!("../../migrations/sqlite/0001_stores.sql"),
-)]);
+pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
+    (
+        1,
+        "stores",
+        include_str!("../../migrations/sqlite/0001_stores.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+    ),
+]);
 
 /// All six stores in one SQLite database file.
 #[derive(Debug, Clone)]

@@ -103,19 +103,34 @@ impl Stores {
         self.backends.users.user_by_id(&id).await
     }
 
-    /// Enables or disables a user.
+    /// Enables or disables a user. Disabling also revokes every session and
+    /// refresh family of the user (enabling again restores neither: the
+    /// user logs in again), and rotation refuses a disabled user.
     pub async fn set_user_disabled(&self, id: &str, disabled: bool) -> StoreResult<()> {
         let id = id_arg("user_id", id)?;
-        if self
+        let now = self.now();
+        if !self
             .backends
             .users
-            .set_user_disabled(&id, disabled, self.now())
+            .set_user_disabled(&id, disabled, now)
             .await?
         {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound("user"))
+            return Err(StoreError::NotFound("user"));
         }
+        if disabled {
+            let (sessions, tokens) = tokio::try_join!(
+                self.backends.sessions.revoke_sessions_of(&id, now),
+                self.backends.refresh.revoke_families_of(&id, now),
+            )?;
+            self.caches.sessions.invalidate_all();
+            tracing::info!(
+                user = %id,
+                sessions,
+                tokens,
+                "user disabled: sessions and refresh families revoked"
+            );
+        }
+        Ok(())
     }
 
     /// Checks a login. Unknown users cost one argon2id verification (of a
@@ -189,11 +204,12 @@ impl Stores {
         if let Some(hit) = self.caches.sessions.get(&sid) {
             return Ok(hit.is_some_and(|expires| expires > now));
         }
+        let fetched_at = std::time::Instant::now();
         let found = self.backends.sessions.session(&sid).await?;
         let live = found
             .filter(|s| s.revoked_at.is_none())
             .map(|s| s.expires_at);
-        self.caches.sessions.insert(&sid, live);
+        self.caches.sessions.insert_fetched(&sid, live, fetched_at);
         Ok(live.is_some_and(|expires| expires > now))
     }
 
