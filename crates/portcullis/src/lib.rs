@@ -19,9 +19,9 @@
 pub mod anomaly;
 pub mod audit;
 pub mod authz;
-pub mod guard;
 #[cfg(feature = "graphql")]
 pub mod graphql;
+pub mod guard;
 pub mod http;
 pub mod http_client;
 pub mod jwks;
