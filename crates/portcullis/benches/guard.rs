@@ -58,7 +58,7 @@ fn config() -> GuardConfig {
     let mut c = GuardConfig::default().rate_limit(RuleConfig {
         name: "per-subject".into(),
         algorithm: "gcra".into(),
-        rate: Some(1_000_000_000),
+        rate: Some(1_000_000),
         burst: Some(1_000_000_000),
         limit: None,
         period: 1.0,
@@ -82,7 +82,12 @@ struct Setup {
     bare: Verifier,
 }
 
-fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm, cache: TokenCacheConfig) -> Setup {
+fn setup(
+    rt: &tokio::runtime::Runtime,
+    alg: Algorithm,
+    cache: TokenCacheConfig,
+    with_audit: bool,
+) -> Setup {
     rt.block_on(async {
         let hasher = SecretHasher::new(&[3; 32]).expect("pepper");
         let backend = Arc::new(portcullis::stores::memory::MemoryStores::new());
@@ -130,12 +135,13 @@ fn setup(rt: &tokio::runtime::Runtime, alg: Algorithm, cache: TokenCacheConfig) 
             AuditWriter::start(Arc::new(NullSink), wc, Arc::new(SystemClock)).expect("audit"),
         );
         let validation = Validation::for_local_issuer(&ic);
-        let guard = Guard::builder(config())
+        let mut builder = Guard::builder(config())
             .local_keys_cached(Verifier::new(keys.clone(), validation.clone()), cache)
-            .stores(stores)
-            .audit(audit)
-            .build()
-            .expect("guard");
+            .stores(stores);
+        if with_audit {
+            builder = builder.audit(audit);
+        }
+        let guard = builder.build().expect("guard");
         Setup {
             guard,
             token,
@@ -163,7 +169,7 @@ fn bench_guard(c: &mut Criterion) {
         .expect("runtime");
     let peer = Some("10.1.2.3".parse().expect("ip"));
 
-    let cached = setup(&rt, Algorithm::ES256, TokenCacheConfig::default());
+    let cached = setup(&rt, Algorithm::ES256, TokenCacheConfig::default(), true);
     let (parts, ()) = request(&cached.token).map(|_| ()).into_parts();
     let decision = rt.block_on(cached.guard.check(&parts, peer));
     assert!(decision.allowed(), "{:?}", decision.refusal);
@@ -179,6 +185,13 @@ fn bench_guard(c: &mut Criterion) {
         })
     });
 
+    let quiet = setup(&rt, Algorithm::ES256, TokenCacheConfig::default(), false);
+    let (qparts, ()) = request(&quiet.token).map(|_| ()).into_parts();
+    assert!(rt.block_on(quiet.guard.check(&qparts, peer)).allowed());
+    g.bench_function("check_cache_hit_200_routes_1_rule_no_audit", |b| {
+        b.iter(|| rt.block_on(quiet.guard.check(black_box(&qparts), peer)))
+    });
+
     let uncached = setup(
         &rt,
         Algorithm::RS256,
@@ -186,6 +199,7 @@ fn bench_guard(c: &mut Criterion) {
             max_entries: 0,
             ..TokenCacheConfig::default()
         },
+        true,
     );
     let (parts, ()) = request(&uncached.token).map(|_| ()).into_parts();
     assert!(rt.block_on(uncached.guard.check(&parts, peer)).allowed());

@@ -186,6 +186,10 @@ fn bump(counter: &AtomicU64, name: &'static str, n: u64) {
 /// Handle the request path records through. Share it with an `Arc`.
 pub struct AuditWriter {
     tx: mpsc::Sender<AuditEvent>,
+    /// Wakes the batcher once a whole batch is queued (it does not wake per
+    /// event: that cross-thread wake-up cost more than the rest of a request).
+    full: Arc<Notify>,
+    batch_size: usize,
     policy: FullPolicy,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
@@ -227,6 +231,7 @@ impl AuditWriter {
             );
         }
         let shutdown = Arc::new(Notify::new());
+        let full = Arc::new(Notify::new());
         let prune_task = config.prune.map(|policy| {
             runtime.spawn(prune_loop(
                 Arc::clone(&sink),
@@ -247,11 +252,14 @@ impl AuditWriter {
             deadline: None,
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
+            full: Arc::clone(&full),
             config: config.clone(),
         };
         let task = runtime.spawn(batcher.run());
         Ok(Self {
             tx,
+            full,
+            batch_size: config.batch_size,
             policy: config.full_policy,
             counters,
             shutdown,
@@ -261,11 +269,19 @@ impl AuditWriter {
         })
     }
 
+    /// Wakes the batcher when at least a batch is queued.
+    fn wake_if_full(&self) {
+        if self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
+            self.full.notify_one();
+        }
+    }
+
     /// Enqueues without ever waiting: a full queue drops the event (counted)
     /// whatever the policy. For callers that cannot await.
     pub fn try_record(&self, event: AuditEvent) -> Recorded {
         match self.tx.try_send(event) {
             Ok(()) => {
+                self.wake_if_full();
                 bump(
                     &self.counters.enqueued,
                     "portcullis_audit_enqueued_total",
@@ -285,6 +301,7 @@ impl AuditWriter {
     pub async fn record(&self, event: AuditEvent) -> Recorded {
         let event = match self.tx.try_send(event) {
             Ok(()) => {
+                self.wake_if_full();
                 bump(
                     &self.counters.enqueued,
                     "portcullis_audit_enqueued_total",
@@ -300,6 +317,7 @@ impl AuditWriter {
         };
         if let FullPolicy::Block(wait) = self.policy {
             bump(&self.counters.blocked, "portcullis_audit_blocked_total", 1);
+            self.full.notify_one();
             if let Ok(Ok(())) = tokio::time::timeout(wait, self.tx.send(event)).await {
                 bump(
                     &self.counters.enqueued,
@@ -424,6 +442,7 @@ struct Batcher {
     deadline: Option<Instant>,
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
+    full: Arc<Notify>,
     config: AuditWriterConfig,
 }
 
@@ -446,20 +465,32 @@ impl Batcher {
             let deadline = Instant::now() + self.config.flush_interval;
             while batch.len() < size {
                 let room = size - batch.len();
+                if closing {
+                    // Draining for shutdown: take everything as it comes.
+                    if self.rx.recv_many(&mut batch, room).await == 0 {
+                        done = true;
+                        break;
+                    }
+                    continue;
+                }
+                // Not parked on the channel (a send would wake us per event):
+                // woken when a batch is full, at the flush deadline, or to shut down.
                 tokio::select! {
                     biased;
-                    () = self.shutdown.notified(), if !closing => {
+                    () = self.shutdown.notified() => {
                         closing = true;
                         self.deadline = Some(Instant::now() + self.config.shutdown_timeout);
                         self.rx.close();
                     }
-                    n = self.rx.recv_many(&mut batch, room) => {
-                        if n == 0 {
-                            done = true;
-                            break;
-                        }
+                    () = self.full.notified() => {}
+                    () = sleep_until(deadline) => {
+                        done = self.take_queued(&mut batch, size);
+                        break;
                     }
-                    () = sleep_until(deadline), if !closing => break,
+                }
+                if !closing && self.take_queued(&mut batch, size) {
+                    done = true;
+                    break;
                 }
             }
             if !batch.is_empty() {
@@ -469,6 +500,19 @@ impl Batcher {
             self.replay(if done { usize::MAX } else { REPLAY_PER_TURN }, done)
                 .await;
         }
+    }
+
+    /// Moves queued events into `batch` (up to `size`) without waiting;
+    /// true when the channel is closed and empty.
+    fn take_queued(&mut self, batch: &mut Vec<AuditEvent>, size: usize) -> bool {
+        while batch.len() < size {
+            match self.rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
     }
 
     /// The time a sink write may take now: `write_timeout`, cut to what is
