@@ -280,8 +280,17 @@ impl EventIds {
 
     /// The next id: 32 lowercase hex digits.
     pub fn next_id(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.prefix)
+        // On every request path: hex by hand, one allocation, no formatter.
+        let mut out = vec![0u8; 32];
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for j in 0..16 {
+                let nibble = (word >> (60 - 4 * j)) & 0xf;
+                out[16 * i + j] = HEX[nibble as usize];
+            }
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 

@@ -107,6 +107,17 @@ impl PathPattern {
     }
 
     /// Marks in `secret` the segments of `segs` this pattern matches at any position.
+    /// Whether every literal segment of the pattern is a segment of `path`
+    /// (a cheap test before splitting the path).
+    fn may_match(&self, path: &str) -> bool {
+        self.segments.iter().all(|p| match p {
+            PatternSegment::Literal(lit) => {
+                path.split('/').any(|seg| name_eq(segment_name(seg), lit))
+            }
+            PatternSegment::Any | PatternSegment::Secret => true,
+        })
+    }
+
     fn mark(&self, segs: &[&str], secret: &mut [bool]) {
         let n = self.segments.len();
         if segs.len() < n {
@@ -220,7 +231,7 @@ impl Redactor {
     /// Appends `path` with secret segments replaced and secret `;name=value`
     /// parameters removed.
     fn push_path(&self, out: &mut String, path: &str) {
-        if !path.contains(';') && self.path_patterns.is_empty() {
+        if !path.contains(';') && !self.path_patterns.iter().any(|p| p.may_match(path)) {
             out.push_str(path);
             return;
         }

@@ -32,8 +32,26 @@ pub fn request_event(
     redactor: &Redactor,
     ts_us: i64,
 ) -> AuditEvent {
+    request_event_with_id(
+        parts,
+        client_ip,
+        redactor,
+        ts_us,
+        request_id(&parts.headers),
+    )
+}
+
+/// [`request_event`] with a request id the caller already settled (the
+/// guard adopts an inbound id only from a trusted proxy).
+pub fn request_event_with_id(
+    parts: &Parts,
+    client_ip: Option<IpAddr>,
+    redactor: &Redactor,
+    ts_us: i64,
+    request_id: String,
+) -> AuditEvent {
     let mut event = AuditEvent::new(EventKind::Request, ts_us, Decision::Allow);
-    event.request_id = Some(request_id(&parts.headers));
+    event.request_id = Some(request_id);
     event.client_ip = client_ip.map(|ip| ip.to_string());
     event.method = Some(parts.method.as_str().to_owned());
     event.path = Some(

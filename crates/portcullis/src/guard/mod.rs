@@ -652,8 +652,13 @@ impl Guard {
 
         let mut event = inner.audit.as_ref().map(|_| {
             let ts = i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX);
-            let mut e = crate::audit::request::request_event(parts, client_ip, &inner.redactor, ts);
-            e.request_id = Some(request_id.clone());
+            let mut e = crate::audit::request::request_event_with_id(
+                parts,
+                client_ip,
+                &inner.redactor,
+                ts,
+                request_id.clone(),
+            );
             e.route = route.name.as_deref().map(str::to_owned);
             e
         });
