@@ -183,9 +183,24 @@ fn bump(counter: &AtomicU64, name: &'static str, n: u64) {
     metrics::counter!(name).increment(n);
 }
 
+/// An event in the queue: built, or to be built by the batcher.
+enum Queued {
+    Ready(AuditEvent),
+    Deferred(Box<dyn FnOnce() -> AuditEvent + Send>),
+}
+
+impl Queued {
+    fn into_event(self) -> AuditEvent {
+        match self {
+            Self::Ready(e) => e,
+            Self::Deferred(build) => build(),
+        }
+    }
+}
+
 /// Handle the request path records through. Share it with an `Arc`.
 pub struct AuditWriter {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<Queued>,
     /// Wakes the batcher once a whole batch is queued (it does not wake per
     /// event: that cross-thread wake-up cost more than the rest of a request).
     full: Arc<Notify>,
@@ -279,7 +294,19 @@ impl AuditWriter {
     /// Enqueues without ever waiting: a full queue drops the event (counted)
     /// whatever the policy. For callers that cannot await.
     pub fn try_record(&self, event: AuditEvent) -> Recorded {
-        match self.tx.try_send(event) {
+        self.try_enqueue(Queued::Ready(event))
+    }
+
+    /// Like [`Self::try_record`], building the event on the writer's task:
+    /// the request path only moves `build`'s captures (cheap clones of the
+    /// request's parts) and the batcher does the allocating and redacting.
+    /// `build` must not block.
+    pub fn try_record_with(&self, build: impl FnOnce() -> AuditEvent + Send + 'static) -> Recorded {
+        self.try_enqueue(Queued::Deferred(Box::new(build)))
+    }
+
+    fn try_enqueue(&self, item: Queued) -> Recorded {
+        match self.tx.try_send(item) {
             Ok(()) => {
                 self.wake_if_full();
                 bump(
@@ -299,7 +326,7 @@ impl AuditWriter {
     /// Enqueues, applying the full-queue policy. Never awaits a sink: only a
     /// full queue under the `block` policy waits, for a bounded time.
     pub async fn record(&self, event: AuditEvent) -> Recorded {
-        let event = match self.tx.try_send(event) {
+        let event = match self.tx.try_send(Queued::Ready(event)) {
             Ok(()) => {
                 self.wake_if_full();
                 bump(
@@ -427,7 +454,7 @@ async fn prune_loop(
 }
 
 struct Batcher {
-    rx: mpsc::Receiver<AuditEvent>,
+    rx: mpsc::Receiver<Queued>,
     sink: Arc<dyn AuditSink>,
     spool: Spool,
     next_retry: Instant,
@@ -467,7 +494,10 @@ impl Batcher {
                 let room = size - batch.len();
                 if closing {
                     // Draining for shutdown: take everything as it comes.
-                    if self.rx.recv_many(&mut batch, room).await == 0 {
+                    let mut queued = Vec::with_capacity(room);
+                    let n = self.rx.recv_many(&mut queued, room).await;
+                    batch.extend(queued.into_iter().map(Queued::into_event));
+                    if n == 0 {
                         done = true;
                         break;
                     }
@@ -507,7 +537,7 @@ impl Batcher {
     fn take_queued(&mut self, batch: &mut Vec<AuditEvent>, size: usize) -> bool {
         while batch.len() < size {
             match self.rx.try_recv() {
-                Ok(e) => batch.push(e),
+                Ok(e) => batch.push(e.into_event()),
                 Err(mpsc::error::TryRecvError::Empty) => return false,
                 Err(mpsc::error::TryRecvError::Disconnected) => return true,
             }
@@ -557,14 +587,16 @@ impl Batcher {
         tokio::pin!(write);
         let size = self.config.batch_size;
         let mut arrived = Vec::with_capacity(size);
+        let mut queued = Vec::with_capacity(size);
         let mut open = true;
         let done = loop {
             let room = size - arrived.len();
             tokio::select! {
                 biased;
                 done = &mut write => break done,
-                n = self.rx.recv_many(&mut arrived, room), if open => {
+                n = self.rx.recv_many(&mut queued, room), if open => {
                     open = n > 0;
+                    arrived.extend(queued.drain(..).map(Queued::into_event));
                     if arrived.len() >= size {
                         let full = std::mem::replace(&mut arrived, Vec::with_capacity(size));
                         self.spool_batch(&full).await;

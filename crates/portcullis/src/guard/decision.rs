@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use portcullis_core::audit::AuditEvent;
+use portcullis_core::audit::redact::{Redactor, user_agent};
+use portcullis_core::audit::{AuditEvent, EventKind};
 use portcullis_core::{ErrorCode, Principal};
 
 use crate::audit::AuditWriter;
@@ -87,31 +88,91 @@ impl Decision {
     }
 }
 
+/// What a request's audit event is made of, captured on the request path
+/// with cheap clones (the URI, method and user agent are reference-counted);
+/// the event itself (path redaction, strings) is built on the audit
+/// writer's task.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) ts_us: i64,
+    pub(crate) request_id: String,
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+    pub(crate) user_agent: Option<http::HeaderValue>,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) principal: Option<Arc<Principal>>,
+    pub(crate) deny: bool,
+    pub(crate) code: Option<&'static str>,
+    pub(crate) reason: Option<String>,
+    pub(crate) allow_reason: &'static str,
+    pub(crate) rate_limit_remaining: Option<i64>,
+    pub(crate) flags: Vec<&'static str>,
+    pub(crate) redactor: Arc<Redactor>,
+}
+
+impl Snapshot {
+    fn into_event(
+        self,
+        status: Option<u16>,
+        latency_us: i64,
+        upstream_us: Option<i64>,
+    ) -> AuditEvent {
+        let decision = if self.deny {
+            portcullis_core::audit::Decision::Deny
+        } else {
+            portcullis_core::audit::Decision::Allow
+        };
+        let mut e = AuditEvent::new(EventKind::Request, self.ts_us, decision);
+        e.request_id = Some(self.request_id);
+        e.client_ip = self.client_ip.map(|ip| ip.to_string());
+        e.method = Some(self.method.as_str().to_owned());
+        e.path = Some(
+            self.redactor.path(
+                self.uri
+                    .path_and_query()
+                    .map_or_else(|| self.uri.path(), |pq| pq.as_str()),
+            ),
+        );
+        e.user_agent = self
+            .user_agent
+            .map(|v| user_agent(&String::from_utf8_lossy(v.as_bytes())));
+        e.route = self.route.as_deref().map(str::to_owned);
+        if let Some(p) = self.principal.as_deref() {
+            e.set_principal(p);
+        }
+        e.code = self.code.map(str::to_owned);
+        e.reason = Some(self.reason.unwrap_or_else(|| self.allow_reason.to_owned()));
+        e.rate_limit_remaining = self.rate_limit_remaining;
+        e.anomaly_flags = self.flags.into_iter().map(str::to_owned).collect();
+        e.status = status;
+        e.latency_us = Some(latency_us);
+        e.upstream_latency_us = upstream_us;
+        e
+    }
+}
+
 /// The pending audit event of one request: recorded exactly once, by
 /// [`AuditTicket::finish`] or, failing that, when dropped.
 #[derive(Debug, Default)]
 pub struct AuditTicket {
-    pending: Option<(AuditEvent, Arc<AuditWriter>, Instant)>,
+    pending: Option<(Box<Snapshot>, Arc<AuditWriter>, Instant)>,
 }
 
 impl AuditTicket {
-    pub(crate) fn new(event: AuditEvent, writer: Arc<AuditWriter>, started: Instant) -> Self {
+    pub(crate) fn new(snapshot: Box<Snapshot>, writer: Arc<AuditWriter>, started: Instant) -> Self {
         Self {
-            pending: Some((event, writer, started)),
+            pending: Some((snapshot, writer, started)),
         }
     }
 
     /// Records the event with the answered status (once; later calls do nothing).
     pub fn finish(&mut self, status: Option<u16>, upstream_us: Option<i64>) {
-        if let Some((mut event, writer, started)) = self.pending.take() {
-            if status.is_some() {
-                event.status = status;
-            }
-            event.upstream_latency_us = upstream_us;
-            event.latency_us =
-                Some(i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX));
+        if let Some((snapshot, writer, started)) = self.pending.take() {
+            let latency = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
             // Never blocks the request path: a full queue drops (counted).
-            let _ = writer.try_record(event);
+            let _ =
+                writer.try_record_with(move || snapshot.into_event(status, latency, upstream_us));
         }
     }
 

@@ -26,8 +26,8 @@ use std::time::Instant;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 use portcullis_core::anomaly::{SampleRequest, Signal};
+use portcullis_core::audit::EventIds;
 use portcullis_core::audit::redact::Redactor;
-use portcullis_core::audit::{AuditEvent, Decision as AuditDecision, EventIds};
 use portcullis_core::authz::routes::{AuthzConfig, Effect, Reason, RouteRule};
 use portcullis_core::authz::signed_request::{SignatureHeaders, SignedParts};
 use portcullis_core::ratelimit::{ClientIpConfig, Rule};
@@ -37,6 +37,7 @@ pub use self::config::{
     CredentialHeaders, CredentialSource, GuardConfig, GuardConfigError, Mode, RouteConfig,
 };
 use self::credentials::Presented;
+use self::decision::Snapshot;
 pub use self::decision::{AuditTicket, Decision, Refusal};
 use crate::anomaly::AnomalyEngine;
 use crate::audit::AuditWriter;
@@ -110,7 +111,7 @@ struct Inner {
     limiter: Option<RateLimiter>,
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
     clock: Arc<dyn Clock>,
     max_signed_body: usize,
 }
@@ -489,7 +490,7 @@ impl GuardBuilder {
                 limiter,
                 anomaly: self.anomaly,
                 audit: self.audit,
-                redactor: self.redactor,
+                redactor: Arc::new(self.redactor),
                 clock: self.clock,
                 max_signed_body: config.max_signed_body_bytes,
             }),
@@ -651,16 +652,23 @@ impl Guard {
             .unwrap_or(&inner.default_route);
 
         let mut event = inner.audit.as_ref().map(|_| {
-            let ts = i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX);
-            let mut e = crate::audit::request::request_event_with_id(
-                parts,
+            Box::new(Snapshot {
+                ts_us: i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX),
+                request_id: request_id.clone(),
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                user_agent: parts.headers.get(http::header::USER_AGENT).cloned(),
                 client_ip,
-                &inner.redactor,
-                ts,
-                request_id.clone(),
-            );
-            e.route = route.name.as_deref().map(str::to_owned);
-            e
+                route: route.name.clone(),
+                principal: None,
+                deny: false,
+                code: None,
+                reason: None,
+                allow_reason: "",
+                rate_limit_remaining: None,
+                flags: Vec::new(),
+                redactor: Arc::clone(&inner.redactor),
+            })
         });
         let mut headers = Vec::new();
         let mut principal = None;
@@ -675,21 +683,21 @@ impl Guard {
                 &facts,
                 &mut principal,
                 &mut headers,
-                event.as_mut(),
+                event.as_deref_mut(),
             )
             .await;
 
         let (refusal, dry_run_refusal) = match outcome {
             Ok(reason) => {
                 if let Some(e) = event.as_mut() {
-                    e.reason = Some(reason.to_owned());
+                    e.allow_reason = reason;
                 }
                 (None, None)
             }
             Err(refused) => {
                 if let Some(e) = event.as_mut() {
-                    e.decision = AuditDecision::Deny;
-                    e.code = Some(refused.refusal.code.as_str().to_owned());
+                    e.deny = true;
+                    e.code = Some(refused.refusal.code.as_str());
                     e.reason = Some(format!(
                         "{}{}: {}",
                         if route.dry_run { "dry_run: " } else { "" },
@@ -720,12 +728,7 @@ impl Guard {
         .increment(1);
         let mut audit = AuditTicket::default();
         if let (Some(mut e), Some(writer)) = (event, inner.audit.as_ref()) {
-            if let Some(p) = principal.as_deref() {
-                e.set_principal(p);
-            }
-            if let Some(r) = &refusal {
-                e.status = Some(r.status.as_u16());
-            }
+            e.principal.clone_from(&principal);
             audit = AuditTicket::new(e, Arc::clone(writer), started);
         }
         let mut decision = Decision {
@@ -756,7 +759,7 @@ impl Guard {
         facts: &portcullis_core::authz::routes::RequestFacts<'_>,
         principal_out: &mut Option<Arc<Principal>>,
         headers_out: &mut Vec<(HeaderName, HeaderValue)>,
-        mut event: Option<&mut AuditEvent>,
+        mut event: Option<&mut Snapshot>,
     ) -> Result<&'static str, Refused> {
         let inner = &*self.inner;
 
@@ -826,7 +829,7 @@ impl Guard {
                     match observed {
                         Ok(o) => {
                             if let Some(e) = event.as_deref_mut() {
-                                o.tag_audit(e);
+                                tag(e, &o);
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "burst detection skipped"),
@@ -943,7 +946,7 @@ impl Guard {
         engine: &AnomalyEngine,
         signal: Signal<'_>,
         parts: &Parts,
-        event: Option<&mut AuditEvent>,
+        event: Option<&mut Snapshot>,
     ) {
         match engine
             .observe(signal, || sample(parts, &self.inner.redactor))
@@ -951,7 +954,7 @@ impl Guard {
         {
             Ok(o) => {
                 if let Some(e) = event {
-                    o.tag_audit(e);
+                    tag(e, &o);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "anomaly detection skipped"),
@@ -1155,6 +1158,16 @@ impl Guard {
         };
         let principal = remote.verify(token).await.map_err(|e| e.code())?;
         Ok(Arc::new(principal))
+    }
+}
+
+/// Marks the audit snapshot with the detectors whose `tag` action fired.
+fn tag(snapshot: &mut Snapshot, observed: &crate::anomaly::Observed) {
+    for kind in &observed.tags {
+        let name = kind.as_str();
+        if !snapshot.flags.contains(&name) {
+            snapshot.flags.push(name);
+        }
     }
 }
 
