@@ -4,12 +4,16 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config;
+mod forward_auth;
+mod proxy;
+mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{AuditCommand, BansCommand, Cli, Command, KeysCommand, TokenCommand};
+use cli::{AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -26,6 +30,8 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => cli::audit::query(a),
         Command::Audit(AuditCommand::Tail(a)) => cli::audit::tail(a),
         Command::Audit(AuditCommand::Prune(a)) => cli::audit::prune(a),
+        Command::Config(ConfigCommand::Check(a)) => cli::config::check(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     cli::finish(result)
 }

@@ -1,0 +1,649 @@
+//! `portcullis serve` end to end: a real echo upstream on a loopback
+//! port, a configuration file, the real binary, real sockets. Login through
+//! the mounted token service, calls through the proxy (identity headers,
+//! spoofing, 401 / 403 / 429 / 502, default deny, body limit), the nginx
+//! forward-auth endpoint, `config check`, and SIGTERM draining in-flight
+//! requests.
+
+use std::convert::Infallible;
+use std::fs;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::stores::sqlite::SqliteStores;
+use portcullis::stores::{Backends, NewUser, Stores, StoresConfig};
+use portcullis_core::SecretHasher;
+use serde_json::Value;
+
+const PEPPER: [u8; 32] = [42; 32];
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A fresh directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-serve-{}-{name}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway process: killed on drop (its log printed if the test failed).
+struct Gateway {
+    child: Option<Child>,
+    log: PathBuf,
+    ops: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log ---\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// An upstream that answers with the method, path and headers it received
+/// as JSON; `/slow` answers after 1.5 s.
+async fn echo_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    let headers: serde_json::Map<String, Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_owned(),
+                                Value::from(v.to_str().unwrap_or("?")),
+                            )
+                        })
+                        .collect();
+                    let method = req.method().to_string();
+                    let path = req.uri().to_string();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let json = serde_json::json!({"method": method, "path": path, "headers": headers, "body_len": body});
+                    let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    r.headers_mut()
+                        .insert("connection", "x-upstream-secret".parse().unwrap());
+                    r.headers_mut()
+                        .insert("x-upstream-secret", "leak".parse().unwrap());
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn portcullis(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Keys, pepper, a SQLite store with alice, and the config file.
+async fn setup(dir: &TempDir, upstream: SocketAddr) -> (PathBuf, SocketAddr, SocketAddr) {
+    let keys = dir.join("keys");
+    let out = portcullis(&[
+        "keys",
+        "generate",
+        "--alg",
+        "ES256",
+        "--kid",
+        "k1",
+        "--out",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(dir.join("pepper"), PEPPER).unwrap();
+    let db = dir.join("stores.db");
+    let backend = Arc::new(SqliteStores::open(&db).await.unwrap());
+    let stores = Stores::new(
+        Backends::all(backend),
+        StoresConfig::new(SecretHasher::new(&PEPPER).unwrap()),
+    )
+    .unwrap();
+    stores
+        .create_user(&NewUser {
+            username: "alice".into(),
+            password: Some(PASSWORD.into()),
+            permissions: vec!["docs.read".into()],
+            ..NewUser::default()
+        })
+        .await
+        .unwrap();
+    let public = free_port();
+    let ops = free_port();
+    let dead = free_port(); // nothing listens there
+    let config = format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+max_body_bytes = 1024
+upstream_connect_timeout = "2s"
+upstream_read_timeout = "5s"
+shutdown_timeout = "10s"
+
+[storage]
+url = "sqlite://{db}"
+pepper_file = "{pepper}"
+
+[keys]
+dir = "{keys}"
+issuer = "http://{public}"
+audience = ["api"]
+
+[audit]
+sqlite = "{audit}"
+
+[guard]
+realm = "api"
+
+[guard.client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[guard.rate_limits]]
+name = "tight"
+algorithm = "fixed_window"
+limit = 2
+period = 60
+key = ["subject"]
+
+[[guard.routes]]
+name = "docs"
+path = "/docs/{{id}}"
+require = {{ permissions_all = ["docs.read"] }}
+
+[[guard.routes]]
+name = "upload"
+methods = ["POST"]
+path = "/upload"
+
+[[guard.routes]]
+name = "admin"
+path = "/admin/**"
+require = {{ permissions_all = ["admin.all"] }}
+
+[[guard.routes]]
+name = "limited"
+path = "/limited"
+rate_limits = ["tight"]
+
+[[guard.routes]]
+name = "slow"
+path = "/slow"
+credentials = ["anonymous"]
+
+[[guard.routes]]
+name = "down"
+path = "/down"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "app"
+url = "http://{upstream}"
+routes = ["docs", "upload", "admin", "limited", "slow"]
+
+[[upstreams]]
+name = "dead"
+url = "http://{dead}"
+routes = ["down"]
+"#,
+        db = db.display(),
+        pepper = dir.join("pepper").display(),
+        keys = keys.display(),
+        audit = dir.join("audit.db").display(),
+    );
+    let path = dir.join("portcullis.toml");
+    fs::write(&path, config).unwrap();
+    (path, public, ops)
+}
+
+fn start(dir: &TempDir, config: &Path, ops: SocketAddr) -> Gateway {
+    let log = dir.join("gateway.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.join("gateway.out")).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Gateway {
+        child: Some(child),
+        log,
+        ops,
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    let response = client.request(req).await.unwrap();
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: head.status,
+        headers: head.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+async fn wait_ready(gw: &Gateway, client: &HttpClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(get(gw.ops, "/health/ready", &[])),
+        )
+        .await
+            && r.status() == StatusCode::OK
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway not ready in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn login(client: &HttpClient, public: SocketAddr) -> String {
+    let body = serde_json::json!({"username": "alice", "password": PASSWORD}).to_string();
+    let req = Request::post(format!("http://{public}/auth/login"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = send(client, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn assert_problem(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.json()["code"], code, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_guards_forwards_and_answers_forward_auth() {
+    let dir = TempDir::new("proxy");
+    let upstream = echo_upstream().await;
+    let (config, public, ops) = setup(&dir, upstream).await;
+    let gw = start(&dir, &config, ops);
+    let c = client();
+    wait_ready(&gw, &c).await;
+
+    // Live and ready.
+    assert_eq!(
+        send(&c, get(ops, "/health/live", &[])).await.status,
+        StatusCode::OK
+    );
+
+    // No credentials: 401 problem+json with a challenge.
+    let r = send(&c, get(public, "/docs/1", &[])).await;
+    assert_problem(&r, 401, "auth.missing_credentials");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer"))
+    );
+
+    // Login through the mounted token service, then through the proxy.
+    let token = login(&c, public).await;
+    let bearer = format!("Bearer {token}");
+    let r = send(
+        &c,
+        get(
+            public,
+            "/docs/7?x=1",
+            &[
+                ("authorization", &bearer),
+                ("x-portcullis-subject", "admin"),
+                ("x-portcullis-permissions", "*"),
+                ("x-request-id", "req-from-client-1"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let seen = r.json();
+    let h = &seen["headers"];
+    assert_eq!(seen["path"], "/docs/7?x=1");
+    let subject = h["x-portcullis-subject"].as_str().unwrap();
+    assert_ne!(
+        subject, "admin",
+        "a spoofed identity header reached the upstream"
+    );
+    assert!(!subject.is_empty());
+    assert_eq!(h["x-portcullis-permissions"], "docs.read");
+    assert_eq!(h["x-portcullis-auth-method"], "jwt");
+    assert!(h["x-portcullis-session"].is_string());
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], public.to_string());
+    assert_eq!(
+        h["x-request-id"], "req-from-client-1",
+        "a trusted peer's request id is kept"
+    );
+    assert!(
+        h.get("x-drop-me").is_none(),
+        "a Connection-named header was forwarded"
+    );
+    assert!(h.get("connection").is_none());
+    assert!(
+        r.header("x-upstream-secret").is_none(),
+        "a Connection-named response header came back"
+    );
+    assert_eq!(r.header("x-request-id"), Some("req-from-client-1"));
+
+    // Permission missing: 403.
+    let r = send(
+        &c,
+        get(public, "/admin/users", &[("authorization", &bearer)]),
+    )
+    .await;
+    assert_problem(&r, 403, "authz.denied");
+
+    // Rate limit of 2 per subject: the third is 429 with Retry-After.
+    for _ in 0..2 {
+        let r = send(&c, get(public, "/limited", &[("authorization", &bearer)])).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = send(&c, get(public, "/limited", &[("authorization", &bearer)])).await;
+    assert_problem(&r, 429, "rate_limit.exceeded");
+    assert!(r.header("retry-after").is_some());
+
+    // No route matches: default deny.
+    let r = send(&c, get(public, "/nowhere", &[("authorization", &bearer)])).await;
+    assert_problem(&r, 403, "authz.denied");
+
+    // Upstream down: 502 problem+json.
+    let r = send(&c, get(public, "/down", &[])).await;
+    assert_problem(&r, 502, "gateway.upstream_unavailable");
+
+    // Body over the limit: 413, declared or streamed.
+    let big = Request::post(format!("http://{public}/upload"))
+        .header("authorization", &bearer)
+        .body(Full::new(Bytes::from(vec![b'x'; 4096])))
+        .unwrap();
+    assert_problem(&send(&c, big).await, 413, "gateway.body_too_large");
+    let ok = Request::post(format!("http://{public}/upload"))
+        .header("authorization", &bearer)
+        .body(Full::new(Bytes::from(vec![b'x'; 512])))
+        .unwrap();
+    let r = send(&c, ok).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["body_len"], 512);
+
+    // nginx forward-auth: 200 with identity, 401, 403.
+    let fa = "/_portcullis/auth/nginx";
+    let r = send(
+        &c,
+        get(
+            public,
+            fa,
+            &[
+                ("x-original-uri", "/docs/3"),
+                ("x-original-method", "GET"),
+                ("authorization", &bearer),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("x-portcullis-subject"), Some(subject));
+    assert_eq!(r.header("x-portcullis-permissions"), Some("docs.read"));
+    let r = send(&c, get(public, fa, &[("x-original-uri", "/docs/3")])).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.header("x-portcullis-code"),
+        Some("auth.missing_credentials")
+    );
+    let r = send(
+        &c,
+        get(
+            public,
+            fa,
+            &[("x-original-uri", "/admin/x"), ("authorization", &bearer)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("x-portcullis-code"), Some("authz.denied"));
+    // A 429 is answered as 403 to nginx, the code in a header.
+    let r = send(
+        &c,
+        get(
+            public,
+            fa,
+            &[("x-original-uri", "/limited"), ("authorization", &bearer)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("x-portcullis-code"), Some("rate_limit.exceeded"));
+
+    // Traefik / Caddy dialect and Envoy.
+    let r = send(
+        &c,
+        get(
+            public,
+            "/_portcullis/auth/traefik",
+            &[
+                ("x-forwarded-uri", "/docs/3"),
+                ("x-forwarded-method", "GET"),
+                ("authorization", &bearer),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("x-portcullis-subject"), Some(subject));
+    let r = send(
+        &c,
+        get(
+            public,
+            "/_portcullis/auth/envoy/docs/3",
+            &[("authorization", &bearer)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = send(
+        &c,
+        get(
+            public,
+            "/_portcullis/auth/envoy/admin/3",
+            &[("authorization", &bearer)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let dir = TempDir::new("sigterm");
+    let upstream = echo_upstream().await;
+    let (config, public, ops) = setup(&dir, upstream).await;
+    let mut gw = start(&dir, &config, ops);
+    let c = client();
+    wait_ready(&gw, &c).await;
+
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { send(&c, get(public, "/slow", &[])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = gw.child.as_ref().unwrap().id();
+    let out = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let r = slow.await.unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the in-flight request was cut: {}",
+        r.body
+    );
+    let mut child = gw.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        fs::read_to_string(&gw.log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn config_check_names_the_line_and_suggests_the_key() {
+    let dir = TempDir::new("check");
+    fs::create_dir_all(dir.join("keys")).unwrap();
+    let path = dir.join("bad.toml");
+    fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\nops_lisen = \"127.0.0.1:9090\"\n\n[keys]\ndir = \"{}\"\nissuer = \"https://issuer.test\"\n\n[guard]\nreaml = \"api\"\n",
+            dir.join("keys").display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["config", "check", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:3:1: `server.ops_lisen`", path.display())),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `ops_listen`?"), "{err}");
+    assert!(err.contains(":10:1: `guard.reaml`"), "{err}");
+    assert!(err.contains("did you mean `realm`?"), "{err}");
+
+    let good = dir.join("good.toml");
+    fs::write(
+        &good,
+        format!(
+            "[keys]\ndir = \"{}\"\nissuer = \"https://issuer.test\"\n",
+            dir.join("keys").display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["config", "check", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
