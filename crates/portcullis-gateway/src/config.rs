@@ -987,4 +987,42 @@ mod tests {
         assert!(e.message.contains("did you mean `docs`"), "{}", e.message);
         assert_eq!(e.line, Some(12));
     }
+
+    /// The annotated example in docs/config.md is a configuration this
+    /// loader reads, its guard builds, and its upstreams cover its routes.
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = include_str!("../../../docs/config.md");
+        let start = doc.find("```toml\n").expect("example block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let example = &doc[start..end];
+        let doc = DeTable::parse(example).expect("TOML");
+        let config = Config::deserialize(toml::de::Deserializer::from(doc)).expect("typed");
+        let problems: Vec<_> = validate(&config)
+            .into_iter()
+            // The example's paths do not exist on the test machine.
+            .filter(|(k, _)| k != "keys.dir" && k != "storage.pepper_file")
+            .collect();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.guard.routes.len(), 3);
+        portcullis::Guard::builder(config.guard)
+            .without_revocation()
+            .local_keys(portcullis_core::Verifier::new(
+                portcullis_core::KeySet::new(),
+                portcullis_core::Validation::new(),
+            ))
+            .stores(std::sync::Arc::new(
+                portcullis::stores::Stores::new(
+                    portcullis::stores::Backends::all(std::sync::Arc::new(
+                        portcullis::stores::memory::MemoryStores::new(),
+                    )),
+                    portcullis::stores::StoresConfig::new(
+                        portcullis_core::SecretHasher::new(&[1; 32]).unwrap(),
+                    ),
+                )
+                .unwrap(),
+            ))
+            .build()
+            .expect("the example's guard builds");
+    }
 }
