@@ -83,7 +83,7 @@ fn free_port() -> SocketAddr {
 }
 
 /// An upstream that answers with the method, path and headers it received
-/// as JSON; `/slow` answers after 1.5 s.
+/// as JSON; `/slow` answers after 0.8 s, `/stall` after 10 s.
 async fn echo_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -94,8 +94,10 @@ async fn echo_upstream() -> SocketAddr {
             };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    match req.uri().path() {
+                        "/slow" => tokio::time::sleep(Duration::from_millis(800)).await,
+                        "/stall" => tokio::time::sleep(Duration::from_secs(10)).await,
+                        _ => {}
                     }
                     let headers: serde_json::Map<String, Value> = req
                         .headers()
@@ -143,7 +145,11 @@ fn portcullis(args: &[&str]) -> std::process::Output {
 }
 
 /// Keys, pepper, a SQLite store with alice, and the config file.
-async fn setup(dir: &TempDir, upstream: SocketAddr) -> (PathBuf, SocketAddr, SocketAddr) {
+async fn setup(
+    dir: &TempDir,
+    upstream: SocketAddr,
+    trusted: &str,
+) -> (PathBuf, SocketAddr, SocketAddr) {
     let keys = dir.join("keys");
     let out = portcullis(&[
         "keys",
@@ -187,7 +193,7 @@ listen = "{public}"
 ops_listen = "{ops}"
 max_body_bytes = 1024
 upstream_connect_timeout = "2s"
-upstream_read_timeout = "5s"
+upstream_read_timeout = "2s"
 shutdown_timeout = "10s"
 
 [storage]
@@ -206,7 +212,7 @@ sqlite = "{audit}"
 realm = "api"
 
 [guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
+trusted_proxies = ["{trusted}"]
 
 [[guard.rate_limits]]
 name = "tight"
@@ -241,6 +247,11 @@ path = "/slow"
 credentials = ["anonymous"]
 
 [[guard.routes]]
+name = "stall"
+path = "/stall"
+credentials = ["anonymous"]
+
+[[guard.routes]]
 name = "down"
 path = "/down"
 credentials = ["anonymous"]
@@ -248,7 +259,7 @@ credentials = ["anonymous"]
 [[upstreams]]
 name = "app"
 url = "http://{upstream}"
-routes = ["docs", "upload", "admin", "limited", "slow"]
+routes = ["docs", "upload", "admin", "limited", "slow", "stall"]
 
 [[upstreams]]
 name = "dead"
@@ -364,7 +375,7 @@ fn assert_problem(r: &Reply, status: u16, code: &str) {
 async fn proxy_guards_forwards_and_answers_forward_auth() {
     let dir = TempDir::new("proxy");
     let upstream = echo_upstream().await;
-    let (config, public, ops) = setup(&dir, upstream).await;
+    let (config, public, ops) = setup(&dir, upstream, "127.0.0.1/32").await;
     let gw = start(&dir, &config, ops);
     let c = client();
     wait_ready(&gw, &c).await;
@@ -454,9 +465,13 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     let r = send(&c, get(public, "/nowhere", &[("authorization", &bearer)])).await;
     assert_problem(&r, 403, "authz.denied");
 
-    // Upstream down: 502 problem+json.
+    // Upstream down: 502 problem+json; upstream too slow: 504.
     let r = send(&c, get(public, "/down", &[])).await;
     assert_problem(&r, 502, "gateway.upstream_unavailable");
+    let started = Instant::now();
+    let r = send(&c, get(public, "/stall", &[])).await;
+    assert_problem(&r, 504, "gateway.upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
 
     // Body over the limit: 413, declared or streamed.
     let big = Request::post(format!("http://{public}/upload"))
@@ -562,10 +577,47 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let dir = TempDir::new("sigterm");
     let upstream = echo_upstream().await;
-    let (config, public, ops) = setup(&dir, upstream).await;
+    // The test client is NOT a trusted proxy here.
+    let (config, public, ops) = setup(&dir, upstream, "10.255.255.1/32").await;
     let mut gw = start(&dir, &config, ops);
     let c = client();
     wait_ready(&gw, &c).await;
+
+    // From an untrusted peer: forwarding headers, request ids and spoofed
+    // identity headers are not believed, and forward-auth does not answer.
+    let r = send(
+        &c,
+        get(
+            public,
+            "/slow",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-request-id", "spoofed-id"),
+                ("x-portcullis-subject", "admin"),
+                ("x-portcullis-roles", "admin"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_ne!(h["x-request-id"], "spoofed-id");
+    assert!(
+        h.get("x-portcullis-subject").is_none(),
+        "anonymous request carried a spoofed subject"
+    );
+    assert!(h.get("x-portcullis-roles").is_none());
+    let r = send(
+        &c,
+        get(
+            public,
+            "/_portcullis/auth/nginx",
+            &[("x-original-uri", "/slow")],
+        ),
+    )
+    .await;
+    assert_problem(&r, 403, "gateway.untrusted_proxy");
 
     let slow = {
         let c = c.clone();
