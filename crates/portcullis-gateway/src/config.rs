@@ -131,9 +131,14 @@ pub struct StorageConfig {
     /// `memory`, `sqlite://PATH` or `postgres://…` (default `memory`).
     #[serde(default = "default_storage_url")]
     pub url: String,
-    /// Redis for hot shared state across replicas (`redis://…`); optional.
+    /// Redis shared by every replica (`redis://…`): the rate-limit
+    /// counters live there, so a limit of N admits N across replicas. Optional.
     #[serde(default)]
     pub redis: Option<String>,
+    /// Prefix of the gateway's Redis keys (default `portcullis`); replicas
+    /// of one deployment share it, other deployments on the same Redis must not.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
     /// File holding the pepper (at least 32 bytes) that keys the stored
     /// hashes of refresh tokens and API keys. Required unless `url = "memory"`.
     #[serde(default)]
@@ -143,12 +148,16 @@ pub struct StorageConfig {
 fn default_storage_url() -> String {
     "memory".into()
 }
+fn default_redis_prefix() -> String {
+    "portcullis".into()
+}
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             url: default_storage_url(),
             redis: None,
+            redis_prefix: default_redis_prefix(),
             pepper_file: None,
         }
     }
@@ -717,6 +726,19 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             "durable storage needs a pepper file (32+ random bytes, e.g. `head -c 32 /dev/urandom > pepper`); without the same pepper stored API keys and refresh tokens stop verifying".into(),
         ),
         Ok(_) => {}
+    }
+    if config.storage.redis_prefix.is_empty()
+        || config.storage.redis_prefix.len() > 64
+        || !config
+            .storage
+            .redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+    {
+        err(
+            "storage.redis_prefix".into(),
+            "must be 1-64 visible ASCII characters".into(),
+        );
     }
     if let Some(redis) = &config.storage.redis
         && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))

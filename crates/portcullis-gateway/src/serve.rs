@@ -159,6 +159,19 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let mut builder = Guard::builder(guard_config)
         .local_keys(verifier)
         .stores(Arc::clone(&stores));
+    if let Some(url) = &config.storage.redis {
+        // Rate-limit counters shared by every replica.
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            portcullis::redis_conn::RedisConnection::single(url),
+        )
+        .await
+        .map_err(|_| start("storage.redis")(format!("{url}: no answer within 10 s")))?
+        .map_err(|e| start("storage.redis")(format!("{url}: {e}")))?;
+        let prefix = format!("{}:ratelimit", config.storage.redis_prefix);
+        builder = builder
+            .rate_limiter(portcullis::ratelimit::RateLimiter::builder().redis(conn, &prefix));
+    }
     if let Some(a) = &audit {
         builder = builder.audit(Arc::clone(a));
     }

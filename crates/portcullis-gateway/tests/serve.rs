@@ -150,6 +150,16 @@ async fn setup(
     upstream: SocketAddr,
     trusted: &str,
 ) -> (PathBuf, SocketAddr, SocketAddr) {
+    setup_with(dir, upstream, trusted, "").await
+}
+
+/// [`setup`] with extra `[storage]` lines.
+async fn setup_with(
+    dir: &TempDir,
+    upstream: SocketAddr,
+    trusted: &str,
+    storage_extra: &str,
+) -> (PathBuf, SocketAddr, SocketAddr) {
     let keys = dir.join("keys");
     let out = portcullis(&[
         "keys",
@@ -199,6 +209,7 @@ shutdown_timeout = "10s"
 [storage]
 url = "sqlite://{db}"
 pepper_file = "{pepper}"
+{storage_extra}
 
 [keys]
 dir = "{keys}"
@@ -220,6 +231,19 @@ algorithm = "fixed_window"
 limit = 2
 period = 60
 key = ["subject"]
+
+[[guard.rate_limits]]
+name = "ip3"
+algorithm = "fixed_window"
+limit = 3
+period = 60
+key = ["ip"]
+
+[[guard.routes]]
+name = "per_ip"
+path = "/per-ip"
+credentials = ["anonymous"]
+rate_limits = ["ip3"]
 
 [[guard.routes]]
 name = "docs"
@@ -259,7 +283,7 @@ credentials = ["anonymous"]
 [[upstreams]]
 name = "app"
 url = "http://{upstream}"
-routes = ["docs", "upload", "admin", "limited", "slow", "stall"]
+routes = ["docs", "upload", "admin", "limited", "slow", "stall", "per_ip"]
 
 [[upstreams]]
 name = "dead"
@@ -698,4 +722,70 @@ fn config_check_names_the_line_and_suggests_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+/// The single Redis server of the suites (`PORTCULLIS_REDIS_URL`), or
+/// `None` (skip) when unreachable and backends are not required.
+fn redis_url() -> Option<String> {
+    let url = std::env::var("PORTCULLIS_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let host_port = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+        .map(|mut a| {
+            a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+        })
+        .unwrap_or(false);
+    if reachable {
+        return Some(url);
+    }
+    let required =
+        std::env::var_os("PORTCULLIS_REQUIRE_BACKENDS").is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "Redis at {url} is unreachable and PORTCULLIS_REQUIRE_BACKENDS is set"
+    );
+    eprintln!("skipping: Redis at {url} is unreachable");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_share_a_rate_limit_exactly() {
+    let Some(redis) = redis_url() else { return };
+    let upstream = echo_upstream().await;
+    let prefix = format!(
+        "portcullis-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let extra = format!("redis = \"{redis}\"\nredis_prefix = \"{prefix}\"");
+    let (dir_a, dir_b) = (TempDir::new("replica-a"), TempDir::new("replica-b"));
+    let (config_a, public_a, ops_a) = setup_with(&dir_a, upstream, "127.0.0.1/32", &extra).await;
+    let (config_b, public_b, ops_b) = setup_with(&dir_b, upstream, "127.0.0.1/32", &extra).await;
+    let a = start(&dir_a, &config_a, ops_a);
+    let b = start(&dir_b, &config_b, ops_b);
+    let c = client();
+    wait_ready(&a, &c).await;
+    wait_ready(&b, &c).await;
+
+    // A limit of 3 per IP, six calls alternating between the replicas.
+    let mut admitted = 0;
+    for i in 0..6 {
+        let public = if i % 2 == 0 { public_a } else { public_b };
+        let r = send(&c, get(public, "/per-ip", &[])).await;
+        match r.status.as_u16() {
+            200 => admitted += 1,
+            429 => assert_problem(&r, 429, "rate_limit.exceeded"),
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(
+        admitted, 3,
+        "a limit of 3 admitted {admitted} across two replicas"
+    );
 }
