@@ -318,6 +318,29 @@ fn start(dir: &TempDir, config: &Path, ops: SocketAddr) -> Gateway {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A body sent chunked (no length known in advance).
+struct Chunked(Vec<Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = if self.0.is_empty() {
+            None
+        } else {
+            Some(self.0.remove(0))
+        };
+        std::task::Poll::Ready(next.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn streaming_client() -> Client<HttpConnector, Chunked> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -503,6 +526,12 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
         .body(Full::new(Bytes::from(vec![b'x'; 4096])))
         .unwrap();
     assert_problem(&send(&c, big).await, 413, "gateway.body_too_large");
+    let streamed = Request::post(format!("http://{public}/upload"))
+        .header("authorization", &bearer)
+        .body(Chunked(vec![Bytes::from(vec![b'y'; 600]); 4]))
+        .unwrap();
+    let r = streaming_client().request(streamed).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let ok = Request::post(format!("http://{public}/upload"))
         .header("authorization", &bearer)
         .body(Full::new(Bytes::from(vec![b'x'; 512])))
@@ -679,6 +708,28 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         Some(0),
         "{}",
         fs::read_to_string(&gw.log).unwrap_or_default()
+    );
+
+    // The audit queue was flushed on the way out: the drained request's
+    // event is in the database.
+    let out = portcullis(&[
+        "audit",
+        "query",
+        "--sqlite",
+        dir.join("audit.db").to_str().unwrap(),
+        "--path-prefix",
+        "/slow",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains("/slow")).count(),
+        2,
+        "{text}"
     );
 }
 
