@@ -775,6 +775,12 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             ),
         );
     }
+    if config.keys.dir.is_dir()
+        && let Err(e) =
+            crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
+    {
+        err("keys.dir".into(), e.to_string());
+    }
     if let Err(message) = absolute_url(&config.keys.issuer) {
         err("keys.issuer".into(), message);
     }

@@ -1,5 +1,11 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
 //! to one command; exit codes are 0 ok, 1 token rejected, 2 usage/config/key error.
+//!
+//! - `cli`: the command tree and each command's thin entry point.
+//! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
+//! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
 #![forbid(unsafe_code)]
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis::audit::sqlite::SqliteAudit;
 use portcullis::audit::{AuditWriter, AuditWriterConfig};
@@ -300,8 +300,11 @@ where
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    // A client gets 30 s to send a request head (slow-loris bound).
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), svc);
     let watched = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = watched.await {

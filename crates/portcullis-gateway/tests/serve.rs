@@ -736,7 +736,17 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 #[test]
 fn config_check_names_the_line_and_suggests_the_key() {
     let dir = TempDir::new("check");
-    fs::create_dir_all(dir.join("keys")).unwrap();
+    let out = portcullis(&[
+        "keys",
+        "generate",
+        "--alg",
+        "ES256",
+        "--kid",
+        "k1",
+        "--out",
+        dir.join("keys").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
     let path = dir.join("bad.toml");
     fs::write(
         &path,
@@ -773,6 +783,25 @@ fn config_check_names_the_line_and_suggests_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    // The key directory is loaded too: an empty one is named.
+    fs::create_dir_all(dir.join("empty")).unwrap();
+    let empty = dir.join("empty.toml");
+    fs::write(
+        &empty,
+        format!(
+            "[keys]\ndir = \"{}\"\nissuer = \"https://issuer.test\"\n",
+            dir.join("empty").display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["config", "check", empty.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(":2:1: `keys.dir`") && err.contains("holds no private key"),
+        "{err}"
+    );
 }
 
 /// The single Redis server of the suites (`PORTCULLIS_REDIS_URL`), or
