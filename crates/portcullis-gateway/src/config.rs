@@ -825,6 +825,10 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         err("token_service.public_url".into(), message);
     }
 
+    if let Some((key, message)) = guard_error(&config.guard) {
+        err(key, message);
+    }
+
     // Upstreams: valid URLs, each route served by exactly one.
     let route_names: Vec<String> = config.guard.routes.iter().map(|r| r.name.clone()).collect();
     let mut seen_names: Vec<&str> = Vec::new();
@@ -892,6 +896,48 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
     errors
+}
+
+/// The guard builder's own validation (patterns, credential sources,
+/// rate-limit names, roles), run with stand-in handles; its error located
+/// at the route and field it names.
+fn guard_error(guard: &GuardConfig) -> Option<(String, String)> {
+    use portcullis::guard::GuardConfigError;
+    use std::sync::Arc;
+    let stores = portcullis::stores::Stores::new(
+        portcullis::stores::Backends::all(
+            Arc::new(portcullis::stores::memory::MemoryStores::new()),
+        ),
+        portcullis::stores::StoresConfig::new(portcullis_core::SecretHasher::new(&[0; 32]).ok()?),
+    )
+    .ok()?;
+    let verifier = portcullis_core::Verifier::new(
+        portcullis_core::KeySet::new(),
+        portcullis_core::Validation::new(),
+    );
+    let e = portcullis::Guard::builder(guard.clone())
+        .local_keys(verifier)
+        .stores(Arc::new(stores))
+        .build()
+        .err()?;
+    let route_key = |name: &str, field: &str| match guard.routes.iter().position(|r| r.name == name)
+    {
+        Some(i) => format!("guard.routes[{i}].{field}"),
+        None => "guard.routes".to_owned(),
+    };
+    Some(match &e {
+        GuardConfigError::Route {
+            route,
+            field,
+            message,
+        } => (route_key(route, field), message.clone()),
+        GuardConfigError::Missing { route, .. } => (
+            route_key(route, "credentials"),
+            format!("{e}; the gateway does not accept signed service requests yet"),
+        ),
+        GuardConfigError::Field { field, message } => (format!("guard.{field}"), message.clone()),
+        other => ("guard".to_owned(), other.to_string()),
+    })
 }
 
 fn is_hop_or_credential(name: &str) -> bool {
@@ -1052,5 +1098,16 @@ mod tests {
             ))
             .build()
             .expect("the example's guard builds");
+    }
+
+    #[test]
+    fn guard_errors_are_located_at_the_route() {
+        let text = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"docs\"\npath = \"/docs\"\nrate_limits = [\"nope\"]\n\n[[upstreams]]\nname = \"app\"\nurl = \"http://127.0.0.1:1\"\ndefault = true\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let e = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("guard.routes[0].rate_limits"))
+            .unwrap_or_else(|| panic!("{errs:?}"));
+        assert_eq!(e.line, Some(8));
     }
 }

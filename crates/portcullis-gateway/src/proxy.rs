@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis::http::{ClientIp, MatchedRoute, Principal, RequestId};
+use portcullis::http::{ClientIp, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders};
 
@@ -254,6 +254,7 @@ struct ProxyInner {
     identity: IdentityNames,
     read_timeout: Duration,
     max_body: u64,
+    trusted: Vec<portcullis_core::ratelimit::IpNet>,
 }
 
 /// Why the proxy could not be built.
@@ -305,6 +306,13 @@ impl Proxy {
                 identity,
                 read_timeout: config.server.upstream_read_timeout,
                 max_body: config.server.max_body_bytes,
+                trusted: config
+                    .guard
+                    .client_ip
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                    .collect(),
             }),
         })
     }
@@ -363,10 +371,15 @@ impl Proxy {
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
         }
+        let from_trusted_proxy = parts.extensions.get::<PeerAddr>().is_some_and(|p| {
+            let ip = p.0.ip().to_canonical();
+            inner.trusted.iter().any(|n| n.contains(ip))
+        });
         set_forwarding(
             &mut parts.headers,
             parts.extensions.get::<ClientIp>(),
             original_host.as_ref(),
+            from_trusted_proxy,
         );
         parts.headers.remove(header::HOST);
         parts.uri = uri;
@@ -445,8 +458,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` (the guard's client IP), `-Proto`, `-Host`.
-fn set_forwarding(headers: &mut HeaderMap, client: Option<&ClientIp>, host: Option<&HeaderValue>) {
+/// `X-Forwarded-For` (the guard's client IP), `-Proto`, `-Host`. A trusted
+/// proxy's own `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the
+/// public host) are kept; anyone else's are replaced.
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: Option<&ClientIp>,
+    host: Option<&HeaderValue>,
+    from_trusted_proxy: bool,
+) {
     headers.remove("x-forwarded-for");
     headers.remove("forwarded");
     if let Some(ClientIp(ip)) = client
@@ -454,13 +474,17 @@ fn set_forwarding(headers: &mut HeaderMap, client: Option<&ClientIp>, host: Opti
     {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    match host {
-        Some(h) => {
-            headers.insert("x-forwarded-host", h.clone());
-        }
-        None => {
-            headers.remove("x-forwarded-host");
+    if !(from_trusted_proxy && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(from_trusted_proxy && headers.contains_key("x-forwarded-host")) {
+        match host {
+            Some(h) => {
+                headers.insert("x-forwarded-host", h.clone());
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
         }
     }
 }

@@ -491,6 +491,28 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     );
     assert_eq!(r.header("x-request-id"), Some("req-from-client-1"));
 
+    // Behind a trusted proxy (the test client here): its client address,
+    // scheme and public host are believed.
+    let r = send(
+        &c,
+        get(
+            public,
+            "/docs/8",
+            &[
+                ("authorization", &bearer),
+                ("x-forwarded-for", "198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "api.example.com"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "api.example.com");
+
     // Permission missing: 403.
     let r = send(
         &c,
@@ -645,6 +667,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             "/slow",
             &[
                 ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
                 ("x-request-id", "spoofed-id"),
                 ("x-portcullis-subject", "admin"),
                 ("x-portcullis-roles", "admin"),
@@ -655,6 +679,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], public.to_string());
     assert_ne!(h["x-request-id"], "spoofed-id");
     assert!(
         h.get("x-portcullis-subject").is_none(),
