@@ -48,6 +48,49 @@ pub struct Config {
     /// Where allowed requests go.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Logs on stderr.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: structured logs on stderr.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` (default, for people) or `json` (one object a line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The most verbose level written (default `info`).
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The most verbose level written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events, warnings, errors.
+    #[default]
+    Info,
+    /// Per-request decisions too.
+    Debug,
+    /// Everything.
+    Trace,
 }
 
 /// `[server]`.

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::config::{Config, StorageUrl};
+use crate::config::{Config, LogConfig, LogFormat, LogLevel, StorageUrl};
 use crate::forward_auth::ForwardAuth;
 use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 
@@ -76,6 +76,7 @@ struct Health {
 /// Runs the gateway until SIGTERM / SIGINT; `Ok` after a clean drain.
 pub fn run(config_path: &Path) -> Result<(), ServeError> {
     let config = crate::config::load(config_path)?;
+    init_logs(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -234,10 +235,12 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let ops = TcpListener::bind(config.server.ops_listen)
         .await
         .map_err(|e| start("server.ops_listen")(format!("{}: {e}", config.server.ops_listen)))?;
-    eprintln!(
-        "portcullis: listening on http://{} (ops http://{})",
-        public.local_addr().map_or(config.server.listen, |a| a),
-        ops.local_addr().map_or(config.server.ops_listen, |a| a)
+    tracing::info!(
+        public = %public.local_addr().map_or(config.server.listen, |a| a),
+        ops = %ops.local_addr().map_or(config.server.ops_listen, |a| a),
+        routes = config.guard.routes.len(),
+        upstreams = config.upstreams.len(),
+        "portcullis gateway listening"
     );
 
     let graceful = GracefulShutdown::new();
@@ -271,21 +274,23 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     health.ready.store(false, Ordering::SeqCst);
     drop(public);
     drop(ops);
-    eprintln!("portcullis: shutting down; draining in-flight requests");
+    tracing::info!(
+        "shutdown signal: readiness fails, listeners closed, draining in-flight requests"
+    );
     if tokio::time::timeout(config.server.shutdown_timeout, graceful.shutdown())
         .await
         .is_err()
     {
-        eprintln!(
-            "portcullis: in-flight requests still running after {:?}; closing them",
-            config.server.shutdown_timeout
+        tracing::warn!(
+            timeout = ?config.server.shutdown_timeout,
+            "in-flight requests still running at the shutdown deadline; closing them"
         );
     }
     drop(app);
     if let Some(a) = audit {
         a.shutdown().await;
     }
-    eprintln!("portcullis: stopped");
+    tracing::info!("stopped; audit queue flushed");
     Ok(())
 }
 
@@ -311,6 +316,26 @@ where
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+/// Logs on stderr, as `[log]` says.
+fn init_logs(log: &LogConfig) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match log.level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false);
+    let _ = match log.format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// SIGTERM or SIGINT.

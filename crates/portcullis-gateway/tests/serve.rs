@@ -653,7 +653,14 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let dir = TempDir::new("sigterm");
     let upstream = echo_upstream().await;
     // The test client is NOT a trusted proxy here.
-    let (config, public, ops) = setup(&dir, upstream, "10.255.255.1/32").await;
+    // JSON logs (a table after [storage]'s keys).
+    let (config, public, ops) = setup_with(
+        &dir,
+        upstream,
+        "10.255.255.1/32",
+        "[log]\nformat = \"json\"\nlevel = \"debug\"\n",
+    )
+    .await;
     let mut gw = start(&dir, &config, ops);
     let c = client();
     wait_ready(&gw, &c).await;
@@ -735,6 +742,23 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         "{}",
         fs::read_to_string(&gw.log).unwrap_or_default()
     );
+
+    // Every log line is a JSON object; start and stop are logged.
+    let log = fs::read_to_string(&gw.log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |m: &str| {
+        lines.iter().any(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains(m))
+        })
+    };
+    assert!(said("listening"), "{log}");
+    assert!(said("stopped"), "{log}");
 
     // The audit queue was flushed on the way out: the drained request's
     // event is in the database.
