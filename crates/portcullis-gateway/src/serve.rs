@@ -270,12 +270,33 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
 
-    // Readiness fails first, listeners stop accepting, in-flight requests drain.
+    // Readiness fails first, the public listener stops accepting, in-flight
+    // requests drain. The ops listener keeps answering (503 ready) until the
+    // drain ends, so a load balancer sees the gateway leave.
     health.ready.store(false, Ordering::SeqCst);
     drop(public);
-    drop(ops);
+    let ops_during_drain = {
+        let health = Arc::clone(&health);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = ops.accept().await else {
+                    continue;
+                };
+                let health = Arc::clone(&health);
+                let svc = hyper::service::service_fn(move |req| {
+                    let health = Arc::clone(&health);
+                    async move { Ok::<_, Infallible>(health.handle(&req).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        })
+    };
     tracing::info!(
-        "shutdown signal: readiness fails, listeners closed, draining in-flight requests"
+        "shutdown signal: readiness fails, listener closed, draining in-flight requests"
     );
     if tokio::time::timeout(config.server.shutdown_timeout, graceful.shutdown())
         .await
@@ -286,6 +307,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             "in-flight requests still running at the shutdown deadline; closing them"
         );
     }
+    ops_during_drain.abort();
     drop(app);
     if let Some(a) = audit {
         a.shutdown().await;

@@ -717,6 +717,20 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert!(out.status.success());
 
+    // While the request drains, readiness already fails (a fresh client:
+    // pooled ops connections are closed by the shutdown).
+    // The signal takes a moment to arrive: poll briefly.
+    let deadline = Instant::now() + Duration::from_millis(400);
+    let r = loop {
+        let r = send(&client(), get(ops, "/health/ready", &[])).await;
+        if r.status != StatusCode::OK || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.json()["status"], "shutting down");
+
     let r = slow.await.unwrap();
     assert_eq!(
         r.status,
