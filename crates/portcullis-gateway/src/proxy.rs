@@ -390,6 +390,7 @@ impl Proxy {
         let result = tokio::time::timeout(inner.read_timeout, sent).await;
         let response = match result {
             Err(_) => {
+                upstream_failure(&upstream, "timeout");
                 tracing::warn!(upstream = %upstream.name, "upstream timed out");
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -407,6 +408,7 @@ impl Proxy {
                         rid,
                     );
                 }
+                upstream_failure(&upstream, "unavailable");
                 tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
                 return problem(
                     StatusCode::BAD_GATEWAY,
@@ -417,7 +419,13 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
-        tracing::debug!(upstream = %upstream.name, elapsed_us = started.elapsed().as_micros() as u64, "upstream answered");
+        let elapsed = started.elapsed();
+        metrics::histogram!(
+            "portcullis_gateway_upstream_duration_seconds",
+            "upstream" => upstream.name.to_string()
+        )
+        .record(elapsed.as_secs_f64());
+        tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         Response::from_parts(
@@ -425,6 +433,15 @@ impl Proxy {
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         )
     }
+}
+
+fn upstream_failure(upstream: &Upstream, kind: &'static str) {
+    metrics::counter!(
+        "portcullis_gateway_upstream_failures_total",
+        "upstream" => upstream.name.to_string(),
+        "kind" => kind
+    )
+    .increment(1);
 }
 
 /// Walks an error's sources for a `T`.

@@ -34,6 +34,8 @@ use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
 use crate::config::{Config, LogConfig, LogFormat, LogLevel, StorageUrl};
 use crate::forward_auth::ForwardAuth;
 use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
@@ -71,6 +73,29 @@ struct Health {
     ready: AtomicBool,
     stores: Arc<Stores>,
     keys: Arc<KeySet>,
+    metrics: PrometheusHandle,
+}
+
+/// Latency buckets, in seconds, of every histogram.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The Prometheus recorder, installed once per process.
+fn install_metrics() -> Result<PrometheusHandle, ServeError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .map_err(|e| start("metrics")(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| start("metrics")(e.to_string()))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Runs the gateway until SIGTERM / SIGINT; `Ok` after a clean drain.
@@ -85,6 +110,8 @@ pub fn run(config_path: &Path) -> Result<(), ServeError> {
 }
 
 async fn serve(config: Config) -> Result<(), ServeError> {
+    let metrics = install_metrics()?;
+
     // Storage.
     let pepper = match &config.storage.pepper_file {
         Some(path) => std::fs::read(path)
@@ -227,6 +254,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         ready: AtomicBool::new(true),
         stores: Arc::clone(&stores),
         keys: Arc::clone(&keys),
+        metrics,
     });
 
     let public = TcpListener::bind(config.server.listen)
@@ -381,8 +409,46 @@ fn under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// Which part of the public listener answered, for metrics.
+#[derive(Debug, Clone, Copy)]
+enum Surface {
+    TokenService,
+    ForwardAuth,
+    Proxy,
+}
+
+impl Surface {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenService => "token_service",
+            Self::ForwardAuth => "forward_auth",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
 impl App {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    /// One request on the public listener, counted and timed by surface and status.
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let started = std::time::Instant::now();
+        let (surface, response) = self.dispatch(req, peer).await;
+        let surface = surface.as_str();
+        metrics::counter!(
+            "portcullis_gateway_requests_total",
+            "surface" => surface,
+            "status" => response.status().as_str().to_owned()
+        )
+        .increment(1);
+        metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Surface, Response<ResponseBody>) {
         req.extensions_mut().insert(PeerAddr(peer));
         let path = req.uri().path();
         if let Some((prefix, router)) = &self.token_service
@@ -395,16 +461,19 @@ impl App {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            return response.map(|b| {
-                b.map_err(|e| Box::new(e) as crate::proxy::BoxError)
-                    .boxed_unsync()
-            });
+            return (
+                Surface::TokenService,
+                response.map(|b| {
+                    b.map_err(|e| Box::new(e) as crate::proxy::BoxError)
+                        .boxed_unsync()
+                }),
+            );
         }
         if let Some((prefix, fa)) = &self.forward_auth
             && under(path, prefix)
         {
             let rest = path[prefix.len()..].to_owned();
-            return fa.handle(req, peer, &rest).await;
+            return (Surface::ForwardAuth, fa.handle(req, peer, &rest).await);
         }
         // The body limit: a declared length over it is refused before any work.
         let declared = req
@@ -413,14 +482,15 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body) {
-            return crate::proxy::too_large(self.max_body);
+            return (Surface::Proxy, crate::proxy::too_large(self.max_body));
         }
         let req = req.map(|body| RequestBody::limited(body, self.max_body));
         let mut guarded = self.guarded.clone();
-        match guarded.call(req).await {
+        let response = match guarded.call(req).await {
             Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
             Err(never) => match never {},
-        }
+        };
+        (Surface::Proxy, response)
     }
 }
 
@@ -429,6 +499,14 @@ impl Health {
         let (status, body) = match req.uri().path() {
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/health/ready" => self.readiness().await,
+            "/metrics" => {
+                let mut response = Response::new(full(self.metrics.render()));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                return response;
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"status": "not found"}),

@@ -610,6 +610,25 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.header("x-portcullis-code"), Some("rate_limit.exceeded"));
 
+    // Prometheus metrics on the ops listener: the guard's decisions, the
+    // gateway's requests by surface and status, upstream latency and failures.
+    let r = send(&c, get(ops, "/metrics", &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for needle in [
+        "portcullis_guard_decisions_total{decision=\"deny\"}",
+        "portcullis_gateway_requests_total{surface=\"proxy\",status=\"200\"}",
+        "portcullis_gateway_requests_total{surface=\"token_service\",status=\"200\"}",
+        "portcullis_gateway_upstream_duration_seconds_bucket{upstream=\"app\"",
+        "portcullis_gateway_upstream_failures_total{upstream=\"dead\",kind=\"unavailable\"} 1",
+        "portcullis_gateway_upstream_failures_total{upstream=\"app\",kind=\"timeout\"} 1",
+    ] {
+        assert!(
+            r.body.contains(needle),
+            "{needle} missing from:\n{}",
+            r.body
+        );
+    }
+
     // Traefik / Caddy dialect and Envoy.
     let r = send(
         &c,
