@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Prune(a)) => cli::audit::prune(a),
         Command::Config(ConfigCommand::Check(a)) => cli::config::check(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Init(a) => cli::init::run(a),
     };
     cli::finish(result)
 }

@@ -952,3 +952,38 @@ async fn two_replicas_on_one_redis_share_a_rate_limit_exactly() {
         "a limit of 3 admitted {admitted} across two replicas"
     );
 }
+
+#[test]
+fn init_writes_a_config_that_checks_ok_and_never_overwrites() {
+    let dir = TempDir::new("init");
+    let target = dir.join("site");
+    let out = portcullis(&[
+        "init",
+        "--dir",
+        target.to_str().unwrap(),
+        "--upstream",
+        "http://127.0.0.1:8000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = target.join("portcullis.toml");
+    let out = portcullis(&["config", "check", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(target.join("pepper"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = portcullis(&["init", "--dir", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+}

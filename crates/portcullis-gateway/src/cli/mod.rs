@@ -6,6 +6,7 @@ pub mod config;
 mod console;
 pub mod demo;
 mod error;
+pub mod init;
 mod keyfile;
 pub mod keys;
 pub mod serve;
@@ -54,6 +55,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the gateway: reverse proxy, forward-auth, token service, ops listener.
     Serve(serve::ServeArgs),
+    /// Write a starter configuration, a signing key and a pepper.
+    Init(init::InitArgs),
 }
 
 /// `portcullis config ...`
