@@ -474,15 +474,59 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the configuration file: {e}"),
         }])
     })?;
-    parse(path, &text)
+    let overrides = env_overrides(std::env::vars());
+    parse_with(path, &text, &overrides)
 }
 
-/// Parses and validates `text`, the contents of `file`.
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// The `PORTCULLIS_SECTION__KEY[__KEY…]=VALUE` variables of `vars`, sorted:
+/// `__` separates the path's segments; a variable without `__` (such as
+/// `PORTCULLIS_REDIS_URL`) is not a configuration override.
+pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .filter(|(k, _)| {
+            k.strip_prefix(ENV_PREFIX)
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parses and validates `text`, the contents of `file`, without overrides.
+#[cfg(test)]
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let locate = Locator { file, text };
+    parse_with(file, text, &[])
+}
+
+/// Like [`parse`], with environment `overrides` (see [`env_overrides`])
+/// applied over the file: each replaces (or adds) one key.
+pub fn parse_with(
+    file: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigErrors> {
+    let locate = Locator {
+        file,
+        text,
+        overrides,
+    };
     let mut doc = DeTable::parse(text)
         .map_err(|e| ConfigErrors(vec![locate.error(e.span(), None, e.message().to_owned())]))?;
     let mut errors = Vec::new();
+    for (i, (name, value)) in overrides.iter().enumerate() {
+        // Keys and values from the environment get spans past the end of
+        // the file, one per variable, so errors name the variable.
+        let span = text.len() + i..text.len() + i + 1;
+        if let Err(message) = apply_override(doc.get_mut(), name, value, span.clone()) {
+            errors.push(locate.error(Some(span), None, message));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
     // Every unknown key is reported: each is removed and the document read again.
     let config = loop {
         match Config::deserialize(toml::de::Deserializer::from(doc.clone())) {
@@ -523,6 +567,74 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
 struct Locator<'a> {
     file: &'a Path,
     text: &'a str,
+    overrides: &'a [(String, String)],
+}
+
+/// Sets the key `name` (`PORTCULLIS_A__B__C`) names to `value`: a TOML
+/// value when it parses as one (`8080`, `true`, `["a", "b"]`), else a string.
+fn apply_override<'i>(
+    doc: &mut DeTable<'i>,
+    name: &'i str,
+    value: &'i str,
+    span: Range<usize>,
+) -> Result<(), String> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("`{name}` has an empty segment"));
+    }
+    let parsed = match DeValue::parse(value) {
+        Ok(v) => respan(v.into_inner(), &span),
+        Err(_) => DeValue::String(std::borrow::Cow::Borrowed(value)),
+    };
+    let (last, parents) = path.split_last().ok_or("empty")?;
+    let mut table = doc;
+    for (depth, segment) in parents.iter().enumerate() {
+        let key = Spanned::new(span.clone(), std::borrow::Cow::Owned(segment.clone()));
+        if table.get(segment.as_str()).is_none() {
+            table.insert(
+                key.clone(),
+                Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
+            );
+        }
+        match table.get_mut(segment.as_str()).map(Spanned::get_mut) {
+            Some(DeValue::Table(t)) => table = t,
+            _ => {
+                return Err(format!(
+                    "`{}` is not a table, so {name} cannot set a key under it",
+                    path[..=depth].join(".")
+                ));
+            }
+        }
+    }
+    table.remove(last.as_str());
+    table.insert(
+        Spanned::new(span.clone(), std::borrow::Cow::Owned(last.clone())),
+        Spanned::new(span.clone(), parsed),
+    );
+    Ok(())
+}
+
+/// `value` with every nested span replaced by `span`.
+fn respan<'i>(mut value: DeValue<'i>, span: &Range<usize>) -> DeValue<'i> {
+    match &mut value {
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                let inner = std::mem::replace(item.get_mut(), DeValue::Boolean(false));
+                *item = Spanned::new(span.clone(), respan(inner, span));
+            }
+        }
+        DeValue::Table(t) => {
+            for (_, v) in t.iter_mut() {
+                let inner = std::mem::replace(v.get_mut(), DeValue::Boolean(false));
+                *v = Spanned::new(span.clone(), respan(inner, span));
+            }
+        }
+        _ => {}
+    }
+    value
 }
 
 impl Locator<'_> {
@@ -532,6 +644,19 @@ impl Locator<'_> {
         key: Option<String>,
         message: String,
     ) -> ConfigError {
+        if let Some((name, _)) = span
+            .as_ref()
+            .and_then(|s| s.start.checked_sub(self.text.len()))
+            .and_then(|i| self.overrides.get(i))
+        {
+            return ConfigError {
+                file: self.file.to_path_buf(),
+                line: None,
+                column: None,
+                key,
+                message: format!("{message} (set by the environment variable {name})"),
+            };
+        }
         let (line, column) = match span {
             Some(s) => {
                 let (l, c) = line_col(self.text, s.start);
@@ -1152,5 +1277,51 @@ mod tests {
             .find(|e| e.key.as_deref() == Some("guard.routes[0].rate_limits"))
             .unwrap_or_else(|| panic!("{errs:?}"));
         assert_eq!(e.line, Some(8));
+    }
+
+    #[test]
+    fn environment_overrides_replace_keys_and_errors_name_the_variable() {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = portcullis_core::Key::generate(portcullis_core::Algorithm::ES256).unwrap();
+        std::fs::write(dir.join("k1.pem"), key.private_pkcs8_pem().unwrap()).unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[keys]\ndir = \"{}\"\nissuer = \"https://i.test\"\n",
+            dir.display()
+        );
+        let text = text.as_str();
+        let vars = [
+            ("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:7777"),
+            ("PORTCULLIS_SERVER__MAX_BODY_BYTES", "2048"),
+            (
+                "PORTCULLIS_GUARD__CLIENT_IP__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\"]",
+            ),
+            ("PORTCULLIS_REDIS_URL", "redis://not-a-config-key"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let overrides = env_overrides(vars.into_iter());
+        assert_eq!(overrides.len(), 3);
+        let config = parse_with(Path::new("p.toml"), text, &overrides).unwrap();
+        assert_eq!(config.server.listen.port(), 7777);
+        assert_eq!(config.server.max_body_bytes, 2048);
+        assert_eq!(config.guard.client_ip.trusted_proxies, ["10.0.0.0/8"]);
+
+        let bad =
+            env_overrides([("PORTCULLIS_SERVER__LISEN".to_owned(), "x".to_owned())].into_iter());
+        let errs = parse_with(Path::new("p.toml"), text, &bad).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, None);
+        assert!(
+            errs[0].message.contains("did you mean `listen`"),
+            "{}",
+            errs[0].message
+        );
+        assert!(
+            errs[0].message.contains("PORTCULLIS_SERVER__LISEN"),
+            "{}",
+            errs[0].message
+        );
     }
 }

@@ -867,6 +867,18 @@ fn config_check_names_the_line_and_suggests_the_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 
+    // Environment overrides are checked like the file, and named.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["config", "check", good.to_str().unwrap()])
+        .env("PORTCULLIS_SERVER__MAX_BODY_BYTES", "0")
+        .env("PORTCULLIS_STORAGE__URL", "mysql://x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`server.max_body_bytes`: must be at least 1 (set by the environment variable PORTCULLIS_SERVER__MAX_BODY_BYTES)"), "{err}");
+    assert!(err.contains("PORTCULLIS_STORAGE__URL"), "{err}");
+
     // The key directory is loaded too: an empty one is named.
     fs::create_dir_all(dir.join("empty")).unwrap();
     let empty = dir.join("empty.toml");
