@@ -1,15 +1,25 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
 //! to one command; exit codes are 0 ok, 1 token rejected, 2 usage/config/key error.
+//!
+//! - `cli`: the command tree and each command's thin entry point.
+//! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
+//! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config;
+mod forward_auth;
+mod proxy;
+mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{AuditCommand, BansCommand, Cli, Command, KeysCommand, TokenCommand};
+use cli::{AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -26,6 +36,9 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Query(a)) => cli::audit::query(a),
         Command::Audit(AuditCommand::Tail(a)) => cli::audit::tail(a),
         Command::Audit(AuditCommand::Prune(a)) => cli::audit::prune(a),
+        Command::Config(ConfigCommand::Check(a)) => cli::config::check(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Init(a) => cli::init::run(a),
     };
     cli::finish(result)
 }

@@ -132,6 +132,9 @@ pub enum CliError {
     /// The issuer refused to issue.
     #[error("cannot issue the token: {0}")]
     Issue(#[from] IssueError),
+    /// A configuration file is invalid: every error, one a line.
+    #[error("{0}")]
+    Config(crate::config::ConfigErrors),
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Output(io::Error),

@@ -168,3 +168,50 @@ fn key_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), CliError> {
     jwks.sort();
     Ok((pems, jwks))
 }
+
+/// The key set of a key directory as `keys generate` writes it, for the
+/// gateway: every private PEM key, every symmetric secret, and public JWKs
+/// (verify-only, e.g. retired keys) whose kid is not already loaded. The
+/// active signing key is `active_kid`, or the first private key by file name.
+pub fn load_key_dir(dir: &Path, active_kid: Option<&str>) -> Result<KeySet, CliError> {
+    let (pems, jwks) = key_files(dir)?;
+    let mut set = KeySet::new();
+    for path in &pems {
+        let bytes = console::read_file(path, Input::KeyFile)?;
+        insert(&mut set, keyfile::load_pem(path, &bytes, None)?, path)?;
+    }
+    let mut secrets = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|source| CliError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| {
+            n.to_string_lossy().ends_with(SECRET_SUFFIX) && !n.to_string_lossy().starts_with('.')
+        }) {
+            secrets.push(path);
+        }
+    }
+    secrets.sort();
+    for path in secrets.iter().chain(&jwks) {
+        let bytes = console::read_file(path, Input::KeyFile)?;
+        let key = keyfile::load_jwk(path, &bytes, None)?;
+        if set.get(key.kid()).is_none() {
+            insert(&mut set, key, path)?;
+        }
+    }
+    if let Some(kid) = active_kid {
+        set.set_active(kid).map_err(|e| {
+            CliError::key(format!("keys.active_kid `{kid}` in `{}`", dir.display()), e)
+        })?;
+    }
+    if set.active().is_none() {
+        return Err(CliError::Usage(format!(
+            "`{}` holds no private key to sign with; create one with `portcullis keys generate --alg ES256 --out {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(set)
+}

@@ -2,12 +2,15 @@
 
 pub mod audit;
 pub mod bans;
+pub mod config;
 mod console;
 pub mod demo;
 pub mod duration;
 mod error;
+pub mod init;
 mod keyfile;
 pub mod keys;
+pub mod serve;
 pub mod token;
 
 use std::process::ExitCode;
@@ -16,6 +19,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 pub use error::CliError;
+pub use keys::load_key_dir;
 
 /// Portcullis: an API security gateway.
 #[derive(Debug, Parser)]
@@ -47,6 +51,20 @@ pub enum Command {
     /// Query, follow and prune the audit log (SQLite or PostgreSQL).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Validate a gateway configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run the gateway: reverse proxy, forward-auth, token service, ops listener.
+    Serve(serve::ServeArgs),
+    /// Write a starter configuration, a signing key and a pepper.
+    Init(init::InitArgs),
+}
+
+/// `portcullis config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print OK, or every error with its file, line and key (exit 2).
+    Check(config::CheckArgs),
 }
 
 /// `portcullis audit ...`
@@ -116,6 +134,11 @@ pub fn finish(result: Result<(), CliError>) -> ExitCode {
             }
         }
         CliError::Output(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {}
+        CliError::Config(errors) => {
+            for e in &errors.0 {
+                console::error(e);
+            }
+        }
         other => console::error(other),
     }
     ExitCode::from(err.exit_code())

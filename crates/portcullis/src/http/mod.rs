@@ -45,6 +45,16 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+/// The client address the guard resolved (trusted-proxy aware), in the
+/// request extensions of an allowed request that had a peer address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The name of the route that decided an allowed request, in its
+/// extensions (absent when the configured default decided).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedRoute(pub Arc<str>);
+
 /// The authenticated caller, in the request extensions of an allowed
 /// request; also the axum extractor (401 when absent).
 #[derive(Clone)]
@@ -272,6 +282,12 @@ where
             parts
                 .extensions
                 .insert(RequestId(decision.request_id.clone()));
+            if let Some(ip) = decision.client_ip {
+                parts.extensions.insert(ClientIp(ip));
+            }
+            if let Some(route) = &decision.route {
+                parts.extensions.insert(MatchedRoute(Arc::clone(route)));
+            }
             if let Ok(v) = http::HeaderValue::from_str(&decision.request_id) {
                 parts.headers.insert(REQUEST_ID, v);
             }

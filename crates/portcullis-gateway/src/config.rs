@@ -1,0 +1,1327 @@
+//! The gateway's one TOML file: typed with serde (unknown keys are errors),
+//! validated at load, every error naming the file, line and key.
+//!
+//! Loading is in three passes: TOML syntax; the typed structure (every
+//! unknown key is reported, each with a "did you mean"; the first other
+//! type error ends the pass); then the cross-field checks (every one is
+//! reported). The library's `GuardConfig` is `[guard]` as is.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis::guard::GuardConfig;
+use portcullis_core::authz::routes::Effect;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, limits and timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where users, sessions, API keys and revocations live.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The signing keys and the issuer of local tokens.
+    pub keys: KeysConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The identity headers sent to upstreams and forward-auth callers.
+    #[serde(default)]
+    pub identity: IdentityHeaders,
+    /// The token service (login, refresh, sessions, API keys, JWKS).
+    #[serde(default)]
+    pub token_service: TokenServiceConfig,
+    /// The forward-auth endpoints for nginx, Traefik, Caddy and Envoy.
+    #[serde(default)]
+    pub forward_auth: ForwardAuthConfig,
+    /// What the guard enforces: the library's `GuardConfig`.
+    #[serde(default)]
+    pub guard: GuardConfig,
+    /// Where allowed requests go.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Logs on stderr.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: structured logs on stderr.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` (default, for people) or `json` (one object a line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The most verbose level written (default `info`).
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The most verbose level written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events, warnings, errors.
+    #[default]
+    Info,
+    /// Per-request decisions too.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The public listener (default `0.0.0.0:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The operations listener: health (default `127.0.0.1:9090`).
+    #[serde(default = "default_ops_listen")]
+    pub ops_listen: SocketAddr,
+    /// Largest request body forwarded (default 10 MiB); larger is 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Time to connect to an upstream (default `5s`).
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub upstream_connect_timeout: Duration,
+    /// Time for an upstream to answer with its response head (default `30s`).
+    #[serde(default = "default_read_timeout", deserialize_with = "duration")]
+    pub upstream_read_timeout: Duration,
+    /// How long in-flight requests may drain after SIGTERM (default `30s`).
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_ops_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            ops_listen: default_ops_listen(),
+            max_body_bytes: default_max_body(),
+            upstream_connect_timeout: default_connect_timeout(),
+            upstream_read_timeout: default_read_timeout(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// A duration written `250ms`, `5s`, `2m`, `1h`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration; write e.g. \"250ms\", \"5s\", \"2m\""
+        ))
+    })
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<u64>().ok().map(Duration::from_millis);
+    }
+    portcullis_core::audit::time::parse_duration(text)
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `memory`, `sqlite://PATH` or `postgres://…` (default `memory`).
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    /// Redis shared by every replica (`redis://…`): the rate-limit
+    /// counters live there, so a limit of N admits N across replicas. Optional.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Prefix of the gateway's Redis keys (default `portcullis`); replicas
+    /// of one deployment share it, other deployments on the same Redis must not.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// File holding the pepper (at least 32 bytes) that keys the stored
+    /// hashes of refresh tokens and API keys. Required unless `url = "memory"`.
+    #[serde(default)]
+    pub pepper_file: Option<PathBuf>,
+}
+
+fn default_storage_url() -> String {
+    "memory".into()
+}
+fn default_redis_prefix() -> String {
+    "portcullis".into()
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: default_storage_url(),
+            redis: None,
+            redis_prefix: default_redis_prefix(),
+            pepper_file: None,
+        }
+    }
+}
+
+/// The storage backend a URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// In process; nothing persists.
+    Memory,
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server.
+    Postgres(String),
+}
+
+impl StorageUrl {
+    /// Parses `memory`, `sqlite://PATH` or `postgres://…`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url == "memory" {
+            Ok(Self::Memory)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                Err(
+                    "`sqlite://` needs a file path, e.g. sqlite:///var/lib/portcullis/stores.db"
+                        .into(),
+                )
+            } else {
+                Ok(Self::Sqlite(PathBuf::from(path)))
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_owned()))
+        } else {
+            Err(format!(
+                "`{url}` is not a storage URL; use \"memory\", \"sqlite://PATH\" or \"postgres://USER@HOST/DB\""
+            ))
+        }
+    }
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Directory of `*.pem` / `*.jwk.json` keys as `portcullis keys generate` writes them.
+    pub dir: PathBuf,
+    /// The kid that signs new tokens (default: the first private key by file name).
+    #[serde(default)]
+    pub active_kid: Option<String>,
+    /// `iss` of the tokens the gateway issues and accepts, an absolute URL.
+    pub issuer: String,
+    /// `aud` of issued tokens, required of accepted ones.
+    #[serde(default)]
+    pub audience: Vec<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// SQLite audit database; absent: no audit log.
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+    /// Spool directory for events while the database is unavailable
+    /// (default: `<sqlite>.spool`).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// `[identity]`: names of the identity headers. Inbound copies are always
+/// stripped before the guard's principal is written into them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeaders {
+    /// Default `x-portcullis-subject`.
+    #[serde(default = "h_subject")]
+    pub subject: String,
+    /// Default `x-portcullis-roles` (comma separated).
+    #[serde(default = "h_roles")]
+    pub roles: String,
+    /// Default `x-portcullis-permissions` (comma separated).
+    #[serde(default = "h_permissions")]
+    pub permissions: String,
+    /// Default `x-portcullis-tenant`.
+    #[serde(default = "h_tenant")]
+    pub tenant: String,
+    /// Default `x-portcullis-session`.
+    #[serde(default = "h_session")]
+    pub session: String,
+    /// Default `x-portcullis-auth-method`.
+    #[serde(default = "h_auth_method")]
+    pub auth_method: String,
+}
+
+fn h_subject() -> String {
+    "x-portcullis-subject".into()
+}
+fn h_roles() -> String {
+    "x-portcullis-roles".into()
+}
+fn h_permissions() -> String {
+    "x-portcullis-permissions".into()
+}
+fn h_tenant() -> String {
+    "x-portcullis-tenant".into()
+}
+fn h_session() -> String {
+    "x-portcullis-session".into()
+}
+fn h_auth_method() -> String {
+    "x-portcullis-auth-method".into()
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            subject: h_subject(),
+            roles: h_roles(),
+            permissions: h_permissions(),
+            tenant: h_tenant(),
+            session: h_session(),
+            auth_method: h_auth_method(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// Every configured name with its key, for validation.
+    pub fn named(&self) -> [(&'static str, &str); 6] {
+        [
+            ("subject", &self.subject),
+            ("roles", &self.roles),
+            ("permissions", &self.permissions),
+            ("tenant", &self.tenant),
+            ("session", &self.session),
+            ("auth_method", &self.auth_method),
+        ]
+    }
+}
+
+/// `[token_service]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServiceConfig {
+    /// Whether the token service is mounted (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where it is mounted on the public listener (default `/auth`).
+    #[serde(default = "default_auth_prefix")]
+    pub prefix: String,
+    /// Where it is reachable from outside, for discovery (default: issuer + prefix).
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_auth_prefix() -> String {
+    "/auth".into()
+}
+
+impl Default for TokenServiceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: default_auth_prefix(),
+            public_url: None,
+        }
+    }
+}
+
+/// `[forward_auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// Whether the endpoints answer (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Their prefix on the public listener (default `/_portcullis/auth`).
+    #[serde(default = "default_forward_auth_prefix")]
+    pub prefix: String,
+}
+
+fn default_forward_auth_prefix() -> String {
+    "/_portcullis/auth".into()
+}
+
+impl Default for ForwardAuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: default_forward_auth_prefix(),
+        }
+    }
+}
+
+/// `[[upstreams]]`: an upstream and the guard routes it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A name for logs.
+    pub name: String,
+    /// `http://host:port` with an optional path prefix.
+    pub url: String,
+    /// Names of the `[[guard.routes]]` proxied here.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Serves every allowed request whose route no upstream lists (at most one).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// One thing wrong with a configuration file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The dotted key, when known (`guard.routes[2].path`).
+    pub key: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error of a file that did not load.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, parses and validates `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        }])
+    })?;
+    let overrides = env_overrides(std::env::vars());
+    parse_with(path, &text, &overrides)
+}
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// The `PORTCULLIS_SECTION__KEY[__KEY…]=VALUE` variables of `vars`, sorted:
+/// `__` separates the path's segments; a variable without `__` (such as
+/// `PORTCULLIS_REDIS_URL`) is not a configuration override.
+pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .filter(|(k, _)| {
+            k.strip_prefix(ENV_PREFIX)
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parses and validates `text`, the contents of `file`, without overrides.
+#[cfg(test)]
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(file, text, &[])
+}
+
+/// Like [`parse`], with environment `overrides` (see [`env_overrides`])
+/// applied over the file: each replaces (or adds) one key.
+pub fn parse_with(
+    file: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigErrors> {
+    let locate = Locator {
+        file,
+        text,
+        overrides,
+    };
+    let mut doc = DeTable::parse(text)
+        .map_err(|e| ConfigErrors(vec![locate.error(e.span(), None, e.message().to_owned())]))?;
+    let mut errors = Vec::new();
+    for (i, (name, value)) in overrides.iter().enumerate() {
+        // Keys and values from the environment get spans past the end of
+        // the file, one per variable, so errors name the variable.
+        let span = text.len() + i..text.len() + i + 1;
+        if let Err(message) = apply_override(doc.get_mut(), name, value, span.clone()) {
+            errors.push(locate.error(Some(span), None, message));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    // Every unknown key is reported: each is removed and the document read again.
+    let config = loop {
+        match Config::deserialize(toml::de::Deserializer::from(doc.clone())) {
+            Ok(config) => break Some(config),
+            Err(e) => {
+                let span = e.span();
+                let key = span.as_ref().and_then(|s| key_path(doc.get_ref(), s.start));
+                let unknown = parse_unknown_field(e.message());
+                let message = match &unknown {
+                    Some((field, expected)) => unknown_key_message(field, expected),
+                    None => e.message().to_owned(),
+                };
+                errors.push(locate.error(span.clone(), key.clone(), message));
+                let removed = unknown.is_some()
+                    && span.is_some_and(|s| remove_key_at(doc.get_mut(), s.start));
+                if !removed || errors.len() >= 50 {
+                    break None;
+                }
+            }
+        }
+    };
+    let Some(config) = config else {
+        errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+        return Err(ConfigErrors(errors));
+    };
+    for (key, message) in validate(&config) {
+        let span = key_span(doc.get_ref(), &key);
+        errors.push(locate.error(span, Some(key), message));
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+        Err(ConfigErrors(errors))
+    }
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    overrides: &'a [(String, String)],
+}
+
+/// Sets the key `name` (`PORTCULLIS_A__B__C`) names to `value`: a TOML
+/// value when it parses as one (`8080`, `true`, `["a", "b"]`), else a string.
+fn apply_override<'i>(
+    doc: &mut DeTable<'i>,
+    name: &'i str,
+    value: &'i str,
+    span: Range<usize>,
+) -> Result<(), String> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("`{name}` has an empty segment"));
+    }
+    let parsed = match DeValue::parse(value) {
+        Ok(v) => respan(v.into_inner(), &span),
+        Err(_) => DeValue::String(std::borrow::Cow::Borrowed(value)),
+    };
+    let (last, parents) = path.split_last().ok_or("empty")?;
+    let mut table = doc;
+    for (depth, segment) in parents.iter().enumerate() {
+        let key = Spanned::new(span.clone(), std::borrow::Cow::Owned(segment.clone()));
+        if table.get(segment.as_str()).is_none() {
+            table.insert(
+                key.clone(),
+                Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
+            );
+        }
+        match table.get_mut(segment.as_str()).map(Spanned::get_mut) {
+            Some(DeValue::Table(t)) => table = t,
+            _ => {
+                return Err(format!(
+                    "`{}` is not a table, so {name} cannot set a key under it",
+                    path[..=depth].join(".")
+                ));
+            }
+        }
+    }
+    table.remove(last.as_str());
+    table.insert(
+        Spanned::new(span.clone(), std::borrow::Cow::Owned(last.clone())),
+        Spanned::new(span.clone(), parsed),
+    );
+    Ok(())
+}
+
+/// `value` with every nested span replaced by `span`.
+fn respan<'i>(mut value: DeValue<'i>, span: &Range<usize>) -> DeValue<'i> {
+    match &mut value {
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                let inner = std::mem::replace(item.get_mut(), DeValue::Boolean(false));
+                *item = Spanned::new(span.clone(), respan(inner, span));
+            }
+        }
+        DeValue::Table(t) => {
+            for (_, v) in t.iter_mut() {
+                let inner = std::mem::replace(v.get_mut(), DeValue::Boolean(false));
+                *v = Spanned::new(span.clone(), respan(inner, span));
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+impl Locator<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        if let Some((name, _)) = span
+            .as_ref()
+            .and_then(|s| s.start.checked_sub(self.text.len()))
+            .and_then(|i| self.overrides.get(i))
+        {
+            return ConfigError {
+                file: self.file.to_path_buf(),
+                line: None,
+                column: None,
+                key,
+                message: format!("{message} (set by the environment variable {name})"),
+            };
+        }
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = line_col(self.text, s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" → (`x`, [a, b]).
+fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field.to_owned(), expected))
+}
+
+fn unknown_key_message(field: &str, expected: &[String]) -> String {
+    let mut message = format!("unknown key `{field}`");
+    match suggest(field, expected) {
+        Some(s) => message.push_str(&format!("; did you mean `{s}`?")),
+        None if expected.is_empty() => message.push_str("; this table takes no keys"),
+        None => message.push_str(&format!("; known keys here: {}", expected.join(", "))),
+    }
+    message
+}
+
+/// The known key closest to `unknown`, when close enough to be a typo.
+pub fn suggest<'a>(unknown: &str, known: &'a [String]) -> Option<&'a str> {
+    let unknown_l = unknown.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&unknown_l, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= (k.len().max(unknown.len()) / 3).max(1) + 1 && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance, with adjacent transpositions counting one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
+/// The dotted path of the deepest key whose key or value contains `offset`.
+fn key_path(table: &DeTable<'_>, offset: usize) -> Option<String> {
+    fn walk_value(v: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                if let Some(p) = walk_table(t, offset) {
+                    path.push('.');
+                    path.push_str(&p);
+                }
+            }
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if item.span().contains(&offset) || table_contains(item, offset) {
+                        path.push_str(&format!("[{i}]"));
+                        walk_value(item, offset, path);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn table_contains(v: &Spanned<DeValue<'_>>, offset: usize) -> bool {
+        match v.get_ref() {
+            DeValue::Table(t) => t.iter().any(|(k, v)| {
+                k.span().contains(&offset)
+                    || v.span().contains(&offset)
+                    || table_contains(v, offset)
+            }),
+            DeValue::Array(items) => items
+                .iter()
+                .any(|i| i.span().contains(&offset) || table_contains(i, offset)),
+            _ => false,
+        }
+    }
+    fn walk_table(t: &DeTable<'_>, offset: usize) -> Option<String> {
+        for (k, v) in t.iter() {
+            if k.span().contains(&offset) {
+                return Some(k.get_ref().to_string());
+            }
+            if v.span().contains(&offset) || table_contains(v, offset) {
+                let mut path = k.get_ref().to_string();
+                walk_value(v, offset, &mut path);
+                return Some(path);
+            }
+        }
+        None
+    }
+    walk_table(table, offset)
+}
+
+/// Removes the key whose name starts at `offset`; whether one was found.
+fn remove_key_at(table: &mut DeTable<'_>, offset: usize) -> bool {
+    let found = table
+        .iter()
+        .find(|(k, _)| k.span().contains(&offset))
+        .map(|(k, _)| k.clone());
+    if let Some(k) = found {
+        table.remove(&k);
+        return true;
+    }
+    for (_, v) in table.iter_mut() {
+        if remove_in_value(v.get_mut(), offset) {
+            return true;
+        }
+    }
+    false
+}
+
+fn remove_in_value(v: &mut DeValue<'_>, offset: usize) -> bool {
+    match v {
+        DeValue::Table(t) => remove_key_at(t, offset),
+        DeValue::Array(items) => items
+            .iter_mut()
+            .any(|i| remove_in_value(i.get_mut(), offset)),
+        _ => false,
+    }
+}
+
+/// The span of the dotted `key` (`a.b[1].c`), or of its nearest existing parent.
+fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
+    let mut best = None;
+    let mut current: Option<&DeTable<'_>> = Some(table);
+    let mut value: Option<&Spanned<DeValue<'_>>>;
+    for part in key.split('.') {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let Some(t) = current else { break };
+        let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            break;
+        };
+        best = Some(k.span());
+        value = Some(v);
+        for idx in indexes
+            .split(['[', ']'])
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse::<usize>().ok())
+        {
+            match value.map(Spanned::get_ref) {
+                Some(DeValue::Array(items)) => {
+                    value = items.get(idx);
+                    if let Some(item) = value {
+                        best = Some(item.span());
+                    }
+                }
+                _ => value = None,
+            }
+        }
+        current = match value.map(Spanned::get_ref) {
+            Some(DeValue::Table(t)) => Some(t),
+            _ => None,
+        };
+    }
+    best
+}
+
+/// Cross-field checks: (dotted key, message) for each problem.
+fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let mut err = |key: String, message: String| errors.push((key, message));
+
+    if config.server.listen == config.server.ops_listen {
+        err(
+            "server.ops_listen".into(),
+            "must differ from `server.listen`".into(),
+        );
+    }
+    if config.server.max_body_bytes == 0 {
+        err("server.max_body_bytes".into(), "must be at least 1".into());
+    }
+    for (key, d) in [
+        (
+            "server.upstream_connect_timeout",
+            config.server.upstream_connect_timeout,
+        ),
+        (
+            "server.upstream_read_timeout",
+            config.server.upstream_read_timeout,
+        ),
+    ] {
+        if d.is_zero() {
+            err(key.into(), "must be longer than zero".into());
+        }
+    }
+
+    match StorageUrl::parse(&config.storage.url) {
+        Err(message) => err("storage.url".into(), message),
+        Ok(StorageUrl::Memory) => {}
+        Ok(_) if config.storage.pepper_file.is_none() => err(
+            "storage.pepper_file".into(),
+            "durable storage needs a pepper file (32+ random bytes, e.g. `head -c 32 /dev/urandom > pepper`); without the same pepper stored API keys and refresh tokens stop verifying".into(),
+        ),
+        Ok(_) => {}
+    }
+    if config.storage.redis_prefix.is_empty()
+        || config.storage.redis_prefix.len() > 64
+        || !config
+            .storage
+            .redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+    {
+        err(
+            "storage.redis_prefix".into(),
+            "must be 1-64 visible ASCII characters".into(),
+        );
+    }
+    if let Some(redis) = &config.storage.redis
+        && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+    {
+        err(
+            "storage.redis".into(),
+            format!("`{redis}` is not a Redis URL; use redis://HOST:PORT"),
+        );
+    }
+    if let Some(pepper) = &config.storage.pepper_file {
+        match std::fs::metadata(pepper) {
+            Ok(m) if m.len() < 32 => err(
+                "storage.pepper_file".into(),
+                format!(
+                    "`{}` holds {} bytes; a pepper needs at least 32",
+                    pepper.display(),
+                    m.len()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => err(
+                "storage.pepper_file".into(),
+                format!("cannot read `{}`: {e}", pepper.display()),
+            ),
+        }
+    }
+
+    if !config.keys.dir.is_dir() {
+        err(
+            "keys.dir".into(),
+            format!(
+                "`{}` is not a directory; create keys with `portcullis keys generate --alg ES256 --out DIR`",
+                config.keys.dir.display()
+            ),
+        );
+    }
+    if config.keys.dir.is_dir()
+        && let Err(e) =
+            crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
+    {
+        err("keys.dir".into(), e.to_string());
+    }
+    if let Err(message) = absolute_url(&config.keys.issuer) {
+        err("keys.issuer".into(), message);
+    }
+
+    let ids = config.identity.named();
+    for (i, (key, name)) in ids.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+            err(
+                format!("identity.{key}"),
+                format!("`{name}` is not a header name"),
+            );
+        } else if ids[..i].iter().any(|(_, n)| n.eq_ignore_ascii_case(name)) {
+            err(format!("identity.{key}"), format!("`{name}` is used twice"));
+        } else if is_hop_or_credential(name) {
+            err(
+                format!("identity.{key}"),
+                format!("`{name}` is a standard or credential header; pick an x-… name"),
+            );
+        }
+    }
+
+    for (key, prefix) in [
+        ("token_service.prefix", &config.token_service.prefix),
+        ("forward_auth.prefix", &config.forward_auth.prefix),
+    ] {
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || prefix.ends_with('/')
+            || prefix.contains(['?', '#', '*', '{'])
+        {
+            err(
+                key.into(),
+                format!(
+                    "`{prefix}` must be a path like /auth: a leading slash, no trailing slash, no pattern"
+                ),
+            );
+        }
+    }
+    if let Some(url) = &config.token_service.public_url
+        && let Err(message) = absolute_url(url)
+    {
+        err("token_service.public_url".into(), message);
+    }
+
+    if let Some((key, message)) = guard_error(&config.guard) {
+        err(key, message);
+    }
+
+    // Upstreams: valid URLs, each route served by exactly one.
+    let route_names: Vec<String> = config.guard.routes.iter().map(|r| r.name.clone()).collect();
+    let mut seen_names: Vec<&str> = Vec::new();
+    let mut defaults = 0;
+    for (i, up) in config.upstreams.iter().enumerate() {
+        if seen_names.contains(&up.name.as_str()) {
+            err(
+                format!("upstreams[{i}].name"),
+                format!("`{}` names two upstreams", up.name),
+            );
+        }
+        seen_names.push(&up.name);
+        if let Err(message) = upstream_url(&up.url) {
+            err(format!("upstreams[{i}].url"), message);
+        }
+        if up.default {
+            defaults += 1;
+            if defaults > 1 {
+                err(
+                    format!("upstreams[{i}].default"),
+                    "only one upstream may be the default".into(),
+                );
+            }
+        }
+        for (j, r) in up.routes.iter().enumerate() {
+            let key = format!("upstreams[{i}].routes[{j}]");
+            if !route_names.contains(r) {
+                let hint = suggest(r, &route_names)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; name one of the [[guard.routes]]".into());
+                err(key, format!("no guard route is named `{r}`{hint}"));
+            } else if config.upstreams[..i].iter().any(|u| u.routes.contains(r))
+                || up.routes[..j].contains(r)
+            {
+                err(
+                    key,
+                    format!("route `{r}` is already served by another upstream"),
+                );
+            }
+        }
+    }
+    if defaults == 0 {
+        for (i, route) in config.guard.routes.iter().enumerate() {
+            if route.effect == Effect::Allow
+                && !config
+                    .upstreams
+                    .iter()
+                    .any(|u| u.routes.contains(&route.name))
+            {
+                err(
+                    format!("guard.routes[{i}].name"),
+                    format!(
+                        "route `{}` is served by no upstream; list it in an upstream's `routes` or mark one upstream `default = true`",
+                        route.name
+                    ),
+                );
+            }
+        }
+        if config.guard.default == Effect::Allow {
+            err(
+                "guard.default".into(),
+                "unmatched requests are allowed but no upstream is `default = true` to serve them"
+                    .into(),
+            );
+        }
+    }
+    errors
+}
+
+/// The guard builder's own validation (patterns, credential sources,
+/// rate-limit names, roles), run with stand-in handles; its error located
+/// at the route and field it names.
+fn guard_error(guard: &GuardConfig) -> Option<(String, String)> {
+    use portcullis::guard::GuardConfigError;
+    use std::sync::Arc;
+    let stores = portcullis::stores::Stores::new(
+        portcullis::stores::Backends::all(
+            Arc::new(portcullis::stores::memory::MemoryStores::new()),
+        ),
+        portcullis::stores::StoresConfig::new(portcullis_core::SecretHasher::new(&[0; 32]).ok()?),
+    )
+    .ok()?;
+    let verifier = portcullis_core::Verifier::new(
+        portcullis_core::KeySet::new(),
+        portcullis_core::Validation::new(),
+    );
+    let e = portcullis::Guard::builder(guard.clone())
+        .local_keys(verifier)
+        .stores(Arc::new(stores))
+        .build()
+        .err()?;
+    let route_key = |name: &str, field: &str| match guard.routes.iter().position(|r| r.name == name)
+    {
+        Some(i) => format!("guard.routes[{i}].{field}"),
+        None => "guard.routes".to_owned(),
+    };
+    Some(match &e {
+        GuardConfigError::Route {
+            route,
+            field,
+            message,
+        } => (route_key(route, field), message.clone()),
+        GuardConfigError::Missing { route, .. } => (
+            route_key(route, "credentials"),
+            format!("{e}; the gateway does not accept signed service requests yet"),
+        ),
+        GuardConfigError::Field { field, message } => (format!("guard.{field}"), message.clone()),
+        other => ("guard".to_owned(), other.to_string()),
+    })
+}
+
+fn is_hop_or_credential(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    crate::proxy::HOP_BY_HOP.contains(&n.as_str())
+        || matches!(
+            n.as_str(),
+            "authorization"
+                | "cookie"
+                | "host"
+                | "content-length"
+                | "content-type"
+                | "x-forwarded-for"
+                | "x-request-id"
+        )
+}
+
+fn absolute_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    if matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some()
+        && uri.query().is_none()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{url}` must be an absolute http(s) URL without query"
+        ))
+    }
+}
+
+fn upstream_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "`{url}`: upstreams are plain http://HOST:PORT for now (TLS to upstreams is not built yet)"
+        ));
+    }
+    if uri.authority().is_none() || uri.query().is_some() {
+        return Err(format!(
+            "`{url}` must be http://HOST:PORT[/PREFIX] without query"
+        ));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_not_strangers() {
+        let known: Vec<String> = ["listen", "ops_listen", "max_body_bytes"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(suggest("lisen", &known), Some("listen"));
+        assert_eq!(suggest("ops_lsiten", &known), Some("ops_listen"));
+        assert_eq!(suggest("max_bdoy_bytes", &known), Some("max_body_bytes"));
+        assert_eq!(suggest("completely_else", &known), None);
+    }
+
+    #[test]
+    fn unknown_field_messages_parse() {
+        let (f, e) =
+            parse_unknown_field("unknown field `lisen`, expected one of `listen`, `ops_listen`")
+                .unwrap();
+        assert_eq!(f, "lisen");
+        assert_eq!(e, ["listen", "ops_listen"]);
+        let (_, e) = parse_unknown_field("unknown field `x`, expected `a` or `b`").unwrap();
+        assert_eq!(e, ["a", "b"]);
+    }
+
+    #[test]
+    fn line_and_column() {
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("abc", 0), (1, 1));
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_line() {
+        let text = "[server]\nlisen = \"127.0.0.1:1\"\n\n[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\nisuer2 = 1\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        // Both unknown keys, then (the structure being sound) the missing key directory.
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!(errs[0].line, Some(2));
+        assert!(
+            errs[0].message.contains("did you mean `listen`"),
+            "{}",
+            errs[0].message
+        );
+        assert_eq!(errs[0].key.as_deref(), Some("server.lisen"));
+        assert_eq!(errs[1].key.as_deref(), Some("keys.dir"));
+        assert_eq!(errs[2].line, Some(7));
+        assert!(errs[2].message.contains("did you mean `issuer`"));
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_and_line() {
+        let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[storage]\nurl = \"mysql://x\"\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let storage = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("storage.url"))
+            .unwrap();
+        assert_eq!(storage.line, Some(6));
+        let keys = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("keys.dir"))
+            .unwrap();
+        assert_eq!(keys.line, Some(2));
+    }
+
+    #[test]
+    fn upstream_routes_must_exist() {
+        let text = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"docs\"\npath = \"/docs\"\n\n[[upstreams]]\nname = \"app\"\nurl = \"http://127.0.0.1:1\"\nroutes = [\"dcos\"]\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let e = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("upstreams[0].routes[0]"))
+            .unwrap();
+        assert!(e.message.contains("did you mean `docs`"), "{}", e.message);
+        assert_eq!(e.line, Some(12));
+    }
+
+    /// The annotated example in docs/config.md is a configuration this
+    /// loader reads, its guard builds, and its upstreams cover its routes.
+    #[test]
+    fn the_documented_example_loads() {
+        let doc = include_str!("../../../docs/config.md");
+        let start = doc.find("```toml\n").expect("example block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let example = &doc[start..end];
+        let doc = DeTable::parse(example).expect("TOML");
+        let config = Config::deserialize(toml::de::Deserializer::from(doc)).expect("typed");
+        let problems: Vec<_> = validate(&config)
+            .into_iter()
+            // The example's paths do not exist on the test machine.
+            .filter(|(k, _)| k != "keys.dir" && k != "storage.pepper_file")
+            .collect();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.guard.routes.len(), 3);
+        portcullis::Guard::builder(config.guard)
+            .without_revocation()
+            .local_keys(portcullis_core::Verifier::new(
+                portcullis_core::KeySet::new(),
+                portcullis_core::Validation::new(),
+            ))
+            .stores(std::sync::Arc::new(
+                portcullis::stores::Stores::new(
+                    portcullis::stores::Backends::all(std::sync::Arc::new(
+                        portcullis::stores::memory::MemoryStores::new(),
+                    )),
+                    portcullis::stores::StoresConfig::new(
+                        portcullis_core::SecretHasher::new(&[1; 32]).unwrap(),
+                    ),
+                )
+                .unwrap(),
+            ))
+            .build()
+            .expect("the example's guard builds");
+    }
+
+    #[test]
+    fn guard_errors_are_located_at_the_route() {
+        let text = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"docs\"\npath = \"/docs\"\nrate_limits = [\"nope\"]\n\n[[upstreams]]\nname = \"app\"\nurl = \"http://127.0.0.1:1\"\ndefault = true\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let e = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("guard.routes[0].rate_limits"))
+            .unwrap_or_else(|| panic!("{errs:?}"));
+        assert_eq!(e.line, Some(8));
+    }
+
+    #[test]
+    fn environment_overrides_replace_keys_and_errors_name_the_variable() {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = portcullis_core::Key::generate(portcullis_core::Algorithm::ES256).unwrap();
+        std::fs::write(dir.join("k1.pem"), key.private_pkcs8_pem().unwrap()).unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[keys]\ndir = \"{}\"\nissuer = \"https://i.test\"\n",
+            dir.display()
+        );
+        let text = text.as_str();
+        let vars = [
+            ("PORTCULLIS_SERVER__LISTEN", "127.0.0.1:7777"),
+            ("PORTCULLIS_SERVER__MAX_BODY_BYTES", "2048"),
+            (
+                "PORTCULLIS_GUARD__CLIENT_IP__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\"]",
+            ),
+            ("PORTCULLIS_REDIS_URL", "redis://not-a-config-key"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let overrides = env_overrides(vars.into_iter());
+        assert_eq!(overrides.len(), 3);
+        let config = parse_with(Path::new("p.toml"), text, &overrides).unwrap();
+        assert_eq!(config.server.listen.port(), 7777);
+        assert_eq!(config.server.max_body_bytes, 2048);
+        assert_eq!(config.guard.client_ip.trusted_proxies, ["10.0.0.0/8"]);
+
+        let bad =
+            env_overrides([("PORTCULLIS_SERVER__LISEN".to_owned(), "x".to_owned())].into_iter());
+        let errs = parse_with(Path::new("p.toml"), text, &bad).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, None);
+        assert!(
+            errs[0].message.contains("did you mean `listen`"),
+            "{}",
+            errs[0].message
+        );
+        assert!(
+            errs[0].message.contains("PORTCULLIS_SERVER__LISEN"),
+            "{}",
+            errs[0].message
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! The reverse proxy behind the `GuardLayer`: picks the upstream of the
+//! guard's route, rewrites the headers (hop-by-hop out, forwarding and
+//! identity headers in from the guard's view) and streams both bodies
+//! through a pooled keep-alive client. It decides nothing: a request that
+//! reaches it was allowed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis::http::{ClientIp, MatchedRoute, PeerAddr, Principal, RequestId};
+
+use crate::config::{Config, IdentityHeaders};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the gateway answers with.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A fixed body (refusals, problems, health).
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A problem+json response that the gateway itself answers (413, 502, 504).
+pub fn problem(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    request_id: Option<&str>,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    });
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        h.insert(portcullis::http::REQUEST_ID, id);
+    }
+    response
+}
+
+/// The request body handed through the guard to the proxy: the client's
+/// stream, bounded by the body limit, or bytes the guard buffered.
+pub enum RequestBody {
+    /// The client's body, streamed.
+    Streaming {
+        /// The body.
+        inner: Incoming,
+        /// Bytes still allowed.
+        remaining: u64,
+    },
+    /// A body already in memory.
+    Buffered(Full<Bytes>),
+}
+
+/// The request body grew past `server.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+impl RequestBody {
+    /// `inner`, failing once more than `limit` bytes have arrived.
+    pub fn limited(inner: Incoming, limit: u64) -> Self {
+        Self::Streaming {
+            inner,
+            remaining: limit,
+        }
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> Self {
+        Self::Buffered(Full::new(bytes))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Streaming { inner, remaining } => {
+                let limit_total = *remaining;
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            let len = data.len() as u64;
+                            if len > *remaining {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit_total)))));
+                            }
+                            *remaining -= len;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Self::Buffered(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming { inner, .. } => inner.is_end_stream(),
+            Self::Buffered(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming { inner, .. } => inner.size_hint(),
+            Self::Buffered(full) => full.size_hint(),
+        }
+    }
+}
+
+/// An upstream: scheme and authority, and a path prefix.
+#[derive(Debug, Clone)]
+struct Upstream {
+    name: Arc<str>,
+    authority: http::uri::Authority,
+    prefix: String,
+}
+
+/// The identity header names, parsed.
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    subject: HeaderName,
+    roles: HeaderName,
+    permissions: HeaderName,
+    tenant: HeaderName,
+    session: HeaderName,
+    auth_method: HeaderName,
+}
+
+impl IdentityNames {
+    /// Parses the configured names (validated at load).
+    pub fn new(c: &IdentityHeaders) -> Result<Self, http::header::InvalidHeaderName> {
+        let p = |s: &str| HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes());
+        Ok(Self {
+            subject: p(&c.subject)?,
+            roles: p(&c.roles)?,
+            permissions: p(&c.permissions)?,
+            tenant: p(&c.tenant)?,
+            session: p(&c.session)?,
+            auth_method: p(&c.auth_method)?,
+        })
+    }
+
+    fn all(&self) -> [&HeaderName; 6] {
+        [
+            &self.subject,
+            &self.roles,
+            &self.permissions,
+            &self.tenant,
+            &self.session,
+            &self.auth_method,
+        ]
+    }
+
+    /// Removes every identity header, whatever the client sent.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        for name in self.all() {
+            headers.remove(name);
+        }
+    }
+
+    /// Writes `principal`'s identity (after [`Self::strip`]). Values that
+    /// cannot be header values are left out, never passed raw.
+    pub fn write(&self, principal: &portcullis_core::Principal, headers: &mut HeaderMap) {
+        let mut set = |name: &HeaderName, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(name.clone(), v);
+            }
+        };
+        set(&self.subject, &principal.subject);
+        if !principal.roles.is_empty() {
+            set(&self.roles, &principal.roles.join(","));
+        }
+        if !principal.permissions.is_empty() {
+            set(&self.permissions, &principal.permissions.join(","));
+        }
+        if let Some(t) = &principal.tenant {
+            set(&self.tenant, t);
+        }
+        if let Some(s) = &principal.session_id {
+            set(&self.session, s);
+        }
+        if let Ok(serde_json::Value::String(method)) = serde_json::to_value(principal.auth_method) {
+            set(&self.auth_method, &method);
+        }
+    }
+}
+
+/// The reverse proxy service; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    client: Client<HttpConnector, RequestBody>,
+    by_route: HashMap<Arc<str>, Upstream>,
+    default: Option<Upstream>,
+    identity: IdentityNames,
+    read_timeout: Duration,
+    max_body: u64,
+    trusted: Vec<portcullis_core::ratelimit::IpNet>,
+}
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProxyConfigError(String);
+
+impl Proxy {
+    /// The proxy of a validated configuration.
+    pub fn new(config: &Config) -> Result<Self, ProxyConfigError> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let mut by_route = HashMap::new();
+        let mut default = None;
+        for up in &config.upstreams {
+            let uri: Uri = up
+                .url
+                .parse()
+                .map_err(|_| ProxyConfigError(format!("upstream `{}`: bad url", up.name)))?;
+            let authority = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| ProxyConfigError(format!("upstream `{}`: no host", up.name)))?;
+            let upstream = Upstream {
+                name: Arc::from(up.name.as_str()),
+                authority,
+                prefix: uri.path().trim_end_matches('/').to_owned(),
+            };
+            for r in &up.routes {
+                by_route.insert(Arc::from(r.as_str()), upstream.clone());
+            }
+            if up.default {
+                default = Some(upstream);
+            }
+        }
+        let identity =
+            IdentityNames::new(&config.identity).map_err(|e| ProxyConfigError(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(ProxyInner {
+                client,
+                by_route,
+                default,
+                identity,
+                read_timeout: config.server.upstream_read_timeout,
+                max_body: config.server.max_body_bytes,
+                trusted: config
+                    .guard
+                    .client_ip
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                    .collect(),
+            }),
+        })
+    }
+
+    /// The identity header names.
+    pub fn identity(&self) -> &IdentityNames {
+        &self.inner.identity
+    }
+
+    /// Forwards one allowed request.
+    pub async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
+        let inner = &*self.inner;
+        let (mut parts, body) = req.into_parts();
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        let rid = request_id.as_deref();
+        let route = parts
+            .extensions
+            .get::<MatchedRoute>()
+            .map(|r| Arc::clone(&r.0));
+        let upstream = match route
+            .as_ref()
+            .and_then(|r| inner.by_route.get(r))
+            .or(inner.default.as_ref())
+        {
+            Some(u) => u.clone(),
+            None => {
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    "gateway.no_upstream",
+                    "no upstream serves this route",
+                    rid,
+                );
+            }
+        };
+
+        // The URI on the upstream: its prefix, then the request's path and query.
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let target = format!(
+            "http://{}{}{}",
+            upstream.authority, upstream.prefix, path_and_query
+        );
+        let Ok(uri) = target.parse::<Uri>() else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "gateway.bad_request",
+                "the request target cannot be forwarded",
+                rid,
+            );
+        };
+
+        // Headers: hop-by-hop and Connection-named out; identity stripped,
+        // then set from the principal; forwarding headers from the guard's view.
+        let original_host = parts.headers.get(header::HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        inner.identity.strip(&mut parts.headers);
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            inner.identity.write(p, &mut parts.headers);
+        }
+        let from_trusted_proxy = parts.extensions.get::<PeerAddr>().is_some_and(|p| {
+            let ip = p.0.ip().to_canonical();
+            inner.trusted.iter().any(|n| n.contains(ip))
+        });
+        set_forwarding(
+            &mut parts.headers,
+            parts.extensions.get::<ClientIp>(),
+            original_host.as_ref(),
+            from_trusted_proxy,
+        );
+        parts.headers.remove(header::HOST);
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+
+        let started = Instant::now();
+        let sent = inner.client.request(Request::from_parts(parts, body));
+        let result = tokio::time::timeout(inner.read_timeout, sent).await;
+        let response = match result {
+            Err(_) => {
+                upstream_failure(&upstream, "timeout");
+                tracing::warn!(upstream = %upstream.name, "upstream timed out");
+                return problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway.upstream_timeout",
+                    "the upstream did not answer in time",
+                    rid,
+                );
+            }
+            Ok(Err(e)) => {
+                if find_cause::<BodyTooLarge>(&e).is_some() {
+                    return problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "gateway.body_too_large",
+                        &format!("the request body exceeds {} bytes", inner.max_body),
+                        rid,
+                    );
+                }
+                upstream_failure(&upstream, "unavailable");
+                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                return problem(
+                    StatusCode::BAD_GATEWAY,
+                    "gateway.upstream_unavailable",
+                    "the upstream could not be reached or failed to answer",
+                    rid,
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
+        let elapsed = started.elapsed();
+        metrics::histogram!(
+            "portcullis_gateway_upstream_duration_seconds",
+            "upstream" => upstream.name.to_string()
+        )
+        .record(elapsed.as_secs_f64());
+        tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        Response::from_parts(
+            head,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        )
+    }
+}
+
+fn upstream_failure(upstream: &Upstream, kind: &'static str) {
+    metrics::counter!(
+        "portcullis_gateway_upstream_failures_total",
+        "upstream" => upstream.name.to_string(),
+        "kind" => kind
+    )
+    .increment(1);
+}
+
+/// Walks an error's sources for a `T`.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `X-Forwarded-For` (the guard's client IP), `-Proto`, `-Host`. A trusted
+/// proxy's own `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the
+/// public host) are kept; anyone else's are replaced.
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: Option<&ClientIp>,
+    host: Option<&HeaderValue>,
+    from_trusted_proxy: bool,
+) {
+    headers.remove("x-forwarded-for");
+    headers.remove("forwarded");
+    if let Some(ClientIp(ip)) = client
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !(from_trusted_proxy && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(from_trusted_proxy && headers.contains_key("x-forwarded-host")) {
+        match host {
+            Some(h) => {
+                headers.insert("x-forwarded-host", h.clone());
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
+    }
+}
+
+impl tower_service::Service<Request<RequestBody>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+/// The 413 answered before the guard when `Content-Length` is over the limit.
+pub fn too_large(limit: u64) -> Response<ResponseBody> {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "gateway.body_too_large",
+        &format!("the request body exceeds {limit} bytes"),
+        None,
+    )
+}
+
+/// A refusal the guard made, as the problem+json response.
+pub fn refusal(refusal: &portcullis::Refusal, request_id: &str) -> Response<ResponseBody> {
+    portcullis::http::refusal_response(&portcullis::http::ProblemJson, refusal, request_id)
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
