@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use portcullis::Guard;
-use portcullis_core::ratelimit::IpNet;
+use portcullis_core::ratelimit::ClientIpConfig;
 
 use crate::proxy::{IdentityNames, ResponseBody, full, strip_hop_by_hop};
 
@@ -38,20 +38,16 @@ enum Dialect {
 pub struct ForwardAuth {
     guard: Guard,
     identity: IdentityNames,
-    trusted: Vec<IpNet>,
+    trusted: ClientIpConfig,
 }
 
 impl ForwardAuth {
     /// Endpoints deciding with `guard`, believing only `trusted_proxies`.
-    pub fn new(guard: Guard, identity: IdentityNames, trusted_proxies: &[String]) -> Self {
+    pub fn new(guard: Guard, identity: IdentityNames, trusted_proxies: ClientIpConfig) -> Self {
         Self {
             guard,
             identity,
-            // Validated by the guard's builder already.
-            trusted: trusted_proxies
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect(),
+            trusted: trusted_proxies,
         }
     }
 
@@ -81,7 +77,7 @@ impl ForwardAuth {
             }
         };
         let peer_ip = peer.ip().to_canonical();
-        if !self.trusted.iter().any(|n| n.contains(peer_ip)) {
+        if !self.trusted.is_trusted(peer_ip) {
             tracing::warn!(%peer, "forward-auth call from an untrusted peer refused");
             return answer(
                 dialect,

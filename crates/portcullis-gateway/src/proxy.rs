@@ -254,7 +254,7 @@ struct ProxyInner {
     identity: IdentityNames,
     read_timeout: Duration,
     max_body: u64,
-    trusted: Vec<portcullis_core::ratelimit::IpNet>,
+    trusted: portcullis_core::ratelimit::ClientIpConfig,
 }
 
 /// Why the proxy could not be built.
@@ -306,13 +306,7 @@ impl Proxy {
                 identity,
                 read_timeout: config.server.upstream_read_timeout,
                 max_body: config.server.max_body_bytes,
-                trusted: config
-                    .guard
-                    .client_ip
-                    .trusted_proxies
-                    .iter()
-                    .filter_map(|c| c.parse().ok())
-                    .collect(),
+                trusted: config.guard.client_ip.clone(),
             }),
         })
     }
@@ -371,10 +365,10 @@ impl Proxy {
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
         }
-        let from_trusted_proxy = parts.extensions.get::<PeerAddr>().is_some_and(|p| {
-            let ip = p.0.ip().to_canonical();
-            inner.trusted.iter().any(|n| n.contains(ip))
-        });
+        let from_trusted_proxy = parts
+            .extensions
+            .get::<PeerAddr>()
+            .is_some_and(|p| inner.trusted.is_trusted(p.0.ip()));
         set_forwarding(
             &mut parts.headers,
             parts.extensions.get::<ClientIp>(),

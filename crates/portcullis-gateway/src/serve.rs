@@ -26,7 +26,6 @@ use portcullis::http::{GuardLayer, GuardService, PeerAddr};
 use portcullis::service::TokenService;
 use portcullis::stores::{Backends, Stores, StoresConfig};
 use portcullis::{Guard, GuardConfig};
-use portcullis_core::ratelimit::ClientIpConfig;
 use portcullis_core::{
     IssuerConfig, KeySet, SecretHasher, SystemClock, TokenIssuer, Validation, Verifier,
 };
@@ -181,9 +180,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
 
     // The guard.
     let guard_config: GuardConfig = config.guard.clone();
-    let client_ip = ClientIpConfig::new()
-        .trusted_proxies(&guard_config.client_ip.trusted_proxies)
-        .map_err(|e| start("guard.client_ip")(e.to_string()))?;
+    let client_ip = guard_config.client_ip.clone();
     let mut builder = Guard::builder(guard_config)
         .local_keys(verifier)
         .stores(Arc::clone(&stores));
@@ -240,7 +237,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             ForwardAuth::new(
                 guard.clone(),
                 proxy.identity().clone(),
-                &config.guard.client_ip.trusted_proxies,
+                config.guard.client_ip.clone(),
             ),
         )
     });
