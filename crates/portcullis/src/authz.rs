@@ -117,7 +117,18 @@ impl Authorizer {
         principal: Option<&Principal>,
         facts: &RequestFacts<'_>,
     ) -> Decision<'s> {
-        let decision = self.access.decide(principal, facts);
+        self.authorize_matched(principal, facts, self.access.match_route(facts))
+            .await
+    }
+
+    /// [`Self::authorize`] with the rules `AccessPolicy::match_route` found.
+    pub async fn authorize_matched<'s>(
+        &'s self,
+        principal: Option<&Principal>,
+        facts: &RequestFacts<'_>,
+        matched: portcullis_core::authz::routes::RouteMatch,
+    ) -> Decision<'s> {
+        let decision = self.access.decide_matched(principal, facts, matched);
         if !decision.allowed {
             return decision;
         }

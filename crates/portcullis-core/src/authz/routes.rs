@@ -252,6 +252,22 @@ impl<'a> RequestFacts<'a> {
     }
 }
 
+/// The rules that match one request (see [`AccessPolicy::match_route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMatch {
+    malformed: bool,
+    deny: Option<u32>,
+    allow: Option<u32>,
+}
+
+impl RouteMatch {
+    /// The index of the rule whose settings apply: the first matching
+    /// `allow` rule, else the first matching `deny` rule.
+    pub fn route_index(&self) -> Option<usize> {
+        self.allow.or(self.deny).map(|id| id as usize)
+    }
+}
+
 /// Why a request was allowed or denied. `as_str` is stable (audit field).
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -827,13 +843,29 @@ impl AccessPolicy {
     /// to `facts`: the first matching `allow` rule, else the first matching
     /// `deny` rule; `None` when no rule matches or the path is malformed.
     pub fn route_index(&self, facts: &RequestFacts<'_>) -> Option<usize> {
-        let path = normalize_path(facts.path)?;
+        self.match_route(facts).route_index()
+    }
+
+    /// Which rules match `facts`, to decide with [`Self::decide_matched`]
+    /// without walking the trie twice.
+    pub fn match_route(&self, facts: &RequestFacts<'_>) -> RouteMatch {
+        let Some(path) = normalize_path(facts.path) else {
+            return RouteMatch {
+                malformed: true,
+                deny: None,
+                allow: None,
+            };
+        };
         let facts = &RequestFacts {
             path: &path,
             ..*facts
         };
         let (deny, allow) = self.matching(facts);
-        allow.or(deny).map(|id| id as usize)
+        RouteMatch {
+            malformed: false,
+            deny,
+            allow,
+        }
     }
 
     /// Decides for `principal` (`None` when no credentials were presented).
@@ -842,20 +874,26 @@ impl AccessPolicy {
         principal: Option<&Principal>,
         facts: &RequestFacts<'_>,
     ) -> Decision<'s> {
+        self.decide_matched(principal, facts, self.match_route(facts))
+    }
+
+    /// [`Self::decide`] with the rules [`Self::match_route`] found for the same `facts`.
+    pub fn decide_matched<'s>(
+        &'s self,
+        principal: Option<&Principal>,
+        facts: &RequestFacts<'_>,
+        matched: RouteMatch,
+    ) -> Decision<'s> {
         let deny = |rule: Option<&'s str>, reason| Decision {
             allowed: false,
             rule,
             reason,
             policies: &[],
         };
-        let Some(path) = normalize_path(facts.path) else {
+        if matched.malformed {
             return deny(None, Reason::MalformedPath);
-        };
-        let facts = &RequestFacts {
-            path: &path,
-            ..*facts
-        };
-        let (deny_rule, allow_rule) = self.matching(facts);
+        }
+        let (deny_rule, allow_rule) = (matched.deny, matched.allow);
         if let Some(id) = deny_rule {
             return deny(Some(&self.rules[id as usize].name), Reason::DeniedByRule);
         }
@@ -909,7 +947,10 @@ impl AccessPolicy {
             return deny(name, Reason::MissingAnyPermission(&r.permissions_any));
         }
         if let Some(param) = &r.tenant_param {
-            let path_tenant = Self::param(r, facts.path, param);
+            let Some(path) = normalize_path(facts.path) else {
+                return deny(name, Reason::MalformedPath);
+            };
+            let path_tenant = Self::param(r, &path, param);
             match (p.tenant.as_deref(), path_tenant) {
                 (Some(mine), Some(theirs)) if mine == theirs => {}
                 _ => return deny(name, Reason::TenantMismatch),

@@ -644,10 +644,9 @@ impl Guard {
         let client_ip = peer.map(|p| self.client_ip(parts, p));
         let ip_text = client_ip.map(|ip| ip.to_string());
         let facts = authz_facts(parts);
-        let route = inner
-            .authorizer
-            .access()
-            .route_index(&facts)
+        let matched = inner.authorizer.access().match_route(&facts);
+        let route = matched
+            .route_index()
             .and_then(|i| inner.routes.get(i))
             .unwrap_or(&inner.default_route);
 
@@ -680,7 +679,7 @@ impl Guard {
                 route,
                 client_ip,
                 ip_text.as_deref(),
-                &facts,
+                (&facts, matched),
                 &mut principal,
                 &mut headers,
                 event.as_deref_mut(),
@@ -756,7 +755,10 @@ impl Guard {
         route: &CompiledRoute,
         client_ip: Option<IpAddr>,
         ip: Option<&str>,
-        facts: &portcullis_core::authz::routes::RequestFacts<'_>,
+        (facts, matched): (
+            &portcullis_core::authz::routes::RequestFacts<'_>,
+            portcullis_core::authz::routes::RouteMatch,
+        ),
         principal_out: &mut Option<Arc<Principal>>,
         headers_out: &mut Vec<(HeaderName, HeaderValue)>,
         mut event: Option<&mut Snapshot>,
@@ -840,11 +842,10 @@ impl Guard {
                 _ => limiter.check_rules(&rl_facts, route.rules).await,
             };
             for (name, value) in limiter.headers(&outcome) {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    headers_out.push((n, v));
+                // The names are the limiter's static lower-case constants;
+                // the values move into the header without a copy.
+                if let Ok(v) = HeaderValue::try_from(value) {
+                    headers_out.push((HeaderName::from_static(name), v));
                 }
             }
             if let Some(e) = event.as_deref_mut() {
@@ -882,7 +883,7 @@ impl Guard {
         // 6. Authorization.
         let decision = inner
             .authorizer
-            .authorize(principal.as_deref(), facts)
+            .authorize_matched(principal.as_deref(), facts, matched)
             .await;
         if !decision.allowed {
             let code = decision.code().unwrap_or(ErrorCode::Denied);
