@@ -185,14 +185,15 @@ fn bump(counter: &AtomicU64, name: &'static str, n: u64) {
 
 /// An event in the queue: built, or to be built by the batcher.
 enum Queued {
-    Ready(AuditEvent),
+    /// Boxed: a queue slot is 16 bytes, not the 400 of an event.
+    Ready(Box<AuditEvent>),
     Deferred(Box<dyn FnOnce() -> AuditEvent + Send>),
 }
 
 impl Queued {
     fn into_event(self) -> AuditEvent {
         match self {
-            Self::Ready(e) => e,
+            Self::Ready(e) => *e,
             Self::Deferred(build) => build(),
         }
     }
@@ -294,7 +295,7 @@ impl AuditWriter {
     /// Enqueues without ever waiting: a full queue drops the event (counted)
     /// whatever the policy. For callers that cannot await.
     pub fn try_record(&self, event: AuditEvent) -> Recorded {
-        self.try_enqueue(Queued::Ready(event))
+        self.try_enqueue(Queued::Ready(Box::new(event)))
     }
 
     /// Like [`Self::try_record`], building the event on the writer's task:
@@ -326,7 +327,7 @@ impl AuditWriter {
     /// Enqueues, applying the full-queue policy. Never awaits a sink: only a
     /// full queue under the `block` policy waits, for a bounded time.
     pub async fn record(&self, event: AuditEvent) -> Recorded {
-        let event = match self.tx.try_send(Queued::Ready(event)) {
+        let event = match self.tx.try_send(Queued::Ready(Box::new(event))) {
             Ok(()) => {
                 self.wake_if_full();
                 bump(
