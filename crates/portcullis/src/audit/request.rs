@@ -14,6 +14,12 @@ pub const MAX_REQUEST_ID: usize = 128;
 
 /// The request id: `x-request-id` when it is short printable ASCII, else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
+    inbound_request_id(headers).map_or_else(|| EventIds::global().next_id(), str::to_owned)
+}
+
+/// The inbound `x-request-id` when it is 1..=[`MAX_REQUEST_ID`] bytes of
+/// printable ASCII (surrounding spaces ignored); `None` otherwise.
+pub fn inbound_request_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -21,7 +27,6 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
         })
-        .map_or_else(|| EventIds::global().next_id(), str::to_owned)
 }
 
 /// A `request` event for `parts`, decided `allow` until told otherwise;

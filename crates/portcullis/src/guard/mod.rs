@@ -589,13 +589,20 @@ impl Guard {
     }
 
     fn route_of(&self, parts: &Parts) -> &CompiledRoute {
-        let facts = authz_facts(parts);
-        self.inner
-            .authorizer
-            .access()
-            .route_index(&facts)
+        self.route_for(&authz_facts(parts)).1
+    }
+
+    /// The rules matching `facts` and the route whose settings apply.
+    fn route_for(
+        &self,
+        facts: &portcullis_core::authz::routes::RequestFacts<'_>,
+    ) -> (portcullis_core::authz::routes::RouteMatch, &CompiledRoute) {
+        let matched = self.inner.authorizer.access().match_route(facts);
+        let route = matched
+            .route_index()
             .and_then(|i| self.inner.routes.get(i))
-            .unwrap_or(&self.inner.default_route)
+            .unwrap_or(&self.inner.default_route);
+        (matched, route)
     }
 
     /// The client address of a request from `peer`: the socket peer, or
@@ -610,16 +617,7 @@ impl Guard {
 
     fn request_id(&self, parts: &Parts, peer: Option<IpAddr>) -> String {
         if self.is_trusted_proxy(peer)
-            && let Some(id) = parts
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| {
-                    !v.is_empty()
-                        && v.len() <= crate::audit::request::MAX_REQUEST_ID
-                        && v.bytes().all(|b| b.is_ascii_graphic())
-                })
+            && let Some(id) = crate::audit::request::inbound_request_id(&parts.headers)
         {
             return id.to_owned();
         }
@@ -642,13 +640,12 @@ impl Guard {
         let inner = &*self.inner;
         let request_id = self.request_id(parts, peer);
         let client_ip = peer.map(|p| self.client_ip(parts, p));
-        let ip_text = client_ip.map(|ip| ip.to_string());
+        // Only the anomaly engine keys by the address as text.
+        let ip_text = client_ip
+            .filter(|_| inner.anomaly.is_some())
+            .map(|ip| ip.to_string());
         let facts = authz_facts(parts);
-        let matched = inner.authorizer.access().match_route(&facts);
-        let route = matched
-            .route_index()
-            .and_then(|i| inner.routes.get(i))
-            .unwrap_or(&inner.default_route);
+        let (matched, route) = self.route_for(&facts);
 
         let mut event = inner.audit.as_ref().map(|_| {
             Box::new(Snapshot {

@@ -18,13 +18,6 @@ use crate::audit::AuditWriter;
 use crate::guard::{Guard, Refusal};
 use crate::ratelimit::{HttpHeaders, RateLimiter, Verdict};
 
-macro_rules! clone_ready {
-    ($self:ident) => {{
-        let clone = $self.inner.clone();
-        std::mem::replace(&mut $self.inner, clone)
-    }};
-}
-
 /// Authentication only: the guard's credential sources for the request's
 /// route, and revocation. Puts the [`Principal`] into the extensions; no
 /// ban, limit, authorization or audit.

@@ -5,6 +5,16 @@
 //! - [`GuardLayer`]: the whole decision (bans, credentials, revocation,
 //!   rate limits, authorization, anomaly signals, one audit event).
 //! - [`AuthLayer`], [`RateLimitLayer`], [`AuditLayer`]: one piece each.
+//! - [`InternalTokenLayer`]: behind the gateway, the caller from its signed identity token.
+
+/// The inner service that was polled ready, leaving a clone in its place
+/// (the tower idiom for services called from a boxed future).
+macro_rules! clone_ready {
+    ($self:ident) => {{
+        let clone = $self.inner.clone();
+        std::mem::replace(&mut $self.inner, clone)
+    }};
+}
 
 #[cfg(feature = "axum")]
 mod extract;
@@ -22,7 +32,6 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use portcullis_core::authz::routes::AccessPolicy;
 
 #[cfg(feature = "axum")]
 pub use self::extract::{Forbidden, Unauthenticated};
@@ -60,16 +69,8 @@ pub struct MatchedRoute(pub Arc<str>);
 #[derive(Clone)]
 pub struct Principal {
     principal: Arc<portcullis_core::Principal>,
-    access: Option<Arc<AccessPolicyHandle>>,
-}
-
-/// The role table permissions are resolved through.
-pub(crate) struct AccessPolicyHandle(pub(crate) Guard);
-
-impl AccessPolicyHandle {
-    fn policy(&self) -> &AccessPolicy {
-        self.0.access_policy()
-    }
+    /// The guard whose role table resolves permissions (a cheap `Arc` clone).
+    guard: Option<Guard>,
 }
 
 impl std::fmt::Debug for Principal {
@@ -87,10 +88,7 @@ impl std::ops::Deref for Principal {
 
 impl Principal {
     pub(crate) fn new(principal: Arc<portcullis_core::Principal>, guard: Option<Guard>) -> Self {
-        Self {
-            principal,
-            access: guard.map(|g| Arc::new(AccessPolicyHandle(g))),
-        }
+        Self { principal, guard }
     }
 
     /// The verified principal.
@@ -101,8 +99,10 @@ impl Principal {
     /// Whether the caller holds `permission` (wildcards and, under a
     /// guard, permissions of its roles count).
     pub fn has_permission(&self, permission: &str) -> bool {
-        match &self.access {
-            Some(a) => a.policy().has_permission(&self.principal, permission),
+        match &self.guard {
+            Some(g) => g
+                .access_policy()
+                .has_permission(&self.principal, permission),
             None => self
                 .principal
                 .permissions
@@ -113,8 +113,8 @@ impl Principal {
 
     /// Whether the caller holds `role` (directly or through an including role).
     pub fn has_role(&self, role: &str) -> bool {
-        match &self.access {
-            Some(a) => a.policy().has_role(&self.principal, role),
+        match &self.guard {
+            Some(g) => g.access_policy().has_role(&self.principal, role),
             None => self.principal.has_role(role),
         }
     }
@@ -239,9 +239,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready handles this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = clone_ready!(self);
         let guard = self.guard.clone();
         let renderer = Arc::clone(&self.renderer);
         Box::pin(async move {
@@ -288,15 +286,16 @@ where
             if let Some(route) = &decision.route {
                 parts.extensions.insert(MatchedRoute(Arc::clone(route)));
             }
-            if let Ok(v) = http::HeaderValue::from_str(&decision.request_id) {
-                parts.headers.insert(REQUEST_ID, v);
+            let request_id = http::HeaderValue::from_str(&decision.request_id).ok();
+            if let Some(v) = &request_id {
+                parts.headers.insert(REQUEST_ID, v.clone());
             }
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let (mut head, body) = response.into_parts();
             for (name, value) in &decision.headers {
                 head.headers.append(name.clone(), value.clone());
             }
-            if let Ok(v) = http::HeaderValue::from_str(&decision.request_id) {
+            if let Some(v) = request_id {
                 head.headers.insert(REQUEST_ID, v);
             }
             decision.finish(head.status);
