@@ -817,3 +817,81 @@ async fn signed_service_requests_are_verified_over_their_body_and_never_replayed
     let (status, _) = send("{}", "{}", "nonce-0000000003").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_credential_store_that_is_down_is_a_503_not_a_401_and_never_a_pass() {
+    use portcullis::stores::sqlite::SqliteStores;
+    let dir = TempDir(std::env::temp_dir().join(support::unique_name("guard_down")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let db = Arc::new(SqliteStores::open(&dir.0.join("stores.db")).await.unwrap());
+    let hasher = SecretHasher::new(&[5; 32]).unwrap();
+    let stores = Arc::new(
+        Stores::new(
+            Backends::all(Arc::clone(&db)),
+            StoresConfig::new(hasher.clone()),
+        )
+        .unwrap(),
+    );
+    let mut keys = KeySet::new();
+    keys.insert(Key::generate(Algorithm::ES256).unwrap().with_kid("k1"))
+        .unwrap();
+    let ic = IssuerConfig::new("https://issuer.test");
+    let issuer = TokenIssuer::new(keys.clone(), ic.clone(), hasher);
+    let guard = Guard::builder(GuardConfig::default().route(RouteConfig::new("docs", "/docs")))
+        .local_keys(Verifier::new(keys, Validation::for_local_issuer(&ic)))
+        .stores(Arc::clone(&stores))
+        .build()
+        .unwrap();
+    let user = stores
+        .create_user(&NewUser {
+            username: "dana".into(),
+            password: Some("correct horse battery".into()),
+            ..NewUser::default()
+        })
+        .await
+        .unwrap();
+    let session = stores
+        .create_session(&NewSession {
+            user_id: user.id.clone(),
+            ttl: Duration::from_secs(600),
+            ..NewSession::default()
+        })
+        .await
+        .unwrap();
+    let token = issuer
+        .issue_access(&AccessRequest {
+            subject: user.id,
+            session_id: Some(session.id),
+            ..AccessRequest::default()
+        })
+        .unwrap()
+        .token;
+    let key = stores
+        .create_api_key(&NewApiKey {
+            name: "ci".into(),
+            owner: "svc".into(),
+            ..NewApiKey::default()
+        })
+        .await
+        .unwrap()
+        .key;
+    let parts = |auth: &str| {
+        http::Request::get("/docs")
+            .header("authorization", auth)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    let peer = Some("127.0.0.1".parse().unwrap());
+    assert!(guard.check(&parts(&bearer(&token)), peer).await.allowed());
+    // The database goes away: revocation and key lookups fail closed.
+    db.pool().close().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s caches
+    for auth in [bearer(&token), bearer(&key)] {
+        let d = guard.check(&parts(&auth), peer).await;
+        let r = d.refusal.as_ref().expect("refused while the store is down");
+        assert_eq!(r.status.as_u16(), 503, "{auth}: {r:?}");
+        assert_eq!(r.code.as_str(), "backend.unavailable");
+    }
+}
