@@ -58,15 +58,8 @@ pub fn problem(
     detail: &str,
     request_id: Option<&str>,
 ) -> Response<ResponseBody> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code,
-        "request_id": request_id,
-    });
-    let mut response = Response::new(full(body.to_string()));
+    let body = portcullis::http::problem_json(status, code, detail, request_id);
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(

@@ -26,19 +26,19 @@ pub fn problem_body(refusal: &Refusal, request_id: &str) -> String {
         refusal.status,
         refusal.code.as_str(),
         &refusal.detail,
-        request_id,
+        Some(request_id),
     )
 }
 
 /// An RFC 9457 body: `type` (`about:blank`), `title` (the status's reason
 /// phrase), `status`, `detail`, the stable `code` and `request_id`. Every
-/// problem answer of the library (guard refusals, the token service) is
-/// rendered by this one function.
+/// problem answer (guard refusals, the token service, the gateway) is
+/// rendered by this one function; `request_id` is `null` when unknown.
 pub fn problem_json(
     status: http::StatusCode,
     code: &str,
     detail: &str,
-    request_id: &str,
+    request_id: Option<&str>,
 ) -> String {
     serde_json::json!({
         "type": "about:blank",

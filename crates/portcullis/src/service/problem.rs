@@ -134,7 +134,7 @@ impl IntoResponse for Problem {
 /// unless no credential was presented.
 pub fn problem(p: Problem) -> Response {
     let request_id = EventIds::global().next_id();
-    let body = crate::http::problem_json(p.status, p.code, &p.detail, &request_id);
+    let body = crate::http::problem_json(p.status, p.code, &p.detail, Some(&request_id));
     let mut response = (p.status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
