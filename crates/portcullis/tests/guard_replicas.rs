@@ -4,6 +4,8 @@
 
 #![cfg(all(feature = "axum", feature = "redis", feature = "postgres"))]
 
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::net::SocketAddr;
@@ -277,4 +279,71 @@ async fn two_instances_share_revocation_and_exact_limits() {
     let (code, body) = status(&client, b, &auth).await;
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("auth.token_revoked"), "{body}");
+}
+
+/// A Redis holding the denylist and sessions that hangs (SIGSTOP, sockets
+/// open) refuses tokens within the revocation budget with
+/// `backend.unavailable`, instead of stalling each request for the
+/// connection's 2 s reply bound, and never lets a token through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_revocation_store_refuses_within_its_budget() {
+    let server = own_redis::OwnRedis::start(None).await;
+    let conn = RedisConnection::single(&server.url()).await.unwrap();
+    let hot = Arc::new(RedisStores::new(conn, "pcx_hung:"));
+    let memory = Arc::new(portcullis::stores::memory::MemoryStores::new());
+    let backends = Backends {
+        users: memory.clone(),
+        sessions: hot.clone(),
+        refresh: hot.clone(),
+        denylist: hot,
+        api_keys: memory.clone(),
+        apps: memory,
+    };
+    let hasher = SecretHasher::new(&[4; 32]).unwrap();
+    let stores = Arc::new(Stores::new(backends, StoresConfig::new(hasher.clone())).unwrap());
+    let mut keys = KeySet::new();
+    keys.insert(Key::generate(Algorithm::ES256).unwrap().with_kid("k1"))
+        .unwrap();
+    let ic = IssuerConfig::new("https://issuer.test");
+    let issuer = TokenIssuer::new(keys.clone(), ic.clone(), hasher);
+    let guard = Guard::builder(GuardConfig::default().route(RouteConfig::new("docs", "/docs")))
+        .local_keys(Verifier::new(keys, Validation::for_local_issuer(&ic)))
+        .stores(Arc::clone(&stores))
+        .build()
+        .unwrap();
+    let session = stores
+        .create_session(&NewSession {
+            user_id: "u1".into(),
+            ttl: Duration::from_secs(600),
+            ..NewSession::default()
+        })
+        .await
+        .unwrap();
+    let token = issuer
+        .issue_access(&AccessRequest {
+            subject: "u1".into(),
+            session_id: Some(session.id),
+            ..AccessRequest::default()
+        })
+        .unwrap()
+        .token;
+    let parts = http::Request::get("/docs")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let peer = Some("127.0.0.1".parse().unwrap());
+    assert!(guard.check(&parts, peer).await.allowed());
+    server.pause();
+    let started = Instant::now();
+    let d = guard.check(&parts, peer).await;
+    let took = started.elapsed();
+    server.resume();
+    let r = d.refusal.as_ref().expect("refused while the store hangs");
+    assert_eq!(r.code.as_str(), "backend.unavailable", "{r:?}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "a hung store cost the request {took:?}"
+    );
 }

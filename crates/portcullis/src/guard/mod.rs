@@ -1053,7 +1053,7 @@ impl Guard {
                         None,
                     ));
                 };
-                match stores.verify_api_key(key).await {
+                match within_budget(stores.verify_api_key(key)).await {
                     Ok(record) => {
                         let mut p = Principal::new(record.owner.clone(), AuthMethod::ApiKey);
                         p.roles.clone_from(&record.roles);
@@ -1080,7 +1080,7 @@ impl Guard {
                         None,
                     ));
                 };
-                match stores.verify_app(id, secret).await {
+                match within_budget(stores.verify_app(id, secret)).await {
                     Ok(app) => {
                         let mut p = Principal::new(app.app_id.clone(), AuthMethod::App);
                         p.permissions = app.permissions;
@@ -1157,6 +1157,22 @@ impl Guard {
         let principal = remote.verify(token).await.map_err(|e| e.code())?;
         Ok(Arc::new(principal))
     }
+}
+
+/// A credential lookup on the request path, within the revocation budget:
+/// a store that hangs is a store that is down (`backend.unavailable`).
+async fn within_budget<T>(
+    lookup: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let budget = crate::stores::hook::DEFAULT_REVOCATION_BUDGET;
+    tokio::time::timeout(budget, lookup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                budget.as_millis()
+            )))
+        })
 }
 
 /// Marks the audit snapshot with the detectors whose `tag` action fired.

@@ -3,21 +3,27 @@
 //! that is revoked or expired.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_core::{ErrorCode, Principal};
 
 use super::Stores;
 use crate::token_cache::RevocationHook;
 
+/// Longest a revocation lookup may take on the request path by default.
+pub const DEFAULT_REVOCATION_BUDGET: Duration = Duration::from_millis(250);
+
 /// Checks every verified token against the denylist (`jti`) and the
 /// session store (`sid`), within the stores' revocation bound (≤ 1 s).
 ///
-/// A backend that cannot answer refuses the token
-/// (`backend.unavailable`): revocation fails closed.
+/// A backend that cannot answer, or does not answer within the budget
+/// (250 ms by default: a hung backend is a backend that is down), refuses
+/// the token (`backend.unavailable`): revocation fails closed.
 #[derive(Debug, Clone)]
 pub struct StoresRevocation {
     stores: Arc<Stores>,
     sessions: bool,
+    budget: Duration,
 }
 
 impl StoresRevocation {
@@ -27,6 +33,7 @@ impl StoresRevocation {
         Self {
             stores,
             sessions: true,
+            budget: DEFAULT_REVOCATION_BUDGET,
         }
     }
 
@@ -34,9 +41,16 @@ impl StoresRevocation {
     /// issuer, whose `sid` names a session of that issuer, not ours.
     pub fn jti_only(stores: Arc<Stores>) -> Self {
         Self {
-            stores,
             sessions: false,
+            ..Self::new(stores)
         }
+    }
+
+    /// Sets the time budget of each lookup.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The stores checked.
@@ -44,34 +58,40 @@ impl StoresRevocation {
         &self.stores
     }
 
-    async fn check_principal(&self, principal: &Principal) -> Result<(), ErrorCode> {
-        if let Some(jti) = principal.token_id.as_deref() {
-            match self.stores.is_jti_revoked(jti).await {
-                Ok(false) => {}
-                Ok(true) => return Err(ErrorCode::TokenRevoked),
-                // An id the store cannot hold was never revoked by it, but a
-                // token carrying one is not ours to trust either.
-                Err(super::StoreError::InvalidInput { .. }) => {
-                    return Err(ErrorCode::MalformedToken);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "denylist check failed; refusing the token");
-                    return Err(ErrorCode::BackendUnavailable);
-                }
+    /// `Ok(answer)` of one lookup within the budget; a malformed id is
+    /// `auth.malformed_token` (never revoked by us, but not ours to trust),
+    /// a failed or late lookup `backend.unavailable`.
+    async fn lookup(
+        &self,
+        what: &'static str,
+        check: impl std::future::Future<Output = super::StoreResult<bool>>,
+    ) -> Result<bool, ErrorCode> {
+        match tokio::time::timeout(self.budget, check).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(super::StoreError::InvalidInput { .. })) => Err(ErrorCode::MalformedToken),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, what, "revocation lookup failed; refusing the token");
+                Err(ErrorCode::BackendUnavailable)
+            }
+            Err(_) => {
+                tracing::warn!(what, budget = ?self.budget, "revocation lookup timed out; refusing the token");
+                Err(ErrorCode::BackendUnavailable)
             }
         }
-        if let Some(sid) = principal.session_id.as_deref().filter(|_| self.sessions) {
-            match self.stores.session_is_active(sid).await {
-                Ok(true) => {}
-                Ok(false) => return Err(ErrorCode::SessionRevoked),
-                Err(super::StoreError::InvalidInput { .. }) => {
-                    return Err(ErrorCode::MalformedToken);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "session check failed; refusing the token");
-                    return Err(ErrorCode::BackendUnavailable);
-                }
-            }
+    }
+
+    async fn check_principal(&self, principal: &Principal) -> Result<(), ErrorCode> {
+        if let Some(jti) = principal.token_id.as_deref()
+            && self.lookup("jti", self.stores.is_jti_revoked(jti)).await?
+        {
+            return Err(ErrorCode::TokenRevoked);
+        }
+        if let Some(sid) = principal.session_id.as_deref().filter(|_| self.sessions)
+            && !self
+                .lookup("session", self.stores.session_is_active(sid))
+                .await?
+        {
+            return Err(ErrorCode::SessionRevoked);
         }
         Ok(())
     }
