@@ -2,10 +2,12 @@
 # The whole test suite: starts the local Redis Cluster the Redis suites also
 # run against, runs every test of every crate with every feature, and stops
 # the cluster again. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379)
-# are expected to be running; see README.md.
+# are expected to be running; see README.md. scripts/e2e-env.sh installs
+# nginx, caddy and the Python venv the end-to-end tests run against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/e2e-env.sh
 scripts/redis-cluster.sh start
 trap 'scripts/redis-cluster.sh stop' EXIT
 export PORTCULLIS_REDIS_CLUSTER="${PORTCULLIS_REDIS_CLUSTER:-redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002}"
