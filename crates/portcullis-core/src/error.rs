@@ -52,6 +52,8 @@ pub enum ErrorCode {
     Banned,
     /// A backend needed for the decision is unavailable.
     BackendUnavailable,
+    /// The request body is larger than accepted, or could not be read (413).
+    BodyTooLarge,
 }
 
 impl ErrorCode {
@@ -81,6 +83,7 @@ impl ErrorCode {
             Self::RateLimitExceeded => "rate_limit.exceeded",
             Self::Banned => "anomaly.banned",
             Self::BackendUnavailable => "backend.unavailable",
+            Self::BodyTooLarge => "request.body_too_large",
         }
     }
 
@@ -90,6 +93,7 @@ impl ErrorCode {
             Self::Denied | Self::Banned => 403,
             Self::RateLimitExceeded => 429,
             Self::BackendUnavailable | Self::JwksUnavailable => 503,
+            Self::BodyTooLarge => 413,
             _ => 401,
         }
     }

@@ -13,6 +13,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod authz;
 pub mod clock;
+pub mod duration;
 pub mod error;
 pub mod jose;
 pub mod jwt;

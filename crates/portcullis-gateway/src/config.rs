@@ -149,22 +149,11 @@ impl Default for ServerConfig {
     }
 }
 
-/// A duration written `250ms`, `5s`, `2m`, `1h`.
+/// A duration written `250ms`, `5s`, `2m`, `1h` (the core's one syntax,
+/// shared with the commands).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    parse_duration(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration; write e.g. \"250ms\", \"5s\", \"2m\""
-        ))
-    })
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms.parse::<u64>().ok().map(Duration::from_millis);
-    }
-    portcullis_core::audit::time::parse_duration(text)
+    portcullis_core::duration::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// `[storage]`.

@@ -895,3 +895,182 @@ async fn a_credential_store_that_is_down_is_a_503_not_a_401_and_never_a_pass() {
         assert_eq!(r.code.as_str(), "backend.unavailable");
     }
 }
+
+#[tokio::test]
+async fn an_api_key_of_a_disabled_user_is_refused_until_the_user_is_enabled() {
+    let h = harness(config()).await;
+    let created = h
+        .stores
+        .create_api_key(&NewApiKey {
+            name: "ci".into(),
+            owner: h.user_id.clone(),
+            permissions: vec!["docs.write".into()],
+            ..NewApiKey::default()
+        })
+        .await
+        .unwrap();
+    let auth = bearer(&created.key);
+    let r = h.call("POST", "/docs/1", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    h.stores.set_user_disabled(&h.user_id, true).await.unwrap();
+    let r = h.call("POST", "/docs/1", &[("authorization", &auth)]).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "auth.token_revoked"),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("disabled"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    let (decision, code, _, status) = h.last_event().await;
+    assert_eq!(
+        (decision.as_str(), code.as_deref(), status),
+        ("deny", Some("auth.token_revoked"), Some(401))
+    );
+
+    // The key itself was not revoked: it works again for an enabled owner.
+    h.stores.set_user_disabled(&h.user_id, false).await.unwrap();
+    let r = h.call("POST", "/docs/1", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const SIGNING_SECRET: &[u8] = b"signing-secret-signing-secret-32b!";
+
+/// A signed route (bodies up to 64 bytes) through `GuardLayer`, audited to SQLite.
+async fn signed_harness() -> (SocketAddr, SqliteAudit, Arc<AuditWriter>, TempDir) {
+    use portcullis::authz::{MemoryNonceStore, SignedRequestAuthenticator};
+    let dir = TempDir(std::env::temp_dir().join(support::unique_name("guard_signed")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let audit_db = SqliteAudit::open(&dir.0.join("audit.db"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut wc = AuditWriterConfig::new(dir.0.join("spool"));
+    wc.flush_interval = Duration::from_millis(10);
+    let audit = Arc::new(
+        AuditWriter::start(Arc::new(audit_db.clone()), wc, Arc::new(SystemClock)).unwrap(),
+    );
+    let mut config = GuardConfig::default()
+        .route(RouteConfig::new("hooks", "/hooks/**").credentials([CredentialSource::Signed]));
+    config.max_signed_body_bytes = 64;
+    let signed = SignedRequestAuthenticator::new(MemoryNonceStore::default())
+        .with_app("billing", SIGNING_SECRET)
+        .unwrap();
+    let guard = Guard::builder(config)
+        .signed_requests(signed)
+        .audit(Arc::clone(&audit))
+        .build()
+        .unwrap();
+    async fn who(p: Principal) -> String {
+        p.subject.clone()
+    }
+    let app = Router::new()
+        .route("/hooks/{x}", axum::routing::post(who))
+        .layer(GuardLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, audit_db, audit, dir)
+}
+
+/// A POST of `body` to `path` signed by the app `billing`.
+fn signed_post(addr: SocketAddr, path: &str, body: &[u8]) -> http::Request<Full<Bytes>> {
+    use portcullis_core::authz::signed_request::{self, SignedParts};
+    let ts = chrono_now();
+    let nonce = format!("n{}", support::unique_name("nonce").replace(['-', '_'], ""));
+    let signature = signed_request::sign(
+        SIGNING_SECRET,
+        "billing",
+        ts,
+        &nonce,
+        &SignedParts {
+            method: "POST",
+            path,
+            query: "",
+            body,
+        },
+    );
+    http::Request::post(format!("http://{addr}{path}"))
+        .header("x-portcullis-app", "billing")
+        .header("x-portcullis-timestamp", ts.to_string())
+        .header("x-portcullis-nonce", nonce)
+        .header("x-portcullis-signature", signature)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap()
+}
+
+/// A signed request whose body passes the bound is answered 413 before any
+/// check runs, and its one audit event records that 413 and its code.
+#[tokio::test]
+async fn an_oversized_signed_body_is_refused_413_and_audited_as_413() {
+    let (addr, audit_db, audit, _dir) = signed_harness().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let small = br#"{"amount":1}"#;
+    let res = client
+        .request(signed_post(addr, "/hooks/pay", small))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "a signed body within the bound goes through"
+    );
+
+    let big = vec![b'x'; 1000];
+    let res = client
+        .request(signed_post(addr, "/hooks/pay", &big))
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], "request.body_too_large", "{body}");
+    assert_eq!(body["status"], 413);
+    assert!(
+        body["detail"].as_str().unwrap().contains("64 bytes"),
+        "{body}"
+    );
+    assert_eq!(body["request_id"].as_str(), request_id.as_deref());
+
+    // Exactly one event per request; the oversized one says what the client got.
+    for _ in 0..100 {
+        if audit.queued() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let events: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT decision, code, status, request_id FROM audit_events ORDER BY ts_us",
+    )
+    .fetch_all(audit_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        events[1],
+        (
+            "deny".to_owned(),
+            Some("request.body_too_large".to_owned()),
+            Some(413),
+            request_id
+        )
+    );
+}

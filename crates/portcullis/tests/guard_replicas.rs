@@ -347,3 +347,74 @@ async fn a_hung_revocation_store_refuses_within_its_budget() {
         "a hung store cost the request {took:?}"
     );
 }
+
+/// An API key whose owner's status cannot be read (the users' Redis hangs:
+/// SIGSTOP, sockets open) is refused with `backend.unavailable` within the
+/// revocation budget: a disabled owner is never let through by an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_whose_owner_cannot_be_checked_is_refused_within_the_budget() {
+    let server = own_redis::OwnRedis::start(None).await;
+    let conn = RedisConnection::single(&server.url()).await.unwrap();
+    let users = Arc::new(RedisStores::new(conn, "pcx_hung_owner:"));
+    let memory = Arc::new(portcullis::stores::memory::MemoryStores::new());
+    let backends = Backends {
+        users,
+        sessions: memory.clone(),
+        refresh: memory.clone(),
+        denylist: memory.clone(),
+        api_keys: memory.clone(),
+        apps: memory,
+    };
+    let mut sc = StoresConfig::new(SecretHasher::new(&[5; 32]).unwrap());
+    sc.revocation_cache_ttl = Duration::ZERO;
+    let stores = Arc::new(Stores::new(backends, sc).unwrap());
+    let user = stores
+        .create_user(&NewUser {
+            username: "owner".into(),
+            password: Some("correct horse battery".into()),
+            ..NewUser::default()
+        })
+        .await
+        .unwrap();
+    let key = stores
+        .create_api_key(&NewApiKey {
+            name: "ci".into(),
+            owner: user.id,
+            ..NewApiKey::default()
+        })
+        .await
+        .unwrap()
+        .key;
+    let guard = Guard::builder(
+        GuardConfig::default().route(
+            RouteConfig::new("docs", "/docs")
+                .credentials([portcullis::guard::CredentialSource::ApiKey]),
+        ),
+    )
+    .stores(Arc::clone(&stores))
+    .build()
+    .unwrap();
+    let parts = http::Request::get("/docs")
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let peer = Some("127.0.0.1".parse().unwrap());
+    assert!(guard.check(&parts, peer).await.allowed());
+    server.pause();
+    let started = Instant::now();
+    let d = guard.check(&parts, peer).await;
+    let took = started.elapsed();
+    server.resume();
+    let r = d
+        .refusal
+        .as_ref()
+        .expect("refused while the users' store hangs");
+    assert_eq!(r.code.as_str(), "backend.unavailable", "{r:?}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "a hung users' store cost the request {took:?}"
+    );
+    assert!(guard.check(&parts, peer).await.allowed());
+}

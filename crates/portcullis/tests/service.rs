@@ -3,6 +3,9 @@
 //! runs on the memory stores and once on PostgreSQL (users, API keys) +
 //! Redis (sessions, refresh families, denylist, the login limiter).
 
+#[cfg(feature = "redis")]
+#[path = "support/own_redis.rs"]
+mod own_redis;
 mod support;
 
 use std::any::Any;
@@ -124,6 +127,8 @@ struct Options {
     ip_limit: Option<u64>,
     /// Detectors (default: every detector with its defaults).
     detectors: Option<Vec<DetectorConfig>>,
+    /// The service's per-call store budget (default: the service's).
+    store_budget: Option<Duration>,
 }
 
 /// The token service served on 127.0.0.1, with its stores and audit log.
@@ -284,6 +289,9 @@ async fn start(env: &Env, options: Options) -> Server {
         .audit(Arc::clone(&audit));
     if let Some(limiter) = limiter {
         builder = builder.login_limiter(limiter);
+    }
+    if let Some(budget) = options.store_budget {
+        builder = builder.store_budget(budget);
     }
     let service = builder.build().expect("token service");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1020,11 +1028,92 @@ async fn builder_names_the_bad_field() {
         .expect_err("bad issuer");
     assert!(err.to_string().contains("`issuer`"), "{err}");
     let issuer = TokenIssuer::new(Arc::clone(&keys), IssuerConfig::new(ISSUER), hasher());
-    let err = TokenService::builder(stores, issuer, keys)
+    let err = TokenService::builder(stores, issuer, Arc::clone(&keys))
         .max_body_bytes(10)
         .build()
         .expect_err("tiny body bound");
     assert!(err.to_string().contains("`max_body_bytes`"), "{err}");
+    let issuer = TokenIssuer::new(Arc::clone(&keys), IssuerConfig::new(ISSUER), hasher());
+    let env = memory().await;
+    let stores = Arc::new(Stores::new(env.backends, StoresConfig::new(hasher())).expect("stores"));
+    let err = TokenService::builder(stores, issuer, keys)
+        .store_budget(Duration::ZERO)
+        .build()
+        .expect_err("no store budget");
+    assert!(err.to_string().contains("`store_budget`"), "{err}");
+}
+
+/// A store that hangs (its Redis stopped with SIGSTOP, sockets open) is a
+/// store that is down: login, refresh and the API key list answer 503
+/// `backend.unavailable` within the service's store budget, instead of
+/// waiting out the connection's 2 s reply bound; once the store answers
+/// again, so does the service.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_is_answered_503_within_the_store_budget() {
+    use portcullis::stores::redis::{RedisConnection, RedisStores};
+    let redis = own_redis::OwnRedis::start(None).await;
+    let conn = RedisConnection::single(&redis.url())
+        .await
+        .expect("connect Redis");
+    let hung = Arc::new(RedisStores::new(conn, "pcx_service_hung:"));
+    let memory = Arc::new(portcullis::stores::memory::MemoryStores::new());
+    let env = Env {
+        backends: Backends {
+            users: hung.clone(),
+            api_keys: hung.clone(),
+            refresh: hung,
+            apps: memory.clone(),
+            sessions: memory.clone(),
+            denylist: memory,
+        },
+        redis_url: None,
+        keys: key_set(),
+        _guard: Box::new(()),
+    };
+    let budget = Duration::from_millis(300);
+    let server = start(
+        &env,
+        Options {
+            store_budget: Some(budget),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (access, refresh, _) = server.login("alice").await;
+
+    redis.pause();
+    let timed = |started: std::time::Instant, what: &str| {
+        let took = started.elapsed();
+        assert!(
+            took >= budget && took < Duration::from_millis(1500),
+            "{what} took {took:?} against a hung store (budget {budget:?})"
+        );
+    };
+    let started = std::time::Instant::now();
+    let reply = server.login_as("alice", PASSWORD).await;
+    timed(started, "login");
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+    let started = std::time::Instant::now();
+    let reply = server.refresh(&refresh).await;
+    timed(started, "refresh");
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+    let started = std::time::Instant::now();
+    let reply = server.get("/api-keys", &access).await;
+    timed(started, "GET /api-keys");
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+    let started = std::time::Instant::now();
+    let reply = server
+        .post("/api-keys", Some(&access), &json!({ "name": "ci" }))
+        .await;
+    timed(started, "POST /api-keys");
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+
+    redis.resume();
+    let reply = server.get("/api-keys", &access).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reply = server.refresh(&refresh).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 
 // ------------------------------------------------------------------ wiring

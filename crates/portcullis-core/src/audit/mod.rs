@@ -280,17 +280,23 @@ impl EventIds {
 
     /// The next id: 32 lowercase hex digits.
     pub fn next_id(&self) -> String {
+        let hex = self.next_hex();
+        String::from_utf8_lossy(&hex).into_owned()
+    }
+
+    /// The next id as 32 lowercase ASCII hex digits, without allocating
+    /// (the request path keeps it inline).
+    pub fn next_hex(&self) -> [u8; 32] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // On every request path: hex by hand, one allocation, no formatter.
-        let mut out = vec![0u8; 32];
+        let mut out = [0u8; 32];
         for (i, word) in [self.prefix, n].into_iter().enumerate() {
             for j in 0..16 {
                 let nibble = (word >> (60 - 4 * j)) & 0xf;
                 out[16 * i + j] = HEX[nibble as usize];
             }
         }
-        String::from_utf8(out).unwrap_or_default()
+        out
     }
 }
 

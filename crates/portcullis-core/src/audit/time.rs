@@ -95,23 +95,6 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     secs.checked_mul(1_000_000)?.checked_add(frac_us)
 }
 
-/// Parses a duration such as `90s`, `15m`, `2h`, `30d`, `1w`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let count: u64 = number.parse().ok()?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return None,
-    };
-    count.checked_mul(scale).map(Duration::from_secs)
-}
-
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -174,18 +157,5 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("30d"),
-            Some(Duration::from_secs(30 * 86_400))
-        );
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("d"), None);
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("10y"), None);
-        assert_eq!(parse_duration("99999999999999999999d"), None);
     }
 }

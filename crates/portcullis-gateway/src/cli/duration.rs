@@ -1,54 +1,22 @@
-//! The one duration syntax of every command (`token issue --ttl`, `bans add
+//! The duration syntax of every command (`token issue --ttl`, `bans add
 //! --for`, `audit tail --interval`, `audit prune --older-than`, `audit query
-//! --since 2h`): a positive whole number and one unit.
+//! --since 2h`): the one of the configuration file too, from the core
+//! (`250ms`, `30s`, `15m`, `2h`, `7d`, `2w`; positive, at most 100 years).
 
-use std::time::Duration;
-
-/// Longest accepted duration: 100 years.
-const MAX_SECS: u64 = 100 * 365 * 86_400;
-
-/// Parses `30s`, `15m`, `2h`, `7d` or `2w`: a positive whole number (ASCII
-/// digits, no sign, no spaces) and one unit, at most 100 years.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let usage =
-        || format!("`{text}` is not a duration; use a number and a unit: 30s, 15m, 2h, 7d, 2w");
-    let (number, unit) = text
-        .len()
-        .checked_sub(1)
-        .and_then(|at| text.split_at_checked(at))
-        .ok_or_else(usage)?;
-    let scale: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(usage()),
-    };
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(usage());
-    }
-    let too_long = || format!("`{text}` is too long; the most is 100 years");
-    let count: u64 = number.parse().map_err(|_| too_long())?;
-    let secs = count
-        .checked_mul(scale)
-        .filter(|&s| s <= MAX_SECS)
-        .ok_or_else(too_long)?;
-    if secs == 0 {
-        return Err(format!("`{text}` is zero; the least is 1s"));
-    }
-    Ok(Duration::from_secs(secs))
-}
+pub use portcullis_core::duration::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
+
+    use std::time::Duration;
 
     use super::*;
     use crate::cli::{AuditCommand, BansCommand, Cli, Command, TokenCommand};
 
     #[test]
     fn durations_take_one_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));

@@ -183,18 +183,31 @@ fn bump(counter: &AtomicU64, name: &'static str, n: u64) {
     metrics::counter!(name).increment(n);
 }
 
+/// An event the batcher builds from what the request path captured (the
+/// allocating and redacting happen there, off the request path).
+pub(crate) trait DeferredEvent: Send {
+    /// The event.
+    fn build(self: Box<Self>) -> AuditEvent;
+}
+
+impl<F: FnOnce() -> AuditEvent + Send> DeferredEvent for F {
+    fn build(self: Box<Self>) -> AuditEvent {
+        (*self)()
+    }
+}
+
 /// An event in the queue: built, or to be built by the batcher.
 enum Queued {
     /// Boxed: a queue slot is 16 bytes, not the 400 of an event.
     Ready(Box<AuditEvent>),
-    Deferred(Box<dyn FnOnce() -> AuditEvent + Send>),
+    Deferred(Box<dyn DeferredEvent>),
 }
 
 impl Queued {
     fn into_event(self) -> AuditEvent {
         match self {
             Self::Ready(e) => *e,
-            Self::Deferred(build) => build(),
+            Self::Deferred(build) => build.build(),
         }
     }
 }
@@ -304,6 +317,12 @@ impl AuditWriter {
     /// `build` must not block.
     pub fn try_record_with(&self, build: impl FnOnce() -> AuditEvent + Send + 'static) -> Recorded {
         self.try_enqueue(Queued::Deferred(Box::new(build)))
+    }
+
+    /// Like [`Self::try_record_with`] for a capture that is already boxed
+    /// (the guard's snapshot): one allocation per event, not two.
+    pub(crate) fn try_record_deferred(&self, event: Box<dyn DeferredEvent>) -> Recorded {
+        self.try_enqueue(Queued::Deferred(event))
     }
 
     fn try_enqueue(&self, item: Queued) -> Recorded {

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use portcullis_core::audit::redact::{Redactor, user_agent};
-use portcullis_core::audit::{AuditEvent, EventKind};
+use portcullis_core::audit::{AuditEvent, EventIds, EventKind};
 use portcullis_core::{ErrorCode, Principal};
 
 use crate::audit::AuditWriter;
+use crate::audit::writer::DeferredEvent;
 
 /// Why a request was refused: everything a renderer needs.
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Decision {
     /// The request id (adopted from a trusted proxy, else generated).
-    pub request_id: String,
+    pub request_id: RequestIdText,
     /// The client address, as the trusted-proxy configuration resolves it.
     pub client_ip: Option<IpAddr>,
     /// The route (rule) that decided, `None` for the default.
@@ -88,14 +89,91 @@ impl Decision {
     }
 }
 
+/// A request id as the guard assigned it: generated ids (32 hex digits)
+/// are kept inline, so assigning one allocates nothing; an id adopted from
+/// a trusted proxy (at most 128 bytes of visible ASCII) is shared.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestIdText(IdRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdRepr {
+    Generated([u8; 32]),
+    Adopted(Arc<str>),
+}
+
+impl RequestIdText {
+    /// A fresh id from the process-wide generator.
+    pub fn generate() -> Self {
+        Self(IdRepr::Generated(EventIds::global().next_hex()))
+    }
+
+    /// An id received from a trusted proxy (already checked).
+    pub(crate) fn adopt(id: &str) -> Self {
+        Self(IdRepr::Adopted(Arc::from(id)))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // The generator writes ASCII hex digits only.
+            IdRepr::Generated(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            IdRepr::Adopted(id) => id,
+        }
+    }
+}
+
+impl std::ops::Deref for RequestIdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for RequestIdText {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for RequestIdText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RequestIdText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<RequestIdText> for String {
+    fn from(id: RequestIdText) -> Self {
+        id.as_str().to_owned()
+    }
+}
+
 /// What a request's audit event is made of, captured on the request path
-/// with cheap clones (the URI, method and user agent are reference-counted);
-/// the event itself (path redaction, strings) is built on the audit
-/// writer's task.
+/// with cheap clones (the URI, method and user agent are reference-counted,
+/// the request id inline); the event itself (path redaction, strings) is
+/// built on the audit writer's task. The snapshot is the queued item
+/// itself: one allocation per event.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) ts_us: i64,
-    pub(crate) request_id: String,
+    pub(crate) request_id: RequestIdText,
     pub(crate) method: http::Method,
     pub(crate) uri: http::Uri,
     pub(crate) user_agent: Option<http::HeaderValue>,
@@ -109,22 +187,26 @@ pub(crate) struct Snapshot {
     pub(crate) rate_limit_remaining: Option<i64>,
     pub(crate) flags: Vec<&'static str>,
     pub(crate) redactor: Arc<Redactor>,
+    pub(crate) status: Option<u16>,
+    pub(crate) latency_us: i64,
+    pub(crate) upstream_us: Option<i64>,
+}
+
+impl DeferredEvent for Snapshot {
+    fn build(self: Box<Self>) -> AuditEvent {
+        self.into_event()
+    }
 }
 
 impl Snapshot {
-    fn into_event(
-        self,
-        status: Option<u16>,
-        latency_us: i64,
-        upstream_us: Option<i64>,
-    ) -> AuditEvent {
+    fn into_event(self) -> AuditEvent {
         let decision = if self.deny {
             portcullis_core::audit::Decision::Deny
         } else {
             portcullis_core::audit::Decision::Allow
         };
         let mut e = AuditEvent::new(EventKind::Request, self.ts_us, decision);
-        e.request_id = Some(self.request_id);
+        e.request_id = Some(self.request_id.into());
         e.client_ip = self.client_ip.map(|ip| ip.to_string());
         e.method = Some(self.method.as_str().to_owned());
         e.path = Some(
@@ -145,9 +227,9 @@ impl Snapshot {
         e.reason = Some(self.reason.unwrap_or_else(|| self.allow_reason.to_owned()));
         e.rate_limit_remaining = self.rate_limit_remaining;
         e.anomaly_flags = self.flags.into_iter().map(str::to_owned).collect();
-        e.status = status;
-        e.latency_us = Some(latency_us);
-        e.upstream_latency_us = upstream_us;
+        e.status = self.status;
+        e.latency_us = Some(self.latency_us);
+        e.upstream_latency_us = self.upstream_us;
         e
     }
 }
@@ -168,11 +250,12 @@ impl AuditTicket {
 
     /// Records the event with the answered status (once; later calls do nothing).
     pub fn finish(&mut self, status: Option<u16>, upstream_us: Option<i64>) {
-        if let Some((snapshot, writer, started)) = self.pending.take() {
-            let latency = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+        if let Some((mut snapshot, writer, started)) = self.pending.take() {
+            snapshot.latency_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+            snapshot.status = status;
+            snapshot.upstream_us = upstream_us;
             // Never blocks the request path: a full queue drops (counted).
-            let _ =
-                writer.try_record_with(move || snapshot.into_event(status, latency, upstream_us));
+            let _ = writer.try_record_deferred(snapshot);
         }
     }
 

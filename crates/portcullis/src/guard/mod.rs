@@ -26,7 +26,6 @@ use std::time::Instant;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 use portcullis_core::anomaly::{SampleRequest, Signal};
-use portcullis_core::audit::EventIds;
 use portcullis_core::audit::redact::Redactor;
 use portcullis_core::authz::routes::{AuthzConfig, Effect, Reason, RouteRule};
 use portcullis_core::authz::signed_request::{SignatureHeaders, SignedParts};
@@ -38,7 +37,7 @@ pub use self::config::{
 };
 use self::credentials::Presented;
 use self::decision::Snapshot;
-pub use self::decision::{AuditTicket, Decision, Refusal};
+pub use self::decision::{AuditTicket, Decision, Refusal, RequestIdText};
 use crate::anomaly::AnomalyEngine;
 use crate::audit::AuditWriter;
 use crate::authz::{
@@ -504,6 +503,14 @@ enum Authn {
     Anonymous,
 }
 
+/// What the steps produced for one request.
+struct Steps {
+    outcome: Result<&'static str, Refused>,
+    principal: Option<Arc<Principal>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    dry_run: bool,
+}
+
 /// A refusal under construction, with what the audit event needs.
 struct Refused {
     refusal: Refusal,
@@ -615,13 +622,13 @@ impl Guard {
         peer.is_some_and(|p| self.inner.client_ip.is_trusted(p))
     }
 
-    fn request_id(&self, parts: &Parts, peer: Option<IpAddr>) -> String {
+    fn request_id(&self, parts: &Parts, peer: Option<IpAddr>) -> RequestIdText {
         if self.is_trusted_proxy(peer)
             && let Some(id) = crate::audit::request::inbound_request_id(&parts.headers)
         {
-            return id.to_owned();
+            return RequestIdText::adopt(id);
         }
-        EventIds::global().next_id()
+        RequestIdText::generate()
     }
 
     /// Decides a request whose body is not needed (see [`Self::needs_body`]).
@@ -646,8 +653,71 @@ impl Guard {
             .map(|ip| ip.to_string());
         let facts = authz_facts(parts);
         let (matched, route) = self.route_for(&facts);
+        let mut event = self.snapshot(parts, &request_id, client_ip, route);
+        let mut headers = Vec::new();
+        let mut principal = None;
+        let outcome = self
+            .decide(
+                parts,
+                body,
+                route,
+                client_ip,
+                ip_text.as_deref(),
+                (&facts, matched),
+                &mut principal,
+                &mut headers,
+                event.as_deref_mut(),
+            )
+            .await;
+        let steps = Steps {
+            outcome,
+            principal,
+            headers,
+            dry_run: route.dry_run,
+        };
+        self.conclude(started, request_id, client_ip, route, event, steps)
+    }
 
-        let mut event = inner.audit.as_ref().map(|_| {
+    /// The decision for a signed request whose body could not be buffered
+    /// (larger than [`Self::max_signed_body`], or unreadable): refused with
+    /// 413 `request.body_too_large` before any check runs (nothing is
+    /// authenticated from a body that was not read), with its one audit
+    /// event. Never let through, not even on a `dry_run` route.
+    pub fn body_too_large(&self, parts: &Parts, peer: Option<IpAddr>) -> Decision {
+        let started = Instant::now();
+        let request_id = self.request_id(parts, peer);
+        let client_ip = peer.map(|p| self.client_ip(parts, p));
+        let route = self.route_of(parts);
+        let event = self.snapshot(parts, &request_id, client_ip, route);
+        let refusal = Refusal::new(
+            ErrorCode::BodyTooLarge,
+            format!(
+                "the signed request body could not be read or exceeds {} bytes",
+                self.inner.max_signed_body
+            ),
+        );
+        let steps = Steps {
+            outcome: Err(Refused {
+                refusal,
+                reason: "body_too_large",
+            }),
+            principal: None,
+            headers: Vec::new(),
+            dry_run: false,
+        };
+        self.conclude(started, request_id, client_ip, route, event, steps)
+    }
+
+    /// What the request's audit event is made of, when there is an audit log.
+    fn snapshot(
+        &self,
+        parts: &Parts,
+        request_id: &RequestIdText,
+        client_ip: Option<IpAddr>,
+        route: &CompiledRoute,
+    ) -> Option<Box<Snapshot>> {
+        let inner = &*self.inner;
+        inner.audit.as_ref().map(|_| {
             Box::new(Snapshot {
                 ts_us: i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX),
                 request_id: request_id.clone(),
@@ -664,25 +734,31 @@ impl Guard {
                 rate_limit_remaining: None,
                 flags: Vec::new(),
                 redactor: Arc::clone(&inner.redactor),
+                status: None,
+                latency_us: 0,
+                upstream_us: None,
             })
-        });
-        let mut headers = Vec::new();
-        let mut principal = None;
+        })
+    }
 
-        let outcome = self
-            .decide(
-                parts,
-                body,
-                route,
-                client_ip,
-                ip_text.as_deref(),
-                (&facts, matched),
-                &mut principal,
-                &mut headers,
-                event.as_deref_mut(),
-            )
-            .await;
-
+    /// The [`Decision`] from what the steps produced: metrics, the audit
+    /// ticket (finished at once for a refusal), dry run.
+    fn conclude(
+        &self,
+        started: Instant,
+        request_id: RequestIdText,
+        client_ip: Option<IpAddr>,
+        route: &CompiledRoute,
+        mut event: Option<Box<Snapshot>>,
+        steps: Steps,
+    ) -> Decision {
+        let inner = &*self.inner;
+        let Steps {
+            outcome,
+            principal,
+            headers,
+            dry_run,
+        } = steps;
         let (refusal, dry_run_refusal) = match outcome {
             Ok(reason) => {
                 if let Some(e) = event.as_mut() {
@@ -696,20 +772,20 @@ impl Guard {
                     e.code = Some(refused.refusal.code.as_str());
                     e.reason = Some(format!(
                         "{}{}: {}",
-                        if route.dry_run { "dry_run: " } else { "" },
+                        if dry_run { "dry_run: " } else { "" },
                         refused.reason,
                         refused.refusal.detail
                     ));
                 }
                 tracing::debug!(
-                    request_id,
+                    request_id = request_id.as_str(),
                     route = route.name.as_deref().unwrap_or("<default>"),
                     code = refused.refusal.code.as_str(),
                     reason = refused.reason,
-                    dry_run = route.dry_run,
+                    dry_run,
                     "request refused"
                 );
-                if route.dry_run {
+                if dry_run {
                     metrics::counter!("portcullis_guard_dry_run_refusals_total").increment(1);
                     (None, Some(refused.refusal))
                 } else {
@@ -717,11 +793,14 @@ impl Guard {
                 }
             }
         };
-        metrics::counter!(
-            "portcullis_guard_decisions_total",
-            "decision" => if refusal.is_some() { "deny" } else { "allow" }
-        )
-        .increment(1);
+        // Static labels: a label chosen at run time would allocate per request.
+        if refusal.is_some() {
+            metrics::counter!("portcullis_guard_decisions_total", "decision" => "deny")
+                .increment(1);
+        } else {
+            metrics::counter!("portcullis_guard_decisions_total", "decision" => "allow")
+                .increment(1);
+        }
         let mut audit = AuditTicket::default();
         if let (Some(mut e), Some(writer)) = (event, inner.audit.as_ref()) {
             e.principal.clone_from(&principal);
@@ -838,13 +917,7 @@ impl Guard {
                 _ if route.rules.is_empty() => crate::ratelimit::Outcome::empty(),
                 _ => limiter.check_rules(&rl_facts, route.rules).await,
             };
-            for (name, value) in limiter.headers(&outcome) {
-                // The names are the limiter's static lower-case constants;
-                // the values move into the header without a copy.
-                if let Ok(v) = HeaderValue::try_from(value) {
-                    headers_out.push((HeaderName::from_static(name), v));
-                }
-            }
+            limiter.push_header_values(&outcome, headers_out);
             if let Some(e) = event.as_deref_mut() {
                 e.rate_limit_remaining = outcome
                     .primary()
@@ -1053,8 +1126,23 @@ impl Guard {
                         None,
                     ));
                 };
-                match within_budget(stores.verify_api_key(key)).await {
-                    Ok(record) => {
+                // The key, then its owner's status, in one budget: a key
+                // of a disabled user is refused like a revoked token.
+                let checked = within_budget(async {
+                    let record = stores.verify_api_key(key).await?;
+                    let disabled = stores.user_is_disabled(&record.owner).await?;
+                    Ok((record, disabled))
+                })
+                .await;
+                match checked {
+                    Ok((record, true)) => Err((
+                        self.auth_refusal(
+                            ErrorCode::TokenRevoked,
+                            "the API key's owner is disabled",
+                        ),
+                        Some(record.id.clone()),
+                    )),
+                    Ok((record, false)) => {
                         let mut p = Principal::new(record.owner.clone(), AuthMethod::ApiKey);
                         p.roles.clone_from(&record.roles);
                         p.permissions.clone_from(&record.permissions);
@@ -1164,15 +1252,7 @@ impl Guard {
 async fn within_budget<T>(
     lookup: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let budget = crate::stores::hook::DEFAULT_REVOCATION_BUDGET;
-    tokio::time::timeout(budget, lookup)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                budget.as_millis()
-            )))
-        })
+    crate::stores::hook::within_budget(crate::stores::hook::DEFAULT_REVOCATION_BUDGET, lookup).await
 }
 
 /// Marks the audit snapshot with the detectors whose `tag` action fired.

@@ -254,16 +254,16 @@ where
                         (d, ReqBody::from(bytes))
                     }
                     Err(_) => {
-                        let d = guard.check(&parts, peer).await;
-                        let refusal = Refusal::new(
-                            portcullis_core::ErrorCode::InvalidSignatureRequest,
-                            format!(
-                                "the signed request body could not be read or exceeds {limit} bytes"
-                            ),
-                        );
-                        let mut response = refused(&*renderer, &refusal, &d.request_id);
-                        *response.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
-                        return Ok(response);
+                        // Decided in place of the check: the audit event
+                        // records the 413 the client gets.
+                        let d = guard.body_too_large(&parts, peer);
+                        let refusal = d.refusal.clone().unwrap_or_else(|| {
+                            Refusal::new(
+                                portcullis_core::ErrorCode::BodyTooLarge,
+                                "the request body is too large",
+                            )
+                        });
+                        return Ok(refused(&*renderer, &refusal, &d.request_id));
                     }
                 }
             } else {
@@ -279,7 +279,7 @@ where
             }
             parts
                 .extensions
-                .insert(RequestId(decision.request_id.clone()));
+                .insert(RequestId(decision.request_id.to_string()));
             if let Some(ip) = decision.client_ip {
                 parts.extensions.insert(ClientIp(ip));
             }

@@ -109,6 +109,41 @@ struct Inner {
     backend: Backend,
     clock: Arc<dyn Clock>,
     legacy_headers: bool,
+    /// Each rule's `RateLimit-Policy` item (`"name";q=…;w=…`), built once.
+    policies: Box<[PolicyItem]>,
+}
+
+/// One rule's `RateLimit-Policy` item, as text and as a ready field value.
+struct PolicyItem {
+    text: Box<str>,
+    value: Option<http::HeaderValue>,
+}
+
+impl PolicyItem {
+    fn new(rule: &Rule) -> Self {
+        let (q, w) = rule.algorithm.policy();
+        let text = format!("\"{}\";q={q};w={w}", rule.name);
+        Self {
+            value: http::HeaderValue::from_str(&text).ok(),
+            text: text.into_boxed_str(),
+        }
+    }
+}
+
+/// Appends `n` in decimal (no formatter on the request path).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // n % 10 < 10: the cast cannot truncate.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Checks requests against a set of rules; cheap to clone.
@@ -226,6 +261,7 @@ impl RateLimiterBuilder {
     pub fn build(self) -> Result<RateLimiter, RateLimitError> {
         validate_rules(&self.rules)?;
         let rules: Arc<[Rule]> = self.rules.into();
+        let policies = rules.iter().map(PolicyItem::new).collect();
         let memory = match self.max_bytes {
             Some(bytes) => MemoryLimiter::with_max_bytes(rules.clone(), self.max_keys, bytes),
             None => MemoryLimiter::new(rules.clone(), self.max_keys),
@@ -262,6 +298,7 @@ impl RateLimiterBuilder {
                 backend,
                 clock: self.clock,
                 legacy_headers: self.legacy_headers,
+                policies,
             }),
         })
     }
@@ -293,6 +330,68 @@ impl RateLimiter {
     /// Response fields for `outcome` (with the legacy ones if configured).
     pub fn headers(&self, outcome: &Outcome) -> Vec<(&'static str, String)> {
         outcome.headers(&self.inner.rules, self.inner.legacy_headers)
+    }
+
+    /// The response fields of `outcome` as header values, appended to
+    /// `out` (what [`Self::headers`] gives, ready to send). For an admitted
+    /// request this is the request path's cost: the `RateLimit-Policy`
+    /// value is the rule's own, built once (several rules: joined), and
+    /// `RateLimit` is written without a formatter.
+    pub fn push_header_values(
+        &self,
+        outcome: &Outcome,
+        out: &mut Vec<(http::HeaderName, http::HeaderValue)>,
+    ) {
+        const POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+        const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+        let inner = &*self.inner;
+        let primary = outcome.primary();
+        let fast = outcome.admitted()
+            && !inner.legacy_headers
+            && primary.is_some_and(|(i, _)| i < inner.rules.len())
+            && outcome.decisions().all(|(i, _)| i < inner.rules.len());
+        let Some((main, d)) = primary.filter(|_| fast) else {
+            for (name, value) in self.headers(outcome) {
+                if let Ok(v) = http::HeaderValue::try_from(value) {
+                    out.push((http::HeaderName::from_static(name), v));
+                }
+            }
+            return;
+        };
+        let policy = if outcome.len() == 1 {
+            inner.policies[main].value.clone()
+        } else {
+            let mut text = Vec::with_capacity(
+                outcome
+                    .decisions()
+                    .map(|(i, _)| inner.policies[i].text.len() + 2)
+                    .sum(),
+            );
+            for (n, (i, _)) in outcome.decisions().enumerate() {
+                if n > 0 {
+                    text.extend_from_slice(b", ");
+                }
+                text.extend_from_slice(inner.policies[i].text.as_bytes());
+            }
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+        };
+        if let Some(policy) = policy {
+            out.push((POLICY, policy));
+        }
+        let name = &inner.rules[main].name;
+        let mut value = Vec::with_capacity(name.len() + 48);
+        value.push(b'"');
+        value.extend_from_slice(name.as_bytes());
+        value.extend_from_slice(b"\";r=");
+        push_decimal(&mut value, d.remaining);
+        value.extend_from_slice(b";t=");
+        push_decimal(
+            &mut value,
+            portcullis_core::ratelimit::headers::ceil_secs(d.reset_after_us),
+        );
+        if let Ok(v) = http::HeaderValue::from_bytes(&value) {
+            out.push((RATELIMIT, v));
+        }
     }
 
     /// Adds the rate-limit response fields of `outcome` to `headers` (for

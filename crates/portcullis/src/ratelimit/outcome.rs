@@ -148,6 +148,16 @@ impl Outcome {
         self.degraded = true;
     }
 
+    /// How many rules applied.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether no rule applied.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The verdict.
     pub fn verdict(&self) -> Verdict {
         self.verdict

@@ -89,7 +89,7 @@ pub(super) async fn create(
     caller: Caller,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> Result<Response, Problem> {
-    let user = s.stores.user(caller.user_id()).await?;
+    let user = s.within(s.stores.user(caller.user_id())).await?;
     let Some(user) = user.filter(|u| !u.disabled) else {
         return Err(Problem::code(
             ErrorCode::TokenRevoked,
@@ -126,14 +126,13 @@ pub(super) async fn create(
         }
     };
     let created = s
-        .stores
-        .create_api_key(&NewApiKey {
+        .within(s.stores.create_api_key(&NewApiKey {
             name: req.name,
             owner: user.id.clone(),
             permissions,
             expires_at,
             ..NewApiKey::default()
-        })
+        }))
         .await?;
     let mut event = s.event(EventKind::ApiKeyCreated, CREATE, &client);
     event.status = Some(201);
@@ -152,8 +151,7 @@ pub(super) async fn create(
 /// `GET /api-keys`: the caller's keys, revoked and expired ones included.
 pub(super) async fn list(State(s): State<Arc<Inner>>, caller: Caller) -> Result<Response, Problem> {
     let api_keys = s
-        .stores
-        .api_keys_of(caller.user_id())
+        .within(s.stores.api_keys_of(caller.user_id()))
         .await?
         .into_iter()
         .map(KeyView::from)
@@ -170,12 +168,11 @@ pub(super) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     let owned = s
-        .stores
-        .api_keys_of(caller.user_id())
+        .within(s.stores.api_keys_of(caller.user_id()))
         .await?
         .into_iter()
         .any(|k| k.id == id && k.revoked_at.is_none());
-    if !owned || !s.stores.revoke_api_key(&id).await? {
+    if !owned || !s.within(s.stores.revoke_api_key(&id)).await? {
         return Err(Problem::not_found("API key"));
     }
     let mut event = s.event(EventKind::ApiKeyRevoked, REVOKE, &client);

@@ -20,6 +20,7 @@ mod sessions;
 mod tokens;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,10 @@ use self::extract::Client;
 
 /// Default bound on request bodies: 16 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Default time budget of each store call the service makes (login's
+/// password check has its own bound and is not counted).
+pub const DEFAULT_STORE_BUDGET: Duration = Duration::from_secs(1);
 
 /// Why a [`TokenService`] could not be built; names the field.
 #[non_exhaustive]
@@ -77,6 +82,7 @@ pub struct TokenServiceBuilder {
     client_ip: ClientIpConfig,
     token_cache: TokenCacheConfig,
     max_body_bytes: usize,
+    store_budget: Duration,
 }
 
 impl std::fmt::Debug for TokenServiceBuilder {
@@ -153,6 +159,15 @@ impl TokenServiceBuilder {
         self
     }
 
+    /// Longest a store call may take before the request is answered 503
+    /// `backend.unavailable` (a hung store is a store that is down);
+    /// default [`DEFAULT_STORE_BUDGET`], 10 ms to 30 s.
+    #[must_use]
+    pub fn store_budget(mut self, budget: Duration) -> Self {
+        self.store_budget = budget;
+        self
+    }
+
     /// Validates the settings and builds the service.
     pub fn build(self) -> Result<TokenService, ServiceConfigError> {
         let issuer_url = self.issuer.config().issuer.clone();
@@ -165,6 +180,9 @@ impl TokenServiceBuilder {
         check_url("public_url", &public_url)?;
         if !(1024..=1024 * 1024).contains(&self.max_body_bytes) {
             return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 MiB"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(30)).contains(&self.store_budget) {
+            return Err(invalid("store_budget", "must be between 10 ms and 30 s"));
         }
         let Some(active) = self.keys.active() else {
             return Err(invalid("keys", "the key set has no active signing key"));
@@ -198,6 +216,7 @@ impl TokenServiceBuilder {
                 clock: self.clock,
                 client_ip: self.client_ip,
                 max_body_bytes: self.max_body_bytes,
+                store_budget: self.store_budget,
                 jwks,
                 discovery,
             }),
@@ -244,6 +263,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     client_ip: ClientIpConfig,
     max_body_bytes: usize,
+    store_budget: Duration,
     jwks: String,
     discovery: String,
 }
@@ -251,6 +271,15 @@ pub(crate) struct Inner {
 impl Inner {
     fn now(&self) -> i64 {
         self.clock.unix_seconds()
+    }
+
+    /// A store call within the store budget: a store that does not answer
+    /// in time is down (503 `backend.unavailable`).
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = crate::stores::StoreResult<T>>,
+    ) -> crate::stores::StoreResult<T> {
+        crate::stores::hook::within_budget(self.store_budget, call).await
     }
 
     /// A security event of `kind` for `route`, filled with the client.
@@ -345,6 +374,7 @@ impl TokenService {
             client_ip: ClientIpConfig::default(),
             token_cache: TokenCacheConfig::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            store_budget: DEFAULT_STORE_BUDGET,
         }
     }
 

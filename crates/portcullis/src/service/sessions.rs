@@ -51,8 +51,7 @@ fn view(s: Session, current: Option<&str>) -> SessionView {
 pub(super) async fn list(State(s): State<Arc<Inner>>, caller: Caller) -> Result<Response, Problem> {
     let current = caller.0.session_id.as_deref();
     let sessions = s
-        .stores
-        .sessions_of(caller.user_id())
+        .within(s.stores.sessions_of(caller.user_id()))
         .await?
         .into_iter()
         .map(|session| view(session, current))
@@ -68,7 +67,7 @@ pub(super) async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    let found = match s.stores.session(&id).await {
+    let found = match s.within(s.stores.session(&id)).await {
         Ok(found) => found,
         Err(StoreError::InvalidInput { .. }) => None,
         Err(e) => return Err(e.into()),
@@ -77,7 +76,7 @@ pub(super) async fn revoke(
     let Some(session) = found.filter(|x| x.user_id == caller.user_id() && x.is_active(now)) else {
         return Err(Problem::not_found("session"));
     };
-    s.stores.revoke_session(&session.id).await?;
+    s.within(s.stores.revoke_session(&session.id)).await?;
     let mut event = s.event(EventKind::TokenRevoked, REVOKE, &client);
     event.status = Some(204);
     event.set_principal(&caller.0);

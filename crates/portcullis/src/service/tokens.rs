@@ -158,9 +158,9 @@ impl Inner {
         user_id: &str,
         session_id: &str,
     ) -> Result<portcullis_core::IssuedAccess, Problem> {
-        let user = self.stores.user(user_id).await?;
+        let user = self.within(self.stores.user(user_id)).await?;
         let Some(user) = user.filter(|u| !u.disabled) else {
-            self.stores.revoke_session(session_id).await?;
+            self.within(self.stores.revoke_session(session_id)).await?;
             return Err(Problem::code(
                 ErrorCode::TokenRevoked,
                 "the account is disabled; its session was revoked",
@@ -185,7 +185,11 @@ pub(super) async fn login(
     s.limit_login(&client, account.as_deref()).await?;
     let user = match s
         .stores
-        .login(req.username.as_bytes(), req.password.as_bytes())
+        .login_within(
+            req.username.as_bytes(),
+            req.password.as_bytes(),
+            Some(s.store_budget),
+        )
         .await
     {
         Ok(user) => user,
@@ -209,14 +213,13 @@ pub(super) async fn login(
     };
     let remember_me = req.remember_me;
     let session = s
-        .stores
-        .create_session(&NewSession {
+        .within(s.stores.create_session(&NewSession {
             user_id: user.id.clone(),
             ttl: refresh_ttl(&s.issuer, remember_me),
             user_agent: client.user_agent.clone(),
             client_ip: client.ip_text(),
             remember_me,
-        })
+        }))
         .await?;
     let pair = s
         .issuer
@@ -224,9 +227,9 @@ pub(super) async fn login(
         .map_err(issue_failed)?;
     let now = s.now();
     let record = RefreshRecord::from_issued(&pair.refresh, &user.id, now);
-    if let Err(e) = s.stores.store_refresh(&record).await {
+    if let Err(e) = s.within(s.stores.store_refresh(&record)).await {
         // No refresh token, no session: do not leave it behind.
-        let _ = s.stores.revoke_session(&session.id).await;
+        let _ = s.within(s.stores.revoke_session(&session.id)).await;
         return Err(e.into());
     }
     let mut event = s.event(EventKind::LoginSucceeded, LOGIN, &client);
@@ -269,8 +272,7 @@ pub(super) async fn refresh(
     let successor_token = s.stores.successor_token(&req.refresh_token);
     let successor_hash = s.issuer.refresh_hash(&successor_token);
     let rotation = s
-        .stores
-        .rotate_refresh(&req.refresh_token, |current| {
+        .within(s.stores.rotate_refresh(&req.refresh_token, |current| {
             Ok(RefreshRecord {
                 hash: successor_hash,
                 family: current.family.clone(),
@@ -286,7 +288,7 @@ pub(super) async fn refresh(
                 successor: None,
                 revoked_at: None,
             })
-        })
+        }))
         .await;
     let (previous, refresh_token, grace_replay) = match rotation {
         Ok(Rotation::Rotated { previous, .. }) => (previous, Some(successor_token), false),
@@ -362,7 +364,7 @@ pub(super) async fn logout(
 ) -> Result<StatusCode, Problem> {
     let principal = &caller.0;
     if let Some(sid) = &principal.session_id {
-        s.stores.revoke_session(sid).await?;
+        s.within(s.stores.revoke_session(sid)).await?;
     }
     deny_presented(&s, &caller).await?;
     if let Some(token) = body.and_then(|b| b.refresh_token) {
@@ -382,7 +384,9 @@ pub(super) async fn logout_all(
     client: Client,
     caller: Caller,
 ) -> Result<Response, Problem> {
-    let revoked = s.stores.revoke_all_sessions(caller.user_id()).await?;
+    let revoked = s
+        .within(s.stores.revoke_all_sessions(caller.user_id()))
+        .await?;
     deny_presented(&s, &caller).await?;
     let mut event = s.event(EventKind::TokenRevoked, LOGOUT_ALL, &client);
     event.status = Some(200);
@@ -400,7 +404,7 @@ pub(super) async fn logout_all(
 /// Denies the presented access token's `jti` until its `exp`.
 async fn deny_presented(s: &Inner, caller: &Caller) -> Result<(), Problem> {
     if let (Some(jti), Some(exp)) = (&caller.0.token_id, caller.0.expires_at) {
-        s.stores.revoke_jti(jti, exp).await?;
+        s.within(s.stores.revoke_jti(jti, exp)).await?;
     }
     Ok(())
 }
@@ -411,6 +415,6 @@ async fn revoke_refresh_of(s: &Inner, user_id: &str, token: &str) -> Result<(), 
     if !TokenIssuer::is_well_formed_refresh(token) {
         return Ok(());
     }
-    s.stores.revoke_refresh_of(user_id, token).await?;
+    s.within(s.stores.revoke_refresh_of(user_id, token)).await?;
     Ok(())
 }

@@ -13,6 +13,24 @@ use crate::token_cache::RevocationHook;
 /// Longest a revocation lookup may take on the request path by default.
 pub const DEFAULT_REVOCATION_BUDGET: Duration = Duration::from_millis(250);
 
+/// `call` within `budget`: a store that does not answer in time is a store
+/// that is down ([`super::StoreError::Unavailable`], so `backend.unavailable`).
+/// A late call is dropped, which leaves the backend as a lost connection
+/// would (the stores are written for that).
+pub async fn within_budget<T>(
+    budget: Duration,
+    call: impl std::future::Future<Output = super::StoreResult<T>>,
+) -> super::StoreResult<T> {
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(super::StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                budget.as_millis()
+            )))
+        })
+}
+
 /// Checks every verified token against the denylist (`jti`) and the
 /// session store (`sid`), within the stores' revocation bound (≤ 1 s).
 ///

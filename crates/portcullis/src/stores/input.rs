@@ -74,6 +74,15 @@ impl Username {
 
 /// A non-empty (after trimming), bounded string without control characters.
 pub fn bounded(field: &'static str, raw: &str, max_chars: usize) -> StoreResult<String> {
+    bounded_str(field, raw, max_chars).map(str::to_owned)
+}
+
+/// [`bounded`] without the copy: the trimmed text (lookups on the request path).
+pub fn bounded_str<'a>(
+    field: &'static str,
+    raw: &'a str,
+    max_chars: usize,
+) -> StoreResult<&'a str> {
     let s = raw.trim();
     if s.is_empty() {
         return Err(StoreError::invalid(field, "must not be empty"));
@@ -87,7 +96,7 @@ pub fn bounded(field: &'static str, raw: &str, max_chars: usize) -> StoreResult<
             "must not contain control characters",
         ));
     }
-    Ok(s.to_owned())
+    Ok(s)
 }
 
 /// An access token's `jti`, the same rule for revoking and checking: taken

@@ -155,6 +155,16 @@ impl SessionStore for MemoryStores {
         ready(Ok(self.sessions.shard(id).get(id).cloned()))
     }
 
+    fn live_session_expiry<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        let live = self
+            .sessions
+            .shard(id)
+            .get(id)
+            .filter(|s| s.revoked_at.is_none())
+            .map(|s| s.expires_at);
+        ready(Ok(live))
+    }
+
     fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>> {
         let mut out = Vec::new();
         self.sessions.each(|m| {

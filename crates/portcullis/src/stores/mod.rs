@@ -349,6 +349,18 @@ pub trait SessionStore: Send + Sync {
     fn insert_session<'a>(&'a self, session: &'a Session) -> BoxFuture<'a, StoreResult<()>>;
     /// The session with this id.
     fn session<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Session>>>;
+    /// When the session `id` expires, if it is present and not revoked
+    /// (the request path's question: answered without copying the record
+    /// where the backend can).
+    fn live_session_expiry<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<i64>>> {
+        Box::pin(async move {
+            Ok(self
+                .session(id)
+                .await?
+                .filter(|s| s.revoked_at.is_none())
+                .map(|s| s.expires_at))
+        })
+    }
     /// Every session of a user (revoked and expired ones included).
     fn sessions_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, StoreResult<Vec<Session>>>;
     /// Sets `last_seen_at = now` on a live session last seen at or before

@@ -1,6 +1,6 @@
 //! How revocation reaches every replica: short-lived caches.
 //!
-//! Session, API-key and app lookups go through per-replica caches whose
+//! Session, API-key, app and user-status lookups go through per-replica caches whose
 //! entries live at most `revocation_cache_ttl` (at most 1 s, enforced at
 //! start-up). A revocation written to the shared backend (PostgreSQL, Redis)
 //! is therefore honoured by every replica within that TTL; the replica that
@@ -94,6 +94,9 @@ pub struct RevocationCaches {
     pub api_keys: TtlCache<Option<Arc<ApiKeyRecord>>>,
     /// App id -> record.
     pub apps: TtlCache<Option<AppRecord>>,
+    /// User id -> whether that user is disabled (`false` also for an id
+    /// that names no user).
+    pub users_disabled: TtlCache<bool>,
 }
 
 impl RevocationCaches {
@@ -103,6 +106,7 @@ impl RevocationCaches {
             sessions: TtlCache::new(ttl),
             api_keys: TtlCache::new(ttl),
             apps: TtlCache::new(ttl),
+            users_disabled: TtlCache::new(ttl),
         }
     }
 }

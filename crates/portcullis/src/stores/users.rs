@@ -103,6 +103,28 @@ impl Stores {
         self.backends.users.user_by_id(&id).await
     }
 
+    /// Whether the user `id` is disabled (an id that names no user is not:
+    /// API keys may belong to owners that are not users). Checked for
+    /// every API key on the request path; answers may be up to
+    /// `revocation_cache_ttl` (at most 1 s) old on other replicas.
+    pub async fn user_is_disabled(&self, id: &str) -> StoreResult<bool> {
+        let id = input::bounded_str("user_id", id, input::MAX_ID)?;
+        if let Some(hit) = self.caches.users_disabled.get(id) {
+            return Ok(hit);
+        }
+        let fetched_at = std::time::Instant::now();
+        let disabled = self
+            .backends
+            .users
+            .user_by_id(id)
+            .await?
+            .is_some_and(|u| u.disabled);
+        self.caches
+            .users_disabled
+            .insert_fetched(id, disabled, fetched_at);
+        Ok(disabled)
+    }
+
     /// Enables or disables a user. Disabling also revokes every session and
     /// refresh family of the user (enabling again restores neither: the
     /// user logs in again), and rotation refuses a disabled user.
@@ -117,6 +139,7 @@ impl Stores {
         {
             return Err(StoreError::NotFound("user"));
         }
+        self.caches.users_disabled.invalidate(&id);
         if disabled {
             let (sessions, tokens) = tokio::try_join!(
                 self.backends.sessions.revoke_sessions_of(&id, now),
@@ -137,9 +160,26 @@ impl Stores {
     /// dummy hash) like known ones; a bcrypt or outdated hash is replaced by
     /// a fresh argon2id hash after a successful check.
     pub async fn login(&self, username: &[u8], password: &[u8]) -> StoreResult<User> {
+        self.login_within(username, password, None).await
+    }
+
+    /// [`Self::login`] with each backend call within `budget` (a store
+    /// that does not answer in time is down: [`StoreError::Unavailable`]).
+    /// The password check is not counted: it has its own bound.
+    pub async fn login_within(
+        &self,
+        username: &[u8],
+        password: &[u8],
+        budget: Option<std::time::Duration>,
+    ) -> StoreResult<User> {
         let username = Username::from_bytes(username)?;
         let password = input::password(password)?;
-        let Some(user) = self.backends.users.user_by_username(&username).await? else {
+        let lookup = self.backends.users.user_by_username(&username);
+        let found = match budget {
+            Some(budget) => super::hook::within_budget(budget, lookup).await?,
+            None => lookup.await?,
+        };
+        let Some(user) = found else {
             self.passwords.verify_dummy(password).await?;
             return Err(StoreError::InvalidCredentials);
         };
@@ -148,12 +188,15 @@ impl Stores {
         }
         if needs_rehash(&user.password_hash) {
             let fresh = self.passwords.hash(password).await?;
-            if let Err(e) = self
+            let write = self
                 .backends
                 .users
-                .set_password_hash(&user.id, &fresh, self.now())
-                .await
-            {
+                .set_password_hash(&user.id, &fresh, self.now());
+            let written = match budget {
+                Some(budget) => super::hook::within_budget(budget, write).await,
+                None => write.await,
+            };
+            if let Err(e) = written {
                 // The login itself succeeded; the rehash is retried next time.
                 tracing::warn!(error = %e, "password rehash failed");
             } else {
@@ -199,17 +242,14 @@ impl Stores {
     /// Whether a session is live (not revoked, not expired). Answers may be
     /// up to `revocation_cache_ttl` (at most 1 s) old on other replicas.
     pub async fn session_is_active(&self, sid: &str) -> StoreResult<bool> {
-        let sid = id_arg("session_id", sid)?;
+        let sid = input::bounded_str("session_id", sid, input::MAX_ID)?;
         let now = self.now();
-        if let Some(hit) = self.caches.sessions.get(&sid) {
+        if let Some(hit) = self.caches.sessions.get(sid) {
             return Ok(hit.is_some_and(|expires| expires > now));
         }
         let fetched_at = std::time::Instant::now();
-        let found = self.backends.sessions.session(&sid).await?;
-        let live = found
-            .filter(|s| s.revoked_at.is_none())
-            .map(|s| s.expires_at);
-        self.caches.sessions.insert_fetched(&sid, live, fetched_at);
+        let live = self.backends.sessions.live_session_expiry(sid).await?;
+        self.caches.sessions.insert_fetched(sid, live, fetched_at);
         Ok(live.is_some_and(|expires| expires > now))
     }
 
