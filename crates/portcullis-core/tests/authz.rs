@@ -92,8 +92,12 @@ fn policy(rules: Vec<RouteRule>, roles: Vec<RoleDef>) -> AccessPolicy {
     .unwrap()
 }
 
+/// Deny overrides allow; among allow rules the most specific decides,
+/// wherever it is declared. (Until issue 14 the first allow rule in
+/// declaration order decided, and the anonymous `/admin/health` rule below
+/// was dead; the new order is intended.)
 #[test]
-fn deny_overrides_allow_and_first_allow_decides() {
+fn deny_overrides_allow_and_most_specific_allow_decides() {
     let p = policy(
         vec![
             RouteRule::allow("admin-area", "/admin/**").roles_any(["admin"]),
@@ -103,17 +107,21 @@ fn deny_overrides_allow_and_first_allow_decides() {
         ],
         vec![RoleDef::new("admin", ["*"])],
     );
+    assert_eq!(p.conflicts(), vec![]);
     let admin = user(&["admin"], &[], None);
     let nobody = user(&[], &[], None);
-    // The deny rule wins even though an earlier allow rule matches.
+    // The deny rule wins even though allow rules match.
     let d = p.decide(Some(&admin), &RequestFacts::new("GET", "/admin/debug/vars"));
     assert!(!d.allowed);
     assert_eq!(d.rule, Some("no-debug"));
     assert_eq!(d.reason, Reason::DeniedByRule);
     assert_eq!(d.code(), Some(ErrorCode::Denied));
-    // Among allow rules, the first in order decides: the anonymous rule
-    // declared later does not open /admin/health.
+    // The literal /admin/health is more specific than /admin/**, though declared later.
     let d = p.decide(None, &RequestFacts::new("GET", "/admin/health"));
+    assert_eq!(d.rule, Some("public-health"));
+    assert_eq!(d.reason, Reason::AnonymousAllowed);
+    // /admin/** is more specific than /** for everything under /admin.
+    let d = p.decide(None, &RequestFacts::new("GET", "/admin/users"));
     assert_eq!(d.rule, Some("admin-area"));
     assert_eq!(d.reason, Reason::Unauthenticated);
     assert_eq!(d.code(), Some(ErrorCode::MissingCredentials));
@@ -128,6 +136,193 @@ fn deny_overrides_allow_and_first_allow_decides() {
         p.decide(Some(&nobody), &RequestFacts::new("GET", "/shop"))
             .allowed
     );
+}
+
+/// Each specificity criterion, with the less specific rule declared first
+/// and then last: the winner never depends on the order.
+#[test]
+fn most_specific_rule_wins_regardless_of_order() {
+    let cases: Vec<(RouteRule, RouteRule, RequestFacts<'static>)> = vec![
+        // An exact host beats a suffix host, which beats any host.
+        (
+            RouteRule::allow("loose", "/x").host("*.example.com"),
+            RouteRule::allow("tight", "/x").host("api.example.com"),
+            RequestFacts::new("GET", "/x").with_host("api.example.com:8443"),
+        ),
+        (
+            RouteRule::allow("loose", "/x"),
+            RouteRule::allow("tight", "/x").host("*.example.com"),
+            RequestFacts::new("GET", "/x").with_host("api.example.com"),
+        ),
+        // A longer suffix beats a shorter one.
+        (
+            RouteRule::allow("loose", "/x").host("*.example.com"),
+            RouteRule::allow("tight", "/x").host("*.eu.example.com"),
+            RequestFacts::new("GET", "/x").with_host("api.eu.example.com"),
+        ),
+        // The host outranks the path.
+        (
+            RouteRule::allow("loose", "/orders/42"),
+            RouteRule::allow("tight", "/**").host("api.example.com"),
+            RequestFacts::new("GET", "/orders/42").with_host("api.example.com"),
+        ),
+        // A literal segment beats a parameter, which beats `**`.
+        (
+            RouteRule::allow("loose", "/orders/{id}"),
+            RouteRule::allow("tight", "/orders/summary"),
+            RequestFacts::new("GET", "/orders/summary"),
+        ),
+        (
+            RouteRule::allow("loose", "/orders/**"),
+            RouteRule::allow("tight", "/orders/{id}"),
+            RequestFacts::new("GET", "/orders/7"),
+        ),
+        // The longer literal prefix wins, even against a longer pattern.
+        (
+            RouteRule::allow("loose", "/api/{v}/orders/{id}"),
+            RouteRule::allow("tight", "/api/v1/**"),
+            RequestFacts::new("GET", "/api/v1/orders/7"),
+        ),
+        // A pattern that ends beats `**` matching nothing.
+        (
+            RouteRule::allow("loose", "/orders/**"),
+            RouteRule::allow("tight", "/orders"),
+            RequestFacts::new("GET", "/orders"),
+        ),
+        // A method list beats any method; a shorter list beats a longer one.
+        (
+            RouteRule::allow("loose", "/orders"),
+            RouteRule::allow("tight", "/orders").methods(["GET", "POST"]),
+            RequestFacts::new("POST", "/orders"),
+        ),
+        (
+            RouteRule::allow("loose", "/orders").methods(["GET", "POST"]),
+            RouteRule::allow("tight", "/orders").methods(["POST"]),
+            RequestFacts::new("POST", "/orders"),
+        ),
+    ];
+    for (loose, tight, facts) in cases {
+        for rules in [
+            vec![loose.clone().anonymous(), tight.clone().anonymous()],
+            vec![tight.clone().anonymous(), loose.clone().anonymous()],
+        ] {
+            let p = policy(rules.clone(), vec![]);
+            assert_eq!(p.conflicts(), vec![], "{loose:?} / {tight:?}");
+            let d = p.decide(None, &facts);
+            assert_eq!(d.rule, Some("tight"), "{loose:?} / {tight:?} for {facts:?}");
+            let tight_index = usize::from(rules[1].name == "tight");
+            assert_eq!(p.route_index(&facts), Some(tight_index));
+        }
+    }
+}
+
+#[test]
+fn ambiguous_and_shadowed_rules_are_reported() {
+    use portcullis_core::authz::{ConflictKind, RouteConflict};
+    let conflicts = |rules: Vec<RouteRule>| policy(rules, vec![]).conflicts();
+    // The same requests, the same specificity: ambiguous (reported on the later one).
+    let c = conflicts(vec![
+        RouteRule::allow("a", "/orders/{id}"),
+        RouteRule::allow("b", "/orders/*").roles_any(["x"]),
+    ]);
+    assert_eq!(
+        c,
+        vec![RouteConflict {
+            rule: "b".into(),
+            index: 1,
+            kind: ConflictKind::Ambiguous { other: "a".into() },
+        }]
+    );
+    assert!(c[0].to_string().contains("ambiguous with route `a`"), "{}", c[0]);
+    // A partial overlap at the same specificity is ambiguous too (POST).
+    let c = conflicts(vec![
+        RouteRule::allow("a", "/o").methods(["GET", "POST"]),
+        RouteRule::allow("b", "/o").methods(["POST", "PUT"]),
+    ]);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].rule, "b");
+    // Same shape, different literals or methods: no overlap, no conflict.
+    assert_eq!(
+        conflicts(vec![
+            RouteRule::allow("a", "/o/{id}").methods(["GET"]),
+            RouteRule::allow("b", "/o/{id}").methods(["POST"]),
+            RouteRule::allow("c", "/p/{id}").methods(["GET"]),
+        ]),
+        vec![]
+    );
+    // Covered by the union of more specific allow rules.
+    let c = conflicts(vec![
+        RouteRule::allow("both", "/o").methods(["GET", "POST"]),
+        RouteRule::allow("get", "/o").methods(["GET"]),
+        RouteRule::allow("post", "/o").methods(["POST"]),
+    ]);
+    assert_eq!(
+        c,
+        vec![RouteConflict {
+            rule: "both".into(),
+            index: 0,
+            kind: ConflictKind::Shadowed {
+                by: vec!["get".into(), "post".into()]
+            },
+        }]
+    );
+    assert!(
+        c[0].to_string()
+            .contains("shadowed by routes `get`, `post`"),
+        "{}",
+        c[0]
+    );
+    // An allow rule under a deny rule can never allow, whatever their specificity.
+    let c = conflicts(vec![
+        RouteRule::deny("no-admin", "/admin/**"),
+        RouteRule::allow("admin-users", "/admin/users"),
+    ]);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        c[0].kind,
+        ConflictKind::Shadowed {
+            by: vec!["no-admin".into()]
+        }
+    );
+    // A deny rule whose requests more specific deny rules all take never
+    // names the decision; a narrower deny under a broader one is fine.
+    let c = conflicts(vec![
+        RouteRule::deny("both", "/x").methods(["GET", "POST"]),
+        RouteRule::deny("get", "/x").methods(["GET"]),
+        RouteRule::deny("post", "/x").methods(["POST"]),
+        RouteRule::deny("broad", "/admin/**"),
+        RouteRule::deny("narrow", "/admin/debug/**"),
+    ]);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].rule, "both");
+    // A deny rule covered by allow rules still denies: no conflict; nor is a
+    // partial overlap resolved by specificity, nor a host-restricted rule
+    // under an any-host rule.
+    assert_eq!(
+        conflicts(vec![
+            RouteRule::allow("all", "/**"),
+            RouteRule::deny("debug", "/debug"),
+            RouteRule::allow("orders", "/orders/{id}"),
+            RouteRule::allow("summary", "/orders/summary").host("api.example.com"),
+            RouteRule::allow("summary-any", "/orders/summary"),
+        ]),
+        vec![]
+    );
+    // A host-wide rule is not covered by rules for one host.
+    assert_eq!(
+        conflicts(vec![
+            RouteRule::allow("one-host", "/x").host("a.example.com"),
+            RouteRule::allow("any-host", "/x"),
+        ]),
+        vec![]
+    );
+    // But a rule for one host under a suffix deny is shadowed.
+    let c = conflicts(vec![
+        RouteRule::deny("internal", "/**").host("*.internal.example.com"),
+        RouteRule::allow("metrics", "/metrics").host("m.internal.example.com"),
+    ]);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].rule, "metrics");
 }
 
 #[test]
@@ -455,18 +650,58 @@ proptest! {
                 if *get_only { r.methods(["GET"]) } else { r }
             })
             .collect();
-        let p = policy(config_rules, vec![]);
+        let p = policy(config_rules.clone(), vec![]);
         let d = p.decide(None, &RequestFacts::new(method, &path));
+        // The most specific matching rule of an effect, the earliest among equals.
         let matching = |deny: bool| {
-            rules.iter().enumerate().find(|(_, (pat, d, get_only))| {
+            rules.iter().enumerate().filter(|(_, (pat, d, get_only))| {
                 *d == deny && naive_matches(pat, !*get_only || method == "GET", &path)
-            }).map(|(i, _)| format!("r{i}"))
+            })
+            .min_by(|(i, (pa, _, ga)), (j, (pb, _, gb))| {
+                naive_specificity(pb, *gb).cmp(&naive_specificity(pa, *ga)).then(i.cmp(j))
+            })
+            .map(|(i, _)| format!("r{i}"))
         };
         let expected = matching(true).or_else(|| matching(false));
         prop_assert_eq!(d.rule.map(str::to_owned), expected.clone(), "path {} rules {:?}", path, rules);
         let expected_allowed = expected.is_some() && matching(true).is_none();
         prop_assert_eq!(d.allowed, expected_allowed);
+
+        // Without conflicts the order of the rules never matters, and a
+        // rule reported as shadowed never decides.
+        let conflicts = p.conflicts();
+        let mut reversed = config_rules.clone();
+        reversed.reverse();
+        let r = policy(reversed, vec![]);
+        let dr = r.decide(None, &RequestFacts::new(method, &path));
+        if conflicts.is_empty() {
+            prop_assert_eq!(dr.rule, d.rule);
+        }
+        for c in &conflicts {
+            if matches!(c.kind, portcullis_core::authz::ConflictKind::Shadowed { .. }) {
+                prop_assert_ne!(d.rule, Some(c.rule.as_str()), "{}", c);
+            }
+        }
     }
+}
+
+/// The reference's specificity: literal 3 > `*`/`{p}` 2 > `**` 1, an end 4;
+/// then a method list before any method.
+fn naive_specificity(pattern: &str, get_only: bool) -> (Vec<u8>, bool) {
+    let mut key: Vec<u8> = pattern
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s {
+            "**" => 1,
+            "*" => 2,
+            s if s.starts_with('{') => 2,
+            _ => 3,
+        })
+        .collect();
+    if !pattern.ends_with("**") {
+        key.push(4);
+    }
+    (key, get_only)
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub struct Config {
 }
 
 /// `[log]`: structured logs on stderr.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` (default, for people) or `json` (one object a line).
@@ -115,6 +115,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may drain after SIGTERM (default `30s`).
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Where `serve` writes its process id (removed at exit), for
+    /// `portcullis reload`; absent: no pid file.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -145,6 +149,7 @@ impl Default for ServerConfig {
             upstream_connect_timeout: default_connect_timeout(),
             upstream_read_timeout: default_read_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
+            pid_file: None,
         }
     }
 }
@@ -156,8 +161,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     portcullis_core::duration::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
-/// `[storage]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[storage]`. `url` and `redis` may carry passwords: each can come from a
+/// file instead (`url_file`, `redis_file`, see [`SECRET_KEYS`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `memory`, `sqlite://PATH` or `postgres://…` (default `memory`).
@@ -231,7 +237,7 @@ impl StorageUrl {
 }
 
 /// `[keys]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// Directory of `*.pem` / `*.jwk.json` keys as `portcullis keys generate` writes them.
@@ -247,7 +253,7 @@ pub struct KeysConfig {
 }
 
 /// `[audit]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// SQLite audit database; absent: no audit log.
@@ -331,7 +337,7 @@ impl IdentityHeaders {
 }
 
 /// `[token_service]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenServiceConfig {
     /// Whether the token service is mounted (default true).
@@ -470,6 +476,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "PORTCULLIS_";
 
+/// The keys whose value may instead be read from a file named by the same
+/// key with `_file` appended (`storage.url_file`): a secret then stays out
+/// of the configuration file and the environment. (`storage.pepper_file`
+/// is a file only: the pepper is binary.)
+pub const SECRET_KEYS: &[&str] = &["storage.url", "storage.redis"];
+
+/// The largest secret file read (64 KiB): a secret is a line, not a dump.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
 /// The `PORTCULLIS_SECTION__KEY[__KEY…]=VALUE` variables of `vars`, sorted:
 /// `__` separates the path's segments; a variable without `__` (such as
 /// `PORTCULLIS_REDIS_URL`) is not a configuration override.
@@ -513,7 +528,13 @@ pub fn parse_with(
             errors.push(locate.error(Some(span), None, message));
         }
     }
+    for key in SECRET_KEYS {
+        if let Err((span, key, message)) = read_secret_file(doc.get_mut(), key) {
+            errors.push(locate.error(span, Some(key), message));
+        }
+    }
     if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
         return Err(ConfigErrors(errors));
     }
     // Every unknown key is reported: each is removed and the document read again.
@@ -553,6 +574,74 @@ pub fn parse_with(
     }
 }
 
+/// Replaces `SECTION.NAME_file = "PATH"` with `SECTION.NAME = <the file's
+/// contents>` (one trailing newline trimmed, at most
+/// [`MAX_SECRET_FILE_BYTES`]); setting both is an error.
+fn read_secret_file(
+    doc: &mut DeTable<'_>,
+    key: &str,
+) -> Result<(), (Option<Range<usize>>, String, String)> {
+    let Some((section, name)) = key.split_once('.') else {
+        return Ok(());
+    };
+    let Some(DeValue::Table(table)) = doc.get_mut(section).map(Spanned::get_mut) else {
+        return Ok(());
+    };
+    let file_key = format!("{name}_file");
+    let Some(file_value) = table.get(file_key.as_str()) else {
+        return Ok(());
+    };
+    let span = file_value.span();
+    let dotted = format!("{section}.{file_key}");
+    if table.get(name).is_some() {
+        return Err((
+            Some(span),
+            dotted,
+            format!("set either `{key}` or `{key}_file`, not both"),
+        ));
+    }
+    let DeValue::String(path) = file_value.get_ref() else {
+        return Err((Some(span), dotted, "must be a file path (a string)".into()));
+    };
+    let path = PathBuf::from(path.as_ref());
+    let secret = read_secret(&path).map_err(|m| (Some(span.clone()), dotted.clone(), m))?;
+    table.remove(file_key.as_str());
+    table.insert(
+        Spanned::new(span.clone(), std::borrow::Cow::Owned(name.to_owned())),
+        Spanned::new(span, DeValue::String(std::borrow::Cow::Owned(secret))),
+    );
+    Ok(())
+}
+
+/// The contents of a secret file: UTF-8, bounded, one trailing newline trimmed.
+fn read_secret(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "`{}` is larger than {MAX_SECRET_FILE_BYTES} bytes; a secret file holds one value",
+            path.display()
+        ));
+    }
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| format!("`{}` is not UTF-8 text", path.display()))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("`{}` is empty", path.display()));
+    }
+    Ok(text)
+}
+
 struct Locator<'a> {
     file: &'a Path,
     text: &'a str,
@@ -579,16 +668,42 @@ fn apply_override<'i>(
         Err(_) => DeValue::String(std::borrow::Cow::Borrowed(value)),
     };
     let (last, parents) = path.split_last().ok_or("empty")?;
+    if last.parse::<usize>().is_ok() {
+        return Err(format!(
+            "`{name}` ends with an index; set one key of the entry, e.g. {name}__MODE"
+        ));
+    }
     let mut table = doc;
-    for (depth, segment) in parents.iter().enumerate() {
-        let key = Spanned::new(span.clone(), std::borrow::Cow::Owned(segment.clone()));
+    let mut depth = 0;
+    while depth < parents.len() {
+        let segment = &parents[depth];
         if table.get(segment.as_str()).is_none() {
+            let key = Spanned::new(span.clone(), std::borrow::Cow::Owned(segment.clone()));
             table.insert(
-                key.clone(),
+                key,
                 Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
             );
         }
-        match table.get_mut(segment.as_str()).map(Spanned::get_mut) {
+        let mut value = table.get_mut(segment.as_str()).map(Spanned::get_mut);
+        // An array of tables (`[[guard.routes]]`) is entered by index:
+        // PORTCULLIS_GUARD__ROUTES__0__MODE.
+        while let Some(DeValue::Array(items)) = value {
+            let here = path[..=depth].join(".");
+            let Some(index) = parents.get(depth + 1).and_then(|s| s.parse::<usize>().ok()) else {
+                return Err(format!(
+                    "`{here}` is an array of tables, so {name} must name an entry by its index, as in PORTCULLIS_GUARD__ROUTES__0__MODE"
+                ));
+            };
+            let len = items.len();
+            value = items.get_mut(index).map(Spanned::get_mut);
+            if value.is_none() {
+                return Err(format!(
+                    "`{here}` has {len} entries, so {name} cannot set entry {index}; overrides change entries of the file, they do not add any"
+                ));
+            }
+            depth += 1;
+        }
+        match value {
             Some(DeValue::Table(t)) => table = t,
             _ => {
                 return Err(format!(
@@ -597,6 +712,7 @@ fn apply_override<'i>(
                 ));
             }
         }
+        depth += 1;
     }
     table.remove(last.as_str());
     table.insert(
@@ -982,8 +1098,15 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         err("token_service.public_url".into(), message);
     }
 
-    if let Some((key, message)) = guard_error(&config.guard) {
-        err(key, message);
+    let conflicts = route_conflicts(&config.guard);
+    if conflicts.is_empty() {
+        if let Some((key, message)) = guard_error(&config.guard) {
+            err(key, message);
+        }
+    } else {
+        for (key, message) in conflicts {
+            err(key, message);
+        }
     }
 
     // Upstreams: valid URLs, each route served by exactly one.
@@ -1053,6 +1176,38 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
     errors
+}
+
+/// Routes that can never match and routes whose precedence would be only
+/// their order in the file (see `AccessPolicy::conflicts`), each located at
+/// its `path`. Empty when the routes do not compile (the guard's own
+/// validation then says why).
+fn route_conflicts(guard: &GuardConfig) -> Vec<(String, String)> {
+    use portcullis_core::authz::routes::{AccessPolicy, AuthzConfig, RouteRule};
+    let rules = guard
+        .routes
+        .iter()
+        .map(|r| RouteRule {
+            name: r.name.clone(),
+            effect: r.effect,
+            methods: r.methods.clone(),
+            path: r.path.clone(),
+            host: r.host.clone(),
+            require: r.require.clone(),
+        })
+        .collect();
+    let Ok(policy) = AccessPolicy::new(&AuthzConfig {
+        roles: guard.roles.clone(),
+        rules,
+        default: guard.default,
+    }) else {
+        return Vec::new();
+    };
+    policy
+        .conflicts()
+        .into_iter()
+        .map(|c| (format!("guard.routes[{}].path", c.index), c.to_string()))
+        .collect()
 }
 
 /// The guard builder's own validation (patterns, credential sources,
@@ -1317,5 +1472,161 @@ mod tests {
             "{}",
             errs[0].message
         );
+    }
+    fn key_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-config-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = portcullis_core::Key::generate(portcullis_core::Algorithm::ES256).unwrap();
+        std::fs::write(dir.join("k1.pem"), key.private_pkcs8_pem().unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn secrets_come_from_files_bounded_and_never_twice() {
+        let dir = key_dir("secrets");
+        let url = dir.join("url");
+        std::fs::write(&url, "sqlite:///tmp/portcullis-secret-test.db\r\n").unwrap();
+        let redis = dir.join("redis");
+        std::fs::write(&redis, "redis://:s3cret@127.0.0.1:6379\n").unwrap();
+        let pepper = dir.join("pepper");
+        std::fs::write(&pepper, [7u8; 32]).unwrap();
+        let head = format!(
+            "[keys]\ndir = \"{}\"\nissuer = \"https://i.test\"\n\n[storage]\npepper_file = \"{}\"\n",
+            dir.display(),
+            pepper.display()
+        );
+        let text = format!(
+            "{head}url_file = \"{}\"\nredis_file = \"{}\"\n",
+            url.display(),
+            redis.display()
+        );
+        let config = parse(Path::new("p.toml"), &text).unwrap();
+        // One trailing newline trimmed; the value checked like the key's own.
+        assert_eq!(config.storage.url, "sqlite:///tmp/portcullis-secret-test.db");
+        assert_eq!(
+            config.storage.redis.as_deref(),
+            Some("redis://:s3cret@127.0.0.1:6379")
+        );
+
+        // Both the key and its file: an error at the `_file` line.
+        let both = format!("{head}url = \"memory\"\nurl_file = \"{}\"\n", url.display());
+        let errs = parse(Path::new("p.toml"), &both).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key.as_deref(), Some("storage.url_file"));
+        assert_eq!(errs[0].line, Some(8));
+        assert!(errs[0].message.contains("not both"), "{}", errs[0].message);
+
+        // A missing file names the key and the path.
+        let missing = dir.join("nope");
+        let text = format!("{head}redis_file = \"{}\"\n", missing.display());
+        let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
+        assert_eq!(errs[0].key.as_deref(), Some("storage.redis_file"));
+        assert!(
+            errs[0].message.contains(&missing.display().to_string()),
+            "{}",
+            errs[0].message
+        );
+
+        // Too large, or empty: refused.
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
+        let text = format!("{head}url_file = \"{}\"\n", big.display());
+        let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
+        assert!(errs[0].message.contains("larger than"), "{}", errs[0].message);
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let text = format!("{head}url_file = \"{}\"\n", empty.display());
+        let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
+        assert!(errs[0].message.contains("is empty"), "{}", errs[0].message);
+
+        // A file holding a bad value is refused like the value itself.
+        std::fs::write(&url, "mysql://x\n").unwrap();
+        let text = format!("{head}url_file = \"{}\"\n", url.display());
+        let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
+        assert_eq!(errs[0].key.as_deref(), Some("storage.url"), "{errs:?}");
+
+        // The `_file` key can come from the environment too.
+        std::fs::write(&url, "memory\n").unwrap();
+        let vars = [(
+            "PORTCULLIS_STORAGE__URL_FILE".to_owned(),
+            url.display().to_string(),
+        )];
+        let config = parse_with(Path::new("p.toml"), &head, &env_overrides(vars.into_iter())).unwrap();
+        assert_eq!(config.storage.url, "memory");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn environment_overrides_reach_entries_of_arrays_of_tables() {
+        let dir = key_dir("env-array");
+        let text = format!(
+            "[keys]\ndir = \"{}\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"a\"\npath = \"/a\"\n\n[[guard.routes]]\nname = \"b\"\npath = \"/b\"\n\n[[upstreams]]\nname = \"app\"\nurl = \"http://127.0.0.1:1\"\ndefault = true\n",
+            dir.display()
+        );
+        let vars = |pairs: &[(&str, &str)]| {
+            env_overrides(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+        };
+        let config = parse_with(
+            Path::new("p.toml"),
+            &text,
+            &vars(&[
+                ("PORTCULLIS_GUARD__ROUTES__1__MODE", "dry_run"),
+                ("PORTCULLIS_GUARD__ROUTES__0__PATH", "/z"),
+                ("PORTCULLIS_UPSTREAMS__0__URL", "http://127.0.0.1:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.guard.routes[0].path, "/z");
+        assert_eq!(config.guard.routes[0].mode, portcullis::guard::Mode::Enforce);
+        assert_eq!(config.guard.routes[1].mode, portcullis::guard::Mode::DryRun);
+        assert_eq!(config.upstreams[0].url, "http://127.0.0.1:2");
+
+        for (var, says) in [
+            ("PORTCULLIS_GUARD__ROUTES__2__MODE", "has 2 entries"),
+            ("PORTCULLIS_GUARD__ROUTES__MODE", "by its index"),
+            ("PORTCULLIS_GUARD__ROUTES__0", "ends with an index"),
+        ] {
+            let errs = parse_with(Path::new("p.toml"), &text, &vars(&[(var, "x")]))
+                .unwrap_err()
+                .0;
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].message.contains(says), "{var}: {}", errs[0].message);
+            assert!(errs[0].message.contains(var), "{}", errs[0].message);
+        }
+        // A bad value in an entry is located at the variable.
+        let errs = parse_with(
+            Path::new("p.toml"),
+            &text,
+            &vars(&[("PORTCULLIS_GUARD__ROUTES__0__MODE", "sometimes")]),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            errs[0].message.contains("PORTCULLIS_GUARD__ROUTES__0__MODE"),
+            "{}",
+            errs[0].message
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn route_conflicts_are_errors_at_the_route_path() {
+        let text = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"get\"\nmethods = [\"GET\"]\npath = \"/o\"\n\n[[guard.routes]]\nname = \"any\"\npath = \"/o\"\nmethods = [\"GET\"]\n\n[[upstreams]]\nname = \"app\"\nurl = \"http://127.0.0.1:1\"\ndefault = true\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        let e = errs
+            .iter()
+            .find(|e| e.key.as_deref() == Some("guard.routes[1].path"))
+            .unwrap_or_else(|| panic!("{errs:?}"));
+        assert_eq!(e.line, Some(12));
+        assert!(e.message.contains("ambiguous with route `get`"), "{}", e.message);
     }
 }

@@ -4,6 +4,7 @@
 //! - `cli`: the command tree and each command's thin entry point.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
 //! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
@@ -13,6 +14,7 @@ mod cli;
 mod config;
 mod forward_auth;
 mod proxy;
+mod reload;
 mod serve;
 
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Prune(a)) => cli::audit::prune(a),
         Command::Config(ConfigCommand::Check(a)) => cli::config::check(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Reload(a) => cli::reload::run(a),
         Command::Init(a) => cli::init::run(a),
     };
     cli::finish(result)

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -37,6 +37,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{Config, LogConfig, LogFormat, LogLevel, StorageUrl};
 use crate::forward_auth::ForwardAuth;
+use crate::reload::Reloader;
+use arc_swap::ArcSwap;
 use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 
 /// Why the gateway could not start.
@@ -59,11 +61,12 @@ fn start(what: &'static str) -> impl Fn(String) -> ServeError {
     move |message| ServeError::Start { what, message }
 }
 
-/// Everything the request path shares.
-struct App {
+/// Everything the request path shares; replaced whole by a reload.
+pub(crate) struct App {
     token_service: Option<(String, axum::Router)>,
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
+    guard: Guard,
     max_body: u64,
 }
 
@@ -73,6 +76,7 @@ struct Health {
     stores: Arc<Stores>,
     keys: Arc<KeySet>,
     metrics: PrometheusHandle,
+    reloader: Arc<Reloader>,
 }
 
 /// Latency buckets, in seconds, of every histogram.
@@ -98,6 +102,7 @@ fn install_metrics() -> Result<PrometheusHandle, ServeError> {
 }
 
 /// Runs the gateway until SIGTERM / SIGINT; `Ok` after a clean drain.
+/// SIGHUP reloads `config_path` ([`crate::reload`]).
 pub fn run(config_path: &Path) -> Result<(), ServeError> {
     let config = crate::config::load(config_path)?;
     init_logs(&config.log);
@@ -105,132 +110,168 @@ pub fn run(config_path: &Path) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(|e| start("tokio runtime")(e.to_string()))?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, config_path.to_path_buf()))
 }
 
-async fn serve(config: Config) -> Result<(), ServeError> {
-    let metrics = install_metrics()?;
+/// The long-lived handles a reload keeps: stores, keys, the audit writer,
+/// the Redis connection and the token service. Built once at start from
+/// the restart-only keys ([`crate::reload::RESTART_ONLY`]).
+pub(crate) struct Shared {
+    stores: Arc<Stores>,
+    keys: Arc<KeySet>,
+    issuer_config: IssuerConfig,
+    audit: Option<Arc<AuditWriter>>,
+    redis: Option<portcullis::redis_conn::RedisConnection>,
+    token_service: Option<(String, axum::Router)>,
+}
 
-    // Storage.
-    let pepper = match &config.storage.pepper_file {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| start("storage.pepper_file")(format!("{}: {e}", path.display())))?,
-        None => {
-            let mut random = vec![0u8; 32];
-            portcullis_core::opaque::fill_random(&mut random)
-                .map_err(|e| start("pepper")(e.to_string()))?;
-            random
-        }
-    };
-    let hasher =
-        SecretHasher::new(&pepper).map_err(|e| start("storage.pepper_file")(e.to_string()))?;
-    let backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
-        StorageUrl::Memory => {
-            Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
-        }
-        StorageUrl::Sqlite(path) => Backends::all(Arc::new(
-            portcullis::stores::sqlite::SqliteStores::open(&path)
-                .await
-                .map_err(|e| start("storage.url")(e.to_string()))?,
-        )),
-        StorageUrl::Postgres(url) => Backends::all(Arc::new(
-            portcullis::stores::postgres::PostgresStores::connect(&url, 16)
-                .await
-                .map_err(|e| start("storage.url")(e.to_string()))?,
-        )),
-    };
-    let stores = Arc::new(
-        Stores::new(backends, StoresConfig::new(hasher.clone()))
-            .map_err(|e| start("storage")(e.to_string()))?,
-    );
+impl Shared {
+    async fn open(config: &Config) -> Result<Self, ServeError> {
+        // Storage.
+        let pepper = match &config.storage.pepper_file {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| start("storage.pepper_file")(format!("{}: {e}", path.display())))?,
+            None => {
+                let mut random = vec![0u8; 32];
+                portcullis_core::opaque::fill_random(&mut random)
+                    .map_err(|e| start("pepper")(e.to_string()))?;
+                random
+            }
+        };
+        let hasher =
+            SecretHasher::new(&pepper).map_err(|e| start("storage.pepper_file")(e.to_string()))?;
+        let backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
+            StorageUrl::Memory => {
+                Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
+            }
+            StorageUrl::Sqlite(path) => Backends::all(Arc::new(
+                portcullis::stores::sqlite::SqliteStores::open(&path)
+                    .await
+                    .map_err(|e| start("storage.url")(e.to_string()))?,
+            )),
+            StorageUrl::Postgres(url) => Backends::all(Arc::new(
+                portcullis::stores::postgres::PostgresStores::connect(&url, 16)
+                    .await
+                    .map_err(|e| start("storage.url")(e.to_string()))?,
+            )),
+        };
+        let stores = Arc::new(
+            Stores::new(backends, StoresConfig::new(hasher.clone()))
+                .map_err(|e| start("storage")(e.to_string()))?,
+        );
 
-    // Keys and the local issuer.
-    let keys = Arc::new(
-        crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
-            .map_err(|e| start("keys.dir")(e.to_string()))?,
-    );
-    let mut issuer_config = IssuerConfig::new(config.keys.issuer.clone());
-    issuer_config.audience.clone_from(&config.keys.audience);
+        // Keys and the local issuer.
+        let keys = Arc::new(
+            crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
+                .map_err(|e| start("keys.dir")(e.to_string()))?,
+        );
+        let mut issuer_config = IssuerConfig::new(config.keys.issuer.clone());
+        issuer_config.audience.clone_from(&config.keys.audience);
+
+        // Audit.
+        let audit = match &config.audit.sqlite {
+            None => None,
+            Some(path) => {
+                let db = SqliteAudit::open(path, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| start("audit.sqlite")(e.to_string()))?;
+                let spool = config
+                    .audit
+                    .spool_dir
+                    .clone()
+                    .unwrap_or_else(|| path.with_extension("spool"));
+                let writer = AuditWriter::start(
+                    Arc::new(db),
+                    AuditWriterConfig::new(spool),
+                    Arc::new(SystemClock),
+                )
+                .map_err(|e| start("audit")(e.to_string()))?;
+                Some(Arc::new(writer))
+            }
+        };
+
+        // Rate-limit counters shared by every replica.
+        let redis = match &config.storage.redis {
+            None => None,
+            Some(url) => Some(
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    portcullis::redis_conn::RedisConnection::single(url),
+                )
+                .await
+                .map_err(|_| start("storage.redis")("no answer within 10 s".into()))?
+                .map_err(|e| start("storage.redis")(e.to_string()))?,
+            ),
+        };
+
+        // The token service.
+        let token_service = if config.token_service.enabled {
+            let issuer = TokenIssuer::new(Arc::clone(&keys), issuer_config.clone(), hasher);
+            let public_url = config.token_service.public_url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    config.keys.issuer.trim_end_matches('/'),
+                    config.token_service.prefix
+                )
+            });
+            let mut b = TokenService::builder(Arc::clone(&stores), issuer, Arc::clone(&keys))
+                .public_url(public_url)
+                .client_ip(config.guard.client_ip.clone());
+            if let Some(a) = &audit {
+                b = b.audit(Arc::clone(a));
+            }
+            let service = b
+                .build()
+                .map_err(|e| start("token_service")(e.to_string()))?;
+            let prefix = config.token_service.prefix.clone();
+            Some((
+                prefix.clone(),
+                axum::Router::new().nest(&prefix, service.router()),
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            stores,
+            keys,
+            issuer_config,
+            audit,
+            redis,
+            token_service,
+        })
+    }
+}
+
+/// The request path of `config`: guard, proxy, forward-auth, over the
+/// long-lived handles of `shared`. `previous` is the app being replaced
+/// by a reload: its rate limiter is kept when the rate limits are unchanged.
+pub(crate) fn build_app(
+    config: &Config,
+    shared: &Shared,
+    previous: Option<&App>,
+) -> Result<App, ServeError> {
     let verifier = Verifier::new(
-        Arc::clone(&keys),
-        Validation::for_local_issuer(&issuer_config),
+        Arc::clone(&shared.keys),
+        Validation::for_local_issuer(&shared.issuer_config),
     );
-
-    // Audit.
-    let audit = match &config.audit.sqlite {
-        None => None,
-        Some(path) => {
-            let db = SqliteAudit::open(path, Duration::from_secs(5))
-                .await
-                .map_err(|e| start("audit.sqlite")(e.to_string()))?;
-            let spool = config
-                .audit
-                .spool_dir
-                .clone()
-                .unwrap_or_else(|| path.with_extension("spool"));
-            let writer = AuditWriter::start(
-                Arc::new(db),
-                AuditWriterConfig::new(spool),
-                Arc::new(SystemClock),
-            )
-            .map_err(|e| start("audit")(e.to_string()))?;
-            Some(Arc::new(writer))
-        }
-    };
-
-    // The guard.
     let guard_config: GuardConfig = config.guard.clone();
-    let client_ip = guard_config.client_ip.clone();
     let mut builder = Guard::builder(guard_config)
         .local_keys(verifier)
-        .stores(Arc::clone(&stores));
-    if let Some(url) = &config.storage.redis {
-        // Rate-limit counters shared by every replica.
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            portcullis::redis_conn::RedisConnection::single(url),
-        )
-        .await
-        .map_err(|_| start("storage.redis")(format!("{url}: no answer within 10 s")))?
-        .map_err(|e| start("storage.redis")(format!("{url}: {e}")))?;
+        .stores(Arc::clone(&shared.stores));
+    if let Some(conn) = &shared.redis {
         let prefix = format!("{}:ratelimit", config.storage.redis_prefix);
         builder = builder
-            .rate_limiter(portcullis::ratelimit::RateLimiter::builder().redis(conn, &prefix));
+            .rate_limiter(portcullis::ratelimit::RateLimiter::builder().redis(conn.clone(), &prefix));
     }
-    if let Some(a) = &audit {
+    if let Some(limiter) = previous.and_then(|p| p.guard.rate_limiter()) {
+        builder = builder.reuse_rate_limiter(limiter.clone());
+    }
+    if let Some(a) = &shared.audit {
         builder = builder.audit(Arc::clone(a));
     }
     let guard = builder.build().map_err(|e| start("guard")(e.to_string()))?;
 
-    // The token service.
-    let token_service = if config.token_service.enabled {
-        let issuer = TokenIssuer::new(Arc::clone(&keys), issuer_config.clone(), hasher);
-        let public_url = config.token_service.public_url.clone().unwrap_or_else(|| {
-            format!(
-                "{}{}",
-                config.keys.issuer.trim_end_matches('/'),
-                config.token_service.prefix
-            )
-        });
-        let mut b = TokenService::builder(Arc::clone(&stores), issuer, Arc::clone(&keys))
-            .public_url(public_url)
-            .client_ip(client_ip);
-        if let Some(a) = &audit {
-            b = b.audit(Arc::clone(a));
-        }
-        let service = b
-            .build()
-            .map_err(|e| start("token_service")(e.to_string()))?;
-        let prefix = config.token_service.prefix.clone();
-        Some((
-            prefix.clone(),
-            axum::Router::new().nest(&prefix, service.router()),
-        ))
-    } else {
-        None
-    };
-
-    let proxy = Proxy::new(&config).map_err(|e| start("upstreams")(e.to_string()))?;
+    let proxy = Proxy::new(config).map_err(|e| start("upstreams")(e.to_string()))?;
     let forward_auth = config.forward_auth.enabled.then(|| {
         (
             config.forward_auth.prefix.clone(),
@@ -241,17 +282,31 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             ),
         )
     });
-    let app = Arc::new(App {
-        token_service,
+    Ok(App {
+        token_service: shared.token_service.clone(),
         forward_auth,
-        guarded: GuardLayer::new(guard).layer(proxy),
+        guarded: GuardLayer::new(guard.clone()).layer(proxy),
+        guard,
         max_body: config.server.max_body_bytes,
-    });
+    })
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
+    let metrics = install_metrics()?;
+    let shared = Arc::new(Shared::open(&config).await?);
+    let live = Arc::new(ArcSwap::from_pointee(build_app(&config, &shared, None)?));
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        config.clone(),
+        Arc::clone(&shared),
+        Arc::clone(&live),
+    ));
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
-        stores: Arc::clone(&stores),
-        keys: Arc::clone(&keys),
+        stores: Arc::clone(&shared.stores),
+        keys: Arc::clone(&shared.keys),
         metrics,
+        reloader: Arc::clone(&reloader),
     });
 
     let public = TcpListener::bind(config.server.listen)
@@ -267,6 +322,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         upstreams = config.upstreams.len(),
         "portcullis gateway listening"
     );
+    let pid_file = crate::reload::PidFile::write(config.server.pid_file.as_deref())
+        .map_err(start("server.pid_file"))?;
+    let sighup = crate::reload::on_sighup(Arc::clone(&reloader));
 
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
@@ -276,19 +334,21 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             () = &mut shutdown => break,
             accepted = public.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                let app = Arc::clone(&app);
+                let live = Arc::clone(&live);
                 let svc = hyper::service::service_fn(move |req| {
-                    let app = Arc::clone(&app);
+                    // Each request runs on the configuration current when it
+                    // arrives, to its end, even if a reload swaps it meanwhile.
+                    let app = live.load_full();
                     async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
                 });
                 serve_connection(&graceful, stream, svc);
             }
             accepted = ops.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let health = Arc::clone(&health);
                 let svc = hyper::service::service_fn(move |req| {
                     let health = Arc::clone(&health);
-                    async move { Ok::<_, Infallible>(health.handle(&req).await) }
+                    async move { Ok::<_, Infallible>(health.handle(req, peer).await) }
                 });
                 serve_connection(&graceful, stream, svc);
             }
@@ -304,13 +364,13 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         let health = Arc::clone(&health);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = ops.accept().await else {
+                let Ok((stream, peer)) = ops.accept().await else {
                     continue;
                 };
                 let health = Arc::clone(&health);
                 let svc = hyper::service::service_fn(move |req| {
                     let health = Arc::clone(&health);
-                    async move { Ok::<_, Infallible>(health.handle(&req).await) }
+                    async move { Ok::<_, Infallible>(health.handle(req, peer).await) }
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -333,10 +393,14 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     ops_during_drain.abort();
-    drop(app);
-    if let Some(a) = audit {
+    sighup.abort();
+    drop(health);
+    drop(reloader);
+    drop(live);
+    if let Some(a) = &shared.audit {
         a.shutdown().await;
     }
+    drop(pid_file);
     tracing::info!("stopped; audit queue flushed");
     Ok(())
 }
@@ -492,8 +556,9 @@ impl App {
 }
 
 impl Health {
-    async fn handle(&self, req: &Request<Incoming>) -> Response<ResponseBody> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let (status, body) = match req.uri().path() {
+            "/reload" => crate::reload::handle_request(&self.reloader, req.method(), peer).await,
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/health/ready" => self.readiness().await,
             "/metrics" => {

@@ -11,4 +11,5 @@ pub use roles::{RoleDef, RoleError, RoleTable};
 pub use routes::{
     AccessPolicy, AuthzConfig, AuthzConfigError, Decision, Effect, Reason, RequestFacts,
     Requirements, RouteRule,
+    ConflictKind, RouteConflict,
 };

@@ -3,9 +3,12 @@
 //! once, without allocating, and the decision names the rule and the reason.
 //!
 //! Semantics: a matching `deny` rule always wins (deny overrides allow);
-//! otherwise the first matching `allow` rule, in declaration order, decides
-//! by its requirements; a request that matches no rule gets the configured
-//! default (deny unless configured).
+//! otherwise the most specific matching `allow` rule decides by its
+//! requirements (see [`AccessPolicy`] for the order, computed once at
+//! load: the request path pays one comparison per matching rule); a request
+//! that matches no rule gets the configured default (deny unless configured).
+//! [`AccessPolicy::conflicts`] finds, at load, rules that can never decide
+//! (shadowed) and rules whose order would be arbitrary (ambiguous).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -261,8 +264,8 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
-    /// The index of the rule whose settings apply: the first matching
-    /// `allow` rule, else the first matching `deny` rule.
+    /// The index of the rule whose settings apply: the most specific
+    /// matching `allow` rule, else the most specific matching `deny` rule.
     pub fn route_index(&self) -> Option<usize> {
         self.allow.or(self.deny).map(|id| id as usize)
     }
@@ -430,6 +433,8 @@ enum HostMatch {
 #[derive(Debug, Clone)]
 struct CompiledRule {
     name: Box<str>,
+    /// Position in the precedence order: 0 is the most specific rule.
+    rank: u32,
     effect: Effect,
     methods: u16,
     host: HostMatch,
@@ -455,6 +460,17 @@ struct Node {
 
 /// The compiled configuration: the role table, every rule, and one segment
 /// trie over all path patterns.
+///
+/// Precedence, for a request several rules match: any matching `deny` rule
+/// denies (deny overrides allow); otherwise the most specific matching
+/// `allow` rule decides. Specificity compares, in order: the host (an exact
+/// host, then `*.suffix` with the longer suffix first, then any host); the
+/// path segment by segment from the left (a literal segment, then `*` or
+/// `{param}`, then `**`; a pattern that ends where the other continues with
+/// `**` is the more specific); then the methods (a list before any method,
+/// a shorter list first). Among rules equal on all of these the earlier in
+/// the configuration wins, but [`Self::conflicts`] reports every such
+/// overlap, so a checked configuration never depends on order.
 #[derive(Debug, Clone)]
 pub struct AccessPolicy {
     roles: RoleTable,
@@ -595,6 +611,146 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// A rule that can never decide, or whose precedence is only its place in
+/// the file (see [`AccessPolicy::conflicts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConflict {
+    /// The rule's name.
+    pub rule: String,
+    /// Its index in the configuration.
+    pub index: usize,
+    /// What is wrong.
+    pub kind: ConflictKind,
+}
+
+/// Why a rule conflicts.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// An earlier rule of the same effect and the same specificity matches
+    /// some of the same requests.
+    Ambiguous {
+        /// The earlier rule.
+        other: String,
+    },
+    /// Every request the rule matches is decided by these rules.
+    Shadowed {
+        /// The covering rules, in declaration order.
+        by: Vec<String>,
+    },
+}
+
+impl fmt::Display for RouteConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ConflictKind::Ambiguous { other } => write!(
+                f,
+                "route `{}` is ambiguous with route `{other}`: both match some of the same requests with the same specificity; make one more specific (host, literal path segments, fewer methods) or split their methods",
+                self.rule
+            ),
+            ConflictKind::Shadowed { by } => {
+                write!(f, "route `{}` can never match: it is shadowed by route", self.rule)?;
+                if by.len() > 1 {
+                    f.write_str("s")?;
+                }
+                for (i, b) in by.iter().enumerate() {
+                    f.write_str(if i == 0 { " " } else { ", " })?;
+                    write!(f, "`{b}`")?;
+                }
+                f.write_str(
+                    " (a deny route overrides any allow route; otherwise the most specific route wins)",
+                )
+            }
+        }
+    }
+}
+
+/// How specific a rule is; greater wins. Compared in order: host (exact >
+/// `*.suffix`, a longer suffix first > any), then the path segment by
+/// segment (literal > `*`/`{param}` > `**`; a pattern that ends where
+/// the other has `**` is the more specific), then methods (a list > any;
+/// fewer > more).
+fn specificity(r: &CompiledRule) -> (u8, usize, Vec<u8>, bool, std::cmp::Reverse<u32>) {
+    let (host_kind, host_len) = match &r.host {
+        HostMatch::Exact(h) => (2, h.len()),
+        HostMatch::Suffix(s) => (1, s.len()),
+        HostMatch::Any => (0, 0),
+    };
+    let mut path: Vec<u8> = r
+        .segments
+        .iter()
+        .map(|s| match s {
+            PatSeg::Literal(_) => 3,
+            PatSeg::One(_) => 2,
+            PatSeg::Rest => 1,
+        })
+        .collect();
+    if !matches!(r.segments.last(), Some(PatSeg::Rest)) {
+        path.push(4);
+    }
+    (
+        host_kind,
+        host_len,
+        path,
+        r.methods != ANY_METHOD,
+        std::cmp::Reverse(r.methods.count_ones()),
+    )
+}
+
+/// Whether some request matches both rules.
+fn overlaps(a: &CompiledRule, b: &CompiledRule) -> bool {
+    a.methods & b.methods != 0 && hosts_overlap(&a.host, &b.host) && paths_overlap(&a.segments, &b.segments)
+}
+
+fn hosts_overlap(a: &HostMatch, b: &HostMatch) -> bool {
+    match (a, b) {
+        (HostMatch::Any, _) | (_, HostMatch::Any) => true,
+        (HostMatch::Exact(x), HostMatch::Exact(y)) => x == y,
+        (HostMatch::Exact(h), HostMatch::Suffix(s)) | (HostMatch::Suffix(s), HostMatch::Exact(h)) => {
+            h.len() > s.len() && h.ends_with(&**s)
+        }
+        (HostMatch::Suffix(x), HostMatch::Suffix(y)) => x.ends_with(&**y) || y.ends_with(&**x),
+    }
+}
+
+/// Whether every host `inner` matches, `outer` matches.
+fn host_covers(outer: &HostMatch, inner: &HostMatch) -> bool {
+    match (outer, inner) {
+        (HostMatch::Any, _) => true,
+        (_, HostMatch::Any) => false,
+        (HostMatch::Exact(o), HostMatch::Exact(i)) => o == i,
+        (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+        (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(&**s),
+        (HostMatch::Suffix(o), HostMatch::Suffix(i)) => i.ends_with(&**o),
+    }
+}
+
+fn paths_overlap(a: &[PatSeg], b: &[PatSeg]) -> bool {
+    for i in 0.. {
+        match (a.get(i), b.get(i)) {
+            (Some(PatSeg::Rest), _) | (_, Some(PatSeg::Rest)) | (None, None) => return true,
+            (None, _) | (_, None) => return false,
+            (Some(PatSeg::Literal(x)), Some(PatSeg::Literal(y))) if x != y => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether every path `inner` matches, `outer` matches.
+fn path_covers(outer: &[PatSeg], inner: &[PatSeg]) -> bool {
+    for i in 0.. {
+        match (outer.get(i), inner.get(i)) {
+            (Some(PatSeg::Rest), _) | (None, None) => return true,
+            (None, _) | (_, None) => return false,
+            (Some(PatSeg::Literal(o)), Some(PatSeg::Literal(n))) if o == n => {}
+            (Some(PatSeg::One(_)), Some(PatSeg::Literal(_) | PatSeg::One(_))) => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 impl AccessPolicy {
     /// Validates and compiles `config`; errors name the rule and field.
     pub fn new(config: &AuthzConfig) -> Result<Self, AuthzConfigError> {
@@ -707,6 +863,7 @@ impl AccessPolicy {
             }
             rules.push(CompiledRule {
                 name: name.into(),
+                rank: 0,
                 effect: r.effect,
                 methods,
                 host,
@@ -722,12 +879,79 @@ impl AccessPolicy {
                 policies: boxed(&q.policies),
             });
         }
+        // Precedence: most specific first, declaration order among equals.
+        let mut order: Vec<usize> = (0..rules.len()).collect();
+        order.sort_by(|&a, &b| {
+            specificity(&rules[b])
+                .cmp(&specificity(&rules[a]))
+                .then(a.cmp(&b))
+        });
+        for (rank, &i) in order.iter().enumerate() {
+            // At most u32::MAX rules: checked when the ids were assigned.
+            rules[i].rank = rank as u32;
+        }
         Ok(Self {
             roles,
             rules,
             nodes,
             default: config.default,
         })
+    }
+
+    /// Rules that can never decide a request (shadowed) and pairs of rules
+    /// whose precedence would be only their order in the file (ambiguous),
+    /// in declaration order. The gateway refuses a configuration with any;
+    /// a library user should too (an empty list is the norm).
+    ///
+    /// - Ambiguous: two rules of the same effect, the same specificity, and
+    ///   at least one request both match (reported on the later rule).
+    /// - Shadowed: every request an `allow` rule matches is also matched by
+    ///   `deny` rules (deny overrides) or more specific `allow` rules; every
+    ///   request a `deny` rule matches is matched by more specific `deny` rules.
+    pub fn conflicts(&self) -> Vec<RouteConflict> {
+        let mut out = Vec::new();
+        for (i, a) in self.rules.iter().enumerate() {
+            let key = specificity(a);
+            if let Some(b) = self.rules[..i]
+                .iter()
+                .find(|b| b.effect == a.effect && specificity(b) == key && overlaps(a, b))
+            {
+                out.push(RouteConflict {
+                    rule: a.name.to_string(),
+                    index: i,
+                    kind: ConflictKind::Ambiguous {
+                        other: b.name.to_string(),
+                    },
+                });
+                continue;
+            }
+            let mut covered = 0u16;
+            let mut by = Vec::new();
+            for b in &self.rules {
+                let can_shadow = match (a.effect, b.effect) {
+                    (Effect::Allow, Effect::Deny) => true,
+                    (Effect::Deny, Effect::Allow) => false,
+                    _ => specificity(b) > key,
+                };
+                if !std::ptr::eq(a, b)
+                    && can_shadow
+                    && a.methods & b.methods != 0
+                    && host_covers(&b.host, &a.host)
+                    && path_covers(&b.segments, &a.segments)
+                {
+                    covered |= b.methods;
+                    by.push(b.name.to_string());
+                }
+            }
+            if covered & a.methods == a.methods {
+                out.push(RouteConflict {
+                    rule: a.name.to_string(),
+                    index: i,
+                    kind: ConflictKind::Shadowed { by },
+                });
+            }
+        }
+        out
     }
 
     /// The role table.
@@ -742,9 +966,10 @@ impl AccessPolicy {
             .flat_map(|r| r.policies.iter().map(move |p| (&*r.name, &**p)))
     }
 
-    /// The first matching deny rule and the first matching allow rule.
+    /// The most specific matching deny rule and the most specific matching
+    /// allow rule, as (rank, id).
     fn matching(&self, facts: &RequestFacts<'_>) -> (Option<u32>, Option<u32>) {
-        let mut best = (None, None);
+        let mut best: (Option<(u32, u32)>, Option<(u32, u32)>) = (None, None);
         let bit = method_bit(facts.method);
         let mut visit = |id: u32| {
             let r = &self.rules[id as usize];
@@ -755,12 +980,12 @@ impl AccessPolicy {
                 Effect::Deny => &mut best.0,
                 Effect::Allow => &mut best.1,
             };
-            if slot.is_none_or(|b| id < b) {
-                *slot = Some(id);
+            if slot.is_none_or(|(rank, _)| r.rank < rank) {
+                *slot = Some((r.rank, id));
             }
         };
         self.walk(0, facts.path, &mut visit);
-        best
+        (best.0.map(|(_, id)| id), best.1.map(|(_, id)| id))
     }
 
     fn walk(&self, node: usize, path: &str, visit: &mut impl FnMut(u32)) {
@@ -840,8 +1065,9 @@ impl AccessPolicy {
     }
 
     /// The index, in configuration order, of the rule whose settings apply
-    /// to `facts`: the first matching `allow` rule, else the first matching
-    /// `deny` rule; `None` when no rule matches or the path is malformed.
+    /// to `facts`: the most specific matching `allow` rule, else the most
+    /// specific matching `deny` rule; `None` when no rule matches or the
+    /// path is malformed.
     pub fn route_index(&self, facts: &RequestFacts<'_>) -> Option<usize> {
         self.match_route(facts).route_index()
     }

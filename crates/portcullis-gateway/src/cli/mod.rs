@@ -10,6 +10,7 @@ mod error;
 pub mod init;
 mod keyfile;
 pub mod keys;
+pub mod reload;
 pub mod serve;
 pub mod token;
 
@@ -56,6 +57,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run the gateway: reverse proxy, forward-auth, token service, ops listener.
     Serve(serve::ServeArgs),
+    /// Make a running gateway reload its configuration (validate, then swap).
+    Reload(reload::ReloadArgs),
     /// Write a starter configuration, a signing key and a pepper.
     Init(init::InitArgs),
 }

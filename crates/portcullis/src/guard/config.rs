@@ -228,8 +228,9 @@ pub struct GuardConfig {
     /// Rate limits routes refer to by name (at most 8).
     #[serde(default)]
     pub rate_limits: Vec<RuleConfig>,
-    /// Protected routes, in order: a matching `deny` route always refuses;
-    /// otherwise the first matching `allow` route decides.
+    /// Protected routes: a matching `deny` route always refuses; otherwise
+    /// the most specific matching `allow` route decides (host, then path
+    /// segments from the left, then methods; see docs/authz.md).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// What a request matching no route gets (default `deny`).

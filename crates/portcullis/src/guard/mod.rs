@@ -144,6 +144,7 @@ pub struct GuardBuilder {
     revocation_off: bool,
     signed: Option<Box<dyn SignedAuth>>,
     limiter: Option<RateLimiterBuilder>,
+    previous_limiter: Option<RateLimiter>,
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
     policies: Vec<(String, Box<dyn PolicyObject>)>,
@@ -240,6 +241,16 @@ impl GuardBuilder {
         self
     }
 
+    /// Keeps using `limiter` (its counters, its backend) when the configured
+    /// rate limits equal its rules: a configuration reload that leaves the
+    /// rate limits alone does not reset them. Otherwise a new limiter is
+    /// built as usual.
+    #[must_use]
+    pub fn reuse_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.previous_limiter = Some(limiter);
+        self
+    }
+
     /// Bans and anomaly detection.
     #[must_use]
     pub fn anomaly(mut self, engine: Arc<AnomalyEngine>) -> Self {
@@ -305,6 +316,11 @@ impl GuardBuilder {
             .map_err(|e| GuardConfigError::RateLimit(e.into()))?;
         let limiter = if rules.is_empty() {
             None
+        } else if let Some(previous) = self
+            .previous_limiter
+            .filter(|p| p.rules() == rules.as_slice())
+        {
+            Some(previous)
         } else {
             let mut b = self
                 .limiter
@@ -528,6 +544,7 @@ impl Guard {
             revocation_off: false,
             signed: None,
             limiter: None,
+            previous_limiter: None,
             anomaly: None,
             audit: None,
             policies: Vec::new(),

@@ -1,0 +1,287 @@
+//! Configuration reload: on SIGHUP, or `POST /reload` on the ops listener
+//! (what `portcullis reload` calls), the gateway reads and validates its
+//! configuration file again, builds the new request path (guard, routes,
+//! rate rules, roles, upstreams, identity headers, forward-auth) over the
+//! same long-lived handles (stores, keys, audit writer, Redis, token
+//! service; the rate limiter too while the rate limits are unchanged), then
+//! swaps it in atomically. A request runs to its end on the configuration
+//! it started on; no request sees a half-built one. A file that does not
+//! load or build keeps the running configuration, logged with its file,
+//! line and key, and counted in `portcullis_config_reloads_total{result="error"}`.
+//!
+//! Keys in [`RESTART_ONLY`] take effect only at restart: a reload that
+//! changes one keeps the running value and logs a warning naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Method, StatusCode};
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::serve::{App, Shared, build_app};
+
+/// The keys a reload does not apply (they hold listeners, connections and
+/// handles that live as long as the process).
+pub const RESTART_ONLY: &[&str] = &[
+    "server.listen",
+    "server.ops_listen",
+    "server.shutdown_timeout",
+    "server.pid_file",
+    "storage",
+    "keys",
+    "audit",
+    "token_service",
+    "log",
+];
+
+/// Counter of reloads by `result` (`ok` | `error`).
+pub const RELOADS_METRIC: &str = "portcullis_config_reloads_total";
+/// Gauge: Unix time of the last successful load (the start counts).
+pub const LAST_RELOAD_METRIC: &str = "portcullis_config_last_reload_success_timestamp_seconds";
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new configuration serves; the warnings name restart-only keys
+    /// that changed and were kept.
+    Ok {
+        /// One line per kept key.
+        warnings: Vec<String>,
+    },
+    /// The running configuration keeps serving; one line per error.
+    Error {
+        /// `FILE:LINE:COL: `key`: message` lines.
+        errors: Vec<String>,
+    },
+}
+
+/// Reloads one configuration file into the live request path; reloads run
+/// one at a time.
+pub struct Reloader {
+    path: PathBuf,
+    current: Mutex<Config>,
+    shared: Arc<Shared>,
+    live: Arc<ArcSwap<App>>,
+}
+
+impl Reloader {
+    /// A reloader of `path`, whose `current` configuration `live` serves.
+    pub(crate) fn new(
+        path: PathBuf,
+        current: Config,
+        shared: Arc<Shared>,
+        live: Arc<ArcSwap<App>>,
+    ) -> Self {
+        record_success();
+        Self {
+            path,
+            current: Mutex::new(current),
+            shared,
+            live,
+        }
+    }
+
+    /// Reads, validates and builds the file, then swaps it in; or keeps the
+    /// running configuration and says why. Logged and counted either way.
+    pub async fn reload(&self) -> Outcome {
+        let mut current = self.current.lock().await;
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+        let outcome = match loaded {
+            Err(e) => Err(vec![format!(
+                "{}: the reload task failed: {e}",
+                self.path.display()
+            )]),
+            Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
+            Ok(Ok(mut next)) => {
+                let warnings = keep_restart_only(&current, &mut next);
+                let previous = self.live.load_full();
+                match build_app(&next, &self.shared, Some(&previous)) {
+                    Ok(app) => {
+                        self.live.store(Arc::new(app));
+                        *current = next;
+                        Ok(warnings)
+                    }
+                    Err(e) => Err(vec![format!("{}: {e}", self.path.display())]),
+                }
+            }
+        };
+        match outcome {
+            Ok(warnings) => {
+                for w in &warnings {
+                    tracing::warn!(file = %self.path.display(), "{w}");
+                }
+                metrics::counter!(RELOADS_METRIC, "result" => "ok").increment(1);
+                record_success();
+                tracing::info!(
+                    file = %self.path.display(),
+                    routes = current.guard.routes.len(),
+                    upstreams = current.upstreams.len(),
+                    "configuration reloaded"
+                );
+                Outcome::Ok { warnings }
+            }
+            Err(errors) => {
+                metrics::counter!(RELOADS_METRIC, "result" => "error").increment(1);
+                for e in &errors {
+                    tracing::error!(
+                        "configuration reload failed, the running configuration keeps serving: {e}"
+                    );
+                }
+                Outcome::Error { errors }
+            }
+        }
+    }
+}
+
+fn record_success() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(LAST_RELOAD_METRIC).set(now);
+}
+
+/// Puts the running values of the restart-only keys back into `next`; one
+/// warning per key that differed.
+fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut keep = |key: &str, changed: bool| {
+        if changed {
+            warnings.push(format!(
+                "`{key}` changed, but it takes effect only at restart; the running value is kept"
+            ));
+        }
+    };
+    let (c, n) = (&current.server, &mut next.server);
+    keep("server.listen", c.listen != n.listen);
+    keep("server.ops_listen", c.ops_listen != n.ops_listen);
+    keep(
+        "server.shutdown_timeout",
+        c.shutdown_timeout != n.shutdown_timeout,
+    );
+    keep("server.pid_file", c.pid_file != n.pid_file);
+    n.listen = c.listen;
+    n.ops_listen = c.ops_listen;
+    n.shutdown_timeout = c.shutdown_timeout;
+    n.pid_file.clone_from(&c.pid_file);
+    keep("storage", current.storage != next.storage);
+    keep("keys", current.keys != next.keys);
+    keep("audit", current.audit != next.audit);
+    keep("token_service", current.token_service != next.token_service);
+    keep("log", current.log != next.log);
+    next.storage = current.storage.clone();
+    next.keys = current.keys.clone();
+    next.audit = current.audit.clone();
+    next.token_service = current.token_service.clone();
+    next.log = current.log.clone();
+    warnings
+}
+
+/// Reloads on every SIGHUP until aborted.
+pub(crate) fn on_sighup(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload with POST /reload on the ops listener");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            reloader.reload().await;
+        }
+    })
+}
+
+/// `POST /reload` on the ops listener: only from a loopback peer (the ops
+/// listener may be exposed for metrics; reloading stays local). 200
+/// `{"status":"ok","warnings":[…]}` or 422 `{"status":"error","errors":[…]}`.
+pub(crate) async fn handle_request(
+    reloader: &Reloader,
+    method: &Method,
+    peer: SocketAddr,
+) -> (StatusCode, serde_json::Value) {
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"status": "error", "errors": ["use POST /reload"]}),
+        );
+    }
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"status": "error", "errors": ["reload is accepted from loopback only"]}),
+        );
+    }
+    match reloader.reload().await {
+        Outcome::Ok { warnings } => (
+            StatusCode::OK,
+            serde_json::json!({"status": "ok", "warnings": warnings}),
+        ),
+        Outcome::Error { errors } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"status": "error", "errors": errors}),
+        ),
+    }
+}
+
+/// The pid file `server.pid_file` names: written at start, removed when dropped.
+pub(crate) struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    /// Writes this process's id to `path` (nothing when `None`).
+    pub(crate) fn write(path: Option<&Path>) -> Result<Self, String> {
+        let Some(path) = path else {
+            return Ok(Self(None));
+        };
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self(Some(path.to_path_buf())))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = std::env::temp_dir();
+        let full = format!(
+            "[keys]\ndir = \"{}\"\nissuer = \"https://i.test\"\n{text}",
+            dir.display()
+        );
+        let doc = toml::de::DeTable::parse(&full).unwrap();
+        serde::Deserialize::deserialize(toml::de::Deserializer::from(doc)).unwrap()
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_value_and_warn() {
+        let current = config("[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 10\n");
+        let mut next = config(
+            "[server]\nlisten = \"127.0.0.1:2\"\nmax_body_bytes = 20\n[storage]\nurl = \"sqlite:///x\"\n",
+        );
+        let warnings = keep_restart_only(&current, &mut next);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("`server.listen`"), "{}", warnings[0]);
+        assert!(warnings[1].contains("`storage`"), "{}", warnings[1]);
+        assert_eq!(next.server.listen.port(), 1);
+        assert_eq!(next.storage.url, "memory");
+        // Reloadable keys take the new value.
+        assert_eq!(next.server.max_body_bytes, 20);
+        let mut same = current.clone();
+        assert!(keep_restart_only(&current, &mut same).is_empty());
+    }
+}
