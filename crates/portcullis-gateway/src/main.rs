@@ -4,6 +4,8 @@
 //! - `cli`: the command tree and each command's thin entry point.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
 //! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
+//! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
@@ -11,9 +13,11 @@
 
 mod cli;
 mod config;
+mod conn;
 mod forward_auth;
 mod proxy;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 

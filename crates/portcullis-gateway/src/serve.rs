@@ -254,6 +254,19 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
     });
 
+    // TLS termination: the certificate is loaded now (a bad one stops the
+    // start) and re-read on every SIGHUP.
+    let tls = match &config.server.tls {
+        None => None,
+        Some(c) => {
+            let tls = crate::tls::Tls::load(c).map_err(|e| start("server.tls")(e.to_string()))?;
+            tls.reload_on_sighup()
+                .map_err(|e| start("server.tls")(format!("SIGHUP handler: {e}")))?;
+            Some(tls)
+        }
+    };
+    let public_conns = crate::conn::Public::new(tls.clone());
+
     let public = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| start("server.listen")(format!("{}: {e}", config.server.listen)))?;
@@ -265,10 +278,14 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         ops = %ops.local_addr().map_or(config.server.ops_listen, |a| a),
         routes = config.guard.routes.len(),
         upstreams = config.upstreams.len(),
+        tls = tls.is_some(),
         "portcullis gateway listening"
     );
 
     let graceful = GracefulShutdown::new();
+    // Turns true at shutdown: connections still in their TLS handshake or
+    // before their first bytes are dropped rather than awaited.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -277,11 +294,16 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             accepted = public.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let app = Arc::clone(&app);
-                let svc = hyper::service::service_fn(move |req| {
-                    let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-                });
-                serve_connection(&graceful, stream, svc);
+                let make = move |secure: bool| {
+                    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        if secure {
+                            req.extensions_mut().insert(crate::proxy::ClientTls);
+                        }
+                        let app = Arc::clone(&app);
+                        async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                    })
+                };
+                public_conns.spawn(stream, graceful.watcher(), stopping_rx.clone(), make);
             }
             accepted = ops.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
@@ -300,6 +322,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     // drain ends, so a load balancer sees the gateway leave.
     health.ready.store(false, Ordering::SeqCst);
     drop(public);
+    let _ = stopping.send(true);
     let ops_during_drain = {
         let health = Arc::clone(&health);
         tokio::spawn(async move {
