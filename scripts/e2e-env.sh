@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests run against, when missing: Debian's
 # nginx and caddy (binaries only; their system services are not started),
+# the openssl CLI (test certificates),
 # and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+# The TLS tests make their self-signed certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "e2e-env: need root to install ${missing[*]} (apt-get)" >&2

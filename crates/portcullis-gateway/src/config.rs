@@ -119,6 +119,35 @@ pub struct ServerConfig {
     /// `portcullis reload`; absent: no pid file.
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
+    /// TLS termination on the public listener; absent: plaintext
+    /// (HTTP/1.1 and h2c prior knowledge).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the public listener terminates TLS (HTTP/2 and
+/// HTTP/1.1 by ALPN). SIGHUP re-reads both files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// Time a client gets to complete the TLS handshake (default `10s`).
+    #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once (default 1024); connections beyond
+    /// it are closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_handshakes() -> usize {
+    1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -150,6 +179,7 @@ impl Default for ServerConfig {
             upstream_read_timeout: default_read_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             pid_file: None,
+            tls: None,
         }
     }
 }
@@ -988,6 +1018,20 @@ fn validate(config: &Config) -> Vec<(String, String)> {
     ] {
         if d.is_zero() {
             err(key.into(), "must be longer than zero".into());
+        }
+    }
+    if let Some(tls) = &config.server.tls {
+        if tls.handshake_timeout.is_zero() {
+            err(
+                "server.tls.handshake_timeout".into(),
+                "must be longer than zero".into(),
+            );
+        }
+        if tls.max_handshakes == 0 {
+            err(
+                "server.tls.max_handshakes".into(),
+                "must be at least 1".into(),
+            );
         }
     }
 

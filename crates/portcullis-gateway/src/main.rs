@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
 //! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
 //! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
+//! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
+//! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
@@ -12,10 +14,12 @@
 
 mod cli;
 mod config;
+mod conn;
 mod forward_auth;
 mod proxy;
 mod reload;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -38,6 +38,11 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Marks a request that came over TLS (`[server.tls]`): the upstream is
+/// told `X-Forwarded-Proto: https`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls;
+
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -350,10 +355,30 @@ impl Proxy {
             );
         };
 
+        // A WebSocket handshake keeps its `Connection: upgrade` / `Upgrade`
+        // pair (HTTP/1.1 only: an HTTP/2 request carries no such headers).
+        let websocket = websocket_upgrade(&parts);
+        let client_upgrade = websocket
+            .is_some()
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+
         // Headers: hop-by-hop and Connection-named out; identity stripped,
         // then set from the principal; forwarding headers from the guard's view.
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 carries the host in the URI (`:authority`), not in `Host`.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = &websocket {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         inner.identity.strip(&mut parts.headers);
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
@@ -367,6 +392,7 @@ impl Proxy {
             parts.extensions.get::<ClientIp>(),
             original_host.as_ref(),
             from_trusted_proxy,
+            parts.extensions.get::<ClientTls>().is_some(),
         );
         parts.headers.remove(header::HOST);
         parts.uri = uri;
@@ -413,6 +439,23 @@ impl Proxy {
         )
         .record(elapsed.as_secs_f64());
         tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match (websocket, client_upgrade) {
+                (Some(protocol), Some(client)) => {
+                    switch_protocols(response, protocol, client, &upstream, rid)
+                }
+                // A 101 nobody asked for cannot be relayed.
+                _ => {
+                    upstream_failure(&upstream, "unavailable");
+                    problem(
+                        StatusCode::BAD_GATEWAY,
+                        "gateway.upstream_unavailable",
+                        "the upstream switched protocols unasked",
+                        rid,
+                    )
+                }
+            };
+        }
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         Response::from_parts(
@@ -420,6 +463,77 @@ impl Proxy {
             body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         )
     }
+}
+
+/// The `Upgrade` value of an HTTP/1.1 WebSocket handshake: `Connection`
+/// names `upgrade` and `Upgrade` is `websocket`. Other protocols (`h2c`
+/// ...) are not passed through: their `Upgrade` is stripped as hop-by-hop.
+fn websocket_upgrade(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = parts.headers.get(header::UPGRADE)?;
+    let websocket = upgrade
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    (connection_upgrade && websocket).then(|| upgrade.clone())
+}
+
+/// The upstream answered 101 to a WebSocket handshake: relay the 101 to the
+/// client, and once both connections have switched, copy bytes both ways
+/// until either side closes.
+fn switch_protocols(
+    mut response: Response<Incoming>,
+    protocol: HeaderValue,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: &Upstream,
+    request_id: Option<&str>,
+) -> Response<ResponseBody> {
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let (mut head, _) = response.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    head.headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    head.headers.insert(header::UPGRADE, protocol);
+    let name = Arc::clone(&upstream.name);
+    let request_id = request_id.map(str::to_owned);
+    tokio::spawn(async move {
+        let (client, upstream_side) = match tokio::join!(client, upstream_side) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(upstream = %name, client_ok = c.is_ok(), upstream_ok = u.is_ok(), "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream_side = hyper_util::rt::TokioIo::new(upstream_side);
+        metrics::gauge!("portcullis_gateway_upgraded_connections").increment(1.0);
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream_side).await;
+        metrics::gauge!("portcullis_gateway_upgraded_connections").decrement(1.0);
+        match copied {
+            Ok((up, down)) => tracing::debug!(
+                upstream = %name,
+                request_id = request_id.as_deref().unwrap_or(""),
+                bytes_to_upstream = up,
+                bytes_to_client = down,
+                "WebSocket closed"
+            ),
+            Err(e) => tracing::debug!(
+                upstream = %name,
+                request_id = request_id.as_deref().unwrap_or(""),
+                error = %e,
+                "WebSocket ended with an error"
+            ),
+        }
+    });
+    Response::from_parts(head, full(Bytes::new()))
 }
 
 fn upstream_failure(upstream: &Upstream, kind: &'static str) {
@@ -462,7 +576,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` (the guard's client IP), `-Proto`, `-Host`. A trusted
+/// `X-Forwarded-For` (the guard's client IP), `-Proto` (`https` when the
+/// gateway terminated TLS), `-Host`. A trusted
 /// proxy's own `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the
 /// public host) are kept; anyone else's are replaced.
 fn set_forwarding(
@@ -470,6 +585,7 @@ fn set_forwarding(
     client: Option<&ClientIp>,
     host: Option<&HeaderValue>,
     from_trusted_proxy: bool,
+    tls: bool,
 ) {
     headers.remove("x-forwarded-for");
     headers.remove("forwarded");
@@ -479,7 +595,8 @@ fn set_forwarding(
         headers.insert("x-forwarded-for", v);
     }
     if !(from_trusted_proxy && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let proto = if tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if !(from_trusted_proxy && headers.contains_key("x-forwarded-host")) {
         match host {

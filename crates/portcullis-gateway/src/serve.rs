@@ -309,6 +309,19 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         reloader: Arc::clone(&reloader),
     });
 
+    // TLS termination: the certificate is loaded now (a bad one stops the
+    // start) and re-read on every SIGHUP.
+    let tls = match &config.server.tls {
+        None => None,
+        Some(c) => {
+            let tls = crate::tls::Tls::load(c).map_err(|e| start("server.tls")(e.to_string()))?;
+            tls.reload_on_sighup()
+                .map_err(|e| start("server.tls")(format!("SIGHUP handler: {e}")))?;
+            Some(tls)
+        }
+    };
+    let public_conns = crate::conn::Public::new(tls.clone());
+
     let public = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| start("server.listen")(format!("{}: {e}", config.server.listen)))?;
@@ -320,6 +333,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         ops = %ops.local_addr().map_or(config.server.ops_listen, |a| a),
         routes = config.guard.routes.len(),
         upstreams = config.upstreams.len(),
+        tls = tls.is_some(),
         "portcullis gateway listening"
     );
     let pid_file = crate::reload::PidFile::write(config.server.pid_file.as_deref())
@@ -327,6 +341,9 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     let sighup = crate::reload::on_sighup(Arc::clone(&reloader));
 
     let graceful = GracefulShutdown::new();
+    // Turns true at shutdown: connections still in their TLS handshake or
+    // before their first bytes are dropped rather than awaited.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -335,13 +352,18 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
             accepted = public.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let live = Arc::clone(&live);
-                let svc = hyper::service::service_fn(move |req| {
-                    // Each request runs on the configuration current when it
-                    // arrives, to its end, even if a reload swaps it meanwhile.
-                    let app = live.load_full();
-                    async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-                });
-                serve_connection(&graceful, stream, svc);
+                let make = move |secure: bool| {
+                    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        if secure {
+                            req.extensions_mut().insert(crate::proxy::ClientTls);
+                        }
+                        // Each request runs on the configuration current when it
+                        // arrives, to its end, even if a reload swaps it meanwhile.
+                        let app = live.load_full();
+                        async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                    })
+                };
+                public_conns.spawn(stream, graceful.watcher(), stopping_rx.clone(), make);
             }
             accepted = ops.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
@@ -360,6 +382,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     // drain ends, so a load balancer sees the gateway leave.
     health.ready.store(false, Ordering::SeqCst);
     drop(public);
+    let _ = stopping.send(true);
     let ops_during_drain = {
         let health = Arc::clone(&health);
         tokio::spawn(async move {
