@@ -12,6 +12,7 @@
 mod cli;
 mod config;
 mod forward_auth;
+mod identity;
 mod proxy;
 mod serve;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(a)) => cli::config::check(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Snippets(a) => cli::snippets::run(a),
     };
     cli::finish(result)
 }

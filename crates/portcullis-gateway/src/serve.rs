@@ -65,6 +65,8 @@ struct App {
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
     max_body: u64,
+    /// The gateway's public JWKS and where it is served.
+    jwks: (String, Bytes),
 }
 
 /// What the ops listener reports on.
@@ -230,7 +232,10 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         None
     };
 
-    let proxy = Proxy::new(&config).map_err(|e| start("upstreams")(e.to_string()))?;
+    let outbound = crate::identity::Outbound::new(&config, Arc::clone(&keys))
+        .map_err(|e| start("internal_token")(e.to_string()))?;
+    let jwks = (outbound.jwks_path().to_owned(), outbound.jwks());
+    let proxy = Proxy::new(&config, outbound).map_err(|e| start("upstreams")(e.to_string()))?;
     let forward_auth = config.forward_auth.enabled.then(|| {
         (
             config.forward_auth.prefix.clone(),
@@ -246,6 +251,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         forward_auth,
         guarded: GuardLayer::new(guard).layer(proxy),
         max_body: config.server.max_body_bytes,
+        jwks,
     });
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
@@ -411,6 +417,7 @@ fn under(path: &str, prefix: &str) -> bool {
 enum Surface {
     TokenService,
     ForwardAuth,
+    Jwks,
     Proxy,
 }
 
@@ -419,6 +426,7 @@ impl Surface {
         match self {
             Self::TokenService => "token_service",
             Self::ForwardAuth => "forward_auth",
+            Self::Jwks => "jwks",
             Self::Proxy => "proxy",
         }
     }
@@ -448,6 +456,12 @@ impl App {
     ) -> (Surface, Response<ResponseBody>) {
         req.extensions_mut().insert(PeerAddr(peer));
         let path = req.uri().path();
+        if path == self.jwks.0 {
+            return (
+                Surface::Jwks,
+                crate::identity::jwks_response(&req, &self.jwks.1),
+            );
+        }
         if let Some((prefix, router)) = &self.token_service
             && under(path, prefix)
         {

@@ -11,6 +11,7 @@ pub mod init;
 mod keyfile;
 pub mod keys;
 pub mod serve;
+pub mod snippets;
 pub mod token;
 
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a starter configuration, a signing key and a pepper.
     Init(init::InitArgs),
+    /// Print nginx / Caddy / Traefik / Envoy configuration that asks this gateway's forward-auth.
+    Snippets(snippets::SnippetsArgs),
 }
 
 /// `portcullis config ...`
