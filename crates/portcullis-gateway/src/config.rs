@@ -36,6 +36,9 @@ pub struct Config {
     /// The identity headers sent to upstreams and forward-auth callers.
     #[serde(default)]
     pub identity: IdentityHeaders,
+    /// The signed internal identity token for upstreams that verify.
+    #[serde(default)]
+    pub internal_token: InternalTokenConfig,
     /// The token service (login, refresh, sessions, API keys, JWKS).
     #[serde(default)]
     pub token_service: TokenServiceConfig,
@@ -318,6 +321,11 @@ pub struct IdentityHeaders {
     /// Default `x-portcullis-auth-method`.
     #[serde(default = "h_auth_method")]
     pub auth_method: String,
+    /// Whether the credential the caller presented (`Authorization`, the
+    /// API-key header, the app id and secret headers) is removed before
+    /// proxying (default true); an upstream may override it.
+    #[serde(default = "yes")]
+    pub strip_credentials: bool,
 }
 
 fn h_subject() -> String {
@@ -348,7 +356,66 @@ impl Default for IdentityHeaders {
             tenant: h_tenant(),
             session: h_session(),
             auth_method: h_auth_method(),
+            strip_credentials: true,
         }
+    }
+}
+
+/// `[internal_token]`: a short-lived JWT signed with the gateway's active
+/// key, sent to upstreams that verify the caller instead of trusting
+/// headers (the library's `InternalTokenLayer`, PyJWT against the JWKS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTokenConfig {
+    /// Sent to every upstream (default false); an upstream may override it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The request header carrying it (default `x-portcullis-identity`).
+    #[serde(default = "default_internal_header")]
+    pub header: String,
+    /// Its lifetime (default `60s`, at most `1h`).
+    #[serde(default = "default_internal_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Its `iss` (default: `keys.issuer` followed by `/internal`); never
+    /// `keys.issuer` itself, so an internal token is never accepted as a
+    /// caller's access token by the gateway.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Where the public listener serves the gateway's JWKS (default
+    /// `/.well-known/portcullis/jwks.json`), whether or not the token
+    /// service is enabled.
+    #[serde(default = "default_internal_jwks_path")]
+    pub jwks_path: String,
+}
+
+fn default_internal_header() -> String {
+    portcullis::http::INTERNAL_TOKEN_HEADER.as_str().to_owned()
+}
+fn default_internal_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_internal_jwks_path() -> String {
+    "/.well-known/portcullis/jwks.json".into()
+}
+
+impl Default for InternalTokenConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            header: default_internal_header(),
+            ttl: default_internal_ttl(),
+            issuer: None,
+            jwks_path: default_internal_jwks_path(),
+        }
+    }
+}
+
+impl InternalTokenConfig {
+    /// The `iss` of internal tokens.
+    pub fn issuer(&self, keys: &KeysConfig) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("{}/internal", keys.issuer.trim_end_matches('/')))
     }
 }
 
@@ -437,6 +504,29 @@ pub struct UpstreamConfig {
     /// Serves every allowed request whose route no upstream lists (at most one).
     #[serde(default)]
     pub default: bool,
+    /// Overrides `internal_token.enabled` for this upstream.
+    #[serde(default)]
+    pub internal_token: Option<bool>,
+    /// `aud` of the internal tokens sent here (default: the upstream's name).
+    #[serde(default)]
+    pub internal_token_audience: Option<String>,
+    /// Overrides `identity.strip_credentials` for this upstream.
+    #[serde(default)]
+    pub strip_credentials: Option<bool>,
+}
+
+impl UpstreamConfig {
+    /// Whether internal tokens are sent here.
+    pub fn sends_internal_token(&self, global: &InternalTokenConfig) -> bool {
+        self.internal_token.unwrap_or(global.enabled)
+    }
+
+    /// The `aud` of the internal tokens sent here.
+    pub fn internal_audience(&self) -> &str {
+        self.internal_token_audience
+            .as_deref()
+            .unwrap_or(&self.name)
+    }
 }
 
 /// One thing wrong with a configuration file, located.
@@ -1119,9 +1209,52 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
 
+    let it = &config.internal_token;
+    if http::HeaderName::from_bytes(it.header.as_bytes()).is_err() {
+        err(
+            "internal_token.header".into(),
+            format!("`{}` is not a header name", it.header),
+        );
+    } else if is_hop_or_credential(&it.header)
+        || ids.iter().any(|(_, n)| n.eq_ignore_ascii_case(&it.header))
+    {
+        err(
+            "internal_token.header".into(),
+            format!(
+                "`{}` is a standard, credential or identity header; pick its own x-… name",
+                it.header
+            ),
+        );
+    }
+    if it.ttl < Duration::from_secs(1) || it.ttl > Duration::from_secs(3600) {
+        err(
+            "internal_token.ttl".into(),
+            "must be between 1s and 1h; internal tokens are meant to be short-lived".into(),
+        );
+    }
+    if let Some(issuer) = &it.issuer {
+        if issuer.is_empty() {
+            err("internal_token.issuer".into(), "must not be empty".into());
+        } else if issuer == &config.keys.issuer {
+            err(
+                "internal_token.issuer".into(),
+                "must differ from keys.issuer, or the gateway would accept its internal tokens as callers' access tokens".into(),
+            );
+        }
+    }
+    for (i, up) in config.upstreams.iter().enumerate() {
+        if up.internal_token_audience.as_deref() == Some("") {
+            err(
+                format!("upstreams[{i}].internal_token_audience"),
+                "must not be empty".into(),
+            );
+        }
+    }
+
     for (key, prefix) in [
         ("token_service.prefix", &config.token_service.prefix),
         ("forward_auth.prefix", &config.forward_auth.prefix),
+        ("internal_token.jwks_path", &config.internal_token.jwks_path),
     ] {
         if !prefix.starts_with('/')
             || prefix.len() < 2

@@ -107,6 +107,9 @@ impl ForwardAuth {
         }
         let response = match &decision.refusal {
             None => {
+                if dialect == Dialect::Envoy {
+                    self.identity.blank(&mut headers);
+                }
                 if let Some(p) = &decision.principal {
                     self.identity.write(p, &mut headers);
                 }

@@ -16,6 +16,7 @@ mod cli;
 mod config;
 mod conn;
 mod forward_auth;
+mod identity;
 mod proxy;
 mod reload;
 mod serve;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Reload(a) => cli::reload::run(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Snippets(a) => cli::snippets::run(a),
     };
     cli::finish(result)
 }

@@ -205,6 +205,15 @@ impl IdentityNames {
         ]
     }
 
+    /// Sets every identity header to the empty value (an Envoy
+    /// `ext_authz` answer overrides the client's copies only with headers
+    /// it carries); [`Self::write`] then fills those it knows.
+    pub fn blank(&self, headers: &mut HeaderMap) {
+        for name in self.all() {
+            headers.insert(name.clone(), HeaderValue::from_static(""));
+        }
+    }
+
     /// Removes every identity header, whatever the client sent.
     pub fn strip(&self, headers: &mut HeaderMap) {
         for name in self.all() {
@@ -253,6 +262,7 @@ struct ProxyInner {
     read_timeout: Duration,
     max_body: u64,
     trusted: portcullis_core::ratelimit::ClientIpConfig,
+    outbound: crate::identity::Outbound,
 }
 
 /// Why the proxy could not be built.
@@ -261,8 +271,12 @@ struct ProxyInner {
 pub struct ProxyConfigError(String);
 
 impl Proxy {
-    /// The proxy of a validated configuration.
-    pub fn new(config: &Config) -> Result<Self, ProxyConfigError> {
+    /// The proxy of a validated configuration; `outbound` sets what each
+    /// upstream learns of the caller (internal token, credential hidden).
+    pub fn new(
+        config: &Config,
+        outbound: crate::identity::Outbound,
+    ) -> Result<Self, ProxyConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
         connector.set_nodelay(true);
@@ -305,6 +319,7 @@ impl Proxy {
                 read_timeout: config.server.upstream_read_timeout,
                 max_body: config.server.max_body_bytes,
                 trusted: config.guard.client_ip.clone(),
+                outbound,
             }),
         })
     }
@@ -383,13 +398,27 @@ impl Proxy {
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
         }
-        let from_trusted_proxy = parts
+        let principal = parts.extensions.get::<Principal>().map(|p| &**p);
+        if let Err(e) = inner
+            .outbound
+            .apply(&upstream.name, principal, rid, &mut parts.headers)
+        {
+            tracing::error!(upstream = %upstream.name, error = %e, "internal token not signed");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "gateway.internal_token_failed",
+                "the gateway could not sign the upstream's identity token",
+                rid,
+            );
+        }
+        let peer = parts
             .extensions
             .get::<PeerAddr>()
-            .is_some_and(|p| inner.trusted.is_trusted(p.0.ip()));
+            .map(|p| p.0.ip().to_canonical());
+        let from_trusted_proxy = peer.is_some_and(|ip| inner.trusted.is_trusted(ip));
         set_forwarding(
             &mut parts.headers,
-            parts.extensions.get::<ClientIp>(),
+            peer.or(parts.extensions.get::<ClientIp>().map(|c| c.0)),
             original_host.as_ref(),
             from_trusted_proxy,
             parts.extensions.get::<ClientTls>().is_some(),
@@ -576,21 +605,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For` (the guard's client IP), `-Proto` (`https` when the
-/// gateway terminated TLS), `-Host`. A trusted
-/// proxy's own `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the
-/// public host) are kept; anyone else's are replaced.
-fn set_forwarding(
+/// `X-Forwarded-For`, `-Proto`, `-Host` from the trusted-proxy view. The
+/// peer is appended to a trusted proxy's `X-Forwarded-For` chain; anyone
+/// else's chain is replaced by the peer alone. A trusted proxy's own
+/// `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the public
+/// host) are kept; anyone else's are replaced (`-Proto`: `https` when the
+/// gateway terminated TLS). `Forwarded` is removed.
+pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client: Option<&ClientIp>,
+    peer: Option<std::net::IpAddr>,
     host: Option<&HeaderValue>,
     from_trusted_proxy: bool,
     tls: bool,
 ) {
+    let chain: Vec<String> = if from_trusted_proxy {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|hop| !hop.is_empty())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
     headers.remove("x-forwarded-for");
     headers.remove("forwarded");
-    if let Some(ClientIp(ip)) = client
-        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    let mut hops = chain;
+    if let Some(ip) = peer {
+        hops.push(ip.to_string());
+    }
+    if !hops.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&hops.join(", "))
     {
         headers.insert("x-forwarded-for", v);
     }

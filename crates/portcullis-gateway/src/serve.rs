@@ -68,6 +68,8 @@ pub(crate) struct App {
     guarded: GuardService<Proxy>,
     guard: Guard,
     max_body: u64,
+    /// The gateway's public JWKS and where it is served.
+    jwks: (String, Bytes),
 }
 
 /// What the ops listener reports on.
@@ -271,7 +273,10 @@ pub(crate) fn build_app(
     }
     let guard = builder.build().map_err(|e| start("guard")(e.to_string()))?;
 
-    let proxy = Proxy::new(config).map_err(|e| start("upstreams")(e.to_string()))?;
+    let outbound = crate::identity::Outbound::new(config, Arc::clone(&shared.keys))
+        .map_err(|e| start("internal_token")(e.to_string()))?;
+    let jwks = (outbound.jwks_path().to_owned(), outbound.jwks());
+    let proxy = Proxy::new(config, outbound).map_err(|e| start("upstreams")(e.to_string()))?;
     let forward_auth = config.forward_auth.enabled.then(|| {
         (
             config.forward_auth.prefix.clone(),
@@ -288,6 +293,7 @@ pub(crate) fn build_app(
         guarded: GuardLayer::new(guard.clone()).layer(proxy),
         guard,
         max_body: config.server.max_body_bytes,
+        jwks,
     })
 }
 
@@ -498,6 +504,7 @@ fn under(path: &str, prefix: &str) -> bool {
 enum Surface {
     TokenService,
     ForwardAuth,
+    Jwks,
     Proxy,
 }
 
@@ -506,6 +513,7 @@ impl Surface {
         match self {
             Self::TokenService => "token_service",
             Self::ForwardAuth => "forward_auth",
+            Self::Jwks => "jwks",
             Self::Proxy => "proxy",
         }
     }
@@ -535,6 +543,12 @@ impl App {
     ) -> (Surface, Response<ResponseBody>) {
         req.extensions_mut().insert(PeerAddr(peer));
         let path = req.uri().path();
+        if path == self.jwks.0 {
+            return (
+                Surface::Jwks,
+                crate::identity::jwks_response(&req, &self.jwks.1),
+            );
+        }
         if let Some((prefix, router)) = &self.token_service
             && under(path, prefix)
         {

@@ -509,7 +509,8 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let h = &r.json()["headers"];
-    assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+    // The trusted peer is appended to the chain it sent.
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "api.example.com");
 

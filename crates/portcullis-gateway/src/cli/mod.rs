@@ -12,6 +12,7 @@ mod keyfile;
 pub mod keys;
 pub mod reload;
 pub mod serve;
+pub mod snippets;
 pub mod token;
 
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ pub enum Command {
     Reload(reload::ReloadArgs),
     /// Write a starter configuration, a signing key and a pepper.
     Init(init::InitArgs),
+    /// Print nginx / Caddy / Traefik / Envoy configuration that asks this gateway's forward-auth.
+    Snippets(snippets::SnippetsArgs),
 }
 
 /// `portcullis config ...`
