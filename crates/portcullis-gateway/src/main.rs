@@ -14,6 +14,7 @@ mod config;
 mod forward_auth;
 mod proxy;
 mod serve;
+mod storage;
 
 use std::process::ExitCode;
 
