@@ -33,6 +33,9 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Bans and anomaly detection.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// The identity headers sent to upstreams and forward-auth callers.
     #[serde(default)]
     pub identity: IdentityHeaders,
@@ -202,10 +205,15 @@ pub struct StorageConfig {
     /// `memory`, `sqlite://PATH` or `postgres://…` (default `memory`).
     #[serde(default = "default_storage_url")]
     pub url: String,
-    /// Redis shared by every replica (`redis://…`): the rate-limit
-    /// counters live there, so a limit of N admits N across replicas. Optional.
+    /// One Redis server shared by every replica (`redis://…`): the hot
+    /// shared state (rate-limit counters, bans and detector windows, the
+    /// jti denylist) lives there. Optional.
     #[serde(default)]
     pub redis: Option<String>,
+    /// A Redis Cluster instead of one server: its seed nodes
+    /// (`["redis://host:7000", …]`). Excludes `redis`.
+    #[serde(default)]
+    pub redis_cluster: Vec<String>,
     /// Prefix of the gateway's Redis keys (default `portcullis`); replicas
     /// of one deployment share it, other deployments on the same Redis must not.
     #[serde(default = "default_redis_prefix")]
@@ -228,6 +236,7 @@ impl Default for StorageConfig {
         Self {
             url: default_storage_url(),
             redis: None,
+            redis_cluster: Vec::new(),
             redis_prefix: default_redis_prefix(),
             pepper_file: None,
         }
@@ -289,13 +298,56 @@ pub struct KeysConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// SQLite audit database; absent: no audit log.
+    /// SQLite audit database; absent (and no `postgres`): no audit log.
     #[serde(default)]
     pub sqlite: Option<PathBuf>,
+    /// PostgreSQL audit database (`postgres://…`); excludes `sqlite`.
+    #[serde(default)]
+    pub postgres: Option<String>,
     /// Spool directory for events while the database is unavailable
-    /// (default: `<sqlite>.spool`).
+    /// (default: `<sqlite>.spool`; required with `postgres`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+}
+
+/// `[anomaly]`: bans (checked on every request) and the detectors that
+/// feed them. On Redis when `storage.redis` / `storage.redis_cluster` is
+/// set (every replica sees every ban and counts into the same windows),
+/// else in this process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Whether bans are enforced and detectors run (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The detectors (default: the five documented ones, each tagging the
+    /// audit event of a request that trips it). A list given here replaces
+    /// the defaults.
+    #[serde(default = "default_detectors")]
+    pub detectors: Vec<portcullis_core::anomaly::DetectorConfig>,
+    /// Most detector windows kept in memory (default 100 000; memory only).
+    #[serde(default = "default_anomaly_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_detectors() -> Vec<portcullis_core::anomaly::DetectorConfig> {
+    portcullis_core::anomaly::DetectorKind::ALL
+        .into_iter()
+        .map(portcullis_core::anomaly::DetectorConfig::default_for)
+        .collect()
+}
+fn default_anomaly_max_keys() -> usize {
+    100_000
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            detectors: default_detectors(),
+            max_keys: default_anomaly_max_keys(),
+        }
+    }
 }
 
 /// `[identity]`: names of the identity headers. Inbound copies are always
@@ -1147,13 +1199,60 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             "must be 1-64 visible ASCII characters".into(),
         );
     }
+    if config.storage.redis_prefix.contains(['{', '}']) {
+        err(
+            "storage.redis_prefix".into(),
+            "must not contain `{` or `}` (Redis Cluster hash-tag characters)".into(),
+        );
+    }
+    let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
     if let Some(redis) = &config.storage.redis
-        && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        && !redis_url(redis)
     {
         err(
             "storage.redis".into(),
             format!("`{redis}` is not a Redis URL; use redis://HOST:PORT"),
         );
+    }
+    for (i, url) in config.storage.redis_cluster.iter().enumerate() {
+        if !redis_url(url) {
+            err(
+                format!("storage.redis_cluster[{i}]"),
+                format!("`{url}` is not a Redis URL; use redis://HOST:PORT"),
+            );
+        }
+    }
+    if config.storage.redis.is_some() && !config.storage.redis_cluster.is_empty() {
+        err(
+            "storage.redis_cluster".into(),
+            "set either `redis` (one server) or `redis_cluster` (seed nodes), not both".into(),
+        );
+    }
+    if let Some(url) = &config.audit.postgres {
+        if config.audit.sqlite.is_some() {
+            err(
+                "audit.postgres".into(),
+                "set either `sqlite` or `postgres`, not both".into(),
+            );
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            err(
+                "audit.postgres".into(),
+                format!("`{url}` is not a PostgreSQL URL; use postgres://USER@HOST/DB"),
+            );
+        }
+        if config.audit.spool_dir.is_none() {
+            err(
+                "audit.spool_dir".into(),
+                "audit to PostgreSQL needs a local spool directory for events written while the database is down (e.g. /var/lib/portcullis/audit.spool)".into(),
+            );
+        }
+    }
+    if config.anomaly.max_keys == 0 {
+        err("anomaly.max_keys".into(), "must be at least 1".into());
+    }
+    if let Err(e) = portcullis_core::anomaly::validate_detectors(&config.anomaly.detectors) {
+        err("anomaly.detectors".into(), e.to_string());
     }
     if let Some(pepper) = &config.storage.pepper_file {
         match std::fs::metadata(pepper) {
@@ -1537,6 +1636,51 @@ mod tests {
             .find(|e| e.key.as_deref() == Some("keys.dir"))
             .unwrap();
         assert_eq!(keys.line, Some(2));
+    }
+
+    #[test]
+    fn redis_audit_and_anomaly_keys_are_checked() {
+        let base = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n";
+        let keys_of = |extra: &str| -> Vec<String> {
+            match parse(Path::new("p.toml"), &format!("{base}{extra}")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.into_iter().filter_map(|e| e.key).collect(),
+            }
+        };
+        let both = keys_of(
+            "[storage]\nredis = \"redis://a:1\"\nredis_cluster = [\"redis://b:1\", \"http://c:1\"]\nredis_prefix = \"a{b}\"\n",
+        );
+        assert!(
+            both.contains(&"storage.redis_cluster".to_owned()),
+            "{both:?}"
+        );
+        assert!(
+            both.contains(&"storage.redis_cluster[1]".to_owned()),
+            "{both:?}"
+        );
+        assert!(
+            both.contains(&"storage.redis_prefix".to_owned()),
+            "{both:?}"
+        );
+        let audit = keys_of("[audit]\npostgres = \"mysql://x\"\nsqlite = \"/tmp/a.db\"\n");
+        assert!(audit.contains(&"audit.postgres".to_owned()), "{audit:?}");
+        assert!(audit.contains(&"audit.spool_dir".to_owned()), "{audit:?}");
+        let anomaly = keys_of(
+            "[anomaly]\nmax_keys = 0\n[[anomaly.detectors]]\nkind = \"burst\"\nthreshold = 0\nwindow = 10\nactions = [\"tag\"]\n",
+        );
+        assert!(
+            anomaly.contains(&"anomaly.max_keys".to_owned()),
+            "{anomaly:?}"
+        );
+        assert!(
+            anomaly.contains(&"anomaly.detectors".to_owned()),
+            "{anomaly:?}"
+        );
+        // A good cluster, PostgreSQL audit and detector list: only the missing key dir.
+        let good = keys_of(
+            "[storage]\nredis_cluster = [\"redis://b:1\"]\n[audit]\npostgres = \"postgres://u@h/db\"\nspool_dir = \"/tmp/s\"\n[anomaly]\n[[anomaly.detectors]]\nkind = \"auth_failures\"\nthreshold = 3\nwindow = 60\nactions = [\"ban\"]\n",
+        );
+        assert_eq!(good, ["keys.dir"]);
     }
 
     #[test]

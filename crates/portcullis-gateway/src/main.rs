@@ -20,6 +20,7 @@ mod identity;
 mod proxy;
 mod reload;
 mod serve;
+mod storage;
 mod tls;
 
 use std::process::ExitCode;

@@ -20,22 +20,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use portcullis::audit::sqlite::SqliteAudit;
-use portcullis::audit::{AuditWriter, AuditWriterConfig};
 use portcullis::http::{GuardLayer, GuardService, PeerAddr};
 use portcullis::service::TokenService;
-use portcullis::stores::{Backends, Stores, StoresConfig};
+use portcullis::stores::Stores;
 use portcullis::{Guard, GuardConfig};
-use portcullis_core::{
-    IssuerConfig, KeySet, SecretHasher, SystemClock, TokenIssuer, Validation, Verifier,
-};
+use portcullis_core::{IssuerConfig, KeySet, TokenIssuer, Validation, Verifier};
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::{Config, LogConfig, LogFormat, LogLevel, StorageUrl};
+use crate::config::{Config, LogConfig, LogFormat, LogLevel};
 use crate::forward_auth::ForwardAuth;
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -119,48 +115,21 @@ pub fn run(config_path: &Path) -> Result<(), ServeError> {
 /// the Redis connection and the token service. Built once at start from
 /// the restart-only keys ([`crate::reload::RESTART_ONLY`]).
 pub(crate) struct Shared {
+    storage: crate::storage::Storage,
     stores: Arc<Stores>,
     keys: Arc<KeySet>,
     issuer_config: IssuerConfig,
     audit: Option<Arc<AuditWriter>>,
-    redis: Option<portcullis::redis_conn::RedisConnection>,
     token_service: Option<(String, axum::Router)>,
 }
 
 impl Shared {
     async fn open(config: &Config) -> Result<Self, ServeError> {
-        // Storage.
-        let pepper = match &config.storage.pepper_file {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| start("storage.pepper_file")(format!("{}: {e}", path.display())))?,
-            None => {
-                let mut random = vec![0u8; 32];
-                portcullis_core::opaque::fill_random(&mut random)
-                    .map_err(|e| start("pepper")(e.to_string()))?;
-                random
-            }
-        };
-        let hasher =
-            SecretHasher::new(&pepper).map_err(|e| start("storage.pepper_file")(e.to_string()))?;
-        let backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
-            StorageUrl::Memory => {
-                Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
-            }
-            StorageUrl::Sqlite(path) => Backends::all(Arc::new(
-                portcullis::stores::sqlite::SqliteStores::open(&path)
-                    .await
-                    .map_err(|e| start("storage.url")(e.to_string()))?,
-            )),
-            StorageUrl::Postgres(url) => Backends::all(Arc::new(
-                portcullis::stores::postgres::PostgresStores::connect(&url, 16)
-                    .await
-                    .map_err(|e| start("storage.url")(e.to_string()))?,
-            )),
-        };
-        let stores = Arc::new(
-            Stores::new(backends, StoresConfig::new(hasher.clone()))
-                .map_err(|e| start("storage")(e.to_string()))?,
-        );
+        // Stores, Redis, bans and detectors, audit.
+        let storage = crate::storage::open(config).await?;
+        let stores = Arc::clone(&storage.stores);
+        let hasher = storage.hasher.clone();
+        let audit = storage.audit.clone();
 
         // Keys and the local issuer.
         let keys = Arc::new(
@@ -169,42 +138,6 @@ impl Shared {
         );
         let mut issuer_config = IssuerConfig::new(config.keys.issuer.clone());
         issuer_config.audience.clone_from(&config.keys.audience);
-
-        // Audit.
-        let audit = match &config.audit.sqlite {
-            None => None,
-            Some(path) => {
-                let db = SqliteAudit::open(path, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| start("audit.sqlite")(e.to_string()))?;
-                let spool = config
-                    .audit
-                    .spool_dir
-                    .clone()
-                    .unwrap_or_else(|| path.with_extension("spool"));
-                let writer = AuditWriter::start(
-                    Arc::new(db),
-                    AuditWriterConfig::new(spool),
-                    Arc::new(SystemClock),
-                )
-                .map_err(|e| start("audit")(e.to_string()))?;
-                Some(Arc::new(writer))
-            }
-        };
-
-        // Rate-limit counters shared by every replica.
-        let redis = match &config.storage.redis {
-            None => None,
-            Some(url) => Some(
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    portcullis::redis_conn::RedisConnection::single(url),
-                )
-                .await
-                .map_err(|_| start("storage.redis")("no answer within 10 s".into()))?
-                .map_err(|e| start("storage.redis")(e.to_string()))?,
-            ),
-        };
 
         // The token service.
         let token_service = if config.token_service.enabled {
@@ -219,6 +152,9 @@ impl Shared {
             let mut b = TokenService::builder(Arc::clone(&stores), issuer, Arc::clone(&keys))
                 .public_url(public_url)
                 .client_ip(config.guard.client_ip.clone());
+            if let Some(engine) = &storage.anomaly {
+                b = b.anomaly(Arc::clone(engine));
+            }
             if let Some(a) = &audit {
                 b = b.audit(Arc::clone(a));
             }
@@ -234,11 +170,11 @@ impl Shared {
             None
         };
         Ok(Self {
+            storage,
             stores,
             keys,
             issuer_config,
             audit,
-            redis,
             token_service,
         })
     }
@@ -260,10 +196,12 @@ pub(crate) fn build_app(
     let mut builder = Guard::builder(guard_config)
         .local_keys(verifier)
         .stores(Arc::clone(&shared.stores));
-    if let Some(conn) = &shared.redis {
-        let prefix = format!("{}:ratelimit", config.storage.redis_prefix);
-        builder = builder
-            .rate_limiter(portcullis::ratelimit::RateLimiter::builder().redis(conn.clone(), &prefix));
+    if let Some(limiter) = shared.storage.rate_limiter() {
+        // Rate-limit counters shared by every replica.
+        builder = builder.rate_limiter(limiter);
+    }
+    if let Some(engine) = &shared.storage.anomaly {
+        builder = builder.anomaly(Arc::clone(engine));
     }
     if let Some(limiter) = previous.and_then(|p| p.guard.rate_limiter()) {
         builder = builder.reuse_rate_limiter(limiter.clone());

@@ -1,0 +1,213 @@
+//! The long-lived state handles `portcullis serve` builds once from
+//! `[storage]`, `[anomaly]` and `[audit]`: the stores facade, the shared
+//! Redis connection (one server or a Cluster), the anomaly engine, the
+//! rate limiter's backend and the audit writer.
+//!
+//! Which store lives where:
+//!
+//! | state | without Redis | with `storage.redis` / `storage.redis_cluster` |
+//! |---|---|---|
+//! | users, sessions, API keys, app credentials, refresh-token families | `storage.url` | `storage.url` |
+//! | the access-token (`jti`) denylist | `storage.url` | Redis |
+//! | rate-limit counters | this process | Redis |
+//! | bans, detector windows | this process | Redis |
+//!
+//! Redis calls on the request path keep the library's time budgets (100 ms
+//! for rate limits, bans and detectors; 250 ms for revocation lookups), so
+//! a Redis that hangs costs a request at most those; what a failure then
+//! means is each rate rule's `on_backend_error`, bans and detectors fail
+//! open, the denylist fails closed (503 `backend.unavailable` for a token
+//! it would have to check).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::anomaly::redis::{RedisBans, RedisCounters};
+use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
+use portcullis::audit::postgres::PostgresAudit;
+use portcullis::audit::sqlite::SqliteAudit;
+use portcullis::audit::{AuditSink, AuditWriter, AuditWriterConfig};
+use portcullis::ratelimit::{RateLimiter, RateLimiterBuilder};
+use portcullis::redis_conn::RedisConnection;
+use portcullis::stores::redis::RedisStores;
+use portcullis::stores::{Backends, Stores, StoresConfig};
+use portcullis_core::{SecretHasher, SystemClock};
+
+use crate::config::{Config, StorageUrl};
+use crate::serve::ServeError;
+
+/// How long the gateway waits for Redis or PostgreSQL at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn start(what: &'static str) -> impl Fn(String) -> ServeError {
+    move |message| ServeError::Start { what, message }
+}
+
+/// What the gateway's parts share, built once per process.
+pub struct Storage {
+    /// The stores facade (users, sessions, keys, revocation).
+    pub stores: Arc<Stores>,
+    /// The pepper-keyed hasher the stores and the issuer use.
+    pub hasher: SecretHasher,
+    /// The shared Redis connection, when configured.
+    pub redis: Option<RedisConnection>,
+    /// Bans and detectors, unless `anomaly.enabled = false`.
+    pub anomaly: Option<Arc<AnomalyEngine>>,
+    /// The audit writer, when an audit database is configured.
+    pub audit: Option<Arc<AuditWriter>>,
+    redis_prefix: String,
+}
+
+impl Storage {
+    /// The rate limiter's backend for a guard: the shared Redis when
+    /// configured (counters under `<redis_prefix>:ratelimit`), else `None`
+    /// (this process's memory).
+    pub fn rate_limiter(&self) -> Option<RateLimiterBuilder> {
+        self.redis.as_ref().map(|conn| {
+            RateLimiter::builder().redis(conn.clone(), &format!("{}:ratelimit", self.redis_prefix))
+        })
+    }
+}
+
+/// Opens everything `[storage]`, `[anomaly]` and `[audit]` name: fails,
+/// naming the key, when a backend cannot be reached within 10 s.
+pub async fn open(config: &Config) -> Result<Storage, ServeError> {
+    let pepper = match &config.storage.pepper_file {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| start("storage.pepper_file")(format!("{}: {e}", path.display())))?,
+        None => {
+            let mut random = vec![0u8; 32];
+            portcullis_core::opaque::fill_random(&mut random)
+                .map_err(|e| start("pepper")(e.to_string()))?;
+            random
+        }
+    };
+    let hasher =
+        SecretHasher::new(&pepper).map_err(|e| start("storage.pepper_file")(e.to_string()))?;
+
+    let redis = connect_redis(config).await?;
+    let prefix = config.storage.redis_prefix.clone();
+
+    let mut backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
+        StorageUrl::Memory => {
+            Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
+        }
+        StorageUrl::Sqlite(path) => Backends::all(Arc::new(
+            portcullis::stores::sqlite::SqliteStores::open(&path)
+                .await
+                .map_err(|e| start("storage.url")(e.to_string()))?,
+        )),
+        StorageUrl::Postgres(url) => Backends::all(Arc::new(
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                portcullis::stores::postgres::PostgresStores::connect(&url, 16),
+            )
+            .await
+            .map_err(|_| start("storage.url")("no answer within 10 s".into()))?
+            .map_err(|e| start("storage.url")(e.to_string()))?,
+        )),
+    };
+    if let Some(conn) = &redis {
+        // The hot, expiring revocation state (checked on every request,
+        // never cached) on the shared Redis. Sessions stay durable with
+        // the other records: a Redis restart must not log everyone out,
+        // and their revocation reaches every replica within the 1 s bound
+        // of the revocation caches all the same.
+        backends.denylist = Arc::new(RedisStores::new(conn.clone(), &format!("{prefix}:stores")));
+    }
+    let stores = Arc::new(
+        Stores::new(backends, StoresConfig::new(hasher.clone()))
+            .map_err(|e| start("storage")(e.to_string()))?,
+    );
+
+    let anomaly = if config.anomaly.enabled {
+        let backend = match &redis {
+            // Bans under the prefix itself, where `portcullis bans
+            // --prefix <redis_prefix>` reads and writes them.
+            Some(conn) => AnomalyBackend::Redis {
+                counters: RedisCounters::new(conn.clone(), &prefix),
+                bans: RedisBans::new(conn.clone(), &prefix),
+            },
+            None => AnomalyBackend::memory(config.anomaly.max_keys),
+        };
+        Some(Arc::new(
+            AnomalyEngine::new(
+                config.anomaly.detectors.clone(),
+                backend,
+                None,
+                Arc::new(SystemClock),
+            )
+            .map_err(|e| start("anomaly")(e.to_string()))?,
+        ))
+    } else {
+        None
+    };
+
+    let audit = open_audit(config).await?;
+    Ok(Storage {
+        stores,
+        hasher,
+        redis,
+        anomaly,
+        audit,
+        redis_prefix: prefix,
+    })
+}
+
+async fn connect_redis(config: &Config) -> Result<Option<RedisConnection>, ServeError> {
+    let storage = &config.storage;
+    let (key, shown, connected) = if let Some(url) = &storage.redis {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, RedisConnection::single(url)).await;
+        ("storage.redis", url.clone(), connected)
+    } else if !storage.redis_cluster.is_empty() {
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            RedisConnection::cluster(&storage.redis_cluster),
+        )
+        .await;
+        (
+            "storage.redis_cluster",
+            storage.redis_cluster.join(", "),
+            connected,
+        )
+    } else {
+        return Ok(None);
+    };
+    connected
+        .map_err(|_| start(key)(format!("{shown}: no answer within 10 s")))?
+        .map_err(|e| start(key)(format!("{shown}: {e}")))
+        .map(Some)
+}
+
+async fn open_audit(config: &Config) -> Result<Option<Arc<AuditWriter>>, ServeError> {
+    let (sink, spool): (Arc<dyn AuditSink>, _) =
+        match (&config.audit.sqlite, &config.audit.postgres) {
+            (Some(path), _) => {
+                let db = SqliteAudit::open(path, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| start("audit.sqlite")(e.to_string()))?;
+                let spool = config
+                    .audit
+                    .spool_dir
+                    .clone()
+                    .unwrap_or_else(|| path.with_extension("spool"));
+                (Arc::new(db) as Arc<dyn AuditSink>, spool)
+            }
+            (None, Some(url)) => {
+                // The tables are created (or checked) at start; once running,
+                // an unreachable server only sends events to the spool.
+                let db = tokio::time::timeout(CONNECT_TIMEOUT, PostgresAudit::open(url))
+                    .await
+                    .map_err(|_| start("audit.postgres")("no answer within 10 s".into()))?
+                    .map_err(|e| start("audit.postgres")(e.to_string()))?;
+                let spool = config.audit.spool_dir.clone().ok_or_else(|| {
+                    start("audit.spool_dir")("required with audit.postgres".into())
+                })?;
+                (Arc::new(db) as Arc<dyn AuditSink>, spool)
+            }
+            (None, None) => return Ok(None),
+        };
+    let writer = AuditWriter::start(sink, AuditWriterConfig::new(spool), Arc::new(SystemClock))
+        .map_err(|e| start("audit")(e.to_string()))?;
+    Ok(Some(Arc::new(writer)))
+}
