@@ -113,6 +113,16 @@ impl ForwardAuth {
                 if let Some(p) = &decision.principal {
                     self.identity.write(p, &mut headers);
                 }
+                // Every identity header is in the answer, empty when the
+                // caller lacks it (anonymous: all): a proxy copying them
+                // then overwrites the client's own copies instead of
+                // leaving them, and Caddy 2.6's `copy_headers` sends an
+                // empty value instead of its unreplaced placeholder text.
+                for name in self.identity.all() {
+                    if !headers.contains_key(name) {
+                        headers.insert(name.clone(), HeaderValue::from_static(""));
+                    }
+                }
                 let mut r = Response::new(full(""));
                 *r.headers_mut() = headers;
                 r

@@ -194,7 +194,8 @@ impl IdentityNames {
         })
     }
 
-    fn all(&self) -> [&HeaderName; 6] {
+    /// Every identity header name.
+    pub fn all(&self) -> [&HeaderName; 6] {
         [
             &self.subject,
             &self.roles,
