@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests run against, when missing: Debian's
 # nginx and caddy (binaries only; their system services are not started),
+# curl (the `portcullis demo` test runs the printed curl lines),
 # and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "e2e-env: need root to install ${missing[*]} (apt-get)" >&2

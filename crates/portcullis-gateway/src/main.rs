@@ -1,9 +1,11 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
-//! to one command; exit codes are 0 ok, 1 token rejected, 2 usage/config/key error.
+//! to one command; exit codes are 0 ok, 1 token rejected or a `demo --check`
+//! step misbehaved, 2 usage/config/key error.
 //!
 //! - `cli`: the command tree and each command's thin entry point.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
 //! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
@@ -11,6 +13,7 @@
 
 mod cli;
 mod config;
+mod demo;
 mod forward_auth;
 mod proxy;
 mod serve;
@@ -29,7 +32,7 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue(a)) => cli::token::issue(a),
         Command::Token(TokenCommand::Inspect(a)) => cli::token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => cli::token::verify(a),
-        Command::Demo => cli::demo::run(),
+        Command::Demo(a) => cli::demo::run(a),
         Command::Bans(BansCommand::List(a)) => cli::bans::list(a),
         Command::Bans(BansCommand::Add(a)) => cli::bans::add(a),
         Command::Bans(BansCommand::Lift(a)) => cli::bans::lift(a),

@@ -109,6 +109,29 @@ pub fn run(config_path: &Path) -> Result<(), ServeError> {
 }
 
 async fn serve(config: Config) -> Result<(), ServeError> {
+    serve_until(config, shutdown_signal(), |_| {}).await
+}
+
+/// The addresses the listeners bound (port 0 in the configuration becomes
+/// the port the system chose).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The public listener.
+    pub public: SocketAddr,
+    /// The ops listener.
+    pub ops: SocketAddr,
+}
+
+/// The gateway on an in-memory `config`: `ready` is called once both
+/// listeners are bound, and `shutdown` completing starts the graceful drain
+/// (`portcullis serve` passes SIGTERM / SIGINT; `portcullis demo --check`
+/// its own end). The process's logs and metrics recorder are the caller's
+/// to set up once ([`init_logs`]; the recorder is installed here).
+pub async fn serve_until(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
     let metrics = install_metrics()?;
 
     // Storage.
@@ -260,16 +283,20 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let ops = TcpListener::bind(config.server.ops_listen)
         .await
         .map_err(|e| start("server.ops_listen")(format!("{}: {e}", config.server.ops_listen)))?;
+    let bound = Bound {
+        public: public.local_addr().map_or(config.server.listen, |a| a),
+        ops: ops.local_addr().map_or(config.server.ops_listen, |a| a),
+    };
     tracing::info!(
-        public = %public.local_addr().map_or(config.server.listen, |a| a),
-        ops = %ops.local_addr().map_or(config.server.ops_listen, |a| a),
+        public = %bound.public,
+        ops = %bound.ops,
         routes = config.guard.routes.len(),
         upstreams = config.upstreams.len(),
         "portcullis gateway listening"
     );
+    ready(bound);
 
     let graceful = GracefulShutdown::new();
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -366,7 +393,7 @@ where
 }
 
 /// Logs on stderr, as `[log]` says.
-fn init_logs(log: &LogConfig) {
+pub fn init_logs(log: &LogConfig) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match log.level {
         LogLevel::Error => LevelFilter::ERROR,
@@ -386,7 +413,7 @@ fn init_logs(log: &LogConfig) {
 }
 
 /// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
