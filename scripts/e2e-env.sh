@@ -2,6 +2,7 @@
 # Installs what the end-to-end tests run against, when missing: Debian's
 # nginx and caddy (binaries only; their system services are not started),
 # the openssl CLI (test certificates),
+# curl (the `portcullis demo` test runs the printed curl lines),
 # and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 # The TLS tests make their self-signed certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "e2e-env: need root to install ${missing[*]} (apt-get)" >&2

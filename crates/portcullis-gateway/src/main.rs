@@ -1,5 +1,6 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
-//! to one command; exit codes are 0 ok, 1 token rejected, 2 usage/config/key error.
+//! to one command; exit codes are 0 ok, 1 token rejected or a `demo --check`
+//! step misbehaved, 2 usage/config/key error.
 //!
 //! - `cli`: the command tree and each command's thin entry point.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
@@ -7,6 +8,7 @@
 //! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
 //! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
 //! - [`tls`]: TLS termination, certificate reload on SIGHUP.
+//! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
@@ -15,6 +17,7 @@
 mod cli;
 mod config;
 mod conn;
+mod demo;
 mod forward_auth;
 mod identity;
 mod proxy;
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue(a)) => cli::token::issue(a),
         Command::Token(TokenCommand::Inspect(a)) => cli::token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => cli::token::verify(a),
-        Command::Demo => cli::demo::run(),
+        Command::Demo(a) => cli::demo::run(a),
         Command::Bans(BansCommand::List(a)) => cli::bans::list(a),
         Command::Bans(BansCommand::Add(a)) => cli::bans::add(a),
         Command::Bans(BansCommand::Lift(a)) => cli::bans::lift(a),

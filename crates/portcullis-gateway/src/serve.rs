@@ -236,6 +236,31 @@ pub(crate) fn build_app(
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
+    serve_until(config, config_path, shutdown_signal(), |_| {}).await
+}
+
+/// The addresses the listeners bound (port 0 in the configuration becomes
+/// the port the system chose).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The public listener.
+    pub public: SocketAddr,
+    /// The ops listener.
+    pub ops: SocketAddr,
+}
+
+/// The gateway on `config`, read from `config_path` (which SIGHUP and
+/// `portcullis reload` read again): `ready` is called once both listeners
+/// are bound, and `shutdown` completing starts the graceful drain
+/// (`portcullis serve` passes SIGTERM / SIGINT; `portcullis demo --check`
+/// its own end). The process's logs are the caller's to set up once
+/// ([`init_logs`]; the metrics recorder is installed here).
+pub async fn serve_until(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
     let metrics = install_metrics()?;
     let shared = Arc::new(Shared::open(&config).await?);
     let live = Arc::new(ArcSwap::from_pointee(build_app(&config, &shared, None)?));
@@ -272,14 +297,19 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     let ops = TcpListener::bind(config.server.ops_listen)
         .await
         .map_err(|e| start("server.ops_listen")(format!("{}: {e}", config.server.ops_listen)))?;
+    let bound = Bound {
+        public: public.local_addr().map_or(config.server.listen, |a| a),
+        ops: ops.local_addr().map_or(config.server.ops_listen, |a| a),
+    };
     tracing::info!(
-        public = %public.local_addr().map_or(config.server.listen, |a| a),
-        ops = %ops.local_addr().map_or(config.server.ops_listen, |a| a),
+        public = %bound.public,
+        ops = %bound.ops,
         routes = config.guard.routes.len(),
         upstreams = config.upstreams.len(),
         tls = tls.is_some(),
         "portcullis gateway listening"
     );
+    ready(bound);
     let pid_file = crate::reload::PidFile::write(config.server.pid_file.as_deref())
         .map_err(start("server.pid_file"))?;
     let sighup = crate::reload::on_sighup(Arc::clone(&reloader));
@@ -288,7 +318,6 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     // Turns true at shutdown: connections still in their TLS handshake or
     // before their first bytes are dropped rather than awaited.
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -397,7 +426,7 @@ where
 }
 
 /// Logs on stderr, as `[log]` says.
-fn init_logs(log: &LogConfig) {
+pub fn init_logs(log: &LogConfig) {
     use tracing_subscriber::filter::LevelFilter;
     let level = match log.level {
         LogLevel::Error => LevelFilter::ERROR,
@@ -417,7 +446,7 @@ fn init_logs(log: &LogConfig) {
 }
 
 /// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

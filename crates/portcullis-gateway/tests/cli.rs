@@ -437,16 +437,3 @@ fn inspect_decodes_without_verifying() {
     assert_eq!(json(&out)["code"], "auth.malformed_token");
 }
 
-#[test]
-fn demo_issues_and_verifies_a_token() {
-    let out = run(&["demo"]);
-    assert_exit(&out, 0);
-    let text = stdout(&out);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("eyJ") && l.split('.').count() == 3),
-        "{text}"
-    );
-    assert!(text.contains("\"subject\": \"demo-user\""), "{text}");
-    assert!(!text.contains("PRIVATE KEY"));
-}

@@ -1,66 +1,88 @@
-//! `portcullis demo`: the whole round trip in memory (generate a key, issue a
-//! token, verify it); nothing is written to disk.
+//! `portcullis demo [--check] [--listen ADDR] [--dir DIR]`: the arguments,
+//! and the file and console helpers the demo (`crate::demo`) shares with
+//! the other commands.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-use portcullis_core::{
-    AccessRequest, Algorithm, AlgorithmSet, IssuerConfig, Key, KeySet, TokenIssuer, Validation,
-    Verifier,
-};
-use serde_json::{Map, json};
+use clap::Args;
+use portcullis_core::Key;
+use portcullis_core::jose::jwk::public_jwk;
 
-use super::{CliError, console, token};
+use super::keyfile::{self, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE};
+use super::{CliError, console};
 
-const ISSUER: &str = "https://issuer.demo.portcullis.invalid";
-const AUDIENCE: &str = "demo-api";
-const SUBJECT: &str = "demo-user";
+/// Arguments of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run the printed script against the demo itself: ✓ or ✗ per step, exit 0 only if every step behaved as printed.
+    #[arg(long)]
+    pub check: bool,
+    /// The gateway's public listener; port 0 picks a free port [default: 127.0.0.1:8080, with --check 127.0.0.1:0].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Keep the demo's files (config, key, pepper, SQLite stores and audit) in DIR, which must be empty or absent [default: a temporary directory, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
 
-/// Runs the demo and prints the token and the verified principal.
-pub fn run() -> Result<(), CliError> {
-    let alg = Algorithm::ES256;
-    let key = Key::generate(alg).map_err(|e| CliError::key("cannot generate the demo key", e))?;
-    let kid = key.kid().to_owned();
-    let mut keys = KeySet::new();
-    keys.insert(key)
-        .map_err(|e| CliError::key("cannot use the demo key", e))?;
-    let keys = Arc::new(keys);
+/// Runs the demo (see `crate::demo`).
+pub fn run(args: &DemoArgs) -> Result<(), CliError> {
+    let listen = args.listen.unwrap_or_else(|| {
+        let port = if args.check { 0 } else { 8080 };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    });
+    crate::demo::run(&crate::demo::Options {
+        check: args.check,
+        listen,
+        dir: args.dir.clone(),
+    })
+}
 
-    let config = IssuerConfig {
-        audience: vec![AUDIENCE.into()],
-        ..IssuerConfig::new(ISSUER)
+/// Creates `dir` (mode 0700) if missing.
+pub(crate) fn create_dir(dir: &Path) -> Result<(), CliError> {
+    keyfile::create_dir(dir)
+}
+
+/// Writes `key` into `dir` as `portcullis keys generate` does:
+/// `<kid>.pem` (0600) and `<kid>.jwk.json`.
+pub(crate) fn write_key(dir: &Path, key: &Key) -> Result<(), CliError> {
+    let missing = |what: &str| {
+        CliError::key(
+            "cannot export the demo key",
+            portcullis_core::KeyError::Unsupported(format!("no {what}")),
+        )
     };
-    let issuer = TokenIssuer::new(Arc::clone(&keys), config, token::new_hasher()?);
-    let mut claims = Map::new();
-    claims.insert("roles".into(), json!(["reader"]));
-    let issued = issuer.issue_access(&AccessRequest {
-        subject: SUBJECT.into(),
-        claims,
-        ..AccessRequest::default()
-    })?;
-
-    let validation = Validation::new()
-        .with_issuer(ISSUER)
-        .with_audience(AUDIENCE)
-        .with_algorithms(AlgorithmSet::EMPTY.with(alg));
-    let verifier = Verifier::new(Arc::clone(&keys), validation);
-    let principal = verifier
-        .verify(issued.token.as_bytes())
-        .map_err(CliError::Rejected)?;
-    let principal = serde_json::to_string_pretty(&principal)
+    let pem = key
+        .private_pkcs8_pem()
+        .ok_or_else(|| missing("PKCS#8 form"))?;
+    let public = public_jwk(key).ok_or_else(|| missing("public JWK"))?;
+    let public = serde_json::to_vec_pretty(&public)
         .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
-    let jwks = serde_json::to_string_pretty(&keys.public_jwks())
-        .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+    keyfile::create_dir(dir)?;
+    keyfile::write_new(
+        &keyfile::key_path(dir, key.kid(), PEM_SUFFIX),
+        pem.as_bytes(),
+        PRIVATE_MODE,
+    )?;
+    keyfile::write_new(
+        &keyfile::key_path(dir, key.kid(), JWK_SUFFIX),
+        &public,
+        PUBLIC_MODE,
+    )
+}
 
-    console::print(&format!(
-        "Portcullis demo: issue and verify an access token, in memory\n\
-         \n\
-         1. Signing key: {alg}, kid {kid} (generated now, discarded on exit)\n\
-         \n\
-         2. Public JWKS (what a verifier needs):\n{jwks}\n\
-         \n\
-         3. Access token for subject \"{SUBJECT}\" (iss {ISSUER}, aud {AUDIENCE}, expires at {}):\n{}\n\
-         \n\
-         4. Verified principal:\n{principal}",
-        issued.expires_at, issued.token
-    ))
+/// Writes a new secret file (0600).
+pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CliError> {
+    keyfile::write_new(path, contents, PRIVATE_MODE)
+}
+
+/// Writes a new readable file (0644).
+pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<(), CliError> {
+    keyfile::write_new(path, contents, PUBLIC_MODE)
+}
+
+/// Writes `text` and a newline to stdout.
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
+    console::print(text)
 }

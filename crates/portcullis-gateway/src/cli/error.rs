@@ -138,13 +138,21 @@ pub enum CliError {
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Output(io::Error),
+    /// `demo --check`: some steps did not behave as printed (exit 1).
+    #[error("{failed} of {total} demo steps did not behave as printed (see the ✗ lines above)")]
+    CheckFailed {
+        /// Steps that failed.
+        failed: usize,
+        /// Steps run.
+        total: usize,
+    },
 }
 
 impl CliError {
     /// The process exit code of this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Rejected(_) => EXIT_REJECTED,
+            Self::Rejected(_) | Self::CheckFailed { .. } => EXIT_REJECTED,
             _ => EXIT_USAGE,
         }
     }

@@ -28,7 +28,7 @@ pub use keys::load_key_dir;
 #[command(
     name = "portcullis",
     version,
-    after_help = "Exit codes: 0 ok, 1 token rejected, 2 usage, configuration or key error."
+    after_help = "Exit codes: 0 ok, 1 token rejected or a `demo --check` step failed, 2 usage, configuration or key error."
 )]
 pub struct Cli {
     /// The command to run.
@@ -45,8 +45,8 @@ pub enum Command {
     /// Issue, inspect and verify access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Generate a key, issue a token and verify it, all in memory.
-    Demo,
+    /// Run the gateway in front of a built-in echo app and print copy-paste curl lines (--check: run them).
+    Demo(demo::DemoArgs),
     /// List, add and lift the anomaly bans shared through Redis.
     #[command(subcommand)]
     Bans(BansCommand),
