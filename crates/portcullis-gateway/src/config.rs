@@ -133,7 +133,7 @@ pub struct ServerConfig {
 
 /// `[server.tls]`: the public listener terminates TLS (HTTP/2 and
 /// HTTP/1.1 by ALPN). SIGHUP re-reads both files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
@@ -292,6 +292,14 @@ pub struct KeysConfig {
     /// `aud` of issued tokens, required of accepted ones.
     #[serde(default)]
     pub audience: Vec<String>,
+    /// Verified-token cache: most tokens kept (default 10 000); `0` turns
+    /// it off, so every request's signature is checked.
+    #[serde(default = "default_token_cache_entries")]
+    pub token_cache_entries: u64,
+}
+
+fn default_token_cache_entries() -> u64 {
+    10_000
 }
 
 /// `[audit]`.
@@ -314,7 +322,7 @@ pub struct AuditConfig {
 /// feed them. On Redis when `storage.redis` / `storage.redis_cluster` is
 /// set (every replica sees every ban and counts into the same windows),
 /// else in this process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyConfig {
     /// Whether bans are enforced and detectors run (default true).

@@ -30,9 +30,11 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.ops_listen",
     "server.shutdown_timeout",
     "server.pid_file",
+    "server.tls",
     "storage",
     "keys",
     "audit",
+    "anomaly",
     "token_service",
     "log",
 ];
@@ -149,6 +151,7 @@ fn record_success() {
 fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut keep = |key: &str, changed: bool| {
+        debug_assert!(RESTART_ONLY.contains(&key), "{key} is not listed");
         if changed {
             warnings.push(format!(
                 "`{key}` changed, but it takes effect only at restart; the running value is kept"
@@ -163,6 +166,10 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
         c.shutdown_timeout != n.shutdown_timeout,
     );
     keep("server.pid_file", c.pid_file != n.pid_file);
+    // The certificate files are re-read on SIGHUP; their paths and the
+    // handshake limits are the listener's.
+    keep("server.tls", c.tls != n.tls);
+    n.tls.clone_from(&c.tls);
     n.listen = c.listen;
     n.ops_listen = c.ops_listen;
     n.shutdown_timeout = c.shutdown_timeout;
@@ -170,11 +177,13 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
     keep("storage", current.storage != next.storage);
     keep("keys", current.keys != next.keys);
     keep("audit", current.audit != next.audit);
+    keep("anomaly", current.anomaly != next.anomaly);
     keep("token_service", current.token_service != next.token_service);
     keep("log", current.log != next.log);
     next.storage = current.storage.clone();
     next.keys = current.keys.clone();
     next.audit = current.audit.clone();
+    next.anomaly = current.anomaly.clone();
     next.token_service = current.token_service.clone();
     next.log = current.log.clone();
     warnings

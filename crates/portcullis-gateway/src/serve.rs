@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use portcullis::audit::AuditWriter;
 use portcullis::http::{GuardLayer, GuardService, PeerAddr};
 use portcullis::service::TokenService;
 use portcullis::stores::Stores;
@@ -194,7 +195,13 @@ pub(crate) fn build_app(
     );
     let guard_config: GuardConfig = config.guard.clone();
     let mut builder = Guard::builder(guard_config)
-        .local_keys(verifier)
+        .local_keys_cached(
+            verifier,
+            portcullis::TokenCacheConfig {
+                max_entries: config.keys.token_cache_entries,
+                ..portcullis::TokenCacheConfig::default()
+            },
+        )
         .stores(Arc::clone(&shared.stores));
     if let Some(limiter) = shared.storage.rate_limiter() {
         // Rate-limit counters shared by every replica.
