@@ -796,8 +796,8 @@ fn read_secret_file(
 /// The contents of a secret file: UTF-8, bounded, one trailing newline trimmed.
 fn read_secret(path: &Path) -> Result<String, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -808,8 +808,8 @@ fn read_secret(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    let mut text = String::from_utf8(bytes)
-        .map_err(|_| format!("`{}` is not UTF-8 text", path.display()))?;
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| format!("`{}` is not UTF-8 text", path.display()))?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -1803,10 +1803,8 @@ mod tests {
         );
     }
     fn key_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-config-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-config-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = portcullis_core::Key::generate(portcullis_core::Algorithm::ES256).unwrap();
         std::fs::write(dir.join("k1.pem"), key.private_pkcs8_pem().unwrap()).unwrap();
@@ -1834,7 +1832,10 @@ mod tests {
         );
         let config = parse(Path::new("p.toml"), &text).unwrap();
         // One trailing newline trimmed; the value checked like the key's own.
-        assert_eq!(config.storage.url, "sqlite:///tmp/portcullis-secret-test.db");
+        assert_eq!(
+            config.storage.url,
+            "sqlite:///tmp/portcullis-secret-test.db"
+        );
         assert_eq!(
             config.storage.redis.as_deref(),
             Some("redis://:s3cret@127.0.0.1:6379")
@@ -1864,7 +1865,11 @@ mod tests {
         std::fs::write(&big, vec![b'a'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
         let text = format!("{head}url_file = \"{}\"\n", big.display());
         let errs = parse(Path::new("p.toml"), &text).unwrap_err().0;
-        assert!(errs[0].message.contains("larger than"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("larger than"),
+            "{}",
+            errs[0].message
+        );
         let empty = dir.join("empty");
         std::fs::write(&empty, "\n").unwrap();
         let text = format!("{head}url_file = \"{}\"\n", empty.display());
@@ -1883,7 +1888,8 @@ mod tests {
             "PORTCULLIS_STORAGE__URL_FILE".to_owned(),
             url.display().to_string(),
         )];
-        let config = parse_with(Path::new("p.toml"), &head, &env_overrides(vars.into_iter())).unwrap();
+        let config =
+            parse_with(Path::new("p.toml"), &head, &env_overrides(vars.into_iter())).unwrap();
         assert_eq!(config.storage.url, "memory");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1915,7 +1921,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.guard.routes[0].path, "/z");
-        assert_eq!(config.guard.routes[0].mode, portcullis::guard::Mode::Enforce);
+        assert_eq!(
+            config.guard.routes[0].mode,
+            portcullis::guard::Mode::Enforce
+        );
         assert_eq!(config.guard.routes[1].mode, portcullis::guard::Mode::DryRun);
         assert_eq!(config.upstreams[0].url, "http://127.0.0.1:2");
 
@@ -1940,7 +1949,9 @@ mod tests {
         .unwrap_err()
         .0;
         assert!(
-            errs[0].message.contains("PORTCULLIS_GUARD__ROUTES__0__MODE"),
+            errs[0]
+                .message
+                .contains("PORTCULLIS_GUARD__ROUTES__0__MODE"),
             "{}",
             errs[0].message
         );
@@ -1956,6 +1967,10 @@ mod tests {
             .find(|e| e.key.as_deref() == Some("guard.routes[1].path"))
             .unwrap_or_else(|| panic!("{errs:?}"));
         assert_eq!(e.line, Some(12));
-        assert!(e.message.contains("ambiguous with route `get`"), "{}", e.message);
+        assert!(
+            e.message.contains("ambiguous with route `get`"),
+            "{}",
+            e.message
+        );
     }
 }

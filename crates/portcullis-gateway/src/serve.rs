@@ -34,9 +34,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{Config, LogConfig, LogFormat, LogLevel};
 use crate::forward_auth::ForwardAuth;
+use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
-use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
