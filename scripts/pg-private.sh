@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # A PostgreSQL cluster of a test's own, for tests that stop and restart the
 # database (never the shared server on 5432). Loopback TCP only, no Unix
-# socket, trust auth for user `postgres`, fsync off (test data only).
+# socket, trust auth for user `postgres`, fsync off (test data only). Commits
+# stay synchronous: an immediate stop is a process crash, and with fsync off
+# the kernel still holds every WAL write, so an acknowledged commit survives
+# it (synchronous_commit = off would drop the last ones, and the outage tests
+# would blame the gateway for the database's loss).
 #
 #   scripts/pg-private.sh start DIR PORT   # initdb DIR/data on first use, start, wait until it accepts connections
 #   scripts/pg-private.sh stop DIR         # immediate shutdown, as a crash (no checkpoint)
@@ -47,8 +51,6 @@ start)
 listen_addresses = '127.0.0.1'
 unix_socket_directories = ''
 fsync = off
-synchronous_commit = off
-full_page_writes = off
 CONF
     fi
     running && exit 0

@@ -298,7 +298,8 @@ fn the_printed_lines_run_in_a_shell_as_printed() {
     // pause for the batched audit writer (it flushes every 100 ms).
     let mut script = String::new();
     for step in &steps {
-        script.push_str(&format!("echo '@@step {}'\n", step.n));
+        // A body without a final newline must not swallow the marker.
+        script.push_str(&format!("echo; echo '@@step {}'\n", step.n));
         if step.lines.iter().any(|l| l.contains(" audit query ")) {
             script.push_str("sleep 1\n");
         }
@@ -307,7 +308,7 @@ fn the_printed_lines_run_in_a_shell_as_printed() {
             script.push('\n');
         }
     }
-    script.push_str("echo '@@vars'\necho \"TOKEN=$TOKEN\"\necho \"REFRESH=$REFRESH\"\n");
+    script.push_str("echo; echo '@@vars'\necho \"TOKEN=$TOKEN\"\necho \"REFRESH=$REFRESH\"\n");
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
@@ -375,7 +376,7 @@ fn the_printed_lines_run_in_a_shell_as_printed() {
             }
         } else {
             assert_eq!(step.n, 0, "{ctx}");
-            assert!(output.is_empty(), "{ctx}");
+            assert!(output.trim().is_empty(), "{ctx}");
         }
     }
     // The refresh replaced both tokens with non-empty ones.

@@ -281,7 +281,6 @@ fn hex(bytes: &[u8]) -> String {
 /// A WebSocket through the gateway: the handshake is authenticated, the
 /// app sees the identity, messages echo both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WebSocket passthrough (gw-tls branch)"]
 async fn a_websocket_passes_through_with_the_identity() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(s) = setup("flask-ws").await else {

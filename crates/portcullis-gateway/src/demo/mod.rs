@@ -567,21 +567,24 @@ mod tests {
 
     #[test]
     fn the_demo_config_is_valid_and_escapes_paths() {
+        // The files the config names must exist: loading it reads the
+        // pepper and the key directory.
+        let path = std::env::temp_dir().join(format!("a \"quoted\" dir {}", std::process::id()));
         let dir = Workdir {
-            path: PathBuf::from("/tmp/a \"quoted\" dir"),
-            remove: false,
+            path: path.clone(),
+            remove: true,
         };
+        let key = Key::generate(Algorithm::ES256).unwrap();
+        crate::cli::demo::write_key(&dir.join("keys"), &key).unwrap();
+        crate::cli::demo::write_secret(&dir.join("pepper"), &[7u8; 32]).unwrap();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let text = config_text(&dir, addr(8080), addr(9091), addr(9999));
         let config = crate::config::parse_with(Path::new("demo.toml"), &text, &[]).unwrap();
         assert_eq!(config.guard.routes.len(), 3);
-        assert_eq!(
-            config.audit.sqlite.unwrap(),
-            PathBuf::from("/tmp/a \"quoted\" dir/audit.db")
-        );
+        assert_eq!(config.audit.sqlite.unwrap(), path.join("audit.db"));
         assert_eq!(
             config.storage.url,
-            "sqlite:///tmp/a \"quoted\" dir/stores.db"
+            format!("sqlite://{}", path.join("stores.db").display())
         );
     }
 }
