@@ -69,7 +69,7 @@ sqlite = \"$W/run/$name-audit.db\""
       limits='[[guard.rate_limits]]
 name = "per_ip"
 algorithm = "gcra"
-rate = 1000000000
+rate = 10000000
 period = 10
 key = ["ip"]'
       route_limits='rate_limits = ["per_ip"]' ;;
