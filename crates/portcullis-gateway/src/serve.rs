@@ -32,11 +32,13 @@ use tower_service::Service;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::{Config, LogConfig, LogFormat, LogLevel};
+use crate::config::{Config, LogConfig, LogFormat, LogLevel, SignedRequestsConfig};
 use crate::forward_auth::ForwardAuth;
+use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
-use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
+use portcullis::authz::{NonceStore, SignedRequestAuthenticator};
+use portcullis_core::{AuthMethod, Principal};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,9 @@ pub(crate) struct Shared {
     issuer_config: IssuerConfig,
     audit: Option<Arc<AuditWriter>>,
     token_service: Option<(String, axum::Router)>,
+    /// Signed-request nonces: outlive reloads, so a reload never forgets
+    /// which nonces were spent.
+    nonces: Arc<dyn NonceStore>,
 }
 
 impl Shared {
@@ -170,7 +175,9 @@ impl Shared {
         } else {
             None
         };
+        let nonces = storage.nonce_store();
         Ok(Self {
+            nonces,
             storage,
             stores,
             keys,
@@ -216,6 +223,9 @@ pub(crate) fn build_app(
     if let Some(a) = &shared.audit {
         builder = builder.audit(Arc::clone(a));
     }
+    if let Some(signed) = &config.signed_requests {
+        builder = builder.signed_requests(signed_authenticator(signed, &shared.nonces)?);
+    }
     let guard = builder.build().map_err(|e| start("guard")(e.to_string()))?;
 
     let outbound = crate::identity::Outbound::new(config, Arc::clone(&shared.keys))
@@ -240,6 +250,43 @@ pub(crate) fn build_app(
         max_body: config.server.max_body_bytes,
         jwks,
     })
+}
+
+/// The apps of `[signed_requests]`, their secrets read now (so a reload
+/// picks up a rotated secret), over the process's nonce store.
+fn signed_authenticator(
+    signed: &SignedRequestsConfig,
+    nonces: &Arc<dyn NonceStore>,
+) -> Result<SignedRequestAuthenticator<SharedNonces>, ServeError> {
+    let mut auth = SignedRequestAuthenticator::new(SharedNonces(Arc::clone(nonces)))
+        .with_window(signed.window);
+    for app in &signed.apps {
+        let secret = app.read_secret().map_err(|m| {
+            start("signed_requests.apps.secret_file")(format!("app `{}`: {m}", app.id))
+        })?;
+        let mut principal = Principal::new(app.id.clone(), AuthMethod::SignedRequest);
+        principal.roles.clone_from(&app.roles);
+        principal.permissions.clone_from(&app.permissions);
+        principal.tenant.clone_from(&app.tenant);
+        auth = auth
+            .with_app_principal(&secret, principal)
+            .map_err(|e| start("signed_requests.apps")(e.to_string()))?;
+    }
+    Ok(auth)
+}
+
+/// The process's one nonce store, shared by every guard a reload builds.
+struct SharedNonces(Arc<dyn NonceStore>);
+
+impl NonceStore for SharedNonces {
+    fn remember<'a>(
+        &'a self,
+        app: &'a str,
+        nonce: &'a str,
+        ttl: Duration,
+    ) -> portcullis::authz::BoxFuture<'a, Result<bool, portcullis::authz::NonceStoreError>> {
+        self.0.remember(app, nonce, ttl)
+    }
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {

@@ -436,4 +436,3 @@ fn inspect_decodes_without_verifying() {
     assert_exit(&out, 1);
     assert_eq!(json(&out)["code"], "auth.malformed_token");
 }
-
