@@ -78,7 +78,21 @@ struct Health {
     keys: Arc<KeySet>,
     metrics: PrometheusHandle,
     reloader: Arc<Reloader>,
+    /// The running app: its rate limiter's breaker is sampled at scrape.
+    live: Arc<ArcSwap<App>>,
+    /// The audit writer: its queue is sampled at scrape.
+    audit: Option<Arc<AuditWriter>>,
+    /// Whether rate limits count on Redis (so there is a breaker to report).
+    redis: bool,
 }
+
+/// Gauge: events waiting in the audit queue, sampled at each scrape.
+const AUDIT_QUEUE_DEPTH_METRIC: &str = "portcullis_audit_queue_depth";
+/// Counter: audit events dropped (queue full or closed).
+const AUDIT_DROPPED_METRIC: &str = "portcullis_audit_dropped_total";
+/// Gauge: the rate limiter's Redis circuit breaker, 0 closed, 1 open
+/// (calls skipped, one probe per interval), sampled at each scrape.
+const BREAKER_STATE_METRIC: &str = "portcullis_ratelimit_breaker_state";
 
 /// Latency buckets, in seconds, of every histogram.
 const BUCKETS: [f64; 14] = [
@@ -330,6 +344,9 @@ pub async fn serve_until(
         keys: Arc::clone(&shared.keys),
         metrics,
         reloader: Arc::clone(&reloader),
+        live: Arc::clone(&live),
+        audit: shared.audit.clone(),
+        redis: shared.storage.redis.is_some(),
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -620,6 +637,7 @@ impl Health {
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/health/ready" => self.readiness().await,
             "/metrics" => {
+                self.sample();
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -639,6 +657,24 @@ impl Health {
             http::HeaderValue::from_static("application/json"),
         );
         response
+    }
+
+    /// Sets the gauges that are read rather than counted: the audit
+    /// queue's depth and drops, the Redis breaker's state.
+    fn sample(&self) {
+        if let Some(audit) = &self.audit {
+            let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);
+            metrics::gauge!(AUDIT_QUEUE_DEPTH_METRIC).set(f64::from(depth));
+            // The writer counts drops as they happen; this makes the series
+            // exist (at 0) before the first one.
+            metrics::counter!(AUDIT_DROPPED_METRIC).absolute(audit.stats().dropped);
+        }
+        if self.redis
+            && let Some(limiter) = self.live.load().guard.rate_limiter()
+        {
+            let open = if limiter.backend_down() { 1.0 } else { 0.0 };
+            metrics::gauge!(BREAKER_STATE_METRIC).set(open);
+        }
     }
 
     async fn readiness(&self) -> (StatusCode, serde_json::Value) {

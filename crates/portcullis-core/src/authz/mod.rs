@@ -9,7 +9,6 @@ pub mod signed_request;
 pub use permission::{Permission, PermissionError, PermissionSet};
 pub use roles::{RoleDef, RoleError, RoleTable};
 pub use routes::{
-    AccessPolicy, AuthzConfig, AuthzConfigError, Decision, Effect, Reason, RequestFacts,
-    Requirements, RouteRule,
-    ConflictKind, RouteConflict,
+    AccessPolicy, AuthzConfig, AuthzConfigError, ConflictKind, Decision, Effect, Reason,
+    RequestFacts, Requirements, RouteConflict, RouteRule,
 };
