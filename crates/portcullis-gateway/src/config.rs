@@ -1879,10 +1879,17 @@ mod tests {
         let problems: Vec<_> = validate(&config)
             .into_iter()
             // The example's paths do not exist on the test machine.
-            .filter(|(k, _)| k != "keys.dir" && k != "storage.pepper_file")
+            .filter(|(k, _)| {
+                k != "keys.dir"
+                    && k != "storage.pepper_file"
+                    && !(k.starts_with("signed_requests.apps[") && k.ends_with("].secret_file"))
+            })
             .collect();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(config.guard.routes.len(), 3);
+        let signed = config.signed_requests.as_ref().expect("[signed_requests]");
+        assert_eq!(signed.window, Duration::from_secs(300));
+        assert_eq!(signed.apps[0].id, "billing");
         portcullis::Guard::builder(config.guard)
             .without_revocation()
             .local_keys(portcullis_core::Verifier::new(
