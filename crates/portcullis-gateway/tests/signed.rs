@@ -392,11 +392,11 @@ fn config_check_refuses_signed_routes_without_apps_and_short_secrets() {
     assert!(stderr.contains("route `orders`"), "{stderr}");
     assert!(stderr.contains("[signed_requests]"), "{stderr}");
 
-    // A secret under 32 bytes, a bad id, an unknown role, a zero window.
+    // A secret under 32 bytes, a bad id, an unknown role, a window over 1h.
     let short = dir.join("short.secret");
     fs::write(&short, "too-short\n").unwrap();
     let section = signed_section(&short)
-        .replace("window = \"2m\"", "window = \"0s\"")
+        .replace("window = \"2m\"", "window = \"2h\"")
         .replace("roles = [\"service\"]", "roles = [\"servcie\"]")
         .replace(&format!("id = \"{APP}\""), "id = \"bill ing\"");
     let (ok, stderr) = check(&config(
@@ -491,6 +491,42 @@ async fn a_nonce_spent_on_one_replica_is_refused_by_another_on_redis() {
     assert_eq!(
         metric(&metrics, "portcullis_ratelimit_breaker_state", &[]),
         Some(0.0),
+        "{metrics}"
+    );
+
+    // The app banned through the CLI (on the same Redis, under the same
+    // prefix): every replica refuses it, and the refusal is counted by code.
+    let out = portcullis(&[
+        "bans",
+        "add",
+        "--redis",
+        &url,
+        "--prefix",
+        &prefix,
+        "--subject",
+        APP,
+        "--for",
+        "10m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banned = Signed::new("POST", "/orders", body);
+    assert_refused(&send(&c, banned.request(pa)).await, 403, "anomaly.banned");
+    let metrics = send(&c, support::get(oa, "/metrics", &[])).await.body;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_guard_decisions_total",
+            &[
+                ("route", "orders"),
+                ("decision", "deny"),
+                ("code", "anomaly.banned")
+            ]
+        ),
+        Some(1.0),
         "{metrics}"
     );
 }
