@@ -233,11 +233,7 @@ fn ambiguous_and_shadowed_rules_are_reported() {
             kind: ConflictKind::Ambiguous { other: "a".into() },
         }]
     );
-    assert!(
-        c[0].to_string().contains("ambiguous with route `a`"),
-        "{}",
-        c[0]
-    );
+    assert!(c[0].to_string().contains("ambiguous with route `a`"), "{}", c[0]);
     // A partial overlap at the same specificity is ambiguous too (POST).
     let c = conflicts(vec![
         RouteRule::allow("a", "/o").methods(["GET", "POST"]),

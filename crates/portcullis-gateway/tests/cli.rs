@@ -436,3 +436,4 @@ fn inspect_decodes_without_verifying() {
     assert_exit(&out, 1);
     assert_eq!(json(&out)["code"], "auth.malformed_token");
 }
+

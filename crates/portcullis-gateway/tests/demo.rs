@@ -83,10 +83,7 @@ fn check_runs_every_step_against_itself_and_passes() {
     for (n, line) in passed.iter().enumerate() {
         assert!(line.starts_with(&format!("✓ {n}. ")), "{line}");
     }
-    assert!(
-        stdout.contains("all 14 steps behaved as printed"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("all 14 steps behaved as printed"), "{stdout}");
     // The steps named in the issue are among them.
     for needle in [
         "=> 200 200 200 429",
@@ -130,10 +127,7 @@ fn check_runs_every_step_against_itself_and_passes() {
     }
     // Two 429s: the last of the burst and the single refused call.
     assert_eq!(
-        codes
-            .iter()
-            .filter(|c| **c == "rate_limit.exceeded")
-            .count(),
+        codes.iter().filter(|c| **c == "rate_limit.exceeded").count(),
         2,
         "{codes:?}"
     );
@@ -189,7 +183,10 @@ impl Demo {
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         let pid = child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         for _ in 0..200 {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -287,10 +284,7 @@ fn the_printed_lines_run_in_a_shell_as_printed() {
 
     let steps = parse_steps(&printed);
     assert_eq!(steps.len(), 14, "{all}");
-    assert!(
-        steps[0].lines[0].starts_with("GW=http://127.0.0.1:"),
-        "{all}"
-    );
+    assert!(steps[0].lines[0].starts_with("GW=http://127.0.0.1:"), "{all}");
 
     // One bash runs every printed line in order (the variables carry from
     // step to step, as in the user's shell); markers split the output.
@@ -363,8 +357,8 @@ fn the_printed_lines_run_in_a_shell_as_printed() {
             }
         } else if command.contains("=$(curl -s") {
             // A capture step echoes the JSON it captured from.
-            let json: Value =
-                serde_json::from_str(output.trim()).unwrap_or_else(|e| panic!("{e}: {ctx}"));
+            let json: Value = serde_json::from_str(output.trim())
+                .unwrap_or_else(|e| panic!("{e}: {ctx}"));
             assert!(json["access_token"].is_string(), "{ctx}");
             assert!(json["refresh_token"].is_string(), "{ctx}");
         } else if command.contains(" audit query ") {
@@ -397,10 +391,7 @@ fn a_taken_port_is_refused_with_what_to_do() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(stderr.contains("--listen 127.0.0.1:0"), "{stderr}");
     drop(taken);
 }
@@ -416,11 +407,7 @@ fn a_non_empty_dir_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("is not empty"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("is not empty"), "{}", text(&out.stderr));
     assert_eq!(fs::read(dir.0.join("something")).unwrap(), b"x");
     assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 1);
 }

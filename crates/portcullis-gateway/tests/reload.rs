@@ -220,10 +220,7 @@ async fn start(dir: &TempDir, paths: &[&str]) -> (Gateway, SocketAddr) {
 }
 
 /// One connection, kept alive across requests.
-struct Conn(
-    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    SocketAddr,
-);
+struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>, SocketAddr);
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Self {
@@ -237,10 +234,7 @@ impl Conn {
 
     /// Panics if the connection was closed: the test is that it is not.
     async fn get(&mut self, path: &str) -> (StatusCode, String) {
-        self.0
-            .ready()
-            .await
-            .expect("the kept-alive connection closed");
+        self.0.ready().await.expect("the kept-alive connection closed");
         let req = Request::get(path)
             .header("host", self.1.to_string())
             .body(Full::new(Bytes::new()))
@@ -257,10 +251,13 @@ impl Conn {
 }
 
 async fn get_once(addr: SocketAddr, path: &str) -> Option<(StatusCode, String)> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .ok()?;
@@ -368,7 +365,10 @@ async fn sighup_with_a_bad_file_keeps_the_old_configuration_serving() {
         .map(|(i, _)| i + 1)
         .next()
         .unwrap();
-    assert!(line.contains(&format!("{config}:{path_line}:")), "{line}");
+    assert!(
+        line.contains(&format!("{config}:{path_line}:")),
+        "{line}"
+    );
     assert!(line.contains("`guard.routes[1].path`"), "{line}");
     assert!(line.contains("shadowed by route `no-b`"), "{line}");
     // Still the old configuration, on the same connection.
@@ -388,20 +388,14 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
     let (gw, up) = start(&dir, &["/a"]).await;
     let config = gw.config.to_str().unwrap().to_owned();
     assert_eq!(
-        fs::read_to_string(dir.join("portcullis.pid"))
-            .unwrap()
-            .trim(),
+        fs::read_to_string(dir.join("portcullis.pid")).unwrap().trim(),
         gw.child.as_ref().unwrap().id().to_string()
     );
 
     rewrite(&gw, up, &dir, &["/a", "/c"], "");
     let out = portcullis(&["reload", "--config", &config]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.trim(), format!("{config}: reloaded"));
     assert_eq!(get_once(gw.public, "/c").await.unwrap().0, StatusCode::OK);
 
@@ -433,21 +427,14 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("`server.listen` changed"), "{stderr}");
     assert!(stderr.contains("`keys` changed"), "{stderr}");
-    assert_eq!(
-        get_once(gw.public, "/c").await.unwrap().0,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(get_once(gw.public, "/c").await.unwrap().0, StatusCode::FORBIDDEN);
     assert!(get_once(moved, "/a").await.is_none(), "the listener moved");
 
     // --pid sends SIGHUP.
     let pid = gw.child.as_ref().unwrap().id().to_string();
     rewrite(&gw, up, &dir, &["/a", "/c"], "");
     let out = portcullis(&["reload", "--pid", &pid]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for_metric(gw.ops, OK, 3.0).await;
     assert_eq!(get_once(gw.public, "/c").await.unwrap().0, StatusCode::OK);
 
@@ -480,10 +467,7 @@ async fn rate_limit_counters_survive_a_reload() {
     rewrite(&gw, up, &dir, &["/limited", "/other"], "");
     gw.signal("-HUP");
     wait_for_metric(gw.ops, OK, 1.0).await;
-    assert_eq!(
-        get_once(gw.public, "/other").await.unwrap().0,
-        StatusCode::OK
-    );
+    assert_eq!(get_once(gw.public, "/other").await.unwrap().0, StatusCode::OK);
     // A limit of 3 across the reload admits exactly 3.
     assert_eq!(
         get_once(gw.public, "/limited").await.unwrap().0,
@@ -535,14 +519,7 @@ async fn sigterm_under_load_completes_every_in_flight_request() {
 fn config_check_refuses_shadowed_and_ambiguous_routes() {
     let dir = TempDir::new("check");
     let keys = dir.join("keys");
-    let out = portcullis(&[
-        "keys",
-        "generate",
-        "--alg",
-        "ES256",
-        "--out",
-        keys.to_str().unwrap(),
-    ]);
+    let out = portcullis(&["keys", "generate", "--alg", "ES256", "--out", keys.to_str().unwrap()]);
     assert!(out.status.success());
     let up = free_port();
     let base = |routes: &str| {

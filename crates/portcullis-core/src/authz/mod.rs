@@ -9,6 +9,7 @@ pub mod signed_request;
 pub use permission::{Permission, PermissionError, PermissionSet};
 pub use roles::{RoleDef, RoleError, RoleTable};
 pub use routes::{
-    AccessPolicy, AuthzConfig, AuthzConfigError, ConflictKind, Decision, Effect, Reason,
-    RequestFacts, Requirements, RouteConflict, RouteRule,
+    AccessPolicy, AuthzConfig, AuthzConfigError, Decision, Effect, Reason, RequestFacts,
+    Requirements, RouteRule,
+    ConflictKind, RouteConflict,
 };

@@ -649,11 +649,7 @@ impl fmt::Display for RouteConflict {
                 self.rule
             ),
             ConflictKind::Shadowed { by } => {
-                write!(
-                    f,
-                    "route `{}` can never match: it is shadowed by route",
-                    self.rule
-                )?;
+                write!(f, "route `{}` can never match: it is shadowed by route", self.rule)?;
                 if by.len() > 1 {
                     f.write_str("s")?;
                 }
@@ -703,17 +699,16 @@ fn specificity(r: &CompiledRule) -> (u8, usize, Vec<u8>, bool, std::cmp::Reverse
 
 /// Whether some request matches both rules.
 fn overlaps(a: &CompiledRule, b: &CompiledRule) -> bool {
-    a.methods & b.methods != 0
-        && hosts_overlap(&a.host, &b.host)
-        && paths_overlap(&a.segments, &b.segments)
+    a.methods & b.methods != 0 && hosts_overlap(&a.host, &b.host) && paths_overlap(&a.segments, &b.segments)
 }
 
 fn hosts_overlap(a: &HostMatch, b: &HostMatch) -> bool {
     match (a, b) {
         (HostMatch::Any, _) | (_, HostMatch::Any) => true,
         (HostMatch::Exact(x), HostMatch::Exact(y)) => x == y,
-        (HostMatch::Exact(h), HostMatch::Suffix(s))
-        | (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(&**s),
+        (HostMatch::Exact(h), HostMatch::Suffix(s)) | (HostMatch::Suffix(s), HostMatch::Exact(h)) => {
+            h.len() > s.len() && h.ends_with(&**s)
+        }
         (HostMatch::Suffix(x), HostMatch::Suffix(y)) => x.ends_with(&**y) || y.ends_with(&**x),
     }
 }

@@ -24,12 +24,7 @@ use super::{CliError, console};
 pub struct ReloadArgs {
     /// The running gateway's configuration file: its ops listener is asked
     /// and the outcome printed.
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "pid",
-        required_unless_present = "pid"
-    )]
+    #[arg(long, value_name = "FILE", conflicts_with = "pid", required_unless_present = "pid")]
     pub config: Option<PathBuf>,
     /// Send SIGHUP to this process id instead (no outcome is printed).
     #[arg(long, value_name = "PID")]
@@ -97,8 +92,9 @@ pub fn run(args: &ReloadArgs) -> Result<(), CliError> {
 /// `server.ops_listen` of `file` (after `PORTCULLIS_SERVER__OPS_LISTEN`),
 /// read leniently: the gateway, not this command, validates the file.
 fn ops_address(file: &Path) -> Result<SocketAddr, CliError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| CliError::Usage(format!("cannot read `{}`: {e}", file.display())))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        CliError::Usage(format!("cannot read `{}`: {e}", file.display()))
+    })?;
     let from_file = toml::de::DeTable::parse(&text).ok().and_then(|doc| {
         match doc.get_ref().get("server").map(|v| v.get_ref()) {
             Some(toml::de::DeValue::Table(t)) => match t.get("ops_listen").map(|v| v.get_ref()) {
@@ -129,11 +125,8 @@ fn ops_address(file: &Path) -> Result<SocketAddr, CliError> {
 }
 
 async fn post_reload(ops: SocketAddr) -> Result<(http::StatusCode, Bytes), CliError> {
-    let unreachable = |e: String| {
-        CliError::Usage(format!(
-            "cannot reach the gateway's ops listener at {ops}: {e}"
-        ))
-    };
+    let unreachable =
+        |e: String| CliError::Usage(format!("cannot reach the gateway's ops listener at {ops}: {e}"));
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(ops)
             .await

@@ -78,8 +78,8 @@ impl Workdir {
                     )));
                 }
                 crate::cli::demo::create_dir(dir)?;
-                let path =
-                    std::path::absolute(dir).map_err(|e| io_error("cannot use --dir", dir, e))?;
+                let path = std::path::absolute(dir)
+                    .map_err(|e| io_error("cannot use --dir", dir, e))?;
                 Ok(Self {
                     path,
                     remove: false,
@@ -258,8 +258,11 @@ async fn set_up(
         .map_err(|e| io_error("cannot open the demo stores", &db, e))?;
     let hasher =
         SecretHasher::new(&pepper).map_err(|e| CliError::key("cannot use the pepper", e))?;
-    let stores = Stores::new(Backends::all(Arc::new(backend)), StoresConfig::new(hasher))
-        .map_err(|e| CliError::Usage(format!("cannot use the demo stores: {e}")))?;
+    let stores = Stores::new(
+        Backends::all(Arc::new(backend)),
+        StoresConfig::new(hasher),
+    )
+    .map_err(|e| CliError::Usage(format!("cannot use the demo stores: {e}")))?;
     let password = random_text(18)?;
     let user = stores
         .create_user(&NewUser {
@@ -302,15 +305,9 @@ async fn demo(options: &Options) -> Result<(), CliError> {
     let ops = claim(SocketAddr::from(([127, 0, 0, 1], 0)), "--listen")?;
     let dir = Workdir::new(options.dir.as_deref())?;
     let identity = crate::config::IdentityHeaders::default();
-    let echo = echo::start(
-        identity
-            .named()
-            .iter()
-            .map(|(_, n)| (*n).to_owned())
-            .collect(),
-    )
-    .await
-    .map_err(|e| CliError::Usage(format!("cannot start the echo app: {e}")))?;
+    let echo = echo::start(identity.named().iter().map(|(_, n)| (*n).to_owned()).collect())
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot start the echo app: {e}")))?;
     let setup = set_up(&dir, listen, ops, echo.addr).await?;
     crate::serve::init_logs(&setup.config.log);
     let audit_db = dir.join("audit.db");
@@ -336,11 +333,9 @@ async fn demo(options: &Options) -> Result<(), CliError> {
     let gateway = crate::serve::serve_until(
         setup.config.clone(),
         dir.join("portcullis.toml"),
-        shutdown,
-        move |bound| {
-            let _ = ready_tx.send(bound);
-        },
-    );
+        shutdown, move |bound| {
+        let _ = ready_tx.send(bound);
+    });
     let driver = async {
         // No address: the gateway ended before it listened, and says why.
         let Ok(bound) = ready_rx.await else {
@@ -459,7 +454,10 @@ async fn check_steps(steps: &[Step]) -> Result<(), CliError> {
         }
     }
     if failed == 0 {
-        print(&format!("all {} steps behaved as printed", steps.len()))?;
+        print(&format!(
+            "all {} steps behaved as printed",
+            steps.len()
+        ))?;
         Ok(())
     } else {
         Err(CliError::CheckFailed {
@@ -573,15 +571,13 @@ mod tests {
         };
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let text = config_text(&dir, addr(8080), addr(9091), addr(9999));
-        let config = crate::config::parse_with(Path::new("demo.toml"), &text, &[]).unwrap();
+        let config =
+            crate::config::parse_with(Path::new("demo.toml"), &text, &[]).unwrap();
         assert_eq!(config.guard.routes.len(), 3);
         assert_eq!(
             config.audit.sqlite.unwrap(),
             PathBuf::from("/tmp/a \"quoted\" dir/audit.db")
         );
-        assert_eq!(
-            config.storage.url,
-            "sqlite:///tmp/a \"quoted\" dir/stores.db"
-        );
+        assert_eq!(config.storage.url, "sqlite:///tmp/a \"quoted\" dir/stores.db");
     }
 }

@@ -536,7 +536,12 @@ pub fn judge(expect: &Expect, observed: &[Observed]) -> Result<(), String> {
         .ok()
         .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_owned));
     if got != expect.statuses {
-        let show = |s: &[u16]| s.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
+        let show = |s: &[u16]| {
+            s.iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         return Err(format!(
             "expected {}, got {}{}",
             show(&expect.statuses),
@@ -836,9 +841,11 @@ mod tests {
                 .shell(11)
                 .contains("curl -si -X POST $GW/auth/logout")
         );
-        assert!(steps[13].shell(13).ends_with(
-            "'/opt/my bin/portcullis' audit query --sqlite /tmp/d/audit.db --decision deny\n"
-        ));
+        assert!(
+            steps[13]
+                .shell(13)
+                .ends_with("'/opt/my bin/portcullis' audit query --sqlite /tmp/d/audit.db --decision deny\n")
+        );
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote(""), "''");
     }
