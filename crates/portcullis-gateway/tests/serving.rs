@@ -605,7 +605,7 @@ async fn tls_serves_http1_and_h2_by_alpn_and_reloads_the_certificate_on_sighup()
     let authority = format!("localhost:{}", gw.public.port());
 
     // HTTP/1.1 over TLS: the client verified the chain against `first`.
-    let (tls, presented) = tls_connect(gw.public, &[first.clone()], &[b"http/1.1"])
+    let (tls, presented) = tls_connect(gw.public, std::slice::from_ref(&first), &[b"http/1.1"])
         .await
         .unwrap();
     assert_eq!(presented, first);
@@ -619,9 +619,13 @@ async fn tls_serves_http1_and_h2_by_alpn_and_reloads_the_certificate_on_sighup()
     );
 
     // HTTP/2 chosen by ALPN; the host comes from :authority.
-    let (tls, _) = tls_connect(gw.public, &[first.clone()], &[b"h2", b"http/1.1"])
-        .await
-        .unwrap();
+    let (tls, _) = tls_connect(
+        gw.public,
+        std::slice::from_ref(&first),
+        &[b"h2", b"http/1.1"],
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (version, echo) = echo_over(tls, true, &authority).await;
     assert_eq!(version, http::Version::HTTP_2);
@@ -631,7 +635,7 @@ async fn tls_serves_http1_and_h2_by_alpn_and_reloads_the_certificate_on_sighup()
 
     // A client that trusts another certificate refuses the handshake.
     assert!(
-        tls_connect(gw.public, &[second.clone()], &[])
+        tls_connect(gw.public, std::slice::from_ref(&second), &[])
             .await
             .is_err()
     );
@@ -726,7 +730,7 @@ async fn tls_serves_http1_and_h2_by_alpn_and_reloads_the_certificate_on_sighup()
     )
     .await;
     // The slots are free again.
-    let (tls, _) = tls_connect(gw.public, &[second.clone()], &[])
+    let (tls, _) = tls_connect(gw.public, std::slice::from_ref(&second), &[])
         .await
         .unwrap();
     let (version, _) = echo_over(tls, false, &authority).await;

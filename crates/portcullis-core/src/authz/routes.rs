@@ -969,7 +969,9 @@ impl AccessPolicy {
     /// The most specific matching deny rule and the most specific matching
     /// allow rule, as (rank, id).
     fn matching(&self, facts: &RequestFacts<'_>) -> (Option<u32>, Option<u32>) {
-        let mut best: (Option<(u32, u32)>, Option<(u32, u32)>) = (None, None);
+        /// The best (rank, id) found so far.
+        type Best = Option<(u32, u32)>;
+        let mut best: (Best, Best) = (None, None);
         let bit = method_bit(facts.method);
         let mut visit = |id: u32| {
             let r = &self.rules[id as usize];

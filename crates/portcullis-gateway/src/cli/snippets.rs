@@ -449,9 +449,11 @@ mod tests {
     use super::*;
 
     fn inputs() -> Inputs {
-        let mut identity = IdentityHeaders::default();
-        identity.subject = "x-user-id".into();
-        identity.roles = "X-User-Roles".into();
+        let identity = IdentityHeaders {
+            subject: "x-user-id".into(),
+            roles: "X-User-Roles".into(),
+            ..IdentityHeaders::default()
+        };
         let args = SnippetsArgs {
             proxy: ProxyKind::Nginx,
             config: None,
