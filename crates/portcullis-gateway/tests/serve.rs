@@ -227,7 +227,7 @@ trusted_proxies = ["{trusted}"]
 
 [[guard.rate_limits]]
 name = "tight"
-algorithm = "fixed_window"
+algorithm = "sliding_log"               # no window edge for the test to straddle
 limit = 2
 period = 60
 key = ["subject"]
