@@ -57,6 +57,40 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order ([`Self::index`] is the position here).
+    pub const ALL: [Self; 24] = [
+        Self::MissingCredentials,
+        Self::MalformedToken,
+        Self::UnsupportedAlgorithm,
+        Self::UnknownKey,
+        Self::InvalidSignature,
+        Self::TokenExpired,
+        Self::TokenNotYetValid,
+        Self::InvalidIssuer,
+        Self::InvalidAudience,
+        Self::MissingClaim,
+        Self::WrongTokenType,
+        Self::TokenRevoked,
+        Self::SessionRevoked,
+        Self::InvalidApiKey,
+        Self::InvalidAppCredentials,
+        Self::InvalidSignatureRequest,
+        Self::InvalidCredentials,
+        Self::RefreshReused,
+        Self::JwksUnavailable,
+        Self::Denied,
+        Self::RateLimitExceeded,
+        Self::Banned,
+        Self::BackendUnavailable,
+        Self::BodyTooLarge,
+    ];
+
+    /// This code's position in [`Self::ALL`]: a dense index for tables
+    /// keyed by code (per-code metric handles, counters).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The stable string form, e.g. `auth.token_expired`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -192,4 +226,20 @@ pub enum KeyError {
     /// The crypto library failed (e.g. the random generator).
     #[error("crypto failure: {0}")]
     Crypto(&'static str),
+}
+
+#[cfg(test)]
+mod all_codes {
+    use super::ErrorCode;
+
+    #[test]
+    fn all_lists_every_code_once_at_its_index() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i, "{}", code.as_str());
+        }
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
 }

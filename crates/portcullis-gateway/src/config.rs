@@ -51,6 +51,10 @@ pub struct Config {
     /// What the guard enforces: the library's `GuardConfig`.
     #[serde(default)]
     pub guard: GuardConfig,
+    /// HMAC-signed service requests (`credentials = ["signed"]`): the
+    /// apps trusted and their secrets. Absent: no route may accept them.
+    #[serde(default)]
+    pub signed_requests: Option<SignedRequestsConfig>,
     /// Where allowed requests go.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -490,6 +494,88 @@ impl IdentityHeaders {
             ("session", &self.session),
             ("auth_method", &self.auth_method),
         ]
+    }
+}
+
+/// `[signed_requests]`: the apps that may send HMAC-signed service
+/// requests (`x-portcullis-app`, `-timestamp`, `-nonce`, `-signature`).
+/// Nonces live on Redis when `storage.redis` / `storage.redis_cluster` is
+/// set (a nonce spent on one replica is refused by every other), else in
+/// this process. Reloadable: apps, secrets and the window.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedRequestsConfig {
+    /// How far a request's timestamp may be from now, either side (default
+    /// `5m`, between `1s` and `1h`); each nonce is remembered twice as long.
+    #[serde(default = "default_signed_window", deserialize_with = "duration")]
+    pub window: Duration,
+    /// The apps trusted to sign.
+    #[serde(default)]
+    pub apps: Vec<SignedAppConfig>,
+}
+
+/// `[[signed_requests.apps]]`: one app, its secret and its grants.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedAppConfig {
+    /// The app id it sends in `x-portcullis-app`: 1-128 of `[A-Za-z0-9._-]`;
+    /// the principal's subject.
+    pub id: String,
+    /// File holding the app's HMAC secret: at least 32 bytes once one
+    /// trailing newline is trimmed. Never inline: a secret stays out of
+    /// the configuration file.
+    pub secret_file: PathBuf,
+    /// Roles the app's principal holds.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Permissions the app's principal holds directly.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// The app's tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+fn default_signed_window() -> Duration {
+    portcullis_core::authz::signed_request::DEFAULT_WINDOW
+}
+
+impl SignedAppConfig {
+    /// The app's secret: the file's bytes, one trailing newline (`\n` or
+    /// `\r\n`) trimmed, at least
+    /// [`MIN_SECRET_BYTES`](portcullis_core::authz::signed_request::MIN_SECRET_BYTES)
+    /// and at most [`MAX_SECRET_FILE_BYTES`].
+    pub fn read_secret(&self) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let path = &self.secret_file;
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_SECRET_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+            return Err(format!(
+                "`{}` is larger than {MAX_SECRET_FILE_BYTES} bytes; a secret file holds one value",
+                path.display()
+            ));
+        }
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        let min = portcullis_core::authz::signed_request::MIN_SECRET_BYTES;
+        if bytes.len() < min {
+            return Err(format!(
+                "`{}` holds {} bytes; an app secret needs at least {min} (e.g. `openssl rand -hex 32 > {}`)",
+                path.display(),
+                bytes.len(),
+                path.display()
+            ));
+        }
+        Ok(bytes)
     }
 }
 
@@ -1382,9 +1468,13 @@ fn validate(config: &Config) -> Vec<(String, String)> {
         err("token_service.public_url".into(), message);
     }
 
+    if let Some(signed) = &config.signed_requests {
+        validate_signed_requests(signed, &config.guard, &mut err);
+    }
+
     let conflicts = route_conflicts(&config.guard);
     if conflicts.is_empty() {
-        if let Some((key, message)) = guard_error(&config.guard) {
+        if let Some((key, message)) = guard_error(&config.guard, config.signed_requests.is_some()) {
             err(key, message);
         }
     } else {
@@ -1462,6 +1552,72 @@ fn validate(config: &Config) -> Vec<(String, String)> {
     errors
 }
 
+/// `[signed_requests]`: the window, and each app's id, secret file and grants.
+fn validate_signed_requests(
+    signed: &SignedRequestsConfig,
+    guard: &GuardConfig,
+    err: &mut impl FnMut(String, String),
+) {
+    if signed.window < Duration::from_secs(1) || signed.window > Duration::from_secs(3600) {
+        err(
+            "signed_requests.window".into(),
+            "must be between 1s and 1h; it bounds how long a captured request stays replayable elsewhere and how long nonces are kept".into(),
+        );
+    }
+    if signed.apps.is_empty() {
+        err(
+            "signed_requests.apps".into(),
+            "no app is trusted; add a [[signed_requests.apps]] entry with `id` and `secret_file`, or remove [signed_requests]".into(),
+        );
+    }
+    for (i, app) in signed.apps.iter().enumerate() {
+        let key = |field: &str| format!("signed_requests.apps[{i}].{field}");
+        let id_ok = !app.id.is_empty()
+            && app.id.len() <= 128
+            && app
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            err(
+                key("id"),
+                format!(
+                    "`{}` is not an app id: 1-128 of [A-Za-z0-9._-], as sent in x-portcullis-app",
+                    app.id
+                ),
+            );
+        } else if signed.apps[..i].iter().any(|a| a.id == app.id) {
+            err(key("id"), format!("`{}` names two apps", app.id));
+        }
+        if let Err(message) = app.read_secret() {
+            err(key("secret_file"), message);
+        }
+        for (j, role) in app.roles.iter().enumerate() {
+            if !guard.roles.iter().any(|r| &r.name == role) {
+                let known: Vec<String> = guard.roles.iter().map(|r| r.name.clone()).collect();
+                let hint = suggest(role, &known)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; define it under [[guard.roles]]".into());
+                err(
+                    format!("signed_requests.apps[{i}].roles[{j}]"),
+                    format!("no role is named `{role}`{hint}"),
+                );
+            }
+        }
+        for (j, permission) in app.permissions.iter().enumerate() {
+            if permission.is_empty() || permission.chars().any(char::is_whitespace) {
+                err(
+                    format!("signed_requests.apps[{i}].permissions[{j}]"),
+                    format!("`{permission}` is not a permission (e.g. `orders.read`)"),
+                );
+            }
+        }
+        if app.tenant.as_deref() == Some("") {
+            err(key("tenant"), "must not be empty".into());
+        }
+    }
+}
+
 /// Routes that can never match and routes whose precedence would be only
 /// their order in the file (see `AccessPolicy::conflicts`), each located at
 /// its `path`. Empty when the routes do not compile (the guard's own
@@ -1497,7 +1653,7 @@ fn route_conflicts(guard: &GuardConfig) -> Vec<(String, String)> {
 /// The guard builder's own validation (patterns, credential sources,
 /// rate-limit names, roles), run with stand-in handles; its error located
 /// at the route and field it names.
-fn guard_error(guard: &GuardConfig) -> Option<(String, String)> {
+fn guard_error(guard: &GuardConfig, signed_requests: bool) -> Option<(String, String)> {
     use portcullis::guard::GuardConfigError;
     use std::sync::Arc;
     let stores = portcullis::stores::Stores::new(
@@ -1511,11 +1667,15 @@ fn guard_error(guard: &GuardConfig) -> Option<(String, String)> {
         portcullis_core::KeySet::new(),
         portcullis_core::Validation::new(),
     );
-    let e = portcullis::Guard::builder(guard.clone())
+    let mut builder = portcullis::Guard::builder(guard.clone())
         .local_keys(verifier)
-        .stores(Arc::new(stores))
-        .build()
-        .err()?;
+        .stores(Arc::new(stores));
+    if signed_requests {
+        builder = builder.signed_requests(portcullis::authz::SignedRequestAuthenticator::new(
+            portcullis::authz::MemoryNonceStore::new(1),
+        ));
+    }
+    let e = builder.build().err()?;
     let route_key = |name: &str, field: &str| match guard.routes.iter().position(|r| r.name == name)
     {
         Some(i) => format!("guard.routes[{i}].{field}"),
@@ -1527,10 +1687,13 @@ fn guard_error(guard: &GuardConfig) -> Option<(String, String)> {
             field,
             message,
         } => (route_key(route, field), message.clone()),
-        GuardConfigError::Missing { route, .. } => (
+        GuardConfigError::Missing { route, what, .. } if *what == "signed requests" => (
             route_key(route, "credentials"),
-            format!("{e}; the gateway does not accept signed service requests yet"),
+            format!(
+                "route `{route}` accepts `signed` credentials, but there is no [signed_requests] section trusting any app; add one (with [[signed_requests.apps]]) or remove `signed` from the route"
+            ),
         ),
+        GuardConfigError::Missing { route, .. } => (route_key(route, "credentials"), e.to_string()),
         GuardConfigError::Field { field, message } => (format!("guard.{field}"), message.clone()),
         other => ("guard".to_owned(), other.to_string()),
     })
@@ -1716,10 +1879,17 @@ mod tests {
         let problems: Vec<_> = validate(&config)
             .into_iter()
             // The example's paths do not exist on the test machine.
-            .filter(|(k, _)| k != "keys.dir" && k != "storage.pepper_file")
+            .filter(|(k, _)| {
+                k != "keys.dir"
+                    && k != "storage.pepper_file"
+                    && !(k.starts_with("signed_requests.apps[") && k.ends_with("].secret_file"))
+            })
             .collect();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(config.guard.routes.len(), 3);
+        let signed = config.signed_requests.as_ref().expect("[signed_requests]");
+        assert_eq!(signed.window, Duration::from_secs(300));
+        assert_eq!(signed.apps[0].id, "billing");
         portcullis::Guard::builder(config.guard)
             .without_revocation()
             .local_keys(portcullis_core::Verifier::new(

@@ -32,11 +32,13 @@ use tower_service::Service;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::config::{Config, LogConfig, LogFormat, LogLevel};
+use crate::config::{Config, LogConfig, LogFormat, LogLevel, SignedRequestsConfig};
 use crate::forward_auth::ForwardAuth;
 use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
+use portcullis::authz::{NonceStore, SignedRequestAuthenticator};
+use portcullis_core::{AuthMethod, Principal};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,21 @@ struct Health {
     keys: Arc<KeySet>,
     metrics: PrometheusHandle,
     reloader: Arc<Reloader>,
+    /// The running app: its rate limiter's breaker is sampled at scrape.
+    live: Arc<ArcSwap<App>>,
+    /// The audit writer: its queue is sampled at scrape.
+    audit: Option<Arc<AuditWriter>>,
+    /// Whether rate limits count on Redis (so there is a breaker to report).
+    redis: bool,
 }
+
+/// Gauge: events waiting in the audit queue, sampled at each scrape.
+const AUDIT_QUEUE_DEPTH_METRIC: &str = "portcullis_audit_queue_depth";
+/// Counter: audit events dropped (queue full or closed).
+const AUDIT_DROPPED_METRIC: &str = "portcullis_audit_dropped_total";
+/// Gauge: the rate limiter's Redis circuit breaker, 0 closed, 1 open
+/// (calls skipped, one probe per interval), sampled at each scrape.
+const BREAKER_STATE_METRIC: &str = "portcullis_ratelimit_breaker_state";
 
 /// Latency buckets, in seconds, of every histogram.
 const BUCKETS: [f64; 14] = [
@@ -122,6 +138,9 @@ pub(crate) struct Shared {
     issuer_config: IssuerConfig,
     audit: Option<Arc<AuditWriter>>,
     token_service: Option<(String, axum::Router)>,
+    /// Signed-request nonces: outlive reloads, so a reload never forgets
+    /// which nonces were spent.
+    nonces: Arc<dyn NonceStore>,
 }
 
 impl Shared {
@@ -170,7 +189,9 @@ impl Shared {
         } else {
             None
         };
+        let nonces = storage.nonce_store();
         Ok(Self {
+            nonces,
             storage,
             stores,
             keys,
@@ -216,6 +237,9 @@ pub(crate) fn build_app(
     if let Some(a) = &shared.audit {
         builder = builder.audit(Arc::clone(a));
     }
+    if let Some(signed) = &config.signed_requests {
+        builder = builder.signed_requests(signed_authenticator(signed, &shared.nonces)?);
+    }
     let guard = builder.build().map_err(|e| start("guard")(e.to_string()))?;
 
     let outbound = crate::identity::Outbound::new(config, Arc::clone(&shared.keys))
@@ -240,6 +264,43 @@ pub(crate) fn build_app(
         max_body: config.server.max_body_bytes,
         jwks,
     })
+}
+
+/// The apps of `[signed_requests]`, their secrets read now (so a reload
+/// picks up a rotated secret), over the process's nonce store.
+fn signed_authenticator(
+    signed: &SignedRequestsConfig,
+    nonces: &Arc<dyn NonceStore>,
+) -> Result<SignedRequestAuthenticator<SharedNonces>, ServeError> {
+    let mut auth = SignedRequestAuthenticator::new(SharedNonces(Arc::clone(nonces)))
+        .with_window(signed.window);
+    for app in &signed.apps {
+        let secret = app.read_secret().map_err(|m| {
+            start("signed_requests.apps.secret_file")(format!("app `{}`: {m}", app.id))
+        })?;
+        let mut principal = Principal::new(app.id.clone(), AuthMethod::SignedRequest);
+        principal.roles.clone_from(&app.roles);
+        principal.permissions.clone_from(&app.permissions);
+        principal.tenant.clone_from(&app.tenant);
+        auth = auth
+            .with_app_principal(&secret, principal)
+            .map_err(|e| start("signed_requests.apps")(e.to_string()))?;
+    }
+    Ok(auth)
+}
+
+/// The process's one nonce store, shared by every guard a reload builds.
+struct SharedNonces(Arc<dyn NonceStore>);
+
+impl NonceStore for SharedNonces {
+    fn remember<'a>(
+        &'a self,
+        app: &'a str,
+        nonce: &'a str,
+        ttl: Duration,
+    ) -> portcullis::authz::BoxFuture<'a, Result<bool, portcullis::authz::NonceStoreError>> {
+        self.0.remember(app, nonce, ttl)
+    }
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
@@ -283,6 +344,9 @@ pub async fn serve_until(
         keys: Arc::clone(&shared.keys),
         metrics,
         reloader: Arc::clone(&reloader),
+        live: Arc::clone(&live),
+        audit: shared.audit.clone(),
+        redis: shared.storage.redis.is_some(),
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -573,6 +637,7 @@ impl Health {
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/health/ready" => self.readiness().await,
             "/metrics" => {
+                self.sample();
                 let mut response = Response::new(full(self.metrics.render()));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -592,6 +657,24 @@ impl Health {
             http::HeaderValue::from_static("application/json"),
         );
         response
+    }
+
+    /// Sets the gauges that are read rather than counted: the audit
+    /// queue's depth and drops, the Redis breaker's state.
+    fn sample(&self) {
+        if let Some(audit) = &self.audit {
+            let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);
+            metrics::gauge!(AUDIT_QUEUE_DEPTH_METRIC).set(f64::from(depth));
+            // The writer counts drops as they happen; this makes the series
+            // exist (at 0) before the first one.
+            metrics::counter!(AUDIT_DROPPED_METRIC).absolute(audit.stats().dropped);
+        }
+        if self.redis
+            && let Some(limiter) = self.live.load().guard.rate_limiter()
+        {
+            let open = if limiter.backend_down() { 1.0 } else { 0.0 };
+            metrics::gauge!(BREAKER_STATE_METRIC).set(open);
+        }
     }
 
     async fn readiness(&self) -> (StatusCode, serde_json::Value) {

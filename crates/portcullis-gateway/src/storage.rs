@@ -11,13 +11,15 @@
 //! | the access-token (`jti`) denylist | `storage.url` | Redis |
 //! | rate-limit counters | this process | Redis |
 //! | bans, detector windows | this process | Redis |
+//! | signed-request nonces | this process | Redis |
 //!
 //! Redis calls on the request path keep the library's time budgets (100 ms
 //! for rate limits, bans and detectors; 250 ms for revocation lookups), so
 //! a Redis that hangs costs a request at most those; what a failure then
 //! means is each rate rule's `on_backend_error`, bans and detectors fail
 //! open, the denylist fails closed (503 `backend.unavailable` for a token
-//! it would have to check).
+//! it would have to check). Nonce lookups get 250 ms and fail closed too
+//! (a signed request whose nonce cannot be recorded is refused with 503).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
 use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::sqlite::SqliteAudit;
 use portcullis::audit::{AuditSink, AuditWriter, AuditWriterConfig};
+use portcullis::authz::{MemoryNonceStore, NonceStore, RedisNonceStore};
 use portcullis::ratelimit::{RateLimiter, RateLimiterBuilder};
 use portcullis::redis_conn::RedisConnection;
 use portcullis::stores::redis::RedisStores;
@@ -38,6 +41,15 @@ use crate::serve::ServeError;
 
 /// How long the gateway waits for Redis or PostgreSQL at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The budget of one nonce call on the request path; a nonce that cannot
+/// be recorded refuses the request (fail closed), like the denylist.
+const NONCE_CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Most live nonces kept in memory without Redis (a nonce is at most 128
+/// bytes and an app id 128: some 40 MB at worst); beyond it signed requests
+/// fail closed until nonces expire.
+const MEMORY_NONCES: usize = 100_000;
 
 fn start(what: &'static str) -> impl Fn(String) -> ServeError {
     move |message| ServeError::Start { what, message }
@@ -59,6 +71,19 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// The signed-request nonce store: on the shared Redis when configured
+    /// (nonces under `<redis_prefix>:nonce:`, so a nonce spent on one
+    /// replica is refused by all), else in this process.
+    pub fn nonce_store(&self) -> Arc<dyn NonceStore> {
+        match &self.redis {
+            Some(conn) => Arc::new(RedisNonceStore::new(
+                conn.with_call_timeout(NONCE_CALL_TIMEOUT),
+                &self.redis_prefix,
+            )),
+            None => Arc::new(MemoryNonceStore::new(MEMORY_NONCES)),
+        }
+    }
+
     /// The rate limiter's backend for a guard: the shared Redis when
     /// configured (counters under `<redis_prefix>:ratelimit`), else `None`
     /// (this process's memory).

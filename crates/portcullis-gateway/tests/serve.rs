@@ -227,7 +227,7 @@ trusted_proxies = ["{trusted}"]
 
 [[guard.rate_limits]]
 name = "tight"
-algorithm = "fixed_window"
+algorithm = "sliding_log"               # no window edge for the test to straddle
 limit = 2
 period = 60
 key = ["subject"]
@@ -405,6 +405,23 @@ async fn login(client: &HttpClient, public: SocketAddr) -> String {
     let r = send(client, req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The value of the sample `name{labels…}` (every given label present) in
+/// a Prometheus text exposition.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 fn assert_problem(r: &Reply, status: u16, code: &str) {
@@ -616,7 +633,6 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     let r = send(&c, get(ops, "/metrics", &[])).await;
     assert_eq!(r.status, StatusCode::OK);
     for needle in [
-        "portcullis_guard_decisions_total{decision=\"deny\"}",
         "portcullis_gateway_requests_total{surface=\"proxy\",status=\"200\"}",
         "portcullis_gateway_requests_total{surface=\"token_service\",status=\"200\"}",
         "portcullis_gateway_upstream_duration_seconds_bucket{upstream=\"app\"",
@@ -629,6 +645,49 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
             r.body
         );
     }
+    // Decisions by route and stable code, counted from what this test sent
+    // (the proxy and the forward-auth endpoint share the guard).
+    let decisions = |route: &str, decision: &str, code: &str| {
+        metric(
+            &r.body,
+            "portcullis_guard_decisions_total",
+            &[("route", route), ("decision", decision), ("code", code)],
+        )
+    };
+    // /docs/7 and /docs/8 proxied, /docs/3 through forward-auth.
+    assert_eq!(decisions("docs", "allow", "none"), Some(3.0), "{}", r.body);
+    // /docs/1 proxied and /docs/3 through forward-auth, both without credentials.
+    assert_eq!(
+        decisions("docs", "deny", "auth.missing_credentials"),
+        Some(2.0),
+        "{}",
+        r.body
+    );
+    // Two allowed, then the third proxied and the forward-auth one refused.
+    assert_eq!(decisions("limited", "allow", "none"), Some(2.0));
+    assert_eq!(
+        decisions("limited", "deny", "rate_limit.exceeded"),
+        Some(2.0),
+        "{}",
+        r.body
+    );
+    assert_eq!(decisions("admin", "deny", "authz.denied"), Some(2.0));
+    // /nowhere matched no route.
+    assert_eq!(decisions("default", "deny", "authz.denied"), Some(1.0));
+    // The audit queue, sampled at the scrape: a depth, and no drops.
+    let depth = metric(&r.body, "portcullis_audit_queue_depth", &[]);
+    assert!(depth.is_some_and(|d| d >= 0.0), "{}", r.body);
+    assert_eq!(
+        metric(&r.body, "portcullis_audit_dropped_total", &[]),
+        Some(0.0),
+        "{}",
+        r.body
+    );
+    // No Redis here: no breaker to report.
+    assert_eq!(
+        metric(&r.body, "portcullis_ratelimit_breaker_state", &[]),
+        None
+    );
 
     // Traefik / Caddy dialect and Envoy.
     let r = send(

@@ -1057,6 +1057,7 @@ async fn an_oversized_signed_body_is_refused_413_and_audited_as_413() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // decision, code, status, request_id
     type Row = (String, Option<String>, Option<i64>, Option<String>);
     let events: Vec<Row> = sqlx::query_as(
         "SELECT decision, code, status, request_id FROM audit_events ORDER BY ts_us",

@@ -94,6 +94,64 @@ struct CompiledRoute {
     anonymous: bool,
     rules: RuleSet,
     dry_run: bool,
+    counters: DecisionCounters,
+}
+
+/// `portcullis_guard_decisions_total{decision, route, code}` of one route:
+/// each handle is registered on its first use (so a recorder installed
+/// after the guard was built still sees it) and reused after, so counting
+/// a decision allocates nothing.
+struct DecisionCounters {
+    /// The route's name, or `default` for requests no route matched.
+    route: metrics::SharedString,
+    allow: std::sync::OnceLock<metrics::Counter>,
+    deny: [std::sync::OnceLock<metrics::Counter>; ErrorCode::ALL.len()],
+}
+
+impl std::fmt::Debug for DecisionCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCounters")
+            .field("route", &&*self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecisionCounters {
+    fn new(route: Option<&Arc<str>>) -> Self {
+        Self {
+            route: route.map_or_else(
+                || metrics::SharedString::const_str("default"),
+                |name| metrics::SharedString::from(Arc::clone(name)),
+            ),
+            allow: std::sync::OnceLock::new(),
+            deny: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        }
+    }
+
+    fn register(&self, decision: &'static str, code: &'static str) -> metrics::Counter {
+        metrics::counter!(
+            "portcullis_guard_decisions_total",
+            "decision" => decision,
+            "route" => self.route.clone(),
+            "code" => code
+        )
+    }
+
+    /// Counts one decision: allowed (`code="none"`) or refused with `code`.
+    fn count(&self, refused: Option<ErrorCode>) {
+        match refused {
+            None => self
+                .allow
+                .get_or_init(|| self.register("allow", "none"))
+                .increment(1),
+            Some(code) => match self.deny.get(code.index()) {
+                Some(slot) => slot
+                    .get_or_init(|| self.register("deny", code.as_str()))
+                    .increment(1),
+                None => self.register("deny", code.as_str()).increment(1),
+            },
+        }
+    }
 }
 
 struct Inner {
@@ -416,8 +474,10 @@ impl GuardBuilder {
                 host: r.host.clone(),
                 require,
             });
+            let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(CompiledRoute {
-                name: Some(Arc::from(r.name.as_str())),
+                counters: DecisionCounters::new(Some(&name)),
+                name: Some(name),
                 sources: r.credentials.clone().into_boxed_slice(),
                 anonymous,
                 rules: rule_set,
@@ -425,6 +485,7 @@ impl GuardBuilder {
             });
         }
         let default_route = CompiledRoute {
+            counters: DecisionCounters::new(None),
             name: None,
             sources: match config.default {
                 Effect::Allow => vec![
@@ -810,14 +871,8 @@ impl Guard {
                 }
             }
         };
-        // Static labels: a label chosen at run time would allocate per request.
-        if refusal.is_some() {
-            metrics::counter!("portcullis_guard_decisions_total", "decision" => "deny")
-                .increment(1);
-        } else {
-            metrics::counter!("portcullis_guard_decisions_total", "decision" => "allow")
-                .increment(1);
-        }
+        // Handles registered once per route and code: no allocation here.
+        route.counters.count(refusal.as_ref().map(|r| r.code));
         let mut audit = AuditTicket::default();
         if let (Some(mut e), Some(writer)) = (event, inner.audit.as_ref()) {
             e.principal.clone_from(&principal);

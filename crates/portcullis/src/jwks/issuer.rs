@@ -455,10 +455,12 @@ impl RemoteIssuer {
                     c.fetched_at = self.inner.ticker.elapsed();
                     c.last_error = None;
                 }
+                metrics::counter!(JWKS_FETCHES_METRIC, "result" => "ok").increment(1);
                 tracing::info!(issuer = %self.inner.config.issuer, "fetched remote key set");
                 true
             }
             Err(e) => {
+                metrics::counter!(JWKS_FETCHES_METRIC, "result" => "error").increment(1);
                 tracing::warn!(issuer = %self.inner.config.issuer, error = %e, "key set fetch failed");
                 if let Ok(mut c) = self.inner.cached.write() {
                     c.last_error = Some(e.to_string());
@@ -540,6 +542,10 @@ impl RemoteIssuer {
         Ok(keys)
     }
 }
+
+/// Counter of remote key-set fetches (discovery included) by `result`
+/// (`ok` | `error`).
+pub const JWKS_FETCHES_METRIC: &str = "portcullis_jwks_fetches_total";
 
 /// The longest `kid` that may cause a forced refetch.
 const MAX_REFETCH_KID_LEN: usize = 128;
