@@ -161,7 +161,7 @@ start() {  # name
 stop() { local f="$W/pids/$1" pid; [ -f "$f" ] || return 0; pid=$(cat "$f"); kill -TERM "$pid" 2>/dev/null || true
   local i; for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true; rm -f "$f"; }
-stop_all() { local f; for f in "$W"/pids/*; do [ -e "$f" ] && stop "$(basename "$f")"; done; }
+stop_all() { local f; for f in "$W"/pids/*; do [ -e "$f" ] && stop "$(basename "$f")"; done; return 0; }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 

@@ -1076,3 +1076,29 @@ async fn an_oversized_signed_body_is_refused_413_and_audited_as_413() {
         )
     );
 }
+
+#[tokio::test]
+async fn the_audit_event_keeps_a_redacted_path_and_a_bounded_user_agent() {
+    let h = harness(config()).await;
+    // Longer than the 256 bytes kept, with multi-byte characters around the cut.
+    let agent = format!("probe/1.0 {}", "é".repeat(200));
+    let r = h
+        .call(
+            "GET",
+            "/health?access_token=s3cret-value&page=2",
+            &[("user-agent", &agent)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    h.audit_count().await;
+    let (path, ua): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT path, user_agent FROM audit_events ORDER BY ts_us DESC LIMIT 1")
+            .fetch_one(h.audit_db.pool())
+            .await
+            .unwrap();
+    assert_eq!(path.as_deref(), Some("/health?page=2"));
+    let ua = ua.unwrap();
+    assert!(ua.starts_with("probe/1.0 éé"), "{ua}");
+    assert!(ua.len() <= 256 && ua.len() >= 250, "{} bytes", ua.len());
+    assert!(!ua.contains('\u{fffd}'), "cut inside a character: {ua}");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use portcullis_core::audit::redact::{Redactor, user_agent};
+use portcullis_core::audit::redact::Redactor;
 use portcullis_core::audit::{AuditEvent, EventIds, EventKind};
 use portcullis_core::{ErrorCode, Principal};
 
@@ -165,18 +165,21 @@ impl From<RequestIdText> for String {
     }
 }
 
-/// What a request's audit event is made of, captured on the request path
-/// with cheap clones (the URI, method and user agent are reference-counted,
-/// the request id inline); the event itself (path redaction, strings) is
-/// built on the audit writer's task. The snapshot is the queued item
-/// itself: one allocation per event.
+/// What a request's audit event is made of, captured on the request path;
+/// the event itself (path redaction, strings) is built on the audit
+/// writer's task. The path and user agent are copied out of the request:
+/// a clone of the URI or a header value would share the connection's read
+/// buffer, so every queued event would keep a whole buffer alive (a full
+/// audit queue then held hundreds of megabytes).
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) ts_us: i64,
     pub(crate) request_id: RequestIdText,
     pub(crate) method: http::Method,
-    pub(crate) uri: http::Uri,
-    pub(crate) user_agent: Option<http::HeaderValue>,
+    /// The path and query as received (redacted when the event is built).
+    pub(crate) path_and_query: Box<str>,
+    /// At most `MAX_USER_AGENT` bytes of the user agent, lossily decoded.
+    pub(crate) user_agent: Option<Box<str>>,
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) principal: Option<Arc<Principal>>,
@@ -209,16 +212,8 @@ impl Snapshot {
         e.request_id = Some(self.request_id.into());
         e.client_ip = self.client_ip.map(|ip| ip.to_string());
         e.method = Some(self.method.as_str().to_owned());
-        e.path = Some(
-            self.redactor.path(
-                self.uri
-                    .path_and_query()
-                    .map_or_else(|| self.uri.path(), |pq| pq.as_str()),
-            ),
-        );
-        e.user_agent = self
-            .user_agent
-            .map(|v| user_agent(&String::from_utf8_lossy(v.as_bytes())));
+        e.path = Some(self.redactor.path(&self.path_and_query));
+        e.user_agent = self.user_agent.map(String::from);
         e.route = self.route.as_deref().map(str::to_owned);
         if let Some(p) = self.principal.as_deref() {
             e.set_principal(p);

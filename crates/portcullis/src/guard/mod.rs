@@ -800,8 +800,15 @@ impl Guard {
                 ts_us: i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX),
                 request_id: request_id.clone(),
                 method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                user_agent: parts.headers.get(http::header::USER_AGENT).cloned(),
+                path_and_query: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path(), |pq| pq.as_str())
+                    .into(),
+                user_agent: parts
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .map(|v| snapshot_user_agent(v.as_bytes())),
                 client_ip,
                 route: route.name.clone(),
                 principal: None,
@@ -1402,4 +1409,12 @@ fn sample(parts: &Parts, redactor: &Redactor) -> SampleRequest {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     SampleRequest::new(parts.method.as_str(), &path, ua)
+}
+
+/// The user agent as the audit event keeps it: at most
+/// `MAX_USER_AGENT` bytes (cut on a char boundary), lossily decoded.
+fn snapshot_user_agent(raw: &[u8]) -> Box<str> {
+    let max = portcullis_core::audit::redact::MAX_USER_AGENT;
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(max + 4)]);
+    portcullis_core::audit::redact::user_agent(&text).into_boxed_str()
 }
