@@ -4,17 +4,15 @@
 //! verifier), forgeries refused, the credential hidden unless an upstream
 //! opts out, `X-Forwarded-For` from the trusted-proxy view, and the
 //! `portcullis snippets` output accepted by real nginx and Caddy.
-//!
-//! Helpers are a trimmed copy of tests/serve.rs's (that file is being
-//! edited in parallel; a shared tests/support module is a later cleanup).
+
+mod support;
 
 use std::convert::Infallible;
 use std::fs;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,34 +29,10 @@ use portcullis_core::{
     Verifier,
 };
 use serde_json::Value;
+use support::{HttpClient, TempDir, free_port, get, portcullis, send};
 
 const PEPPER: [u8; 32] = [42; 32];
 const PASSWORD: &str = "correct horse battery staple";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-identity-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed on drop, its log printed if the test failed.
 struct Proc {
@@ -96,13 +70,6 @@ fn spawn(name: &'static str, dir: &TempDir, cmd: &mut Command) -> Proc {
         child: Some(child),
         log: dir.join(&format!("{name}.err")),
     }
-}
-
-fn free_port() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Answers with the method, path and headers it received, as JSON.
@@ -144,55 +111,11 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// A client whose connections come from `local`.
 fn client_from(local: IpAddr) -> HttpClient {
     let mut c = HttpConnector::new();
     c.set_local_address(Some(local));
     Client::builder(TokioExecutor::new()).build(c)
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
-    let response = client.request(req).await.unwrap();
-    let (head, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: head.status,
-        headers: head.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::new())).unwrap()
 }
 
 async fn wait_for(client: &HttpClient, addr: SocketAddr, path: &str, what: &str) {

@@ -5,13 +5,14 @@
 //! forward-auth endpoint, `config check`, and SIGTERM draining in-flight
 //! requests.
 
+mod support;
+
 use std::convert::Infallible;
 use std::fs;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,35 +26,10 @@ use portcullis::stores::sqlite::SqliteStores;
 use portcullis::stores::{Backends, NewUser, Stores, StoresConfig};
 use portcullis_core::SecretHasher;
 use serde_json::Value;
+use support::{HttpClient, Reply, TempDir, client, free_port, get, portcullis, send};
 
 const PEPPER: [u8; 32] = [42; 32];
 const PASSWORD: &str = "correct horse battery staple";
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-serve-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The gateway process: killed on drop (its log printed if the test failed).
 struct Gateway {
@@ -75,11 +51,6 @@ impl Drop for Gateway {
             );
         }
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// An upstream that answers with the method, path and headers it received
@@ -134,14 +105,6 @@ async fn echo_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 /// Keys, pepper, a SQLite store with alice, and the config file.
@@ -316,8 +279,6 @@ fn start(dir: &TempDir, config: &Path, ops: SocketAddr) -> Gateway {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// A body sent chunked (no length known in advance).
 struct Chunked(Vec<Bytes>);
 
@@ -339,44 +300,6 @@ impl http_body::Body for Chunked {
 
 fn streaming_client() -> Client<HttpConnector, Chunked> {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
-    let response = client.request(req).await.unwrap();
-    let (head, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: head.status,
-        headers: head.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::get(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::new())).unwrap()
 }
 
 async fn wait_ready(gw: &Gateway, client: &HttpClient) {
