@@ -685,12 +685,9 @@ impl Health {
             );
         }
         let keys = self.keys.active().is_some();
-        let storage = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.stores.is_jti_revoked("portcullis-readiness-probe"),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let storage = tokio::time::timeout(Duration::from_secs(2), self.stores.probe_denylist())
+            .await
+            .is_ok_and(|r| r.is_ok());
         let ok = keys && storage;
         (
             if ok {

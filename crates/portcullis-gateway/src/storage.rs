@@ -133,8 +133,8 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
         )),
     };
     if let Some(conn) = &redis {
-        // The hot, expiring revocation state (checked on every request,
-        // never cached) on the shared Redis. Sessions stay durable with
+        // The hot, expiring revocation state (a `jti` seen not denied is
+        // trusted for the 1 s revocation bound) on the shared Redis. Sessions stay durable with
         // the other records: a Redis restart must not log everyone out,
         // and their revocation reaches every replica within the 1 s bound
         // of the revocation caches all the same.

@@ -665,13 +665,35 @@ impl Stores {
         if expires_at <= self.now() {
             return Ok(());
         }
-        self.backends.denylist.deny(jti, expires_at).await
+        self.backends.denylist.deny(jti, expires_at).await?;
+        self.caches.jti_allowed.invalidate(jti);
+        Ok(())
     }
 
-    /// Whether an access token's `jti` is denied now.
+    /// Whether an access token's `jti` is denied now. A `jti` the backend
+    /// did not deny is not asked again for `revocation_cache_ttl` (the
+    /// revocation bound); a denied one is asked every time.
     pub async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = input::jti(jti)?;
-        self.backends.denylist.is_denied(jti, self.now()).await
+        if self.caches.jti_allowed.get(jti).is_some() {
+            return Ok(false);
+        }
+        let fetched_at = std::time::Instant::now();
+        let denied = self.backends.denylist.is_denied(jti, self.now()).await?;
+        if !denied {
+            self.caches.jti_allowed.insert_fetched(jti, (), fetched_at);
+        }
+        Ok(denied)
+    }
+
+    /// Asks the denylist's backend itself, past the cache: a readiness
+    /// probe (`Ok` when the backend answered).
+    pub async fn probe_denylist(&self) -> StoreResult<()> {
+        self.backends
+            .denylist
+            .is_denied("portcullis-readiness-probe", self.now())
+            .await
+            .map(|_| ())
     }
 
     /// Drops expired denylist entries (memory, SQL; Redis expires its own).

@@ -1,14 +1,17 @@
 //! How revocation reaches every replica: short-lived caches.
 //!
-//! Session, API-key, app and user-status lookups go through per-replica caches whose
-//! entries live at most `revocation_cache_ttl` (at most 1 s, enforced at
-//! start-up). A revocation written to the shared backend (PostgreSQL, Redis)
-//! is therefore honoured by every replica within that TTL; the replica that
-//! revokes drops its own entry at once. An entry's deadline is fixed when
-//! the backend is asked (fetch time + TTL) and nothing extends it: not a
-//! hit, not a re-insert, not an API key's `last_used_at` touch. With the TTL
-//! set to zero there is no cache and every check asks the backend. The access-token denylist is not
-//! cached: every check is one O(1) backend lookup.
+//! Session, API-key, app, user-status and access-token denylist lookups go
+//! through per-replica caches whose entries live at most
+//! `revocation_cache_ttl` (at most 1 s, enforced at start-up). A revocation
+//! written to the shared backend (PostgreSQL, Redis) is therefore honoured
+//! by every replica within that TTL; the replica that revokes drops its own
+//! entry at once. An entry's deadline is fixed when the backend is asked
+//! (fetch time + TTL) and nothing extends it: not a hit, not a re-insert,
+//! not an API key's `last_used_at` touch. With the TTL set to zero there is
+//! no cache and every check asks the backend. The denylist caches only
+//! "not denied" (a `jti` seen allowed is not asked again for at most the
+//! TTL); a denied `jti` is asked every time, so its expiry is the
+//! backend's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +100,8 @@ pub struct RevocationCaches {
     /// User id -> whether that user is disabled (`false` also for an id
     /// that names no user).
     pub users_disabled: TtlCache<bool>,
+    /// Access-token `jti`s the denylist did not hold when asked.
+    pub jti_allowed: TtlCache<()>,
 }
 
 impl RevocationCaches {
@@ -107,6 +112,7 @@ impl RevocationCaches {
             api_keys: TtlCache::new(ttl),
             apps: TtlCache::new(ttl),
             users_disabled: TtlCache::new(ttl),
+            jti_allowed: TtlCache::new(ttl),
         }
     }
 }
