@@ -15,6 +15,8 @@
 //! - ```` ```sh check ````: commands, each followed by one or more
 //!   `# => TEXT` lines; each command is run with bash and its standard output
 //!   must contain every TEXT, in that order.
+//!   (Its output is the contract, not its exit status; variables it sets
+//!   are not kept.)
 //! - any other block (installing packages, sample output) is only shown.
 //!
 //! The guides use fixed ports ([`PORTS`]); each is replaced by a free port,
@@ -32,6 +34,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use support::{Proc, TempDir, caddy, free_port, nginx, portcullis_bin, python, repo};
@@ -127,7 +130,9 @@ fn map_ports(text: &str, ports: &BTreeMap<u16, u16>) -> String {
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
         if c.is_ascii_digit() {
-            let len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let len = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let number = &rest[..len];
             match number.parse::<u16>().ok().and_then(|n| ports.get(&n)) {
                 Some(free) => out.push_str(&free.to_string()),
@@ -151,30 +156,41 @@ struct Tools {
 /// Follows one guide: files, run blocks, servers and checks, in order.
 fn follow(guide: &str, tools: &Tools) {
     let path = repo().join("docs/guides").join(guide);
-    let text = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let blocks = parse(&text);
     for (kind, present) in [
-        ("file=", blocks.iter().any(|b| matches!(b, Block::File { .. }))),
-        ("serve", blocks.iter().any(|b| matches!(b, Block::Serve { .. }))),
+        (
+            "file=",
+            blocks.iter().any(|b| matches!(b, Block::File { .. })),
+        ),
+        (
+            "serve",
+            blocks.iter().any(|b| matches!(b, Block::Serve { .. })),
+        ),
         ("check", blocks.iter().any(|b| matches!(b, Block::Check(_)))),
     ] {
         assert!(present, "{guide}: no `{kind}` block");
     }
 
-    let mut taken = HashSet::new();
-    let ports: BTreeMap<u16, u16> = PORTS
-        .iter()
-        .map(|&p| {
-            let free = loop {
-                let f = free_port();
-                if taken.insert(f) {
-                    break f;
-                }
-            };
-            (p, free)
-        })
-        .collect();
+    // Free ports, never one another guide (tests run in parallel) took.
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ports: BTreeMap<u16, u16> = {
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = taken.get_or_insert_with(HashSet::new);
+        PORTS
+            .iter()
+            .map(|&p| {
+                let free = loop {
+                    let f = free_port();
+                    if taken.insert(f) {
+                        break f;
+                    }
+                };
+                (p, free)
+            })
+            .collect()
+    };
 
     let dir = TempDir::new(guide.trim_end_matches(".md"));
     let mut path_dirs: Vec<PathBuf> = vec![parent(Path::new(portcullis_bin()))];
@@ -227,7 +243,9 @@ fn follow(guide: &str, tools: &Tools) {
                     .env_clear()
                     .envs(&env);
                 let mut server = Proc::spawn(&format!("server-{i}"), dir.path(), cmd);
-                let port = ports.get(port).copied().unwrap_or(*port);
+                let port = *ports.get(port).unwrap_or_else(|| {
+                    panic!("{guide}: serve port={port} is not one of the mapped ports {PORTS:?}")
+                });
                 server.wait_port(port);
                 servers.push(server);
             }
@@ -256,7 +274,8 @@ fn follow(guide: &str, tools: &Tools) {
 }
 
 fn parent(path: &Path) -> PathBuf {
-    path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Runs `script` with bash in `dir` with `env`; with `keep`, the variables
@@ -270,10 +289,7 @@ fn shell(
 ) -> (bool, String, String) {
     let state = dir.join(".guide-env");
     let wrapped = if keep {
-        format!(
-            "set -ea\n{script}\nenv -0 > '{}'\n",
-            state.display()
-        )
+        format!("set -ea\n{script}\nenv -0 > '{}'\n", state.display())
     } else {
         script.to_owned()
     };
