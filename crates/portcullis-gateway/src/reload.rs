@@ -30,6 +30,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.ops_listen",
     "server.shutdown_timeout",
     "server.pid_file",
+    "server.worker_threads",
     "server.tls",
     "storage",
     "keys",
@@ -166,6 +167,11 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
         c.shutdown_timeout != n.shutdown_timeout,
     );
     keep("server.pid_file", c.pid_file != n.pid_file);
+    keep(
+        "server.worker_threads",
+        c.worker_threads != n.worker_threads,
+    );
+    n.worker_threads = c.worker_threads;
     // The certificate files are re-read on SIGHUP; their paths and the
     // handshake limits are the listener's.
     keep("server.tls", c.tls != n.tls);

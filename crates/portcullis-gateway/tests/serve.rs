@@ -663,6 +663,15 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         "[log]\nformat = \"json\"\nlevel = \"debug\"\n",
     )
     .await;
+    // This gateway runs on the single-threaded scheduler (what one CPU
+    // gets by default): proxying, the drain and the audit flush on it.
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[server]\n"));
+    fs::write(
+        &config,
+        text.replacen("[server]\n", "[server]\nworker_threads = 1\n", 1),
+    )
+    .unwrap();
     let mut gw = start(&dir, &config, ops);
     let c = client();
     wait_ready(&gw, &c).await;
