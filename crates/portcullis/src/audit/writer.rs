@@ -212,6 +212,9 @@ impl Queued {
     }
 }
 
+/// Events the batcher builds before it yields to other tasks.
+const BUILD_SLICE: usize = 64;
+
 /// Handle the request path records through. Share it with an `Arc`.
 pub struct AuditWriter {
     tx: mpsc::Sender<Queued>,
@@ -534,11 +537,11 @@ impl Batcher {
                     }
                     () = self.full.notified() => {}
                     () = sleep_until(deadline) => {
-                        done = self.take_queued(&mut batch, size);
+                        done = self.take_queued(&mut batch, size).await;
                         break;
                     }
                 }
-                if !closing && self.take_queued(&mut batch, size) {
+                if !closing && self.take_queued(&mut batch, size).await {
                     done = true;
                     break;
                 }
@@ -554,10 +557,21 @@ impl Batcher {
 
     /// Moves queued events into `batch` (up to `size`) without waiting;
     /// true when the channel is closed and empty.
-    fn take_queued(&mut self, batch: &mut Vec<AuditEvent>, size: usize) -> bool {
+    /// Builds what is queued into `batch` (up to `size`), handing the thread
+    /// back every [`BUILD_SLICE`] events: on a single-threaded runtime the
+    /// requests share it, and a batch built in one go held them for a
+    /// millisecond or more. `true`: the channel is closed.
+    async fn take_queued(&mut self, batch: &mut Vec<AuditEvent>, size: usize) -> bool {
+        let mut built = 0usize;
         while batch.len() < size {
             match self.rx.try_recv() {
-                Ok(e) => batch.push(e.into_event()),
+                Ok(e) => {
+                    batch.push(e.into_event());
+                    built += 1;
+                    if built.is_multiple_of(BUILD_SLICE) {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Empty) => return false,
                 Err(mpsc::error::TryRecvError::Disconnected) => return true,
             }
