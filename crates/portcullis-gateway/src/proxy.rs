@@ -465,7 +465,7 @@ impl Proxy {
         let elapsed = started.elapsed();
         metrics::histogram!(
             "portcullis_gateway_upstream_duration_seconds",
-            "upstream" => upstream.name.to_string()
+            "upstream" => metrics::SharedString::from(Arc::clone(&upstream.name))
         )
         .record(elapsed.as_secs_f64());
         tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
@@ -569,7 +569,7 @@ fn switch_protocols(
 fn upstream_failure(upstream: &Upstream, kind: &'static str) {
     metrics::counter!(
         "portcullis_gateway_upstream_failures_total",
-        "upstream" => upstream.name.to_string(),
+        "upstream" => metrics::SharedString::from(Arc::clone(&upstream.name)),
         "kind" => kind
     )
     .increment(1);

@@ -555,12 +555,11 @@ impl Batcher {
         }
     }
 
-    /// Moves queued events into `batch` (up to `size`) without waiting;
-    /// true when the channel is closed and empty.
     /// Builds what is queued into `batch` (up to `size`), handing the thread
     /// back every [`BUILD_SLICE`] events: on a single-threaded runtime the
     /// requests share it, and a batch built in one go held them for a
-    /// millisecond or more. `true`: the channel is closed.
+    /// millisecond or more. Never waits for new events; `true`: the
+    /// channel is closed and empty.
     async fn take_queued(&mut self, batch: &mut Vec<AuditEvent>, size: usize) -> bool {
         let mut built = 0usize;
         while batch.len() < size {
