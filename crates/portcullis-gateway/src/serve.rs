@@ -149,11 +149,10 @@ fn runtime(workers: Option<usize>) -> tokio::runtime::Builder {
 /// the Redis connection and the token service. Built once at start from
 /// the restart-only keys ([`crate::reload::RESTART_ONLY`]).
 pub(crate) struct Shared {
+    /// Stores, Redis, bans and detectors, the audit writer.
     storage: crate::storage::Storage,
-    stores: Arc<Stores>,
     keys: Arc<KeySet>,
     issuer_config: IssuerConfig,
-    audit: Option<Arc<AuditWriter>>,
     token_service: Option<(String, axum::Router)>,
     /// Signed-request nonces: outlive reloads, so a reload never forgets
     /// which nonces were spent.
@@ -164,9 +163,7 @@ impl Shared {
     async fn open(config: &Config) -> Result<Self, ServeError> {
         // Stores, Redis, bans and detectors, audit.
         let storage = crate::storage::open(config).await?;
-        let stores = Arc::clone(&storage.stores);
         let hasher = storage.hasher.clone();
-        let audit = storage.audit.clone();
 
         // Keys and the local issuer.
         let keys = Arc::new(
@@ -186,13 +183,14 @@ impl Shared {
                     config.token_service.prefix
                 )
             });
-            let mut b = TokenService::builder(Arc::clone(&stores), issuer, Arc::clone(&keys))
-                .public_url(public_url)
-                .client_ip(config.guard.client_ip.clone());
+            let mut b =
+                TokenService::builder(Arc::clone(&storage.stores), issuer, Arc::clone(&keys))
+                    .public_url(public_url)
+                    .client_ip(config.guard.client_ip.clone());
             if let Some(engine) = &storage.anomaly {
                 b = b.anomaly(Arc::clone(engine));
             }
-            if let Some(a) = &audit {
+            if let Some(a) = &storage.audit {
                 b = b.audit(Arc::clone(a));
             }
             let service = b
@@ -210,10 +208,8 @@ impl Shared {
         Ok(Self {
             nonces,
             storage,
-            stores,
             keys,
             issuer_config,
-            audit,
             token_service,
         })
     }
@@ -240,7 +236,7 @@ pub(crate) fn build_app(
                 ..portcullis::TokenCacheConfig::default()
             },
         )
-        .stores(Arc::clone(&shared.stores));
+        .stores(Arc::clone(&shared.storage.stores));
     if let Some(limiter) = shared.storage.rate_limiter() {
         // Rate-limit counters shared by every replica.
         builder = builder.rate_limiter(limiter);
@@ -251,7 +247,7 @@ pub(crate) fn build_app(
     if let Some(limiter) = previous.and_then(|p| p.guard.rate_limiter()) {
         builder = builder.reuse_rate_limiter(limiter.clone());
     }
-    if let Some(a) = &shared.audit {
+    if let Some(a) = &shared.storage.audit {
         builder = builder.audit(Arc::clone(a));
     }
     if let Some(signed) = &config.signed_requests {
@@ -357,12 +353,12 @@ pub async fn serve_until(
     ));
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
-        stores: Arc::clone(&shared.stores),
+        stores: Arc::clone(&shared.storage.stores),
         keys: Arc::clone(&shared.keys),
         metrics,
         reloader: Arc::clone(&reloader),
         live: Arc::clone(&live),
-        audit: shared.audit.clone(),
+        audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
     });
 
@@ -481,7 +477,7 @@ pub async fn serve_until(
     drop(health);
     drop(reloader);
     drop(live);
-    if let Some(a) = &shared.audit {
+    if let Some(a) = &shared.storage.audit {
         a.shutdown().await;
     }
     drop(pid_file);
