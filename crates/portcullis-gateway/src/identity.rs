@@ -128,19 +128,15 @@ impl Outbound {
     ) -> Result<(), SignError> {
         let inner = &*self.inner;
         headers.remove(&inner.header);
-        let Some(policy) = inner.upstreams.get(upstream) else {
-            // An upstream not in the configuration: the safe defaults.
-            for name in &inner.credentials {
-                headers.remove(name);
-            }
-            return Ok(());
-        };
-        if policy.strip_credentials {
+        // An upstream not in the configuration gets the safe defaults:
+        // credentials stripped, no token.
+        let policy = inner.upstreams.get(upstream);
+        if policy.is_none_or(|p| p.strip_credentials) {
             for name in &inner.credentials {
                 headers.remove(name);
             }
         }
-        if let (Some(audience), Some(p)) = (&policy.audience, principal) {
+        if let (Some(audience), Some(p)) = (policy.and_then(|p| p.audience.as_ref()), principal) {
             let token = self.sign(p, audience, request_id)?;
             let value = HeaderValue::from_str(&token).map_err(|e| SignError(e.to_string()))?;
             headers.insert(inner.header.clone(), value);
