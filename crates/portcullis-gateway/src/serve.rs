@@ -56,7 +56,8 @@ pub enum ServeError {
     },
 }
 
-fn start(what: &'static str) -> impl Fn(String) -> ServeError {
+/// A start-up failure of `what`, from its message.
+pub(crate) fn start(what: &'static str) -> impl Fn(String) -> ServeError {
     move |message| ServeError::Start { what, message }
 }
 

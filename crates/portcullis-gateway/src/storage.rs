@@ -37,7 +37,7 @@ use portcullis::stores::{Backends, Stores, StoresConfig};
 use portcullis_core::{SecretHasher, SystemClock};
 
 use crate::config::{Config, StorageUrl};
-use crate::serve::ServeError;
+use crate::serve::{ServeError, start};
 
 /// How long the gateway waits for Redis or PostgreSQL at start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,10 +50,6 @@ const NONCE_CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// bytes and an app id 128: some 40 MB at worst); beyond it signed requests
 /// fail closed until nonces expire.
 const MEMORY_NONCES: usize = 100_000;
-
-fn start(what: &'static str) -> impl Fn(String) -> ServeError {
-    move |message| ServeError::Start { what, message }
-}
 
 /// What the gateway's parts share, built once per process.
 pub struct Storage {
