@@ -731,19 +731,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads, parses and validates `path`.
+/// Reads, parses and validates `path` for the gateway.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            key: None,
-            message: format!("cannot read the configuration file: {e}"),
-        }])
-    })?;
-    let overrides = env_overrides(std::env::vars());
-    parse_with(path, &text, &overrides)
+    load_for(Host::Gateway, path)
 }
 
 /// The prefix of environment variables that override configuration keys.
@@ -781,6 +771,44 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
 /// Like [`parse`], with environment `overrides` (see [`env_overrides`])
 /// applied over the file: each replaces (or adds) one key.
 pub fn parse_with(
+    file: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigErrors> {
+    parse_for(Host::Gateway, file, text, overrides)
+}
+
+/// Who runs the configuration: what is required depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// `portcullis serve`: every allowed route needs an upstream to serve it.
+    Gateway,
+    /// The engine inside the application's own process (the Python
+    /// package): the application serves every route, `[[upstreams]]` are
+    /// not used.
+    InProcess,
+}
+
+/// Reads, parses and validates `path` for `host`, with the environment's
+/// `PORTCULLIS_…` overrides (what [`load`] does for the gateway).
+pub fn load_for(host: Host, path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read the configuration file: {e}"),
+        }])
+    })?;
+    let overrides = env_overrides(std::env::vars());
+    parse_for(host, path, &text, &overrides)
+}
+
+/// Parses and validates `text`, the contents of `file`, for `host`, with
+/// environment `overrides` applied over it.
+pub fn parse_for(
+    host: Host,
     file: &Path,
     text: &str,
     overrides: &[(String, String)],
@@ -835,7 +863,7 @@ pub fn parse_with(
         errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
         return Err(ConfigErrors(errors));
     };
-    for (key, message) in validate(&config) {
+    for (key, message) in validate(&config, host) {
         let span = key_span(doc.get_ref(), &key);
         errors.push(locate.error(span, Some(key), message));
     }
@@ -1236,7 +1264,7 @@ fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
 }
 
 /// Cross-field checks: (dotted key, message) for each problem.
-fn validate(config: &Config) -> Vec<(String, String)> {
+fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     let mut errors = Vec::new();
     let mut err = |key: String, message: String| errors.push((key, message));
 
@@ -1539,7 +1567,7 @@ fn validate(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
-    if defaults == 0 {
+    if defaults == 0 && host == Host::Gateway {
         for (i, route) in config.guard.routes.iter().enumerate() {
             if route.effect == Effect::Allow
                 && !config
@@ -1907,7 +1935,7 @@ mod tests {
         let example = &doc[start..end];
         let doc = DeTable::parse(example).expect("TOML");
         let config = Config::deserialize(toml::de::Deserializer::from(doc)).expect("typed");
-        let problems: Vec<_> = validate(&config)
+        let problems: Vec<_> = validate(&config, Host::Gateway)
             .into_iter()
             // The example's paths do not exist on the test machine.
             .filter(|(k, _)| {

@@ -1,36 +1,17 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
 //! to one command; exit codes are 0 ok, 1 token rejected or a `demo --check`
-//! step misbehaved, 2 usage/config/key error.
-//!
-//! - `cli`: the command tree and each command's thin entry point.
-//! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
-//! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
-//! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
-//! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
-//! - [`tls`]: TLS termination, certificate reload on SIGHUP.
-//! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
-//! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
-//! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
+//! step misbehaved, 2 usage/config/key error. The commands live in the
+//! library (`portcullis_gateway::cli`).
 
 #![forbid(unsafe_code)]
-
-mod cli;
-mod config;
-mod conn;
-mod demo;
-mod forward_auth;
-mod identity;
-mod proxy;
-mod reload;
-mod serve;
-mod storage;
-mod tls;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand, TokenCommand};
+use portcullis_gateway::cli::{
+    self, AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand, TokenCommand,
+};
 
 fn main() -> ExitCode {
     let args = Cli::parse();

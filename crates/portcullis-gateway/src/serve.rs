@@ -151,17 +151,17 @@ fn runtime(workers: Option<usize>) -> tokio::runtime::Builder {
 /// the restart-only keys ([`crate::reload::RESTART_ONLY`]).
 pub(crate) struct Shared {
     /// Stores, Redis, bans and detectors, the audit writer.
-    storage: crate::storage::Storage,
+    pub(crate) storage: crate::storage::Storage,
     keys: Arc<KeySet>,
     issuer_config: IssuerConfig,
-    token_service: Option<(String, axum::Router)>,
+    pub(crate) token_service: Option<(String, axum::Router)>,
     /// Signed-request nonces: outlive reloads, so a reload never forgets
     /// which nonces were spent.
     nonces: Arc<dyn NonceStore>,
 }
 
 impl Shared {
-    async fn open(config: &Config) -> Result<Self, ServeError> {
+    pub(crate) async fn open(config: &Config) -> Result<Self, ServeError> {
         // Stores, Redis, bans and detectors, audit.
         let storage = crate::storage::open(config).await?;
         let hasher = storage.hasher.clone();
@@ -216,14 +216,16 @@ impl Shared {
     }
 }
 
-/// The request path of `config`: guard, proxy, forward-auth, over the
-/// long-lived handles of `shared`. `previous` is the app being replaced
-/// by a reload: its rate limiter is kept when the rate limits are unchanged.
-pub(crate) fn build_app(
+/// The guard of `config` over the long-lived handles of `shared`: local
+/// keys through the verified-token cache, the stores (revocation), the
+/// shared rate limiter, bans and detectors, audit and signed requests.
+/// `previous` is the app being replaced by a reload: its rate limiter is
+/// kept when the rate limits are unchanged.
+pub(crate) fn build_guard(
     config: &Config,
     shared: &Shared,
     previous: Option<&App>,
-) -> Result<App, ServeError> {
+) -> Result<Guard, ServeError> {
     let verifier = Verifier::new(
         Arc::clone(&shared.keys),
         Validation::for_local_issuer(&shared.issuer_config),
@@ -254,7 +256,17 @@ pub(crate) fn build_app(
     if let Some(signed) = &config.signed_requests {
         builder = builder.signed_requests(signed_authenticator(signed, &shared.nonces)?);
     }
-    let guard = builder.build().map_err(|e| start("guard")(e.to_string()))?;
+    builder.build().map_err(|e| start("guard")(e.to_string()))
+}
+
+/// The request path of `config`: guard, proxy, forward-auth, over the
+/// long-lived handles of `shared` (see [`build_guard`] for `previous`).
+pub(crate) fn build_app(
+    config: &Config,
+    shared: &Shared,
+    previous: Option<&App>,
+) -> Result<App, ServeError> {
+    let guard = build_guard(config, shared, previous)?;
 
     let outbound = crate::identity::Outbound::new(config, Arc::clone(&shared.keys))
         .map_err(|e| start("internal_token")(e.to_string()))?;

@@ -26,7 +26,8 @@ const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateRequest {
     name: String,
-    /// Defaults to the caller's own permissions; each must be one the caller holds.
+    /// Defaults to the caller's own grants (its roles and permissions); when
+    /// given, the key holds exactly these, each one the caller holds directly.
     #[serde(default)]
     permissions: Option<Vec<String>>,
     /// Lifetime in seconds; none: the key does not expire.
@@ -82,7 +83,9 @@ fn may_delegate(grants: &[String], requested: &str) -> bool {
 }
 
 /// `POST /api-keys`: a key for the caller with at most the caller's
-/// permissions (read from the user record, not the token).
+/// grants (read from the user record, not the token): by default its roles
+/// and permissions, so a user whose grants come from roles gets a key that
+/// can do what they can; or a list of permissions it holds directly.
 pub(super) async fn create(
     State(s): State<Arc<Inner>>,
     client: Client,
@@ -96,8 +99,8 @@ pub(super) async fn create(
             "the account is disabled",
         ));
     };
-    let permissions = match req.permissions {
-        None => user.permissions.clone(),
+    let (roles, permissions) = match req.permissions {
+        None => (user.roles.clone(), user.permissions.clone()),
         Some(requested) => {
             if let Some(p) = requested
                 .iter()
@@ -108,7 +111,7 @@ pub(super) async fn create(
                     format!("you do not hold the permission `{p}` and cannot give it to a key"),
                 ));
             }
-            requested
+            (Vec::new(), requested)
         }
     };
     let expires_at = match req.expires_in {
@@ -129,6 +132,7 @@ pub(super) async fn create(
         .within(s.stores.create_api_key(&NewApiKey {
             name: req.name,
             owner: user.id.clone(),
+            roles,
             permissions,
             expires_at,
             ..NewApiKey::default()

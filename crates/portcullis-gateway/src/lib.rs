@@ -1,0 +1,29 @@
+//! The gateway behind the `portcullis` binary, as a library: the binary
+//! (`src/main.rs`) parses the command line and dispatches to [`cli`]; the
+//! Python package opens the same engine in process through [`embed`].
+//!
+//! - [`cli`]: the command tree and each command's thin entry point.
+//! - [`embed`]: the engine of `portcullis serve` without its listeners.
+//! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
+//! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
+//! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
+//! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
+//! - [`tls`]: TLS termination, certificate reload on SIGHUP.
+//! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
+//! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+mod conn;
+mod demo;
+pub mod embed;
+mod forward_auth;
+mod identity;
+mod proxy;
+mod reload;
+pub mod serve;
+mod storage;
+mod tls;
