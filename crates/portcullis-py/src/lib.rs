@@ -18,7 +18,9 @@
 //! The tokio runtime (one worker thread: the audit batcher, purges and the
 //! decisions that wait on I/O) is started with the first engine. An engine
 //! opened before `fork()` refuses to run in the child: its runtime's threads
-//! did not survive the fork.
+//! did not survive the fork. (The package registers [`_forked`] with
+//! `os.register_at_fork`, so telling costs an atomic load, not a `getpid`
+//! system call per request.)
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +28,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -37,6 +40,7 @@ use portcullis_core::anomaly::BanTarget;
 use portcullis_gateway::embed::Engine as GatewayEngine;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use tokio::runtime::Runtime;
 
@@ -47,6 +51,39 @@ const MAX_SERVICE_BODY: usize = 1 << 20;
 const MAX_HEADERS: usize = 100;
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// Bumped in every child process after `fork()` (see [`_forked`]).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Called by `os.register_at_fork(after_in_child=...)`: engines opened
+/// before now belong to the parent.
+#[pyfunction]
+fn _forked() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The response header names the guard adds, as shared `bytes` objects.
+static HEADER_NAMES: PyOnceLock<[(HeaderName, Py<PyBytes>); 3]> = PyOnceLock::new();
+
+/// `name` as Python `bytes`: one shared object for the names the guard adds
+/// to every allowed response, a new one otherwise.
+fn header_name<'py>(py: Python<'py>, name: &HeaderName) -> Bound<'py, PyBytes> {
+    let known = HEADER_NAMES.get_or_init(py, || {
+        [
+            http::header::HeaderName::from_static("ratelimit"),
+            http::header::HeaderName::from_static("ratelimit-policy"),
+            http::header::HeaderName::from_static("x-request-id"),
+        ]
+        .map(|n| {
+            let bytes = PyBytes::new(py, n.as_str().as_bytes()).unbind();
+            (n, bytes)
+        })
+    });
+    match known.iter().find(|(n, _)| n == name) {
+        Some((_, bytes)) => bytes.bind(py).clone(),
+        None => PyBytes::new(py, name.as_str().as_bytes()),
+    }
+}
 
 /// The engine's runtime, started on first use.
 fn runtime() -> PyResult<&'static Runtime> {
@@ -86,8 +123,8 @@ fn portcullis_error(py: Python<'_>, code: &str, detail: &str, status: u16) -> Py
 #[pyclass(frozen, module = "portcullis._native")]
 struct Engine {
     engine: Arc<GatewayEngine>,
-    /// The process that opened it (see the module docs on `fork()`).
-    pid: u32,
+    /// The fork generation it was opened in (see the module docs on `fork()`).
+    generation: u64,
 }
 
 /// Polls `fut` once on the calling thread (inside the runtime's context, so
@@ -144,9 +181,9 @@ fn peer_ip(client: Option<&str>) -> Option<IpAddr> {
     client.and_then(|c| c.parse().ok())
 }
 
-fn header_list<'py>(
+fn header_list<'py, 'a>(
     py: Python<'py>,
-    headers: impl Iterator<Item = (&'py [u8], &'py [u8])>,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for (name, value) in headers {
@@ -155,9 +192,21 @@ fn header_list<'py>(
     Ok(list)
 }
 
+/// The guard's `(name, value)` pairs as a Python list of `bytes` pairs.
+fn guard_header_list<'py, 'a>(
+    py: Python<'py>,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for (name, value) in headers {
+        list.append((header_name(py, name), PyBytes::new(py, value.as_bytes())))?;
+    }
+    Ok(list)
+}
+
 impl Engine {
     fn check_fork(&self) -> PyResult<()> {
-        if std::process::id() == self.pid {
+        if FORK_GENERATION.load(Ordering::Relaxed) == self.generation {
             Ok(())
         } else {
             Err(PyRuntimeError::new_err(
@@ -182,13 +231,16 @@ impl Engine {
         let dry_run_code = d.dry_run_refusal.as_ref().map(|r| r.code.as_str());
         match &d.refusal {
             None => {
-                let mut pairs: Vec<(&[u8], &[u8])> = d
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-                    .collect();
-                pairs.push((b"x-request-id", request_id.as_bytes()));
-                let headers = header_list(py, pairs.into_iter())?.unbind();
+                let id = HeaderValue::from_str(&request_id)
+                    .map_err(|_| PyRuntimeError::new_err("request id"))?;
+                let headers = guard_header_list(
+                    py,
+                    d.headers
+                        .iter()
+                        .map(|(n, v)| (n, v))
+                        .chain(std::iter::once((&portcullis::http::REQUEST_ID, &id))),
+                )?
+                .unbind();
                 Ok(Decision {
                     allowed: true,
                     status: 200,
@@ -207,13 +259,7 @@ impl Engine {
                 // body the renderer's own problem+json.
                 let (head, _) = refusal_response(&ProblemJson, refusal, &request_id).into_parts();
                 let body = problem_body(refusal, &request_id);
-                let headers = header_list(
-                    py,
-                    head.headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-                )?
-                .unbind();
+                let headers = guard_header_list(py, head.headers.iter())?.unbind();
                 Ok(Decision {
                     allowed: false,
                     status: refusal.status.as_u16(),
@@ -312,7 +358,7 @@ impl Engine {
         match opened {
             Ok(engine) => Ok(Self {
                 engine: Arc::new(engine),
-                pid: std::process::id(),
+                generation: FORK_GENERATION.load(Ordering::Relaxed),
             }),
             Err(e) => Err(portcullis_error(py, "config.invalid", &e.to_string(), 0)),
         }
@@ -327,7 +373,7 @@ impl Engine {
         match opened {
             Ok(engine) => Ok(Self {
                 engine: Arc::new(engine),
-                pid: std::process::id(),
+                generation: FORK_GENERATION.load(Ordering::Relaxed),
             }),
             Err(e) => Err(portcullis_error(py, "config.invalid", &e.to_string(), 0)),
         }
@@ -361,7 +407,7 @@ impl Engine {
             Err(pending) => {
                 let engine = Self {
                     engine: Arc::clone(&self.engine),
-                    pid: self.pid,
+                    generation: self.generation,
                 };
                 let awaitable = pyo3_async_runtimes::tokio::future_into_py(py, async move {
                     let d = pending.await;
@@ -504,7 +550,7 @@ impl Engine {
 
     /// Writes out the audit queue (call before the process exits).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        if std::process::id() != self.pid {
+        if self.check_fork().is_err() {
             return Ok(());
         }
         let rt = runtime()?;
@@ -673,5 +719,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Decision>()?;
     m.add_class::<Principal>()?;
+    m.add_function(wrap_pyfunction!(_forked, m)?)?;
     Ok(())
 }

@@ -136,8 +136,26 @@ rate_limits = ["per_ip"]
 """
 
 
+def drop_redis_keys(prefix: str) -> None:
+    """Deletes this run's keys (every key under the run's unique prefix)."""
+    keys = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "--scan", "--pattern", f"{prefix}*"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    for i in range(0, len(keys), 500):
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "del", *keys[i : i + 500]],
+                       capture_output=True, check=False)
+
+
 class Setup:
     """One configuration on disk and the test process's own Guard on it."""
+
+    redis_prefix: str | None = None
+
+    def close(self) -> None:
+        self.guard.close()
+        if self.redis_prefix:
+            drop_redis_keys(self.redis_prefix)
 
     def __init__(self, work: Path, text: str) -> None:
         self.work = work
@@ -181,7 +199,9 @@ def make_setup(tmp: Path, *, redis: bool) -> Setup:
     write_keys(work / "keys")
     (work / "pepper").write_bytes(os.urandom(32))
     prefix = f"pc-py-{uuid.uuid4().hex[:10]}" if redis else None
-    return Setup(work, config_text(work, redis_prefix=prefix))
+    setup = Setup(work, config_text(work, redis_prefix=prefix))
+    setup.redis_prefix = prefix
+    return setup
 
 
 class Server:
@@ -234,4 +254,4 @@ def served(request, tmp_path_factory):
     server = start_app(request.param, setup)
     yield request.param, setup, server
     server.stop()
-    setup.guard.close()
+    setup.close()

@@ -32,4 +32,4 @@ def test_a_limit_of_n_admits_exactly_n_across_two_workers(tmp_path):
         assert len(pids) == 2, pids
     finally:
         server.stop()
-        setup.guard.close()
+        setup.close()

@@ -33,6 +33,11 @@ from .errors import (
 Decision = _native.Decision
 Principal = _native.Principal
 
+# A Guard opened before fork() refuses to run in the child (its engine's
+# threads did not survive the fork); the extension learns of forks here.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_native._forked)
+
 __all__ = [
     "Guard",
     "GuardBuilder",

@@ -112,7 +112,7 @@ class GuardMiddleware:
         if query:
             target = target + b"?" + query
         headers = scope["headers"]
-        if headers.__class__ is not list:
+        if headers.__class__ is not list or (headers and headers[0].__class__ is not tuple):
             headers = [tuple(h) for h in headers]
         client = scope.get("client")
         method = scope["method"] if kind == "http" else "GET"
@@ -135,7 +135,30 @@ class GuardMiddleware:
             state = scope["state"] = {}
         state["principal"] = decision.principal
         state["request_id"] = decision.request_id
-        await _Respond(self.app, decision).run(scope, receive, send)
+        extra = decision.headers
+        status = 500
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            # Adds the guard's headers to the response head; notes the status.
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except PortcullisError as e:
+            if started or kind != "http":
+                raise
+            status = e.status or 403
+            await _send_problem(send, status, e, decision.request_id)
+        finally:
+            decision.finish(status)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -146,50 +169,17 @@ class GuardMiddleware:
         return lifespan_send
 
 
-class _Respond:
-    """Calls the app for an allowed request: adds the guard's headers to its
-    response head and finishes the audit event with its status."""
-
-    __slots__ = ("app", "decision", "status", "started", "send")
-
-    def __init__(self, app: ASGIApp, decision: Any) -> None:
-        self.app = app
-        self.decision = decision
-        self.status = 500
-        self.started = False
-
-    async def _send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-            self.status = message["status"]
-            extra = self.decision.headers
-            if extra:
-                message["headers"] = [*message.get("headers", ()), *extra]
-        elif message["type"] == "websocket.accept":
-            self.status = 101
-        await self.send(message)
-
-    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.send = send
-        try:
-            await self.app(scope, receive, self._send)
-        except PortcullisError as e:
-            if self.started or scope["type"] != "http":
-                raise
-            status = e.status or 403
-            self.status = status
-            body = problem_body(status, e.code, e.detail, self.decision.request_id)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/problem+json"),
-                        (b"cache-control", b"no-store"),
-                        (b"x-request-id", self.decision.request_id.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            self.decision.finish(self.status)
+async def _send_problem(send: Send, status: int, e: PortcullisError, request_id: str) -> None:
+    """Answers an app's ``PortcullisError`` as the gateway would."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"cache-control", b"no-store"),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": problem_body(status, e.code, e.detail, request_id)})
