@@ -1459,6 +1459,124 @@ async fn records_round_trip_every_field(env: Env) {
     assert_eq!(b.apps.app("app_rt").await.expect("get"), Some(app));
 }
 
+/// What the admin API does to users: pages in username order with a
+/// case-insensitive prefix search, replaces grants, resets passwords and
+/// deletes (freeing the username), each revoking what it must.
+async fn users_page_regrant_reset_and_delete(env: Env) {
+    let stores = env.stores(config());
+    let mut ids = std::collections::HashMap::new();
+    for name in ["alpha-1", "Alpha-2", "beta-1", "alpha-3"] {
+        let user = stores
+            .create_user(&NewUser {
+                username: name.into(),
+                password: Some("pw-admin-1".into()),
+                roles: vec!["reader".into()],
+                ..NewUser::default()
+            })
+            .await
+            .expect("user");
+        ids.insert(name.to_lowercase(), user.id);
+    }
+    let names = |users: Vec<portcullis::stores::User>| -> Vec<String> {
+        users.into_iter().map(|u| u.username).collect()
+    };
+    let first = stores.list_users("", None, 2).await.expect("page 1");
+    assert_eq!(names(first), ["alpha-1", "Alpha-2"]);
+    let second = stores
+        .list_users("", Some("Alpha-2"), 2)
+        .await
+        .expect("page 2");
+    assert_eq!(names(second), ["alpha-3", "beta-1"]);
+    let last = stores
+        .list_users("", Some("beta-1"), 2)
+        .await
+        .expect("page 3");
+    assert!(last.is_empty());
+    let alphas = stores.list_users("ALPHA", None, 10).await.expect("search");
+    assert_eq!(names(alphas), ["alpha-1", "Alpha-2", "alpha-3"]);
+    assert_eq!(
+        stores.list_users("", None, 0).await.map_err(|e| e.code()),
+        Err("store.invalid_input")
+    );
+
+    // Grants: validated, replaced, unknown users refused.
+    let id = ids["alpha-1"].clone();
+    stores
+        .set_user_grants(&id, &["editor".into()], &["docs.write".into()])
+        .await
+        .expect("grants");
+    let user = stores.user(&id).await.expect("load").expect("exists");
+    assert_eq!(
+        (user.roles, user.permissions),
+        (vec!["editor".to_owned()], vec!["docs.write".to_owned()])
+    );
+    assert!(
+        stores
+            .set_user_grants(&id, &["r".repeat(200)], &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        stores.user(&id).await.expect("load").expect("exists").roles,
+        ["editor"]
+    );
+    assert_eq!(
+        stores
+            .set_user_grants("no-such-user", &[], &[])
+            .await
+            .map_err(|e| e.code()),
+        Err("store.not_found")
+    );
+
+    // A password reset ends the user's sessions; only the new password works.
+    let sid = session_for(&stores, &id, false).await;
+    stores
+        .reset_password(&id, "pw-admin-2")
+        .await
+        .expect("reset");
+    assert!(!stores.session_is_active(&sid).await.expect("session"));
+    assert!(stores.login(b"alpha-1", b"pw-admin-1").await.is_err());
+    assert_eq!(
+        stores
+            .login(b"alpha-1", b"pw-admin-2")
+            .await
+            .expect("login")
+            .id,
+        id
+    );
+
+    // Delete: sessions and API keys go with it, the username is free again.
+    let sid = session_for(&stores, &id, false).await;
+    let key = stores
+        .create_api_key(&NewApiKey {
+            name: "k".into(),
+            owner: id.clone(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("key");
+    stores.delete_user(&id).await.expect("delete");
+    assert!(stores.user(&id).await.expect("load").is_none());
+    assert!(!stores.session_is_active(&sid).await.expect("session"));
+    assert!(stores.verify_api_key(&key.key).await.is_err());
+    assert_eq!(
+        names(stores.list_users("alpha", None, 10).await.expect("search")),
+        ["Alpha-2", "alpha-3"]
+    );
+    assert_eq!(
+        stores.delete_user(&id).await.map_err(|e| e.code()),
+        Err("store.not_found")
+    );
+    stores
+        .create_user(&NewUser {
+            username: "ALPHA-1".into(),
+            password: Some("pw-admin-3".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("the username is free again");
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -1504,6 +1622,7 @@ macro_rules! full_suite {
                 family_revocation_is_atomic_with_rotation,
                 purge_drops_expired_records_and_keeps_live_ones,
                 records_round_trip_every_field,
+                users_page_regrant_reset_and_delete,
             ]
         );
     };

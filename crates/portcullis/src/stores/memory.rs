@@ -137,6 +137,54 @@ impl UserStore for MemoryStores {
         });
         ready(Ok(found.is_some()))
     }
+
+    fn set_user_grants<'a>(
+        &'a self,
+        id: &'a str,
+        roles: &'a [String],
+        permissions: &'a [String],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut users = lock(&self.users);
+        let found = users.by_id.get_mut(id).map(|u| {
+            u.roles = roles.to_vec();
+            u.permissions = permissions.to_vec();
+            u.updated_at = now;
+        });
+        ready(Ok(found.is_some()))
+    }
+
+    fn list_users<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<User>>> {
+        let users = lock(&self.users);
+        // One process's users: a sort per page is fine at this size.
+        let mut keys: Vec<&String> = users
+            .id_by_key
+            .keys()
+            .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        keys.sort_unstable();
+        let page = keys
+            .into_iter()
+            .take(limit)
+            .filter_map(|k| users.id_by_key.get(k).and_then(|id| users.by_id.get(id)))
+            .cloned()
+            .collect();
+        ready(Ok(page))
+    }
+
+    fn delete_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut users = lock(&self.users);
+        let removed = users.by_id.remove(id);
+        if let Some(u) = &removed {
+            users.id_by_key.remove(&u.username.to_lowercase());
+        }
+        ready(Ok(removed.is_some()))
+    }
 }
 
 impl SessionStore for MemoryStores {

@@ -341,6 +341,27 @@ pub trait UserStore: Send + Sync {
         disabled: bool,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Replaces a user's roles and permissions; false when there is no such user.
+    fn set_user_grants<'a>(
+        &'a self,
+        id: &'a str,
+        roles: &'a [String],
+        permissions: &'a [String],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Users whose lower-cased username starts with `prefix` and sorts
+    /// after `after` (a lower-cased username, exclusive), in username
+    /// order, at most `limit`.
+    fn list_users<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<User>>>;
+    /// Deletes a user record (its username becomes free); false when there
+    /// is no such user. Sessions, refresh families and API keys are the
+    /// caller's to revoke first.
+    fn delete_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
 /// Login sessions.

@@ -257,6 +257,11 @@ impl RedisStores {
         format!("{}:{kind}:{id}", self.prefix)
     }
 
+    /// The sorted set of lower-cased usernames (score 0: ordered by name).
+    fn users_index(&self) -> String {
+        format!("{}:unames", self.prefix)
+    }
+
     fn refresh_key(&self, family: &str, hash: &[u8; 32]) -> String {
         format!("{}:rt:{{{}}}:{}", self.prefix, untag(family), hex(hash))
     }
@@ -321,6 +326,11 @@ impl RedisStores {
     }
 }
 
+fn list_of(field: &'static str, text: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::Corrupt(format!("{field} is not a JSON list")))
+}
+
 fn user_of(s: Stored<User>) -> StoreResult<User> {
     let mut u = s.record;
     if let Some(h) = s.fields.get("password_hash") {
@@ -331,6 +341,12 @@ fn user_of(s: Stored<User>) -> StoreResult<User> {
     }
     if let Some(t) = s.fields.get("updated_at") {
         u.updated_at = int("updated_at", t)?;
+    }
+    if let Some(r) = s.fields.get("roles") {
+        u.roles = list_of("roles", r)?;
+    }
+    if let Some(p) = s.fields.get("permissions") {
+        u.permissions = list_of("permissions", p)?;
     }
     Ok(u)
 }
@@ -358,6 +374,11 @@ impl UserStore for RedisStores {
                 let _: () = conn.del(&name_key).await.map_err(err)?;
                 return Err(StoreError::Conflict("user id"));
             }
+            // The username index `list_users` pages through.
+            let _: () = conn
+                .zadd(self.users_index(), user.username.to_lowercase(), 0)
+                .await
+                .map_err(err)?;
             Ok(())
         })
     }
@@ -421,6 +442,83 @@ impl UserStore for RedisStores {
                 ],
             )
             .await
+        })
+    }
+
+    fn set_user_grants<'a>(
+        &'a self,
+        id: &'a str,
+        roles: &'a [String],
+        permissions: &'a [String],
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            self.set_if_exists(
+                &self.key("user", id),
+                &[
+                    ("roles", json(&roles)?),
+                    ("permissions", json(&permissions)?),
+                    ("updated_at", now.to_string()),
+                ],
+            )
+            .await
+        })
+    }
+
+    fn list_users<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<User>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // Lexicographic range over the username index: from the cursor
+            // (exclusive) or the prefix (inclusive) to the prefix's end.
+            let min = match after {
+                Some(a) if a >= prefix => format!("({a}"),
+                _ => format!("[{prefix}"),
+            };
+            let max = if prefix.is_empty() {
+                "+".to_owned()
+            } else {
+                format!("[{prefix}\u{10FFFF}")
+            };
+            let names: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.users_index())
+                .arg(min)
+                .arg(max)
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let mut users = Vec::with_capacity(names.len());
+            for name in names {
+                let id: Option<String> = conn.get(self.key("uname", &name)).await.map_err(err)?;
+                if let Some(id) = id
+                    && let Some(user) = self.user_by_id(&id).await?
+                {
+                    users.push(user);
+                }
+            }
+            Ok(users)
+        })
+    }
+
+    fn delete_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let Some(user) = self.user_by_id(id).await? else {
+                return Ok(false);
+            };
+            let mut conn = self.conn.clone();
+            let name = user.username.to_lowercase();
+            let removed: u64 = conn.del(self.key("user", id)).await.map_err(err)?;
+            let _: () = conn.del(self.key("uname", &name)).await.map_err(err)?;
+            let _: () = conn.zrem(self.users_index(), &name).await.map_err(err)?;
+            Ok(removed == 1)
         })
     }
 }

@@ -419,6 +419,67 @@ macro_rules! sql_stores {
                     Ok(r.rows_affected() == 1)
                 })
             }
+
+            fn set_user_grants<'a>(
+                &'a self,
+                id: &'a str,
+                roles: &'a [String],
+                permissions: &'a [String],
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query(
+                        "UPDATE users SET roles = $1, permissions = $2, updated_at = $3 WHERE id = $4",
+                    )
+                    .bind(list_to_json(roles))
+                    .bind(list_to_json(permissions))
+                    .bind(now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn list_users<'a>(
+                &'a self,
+                prefix: &'a str,
+                after: Option<&'a str>,
+                limit: usize,
+            ) -> BoxFuture<'a, StoreResult<Vec<User>>> {
+                Box::pin(async move {
+                    // Paged in username_key order (the unique index); the
+                    // prefix is an equality on a substring, which every
+                    // collation agrees on.
+                    let sql = format!(
+                        "SELECT {USER_COLS} FROM users WHERE substr(username_key, 1, $1) = $2 \
+                         AND username_key > $3 ORDER BY username_key LIMIT $4"
+                    );
+                    sqlx::query_as::<_, UserRow>(&sql)
+                        .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
+                        .bind(prefix)
+                        .bind(after.unwrap_or(""))
+                        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .into_iter()
+                        .map(user_of)
+                        .collect()
+                })
+            }
+
+            fn delete_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query("DELETE FROM users WHERE id = $1")
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
         }
 
         impl SessionStore for $ty {

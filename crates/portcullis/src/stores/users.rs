@@ -303,4 +303,109 @@ impl Stores {
         self.caches.sessions.invalidate_all();
         Ok(n)
     }
+
+    /// Revokes every session and refresh family of a user at once (what
+    /// disabling, deleting or a password reset does); returns the sessions
+    /// and refresh tokens revoked.
+    pub async fn revoke_user_tokens(&self, user_id: &str) -> StoreResult<(u64, u64)> {
+        let user_id = id_arg("user_id", user_id)?;
+        let now = self.now();
+        let revoked = tokio::try_join!(
+            self.backends.sessions.revoke_sessions_of(&user_id, now),
+            self.backends.refresh.revoke_families_of(&user_id, now),
+        )?;
+        self.caches.sessions.invalidate_all();
+        Ok(revoked)
+    }
+
+    /// Replaces a user's roles and permissions (validated like
+    /// [`Self::create_user`]'s). Tokens already issued keep the grants they
+    /// carry until they expire; new tokens and refreshes get these.
+    pub async fn set_user_grants(
+        &self,
+        id: &str,
+        roles: &[String],
+        permissions: &[String],
+    ) -> StoreResult<()> {
+        let id = id_arg("user_id", id)?;
+        let roles = input::name_list("roles", roles)?;
+        let permissions = input::name_list("permissions", permissions)?;
+        if self
+            .backends
+            .users
+            .set_user_grants(&id, &roles, &permissions, self.now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("user"))
+        }
+    }
+
+    /// Sets a new password (hashed with argon2id) and revokes every session
+    /// and refresh family of the user: whoever held them must log in again.
+    pub async fn reset_password(&self, id: &str, password: &str) -> StoreResult<()> {
+        let id = id_arg("user_id", id)?;
+        let pw = input::password(password.as_bytes())?;
+        let hash = self.passwords.hash(pw).await?;
+        if !self
+            .backends
+            .users
+            .set_password_hash(&id, &hash, self.now())
+            .await?
+        {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.revoke_user_tokens(&id).await?;
+        Ok(())
+    }
+
+    /// A page of users in username order: those whose username starts with
+    /// `search` (case-insensitive), after the cursor `after` (the last
+    /// username of the previous page), at most `limit` (1 to 500).
+    pub async fn list_users(
+        &self,
+        search: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        let search = if search.is_empty() {
+            String::new()
+        } else {
+            input::bounded("search", search, input::MAX_USERNAME)?.to_lowercase()
+        };
+        let after = match after {
+            Some(a) => Some(input::bounded("after", a, input::MAX_USERNAME)?.to_lowercase()),
+            None => None,
+        };
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(StoreError::invalid("limit", "must be 1 to 500"));
+        }
+        self.backends
+            .users
+            .list_users(&search, after.as_deref(), limit)
+            .await
+    }
+
+    /// Deletes a user: revokes its sessions, refresh families and API keys,
+    /// then removes the record (the username becomes free). Audit events
+    /// that name the user are kept.
+    pub async fn delete_user(&self, id: &str) -> StoreResult<()> {
+        let id = id_arg("user_id", id)?;
+        if self.backends.users.user_by_id(&id).await?.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.revoke_user_tokens(&id).await?;
+        for key in self.backends.api_keys.api_keys_of(&id).await? {
+            if key.revoked_at.is_none() {
+                self.revoke_api_key(&key.id).await?;
+            }
+        }
+        self.backends.users.delete_user(&id).await?;
+        self.caches.users_disabled.invalidate(&id);
+        Ok(())
+    }
 }
+
+/// The most users one [`Stores::list_users`] call returns.
+pub const MAX_PAGE: usize = 500;
