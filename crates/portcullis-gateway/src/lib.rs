@@ -2,6 +2,7 @@
 //! (`src/main.rs`) parses the command line and dispatches to [`cli`]; the
 //! Python package opens the same engine in process through [`embed`].
 //!
+//! - [`admin`]: the admin API on the ops listener (users, sessions, keys, apps, bans, OpenAPI).
 //! - [`cli`]: the command tree and each command's thin entry point.
 //! - [`embed`]: the engine of `portcullis serve` without its listeners.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 mod conn;

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use portcullis_gateway::cli::{
-    self, AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand, TokenCommand,
+    self, AdminCommand, AuditCommand, BansCommand, Cli, Command, ConfigCommand, KeysCommand,
+    TokenCommand,
 };
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Reload(a) => cli::reload::run(a),
         Command::Init(a) => cli::init::run(a),
         Command::Snippets(a) => cli::snippets::run(a),
+        Command::Admin(AdminCommand::Bootstrap(a)) => cli::admin::bootstrap(a),
     };
     cli::finish(result)
 }

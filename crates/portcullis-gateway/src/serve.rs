@@ -85,6 +85,8 @@ struct Health {
     audit: Option<Arc<AuditWriter>>,
     /// Whether rate limits count on Redis (so there is a breaker to report).
     redis: bool,
+    /// The admin API (`/admin/…`, `/openapi.json`) behind its own guard.
+    admin: GuardService<axum::Router>,
 }
 
 /// Gauge: events waiting in the audit queue, sampled at each scrape.
@@ -373,6 +375,17 @@ pub async fn serve_until(
         live: Arc::clone(&live),
         audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
+        admin: {
+            let (guard, router) = crate::admin::build(
+                Arc::clone(&shared.storage.stores),
+                shared.storage.anomaly.clone(),
+                shared.storage.audit.clone(),
+                config.guard.client_ip.clone(),
+                shared.token_service.as_ref().map(|(p, _)| p.as_str()),
+            )
+            .map_err(start("admin"))?;
+            GuardLayer::new(guard).layer(router)
+        },
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -657,7 +670,18 @@ impl App {
 }
 
 impl Health {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let path = req.uri().path();
+        if path.starts_with("/admin/") || path == "/openapi.json" {
+            req.extensions_mut().insert(PeerAddr(peer));
+            let mut admin = self.admin.clone();
+            let req = req.map(axum::body::Body::new);
+            let response = match admin.call(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            return response.map(|b| b.map_err(crate::proxy::BoxError::from).boxed_unsync());
+        }
         let (status, body) = match req.uri().path() {
             "/reload" => crate::reload::handle_request(&self.reloader, req.method(), peer).await,
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),

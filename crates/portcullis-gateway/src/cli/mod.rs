@@ -1,5 +1,6 @@
 //! The `portcullis` command line: the command tree and how an outcome is reported.
 
+pub mod admin;
 pub mod audit;
 pub mod bans;
 pub mod config;
@@ -64,6 +65,16 @@ pub enum Command {
     Init(init::InitArgs),
     /// Print nginx / Caddy / Traefik / Envoy configuration that asks this gateway's forward-auth.
     Snippets(snippets::SnippetsArgs),
+    /// Admin API keys (the admin API itself is on the ops listener).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `portcullis admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin API key in the configured stores and print it once.
+    Bootstrap(admin::BootstrapArgs),
 }
 
 /// `portcullis config ...`

@@ -89,20 +89,34 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
     })
 }
 
-impl<T: DeserializeOwned + Send> FromRequest<Arc<Inner>> for JsonBody<T> {
+/// A router state that bounds the JSON bodies [`JsonBody`] reads.
+pub trait BodyLimit {
+    /// The largest body accepted, in bytes (a larger one is 413).
+    fn max_body_bytes(&self) -> usize;
+}
+
+impl BodyLimit for Arc<Inner> {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+impl<T: DeserializeOwned + Send, S: BodyLimit + Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &Arc<Inner>) -> Result<Self, Self::Rejection> {
-        let (parts, bytes) = read_bounded(req, state.max_body_bytes).await?;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, bytes) = read_bounded(req, state.max_body_bytes()).await?;
         parse_json(&parts.headers, &bytes).map(Self)
     }
 }
 
-impl<T: DeserializeOwned + Send> FromRequest<Arc<Inner>> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Send, S: BodyLimit + Send + Sync> FromRequest<S>
+    for OptionalJsonBody<T>
+{
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &Arc<Inner>) -> Result<Self, Self::Rejection> {
-        let (parts, bytes) = read_bounded(req, state.max_body_bytes).await?;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, bytes) = read_bounded(req, state.max_body_bytes()).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }

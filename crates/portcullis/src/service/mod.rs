@@ -19,6 +19,11 @@ mod problem;
 mod sessions;
 mod tokens;
 
+// For other routers in the same style (the gateway's admin API): strict
+// JSON bodies and problem+json answers with the stable codes.
+pub use self::extract::{BodyLimit, JsonBody, OptionalJsonBody};
+pub use self::problem::{INVALID_INPUT, Problem, problem};
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -152,6 +152,12 @@ impl Stores {
         }
     }
 
+    /// The app with this id (its secrets only as keyed hashes).
+    pub async fn app(&self, app_id: &str) -> StoreResult<Option<AppRecord>> {
+        let app_id = input::bounded("app_id", app_id, input::MAX_ID)?;
+        self.backends.apps.app(&app_id).await
+    }
+
     /// Enables or disables an app (takes effect on every replica within the
     /// revocation cache TTL).
     pub async fn set_app_disabled(&self, app_id: &str, disabled: bool) -> StoreResult<()> {

@@ -1,0 +1,1053 @@
+//! The admin API on the operations listener (never on the public one):
+//! users, sessions, tokens, API keys, app credentials and bans, for
+//! operators who should not write SQL or Redis commands.
+//!
+//! Every route is in [`ROUTES`], which is three things at once: the guard's
+//! route table (each route needs an admin API key holding its permission —
+//! `admin.*` holds them all, `admin.users.read` only that one), the axum
+//! router's routes, and the OpenAPI document served at `/openapi.json`.
+//! The guard is the library's own `Guard`, so every admin call is audited
+//! (allowed or refused, with the route and the key that made it) and
+//! refusals are the usual problem+json with stable codes. Bans do not apply
+//! here (a ban must not lock out the operators who lift it). Admin keys are
+//! API keys whose owner is `admin:<name>`, made by `portcullis admin
+//! bootstrap` (printed once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use portcullis::anomaly::AnomalyEngine;
+use portcullis::audit::AuditWriter;
+use portcullis::service::{BodyLimit, JsonBody, Problem};
+use portcullis::stores::{ApiKeyRecord, AppRecord, NewApiKey, NewUser, Session, Stores, User};
+use portcullis::{Guard, GuardConfig};
+use portcullis_core::anomaly::BanTarget;
+use serde::{Deserialize, Serialize};
+
+/// The owner of admin API keys: `admin:<name>`.
+pub const ADMIN_OWNER_PREFIX: &str = "admin:";
+
+/// The realm of the admin API's `WWW-Authenticate` challenges.
+const REALM: &str = "portcullis-admin";
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Default and largest page of `GET /admin/users`.
+const DEFAULT_PAGE: usize = 50;
+
+/// One admin route: method, axum path, guard path pattern, the permission
+/// it needs, and its one-line summary (for the OpenAPI document).
+pub struct AdminRoute {
+    /// HTTP method.
+    pub method: &'static str,
+    /// The path as axum and OpenAPI write it (`{id}` parameters).
+    pub path: &'static str,
+    /// The permission an admin key needs; `None`: open (the document itself).
+    pub permission: Option<&'static str>,
+    /// What it does.
+    pub summary: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    permission: &'static str,
+    summary: &'static str,
+) -> AdminRoute {
+    AdminRoute {
+        method,
+        path,
+        permission: Some(permission),
+        summary,
+    }
+}
+
+/// Every admin route (see the module docs).
+pub const ROUTES: &[AdminRoute] = &[
+    route(
+        "GET",
+        "/admin/users",
+        "admin.users.read",
+        "List users by username (search, after, limit)",
+    ),
+    route(
+        "POST",
+        "/admin/users",
+        "admin.users.write",
+        "Create a user (password or an imported argon2id / bcrypt hash)",
+    ),
+    route(
+        "GET",
+        "/admin/users/{id}",
+        "admin.users.read",
+        "Show a user",
+    ),
+    route(
+        "DELETE",
+        "/admin/users/{id}",
+        "admin.users.write",
+        "Delete a user (its sessions, refresh tokens and API keys are revoked)",
+    ),
+    route(
+        "POST",
+        "/admin/users/{id}/disable",
+        "admin.users.write",
+        "Disable a user: every session and refresh family is revoked at once",
+    ),
+    route(
+        "POST",
+        "/admin/users/{id}/enable",
+        "admin.users.write",
+        "Enable a user again",
+    ),
+    route(
+        "POST",
+        "/admin/users/{id}/password",
+        "admin.users.write",
+        "Set a new password (every session is revoked)",
+    ),
+    route(
+        "PUT",
+        "/admin/users/{id}/grants",
+        "admin.users.write",
+        "Replace a user's roles and permissions",
+    ),
+    route(
+        "GET",
+        "/admin/users/{id}/sessions",
+        "admin.sessions.read",
+        "List a user's sessions",
+    ),
+    route(
+        "DELETE",
+        "/admin/users/{id}/sessions",
+        "admin.sessions.write",
+        "Revoke every session and refresh family of a user",
+    ),
+    route(
+        "DELETE",
+        "/admin/sessions/{id}",
+        "admin.sessions.write",
+        "Revoke one session",
+    ),
+    route(
+        "POST",
+        "/admin/tokens/revoke",
+        "admin.tokens.write",
+        "Revoke an access token's jti until its expiry",
+    ),
+    route(
+        "GET",
+        "/admin/users/{id}/api-keys",
+        "admin.api_keys.read",
+        "List a user's API keys",
+    ),
+    route(
+        "POST",
+        "/admin/users/{id}/api-keys",
+        "admin.api_keys.write",
+        "Create an API key for a user (the key is shown once)",
+    ),
+    route(
+        "DELETE",
+        "/admin/api-keys/{id}",
+        "admin.api_keys.write",
+        "Revoke an API key",
+    ),
+    route(
+        "POST",
+        "/admin/apps",
+        "admin.apps.write",
+        "Register an app credential (the secret is shown once)",
+    ),
+    route(
+        "GET",
+        "/admin/apps/{id}",
+        "admin.apps.read",
+        "Show an app credential",
+    ),
+    route(
+        "POST",
+        "/admin/apps/{id}/rotate",
+        "admin.apps.write",
+        "Rotate an app secret; the old one works for the grace period",
+    ),
+    route(
+        "POST",
+        "/admin/apps/{id}/disable",
+        "admin.apps.write",
+        "Disable an app credential",
+    ),
+    route(
+        "POST",
+        "/admin/apps/{id}/enable",
+        "admin.apps.write",
+        "Enable an app credential again",
+    ),
+    route("GET", "/admin/bans", "admin.bans.read", "List active bans"),
+    route(
+        "POST",
+        "/admin/bans",
+        "admin.bans.write",
+        "Ban an IP or a subject for a while",
+    ),
+    route(
+        "DELETE",
+        "/admin/bans/{target}",
+        "admin.bans.write",
+        "Lift a ban (`ip:<address>` or `subject:<id>`)",
+    ),
+    AdminRoute {
+        method: "GET",
+        path: "/openapi.json",
+        permission: None,
+        summary: "This document",
+    },
+];
+
+/// The token service's routes under its prefix, for the OpenAPI document.
+pub const TOKEN_SERVICE_ROUTES: &[(&str, &str, &str)] = &[
+    ("POST", "/login", "Log in with username and password"),
+    (
+        "POST",
+        "/refresh",
+        "Rotate a refresh token (reuse revokes the family)",
+    ),
+    ("POST", "/logout", "End the access token's session"),
+    ("POST", "/logout-all", "End every session of the caller"),
+    ("GET", "/sessions", "The caller's sessions"),
+    (
+        "DELETE",
+        "/sessions/{id}",
+        "Revoke one of the caller's sessions",
+    ),
+    (
+        "POST",
+        "/api-keys",
+        "Create an API key of the caller's (shown once)",
+    ),
+    ("GET", "/api-keys", "The caller's API keys"),
+    (
+        "DELETE",
+        "/api-keys/{id}",
+        "Revoke one of the caller's API keys",
+    ),
+    (
+        "GET",
+        "/.well-known/jwks.json",
+        "The public keys of the local issuer",
+    ),
+    (
+        "GET",
+        "/.well-known/openid-configuration",
+        "OpenID discovery of the local issuer",
+    ),
+];
+
+/// The guard path pattern of an axum path: each `{param}` is one segment.
+fn guard_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "*" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The admin guard's configuration: one route per [`ROUTES`] entry, API
+/// keys only, deny by default.
+fn guard_config() -> Result<GuardConfig, String> {
+    let mut text = format!("realm = \"{REALM}\"\ndefault = \"deny\"\n");
+    for r in ROUTES {
+        let name = format!("{} {}", r.method, r.path);
+        let (credentials, require) = match r.permission {
+            Some(p) => (
+                "[\"api_key\"]",
+                format!("require = {{ permissions_all = [\"{p}\"] }}\n"),
+            ),
+            None => ("[\"anonymous\"]", String::new()),
+        };
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"{name}\"\nmethods = [\"{}\"]\npath = \"{}\"\ncredentials = {credentials}\n{require}",
+            r.method,
+            guard_path(r.path),
+        ));
+    }
+    toml::from_str(&text).map_err(|e| format!("admin routes: {e}"))
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AdminState {
+    stores: Arc<Stores>,
+    anomaly: Option<Arc<AnomalyEngine>>,
+    openapi: Arc<serde_json::Value>,
+}
+
+impl BodyLimit for AdminState {
+    fn max_body_bytes(&self) -> usize {
+        MAX_BODY
+    }
+}
+
+/// The admin API: its guard (over the same stores, bans and audit log as
+/// the public listener's) in front of its router.
+pub fn build(
+    stores: Arc<Stores>,
+    anomaly: Option<Arc<AnomalyEngine>>,
+    audit: Option<Arc<AuditWriter>>,
+    client_ip: portcullis_core::ratelimit::ClientIpConfig,
+    token_prefix: Option<&str>,
+) -> Result<(Guard, Router), String> {
+    let mut config = guard_config()?;
+    config.client_ip = client_ip;
+    // No anomaly engine on this guard: a ban (an automatic one included)
+    // must never lock the operators out of the API that lifts it. Admin
+    // keys are 256-bit secrets, so there is nothing to guess by bursts.
+    let mut builder = Guard::builder(config).stores(Arc::clone(&stores));
+    if let Some(a) = &audit {
+        builder = builder.audit(Arc::clone(a));
+    }
+    let guard = builder.build().map_err(|e| e.to_string())?;
+    let state = AdminState {
+        stores,
+        anomaly,
+        openapi: Arc::new(openapi(token_prefix)),
+    };
+    let router = Router::new()
+        .route("/admin/users", get(list_users).post(create_user))
+        .route("/admin/users/{id}", get(show_user).delete(delete_user))
+        .route("/admin/users/{id}/disable", post(disable_user))
+        .route("/admin/users/{id}/enable", post(enable_user))
+        .route("/admin/users/{id}/password", post(reset_password))
+        .route("/admin/users/{id}/grants", put(set_grants))
+        .route(
+            "/admin/users/{id}/sessions",
+            get(list_sessions).delete(revoke_user_sessions),
+        )
+        .route("/admin/sessions/{id}", delete(revoke_session))
+        .route("/admin/tokens/revoke", post(revoke_token))
+        .route(
+            "/admin/users/{id}/api-keys",
+            get(list_api_keys).post(create_api_key),
+        )
+        .route("/admin/api-keys/{id}", delete(revoke_api_key))
+        .route("/admin/apps", post(create_app))
+        .route("/admin/apps/{id}", get(show_app))
+        .route("/admin/apps/{id}/rotate", post(rotate_app))
+        .route("/admin/apps/{id}/disable", post(disable_app))
+        .route("/admin/apps/{id}/enable", post(enable_app))
+        .route("/admin/bans", get(list_bans).post(add_ban))
+        .route("/admin/bans/{target}", delete(lift_ban))
+        .route("/openapi.json", get(openapi_document))
+        .with_state(state);
+    Ok((guard, router))
+}
+
+/// The OpenAPI 3.1 document of the admin API and the token service.
+pub fn openapi(token_prefix: Option<&str>) -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    let mut add = |path: String, method: &str, op: serde_json::Value| {
+        let entry = paths.entry(path).or_insert_with(|| serde_json::json!({}));
+        if let Some(obj) = entry.as_object_mut() {
+            obj.insert(method.to_ascii_lowercase(), op);
+        }
+    };
+    let problem = serde_json::json!({"$ref": "#/components/responses/Problem"});
+    for r in ROUTES {
+        let params: Vec<serde_json::Value> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = serde_json::json!({
+            "summary": r.summary,
+            "operationId": format!("{} {}", r.method, r.path),
+            "tags": ["admin"],
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}, "default": problem},
+        });
+        if let Some(p) = r.permission {
+            op["security"] = serde_json::json!([{"adminKey": []}]);
+            op["x-permission"] = serde_json::json!(p);
+        }
+        add(r.path.to_owned(), r.method, op);
+    }
+    if let Some(prefix) = token_prefix {
+        for (method, path, summary) in TOKEN_SERVICE_ROUTES {
+            let op = serde_json::json!({
+                "summary": summary,
+                "operationId": format!("{method} {prefix}{path}"),
+                "tags": ["token service"],
+                "responses": {"200": {"description": "OK"}, "default": problem},
+            });
+            add(format!("{prefix}{path}"), method, op);
+        }
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Portcullis admin API and token service",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin API key (`portcullis admin bootstrap`)"},
+            },
+            "responses": {
+                "Problem": {
+                    "description": "RFC 9457 problem with the stable `code`",
+                    "content": {"application/problem+json": {"schema": {"type": "object", "required": ["type", "title", "status", "code"]}}},
+                },
+            },
+        },
+    })
+}
+
+async fn openapi_document(State(s): State<AdminState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        s.openapi.to_string(),
+    )
+        .into_response()
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => Problem::unavailable(&e).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ users
+
+/// A user as the admin API shows it: never its password hash.
+#[derive(Serialize)]
+struct UserView {
+    id: String,
+    username: String,
+    roles: Vec<String>,
+    permissions: Vec<String>,
+    tenant: Option<String>,
+    disabled: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username,
+            roles: u.roles,
+            permissions: u.permissions,
+            tenant: u.tenant,
+            disabled: u.disabled,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    search: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_users(
+    State(s): State<AdminState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = query.map_err(|e| Problem::bad_body(format!("invalid query: {e}")))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    let users = s
+        .stores
+        .list_users(&q.search, q.after.as_deref(), limit)
+        .await?;
+    let next = (users.len() == limit)
+        .then(|| users.last().map(|u| u.username.clone()))
+        .flatten();
+    let users: Vec<UserView> = users.into_iter().map(UserView::from).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"users": users, "next": next}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    username: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+async fn create_user(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<CreateUser>,
+) -> Result<Response, Problem> {
+    let user = s
+        .stores
+        .create_user(&NewUser {
+            username: req.username,
+            password: req.password,
+            password_hash: req.password_hash,
+            roles: req.roles,
+            permissions: req.permissions,
+            tenant: req.tenant,
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &UserView::from(user)))
+}
+
+async fn user_or_404(s: &AdminState, id: &str) -> Result<User, Problem> {
+    s.stores
+        .user(id)
+        .await?
+        .ok_or_else(|| Problem::not_found("user"))
+}
+
+async fn show_user(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(json(
+        StatusCode::OK,
+        &UserView::from(user_or_404(&s, &id).await?),
+    ))
+}
+
+async fn delete_user(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.stores.delete_user(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn disable_user(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.stores.set_user_disabled(&id, true).await?;
+    Ok(json(
+        StatusCode::OK,
+        &UserView::from(user_or_404(&s, &id).await?),
+    ))
+}
+
+async fn enable_user(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.stores.set_user_disabled(&id, false).await?;
+    Ok(json(
+        StatusCode::OK,
+        &UserView::from(user_or_404(&s, &id).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    password: String,
+}
+
+async fn reset_password(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<PasswordBody>,
+) -> Result<Response, Problem> {
+    s.stores.reset_password(&id, &req.password).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsBody {
+    roles: Vec<String>,
+    permissions: Vec<String>,
+}
+
+async fn set_grants(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<GrantsBody>,
+) -> Result<Response, Problem> {
+    s.stores
+        .set_user_grants(&id, &req.roles, &req.permissions)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &UserView::from(user_or_404(&s, &id).await?),
+    ))
+}
+
+// --------------------------------------------------------------- sessions
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    created_at: i64,
+    expires_at: i64,
+    last_seen_at: i64,
+    revoked_at: Option<i64>,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl From<Session> for SessionView {
+    fn from(s: Session) -> Self {
+        Self {
+            id: s.id,
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+            last_seen_at: s.last_seen_at,
+            revoked_at: s.revoked_at,
+            client_ip: s.client_ip,
+            user_agent: s.user_agent,
+        }
+    }
+}
+
+async fn list_sessions(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    user_or_404(&s, &id).await?;
+    let sessions: Vec<SessionView> = s
+        .stores
+        .sessions_of(&id)
+        .await?
+        .into_iter()
+        .map(SessionView::from)
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"sessions": sessions}),
+    ))
+}
+
+async fn revoke_user_sessions(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    user_or_404(&s, &id).await?;
+    let (sessions, refresh_tokens) = s.stores.revoke_user_tokens(&id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"sessions": sessions, "refresh_tokens": refresh_tokens}),
+    ))
+}
+
+async fn revoke_session(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    if s.stores.revoke_session(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found("session"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeToken {
+    jti: String,
+    /// The token's `exp` (Unix seconds): the denylist entry lasts until then.
+    expires_at: i64,
+}
+
+async fn revoke_token(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<RevokeToken>,
+) -> Result<Response, Problem> {
+    s.stores.revoke_jti(&req.jti, req.expires_at).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// --------------------------------------------------------------- API keys
+
+#[derive(Serialize)]
+struct ApiKeyView {
+    id: String,
+    name: String,
+    owner: String,
+    roles: Vec<String>,
+    permissions: Vec<String>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+impl From<ApiKeyRecord> for ApiKeyView {
+    fn from(k: ApiKeyRecord) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            owner: k.owner,
+            roles: k.roles,
+            permissions: k.permissions,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+async fn list_api_keys(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let keys: Vec<ApiKeyView> = s
+        .stores
+        .api_keys_of(&id)
+        .await?
+        .into_iter()
+        .map(ApiKeyView::from)
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"api_keys": keys})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    /// Lifetime in seconds; none: the key does not expire.
+    #[serde(default)]
+    expires_in: Option<u32>,
+}
+
+async fn create_api_key(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CreateKey>,
+) -> Result<Response, Problem> {
+    if !id.starts_with(ADMIN_OWNER_PREFIX) {
+        user_or_404(&s, &id).await?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let created = s
+        .stores
+        .create_api_key(&NewApiKey {
+            name: req.name,
+            owner: id,
+            roles: req.roles,
+            permissions: req.permissions,
+            expires_at: req
+                .expires_in
+                .map(|secs| now.saturating_add(i64::from(secs))),
+            ..NewApiKey::default()
+        })
+        .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"key": created.key, "api_key": ApiKeyView::from(created.record)}),
+    ))
+}
+
+async fn revoke_api_key(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    if s.stores.revoke_api_key(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found("API key"))
+    }
+}
+
+// ------------------------------------------------------------------- apps
+
+#[derive(Serialize)]
+struct AppView {
+    app_id: String,
+    name: String,
+    secret_version: u32,
+    previous_valid_until: Option<i64>,
+    services: Vec<String>,
+    permissions: Vec<String>,
+    tenant: Option<String>,
+    disabled: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<AppRecord> for AppView {
+    fn from(a: AppRecord) -> Self {
+        Self {
+            app_id: a.app_id,
+            name: a.name,
+            secret_version: a.secret_version,
+            previous_valid_until: a.previous_valid_until,
+            services: a.services,
+            permissions: a.permissions,
+            tenant: a.tenant,
+            disabled: a.disabled,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateApp {
+    name: String,
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+async fn create_app(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<CreateApp>,
+) -> Result<Response, Problem> {
+    let created = s
+        .stores
+        .create_app(&portcullis::stores::NewApp {
+            name: req.name,
+            services: req.services,
+            permissions: req.permissions,
+            tenant: req.tenant,
+        })
+        .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"secret": created.secret, "app": AppView::from(created.record)}),
+    ))
+}
+
+async fn app_or_404(s: &AdminState, id: &str) -> Result<AppRecord, Problem> {
+    s.stores
+        .app(id)
+        .await?
+        .ok_or_else(|| Problem::not_found("app"))
+}
+
+async fn show_app(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(json(
+        StatusCode::OK,
+        &AppView::from(app_or_404(&s, &id).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateApp {
+    /// How long the previous secret keeps working, in seconds (at most a week).
+    #[serde(default)]
+    grace_seconds: u32,
+}
+
+async fn rotate_app(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RotateApp>,
+) -> Result<Response, Problem> {
+    if req.grace_seconds > 7 * 24 * 3600 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            portcullis::service::INVALID_INPUT,
+            "invalid grace_seconds: at most 604800 (a week)",
+        ));
+    }
+    let secret = s
+        .stores
+        .rotate_app_secret(&id, Duration::from_secs(u64::from(req.grace_seconds)))
+        .await?;
+    let app = app_or_404(&s, &id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"secret": secret, "app": AppView::from(app)}),
+    ))
+}
+
+async fn disable_app(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.stores.set_app_disabled(&id, true).await?;
+    Ok(json(
+        StatusCode::OK,
+        &AppView::from(app_or_404(&s, &id).await?),
+    ))
+}
+
+async fn enable_app(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.stores.set_app_disabled(&id, false).await?;
+    Ok(json(
+        StatusCode::OK,
+        &AppView::from(app_or_404(&s, &id).await?),
+    ))
+}
+
+// ------------------------------------------------------------------- bans
+
+fn engine(s: &AdminState) -> Result<&Arc<AnomalyEngine>, Problem> {
+    s.anomaly.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "request.unavailable_feature",
+            "bans are off (anomaly.enabled = false)",
+        )
+    })
+}
+
+fn ban_target(raw: &str) -> Result<BanTarget, Problem> {
+    let bad = || {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            portcullis::service::INVALID_INPUT,
+            "invalid target: `ip:<address>` or `subject:<id>`",
+        )
+    };
+    match raw.split_once(':') {
+        Some(("ip", ip)) if ip.parse::<std::net::IpAddr>().is_ok() => {
+            Ok(BanTarget::Ip(ip.to_owned()))
+        }
+        Some(("subject", s)) if !s.is_empty() && s.len() <= 256 => {
+            Ok(BanTarget::Subject(s.to_owned()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn ban_view(ban: &portcullis_core::anomaly::Ban) -> serde_json::Value {
+    serde_json::json!({
+        "target": ban.target.render(),
+        "until_ms": ban.until_ms,
+        "reason": ban.reason,
+    })
+}
+
+async fn list_bans(State(s): State<AdminState>) -> Result<Response, Problem> {
+    let bans = engine(&s)?
+        .list_bans()
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let bans: Vec<_> = bans.iter().map(ban_view).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"bans": bans})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBan {
+    target: String,
+    duration_seconds: u32,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn add_ban(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<AddBan>,
+) -> Result<Response, Problem> {
+    let target = ban_target(&req.target)?;
+    if req.duration_seconds == 0 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            portcullis::service::INVALID_INPUT,
+            "invalid duration_seconds: must be positive",
+        ));
+    }
+    let reason = req.reason.unwrap_or_else(|| "manual".into());
+    if reason.len() > 200 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            portcullis::service::INVALID_INPUT,
+            "invalid reason: at most 200 bytes",
+        ));
+    }
+    let ban = engine(&s)?
+        .ban(
+            target,
+            Duration::from_secs(u64::from(req.duration_seconds)),
+            &reason,
+        )
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(json(StatusCode::CREATED, &ban_view(&ban)))
+}
+
+async fn lift_ban(
+    State(s): State<AdminState>,
+    Path(target): Path<String>,
+) -> Result<Response, Problem> {
+    let target = ban_target(&target)?;
+    let lifted = engine(&s)?
+        .lift_ban(&target)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if lifted {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found("ban"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_guard_config_builds_and_covers_every_route() {
+        let config = guard_config().unwrap();
+        assert_eq!(config.routes.len(), ROUTES.len());
+        assert_eq!(
+            guard_path("/admin/users/{id}/sessions"),
+            "/admin/users/*/sessions"
+        );
+    }
+
+    #[test]
+    fn the_document_lists_every_route_once() {
+        let doc = openapi(Some("/auth"));
+        let mut count = 0;
+        for (_, ops) in doc["paths"].as_object().unwrap() {
+            count += ops.as_object().unwrap().len();
+        }
+        assert_eq!(count, ROUTES.len() + TOKEN_SERVICE_ROUTES.len());
+    }
+}

@@ -1,0 +1,727 @@
+//! The admin API over real HTTP on the real binary (SQLite stores and
+//! audit log): only on the ops listener, only with an admin key holding the
+//! route's permission, every call audited; users, sessions, tokens, API
+//! keys, apps and bans end to end through the public listener; bad input
+//! refused naming the field; every route of the OpenAPI document exists.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+use support::{
+    Gateway, HttpClient, PASSWORD, Reply, TempDir, client, echo_upstream, free_port, get,
+    keys_and_pepper, portcullis, post, send,
+};
+
+struct Admin {
+    _dir: TempDir,
+    gateway: Gateway,
+    client: HttpClient,
+    config: String,
+    key: String,
+    audit_db: std::path::PathBuf,
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(k) = key {
+        b = b.header("authorization", format!("Bearer {k}"));
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header("content-type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    b.body(Full::new(body)).unwrap()
+}
+
+/// An admin key of `config` (`portcullis admin bootstrap`).
+fn bootstrap(config: &str, extra: &[&str]) -> String {
+    let mut args = vec!["admin", "bootstrap", "--config", config];
+    args.extend_from_slice(extra);
+    let out = portcullis(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    printed["key"].as_str().unwrap().to_owned()
+}
+
+async fn start() -> Admin {
+    let dir = TempDir::new("admin");
+    let (keys, pepper) = keys_and_pepper(&dir);
+    let upstream = echo_upstream().await;
+    let (public, ops) = (free_port(), free_port());
+    let audit_db = dir.join("audit.db");
+    let config = format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+url = "sqlite://{stores}"
+pepper_file = "{pepper}"
+
+[keys]
+dir = "{keys}"
+issuer = "https://issuer.test"
+
+[audit]
+sqlite = "{audit}"
+
+[log]
+level = "warn"
+
+[[guard.routes]]
+name = "api"
+path = "/api/**"
+credentials = ["jwt", "api_key", "app"]
+
+[[guard.routes]]
+name = "open"
+path = "/open/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "echo"
+url = "http://{upstream}"
+routes = ["api", "open"]
+"#,
+        stores = dir.join("stores.db").display(),
+        pepper = pepper.display(),
+        keys = keys.display(),
+        audit = audit_db.display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &config).unwrap();
+    let config = path.to_str().unwrap().to_owned();
+    let key = bootstrap(&config, &[]);
+    let gateway = Gateway::start(
+        &dir,
+        "gateway",
+        &std::fs::read_to_string(&path).unwrap(),
+        public,
+        ops,
+    );
+    let client = client();
+    gateway.wait_ready(&client).await;
+    Admin {
+        _dir: dir,
+        gateway,
+        client,
+        config,
+        key,
+        audit_db,
+    }
+}
+
+impl Admin {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        send(
+            &self.client,
+            request(self.gateway.ops, method, path, Some(&self.key), body),
+        )
+        .await
+    }
+
+    async fn create_user(&self, username: &str, roles: &[&str]) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/admin/users",
+                Some(json!({"username": username, "password": PASSWORD, "roles": roles})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert!(r.json().get("password_hash").is_none(), "never shown");
+        r.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn login(&self, username: &str) -> Value {
+        let body = json!({"username": username, "password": PASSWORD}).to_string();
+        let r = send(
+            &self.client,
+            post(
+                self.gateway.public,
+                "/auth/login",
+                &[("content-type", "application/json")],
+                &body,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.json()
+    }
+
+    async fn public_get(&self, path: &str, bearer: &str) -> Reply {
+        send(
+            &self.client,
+            get(
+                self.gateway.public,
+                path,
+                &[("authorization", &format!("Bearer {bearer}"))],
+            ),
+        )
+        .await
+    }
+}
+
+/// Polls until the public listener answers `want` (the revocation bound).
+async fn eventually(admin: &Admin, path: &str, bearer: &str, want: StatusCode) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = admin.public_get(path, bearer).await;
+        if r.status == want || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
+    let admin = start().await;
+    let ops = admin.gateway.ops;
+
+    // No key: 401 with the admin realm.
+    let r = send(
+        &admin.client,
+        request(ops, "GET", "/admin/users", None, None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(r.code().as_deref(), Some("auth.missing_credentials"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("portcullis-admin")
+    );
+
+    // A bad key: 401, never a fall-through.
+    let r = send(
+        &admin.client,
+        request(ops, "GET", "/admin/users", Some("pck_nope"), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // A read-only admin key reads but cannot write.
+    let reader = bootstrap(
+        &admin.config,
+        &["--name", "viewer", "--permission", "admin.users.read"],
+    );
+    let r = send(
+        &admin.client,
+        request(ops, "GET", "/admin/users", Some(&reader), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = send(
+        &admin.client,
+        request(
+            ops,
+            "POST",
+            "/admin/users",
+            Some(&reader),
+            Some(json!({"username": "x", "password": PASSWORD})),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.code().as_deref(), Some("authz.denied"));
+
+    // A user's own API key (no admin permission) is refused too.
+    let id = admin.create_user("plain", &[]).await;
+    let r = admin
+        .call(
+            "POST",
+            &format!("/admin/users/{id}/api-keys"),
+            Some(json!({"name": "mine", "permissions": ["docs.read"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let user_key = r.json()["key"].as_str().unwrap().to_owned();
+    let r = send(
+        &admin.client,
+        request(ops, "GET", "/admin/users", Some(&user_key), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // The public listener does not serve it: the request goes to the guard's
+    // routes (here none matches: refused) and never lists users.
+    let r = send(
+        &admin.client,
+        request(
+            admin.gateway.public,
+            "GET",
+            "/admin/users",
+            Some(&admin.key),
+            None,
+        ),
+    )
+    .await;
+    assert_ne!(r.status, StatusCode::OK);
+    assert!(r.json().get("users").is_none(), "{}", r.body);
+
+    // Every admin call is audited, refused ones included.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let db = rusqlite_free_count(&admin.audit_db, "GET /admin/users").await;
+        if db >= 4 || Instant::now() > deadline {
+            assert!(db >= 4, "admin calls audited: {db}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Audit events of one admin route, counted with sqlx (the audit database
+/// is the gateway's own SQLite file).
+async fn rusqlite_free_count(db: &std::path::Path, route: &str) -> i64 {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    let Ok(mut conn) = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .connect()
+        .await
+    else {
+        return 0;
+    };
+    let n: Result<(i64,), _> = sqlx::query_as("SELECT COUNT(*) FROM audit_events WHERE route = ?")
+        .bind(route)
+        .fetch_one(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    n.map(|(n,)| n).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_sessions_and_tokens_over_http() {
+    let admin = start().await;
+    let alice = admin.create_user("alice", &["reader"]).await;
+    for name in ["bob", "alina", "carol"] {
+        admin.create_user(name, &[]).await;
+    }
+
+    // Paging and search.
+    let r = admin.call("GET", "/admin/users?limit=2", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let names: Vec<_> = r.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["alice", "alina"]);
+    let next = r.json()["next"].as_str().unwrap().to_owned();
+    let r = admin
+        .call("GET", &format!("/admin/users?limit=2&after={next}"), None)
+        .await;
+    let names: Vec<_> = r.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["bob", "carol"]);
+    let r = admin.call("GET", "/admin/users?search=AL", None).await;
+    assert_eq!(r.json()["users"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        admin
+            .call("GET", &format!("/admin/users/{alice}"), None)
+            .await
+            .json()["username"],
+        "alice"
+    );
+    assert_eq!(
+        admin.call("GET", "/admin/users/nobody", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Grants show in the next token.
+    let r = admin
+        .call(
+            "PUT",
+            &format!("/admin/users/{alice}/grants"),
+            Some(json!({"roles": ["editor"], "permissions": ["docs.write"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["roles"], json!(["editor"]));
+    let tokens = admin.login("alice").await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(support::claims(&access)["roles"], json!(["editor"]));
+    assert_eq!(
+        admin.public_get("/api/x", &access).await.status,
+        StatusCode::OK
+    );
+
+    // Sessions: listed, one revoked -> its token refused.
+    let r = admin
+        .call("GET", &format!("/admin/users/{alice}/sessions"), None)
+        .await;
+    let sessions = r.json()["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 1, "{}", r.body);
+    let sid = sessions[0]["id"].as_str().unwrap();
+    assert_eq!(
+        admin
+            .call("DELETE", &format!("/admin/sessions/{sid}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = eventually(&admin, "/api/x", &access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(r.code().as_deref(), Some("auth.session_revoked"));
+
+    // Revoking a jti refuses that token (its session is alive).
+    let tokens = admin.login("alice").await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let claims = support::claims(&access);
+    let r = admin
+        .call(
+            "POST",
+            "/admin/tokens/revoke",
+            Some(json!({"jti": claims["jti"], "expires_at": claims["exp"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = eventually(&admin, "/api/x", &access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(r.code().as_deref(), Some("auth.token_revoked"));
+
+    // Disabling refuses the access token and the refresh token at once.
+    let tokens = admin.login("alice").await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        admin.public_get("/api/x", &access).await.status,
+        StatusCode::OK
+    );
+    let r = admin
+        .call("POST", &format!("/admin/users/{alice}/disable"), None)
+        .await;
+    assert_eq!(r.json()["disabled"], json!(true));
+    assert_eq!(
+        eventually(&admin, "/api/x", &access, StatusCode::UNAUTHORIZED)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let body = json!({"refresh_token": tokens["refresh_token"]}).to_string();
+    let r = send(
+        &admin.client,
+        post(
+            admin.gateway.public,
+            "/auth/refresh",
+            &[("content-type", "application/json")],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    admin
+        .call("POST", &format!("/admin/users/{alice}/enable"), None)
+        .await;
+
+    // A password reset: the old password stops working.
+    let r = admin
+        .call(
+            "POST",
+            &format!("/admin/users/{alice}/password"),
+            Some(json!({"password": "a brand new password"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let body = json!({"username": "alice", "password": PASSWORD}).to_string();
+    let r = send(
+        &admin.client,
+        post(
+            admin.gateway.public,
+            "/auth/login",
+            &[("content-type", "application/json")],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Delete: gone, the name is free.
+    assert_eq!(
+        admin
+            .call("DELETE", &format!("/admin/users/{alice}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        admin
+            .call("GET", &format!("/admin/users/{alice}"), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    admin.create_user("alice", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_apps_and_bans_over_http() {
+    let admin = start().await;
+    let bob = admin.create_user("bob", &[]).await;
+
+    // An API key made by the admin works on the public listener until revoked.
+    let r = admin
+        .call(
+            "POST",
+            &format!("/admin/users/{bob}/api-keys"),
+            Some(json!({"name": "ci", "permissions": ["deploy"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let key_id = r.json()["api_key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        admin.public_get("/api/x", &key).await.status,
+        StatusCode::OK
+    );
+    let listed = admin
+        .call("GET", &format!("/admin/users/{bob}/api-keys"), None)
+        .await;
+    assert_eq!(listed.json()["api_keys"][0]["id"], json!(key_id));
+    assert!(
+        !listed.body.contains("pck_"),
+        "the key itself is never listed"
+    );
+    assert_eq!(
+        admin
+            .call("DELETE", &format!("/admin/api-keys/{key_id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = eventually(&admin, "/api/x", &key, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(r.code().as_deref(), Some("auth.invalid_api_key"));
+
+    // App credentials: the secret works; after a rotation without grace only the new one.
+    let r = admin
+        .call(
+            "POST",
+            "/admin/apps",
+            Some(json!({"name": "billing", "permissions": ["invoices.read"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let app_id = r.json()["app"]["app_id"].as_str().unwrap().to_owned();
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    let app_get = |secret: String| {
+        let app_id = app_id.clone();
+        let admin = &admin;
+        async move {
+            send(
+                &admin.client,
+                get(
+                    admin.gateway.public,
+                    "/api/x",
+                    &[("x-app-id", &app_id), ("x-app-secret", &secret)],
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(app_get(secret.clone()).await.status, StatusCode::OK);
+    let r = admin
+        .call(
+            "POST",
+            &format!("/admin/apps/{app_id}/rotate"),
+            Some(json!({"grace_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let new_secret = r.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["app"]["secret_version"], json!(2));
+    assert_eq!(app_get(new_secret.clone()).await.status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app_get(secret.clone()).await.status != StatusCode::UNAUTHORIZED {
+        assert!(Instant::now() < deadline, "the old secret still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin
+        .call("POST", &format!("/admin/apps/{app_id}/disable"), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app_get(new_secret.clone()).await.status != StatusCode::UNAUTHORIZED {
+        assert!(Instant::now() < deadline, "a disabled app still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bans: add, listed, refused on the public listener, lifted.
+    let r = admin
+        .call(
+            "POST",
+            "/admin/bans",
+            Some(json!({"target": "ip:127.0.0.1", "duration_seconds": 120, "reason": "test"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = admin.call("GET", "/admin/bans", None).await;
+    assert_eq!(r.json()["bans"][0]["target"], json!("ip:127.0.0.1"), "{}", r.body);
+    let r = send(&admin.client, get(admin.gateway.public, "/open/x", &[])).await;
+    assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+    assert_eq!(
+        admin
+            .call("DELETE", "/admin/bans/ip:127.0.0.1", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&admin.client, get(admin.gateway.public, "/open/x", &[]))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin
+            .call("DELETE", "/admin/bans/ip:127.0.0.1", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_the_field_and_changes_nothing() {
+    let admin = start().await;
+    let r = admin
+        .call(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "dave", "password": PASSWORD, "rolez": ["x"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("rolez"),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .call(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("username"),
+        "{}",
+        r.body
+    );
+    let r = admin.call("GET", "/admin/users?limit=0", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("limit"),
+        "{}",
+        r.body
+    );
+    let r = admin
+        .call(
+            "POST",
+            "/admin/bans",
+            Some(json!({"target": "host:example.com", "duration_seconds": 60})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.json()["detail"].as_str().unwrap().contains("target"));
+    let huge = json!({"username": "x".repeat(100_000), "password": PASSWORD});
+    let r = admin.call("POST", "/admin/users", Some(huge)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    // Nothing was created.
+    let r = admin.call("GET", "/admin/users", None).await;
+    assert_eq!(r.json()["users"], json!([]), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes() {
+    let admin = start().await;
+    let r = send(
+        &admin.client,
+        request(admin.gateway.ops, "GET", "/openapi.json", None, None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let doc = r.json();
+    assert_eq!(doc["openapi"], json!("3.1.0"));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let concrete = path
+                .replace("{id}", "some-id")
+                .replace("{target}", "ip:10.0.0.1");
+            let token_service = op["tags"][0] == json!("token service");
+            let addr = if token_service {
+                admin.gateway.public
+            } else {
+                admin.gateway.ops
+            };
+            let body = (method != "get" && method != "delete").then(|| json!({}));
+            let r = send(
+                &admin.client,
+                request(
+                    addr,
+                    &method.to_uppercase(),
+                    &concrete,
+                    Some(&admin.key),
+                    body,
+                ),
+            )
+            .await;
+            // Documented but absent would be the router's bare 404 or a 405.
+            assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(
+                !(r.status == StatusCode::NOT_FOUND && r.body.is_empty()),
+                "{method} {path} is documented but not routed"
+            );
+            // Admin routes are guarded routes: never the default deny.
+            if !token_service && op.get("x-permission").is_some() {
+                assert!(
+                    r.code().as_deref() != Some("authz.denied"),
+                    "{method} {path}: {}",
+                    r.body
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        portcullis_gateway::admin::ROUTES.len()
+            + portcullis_gateway::admin::TOKEN_SERVICE_ROUTES.len()
+    );
+    // And a route that is not documented is not served.
+    let r = admin.call("GET", "/admin/nothing-here", None).await;
+    assert!(
+        r.status == StatusCode::FORBIDDEN || r.status == StatusCode::NOT_FOUND,
+        "{}",
+        r.status
+    );
+}
