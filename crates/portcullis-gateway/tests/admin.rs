@@ -67,18 +67,37 @@ fn bootstrap(config: &str, extra: &[&str]) -> String {
 async fn start() -> Admin {
     let dir = TempDir::new("admin");
     let (keys, pepper) = keys_and_pepper(&dir);
+    let storage = format!(
+        "url = \"sqlite://{}\"\npepper_file = \"{}\"\n",
+        dir.join("stores.db").display(),
+        pepper.display()
+    );
+    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
+    replicas.remove(0)
+}
+
+/// `n` gateways on the same `[storage]` (each its own audit file), the
+/// admin key bootstrapped once. They share `dir` (kept by the first).
+async fn start_replicas(
+    dir: TempDir,
+    keys: &std::path::Path,
+    storage: &str,
+    n: usize,
+) -> Vec<Admin> {
     let upstream = echo_upstream().await;
-    let (public, ops) = (free_port(), free_port());
-    let audit_db = dir.join("audit.db");
-    let config = format!(
-        r#"
+    let client = client();
+    let mut configs = Vec::new();
+    for i in 0..n {
+        let (public, ops) = (free_port(), free_port());
+        let audit_db = dir.join(&format!("audit-{i}.db"));
+        let config = format!(
+            r#"
 [server]
 listen = "{public}"
 ops_listen = "{ops}"
 
 [storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
+{storage}
 
 [keys]
 dir = "{keys}"
@@ -105,32 +124,30 @@ name = "echo"
 url = "http://{upstream}"
 routes = ["api", "open"]
 "#,
-        stores = dir.join("stores.db").display(),
-        pepper = pepper.display(),
-        keys = keys.display(),
-        audit = audit_db.display(),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &config).unwrap();
-    let config = path.to_str().unwrap().to_owned();
-    let key = bootstrap(&config, &[]);
-    let gateway = Gateway::start(
-        &dir,
-        "gateway",
-        &std::fs::read_to_string(&path).unwrap(),
-        public,
-        ops,
-    );
-    let client = client();
-    gateway.wait_ready(&client).await;
-    Admin {
-        _dir: dir,
-        gateway,
-        client,
-        config,
-        key,
-        audit_db,
+            keys = keys.display(),
+            audit = audit_db.display(),
+        );
+        let path = dir.join(&format!("gateway-{i}.toml"));
+        std::fs::write(&path, &config).unwrap();
+        configs.push((path, config, public, ops, audit_db));
     }
+    let key = bootstrap(configs[0].0.to_str().unwrap(), &[]);
+    let mut out = Vec::new();
+    let mut dir = Some(dir);
+    for (i, (path, text, public, ops, audit_db)) in configs.into_iter().enumerate() {
+        let holder = dir.take().unwrap_or_else(|| TempDir::new("admin-replica"));
+        let gateway = Gateway::start(&holder, &format!("gateway-{i}"), &text, public, ops);
+        gateway.wait_ready(&client).await;
+        out.push(Admin {
+            _dir: holder,
+            gateway,
+            client: client.clone(),
+            config: path.to_str().unwrap().to_owned(),
+            key: key.clone(),
+            audit_db,
+        });
+    }
+    out
 }
 
 impl Admin {
@@ -581,7 +598,12 @@ async fn api_keys_apps_and_bans_over_http() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let r = admin.call("GET", "/admin/bans", None).await;
-    assert_eq!(r.json()["bans"][0]["target"], json!("ip:127.0.0.1"), "{}", r.body);
+    assert_eq!(
+        r.json()["bans"][0]["target"],
+        json!("ip:127.0.0.1"),
+        "{}",
+        r.body
+    );
     let r = send(&admin.client, get(admin.gateway.public, "/open/x", &[])).await;
     assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
     assert_eq!(
@@ -724,4 +746,109 @@ async fn the_openapi_document_matches_the_routes() {
         "{}",
         r.status
     );
+}
+
+/// Two replicas on PostgreSQL + Redis: what an operator does through one
+/// is honoured by the other within the revocation bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_and_redis_follow_the_admin() {
+    let Some(db) = support::FreshDatabase::create("admin").await else {
+        return;
+    };
+    let Some(redis) = support::redis_url() else {
+        return;
+    };
+    let prefix = support::RedisPrefix {
+        urls: vec![redis.clone()],
+        prefix: support::unique_name("pcx-admin"),
+    };
+    let dir = TempDir::new("admin-pg");
+    let (keys, pepper) = keys_and_pepper(&dir);
+    let storage = format!(
+        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
+        db.url,
+        pepper.display(),
+        prefix.prefix
+    );
+    let replicas = start_replicas(dir, &keys, &storage, 2).await;
+    let (a, b) = (&replicas[0], &replicas[1]);
+
+    // Made through A's admin API, used through B.
+    let bob = a.create_user("bob", &[]).await;
+    let r = b.call("GET", "/admin/users?search=bo", None).await;
+    assert_eq!(r.json()["users"][0]["id"], json!(bob), "{}", r.body);
+    let tokens = b.login("bob").await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(b.public_get("/api/x", &access).await.status, StatusCode::OK);
+    let r = a
+        .call(
+            "POST",
+            &format!("/admin/users/{bob}/api-keys"),
+            Some(json!({"name": "ci"})),
+        )
+        .await;
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let key_id = r.json()["api_key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(b.public_get("/api/x", &key).await.status, StatusCode::OK);
+
+    // Disabled through A: B refuses the access token and the refresh token.
+    a.call("POST", &format!("/admin/users/{bob}/disable"), None)
+        .await;
+    let started = Instant::now();
+    let r = eventually(b, "/api/x", &access, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within the revocation bound: {:?}",
+        started.elapsed()
+    );
+    let body = json!({"refresh_token": tokens["refresh_token"]}).to_string();
+    let r = send(
+        &b.client,
+        post(
+            b.gateway.public,
+            "/auth/refresh",
+            &[("content-type", "application/json")],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+
+    // A key revoked through B is refused by A.
+    assert_eq!(
+        b.call("DELETE", &format!("/admin/api-keys/{key_id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = eventually(a, "/api/x", &key, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // A ban through A (on Redis) is honoured by B.
+    let r = a
+        .call(
+            "POST",
+            "/admin/bans",
+            Some(json!({"target": "ip:127.0.0.1", "duration_seconds": 60})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = send(&b.client, get(b.gateway.public, "/open/x", &[])).await;
+    assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+    assert_eq!(
+        b.call("DELETE", "/admin/bans/ip:127.0.0.1", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(&a.client, get(a.gateway.public, "/open/x", &[]))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    drop(replicas);
+    drop(prefix);
+    drop(db);
 }
