@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use portcullis::anomaly::AnomalyEngine;
-use portcullis::audit::AuditWriter;
+use portcullis::audit::{AuditQuery, AuditStore, AuditWriter, Cursor, LiveEvent};
 use portcullis::service::{BodyLimit, JsonBody, Problem};
 use portcullis::stores::{ApiKeyRecord, AppRecord, NewApiKey, NewUser, Session, Stores, User};
 use portcullis::{Guard, GuardConfig};
@@ -203,6 +203,18 @@ pub const ROUTES: &[AdminRoute] = &[
         "admin.bans.write",
         "Lift a ban (`ip:<address>` or `subject:<id>`)",
     ),
+    route(
+        "GET",
+        "/admin/audit",
+        "admin.audit.read",
+        "Query the audit log (filters, keyset paging), newest first",
+    ),
+    route(
+        "GET",
+        "/admin/audit/stream",
+        "admin.audit.read",
+        "Live decisions as Server-Sent Events (filter by route, decision, subject, code)",
+    ),
     AdminRoute {
         method: "GET",
         path: "/openapi.json",
@@ -285,6 +297,8 @@ fn guard_config() -> Result<GuardConfig, String> {
 struct AdminState {
     stores: Arc<Stores>,
     anomaly: Option<Arc<AnomalyEngine>>,
+    audit: Option<Arc<AuditWriter>>,
+    audit_store: Option<Arc<dyn AuditStore>>,
     openapi: Arc<serde_json::Value>,
 }
 
@@ -294,15 +308,34 @@ impl BodyLimit for AdminState {
     }
 }
 
+/// What the admin API works on: the gateway's own stores, bans and audit log.
+pub struct AdminParts {
+    /// Users, sessions, keys, apps, revocation.
+    pub stores: Arc<Stores>,
+    /// Bans (none: `anomaly.enabled = false`).
+    pub anomaly: Option<Arc<AnomalyEngine>>,
+    /// The audit writer: admin calls are recorded, the live stream reads it.
+    pub audit: Option<Arc<AuditWriter>>,
+    /// The audit database, for queries.
+    pub audit_store: Option<Arc<dyn AuditStore>>,
+    /// Whose forwarding headers are believed.
+    pub client_ip: portcullis_core::ratelimit::ClientIpConfig,
+    /// The token service's prefix, for the OpenAPI document.
+    pub token_prefix: Option<String>,
+}
+
 /// The admin API: its guard (over the same stores, bans and audit log as
 /// the public listener's) in front of its router.
-pub fn build(
-    stores: Arc<Stores>,
-    anomaly: Option<Arc<AnomalyEngine>>,
-    audit: Option<Arc<AuditWriter>>,
-    client_ip: portcullis_core::ratelimit::ClientIpConfig,
-    token_prefix: Option<&str>,
-) -> Result<(Guard, Router), String> {
+pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
+    let AdminParts {
+        stores,
+        anomaly,
+        audit,
+        audit_store,
+        client_ip,
+        token_prefix,
+    } = parts;
+    let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
     config.client_ip = client_ip;
     // No anomaly engine on this guard: a ban (an automatic one included)
@@ -316,6 +349,8 @@ pub fn build(
     let state = AdminState {
         stores,
         anomaly,
+        audit,
+        audit_store,
         openapi: Arc::new(openapi(token_prefix)),
     };
     let router = Router::new()
@@ -343,6 +378,8 @@ pub fn build(
         .route("/admin/apps/{id}/enable", post(enable_app))
         .route("/admin/bans", get(list_bans).post(add_ban))
         .route("/admin/bans/{target}", delete(lift_ban))
+        .route("/admin/audit", get(query_audit))
+        .route("/admin/audit/stream", get(audit_stream))
         .route("/openapi.json", get(openapi_document))
         .with_state(state);
     Ok((guard, router))
@@ -1027,6 +1064,196 @@ async fn lift_ban(
     }
 }
 
+// ------------------------------------------------------------------ audit
+
+fn bad_param(name: &str, why: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        portcullis::service::INVALID_INPUT,
+        format!("invalid {name}: {why}"),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    subject: Option<String>,
+    ip: Option<String>,
+    path_prefix: Option<String>,
+    /// RFC 3339.
+    since: Option<String>,
+    /// RFC 3339 (exclusive).
+    until: Option<String>,
+    status: Option<u16>,
+    decision: Option<String>,
+    code: Option<String>,
+    #[serde(default)]
+    anomalies: bool,
+    #[serde(default)]
+    rate_limited: bool,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn rfc3339(name: &str, text: Option<&str>) -> Result<Option<i64>, Problem> {
+    text.map(|t| {
+        portcullis_core::audit::time::parse_rfc3339(t)
+            .ok_or_else(|| bad_param(name, "an RFC 3339 time such as 2026-11-29T00:00:00Z"))
+    })
+    .transpose()
+}
+
+async fn query_audit(
+    State(s): State<AdminState>,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(p) = params.map_err(|e| Problem::bad_body(format!("invalid query: {e}")))?;
+    let Some(store) = &s.audit_store else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "request.unavailable_feature",
+            "no audit log is configured ([audit])",
+        ));
+    };
+    let decision = p
+        .decision
+        .as_deref()
+        .map(|d| {
+            portcullis::audit::Decision::parse(d)
+                .ok_or_else(|| bad_param("decision", "allow or deny"))
+        })
+        .transpose()?;
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| Cursor::decode(c).map_err(|e| bad_param("cursor", &e.to_string())))
+        .transpose()?;
+    let query = AuditQuery {
+        subject: p.subject,
+        client_ip: p.ip,
+        path_prefix: p.path_prefix,
+        since_us: rfc3339("since", p.since.as_deref())?,
+        until_us: rfc3339("until", p.until.as_deref())?,
+        status: p.status,
+        decision,
+        code: p.code,
+        anomalies_only: p.anomalies,
+        rate_limited_only: p.rate_limited,
+        limit: p.limit.unwrap_or(DEFAULT_PAGE),
+        cursor,
+    };
+    query
+        .validate()
+        .map_err(|e| bad_param("query", &e.to_string()))?;
+    let page = store
+        .query(&query)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"events": page.events, "next": page.next}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamParams {
+    route: Option<String>,
+    decision: Option<String>,
+    subject: Option<String>,
+    code: Option<String>,
+}
+
+impl StreamParams {
+    fn matches(&self, e: &portcullis::audit::AuditEvent) -> bool {
+        self.route
+            .as_ref()
+            .is_none_or(|r| e.route.as_ref() == Some(r))
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| e.decision.as_str() == d)
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|x| e.subject.as_ref() == Some(x))
+            && self
+                .code
+                .as_ref()
+                .is_none_or(|c| e.code.as_ref() == Some(c))
+    }
+}
+
+/// How often an idle stream sends a comment (proxies close silent ones).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /admin/audit/stream`: every audit event as it is recorded, as
+/// Server-Sent Events (`event: decision`, the event as JSON). A client
+/// that reads too slowly skips ahead (`event: skipped`, how many) rather
+/// than holding anything up: the gateway keeps at most
+/// [`portcullis::audit::LIVE_BUFFER`] events for all streams together.
+async fn audit_stream(
+    State(s): State<AdminState>,
+    params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(filter) = params.map_err(|e| Problem::bad_body(format!("invalid query: {e}")))?;
+    if let Some(d) = &filter.decision
+        && portcullis::audit::Decision::parse(d).is_none()
+    {
+        return Err(bad_param("decision", "allow or deny"));
+    }
+    let Some(writer) = &s.audit else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "request.unavailable_feature",
+            "no audit log is configured ([audit])",
+        ));
+    };
+    let live = writer.subscribe();
+    let stream = futures_util::stream::unfold(
+        (live, filter, true),
+        |(mut live, filter, first)| async move {
+            if first {
+                let hello = bytes::Bytes::from_static(b": portcullis live decisions\n\n");
+                return Some((
+                    Ok::<_, std::convert::Infallible>(hello),
+                    (live, filter, false),
+                ));
+            }
+            loop {
+                let chunk = match tokio::time::timeout(KEEP_ALIVE, live.next()).await {
+                    Err(_) => bytes::Bytes::from_static(b": keep-alive\n\n"),
+                    Ok(LiveEvent::Event(e)) => {
+                        if !filter.matches(&e) {
+                            continue;
+                        }
+                        match serde_json::to_string(&*e) {
+                            Ok(data) => bytes::Bytes::from(format!(
+                                "event: decision\nid: {}\ndata: {data}\n\n",
+                                e.id
+                            )),
+                            Err(_) => continue,
+                        }
+                    }
+                    Ok(LiveEvent::Skipped(n)) => {
+                        bytes::Bytes::from(format!("event: skipped\ndata: {n}\n\n"))
+                    }
+                    Ok(LiveEvent::Closed) => return None,
+                };
+                return Some((Ok(chunk), (live, filter, false)));
+            }
+        },
+    );
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1039,6 +1266,75 @@ mod tests {
             guard_path("/admin/users/{id}/sessions"),
             "/admin/users/*/sessions"
         );
+    }
+
+    #[tokio::test]
+    async fn every_route_is_matched_by_the_admin_guard() {
+        let stores = Arc::new(
+            Stores::new(
+                portcullis::stores::Backends::all(Arc::new(
+                    portcullis::stores::memory::MemoryStores::new(),
+                )),
+                portcullis::stores::StoresConfig::new(
+                    portcullis_core::SecretHasher::new(&[7; 32]).unwrap(),
+                ),
+            )
+            .unwrap(),
+        );
+        let key = stores
+            .create_api_key(&NewApiKey {
+                name: "root".into(),
+                owner: "admin:root".into(),
+                permissions: vec!["admin.*".into()],
+                ..NewApiKey::default()
+            })
+            .await
+            .unwrap()
+            .key;
+        let dir = std::env::temp_dir().join(format!("pc-admin-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Arc::new(
+            portcullis::audit::sqlite::SqliteAudit::open(&dir.join("a.db"), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        let writer = Arc::new(
+            AuditWriter::start(
+                db,
+                portcullis::audit::AuditWriterConfig::new(dir.join("spool")),
+                Arc::new(portcullis_core::SystemClock),
+            )
+            .unwrap(),
+        );
+        let (guard, _) = build(AdminParts {
+            stores,
+            anomaly: None,
+            audit: Some(writer),
+            audit_store: None,
+            client_ip: Default::default(),
+            token_prefix: None,
+        })
+        .unwrap();
+        for r in ROUTES {
+            let path = r
+                .path
+                .replace("{id}", "x")
+                .replace("{target}", "ip:1.2.3.4");
+            let req = http::Request::builder()
+                .method(r.method)
+                .uri(&path)
+                .header("authorization", format!("Bearer {key}"))
+                .body(())
+                .unwrap();
+            let (parts, ()) = req.into_parts();
+            let d = guard.check(&parts, Some([127, 0, 0, 1].into())).await;
+            assert!(
+                d.allowed(),
+                "{} {path}: {:?}",
+                r.method,
+                d.refusal.as_ref().map(|r| &r.detail)
+            );
+        }
     }
 
     #[test]

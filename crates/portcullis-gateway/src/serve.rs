@@ -376,13 +376,14 @@ pub async fn serve_until(
         audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
         admin: {
-            let (guard, router) = crate::admin::build(
-                Arc::clone(&shared.storage.stores),
-                shared.storage.anomaly.clone(),
-                shared.storage.audit.clone(),
-                config.guard.client_ip.clone(),
-                shared.token_service.as_ref().map(|(p, _)| p.as_str()),
-            )
+            let (guard, router) = crate::admin::build(crate::admin::AdminParts {
+                stores: Arc::clone(&shared.storage.stores),
+                anomaly: shared.storage.anomaly.clone(),
+                audit: shared.storage.audit.clone(),
+                audit_store: shared.storage.audit_store.clone(),
+                client_ip: config.guard.client_ip.clone(),
+                token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
+            })
             .map_err(start("admin"))?;
             GuardLayer::new(guard).layer(router)
         },

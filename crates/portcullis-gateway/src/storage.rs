@@ -28,7 +28,7 @@ use portcullis::anomaly::redis::{RedisBans, RedisCounters};
 use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
 use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::sqlite::SqliteAudit;
-use portcullis::audit::{AuditSink, AuditWriter, AuditWriterConfig};
+use portcullis::audit::{AuditSink, AuditStore, AuditWriter, AuditWriterConfig};
 use portcullis::authz::{MemoryNonceStore, NonceStore, RedisNonceStore};
 use portcullis::ratelimit::{RateLimiter, RateLimiterBuilder};
 use portcullis::redis_conn::RedisConnection;
@@ -63,6 +63,8 @@ pub struct Storage {
     pub anomaly: Option<Arc<AnomalyEngine>>,
     /// The audit writer, when an audit database is configured.
     pub audit: Option<Arc<AuditWriter>>,
+    /// The same audit database, for queries (the admin API).
+    pub audit_store: Option<Arc<dyn AuditStore>>,
     redis_prefix: String,
 }
 
@@ -164,13 +166,14 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
         None
     };
 
-    let audit = open_audit(config).await?;
+    let (audit, audit_store) = open_audit(config).await?;
     Ok(Storage {
         stores,
         hasher,
         redis,
         anomaly,
         audit,
+        audit_store,
         redis_prefix: prefix,
     })
 }
@@ -200,35 +203,41 @@ async fn connect_redis(config: &Config) -> Result<Option<RedisConnection>, Serve
         .map(Some)
 }
 
-async fn open_audit(config: &Config) -> Result<Option<Arc<AuditWriter>>, ServeError> {
-    let (sink, spool): (Arc<dyn AuditSink>, _) =
+async fn open_audit(
+    config: &Config,
+) -> Result<(Option<Arc<AuditWriter>>, Option<Arc<dyn AuditStore>>), ServeError> {
+    let (sink, store, spool): (Arc<dyn AuditSink>, Arc<dyn AuditStore>, _) =
         match (&config.audit.sqlite, &config.audit.postgres) {
             (Some(path), _) => {
-                let db = SqliteAudit::open(path, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| start("audit.sqlite")(e.to_string()))?;
+                let db = Arc::new(
+                    SqliteAudit::open(path, Duration::from_secs(5))
+                        .await
+                        .map_err(|e| start("audit.sqlite")(e.to_string()))?,
+                );
                 let spool = config
                     .audit
                     .spool_dir
                     .clone()
                     .unwrap_or_else(|| path.with_extension("spool"));
-                (Arc::new(db) as Arc<dyn AuditSink>, spool)
+                (db.clone(), db, spool)
             }
             (None, Some(url)) => {
                 // The tables are created (or checked) at start; once running,
                 // an unreachable server only sends events to the spool.
-                let db = tokio::time::timeout(CONNECT_TIMEOUT, PostgresAudit::open(url))
-                    .await
-                    .map_err(|_| start("audit.postgres")("no answer within 10 s".into()))?
-                    .map_err(|e| start("audit.postgres")(e.to_string()))?;
+                let db = Arc::new(
+                    tokio::time::timeout(CONNECT_TIMEOUT, PostgresAudit::open(url))
+                        .await
+                        .map_err(|_| start("audit.postgres")("no answer within 10 s".into()))?
+                        .map_err(|e| start("audit.postgres")(e.to_string()))?,
+                );
                 let spool = config.audit.spool_dir.clone().ok_or_else(|| {
                     start("audit.spool_dir")("required with audit.postgres".into())
                 })?;
-                (Arc::new(db) as Arc<dyn AuditSink>, spool)
+                (db.clone(), db, spool)
             }
-            (None, None) => return Ok(None),
+            (None, None) => return Ok((None, None)),
         };
     let writer = AuditWriter::start(sink, AuditWriterConfig::new(spool), Arc::new(SystemClock))
         .map_err(|e| start("audit")(e.to_string()))?;
-    Ok(Some(Arc::new(writer)))
+    Ok((Some(Arc::new(writer)), Some(store)))
 }

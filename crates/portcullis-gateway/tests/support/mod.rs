@@ -322,6 +322,11 @@ impl Gateway {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits up to 30 s for `/health/ready` to answer 200.
     pub async fn wait_ready(&self, client: &HttpClient) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -17,7 +17,10 @@ pub mod writer;
 pub use portcullis_core::audit::query::{AuditPage, AuditQuery, Cursor, QueryError};
 pub use portcullis_core::audit::{AuditEvent, Decision, EventKind};
 pub use store::{AuditError, AuditSink, AuditStore, BoxFuture};
-pub use writer::{AuditStats, AuditWriter, AuditWriterConfig, FullPolicy, PrunePolicy, Recorded};
+pub use writer::{
+    AuditStats, AuditWriter, AuditWriterConfig, FullPolicy, LIVE_BUFFER, LiveEvent, LiveEvents,
+    PrunePolicy, Recorded,
+};
 
 /// Columns of the `audit_events` table, in insert order (shared by the SQL stores).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

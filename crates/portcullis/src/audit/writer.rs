@@ -228,6 +228,71 @@ pub struct AuditWriter {
     shutdown_timeout: Duration,
     task: Mutex<Option<JoinHandle<()>>>,
     prune_task: Mutex<Option<JoinHandle<()>>>,
+    live: Arc<Live>,
+}
+
+/// Most events a live subscriber may fall behind by: a slower one skips
+/// what it missed (it is told how many) and the writer never waits for it.
+pub const LIVE_BUFFER: usize = 1024;
+
+/// The live feed of events as the batcher builds them
+/// ([`AuditWriter::subscribe`]).
+struct Live {
+    sender: tokio::sync::broadcast::Sender<Arc<AuditEvent>>,
+    /// Open subscriptions: while there are none nothing is published and
+    /// the request path wakes no one per event.
+    watching: std::sync::atomic::AtomicUsize,
+}
+
+impl Live {
+    fn watching(&self) -> bool {
+        self.watching.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// A live subscription: every event from now on, as soon as it is built
+/// (the batcher is woken per event while one is open). Dropping it ends it.
+pub struct LiveEvents {
+    rx: tokio::sync::broadcast::Receiver<Arc<AuditEvent>>,
+    live: Arc<Live>,
+}
+
+/// What [`LiveEvents::next`] gives.
+#[derive(Debug)]
+pub enum LiveEvent {
+    /// The next event.
+    Event(Arc<AuditEvent>),
+    /// This many events were skipped: the subscriber fell more than
+    /// [`LIVE_BUFFER`] events behind.
+    Skipped(u64),
+    /// The writer is gone.
+    Closed,
+}
+
+impl LiveEvents {
+    /// The next event, waiting for it.
+    pub async fn next(&mut self) -> LiveEvent {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.rx.recv().await {
+            Ok(e) => LiveEvent::Event(e),
+            Err(RecvError::Lagged(n)) => LiveEvent::Skipped(n),
+            Err(RecvError::Closed) => LiveEvent::Closed,
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveEvents").finish_non_exhaustive()
+    }
+}
+
+impl Drop for LiveEvents {
+    fn drop(&mut self) {
+        self.live
+            .watching
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -264,6 +329,10 @@ impl AuditWriter {
         }
         let shutdown = Arc::new(Notify::new());
         let full = Arc::new(Notify::new());
+        let live = Arc::new(Live {
+            sender: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
+            watching: std::sync::atomic::AtomicUsize::new(0),
+        });
         let prune_task = config.prune.map(|policy| {
             runtime.spawn(prune_loop(
                 Arc::clone(&sink),
@@ -285,6 +354,7 @@ impl AuditWriter {
             counters: Arc::clone(&counters),
             shutdown: Arc::clone(&shutdown),
             full: Arc::clone(&full),
+            live: Arc::clone(&live),
             config: config.clone(),
         };
         let task = runtime.spawn(batcher.run());
@@ -298,13 +368,29 @@ impl AuditWriter {
             shutdown_timeout: config.shutdown_timeout,
             task: Mutex::new(Some(task)),
             prune_task: Mutex::new(prune_task),
+            live,
         })
     }
 
-    /// Wakes the batcher when at least a batch is queued.
+    /// Wakes the batcher when at least a batch is queued, or at once while
+    /// someone watches the live feed.
     fn wake_if_full(&self) {
-        if self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
+        if self.live.watching() || self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
             self.full.notify_one();
+        }
+    }
+
+    /// Every event from now on as the batcher builds it (within
+    /// milliseconds of the request while subscribed), before it is written.
+    /// A subscriber more than [`LIVE_BUFFER`] events behind skips ahead;
+    /// nothing ever waits for it.
+    pub fn subscribe(&self) -> LiveEvents {
+        self.live
+            .watching
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LiveEvents {
+            rx: self.live.sender.subscribe(),
+            live: Arc::clone(&self.live),
         }
     }
 
@@ -493,6 +579,7 @@ struct Batcher {
     counters: Arc<Counters>,
     shutdown: Arc<Notify>,
     full: Arc<Notify>,
+    live: Arc<Live>,
     config: AuditWriterConfig,
 }
 
@@ -565,7 +652,12 @@ impl Batcher {
         while batch.len() < size {
             match self.rx.try_recv() {
                 Ok(e) => {
-                    batch.push(e.into_event());
+                    let e = e.into_event();
+                    if self.live.watching() {
+                        // No receiver left between the check and now: fine.
+                        let _ = self.live.sender.send(Arc::new(e.clone()));
+                    }
+                    batch.push(e);
                     built += 1;
                     if built.is_multiple_of(BUILD_SLICE) {
                         tokio::task::yield_now().await;
