@@ -1078,7 +1078,7 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
     let after = rss_kib(pid);
     assert!(
         took < Duration::from_secs(60),
-        "4000 requests took {took:?}"
+        "12000 requests took {took:?}"
     );
     // 12000 events of ~550 bytes of JSON would be ~6.6 MB if they were kept
     // for the reader; the live buffer holds at most 1024 events.
