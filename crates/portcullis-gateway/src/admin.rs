@@ -83,6 +83,12 @@ pub const ROUTES: &[AdminRoute] = &[
         "Create a user (password or an imported argon2id / bcrypt hash)",
     ),
     route(
+        "POST",
+        "/admin/users/import",
+        "admin.users.write",
+        "Import users from JSON lines (each a create body; bcrypt / argon2id hashes kept)",
+    ),
+    route(
         "GET",
         "/admin/users/{id}",
         "admin.users.read",
@@ -355,6 +361,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     };
     let router = Router::new()
         .route("/admin/users", get(list_users).post(create_user))
+        .route("/admin/users/import", post(import_users))
         .route("/admin/users/{id}", get(show_user).delete(delete_user))
         .route("/admin/users/{id}/disable", post(disable_user))
         .route("/admin/users/{id}/enable", post(enable_user))
@@ -558,6 +565,85 @@ async fn create_user(
         })
         .await?;
     Ok(json(StatusCode::CREATED, &UserView::from(user)))
+}
+
+/// Largest import body (8 MiB) and most lines in one import call; the CLI
+/// sends bigger files in parts.
+const MAX_IMPORT_BYTES: usize = 8 << 20;
+const MAX_IMPORT_LINES: usize = 10_000;
+
+/// `POST /admin/users/import`: one user per line (a `POST /admin/users`
+/// body); each line stands alone, so a bad one is reported and the rest
+/// are created.
+async fn import_users(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Problem> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.body_too_large",
+            format!("an import is at most {MAX_IMPORT_BYTES} bytes; send the file in parts"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_IMPORT_BYTES) {
+        return Err(too_large());
+    }
+    let bytes =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_IMPORT_BYTES))
+            .await
+            .map_err(|_| too_large())?
+            .to_bytes();
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| Problem::bad_body("the body is not UTF-8"))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    if lines.len() > MAX_IMPORT_LINES {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request.body_too_large",
+            format!("an import is at most {MAX_IMPORT_LINES} lines; send the file in parts"),
+        ));
+    }
+    let mut created = 0usize;
+    let mut failed = Vec::new();
+    for (line, raw) in lines {
+        let outcome = match serde_json::from_str::<CreateUser>(raw) {
+            Err(e) => Err(("request.invalid_body", e.to_string())),
+            Ok(u) => state
+                .stores
+                .create_user(&NewUser {
+                    username: u.username,
+                    password: u.password,
+                    password_hash: u.password_hash,
+                    roles: u.roles,
+                    permissions: u.permissions,
+                    tenant: u.tenant,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.code(), e.to_string())),
+        };
+        match outcome {
+            Ok(()) => created += 1,
+            Err((code, detail)) => {
+                failed.push(serde_json::json!({"line": line, "code": code, "detail": detail}));
+            }
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"created": created, "failed": failed}),
+    ))
 }
 
 async fn user_or_404(s: &AdminState, id: &str) -> Result<User, Problem> {

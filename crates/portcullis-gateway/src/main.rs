@@ -35,6 +35,10 @@ fn main() -> ExitCode {
         Command::Init(a) => cli::init::run(a),
         Command::Snippets(a) => cli::snippets::run(a),
         Command::Admin(AdminCommand::Bootstrap(a)) => cli::admin::bootstrap(a),
+        Command::Users(c) => cli::remote::users(c),
+        Command::Sessions(c) => cli::remote::sessions(c),
+        Command::ApiKeys(c) => cli::remote::api_keys(c),
+        Command::Apps(c) => cli::remote::apps(c),
     };
     cli::finish(result)
 }

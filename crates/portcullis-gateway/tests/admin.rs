@@ -1105,3 +1105,153 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
         &text[..text.len().min(400)]
     );
 }
+
+/// `$2b$04$…` of "imported password 1" (made with libxcrypt's bcrypt), as a
+/// Python service's user table would hold it.
+const BCRYPT_HASH: &str = "$2b$04$abcdefghijklmnopqrstuu22hpbMboJsE4xsKV3TaNXVCQvNoYE3i";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_users_through_the_admin_api() {
+    let admin = start().await;
+    let dir = TempDir::new("admin-cli");
+    let key_file = dir.join("admin.key");
+    std::fs::write(&key_file, format!("{}\n", admin.key)).unwrap();
+    let pw_file = dir.join("pw");
+    std::fs::write(&pw_file, format!("{PASSWORD}\n")).unwrap();
+    let url = format!("http://{}", admin.gateway.ops);
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--admin", &url, "--key-file", key_file.to_str().unwrap()]);
+        portcullis(&all)
+    };
+
+    let out = cli(&[
+        "users",
+        "create",
+        "erin",
+        "--password-file",
+        pw_file.to_str().unwrap(),
+        "--role",
+        "reader",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let erin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = erin["id"].as_str().unwrap().to_owned();
+    admin.login("erin").await;
+
+    // Bulk import: a bcrypt hash keeps working; a bad line is reported by its
+    // line number and the others are created.
+    let import = dir.join("users.jsonl");
+    std::fs::write(
+        &import,
+        format!(
+            "{}\n{}\n\n{}\n",
+            json!({"username": "frank", "password_hash": BCRYPT_HASH, "roles": ["reader"]}),
+            json!({"username": "gina", "pasword": "typo"}),
+            json!({"username": "hugo", "password_hash": BCRYPT_HASH}),
+        ),
+    )
+    .unwrap();
+    let out = cli(&[
+        "users",
+        "import",
+        import.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        !out.status.success(),
+        "one line failed, so the command says so"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["created"], json!(2), "{summary}");
+    assert_eq!(summary["failed"][0]["line"], json!(2), "{summary}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("imported 3/3 lines"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = json!({"username": "frank", "password": "imported password 1"}).to_string();
+    let r = send(
+        &admin.client,
+        post(
+            admin.gateway.public,
+            "/auth/login",
+            &[("content-type", "application/json")],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the imported bcrypt hash logs in: {}",
+        r.body
+    );
+
+    // Table output for people.
+    let out = cli(&["users", "list", "--search", "f"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains("frank") && !table.contains("erin"),
+        "{table}"
+    );
+
+    // Disable, sessions, API keys and apps from the command line.
+    let out = cli(&["users", "disable", &id, "--format", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["disabled"],
+        json!(true)
+    );
+    let out = cli(&["sessions", "list", &id, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "api-keys",
+        "create",
+        &id,
+        "--name",
+        "ci",
+        "--permission",
+        "docs.read",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("pck_"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["apps", "create", "--name", "billing", "--format", "json"]);
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app_id = app["app"]["app_id"].as_str().unwrap();
+    let out = cli(&[
+        "apps", "rotate", app_id, "--grace", "1h", "--format", "json",
+    ]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["app"]["secret_version"],
+        json!(2)
+    );
+
+    // A refusal prints the code and exits 2; no key is a usage error.
+    let out = cli(&["users", "show", "nobody"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not_found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = portcullis(&["users", "list", "--admin", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_ADMIN_KEY"));
+}

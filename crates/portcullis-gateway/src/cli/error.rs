@@ -19,6 +19,8 @@ pub enum Input {
     KeyFile,
     /// The `<stem>.jwk.json` next to a PEM key.
     PublicJwk,
+    /// An admin key or password file (`--key-file`, `--password-file`).
+    Secret,
 }
 
 impl Input {
@@ -27,6 +29,7 @@ impl Input {
             Self::Jwks => "JWKS file",
             Self::KeyFile => "key file",
             Self::PublicJwk => "public JWK",
+            Self::Secret => "secret file",
         }
     }
 
@@ -39,6 +42,9 @@ impl Input {
                 "pass the path of a PEM or JWK key file, e.g. one written by `portcullis keys generate`"
             }
             Self::PublicJwk => "fix its permissions or remove it; it is optional",
+            Self::Secret => {
+                "pass a readable file holding the secret alone (an admin key from `portcullis admin bootstrap`, or a password)"
+            }
         }
     }
 }

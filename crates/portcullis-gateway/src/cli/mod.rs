@@ -12,6 +12,7 @@ pub mod init;
 mod keyfile;
 pub mod keys;
 pub mod reload;
+pub mod remote;
 pub mod serve;
 pub mod snippets;
 pub mod token;
@@ -68,6 +69,18 @@ pub enum Command {
     /// Admin API keys (the admin API itself is on the ops listener).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Users of a running gateway, through its admin API.
+    #[command(subcommand)]
+    Users(remote::UsersCommand),
+    /// Sessions of a running gateway, through its admin API.
+    #[command(subcommand)]
+    Sessions(remote::SessionsCommand),
+    /// API keys of a running gateway, through its admin API.
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(remote::ApiKeysCommand),
+    /// App credentials of a running gateway, through its admin API.
+    #[command(subcommand)]
+    Apps(remote::AppsCommand),
 }
 
 /// `portcullis admin ...`
