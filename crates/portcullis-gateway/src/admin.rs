@@ -211,6 +211,12 @@ pub const ROUTES: &[AdminRoute] = &[
     ),
     route(
         "GET",
+        "/admin/anomalies",
+        "admin.anomalies.read",
+        "The latest anomaly detections of this replica, newest first",
+    ),
+    route(
+        "GET",
         "/admin/audit",
         "admin.audit.read",
         "Query the audit log (filters, keyset paging), newest first",
@@ -385,6 +391,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/apps/{id}/enable", post(enable_app))
         .route("/admin/bans", get(list_bans).post(add_ban))
         .route("/admin/bans/{target}", delete(lift_ban))
+        .route("/admin/anomalies", get(recent_anomalies))
         .route("/admin/audit", get(query_audit))
         .route("/admin/audit/stream", get(audit_stream))
         .route("/openapi.json", get(openapi_document))
@@ -1148,6 +1155,14 @@ async fn lift_ban(
     } else {
         Err(Problem::not_found("ban"))
     }
+}
+
+async fn recent_anomalies(State(s): State<AdminState>) -> Result<Response, Problem> {
+    let detections = engine(&s)?.recent_detections();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"detections": detections}),
+    ))
 }
 
 // ------------------------------------------------------------------ audit

@@ -626,6 +626,24 @@ async fn api_keys_apps_and_bans_over_http() {
             .status,
         StatusCode::NOT_FOUND
     );
+
+    // Recent detections: a burst of bad credentials from one IP.
+    for _ in 0..12 {
+        admin.public_get("/api/x", "not.a.token").await;
+    }
+    let r = admin.call("GET", "/admin/anomalies", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let detections = r.json()["detections"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        detections
+            .iter()
+            .any(|d| d["detector"] == json!("auth_failures") && d["key"] == json!("ip:127.0.0.1")),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,7 +119,13 @@ pub struct AnomalyEngine {
     clock: Arc<dyn Clock>,
     /// (detector, target) bans this process wrote, within their cooldown.
     recent_bans: memory::MemoryDedup,
+    /// The latest detections of this process, newest last (at most
+    /// [`RECENT_DETECTIONS`]); locked only when a detector fires.
+    recent: std::sync::Mutex<std::collections::VecDeque<AnomalyEvent>>,
 }
+
+/// How many detections [`AnomalyEngine::recent_detections`] keeps.
+pub const RECENT_DETECTIONS: usize = 256;
 
 impl std::fmt::Debug for AnomalyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,7 +162,23 @@ impl AnomalyEngine {
             alerts,
             clock,
             recent_bans: memory::MemoryDedup::default(),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
+    }
+
+    /// The latest detections of this process (each replica keeps its own),
+    /// newest first, at most [`RECENT_DETECTIONS`].
+    pub fn recent_detections(&self) -> Vec<AnomalyEvent> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    fn remember(&self, event: &AnomalyEvent) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_DETECTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
     }
 
     fn now_ms(&self) -> u64 {
@@ -380,6 +402,7 @@ impl AnomalyEngine {
             {
                 alerts.alert(event.clone(), config.cooldown);
             }
+            self.remember(&event);
             out.events.push(event);
         }
         Ok(out)
