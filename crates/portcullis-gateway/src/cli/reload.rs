@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full, Limited};
 
 use super::{CliError, console};
 
@@ -129,37 +128,14 @@ fn ops_address(file: &Path) -> Result<SocketAddr, CliError> {
 }
 
 async fn post_reload(ops: SocketAddr) -> Result<(http::StatusCode, Bytes), CliError> {
-    let unreachable = |e: String| {
-        CliError::Usage(format!(
-            "cannot reach the gateway's ops listener at {ops}: {e}"
-        ))
-    };
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(ops)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = http::Request::post("/reload")
-            .header(http::header::HOST, ops.to_string())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(60), exchange)
-        .await
-        .map_err(|_| unreachable("no answer within 60 s".into()))?
+    super::remote::exchange(
+        "the gateway's ops listener",
+        &ops.to_string(),
+        None,
+        "POST",
+        "/reload",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
 }

@@ -78,7 +78,15 @@ impl Target {
             .enable_all()
             .build()
             .map_err(CliError::Output)?;
-        let (status, bytes) = runtime.block_on(exchange(&authority, &key, method, path, body))?;
+        let (status, bytes) = runtime.block_on(exchange(
+            "the admin API",
+            &authority,
+            Some(&key),
+            method,
+            path,
+            body,
+            Duration::from_secs(300),
+        ))?;
         let value: Value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -102,20 +110,25 @@ impl Target {
 }
 
 /// A request body: JSON, or JSON lines (imports).
-enum Body {
+pub(super) enum Body {
     Json(Value),
     Lines(String),
 }
 
-async fn exchange(
+/// One HTTP/1.1 exchange with a gateway listener at `authority`: the
+/// status and at most 64 MiB of body, within `limit`. `what` names the
+/// listener in errors ("the admin API", "the gateway's ops listener").
+pub(super) async fn exchange(
+    what: &str,
     authority: &str,
-    key: &str,
+    key: Option<&str>,
     method: &str,
     path: &str,
     body: Option<Body>,
+    limit: Duration,
 ) -> Result<(http::StatusCode, Bytes), CliError> {
     let unreachable =
-        |e: String| CliError::Usage(format!("cannot reach the admin API at {authority}: {e}"));
+        |e: String| CliError::Usage(format!("cannot reach {what} at {authority}: {e}"));
     let call = async {
         let stream = tokio::net::TcpStream::connect(authority)
             .await
@@ -128,8 +141,10 @@ async fn exchange(
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+            .header(http::header::HOST, authority);
+        if let Some(key) = key {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
         let payload = match body {
             None => Bytes::new(),
             Some(Body::Json(v)) => {
@@ -156,9 +171,9 @@ async fn exchange(
             .to_bytes();
         Ok((status, bytes))
     };
-    tokio::time::timeout(Duration::from_secs(300), call)
+    tokio::time::timeout(limit, call)
         .await
-        .map_err(|_| unreachable("no answer within 300 s".into()))?
+        .map_err(|_| unreachable(format!("no answer within {} s", limit.as_secs())))?
 }
 
 /// Prints `rows` (objects) as aligned `columns`, or the whole `value` as JSON.
