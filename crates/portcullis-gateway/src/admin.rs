@@ -399,6 +399,16 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     Ok((guard, router))
 }
 
+/// The `{name}` segments of `path` as OpenAPI path parameters.
+fn path_params(path: &str) -> Vec<serde_json::Value> {
+    path.split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+        })
+        .collect()
+}
+
 /// The OpenAPI 3.1 document of the admin API and the token service.
 pub fn openapi(token_prefix: Option<&str>) -> serde_json::Value {
     let mut paths = serde_json::Map::new();
@@ -410,12 +420,7 @@ pub fn openapi(token_prefix: Option<&str>) -> serde_json::Value {
     };
     let problem = serde_json::json!({"$ref": "#/components/responses/Problem"});
     for r in ROUTES {
-        let params: Vec<serde_json::Value> = r
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| serde_json::json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
+        let params = path_params(r.path);
         let mut op = serde_json::json!({
             "summary": r.summary,
             "operationId": format!("{} {}", r.method, r.path),
@@ -435,6 +440,7 @@ pub fn openapi(token_prefix: Option<&str>) -> serde_json::Value {
                 "summary": summary,
                 "operationId": format!("{method} {prefix}{path}"),
                 "tags": ["token service"],
+                "parameters": path_params(path),
                 "responses": {"200": {"description": "OK"}, "default": problem},
             });
             add(format!("{prefix}{path}"), method, op);

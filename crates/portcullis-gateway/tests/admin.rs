@@ -19,7 +19,7 @@ use support::{
 };
 
 struct Admin {
-    _dir: TempDir,
+    dir: TempDir,
     gateway: Gateway,
     client: HttpClient,
     config: String,
@@ -139,7 +139,7 @@ routes = ["api", "open"]
         let gateway = Gateway::start(&holder, &format!("gateway-{i}"), &text, public, ops);
         gateway.wait_ready(&client).await;
         out.push(Admin {
-            _dir: holder,
+            dir: holder,
             gateway,
             client: client.clone(),
             config: path.to_str().unwrap().to_owned(),
@@ -710,6 +710,22 @@ async fn the_openapi_document_matches_the_routes() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let doc = r.json();
     assert_eq!(doc["openapi"], json!("3.1.0"));
+    // Valid OpenAPI 3.1, by openapi-spec-validator (PyPI, in the e2e venv).
+    let file = admin.dir.join("openapi.json");
+    std::fs::write(&file, &r.body).unwrap();
+    let out = std::process::Command::new(support::venv_python())
+        .args([
+            "-c",
+            "import json, sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the document does not validate:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let paths = doc["paths"].as_object().unwrap();
     let mut checked = 0;
     for (path, ops) in paths {

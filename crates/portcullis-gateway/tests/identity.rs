@@ -29,7 +29,7 @@ use portcullis_core::{
     Verifier,
 };
 use serde_json::Value;
-use support::{HttpClient, TempDir, free_port, get, portcullis, send};
+use support::{HttpClient, TempDir, free_port, get, portcullis, send, venv_python};
 
 const PEPPER: [u8; 32] = [42; 32];
 const PASSWORD: &str = "correct horse battery staple";
@@ -136,21 +136,6 @@ async fn wait_for(client: &HttpClient, addr: SocketAddr, path: &str, what: &str)
 fn claims_of(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&portcullis_core::jose::b64_decode(payload.as_bytes()).unwrap()).unwrap()
-}
-
-/// The e2e venv's Python (scripts/e2e-env.sh makes it).
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("PORTCULLIS_E2E_VENV").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-e2e"),
-        PathBuf::from,
-    );
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/e2e-env.sh (or set PORTCULLIS_E2E_VENV)",
-        python.display()
-    );
-    python
 }
 
 struct Setup {

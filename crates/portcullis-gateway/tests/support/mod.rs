@@ -594,3 +594,19 @@ impl Drop for OwnPostgres {
         let _ = self.run("destroy");
     }
 }
+
+/// The e2e venv's Python (scripts/e2e-env.sh makes it; PORTCULLIS_E2E_VENV
+/// names another).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("PORTCULLIS_E2E_VENV").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-e2e"),
+        PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/e2e-env.sh (or set PORTCULLIS_E2E_VENV)",
+        python.display()
+    );
+    python
+}
