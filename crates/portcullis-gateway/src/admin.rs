@@ -311,6 +311,8 @@ struct AdminState {
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
     audit_store: Option<Arc<dyn AuditStore>>,
+    /// IPv6 clients are grouped (and banned) by this prefix length.
+    ipv6_prefix: u8,
     openapi: Arc<serde_json::Value>,
 }
 
@@ -349,6 +351,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     } = parts;
     let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
+    let ipv6_prefix = client_ip.ipv6_prefix_len();
     config.client_ip = client_ip;
     // No anomaly engine on this guard: a ban (an automatic one included)
     // must never lock the operators out of the API that lifts it. Admin
@@ -363,6 +366,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         anomaly,
         audit,
         audit_store,
+        ipv6_prefix,
         openapi: Arc::new(openapi(token_prefix)),
     };
     let router = Router::new()
@@ -1071,22 +1075,17 @@ fn engine(s: &AdminState) -> Result<&Arc<AnomalyEngine>, Problem> {
     })
 }
 
-fn ban_target(raw: &str) -> Result<BanTarget, Problem> {
-    let bad = || {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            portcullis::service::INVALID_INPUT,
-            "invalid target: `ip:<address>` or `subject:<id>`",
-        )
-    };
+/// `ip:<address or IPv6 network>` (grouped as the guard groups clients, so
+/// the ban matches what requests are checked against) or `subject:<id>`.
+fn ban_target(raw: &str, ipv6_prefix: u8) -> Result<BanTarget, Problem> {
     match raw.split_once(':') {
-        Some(("ip", ip)) if ip.parse::<std::net::IpAddr>().is_ok() => {
-            Ok(BanTarget::Ip(ip.to_owned()))
+        Some(("ip", ip)) => crate::cli::bans::ip_target(ip, ipv6_prefix)
+            .map(BanTarget::Ip)
+            .map_err(|e| bad_param("target", &e)),
+        Some(("subject", s)) if !s.trim().is_empty() && s.len() <= 256 => {
+            Ok(BanTarget::Subject(s.trim().to_owned()))
         }
-        Some(("subject", s)) if !s.is_empty() && s.len() <= 256 => {
-            Ok(BanTarget::Subject(s.to_owned()))
-        }
-        _ => Err(bad()),
+        _ => Err(bad_param("target", "`ip:<address>` or `subject:<id>`")),
     }
 }
 
@@ -1120,7 +1119,7 @@ async fn add_ban(
     State(s): State<AdminState>,
     JsonBody(req): JsonBody<AddBan>,
 ) -> Result<Response, Problem> {
-    let target = ban_target(&req.target)?;
+    let target = ban_target(&req.target, s.ipv6_prefix)?;
     if req.duration_seconds == 0 {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -1151,7 +1150,7 @@ async fn lift_ban(
     State(s): State<AdminState>,
     Path(target): Path<String>,
 ) -> Result<Response, Problem> {
-    let target = ban_target(&target)?;
+    let target = ban_target(&target, s.ipv6_prefix)?;
     let lifted = engine(&s)?
         .lift_ban(&target)
         .await

@@ -1294,6 +1294,53 @@ async fn the_cli_manages_users_through_the_admin_api() {
         json!(2)
     );
 
+    // Bans through the admin API from the bans command; IPv6 grouped as
+    // the guard groups clients.
+    let out = cli(&[
+        "bans",
+        "add",
+        "--ip",
+        "2001:db8::1",
+        "--for",
+        "1m",
+        "--reason",
+        "cli",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["bans", "list", "--format", "json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("2001:db8::") && listed.contains("cli"),
+        "{listed}"
+    );
+    let out = cli(&["bans", "lift", "--ip", "2001:db8::1"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["lifted"],
+        json!(true)
+    );
+    let out = cli(&["bans", "lift", "--ip", "2001:db8::1"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["lifted"],
+        json!(false)
+    );
+    let r = admin
+        .call(
+            "POST",
+            "/admin/bans",
+            Some(json!({"target": "ip:2001:db8::abcd", "duration_seconds": 60})),
+        )
+        .await;
+    assert_eq!(
+        r.json()["target"],
+        json!("ip:2001:db8::"),
+        "grouped by /64: {}",
+        r.body
+    );
+
     // A refusal prints the code and exits 2; no key is a usage error.
     let out = cli(&["users", "show", "nobody"]);
     assert_eq!(out.status.code(), Some(2));

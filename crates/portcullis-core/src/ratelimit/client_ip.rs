@@ -192,6 +192,11 @@ impl ClientIpConfig {
         Ok(self)
     }
 
+    /// The prefix length IPv6 clients are grouped by (64 by default).
+    pub fn ipv6_prefix_len(&self) -> u8 {
+        self.ipv6_prefix
+    }
+
     /// Groups IPv6 clients by this prefix length (32-128; default 64).
     pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ClientIpError> {
         if !(32..=128).contains(&prefix) {

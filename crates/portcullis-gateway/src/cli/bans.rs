@@ -22,13 +22,21 @@ pub struct RedisArgs {
     /// Redis server URL, e.g. redis://127.0.0.1:6379.
     #[arg(
         long,
-        conflicts_with = "redis_cluster",
-        required_unless_present = "redis_cluster"
+        conflicts_with_all = ["redis_cluster", "admin"],
+        required_unless_present_any = ["redis_cluster", "admin"]
     )]
     pub redis: Option<String>,
     /// Redis Cluster seed nodes, comma separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "admin")]
     pub redis_cluster: Option<Vec<String>>,
+    /// Instead of Redis: a running gateway's admin API (its ops listener,
+    /// e.g. http://127.0.0.1:9090), the key from --key-file or
+    /// PORTCULLIS_ADMIN_KEY.
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// A file holding the admin API key (with --admin).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Key prefix the gateways use.
     #[arg(long, default_value = "portcullis")]
     pub prefix: String,
@@ -50,7 +58,9 @@ pub struct TargetArgs {
 impl TargetArgs {
     fn target(&self, ipv6_prefix: u8) -> Result<BanTarget, CliError> {
         match (&self.ip, &self.subject) {
-            (Some(ip), None) => Ok(BanTarget::Ip(ip_target(ip, ipv6_prefix)?)),
+            (Some(ip), None) => Ok(BanTarget::Ip(
+                ip_target(ip, ipv6_prefix).map_err(|e| CliError::Usage(format!("--ip {e}")))?,
+            )),
             (None, Some(s)) if !s.trim().is_empty() => Ok(BanTarget::Subject(s.trim().to_owned())),
             _ => Err(CliError::Usage(
                 "pass exactly one non-empty --ip or --subject".into(),
@@ -65,12 +75,12 @@ impl TargetArgs {
 /// when it lies within one group (`/32` for IPv4, at least the prefix for
 /// IPv6); anything else is refused rather than stored as text that no
 /// request would ever match.
-fn ip_target(text: &str, ipv6_prefix: u8) -> Result<String, CliError> {
+pub(crate) fn ip_target(text: &str, ipv6_prefix: u8) -> Result<String, String> {
     use std::net::IpAddr;
-    let usage = |why: String| CliError::Usage(format!("--ip `{}`: {why}", text.trim()));
+    let usage = |why: String| format!("`{}`: {why}", text.trim());
     let config = ClientIpConfig::new()
         .ipv6_prefix(ipv6_prefix)
-        .map_err(|e| CliError::Usage(format!("--ipv6-prefix: {e}")))?;
+        .map_err(|e| format!("ipv6 prefix: {e}"))?;
     let (addr, len) = match text.trim().split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (text.trim(), None),
@@ -210,8 +220,38 @@ fn print_bans(bans: &[Ban], format: Format) -> Result<(), CliError> {
     }
 }
 
+/// The admin API `args` names, if it names one.
+fn admin_api(args: &RedisArgs) -> Option<super::remote::Target> {
+    args.admin.as_ref().map(|url| super::remote::Target {
+        url: url.clone(),
+        key_file: args.key_file.clone(),
+        format: super::remote::Format::Json,
+    })
+}
+
 /// Prints the active bans.
 pub fn list(args: &ListArgs) -> Result<(), CliError> {
+    if let Some(api) = admin_api(&args.redis) {
+        let v = api.call("GET", "/admin/bans", None)?;
+        let bans: Vec<Ban> = v["bans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                let target = match b["target"].as_str()?.split_once(':')? {
+                    ("ip", ip) => BanTarget::Ip(ip.to_owned()),
+                    ("subject", s) => BanTarget::Subject(s.to_owned()),
+                    _ => return None,
+                };
+                Some(Ban {
+                    target,
+                    until_ms: b["until_ms"].as_u64()?,
+                    reason: b["reason"].as_str()?.to_owned(),
+                })
+            })
+            .collect();
+        return print_bans(&bans, args.format);
+    }
     runtime()?.block_on(async {
         let engine = engine(&args.redis).await?;
         let bans = engine.list_bans().await.map_err(backend_error)?;
@@ -224,6 +264,15 @@ pub fn add(args: &AddArgs) -> Result<(), CliError> {
     let target = args.target.target(args.ipv6_prefix)?;
     if args.duration.is_zero() {
         return Err(CliError::Usage("--for must be positive".into()));
+    }
+    if let Some(api) = admin_api(&args.redis) {
+        let body = serde_json::json!({
+            "target": target.render(),
+            "duration_seconds": u32::try_from(args.duration.as_secs().max(1)).unwrap_or(u32::MAX),
+            "reason": args.reason,
+        });
+        let v = api.call("POST", "/admin/bans", Some(super::remote::Body::Json(body)))?;
+        return console::print_json(&v);
     }
     runtime()?.block_on(async {
         let engine = engine(&args.redis).await?;
@@ -238,6 +287,17 @@ pub fn add(args: &AddArgs) -> Result<(), CliError> {
 /// Lifts a ban on every replica.
 pub fn lift(args: &LiftArgs) -> Result<(), CliError> {
     let target = args.target.target(args.ipv6_prefix)?;
+    if let Some(api) = admin_api(&args.redis) {
+        let path = format!("/admin/bans/{}", super::remote::seg(&target.render()));
+        let lifted = match api.call("DELETE", &path, None) {
+            Ok(_) => true,
+            Err(CliError::Usage(m)) if m.starts_with("404") => false,
+            Err(e) => return Err(e),
+        };
+        return console::print_json(
+            &serde_json::json!({ "target": target.render(), "lifted": lifted }),
+        );
+    }
     runtime()?.block_on(async {
         let engine = engine(&args.redis).await?;
         let lifted = engine.lift_ban(&target).await.map_err(backend_error)?;

@@ -71,7 +71,12 @@ impl Target {
     }
 
     /// One call: the answer's JSON (null for 204), or the refusal as an error.
-    fn call(&self, method: &str, path: &str, body: Option<Body>) -> Result<Value, CliError> {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Value, CliError> {
         let key = self.key()?;
         let authority = self.authority()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -217,7 +222,7 @@ fn show(format: Format, value: &Value, rows: &[Value], columns: &[&str]) -> Resu
 }
 
 /// A path segment, percent-encoded where a URL needs it.
-fn seg(text: &str) -> String {
+pub(super) fn seg(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
