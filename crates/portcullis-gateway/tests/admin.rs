@@ -1341,6 +1341,60 @@ async fn the_cli_manages_users_through_the_admin_api() {
         r.body
     );
 
+    // The audit log through the admin API, with the query command's filters.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let out = cli(&[
+            "audit",
+            "query",
+            "--decision",
+            "allow",
+            "--limit",
+            "2",
+            "--format",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if page["events"].as_array().is_some_and(|e| e.len() == 2) || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["decision"] == json!("allow")),
+        "{page}"
+    );
+    let next = page["next"].as_str().expect("another page").to_owned();
+    let out = cli(&[
+        "audit",
+        "query",
+        "--decision",
+        "allow",
+        "--limit",
+        "2",
+        "--cursor",
+        &next,
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["audit", "prune", "--older-than", "30d"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prune needs the audit database"));
+
     // A refusal prints the code and exits 2; no key is a usage error.
     let out = cli(&["users", "show", "nobody"]);
     assert_eq!(out.status.code(), Some(2));

@@ -159,7 +159,7 @@ impl AuditQuery {
 }
 
 /// One page of results, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditPage {
     /// The events.
     pub events: Vec<AuditEvent>,

@@ -17,16 +17,23 @@ use super::CliError;
 use super::console;
 use super::duration::parse_duration;
 
-/// Which audit store to read.
+/// Which audit store to read (exactly one of them).
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct StoreArgs {
     /// SQLite audit database file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["postgres", "admin"], required_unless_present_any = ["postgres", "admin"])]
     pub sqlite: Option<PathBuf>,
     /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/portcullis.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "admin")]
     pub postgres: Option<String>,
+    /// Instead: a running gateway's admin API (its ops listener, e.g.
+    /// http://127.0.0.1:9090; the key from --key-file or PORTCULLIS_ADMIN_KEY).
+    /// Reads only: `prune` needs the database.
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// A file holding the admin API key (with --admin).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A point in time: RFC 3339, or a duration meaning "that long ago".
@@ -174,6 +181,7 @@ pub struct PruneArgs {
 enum Store {
     Sqlite(SqliteAudit),
     Postgres(PostgresAudit),
+    Admin(AdminAudit),
 }
 
 impl Store {
@@ -181,6 +189,7 @@ impl Store {
         match self {
             Self::Sqlite(s) => s,
             Self::Postgres(p) => p,
+            Self::Admin(a) => a,
         }
     }
 
@@ -188,8 +197,77 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.prune_before(before_us).await,
             Self::Postgres(p) => p.prune_before(before_us).await,
+            Self::Admin(_) => {
+                return Err(CliError::Usage(
+                    "prune needs the audit database: pass --sqlite or --postgres".into(),
+                ));
+            }
         }
         .map_err(backend_error)
+    }
+}
+
+/// The audit log read through a gateway's admin API (`GET /admin/audit`).
+struct AdminAudit {
+    authority: String,
+    key: String,
+}
+
+impl AdminAudit {
+    fn path(query: &AuditQuery) -> String {
+        let mut params = vec![format!("limit={}", query.limit)];
+        let mut text = |name: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                params.push(format!("{name}={}", super::remote::seg(v)));
+            }
+        };
+        text("subject", &query.subject);
+        text("ip", &query.client_ip);
+        text("path_prefix", &query.path_prefix);
+        text("code", &query.code);
+        text("since", &query.since_us.map(format_rfc3339_micros));
+        text("until", &query.until_us.map(format_rfc3339_micros));
+        text("decision", &query.decision.map(|d| d.as_str().to_owned()));
+        text("cursor", &query.cursor.as_ref().map(Cursor::encode));
+        if let Some(status) = query.status {
+            params.push(format!("status={status}"));
+        }
+        if query.anomalies_only {
+            params.push("anomalies=true".into());
+        }
+        if query.rate_limited_only {
+            params.push("rate_limited=true".into());
+        }
+        format!("/admin/audit?{}", params.join("&"))
+    }
+}
+
+impl AuditStore for AdminAudit {
+    fn query<'a>(
+        &'a self,
+        query: &'a AuditQuery,
+    ) -> portcullis::audit::BoxFuture<'a, Result<AuditPage, portcullis::audit::AuditError>> {
+        Box::pin(async move {
+            let failed = |e: String| portcullis::audit::AuditError::Config(e);
+            let (status, body) = super::remote::exchange(
+                "the admin API",
+                &self.authority,
+                Some(&self.key),
+                "GET",
+                &Self::path(query),
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            if !status.is_success() {
+                return Err(failed(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+            serde_json::from_slice::<AuditPage>(&body).map_err(|e| failed(format!("answer: {e}")))
+        })
     }
 }
 
@@ -205,6 +283,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 async fn open(args: &StoreArgs) -> Result<Store, CliError> {
+    if let Some(url) = &args.admin {
+        let target = super::remote::Target {
+            url: url.clone(),
+            key_file: args.key_file.clone(),
+            format: super::remote::Format::Json,
+        };
+        return Ok(Store::Admin(AdminAudit {
+            authority: target.authority()?,
+            key: target.key()?,
+        }));
+    }
     match (&args.sqlite, &args.postgres) {
         (Some(path), None) => {
             if !path.is_file() {
@@ -223,7 +312,7 @@ async fn open(args: &StoreArgs) -> Result<Store, CliError> {
             .map(Store::Postgres)
             .map_err(|e| CliError::Usage(format!("cannot use --postgres: {e}"))),
         _ => Err(CliError::Usage(
-            "pass exactly one of --sqlite or --postgres".into(),
+            "pass exactly one of --sqlite, --postgres or --admin".into(),
         )),
     }
 }

@@ -46,7 +46,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn key(&self) -> Result<String, CliError> {
+    pub(super) fn key(&self) -> Result<String, CliError> {
         let key = match &self.key_file {
             Some(path) => {
                 let raw = console::read_file(path, super::error::Input::Secret)?;
@@ -63,7 +63,7 @@ impl Target {
     }
 
     /// `host:port` of an `http://` URL (the ops listener speaks plain HTTP).
-    fn authority(&self) -> Result<String, CliError> {
+    pub(super) fn authority(&self) -> Result<String, CliError> {
         let rest = self.url.strip_prefix("http://").ok_or_else(|| {
             CliError::Usage(format!("--admin `{}`: an http://HOST:PORT URL", self.url))
         })?;
