@@ -114,6 +114,12 @@ pub const ROUTES: &[AdminRoute] = &[
     ),
     route(
         "POST",
+        "/admin/users/{id}/reset-token",
+        "admin.users.write",
+        "A one-time password reset token for a user (a reset link)",
+    ),
+    route(
+        "POST",
         "/admin/users/{id}/password",
         "admin.users.write",
         "Set a new password (every session is revoked)",
@@ -245,6 +251,11 @@ pub const TOKEN_SERVICE_ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("POST", "/logout", "End the access token's session"),
     ("POST", "/logout-all", "End every session of the caller"),
+    (
+        "POST",
+        "/password/reset",
+        "Set a password with a one-time reset token (invitations, reset links)",
+    ),
     ("GET", "/sessions", "The caller's sessions"),
     (
         "DELETE",
@@ -375,6 +386,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/users/{id}", get(show_user).delete(delete_user))
         .route("/admin/users/{id}/disable", post(disable_user))
         .route("/admin/users/{id}/enable", post(enable_user))
+        .route("/admin/users/{id}/reset-token", post(reset_token))
         .route("/admin/users/{id}/password", post(reset_password))
         .route("/admin/users/{id}/grants", put(set_grants))
         .route(
@@ -564,24 +576,80 @@ struct CreateUser {
     permissions: Vec<String>,
     #[serde(default)]
     tenant: Option<String>,
+    /// No password: the answer carries a one-time reset token to send the
+    /// user (`POST <token service>/password/reset`).
+    #[serde(default)]
+    invite: bool,
+    /// How long the invitation's token lives (default 3 days).
+    #[serde(default)]
+    invite_ttl_seconds: Option<u32>,
 }
+
+/// How long an invitation's reset token lives unless told.
+const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
 async fn create_user(
     State(s): State<AdminState>,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<Response, Problem> {
+    let password = if req.invite {
+        if req.password.is_some() || req.password_hash.is_some() {
+            return Err(bad_param("invite", "an invitation has no password"));
+        }
+        // A random password nobody knows: the invitation's token sets one.
+        let mut random = [0u8; 32];
+        portcullis_core::opaque::fill_random(&mut random).map_err(|e| Problem::unavailable(&e))?;
+        Some(portcullis_core::jose::b64_encode(&random))
+    } else {
+        req.password
+    };
     let user = s
         .stores
         .create_user(&NewUser {
             username: req.username,
-            password: req.password,
+            password,
             password_hash: req.password_hash,
             roles: req.roles,
             permissions: req.permissions,
             tenant: req.tenant,
         })
         .await?;
-    Ok(json(StatusCode::CREATED, &UserView::from(user)))
+    let mut view =
+        serde_json::to_value(UserView::from(user.clone())).map_err(|e| Problem::unavailable(&e))?;
+    if req.invite {
+        let ttl = req
+            .invite_ttl_seconds
+            .map_or(DEFAULT_INVITE_TTL, |t| Duration::from_secs(u64::from(t)));
+        let (token, expires_at) = s.stores.password_reset_token(&user.id, ttl).await?;
+        view["reset_token"] = serde_json::json!(token);
+        view["reset_expires_at"] = serde_json::json!(expires_at);
+    }
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetTokenBody {
+    /// Default one day.
+    #[serde(default)]
+    ttl_seconds: Option<u32>,
+}
+
+async fn reset_token(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ResetTokenBody>,
+) -> Result<Response, Problem> {
+    let ttl = body
+        .ttl_seconds
+        .map_or(Duration::from_secs(24 * 3600), |t| {
+            Duration::from_secs(u64::from(t))
+        });
+    let (token, expires_at) = s.stores.password_reset_token(&id, ttl).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"reset_token": token, "expires_at": expires_at}),
+    ))
 }
 
 /// Largest import body (8 MiB) and most lines in one import call; the CLI

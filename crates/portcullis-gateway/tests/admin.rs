@@ -1407,3 +1407,111 @@ async fn the_cli_manages_users_through_the_admin_api() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PORTCULLIS_ADMIN_KEY"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_and_reset_links_set_a_password_once() {
+    let admin = start().await;
+    let reset = |token: &str, password: &str| {
+        let body = json!({"token": token, "password": password}).to_string();
+        send(
+            &admin.client,
+            post(
+                admin.gateway.public,
+                "/auth/password/reset",
+                &[("content-type", "application/json")],
+                &body,
+            ),
+        )
+    };
+    let login = |username: &str, password: &str| {
+        let body = json!({"username": username, "password": password}).to_string();
+        send(
+            &admin.client,
+            post(
+                admin.gateway.public,
+                "/auth/login",
+                &[("content-type", "application/json")],
+                &body,
+            ),
+        )
+    };
+
+    // An invitation: no password anyone knows until the token sets one.
+    let r = admin
+        .call(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "ivy", "invite": true, "roles": ["reader"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let token = r.json()["reset_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pcr_"));
+    assert_eq!(
+        reset(&token, "").await.status,
+        StatusCode::BAD_REQUEST,
+        "a bad password spends nothing"
+    );
+    assert_eq!(
+        reset(&token, "ivy's first password").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        login("ivy", "ivy's first password").await.status,
+        StatusCode::OK
+    );
+    // Once only.
+    let again = reset(&token, "someone else's password").await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.code().as_deref(), Some("auth.invalid_credentials"));
+
+    // A reset link for an existing user; a forged one is refused.
+    let r = admin
+        .call(
+            "POST",
+            &format!("/admin/users/{id}/reset-token"),
+            Some(json!({"ttl_seconds": 600})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let link = r.json()["reset_token"].as_str().unwrap().to_owned();
+    let mut forged = link.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        reset(&forged, "ivy's second password").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let tokens = login("ivy", "ivy's first password").await.json();
+    assert_eq!(
+        reset(&link, "ivy's second password").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        login("ivy", "ivy's first password").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login("ivy", "ivy's second password").await.status,
+        StatusCode::OK
+    );
+    // The reset ended the sessions opened before it.
+    let r = eventually(
+        &admin,
+        "/api/x",
+        tokens["access_token"].as_str().unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Invitations carry no password.
+    let r = admin
+        .call(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "jo", "invite": true, "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}

@@ -101,6 +101,8 @@ event_kinds! {
     BanAdded => "ban.added",
     /// A ban was lifted.
     BanLifted => "ban.lifted",
+    /// A password was set with a one-time reset token.
+    PasswordReset => "password.reset",
 }
 
 /// One audit record. Never holds a secret: the path is redacted, the

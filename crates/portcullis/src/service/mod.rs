@@ -396,6 +396,7 @@ impl TokenService {
             .route("/refresh", post(tokens::refresh))
             .route("/logout", post(tokens::logout))
             .route("/logout-all", post(tokens::logout_all))
+            .route("/password/reset", post(tokens::password_reset))
             .route("/sessions", get(sessions::list))
             .route("/sessions/{id}", delete(sessions::revoke))
             .route("/api-keys", post(api_keys::create).get(api_keys::list))

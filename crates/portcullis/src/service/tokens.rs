@@ -25,6 +25,63 @@ const LOGIN: Route = Route::new("POST", "/login");
 const REFRESH: Route = Route::new("POST", "/refresh");
 const LOGOUT: Route = Route::new("POST", "/logout");
 const LOGOUT_ALL: Route = Route::new("POST", "/logout-all");
+const PASSWORD_RESET: Route = Route::new("POST", "/password/reset");
+
+/// `POST /password/reset`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PasswordResetRequest {
+    token: String,
+    password: String,
+}
+
+/// `POST /password/reset`: sets a password with a one-time reset token (an
+/// invitation or a reset link the admin API made). A token that is
+/// malformed, forged, expired or spent is one answer, 401
+/// `auth.invalid_credentials`, counted as an auth failure of the client;
+/// attempts are limited per IP like logins. Every session of the user is
+/// revoked; the user then logs in.
+pub(super) async fn password_reset(
+    State(s): State<Arc<Inner>>,
+    client: Client,
+    JsonBody(req): JsonBody<PasswordResetRequest>,
+) -> Result<Response, Problem> {
+    s.refuse_banned(&client).await?;
+    s.limit_login(&client, None).await?;
+    match s
+        .within(s.stores.redeem_password_reset(&req.token, &req.password))
+        .await
+    {
+        Ok(user_id) => {
+            let mut event = s.event(EventKind::PasswordReset, PASSWORD_RESET, &client);
+            event.status = Some(204);
+            event.subject = Some(user_id);
+            s.record(event).await;
+            Ok(axum::response::IntoResponse::into_response(
+                StatusCode::NO_CONTENT,
+            ))
+        }
+        Err(StoreError::InvalidCredentials) => {
+            let code = ErrorCode::InvalidCredentials;
+            let mut event = s.event(EventKind::LoginFailed, PASSWORD_RESET, &client);
+            event.status = Some(401);
+            event.code = Some(code.as_str().to_owned());
+            if let Some(ip) = client.ip_text() {
+                let signal = Signal::AuthFailure {
+                    ip: &ip,
+                    account: None,
+                };
+                s.observe(signal, PASSWORD_RESET, &client, &mut event).await;
+            }
+            s.record(event).await;
+            Err(Problem::code(
+                code,
+                "the reset token is invalid, expired or already used",
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// `POST /login`.
 #[derive(Deserialize)]

@@ -409,3 +409,97 @@ impl Stores {
 
 /// The most users one [`Stores::list_users`] call returns.
 pub const MAX_PAGE: usize = 500;
+
+/// Prefix of password reset tokens.
+pub const RESET_TOKEN_PREFIX: &str = "pcr_";
+
+/// Longest reset token accepted for parsing.
+const MAX_RESET_TOKEN: usize = 512;
+
+/// Longest a reset token may live: 30 days.
+pub const MAX_RESET_TTL: u64 = 30 * 24 * 3600;
+
+impl Stores {
+    /// The MAC of a reset token: keyed by the pepper and bound to the
+    /// user's current password hash, so setting a password (this token or
+    /// any other way) spends every token issued before.
+    fn reset_mac(&self, user: &User, expires_at: i64) -> [u8; 32] {
+        self.config.hasher.hash(&format!(
+            "portcullis password reset\0{}\0{expires_at}\0{}",
+            user.id, user.password_hash
+        ))
+    }
+
+    /// A one-time password reset token for user `id`, valid `ttl` (at most
+    /// [`MAX_RESET_TTL`]): for invitations (a user created without a
+    /// usable password) and reset links. Nothing is stored: the token is
+    /// the user id, its expiry and a MAC over them and the current password
+    /// hash, so it stops working once any new password is set.
+    pub async fn password_reset_token(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<(String, i64)> {
+        let id = id_arg("user_id", id)?;
+        if ttl.is_zero() || ttl.as_secs() > MAX_RESET_TTL {
+            return Err(StoreError::invalid("ttl", "must be 1 s to 30 days"));
+        }
+        let user = self
+            .backends
+            .users
+            .user_by_id(&id)
+            .await?
+            .ok_or(StoreError::NotFound("user"))?;
+        let expires_at = self
+            .now()
+            .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let mac = self.reset_mac(&user, expires_at);
+        let token = format!(
+            "{RESET_TOKEN_PREFIX}{}.{expires_at}.{}",
+            portcullis_core::jose::b64_encode(user.id.as_bytes()),
+            portcullis_core::jose::b64_encode(&mac)
+        );
+        Ok((token, expires_at))
+    }
+
+    /// Sets `password` for the user a reset token names, once: a malformed,
+    /// forged, expired or already-spent token (or a disabled user) is
+    /// [`StoreError::InvalidCredentials`], whichever it was. Every session
+    /// of the user is revoked. Returns the user id.
+    pub async fn redeem_password_reset(&self, token: &str, password: &str) -> StoreResult<String> {
+        let invalid = || StoreError::InvalidCredentials;
+        if token.len() > MAX_RESET_TOKEN {
+            return Err(invalid());
+        }
+        let rest = token.strip_prefix(RESET_TOKEN_PREFIX).ok_or_else(invalid)?;
+        let mut parts = rest.split('.');
+        let (Some(id), Some(exp), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let id = portcullis_core::jose::b64_decode(id.as_bytes())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(invalid)?;
+        let expires_at: i64 = exp.parse().map_err(|_| invalid())?;
+        let mac = portcullis_core::jose::b64_decode(mac.as_bytes()).ok_or_else(invalid)?;
+        // The new password is checked first: a bad one spends nothing.
+        input::password(password.as_bytes())?;
+        if expires_at < self.now() {
+            return Err(invalid());
+        }
+        let id = id_arg("user_id", &id).map_err(|_| invalid())?;
+        let user = self
+            .backends
+            .users
+            .user_by_id(&id)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(invalid)?;
+        if !portcullis_core::opaque::ct_eq(&self.reset_mac(&user, expires_at), &mac) {
+            return Err(invalid());
+        }
+        self.reset_password(&id, password).await?;
+        Ok(id)
+    }
+}
