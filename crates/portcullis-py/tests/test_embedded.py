@@ -73,6 +73,12 @@ def test_rate_limit_is_per_subject(guard):
     assert codes == [None, None, "rate_limit.exceeded"]
 
 
+def test_a_spent_or_forged_reset_token_raises(guard):
+    with pytest.raises(AuthError) as e:
+        guard.reset_password("pcr_bm9ib2R5.1.AAAA", "a new password")
+    assert e.value.code == "auth.invalid_credentials"
+
+
 def test_wrong_password_raises_with_the_stable_code(guard):
     guard.create_user("carol", "correct horse battery")
     with pytest.raises(AuthError) as e:

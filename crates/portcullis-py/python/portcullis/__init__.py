@@ -192,6 +192,12 @@ class Guard:
         """Ends every session of the access token's user."""
         self._service("POST", "/logout-all", None, token=access_token)
 
+    def reset_password(self, token: str, password: str, *, client_ip: Optional[str] = None) -> None:
+        """Sets a password with a one-time reset token (an invitation or a
+        reset link from the admin API). An invalid, expired or spent token
+        raises :class:`AuthError` (``auth.invalid_credentials``)."""
+        self._service("POST", "/password/reset", {"token": token, "password": password}, client_ip=client_ip)
+
     def sessions(self, access_token: str) -> list[dict[str, Any]]:
         """The caller's sessions."""
         return self._service("GET", "/sessions", None, token=access_token)["sessions"]
