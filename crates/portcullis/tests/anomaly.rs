@@ -183,6 +183,36 @@ async fn memory_detectors_fire_at_their_threshold() {
     assert_eq!(o.tags, vec![DetectorKind::Burst]);
 }
 
+/// A burst fires its detector on every request past the threshold: the
+/// recent detections keep one entry per detector and key, with the latest
+/// count and time, newest first.
+#[tokio::test]
+async fn recent_detections_keep_one_entry_per_detector_and_key() {
+    let clock = Arc::new(ManualClock::at_unix_seconds(T0));
+    let engine = AnomalyEngine::new(
+        vec![detector(DetectorKind::Burst, 3, 10, &[Action::Tag])],
+        AnomalyBackend::memory(10_000),
+        None,
+        clock.clone(),
+    )
+    .unwrap();
+    assert!(engine.recent_detections().is_empty());
+    for _ in 0..20 {
+        observe(&engine, Signal::Request { ip: "203.0.113.7" }).await;
+    }
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..3 {
+        observe(&engine, Signal::Request { ip: "198.51.100.9" }).await;
+    }
+    let recent = engine.recent_detections();
+    let keys: Vec<&str> = recent.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["ip:198.51.100.9", "ip:203.0.113.7"]);
+    assert!(recent.iter().all(|d| d.detector == DetectorKind::Burst));
+    observe(&engine, Signal::Request { ip: "203.0.113.7" }).await;
+    let latest = &engine.recent_detections()[1];
+    assert_eq!(latest.last_seen_ms, (T0 + 1) * 1000, "updated in place");
+}
+
 #[tokio::test]
 async fn a_ban_blocks_then_expires_and_can_be_lifted() {
     let clock = Arc::new(ManualClock::at_unix_seconds(T0));

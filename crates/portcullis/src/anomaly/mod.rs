@@ -167,14 +167,31 @@ impl AnomalyEngine {
     }
 
     /// The latest detections of this process (each replica keeps its own),
-    /// newest first, at most [`RECENT_DETECTIONS`].
+    /// newest first, at most [`RECENT_DETECTIONS`]; repeated firings of a
+    /// detector for one key show as one entry with the latest count and time.
     pub fn recent_detections(&self) -> Vec<AnomalyEvent> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.iter().rev().cloned().collect()
     }
 
+    /// Keeps `event` among the recent detections. A detector keeps firing
+    /// on every event while its window is over the threshold (a burst fires
+    /// it per request): a firing for the same detector and key as one of
+    /// the latest entries updates that entry in place (no copy, no
+    /// allocation), so one busy key does not flush the others out.
     fn remember(&self, event: &AnomalyEvent) {
+        const SCAN: usize = 16;
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(same) = recent
+            .iter_mut()
+            .rev()
+            .take(SCAN)
+            .find(|e| e.detector == event.detector && e.key == event.key)
+        {
+            same.count = event.count;
+            same.last_seen_ms = event.last_seen_ms;
+            return;
+        }
         if recent.len() == RECENT_DETECTIONS {
             recent.pop_front();
         }
