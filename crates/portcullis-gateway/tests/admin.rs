@@ -174,18 +174,23 @@ impl Admin {
 
     async fn login(&self, username: &str) -> Value {
         let body = json!({"username": username, "password": PASSWORD}).to_string();
-        let r = send(
+        let r = self.public_post("/auth/login", &body).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.json()
+    }
+
+    /// A JSON POST to the public listener (the token service).
+    async fn public_post(&self, path: &str, body: &str) -> Reply {
+        send(
             &self.client,
             post(
                 self.gateway.public,
-                "/auth/login",
+                path,
                 &[("content-type", "application/json")],
-                &body,
+                body,
             ),
         )
-        .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.json()
+        .await
     }
 
     async fn public_get(&self, path: &str, bearer: &str) -> Reply {
@@ -443,16 +448,7 @@ async fn users_sessions_and_tokens_over_http() {
         StatusCode::UNAUTHORIZED
     );
     let body = json!({"refresh_token": tokens["refresh_token"]}).to_string();
-    let r = send(
-        &admin.client,
-        post(
-            admin.gateway.public,
-            "/auth/refresh",
-            &[("content-type", "application/json")],
-            &body,
-        ),
-    )
-    .await;
+    let r = admin.public_post("/auth/refresh", &body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
     admin
         .call("POST", &format!("/admin/users/{alice}/enable"), None)
@@ -468,16 +464,7 @@ async fn users_sessions_and_tokens_over_http() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let body = json!({"username": "alice", "password": PASSWORD}).to_string();
-    let r = send(
-        &admin.client,
-        post(
-            admin.gateway.public,
-            "/auth/login",
-            &[("content-type", "application/json")],
-            &body,
-        ),
-    )
-    .await;
+    let r = admin.public_post("/auth/login", &body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     // Delete: gone, the name is free.
@@ -858,16 +845,7 @@ async fn two_replicas_on_postgres_and_redis_follow_the_admin() {
         started.elapsed()
     );
     let body = json!({"refresh_token": tokens["refresh_token"]}).to_string();
-    let r = send(
-        &b.client,
-        post(
-            b.gateway.public,
-            "/auth/refresh",
-            &[("content-type", "application/json")],
-            &body,
-        ),
-    )
-    .await;
+    let r = b.public_post("/auth/refresh", &body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 
     // A key revoked through B is refused by A.
@@ -1231,16 +1209,7 @@ async fn the_cli_manages_users_through_the_admin_api() {
         String::from_utf8_lossy(&out.stderr)
     );
     let body = json!({"username": "frank", "password": "imported password 1"}).to_string();
-    let r = send(
-        &admin.client,
-        post(
-            admin.gateway.public,
-            "/auth/login",
-            &[("content-type", "application/json")],
-            &body,
-        ),
-    )
-    .await;
+    let r = admin.public_post("/auth/login", &body).await;
     assert_eq!(
         r.status,
         StatusCode::OK,
