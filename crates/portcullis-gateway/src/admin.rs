@@ -491,16 +491,10 @@ async fn openapi_document(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// The token service's JSON answer (`Cache-Control: no-store`: some carry
+/// a key or secret shown once).
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_string(value) {
-        Ok(body) => (
-            status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response(),
-        Err(e) => Problem::unavailable(&e).into_response(),
-    }
+    portcullis::service::json_response(status, value)
 }
 
 // ------------------------------------------------------------------ users
@@ -585,6 +579,21 @@ struct CreateUser {
     invite_ttl_seconds: Option<u32>,
 }
 
+impl CreateUser {
+    /// The store's form of this body; `invitation` is an invitation's
+    /// random password, used instead of the body's.
+    fn new_user(self, invitation: Option<String>) -> NewUser {
+        NewUser {
+            username: self.username,
+            password: invitation.or(self.password),
+            password_hash: self.password_hash,
+            roles: self.roles,
+            permissions: self.permissions,
+            tenant: self.tenant,
+        }
+    }
+}
+
 /// How long an invitation's reset token lives unless told.
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
@@ -592,7 +601,7 @@ async fn create_user(
     State(s): State<AdminState>,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<Response, Problem> {
-    let password = if req.invite {
+    let invitation = if req.invite {
         if req.password.is_some() || req.password_hash.is_some() {
             return Err(bad_param("invite", "an invitation has no password"));
         }
@@ -601,25 +610,14 @@ async fn create_user(
         portcullis_core::opaque::fill_random(&mut random).map_err(|e| Problem::unavailable(&e))?;
         Some(portcullis_core::jose::b64_encode(&random))
     } else {
-        req.password
+        None
     };
-    let user = s
-        .stores
-        .create_user(&NewUser {
-            username: req.username,
-            password,
-            password_hash: req.password_hash,
-            roles: req.roles,
-            permissions: req.permissions,
-            tenant: req.tenant,
-        })
-        .await?;
+    let (invite, invite_ttl) = (req.invite, req.invite_ttl_seconds);
+    let user = s.stores.create_user(&req.new_user(invitation)).await?;
     let mut view =
         serde_json::to_value(UserView::from(user.clone())).map_err(|e| Problem::unavailable(&e))?;
-    if req.invite {
-        let ttl = req
-            .invite_ttl_seconds
-            .map_or(DEFAULT_INVITE_TTL, |t| Duration::from_secs(u64::from(t)));
+    if invite {
+        let ttl = invite_ttl.map_or(DEFAULT_INVITE_TTL, |t| Duration::from_secs(u64::from(t)));
         let (token, expires_at) = s.stores.password_reset_token(&user.id, ttl).await?;
         view["reset_token"] = serde_json::json!(token);
         view["reset_expires_at"] = serde_json::json!(expires_at);
@@ -706,14 +704,7 @@ async fn import_users(
             Err(e) => Err(("request.invalid_body", e.to_string())),
             Ok(u) => state
                 .stores
-                .create_user(&NewUser {
-                    username: u.username,
-                    password: u.password,
-                    password_hash: u.password_hash,
-                    roles: u.roles,
-                    permissions: u.permissions,
-                    tenant: u.tenant,
-                })
+                .create_user(&u.new_user(None))
                 .await
                 .map(|_| ())
                 .map_err(|e| (e.code(), e.to_string())),
@@ -964,9 +955,7 @@ async fn create_api_key(
     if !id.starts_with(ADMIN_OWNER_PREFIX) {
         user_or_404(&s, &id).await?;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = s.stores.now();
     let created = s
         .stores
         .create_api_key(&NewApiKey {

@@ -333,8 +333,9 @@ impl Inner {
     }
 }
 
-/// A JSON answer that no cache keeps (it may hold tokens or keys).
-fn json_response(status: http::StatusCode, body: &impl serde::Serialize) -> Response {
+/// A JSON answer as the token service gives it: `Cache-Control: no-store`
+/// and `Pragma: no-cache` (answers may carry tokens or secrets).
+pub fn json_response(status: http::StatusCode, body: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(body).unwrap_or_default();
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();

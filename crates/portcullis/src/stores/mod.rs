@@ -674,7 +674,8 @@ impl Stores {
         &self.passwords
     }
 
-    fn now(&self) -> i64 {
+    /// The stores' clock, Unix seconds (what expiries are compared with).
+    pub fn now(&self) -> i64 {
         self.clock.unix_seconds()
     }
 
