@@ -322,8 +322,8 @@ struct AdminState {
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
     audit_store: Option<Arc<dyn AuditStore>>,
-    /// IPv6 clients are grouped (and banned) by this prefix length.
-    ipv6_prefix: u8,
+    /// How clients are grouped: bans are stored under a client group.
+    client_ip: portcullis_core::ratelimit::ClientIpConfig,
     openapi: Arc<serde_json::Value>,
 }
 
@@ -362,8 +362,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     } = parts;
     let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
-    let ipv6_prefix = client_ip.ipv6_prefix_len();
-    config.client_ip = client_ip;
+    config.client_ip = client_ip.clone();
     // No anomaly engine on this guard: a ban (an automatic one included)
     // must never lock the operators out of the API that lifts it. Admin
     // keys are 256-bit secrets, so there is nothing to guess by bursts.
@@ -377,7 +376,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         anomaly,
         audit,
         audit_store,
-        ipv6_prefix,
+        client_ip,
         openapi: Arc::new(openapi(token_prefix)),
     };
     let router = Router::new()
@@ -1134,11 +1133,13 @@ fn engine(s: &AdminState) -> Result<&Arc<AnomalyEngine>, Problem> {
 
 /// `ip:<address or IPv6 network>` (grouped as the guard groups clients, so
 /// the ban matches what requests are checked against) or `subject:<id>`.
-fn ban_target(raw: &str, ipv6_prefix: u8) -> Result<BanTarget, Problem> {
+fn ban_target(s: &AdminState, raw: &str) -> Result<BanTarget, Problem> {
     match raw.split_once(':') {
-        Some(("ip", ip)) => crate::cli::bans::ip_target(ip, ipv6_prefix)
+        Some(("ip", ip)) => s
+            .client_ip
+            .ban_key(ip)
             .map(BanTarget::Ip)
-            .map_err(|e| bad_param("target", &e)),
+            .map_err(|e| bad_param("target", &format!("`{ip}`: {e}"))),
         Some(("subject", s)) if !s.trim().is_empty() && s.len() <= 256 => {
             Ok(BanTarget::Subject(s.trim().to_owned()))
         }
@@ -1176,7 +1177,7 @@ async fn add_ban(
     State(s): State<AdminState>,
     JsonBody(req): JsonBody<AddBan>,
 ) -> Result<Response, Problem> {
-    let target = ban_target(&req.target, s.ipv6_prefix)?;
+    let target = ban_target(&s, &req.target)?;
     if req.duration_seconds == 0 {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -1207,7 +1208,7 @@ async fn lift_ban(
     State(s): State<AdminState>,
     Path(target): Path<String>,
 ) -> Result<Response, Problem> {
-    let target = ban_target(&target, s.ipv6_prefix)?;
+    let target = ban_target(&s, &target)?;
     let lifted = engine(&s)?
         .lift_ban(&target)
         .await

@@ -107,6 +107,28 @@ pub enum ClientIpError {
     BadPrefix(u8),
 }
 
+/// Why a ban target is not one client group ([`ClientIpConfig::ban_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanKeyError {
+    /// Not an address or `address/length`.
+    #[error("not an IP address or network (e.g. 203.0.113.7, 2001:db8::/64)")]
+    NotAnAddress,
+    /// The length after `/` is not a number up to 128.
+    #[error("`{0}` is not a prefix length")]
+    BadLength(String),
+    /// An IPv4 network: IPv4 clients are one address each.
+    #[error("IPv4 clients are banned one address at a time (/32)")]
+    Ipv4Network,
+    /// An IPv6 network wider than one client group.
+    #[error("clients are grouped by /{grouped}: a ban covers one /{grouped}, not a /{given}")]
+    WiderThanGroup {
+        /// The grouping prefix.
+        grouped: u8,
+        /// The prefix given.
+        given: u8,
+    },
+}
+
 fn mask_v4(ip: Ipv4Addr, prefix: u8) -> u32 {
     let bits = u32::from(ip);
     if prefix == 0 {
@@ -192,11 +214,6 @@ impl ClientIpConfig {
         Ok(self)
     }
 
-    /// The prefix length IPv6 clients are grouped by (64 by default).
-    pub fn ipv6_prefix_len(&self) -> u8 {
-        self.ipv6_prefix
-    }
-
     /// Groups IPv6 clients by this prefix length (32-128; default 64).
     pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ClientIpError> {
         if !(32..=128).contains(&prefix) {
@@ -277,6 +294,46 @@ impl ClientIpConfig {
         }
     }
 
+    /// The key a ban on `text` (an address, or a network inside one client
+    /// group) is stored under: the group requests are checked against
+    /// (IPv4 as is, IPv4-mapped IPv6 as IPv4, IPv6 masked to the prefix),
+    /// in canonical text. A wider network is refused rather than stored as
+    /// text no request would ever match.
+    pub fn ban_key(&self, text: &str) -> Result<String, BanKeyError> {
+        let text = text.trim();
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let parsed: IpAddr = addr.parse().map_err(|_| BanKeyError::NotAnAddress)?;
+        let ip = parsed.to_canonical();
+        let len = match len {
+            None => None,
+            Some(l) => Some(
+                l.parse::<u8>()
+                    .ok()
+                    .filter(|&n| n <= 128)
+                    .ok_or_else(|| BanKeyError::BadLength(l.to_owned()))?,
+            ),
+        };
+        // IPv4-mapped IPv6 (`::ffff:192.0.2.1/128`) counts as IPv4.
+        let len = len.map(|l| {
+            if parsed.is_ipv6() && ip.is_ipv4() {
+                l.saturating_sub(96)
+            } else {
+                l
+            }
+        });
+        match (ip, len) {
+            (IpAddr::V4(_), Some(l)) if l != 32 => Err(BanKeyError::Ipv4Network),
+            (IpAddr::V6(_), Some(l)) if l < self.ipv6_prefix => Err(BanKeyError::WiderThanGroup {
+                grouped: self.ipv6_prefix,
+                given: l,
+            }),
+            _ => Ok(self.group(ip).to_string()),
+        }
+    }
+
     /// [`Self::client_ip`] then [`Self::group`].
     pub fn client_key(&self, peer: IpAddr, forwarded: Option<&str>, xff: Option<&str>) -> IpAddr {
         self.group(self.client_ip(peer, forwarded, xff))
@@ -333,6 +390,32 @@ fn parse_forwarded_element(element: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_ban_key_is_the_client_group_requests_are_checked_against() {
+        let config = ClientIpConfig::new();
+        assert_eq!(config.ban_key(" 203.0.113.7 ").unwrap(), "203.0.113.7");
+        assert_eq!(config.ban_key("::ffff:192.0.2.1/128").unwrap(), "192.0.2.1");
+        assert_eq!(config.ban_key("2001:db8::1").unwrap(), "2001:db8::");
+        assert_eq!(config.ban_key("2001:db8::/64").unwrap(), "2001:db8::");
+        assert_eq!(config.ban_key("10.0.0.0/8"), Err(BanKeyError::Ipv4Network));
+        assert_eq!(
+            config.ban_key("2001:db8::/48"),
+            Err(BanKeyError::WiderThanGroup {
+                grouped: 64,
+                given: 48
+            })
+        );
+        assert_eq!(
+            config.ban_key("2001:db8::/200"),
+            Err(BanKeyError::BadLength("200".into()))
+        );
+        assert_eq!(
+            config.ban_key("example.com"),
+            Err(BanKeyError::NotAnAddress)
+        );
+    }
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {

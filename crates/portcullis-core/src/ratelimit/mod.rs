@@ -9,7 +9,7 @@ pub mod key;
 pub mod rule;
 
 pub use algorithm::{Decision, GcraParams, State, apply, most_restrictive};
-pub use client_ip::{ClientIpConfig, ClientIpError, ForwardingHeader, IpNet};
+pub use client_ip::{BanKeyError, ClientIpConfig, ClientIpError, ForwardingHeader, IpNet};
 pub use headers::{RuleReport, problem_body, response_headers};
 pub use key::{HeaderLookup, KeyPart, KeySpec, RequestFacts};
 pub use rule::{Algorithm, MAX_RULES, OnBackendError, Rule, RuleConfig, RuleError, validate_rules};

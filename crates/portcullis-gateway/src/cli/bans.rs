@@ -10,7 +10,7 @@ use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
 use portcullis_core::SystemClock;
 use portcullis_core::anomaly::webhook::rfc3339_millis;
 use portcullis_core::anomaly::{Ban, BanTarget};
-use portcullis_core::ratelimit::ClientIpConfig;
+use portcullis_core::ratelimit::{BanKeyError, ClientIpConfig};
 
 use super::CliError;
 use super::console;
@@ -58,9 +58,7 @@ pub struct TargetArgs {
 impl TargetArgs {
     fn target(&self, ipv6_prefix: u8) -> Result<BanTarget, CliError> {
         match (&self.ip, &self.subject) {
-            (Some(ip), None) => Ok(BanTarget::Ip(
-                ip_target(ip, ipv6_prefix).map_err(|e| CliError::Usage(format!("--ip {e}")))?,
-            )),
+            (Some(ip), None) => Ok(BanTarget::Ip(ip_target(ip, ipv6_prefix)?)),
             (None, Some(s)) if !s.trim().is_empty() => Ok(BanTarget::Subject(s.trim().to_owned())),
             _ => Err(CliError::Usage(
                 "pass exactly one non-empty --ip or --subject".into(),
@@ -69,52 +67,21 @@ impl TargetArgs {
     }
 }
 
-/// The form requests are checked against for `--ip`: the address, grouped
-/// as the gateway groups clients (IPv4 as is, IPv4-mapped IPv6 as IPv4,
-/// IPv6 masked to `ipv6_prefix`), in canonical text. A network is accepted
-/// when it lies within one group (`/32` for IPv4, at least the prefix for
-/// IPv6); anything else is refused rather than stored as text that no
-/// request would ever match.
-pub(crate) fn ip_target(text: &str, ipv6_prefix: u8) -> Result<String, String> {
-    use std::net::IpAddr;
-    let usage = |why: String| format!("`{}`: {why}", text.trim());
+/// The form requests are checked against for `--ip`
+/// ([`ClientIpConfig::ban_key`] with the gateway's `ipv6_prefix`).
+fn ip_target(text: &str, ipv6_prefix: u8) -> Result<String, CliError> {
     let config = ClientIpConfig::new()
         .ipv6_prefix(ipv6_prefix)
-        .map_err(|e| format!("ipv6 prefix: {e}"))?;
-    let (addr, len) = match text.trim().split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (text.trim(), None),
-    };
-    let parsed: IpAddr = addr.parse().map_err(|_| {
-        usage("not an IP address or network (e.g. 203.0.113.7, 2001:db8::/64)".into())
-    })?;
-    let ip = parsed.to_canonical();
-    let len = match len {
-        None => None,
-        Some(l) => Some(
-            l.parse::<u8>()
-                .map_err(|_| usage(format!("`{l}` is not a prefix length")))?,
-        ),
-    };
-    // IPv4-mapped IPv6 (`::ffff:192.0.2.1/128`) counts as IPv4.
-    let len = len.map(|l| {
-        if parsed.is_ipv6() && ip.is_ipv4() {
-            l.saturating_sub(96)
-        } else {
-            l
-        }
-    });
-    match (ip, len) {
-        (IpAddr::V4(_), Some(l)) if l != 32 => Err(usage(
-            "IPv4 clients are banned one address at a time (/32)".into(),
-        )),
-        (IpAddr::V6(_), Some(l)) if l > 128 => Err(usage(format!("/{l} is not a prefix length"))),
-        (IpAddr::V6(_), Some(l)) if l < ipv6_prefix => Err(usage(format!(
-            "clients are grouped by /{ipv6_prefix}: a ban covers one /{ipv6_prefix}, not a /{l} \
-             (set --ipv6-prefix to the gateway's client_ip.ipv6_prefix)"
-        ))),
-        _ => Ok(config.group(ip).to_string()),
-    }
+        .map_err(|e| CliError::Usage(format!("--ipv6-prefix: {e}")))?;
+    config.ban_key(text).map_err(|e| {
+        let hint = match e {
+            BanKeyError::WiderThanGroup { .. } => {
+                " (set --ipv6-prefix to the gateway's client_ip.ipv6_prefix)"
+            }
+            _ => "",
+        };
+        CliError::Usage(format!("--ip `{}`: {e}{hint}", text.trim()))
+    })
 }
 
 /// Output format of `bans list`.
