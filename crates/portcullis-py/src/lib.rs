@@ -38,6 +38,7 @@ use portcullis::guard::AuditTicket;
 use portcullis::http::{ProblemJson, problem_body, refusal_response};
 use portcullis_core::anomaly::BanTarget;
 use portcullis_gateway::embed::Engine as GatewayEngine;
+use portcullis_gateway::serve::ServeError;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -204,7 +205,50 @@ fn guard_header_list<'py, 'a>(
     Ok(list)
 }
 
+/// A decision that waits on I/O, to finish on the engine's runtime.
+type PendingDecision = Pin<Box<dyn Future<Output = portcullis::Decision> + Send>>;
+
 impl Engine {
+    /// The engine `open` / `open_text` opened, or its error as `ConfigError`.
+    fn opened(py: Python<'_>, opened: Result<GatewayEngine, ServeError>) -> PyResult<Self> {
+        match opened {
+            Ok(engine) => Ok(Self {
+                engine: Arc::new(engine),
+                generation: FORK_GENERATION.load(Ordering::Relaxed),
+            }),
+            Err(e) => Err(portcullis_error(py, "config.invalid", &e.to_string(), 0)),
+        }
+    }
+
+    /// Another handle on the same engine (for a decision finished later).
+    fn handle(&self) -> Self {
+        Self {
+            engine: Arc::clone(&self.engine),
+            generation: self.generation,
+        }
+    }
+
+    /// Runs the guard on a request until it decides or waits on I/O
+    /// ([`poll_once`]); with the runtime the rest must finish on.
+    fn start_decision(
+        &self,
+        method: &str,
+        target: &[u8],
+        headers: &Bound<'_, PyList>,
+        client: Option<&str>,
+    ) -> PyResult<(
+        &'static Runtime,
+        Result<portcullis::Decision, PendingDecision>,
+    )> {
+        self.check_fork()?;
+        let rt = runtime()?;
+        let parts = request_parts(method, target, headers)?;
+        let peer = peer_ip(client);
+        let guard = self.engine.guard().clone();
+        let fut: PendingDecision = Box::pin(async move { guard.check(&parts, peer).await });
+        Ok((rt, poll_once(rt, fut)))
+    }
+
     fn check_fork(&self) -> PyResult<()> {
         if FORK_GENERATION.load(Ordering::Relaxed) == self.generation {
             Ok(())
@@ -354,14 +398,10 @@ impl Engine {
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let rt = runtime()?;
-        let opened = py.detach(|| rt.block_on(GatewayEngine::open_file(&path)));
-        match opened {
-            Ok(engine) => Ok(Self {
-                engine: Arc::new(engine),
-                generation: FORK_GENERATION.load(Ordering::Relaxed),
-            }),
-            Err(e) => Err(portcullis_error(py, "config.invalid", &e.to_string(), 0)),
-        }
+        Self::opened(
+            py,
+            py.detach(|| rt.block_on(GatewayEngine::open_file(&path))),
+        )
     }
 
     /// Opens the engine of configuration `text`; `path` names it in errors
@@ -369,14 +409,10 @@ impl Engine {
     #[staticmethod]
     fn open_text(py: Python<'_>, path: PathBuf, text: &str) -> PyResult<Self> {
         let rt = runtime()?;
-        let opened = py.detach(|| rt.block_on(GatewayEngine::open_text(&path, text)));
-        match opened {
-            Ok(engine) => Ok(Self {
-                engine: Arc::new(engine),
-                generation: FORK_GENERATION.load(Ordering::Relaxed),
-            }),
-            Err(e) => Err(portcullis_error(py, "config.invalid", &e.to_string(), 0)),
-        }
+        Self::opened(
+            py,
+            py.detach(|| rt.block_on(GatewayEngine::open_text(&path, text))),
+        )
     }
 
     /// The token service's path prefix, or `None` when it is disabled.
@@ -396,19 +432,10 @@ impl Engine {
         headers: &Bound<'_, PyList>,
         client: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
-        self.check_fork()?;
-        let rt = runtime()?;
-        let parts = request_parts(method, target, headers)?;
-        let peer = peer_ip(client);
-        let guard = self.engine.guard().clone();
-        let fut = Box::pin(async move { guard.check(&parts, peer).await });
-        match poll_once(rt, fut) {
-            Ok(d) => Ok(Py::new(py, self.decision(py, d)?)?.into_any()),
-            Err(pending) => {
-                let engine = Self {
-                    engine: Arc::clone(&self.engine),
-                    generation: self.generation,
-                };
+        match self.start_decision(method, target, headers, client)? {
+            (_, Ok(d)) => Ok(Py::new(py, self.decision(py, d)?)?.into_any()),
+            (_, Err(pending)) => {
+                let engine = self.handle();
                 let awaitable = pyo3_async_runtimes::tokio::future_into_py(py, async move {
                     let d = pending.await;
                     Python::attach(|py| Py::new(py, engine.decision(py, d)?))
@@ -429,15 +456,9 @@ impl Engine {
         headers: &Bound<'_, PyList>,
         client: Option<&str>,
     ) -> PyResult<Decision> {
-        self.check_fork()?;
-        let rt = runtime()?;
-        let parts = request_parts(method, target, headers)?;
-        let peer = peer_ip(client);
-        let guard = self.engine.guard().clone();
-        let fut = Box::pin(async move { guard.check(&parts, peer).await });
-        let d = match poll_once(rt, fut) {
-            Ok(d) => d,
-            Err(pending) => py.detach(|| rt.block_on(pending)),
+        let d = match self.start_decision(method, target, headers, client)? {
+            (_, Ok(d)) => d,
+            (rt, Err(pending)) => py.detach(|| rt.block_on(pending)),
         };
         self.decision(py, d)
     }
