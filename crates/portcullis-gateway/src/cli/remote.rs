@@ -116,7 +116,9 @@ impl Target {
 
 /// A request body: JSON, or JSON lines (imports).
 pub(super) enum Body {
+    /// `application/json`.
     Json(Value),
+    /// `application/x-ndjson` (one JSON value per line).
     Lines(String),
 }
 
