@@ -141,11 +141,7 @@ impl Stores {
         }
         self.caches.users_disabled.invalidate(&id);
         if disabled {
-            let (sessions, tokens) = tokio::try_join!(
-                self.backends.sessions.revoke_sessions_of(&id, now),
-                self.backends.refresh.revoke_families_of(&id, now),
-            )?;
-            self.caches.sessions.invalidate_all();
+            let (sessions, tokens) = self.revoke_user_tokens(&id).await?;
             tracing::info!(
                 user = %id,
                 sessions,
