@@ -27,6 +27,8 @@ pub use jose::algorithm::{Algorithm, AlgorithmSet, KeyFamily};
 pub use jose::jws::{JwsPolicy, VerifiedJws};
 pub use jose::key::Key;
 pub use jose::keyset::{JwkWarning, KeySet};
+pub use jose::rotation::{KeySource, KeyState, KeyStatus, Schedule, ScheduledKey};
+pub use jose::seal::KeySealer;
 pub use jwt::issue::{
     AccessRequest, IssueError, IssuedAccess, IssuedRefresh, IssuerConfig, TokenIssuer, TokenPair,
 };

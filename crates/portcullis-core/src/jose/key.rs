@@ -610,6 +610,11 @@ impl Key {
             .map(|der| pem_encode("PRIVATE KEY", der))
     }
 
+    /// The private key as PKCS#8 DER, when this is an asymmetric private key.
+    pub(crate) fn private_pkcs8_der(&self) -> Option<&[u8]> {
+        self.private_pkcs8.as_deref()
+    }
+
     /// The HMAC secret, when this is a symmetric key.
     pub(crate) fn secret(&self) -> Option<&[u8]> {
         self.secret.as_deref()

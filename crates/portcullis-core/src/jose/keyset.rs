@@ -45,6 +45,12 @@ impl KeySet {
     /// Adds a key; its `kid` must be new to the set. The first signing key
     /// added becomes active.
     pub fn insert(&mut self, key: Key) -> Result<(), KeyError> {
+        self.insert_shared(Arc::new(key))
+    }
+
+    /// Adds a shared key (the same `Arc` another set holds, so caches keyed
+    /// on the key's identity stay valid across sets); its `kid` must be new.
+    pub fn insert_shared(&mut self, key: Arc<Key>) -> Result<(), KeyError> {
         if self.by_kid.contains_key(key.kid()) {
             return Err(KeyError::DuplicateKid(key.kid().to_owned()));
         }
@@ -53,7 +59,7 @@ impl KeySet {
             self.active = Some(index);
         }
         self.by_kid.insert(key.kid().into(), index);
-        self.keys.push(Arc::new(key));
+        self.keys.push(key);
         Ok(())
     }
 
@@ -68,6 +74,11 @@ impl KeySet {
         }
         self.active = Some(index);
         Ok(())
+    }
+
+    /// Leaves the set without a signing key (every key only verifies).
+    pub fn clear_active(&mut self) {
+        self.active = None;
     }
 
     /// Removes `kid`; tokens signed by it stop verifying.

@@ -7,7 +7,9 @@ pub mod jwk;
 pub mod jws;
 pub mod key;
 pub mod keyset;
+pub mod rotation;
 pub(crate) mod scan;
+pub mod seal;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

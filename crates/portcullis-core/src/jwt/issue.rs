@@ -121,7 +121,8 @@ pub struct TokenPair {
 
 /// Issues tokens with the active key of a key set.
 pub struct TokenIssuer {
-    keys: Arc<KeySet>,
+    // Replaced whole by a key rotation; read once per issued token.
+    keys: std::sync::RwLock<Arc<KeySet>>,
     config: IssuerConfig,
     hasher: SecretHasher,
     clock: Arc<dyn Clock>,
@@ -151,7 +152,7 @@ impl TokenIssuer {
     /// with `hasher`, on the system clock.
     pub fn new(keys: impl Into<Arc<KeySet>>, config: IssuerConfig, hasher: SecretHasher) -> Self {
         Self {
-            keys: keys.into(),
+            keys: std::sync::RwLock::new(keys.into()),
             config,
             hasher,
             clock: Arc::new(SystemClock),
@@ -170,10 +171,27 @@ impl TokenIssuer {
         &self.config
     }
 
+    /// The key set tokens are signed from.
+    pub fn keys(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(k) => Arc::clone(&k),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Signs from `keys`' active key from now on (a key rotation).
+    pub fn replace_keys(&self, keys: impl Into<Arc<KeySet>>) {
+        let keys = keys.into();
+        match self.keys.write() {
+            Ok(mut k) => *k = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+
     /// Issues an access token.
     pub fn issue_access(&self, req: &AccessRequest) -> Result<IssuedAccess, IssueError> {
-        let key = self
-            .keys
+        let keys = self.keys();
+        let key = keys
             .active()
             .ok_or_else(|| KeyError::NoSuchKey("(active signing key)".into()))?;
         if req.subject.is_empty() {
