@@ -9,6 +9,7 @@
 //!   rate limits, authorization, anomaly signals, audit.
 //! - [`authz`]: route rules with custom async policies; signed service requests and nonce stores.
 //! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
+//! - [`keyring`]: signing keys that rotate on a stored schedule every replica follows.
 //! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
 //! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
@@ -25,6 +26,7 @@ pub mod guard;
 pub mod http;
 pub mod http_client;
 pub mod jwks;
+pub mod keyring;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;

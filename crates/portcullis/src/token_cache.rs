@@ -246,8 +246,8 @@ impl<H: RevocationHook> CachedVerifier<H> {
 
     /// Replaces the key set. Cached tokens of keys that are gone (or whose
     /// material changed) are invalidated at once.
-    pub fn replace_keys(&self, keys: KeySet) {
-        let keys = Arc::new(keys);
+    pub fn replace_keys(&self, keys: impl Into<Arc<KeySet>>) {
+        let keys: Arc<KeySet> = keys.into();
         let mut guard = match self.verifier.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -135,6 +135,7 @@ async fn two_instances_share_revocation_and_exact_limits() {
             refresh: hot.clone(),
             denylist: hot.clone(),
             api_keys: pg.clone(),
+            signing_keys: pg.clone(),
             apps: pg,
         };
         let stores = Arc::new(Stores::new(backends, StoresConfig::new(hasher.clone())).unwrap());
@@ -312,6 +313,7 @@ async fn a_hung_revocation_store_refuses_within_its_budget() {
         refresh: hot.clone(),
         denylist: hot,
         api_keys: memory.clone(),
+        signing_keys: memory.clone(),
         apps: memory,
     };
     let hasher = SecretHasher::new(&[4; 32]).unwrap();
@@ -384,6 +386,7 @@ async fn an_api_key_whose_owner_cannot_be_checked_is_refused_within_the_budget()
         refresh: memory.clone(),
         denylist: memory.clone(),
         api_keys: memory.clone(),
+        signing_keys: memory.clone(),
         apps: memory,
     };
     let mut sc = StoresConfig::new(SecretHasher::new(&[5; 32]).unwrap());

@@ -105,6 +105,7 @@ async fn postgres_redis() -> Option<Env> {
         backends: Backends {
             users: durable.clone(),
             api_keys: durable.clone(),
+            signing_keys: durable.clone(),
             apps: durable,
             sessions: hot.clone(),
             refresh: hot.clone(),
@@ -1063,6 +1064,7 @@ async fn a_hung_store_is_answered_503_within_the_store_budget() {
             users: hung.clone(),
             api_keys: hung.clone(),
             refresh: hung,
+            signing_keys: memory.clone(),
             apps: memory.clone(),
             sessions: memory.clone(),
             denylist: memory,

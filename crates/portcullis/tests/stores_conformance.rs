@@ -161,6 +161,7 @@ async fn mixed() -> Option<Env> {
         backends: Backends {
             users: durable.backends.users.clone(),
             api_keys: durable.backends.api_keys.clone(),
+            signing_keys: durable.backends.signing_keys.clone(),
             apps: durable.backends.apps.clone(),
             sessions: hot.backends.sessions.clone(),
             refresh: hot.backends.refresh.clone(),
@@ -1577,6 +1578,67 @@ async fn users_page_regrant_reset_and_delete(env: Env) {
         .expect("the username is free again");
 }
 
+/// Rotated-in signing keys: stored, listed with every field, unique by
+/// kid, validated before the backend is touched, deleted.
+async fn signing_keys_insert_list_delete(env: Env) {
+    use portcullis::stores::SigningKeyRecord;
+    let stores = env.stores(config());
+    assert!(stores.signing_keys().await.unwrap().is_empty());
+    let record = |kid: &str, activates_at: i64| SigningKeyRecord {
+        kid: kid.to_owned(),
+        alg: "ES256".to_owned(),
+        sealed: vec![1, 2, 3, 0, 255],
+        created_at: 100,
+        activates_at,
+    };
+    stores.insert_signing_key(&record("k2", 700)).await.unwrap();
+    stores.insert_signing_key(&record("k1", 600)).await.unwrap();
+    assert!(matches!(
+        stores.insert_signing_key(&record("k1", 900)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut listed = stores.signing_keys().await.unwrap();
+    listed.sort_by(|a, b| a.kid.cmp(&b.kid));
+    assert_eq!(listed, vec![record("k1", 600), record("k2", 700)]);
+
+    // Bad input changes nothing.
+    for bad in [
+        SigningKeyRecord {
+            kid: "a/b".into(),
+            ..record("x", 1)
+        },
+        SigningKeyRecord {
+            kid: String::new(),
+            ..record("x", 1)
+        },
+        SigningKeyRecord {
+            alg: "none".into(),
+            ..record("k3", 1)
+        },
+        SigningKeyRecord {
+            sealed: Vec::new(),
+            ..record("k3", 1)
+        },
+        SigningKeyRecord {
+            sealed: vec![0; 17 * 1024],
+            ..record("k3", 1)
+        },
+    ] {
+        assert!(matches!(
+            stores.insert_signing_key(&bad).await,
+            Err(StoreError::InvalidInput { .. })
+        ));
+    }
+    assert_eq!(stores.signing_keys().await.unwrap().len(), 2);
+
+    assert!(stores.delete_signing_key("k1").await.unwrap());
+    assert!(!stores.delete_signing_key("k1").await.unwrap());
+    assert_eq!(
+        stores.signing_keys().await.unwrap(),
+        vec![record("k2", 700)]
+    );
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -1623,6 +1685,7 @@ macro_rules! full_suite {
                 purge_drops_expired_records_and_keeps_live_ones,
                 records_round_trip_every_field,
                 users_page_regrant_reset_and_delete,
+                signing_keys_insert_list_delete,
             ]
         );
     };

@@ -619,6 +619,15 @@ impl Guard {
         self.inner.local.as_ref()
     }
 
+    /// Verifies local tokens against `keys` from now on (a signing-key
+    /// rotation): tokens of keys no longer in the set stop verifying at
+    /// once. No effect without local keys.
+    pub fn replace_local_keys(&self, keys: Arc<portcullis_core::KeySet>) {
+        if let Some(local) = &self.inner.local {
+            local.replace_keys(keys);
+        }
+    }
+
     /// The rate limiter, when rate limits are configured.
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {
         self.inner.limiter.as_ref()

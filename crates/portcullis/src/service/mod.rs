@@ -208,8 +208,7 @@ impl TokenServiceBuilder {
             self.token_cache,
             StoresRevocation::new(Arc::clone(&self.stores)),
         );
-        let jwks = self.keys.public_jwks().to_string();
-        let discovery = discovery::document(&issuer_url, &public_url, &self.keys).to_string();
+        let published = std::sync::RwLock::new(Published::of(&issuer_url, &public_url, &self.keys));
         Ok(TokenService {
             inner: Arc::new(Inner {
                 stores: self.stores,
@@ -222,8 +221,9 @@ impl TokenServiceBuilder {
                 client_ip: self.client_ip,
                 max_body_bytes: self.max_body_bytes,
                 store_budget: self.store_budget,
-                jwks,
-                discovery,
+                issuer_url,
+                public_url,
+                published,
             }),
         })
     }
@@ -269,11 +269,42 @@ pub(crate) struct Inner {
     client_ip: ClientIpConfig,
     max_body_bytes: usize,
     store_budget: Duration,
-    jwks: String,
-    discovery: String,
+    issuer_url: String,
+    public_url: String,
+    /// The JWKS and discovery documents of the current key set.
+    published: std::sync::RwLock<Published>,
+}
+
+/// The documents published for a key set.
+pub(crate) struct Published {
+    pub(crate) jwks: Arc<str>,
+    pub(crate) discovery: Arc<str>,
+}
+
+impl Published {
+    fn of(issuer_url: &str, public_url: &str, keys: &KeySet) -> Self {
+        Self {
+            jwks: keys.public_jwks().to_string().into(),
+            discovery: discovery::document(issuer_url, public_url, keys)
+                .to_string()
+                .into(),
+        }
+    }
 }
 
 impl Inner {
+    /// The documents of the current key set.
+    fn published(&self) -> Published {
+        let p = match self.published.read() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Published {
+            jwks: Arc::clone(&p.jwks),
+            discovery: Arc::clone(&p.discovery),
+        }
+    }
+
     fn now(&self) -> i64 {
         self.clock.unix_seconds()
     }
@@ -360,6 +391,22 @@ impl std::fmt::Debug for TokenService {
 }
 
 impl TokenService {
+    /// Signs, verifies and publishes with `keys` from now on (a key
+    /// rotation): the issuer signs with its active key, the service's
+    /// verifier accepts every key in it, and the JWKS and discovery
+    /// documents list them. Tokens of keys no longer in the set stop
+    /// verifying at once.
+    pub fn replace_keys(&self, keys: Arc<KeySet>) {
+        let s = &self.inner;
+        let published = Published::of(&s.issuer_url, &s.public_url, &keys);
+        s.issuer.replace_keys(Arc::clone(&keys));
+        s.verifier.replace_keys(keys);
+        match s.published.write() {
+            Ok(mut p) => *p = published,
+            Err(poisoned) => *poisoned.into_inner() = published,
+        }
+    }
+
     /// A builder over `stores`, issuing with `issuer` (which must sign with
     /// `keys`' active key and hash refresh tokens with the stores' pepper)
     /// and publishing `keys`' public part as the JWKS.

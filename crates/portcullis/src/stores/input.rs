@@ -114,6 +114,24 @@ pub fn jti(raw: &str) -> StoreResult<&str> {
     Ok(raw)
 }
 
+/// A signing key's `kid`: 1..=128 bytes of `A-Z a-z 0-9 - _ .` (it names
+/// the key in JWKS documents, logs and the admin API's paths).
+pub fn kid(raw: &str) -> StoreResult<&str> {
+    if raw.is_empty() || raw.len() > MAX_ID {
+        return Err(StoreError::invalid("kid", "must be 1..=128 bytes"));
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(StoreError::invalid(
+            "kid",
+            "must be letters, digits, `-`, `_` or `.`",
+        ));
+    }
+    Ok(raw)
+}
+
 /// A bounded list of bounded names, de-duplicated, order kept.
 pub fn name_list(field: &'static str, raw: &[String]) -> StoreResult<Vec<String>> {
     if raw.len() > MAX_LIST {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
-    RefreshStore, Session, SessionStore, StoreError, StoreResult, User, UserStore, Username,
+    RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreError,
+    StoreResult, User, UserStore, Username,
 };
 
 const SHARDS: usize = 16;
@@ -66,6 +67,7 @@ pub struct MemoryStores {
     denylist: Sharded<String, i64>,
     api_keys: Sharded<String, Arc<ApiKeyRecord>>,
     apps: Sharded<String, AppRecord>,
+    signing_keys: Mutex<std::collections::BTreeMap<String, SigningKeyRecord>>,
 }
 
 impl MemoryStores {
@@ -561,5 +563,29 @@ impl AppStore for MemoryStores {
             a.updated_at = now;
         });
         ready(Ok(found.is_some()))
+    }
+}
+
+impl SigningKeyStore for MemoryStores {
+    fn insert_signing_key<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        let mut keys = lock(&self.signing_keys);
+        let r = if keys.contains_key(&key.kid) {
+            Err(StoreError::Conflict("signing key"))
+        } else {
+            keys.insert(key.kid.clone(), key.clone());
+            Ok(())
+        };
+        ready(r)
+    }
+
+    fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
+        ready(Ok(lock(&self.signing_keys).values().cloned().collect()))
+    }
+
+    fn delete_signing_key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        ready(Ok(lock(&self.signing_keys).remove(kid).is_some()))
     }
 }

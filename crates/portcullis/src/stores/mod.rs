@@ -316,6 +316,35 @@ pub struct AppRecord {
     pub updated_at: i64,
 }
 
+/// A signing key rotated in through the admin API: its private part sealed
+/// with [`portcullis_core::KeySealer`] (never stored in the clear), and its
+/// schedule ([`portcullis_core::jose::rotation`]).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SigningKeyRecord {
+    /// Key id.
+    pub kid: String,
+    /// The `alg` it signs with.
+    pub alg: String,
+    /// The sealed private key.
+    pub sealed: Vec<u8>,
+    /// Creation (and publication) time, Unix seconds.
+    pub created_at: i64,
+    /// When it starts signing, Unix seconds.
+    pub activates_at: i64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+            .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .finish()
+    }
+}
+
 /// Users (unique case-insensitive usernames).
 pub trait UserStore: Send + Sync {
     /// Inserts `user`; [`StoreError::Conflict`] when the username is taken.
@@ -500,6 +529,20 @@ pub trait AppStore: Send + Sync {
     ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
+/// Rotated-in signing keys (a handful of records, read by every replica's
+/// key ring every poll).
+pub trait SigningKeyStore: Send + Sync {
+    /// Inserts a key; [`StoreError::Conflict`] when the kid is taken.
+    fn insert_signing_key<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+    /// Every stored key.
+    fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>>;
+    /// Deletes a retired key; false when absent.
+    fn delete_signing_key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
+}
+
 /// Which backend holds which store.
 #[derive(Clone)]
 pub struct Backends {
@@ -515,13 +558,22 @@ pub struct Backends {
     pub api_keys: Arc<dyn ApiKeyStore>,
     /// App credentials.
     pub apps: Arc<dyn AppStore>,
+    /// Rotated-in signing keys.
+    pub signing_keys: Arc<dyn SigningKeyStore>,
 }
 
 impl Backends {
     /// Every store on one backend.
     pub fn all<B>(backend: Arc<B>) -> Self
     where
-        B: UserStore + SessionStore + RefreshStore + Denylist + ApiKeyStore + AppStore + 'static,
+        B: UserStore
+            + SessionStore
+            + RefreshStore
+            + Denylist
+            + ApiKeyStore
+            + AppStore
+            + SigningKeyStore
+            + 'static,
     {
         Self {
             users: backend.clone(),
@@ -529,7 +581,8 @@ impl Backends {
             refresh: backend.clone(),
             denylist: backend.clone(),
             api_keys: backend.clone(),
-            apps: backend,
+            apps: backend.clone(),
+            signing_keys: backend,
         }
     }
 }
@@ -716,6 +769,30 @@ impl Stores {
             .is_denied("portcullis-readiness-probe", self.now())
             .await
             .map(|_| ())
+    }
+
+    /// Every rotated-in signing key.
+    pub async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        self.backends.signing_keys.signing_keys().await
+    }
+
+    /// Stores a rotated-in signing key (kid: 1..=128 URL-safe characters;
+    /// alg: a registered name; sealed: 1 byte..=16 KiB).
+    pub async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
+        input::kid(&key.kid)?;
+        if portcullis_core::Algorithm::from_name(&key.alg).is_none() {
+            return Err(StoreError::invalid("alg", "not a supported algorithm"));
+        }
+        if key.sealed.is_empty() || key.sealed.len() > portcullis_core::jose::seal::MAX_SEALED_LEN {
+            return Err(StoreError::invalid("sealed", "must be 1 byte to 16 KiB"));
+        }
+        self.backends.signing_keys.insert_signing_key(key).await
+    }
+
+    /// Deletes a rotated-in signing key; false when absent.
+    pub async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool> {
+        let kid = input::kid(kid)?;
+        self.backends.signing_keys.delete_signing_key(kid).await
     }
 
     /// Drops expired denylist entries (memory, SQL; Redis expires its own).

@@ -14,6 +14,9 @@
 //! - `P:ufam:<user>`: the user's families (disabling a user revokes them).
 //! - `P:sess:<sid>` and `P:usess:<user>` (the user's session ids).
 //! - `P:ak:<id>` and `P:ako:<owner>`; `P:app:<id>`.
+//! - `P:signing_keys`: rotated-in signing keys, a hash of kid → record JSON
+//!   (the private key sealed), never expiring (the key ring deletes
+//!   retired ones).
 //!
 //! Records expire with their tokens (refresh: a day after `expires_at`, so
 //! a late replay is still recognised as reuse; sessions: at expiry), and
@@ -29,7 +32,8 @@ pub use crate::redis_conn::RedisConnection;
 
 use super::{
     ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
-    RefreshStore, Session, SessionStore, StoreError, StoreResult, User, UserStore, Username,
+    RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreError,
+    StoreResult, User, UserStore, Username,
 };
 
 /// Rotation compare-and-set: KEYS old, new, family set; ARGV now, new hex,
@@ -1063,6 +1067,59 @@ impl AppStore for RedisStores {
                 ],
             )
             .await
+        })
+    }
+}
+
+impl SigningKeyStore for RedisStores {
+    fn insert_signing_key<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let created: bool = conn
+                .hset_nx(
+                    format!("{}:signing_keys", self.prefix),
+                    &key.kid,
+                    json(key)?,
+                )
+                .await
+                .map_err(err)?;
+            if created {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict("signing key"))
+            }
+        })
+    }
+
+    fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let all: HashMap<String, String> = conn
+                .hgetall(format!("{}:signing_keys", self.prefix))
+                .await
+                .map_err(err)?;
+            all.into_iter()
+                .map(|(kid, data)| {
+                    serde_json::from_str::<SigningKeyRecord>(&data)
+                        .ok()
+                        .filter(|r| r.kid == kid)
+                        .ok_or_else(|| StoreError::Corrupt(format!("signing key `{kid}`")))
+                })
+                .collect()
+        })
+    }
+
+    fn delete_signing_key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = conn
+                .hdel(format!("{}:signing_keys", self.prefix), kid)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
         })
     }
 }

@@ -324,8 +324,65 @@ macro_rules! sql_stores {
         };
         use $crate::stores::{
             ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
-            RefreshStore, Session, SessionStore, StoreResult, User, UserStore, Username,
+            RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreResult,
+            User, UserStore, Username,
         };
+
+        impl SigningKeyStore for $ty {
+            fn insert_signing_key<'a>(
+                &'a self,
+                k: &'a SigningKeyRecord,
+            ) -> BoxFuture<'a, StoreResult<()>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO signing_keys (kid, alg, sealed, created_at, activates_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&k.kid)
+                    .bind(&k.alg)
+                    .bind(&k.sealed)
+                    .bind(k.created_at)
+                    .bind(k.activates_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err("signing key"))?;
+                    Ok(())
+                })
+            }
+
+            fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
+                Box::pin(async move {
+                    let rows: Vec<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
+                        "SELECT kid, alg, sealed, created_at, activates_at FROM signing_keys \
+                         ORDER BY activates_at, kid LIMIT 1000",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(kid, alg, sealed, created_at, activates_at)| SigningKeyRecord {
+                            kid,
+                            alg,
+                            sealed,
+                            created_at,
+                            activates_at,
+                        })
+                        .collect())
+                })
+            }
+
+            fn delete_signing_key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    let r = sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+                        .bind(kid)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+        }
 
         impl UserStore for $ty {
             fn insert_user<'a>(&'a self, u: &'a User) -> BoxFuture<'a, StoreResult<()>> {

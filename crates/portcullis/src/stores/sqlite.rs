@@ -21,6 +21,11 @@ pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "lifecycle",
         include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
     ),
+    (
+        3,
+        "signing keys",
+        include_str!("../../migrations/sqlite/0003_signing_keys.sql"),
+    ),
 ]);
 
 /// All six stores in one SQLite database file.
