@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use portcullis::anomaly::AnomalyEngine;
 use portcullis::audit::{AuditQuery, AuditStore, AuditWriter, Cursor, LiveEvent};
+use portcullis::keyring::{KeyRing, RotateError};
 use portcullis::service::{BodyLimit, JsonBody, Problem};
 use portcullis::stores::{ApiKeyRecord, AppRecord, NewApiKey, NewUser, Session, Stores, User};
 use portcullis::{Guard, GuardConfig};
@@ -239,6 +240,18 @@ pub const ROUTES: &[AdminRoute] = &[
         permission: None,
         summary: "This document",
     },
+    route(
+        "GET",
+        "/admin/keys",
+        "admin.keys.read",
+        "The signing keys (public parts only) with their state and rotation schedule",
+    ),
+    route(
+        "POST",
+        "/admin/keys/rotate",
+        "admin.keys.write",
+        "Start a signing-key rotation: a new key is published now and signs after the propagation delay",
+    ),
 ];
 
 /// The token service's routes under its prefix, for the OpenAPI document.
@@ -324,6 +337,7 @@ struct AdminState {
     audit_store: Option<Arc<dyn AuditStore>>,
     /// How clients are grouped: bans are stored under a client group.
     client_ip: portcullis_core::ratelimit::ClientIpConfig,
+    keyring: Arc<KeyRing>,
     openapi: Arc<serde_json::Value>,
 }
 
@@ -347,6 +361,8 @@ pub struct AdminParts {
     pub client_ip: portcullis_core::ratelimit::ClientIpConfig,
     /// The token service's prefix, for the OpenAPI document.
     pub token_prefix: Option<String>,
+    /// The signing keys and their rotation.
+    pub keyring: Arc<KeyRing>,
 }
 
 /// The admin API: its guard (over the same stores, bans and audit log as
@@ -359,6 +375,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         audit_store,
         client_ip,
         token_prefix,
+        keyring,
     } = parts;
     let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
@@ -377,6 +394,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         audit,
         audit_store,
         client_ip,
+        keyring,
         openapi: Arc::new(openapi(token_prefix)),
     };
     let router = Router::new()
@@ -409,6 +427,8 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/anomalies", get(recent_anomalies))
         .route("/admin/audit", get(query_audit))
         .route("/admin/audit/stream", get(audit_stream))
+        .route("/admin/keys", get(list_keys))
+        .route("/admin/keys/rotate", post(rotate_keys))
         .route("/openapi.json", get(openapi_document))
         .with_state(state);
     Ok((guard, router))
@@ -494,6 +514,56 @@ async fn openapi_document(State(s): State<AdminState>) -> Response {
 /// a key or secret shown once).
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     portcullis::service::json_response(status, value)
+}
+
+// ------------------------------------------------------------------- keys
+
+/// `GET /admin/keys`: every key's state and times, and the rotation settings.
+async fn list_keys(State(s): State<AdminState>) -> Response {
+    json(StatusCode::OK, &s.keyring.status())
+}
+
+/// The body of `POST /admin/keys/rotate`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKeys {
+    /// The new key's algorithm (default: the active key's).
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+/// `POST /admin/keys/rotate`: 202 with the new key, which signs from its
+/// `activates_at`; 409 while an earlier rotation is pending.
+async fn rotate_keys(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<RotateKeys>,
+) -> Result<Response, Problem> {
+    let alg = match req.alg.as_deref() {
+        None => None,
+        Some(name) => Some(portcullis_core::Algorithm::from_name(name).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                portcullis::service::INVALID_INPUT,
+                format!("invalid alg: `{name}` is not a supported algorithm (RS256, PS256, ES256, ES384, EdDSA, HS256, …)"),
+            )
+        })?),
+    };
+    match s.keyring.rotate(alg).await {
+        Ok(key) => Ok(json(StatusCode::ACCEPTED, &key)),
+        Err(RotateError::Pending { kid, activates_at }) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "keys.rotation_pending",
+            format!(
+                "a rotation is already pending: key `{kid}` activates at {activates_at} (Unix seconds); rotate again after that"
+            ),
+        )),
+        Err(RotateError::Store(e)) => Err(e.into()),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            portcullis::service::INVALID_INPUT,
+            e.to_string(),
+        )),
+    }
 }
 
 // ------------------------------------------------------------------ users
@@ -1470,6 +1540,18 @@ mod tests {
             )
             .unwrap(),
         );
+        let mut configured = portcullis_core::KeySet::new();
+        configured
+            .insert(portcullis_core::Key::generate(portcullis_core::Algorithm::ES256).unwrap())
+            .unwrap();
+        let keyring = KeyRing::open(
+            configured,
+            Arc::clone(&stores),
+            &portcullis_core::SecretHasher::new(&[7; 32]).unwrap(),
+            portcullis::keyring::KeyRingConfig::new(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
         let (guard, _) = build(AdminParts {
             stores,
             anomaly: None,
@@ -1477,6 +1559,7 @@ mod tests {
             audit_store: None,
             client_ip: Default::default(),
             token_prefix: None,
+            keyring,
         })
         .unwrap();
         for r in ROUTES {

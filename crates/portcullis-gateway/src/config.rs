@@ -307,10 +307,52 @@ pub struct KeysConfig {
     /// it off, so every request's signature is checked.
     #[serde(default = "default_token_cache_entries")]
     pub token_cache_entries: u64,
+    /// Lifetime of the access tokens the token service issues (default
+    /// `15m`, 5s to 24h); a rotated-out key verifies this long (plus
+    /// leeway) after its successor activates.
+    #[serde(default = "default_access_ttl", deserialize_with = "duration")]
+    pub access_ttl: Duration,
+    /// `[keys.rotation]`: signing-key rotation through the admin API.
+    #[serde(default)]
+    pub rotation: RotationConfig,
 }
 
 fn default_token_cache_entries() -> u64 {
     10_000
+}
+fn default_access_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// `[keys.rotation]`: how rotated-in signing keys (`POST /admin/keys/rotate`,
+/// `portcullis keys rotate`) reach every replica before they sign.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RotationConfig {
+    /// Between publishing a new key (JWKS, every replica's verifier) and
+    /// signing with it (default `10m`, at least twice `poll_interval`):
+    /// longer than outside verifiers cache the JWKS (5 minutes).
+    #[serde(default = "default_propagation_delay", deserialize_with = "duration")]
+    pub propagation_delay: Duration,
+    /// How often each replica reads the stored keys (default `5s`, 100ms to 5m).
+    #[serde(default = "default_rotation_poll", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+fn default_propagation_delay() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_rotation_poll() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            propagation_delay: default_propagation_delay(),
+            poll_interval: default_rotation_poll(),
+        }
+    }
 }
 
 /// `[audit]`.
@@ -1426,6 +1468,25 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     }
     if let Err(message) = absolute_url(&config.keys.issuer) {
         err("keys.issuer".into(), message);
+    }
+    if !(Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&config.keys.access_ttl) {
+        err(
+            "keys.access_ttl".into(),
+            "must be between 5s and 24h".into(),
+        );
+    }
+    let rotation = &config.keys.rotation;
+    if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&rotation.poll_interval) {
+        err(
+            "keys.rotation.poll_interval".into(),
+            "must be between 100ms and 5m".into(),
+        );
+    }
+    if rotation.propagation_delay < 2 * rotation.poll_interval {
+        err(
+            "keys.rotation.propagation_delay".into(),
+            "must be at least twice keys.rotation.poll_interval: every replica must read a new key before any signs with it".into(),
+        );
     }
 
     let ids = config.identity.named();

@@ -21,6 +21,14 @@ use crate::serve::{ServeError, Shared};
 pub struct Engine {
     shared: Shared,
     guard: Guard,
+    /// Follows signing-key rotations into the guard and the token service.
+    keys: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.keys.abort();
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -53,7 +61,18 @@ impl Engine {
     pub async fn open(config: &Config) -> Result<Self, ServeError> {
         let shared = Shared::open(config).await?;
         let guard = crate::serve::build_guard(config, &shared, None)?;
-        Ok(Self { shared, guard })
+        let keys = {
+            let guard = guard.clone();
+            shared.follow_keys(move |keys| {
+                guard.replace_local_keys(keys);
+                std::future::ready(())
+            })
+        };
+        Ok(Self {
+            shared,
+            guard,
+            keys,
+        })
     }
 
     /// The guard: one decision per request.

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
     let result = match &args.command {
         Command::Keys(KeysCommand::Generate(a)) => cli::keys::generate(a),
         Command::Keys(KeysCommand::Jwks(a)) => cli::keys::jwks(a),
+        Command::Keys(KeysCommand::List(a)) => cli::remote::keys_list(a),
+        Command::Keys(KeysCommand::Rotate(a)) => cli::remote::keys_rotate(a),
         Command::Token(TokenCommand::Issue(a)) => cli::token::issue(a),
         Command::Token(TokenCommand::Inspect(a)) => cli::token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => cli::token::verify(a),

@@ -87,6 +87,24 @@ impl Reloader {
         }
     }
 
+    /// Rebuilds the request path of the running configuration over the
+    /// signing keys now in force (a step of a key rotation).
+    pub(crate) async fn rebuild_for_keys(&self) {
+        let current = self.current.lock().await;
+        let previous = self.live.load_full();
+        match build_app(&current, &self.shared, Some(&previous)) {
+            Ok(app) => self.live.store(Arc::new(app)),
+            Err(e) => {
+                // The running path keeps its internal-token signer; its
+                // guard at least verifies with the new set.
+                previous
+                    .guard
+                    .replace_local_keys(self.shared.keyring.keys());
+                tracing::error!(error = %e, "the request path could not be rebuilt with the new signing keys");
+            }
+        }
+    }
+
     /// Reads, validates and builds the file, then swaps it in; or keeps the
     /// running configuration and says why. Logged and counted either way.
     pub async fn reload(&self) -> Outcome {

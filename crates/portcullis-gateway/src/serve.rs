@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis::audit::AuditWriter;
 use portcullis::http::{GuardLayer, GuardService, PeerAddr};
+use portcullis::keyring::{KeyRing, KeyRingConfig};
 use portcullis::service::TokenService;
 use portcullis::stores::Stores;
 use portcullis::{Guard, GuardConfig};
@@ -66,7 +67,7 @@ pub(crate) struct App {
     token_service: Option<(String, axum::Router)>,
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
-    guard: Guard,
+    pub(crate) guard: Guard,
     max_body: u64,
     /// The gateway's public JWKS and where it is served.
     jwks: (String, Bytes),
@@ -76,7 +77,7 @@ pub(crate) struct App {
 struct Health {
     ready: AtomicBool,
     stores: Arc<Stores>,
-    keys: Arc<KeySet>,
+    keyring: Arc<KeyRing>,
     metrics: PrometheusHandle,
     reloader: Arc<Reloader>,
     /// The running app: its rate limiter's breaker is sampled at scrape.
@@ -154,9 +155,12 @@ fn runtime(workers: Option<usize>) -> tokio::runtime::Builder {
 pub(crate) struct Shared {
     /// Stores, Redis, bans and detectors, the audit writer.
     pub(crate) storage: crate::storage::Storage,
-    keys: Arc<KeySet>,
+    /// The signing keys in force (configured plus rotated in).
+    pub(crate) keyring: Arc<KeyRing>,
     issuer_config: IssuerConfig,
     pub(crate) token_service: Option<(String, axum::Router)>,
+    /// The token service itself, to hand it each rotated key set.
+    pub(crate) token_service_handle: Option<TokenService>,
     /// Signed-request nonces: outlive reloads, so a reload never forgets
     /// which nonces were spent.
     nonces: Arc<dyn NonceStore>,
@@ -169,12 +173,21 @@ impl Shared {
         let hasher = storage.hasher.clone();
 
         // Keys and the local issuer.
-        let keys = Arc::new(
+        let configured =
             crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
-                .map_err(|e| start("keys.dir")(e.to_string()))?,
-        );
+                .map_err(|e| start("keys.dir")(e.to_string()))?;
+        let keyring = KeyRing::open(
+            configured,
+            Arc::clone(&storage.stores),
+            &hasher,
+            keyring_config(config),
+        )
+        .await
+        .map_err(|e| start("keys.rotation")(e.to_string()))?;
+        let keys = keyring.keys();
         let mut issuer_config = IssuerConfig::new(config.keys.issuer.clone());
         issuer_config.audience.clone_from(&config.keys.audience);
+        issuer_config.access_ttl = config.keys.access_ttl;
 
         // The token service.
         let token_service = if config.token_service.enabled {
@@ -201,20 +214,79 @@ impl Shared {
                 .map_err(|e| start("token_service")(e.to_string()))?;
             let prefix = config.token_service.prefix.clone();
             Some((
-                prefix.clone(),
-                axum::Router::new().nest(&prefix, service.router()),
+                (
+                    prefix.clone(),
+                    axum::Router::new().nest(&prefix, service.router()),
+                ),
+                service,
             ))
         } else {
             None
         };
+        let (token_service, token_service_handle) = token_service.unzip();
         let nonces = storage.nonce_store();
         Ok(Self {
             nonces,
             storage,
-            keys,
+            keyring,
             issuer_config,
             token_service,
+            token_service_handle,
         })
+    }
+}
+
+/// How the key ring of `config` rotates: a rotated-out key verifies for the
+/// longest lifetime of a token it signed (access token, or internal token
+/// when an upstream gets one), plus the verifier's leeway and one poll of a
+/// slow replica.
+fn keyring_config(config: &Config) -> KeyRingConfig {
+    let it = &config.internal_token;
+    let internal = if config.upstreams.iter().any(|u| u.sends_internal_token(it)) {
+        it.ttl
+    } else {
+        Duration::ZERO
+    };
+    let longest = config.keys.access_ttl.max(internal);
+    let rotation = &config.keys.rotation;
+    let mut ring = KeyRingConfig::new(longest + Validation::new().leeway + rotation.poll_interval);
+    ring.propagation_delay = rotation.propagation_delay;
+    ring.poll_interval = rotation.poll_interval;
+    ring
+}
+
+impl Shared {
+    /// Follows the key ring: each new key set goes to the token service
+    /// (issuer, verifier, JWKS) and to `on_change` (the gateway rebuilds its
+    /// request path; the in-process engine swaps its guard's keys). Runs
+    /// until aborted.
+    pub(crate) fn follow_keys<F, Fut>(&self, on_change: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<KeySet>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let ring = self.keyring.spawn();
+        let mut changes = self.keyring.subscribe();
+        let service = self.token_service_handle.clone();
+        tokio::spawn(async move {
+            let _ring = AbortOnDrop(ring);
+            while changes.changed().await.is_ok() {
+                let keys = Arc::clone(&changes.borrow_and_update());
+                if let Some(service) = &service {
+                    service.replace_keys(Arc::clone(&keys));
+                }
+                on_change(keys).await;
+            }
+        })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -229,7 +301,7 @@ pub(crate) fn build_guard(
     previous: Option<&App>,
 ) -> Result<Guard, ServeError> {
     let verifier = Verifier::new(
-        Arc::clone(&shared.keys),
+        shared.keyring.keys(),
         Validation::for_local_issuer(&shared.issuer_config),
     );
     let guard_config: GuardConfig = config.guard.clone();
@@ -270,7 +342,7 @@ pub(crate) fn build_app(
 ) -> Result<App, ServeError> {
     let guard = build_guard(config, shared, previous)?;
 
-    let outbound = crate::identity::Outbound::new(config, Arc::clone(&shared.keys))
+    let outbound = crate::identity::Outbound::new(config, shared.keyring.keys())
         .map_err(|e| start("internal_token")(e.to_string()))?;
     let jwks = (outbound.jwks_path().to_owned(), outbound.jwks());
     let proxy = Proxy::new(config, outbound).map_err(|e| start("upstreams")(e.to_string()))?;
@@ -366,10 +438,19 @@ pub async fn serve_until(
         Arc::clone(&shared),
         Arc::clone(&live),
     ));
+    // Each step of a signing-key rotation rebuilds the request path over
+    // the new key set (guard verifier, internal-token signer, JWKS).
+    let key_follower = {
+        let reloader = Arc::clone(&reloader);
+        shared.follow_keys(move |_| {
+            let reloader = Arc::clone(&reloader);
+            async move { reloader.rebuild_for_keys().await }
+        })
+    };
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
         stores: Arc::clone(&shared.storage.stores),
-        keys: Arc::clone(&shared.keys),
+        keyring: Arc::clone(&shared.keyring),
         metrics,
         reloader: Arc::clone(&reloader),
         live: Arc::clone(&live),
@@ -383,6 +464,7 @@ pub async fn serve_until(
                 audit_store: shared.storage.audit_store.clone(),
                 client_ip: config.guard.client_ip.clone(),
                 token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
+                keyring: Arc::clone(&shared.keyring),
             })
             .map_err(start("admin"))?;
             GuardLayer::new(guard).layer(router)
@@ -501,6 +583,7 @@ pub async fn serve_until(
     }
     ops_during_drain.abort();
     sighup.abort();
+    key_follower.abort();
     drop(health);
     drop(reloader);
     drop(live);
@@ -735,7 +818,7 @@ impl Health {
                 serde_json::json!({"status": "shutting down"}),
             );
         }
-        let keys = self.keys.active().is_some();
+        let keys = self.keyring.keys().active().is_some();
         let storage = tokio::time::timeout(Duration::from_secs(2), self.stores.probe_denylist())
             .await
             .is_ok_and(|r| r.is_ok());

@@ -126,6 +126,11 @@ pub enum KeysCommand {
     Generate(keys::GenerateArgs),
     /// Print the public JWKS of the keys in DIR (never private or symmetric material).
     Jwks(keys::JwksArgs),
+    /// A running gateway's signing keys: state, activation and retirement (admin API).
+    List(remote::KeysList),
+    /// Start a signing-key rotation on a running gateway: the new key is published now
+    /// and signs after keys.rotation.propagation_delay (admin API).
+    Rotate(remote::KeysRotate),
 }
 
 /// `portcullis token ...`

@@ -743,3 +743,63 @@ pub fn apps(cmd: &AppsCommand) -> Result<(), CliError> {
         }
     }
 }
+
+// ------------------------------------------------------------------- keys
+
+/// `keys list`.
+#[derive(Debug, Args)]
+pub struct KeysList {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `keys rotate`.
+#[derive(Debug, Args)]
+pub struct KeysRotate {
+    /// The new key's algorithm [default: the active key's].
+    #[arg(long, value_name = "ALG")]
+    pub alg: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+const SIGNING_KEY_COLUMNS: &[&str] = &[
+    "kid",
+    "alg",
+    "state",
+    "source",
+    "created_at",
+    "activates_at",
+    "retires_at",
+];
+
+/// `keys list`: every key of the running gateway with its schedule.
+pub fn keys_list(a: &KeysList) -> Result<(), CliError> {
+    let v = a.target.call("GET", "/admin/keys", None)?;
+    let rows = v["keys"].as_array().cloned().unwrap_or_default();
+    show(a.target.format, &v, &rows, SIGNING_KEY_COLUMNS)
+}
+
+/// `keys rotate`: starts a rotation and says when the new key signs.
+pub fn keys_rotate(a: &KeysRotate) -> Result<(), CliError> {
+    let body = match &a.alg {
+        Some(alg) => json!({ "alg": alg }),
+        None => json!({}),
+    };
+    let v = a
+        .target
+        .call("POST", "/admin/keys/rotate", Some(Body::Json(body)))?;
+    if a.target.format == Format::Table {
+        eprintln!(
+            "key {} published now on every replica; it signs from {} (Unix seconds), and the old key verifies until its tokens expire",
+            v["kid"].as_str().unwrap_or("?"),
+            v["activates_at"]
+        );
+    }
+    show(
+        a.target.format,
+        &v,
+        std::slice::from_ref(&v),
+        SIGNING_KEY_COLUMNS,
+    )
+}
