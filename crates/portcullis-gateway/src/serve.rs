@@ -313,7 +313,9 @@ pub(crate) fn build_guard(
                 ..portcullis::TokenCacheConfig::default()
             },
         )
-        .stores(Arc::clone(&shared.storage.stores));
+        .stores(Arc::clone(&shared.storage.stores))
+        // Admin keys work on the ops listener only.
+        .refuse_api_key_owners(crate::admin::ADMIN_OWNER_PREFIX);
     if let Some(limiter) = shared.storage.rate_limiter() {
         // Rate-limit counters shared by every replica.
         builder = builder.rate_limiter(limiter);

@@ -171,6 +171,8 @@ struct Inner {
     redactor: Arc<Redactor>,
     clock: Arc<dyn Clock>,
     max_signed_body: usize,
+    /// API keys whose owner starts with one of these are refused here.
+    refused_key_owners: Vec<Box<str>>,
 }
 
 /// Decides requests; cheap to clone and share.
@@ -208,6 +210,7 @@ pub struct GuardBuilder {
     policies: Vec<(String, Box<dyn PolicyObject>)>,
     redactor: Redactor,
     clock: Arc<dyn Clock>,
+    refused_key_owners: Vec<Box<str>>,
 }
 
 impl std::fmt::Debug for GuardBuilder {
@@ -255,6 +258,15 @@ impl GuardBuilder {
     #[must_use]
     pub fn local_keys_cached(mut self, verifier: Verifier, cache: TokenCacheConfig) -> Self {
         self.local = Some((verifier, cache));
+        self
+    }
+
+    /// Refuses API keys whose owner starts with `prefix` (`auth.invalid_api_key`),
+    /// e.g. `admin:` on a public listener, so an operator's key is only
+    /// ever accepted where it is meant to be.
+    #[must_use]
+    pub fn refuse_api_key_owners(mut self, prefix: impl Into<String>) -> Self {
+        self.refused_key_owners.push(prefix.into().into_boxed_str());
         self
     }
 
@@ -569,6 +581,7 @@ impl GuardBuilder {
                 redactor: Arc::new(self.redactor),
                 clock: self.clock,
                 max_signed_body: config.max_signed_body_bytes,
+                refused_key_owners: self.refused_key_owners,
             }),
         })
     }
@@ -608,6 +621,7 @@ impl Guard {
             previous_limiter: None,
             anomaly: None,
             audit: None,
+            refused_key_owners: Vec::new(),
             policies: Vec::new(),
             redactor: Redactor::default(),
             clock: Arc::new(SystemClock),
@@ -1230,6 +1244,20 @@ impl Guard {
                         ),
                         Some(record.id.clone()),
                     )),
+                    Ok((record, false))
+                        if inner
+                            .refused_key_owners
+                            .iter()
+                            .any(|prefix| record.owner.starts_with(&**prefix)) =>
+                    {
+                        Err((
+                            self.auth_refusal(
+                                ErrorCode::InvalidApiKey,
+                                "this API key is not accepted here (an admin key works only on the admin listener)",
+                            ),
+                            Some(record.id.clone()),
+                        ))
+                    }
                     Ok((record, false)) => {
                         let mut p = Principal::new(record.owner.clone(), AuthMethod::ApiKey);
                         p.roles.clone_from(&record.roles);
