@@ -39,6 +39,11 @@ const REALM: &str = "portcullis-admin";
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Longest an admin call may wait on the stores (a store that does not
+/// answer in time is down: 503 `backend.unavailable`, never a hung call).
+/// The live stream has no deadline; an import applies it to each user.
+const STORE_BUDGET: Duration = Duration::from_secs(10);
+
 /// Default and largest page of `GET /admin/users`.
 const DEFAULT_PAGE: usize = 50;
 
@@ -430,8 +435,34 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/keys", get(list_keys))
         .route("/admin/keys/rotate", post(rotate_keys))
         .route("/openapi.json", get(openapi_document))
+        .layer(axum::middleware::from_fn(within_store_budget))
         .with_state(state);
     Ok((guard, router))
+}
+
+/// Answers 503 `backend.unavailable` when a call takes longer than
+/// [`STORE_BUDGET`] (a hung database); the live stream and the import
+/// (which budgets each user) are exempt.
+async fn within_store_budget(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/admin/audit/stream" || path == "/admin/users/import" {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(STORE_BUDGET, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend.unavailable",
+            format!(
+                "the stores did not answer within {} s; check that the database is up",
+                STORE_BUDGET.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// The `{name}` segments of `path` as OpenAPI path parameters.
@@ -771,12 +802,25 @@ async fn import_users(
     for (line, raw) in lines {
         let outcome = match serde_json::from_str::<CreateUser>(raw) {
             Err(e) => Err(("request.invalid_body", e.to_string())),
-            Ok(u) => state
-                .stores
-                .create_user(&u.new_user(None))
-                .await
-                .map(|_| ())
-                .map_err(|e| (e.code(), e.to_string())),
+            Ok(u) => match portcullis::stores::hook::within_budget(
+                STORE_BUDGET,
+                state.stores.create_user(&u.new_user(None)),
+            )
+            .await
+            {
+                Ok(_) => Ok(()),
+                // A store that is down stops the import where it is.
+                Err(e @ portcullis::stores::StoreError::Unavailable(_)) => {
+                    return Err(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "backend.unavailable",
+                        format!(
+                            "{e}; {created} users were imported, nothing from line {line} on: import the rest again"
+                        ),
+                    ));
+                }
+                Err(e) => Err((e.code(), e.to_string())),
+            },
         };
         match outcome {
             Ok(()) => created += 1,

@@ -303,6 +303,13 @@ async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
     .await;
     assert_ne!(r.status, StatusCode::OK);
     assert!(r.json().get("users").is_none(), "{}", r.body);
+    // Nor does an admin key open the public routes: on a route that takes
+    // API keys it is refused like an unknown key (a user's key is accepted).
+    let r = admin.public_get("/api/x", &admin.key).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(r.code().as_deref(), Some("auth.invalid_api_key"));
+    let r = admin.public_get("/api/x", &user_key).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
     // Every admin call is audited, refused ones included.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -314,6 +321,177 @@ async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Every admin route, on `admin`'s backend: no key → 401, a key without
+/// the route's permission → 403, the admin key on the public listener →
+/// never served, the admin key on the ops listener → past the guard.
+async fn sweep_every_route(admin: &Admin) {
+    let other = bootstrap(
+        &admin.config,
+        &["--name", "sweeper", "--permission", "admin.nothing.read"],
+    );
+    for r in portcullis_gateway::admin::ROUTES {
+        let Some(permission) = r.permission else {
+            continue;
+        };
+        let path = r
+            .path
+            .replace("{id}", "some-id")
+            .replace("{target}", "ip:10.0.0.9");
+        let body = (r.method != "GET" && r.method != "DELETE").then(|| json!({}));
+        let what = format!("{} {path}", r.method);
+        let none = send(
+            &admin.client,
+            request(admin.gateway.ops, r.method, &path, None, body.clone()),
+        )
+        .await;
+        assert_eq!(
+            none.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            none.body
+        );
+        let wrong = send(
+            &admin.client,
+            request(
+                admin.gateway.ops,
+                r.method,
+                &path,
+                Some(&other),
+                body.clone(),
+            ),
+        )
+        .await;
+        assert_eq!(
+            wrong.status,
+            StatusCode::FORBIDDEN,
+            "{what} without {permission}"
+        );
+        let public = send(
+            &admin.client,
+            request(
+                admin.gateway.public,
+                r.method,
+                &path,
+                Some(&admin.key),
+                body.clone(),
+            ),
+        )
+        .await;
+        assert!(
+            public.status.is_client_error(),
+            "{what} on the public listener: {}",
+            public.status
+        );
+        if path.ends_with("/stream") {
+            continue;
+        }
+        let ok = send(
+            &admin.client,
+            request(admin.gateway.ops, r.method, &path, Some(&admin.key), body),
+        )
+        .await;
+        assert!(
+            ok.status != StatusCode::UNAUTHORIZED && ok.status != StatusCode::FORBIDDEN,
+            "{what} with the admin key: {} {}",
+            ok.status,
+            ok.body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_guarded_on_sqlite() {
+    let admin = start().await;
+    sweep_every_route(&admin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_guarded_on_postgres_and_redis() {
+    let Some(db) = support::FreshDatabase::create("admin_sweep").await else {
+        return;
+    };
+    let Some(redis) = support::redis_url() else {
+        return;
+    };
+    let prefix = support::RedisPrefix {
+        urls: vec![redis.clone()],
+        prefix: support::unique_name("pcx-admin-sweep"),
+    };
+    let dir = TempDir::new("admin-sweep");
+    let (keys, pepper) = keys_and_pepper(&dir);
+    let storage = format!(
+        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
+        db.url,
+        pepper.display(),
+        prefix.prefix
+    );
+    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
+    let admin = replicas.remove(0);
+    sweep_every_route(&admin).await;
+    drop(admin);
+    drop(prefix);
+    drop(db);
+}
+
+/// A hung database (SIGSTOP) never hangs an admin call: each answers
+/// 503 `backend.unavailable` within the store budget, and the API works
+/// again once the database does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_gets_503_not_a_hung_admin_call() {
+    let dir = TempDir::new("admin-hung");
+    let Some(pg) = support::OwnPostgres::start(dir.join("pg")) else {
+        return;
+    };
+    let (keys, pepper) = keys_and_pepper(&dir);
+    let storage = format!(
+        "url = \"{}\"\npepper_file = \"{}\"\n",
+        pg.url(),
+        pepper.display()
+    );
+    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
+    let admin = replicas.remove(0);
+    let id = admin.create_user("hung", &[]).await;
+
+    pg.pause();
+    for path in [
+        "/admin/users?search=h".to_owned(),
+        format!("/admin/users/{id}"),
+    ] {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), admin.call("GET", &path, None))
+            .await
+            .expect("an admin call never hangs on a hung database");
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            r.body
+        );
+        assert_eq!(r.code().as_deref(), Some("backend.unavailable"));
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = admin.call("GET", &format!("/admin/users/{id}"), None).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "back after the database: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(admin);
+    drop(pg);
 }
 
 /// Audit events of one admin route, counted with sqlx (the audit database

@@ -578,6 +578,49 @@ impl OwnPostgres {
         );
     }
 
+    /// The postmaster and every backend process (children of the postmaster).
+    fn processes(&self) -> Vec<i32> {
+        let pid_file = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Hangs the server (SIGSTOP to the postmaster and its backends):
+    /// connections stay open and nothing answers.
+    pub fn pause(&self) {
+        for pid in self.processes() {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Undoes [`Self::pause`].
+    pub fn resume(&self) {
+        for pid in self.processes() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Starts it again on the same port and data.
     pub fn restart(&self) {
         let out = self.run("start");
