@@ -120,12 +120,23 @@ impl Drop for TempDir {
 }
 
 /// A free loopback port (bound, then released).
+/// A loopback port nothing listens on now, never one this process handed
+/// out before (the system may offer a released port again before the
+/// server it was meant for has bound it).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process in its own process group, its output in a log file;

@@ -223,9 +223,20 @@ impl Drop for TempDir {
     }
 }
 
+/// A loopback port nothing listens on now, never one this process handed
+/// out before (the system may offer a released port again before the
+/// gateway it was meant for has bound it).
 pub fn free_port() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 pub fn portcullis(args: &[&str]) -> std::process::Output {
