@@ -87,6 +87,8 @@ struct Health {
     redis: bool,
     /// The admin API (`/admin/…`, `/openapi.json`) behind its own guard.
     admin: GuardService<axum::Router>,
+    /// The operator console (`/console`), over the admin API.
+    console: crate::console::Console,
 }
 
 /// Gauge: events waiting in the audit queue, sampled at each scrape.
@@ -366,6 +368,23 @@ pub async fn serve_until(
         Arc::clone(&shared),
         Arc::clone(&live),
     ));
+    let admin = {
+        let (guard, router) = crate::admin::build(crate::admin::AdminParts {
+            stores: Arc::clone(&shared.storage.stores),
+            anomaly: shared.storage.anomaly.clone(),
+            audit: shared.storage.audit.clone(),
+            audit_store: shared.storage.audit_store.clone(),
+            client_ip: config.guard.client_ip.clone(),
+            token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
+        })
+        .map_err(start("admin"))?;
+        GuardLayer::new(guard).layer(router)
+    };
+    let console = crate::console::Console::new(
+        admin.clone(),
+        Arc::clone(&shared.storage.stores),
+        Arc::clone(&reloader),
+    );
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
         stores: Arc::clone(&shared.storage.stores),
@@ -375,18 +394,8 @@ pub async fn serve_until(
         live: Arc::clone(&live),
         audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
-        admin: {
-            let (guard, router) = crate::admin::build(crate::admin::AdminParts {
-                stores: Arc::clone(&shared.storage.stores),
-                anomaly: shared.storage.anomaly.clone(),
-                audit: shared.storage.audit.clone(),
-                audit_store: shared.storage.audit_store.clone(),
-                client_ip: config.guard.client_ip.clone(),
-                token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
-            })
-            .map_err(start("admin"))?;
-            GuardLayer::new(guard).layer(router)
-        },
+        admin,
+        console,
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -673,6 +682,9 @@ impl App {
 impl Health {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let path = req.uri().path();
+        if crate::console::owns(path) {
+            return self.console.handle(req, peer).await;
+        }
         if path.starts_with("/admin/") || path == "/openapi.json" {
             req.extensions_mut().insert(PeerAddr(peer));
             let mut admin = self.admin.clone();
