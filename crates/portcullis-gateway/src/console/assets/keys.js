@@ -37,6 +37,17 @@ function timeline(data) {
   return root;
 }
 
+/** Whether the admin API documents `path` (older gateways have no key API). */
+async function served(path) {
+  try {
+    const r = await fetch('/openapi.json', { credentials: 'omit', cache: 'no-store' });
+    const doc = await r.json();
+    return Object.prototype.hasOwnProperty.call(doc.paths || {}, path);
+  } catch {
+    return true;
+  }
+}
+
 export function mount(root) {
   const box = h('div', { id: 'keys-box' }, h('p', { class: 'muted' }, 'Loading…'));
   const result = h('div', { id: 'rotate-result', role: 'status' });
@@ -78,7 +89,7 @@ export function mount(root) {
         ], d.keys, { empty: 'No keys.', class: 'keys' }));
     } catch (err) {
       rotate.disabled = true;
-      if (err.status === 404) {
+      if (err.status === 404 || (err.status === 403 && !(await served('/admin/keys')))) {
         clear(box).append(h('p', { class: 'notice', id: 'keys-unavailable' },
           'This gateway has no key rotation API yet (GET /admin/keys is not served). ',
           'Keys are read from keys.dir; rotate them with the command line.'));
