@@ -1,7 +1,7 @@
 // Audit: the query filters as a form, keyset paging, every field of an event.
 
 import { admin, qs } from './api.js';
-import { h, clear, card, table, field, fmtUs, dialog, pill } from './ui.js';
+import { h, clear, fill, card, table, field, fmtUs, dialog, pill } from './ui.js';
 import { classify } from './live.js';
 
 function rfc3339(local) {
@@ -51,7 +51,7 @@ export function mount(root) {
     const cursor = cursors[cursors.length - 1];
     try {
       const r = await admin('GET', '/audit' + qs(params(cursor)));
-      clear(results).append(table([
+      fill(results, table([
         { label: 'Time', get: (e) => fmtUs(e.ts_us) },
         { label: 'Kind', get: (e) => e.kind },
         { label: 'Request', get: (e) => `${e.method || ''} ${e.path || ''}`.trim() || '—' },
@@ -60,12 +60,12 @@ export function mount(root) {
         { label: 'Code', get: (e) => e.code || '—' },
         { label: 'Status', class: 'num', get: (e) => e.status ?? '—' },
       ], r.events, { empty: 'No events match.', onRow: show, class: 'audit' }));
-      clear(pager).append(
+      fill(pager, 
         h('span', { class: 'muted' }, `Page ${cursors.length}`),
         cursors.length > 1 ? h('button', { type: 'button', onclick: () => { cursors.pop(); load(); } }, 'Previous page') : null,
         r.next ? h('button', { type: 'button', id: 'audit-next', onclick: () => { cursors.push(r.next); load(); } }, 'Next page') : null);
     } catch (err) {
-      clear(results).append(h('p', { class: 'error' }, err.message));
+      fill(results, h('p', { class: 'error' }, err.message));
     }
   }
 

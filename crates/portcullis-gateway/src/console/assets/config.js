@@ -2,7 +2,7 @@
 // the last reload's result.
 
 import { call } from './api.js';
-import { h, clear, card, fmtTime, pill } from './ui.js';
+import { h, clear, fill, card, fmtTime, pill } from './ui.js';
 
 function toml(value, path, out) {
   // Renders the JSON form of the TOML back as TOML-like text.
@@ -33,7 +33,7 @@ export function mount(root) {
     try {
       const c = await call('GET', '/console/api/config');
       const last = c.last_reload;
-      clear(box).append(
+      fill(box, 
         card('Status',
           h('dl', { class: 'facts' },
             h('dt', {}, 'file'), h('dd', {}, h('code', {}, c.file)),
@@ -50,7 +50,7 @@ export function mount(root) {
           c.config ? h('pre', { class: 'config', tabindex: '0', id: 'config-text' }, toml(c.config, '', []).join('\n').trim())
             : h('p', { class: 'error' }, 'The file could not be read or parsed.')));
     } catch (err) {
-      clear(box).append(h('p', { class: 'error' }, err.message));
+      fill(box, h('p', { class: 'error' }, err.message));
     }
   })();
 }

@@ -2,7 +2,7 @@
 // and rotation with one confirmation (GET /admin/keys, POST /admin/keys/rotate).
 
 import { admin } from './api.js';
-import { h, svg, clear, card, table, fmtTime, toast, showError, confirmAction, pill } from './ui.js';
+import { h, svg, clear, fill, card, table, fmtTime, toast, showError, confirmAction, pill } from './ui.js';
 
 const STATE_KIND = { active: 'allowed', published: 'dryrun', retiring: 'limited' };
 
@@ -57,11 +57,11 @@ export function mount(root) {
       'A new key is published now and becomes active after the propagation delay; the current one retires then. Rotate?', 'Rotate'))) return;
     try {
       const r = await admin('POST', '/keys/rotate', {});
-      clear(result).append(h('p', { class: 'ok' }, `New key ${r.kid} (${r.alg}) published; active from ${fmtTime(r.activates_at)}.`));
+      fill(result, h('p', { class: 'ok' }, `New key ${r.kid} (${r.alg}) published; active from ${fmtTime(r.activates_at)}.`));
       toast(`Key ${r.kid} published.`, 'ok');
       load();
     } catch (err) {
-      if (err.status === 409) clear(result).append(h('p', { class: 'error' }, 'A rotation is already pending: ' + err.message));
+      if (err.status === 409) fill(result, h('p', { class: 'error' }, 'A rotation is already pending: ' + err.message));
       else showError(err, result);
     }
   });
@@ -71,7 +71,7 @@ export function mount(root) {
     try {
       const d = await admin('GET', '/keys');
       rotate.disabled = false;
-      clear(box).append(
+      fill(box, 
         h('p', {}, `Propagation delay: ${d.propagation_delay_secs} s. Next transition: ${fmtTime(d.next_transition_at)}.`),
         timeline(d),
         h('ul', { class: 'legend' },
@@ -90,11 +90,11 @@ export function mount(root) {
     } catch (err) {
       rotate.disabled = true;
       if (err.status === 404 || (err.status === 403 && !(await served('/admin/keys')))) {
-        clear(box).append(h('p', { class: 'notice', id: 'keys-unavailable' },
+        fill(box, h('p', { class: 'notice', id: 'keys-unavailable' },
           'This gateway has no key rotation API yet (GET /admin/keys is not served). ',
           'Keys are read from keys.dir; rotate them with the command line.'));
       } else {
-        clear(box).append(h('p', { class: 'error' }, err.message));
+        fill(box, h('p', { class: 'error' }, err.message));
       }
     }
   }

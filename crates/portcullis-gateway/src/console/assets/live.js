@@ -2,7 +2,7 @@
 // EventSource on the admin API's /admin/audit/stream (through the
 // console), per-second counts for the last hour, the latest decisions.
 
-import { h, svg, clear, fmtUs, pill, table } from './ui.js';
+import { h, svg, clear, fill, fmtUs, pill, table } from './ui.js';
 
 const HOUR = 3600;
 const KEEP = 1000; // latest decisions kept in memory
@@ -162,7 +162,7 @@ export function mount(root) {
       if (!q) return true;
       return [e.route, e.path, e.subject, e.client_ip, e.code, e.method, e.kind].some((v) => v && String(v).toLowerCase().includes(q));
     }).slice(0, 100);
-    clear(tableBox).append(table([
+    fill(tableBox, table([
       { label: 'Time', get: (e) => fmtUs(e.ts_us) },
       { label: 'Route', get: (e) => `${e.method || ''} ${e.path || e.route || e.kind}` },
       { label: 'Subject or IP', get: (e) => e.subject || e.client_ip || '—' },
@@ -176,7 +176,7 @@ export function mount(root) {
     status.textContent = state + (paused ? ' (table paused)' : '') + (skipped ? ` — ${skipped} skipped (too fast to show)` : '');
     const five = series(300, 1);
     const hour = series(HOUR, 10);
-    clear(charts).append(
+    fill(charts, 
       h('figure', {}, h('figcaption', {}, 'Last 5 minutes (requests per second)'), chart(five, 'Requests per second, last 5 minutes'), legend(five)),
       h('figure', {}, h('figcaption', {}, 'Last 60 minutes (10 s averages)'), chart(hour, 'Requests per second, last 60 minutes')));
     if (!paused) drawTable();

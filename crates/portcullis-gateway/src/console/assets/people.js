@@ -2,7 +2,7 @@
 // disable / enable, revoke, create a key (shown once), rotate a secret.
 
 import { admin, qs } from './api.js';
-import { h, clear, card, table, field, fmtTime, toast, showError, confirmAction, secretBox, pill, list } from './ui.js';
+import { h, clear, fill, card, table, field, fmtTime, toast, showError, confirmAction, secretBox, pill, list } from './ui.js';
 
 const splitList = (s) => s.split(',').map((x) => x.trim()).filter(Boolean);
 
@@ -50,18 +50,18 @@ export function mount(root) {
     try {
       const r = await admin('GET', '/users' + qs({ search: search.value.trim(), after, limit: 50 }));
       const next = r.next;
-      clear(results).append(table([
+      fill(results, table([
         { label: 'Username', get: (u) => h('button', { type: 'button', class: 'link', onclick: () => showUser(u.id) }, u.username) },
         { label: 'Roles', get: (u) => list(u.roles) },
         { label: 'State', get: (u) => (u.disabled ? pill('disabled', 'refused') : pill('active', 'allowed')) },
         { label: 'Created', get: (u) => fmtTime(u.created_at) },
       ], r.users, { empty: 'No users match.' }),
       next ? h('button', { type: 'button', onclick: () => { after = next; loadUsers(); } }, 'Next page') : null);
-    } catch (err) { clear(results).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(results, h('p', { class: 'error' }, err.message)); }
   }
 
   async function showUser(id) {
-    clear(detail).append(h('p', { class: 'muted' }, 'Loading…'));
+    fill(detail, h('p', { class: 'muted' }, 'Loading…'));
     try {
       const u = await admin('GET', '/users/' + encodeURIComponent(id));
       const sessions = h('div', {});
@@ -74,7 +74,7 @@ export function mount(root) {
           try { await admin('POST', `/users/${encodeURIComponent(id)}/${verb}`); toast(`${u.username}: ${verb}d.`, 'ok'); showUser(id); loadUsers(); } catch (err) { showError(err); }
         },
       }, u.disabled ? 'Enable' : 'Disable');
-      clear(detail).append(h('div', { class: 'detail' },
+      fill(detail, h('div', { class: 'detail' },
         h('h3', {}, u.username, ' ', u.disabled ? pill('disabled', 'refused') : pill('active', 'allowed')),
         h('dl', { class: 'facts' },
           h('dt', {}, 'id'), h('dd', {}, h('code', {}, u.id)),
@@ -87,14 +87,14 @@ export function mount(root) {
         h('h4', {}, 'API keys'), keys));
       showSessions(sessions, id);
       showKeys(keys, id);
-    } catch (err) { clear(detail).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(detail, h('p', { class: 'error' }, err.message)); }
   }
 
   async function showSessions(box, userId) {
     try {
       const r = await admin('GET', `/users/${encodeURIComponent(userId)}/sessions`);
       const live = r.sessions.filter((s) => !s.revoked_at);
-      clear(box).append(table([
+      fill(box, table([
         { label: 'Session', get: (s) => h('code', {}, s.id) },
         { label: 'Client', get: (s) => `${s.client_ip || '—'} ${s.user_agent ? '· ' + s.user_agent.slice(0, 40) : ''}` },
         { label: 'Last seen', get: (s) => fmtTime(s.last_seen_at) },
@@ -107,7 +107,7 @@ export function mount(root) {
         if (!(await confirmAction('Revoke all sessions', 'Revoke every session and refresh token of this user?', 'Revoke all'))) return;
         try { const c = await admin('DELETE', `/users/${encodeURIComponent(userId)}/sessions`); toast(`Revoked ${c.sessions} sessions.`, 'ok'); showSessions(box, userId); } catch (err) { showError(err); }
       } }, 'Revoke all sessions') : null);
-    } catch (err) { clear(box).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(box, h('p', { class: 'error' }, err.message)); }
   }
 
   async function showKeys(box, ownerId) {
@@ -126,15 +126,15 @@ export function mount(root) {
         const r = await admin('POST', `/users/${encodeURIComponent(ownerId)}/api-keys`, body);
         await render();
         created.dataset.keyId = r.api_key.id;
-        clear(created).append(secretBox(`API key ${r.api_key.id}`, r.key));
+        fill(created, secretBox(`API key ${r.api_key.id}`, r.key));
       } catch (err) { showError(err); }
     });
     const listBox = h('div', {});
-    clear(box).append(listBox, form, created);
+    fill(box, listBox, form, created);
     async function render() {
       try {
         const r = await admin('GET', `/users/${encodeURIComponent(ownerId)}/api-keys`);
-        clear(listBox).append(table([
+        fill(listBox, table([
           { label: 'Key id', get: (k) => h('code', {}, k.id) },
           { label: 'Name', get: (k) => k.name },
           { label: 'Permissions', get: (k) => list(k.permissions) },
@@ -146,7 +146,7 @@ export function mount(root) {
             try { await admin('DELETE', '/api-keys/' + encodeURIComponent(k.id)); toast(`Key ${k.id} revoked.`, 'ok'); render(); } catch (err) { showError(err); }
           } }, 'Revoke')) },
         ], r.api_keys, { empty: 'No API keys.', class: 'api-keys' }));
-      } catch (err) { clear(listBox).append(h('p', { class: 'error' }, err.message)); }
+      } catch (err) { fill(listBox, h('p', { class: 'error' }, err.message)); }
     }
     await render();
   }
@@ -163,18 +163,18 @@ export function mount(root) {
         if (!(await confirmAction('Rotate app secret', `Rotate the secret of ${a.name}? The old one keeps working for ${grace.value} s.`, 'Rotate'))) return;
         try {
           const r = await admin('POST', `/apps/${encodeURIComponent(id)}/rotate`, { grace_seconds: Number(grace.value) || 0 });
-          clear(shown).append(secretBox(`New secret of app ${id}`, r.secret));
+          fill(shown, secretBox(`New secret of app ${id}`, r.secret));
         } catch (err) { showError(err); }
       });
       const verb = a.disabled ? 'enable' : 'disable';
-      clear(box).append(h('div', { class: 'detail' },
+      fill(box, h('div', { class: 'detail' },
         h('h3', {}, a.name || id, ' ', a.disabled ? pill('disabled', 'refused') : pill('active', 'allowed')),
         h('dl', { class: 'facts' }, Object.entries(a).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? list(v) : (v === null ? '—' : String(v)))])),
         h('div', { class: 'row' }, h('button', { type: 'button', onclick: async () => {
           try { await admin('POST', `/apps/${encodeURIComponent(id)}/${verb}`); toast(`App ${verb}d.`, 'ok'); showApp(box, id); } catch (err) { showError(err); }
         } }, a.disabled ? 'Enable' : 'Disable')),
         rotate, shown));
-    } catch (err) { clear(box).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(box, h('p', { class: 'error' }, err.message)); }
   }
 
   loadUsers();

@@ -2,7 +2,7 @@
 // from the audit log's recent refusals and the live stream.
 
 import { admin, qs } from './api.js';
-import { h, clear, card, table, field, fmtMs, fmtUs, toast, showError, confirmAction } from './ui.js';
+import { h, clear, fill, card, table, field, fmtMs, fmtUs, toast, showError, confirmAction } from './ui.js';
 import { recentEvents, isAdminCall } from './live.js';
 
 function top(events, key, n) {
@@ -16,7 +16,7 @@ function top(events, key, n) {
 }
 
 function topTable(title, rows, what) {
-  return h('div', { class: 'top' }, h('h3', {}, title), table([
+  return h('div', { class: 'top-list' }, h('h3', {}, title), table([
     { label: what, get: (r) => r[0] },
     { label: 'Count', class: 'num', get: (r) => r[1] },
   ], rows, { empty: 'None.' }));
@@ -59,7 +59,7 @@ export function mount(root) {
   async function loadBans() {
     try {
       const r = await admin('GET', '/bans');
-      clear(bans).append(table([
+      fill(bans, table([
         { label: 'Target', get: (b) => b.target },
         { label: 'Until', get: (b) => fmtMs(b.until_ms) },
         { label: 'Reason', get: (b) => b.reason || '—' },
@@ -75,13 +75,13 @@ export function mount(root) {
           },
         }, 'Lift') },
       ], r.bans, { empty: 'No active bans.', class: 'bans' }));
-    } catch (err) { clear(bans).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(bans, h('p', { class: 'error' }, err.message)); }
   }
 
   async function loadAnomalies() {
     try {
       const r = await admin('GET', '/anomalies');
-      clear(anomalies).append(table([
+      fill(anomalies, table([
         { label: 'Detector', get: (d) => String(d.detector) },
         { label: 'Key', get: (d) => d.key },
         { label: 'Count', class: 'num', get: (d) => d.count },
@@ -93,7 +93,7 @@ export function mount(root) {
           return h('button', { type: 'button', onclick: () => { kind.value = m[1]; target.value = m[2]; target.focus(); } }, 'Ban…');
         } },
       ], r.detections || [], { empty: 'No anomalies detected.' }));
-    } catch (err) { clear(anomalies).append(h('p', { class: 'error' }, err.message)); }
+    } catch (err) { fill(anomalies, h('p', { class: 'error' }, err.message)); }
   }
 
   async function loadTops() {
@@ -111,7 +111,7 @@ export function mount(root) {
     events = events.filter((e) => !isAdminCall(e));
     const failures = events.filter((e) => e.kind === 'login.failed' || (e.code && e.code.startsWith('auth.')));
     document.getElementById('tops-source').textContent = `From ${source}.`;
-    clear(tops).append(
+    fill(tops, 
       topTable('IPs', top(events, (e) => e.client_ip), 'IP'),
       topTable('Subjects', top(events, (e) => e.subject), 'Subject'),
       topTable('Routes', top(events, (e) => e.route || e.path), 'Route'),

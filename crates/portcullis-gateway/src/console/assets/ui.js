@@ -38,6 +38,13 @@ export function svg(tag, attrs, ...children) {
 
 export function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); return el; }
 
+/** Replaces the children of `el` (null / false children are left out). */
+export function fill(el, ...children) {
+  clear(el);
+  append(el, children);
+  return el;
+}
+
 export function fmtTime(unixSecs) {
   if (unixSecs === null || unixSecs === undefined) return '—';
   return new Date(unixSecs * 1000).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
