@@ -13,13 +13,12 @@ fn secret_name(name: &str) -> bool {
     if name.ends_with("_file") || name.ends_with("_dir") || name.ends_with("_header") {
         return false;
     }
-    ["password", "secret", "pepper", "private", "credential"]
+    ["password", "secret", "pepper", "private"]
         .iter()
         .any(|w| name.contains(w))
         || name == "token"
         || name.ends_with("_token")
         || name == "key"
-        || name.ends_with("_key")
 }
 
 /// `url` without its password and without any query parameter that may
@@ -116,6 +115,10 @@ redis = "redis://:s3cret@cache:6379"
 pepper_file = "/etc/portcullis/pepper"
 [guard.headers]
 app_secret = "x-app-secret"
+api_key = "x-api-key"
+[[guard.routes]]
+name = "api"
+credentials = ["jwt", "api_key"]
 [[signed_requests.apps]]
 id = "billing"
 secret = "inline-secret"
@@ -139,6 +142,8 @@ secret_file = "/run/secrets/billing"
             "/run/secrets/billing"
         );
         assert_eq!(v["signed_requests"]["apps"][0]["id"], "billing");
+        assert_eq!(v["guard"]["routes"][0]["credentials"][1], "api_key");
+        assert_eq!(v["guard"]["headers"]["api_key"], "x-api-key");
         assert!(redacted_config("not [toml").is_none());
     }
 }

@@ -263,6 +263,8 @@ def main():
         step("config")
         goto(page, "config", "#config-text")
         expect(page.locator("#config-text")).to_contain_text("[server]")
+        expect(page.locator("#config-text")).to_contain_text('"api_key"')
+        expect(page.locator("#config-text")).to_contain_text("trusted_proxies")
         expect(page.locator("#config-loaded-at")).not_to_have_text("—")
         screenshots(page, "config")
 

@@ -19,7 +19,9 @@ function toml(value, path, out) {
     if (Array.isArray(v)) {
       for (const item of v) { out.push('', `[[${p}]]`); toml(item, p, out); }
     } else {
-      out.push('', `[${p}]`);
+      const hasScalars = Object.values(v).some((x) => !(x && typeof x === 'object' && !Array.isArray(x))
+        && !(Array.isArray(x) && x.length && x.every((y) => y && typeof y === 'object')));
+      if (hasScalars) out.push('', `[${p}]`);
       toml(v, p, out);
     }
   }
