@@ -145,10 +145,9 @@ impl Reloader {
     pub async fn reload(&self) -> Outcome {
         let mut current = self.current.lock().await;
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            (crate::config::load(&path), read_text(&path))
-        })
-        .await;
+        let loaded =
+            tokio::task::spawn_blocking(move || (crate::config::load(&path), read_text(&path)))
+                .await;
         let (loaded, text) = match loaded {
             Ok((loaded, text)) => (Ok(loaded), text),
             Err(e) => (Err(e), None),

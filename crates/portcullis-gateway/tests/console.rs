@@ -222,7 +222,10 @@ fn assert_hardened(r: &Reply) {
     ] {
         assert!(csp.contains(directive), "{directive} in {csp}");
     }
-    assert!(!csp.contains("unsafe"), "no unsafe-inline / unsafe-eval: {csp}");
+    assert!(
+        !csp.contains("unsafe"),
+        "no unsafe-inline / unsafe-eval: {csp}"
+    );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -239,7 +242,11 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
     let page = c.ops("GET", "/console/", &[], None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert_hardened(&page);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = &page.body;
     assert!(html.contains("id=\"sign-in-form\""));
     assert!(!html.contains("<style"), "no inline style element");
@@ -269,7 +276,10 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{asset}");
         assert_hardened(&r);
-        assert!(!r.body.contains("innerHTML"), "{asset}: no markup from data");
+        assert!(
+            !r.body.contains("innerHTML"),
+            "{asset}: no markup from data"
+        );
         assert!(!r.body.contains("eval("), "{asset}");
     }
     let r = c
@@ -298,7 +308,12 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
         let r = c
-            .ops(method, path, &[("cookie", "portcullis_console=forged")], None)
+            .ops(
+                method,
+                path,
+                &[("cookie", "portcullis_console=forged")],
+                None,
+            )
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
         assert_eq!(r.code().as_deref(), Some("auth.session_revoked"));
@@ -572,7 +587,10 @@ async fn the_live_stream_passes_through_as_it_streams() {
     .await;
     assert_eq!(found, Ok(true), "{seen}");
     assert!(seen.contains("event: decision"));
-    assert!(seen.contains("198.51.100.4"), "the client IP from the trusted proxy");
+    assert!(
+        seen.contains("198.51.100.4"),
+        "the client IP from the trusted proxy"
+    );
 }
 
 #[tokio::test]
@@ -624,7 +642,10 @@ async fn the_console_works_in_a_real_browser() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("console browser test: ok"));
     for page in [
         "sign-in", "live", "threats", "people", "keys", "audit", "config",

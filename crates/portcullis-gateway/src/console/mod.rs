@@ -46,7 +46,7 @@ use tower_service::Service;
 
 use crate::proxy::{BoxError, ResponseBody, full};
 use crate::reload::{Outcome, Reloader};
-use session::{SignedIn, Sessions};
+use session::{Sessions, SignedIn};
 
 /// The console's path prefix on the ops listener.
 pub(crate) const PREFIX: &str = "/console";
@@ -310,7 +310,11 @@ impl Console {
     }
 
     /// One request under `/console` on the ops listener.
-    pub(crate) async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+    pub(crate) async fn handle<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -484,9 +488,10 @@ impl Console {
                 "the session's admin key is no longer valid; sign in again",
             ));
         }
-        let allowed = who.permissions.iter().any(|g| {
-            portcullis_core::authz::permission::grant_str_matches(g, CONFIG_PERMISSION)
-        });
+        let allowed = who
+            .permissions
+            .iter()
+            .any(|g| portcullis_core::authz::permission::grant_str_matches(g, CONFIG_PERMISSION));
         if !allowed {
             return Err(denied(&format!(
                 "the admin key lacks the permission {CONFIG_PERMISSION}"
@@ -582,7 +587,10 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_static("a=1; portcullis_console=abc; b=2"));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; portcullis_console=abc; b=2"),
+        );
         assert_eq!(cookie_session(&h), Some("abc"));
         h.insert(COOKIE, HeaderValue::from_static("portcullis_consolex=1"));
         assert_eq!(cookie_session(&h), None);
@@ -591,8 +599,14 @@ mod tests {
     #[test]
     fn only_same_origin_state_changes_pass() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::HOST, HeaderValue::from_static("127.0.0.1:9090"));
-        assert!(check_origin(&h).is_ok(), "no Origin: not a browser's cross-site call");
+        h.insert(
+            http::header::HOST,
+            HeaderValue::from_static("127.0.0.1:9090"),
+        );
+        assert!(
+            check_origin(&h).is_ok(),
+            "no Origin: not a browser's cross-site call"
+        );
         h.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:9090"));
         assert!(check_origin(&h).is_ok());
         h.insert(ORIGIN, HeaderValue::from_static("http://evil.test"));
