@@ -66,10 +66,16 @@ name = "open"
 path = "/open/**"
 credentials = ["anonymous"]
 
+[[guard.routes]]
+name = "trial"
+path = "/trial/**"
+credentials = ["api_key"]
+mode = "dry_run"
+
 [[upstreams]]
 name = "echo"
 url = "http://{upstream}"
-routes = ["api", "open"]
+routes = ["api", "open", "trial"]
 "#,
         stores = dir.join("stores.db").display(),
         pepper = pepper.display(),

@@ -465,8 +465,17 @@ impl Console {
     {
         let who = self.signed_in(req.headers())?;
         if is_state_change(req.method()) {
-            check_origin(req.headers())?;
-            check_csrf(req.headers(), &who)?;
+            let checked =
+                check_origin(req.headers()).and_then(|()| check_csrf(req.headers(), &who));
+            if let Err(refusal) = checked {
+                tracing::warn!(
+                    key_id = %who.key_id,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    "console state change refused: cross-origin or without its CSRF token"
+                );
+                return Err(refusal);
+            }
         }
         let path = req.uri().path();
         let read = *req.method() == Method::GET;

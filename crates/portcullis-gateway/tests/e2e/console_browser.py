@@ -154,6 +154,11 @@ def main():
         expect(page.locator("#live-table tr", has_text="/api/refused-live").first).to_be_visible(
             timeout=10000
         )
+        status, _ = public("/trial/dry-run-live", SEEN_IP)
+        assert status == 200, "a dry-run route lets the request through"
+        dry = page.locator("#live-table tr", has_text="/trial/dry-run-live").first
+        expect(dry).to_be_visible(timeout=10000)
+        expect(dry).to_contain_text("dry-run would refuse")
         page.select_option("#live-decision", "refused")
         expect(page.locator("#live-table tr", has_text="/open/seen-live")).to_have_count(0)
         expect(page.locator("#live-table tr", has_text="/api/refused-live").first).to_be_visible()

@@ -6,32 +6,47 @@ import { h, svg, clear, fill, card, table, fmtTime, toast, showError, confirmAct
 
 const STATE_KIND = { active: 'allowed', published: 'dryrun', retiring: 'limited' };
 
-function timeline(data) {
+function timeline(data, width) {
+  // A window around now wide enough for the propagation schedule: bars
+  // that start earlier are clipped at the left edge (marked with an arrow).
   const now = Date.now() / 1000;
+  const delay = Math.max(60, data.propagation_delay_secs || 0);
   const keys = data.keys;
-  const times = keys.flatMap((k) => [k.created_at, k.activates_at, k.retires_at]).filter((t) => t != null);
-  if (data.next_transition_at) times.push(data.next_transition_at);
-  const lo = Math.min(now, ...times) - 60;
-  const hi = Math.max(now + 3600, ...times) + 60;
-  const W = 640, row = 26, top = 22, H = top + keys.length * row + 24, L = 120;
-  const x = (t) => L + ((t - lo) / (hi - lo)) * (W - L - 8);
+  const lo = now - Math.max(3 * delay, 6 * 3600);
+  let hi = now + Math.max(2 * delay, 3600);
+  if (data.next_transition_at) hi = Math.max(hi, data.next_transition_at + delay);
+  for (const k of keys) if (k.retires_at) hi = Math.max(hi, Math.min(k.retires_at + delay, now + 30 * delay));
+  const W = Math.max(340, Math.round(width || 1000)), row = 28, top = 24, L = Math.min(170, Math.round(W * 0.3)), R = 20;
+  const H = top + keys.length * row + 26;
+  const clamp = (t) => Math.min(hi, Math.max(lo, t));
+  const x = (t) => L + ((clamp(t) - lo) / (hi - lo)) * (W - L - R);
   const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'timeline', role: 'img', 'aria-label': 'Rotation timeline' });
-  root.append(svg('title', {}, 'Rotation timeline: each key from creation through activation to retirement'));
+  root.append(svg('title', {}, 'Rotation timeline: each key published, active, then retiring'));
+  const bar = (y, from, to, cls) => {
+    if (to <= lo || from >= hi || to <= from) return;
+    root.append(svg('rect', { x: x(from), y: y + 5, width: Math.max(2, x(to) - x(from)), height: 14, class: 'bar ' + cls }));
+  };
   keys.forEach((k, i) => {
     const y = top + i * row;
-    const start = k.created_at;
-    const act = k.activates_at ?? start;
-    const end = k.retires_at ?? hi;
-    root.append(svg('text', { x: 4, y: y + 14, class: 'axis' }, k.kid.length > 16 ? k.kid.slice(0, 15) + '…' : k.kid));
-    root.append(svg('rect', { x: x(start), y: y + 4, width: Math.max(2, x(act) - x(start)), height: 14, class: 'bar published' }));
-    root.append(svg('rect', { x: x(act), y: y + 4, width: Math.max(2, x(end) - x(act)), height: 14, class: 'bar ' + (k.retires_at ? 'retiring' : 'active') }));
+    const act = k.activates_at ?? k.created_at;
+    root.append(svg('text', { x: 4, y: y + 16, class: 'axis' }, k.kid.length > L / 8 ? k.kid.slice(0, Math.floor(L / 8) - 1) + '…' : k.kid));
+    bar(y, k.created_at, act, 'published');
+    if (k.state === 'retiring') {
+      bar(y, act, Math.min(now, k.retires_at ?? now), 'active');
+      bar(y, now, k.retires_at ?? hi, 'retiring');
+    } else if (k.state === 'published') {
+      bar(y, act, k.retires_at ?? hi, 'future');
+    } else {
+      bar(y, act, k.retires_at ?? hi, 'active');
+    }
+    if (Math.min(k.created_at, act) < lo) root.append(svg('text', { x: L - 14, y: y + 17, class: 'axis' }, '◀'));
   });
-  root.append(svg('line', { x1: x(now), x2: x(now), y1: 12, y2: H - 16, class: 'now' }));
-  root.append(svg('text', { x: x(now) - 12, y: 10, class: 'axis' }, 'now'));
+  root.append(svg('line', { x1: x(now), x2: x(now), y1: 14, y2: H - 18, class: 'now' }));
+  root.append(svg('text', { x: x(now) - 12, y: 11, class: 'axis' }, 'now'));
   if (data.next_transition_at) {
     const t = data.next_transition_at;
-    root.append(svg('line', { x1: x(t), x2: x(t), y1: 12, y2: H - 16, class: 'next' }));
-    root.append(svg('text', { x: Math.min(x(t) + 3, W - 90), y: H - 4, class: 'axis' }, 'next transition'));
+    root.append(svg('line', { x1: x(t), x2: x(t), y1: 14, y2: H - 18, class: 'next' }));
+    root.append(svg('text', { x: Math.min(x(t) + 4, W - 110), y: H - 4, class: 'axis' }, 'next transition'));
   }
   root.append(svg('text', { x: L, y: H - 4, class: 'axis' }, fmtTime(Math.floor(lo))));
   return root;
@@ -66,17 +81,26 @@ export function mount(root) {
     }
   });
   root.append(h('h1', {}, 'Signing keys'), card('Key set', h('div', { class: 'row' }, rotate), result, box));
+  let drawTimeline = () => {};
+  let resizeTimer = 0;
+  const onResize = () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => drawTimeline(), 100); };
+  window.addEventListener('resize', onResize);
 
   async function load() {
     try {
       const d = await admin('GET', '/keys');
       rotate.disabled = false;
+      const timelineBox = h('div', { class: 'timeline-box' });
+      const draw = () => fill(timelineBox, timeline(d, timelineBox.clientWidth));
+      drawTimeline = draw;
+      requestAnimationFrame(draw);
       fill(box, 
         h('p', {}, `Propagation delay: ${d.propagation_delay_secs} s. Next transition: ${fmtTime(d.next_transition_at)}.`),
-        timeline(d),
+        timelineBox,
         h('ul', { class: 'legend' },
           h('li', {}, h('span', { class: 'swatch bar published', 'aria-hidden': 'true' }), 'published (verifies, does not sign yet)'),
           h('li', {}, h('span', { class: 'swatch bar active', 'aria-hidden': 'true' }), 'active (signs)'),
+          h('li', {}, h('span', { class: 'swatch bar future', 'aria-hidden': 'true' }), 'will sign from its activation'),
           h('li', {}, h('span', { class: 'swatch bar retiring', 'aria-hidden': 'true' }), 'retiring (verifies until it retires)')),
         table([
           { label: 'kid', get: (k) => h('code', {}, k.kid) },
@@ -99,4 +123,5 @@ export function mount(root) {
     }
   }
   load();
+  return () => window.removeEventListener('resize', onResize);
 }

@@ -15,9 +15,11 @@ let skipped = 0;
 
 /** allowed | refused | limited | dryrun */
 export function classify(e) {
+  // A dry-run route records the refusal it did not enforce as a deny
+  // whose reason starts with `dry_run:`; the request went through.
+  if (e.reason && e.reason.startsWith('dry_run')) return 'dryrun';
   if (e.code === 'rate_limit.exceeded') return 'limited';
   if (e.decision === 'deny') return 'refused';
-  if (e.reason && e.reason.startsWith('dry_run')) return 'dryrun';
   return 'allowed';
 }
 

@@ -3,7 +3,7 @@
 
 import { admin, qs } from './api.js';
 import { h, clear, fill, card, table, field, fmtMs, fmtUs, toast, showError, confirmAction } from './ui.js';
-import { recentEvents, isAdminCall } from './live.js';
+import { recentEvents, isAdminCall, classify } from './live.js';
 
 function top(events, key, n) {
   const m = new Map();
@@ -108,7 +108,8 @@ export function mount(root) {
     }
     const seen = new Set(events.map((e) => e.id));
     for (const e of recentEvents()) if (e.decision === 'deny' && !seen.has(e.id)) events.push(e);
-    events = events.filter((e) => !isAdminCall(e));
+    // Dry-run refusals were not enforced: they are not counted here.
+    events = events.filter((e) => !isAdminCall(e) && classify(e) !== 'dryrun');
     const failures = events.filter((e) => e.kind === 'login.failed' || (e.code && e.code.startsWith('auth.')));
     document.getElementById('tops-source').textContent = `From ${source}.`;
     fill(tops, 
