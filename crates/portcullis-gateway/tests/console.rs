@@ -636,6 +636,7 @@ async fn the_console_works_in_a_real_browser() {
         .env("PUBLIC_URL", format!("http://{}", c.gateway.public))
         .env("ADMIN_KEY", &c.key)
         .env("USERNAME", "alice")
+        .env("PASSWORD", PASSWORD)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
         .stdin(std::process::Stdio::null());
@@ -654,7 +655,7 @@ async fn the_console_works_in_a_real_browser() {
     );
     assert!(stdout.contains("console browser test: ok"));
     for page in [
-        "sign-in", "live", "threats", "people", "keys", "audit", "config",
+        "sign-in", "live", "threats", "people", "apps", "keys", "audit", "config",
     ] {
         for width in ["1280", "390"] {
             let shot = artifacts.join(format!("{page}-{width}.png"));

@@ -26,6 +26,7 @@ CONSOLE = os.environ["CONSOLE_URL"].rstrip("/")
 PUBLIC = os.environ["PUBLIC_URL"].rstrip("/")
 ADMIN_KEY = os.environ["ADMIN_KEY"]
 USERNAME = os.environ["USERNAME"]
+PASSWORD = os.environ["PASSWORD"]
 ARTIFACTS = os.environ["ARTIFACTS"]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -38,15 +39,19 @@ def step(text):
     print(f"--- {text}", flush=True)
 
 
-def public(path, ip, bearer=None):
+def public(path, ip, bearer=None, headers=None, body=None):
     """A request through the gateway's public listener from client `ip`
-    (the gateway trusts 127.0.0.1's X-Forwarded-For): (status, problem code)."""
-    req = urllib.request.Request(PUBLIC + path, headers={"X-Forwarded-For": ip})
+    (the gateway trusts 127.0.0.1's X-Forwarded-For): (status, problem
+    code), or (status, JSON answer) for a 2xx POST."""
+    req = urllib.request.Request(PUBLIC + path, headers={"X-Forwarded-For": ip, **(headers or {})})
     if bearer:
         req.add_header("Authorization", f"Bearer {bearer}")
+    if body is not None:
+        req.data = json.dumps(body).encode()
+        req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, None
+            return r.status, (json.load(r) if body is not None else None)
     except urllib.error.HTTPError as e:
         body = e.read()
         try:
@@ -194,11 +199,33 @@ def main():
         )
         assert status == 200
 
-        step("create an API key (shown once) and revoke it")
+        step("revoke a user's session; disable and enable the user")
+        login = {"username": USERNAME, "password": PASSWORD}
+        status, tokens = public("/auth/login", SEEN_IP, body=login)
+        assert status == 200, (status, tokens)
+        access = tokens["access_token"]
+        assert public("/api/as-user", SEEN_IP, bearer=access)[0] == 200
         goto(page, "people", "#user-search-form")
         page.fill("#user-search", USERNAME[:2])
         page.click("#user-search-form button[type=submit]")
         page.get_by_role("button", name=USERNAME, exact=True).click()
+        revoke_session = page.locator("table.sessions button[data-revoke-session]")
+        expect(revoke_session).to_have_count(1)
+        revoke_session.click()
+        expect(revoke_session).to_have_count(0)
+        eventually(
+            "the revoked session's token to be refused",
+            lambda: public("/api/as-user", SEEN_IP, bearer=access)[0] == 401,
+        )
+        page.click("#user-toggle")
+        confirm(page, "Disable")
+        expect(page.locator("#user-detail h3")).to_contain_text("disabled")
+        assert public("/auth/login", SEEN_IP, body=login)[0] != 200, "a disabled user cannot log in"
+        page.click("#user-toggle")
+        expect(page.locator("#user-detail h3")).to_contain_text("active")
+        assert public("/auth/login", SEEN_IP, body=login)[0] == 200, "enabled again"
+
+        step("create an API key (shown once) and revoke it")
         expect(page.locator("#new-key-form")).to_be_visible()
         page.fill("#new-key-name", "console-e2e")
         page.click("#new-key-form button[type=submit]")
@@ -220,6 +247,29 @@ def main():
             "the revoked key to be refused",
             lambda: public("/api/with-new-key", SEEN_IP, bearer=key)[1] == "auth.invalid_api_key",
         )
+
+        step("create an app (secret shown once) and rotate its secret")
+        page.fill("#new-app-name", "billing")
+        page.fill("#new-app-perms", "invoices.read")
+        page.click("#new-app-form button[type=submit]")
+        first = page.locator("#new-app-secret code.secret")
+        expect(first).to_be_visible()
+        app_id = page.get_attribute("#new-app-secret", "data-app-id")
+        old_secret = first.inner_text().strip()
+        as_app = lambda secret: public(  # noqa: E731
+            "/api/as-app", SEEN_IP, headers={"X-App-Id": app_id, "X-App-Secret": secret}
+        )
+        assert as_app(old_secret)[0] == 200, as_app(old_secret)
+        page.fill("#rotate-grace", "0")
+        page.click("#rotate-app-form button[type=submit]")
+        confirm(page, "Rotate")
+        rotated = page.locator("#rotated-secret code.secret")
+        expect(rotated).to_be_visible()
+        new_secret = rotated.inner_text().strip()
+        assert new_secret and new_secret != old_secret
+        assert as_app(new_secret)[0] == 200, as_app(new_secret)
+        eventually("the old secret to be refused", lambda: as_app(old_secret)[0] == 401)
+        screenshots(page, "apps")
 
         step("signing keys")
         goto(page, "keys", "#keys-box")

@@ -34,9 +34,9 @@ export function mount(root) {
     try {
       const r = await admin('POST', '/apps', { name: appName.value.trim(), permissions: splitList(appPerms.value) });
       appName.value = '';
-      appId.value = r.app.id;
-      await showApp(appBox, r.app.id);
-      appBox.prepend(secretBox(`Secret of app ${r.app.id}`, r.secret));
+      appId.value = r.app.app_id;
+      await showApp(appBox, r.app.app_id);
+      appBox.prepend(h('div', { id: 'new-app-secret', 'data-app-id': r.app.app_id }, secretBox(`Secret of app ${r.app.app_id}`, r.secret)));
     } catch (err) { showError(err); }
   });
 
@@ -99,10 +99,10 @@ export function mount(root) {
         { label: 'Client', get: (s) => `${s.client_ip || '—'} ${s.user_agent ? '· ' + s.user_agent.slice(0, 40) : ''}` },
         { label: 'Last seen', get: (s) => fmtTime(s.last_seen_at) },
         { label: 'State', get: (s) => (s.revoked_at ? pill('revoked', 'refused') : pill('live', 'allowed')) },
-        { label: 'Action', get: (s) => (s.revoked_at ? '—' : h('button', { type: 'button', onclick: async () => {
+        { label: 'Action', get: (s) => (s.revoked_at ? '—' : h('button', { type: 'button', 'data-revoke-session': s.id, onclick: async () => {
           try { await admin('DELETE', '/sessions/' + encodeURIComponent(s.id)); toast('Session revoked.', 'ok'); showSessions(box, userId); } catch (err) { showError(err); }
         } }, 'Revoke')) },
-      ], r.sessions, { empty: 'No sessions.' }),
+      ], r.sessions, { empty: 'No sessions.', class: 'sessions' }),
       live.length ? h('button', { type: 'button', class: 'danger', onclick: async () => {
         if (!(await confirmAction('Revoke all sessions', 'Revoke every session and refresh token of this user?', 'Revoke all'))) return;
         try { const c = await admin('DELETE', `/users/${encodeURIComponent(userId)}/sessions`); toast(`Revoked ${c.sessions} sessions.`, 'ok'); showSessions(box, userId); } catch (err) { showError(err); }
@@ -155,7 +155,7 @@ export function mount(root) {
     try {
       const a = await admin('GET', '/apps/' + encodeURIComponent(id));
       const grace = h('input', { id: 'rotate-grace', type: 'number', min: '0', max: '604800', value: '3600' });
-      const shown = h('div', {});
+      const shown = h('div', { id: 'rotated-secret' });
       const rotate = h('form', { class: 'inline-form', id: 'rotate-app-form' }, field('Old secret works for (s)', grace),
         h('button', { type: 'submit', class: 'danger' }, 'Rotate secret'));
       rotate.addEventListener('submit', async (e) => {
