@@ -136,6 +136,9 @@ def main():
         assert session[0]["httpOnly"] and session[0]["sameSite"] == "Strict", session
         assert ADMIN_KEY not in json.dumps(cookies), "the key never reaches the browser"
         expect(page.locator("#live-status")).to_contain_text("live", timeout=10000)
+        # Decisions made before the console opened come from the audit log.
+        expect(page.locator("#live-status")).to_contain_text("history from the audit log")
+        expect(page.locator("#live-table tr", has_text="/open/history/0").first).to_be_visible()
 
         step("a request through the gateway appears live")
         status, _ = public("/open/seen-live", SEEN_IP)

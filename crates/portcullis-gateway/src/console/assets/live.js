@@ -2,6 +2,7 @@
 // EventSource on the admin API's /admin/audit/stream (through the
 // console), per-second counts for the last hour, the latest decisions.
 
+import { admin, qs } from './api.js';
 import { h, svg, clear, fill, fmtUs, pill, table } from './ui.js';
 
 const HOUR = 3600;
@@ -12,6 +13,8 @@ const listeners = new Set();
 let source = null;
 let state = 'off';
 let skipped = 0;
+const seenIds = new Set(); // events counted (stream and backfill overlap)
+let history = ''; // where the charts' past comes from
 
 /** allowed | refused | limited | dryrun */
 export function classify(e) {
@@ -28,7 +31,10 @@ export function isAdminCall(e) {
 }
 
 function count(e) {
-  if (e.kind !== 'request') return;
+  if (seenIds.has(e.id)) return false;
+  if (seenIds.size > 50000) seenIds.clear();
+  seenIds.add(e.id);
+  if (e.kind !== 'request') return true;
   const sec = Math.floor(e.ts_us / 1e6);
   const slot = ((sec % HOUR) + HOUR) % HOUR;
   let c = counts[slot];
@@ -37,6 +43,39 @@ function count(e) {
     counts[slot] = c;
   }
   c[classify(e)] += 1;
+  return true;
+}
+
+/** The last hour from the audit log (at most 5,000 events), so the charts
+ * and the table do not start empty. */
+async function backfill() {
+  const since = new Date(Date.now() - HOUR * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
+  const fetched = [];
+  let cursor;
+  let pages = 0;
+  try {
+    do {
+      const r = await admin('GET', '/audit' + qs({ since, limit: 1000, cursor }));
+      fetched.push(...(r.events || []));
+      cursor = r.next;
+      pages += 1;
+    } while (cursor && pages < 5 && source);
+  } catch (err) {
+    history = `no history (audit log: ${err.message})`;
+    notify();
+    return;
+  }
+  if (!source) return;
+  for (const e of fetched) {
+    if (count(e) && recent.length < KEEP) recent.push(e);
+  }
+  recent.sort((a, b) => b.ts_us - a.ts_us);
+  if (cursor && fetched.length) {
+    history = `history from the audit log since ${fmtUs(fetched[fetched.length - 1].ts_us)} (busier than shown before that)`;
+  } else {
+    history = 'history from the audit log: the whole last hour';
+  }
+  notify();
 }
 
 function notify() { for (const f of listeners) f(); }
@@ -45,7 +84,12 @@ export function startStream() {
   if (source) return;
   state = 'connecting';
   source = new EventSource('/console/api/admin/audit/stream');
-  source.addEventListener('open', () => { state = 'live'; notify(); });
+  let first = true;
+  source.addEventListener('open', () => {
+    state = 'live';
+    notify();
+    if (first) { first = false; backfill(); }
+  });
   source.addEventListener('error', () => {
     state = source && source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting';
     notify();
@@ -54,7 +98,7 @@ export function startStream() {
   source.addEventListener('decision', (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch { return; }
-    count(e);
+    if (!count(e)) return;
     recent.unshift(e);
     if (recent.length > KEEP) recent.length = KEEP;
     notify();
@@ -67,6 +111,9 @@ export function stopStream() {
   state = 'off';
   recent.length = 0;
   counts.fill(null);
+  seenIds.clear();
+  history = '';
+  skipped = 0;
 }
 
 export function recentEvents() { return recent; }
@@ -175,7 +222,7 @@ export function mount(root) {
   }
 
   function draw() {
-    status.textContent = state + (paused ? ' (table paused)' : '') + (skipped ? ` — ${skipped} skipped (too fast to show)` : '');
+    status.textContent = state + (paused ? ' (table paused)' : '') + (skipped ? ` — ${skipped} skipped (too fast to show)` : '') + (history ? ` — ${history}` : '');
     const five = series(300, 1);
     const hour = series(HOUR, 10);
     fill(charts, 
