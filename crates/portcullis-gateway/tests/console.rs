@@ -657,8 +657,8 @@ async fn the_console_works_in_a_real_browser() {
     for page in [
         "sign-in", "live", "threats", "people", "apps", "keys", "audit", "config",
     ] {
-        for width in ["1280", "390"] {
-            let shot = artifacts.join(format!("{page}-{width}.png"));
+        for shot in ["1280", "390", "dark-1280", "dark-390"] {
+            let shot = artifacts.join(format!("{page}-{shot}.png"));
             let len = std::fs::metadata(&shot).map_or(0, |m| m.len());
             assert!(len > 1000, "{} is written", shot.display());
         }

@@ -73,11 +73,15 @@ def eventually(what, check, timeout=5.0):
 
 
 def screenshots(page, name):
-    for label, size in WIDTHS.items():
-        page.set_viewport_size(size)
-        page.wait_for_timeout(150)
-        path = os.path.join(ARTIFACTS, f"{name}-{label}.png")
-        page.screenshot(path=path, full_page=True)
+    """`name` at each width, light (`NAME-WIDTH.png`) and dark (`NAME-dark-WIDTH.png`)."""
+    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+        page.emulate_media(color_scheme=scheme)
+        for label, size in WIDTHS.items():
+            page.set_viewport_size(size)
+            page.wait_for_timeout(150)
+            path = os.path.join(ARTIFACTS, f"{name}{suffix}-{label}.png")
+            page.screenshot(path=path, full_page=True)
+    page.emulate_media(color_scheme="light")
     page.set_viewport_size(WIDTHS["1280"])
 
 
@@ -104,7 +108,7 @@ def main():
             headless=True,
             args=["--no-sandbox", "--disable-dev-shm-usage"],
         )
-        context = browser.new_context(viewport=WIDTHS["1280"])
+        context = browser.new_context(viewport=WIDTHS["1280"], color_scheme="light")
         page = context.new_page()
         page.on(
             "console",
