@@ -210,18 +210,22 @@ fn cookie_session(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A cross-origin state change is refused: `Origin`, when sent, must be
-/// this listener's own (`http://<Host>`), and `Sec-Fetch-Site`, when sent,
-/// `same-origin`.
+/// this listener's own (`http://<Host>` or `https://<Host>`), and
+/// `Sec-Fetch-Site`, when sent, `same-origin`.
 fn check_origin(headers: &HeaderMap) -> Result<(), Problem> {
     if let Some(origin) = headers.get(ORIGIN) {
         let host = headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        // `https://` too: behind a TLS-terminating proxy that keeps `Host`.
         let same = origin
             .to_str()
             .ok()
-            .and_then(|o| o.strip_prefix("http://"))
+            .and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            })
             .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
         if !same {
             return Err(denied("cross-origin request refused"));
@@ -618,7 +622,14 @@ mod tests {
         );
         h.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:9090"));
         assert!(check_origin(&h).is_ok());
+        h.insert(ORIGIN, HeaderValue::from_static("https://127.0.0.1:9090"));
+        assert!(check_origin(&h).is_ok(), "through a TLS proxy keeping Host");
         h.insert(ORIGIN, HeaderValue::from_static("http://evil.test"));
+        assert!(check_origin(&h).is_err());
+        h.insert(
+            ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9090.evil.test"),
+        );
         assert!(check_origin(&h).is_err());
         h.insert(ORIGIN, HeaderValue::from_static("null"));
         assert!(check_origin(&h).is_err());
