@@ -368,23 +368,6 @@ pub async fn serve_until(
         Arc::clone(&shared),
         Arc::clone(&live),
     ));
-    let admin = {
-        let (guard, router) = crate::admin::build(crate::admin::AdminParts {
-            stores: Arc::clone(&shared.storage.stores),
-            anomaly: shared.storage.anomaly.clone(),
-            audit: shared.storage.audit.clone(),
-            audit_store: shared.storage.audit_store.clone(),
-            client_ip: config.guard.client_ip.clone(),
-            token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
-        })
-        .map_err(start("admin"))?;
-        GuardLayer::new(guard).layer(router)
-    };
-    let console = crate::console::Console::new(
-        admin.clone(),
-        Arc::clone(&shared.storage.stores),
-        Arc::clone(&reloader),
-    );
     let health = Arc::new(Health {
         ready: AtomicBool::new(true),
         stores: Arc::clone(&shared.storage.stores),
@@ -394,8 +377,22 @@ pub async fn serve_until(
         live: Arc::clone(&live),
         audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
-        admin,
-        console,
+        admin: {
+            let (guard, router) = crate::admin::build(crate::admin::AdminParts {
+                stores: Arc::clone(&shared.storage.stores),
+                anomaly: shared.storage.anomaly.clone(),
+                audit: shared.storage.audit.clone(),
+                audit_store: shared.storage.audit_store.clone(),
+                client_ip: config.guard.client_ip.clone(),
+                token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
+            })
+            .map_err(start("admin"))?;
+            GuardLayer::new(guard).layer(router)
+        },
+        console: crate::console::Console::new(
+            Arc::clone(&shared.storage.stores),
+            Arc::clone(&reloader),
+        ),
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -683,7 +680,7 @@ impl Health {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let path = req.uri().path();
         if crate::console::owns(path) {
-            return self.console.handle(req, peer).await;
+            return self.console.handle(req, peer, &self.admin).await;
         }
         if path.starts_with("/admin/") || path == "/openapi.json" {
             req.extensions_mut().insert(PeerAddr(peer));

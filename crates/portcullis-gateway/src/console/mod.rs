@@ -140,10 +140,9 @@ pub(crate) fn owns(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// The console: its sessions, and what it reads through.
+/// The console: its sessions, and what it reads (every data call goes
+/// through the admin API, passed in with each request).
 pub(crate) struct Console {
-    /// The admin API behind its guard: every data call goes through it.
-    admin: GuardService<axum::Router>,
     /// Where sign-in checks the key (its owner must be an admin).
     stores: Arc<Stores>,
     /// The running configuration's text, load time and last reload.
@@ -299,36 +298,38 @@ struct SignIn {
 }
 
 impl Console {
-    /// A console over the admin API `admin`, checking keys in `stores`.
-    pub(crate) fn new(
-        admin: GuardService<axum::Router>,
-        stores: Arc<Stores>,
-        reloader: Arc<Reloader>,
-    ) -> Self {
+    /// A console checking admin keys in `stores`, showing `reloader`'s status.
+    pub(crate) fn new(stores: Arc<Stores>, reloader: Arc<Reloader>) -> Self {
         Self {
-            admin,
             stores,
             reloader,
             sessions: Sessions::new(session::MAX_SESSIONS),
         }
     }
 
-    /// One request under `/console` on the ops listener.
+    /// One request under `/console` on the ops listener; `admin` is the
+    /// admin API behind its guard.
     pub(crate) async fn handle<B>(
         &self,
         req: Request<B>,
         peer: SocketAddr,
+        admin: &GuardService<axum::Router>,
     ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let mut response = self.route(req, peer).await;
+        let mut response = self.route(req, peer, admin).await;
         harden(response.headers_mut());
         response
     }
 
-    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+    async fn route<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        admin: &GuardService<axum::Router>,
+    ) -> Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -352,7 +353,7 @@ impl Console {
             p => match p.strip_prefix("/console/assets/") {
                 Some(name) if read => asset(name),
                 _ if p.starts_with("/console/api/") => {
-                    self.api(req, peer).await.unwrap_or_else(refuse)
+                    self.api(req, peer, admin).await.unwrap_or_else(refuse)
                 }
                 _ => not_found(),
             },
@@ -462,6 +463,7 @@ impl Console {
         &self,
         req: Request<B>,
         peer: SocketAddr,
+        admin: &GuardService<axum::Router>,
     ) -> Result<Response<ResponseBody>, Problem>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -486,7 +488,9 @@ impl Console {
         match path {
             "/console/api/session" if read => Ok(json(StatusCode::OK, &session_view(&who))),
             "/console/api/config" if read => self.config(&who).await,
-            p if p.starts_with("/console/api/admin/") => Ok(self.forward(req, peer, &who).await?),
+            p if p.starts_with("/console/api/admin/") => {
+                Ok(self.forward(req, peer, admin, &who).await?)
+            }
             _ => Ok(not_found()),
         }
     }
@@ -543,6 +547,7 @@ impl Console {
         &self,
         req: Request<B>,
         peer: SocketAddr,
+        admin: &GuardService<axum::Router>,
         who: &SignedIn,
     ) -> Result<Response<ResponseBody>, Problem>
     where
@@ -568,7 +573,7 @@ impl Console {
             .body(axum::body::Body::from(bytes))
             .map_err(|e| Problem::bad_body(format!("invalid request: {e}")))?;
         forwarded.extensions_mut().insert(PeerAddr(peer));
-        let mut admin = self.admin.clone();
+        let mut admin = admin.clone();
         let response = match admin.call(forwarded).await {
             Ok(r) => r,
             Err(never) => match never {},
