@@ -16,7 +16,7 @@ command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 # The TLS tests make their self-signed certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "e2e-env: need root to install ${missing[*]} (apt-get)" >&2
