@@ -362,6 +362,25 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
         assert!(set.contains(attr), "{attr} in {set}");
     }
     assert!(!set.contains(&c.key) && !r.body.contains(&c.key));
+    let first = c.session().await;
+    let origin = c.origin();
+    let r = c
+        .ops(
+            "POST",
+            "/console/session",
+            &[("origin", &origin), ("cookie", &first.cookie)],
+            Some(json!({"key": c.key})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = c
+        .call(&first, "GET", "/console/api/session", false, None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "signing in again replaces it"
+    );
     let s = c.session().await;
     let r = c.call(&s, "GET", "/console/api/session", false, None).await;
     assert_eq!(r.status, StatusCode::OK);

@@ -410,6 +410,10 @@ impl Console {
                 Instant::now(),
             )
             .map_err(|e| Problem::unavailable(&e))?;
+        if let Some(previous) = cookie_session(&parts.headers) {
+            // Signing in again replaces this browser's previous session.
+            self.sessions.remove(previous);
+        }
         tracing::info!(key_id = %who.key_id, owner = %who.owner, "console sign-in");
         let mut response = json(StatusCode::CREATED, &session_view(&who));
         let cookie = format!(
