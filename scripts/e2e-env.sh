@@ -3,6 +3,8 @@
 # nginx and caddy (binaries only; their system services are not started),
 # the openssl CLI (test certificates),
 # curl (the `portcullis demo` test runs the printed curl lines),
+# Debian's chromium (the console's browser test drives it headless through
+# Playwright; Playwright's own browser download is never used),
 # and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
@@ -14,6 +16,7 @@ command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 # The TLS tests make their self-signed certificates with the openssl CLI.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "e2e-env: need root to install ${missing[*]} (apt-get)" >&2

@@ -3,6 +3,7 @@
 //! Python package opens the same engine in process through [`embed`].
 //!
 //! - [`admin`]: the admin API on the ops listener (users, sessions, keys, apps, bans, OpenAPI).
+//! - [`console`]: the operator console at `/console` on the ops listener.
 //! - [`cli`]: the command tree and each command's thin entry point.
 //! - [`embed`]: the engine of `portcullis serve` without its listeners.
 //! - [`config`]: the TOML file, typed and validated (`portcullis config check`).
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 mod conn;
+mod console;
 mod demo;
 pub mod embed;
 mod forward_auth;

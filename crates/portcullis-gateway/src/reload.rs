@@ -68,6 +68,31 @@ pub struct Reloader {
     current: Mutex<Config>,
     shared: Arc<Shared>,
     live: Arc<ArcSwap<App>>,
+    status: std::sync::Mutex<LoadStatus>,
+}
+
+/// What the console's Config page shows: the file's text as last loaded
+/// with success, when, and how the last reload went.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadStatus {
+    /// The configuration file.
+    pub(crate) path: PathBuf,
+    /// Its text when last loaded with success (`None`: unreadable then).
+    pub(crate) text: Option<Arc<str>>,
+    /// Unix seconds of the last successful load (the start counts).
+    pub(crate) loaded_at: i64,
+    /// The last reload: Unix seconds and outcome (`None`: none since start).
+    pub(crate) last_reload: Option<(i64, Outcome)>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn read_text(path: &Path) -> Option<Arc<str>> {
+    std::fs::read_to_string(path).ok().map(Arc::from)
 }
 
 impl Reloader {
@@ -79,11 +104,18 @@ impl Reloader {
         live: Arc<ArcSwap<App>>,
     ) -> Self {
         record_success();
+        let status = std::sync::Mutex::new(LoadStatus {
+            text: read_text(&path),
+            path: path.clone(),
+            loaded_at: unix_now(),
+            last_reload: None,
+        });
         Self {
             path,
             current: Mutex::new(current),
             shared,
             live,
+            status,
         }
     }
 
@@ -105,12 +137,39 @@ impl Reloader {
         }
     }
 
+    /// When the running configuration was loaded and how the last reload went.
+    pub(crate) fn status(&self) -> LoadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, outcome: &Outcome, text: Option<Arc<str>>) {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = unix_now();
+        if matches!(outcome, Outcome::Ok { .. }) {
+            status.loaded_at = now;
+            status.text = text;
+        }
+        status.last_reload = Some((now, outcome.clone()));
+    }
+
     /// Reads, validates and builds the file, then swaps it in; or keeps the
     /// running configuration and says why. Logged and counted either way.
     pub async fn reload(&self) -> Outcome {
         let mut current = self.current.lock().await;
         let path = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || (crate::config::load(&path), read_text(&path)))
+                .await;
+        let (loaded, text) = match loaded {
+            Ok((loaded, text)) => (Ok(loaded), text),
+            Err(e) => (Err(e), None),
+        };
         let outcome = match loaded {
             Err(e) => Err(vec![format!(
                 "{}: the reload task failed: {e}",
@@ -143,7 +202,9 @@ impl Reloader {
                     upstreams = current.upstreams.len(),
                     "configuration reloaded"
                 );
-                Outcome::Ok { warnings }
+                let outcome = Outcome::Ok { warnings };
+                self.record(&outcome, text);
+                outcome
             }
             Err(errors) => {
                 metrics::counter!(RELOADS_METRIC, "result" => "error").increment(1);
@@ -152,7 +213,9 @@ impl Reloader {
                         "configuration reload failed, the running configuration keeps serving: {e}"
                     );
                 }
-                Outcome::Error { errors }
+                let outcome = Outcome::Error { errors };
+                self.record(&outcome, None);
+                outcome
             }
         }
     }

@@ -88,6 +88,8 @@ struct Health {
     redis: bool,
     /// The admin API (`/admin/…`, `/openapi.json`) behind its own guard.
     admin: GuardService<axum::Router>,
+    /// The operator console (`/console`), over the admin API.
+    console: crate::console::Console,
 }
 
 /// Gauge: events waiting in the audit queue, sampled at each scrape.
@@ -471,6 +473,10 @@ pub async fn serve_until(
             .map_err(start("admin"))?;
             GuardLayer::new(guard).layer(router)
         },
+        console: crate::console::Console::new(
+            Arc::clone(&shared.storage.stores),
+            Arc::clone(&reloader),
+        ),
     });
 
     // TLS termination: the certificate is loaded now (a bad one stops the
@@ -758,6 +764,9 @@ impl App {
 impl Health {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let path = req.uri().path();
+        if crate::console::owns(path) {
+            return self.console.handle(req, peer, &self.admin).await;
+        }
         if path.starts_with("/admin/") || path == "/openapi.json" {
             req.extensions_mut().insert(PeerAddr(peer));
             let mut admin = self.admin.clone();
