@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
@@ -59,6 +60,17 @@ def public(path, ip, bearer=None, headers=None, body=None):
         except ValueError:
             code = None
         return e.code, code
+
+
+def audit_has(ip, code):
+    """Whether the audit log (through the admin API) holds a refusal of
+    `ip` with `code`."""
+    query = urllib.parse.urlencode({"ip": ip, "code": code, "limit": 1})
+    req = urllib.request.Request(
+        f"{CONSOLE}/admin/audit?{query}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return bool(json.load(r).get("events"))
 
 
 def eventually(what, check, timeout=5.0):
@@ -190,6 +202,10 @@ def main():
         assert (status, code) == (403, "anomaly.banned"), (status, code)
         status, _ = public("/open/other-client", SEEN_IP)
         assert status == 200, "the ban is on that IP only"
+        # The page counts refusals from the audit log when it loads: wait
+        # until the refusal is written (the audit queue may lag on a busy
+        # machine), then reload.
+        eventually("the banned request in the audit log", lambda: audit_has(BANNED_IP, "anomaly.banned"), timeout=15.0)
         page.reload()
         expect(page.locator("#nav")).to_be_visible()
         expect(page.locator("#page")).to_have_attribute("data-page", "threats")
