@@ -42,7 +42,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// Longest an admin call may wait on the stores (a store that does not
 /// answer in time is down: 503 `backend.unavailable`, never a hung call).
 /// The live stream has no deadline; an import applies it to each user.
-const STORE_BUDGET: Duration = Duration::from_secs(10);
+pub(crate) const STORE_BUDGET: Duration = Duration::from_secs(10);
 
 /// Default and largest page of `GET /admin/users`.
 const DEFAULT_PAGE: usize = 50;

@@ -411,6 +411,11 @@ routes = ["api"]
         task.await.unwrap();
     }
     let ok = tally.ok.load(Ordering::Relaxed);
+    eprintln!(
+        "rotation under load: {ok} calls answered 200, {} refreshes, {} calls with the new key",
+        tally.refreshes.load(Ordering::Relaxed),
+        tally.new_kid_seen.load(Ordering::Relaxed)
+    );
     assert_eq!(
         tally.unauthorized.load(Ordering::Relaxed),
         0,

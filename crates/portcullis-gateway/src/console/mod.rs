@@ -391,7 +391,13 @@ impl Console {
             ));
         }
         let invalid = || Problem::code(ErrorCode::InvalidApiKey, "not a valid admin API key");
-        let record = match self.stores.verify_api_key(&key).await {
+        // A hung store answers 503, never a hung sign-in.
+        let record = match portcullis::stores::hook::within_budget(
+            crate::admin::STORE_BUDGET,
+            self.stores.verify_api_key(&key),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(portcullis::stores::StoreError::InvalidApiKey) => return Err(invalid()),
             Err(e) => return Err(Problem::from(e)),
