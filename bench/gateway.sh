@@ -20,6 +20,8 @@
 # and resident memory with 1,000 idle keep-alive connections.
 #
 # Knobs: RUNS=3 DURATION=12 CONNS=32 WARMUP=3 CONFIGS=... PEERS=../shared/peers/gateway
+#        PC_BIN=path/to/portcullis (bench that binary instead of building this tree)
+#        AUDIT_EXTRA='batch_size = 100' (more [audit] keys for the audited configs)
 # Output: bench/results/gateway-<timestamp>/ (table.md, raw.jsonl, extra.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,8 +43,12 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "need root to apt-get install ${need[*]}" >&2; exit 1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release -q -p portcullis-gateway --manifest-path "$ROOT/Cargo.toml"
-PC="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
+if [ -n "${PC_BIN:-}" ]; then
+  PC="$PC_BIN"    # a binary built elsewhere (e.g. the commit before a change)
+else
+  cargo build --release -q -p portcullis-gateway --manifest-path "$ROOT/Cargo.toml"
+  PC="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
+fi
 
 rm -rf "$W"; mkdir -p "$W"/{run,logs,keys,conf,pids} "$OUT"
 cp "$PEERS"/conf/nginx-upstream.conf "$PEERS"/conf/nginx-proxy.conf "$PEERS"/conf/haproxy-rs256.cfg "$W/conf/"
@@ -65,7 +71,8 @@ pc_config() {  # name -> writes $W/conf/<name>.toml
       storage="url = \"sqlite://$W/run/$name-stores.db\"
 pepper_file = \"$W/keys/pepper\""
       audit="[audit]
-sqlite = \"$W/run/$name-audit.db\""
+sqlite = \"$W/run/$name-audit.db\"
+${AUDIT_EXTRA:-}"
       limits='[[guard.rate_limits]]
 name = "per_ip"
 algorithm = "gcra"

@@ -356,7 +356,7 @@ impl Default for RotationConfig {
 }
 
 /// `[audit]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// SQLite audit database; absent (and no `postgres`): no audit log.
@@ -369,6 +369,35 @@ pub struct AuditConfig {
     /// (default: `<sqlite>.spool`; required with `postgres`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// Write a batch once this many events wait (default 200, 1 to 10 000).
+    /// Smaller batches are shorter writes: on a gateway sharing its core
+    /// with the database writer, 1000-event batches added 3.8 ms to the
+    /// p99 at half the peak rate, 200-event ones 1.7 ms, at the same
+    /// throughput (`bench/gateway.sh`).
+    #[serde(default = "default_audit_batch")]
+    pub batch_size: usize,
+    /// Write at least this often (default `20ms`, 1ms to 10s).
+    #[serde(default = "default_audit_flush", deserialize_with = "duration")]
+    pub flush_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sqlite: None,
+            postgres: None,
+            spool_dir: None,
+            batch_size: default_audit_batch(),
+            flush_interval: default_audit_flush(),
+        }
+    }
+}
+
+fn default_audit_batch() -> usize {
+    200
+}
+fn default_audit_flush() -> Duration {
+    Duration::from_millis(20)
 }
 
 /// `[anomaly]`: bans (checked on every request) and the detectors that
@@ -1468,6 +1497,18 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     }
     if let Err(message) = absolute_url(&config.keys.issuer) {
         err("keys.issuer".into(), message);
+    }
+    if !(1..=10_000).contains(&config.audit.batch_size) {
+        err(
+            "audit.batch_size".into(),
+            "must be between 1 and 10000".into(),
+        );
+    }
+    if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&config.audit.flush_interval) {
+        err(
+            "audit.flush_interval".into(),
+            "must be between 1ms and 10s".into(),
+        );
     }
     if !(Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&config.keys.access_ttl) {
         err(

@@ -237,7 +237,10 @@ async fn open_audit(
             }
             (None, None) => return Ok((None, None)),
         };
-    let writer = AuditWriter::start(sink, AuditWriterConfig::new(spool), Arc::new(SystemClock))
+    let mut writer_config = AuditWriterConfig::new(spool);
+    writer_config.batch_size = config.audit.batch_size;
+    writer_config.flush_interval = config.audit.flush_interval;
+    let writer = AuditWriter::start(sink, writer_config, Arc::new(SystemClock))
         .map_err(|e| start("audit")(e.to_string()))?;
     Ok((Some(Arc::new(writer)), Some(store)))
 }
