@@ -1504,7 +1504,8 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             "must be between 1 and 10000".into(),
         );
     }
-    if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&config.audit.flush_interval) {
+    if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&config.audit.flush_interval)
+    {
         err(
             "audit.flush_interval".into(),
             "must be between 1ms and 10s".into(),

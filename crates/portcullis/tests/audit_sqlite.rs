@@ -749,6 +749,13 @@ async fn sqlite_prune_deletes_every_chunk() {
         store.write_batch(chunk).await.unwrap();
     }
     let cutoff = event(25_000).ts_us;
-    assert_eq!(store.prune_before(cutoff).await.unwrap(), 25_000);
+    let mut seen = Vec::new();
+    let deleted = store
+        .prune_before_with(cutoff, |n| seen.push(n))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 25_000);
     assert_eq!(count(&store).await, 10);
+    // Progress after each full chunk; the last, partial one ends the prune.
+    assert_eq!(seen, [10_000, 20_000]);
 }

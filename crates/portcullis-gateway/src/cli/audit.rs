@@ -195,8 +195,8 @@ impl Store {
 
     async fn prune(&self, before_us: i64) -> Result<u64, CliError> {
         match self {
-            Self::Sqlite(s) => s.prune_before(before_us).await,
-            Self::Postgres(p) => p.prune_before(before_us).await,
+            Self::Sqlite(s) => s.prune_before_with(before_us, prune_progress).await,
+            Self::Postgres(p) => p.prune_before_with(before_us, prune_progress).await,
             Self::Admin(_) => {
                 return Err(CliError::Usage(
                     "prune needs the audit database: pass --sqlite or --postgres".into(),
@@ -205,6 +205,11 @@ impl Store {
         }
         .map_err(backend_error)
     }
+}
+
+/// A long prune's progress on stderr (stdout keeps the one JSON answer).
+fn prune_progress(deleted: u64) {
+    eprintln!("audit prune: {deleted} events deleted so far");
 }
 
 /// The audit log read through a gateway's admin API (`GET /admin/audit`).

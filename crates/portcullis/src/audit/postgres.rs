@@ -336,6 +336,16 @@ impl PostgresAudit {
     /// Deletes events older than `before_us`, [`PRUNE_CHUNK`] rows per
     /// statement (each its own transaction); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
+        self.prune_before_with(before_us, |_| {}).await
+    }
+
+    /// Like [`Self::prune_before`], calling `progress` with the running
+    /// total after each chunk (a long prune can say how far it got).
+    pub async fn prune_before_with(
+        &self,
+        before_us: i64,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, AuditError> {
         let mut total = 0;
         loop {
             let done = sqlx::query(PRUNE)
@@ -348,6 +358,7 @@ impl PostgresAudit {
             if done < PRUNE_CHUNK as u64 {
                 return Ok(total);
             }
+            progress(total);
             tokio::task::yield_now().await;
         }
     }

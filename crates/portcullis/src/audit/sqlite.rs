@@ -180,6 +180,16 @@ impl SqliteAudit {
     /// statement (each its own transaction, so writers wait for one chunk
     /// at most); returns how many.
     pub async fn prune_before(&self, before_us: i64) -> Result<u64, AuditError> {
+        self.prune_before_with(before_us, |_| {}).await
+    }
+
+    /// Like [`Self::prune_before`], calling `progress` with the running
+    /// total after each chunk (a long prune can say how far it got).
+    pub async fn prune_before_with(
+        &self,
+        before_us: i64,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, AuditError> {
         let mut total = 0;
         loop {
             let done = sqlx::query(
@@ -195,6 +205,7 @@ impl SqliteAudit {
             if done < PRUNE_CHUNK as u64 {
                 return Ok(total);
             }
+            progress(total);
             tokio::task::yield_now().await;
         }
     }
