@@ -150,6 +150,39 @@ routes = ["api", "open"]
     out
 }
 
+/// Replicas on a fresh PostgreSQL database and a unique Redis prefix; the
+/// gateways stop before the database and the keys are removed (fields
+/// drop in order).
+struct SharedBackends {
+    replicas: Vec<Admin>,
+    _prefix: support::RedisPrefix,
+    _db: support::FreshDatabase,
+}
+
+/// `n` replicas on PostgreSQL + Redis (`None`: a server is unreachable and
+/// skipping is allowed).
+async fn on_postgres_and_redis(label: &str, n: usize) -> Option<SharedBackends> {
+    let db = support::FreshDatabase::create(label).await?;
+    let redis = support::redis_url()?;
+    let prefix = support::RedisPrefix {
+        urls: vec![redis.clone()],
+        prefix: support::unique_name(&format!("pcx-{label}")),
+    };
+    let dir = TempDir::new(&format!("{label}-pg"));
+    let (keys, pepper) = keys_and_pepper(&dir);
+    let storage = format!(
+        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
+        db.url,
+        pepper.display(),
+        prefix.prefix
+    );
+    Some(SharedBackends {
+        replicas: start_replicas(dir, &keys, &storage, n).await,
+        _prefix: prefix,
+        _db: db,
+    })
+}
+
 impl Admin {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         send(
@@ -409,30 +442,10 @@ async fn every_route_is_guarded_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_guarded_on_postgres_and_redis() {
-    let Some(db) = support::FreshDatabase::create("admin_sweep").await else {
+    let Some(shared) = on_postgres_and_redis("admin_sweep", 1).await else {
         return;
     };
-    let Some(redis) = support::redis_url() else {
-        return;
-    };
-    let prefix = support::RedisPrefix {
-        urls: vec![redis.clone()],
-        prefix: support::unique_name("pcx-admin-sweep"),
-    };
-    let dir = TempDir::new("admin-sweep");
-    let (keys, pepper) = keys_and_pepper(&dir);
-    let storage = format!(
-        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
-        db.url,
-        pepper.display(),
-        prefix.prefix
-    );
-    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
-    let admin = replicas.remove(0);
-    sweep_every_route(&admin).await;
-    drop(admin);
-    drop(prefix);
-    drop(db);
+    sweep_every_route(&shared.replicas[0]).await;
 }
 
 /// A hung database (SIGSTOP) never hangs an admin call: each answers
@@ -972,26 +985,10 @@ async fn the_openapi_document_matches_the_routes() {
 /// is honoured by the other within the revocation bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_and_redis_follow_the_admin() {
-    let Some(db) = support::FreshDatabase::create("admin").await else {
+    let Some(shared) = on_postgres_and_redis("admin", 2).await else {
         return;
     };
-    let Some(redis) = support::redis_url() else {
-        return;
-    };
-    let prefix = support::RedisPrefix {
-        urls: vec![redis.clone()],
-        prefix: support::unique_name("pcx-admin"),
-    };
-    let dir = TempDir::new("admin-pg");
-    let (keys, pepper) = keys_and_pepper(&dir);
-    let storage = format!(
-        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
-        db.url,
-        pepper.display(),
-        prefix.prefix
-    );
-    let replicas = start_replicas(dir, &keys, &storage, 2).await;
-    let (a, b) = (&replicas[0], &replicas[1]);
+    let (a, b) = (&shared.replicas[0], &shared.replicas[1]);
 
     // Made through A's admin API, used through B.
     let bob = a.create_user("bob", &[]).await;
@@ -1059,9 +1056,6 @@ async fn two_replicas_on_postgres_and_redis_follow_the_admin() {
             .status,
         StatusCode::OK
     );
-    drop(replicas);
-    drop(prefix);
-    drop(db);
 }
 
 /// Reads SSE chunks from `body` until one holds `needle` or `limit` passes.

@@ -87,6 +87,49 @@ async fn login(client: &HttpClient, replica: &Replica, username: &str) -> Value 
     r.json()
 }
 
+/// A gateway on `(public, ops)` over `storage` (the `[storage]` keys) with
+/// the keys in `keys`, then `keys_extra`, which must end inside
+/// `[keys.rotation]` (the stored keys are read every 200 ms), and one JWT
+/// route to `upstream`.
+fn gateway_config(
+    (public, ops): (std::net::SocketAddr, std::net::SocketAddr),
+    storage: &str,
+    keys: &std::path::Path,
+    keys_extra: &str,
+    upstream: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+{storage}
+
+[keys]
+dir = "{keys}"
+issuer = "{ISSUER}"
+{keys_extra}
+poll_interval = "200ms"
+
+[log]
+level = "warn"
+
+[[guard.routes]]
+name = "api"
+path = "/api/**"
+credentials = ["jwt"]
+
+[[upstreams]]
+name = "echo"
+url = "http://{upstream}"
+routes = ["api"]
+"#,
+        keys = keys.display(),
+    )
+}
+
 /// What the load saw.
 #[derive(Default)]
 struct Tally {
@@ -185,44 +228,18 @@ async fn a_rotation_under_load_on_two_replicas_never_answers_401() {
     let mut configs = Vec::new();
     for i in 0..2 {
         let (public, ops) = (free_port(), free_port());
-        let config = format!(
-            r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "{db}"
-pepper_file = "{pepper}"
-redis = "{redis}"
-redis_prefix = "{prefix}"
-
-[keys]
-dir = "{keys}"
-issuer = "{ISSUER}"
-access_ttl = "5s"
-
-[keys.rotation]
-propagation_delay = "2s"
-poll_interval = "200ms"
-
-[log]
-level = "warn"
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api"]
-"#,
-            db = db.url,
-            pepper = pepper.display(),
-            prefix = prefix.prefix,
-            keys = keys.display(),
+        let storage = format!(
+            "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"",
+            db.url,
+            pepper.display(),
+            prefix.prefix
+        );
+        let config = gateway_config(
+            (public, ops),
+            &storage,
+            &keys,
+            "access_ttl = \"5s\"\n\n[keys.rotation]\npropagation_delay = \"2s\"",
+            upstream,
         );
         let path = dir.join(&format!("gateway-{i}.toml"));
         std::fs::write(&path, &config).unwrap();
@@ -472,40 +489,17 @@ async fn a_replica_with_another_pepper_refuses_to_start_on_sealed_keys() {
     let upstream = echo_upstream().await;
     let client = client();
     let config = |pepper: &std::path::Path, public, ops| {
-        format!(
-            r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{db}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "{ISSUER}"
-
-[keys.rotation]
-propagation_delay = "1s"
-poll_interval = "200ms"
-
-[log]
-level = "warn"
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api"]
-"#,
-            db = dir.join("stores.db").display(),
-            pepper = pepper.display(),
-            keys = keys.display(),
+        let storage = format!(
+            "url = \"sqlite://{}\"\npepper_file = \"{}\"",
+            dir.join("stores.db").display(),
+            pepper.display()
+        );
+        gateway_config(
+            (public, ops),
+            &storage,
+            &keys,
+            "\n[keys.rotation]\npropagation_delay = \"1s\"",
+            upstream,
         )
     };
     let (public, ops) = (free_port(), free_port());
