@@ -16,6 +16,7 @@ export class ApiError extends Error {
     super(`${status}${code ? ' ' + code : ''}${detail ? ': ' + detail : ''}`);
     this.status = status;
     this.code = code;
+    this.detail = detail;
     this.body = body;
   }
 }

@@ -76,7 +76,8 @@ export function mount(root) {
       toast(`Key ${r.kid} published.`, 'ok');
       load();
     } catch (err) {
-      if (err.status === 409) fill(result, h('p', { class: 'error' }, 'A rotation is already pending: ' + err.message));
+      // The detail already says which key is pending and when it activates.
+      if (err.status === 409) fill(result, h('p', { class: 'error' }, err.detail || err.message));
       else showError(err, result);
     }
   });
