@@ -1400,6 +1400,11 @@ async fn the_cli_manages_users_through_the_admin_api() {
 
     // Disable, sessions, API keys and apps from the command line.
     let out = cli(&["users", "disable", &id, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         serde_json::from_slice::<Value>(&out.stdout).unwrap()["disabled"],
         json!(true)
