@@ -121,8 +121,7 @@ pub struct TokenPair {
 
 /// Issues tokens with the active key of a key set.
 pub struct TokenIssuer {
-    // Replaced whole by a key rotation; read once per issued token.
-    keys: std::sync::RwLock<Arc<KeySet>>,
+    keys: Arc<KeySet>,
     config: IssuerConfig,
     hasher: SecretHasher,
     clock: Arc<dyn Clock>,
@@ -152,7 +151,7 @@ impl TokenIssuer {
     /// with `hasher`, on the system clock.
     pub fn new(keys: impl Into<Arc<KeySet>>, config: IssuerConfig, hasher: SecretHasher) -> Self {
         Self {
-            keys: std::sync::RwLock::new(keys.into()),
+            keys: keys.into(),
             config,
             hasher,
             clock: Arc::new(SystemClock),
@@ -171,27 +170,26 @@ impl TokenIssuer {
         &self.config
     }
 
-    /// The key set tokens are signed from.
-    pub fn keys(&self) -> Arc<KeySet> {
-        match self.keys.read() {
-            Ok(k) => Arc::clone(&k),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    /// The same issuer signing with `keys`' active key (a key rotation),
+    /// as [`crate::Verifier::with_keys`] does for verification.
+    pub fn with_keys(&self, keys: impl Into<Arc<KeySet>>) -> Self {
+        Self {
+            keys: keys.into(),
+            config: self.config.clone(),
+            hasher: self.hasher.clone(),
+            clock: Arc::clone(&self.clock),
         }
     }
 
-    /// Signs from `keys`' active key from now on (a key rotation).
-    pub fn replace_keys(&self, keys: impl Into<Arc<KeySet>>) {
-        let keys = keys.into();
-        match self.keys.write() {
-            Ok(mut k) => *k = keys,
-            Err(poisoned) => *poisoned.into_inner() = keys,
-        }
+    /// The key set tokens are signed from.
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
     }
 
     /// Issues an access token.
     pub fn issue_access(&self, req: &AccessRequest) -> Result<IssuedAccess, IssueError> {
-        let keys = self.keys();
-        let key = keys
+        let key = self
+            .keys
             .active()
             .ok_or_else(|| KeyError::NoSuchKey("(active signing key)".into()))?;
         if req.subject.is_empty() {

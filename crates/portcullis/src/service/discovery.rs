@@ -49,10 +49,10 @@ fn public_json(body: &str) -> Response {
 
 /// `GET /.well-known/jwks.json`: public asymmetric keys only.
 pub(super) async fn jwks(State(s): State<Arc<Inner>>) -> Response {
-    public_json(&s.published().jwks)
+    public_json(&s.signing().jwks)
 }
 
 /// `GET /.well-known/openid-configuration`.
 pub(super) async fn openid_configuration(State(s): State<Arc<Inner>>) -> Response {
-    public_json(&s.published().discovery)
+    public_json(&s.signing().discovery)
 }

@@ -208,11 +208,15 @@ impl TokenServiceBuilder {
             self.token_cache,
             StoresRevocation::new(Arc::clone(&self.stores)),
         );
-        let published = std::sync::RwLock::new(Published::of(&issuer_url, &public_url, &self.keys));
+        let signing = std::sync::RwLock::new(Arc::new(Signing::new(
+            self.issuer,
+            &self.keys,
+            &issuer_url,
+            &public_url,
+        )));
         Ok(TokenService {
             inner: Arc::new(Inner {
                 stores: self.stores,
-                issuer: self.issuer,
                 verifier,
                 login_limiter: self.login_limiter,
                 anomaly: self.anomaly,
@@ -223,7 +227,7 @@ impl TokenServiceBuilder {
                 store_budget: self.store_budget,
                 issuer_url,
                 public_url,
-                published,
+                signing,
             }),
         })
     }
@@ -260,7 +264,6 @@ impl Route {
 /// What every handler shares.
 pub(crate) struct Inner {
     stores: Arc<Stores>,
-    issuer: TokenIssuer,
     verifier: CachedVerifier<StoresRevocation>,
     login_limiter: Option<RateLimiter>,
     anomaly: Option<Arc<AnomalyEngine>>,
@@ -271,37 +274,35 @@ pub(crate) struct Inner {
     store_budget: Duration,
     issuer_url: String,
     public_url: String,
-    /// The JWKS and discovery documents of the current key set.
-    published: std::sync::RwLock<Published>,
+    /// The issuer and the documents of the current key set, replaced whole
+    /// by a key rotation (as the verifier's key set is).
+    signing: std::sync::RwLock<Arc<Signing>>,
 }
 
-/// The documents published for a key set.
-pub(crate) struct Published {
-    pub(crate) jwks: Arc<str>,
-    pub(crate) discovery: Arc<str>,
+/// What a key set signs with and publishes.
+pub(crate) struct Signing {
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) jwks: String,
+    pub(crate) discovery: String,
 }
 
-impl Published {
-    fn of(issuer_url: &str, public_url: &str, keys: &KeySet) -> Self {
+impl Signing {
+    /// `issuer`, with `keys` (their public part) published.
+    fn new(issuer: TokenIssuer, keys: &KeySet, issuer_url: &str, public_url: &str) -> Self {
         Self {
-            jwks: keys.public_jwks().to_string().into(),
-            discovery: discovery::document(issuer_url, public_url, keys)
-                .to_string()
-                .into(),
+            jwks: keys.public_jwks().to_string(),
+            discovery: discovery::document(issuer_url, public_url, keys).to_string(),
+            issuer,
         }
     }
 }
 
 impl Inner {
-    /// The documents of the current key set.
-    fn published(&self) -> Published {
-        let p = match self.published.read() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        Published {
-            jwks: Arc::clone(&p.jwks),
-            discovery: Arc::clone(&p.discovery),
+    /// The issuer and documents of the current key set.
+    fn signing(&self) -> Arc<Signing> {
+        match self.signing.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
@@ -385,7 +386,7 @@ pub struct TokenService {
 impl std::fmt::Debug for TokenService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenService")
-            .field("issuer", &self.inner.issuer)
+            .field("issuer", &self.inner.signing().issuer)
             .finish_non_exhaustive()
     }
 }
@@ -398,12 +399,16 @@ impl TokenService {
     /// verifying at once.
     pub fn replace_keys(&self, keys: Arc<KeySet>) {
         let s = &self.inner;
-        let published = Published::of(&s.issuer_url, &s.public_url, &keys);
-        s.issuer.replace_keys(Arc::clone(&keys));
+        let next = Arc::new(Signing::new(
+            s.signing().issuer.with_keys(Arc::clone(&keys)),
+            &keys,
+            &s.issuer_url,
+            &s.public_url,
+        ));
         s.verifier.replace_keys(keys);
-        match s.published.write() {
-            Ok(mut p) => *p = published,
-            Err(poisoned) => *poisoned.into_inner() = published,
+        match s.signing.write() {
+            Ok(mut current) => *current = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
         }
     }
 

@@ -223,7 +223,8 @@ impl Inner {
                 "the account is disabled; its session was revoked",
             ));
         };
-        self.issuer
+        self.signing()
+            .issuer
             .issue_access(&access_request(&user, session_id))
             .map_err(issue_failed)
     }
@@ -272,13 +273,14 @@ pub(super) async fn login(
     let session = s
         .within(s.stores.create_session(&NewSession {
             user_id: user.id.clone(),
-            ttl: refresh_ttl(&s.issuer, remember_me),
+            ttl: refresh_ttl(&s.signing().issuer, remember_me),
             user_agent: client.user_agent.clone(),
             client_ip: client.ip_text(),
             remember_me,
         }))
         .await?;
     let pair = s
+        .signing()
         .issuer
         .issue_pair(&access_request(&user, &session.id), remember_me)
         .map_err(issue_failed)?;
@@ -327,7 +329,7 @@ pub(super) async fn refresh(
     // `Stores::successor_token`), so a race within the reuse interval can be
     // handed the very token the winner got.
     let successor_token = s.stores.successor_token(&req.refresh_token);
-    let successor_hash = s.issuer.refresh_hash(&successor_token);
+    let successor_hash = s.signing().issuer.refresh_hash(&successor_token);
     let rotation = s
         .within(s.stores.rotate_refresh(&req.refresh_token, |current| {
             Ok(RefreshRecord {
