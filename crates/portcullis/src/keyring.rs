@@ -72,6 +72,10 @@ pub enum KeyRingError {
     /// The stored keys could not be read.
     #[error("stored signing keys: {0}")]
     Store(#[from] StoreError),
+    /// The key sealer or the key set could not be built (a crypto or key
+    /// set failure, not a stored record's).
+    #[error("signing keys: {0}; check the files in keys.dir")]
+    Keys(KeyError),
     /// A stored key does not open or parse.
     #[error(
         "stored signing key `{kid}`: {error}; check that storage.pepper_file is the one every replica uses"
@@ -182,10 +186,7 @@ impl KeyRing {
         if config.store_budget.is_zero() || config.store_budget > Duration::from_secs(30) {
             return Err(invalid("store_budget", "must be between 1 ms and 30 s"));
         }
-        let sealer = KeySealer::from_pepper(hasher).map_err(|error| KeyRingError::Key {
-            kid: String::new(),
-            error,
-        })?;
+        let sealer = KeySealer::from_pepper(hasher).map_err(KeyRingError::Keys)?;
         let records = within_budget(config.store_budget, stores.signing_keys()).await?;
         let mut opened = HashMap::new();
         for record in &records {
@@ -196,11 +197,7 @@ impl KeyRing {
             opened.insert(record.kid.clone(), key);
         }
         let now = stores.now();
-        let schedule =
-            compute(&base, &opened, &config, now).map_err(|error| KeyRingError::Key {
-                kid: String::new(),
-                error,
-            })?;
+        let schedule = compute(&base, &opened, &config, now).map_err(KeyRingError::Keys)?;
         let (current, _) = watch::channel(Arc::new(schedule.keys.clone()));
         Ok(Arc::new(Self {
             base,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis::keyring::{KeyRing, KeyRingConfig, RotateError};
-use portcullis::stores::{Backends, SigningKeyRecord, Stores, StoresConfig};
+use portcullis::stores::{
+    Backends, BoxFuture, SigningKeyRecord, SigningKeyStore, StoreResult, Stores, StoresConfig,
+};
 use portcullis_core::{Algorithm, Key, KeySet, KeyState, ManualClock, SecretHasher};
 
 fn hasher(pepper: u8) -> SecretHasher {
@@ -195,4 +197,75 @@ async fn inconsistent_settings_are_refused() {
             .await
             .is_err()
     );
+}
+
+/// The memory store's signing keys, or a store that never answers.
+struct Hanging {
+    inner: Arc<portcullis::stores::memory::MemoryStores>,
+    hung: std::sync::atomic::AtomicBool,
+}
+
+impl SigningKeyStore for Hanging {
+    fn insert_signing_key<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.insert_signing_key(key)
+    }
+
+    fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
+        if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
+            Box::pin(std::future::pending())
+        } else {
+            self.inner.signing_keys()
+        }
+    }
+
+    fn delete_signing_key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, StoreResult<bool>> {
+        self.inner.delete_signing_key(kid)
+    }
+}
+
+#[tokio::test]
+async fn a_hung_store_delays_news_but_known_transitions_happen_on_time() {
+    let memory = Arc::new(portcullis::stores::memory::MemoryStores::new());
+    let hanging = Arc::new(Hanging {
+        inner: Arc::clone(&memory),
+        hung: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut backends = Backends::all(memory);
+    backends.signing_keys = hanging.clone();
+    let clock = Arc::new(ManualClock::at_unix_seconds(1_000_000));
+    let stores = Arc::new(
+        Stores::with_clock(backends, StoresConfig::new(hasher(1)), clock.clone()).unwrap(),
+    );
+    let mut c = config();
+    c.store_budget = Duration::from_millis(100);
+    let ring = KeyRing::open(configured(), stores, &hasher(1), c)
+        .await
+        .unwrap();
+    let new = ring.rotate(None).await.unwrap();
+
+    hanging
+        .hung
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    assert!(ring.sync().await.is_err(), "a hung store is a failed read");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "within the budget"
+    );
+    assert!(ring.status().last_error.is_some());
+    assert!(matches!(
+        ring.rotate(None).await,
+        Err(RotateError::Store(_))
+    ));
+
+    // The known schedule goes on from the clock alone.
+    clock.advance(Duration::from_secs(60));
+    ring.tick();
+    assert_eq!(active(&ring), new.kid);
+    clock.advance(Duration::from_secs(100));
+    ring.tick();
+    assert_eq!(kids(&ring), std::slice::from_ref(&new.kid));
 }
