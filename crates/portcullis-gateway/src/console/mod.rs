@@ -508,7 +508,15 @@ impl Console {
     /// `GET /console/api/config`: the running configuration, redacted.
     async fn config(&self, who: &SignedIn) -> Result<Response<ResponseBody>, Problem> {
         // The key is checked again: a revoked admin key ends its session.
-        if self.stores.verify_api_key(&who.key).await.is_err() {
+        let checked = portcullis::stores::hook::within_budget(
+            crate::admin::STORE_BUDGET,
+            self.stores.verify_api_key(&who.key),
+        )
+        .await;
+        if let Err(e @ portcullis::stores::StoreError::Unavailable(_)) = &checked {
+            return Err(Problem::unavailable(e));
+        }
+        if checked.is_err() {
             self.sessions.remove(&who.id);
             return Err(Problem::code(
                 ErrorCode::InvalidApiKey,
