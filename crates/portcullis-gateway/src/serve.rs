@@ -192,7 +192,7 @@ impl Shared {
         issuer_config.access_ttl = config.keys.access_ttl;
 
         // The token service.
-        let token_service = if config.token_service.enabled {
+        let token_service_handle = if config.token_service.enabled {
             let issuer = TokenIssuer::new(Arc::clone(&keys), issuer_config.clone(), hasher);
             let public_url = config.token_service.public_url.clone().unwrap_or_else(|| {
                 format!(
@@ -211,21 +211,18 @@ impl Shared {
             if let Some(a) = &storage.audit {
                 b = b.audit(Arc::clone(a));
             }
-            let service = b
-                .build()
-                .map_err(|e| start("token_service")(e.to_string()))?;
-            let prefix = config.token_service.prefix.clone();
-            Some((
-                (
-                    prefix.clone(),
-                    axum::Router::new().nest(&prefix, service.router()),
-                ),
-                service,
-            ))
+            Some(
+                b.build()
+                    .map_err(|e| start("token_service")(e.to_string()))?,
+            )
         } else {
             None
         };
-        let (token_service, token_service_handle) = token_service.unzip();
+        let token_service = token_service_handle.as_ref().map(|service| {
+            let prefix = config.token_service.prefix.clone();
+            let router = axum::Router::new().nest(&prefix, service.router());
+            (prefix, router)
+        });
         let nonces = storage.nonce_store();
         Ok(Self {
             nonces,
