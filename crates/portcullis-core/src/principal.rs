@@ -20,6 +20,20 @@ pub enum AuthMethod {
     Anonymous,
 }
 
+impl AuthMethod {
+    /// The name it serializes to (`jwt`, `api_key`, `app`,
+    /// `signed_request`, `anonymous`), without building a JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+            Self::App => "app",
+            Self::SignedRequest => "signed_request",
+            Self::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// The verified claims of a token as JSON text, parsed only when asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RawClaims(Vec<u8>);
@@ -118,5 +132,27 @@ impl Principal {
     /// Whether the principal holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuthMethod;
+
+    #[test]
+    fn auth_method_names_are_their_serialized_names() {
+        for method in [
+            AuthMethod::Jwt,
+            AuthMethod::ApiKey,
+            AuthMethod::App,
+            AuthMethod::SignedRequest,
+            AuthMethod::Anonymous,
+        ] {
+            assert_eq!(
+                serde_json::to_value(method).ok(),
+                Some(serde_json::Value::from(method.as_str())),
+                "{method:?}"
+            );
+        }
     }
 }

@@ -38,6 +38,23 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// [`HOP_BY_HOP`] as header names, so removing them parses nothing.
+const HOP_BY_HOP_NAMES: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Marks a request that came over TLS (`[server.tls]`): the upstream is
 /// told `X-Forwarded-Proto: https`.
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +186,25 @@ struct Upstream {
     prefix: String,
 }
 
+impl Upstream {
+    /// The URI of a request on this upstream: its prefix, then the
+    /// request's path and query. Without a prefix the request's path is
+    /// shared, not copied.
+    fn target(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(match path_and_query {
+            Some(pq) if self.prefix.is_empty() => pq.clone(),
+            pq => {
+                let rest = pq.map_or("/", http::uri::PathAndQuery::as_str);
+                http::uri::PathAndQuery::try_from(format!("{}{rest}", self.prefix)).ok()?
+            }
+        });
+        Uri::from_parts(parts).ok()
+    }
+}
+
 /// The identity header names, parsed.
 #[derive(Debug, Clone)]
 pub struct IdentityNames {
@@ -243,9 +279,7 @@ impl IdentityNames {
         if let Some(s) = &principal.session_id {
             set(&self.session, s);
         }
-        if let Ok(serde_json::Value::String(method)) = serde_json::to_value(principal.auth_method) {
-            set(&self.auth_method, &method);
-        }
+        set(&self.auth_method, principal.auth_method.as_str());
     }
 }
 
@@ -357,12 +391,7 @@ impl Proxy {
         };
 
         // The URI on the upstream: its prefix, then the request's path and query.
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let target = format!(
-            "http://{}{}{}",
-            upstream.authority, upstream.prefix, path_and_query
-        );
-        let Ok(uri) = target.parse::<Uri>() else {
+        let Some(uri) = upstream.target(parts.uri.path_and_query()) else {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "gateway.bad_request",
@@ -591,17 +620,19 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP_NAMES {
         headers.remove(name);
     }
 }
@@ -619,41 +650,48 @@ pub fn set_forwarding(
     from_trusted_proxy: bool,
     tls: bool,
 ) {
-    let chain: Vec<String> = if from_trusted_proxy {
-        headers
-            .get_all("x-forwarded-for")
+    use std::fmt::Write as _;
+    // The chain as one string: a trusted proxy's hops, then the peer.
+    let mut chain = String::new();
+    if from_trusted_proxy {
+        let hops = headers
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|hop| !hop.is_empty())
-            .map(str::to_owned)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    headers.remove("x-forwarded-for");
-    headers.remove("forwarded");
-    let mut hops = chain;
+            .filter(|hop| !hop.is_empty());
+        for hop in hops {
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(hop);
+        }
+    }
+    headers.remove(&X_FORWARDED_FOR);
+    headers.remove(header::FORWARDED);
     if let Some(ip) = peer {
-        hops.push(ip.to_string());
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        let _ = write!(chain, "{ip}");
     }
-    if !hops.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&hops.join(", "))
+    if !chain.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&chain)
     {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !(from_trusted_proxy && headers.contains_key("x-forwarded-proto")) {
+    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if tls { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(from_trusted_proxy && headers.contains_key("x-forwarded-host")) {
+    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
             Some(h) => {
-                headers.insert("x-forwarded-host", h.clone());
+                headers.insert(X_FORWARDED_HOST, h.clone());
             }
             None => {
-                headers.remove("x-forwarded-host");
+                headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
@@ -689,4 +727,91 @@ pub fn too_large(limit: u64) -> Response<ResponseBody> {
 pub fn refusal(refusal: &portcullis::Refusal, request_id: &str) -> Response<ResponseBody> {
     portcullis::http::refusal_response(&portcullis::http::ProblemJson, refusal, request_id)
         .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        let uri: Uri = url.parse().unwrap_or_default();
+        Upstream {
+            name: Arc::from("app"),
+            authority: uri
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:1")),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn pq(s: &str) -> Option<http::uri::PathAndQuery> {
+        http::uri::PathAndQuery::try_from(s).ok()
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query_after_the_prefix() {
+        let bare = upstream("http://127.0.0.1:8080");
+        let target = |u: &Upstream, p: Option<http::uri::PathAndQuery>| {
+            u.target(p.as_ref()).map(|uri| uri.to_string())
+        };
+        assert_eq!(
+            target(&bare, pq("/a/b?x=1&y=%20")).as_deref(),
+            Some("http://127.0.0.1:8080/a/b?x=1&y=%20")
+        );
+        assert_eq!(
+            target(&bare, None).as_deref(),
+            Some("http://127.0.0.1:8080/")
+        );
+        let prefixed = upstream("http://10.0.0.2:9000/api/v1/");
+        assert_eq!(
+            target(&prefixed, pq("/users?id=7")).as_deref(),
+            Some("http://10.0.0.2:9000/api/v1/users?id=7")
+        );
+        assert_eq!(
+            target(&prefixed, None).as_deref(),
+            Some("http://10.0.0.2:9000/api/v1/")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("proxy-connection", HeaderValue::from_static("close"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended_and_anyone_elses_replaced() {
+        let peer = "10.0.0.9".parse().ok();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+        );
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        let mut trusted = headers.clone();
+        set_forwarding(&mut trusted, peer, None, true, false);
+        assert_eq!(trusted["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+        assert!(!trusted.contains_key(header::FORWARDED));
+
+        let host = HeaderValue::from_static("api.example");
+        set_forwarding(&mut headers, peer, Some(&host), false, false);
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "api.example");
+        assert!(!headers.contains_key(header::FORWARDED));
+    }
 }

@@ -659,6 +659,30 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A status as a metric label: the common ones without allocating.
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    let common = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return metrics::SharedString::from(status.as_str().to_owned()),
+    };
+    metrics::SharedString::const_str(common)
+}
+
 /// Whether `path` is `prefix` or under it.
 fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
@@ -694,7 +718,7 @@ impl App {
         metrics::counter!(
             "portcullis_gateway_requests_total",
             "surface" => surface,
-            "status" => response.status().as_str().to_owned()
+            "status" => status_label(response.status())
         )
         .increment(1);
         metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface)
