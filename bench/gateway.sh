@@ -16,6 +16,8 @@
 #   pc-rs256        (b) RS256 verified on every request + memory rate limit + audit to SQLite
 #   pc-cached       (c) as (b) with the verified-token cache
 #   pc-redis-pg     (d) as (b) with rate limits on Redis and storage + audit on PostgreSQL
+#   hyper-floor     a bare hyper 1 / hyper-util proxy on the gateway's stack and settings
+#                   (examples/hyper_floor.rs): what (a) would cost with none of our work
 # Then, for pc-rs256: p99 added over the upstream at half its peak rate (hey -q),
 # and resident memory with 1,000 idle keep-alive connections.
 #
@@ -27,9 +29,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PEERS:-$ROOT/../shared/peers/gateway}"
 RUNS=${RUNS:-3}; DURATION=${DURATION:-12}; CONNS=${CONNS:-32}; WARMUP=${WARMUP:-3}
-CONFIGS=${CONFIGS:-"upstream nginx-proxy haproxy-rs256 pc-proxy pc-rs256 pc-cached pc-redis-pg"}
+CONFIGS=${CONFIGS:-"upstream nginx-proxy haproxy-rs256 hyper-floor pc-proxy pc-rs256 pc-cached pc-redis-pg"}
 W="$ROOT/bench/.work/gateway"; OUT="$ROOT/bench/results/gateway-$(date +%Y%m%d-%H%M%S)"
-REDIS_PORT=16379; PG_PORT=15432; PC_PORT=18100; PC_OPS=18190
+REDIS_PORT=16379; PG_PORT=15432; PC_PORT=18100; PC_OPS=18190; FLOOR_PORT=18110
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 [ -f "$PEERS/bench/measure.py" ] || { echo "peer method not found at $PEERS (set PEERS=)" >&2; exit 2; }
@@ -49,6 +51,10 @@ else
   cargo build --release -q -p portcullis-gateway --manifest-path "$ROOT/Cargo.toml"
   PC="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
 fi
+FLOOR="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/hyper_floor"
+case " $CONFIGS " in *" hyper-floor "*)
+  cargo build --release -q -p portcullis-gateway --example hyper_floor --manifest-path "$ROOT/Cargo.toml" ;;
+esac
 
 rm -rf "$W"; mkdir -p "$W"/{run,logs,keys,conf,pids} "$OUT"
 cp "$PEERS"/conf/nginx-upstream.conf "$PEERS"/conf/nginx-proxy.conf "$PEERS"/conf/haproxy-rs256.cfg "$W/conf/"
@@ -156,6 +162,10 @@ start() {  # name
       pid=$!
       local i; for ((i = 0; i < 300; i++)); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p $PG_PORT && break; sleep 0.1; done
       psql -X -q -h 127.0.0.1 -p $PG_PORT -U postgres -c "CREATE DATABASE portcullis_bench" ;;
+    hyper-floor)
+      port=$FLOOR_PORT
+      ( exec "${PINNED[@]}" "$FLOOR" "127.0.0.1:$FLOOR_PORT" 127.0.0.1:18080 ) >"$W/logs/$name.log" 2>&1 &
+      pid=$! ;;
     pc-*)
       port=$PC_PORT
       pc_config "$name"
@@ -173,7 +183,7 @@ trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 servers() { case $1 in upstream) echo upstream;; pc-redis-pg) echo upstream redis postgres pc-redis-pg;; *) echo upstream "$1";; esac; }
-port_of() { case $1 in upstream) echo 18080;; nginx-proxy) echo 18081;; haproxy-rs256) echo 18083;; *) echo $PC_PORT;; esac; }
+port_of() { case $1 in upstream) echo 18080;; nginx-proxy) echo 18081;; haproxy-rs256) echo 18083;; hyper-floor) echo $FLOOR_PORT;; *) echo $PC_PORT;; esac; }
 token_of() { case $1 in haproxy-rs256) echo "$W/keys/haproxy.jwt";; *) echo "$W/keys/pc.jwt";; esac; }
 
 {
