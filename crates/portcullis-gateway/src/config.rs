@@ -315,6 +315,62 @@ pub struct KeysConfig {
     /// `[keys.rotation]`: signing-key rotation through the admin API.
     #[serde(default)]
     pub rotation: RotationConfig,
+    /// `[[keys.trusted_issuers]]`: outside identity providers (Auth0,
+    /// Keycloak, Entra ID, another Portcullis) whose JWTs the `jwt`
+    /// credential also accepts, verified against their published JWKS.
+    #[serde(default)]
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+/// One `[[keys.trusted_issuers]]` entry: an identity provider whose access
+/// tokens are accepted, checked against the keys it publishes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    /// The exact `iss` of its tokens (for discovery also the base URL).
+    pub issuer: String,
+    /// Its JWKS URL; when unset, `<issuer>/.well-known/openid-configuration`
+    /// names it (OIDC discovery).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// `aud` values accepted (at least one: without it any token of the
+    /// issuer would pass, one meant for another API or an ID token).
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Require `typ: at+jwt` (RFC 9068), for issuers that type access tokens.
+    #[serde(default)]
+    pub require_typ: bool,
+    /// How long a fetched key set is fresh (default `10m`).
+    #[serde(default = "default_issuer_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Least time between fetches caused by an unknown `kid` or a failed
+    /// refresh (default `30s`): a flood of made-up kids cannot flood the issuer.
+    #[serde(default = "default_issuer_refetch", deserialize_with = "duration")]
+    pub refetch_interval: Duration,
+    /// How long past `ttl` the last good key set still serves while the
+    /// issuer is unreachable (default `5m`).
+    #[serde(default = "default_issuer_max_stale", deserialize_with = "duration")]
+    pub max_stale: Duration,
+    /// Extra CA certificates (PEM) trusted for its HTTPS besides the
+    /// Mozilla roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Hosts other than the issuer's own that a discovered `jwks_uri` may name.
+    #[serde(default)]
+    pub jwks_hosts: Vec<String>,
+    /// Plain `http://` to a loopback host (local development and tests only).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_issuer_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_issuer_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_issuer_max_stale() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_token_cache_entries() -> u64 {
@@ -1529,6 +1585,27 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             "keys.rotation.propagation_delay".into(),
             "must be at least twice keys.rotation.poll_interval: every replica must read a new key before any signs with it".into(),
         );
+    }
+
+    for (i, issuer) in config.keys.trusted_issuers.iter().enumerate() {
+        let key = |field: &str| format!("keys.trusted_issuers[{i}].{field}");
+        if issuer.issuer == config.keys.issuer {
+            err(
+                key("issuer"),
+                "is the gateway's own keys.issuer; its tokens are verified with keys.dir".into(),
+            );
+        } else if config.keys.trusted_issuers[..i]
+            .iter()
+            .any(|other| other.issuer == issuer.issuer)
+        {
+            err(
+                key("issuer"),
+                format!("`{}` is trusted twice", issuer.issuer),
+            );
+        }
+        if let Err((field, message)) = crate::serve::remote_issuer(issuer) {
+            err(key(field), message);
+        }
     }
 
     let ids = config.identity.named();

@@ -22,6 +22,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use portcullis::audit::AuditWriter;
 use portcullis::http::{GuardLayer, GuardService, PeerAddr};
+use portcullis::jwks::{
+    FetchError, IssuerError, KeySource, RemoteIssuer, RemoteIssuerConfig, TrustedIssuers,
+};
 use portcullis::keyring::{KeyRing, KeyRingConfig};
 use portcullis::service::TokenService;
 use portcullis::stores::Stores;
@@ -166,6 +169,8 @@ pub(crate) struct Shared {
     /// Signed-request nonces: outlive reloads, so a reload never forgets
     /// which nonces were spent.
     nonces: Arc<dyn NonceStore>,
+    /// `[[keys.trusted_issuers]]` and their cached key sets.
+    trusted_issuers: Option<TrustedIssuers>,
 }
 
 impl Shared {
@@ -224,8 +229,10 @@ impl Shared {
             (prefix, router)
         });
         let nonces = storage.nonce_store();
+        let trusted_issuers = trusted_issuers(config)?;
         Ok(Self {
             nonces,
+            trusted_issuers,
             storage,
             keyring,
             issuer_config,
@@ -331,7 +338,68 @@ pub(crate) fn build_guard(
     if let Some(signed) = &config.signed_requests {
         builder = builder.signed_requests(signed_authenticator(signed, &shared.nonces)?);
     }
+    if let Some(issuers) = &shared.trusted_issuers {
+        builder = builder.trusted_issuers(issuers.clone());
+    }
     builder.build().map_err(|e| start("guard")(e.to_string()))
+}
+
+/// The issuer of one `[[keys.trusted_issuers]]` entry (no I/O but reading
+/// its `ca_file`); an error names the entry's field and says why.
+pub(crate) fn remote_issuer(
+    c: &crate::config::TrustedIssuerConfig,
+) -> Result<RemoteIssuer, (&'static str, String)> {
+    let source = match &c.jwks_url {
+        Some(url) => KeySource::Jwks(url.clone()),
+        None => KeySource::Discovery,
+    };
+    let mut settings = RemoteIssuerConfig::new(c.issuer.clone(), source);
+    settings.validation.audiences = c.audience.clone();
+    settings.validation.require_typ = c.require_typ;
+    settings.ttl = c.ttl;
+    settings.refetch_interval = c.refetch_interval;
+    settings.max_stale = c.max_stale;
+    settings.allow_http = c.allow_http;
+    settings.jwks_hosts = c.jwks_hosts.clone();
+    if let Some(path) = &c.ca_file {
+        settings.tls.extra_roots_pem =
+            std::fs::read(path).map_err(|e| ("ca_file", format!("{}: {e}", path.display())))?;
+    }
+    let url_field = if c.jwks_url.is_some() {
+        "jwks_url"
+    } else {
+        "issuer"
+    };
+    RemoteIssuer::new(settings).map_err(|e| match e {
+        IssuerError::Setting { field, reason } => {
+            let field = match field {
+                "validation.audiences" => "audience",
+                "ttl" => "ttl",
+                "refetch_interval" => "refetch_interval",
+                "max_stale" => "max_stale",
+                _ => url_field,
+            };
+            (field, reason.to_owned())
+        }
+        IssuerError::Config(FetchError::Tls(detail)) => ("ca_file", detail),
+        other => (url_field, other.to_string()),
+    })
+}
+
+/// Every `[[keys.trusted_issuers]]` entry, built once at start: their
+/// fetched key sets outlive reloads and key rotations.
+fn trusted_issuers(config: &Config) -> Result<Option<TrustedIssuers>, ServeError> {
+    if config.keys.trusted_issuers.is_empty() {
+        return Ok(None);
+    }
+    let mut issuers = TrustedIssuers::new();
+    for (i, c) in config.keys.trusted_issuers.iter().enumerate() {
+        let issuer = remote_issuer(c).map_err(|(field, message)| {
+            start("keys.trusted_issuers")(format!("[{i}].{field}: {message}"))
+        })?;
+        issuers = issuers.with(issuer);
+    }
+    Ok(Some(issuers))
 }
 
 /// The request path of `config`: guard, proxy, forward-auth, over the

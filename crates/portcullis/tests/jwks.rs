@@ -1008,3 +1008,66 @@ async fn a_secret_jwks_entry_listed_first_does_not_displace_the_public_key() {
         .await
         .unwrap();
 }
+
+/// A guard with its own keys and a trusted issuer accepts the tokens of
+/// both. A remote token's kid is unknown to the local set, which must not
+/// end the check; a token naming the local issuer with a kid nobody knows
+/// stays `auth.unknown_key`.
+#[tokio::test]
+async fn a_guard_with_local_keys_also_accepts_a_trusted_issuers_tokens() {
+    use portcullis::Guard;
+    use portcullis::guard::{GuardConfig, RouteConfig};
+    use portcullis_core::{Validation, Verifier};
+
+    let remote_key = key("remote1");
+    let mut published = KeySet::new();
+    published.insert(copy(&remote_key, "remote1")).unwrap();
+    let fetcher = Arc::new(MapFetcher::default());
+    fetcher.serve(MAP_JWKS, published.public_jwks().to_string());
+    let clock = clock_now();
+    let local_key = key("local1");
+    let mut local = KeySet::new();
+    local.insert(copy(&local_key, "local1")).unwrap();
+    let mut ic = IssuerConfig::new("https://local.example");
+    ic.audience = vec![AUD.into()];
+    let guard = Guard::builder(GuardConfig::default().route(RouteConfig::new("docs", "/docs")))
+        .local_keys(Verifier::new(local, Validation::for_local_issuer(&ic)))
+        .trusted_issuers(
+            TrustedIssuers::new().with(map_remote(map_config(), &fetcher, &clock).unwrap()),
+        )
+        .stores(memory_stores().await)
+        .build()
+        .unwrap();
+    let check = |token: String| {
+        let guard = guard.clone();
+        async move {
+            let (parts, ()) = http::Request::get("/docs")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            let decision = guard
+                .check(&parts, Some("127.0.0.1".parse().unwrap()))
+                .await;
+            decision.refusal.map(|r| r.code)
+        }
+    };
+
+    assert_eq!(check(mint(&remote_key, MAP_ISSUER, &clock)).await, None);
+    assert_eq!(
+        check(mint(&local_key, "https://local.example", &clock)).await,
+        None
+    );
+    assert_eq!(
+        check(mint(&key("stray"), "https://local.example", &clock)).await,
+        Some(ErrorCode::UnknownKey)
+    );
+    assert_eq!(
+        check(mint(&key("stray"), MAP_ISSUER, &clock)).await,
+        Some(ErrorCode::UnknownKey)
+    );
+    assert_eq!(
+        check(mint(&remote_key, "https://stranger.example", &clock)).await,
+        Some(ErrorCode::UnknownKey)
+    );
+}

@@ -1352,6 +1352,13 @@ impl Guard {
                 Ok(p) => return Ok(p),
                 Err(AuthError::Token(portcullis_core::TokenError::InvalidIssuer))
                     if inner.remote.is_some() => {}
+                // The local set does not know the kid: a trusted remote
+                // issuer's token (its signature is checked there).
+                Err(AuthError::Token(portcullis_core::TokenError::UnknownKey(_)))
+                    if inner
+                        .remote
+                        .as_ref()
+                        .is_some_and(|r| r.names_issuer_of(token)) => {}
                 Err(e) => return Err(e.code()),
             }
         }

@@ -676,6 +676,11 @@ impl TrustedIssuers {
         self.issuers.get(iss)
     }
 
+    /// Whether `token`'s (unverified) `iss` names one of these issuers.
+    pub fn names_issuer_of(&self, token: &[u8]) -> bool {
+        peek_issuer(token).is_some_and(|iss| self.issuers.contains_key(&iss))
+    }
+
     /// Verifies `token` with the keys of the issuer its `iss` names, then
     /// runs the revocation hook.
     pub async fn verify(&self, token: &[u8]) -> Result<Principal, IssuerError> {
