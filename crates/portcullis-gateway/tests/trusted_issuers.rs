@@ -240,12 +240,7 @@ refetch_interval = "1s""#,
     // (An issuer nobody trusts has no key set that knows its kid.)
     let r = call(token(&key, "https://elsewhere.example", "orders")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-    assert_eq!(
-        r.code().as_deref(),
-        Some("auth.unknown_key"),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.code().as_deref(), Some("auth.unknown_key"), "{}", r.body);
 
     // The provider goes down: past the key set's ttl the last good set
     // still serves (within max_stale), so its users are not locked out.
