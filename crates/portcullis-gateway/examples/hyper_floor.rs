@@ -73,21 +73,20 @@ async fn forward(
     uri.path_and_query = parts.uri.path_and_query().cloned();
     match Uri::from_parts(uri) {
         Ok(uri) => parts.uri = uri,
-        Err(_) => return status(400),
+        Err(_) => return status(http::StatusCode::BAD_REQUEST),
     }
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response.map(BodyExt::boxed_unsync),
-        Err(_) => status(502),
+        Err(_) => status(http::StatusCode::BAD_GATEWAY),
     }
 }
 
-fn status(code: u16) -> Response<Body> {
+fn status(code: http::StatusCode) -> Response<Body> {
     let mut response = Response::new(
         http_body_util::Empty::new()
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    *response.status_mut() =
-        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *response.status_mut() = code;
     response
 }

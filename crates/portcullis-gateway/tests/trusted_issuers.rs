@@ -311,3 +311,77 @@ fn config_check_names_the_trusted_issuer_key_at_fault() {
     );
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A provider that accepts the connection and never answers: a request
+/// with its token ends within the 5 s fetch budget as 503
+/// `auth.jwks_unavailable`, and the gateway's own tokens keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_provider_costs_a_request_the_fetch_budget_not_forever() {
+    let dir = TempDir::new("trusted-issuers-hung");
+    let idp_keys = dir.join("idp");
+    generate(&idp_keys, "idp1");
+    // Accepts and holds every connection without reading or answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let upstream = echo_upstream().await;
+    let (public, ops) = (free_port(), free_port());
+    let entry = format!(
+        "[[keys.trusted_issuers]]\nissuer = \"{IDP}\"\njwks_url = \"http://{hung}/jwks.json\"\naudience = [\"orders\"]\nallow_http = true"
+    );
+    let gateway = Gateway::start(
+        &dir,
+        "gw",
+        &config(&dir, public, ops, &entry, upstream),
+        public,
+        ops,
+    );
+    let c = client();
+    gateway.wait_ready(&c).await;
+
+    let remote = token(&idp_keys.join("idp1.pem"), IDP, "orders");
+    let started = std::time::Instant::now();
+    let r = send(
+        &c,
+        get(
+            public,
+            "/api/orders",
+            &[("authorization", &format!("Bearer {remote}"))],
+        ),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(
+        r.code().as_deref(),
+        Some("auth.jwks_unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(8),
+        "waited {waited:?}"
+    );
+
+    // The gateway's own keys do not depend on the provider.
+    let own = token(
+        &dir.join("keys").join("k1.pem"),
+        &format!("http://{public}"),
+        "gateway",
+    );
+    let r = send(
+        &c,
+        get(
+            public,
+            "/api/orders",
+            &[("authorization", &format!("Bearer {own}"))],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
