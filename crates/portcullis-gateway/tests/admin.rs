@@ -1192,13 +1192,24 @@ async fn the_audit_log_is_queried_and_streamed_live() {
         rest.iter()
             .all(|e| e["path"].as_str().unwrap().starts_with("/open/"))
     );
-    let r = admin
-        .call(
-            "GET",
-            "/admin/audit?decision=deny&code=auth.missing_credentials",
-            None,
-        )
-        .await;
+    // The stream shows an event before its batch is written: wait for the write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = admin
+            .call(
+                "GET",
+                "/admin/audit?decision=deny&code=auth.missing_credentials",
+                None,
+            )
+            .await;
+        let written = r.json()["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["request_id"] == json!(refused_id)));
+        if written || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         r.json()["events"]
             .as_array()
