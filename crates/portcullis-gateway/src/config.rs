@@ -48,6 +48,9 @@ pub struct Config {
     /// The forward-auth endpoints for nginx, Traefik, Caddy and Envoy.
     #[serde(default)]
     pub forward_auth: ForwardAuthConfig,
+    /// How requests that could mean two things are treated.
+    #[serde(default)]
+    pub request: RequestConfig,
     /// What the guard enforces: the library's `GuardConfig`.
     #[serde(default)]
     pub guard: GuardConfig,
@@ -745,12 +748,71 @@ impl Default for TokenServiceConfig {
     }
 }
 
+/// `[request]`: the canonical form every request is brought to before the
+/// guard sees it, and what is refused for having no single meaning
+/// (docs/config.md "Canonical requests").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// Methods with lower-case letters (`delete`): `refuse` (default, 400
+    /// `request.non_canonical_method`) or `uppercase` (decided and
+    /// forwarded upper-cased).
+    #[serde(default)]
+    pub lowercase_methods: LowercaseMethods,
+    /// Drop every inbound header whose name contains `_` (default true),
+    /// as nginx's `underscores_in_headers off`: WSGI servers, Traefik and
+    /// Envoy read `X_Foo` as `X-Foo`. Headers that fold to an identity,
+    /// credential or internal-token header are removed whatever this says.
+    #[serde(default = "yes")]
+    pub drop_underscore_headers: bool,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`:
+    /// `strip` (default: removed, counted) or `refuse` (400 when one names
+    /// another method than the request's).
+    #[serde(default)]
+    pub method_override: MethodOverride,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        Self {
+            lowercase_methods: LowercaseMethods::default(),
+            drop_underscore_headers: true,
+            method_override: MethodOverride::default(),
+        }
+    }
+}
+
+/// What a lower-case method gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowercaseMethods {
+    /// 400 `request.non_canonical_method`.
+    #[default]
+    Refuse,
+    /// Upper-cased, then decided and forwarded so.
+    Uppercase,
+}
+
+/// What a method-override header gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Removed before the guard and the upstream see the request.
+    #[default]
+    Strip,
+    /// 400 `request.method_override` when it names another method.
+    Refuse,
+}
+
 /// `[forward_auth]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthConfig {
-    /// Whether the endpoints answer (default true).
-    #[serde(default = "yes")]
+    /// Whether the endpoints answer (default false: a client that reaches
+    /// them through a load balancer could ask the guard about any request
+    /// it forges; turn them on when nginx, Traefik, Caddy or Envoy in
+    /// front asks, and list that proxy in `guard.client_ip.trusted_proxies`).
+    #[serde(default)]
     pub enabled: bool,
     /// Their prefix on the public listener (default `/_portcullis/auth`).
     #[serde(default = "default_forward_auth_prefix")]
@@ -764,7 +826,7 @@ fn default_forward_auth_prefix() -> String {
 impl Default for ForwardAuthConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             prefix: default_forward_auth_prefix(),
         }
     }
@@ -1857,6 +1919,7 @@ fn route_conflicts(guard: &GuardConfig) -> Vec<(String, String)> {
             path: r.path.clone(),
             host: r.host.clone(),
             require: r.require.clone(),
+            path_parameters: r.path_parameters,
         })
         .collect();
     let Ok(policy) = AccessPolicy::new(&AuthzConfig {

@@ -12,12 +12,14 @@
 //! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
 //! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
+//! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod canonical;
 pub mod cli;
 pub mod config;
 mod conn;

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis::http::{ClientIp, MatchedRoute, PeerAddr, Principal, RequestId};
+use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders};
 
@@ -427,6 +427,17 @@ impl Proxy {
         inner.identity.strip(&mut parts.headers);
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
+        }
+        // The gateway's own headers are set after the hop-by-hop strip, so
+        // a client's `Connection: x-request-id` cannot remove them.
+        if let Some(v) = rid.and_then(|id| HeaderValue::from_str(id).ok()) {
+            parts.headers.insert(portcullis::http::REQUEST_ID, v);
+        }
+        parts.headers.remove(crate::canonical::DRY_RUN_HEADER);
+        if let Some(DryRunRefusal(code)) = parts.extensions.get::<DryRunRefusal>()
+            && let Ok(v) = HeaderValue::from_str(&format!("would-deny {}", code.as_str()))
+        {
+            parts.headers.insert(crate::canonical::DRY_RUN_HEADER, v);
         }
         let principal = parts.extensions.get::<Principal>().map(|p| &**p);
         if let Err(e) = inner

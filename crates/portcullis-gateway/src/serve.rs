@@ -71,6 +71,8 @@ pub(crate) struct App {
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
     pub(crate) guard: Guard,
+    /// The canonical form every request is brought to first.
+    canonical: crate::canonical::Canonicalizer,
     max_body: u64,
     /// The gateway's public JWKS and where it is served.
     jwks: (String, Bytes),
@@ -415,6 +417,8 @@ pub(crate) fn build_app(
         .map_err(|e| start("internal_token")(e.to_string()))?;
     let jwks = (outbound.jwks_path().to_owned(), outbound.jwks());
     let proxy = Proxy::new(config, outbound).map_err(|e| start("upstreams")(e.to_string()))?;
+    let canonical = crate::canonical::Canonicalizer::new(config)
+        .map_err(|e| start("request")(e.to_string()))?;
     let forward_auth = config.forward_auth.enabled.then(|| {
         (
             config.forward_auth.prefix.clone(),
@@ -422,6 +426,7 @@ pub(crate) fn build_app(
                 guard.clone(),
                 proxy.identity().clone(),
                 config.guard.client_ip.clone(),
+                canonical.clone(),
             ),
         )
     });
@@ -430,6 +435,7 @@ pub(crate) fn build_app(
         forward_auth,
         guarded: GuardLayer::new(guard.clone()).layer(proxy),
         guard,
+        canonical,
         max_body: config.server.max_body_bytes,
         jwks,
     })
@@ -778,6 +784,23 @@ impl Surface {
 }
 
 impl App {
+    /// 400 for a request with no single meaning, audited by the guard.
+    fn refuse_malformed(
+        &self,
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+        why: portcullis_core::canonical::NonCanonical,
+    ) -> Response<ResponseBody> {
+        metrics::counter!("portcullis_gateway_noncanonical_refused_total", "reason" => why.code())
+            .increment(1);
+        let mut decision =
+            self.guard
+                .malformed(parts, Some(peer.ip()), why.code(), &why.to_string());
+        let response = crate::canonical::refusal(why, &decision.request_id);
+        decision.finish(response.status());
+        response
+    }
+
     /// One request on the public listener, counted and timed by surface and status.
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = std::time::Instant::now();
@@ -800,6 +823,15 @@ impl App {
         peer: SocketAddr,
     ) -> (Surface, Response<ResponseBody>) {
         req.extensions_mut().insert(PeerAddr(peer));
+        // One request, one meaning: every surface sees the canonical form.
+        let (mut parts, body) = req.into_parts();
+        let tls = parts.extensions.get::<crate::proxy::ClientTls>().is_some();
+        if let Err(crate::canonical::Refused(why)) =
+            self.canonical.apply(&mut parts, peer.ip(), tls)
+        {
+            return (Surface::Proxy, self.refuse_malformed(&parts, peer, why));
+        }
+        let mut req = Request::from_parts(parts, body);
         let path = req.uri().path();
         if path == self.jwks.0 {
             return (

@@ -485,6 +485,7 @@ impl GuardBuilder {
                 path: r.path.clone(),
                 host: r.host.clone(),
                 require,
+                path_parameters: r.path_parameters,
             });
             let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(CompiledRoute {
@@ -801,6 +802,35 @@ impl Guard {
             outcome: Err(Refused {
                 refusal,
                 reason: "body_too_large",
+            }),
+            principal: None,
+            headers: Vec::new(),
+            dry_run: false,
+        };
+        self.conclude(started, request_id, client_ip, route, event, steps)
+    }
+
+    /// 400 `request.malformed` for a request with no single meaning (the
+    /// gateway's canonical form refused it before any check), with its
+    /// one audit event; `reason` is the specific stable reason
+    /// (e.g. `request.host_mismatch`). Never let through, not even on a
+    /// `dry_run` route.
+    pub fn malformed(
+        &self,
+        parts: &Parts,
+        peer: Option<IpAddr>,
+        reason: &'static str,
+        detail: &str,
+    ) -> Decision {
+        let started = Instant::now();
+        let request_id = self.request_id(parts, peer);
+        let client_ip = peer.map(|p| self.client_ip(parts, p));
+        let route = self.route_of(parts);
+        let event = self.snapshot(parts, &request_id, client_ip, route);
+        let steps = Steps {
+            outcome: Err(Refused {
+                refusal: Refusal::new(ErrorCode::MalformedRequest, detail),
+                reason,
             }),
             principal: None,
             headers: Vec::new(),
