@@ -204,16 +204,21 @@ fn cases() -> Vec<Case> {
         Case {
             name: "path parameter hiding a protected path",
             head: "GET /admin;jsessionid=x/users HTTP/1.1\nHost: app.test",
-            expect: Refused(403, "authz.denied"),
+            expect: Refused(401, "auth.missing_credentials"),
         },
         Case {
             name: "empty path parameter",
             head: "GET /admin;/users HTTP/1.1\nHost: app.test",
-            expect: Refused(403, "authz.denied"),
+            expect: Refused(401, "auth.missing_credentials"),
         },
         Case {
             name: "encoded path parameter",
             head: "GET /admin%3B/users HTTP/1.1\nHost: app.test",
+            expect: Refused(401, "auth.missing_credentials"),
+        },
+        Case {
+            name: "path parameters on an anonymous route that does not accept them",
+            head: "GET /hello;jsessionid=x/there HTTP/1.1\nHost: app.test",
             expect: Refused(403, "authz.denied"),
         },
         Case {
