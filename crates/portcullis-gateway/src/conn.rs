@@ -41,6 +41,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Time a client gets to send its first bytes, and an HTTP/1 request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time an idle connection asked to close gets before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// What serves the public listener's connections; shared.
 pub struct Public {
     builder: auto::Builder<TokioExecutor>,
@@ -183,6 +186,11 @@ impl Public {
         // Held, not used: the graceful shutdown waits until it drops.
         let _watcher = watcher;
         let mut closing = false;
+        // An idle connection asked to close gets this long to do so (an
+        // HTTP/2 peer that never acknowledges the GOAWAY's ping), then is
+        // dropped.
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
         let ended = loop {
             tokio::select! {
                 ended = conn.as_mut() => break ended,
@@ -194,6 +202,11 @@ impl Public {
                     closing = true;
                     crate::deadline::idle_closed(self.idle_timeout);
                     conn.as_mut().graceful_shutdown();
+                    grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                }
+                () = grace.as_mut() => {
+                    tracing::debug!("idle connection did not close in time; dropped");
+                    return;
                 }
             }
         };

@@ -232,10 +232,40 @@ async fn a_forward_auth_call_with_a_body_that_stops_arriving_does_not_hold_the_c
     eprintln!("forward-auth stall to close: {took:?}");
 }
 
+/// An upstream that reads each request's whole body before answering 200.
+async fn reading_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let n = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_or(0, |b| b.to_bytes().len());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(n.to_string())),
+                        ))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxied_body_that_stops_arriving_is_408() {
     let dir = TempDir::new("dl-proxy");
-    let gw = start(&dir, echo_upstream().await, SHORT).await;
+    let gw = start(&dir, reading_upstream().await, SHORT).await;
     let head = format!(
         "POST /echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 100\r\n\r\n",
         gw.public
@@ -274,12 +304,17 @@ async fn a_silent_http2_connection_that_answers_pings_is_sent_goaway() {
     io.write_all(&h2_frame(SETTINGS, 0, &[])).await.unwrap();
     let opened = Instant::now();
     let (mut rd, mut wr) = io.into_split();
-    // The client keeps pinging (and acks the gateway's pings and
-    // settings): pings are not requests, the connection is still idle.
+    // The client keeps pinging, and acks the gateway's pings: pings are
+    // not requests, the connection is still idle.
+    let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let pinger = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if wr.write_all(&h2_frame(PING, 0, &[7; 8])).await.is_err() {
+            let frame = tokio::select! {
+                _ = tick.tick() => h2_frame(PING, 0, &[7; 8]),
+                Some(payload) = to_ack.recv() => h2_frame(PING, ACK, &payload),
+            };
+            if wr.write_all(&frame).await.is_err() {
                 return;
             }
         }
@@ -301,6 +336,9 @@ async fn a_silent_http2_connection_that_answers_pings_is_sent_goaway() {
         rd.read_exact(&mut payload).await.unwrap();
         match header[3] {
             PING if header[4] & ACK != 0 => pongs += 1,
+            PING => {
+                let _ = acks.send(payload);
+            }
             GOAWAY => goaway = Some(opened.elapsed()),
             _ => {}
         }
