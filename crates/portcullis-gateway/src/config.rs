@@ -142,6 +142,64 @@ pub struct ServerConfig {
     /// (HTTP/1.1 and h2c prior knowledge).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Time a client gets to send a whole request body, from its request
+    /// head (default `60s`); later is 408 `gateway.request_timeout`.
+    #[serde(
+        default = "default_request_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub request_body_timeout: Duration,
+    /// A public connection with no request in progress for this long is
+    /// closed (HTTP/2: GOAWAY; pings do not count) (default `75s`).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream's response body
+    /// (default `60s`); then the client's response is cut.
+    #[serde(
+        default = "default_upstream_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub upstream_body_timeout: Duration,
+    /// Connections open at once on the public listener (default 4096);
+    /// past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once on the ops listener (default 256).
+    #[serde(default = "default_ops_max_connections")]
+    pub ops_max_connections: usize,
+    /// A WebSocket tunnel with no byte either way for this long is closed
+    /// (default `5m`).
+    #[serde(
+        default = "default_websocket_idle_timeout",
+        deserialize_with = "duration"
+    )]
+    pub websocket_idle_timeout: Duration,
+    /// WebSocket tunnels open at once (default 1024); past it a handshake
+    /// is 503 `gateway.too_many_websockets`.
+    #[serde(default = "default_max_websockets")]
+    pub max_websockets: usize,
+}
+
+fn default_request_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_upstream_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_ops_max_connections() -> usize {
+    256
+}
+fn default_websocket_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_websockets() -> usize {
+    1024
 }
 
 /// `[server.tls]`: the public listener terminates TLS (HTTP/2 and
@@ -200,6 +258,13 @@ impl Default for ServerConfig {
             worker_threads: None,
             pid_file: None,
             tls: None,
+            request_body_timeout: default_request_body_timeout(),
+            idle_timeout: default_idle_timeout(),
+            upstream_body_timeout: default_upstream_body_timeout(),
+            max_connections: default_max_connections(),
+            ops_max_connections: default_ops_max_connections(),
+            websocket_idle_timeout: default_websocket_idle_timeout(),
+            max_websockets: default_max_websockets(),
         }
     }
 }
@@ -1487,6 +1552,9 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
         if d.is_zero() {
             err(key.into(), "must be longer than zero".into());
         }
+    }
+    for (key, message) in crate::limits::validate(&config.server) {
+        err(key.into(), message);
     }
     if let Some(tls) = &config.server.tls {
         if tls.handshake_timeout.is_zero() {

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use portcullis::Guard;
 use portcullis_core::ratelimit::ClientIpConfig;
 
@@ -60,9 +59,9 @@ impl ForwardAuth {
     }
 
     /// Answers a request whose path under the prefix is `rest`.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         peer: SocketAddr,
         rest: &str,
     ) -> Response<ResponseBody> {
