@@ -24,6 +24,7 @@ mod conn;
 mod console;
 mod demo;
 pub mod embed;
+pub mod escalation;
 mod forward_auth;
 mod identity;
 mod proxy;
