@@ -29,6 +29,7 @@ mod console;
 mod deadline;
 mod demo;
 pub mod embed;
+pub mod escalation;
 mod forward_auth;
 mod identity;
 mod limits;

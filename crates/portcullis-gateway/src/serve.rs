@@ -549,6 +549,11 @@ pub async fn serve_until(
                 client_ip: config.guard.client_ip.clone(),
                 token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
                 keyring: Arc::clone(&shared.keyring),
+                // Granted roles mean what the live public guard's role table says.
+                roles: Some({
+                    let live = Arc::clone(&live);
+                    Arc::new(move || live.load().guard.clone())
+                }),
             })
             .map_err(start("admin"))?;
             GuardLayer::new(guard).layer(router)
