@@ -666,6 +666,7 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     }
 
     // 80 idle connections: more than the descriptors left.
+    let starved_since = Instant::now();
     let mut held = Vec::new();
     for _ in 0..80 {
         held.push(TcpStream::connect(public).await.unwrap());
@@ -677,13 +678,10 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     let used =
         Duration::from_secs_f64((cpu_ticks(pid) - before) as f64 / clock_ticks_per_second() as f64);
     let share = used.as_secs_f64() / window.elapsed().as_secs_f64();
+    // What the code controls is how often it retries: CPU share is shown
+    // for the record only (it depends on the machine's load).
     eprintln!(
         "CPU over 2 s with 80 held connections at 64 fds: {used:?} ({:.1} % of a core)",
-        share * 100.0
-    );
-    assert!(
-        share < 0.5,
-        "the accept loop burns {:.0} % of a core",
         share * 100.0
     );
 
@@ -707,6 +705,15 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     )
     .await;
     assert!(errors > 0.0, "accept errors counted: {errors}");
+    // Backing off means at most one failed accept per 10 ms (the shortest
+    // pause); a loop that spins fails thousands of times a second.
+    let most = (starved_since.elapsed().as_millis() / 10 + 10) as f64;
+    eprintln!("accept errors on the public listener: {errors} (at most {most})");
+    assert!(
+        errors <= most,
+        "{errors} failed accepts in {:?}: the accept loop does not back off",
+        starved_since.elapsed()
+    );
     assert!(
         gw.log().contains("accept failed; backing off"),
         "{}",
