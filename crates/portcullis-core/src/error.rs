@@ -54,11 +54,14 @@ pub enum ErrorCode {
     BackendUnavailable,
     /// The request body is larger than accepted, or could not be read (413).
     BodyTooLarge,
+    /// Too many failed logins (or reset or console attempts) from this
+    /// client (429 with `Retry-After`); said before any password is checked.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order ([`Self::index`] is the position here).
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::MissingCredentials,
         Self::MalformedToken,
         Self::UnsupportedAlgorithm,
@@ -83,6 +86,7 @@ impl ErrorCode {
         Self::Banned,
         Self::BackendUnavailable,
         Self::BodyTooLarge,
+        Self::TooManyAttempts,
     ];
 
     /// This code's position in [`Self::ALL`]: a dense index for tables
@@ -118,6 +122,7 @@ impl ErrorCode {
             Self::Banned => "anomaly.banned",
             Self::BackendUnavailable => "backend.unavailable",
             Self::BodyTooLarge => "request.body_too_large",
+            Self::TooManyAttempts => "auth.too_many_attempts",
         }
     }
 
@@ -125,7 +130,7 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             Self::Denied | Self::Banned => 403,
-            Self::RateLimitExceeded => 429,
+            Self::RateLimitExceeded | Self::TooManyAttempts => 429,
             Self::BackendUnavailable | Self::JwksUnavailable => 503,
             Self::BodyTooLarge => 413,
             _ => 401,

@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     nonces: Arc<dyn NonceStore>,
     /// `[[keys.trusted_issuers]]` and their cached key sets.
     trusted_issuers: Option<TrustedIssuers>,
+    /// Failed logins, resets and console sign-ins (`[token_service.regulation]`).
+    pub(crate) regulator: Option<Arc<portcullis::regulation::Regulator>>,
 }
 
 impl Shared {
@@ -197,6 +199,7 @@ impl Shared {
         issuer_config.access_ttl = config.keys.access_ttl;
 
         // The token service.
+        let regulator = storage.regulator(&config.token_service.regulation)?;
         let token_service_handle = if config.token_service.enabled {
             let issuer = TokenIssuer::new(Arc::clone(&keys), issuer_config.clone(), hasher);
             let public_url = config.token_service.public_url.clone().unwrap_or_else(|| {
@@ -216,6 +219,10 @@ impl Shared {
             if let Some(a) = &storage.audit {
                 b = b.audit(Arc::clone(a));
             }
+            b = match &regulator {
+                Some(r) => b.regulator(Arc::clone(r)),
+                None => b.without_regulation(),
+            };
             Some(
                 b.build()
                     .map_err(|e| start("token_service")(e.to_string()))?,
@@ -233,6 +240,7 @@ impl Shared {
         Ok(Self {
             nonces,
             trusted_issuers,
+            regulator,
             storage,
             keyring,
             issuer_config,
@@ -541,6 +549,11 @@ pub async fn serve_until(
         console: crate::console::Console::new(
             Arc::clone(&shared.storage.stores),
             Arc::clone(&reloader),
+        )
+        .with_sign_in_guard(
+            shared.regulator.clone(),
+            shared.storage.audit.clone(),
+            config.guard.client_ip.clone(),
         ),
     });
 

@@ -66,6 +66,8 @@ impl Stores {
                         "must be an argon2id PHC string or a bcrypt $2a$/$2b$ hash",
                     ));
                 }
+                // A bcrypt import makes every login check pay bcrypt too.
+                self.passwords.note_hash(hash).await?;
                 hash.clone()
             }
             _ => {
@@ -179,7 +181,12 @@ impl Stores {
             self.passwords.verify_dummy(password).await?;
             return Err(StoreError::InvalidCredentials);
         };
-        if !self.passwords.verify(password, &user.password_hash).await? || user.disabled {
+        if !self
+            .passwords
+            .verify_login(password, &user.password_hash)
+            .await?
+            || user.disabled
+        {
             return Err(StoreError::InvalidCredentials);
         }
         if needs_rehash(&user.password_hash) {
