@@ -54,6 +54,10 @@ pub enum ErrorCode {
     BackendUnavailable,
     /// The request body is larger than accepted, or could not be read (413).
     BodyTooLarge,
+    /// The request has no single meaning (a lower-case method, a Host that
+    /// differs from the authority, an encoded `/`...): refused (400) rather
+    /// than passed on for the next hop to read differently.
+    MalformedRequest,
     /// Too many failed logins (or reset or console attempts) from this
     /// client (429 with `Retry-After`); said before any password is checked.
     TooManyAttempts,
@@ -61,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order ([`Self::index`] is the position here).
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::MissingCredentials,
         Self::MalformedToken,
         Self::UnsupportedAlgorithm,
@@ -86,6 +90,7 @@ impl ErrorCode {
         Self::Banned,
         Self::BackendUnavailable,
         Self::BodyTooLarge,
+        Self::MalformedRequest,
         Self::TooManyAttempts,
     ];
 
@@ -122,6 +127,7 @@ impl ErrorCode {
             Self::Banned => "anomaly.banned",
             Self::BackendUnavailable => "backend.unavailable",
             Self::BodyTooLarge => "request.body_too_large",
+            Self::MalformedRequest => "request.malformed",
             Self::TooManyAttempts => "auth.too_many_attempts",
         }
     }
@@ -133,6 +139,7 @@ impl ErrorCode {
             Self::RateLimitExceeded | Self::TooManyAttempts => 429,
             Self::BackendUnavailable | Self::JwksUnavailable => 503,
             Self::BodyTooLarge => 413,
+            Self::MalformedRequest => 400,
             _ => 401,
         }
     }
