@@ -523,6 +523,19 @@ pub async fn serve_until(
 ) -> Result<(), ServeError> {
     let metrics = install_metrics()?;
     let shared = Arc::new(Shared::open(&config).await?);
+    // Imported bcrypt hashes already stored make every login check pay
+    // bcrypt too (unknown users included): no timing tells them apart.
+    let stores = Arc::clone(&shared.storage.stores);
+    tokio::spawn(async move {
+        match stores.note_stored_password_hashes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                bcrypt_hashes = n,
+                "imported bcrypt password hashes present: every login check pays bcrypt too"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not read the stored password hashes"),
+        }
+    });
     let live = Arc::new(ArcSwap::from_pointee(build_app(&config, &shared, None)?));
     let reloader = Arc::new(Reloader::new(
         config_path,

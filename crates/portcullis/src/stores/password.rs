@@ -102,11 +102,41 @@ pub const PASSWORD_CHECKS_METRIC: &str = "portcullis_password_checks_total";
 pub const MAX_BCRYPT_PADDING_COST: u32 = 14;
 
 /// The bcrypt cost of `stored`, if it is a bcrypt hash.
-fn bcrypt_cost(stored: &str) -> Option<u32> {
+pub(crate) fn bcrypt_cost(stored: &str) -> Option<u32> {
     if !is_bcrypt(stored) {
         return None;
     }
     stored.get(4..6)?.parse().ok()
+}
+
+/// Verifications made, by hash kind (observability and tests: which
+/// hashers a login check ran).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verifications {
+    /// argon2id verifications (hashes and dummies).
+    pub argon2id: u64,
+    /// bcrypt verifications (hashes and dummies).
+    pub bcrypt: u64,
+}
+
+/// Per-kind verification counters shared by a hasher's clones.
+#[derive(Debug, Default)]
+struct KindCounts {
+    argon2id: AtomicU64,
+    bcrypt: AtomicU64,
+}
+
+impl KindCounts {
+    /// [`verify_blocking`], counted by the kind of `stored`.
+    fn verify(&self, password: &str, stored: &str) -> bool {
+        let counter = if is_bcrypt(stored) {
+            &self.bcrypt
+        } else {
+            &self.argon2id
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        verify_blocking(password, stored)
+    }
 }
 
 /// A bcrypt dummy hash and its cost.
@@ -135,6 +165,8 @@ pub struct PasswordHasher {
     bcrypt_dummy: Arc<std::sync::RwLock<Option<BcryptDummy>>>,
     /// Verifications of a dummy made only to equalise cost.
     padding_verifications: Arc<AtomicU64>,
+    /// Login-check verifications by hash kind.
+    kinds: Arc<KindCounts>,
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -173,6 +205,7 @@ impl PasswordHasher {
             dummy_verifications: Arc::new(AtomicU64::new(0)),
             bcrypt_dummy: Arc::new(std::sync::RwLock::new(None)),
             padding_verifications: Arc::new(AtomicU64::new(0)),
+            kinds: Arc::default(),
             slots: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: concurrency.saturating_mul(WAITING_PER_SLOT),
@@ -233,10 +266,11 @@ impl PasswordHasher {
             self.padding_verifications.fetch_add(1, Ordering::Relaxed);
         }
         let password = password.to_owned();
+        let kinds = Arc::clone(&self.kinds);
         self.run(move || {
-            let mut ok = verify_blocking(&password, &dummy);
+            let mut ok = kinds.verify(&password, &dummy);
             if let Some(b) = bcrypt {
-                ok &= verify_blocking(&password, &b);
+                ok &= kinds.verify(&password, &b);
             }
             ok
         })
@@ -258,12 +292,13 @@ impl PasswordHasher {
             self.padding_verifications.fetch_add(1, Ordering::Relaxed);
         }
         let (password, stored) = (password.to_owned(), stored.to_owned());
+        let kinds = Arc::clone(&self.kinds);
         let (ok, made) = self
             .run(move || {
                 let made = fresh.and_then(|cost| make_bcrypt_dummy(cost).map(|h| (cost, h)));
-                let ok = verify_blocking(&password, &stored);
+                let ok = kinds.verify(&password, &stored);
                 if let Some(pad) = pad {
-                    let _ = verify_blocking(&password, &pad);
+                    let _ = kinds.verify(&password, &pad);
                 }
                 (ok, made)
             })
@@ -318,6 +353,14 @@ impl PasswordHasher {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|d| d.hash.clone())
+    }
+
+    /// Login-check verifications made so far, by hash kind.
+    pub fn verifications(&self) -> Verifications {
+        Verifications {
+            argon2id: self.kinds.argon2id.load(Ordering::Relaxed),
+            bcrypt: self.kinds.bcrypt.load(Ordering::Relaxed),
+        }
     }
 
     /// How many dummy verifications were made only to equalise the cost of
@@ -399,36 +442,70 @@ mod tests {
         assert!(!strict.verify_dummy("pw").await.expect("free again"));
     }
 
-    /// Once a bcrypt hash is present, every login check costs one
-    /// verification of each kind: an unknown user's (argon2id and bcrypt
-    /// dummies), an argon2id user's (plus the bcrypt dummy) and a bcrypt
-    /// user's (plus the argon2id dummy). Counted, not timed.
+    /// What one login check ran, by hash kind.
+    async fn ran(hasher: &PasswordHasher, check: impl Future<Output = bool>) -> (bool, u64, u64) {
+        let before = hasher.verifications();
+        let ok = check.await;
+        let after = hasher.verifications();
+        (
+            ok,
+            after.argon2id - before.argon2id,
+            after.bcrypt - before.bcrypt,
+        )
+    }
+
+    /// Once a bcrypt hash is present, every login check runs one argon2id
+    /// and one bcrypt verification: an unknown user's (two dummies), an
+    /// argon2id user's (plus the bcrypt dummy) and a bcrypt user's (plus
+    /// the argon2id dummy). Asserted on which hashers ran, not on time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_login_check_pays_each_hash_kind_present() {
         let hasher = PasswordHasher::new().expect("hasher");
         let argon = hash_blocking("pw").expect("argon2id");
-        // Only argon2id present: no padding anywhere.
-        assert!(!hasher.verify_dummy("pw").await.expect("dummy"));
-        assert!(hasher.verify_login("pw", &argon).await.expect("argon"));
+        // Only argon2id present: one argon2id verification each, no bcrypt.
+        let dummy = ran(&hasher, async {
+            hasher.verify_dummy("pw").await.expect("dummy")
+        });
+        assert_eq!(dummy.await, (false, 1, 0));
+        let user = ran(&hasher, async {
+            hasher.verify_login("pw", &argon).await.expect("argon")
+        });
+        assert_eq!(user.await, (true, 1, 0));
         assert_eq!(hasher.padding_verifications(), 0);
         // A bcrypt user logs in: padded with the argon2id dummy, and from
         // now on the others are padded with a bcrypt dummy at its cost.
         let bcrypt = bcrypt::hash("pw", 5).expect("bcrypt");
-        assert!(hasher.verify_login("pw", &bcrypt).await.expect("bcrypt"));
-        assert_eq!(hasher.padding_verifications(), 1);
-        assert!(!hasher.verify_dummy("pw").await.expect("dummy"));
-        assert!(hasher.verify_login("pw", &argon).await.expect("argon"));
-        assert_eq!(hasher.padding_verifications(), 3);
+        let user = ran(&hasher, async {
+            hasher.verify_login("pw", &bcrypt).await.expect("bcrypt")
+        });
+        assert_eq!(user.await, (true, 1, 1));
+        let dummy = ran(&hasher, async {
+            hasher.verify_dummy("pw").await.expect("dummy")
+        });
+        assert_eq!(dummy.await, (false, 1, 1));
+        let user = ran(&hasher, async {
+            hasher.verify_login("pw", &argon).await.expect("argon")
+        });
+        assert_eq!(user.await, (true, 1, 1));
+        let wrong = ran(&hasher, async {
+            hasher.verify_login("no", &bcrypt).await.expect("bcrypt")
+        });
+        assert_eq!(wrong.await, (false, 1, 1));
+        assert_eq!(hasher.padding_verifications(), 4);
         let dummy = hasher.bcrypt_padding().expect("a bcrypt dummy");
         assert_eq!(bcrypt_cost(&dummy), Some(5));
-        // An import alone is enough to start padding.
+        // An import alone is enough to start padding, at the import's cost.
         let imported = PasswordHasher::new().expect("hasher");
         imported
-            .note_hash(&bcrypt::hash("x", 4).expect("bcrypt"))
+            .note_hash(&bcrypt::hash("x", 6).expect("bcrypt"))
             .await
             .expect("note");
-        assert!(!imported.verify_dummy("pw").await.expect("dummy"));
-        assert_eq!(imported.padding_verifications(), 1);
+        let dummy = ran(&imported, async {
+            imported.verify_dummy("pw").await.expect("dummy")
+        });
+        assert_eq!(dummy.await, (false, 1, 1));
+        let padding = imported.bcrypt_padding().expect("a bcrypt dummy");
+        assert_eq!(bcrypt_cost(&padding), Some(6));
     }
 
     #[test]
