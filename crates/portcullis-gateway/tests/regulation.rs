@@ -306,6 +306,42 @@ async fn guessing_from_one_ip_is_throttled_while_the_owner_logs_in_elsewhere() {
     );
 }
 
+/// 100 bogus logins at once from one IP cost at most the IP's 20 password
+/// checks (the rest are refused 429 before hashing), so they cannot crowd
+/// the hashing slots; the owner then logs in from another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_flood_from_one_ip_hashes_at_most_its_budget() {
+    let g = Arc::new(single("regulation_flood", "").await);
+    g.create_user("alice").await;
+    let checks = g.password_checks().await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let g = Arc::clone(&g);
+        tasks.push(tokio::spawn(async move {
+            g.login("203.0.113.60", &format!("user{}", i % 7), "wrong")
+                .await
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled(&r);
+                refused += 1;
+            }
+            // Checked and wrong, or (a loaded machine) no hashing slot in time.
+            StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert!(refused >= 80, "only {refused} of 100 refused");
+    let hashed = g.password_checks().await - checks;
+    assert!(hashed <= 20, "{hashed} password checks for one IP");
+    let ok = g.login("198.51.100.60", "alice", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
 /// Forged reset tokens from one IP are throttled like logins (20 per IP by
 /// default), and share the IP's budget with its logins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
