@@ -658,3 +658,87 @@ async fn a_hung_redis_falls_back_to_local_regulation() {
     let ok = g.login("198.51.100.50", "alice", PASSWORD).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
 }
+
+/// The (argon2id, bcrypt) password verifications a gateway ran so far.
+async fn verifications(client: &HttpClient, ops: SocketAddr) -> (u64, u64) {
+    let name = "portcullis_password_verifications_total";
+    (
+        metric(client, ops, &format!("{name}{{kind=\"argon2id\"}}")).await,
+        metric(client, ops, &format!("{name}{{kind=\"bcrypt\"}}")).await,
+    )
+}
+
+/// Which hashers one failed login ran: (argon2id, bcrypt) verifications.
+async fn hashers_of(g: &Single, from: &str, username: &str) -> (u64, u64) {
+    let before = verifications(&g.client, g.gateway.ops).await;
+    let r = g.login(from, username, "not the password").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let after = verifications(&g.client, g.gateway.ops).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// Accounts imported with a bcrypt hash cannot be told from unknown names
+/// by what a failed login costs, in a gateway started after the import (it
+/// reads the stored hashes at start): an unknown name, an argon2id account
+/// and a bcrypt account each run one argon2id and one bcrypt verification
+/// (counted by `/metrics`, not timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_imported_accounts_cost_what_unknown_names_cost_after_a_restart() {
+    let g = single("regulation_bcrypt", "").await;
+    g.create_user("modern").await;
+    let legacy = bcrypt::hash(PASSWORD, 4).unwrap();
+    let r = g
+        .admin(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "legacy", "password_hash": legacy})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // Restart: a process that never saw the import.
+    let Single {
+        _dir: dir,
+        gateway,
+        client,
+        admin_key,
+    } = g;
+    let (public, ops) = (gateway.public, gateway.ops);
+    drop(gateway);
+    let config = single_config(&dir, public, ops, "");
+    let gateway = Gateway::start(&dir, "restarted", &config, public, ops);
+    gateway.wait_ready(&client).await;
+    let g = Single {
+        _dir: dir,
+        gateway,
+        client,
+        admin_key,
+    };
+
+    // The stored hashes are read in the background at start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let ran = hashers_of(&g, &format!("198.51.100.{attempt}"), "nobody").await;
+        if ran == (1, 1) {
+            break;
+        }
+        assert_eq!(ran, (1, 0), "an unknown name before the scan");
+        assert!(
+            Instant::now() < deadline,
+            "the stored bcrypt hash never noted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (from, name) in [
+        ("192.0.2.1", "nobody-else"),
+        ("192.0.2.2", "modern"),
+        ("192.0.2.3", "legacy"),
+    ] {
+        assert_eq!(hashers_of(&g, from, name).await, (1, 1), "{name}");
+    }
+    // The imported account still logs in (and is rehashed).
+    let ok = g.login("192.0.2.4", "legacy", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}

@@ -97,6 +97,10 @@ const WAITING_PER_SLOT: usize = 32;
 /// that shows a throttled client costs no hashing.
 pub const PASSWORD_CHECKS_METRIC: &str = "portcullis_password_checks_total";
 
+/// Login-check verifications by hash `kind` (`argon2id`, `bcrypt`): shows
+/// that an unknown user's check runs the same hashers as a real one's.
+pub const PASSWORD_VERIFICATIONS_METRIC: &str = "portcullis_password_verifications_total";
+
 /// Highest bcrypt cost a padding dummy is made at (an imported hash above
 /// it still verifies, at its own cost).
 pub const MAX_BCRYPT_PADDING_COST: u32 = 14;
@@ -129,12 +133,13 @@ struct KindCounts {
 impl KindCounts {
     /// [`verify_blocking`], counted by the kind of `stored`.
     fn verify(&self, password: &str, stored: &str) -> bool {
-        let counter = if is_bcrypt(stored) {
-            &self.bcrypt
+        let (counter, kind) = if is_bcrypt(stored) {
+            (&self.bcrypt, "bcrypt")
         } else {
-            &self.argon2id
+            (&self.argon2id, "argon2id")
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(PASSWORD_VERIFICATIONS_METRIC, "kind" => kind).increment(1);
         verify_blocking(password, stored)
     }
 }
