@@ -58,11 +58,14 @@ pub enum ErrorCode {
     /// differs from the authority, an encoded `/`...): refused (400) rather
     /// than passed on for the next hop to read differently.
     MalformedRequest,
+    /// Too many failed logins (or reset or console attempts) from this
+    /// client (429 with `Retry-After`); said before any password is checked.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order ([`Self::index`] is the position here).
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::MissingCredentials,
         Self::MalformedToken,
         Self::UnsupportedAlgorithm,
@@ -88,6 +91,7 @@ impl ErrorCode {
         Self::BackendUnavailable,
         Self::BodyTooLarge,
         Self::MalformedRequest,
+        Self::TooManyAttempts,
     ];
 
     /// This code's position in [`Self::ALL`]: a dense index for tables
@@ -124,6 +128,7 @@ impl ErrorCode {
             Self::BackendUnavailable => "backend.unavailable",
             Self::BodyTooLarge => "request.body_too_large",
             Self::MalformedRequest => "request.malformed",
+            Self::TooManyAttempts => "auth.too_many_attempts",
         }
     }
 
@@ -131,7 +136,7 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             Self::Denied | Self::Banned => 403,
-            Self::RateLimitExceeded => 429,
+            Self::RateLimitExceeded | Self::TooManyAttempts => 429,
             Self::BackendUnavailable | Self::JwksUnavailable => 503,
             Self::BodyTooLarge => 413,
             Self::MalformedRequest => 400,

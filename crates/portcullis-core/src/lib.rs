@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod opaque;
 pub mod principal;
 pub mod ratelimit;
+pub mod regulation;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, KeyError, TokenError};

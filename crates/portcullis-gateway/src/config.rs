@@ -18,6 +18,9 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+mod regulation;
+pub use self::regulation::RegulationConfig;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -794,6 +797,10 @@ pub struct TokenServiceConfig {
     /// Where it is reachable from outside, for discovery (default: issuer + prefix).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// `[token_service.regulation]`: failed logins, resets and console
+    /// sign-ins per client IP and account (on by default).
+    #[serde(default)]
+    pub regulation: RegulationConfig,
 }
 
 fn yes() -> bool {
@@ -809,6 +816,7 @@ impl Default for TokenServiceConfig {
             enabled: true,
             prefix: default_auth_prefix(),
             public_url: None,
+            regulation: RegulationConfig::default(),
         }
     }
 }
@@ -1819,6 +1827,9 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
         && let Err(message) = absolute_url(url)
     {
         err("token_service.public_url".into(), message);
+    }
+    if let Err((key, message)) = config.token_service.regulation.check() {
+        err(key, message);
     }
 
     if let Some(signed) = &config.signed_requests {

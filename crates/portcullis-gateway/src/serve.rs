@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     trusted_issuers: Option<TrustedIssuers>,
     /// The WebSocket tunnels open, counted across reloads.
     tunnels: Arc<crate::deadline::Tunnels>,
+    /// Failed logins, resets and console sign-ins (`[token_service.regulation]`).
+    pub(crate) regulator: Option<Arc<portcullis::regulation::Regulator>>,
 }
 
 impl Shared {
@@ -205,6 +207,7 @@ impl Shared {
         issuer_config.access_ttl = config.keys.access_ttl;
 
         // The token service.
+        let regulator = storage.regulator(&config.token_service.regulation)?;
         let token_service_handle = if config.token_service.enabled {
             let issuer = TokenIssuer::new(Arc::clone(&keys), issuer_config.clone(), hasher);
             let public_url = config.token_service.public_url.clone().unwrap_or_else(|| {
@@ -224,6 +227,10 @@ impl Shared {
             if let Some(a) = &storage.audit {
                 b = b.audit(Arc::clone(a));
             }
+            b = match &regulator {
+                Some(r) => b.regulator(Arc::clone(r)),
+                None => b.without_regulation(),
+            };
             Some(
                 b.build()
                     .map_err(|e| start("token_service")(e.to_string()))?,
@@ -242,6 +249,7 @@ impl Shared {
             nonces,
             trusted_issuers,
             tunnels: Arc::default(),
+            regulator,
             storage,
             keyring,
             issuer_config,
@@ -515,6 +523,19 @@ pub async fn serve_until(
 ) -> Result<(), ServeError> {
     let metrics = install_metrics()?;
     let shared = Arc::new(Shared::open(&config).await?);
+    // Imported bcrypt hashes already stored make every login check pay
+    // bcrypt too (unknown users included): no timing tells them apart.
+    let stores = Arc::clone(&shared.storage.stores);
+    tokio::spawn(async move {
+        match stores.note_stored_password_hashes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                bcrypt_hashes = n,
+                "imported bcrypt password hashes present: every login check pays bcrypt too"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not read the stored password hashes"),
+        }
+    });
     let live = Arc::new(ArcSwap::from_pointee(build_app(&config, &shared, None)?));
     let reloader = Arc::new(Reloader::new(
         config_path,
@@ -561,6 +582,11 @@ pub async fn serve_until(
         console: crate::console::Console::new(
             Arc::clone(&shared.storage.stores),
             Arc::clone(&reloader),
+        )
+        .with_sign_in_guard(
+            shared.regulator.clone(),
+            shared.storage.audit.clone(),
+            config.guard.client_ip.clone(),
         ),
     });
 

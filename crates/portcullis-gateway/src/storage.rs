@@ -12,6 +12,7 @@
 //! | rate-limit counters | this process | Redis |
 //! | bans, detector windows | this process | Redis |
 //! | signed-request nonces | this process | Redis |
+//! | login regulation (failed attempts per IP and account) | this process | Redis |
 //!
 //! Redis calls on the request path keep the library's time budgets (100 ms
 //! for rate limits, bans and detectors; 250 ms for revocation lookups), so
@@ -32,6 +33,7 @@ use portcullis::audit::{AuditSink, AuditStore, AuditWriter, AuditWriterConfig};
 use portcullis::authz::{MemoryNonceStore, NonceStore, RedisNonceStore};
 use portcullis::ratelimit::{RateLimiter, RateLimiterBuilder};
 use portcullis::redis_conn::RedisConnection;
+use portcullis::regulation::Regulator;
 use portcullis::stores::redis::RedisStores;
 use portcullis::stores::{Backends, Stores, StoresConfig};
 use portcullis_core::{SecretHasher, SystemClock};
@@ -89,6 +91,28 @@ impl Storage {
         self.redis.as_ref().map(|conn| {
             RateLimiter::builder().redis(conn.clone(), &format!("{}:ratelimit", self.redis_prefix))
         })
+    }
+}
+
+impl Storage {
+    /// The login regulator of `[token_service.regulation]`: its state on
+    /// the shared Redis when configured (under `<redis_prefix>:regulation:`,
+    /// behind its own breaker, falling back to this process), else in this
+    /// process. `None` when regulation is turned off.
+    pub fn regulator(
+        &self,
+        config: &crate::config::RegulationConfig,
+    ) -> Result<Option<Arc<Regulator>>, ServeError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let regulator = Regulator::memory(config.policy(), Arc::new(SystemClock))
+            .map_err(|e| start("token_service.regulation")(e.to_string()))?;
+        let regulator = match &self.redis {
+            Some(conn) => regulator.on_redis(conn.clone(), &self.redis_prefix),
+            None => regulator,
+        };
+        Ok(Some(Arc::new(regulator)))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`jwks`]: trusted external issuers (remote JWKS, OIDC discovery).
 //! - [`keyring`]: signing keys that rotate on a stored schedule every replica follows.
 //! - [`ratelimit`]: rate limits in memory or on Redis (Cluster), with fallbacks.
+//! - [`regulation`]: login, reset and console attempts per client IP and account.
 //! - [`audit`]: the batched, spooled audit writer, its sinks and queryable stores.
 //! - `redis_conn`: the shared Redis (single server or Cluster) connection.
 //! - [`stores`]: users, sessions, refresh families, denylist, API keys, apps.
@@ -30,6 +31,7 @@ pub mod keyring;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis_conn;
+pub mod regulation;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod stores;

@@ -829,6 +829,35 @@ async fn login_is_rate_limited(env: Env) {
         .problem(StatusCode::TOO_MANY_REQUESTS, "rate_limit.exceeded");
 }
 
+/// Without any limiter configured, logins are regulated by default: the
+/// sixth wrong password for one account from one client is refused 429
+/// `auth.too_many_attempts` with `Retry-After` (even the right password),
+/// audited as `login.throttled`; the client's other accounts go on.
+async fn logins_are_regulated_by_default(env: Env) {
+    let srv = start(&env, Options::default()).await;
+    for _ in 0..5 {
+        srv.login_as("alice", "wrong")
+            .await
+            .problem(StatusCode::UNAUTHORIZED, "auth.invalid_credentials");
+    }
+    let refused = srv.login_as("alice", PASSWORD).await;
+    refused.problem(StatusCode::TOO_MANY_REQUESTS, "auth.too_many_attempts");
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=15 * 60).contains(&retry), "{retry}");
+    srv.login("bob").await;
+    let events = srv.audit_events().await;
+    let throttled: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "login.throttled")
+        .collect();
+    assert_eq!(throttled.len(), 1, "{events:?}");
+    assert_eq!(throttled[0]["code"], "auth.too_many_attempts");
+    assert_eq!(throttled[0]["status"], 429);
+}
+
 // ------------------------------------------------ memory-only checks
 
 /// Bad JSON, unknown or missing fields, the wrong media type and an
@@ -1141,6 +1170,7 @@ macro_rules! on_every_backend {
             callers_need_a_bearer_access_token,
             jwks_and_discovery_are_public_only,
             login_failures_feed_the_detectors,
+            logins_are_regulated_by_default,
         );
 
         #[cfg(all(feature = "postgres", feature = "redis"))]

@@ -697,6 +697,66 @@ async fn bcrypt_hashes_are_accepted_and_rehashed(env: Env) {
     assert!(stores.login(b"legacy", b"wrong").await.is_err());
 }
 
+/// Which hashers one login check ran: (argon2id, bcrypt) verifications.
+async fn hashers_run(stores: &Stores, username: &[u8], password: &[u8]) -> (u64, u64) {
+    let before = stores.passwords().verifications();
+    let err = stores
+        .login(username, password)
+        .await
+        .expect_err("a failed login");
+    assert_eq!(err.code(), "auth.invalid_credentials");
+    let after = stores.passwords().verifications();
+    (
+        after.argon2id - before.argon2id,
+        after.bcrypt - before.bcrypt,
+    )
+}
+
+/// Accounts imported with bcrypt hashes cannot be told from unknown names
+/// by timing: once a bcrypt hash is stored, an unknown user's check runs a
+/// bcrypt dummy as well as the argon2id one, and every known user's check
+/// runs both kinds too. A replica that did not see the import (a new
+/// `Stores`, as after a restart) learns it by reading the stored hashes.
+/// Asserted on which hashers ran, not on time.
+async fn bcrypt_imported_users_are_timed_like_unknown_ones(env: Env) {
+    let stores = env.stores(config());
+    stores
+        .create_user(&NewUser {
+            username: "modern".into(),
+            password: Some("argon pw".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    // Without bcrypt hashes, one argon2id verification each.
+    assert_eq!(hashers_run(&stores, b"nobody", b"pw").await, (1, 0));
+    assert_eq!(hashers_run(&stores, b"modern", b"pw").await, (1, 0));
+    for (name, cost) in [("legacy4", 4), ("legacy5", 5)] {
+        stores
+            .create_user(&NewUser {
+                username: name.into(),
+                password_hash: Some(bcrypt::hash("imported pw", cost).expect("bcrypt")),
+                ..NewUser::default()
+            })
+            .await
+            .expect("import");
+    }
+    for name in [&b"nobody"[..], b"modern", b"legacy4", b"legacy5"] {
+        assert_eq!(hashers_run(&stores, name, b"pw").await, (1, 1));
+    }
+
+    // Another replica (or this one restarted): the stored hashes tell it.
+    let replica = env.stores(config());
+    assert_eq!(hashers_run(&replica, b"nobody", b"pw").await, (1, 0));
+    assert_eq!(
+        replica.note_stored_password_hashes().await.expect("scan"),
+        2
+    );
+    for name in [&b"nobody"[..], b"modern", b"legacy4", b"legacy5"] {
+        assert_eq!(hashers_run(&replica, name, b"pw").await, (1, 1));
+    }
+}
+
 async fn usernames_are_unique_case_insensitively(env: Env) {
     let stores = env.stores(config());
     let alice = stores
@@ -1672,6 +1732,7 @@ macro_rules! full_suite {
                 app_secret_rotation_keeps_the_old_one_for_the_grace_period,
                 unknown_user_login_costs_a_hash_verification,
                 bcrypt_hashes_are_accepted_and_rehashed,
+                bcrypt_imported_users_are_timed_like_unknown_ones,
                 usernames_are_unique_case_insensitively,
                 bad_input_gives_typed_errors_and_changes_nothing,
                 sessions_list_revoke_and_revoke_all,

@@ -132,7 +132,12 @@ impl DetectorConfig {
         let (threshold, window, actions) = match kind {
             DetectorKind::Burst => (50, 10, vec![Action::Alert, Action::Tag]),
             DetectorKind::AuthFailures => (10, 60, vec![Action::Alert, Action::Tag]),
-            DetectorKind::DistinctAccounts => (5, 300, vec![Action::Alert, Action::Tag]),
+            // Credential stuffing: above the login regulation's per-IP
+            // budget (20), so reached by a source that keeps trying new
+            // accounts while throttled; banned, not only reported.
+            DetectorKind::DistinctAccounts => {
+                (30, 300, vec![Action::Alert, Action::Tag, Action::Ban])
+            }
             DetectorKind::RefreshReuse => (1, 1, vec![Action::Alert, Action::Tag]),
             DetectorKind::DeniedSpike => (20, 60, vec![Action::Alert, Action::Tag]),
         };

@@ -79,6 +79,9 @@ event_kinds! {
     LoginSucceeded => "login.succeeded",
     /// A login failed.
     LoginFailed => "login.failed",
+    /// A login, password reset or console sign-in was refused before its
+    /// credential was checked: its client used up its attempts.
+    LoginThrottled => "login.throttled",
     /// A token pair was issued.
     TokenIssued => "token.issued",
     /// A refresh token was rotated.

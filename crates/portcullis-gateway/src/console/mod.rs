@@ -25,6 +25,7 @@
 //! 'none'`.
 
 mod redact;
+mod regulate;
 mod session;
 
 use std::net::SocketAddr;
@@ -148,6 +149,8 @@ pub(crate) struct Console {
     /// The running configuration's text, load time and last reload.
     reloader: Arc<Reloader>,
     sessions: Sessions,
+    /// Sign-in regulation and audit.
+    sign_ins: regulate::SignInGuard,
 }
 
 /// A refusal as a response.
@@ -304,7 +307,24 @@ impl Console {
             stores,
             reloader,
             sessions: Sessions::new(session::MAX_SESSIONS),
+            sign_ins: regulate::SignInGuard::default(),
         }
+    }
+
+    /// Regulates sign-ins with `regulator` (per client IP, as
+    /// `client_ip` resolves it) and records each to `audit`.
+    pub(crate) fn with_sign_in_guard(
+        mut self,
+        regulator: Option<Arc<portcullis::regulation::Regulator>>,
+        audit: Option<Arc<portcullis::audit::AuditWriter>>,
+        client_ip: portcullis_core::ratelimit::ClientIpConfig,
+    ) -> Self {
+        self.sign_ins = regulate::SignInGuard {
+            regulator,
+            audit,
+            client_ip,
+        };
+        self
     }
 
     /// One request under `/console` on the ops listener; `admin` is the
@@ -346,7 +366,7 @@ impl Console {
             }
             "/console/" if read => asset("index.html"),
             "/console/session" => match *req.method() {
-                Method::POST => self.sign_in(req).await.unwrap_or_else(refuse),
+                Method::POST => self.sign_in(req, peer).await.unwrap_or_else(refuse),
                 Method::DELETE => self.sign_out(req.headers()).unwrap_or_else(refuse),
                 _ => not_found(),
             },
@@ -361,7 +381,11 @@ impl Console {
     }
 
     /// `POST /console/session`: an admin key in, a session cookie out.
-    async fn sign_in<B>(&self, req: Request<B>) -> Result<Response<ResponseBody>, Problem>
+    async fn sign_in<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Problem>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -391,6 +415,9 @@ impl Console {
             ));
         }
         let invalid = || Problem::code(ErrorCode::InvalidApiKey, "not a valid admin API key");
+        // Regulated before the key is looked at; every outcome is audited.
+        let client = self.sign_ins.client(peer, &parts.headers);
+        let ticket = self.sign_ins.attempt(&client).await?;
         // A hung store answers 503, never a hung sign-in.
         let record = match portcullis::stores::hook::within_budget(
             crate::admin::STORE_BUDGET,
@@ -399,12 +426,20 @@ impl Console {
         .await
         {
             Ok(r) => r,
-            Err(portcullis::stores::StoreError::InvalidApiKey) => return Err(invalid()),
+            Err(portcullis::stores::StoreError::InvalidApiKey) => {
+                self.sign_ins
+                    .failed(&client, ErrorCode::InvalidApiKey)
+                    .await;
+                return Err(invalid());
+            }
             Err(e) => return Err(Problem::from(e)),
         };
         // The same kind of principal as the admin API accepts.
         if !crate::escalation::is_admin_owner(&record.owner) {
             tracing::warn!(key_id = %record.id, "console sign-in refused: not an admin key");
+            self.sign_ins
+                .failed(&client, ErrorCode::InvalidApiKey)
+                .await;
             return Err(invalid());
         }
         let who = self
@@ -422,6 +457,9 @@ impl Console {
             self.sessions.remove(previous);
         }
         tracing::info!(key_id = %who.key_id, owner = %who.owner, "console sign-in");
+        self.sign_ins
+            .succeeded(&client, ticket, &who.owner, &who.key_id)
+            .await;
         let mut response = json(StatusCode::CREATED, &session_view(&who));
         let cookie = format!(
             "{COOKIE_NAME}={}; HttpOnly; SameSite=Strict; Path={PREFIX}; Max-Age={}",

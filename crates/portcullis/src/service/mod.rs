@@ -16,6 +16,7 @@ mod api_keys;
 mod discovery;
 mod extract;
 mod problem;
+mod regulate;
 mod sessions;
 mod tokens;
 
@@ -40,6 +41,7 @@ use portcullis_core::{Clock, KeySet, SystemClock, TokenIssuer, Validation, Verif
 use crate::anomaly::AnomalyEngine;
 use crate::audit::AuditWriter;
 use crate::ratelimit::RateLimiter;
+use crate::regulation::Regulator;
 use crate::stores::{Stores, StoresRevocation};
 use crate::token_cache::{CachedVerifier, TokenCacheConfig};
 
@@ -81,6 +83,7 @@ pub struct TokenServiceBuilder {
     keys: Arc<KeySet>,
     public_url: Option<String>,
     login_limiter: Option<RateLimiter>,
+    regulation: Regulation,
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
     clock: Arc<dyn Clock>,
@@ -115,6 +118,25 @@ impl TokenServiceBuilder {
     #[must_use]
     pub fn login_limiter(mut self, limiter: RateLimiter) -> Self {
         self.login_limiter = Some(limiter);
+        self
+    }
+
+    /// Regulates logins and password-reset redemptions with `regulator`
+    /// (failures per client IP and per account at an IP, refused with 429
+    /// `auth.too_many_attempts` before any password is checked). Default:
+    /// [`RegulationPolicy::default`](portcullis_core::regulation::RegulationPolicy)
+    /// in this process.
+    #[must_use]
+    pub fn regulator(mut self, regulator: Arc<Regulator>) -> Self {
+        self.regulation = Regulation::With(regulator);
+        self
+    }
+
+    /// Turns login regulation off (not advised: passwords can then be
+    /// guessed as fast as they hash).
+    #[must_use]
+    pub fn without_regulation(mut self) -> Self {
+        self.regulation = Regulation::Off;
         self
     }
 
@@ -208,6 +230,17 @@ impl TokenServiceBuilder {
             self.token_cache,
             StoresRevocation::new(Arc::clone(&self.stores)),
         );
+        let regulator = match self.regulation {
+            Regulation::Off => None,
+            Regulation::With(r) => Some(r),
+            Regulation::Default => Some(Arc::new(
+                Regulator::memory(
+                    portcullis_core::regulation::RegulationPolicy::default(),
+                    Arc::clone(&self.clock),
+                )
+                .map_err(|e| invalid("regulation", e.to_string()))?,
+            )),
+        };
         let signing = std::sync::RwLock::new(Arc::new(Signing::new(
             self.issuer,
             &self.keys,
@@ -219,6 +252,7 @@ impl TokenServiceBuilder {
                 stores: self.stores,
                 verifier,
                 login_limiter: self.login_limiter,
+                regulator,
                 anomaly: self.anomaly,
                 audit: self.audit,
                 clock: self.clock,
@@ -231,6 +265,16 @@ impl TokenServiceBuilder {
             }),
         })
     }
+}
+
+/// Whether and how logins are regulated.
+enum Regulation {
+    /// The default policy, in this process.
+    Default,
+    /// Not at all.
+    Off,
+    /// By this regulator (e.g. on the shared Redis).
+    With(Arc<Regulator>),
 }
 
 /// An absolute `http(s)` URL without query or fragment.
@@ -266,6 +310,7 @@ pub(crate) struct Inner {
     stores: Arc<Stores>,
     verifier: CachedVerifier<StoresRevocation>,
     login_limiter: Option<RateLimiter>,
+    regulator: Option<Arc<Regulator>>,
     anomaly: Option<Arc<AnomalyEngine>>,
     audit: Option<Arc<AuditWriter>>,
     clock: Arc<dyn Clock>,
@@ -323,7 +368,9 @@ impl Inner {
     fn event(&self, kind: EventKind, route: Route, client: &Client) -> AuditEvent {
         let ts_us = i64::try_from(self.clock.now().as_micros()).unwrap_or(i64::MAX);
         let decision = match kind {
-            EventKind::LoginFailed | EventKind::TokenReuseDetected => Decision::Deny,
+            EventKind::LoginFailed | EventKind::LoginThrottled | EventKind::TokenReuseDetected => {
+                Decision::Deny
+            }
             _ => Decision::Allow,
         };
         let mut event = AuditEvent::new(kind, ts_us, decision);
@@ -426,6 +473,7 @@ impl TokenService {
             keys,
             public_url: None,
             login_limiter: None,
+            regulation: Regulation::Default,
             anomaly: None,
             audit: None,
             clock: Arc::new(SystemClock),

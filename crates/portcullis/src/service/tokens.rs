@@ -48,11 +48,13 @@ pub(super) async fn password_reset(
 ) -> Result<Response, Problem> {
     s.refuse_banned(&client).await?;
     s.limit_login(&client, None).await?;
+    let ticket = s.regulate(&client, None, PASSWORD_RESET).await?;
     match s
         .within(s.stores.redeem_password_reset(&req.token, &req.password))
         .await
     {
         Ok(user_id) => {
+            s.settle(ticket).await;
             let mut event = s.event(EventKind::PasswordReset, PASSWORD_RESET, &client);
             event.status = Some(204);
             event.subject = Some(user_id);
@@ -241,6 +243,8 @@ pub(super) async fn login(
         .ok()
         .map(|u| u.key().to_owned());
     s.limit_login(&client, account.as_deref()).await?;
+    // Before the password is hashed: a throttled source costs no hashing.
+    let ticket = s.regulate(&client, account.as_deref(), LOGIN).await?;
     let user = match s
         .stores
         .login_within(
@@ -269,6 +273,7 @@ pub(super) async fn login(
         }
         Err(e) => return Err(e.into()),
     };
+    s.settle(ticket).await;
     let remember_me = req.remember_me;
     let session = s
         .within(s.stores.create_session(&NewSession {

@@ -66,6 +66,8 @@ impl Stores {
                         "must be an argon2id PHC string or a bcrypt $2a$/$2b$ hash",
                     ));
                 }
+                // A bcrypt import makes every login check pay bcrypt too.
+                self.passwords.note_hash(hash).await?;
                 hash.clone()
             }
             _ => {
@@ -179,7 +181,12 @@ impl Stores {
             self.passwords.verify_dummy(password).await?;
             return Err(StoreError::InvalidCredentials);
         };
-        if !self.passwords.verify(password, &user.password_hash).await? || user.disabled {
+        if !self
+            .passwords
+            .verify_login(password, &user.password_hash)
+            .await?
+            || user.disabled
+        {
             return Err(StoreError::InvalidCredentials);
         }
         if needs_rehash(&user.password_hash) {
@@ -400,6 +407,38 @@ impl Stores {
         self.backends.users.delete_user(&id).await?;
         self.caches.users_disabled.invalidate(&id);
         Ok(())
+    }
+}
+
+impl Stores {
+    /// Reads every stored password hash once and notes the costliest
+    /// bcrypt one (accounts imported and not yet rehashed), so that from
+    /// then on every login check in this process, an unknown user's too,
+    /// pays a bcrypt verification at that cost: call at startup. Returns
+    /// how many bcrypt hashes were found.
+    pub async fn note_stored_password_hashes(&self) -> StoreResult<usize> {
+        let mut after: Option<String> = None;
+        let mut found = 0usize;
+        let mut costliest: Option<(u32, String)> = None;
+        loop {
+            let page = self.list_users("", after.as_deref(), MAX_PAGE).await?;
+            for user in &page {
+                if let Some(cost) = super::password::bcrypt_cost(&user.password_hash) {
+                    found += 1;
+                    if costliest.as_ref().is_none_or(|(c, _)| *c < cost) {
+                        costliest = Some((cost, user.password_hash.clone()));
+                    }
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == MAX_PAGE => after = Some(last.username.clone()),
+                _ => break,
+            }
+        }
+        if let Some((_, hash)) = costliest {
+            self.passwords.note_hash(&hash).await?;
+        }
+        Ok(found)
     }
 }
 

@@ -1,0 +1,744 @@
+//! Logins, password resets and console sign-ins are regulated, outside in
+//! against the real binary: failures per client IP and per (account, IP)
+//! lead to 429 `auth.too_many_attempts` with `Retry-After`, before any
+//! password is hashed, the same for real and unknown accounts; a throttled
+//! IP does not lock the account out for its owner elsewhere; the state is
+//! shared by replicas on PostgreSQL + Redis; every refusal is audited.
+//!
+//! Client addresses come from `X-Forwarded-For`, believed because the test
+//! client connects from 127.0.0.1, the configured trusted proxy.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use portcullis::stores::postgres::PostgresStores;
+use portcullis::stores::{Backends, NewUser, Stores, StoresConfig};
+use portcullis_core::SecretHasher;
+use serde_json::{Value, json};
+use support::*;
+
+/// A gateway on SQLite with an audit log and an admin key.
+struct Single {
+    _dir: TempDir,
+    gateway: Gateway,
+    client: HttpClient,
+    admin_key: String,
+}
+
+fn single_config(dir: &TempDir, public: SocketAddr, ops: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+url = "sqlite://{stores}"
+pepper_file = "{pepper}"
+
+[keys]
+dir = "{keys}"
+issuer = "http://{public}"
+
+[audit]
+sqlite = "{audit}"
+flush_interval = "50ms"
+
+[log]
+level = "warn"
+
+[guard.client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[guard.routes]]
+name = "open"
+path = "/open/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "echo"
+url = "http://127.0.0.1:9"
+routes = ["open"]
+{extra}
+"#,
+        stores = dir.join("stores.db").display(),
+        pepper = dir.join("pepper").display(),
+        keys = dir.join("keys").display(),
+        audit = dir.join("audit.db").display(),
+    )
+}
+
+async fn single(name: &str, extra: &str) -> Single {
+    let dir = TempDir::new(name);
+    keys_and_pepper(&dir);
+    let (public, ops) = (free_port(), free_port());
+    let config = single_config(&dir, public, ops, extra);
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin_key = printed["key"].as_str().unwrap().to_owned();
+    let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
+    let client = client();
+    gateway.wait_ready(&client).await;
+    Single {
+        _dir: dir,
+        gateway,
+        client,
+        admin_key,
+    }
+}
+
+impl Single {
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let bearer = format!("Bearer {}", self.admin_key);
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.gateway.ops))
+            .header("authorization", bearer);
+        let body = match body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                bytes::Bytes::from(v.to_string())
+            }
+            None => bytes::Bytes::new(),
+        };
+        send(
+            &self.client,
+            b.body(http_body_util::Full::new(body)).unwrap(),
+        )
+        .await
+    }
+
+    async fn create_user(&self, username: &str) {
+        let r = self
+            .admin(
+                "POST",
+                "/admin/users",
+                Some(json!({"username": username, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+
+    async fn login(&self, from: &str, username: &str, password: &str) -> Reply {
+        login_at(&self.client, self.gateway.public, from, username, password).await
+    }
+
+    /// The events with `code`, waiting up to 10 s for at least `least`
+    /// (the audit writer batches).
+    async fn audit_with_code(&self, code: &str, least: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .admin("GET", &format!("/admin/audit?code={code}&limit=500"), None)
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let events = r.json()["events"].as_array().cloned().unwrap_or_default();
+            if events.len() >= least || Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The gateway's password-check counter (`/metrics`).
+    async fn password_checks(&self) -> u64 {
+        metric(
+            &self.client,
+            self.gateway.ops,
+            "portcullis_password_checks_total",
+        )
+        .await
+    }
+}
+
+async fn metric(client: &HttpClient, ops: SocketAddr, name: &str) -> u64 {
+    let text = send(client, get(ops, "/metrics", &[])).await.body;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+async fn login_at(
+    client: &HttpClient,
+    public: SocketAddr,
+    from: &str,
+    username: &str,
+    password: &str,
+) -> Reply {
+    let body = json!({"username": username, "password": password}).to_string();
+    send(
+        client,
+        post(
+            public,
+            "/auth/login",
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", from),
+            ],
+            &body,
+        ),
+    )
+    .await
+}
+
+/// A throttled answer: 429 `auth.too_many_attempts` with a positive
+/// `Retry-After`; returns the body without its request id.
+fn throttled(r: &Reply) -> Value {
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(
+        r.code().as_deref(),
+        Some("auth.too_many_attempts"),
+        "{}",
+        r.body
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric Retry-After");
+    assert!(retry >= 1, "Retry-After {retry}");
+    let mut body = r.json();
+    body.as_object_mut().unwrap().remove("request_id");
+    body
+}
+
+/// The index of the first 429 in `replies`; every reply before it is 401
+/// `auth.invalid_credentials`.
+fn first_throttled(replies: &[Reply]) -> usize {
+    let at = replies
+        .iter()
+        .position(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("some attempt throttled");
+    for r in &replies[..at] {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        assert_eq!(r.code().as_deref(), Some("auth.invalid_credentials"));
+    }
+    for r in &replies[at..] {
+        throttled(r);
+    }
+    at
+}
+
+/// 40 wrong passwords from one IP for one account, and 40 over 20 accounts
+/// from another, are refused (429, Retry-After) well before the 30th,
+/// without hashing once throttled, the same for real and unknown accounts;
+/// meanwhile the right password from another client IP logs in, and every
+/// refusal is audited as `login.throttled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_from_one_ip_is_throttled_while_the_owner_logs_in_elsewhere() {
+    let g = single("regulation_login", "").await;
+    for name in ["alice", "bob", "u3", "u7"] {
+        g.create_user(name).await;
+    }
+
+    // One account from one IP: the 6th attempt is refused (default 5).
+    let mut replies = Vec::new();
+    for _ in 0..40 {
+        replies.push(g.login("203.0.113.1", "alice", "wrong").await);
+    }
+    let at = first_throttled(&replies);
+    assert!(at < 29, "throttled only at attempt {}", at + 1);
+    assert_eq!(at, 5, "the default is 5 failures per account and IP");
+    // The right password from the throttled IP is refused too, unchecked.
+    let checks = g.password_checks().await;
+    throttled(&g.login("203.0.113.1", "alice", PASSWORD).await);
+    assert_eq!(
+        g.password_checks().await,
+        checks,
+        "no hashing once throttled"
+    );
+
+    // Identical for an account that does not exist.
+    let mut ghost = Vec::new();
+    for _ in 0..6 {
+        ghost.push(g.login("203.0.113.2", "ghost", "wrong").await);
+    }
+    assert_eq!(first_throttled(&ghost), 5);
+    assert_eq!(throttled(&ghost[5]), throttled(&replies[5]));
+    assert_eq!(
+        ghost[5].header("retry-after"),
+        replies[5].header("retry-after")
+    );
+    let mut names: Vec<_> = ghost[5].headers.keys().map(|k| k.as_str()).collect();
+    let mut real: Vec<_> = replies[5].headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    real.sort_unstable();
+    assert_eq!(names, real);
+
+    // The owner, from another address, is not locked out.
+    let ok = g.login("198.51.100.7", "alice", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+    // Many accounts from one IP: refused after 20 failures (default), well
+    // before the 30th, whether the accounts exist or not.
+    let mut replies = Vec::new();
+    for i in 0..40 {
+        let name = format!("u{}", i % 20);
+        replies.push(g.login("203.0.113.3", &name, "wrong").await);
+    }
+    let at = first_throttled(&replies);
+    assert!(at < 29, "throttled only at attempt {}", at + 1);
+    throttled(&g.login("203.0.113.3", "bob", PASSWORD).await);
+    let ok = g.login("198.51.100.8", "bob", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+
+    // Audited: each refusal is a `login.throttled` event with the client.
+    let refused = 35 + 1 + 1 + 20 + 1;
+    let events = g.audit_with_code("auth.too_many_attempts", refused).await;
+    assert_eq!(events.len(), refused, "{events:?}");
+    assert!(events.iter().all(|e| e["kind"] == "login.throttled"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["client_ip"] == "203.0.113.1" && e["route"] == "/login")
+    );
+}
+
+/// 100 bogus logins at once from one IP cost at most the IP's 20 password
+/// checks (the rest are refused 429 before hashing), so they cannot crowd
+/// the hashing slots; the owner then logs in from another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_flood_from_one_ip_hashes_at_most_its_budget() {
+    let g = Arc::new(single("regulation_flood", "").await);
+    g.create_user("alice").await;
+    let checks = g.password_checks().await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let g = Arc::clone(&g);
+        tasks.push(tokio::spawn(async move {
+            g.login("203.0.113.60", &format!("user{}", i % 7), "wrong")
+                .await
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled(&r);
+                refused += 1;
+            }
+            // Checked and wrong, or (a loaded machine) no hashing slot in time.
+            StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert!(refused >= 80, "only {refused} of 100 refused");
+    let hashed = g.password_checks().await - checks;
+    assert!(hashed <= 20, "{hashed} password checks for one IP");
+    let ok = g.login("198.51.100.60", "alice", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
+/// Forged reset tokens from one IP are throttled like logins (20 per IP by
+/// default), and share the IP's budget with its logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_token_guessing_is_throttled() {
+    let g = single("regulation_reset", "").await;
+    let mut replies = Vec::new();
+    for i in 0..30 {
+        let body = json!({"token": format!("prt_forged{i:04}"), "password": PASSWORD}).to_string();
+        replies.push(
+            send(
+                &g.client,
+                post(
+                    g.gateway.public,
+                    "/auth/password/reset",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-forwarded-for", "203.0.113.9"),
+                    ],
+                    &body,
+                ),
+            )
+            .await,
+        );
+    }
+    let at = first_throttled(&replies);
+    assert_eq!(at, 20, "20 failures per IP by default");
+    // The same IP's logins are throttled as well.
+    throttled(&g.login("203.0.113.9", "anyone", "x").await);
+    let events = g.audit_with_code("auth.too_many_attempts", 11).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "login.throttled" && e["route"] == "/password/reset"),
+        "{events:?}"
+    );
+}
+
+/// Console sign-ins with bad keys are audited (`login.failed`) and
+/// throttled per client IP; the right key from elsewhere still signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_failures_are_audited_and_throttled() {
+    let g = single(
+        "regulation_console",
+        "\n[token_service.regulation]\nmax_failures_per_ip = 4\n",
+    )
+    .await;
+    let origin = format!("http://{}", g.gateway.ops);
+    let sign_in = |key: String, from: &'static str| {
+        let body = json!({"key": key}).to_string();
+        let req = post(
+            g.gateway.ops,
+            "/console/session",
+            &[
+                ("content-type", "application/json"),
+                ("origin", &origin),
+                ("x-forwarded-for", from),
+            ],
+            &body,
+        );
+        send(&g.client, req)
+    };
+    let mut replies = Vec::new();
+    for i in 0..8 {
+        replies.push(sign_in(format!("pck_guess{i}"), "203.0.113.20").await);
+    }
+    let at = replies
+        .iter()
+        .position(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .expect("throttled");
+    assert_eq!(at, 4);
+    for r in &replies[..at] {
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    for r in &replies[at..] {
+        throttled(r);
+    }
+    // Even the right key is refused from there; from elsewhere it works.
+    throttled(&sign_in(g.admin_key.clone(), "203.0.113.20").await);
+    let ok = sign_in(g.admin_key.clone(), "198.51.100.20").await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+
+    let failed = g.audit_with_code("auth.invalid_api_key", 4).await;
+    let failed: Vec<_> = failed
+        .iter()
+        .filter(|e| e["route"] == "/console/session")
+        .collect();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| e["kind"] == "login.failed" && e["client_ip"] == "203.0.113.20")
+    );
+    let refused = g.audit_with_code("auth.too_many_attempts", 5).await;
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|e| e["kind"] == "login.throttled" && e["route"] == "/console/session")
+            .count(),
+        5
+    );
+}
+
+/// A credential-stuffing source (one IP, many accounts) that keeps going
+/// while throttled is banned by the `distinct_accounts` detector (default
+/// 30 accounts in 5 minutes): 403 `anomaly.banned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_stuffing_source_is_banned() {
+    let g = single("regulation_stuffing", "").await;
+    let mut statuses = Vec::new();
+    for i in 0..45 {
+        let r = g
+            .login("203.0.113.30", &format!("victim{i}"), "hunter2")
+            .await;
+        statuses.push(r.status.as_u16());
+        if r.status == StatusCode::FORBIDDEN {
+            assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+            break;
+        }
+    }
+    let banned_at = statuses
+        .iter()
+        .position(|s| *s == 403)
+        .unwrap_or_else(|| panic!("never banned: {statuses:?}"));
+    assert_eq!(banned_at, 30, "{statuses:?}");
+    assert!(statuses[20..30].iter().all(|s| *s == 429), "{statuses:?}");
+    // Banned everywhere the guard looks, not only at login.
+    let r = send(
+        &g.client,
+        get(
+            g.gateway.public,
+            "/open/x",
+            &[("x-forwarded-for", "203.0.113.30")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+}
+
+/// Two replicas on one PostgreSQL and one Redis: a limit of N failures is
+/// N across both, even for attempts sent to both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_regulation_on_postgres_and_redis() {
+    let Some(redis) = redis_url() else { return };
+    let Some(db) = FreshDatabase::create("regulation_replicas").await else {
+        return;
+    };
+    let prefix = unique_name("pcx_gw_regulation");
+    let _cleanup = RedisPrefix {
+        urls: vec![redis.clone()],
+        prefix: prefix.clone(),
+    };
+    let dir = TempDir::new("regulation_replicas");
+    keys_and_pepper(&dir);
+    let pg = Arc::new(PostgresStores::connect(&db.url, 2).await.unwrap());
+    let stores = Stores::new(
+        Backends::all(pg),
+        StoresConfig::new(SecretHasher::new(&PEPPER).unwrap()),
+    )
+    .unwrap();
+    stores
+        .create_user(&NewUser {
+            username: "alice".into(),
+            password: Some(PASSWORD.into()),
+            ..NewUser::default()
+        })
+        .await
+        .unwrap();
+    const N: usize = 4;
+    let publics = [free_port(), free_port()];
+    let c = client();
+    let mut gateways = Vec::new();
+    for (i, public) in publics.iter().enumerate() {
+        let ops = free_port();
+        let text = format!(
+            r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+url = "{db}"
+pepper_file = "{pepper}"
+redis = "{redis}"
+redis_prefix = "{prefix}"
+
+[keys]
+dir = "{keys}"
+issuer = "http://{issuer}"
+
+[log]
+level = "warn"
+
+[guard.client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+
+[token_service.regulation]
+max_failures_per_account = {N}
+max_failures_per_ip = 100
+
+[[guard.routes]]
+name = "open"
+path = "/open/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "echo"
+url = "http://127.0.0.1:9"
+routes = ["open"]
+"#,
+            db = db.url,
+            pepper = dir.join("pepper").display(),
+            keys = dir.join("keys").display(),
+            issuer = publics[0],
+        );
+        gateways.push(Gateway::start(
+            &dir,
+            &format!("replica{i}"),
+            &text,
+            *public,
+            ops,
+        ));
+    }
+    for g in &gateways {
+        g.wait_ready(&c).await;
+    }
+
+    // 3N wrong passwords at once, alternating between the replicas:
+    // exactly N are checked (401), the rest refused (429).
+    let mut tasks = Vec::new();
+    for i in 0..3 * N {
+        let (c, public) = (c.clone(), publics[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            login_at(&c, public, "203.0.113.40", "alice", "wrong").await
+        }));
+    }
+    let (mut checked, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled(&r);
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!((checked, refused), (N, 2 * N));
+    // Both replicas now refuse that client, right password or not...
+    for public in publics {
+        throttled(&login_at(&c, public, "203.0.113.40", "alice", PASSWORD).await);
+    }
+    // ...and both let the owner in from elsewhere.
+    for public in publics {
+        let r = login_at(&c, public, "198.51.100.40", "alice", PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    drop(gateways);
+}
+
+/// A Redis that hangs (SIGSTOP) costs the regulation its sharing, not its
+/// protection: the breaker opens and this replica regulates locally, so
+/// guessing is still refused, and logins still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_falls_back_to_local_regulation() {
+    let redis = OwnRedis::start();
+    let dir = TempDir::new("regulation_hung_redis");
+    keys_and_pepper(&dir);
+    let (public, ops) = (free_port(), free_port());
+    let extra = "\n[token_service.regulation]\nmax_failures_per_account = 3\n";
+    let config = single_config(&dir, public, ops, extra).replace(
+        "[keys]",
+        &format!(
+            "redis = \"{}\"\nredis_prefix = \"pcx_hung\"\n\n[keys]",
+            redis.url()
+        ),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin_key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
+    let c = client();
+    gateway.wait_ready(&c).await;
+    let g = Single {
+        _dir: dir,
+        gateway,
+        client: c,
+        admin_key,
+    };
+    g.create_user("alice").await;
+
+    redis.pause();
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            g.login("203.0.113.50", "alice", "wrong"),
+        )
+        .await
+        .expect("an answer while Redis hangs");
+        replies.push(r);
+    }
+    assert_eq!(first_throttled(&replies), 3);
+    redis.resume();
+    let ok = g.login("198.51.100.50", "alice", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
+/// The (argon2id, bcrypt) password verifications a gateway ran so far.
+async fn verifications(client: &HttpClient, ops: SocketAddr) -> (u64, u64) {
+    let name = "portcullis_password_verifications_total";
+    (
+        metric(client, ops, &format!("{name}{{kind=\"argon2id\"}}")).await,
+        metric(client, ops, &format!("{name}{{kind=\"bcrypt\"}}")).await,
+    )
+}
+
+/// Which hashers one failed login ran: (argon2id, bcrypt) verifications.
+async fn hashers_of(g: &Single, from: &str, username: &str) -> (u64, u64) {
+    let before = verifications(&g.client, g.gateway.ops).await;
+    let r = g.login(from, username, "not the password").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let after = verifications(&g.client, g.gateway.ops).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// Accounts imported with a bcrypt hash cannot be told from unknown names
+/// by what a failed login costs, in a gateway started after the import (it
+/// reads the stored hashes at start): an unknown name, an argon2id account
+/// and a bcrypt account each run one argon2id and one bcrypt verification
+/// (counted by `/metrics`, not timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcrypt_imported_accounts_cost_what_unknown_names_cost_after_a_restart() {
+    let g = single("regulation_bcrypt", "").await;
+    g.create_user("modern").await;
+    let legacy = bcrypt::hash(PASSWORD, 4).unwrap();
+    let r = g
+        .admin(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "legacy", "password_hash": legacy})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // Restart: a process that never saw the import.
+    let Single {
+        _dir: dir,
+        gateway,
+        client,
+        admin_key,
+    } = g;
+    let (public, ops) = (gateway.public, gateway.ops);
+    drop(gateway);
+    let config = single_config(&dir, public, ops, "");
+    let gateway = Gateway::start(&dir, "restarted", &config, public, ops);
+    gateway.wait_ready(&client).await;
+    let g = Single {
+        _dir: dir,
+        gateway,
+        client,
+        admin_key,
+    };
+
+    // The stored hashes are read in the background at start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let ran = hashers_of(&g, &format!("198.51.100.{attempt}"), "nobody").await;
+        if ran == (1, 1) {
+            break;
+        }
+        assert_eq!(ran, (1, 0), "an unknown name before the scan");
+        assert!(
+            Instant::now() < deadline,
+            "the stored bcrypt hash never noted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (from, name) in [
+        ("192.0.2.1", "nobody-else"),
+        ("192.0.2.2", "modern"),
+        ("192.0.2.3", "legacy"),
+    ] {
+        assert_eq!(hashers_of(&g, from, name).await, (1, 1), "{name}");
+    }
+    // The imported account still logs in (and is rehashed).
+    let ok = g.login("192.0.2.4", "legacy", PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
