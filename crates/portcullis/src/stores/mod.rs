@@ -558,8 +558,9 @@ pub struct RevocationPage {
 /// The append-only log of revocations a backend keeps beside the state it
 /// revokes, which every replica's [`RevocationSet`] follows.
 pub trait RevocationLog: Send + Sync {
-    /// Up to `limit` entries with `seq > after` not expired at `now`, in
-    /// `seq` order, and the log's head.
+    /// Up to `limit` entries with `seq > after`, in `seq` order, and the
+    /// log's head. Entries expired at `now` may be left out (a log that
+    /// returns them counts them in `limit`; the set ignores them).
     fn revocations_after(
         &self,
         after: u64,

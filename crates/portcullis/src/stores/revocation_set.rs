@@ -164,8 +164,11 @@ struct Inner {
     logs: Vec<Arc<dyn RevocationLog>>,
     /// One cursor per log; held for the whole of a poll (polls never overlap).
     cursors: tokio::sync::Mutex<Vec<u64>>,
-    /// When the last complete poll started (`None`: not loaded yet).
-    synced_at: Mutex<Option<Instant>>,
+    /// When the set was made: `synced_at` counts from it.
+    base: Instant,
+    /// When the last complete poll started, in microseconds after `base`
+    /// plus one (0: not loaded yet). An atomic: every check reads it.
+    synced_at: AtomicU64,
     loaded: AtomicBool,
     loaded_signal: Notify,
     policy: RevocationPolicy,
@@ -233,7 +236,8 @@ impl RevocationSet {
                 entries: RwLock::new(Entries::default()),
                 logs: distinct,
                 cursors: tokio::sync::Mutex::new(vec![0; n]),
-                synced_at: Mutex::new(None),
+                base: Instant::now(),
+                synced_at: AtomicU64::new(0),
                 loaded: AtomicBool::new(false),
                 loaded_signal: Notify::new(),
                 policy,
@@ -268,7 +272,7 @@ impl RevocationSet {
     /// How far behind the logs the set may be: the age of the last
     /// complete poll (`None` before the initial load).
     pub fn lag(&self) -> Option<Duration> {
-        lock(&self.inner.synced_at).map(|t| t.elapsed())
+        self.inner.lag()
     }
 
     /// Whether the feed is behind by more than `max_stale` (or not loaded).
@@ -300,6 +304,10 @@ impl RevocationSet {
     /// waits at most `wait` for the initial load; [`StoreError::Unavailable`]
     /// when it has not completed by then.
     pub async fn ready(&self, wait: Duration) -> StoreResult<()> {
+        // Fresh: the feed runs (the check every request makes, lock-free).
+        if self.is_loaded() && !self.is_stale() {
+            return Ok(());
+        }
         self.start_feed();
         if self.is_loaded() {
             return Ok(());
@@ -418,7 +426,7 @@ async fn follow(weak: Weak<Inner>, wake: Arc<Notify>, every: Duration) {
                 if due(&inner.last_warned) {
                     tracing::warn!(
                         error = %e,
-                        lag = ?lock(&inner.synced_at).map(|t| t.elapsed()),
+                        lag = ?inner.lag(),
                         "revocation feed cannot read the log; the local set grows staler"
                     );
                 }
@@ -432,6 +440,17 @@ async fn follow(weak: Weak<Inner>, wake: Arc<Notify>, every: Duration) {
 }
 
 impl Inner {
+    /// The age of the last complete poll (`None` before the first).
+    fn lag(&self) -> Option<Duration> {
+        match self.synced_at.load(Ordering::Acquire) {
+            0 => None,
+            stamp => {
+                let at = self.base + Duration::from_micros(stamp - 1);
+                Some(Instant::now().saturating_duration_since(at))
+            }
+        }
+    }
+
     /// Reads every log past its cursor; on success the set is current as of
     /// the moment this poll started.
     async fn poll(&self) -> StoreResult<()> {
@@ -462,13 +481,15 @@ impl Inner {
                     continue;
                 }
                 let full = page.entries.len() >= PAGE;
-                self.apply(&page.entries, cursor);
+                self.apply(&page.entries, cursor, now);
                 if !full {
                     break;
                 }
             }
         }
-        *lock(&self.synced_at) = Some(started);
+        let micros =
+            u64::try_from(started.duration_since(self.base).as_micros()).unwrap_or(u64::MAX - 1);
+        self.synced_at.fetch_max(micros + 1, Ordering::AcqRel);
         if !self.loaded.swap(true, Ordering::AcqRel) {
             self.loaded_signal.notify_waiters();
         }
@@ -489,7 +510,9 @@ impl Inner {
         Ok(())
     }
 
-    fn apply(&self, page: &[LoggedRevocation], cursor: &mut u64) {
+    /// Adds a page's live entries and moves the cursor past all of them
+    /// (a log may return entries already expired: they refuse nothing).
+    fn apply(&self, page: &[LoggedRevocation], cursor: &mut u64, now: i64) {
         if page.is_empty() {
             return;
         }
@@ -498,7 +521,9 @@ impl Inner {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in page {
-            entries.insert(e.kind, &e.subject, e.expires_at);
+            if e.expires_at > now {
+                entries.insert(e.kind, &e.subject, e.expires_at);
+            }
             *cursor = (*cursor).max(e.seq);
         }
     }
