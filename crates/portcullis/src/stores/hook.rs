@@ -129,7 +129,9 @@ impl StoresRevocation {
                 super::input::jti(jti).map_err(|_| ErrorCode::MalformedToken)?;
                 set.contains(RevokedKind::Jti, jti)
             } else {
-                self.lookup("jti", self.stores.is_jti_revoked(jti)).await?
+                let call = self.stores.is_jti_revoked(jti);
+                self.lookup("jti", self.stores.on_request_path(self.budget, call))
+                    .await?
             };
             if revoked {
                 return Err(ErrorCode::TokenRevoked);
@@ -141,8 +143,9 @@ impl StoresRevocation {
                     .map_err(|_| ErrorCode::MalformedToken)?;
                 set.contains(RevokedKind::Session, sid)
             } else {
+                let call = self.stores.session_is_active(sid);
                 !self
-                    .lookup("session", self.stores.session_is_active(sid))
+                    .lookup("session", self.stores.on_request_path(self.budget, call))
                     .await?
             };
             if revoked {

@@ -888,6 +888,9 @@ impl Stores {
                 self.request_breaker.failure();
                 Err(StoreError::Unavailable(e))
             }
+            // Refused before any backend call: says nothing of the backend
+            // (and must not let bad input close an open breaker).
+            Err(e @ StoreError::InvalidInput { .. }) => Err(e),
             answered => {
                 self.request_breaker.success();
                 answered
