@@ -371,14 +371,15 @@ async fn a_hung_revocation_store_costs_nothing_within_max_stale_and_refuses_past
     let stale_took = started.elapsed();
     server.resume();
     assert!(fresh.allowed(), "{:?}", fresh.refusal);
+    // Far under the 250 ms revocation budget a store lookup would wait.
     assert!(
-        fresh_took < Duration::from_millis(100),
+        fresh_took < Duration::from_millis(200),
         "a hung store cost the request {fresh_took:?}"
     );
     let r = stale.refusal.as_ref().expect("refused past max_stale");
     assert_eq!(r.code.as_str(), "backend.unavailable", "{r:?}");
     assert!(
-        stale_took < Duration::from_millis(100),
+        stale_took < Duration::from_millis(200),
         "a stale set cost the request {stale_took:?}"
     );
     // The store answers again: the next read of the log makes the set
