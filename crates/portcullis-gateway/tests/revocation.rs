@@ -42,6 +42,7 @@ const BOUND: Duration = Duration::from_millis(1000);
 
 struct Setup<'a> {
     url: &'a str,
+    /// The `[storage]` line naming the Redis (`redis = …` or `redis_cluster = […]`).
     redis: Option<String>,
     revocation: &'a str,
 }
@@ -54,11 +55,8 @@ fn config(
     ops: SocketAddr,
     issuer: SocketAddr,
 ) -> String {
-    let redis = setup.redis.as_ref().map_or(String::new(), |url| {
-        format!(
-            "redis = \"{url}\"\nredis_prefix = \"{}\"",
-            unique_name("pcx_rev")
-        )
+    let redis = setup.redis.as_ref().map_or(String::new(), |line| {
+        format!("{line}\nredis_prefix = \"{}\"", unique_name("pcx_rev"))
     });
     format!(
         r#"
@@ -339,11 +337,58 @@ async fn a_redis_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_bo
         return;
     };
     let redis = OwnRedis::start();
+    let line = format!("redis = \"{}\"", redis.url());
+    redis_hung_for_5s(
+        "Redis hung",
+        &db,
+        &line,
+        || redis.pause(),
+        || redis.resume(),
+    )
+    .await;
+}
+
+/// The same with every node of a Redis Cluster of the test's own hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_both_replicas()
+ {
+    let Some(db) = FreshDatabase::create("rev_cluster").await else {
+        return;
+    };
+    let dir = TempDir::new("rev_cluster_nodes");
+    let cluster = OwnRedisCluster::start(&dir.0);
+    redis_hung_for_5s(
+        "Redis Cluster hung",
+        &db,
+        &cluster.config_line(),
+        || cluster.pause(),
+        || cluster.resume(),
+    )
+    .await;
+}
+
+/// Two replicas on `db` and the Redis of `line` under load; the Redis
+/// paused (`pause`) for 5 s, a session revoked through the admin API
+/// meanwhile.
+async fn redis_hung_for_5s(
+    phase: &str,
+    db: &FreshDatabase,
+    line: &str,
+    pause: impl Fn(),
+    resume: impl Fn(),
+) {
+    /// SIGCONT even when an assertion fails while paused.
+    struct Resume<F: Fn()>(F);
+    impl<F: Fn()> Drop for Resume<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
     let r = replicas(
         "rev_redis",
         &Setup {
             url: &db.url,
-            redis: Some(redis.url()),
+            redis: Some(line.to_owned()),
             revocation: "",
         },
     )
@@ -356,14 +401,15 @@ async fn a_redis_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_bo
     let load = Load::start(&r.c, &r.publics, &format!("Bearer {token}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused_at = load.started.elapsed();
-    redis.pause();
+    pause();
+    let resumer = Resume(&resume);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reply = admin_revoke_session(&r, 0, &sid).await;
     assert!(reply.status.is_success(), "{} {}", reply.status, reply.body);
     let took = refused_by_both(&r, &victim_auth, BOUND).await;
-    eprintln!("revocation during the Redis pause refused by both replicas after {took:?}");
+    eprintln!("{phase}: a revocation during the pause refused by both replicas after {took:?}");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    redis.resume();
+    drop(resumer);
     let resumed_at = load.started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.finish().await;
@@ -377,7 +423,7 @@ async fn a_redis_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_bo
         "too little load during the pause: {}",
         during.len()
     );
-    no_5xx("Redis hung", &samples, (paused_at, resumed_at));
+    no_5xx(phase, &samples, (paused_at, resumed_at));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
