@@ -2222,6 +2222,24 @@ mod tests {
     }
 
     #[test]
+    fn revocation_bounds_are_checked_and_name_the_key() {
+        let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[revocation]\nmax_stale = \"500ms\"\npoll_interval = \"2s\"\non_stale = \"allow\"\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        for key in ["revocation.max_stale", "revocation.poll_interval"] {
+            let e = errs
+                .iter()
+                .find(|e| e.key.as_deref() == Some(key))
+                .unwrap_or_else(|| panic!("{key} not reported: {errs:?}"));
+            assert!(e.line.is_some(), "{e:?}");
+        }
+        let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[revocation]\non_stale = \"maybe\"\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        assert!(errs.iter().any(|e| e.message.contains("maybe")), "{errs:?}");
+        let defaults = RevocationConfig::default().policy();
+        assert_eq!(defaults, portcullis::stores::RevocationPolicy::default());
+    }
+
+    #[test]
     fn semantic_errors_name_the_key_and_line() {
         let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[storage]\nurl = \"mysql://x\"\n";
         let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
