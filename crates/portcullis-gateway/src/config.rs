@@ -31,6 +31,9 @@ pub struct Config {
     /// Where users, sessions, API keys and revocations live.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// How each replica's local revocation set follows the shared log.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
     /// The signing keys and the issuer of local tokens.
     pub keys: KeysConfig,
     /// The audit log.
@@ -321,6 +324,66 @@ impl Default for StorageConfig {
             redis_cluster: Vec::new(),
             redis_prefix: default_redis_prefix(),
             pepper_file: None,
+        }
+    }
+}
+
+/// `[revocation]`: each replica holds the live revocations (denied `jti`s,
+/// revoked sessions) in memory, following the log in `storage.url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Longest the feed may be behind while the local set answers alone
+    /// (default `30s`).
+    #[serde(default = "default_max_stale", deserialize_with = "duration")]
+    pub max_stale: Duration,
+    /// Past `max_stale`: `deny` (default: tokens refused, 503
+    /// `backend.unavailable`) or `allow` (the set answers as it is).
+    #[serde(default)]
+    pub on_stale: OnStaleConfig,
+    /// Time between two reads of the log (default `100ms`; 10 ms to 1 s).
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+/// `revocation.on_stale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStaleConfig {
+    /// Refuse tokens with 503 `backend.unavailable`.
+    #[default]
+    Deny,
+    /// Answer from the local set as it is.
+    Allow,
+}
+
+fn default_max_stale() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            max_stale: default_max_stale(),
+            on_stale: OnStaleConfig::Deny,
+            poll_interval: default_poll_interval(),
+        }
+    }
+}
+
+impl RevocationConfig {
+    /// The library's policy.
+    pub fn policy(&self) -> portcullis::stores::RevocationPolicy {
+        portcullis::stores::RevocationPolicy {
+            max_stale: self.max_stale,
+            on_stale: match self.on_stale {
+                OnStaleConfig::Deny => portcullis::stores::OnStale::Deny,
+                OnStaleConfig::Allow => portcullis::stores::OnStale::Allow,
+            },
+            poll_interval: self.poll_interval,
         }
     }
 }
@@ -1539,6 +1602,17 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     if config.server.max_body_bytes == 0 {
         err("server.max_body_bytes".into(), "must be at least 1".into());
     }
+    if !(Duration::from_millis(10)..=Duration::from_secs(1))
+        .contains(&config.revocation.poll_interval)
+    {
+        err(
+            "revocation.poll_interval".into(),
+            "must be 10ms to 1s (the revocation bound)".into(),
+        );
+    }
+    if config.revocation.max_stale < Duration::from_secs(1) {
+        err("revocation.max_stale".into(), "must be at least 1s".into());
+    }
     if let Some(n) = config.server.worker_threads
         && !(1..=1024).contains(&n)
     {
@@ -2156,6 +2230,24 @@ mod tests {
         assert_eq!(errs[1].key.as_deref(), Some("keys.dir"));
         assert_eq!(errs[2].line, Some(7));
         assert!(errs[2].message.contains("did you mean `issuer`"));
+    }
+
+    #[test]
+    fn revocation_bounds_are_checked_and_name_the_key() {
+        let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[revocation]\nmax_stale = \"500ms\"\npoll_interval = \"2s\"\non_stale = \"allow\"\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        for key in ["revocation.max_stale", "revocation.poll_interval"] {
+            let e = errs
+                .iter()
+                .find(|e| e.key.as_deref() == Some(key))
+                .unwrap_or_else(|| panic!("{key} not reported: {errs:?}"));
+            assert!(e.line.is_some(), "{e:?}");
+        }
+        let text = "[keys]\ndir = \"/nonexistent\"\nissuer = \"https://i.test\"\n\n[revocation]\non_stale = \"maybe\"\n";
+        let errs = parse(Path::new("p.toml"), text).unwrap_err().0;
+        assert!(errs.iter().any(|e| e.message.contains("maybe")), "{errs:?}");
+        let defaults = RevocationConfig::default().policy();
+        assert_eq!(defaults, portcullis::stores::RevocationPolicy::default());
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.max_connections",
     "server.ops_max_connections",
     "storage",
+    "revocation",
     "keys",
     "audit",
     "anomaly",
@@ -278,12 +279,14 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
     n.shutdown_timeout = c.shutdown_timeout;
     n.pid_file.clone_from(&c.pid_file);
     keep("storage", current.storage != next.storage);
+    keep("revocation", current.revocation != next.revocation);
     keep("keys", current.keys != next.keys);
     keep("audit", current.audit != next.audit);
     keep("anomaly", current.anomaly != next.anomaly);
     keep("token_service", current.token_service != next.token_service);
     keep("log", current.log != next.log);
     next.storage = current.storage.clone();
+    next.revocation = current.revocation.clone();
     next.keys = current.keys.clone();
     next.audit = current.audit.clone();
     next.anomaly = current.anomaly.clone();

@@ -109,6 +109,19 @@ const AUDIT_DROPPED_METRIC: &str = "portcullis_audit_dropped_total";
 /// (calls skipped, one probe per interval), sampled at each scrape.
 const BREAKER_STATE_METRIC: &str = "portcullis_ratelimit_breaker_state";
 
+/// Gauge: age of the revocation feed's last complete read of the log, in
+/// seconds (how stale the local revocation set may be).
+const REVOCATION_LAG_METRIC: &str = "portcullis_revocation_lag_seconds";
+/// Gauge: live entries in the local revocation set.
+const REVOCATION_ENTRIES_METRIC: &str = "portcullis_revocation_entries";
+/// Gauge: estimated bytes the local revocation set holds.
+const REVOCATION_BYTES_METRIC: &str = "portcullis_revocation_bytes";
+/// Counter: token checks decided while the feed was past `max_stale`, by
+/// `decision` (`deny` | `allow`).
+const REVOCATION_STALE_METRIC: &str = "portcullis_revocation_stale_decisions_total";
+/// Counter: reads of the revocation log that failed or timed out.
+const REVOCATION_POLL_FAILURES_METRIC: &str = "portcullis_revocation_poll_failures_total";
+
 /// Latency buckets, in seconds, of every histogram.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -992,6 +1005,17 @@ impl Health {
     /// Sets the gauges that are read rather than counted: the audit
     /// queue's depth and drops, the Redis breaker's state.
     fn sample(&self) {
+        let set = self.stores.revocations();
+        let stats = set.stats();
+        metrics::gauge!(REVOCATION_LAG_METRIC)
+            .set(set.lag().map_or(f64::INFINITY, |lag| lag.as_secs_f64()));
+        metrics::gauge!(REVOCATION_ENTRIES_METRIC).set(stats.entries as f64);
+        metrics::gauge!(REVOCATION_BYTES_METRIC).set(stats.bytes as f64);
+        metrics::counter!(REVOCATION_STALE_METRIC, "decision" => "deny")
+            .absolute(stats.stale_denied);
+        metrics::counter!(REVOCATION_STALE_METRIC, "decision" => "allow")
+            .absolute(stats.stale_allowed);
+        metrics::counter!(REVOCATION_POLL_FAILURES_METRIC).absolute(stats.poll_failures);
         if let Some(audit) = &self.audit {
             let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);
             metrics::gauge!(AUDIT_QUEUE_DEPTH_METRIC).set(f64::from(depth));
@@ -1015,9 +1039,16 @@ impl Health {
             );
         }
         let keys = self.keyring.keys().active().is_some();
-        let storage = tokio::time::timeout(Duration::from_secs(2), self.stores.probe_denylist())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        // Ready once the revocation set is loaded, and while it answers:
+        // fresh, or stale under `on_stale = "allow"`. A store outage
+        // within `max_stale` leaves the replica ready.
+        let set = self.stores.revocations();
+        set.start_feed();
+        let storage = set.is_loaded()
+            && (!set.is_stale() || set.policy().on_stale == portcullis::stores::OnStale::Allow);
+        let lag_ms = set
+            .lag()
+            .map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX));
         let ok = keys && storage;
         (
             if ok {
@@ -1025,7 +1056,12 @@ impl Health {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             },
-            serde_json::json!({"status": if ok { "ready" } else { "not ready" }, "storage": storage, "keys": keys}),
+            serde_json::json!({
+                "status": if ok { "ready" } else { "not ready" },
+                "storage": storage,
+                "keys": keys,
+                "revocation": {"loaded": set.is_loaded(), "lag_ms": lag_ms},
+            }),
         )
     }
 }

@@ -8,19 +8,24 @@
 //! | state | without Redis | with `storage.redis` / `storage.redis_cluster` |
 //! |---|---|---|
 //! | users, sessions, API keys, app credentials, refresh-token families | `storage.url` | `storage.url` |
-//! | the access-token (`jti`) denylist | `storage.url` | Redis |
+//! | the access-token (`jti`) denylist, the revocation log | `storage.url` | `storage.url` |
 //! | rate-limit counters | this process | Redis |
 //! | bans, detector windows | this process | Redis |
 //! | signed-request nonces | this process | Redis |
 //! | login regulation (failed attempts per IP and account) | this process | Redis |
 //!
+//! Revocation is read locally: every replica holds the live revocation set
+//! (`[revocation]`), following the log that `storage.url` appends to in
+//! the transaction of each revocation, so no revocation check waits on a
+//! store; a store outage makes the set staler, and past
+//! `revocation.max_stale` `revocation.on_stale` decides.
+//!
 //! Redis calls on the request path keep the library's time budgets (100 ms
-//! for rate limits, bans and detectors; 250 ms for revocation lookups), so
-//! a Redis that hangs costs a request at most those; what a failure then
-//! means is each rate rule's `on_backend_error`, bans and detectors fail
-//! open, the denylist fails closed (503 `backend.unavailable` for a token
-//! it would have to check). Nonce lookups get 250 ms and fail closed too
-//! (a signed request whose nonce cannot be recorded is refused with 503).
+//! for rate limits, bans and detectors), so a Redis that hangs costs a
+//! request at most those; what a failure then means is each rate rule's
+//! `on_backend_error`, bans and detectors fail open. Nonce lookups get
+//! 250 ms and fail closed (a signed request whose nonce cannot be recorded
+//! is refused with 503).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +39,6 @@ use portcullis::authz::{MemoryNonceStore, NonceStore, RedisNonceStore};
 use portcullis::ratelimit::{RateLimiter, RateLimiterBuilder};
 use portcullis::redis_conn::RedisConnection;
 use portcullis::regulation::Regulator;
-use portcullis::stores::redis::RedisStores;
 use portcullis::stores::{Backends, Stores, StoresConfig};
 use portcullis_core::{SecretHasher, SystemClock};
 
@@ -135,7 +139,7 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
     let redis = connect_redis(config).await?;
     let prefix = config.storage.redis_prefix.clone();
 
-    let mut backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
+    let backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
         StorageUrl::Memory => {
             Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
         }
@@ -154,18 +158,17 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
             .map_err(|e| start("storage.url")(e.to_string()))?,
         )),
     };
-    if let Some(conn) = &redis {
-        // The hot, expiring revocation state (a `jti` seen not denied is
-        // trusted for the 1 s revocation bound) on the shared Redis. Sessions stay durable with
-        // the other records: a Redis restart must not log everyone out,
-        // and their revocation reaches every replica within the 1 s bound
-        // of the revocation caches all the same.
-        backends.denylist = Arc::new(RedisStores::new(conn.clone(), &format!("{prefix}:stores")));
-    }
+    // The denylist stays with the sessions in `storage.url`: every
+    // revocation and its log entry commit in one transaction there, and
+    // each replica's local set follows that one log (no Redis call on the
+    // revocation path).
+    let mut stores_config = StoresConfig::new(hasher.clone());
+    stores_config.revocation = config.revocation.policy();
     let stores = Arc::new(
-        Stores::new(backends, StoresConfig::new(hasher.clone()))
-            .map_err(|e| start("storage")(e.to_string()))?,
+        Stores::new(backends, stores_config).map_err(|e| start("storage")(e.to_string()))?,
     );
+    // Following the log starts now; readiness waits for the initial load.
+    stores.revocations().start_feed();
 
     let anomaly = if config.anomaly.enabled {
         let backend = match &redis {

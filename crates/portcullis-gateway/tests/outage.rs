@@ -3,10 +3,11 @@
 //!
 //! - Redis hung (SIGSTOP) and then down (killed) under load: each rate
 //!   rule's `on_backend_error` holds (`allow` admits, `local` falls back to
-//!   this replica's memory, `deny` refuses 503 `backend.unavailable`), the
-//!   jti denylist fails closed with that same documented 503, logins (SQL)
-//!   keep working, nothing else is a 5xx, and no request hangs; restarted,
-//!   the service recovers.
+//!   this replica's memory, `deny` refuses 503 `backend.unavailable`), JWTs
+//!   are still checked and admitted (revocation is read from the local set,
+//!   which follows the log in SQL: no Redis call), logins (SQL) keep
+//!   working, readiness stays green, nothing else is a 5xx, and no request
+//!   hangs; restarted, the service recovers.
 //! - PostgreSQL (the audit database) stopped under load: every request is
 //!   still served, events spool to disk, and when it is back every request's
 //!   audit event is in the table exactly once.
@@ -24,8 +25,8 @@ use portcullis_core::SecretHasher;
 use support::*;
 
 /// What a hung or dead Redis may cost one request, at most: the ban check
-/// and the rate-limit call (100 ms budgets each, then their breakers open)
-/// or the revocation lookup (250 ms), with room for a loaded test machine.
+/// and the rate-limit call (100 ms budgets each, then their breakers open),
+/// with room for a loaded test machine.
 const REQUEST_BOUND: Duration = Duration::from_millis(1500);
 
 async fn create_alice(db: &std::path::Path) {
@@ -180,9 +181,9 @@ fn assert_policies_hold(phase: &str, replies: &Replies) {
                 "/fail-closed" => {
                     assert_eq!((*status, code), (503, &unavailable), "{phase} {path}")
                 }
-                // The denylist cannot be checked: the token is refused,
-                // never let through, with the documented 503.
-                "/docs" => assert_eq!((*status, code), (503, &unavailable), "{phase} {path}"),
+                // Revocation is read locally (the log is in SQL): a JWT
+                // route with no rate rule owes Redis nothing.
+                "/docs" => assert_eq!(*status, 200, "{phase} {path}: {code:?}"),
                 _ => unreachable!(),
             }
         }
@@ -237,9 +238,8 @@ async fn redis_hung_then_down_keeps_each_rules_policy_and_recovers() {
         assert!(list.iter().all(|(s, _)| *s == 200), "{path}: {list:?}");
     }
 
-    // A token `/docs` has not seen: `auth` was just checked, so for the
-    // revocation bound (1 s) its `jti` stays known as not denied; a token
-    // the gateway has never checked must ask the denylist on Redis.
+    // A token `/docs` has not seen (once, a new token meant a denylist
+    // lookup on Redis; now the local revocation set answers).
     let unseen = format!("Bearer {}", login(&c, public, "alice").await);
 
     // Hung: the server keeps its sockets open and never answers.
@@ -250,8 +250,8 @@ async fn redis_hung_then_down_keeps_each_rules_policy_and_recovers() {
     let ready = send(&c, get(ops, "/health/ready", &[])).await;
     assert_eq!(
         ready.status.as_u16(),
-        503,
-        "readiness reports the hung store: {}",
+        200,
+        "revocation does not depend on Redis: still ready: {}",
         ready.body
     );
 

@@ -825,13 +825,9 @@ async fn a_credential_store_that_is_down_is_a_503_not_a_401_and_never_a_pass() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = Arc::new(SqliteStores::open(&dir.0.join("stores.db")).await.unwrap());
     let hasher = SecretHasher::new(&[5; 32]).unwrap();
-    let stores = Arc::new(
-        Stores::new(
-            Backends::all(Arc::clone(&db)),
-            StoresConfig::new(hasher.clone()),
-        )
-        .unwrap(),
-    );
+    let mut stores_config = StoresConfig::new(hasher.clone());
+    stores_config.revocation.max_stale = Duration::from_secs(1);
+    let stores = Arc::new(Stores::new(Backends::all(Arc::clone(&db)), stores_config).unwrap());
     let mut keys = KeySet::new();
     keys.insert(Key::generate(Algorithm::ES256).unwrap().with_kid("k1"))
         .unwrap();
@@ -885,9 +881,15 @@ async fn a_credential_store_that_is_down_is_a_503_not_a_401_and_never_a_pass() {
     };
     let peer = Some("127.0.0.1".parse().unwrap());
     assert!(guard.check(&parts(&bearer(&token)), peer).await.allowed());
-    // The database goes away: revocation and key lookups fail closed.
+    // The database goes away. Within `revocation.max_stale` (1 s here) a
+    // JWT is answered by the local revocation set, which the outage only
+    // makes staler...
     db.pool().close().await;
-    tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s caches
+    assert!(guard.check(&parts(&bearer(&token)), peer).await.allowed());
+    // ...past it (`on_stale = "deny"`, the default) the JWT is refused, and
+    // so is the API key once its 1 s cache entry is gone: both fail closed.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(stores.revocations().is_stale());
     for auth in [bearer(&token), bearer(&key)] {
         let d = guard.check(&parts(&auth), peer).await;
         let r = d.refusal.as_ref().expect("refused while the store is down");

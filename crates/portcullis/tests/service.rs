@@ -1076,8 +1076,9 @@ async fn builder_names_the_bad_field() {
 /// A store that hangs (its Redis stopped with SIGSTOP, sockets open) is a
 /// store that is down: login, refresh and the API key list answer 503
 /// `backend.unavailable` within the service's store budget, instead of
-/// waiting out the connection's 2 s reply bound; once the store answers
-/// again, so does the service.
+/// waiting out the connection's 2 s reply bound; once it is known down a
+/// call costs nothing (circuit breaker); once the store answers again, so
+/// does the service.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_store_is_answered_503_within_the_store_budget() {
@@ -1139,10 +1140,32 @@ async fn a_hung_store_is_answered_503_within_the_store_budget() {
         .await;
     timed(started, "POST /api-keys");
     reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+    // Known down (the stores' circuit breaker is open after three failed
+    // calls): the next call within the probe interval costs nothing.
+    let started = std::time::Instant::now();
+    let reply = server.get("/api-keys", &access).await;
+    let took = started.elapsed();
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+    assert!(
+        took < budget - Duration::from_millis(100),
+        "a store known down cost {took:?}"
+    );
 
     redis.resume();
-    let reply = server.get("/api-keys", &access).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // The breaker lets one probe through per 250 ms: answered again soon.
+    let resumed = std::time::Instant::now();
+    loop {
+        let reply = server.get("/api-keys", &access).await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        reply.problem(StatusCode::SERVICE_UNAVAILABLE, "backend.unavailable");
+        assert!(
+            resumed.elapsed() < Duration::from_secs(3),
+            "still 503 after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let reply = server.refresh(&refresh).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }

@@ -451,6 +451,25 @@ async fn denylist_entries_expire(env: Env) {
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
     stores.purge_expired_denylist().await.expect("purge");
     assert!(stores.is_jti_revoked("jti-long").await.expect("check"));
+    // The revocation log drops the expired entry too, and the local set
+    // of a replica loading now refuses only the live one.
+    use portcullis::stores::RevokedKind;
+    let report = stores.purge_expired().await.expect("purge");
+    if stores.revocation_in_set(RevokedKind::Jti) {
+        assert!(report.revocation_log >= 1, "{report:?}");
+        let fresh = env.stores(config());
+        fresh
+            .revocations()
+            .ready(Duration::from_secs(5))
+            .await
+            .expect("loads");
+        assert!(fresh.revocations().contains(RevokedKind::Jti, "jti-long"));
+        assert!(
+            !fresh
+                .revocations()
+                .contains(RevokedKind::Jti, "jti-expiring")
+        );
+    }
     assert_eq!(
         stores.is_jti_revoked("").await.map_err(|e| e.code()),
         Err("store.invalid_input")
@@ -560,6 +579,97 @@ async fn revocation_reaches_other_replicas_within_a_second(env: Env) {
     assert!(b.verify_api_key(&key).await.is_err());
     assert!(b.verify_app(&app.record.app_id, &app.secret).await.is_err());
     assert!(!b.session_is_active(&sid).await.expect("session"));
+}
+
+/// The local revocation set: a revocation made through one replica (a
+/// denied `jti`, a logout, a logout-all) is in the other replica's set
+/// within the 1 s bound, the revoking replica's at once, and a replica
+/// started afterwards holds them all as soon as it reports loaded.
+async fn the_revocation_set_follows_revocations_made_on_another_replica(env: Env) {
+    use portcullis::stores::RevokedKind;
+    let a = env.stores(config());
+    let b = env.stores(config());
+    if !a.revocation_in_set(RevokedKind::Session) || !a.revocation_in_set(RevokedKind::Jti) {
+        // A backend without a revocation log is asked on each check instead.
+        return;
+    }
+    b.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("b loads");
+    let s1 = session_for(&a, "user-set", false).await;
+    let s2 = session_for(&a, "user-set", false).await;
+    let s3 = session_for(&a, "user-set", false).await;
+    let jti = format!("jti-{}", support::unique_name("set"));
+    assert!(!b.revocations().contains(RevokedKind::Session, &s1));
+
+    let started = std::time::Instant::now();
+    a.revoke_jti(&jti, now() + 600).await.expect("deny");
+    a.revoke_session(&s1).await.expect("logout");
+    assert!(
+        a.revocations().contains(RevokedKind::Jti, &jti),
+        "a knows at once"
+    );
+    assert!(
+        a.revocations().contains(RevokedKind::Session, &s1),
+        "a knows at once"
+    );
+    loop {
+        let set = b.revocations();
+        if set.contains(RevokedKind::Jti, &jti) && set.contains(RevokedKind::Session, &s1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "b did not see the revocations within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "revocation set: revoked on a, in b's set after {:?}",
+        started.elapsed()
+    );
+    assert!(!b.revocations().contains(RevokedKind::Session, &s2));
+
+    // Logout-all: every live session of the user.
+    assert_eq!(a.revoke_all_sessions("user-set").await.expect("all"), 2);
+    assert!(
+        a.revocations().contains(RevokedKind::Session, &s3),
+        "a knows at once"
+    );
+    let started = std::time::Instant::now();
+    while !(b.revocations().contains(RevokedKind::Session, &s2)
+        && b.revocations().contains(RevokedKind::Session, &s3))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "logout-all not seen by b"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lag = b.revocations().lag().expect("loaded");
+    assert!(lag < Duration::from_secs(1), "lag {lag:?}");
+
+    // A replica started now: loaded means it holds every live revocation.
+    let c = env.stores(config());
+    assert!(!c.revocations().is_loaded());
+    c.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("c loads");
+    for (kind, id) in [
+        (RevokedKind::Jti, jti.as_str()),
+        (RevokedKind::Session, s1.as_str()),
+        (RevokedKind::Session, s2.as_str()),
+        (RevokedKind::Session, s3.as_str()),
+    ] {
+        assert!(
+            c.revocations().contains(kind, id),
+            "{kind:?} {id} missing after load"
+        );
+    }
+    let stats = c.revocations().stats();
+    assert!(stats.entries >= 4 && stats.bytes > 0, "{stats:?}");
 }
 
 async fn app_secret_rotation_keeps_the_old_one_for_the_grace_period(env: Env) {
@@ -1729,6 +1839,7 @@ macro_rules! full_suite {
                 denylist_entries_expire,
                 api_keys_create_list_verify_revoke,
                 revocation_reaches_other_replicas_within_a_second,
+                the_revocation_set_follows_revocations_made_on_another_replica,
                 app_secret_rotation_keeps_the_old_one_for_the_grace_period,
                 unknown_user_login_costs_a_hash_verification,
                 bcrypt_hashes_are_accepted_and_rehashed,

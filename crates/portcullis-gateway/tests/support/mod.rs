@@ -530,6 +530,100 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A three-node Redis Cluster of the test's own (no replicas, nothing
+/// persisted) on free ports whose bus ports (+10000) are free too; its
+/// nodes can be paused like [`OwnRedis`]; killed on drop.
+pub struct OwnRedisCluster {
+    pub nodes: Vec<OwnRedis>,
+}
+
+impl OwnRedisCluster {
+    pub fn start(dir: &Path) -> Self {
+        let mut nodes = Vec::new();
+        while nodes.len() < 3 {
+            let port = free_port().port();
+            if port > 55_000 || StdListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            let node_dir = dir.join(format!("redis-node-{port}"));
+            fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "15000",
+                ])
+                .arg("--cluster-config-file")
+                .arg(node_dir.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be on the PATH for this test");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            nodes.push(OwnRedis {
+                port,
+                child: Some(child),
+            });
+        }
+        let this = Self { nodes };
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(this.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli must be on the PATH for this test");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !this.nodes.iter().all(|n| {
+            Command::new("redis-cli")
+                .args(["-p", &n.port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        }) {
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        this
+    }
+
+    /// The TOML line naming its nodes (`redis_cluster = [...]`).
+    pub fn config_line(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("redis_cluster = [{}]", urls.join(", "))
+    }
+
+    /// SIGSTOP to every node.
+    pub fn pause(&self) {
+        self.nodes.iter().for_each(OwnRedis::pause);
+    }
+
+    /// SIGCONT to every node.
+    pub fn resume(&self) {
+        self.nodes.iter().for_each(OwnRedis::resume);
+    }
+}
+
 /// A PostgreSQL cluster of the test's own (`scripts/pg-private.sh`), never
 /// the shared server: started on a free port in `<dir>`, stopped and
 /// removed on drop.
@@ -591,10 +685,17 @@ impl OwnPostgres {
 
     /// The postmaster and every backend process (children of the postmaster).
     fn processes(&self) -> Vec<i32> {
-        let pid_file = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
-        let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let Some(postmaster) = fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|f| f.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return Vec::new();
+        };
         let mut pids = vec![postmaster];
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(proc_dir) = fs::read_dir("/proc") else {
+            return pids;
+        };
+        for entry in proc_dir.flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
@@ -645,6 +746,11 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
+        // A test that failed while the server was paused: SIGCONT first,
+        // or the immediate stop would wait on stopped processes.
+        if self.dir.join("data/postmaster.pid").exists() {
+            self.resume();
+        }
         let _ = self.run("destroy");
     }
 }

@@ -1274,7 +1274,7 @@ impl Guard {
                 };
                 // The key, then its owner's status, in one budget: a key
                 // of a disabled user is refused like a revoked token.
-                let checked = within_budget(async {
+                let checked = within_budget(stores, async {
                     let record = stores.verify_api_key(key).await?;
                     let disabled = stores.user_is_disabled(&record.owner).await?;
                     Ok((record, disabled))
@@ -1342,7 +1342,7 @@ impl Guard {
                         None,
                     ));
                 };
-                match within_budget(stores.verify_app(id, secret)).await {
+                match within_budget(stores, stores.verify_app(id, secret)).await {
                     Ok(app) => {
                         let mut p = Principal::new(app.app_id.clone(), AuthMethod::App);
                         p.permissions = app.permissions;
@@ -1428,12 +1428,17 @@ impl Guard {
     }
 }
 
-/// A credential lookup on the request path, within the revocation budget:
-/// a store that hangs is a store that is down (`backend.unavailable`).
+/// A credential lookup on the request path, within the revocation budget
+/// and behind the stores' circuit breaker: a store that hangs is a store
+/// that is down (`backend.unavailable`), and once known down it costs a
+/// request nothing.
 async fn within_budget<T>(
+    stores: &Stores,
     lookup: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    crate::stores::hook::within_budget(crate::stores::hook::DEFAULT_REVOCATION_BUDGET, lookup).await
+    stores
+        .on_request_path(crate::stores::hook::DEFAULT_REVOCATION_BUDGET, lookup)
+        .await
 }
 
 /// Marks the audit snapshot with the detectors whose `tag` action fired.

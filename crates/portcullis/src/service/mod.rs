@@ -355,13 +355,14 @@ impl Inner {
         self.clock.unix_seconds()
     }
 
-    /// A store call within the store budget: a store that does not answer
-    /// in time is down (503 `backend.unavailable`).
+    /// A store call within the store budget, behind the stores' circuit
+    /// breaker: a store that does not answer in time is down (503
+    /// `backend.unavailable`), and once known down it costs nothing.
     async fn within<T>(
         &self,
         call: impl std::future::Future<Output = crate::stores::StoreResult<T>>,
     ) -> crate::stores::StoreResult<T> {
-        crate::stores::hook::within_budget(self.store_budget, call).await
+        self.stores.on_request_path(self.store_budget, call).await
     }
 
     /// A security event of `kind` for `route`, filled with the client.

@@ -1,13 +1,14 @@
 //! The revocation hook backed by the stores: a verified access token is
-//! refused when its `jti` is on the denylist or its `sid` names a session
-//! that is revoked or expired.
+//! refused when its `jti` is denied or its `sid` names a revoked session,
+//! both read from the replica's local [`super::RevocationSet`] (a backend
+//! without a revocation log is asked instead).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{ErrorCode, Principal};
 
-use super::Stores;
+use super::{RevokedKind, Stores};
 use crate::token_cache::RevocationHook;
 
 /// Longest a revocation lookup may take on the request path by default.
@@ -31,12 +32,16 @@ pub async fn within_budget<T>(
         })
 }
 
-/// Checks every verified token against the denylist (`jti`) and the
-/// session store (`sid`), within the stores' revocation bound (≤ 1 s).
+/// Checks every verified token against the denied `jti`s and revoked
+/// sessions of the local revocation set (an in-memory lookup; every
+/// replica's set follows the shared logs within the revocation bound).
 ///
-/// A backend that cannot answer, or does not answer within the budget
-/// (250 ms by default: a hung backend is a backend that is down), refuses
-/// the token (`backend.unavailable`): revocation fails closed.
+/// Before the set's initial load (waited for at most the budget, 250 ms by
+/// default) a token is refused with `backend.unavailable`; once the feed
+/// is behind by more than `revocation.max_stale`, `revocation.on_stale`
+/// decides (default `deny`: `backend.unavailable`). Only for a backend that
+/// keeps no revocation log is the backend asked, within the budget, failing
+/// closed.
 #[derive(Debug, Clone)]
 pub struct StoresRevocation {
     stores: Arc<Stores>,
@@ -98,18 +103,54 @@ impl StoresRevocation {
         }
     }
 
-    async fn check_principal(&self, principal: &Principal) -> Result<(), ErrorCode> {
-        if let Some(jti) = principal.token_id.as_deref()
-            && self.lookup("jti", self.stores.is_jti_revoked(jti)).await?
-        {
-            return Err(ErrorCode::TokenRevoked);
+    /// Whether the local set may answer now: loaded (waited for within the
+    /// budget) and fresh, or stale under `on_stale = "allow"`.
+    async fn set_usable(&self) -> Result<(), ErrorCode> {
+        let set = self.stores.revocations();
+        if let Err(e) = set.ready(self.budget).await {
+            tracing::warn!(error = %e, "revocation set not loaded yet; refusing the token");
+            return Err(ErrorCode::BackendUnavailable);
         }
-        if let Some(sid) = principal.session_id.as_deref().filter(|_| self.sessions)
-            && !self
-                .lookup("session", self.stores.session_is_active(sid))
-                .await?
-        {
-            return Err(ErrorCode::SessionRevoked);
+        set.admit_staleness()
+            .map_err(|_| ErrorCode::BackendUnavailable)
+    }
+
+    async fn check_principal(&self, principal: &Principal) -> Result<(), ErrorCode> {
+        let jti = principal.token_id.as_deref();
+        let sid = principal.session_id.as_deref().filter(|_| self.sessions);
+        let jti_local = jti.is_some() && self.stores.revocation_in_set(RevokedKind::Jti);
+        let sid_local = sid.is_some() && self.stores.revocation_in_set(RevokedKind::Session);
+        if jti_local || sid_local {
+            self.set_usable().await?;
+        }
+        let set = self.stores.revocations();
+        if let Some(jti) = jti {
+            let revoked = if jti_local {
+                super::input::jti(jti).map_err(|_| ErrorCode::MalformedToken)?;
+                set.contains(RevokedKind::Jti, jti)
+            } else {
+                let call = self.stores.is_jti_revoked(jti);
+                self.lookup("jti", self.stores.on_request_path(self.budget, call))
+                    .await?
+            };
+            if revoked {
+                return Err(ErrorCode::TokenRevoked);
+            }
+        }
+        if let Some(sid) = sid {
+            let revoked = if sid_local {
+                super::input::bounded_str("session_id", sid, super::input::MAX_ID)
+                    .map_err(|_| ErrorCode::MalformedToken)?;
+                set.contains(RevokedKind::Session, sid)
+            } else {
+                let call = self.stores.session_is_active(sid);
+                !self
+                    .lookup("session", self.stores.on_request_path(self.budget, call))
+                    .await?
+            };
+            if revoked {
+                return Err(ErrorCode::SessionRevoked);
+            }
         }
         Ok(())
     }
@@ -121,5 +162,69 @@ impl RevocationHook for StoresRevocation {
         principal: &Principal,
     ) -> impl std::future::Future<Output = Result<(), ErrorCode>> + Send {
         self.check_principal(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::stores::memory::MemoryStores;
+    use crate::stores::{Backends, StoreError, StoresConfig};
+
+    fn stores() -> Stores {
+        let hasher = portcullis_core::SecretHasher::new(&[7; 32]).expect("pepper");
+        Stores::new(
+            Backends::all(Arc::new(MemoryStores::new())),
+            StoresConfig::new(hasher),
+        )
+        .expect("stores")
+    }
+
+    #[tokio::test]
+    async fn a_backend_known_down_costs_a_request_nothing() {
+        let stores = stores();
+        let calls = AtomicU32::new(0);
+        let failing = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StoreError::Unavailable("down".into()))
+        };
+        for _ in 0..3 {
+            let r = stores
+                .on_request_path(Duration::from_millis(50), failing())
+                .await;
+            assert!(matches!(r, Err(StoreError::Unavailable(_))));
+        }
+        assert!(stores.request_breaker_open());
+        // Open: refused at once, the backend not called.
+        let r = stores
+            .on_request_path(Duration::from_millis(50), failing())
+            .await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // A hung call counts as a failure too (its budget, then down), and
+        // after the probe interval one call goes through and closes it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = stores
+            .on_request_path(Duration::from_millis(50), async { Ok(1) })
+            .await;
+        assert_eq!(r.ok(), Some(1));
+        assert!(!stores.request_breaker_open());
+    }
+
+    #[tokio::test]
+    async fn a_hung_backend_opens_the_breaker_after_three_budgets() {
+        let stores = stores();
+        for _ in 0..3 {
+            let r = stores
+                .on_request_path(
+                    Duration::from_millis(20),
+                    std::future::pending::<crate::stores::StoreResult<()>>(),
+                )
+                .await;
+            assert!(matches!(r, Err(StoreError::Unavailable(_))));
+        }
+        assert!(stores.request_breaker_open());
     }
 }

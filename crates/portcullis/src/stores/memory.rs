@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::revocation_set::session_entry_expiry;
 use super::{
-    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
-    RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreError,
-    StoreResult, User, UserStore, Username,
+    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, LoggedRevocation,
+    RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session, SessionStore,
+    SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore, Username,
 };
 
 const SHARDS: usize = 16;
@@ -68,6 +69,59 @@ pub struct MemoryStores {
     api_keys: Sharded<String, Arc<ApiKeyRecord>>,
     apps: Sharded<String, AppRecord>,
     signing_keys: Mutex<std::collections::BTreeMap<String, SigningKeyRecord>>,
+    /// The revocation log: `seq` -> entry, appended under the lock of the
+    /// state it revokes.
+    revocations: Mutex<RevocationLogState>,
+}
+
+#[derive(Debug, Default)]
+struct RevocationLogState {
+    head: u64,
+    entries: std::collections::BTreeMap<u64, (RevokedKind, String, i64)>,
+}
+
+impl MemoryStores {
+    fn log_revocation(&self, kind: RevokedKind, subject: &str, expires_at: i64) {
+        let mut log = lock(&self.revocations);
+        log.head += 1;
+        let seq = log.head;
+        log.entries
+            .insert(seq, (kind, subject.to_owned(), expires_at));
+    }
+}
+
+impl RevocationLog for MemoryStores {
+    fn revocations_after(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<RevocationPage>> {
+        let log = lock(&self.revocations);
+        let entries = log
+            .entries
+            .range(after.saturating_add(1)..)
+            .filter(|(_, (_, _, exp))| *exp > now)
+            .take(limit)
+            .map(|(&seq, (kind, subject, exp))| LoggedRevocation {
+                seq,
+                kind: *kind,
+                subject: subject.clone(),
+                expires_at: *exp,
+            })
+            .collect();
+        ready(Ok(RevocationPage {
+            entries,
+            head: log.head,
+        }))
+    }
+
+    fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut log = lock(&self.revocations);
+        let before = log.entries.len();
+        log.entries.retain(|_, (_, _, exp)| *exp > now);
+        ready(Ok((before - log.entries.len()) as u64))
+    }
 }
 
 impl MemoryStores {
@@ -245,6 +299,7 @@ impl SessionStore for MemoryStores {
         let revoked = match shard.get_mut(id) {
             Some(s) if s.revoked_at.is_none() => {
                 s.revoked_at = Some(now);
+                self.log_revocation(RevokedKind::Session, id, session_entry_expiry(now));
                 true
             }
             _ => false,
@@ -262,6 +317,7 @@ impl SessionStore for MemoryStores {
             for s in m.values_mut() {
                 if s.user_id == user_id && s.revoked_at.is_none() {
                     s.revoked_at = Some(now);
+                    self.log_revocation(RevokedKind::Session, &s.id, session_entry_expiry(now));
                     n += 1;
                 }
             }
@@ -277,6 +333,10 @@ impl SessionStore for MemoryStores {
             n += (before - m.len()) as u64;
         });
         ready(Ok(n))
+    }
+
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 
@@ -438,7 +498,12 @@ impl Denylist for MemoryStores {
         let mut shard = self.denylist.shard(jti);
         let e = shard.entry(jti.to_owned()).or_insert(expires_at);
         *e = (*e).max(expires_at);
+        self.log_revocation(RevokedKind::Jti, jti, expires_at);
         ready(Ok(()))
+    }
+
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        Some(self)
     }
 
     fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {

@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod redis;
 pub mod refresh;
 pub mod revocation;
+pub mod revocation_set;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 #[cfg(feature = "sqlite")]
@@ -41,6 +42,9 @@ pub use self::input::Username;
 pub use self::password::PasswordHasher;
 pub use self::refresh::Rotation;
 pub use self::revocation::RevocationCaches;
+pub use self::revocation_set::{
+    OnStale, RevocationFeedStats, RevocationPolicy, RevocationSet, SESSION_REVOCATION_TTL,
+};
 pub use self::users::{NewSession, NewUser};
 
 /// A boxed, `Send` future: what every store method returns (object safe).
@@ -432,6 +436,12 @@ pub trait SessionStore: Send + Sync {
     /// Deletes sessions expired at `now`; returns how many (0 where the
     /// backend expires them itself).
     fn purge_expired_sessions(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// The log this backend appends each session revocation to, in the
+    /// same transaction (`None`: it keeps none, and every session check
+    /// asks the backend).
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        None
+    }
 }
 
 /// Refresh-token families.
@@ -484,6 +494,81 @@ pub trait Denylist: Send + Sync {
     fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>>;
     /// Drops entries expired at `now`; returns how many (0 where the backend expires them itself).
     fn purge_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// The log this backend appends each denied `jti` to, in the same
+    /// transaction or script (`None`: it keeps none, and every `jti` check
+    /// asks the backend).
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        None
+    }
+}
+
+/// What a revocation-log entry refuses.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevokedKind {
+    /// An access token's `jti`.
+    Jti,
+    /// A session id (`sid`): every token it issued.
+    Session,
+}
+
+impl RevokedKind {
+    /// The stored tag (1: `jti`, 2: session).
+    pub fn tag(self) -> i64 {
+        match self {
+            Self::Jti => 1,
+            Self::Session => 2,
+        }
+    }
+
+    /// The kind of a stored tag.
+    pub fn from_tag(tag: i64) -> StoreResult<Self> {
+        match tag {
+            1 => Ok(Self::Jti),
+            2 => Ok(Self::Session),
+            _ => Err(StoreError::Corrupt(format!("revocation kind {tag}"))),
+        }
+    }
+}
+
+/// One entry of a revocation log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRevocation {
+    /// Position in the log (monotonic, assigned by the backend).
+    pub seq: u64,
+    /// What is refused.
+    pub kind: RevokedKind,
+    /// The `jti` or session id.
+    pub subject: String,
+    /// When the entry stops mattering, Unix seconds (the latest expiry of
+    /// a token it refuses).
+    pub expires_at: i64,
+}
+
+/// A page of a revocation log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationPage {
+    /// Live entries after the cursor, in `seq` order.
+    pub entries: Vec<LoggedRevocation>,
+    /// The highest `seq` the log has assigned (lower than a follower's
+    /// cursor only when the log was reset, e.g. a Redis restarted empty).
+    pub head: u64,
+}
+
+/// The append-only log of revocations a backend keeps beside the state it
+/// revokes, which every replica's [`RevocationSet`] follows.
+pub trait RevocationLog: Send + Sync {
+    /// Up to `limit` entries with `seq > after`, in `seq` order, and the
+    /// log's head. Entries expired at `now` may be left out (a log that
+    /// returns them counts them in `limit`; the set ignores them).
+    fn revocations_after(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<RevocationPage>>;
+    /// Deletes entries expired at `now`; returns how many.
+    fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
 /// API keys.
@@ -615,6 +700,9 @@ pub struct StoresConfig {
     /// Longest wait for a hashing slot before a login is refused with
     /// [`StoreError::Busy`] (default 2 s).
     pub hashing_wait: Duration,
+    /// How the local revocation set follows the logs, and what a stale
+    /// feed means (default: 100 ms polls, `max_stale` 30 s, `deny`).
+    pub revocation: RevocationPolicy,
 }
 
 /// How long expired refresh tokens and API keys are kept before they are
@@ -635,6 +723,8 @@ pub struct PurgeReport {
     pub sessions: u64,
     /// API keys expired for longer than [`EXPIRED_RETENTION`].
     pub api_keys: u64,
+    /// Revocation-log entries past their expiry.
+    pub revocation_log: u64,
 }
 
 /// Longest accepted [`StoresConfig::reuse_interval`].
@@ -651,6 +741,7 @@ impl StoresConfig {
             api_key_touch_interval: Duration::from_secs(60),
             hashing_concurrency: 0,
             hashing_wait: password::DEFAULT_HASHING_WAIT,
+            revocation: RevocationPolicy::default(),
         }
     }
 }
@@ -664,6 +755,14 @@ pub struct Stores {
     passwords: PasswordHasher,
     caches: RevocationCaches,
     verified_keys: api_keys::VerifiedKeys,
+    revocations: RevocationSet,
+    /// Opens after consecutive failures of request-path calls
+    /// ([`Stores::on_request_path`]): a backend known down costs nothing.
+    request_breaker: crate::ratelimit::fallback::CircuitBreaker,
+    /// Whether denied `jti`s / revoked sessions reach the set through a
+    /// log (else each check asks the backend).
+    jtis_in_set: bool,
+    sessions_in_set: bool,
 }
 
 impl std::fmt::Debug for Stores {
@@ -707,9 +806,26 @@ impl Stores {
                 "must be at least 1 s (one last_used_at write per key per interval)",
             ));
         }
+        config.revocation.validate()?;
         let caches = RevocationCaches::new(config.revocation_cache_ttl);
         let verified_keys = api_keys::VerifiedKeys::new(config.revocation_cache_ttl);
+        let jti_log = Arc::clone(&backends.denylist).revocation_log();
+        let session_log = Arc::clone(&backends.sessions).revocation_log();
+        let (jtis_in_set, sessions_in_set) = (jti_log.is_some(), session_log.is_some());
+        let revocations = RevocationSet::new(
+            jti_log.into_iter().chain(session_log).collect(),
+            config.revocation,
+            Arc::clone(&clock),
+        );
         Ok(Self {
+            revocations,
+            request_breaker: crate::ratelimit::fallback::CircuitBreaker::new(
+                crate::ratelimit::fallback::DEFAULT_FAILURE_THRESHOLD,
+                crate::ratelimit::fallback::DEFAULT_PROBE_INTERVAL,
+            )
+            .named("stores"),
+            jtis_in_set,
+            sessions_in_set,
             backends,
             passwords: PasswordHasher::with_limits(
                 config.hashing_concurrency,
@@ -741,24 +857,66 @@ impl Stores {
             return Ok(());
         }
         self.backends.denylist.deny(jti, expires_at).await?;
-        self.caches.jti_allowed.invalidate(jti);
+        self.revocations.insert(RevokedKind::Jti, jti, expires_at);
         Ok(())
     }
 
-    /// Whether an access token's `jti` is denied now. A `jti` the backend
-    /// did not deny is not asked again for `revocation_cache_ttl` (the
-    /// revocation bound); a denied one is asked every time.
+    /// Whether an access token's `jti` is denied now, asking the backend
+    /// (the request path reads [`Stores::revocations`] instead).
     pub async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool> {
         let jti = input::jti(jti)?;
-        if self.caches.jti_allowed.get(jti).is_some() {
-            return Ok(false);
+        self.backends.denylist.is_denied(jti, self.now()).await
+    }
+
+    /// Runs a store call of the request path (an API-key or app lookup, a
+    /// token-service read) within `budget`, behind the stores' circuit
+    /// breaker: after 3 consecutive failures or timeouts the backend is
+    /// known down and calls fail at once with [`StoreError::Unavailable`]
+    /// (`backend.unavailable`), one probe going through every 250 ms.
+    pub async fn on_request_path<T>(
+        &self,
+        budget: Duration,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        if !self.request_breaker.allow() {
+            return Err(StoreError::Unavailable(
+                "the store failed just now (circuit breaker open); retrying shortly".into(),
+            ));
         }
-        let fetched_at = std::time::Instant::now();
-        let denied = self.backends.denylist.is_denied(jti, self.now()).await?;
-        if !denied {
-            self.caches.jti_allowed.insert_fetched(jti, (), fetched_at);
+        match hook::within_budget(budget, call).await {
+            Err(StoreError::Unavailable(e)) => {
+                self.request_breaker.failure();
+                Err(StoreError::Unavailable(e))
+            }
+            // Refused before any backend call: says nothing of the backend
+            // (and must not let bad input close an open breaker).
+            Err(e @ StoreError::InvalidInput { .. }) => Err(e),
+            answered => {
+                self.request_breaker.success();
+                answered
+            }
         }
-        Ok(denied)
+    }
+
+    /// Whether the request-path circuit breaker is open (the backend is
+    /// considered down).
+    pub fn request_breaker_open(&self) -> bool {
+        self.request_breaker.is_open()
+    }
+
+    /// This replica's live revocation set (denied `jti`s, revoked
+    /// sessions), fed by the backends' revocation logs.
+    pub fn revocations(&self) -> &RevocationSet {
+        &self.revocations
+    }
+
+    /// Whether `kind` is answered by [`Stores::revocations`] (its backend
+    /// keeps a revocation log) rather than by asking the backend.
+    pub fn revocation_in_set(&self, kind: RevokedKind) -> bool {
+        match kind {
+            RevokedKind::Jti => self.jtis_in_set,
+            RevokedKind::Session => self.sessions_in_set,
+        }
     }
 
     /// Asks the denylist's backend itself, past the cache: a readiness
@@ -809,18 +967,29 @@ impl Stores {
         let now = self.now();
         let retention = i64::try_from(EXPIRED_RETENTION.as_secs()).unwrap_or(i64::MAX);
         let before = now.saturating_sub(retention);
-        let (denylist, refresh_tokens, sessions, api_keys) = tokio::join!(
+        let (denylist, refresh_tokens, sessions, api_keys, revocation_log) = tokio::join!(
             self.backends.denylist.purge_expired(now),
             self.backends.refresh.purge_expired_refresh(before),
             self.backends.sessions.purge_expired_sessions(now),
             self.backends.api_keys.purge_expired_api_keys(before),
+            self.purge_revocation_logs(now),
         );
         Ok(PurgeReport {
             denylist: denylist?,
             refresh_tokens: refresh_tokens?,
             sessions: sessions?,
             api_keys: api_keys?,
+            revocation_log: revocation_log?,
         })
+    }
+
+    /// Deletes expired entries from each distinct revocation log.
+    async fn purge_revocation_logs(&self, now: i64) -> StoreResult<u64> {
+        let mut total = 0;
+        for log in self.revocations.logs() {
+            total += log.purge_revocations(now).await?;
+        }
+        Ok(total)
     }
 
     /// Runs [`Stores::purge_expired`] every `every` (at least 1 s) until the

@@ -26,6 +26,11 @@ pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "signing keys",
         include_str!("../../migrations/postgres/0003_signing_keys.sql"),
     ),
+    (
+        26,
+        "revocation log",
+        include_str!("../../migrations/postgres/0026_revocation_log.sql"),
+    ),
 ]);
 
 /// All six stores in one PostgreSQL database.
@@ -69,6 +74,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .run(pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))
+}
+
+impl PostgresStores {
+    /// Taken first by every transaction that appends to the revocation log.
+    const REVOCATION_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(2026000026)");
 }
 
 sql_stores!(PostgresStores, sqlx::Postgres);

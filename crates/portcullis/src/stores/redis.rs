@@ -17,6 +17,13 @@
 //! - `P:signing_keys`: rotated-in signing keys, a hash of kid → record JSON
 //!   (the private key sealed), never expiring (the key ring deletes
 //!   retired ones).
+//! - The revocation log every replica's local set follows, on one Cluster
+//!   slot: `P:{rev}:seq` (the last sequence number), `P:{rev}:log` (entries
+//!   `seq:kind:expires_at:subject` scored by `seq`) and `P:{rev}:exp` (the
+//!   same members scored by expiry, for purging). An entry is appended
+//!   before the state it revokes is written (the two live on different
+//!   slots), so a failure in between leaves the token refused, never
+//!   admitted.
 //!
 //! Records expire with their tokens (refresh: a day after `expires_at`, so
 //! a late replay is still recognised as reuse; sessions: at expiry), and
@@ -30,10 +37,11 @@ use serde::de::DeserializeOwned;
 
 pub use crate::redis_conn::RedisConnection;
 
+use super::revocation_set::session_entry_expiry;
 use super::{
-    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, RefreshRecord,
-    RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreError,
-    StoreResult, User, UserStore, Username,
+    ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, LoggedRevocation,
+    RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session, SessionStore,
+    SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore, Username,
 };
 
 /// Rotation compare-and-set: KEYS old, new, family set; ARGV now, new hex,
@@ -139,6 +147,39 @@ redis.call('SET', KEYS[1], 1, 'PXAT', ARGV[1])
 return 1
 ";
 
+/// Appends to the revocation log: KEYS seq, log, exp; ARGV kind tag,
+/// expires_at (Unix s), subject. Returns the entry's sequence number.
+const APPEND_REVOCATION: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+local member = seq .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
+redis.call('ZADD', KEYS[2], seq, member)
+redis.call('ZADD', KEYS[3], ARGV[2], member)
+return seq
+";
+
+/// Reads the revocation log: KEYS seq, log; ARGV after, limit. Returns the
+/// head (as text) followed by up to `limit` members with `seq > after`.
+const READ_REVOCATIONS: &str = r"
+local head = redis.call('GET', KEYS[1]) or '0'
+local page = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+table.insert(page, 1, head)
+return page
+";
+
+/// Drops up to ARGV[2] entries expired at ARGV[1]: KEYS log, exp. Returns
+/// how many.
+const PURGE_REVOCATIONS: &str = r"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+end
+return #gone
+";
+
+/// Entries one purge script call drops at most (a script blocks the server).
+const PURGE_BATCH: usize = 1_000;
+
 /// How long a refresh record or an API key outlives its expiry
 /// ([`EXPIRED_RETENTION`](super::EXPIRED_RETENTION): late reuse is still
 /// recognised, recently expired keys still listed).
@@ -157,6 +198,9 @@ pub struct RedisStores {
     claim_grace: Script,
     deny: Script,
     index_add: Script,
+    append_revocation: Script,
+    read_revocations: Script,
+    purge_revocations: Script,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -233,7 +277,60 @@ impl RedisStores {
             claim_grace: Script::new(CLAIM_GRACE),
             deny: Script::new(DENY),
             index_add: Script::new(INDEX_ADD),
+            append_revocation: Script::new(APPEND_REVOCATION),
+            read_revocations: Script::new(READ_REVOCATIONS),
+            purge_revocations: Script::new(PURGE_REVOCATIONS),
         }
+    }
+
+    /// A key of the revocation log (all on the `{rev}` Cluster slot).
+    fn revocation_key(&self, part: &str) -> String {
+        format!("{}:{{rev}}:{part}", self.prefix)
+    }
+
+    /// Appends one entry to the revocation log.
+    async fn log_revocation(
+        &self,
+        kind: RevokedKind,
+        subject: &str,
+        expires_at: i64,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .append_revocation
+            .key(self.revocation_key("seq"))
+            .key(self.revocation_key("log"))
+            .key(self.revocation_key("exp"))
+            .arg(kind.tag())
+            .arg(expires_at)
+            .arg(subject)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Revokes one session: its log entry first (a failure after it leaves
+    /// the session refused), then `revoked_at`; true when this call
+    /// revoked it. An absent or already revoked session is not logged.
+    async fn revoke_one_session(&self, id: &str, now: i64) -> StoreResult<bool> {
+        let key = self.key("sess", id);
+        let mut conn = self.conn.clone();
+        let (exists, revoked): (bool, bool) = redis::pipe()
+            .exists(&key)
+            .hexists(&key, "revoked_at")
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        if !exists || revoked {
+            return Ok(false);
+        }
+        self.log_revocation(RevokedKind::Session, id, session_entry_expiry(now))
+            .await?;
+        Ok(self
+            .set_once(std::slice::from_ref(&key), "revoked_at", now)
+            .await?
+            == 1)
     }
 
     /// Adds `member` to the index set `key`, which then lives at least until
@@ -605,12 +702,7 @@ impl SessionStore for RedisStores {
     }
 
     fn revoke_session<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
-        Box::pin(async move {
-            Ok(self
-                .set_once(&[self.key("sess", id)], "revoked_at", now)
-                .await?
-                == 1)
-        })
+        Box::pin(self.revoke_one_session(id, now))
     }
 
     fn revoke_sessions_of<'a>(
@@ -627,12 +719,14 @@ impl SessionStore for RedisStores {
             let mut n = 0;
             // One key per call: session keys live on different Cluster slots.
             for id in ids {
-                n += self
-                    .set_once(&[self.key("sess", &id)], "revoked_at", now)
-                    .await?;
+                n += u64::from(self.revoke_one_session(&id, now).await?);
             }
             Ok(n)
         })
+    }
+
+    fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+        Some(self)
     }
 
     fn purge_expired_sessions(&self, _now: i64) -> BoxFuture<'_, StoreResult<u64>> {
@@ -859,6 +953,10 @@ impl RedisStores {
 impl Denylist for RedisStores {
     fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
+            // The log entry first: a failure after it leaves the token
+            // refused by every replica's set.
+            self.log_revocation(RevokedKind::Jti, jti, expires_at)
+                .await?;
             let mut conn = self.conn.clone();
             let _: i64 = self
                 .deny
@@ -882,6 +980,85 @@ impl Denylist for RedisStores {
     fn purge_expired(&self, _now: i64) -> BoxFuture<'_, StoreResult<u64>> {
         // Redis expires the entries itself (PXAT).
         Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+        Some(self)
+    }
+}
+
+/// One log member, `seq:kind:expires_at:subject`.
+fn logged_revocation(member: &str) -> StoreResult<LoggedRevocation> {
+    let corrupt = || StoreError::Corrupt(format!("revocation log entry {member:?}"));
+    let mut parts = member.splitn(4, ':');
+    let mut next = || parts.next().ok_or_else(corrupt);
+    let seq = next()?.parse::<u64>().map_err(|_| corrupt())?;
+    let kind = RevokedKind::from_tag(next()?.parse::<i64>().map_err(|_| corrupt())?)?;
+    let expires_at = next()?.parse::<i64>().map_err(|_| corrupt())?;
+    let subject = next()?.to_owned();
+    Ok(LoggedRevocation {
+        seq,
+        kind,
+        subject,
+        expires_at,
+    })
+}
+
+impl RevocationLog for RedisStores {
+    fn revocations_after(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<RevocationPage>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = self
+                .read_revocations
+                .key(self.revocation_key("seq"))
+                .key(self.revocation_key("log"))
+                .arg(after)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let mut reply = reply.into_iter();
+            let head = reply
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("revocation log head missing".into()))?
+                .parse::<u64>()
+                .map_err(|_| StoreError::Corrupt("revocation log head".into()))?;
+            // Expired entries not purged yet are returned too (they move a
+            // follower's cursor past them; the set drops them): filtering
+            // them here could stall a follower on a page of expired ones.
+            let _ = now;
+            let entries = reply
+                .map(|member| logged_revocation(&member))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(RevocationPage { entries, head })
+        })
+    }
+
+    fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut total = 0u64;
+            loop {
+                let mut conn = self.conn.clone();
+                let n: u64 = self
+                    .purge_revocations
+                    .key(self.revocation_key("log"))
+                    .key(self.revocation_key("exp"))
+                    .arg(now)
+                    .arg(PURGE_BATCH)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(err)?;
+                total += n;
+                if n < PURGE_BATCH as u64 {
+                    return Ok(total);
+                }
+            }
+        })
     }
 }
 

@@ -204,7 +204,7 @@ impl Stores {
             .sessions
             .revoke_session(&record.session_id, now)
             .await?;
-        self.caches.sessions.invalidate(&record.session_id);
+        self.revocations.catch_up().await;
         let event = SecurityEvent::RefreshReuse {
             family: record.family,
             session: record.session_id,

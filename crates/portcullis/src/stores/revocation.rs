@@ -1,6 +1,8 @@
-//! How revocation reaches every replica: short-lived caches.
+//! How revocation of API keys, apps and users reaches every replica:
+//! short-lived caches. (Denied `jti`s and revoked sessions are held by the
+//! local [`super::RevocationSet`] instead.)
 //!
-//! Session, API-key, app, user-status and access-token denylist lookups go
+//! API-key, app and user-status lookups go
 //! through per-replica caches whose entries live at most
 //! `revocation_cache_ttl` (at most 1 s, enforced at start-up). A revocation
 //! written to the shared backend (PostgreSQL, Redis) is therefore honoured
@@ -8,10 +10,7 @@
 //! entry at once. An entry's deadline is fixed when the backend is asked
 //! (fetch time + TTL) and nothing extends it: not a hit, not a re-insert,
 //! not an API key's `last_used_at` touch. With the TTL set to zero there is
-//! no cache and every check asks the backend. The denylist caches only
-//! "not denied" (a `jti` seen allowed is not asked again for at most the
-//! TTL); a denied `jti` is asked every time, so its expiry is the
-//! backend's.
+//! no cache and every check asks the backend.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,8 +90,6 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
 /// The per-replica caches in front of the revocable stores.
 #[derive(Debug, Clone)]
 pub struct RevocationCaches {
-    /// Session id -> expiry of a live session (`None`: absent or revoked).
-    pub sessions: TtlCache<Option<i64>>,
     /// API key id -> record.
     pub api_keys: TtlCache<Option<Arc<ApiKeyRecord>>>,
     /// App id -> record.
@@ -100,19 +97,15 @@ pub struct RevocationCaches {
     /// User id -> whether that user is disabled (`false` also for an id
     /// that names no user).
     pub users_disabled: TtlCache<bool>,
-    /// Access-token `jti`s the denylist did not hold when asked.
-    pub jti_allowed: TtlCache<()>,
 }
 
 impl RevocationCaches {
     /// Caches whose entries live `ttl` (zero: no caching).
     pub fn new(ttl: Duration) -> Self {
         Self {
-            sessions: TtlCache::new(ttl),
             api_keys: TtlCache::new(ttl),
             apps: TtlCache::new(ttl),
             users_disabled: TtlCache::new(ttl),
-            jti_allowed: TtlCache::new(ttl),
         }
     }
 }

@@ -327,6 +327,8 @@ macro_rules! sql_stores {
             RefreshStore, Session, SessionStore, SigningKeyRecord, SigningKeyStore, StoreResult,
             User, UserStore, Username,
         };
+        use $crate::stores::revocation_set::session_entry_expiry;
+        use $crate::stores::{LoggedRevocation, RevocationLog, RevocationPage, RevokedKind};
 
         impl SigningKeyStore for $ty {
             fn insert_signing_key<'a>(
@@ -626,15 +628,22 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<bool>> {
                 Box::pin(async move {
+                    let mut tx = begin_revocation(&self.pool).await?;
                     let r = sqlx::query(
                         "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                     )
                     .bind(now)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    let revoked = r.rows_affected() == 1;
+                    if revoked {
+                        append_revocation(&mut *tx, RevokedKind::Session, id, session_entry_expiry(now))
+                            .await?;
+                    }
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(revoked)
                 })
             }
 
@@ -644,16 +653,110 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<u64>> {
                 Box::pin(async move {
-                    let r = sqlx::query(
-                        "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                    let mut tx = begin_revocation(&self.pool).await?;
+                    let revoked: Vec<(String,)> = sqlx::query_as(
+                        "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
                     )
                     .bind(now)
                     .bind(user_id)
-                    .execute(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected())
+                    for (sid,) in &revoked {
+                        append_revocation(&mut *tx, RevokedKind::Session, sid, session_entry_expiry(now))
+                            .await?;
+                    }
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(revoked.len() as u64)
                 })
+            }
+
+            fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+                Some(self)
+            }
+        }
+
+        /// Opens a transaction that appends to the revocation log: on
+        /// PostgreSQL it first takes the log's advisory lock, so appends
+        /// commit in `seq` order (a follower never passes a row still to
+        /// commit); SQLite has one writer at a time anyway.
+        async fn begin_revocation(
+            pool: &sqlx::Pool<$db>,
+        ) -> StoreResult<sqlx::Transaction<'static, $db>> {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            if let Some(lock) = <$ty>::REVOCATION_LOCK {
+                sqlx::query(lock)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(tx)
+        }
+
+        /// Appends one entry to the revocation log.
+        async fn append_revocation<'e, E>(
+            ex: E,
+            kind: RevokedKind,
+            subject: &str,
+            expires_at: i64,
+        ) -> StoreResult<()>
+        where
+            E: sqlx::Executor<'e, Database = $db>,
+        {
+            sqlx::query("INSERT INTO revocation_log (kind, subject, expires_at) VALUES ($1, $2, $3)")
+                .bind(kind.tag())
+                .bind(subject)
+                .bind(expires_at)
+                .execute(ex)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        }
+
+        impl RevocationLog for $ty {
+            fn revocations_after(
+                &self,
+                after: u64,
+                now: i64,
+                limit: usize,
+            ) -> BoxFuture<'_, StoreResult<RevocationPage>> {
+                Box::pin(async move {
+                    let rows: Vec<(i64, i64, String, i64)> = sqlx::query_as(
+                        "SELECT seq, kind, subject, expires_at FROM revocation_log \
+                         WHERE seq > $1 AND expires_at > $2 ORDER BY seq LIMIT $3",
+                    )
+                    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                    .bind(now)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    let mut page = RevocationPage {
+                        entries: Vec::with_capacity(rows.len()),
+                        // A SQL log is never reset under a running replica.
+                        head: after,
+                    };
+                    for (seq, kind, subject, expires_at) in rows {
+                        let seq = u64::try_from(seq)
+                            .map_err(|_| StoreError::Corrupt(format!("revocation seq {seq}")))?;
+                        page.head = page.head.max(seq);
+                        page.entries.push(LoggedRevocation {
+                            seq,
+                            kind: RevokedKind::from_tag(kind)?,
+                            subject,
+                            expires_at,
+                        });
+                    }
+                    Ok(page)
+                })
+            }
+
+            fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+                Box::pin(purge(
+                    &self.pool,
+                    "DELETE FROM revocation_log WHERE expires_at <= $1",
+                    now,
+                ))
             }
         }
 
@@ -788,6 +891,7 @@ macro_rules! sql_stores {
         impl Denylist for $ty {
             fn deny<'a>(&'a self, jti: &'a str, expires_at: i64) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
+                    let mut tx = begin_revocation(&self.pool).await?;
                     sqlx::query(
                         "INSERT INTO denylist (jti, expires_at) VALUES ($1, $2) \
                          ON CONFLICT (jti) DO UPDATE SET expires_at = excluded.expires_at \
@@ -795,11 +899,17 @@ macro_rules! sql_stores {
                     )
                     .bind(jti)
                     .bind(expires_at)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+                    append_revocation(&mut *tx, RevokedKind::Jti, jti, expires_at).await?;
+                    tx.commit().await.map_err(unavailable)?;
                     Ok(())
                 })
+            }
+
+            fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+                Some(self)
             }
 
             fn is_denied<'a>(&'a self, jti: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {

@@ -26,6 +26,11 @@ pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "signing keys",
         include_str!("../../migrations/sqlite/0003_signing_keys.sql"),
     ),
+    (
+        26,
+        "revocation log",
+        include_str!("../../migrations/sqlite/0026_revocation_log.sql"),
+    ),
 ]);
 
 /// All six stores in one SQLite database file.
@@ -68,6 +73,11 @@ impl SqliteStores {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+impl SqliteStores {
+    /// Taken first by every transaction that appends to the revocation log.
+    const REVOCATION_LOCK: Option<&'static str> = None;
 }
 
 sql_stores!(SqliteStores, sqlx::Sqlite);

@@ -242,17 +242,12 @@ impl Stores {
         self.backends.sessions.session(&sid).await
     }
 
-    /// Whether a session is live (not revoked, not expired). Answers may be
-    /// up to `revocation_cache_ttl` (at most 1 s) old on other replicas.
+    /// Whether a session is live (not revoked, not expired), asking the
+    /// backend (the request path reads [`Stores::revocations`] instead).
     pub async fn session_is_active(&self, sid: &str) -> StoreResult<bool> {
         let sid = input::bounded_str("session_id", sid, input::MAX_ID)?;
         let now = self.now();
-        if let Some(hit) = self.caches.sessions.get(sid) {
-            return Ok(hit.is_some_and(|expires| expires > now));
-        }
-        let fetched_at = std::time::Instant::now();
         let live = self.backends.sessions.live_session_expiry(sid).await?;
-        self.caches.sessions.insert_fetched(sid, live, fetched_at);
         Ok(live.is_some_and(|expires| expires > now))
     }
 
@@ -291,7 +286,7 @@ impl Stores {
             .sessions
             .revoke_session(&sid, self.now())
             .await?;
-        self.caches.sessions.invalidate(&sid);
+        self.revocations.catch_up().await;
         Ok(revoked)
     }
 
@@ -303,7 +298,7 @@ impl Stores {
             .sessions
             .revoke_sessions_of(&user_id, self.now())
             .await?;
-        self.caches.sessions.invalidate_all();
+        self.revocations.catch_up().await;
         Ok(n)
     }
 
@@ -317,7 +312,7 @@ impl Stores {
             self.backends.sessions.revoke_sessions_of(&user_id, now),
             self.backends.refresh.revoke_families_of(&user_id, now),
         )?;
-        self.caches.sessions.invalidate_all();
+        self.revocations.catch_up().await;
         Ok(revoked)
     }
 
