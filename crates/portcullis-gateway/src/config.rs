@@ -139,6 +139,26 @@ pub struct ServerConfig {
     /// (HTTP/1.1 and h2c prior knowledge).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// More `Host` names the ops listener answers to, besides the loopback
+    /// names and its listen address (DNS rebinding protection: any other
+    /// `Host` is 421). `*.example.com` matches one or more labels.
+    #[serde(default)]
+    pub ops_hosts: Vec<String>,
+    /// Live audit streams (`/admin/audit/stream`, the console's) open at
+    /// once on this replica (default 32); past it, 429.
+    #[serde(default = "default_admin_streams")]
+    pub admin_streams: usize,
+    /// Live audit streams one admin key may hold open (default 4); past
+    /// it, 429.
+    #[serde(default = "default_admin_streams_per_key")]
+    pub admin_streams_per_key: usize,
+}
+
+fn default_admin_streams() -> usize {
+    32
+}
+fn default_admin_streams_per_key() -> usize {
+    4
 }
 
 /// `[server.tls]`: the public listener terminates TLS (HTTP/2 and
@@ -197,6 +217,9 @@ impl Default for ServerConfig {
             worker_threads: None,
             pid_file: None,
             tls: None,
+            ops_hosts: Vec::new(),
+            admin_streams: default_admin_streams(),
+            admin_streams_per_key: default_admin_streams_per_key(),
         }
     }
 }
@@ -836,7 +859,8 @@ impl fmt::Display for ConfigError {
         if let Some(key) = &self.key {
             write!(f, ": `{key}`")?;
         }
-        write!(f, ": {}", self.message)
+        // A value quoted back may be a URL with a password in it.
+        write!(f, ": {}", crate::redact::redact(&self.message))
     }
 }
 
@@ -1400,6 +1424,22 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             "server.ops_listen".into(),
             "must differ from `server.listen`".into(),
         );
+    }
+    if !(1..=10_000).contains(&config.server.admin_streams) {
+        err("server.admin_streams".into(), "must be 1 to 10000".into());
+    }
+    if config.server.admin_streams_per_key == 0
+        || config.server.admin_streams_per_key > config.server.admin_streams
+    {
+        err(
+            "server.admin_streams_per_key".into(),
+            "must be at least 1 and at most `server.admin_streams`".into(),
+        );
+    }
+    for (i, host) in config.server.ops_hosts.iter().enumerate() {
+        if let Err(reason) = crate::ops_guard::valid_host_pattern(host) {
+            err(format!("server.ops_hosts[{i}]"), reason.into());
+        }
     }
     if config.server.max_body_bytes == 0 {
         err("server.max_body_bytes".into(), "must be at least 1".into());

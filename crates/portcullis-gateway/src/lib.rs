@@ -13,6 +13,9 @@
 //! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `live_stream`: open live streams, capped and ended when their credential is revoked.
+//! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
+//! - `redact`: credentials taken out of URLs in errors, logs and answers.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
 #![forbid(unsafe_code)]
@@ -26,7 +29,10 @@ mod demo;
 pub mod embed;
 mod forward_auth;
 mod identity;
+mod live_stream;
+mod ops_guard;
 mod proxy;
+mod redact;
 mod reload;
 pub mod serve;
 mod storage;

@@ -483,7 +483,7 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
     assert!(v["loaded_at"].as_i64().unwrap() > 1_700_000_000);
     assert_eq!(v["last_reload"], Value::Null);
     assert_eq!(v["config"]["guard"]["routes"][0]["name"], "api");
-    let r = c.ops("POST", "/reload", &[], None).await;
+    let r = c.admin("POST", "/reload", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = c.call(&s, "GET", "/console/api/config", false, None).await;
     assert_eq!(r.json()["last_reload"]["result"], "ok");

@@ -139,6 +139,13 @@ impl Sessions {
         Some(entry.who.clone())
     }
 
+    /// Whether session `id` is live (without marking it used): what an
+    /// open stream asks every second, so sign-out, the idle and the
+    /// absolute limits end it.
+    pub(crate) fn alive(&self, id: &str, now: Instant) -> bool {
+        self.table().get(id).is_some_and(|e| e.live(now))
+    }
+
     /// Ends session `id` (sign-out, or its key was refused).
     pub(crate) fn remove(&self, id: &str) -> bool {
         self.table().remove(id).is_some()
