@@ -54,11 +54,15 @@ pub enum ErrorCode {
     BackendUnavailable,
     /// The request body is larger than accepted, or could not be read (413).
     BodyTooLarge,
+    /// The request has no single meaning (a lower-case method, a Host that
+    /// differs from the authority, an encoded `/`...): refused (400) rather
+    /// than passed on for the next hop to read differently.
+    MalformedRequest,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order ([`Self::index`] is the position here).
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::MissingCredentials,
         Self::MalformedToken,
         Self::UnsupportedAlgorithm,
@@ -83,6 +87,7 @@ impl ErrorCode {
         Self::Banned,
         Self::BackendUnavailable,
         Self::BodyTooLarge,
+        Self::MalformedRequest,
     ];
 
     /// This code's position in [`Self::ALL`]: a dense index for tables
@@ -118,6 +123,7 @@ impl ErrorCode {
             Self::Banned => "anomaly.banned",
             Self::BackendUnavailable => "backend.unavailable",
             Self::BodyTooLarge => "request.body_too_large",
+            Self::MalformedRequest => "request.malformed",
         }
     }
 
@@ -128,6 +134,7 @@ impl ErrorCode {
             Self::RateLimitExceeded => 429,
             Self::BackendUnavailable | Self::JwksUnavailable => 503,
             Self::BodyTooLarge => 413,
+            Self::MalformedRequest => 400,
             _ => 401,
         }
     }

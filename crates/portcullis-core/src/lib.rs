@@ -12,6 +12,7 @@
 pub mod anomaly;
 pub mod audit;
 pub mod authz;
+pub mod canonical;
 pub mod clock;
 pub mod duration;
 pub mod error;

@@ -11,7 +11,8 @@
 //! refusals are the usual problem+json with stable codes. Bans do not apply
 //! here (a ban must not lock out the operators who lift it). Admin keys are
 //! API keys whose owner is `admin:<name>`, made by `portcullis admin
-//! bootstrap` (printed once).
+//! bootstrap` (printed once); no other key passes the guard, whatever its
+//! grants. A key grants only what it holds ([`crate::escalation`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,13 @@ use portcullis::service::{BodyLimit, JsonBody, Problem};
 use portcullis::stores::{ApiKeyRecord, AppRecord, NewApiKey, NewUser, Session, Stores, User};
 use portcullis::{Guard, GuardConfig};
 use portcullis_core::anomaly::BanTarget;
+use portcullis_core::authz::grant::Grantee;
 use serde::{Deserialize, Serialize};
+
+use crate::escalation::{Granter, RoleSource, grantee_of_owner};
+
+/// The caller of an admin request, as the admin guard authenticated it.
+type Caller = portcullis::http::Principal;
 
 /// The owner of admin API keys: `admin:<name>`.
 pub const ADMIN_OWNER_PREFIX: &str = "admin:";
@@ -354,6 +361,15 @@ struct AdminState {
     streams: Arc<crate::live_stream::StreamSlots>,
     /// `POST /reload` (none: not served, as in unit tests).
     reloader: Option<Arc<crate::reload::Reloader>>,
+    /// Where roles get their meaning, for the grant checks.
+    roles: Option<RoleSource>,
+}
+
+impl AdminState {
+    /// The caller with what it holds, for the grant checks.
+    fn granter(&self, caller: &Caller) -> Granter {
+        Granter::new(caller, self.roles.as_ref())
+    }
 }
 
 impl BodyLimit for AdminState {
@@ -382,6 +398,9 @@ pub struct AdminParts {
     pub streams: Arc<crate::live_stream::StreamSlots>,
     /// What `POST /reload` reloads (none: the route answers 404).
     pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// The guard whose role table gives granted roles their meaning (the
+    /// public listener's, as reloaded); none: no role is defined.
+    pub roles: Option<RoleSource>,
 }
 
 /// The admin API: its guard (over the same stores, bans and audit log as
@@ -397,6 +416,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         keyring,
         streams,
         reloader,
+        roles,
     } = parts;
     let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
@@ -404,7 +424,11 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     // No anomaly engine on this guard: a ban (an automatic one included)
     // must never lock the operators out of the API that lifts it. Admin
     // keys are 256-bit secrets, so there is nothing to guess by bursts.
-    let mut builder = Guard::builder(config).stores(Arc::clone(&stores));
+    // Only admin keys: a user's key whose grants happen to cover an admin
+    // route is still not an admin key (the console accepts the same kind).
+    let mut builder = Guard::builder(config)
+        .stores(Arc::clone(&stores))
+        .require_api_key_owner(ADMIN_OWNER_PREFIX);
     if let Some(a) = &audit {
         builder = builder.audit(Arc::clone(a));
     }
@@ -419,6 +443,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         openapi: Arc::new(openapi(token_prefix)),
         streams,
         reloader,
+        roles,
     };
     let router = Router::new()
         .route("/admin/users", get(list_users).post(create_user))
@@ -765,8 +790,23 @@ const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 
 async fn create_user(
     State(s): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<Response, Problem> {
+    // Everything is checked before anything is written.
+    s.granter(&caller)
+        .check(Grantee::NonAdmin, &req.roles, &req.permissions)?;
+    if let Some(t) = req.invite_ttl_seconds
+        && (t == 0 || u64::from(t) > portcullis::stores::users::MAX_RESET_TTL)
+    {
+        return Err(bad_param(
+            "invite_ttl_seconds",
+            &format!(
+                "must be 1..={} seconds (30 days)",
+                portcullis::stores::users::MAX_RESET_TTL
+            ),
+        ));
+    }
     let invitation = if req.invite {
         if req.password.is_some() || req.password_hash.is_some() {
             return Err(bad_param("invite", "an invitation has no password"));
@@ -802,8 +842,13 @@ struct ResetTokenBody {
 async fn reset_token(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
     JsonBody(body): JsonBody<ResetTokenBody>,
 ) -> Result<Response, Problem> {
+    // A reset token is the user's account: only for a caller holding all it holds.
+    let user = user_or_404(&s, &id).await?;
+    s.granter(&caller)
+        .check_takeover(&user.roles, &user.permissions)?;
     let ttl = body
         .ttl_seconds
         .map_or(Duration::from_secs(24 * 3600), |t| {
@@ -826,6 +871,7 @@ const MAX_IMPORT_LINES: usize = 10_000;
 /// are created.
 async fn import_users(
     State(state): State<AdminState>,
+    caller: Caller,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Problem> {
@@ -863,10 +909,24 @@ async fn import_users(
             format!("an import is at most {MAX_IMPORT_LINES} lines; send the file in parts"),
         ));
     }
+    // Every line's grants are checked before any user is created: an
+    // import that would escalate writes nothing.
+    let parsed: Vec<(usize, Result<CreateUser, serde_json::Error>)> = lines
+        .into_iter()
+        .map(|(line, raw)| (line, serde_json::from_str::<CreateUser>(raw)))
+        .collect();
+    let granter = state.granter(&caller);
+    for (line, u) in &parsed {
+        if let Ok(u) = u
+            && let Err(e) = granter.verdict(Grantee::NonAdmin, &u.roles, &u.permissions)
+        {
+            return Err(granter.refuse(&e, &format!("line {line} (nothing was imported): ")));
+        }
+    }
     let mut created = 0usize;
     let mut failed = Vec::new();
-    for (line, raw) in lines {
-        let outcome = match serde_json::from_str::<CreateUser>(raw) {
+    for (line, user) in parsed {
+        let outcome = match user {
             Err(e) => Err(("request.invalid_body", e.to_string())),
             Ok(u) => match portcullis::stores::hook::within_budget(
                 STORE_BUDGET,
@@ -957,8 +1017,14 @@ struct PasswordBody {
 async fn reset_password(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
     JsonBody(req): JsonBody<PasswordBody>,
 ) -> Result<Response, Problem> {
+    // Setting the password is taking the account: only for a caller
+    // holding all the user holds.
+    let user = user_or_404(&s, &id).await?;
+    s.granter(&caller)
+        .check_takeover(&user.roles, &user.permissions)?;
     s.stores.reset_password(&id, &req.password).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -973,8 +1039,33 @@ struct GrantsBody {
 async fn set_grants(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
     JsonBody(req): JsonBody<GrantsBody>,
 ) -> Result<Response, Problem> {
+    // What the user gains must be the caller's to give; what it keeps was
+    // checked when it was given (the admin namespace is refused either way).
+    let user = user_or_404(&s, &id).await?;
+    let new_roles: Vec<String> = req
+        .roles
+        .iter()
+        .filter(|r| !user.roles.contains(*r))
+        .cloned()
+        .collect();
+    let new_permissions: Vec<String> = req
+        .permissions
+        .iter()
+        .filter(|p| !user.permissions.contains(*p))
+        .cloned()
+        .collect();
+    let granter = s.granter(&caller);
+    granter.check(Grantee::NonAdmin, &new_roles, &new_permissions)?;
+    let kept_admin: Vec<String> = req
+        .permissions
+        .iter()
+        .filter(|p| portcullis_core::authz::grant::names_admin_namespace(p))
+        .cloned()
+        .collect();
+    granter.check(Grantee::NonAdmin, &[], &kept_admin)?;
     s.stores
         .set_user_grants(&id, &req.roles, &req.permissions)
         .await?;
@@ -1129,8 +1220,13 @@ struct CreateKey {
 async fn create_api_key(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateKey>,
 ) -> Result<Response, Problem> {
+    // An admin key or a user's: either way, no more than the caller holds
+    // (and a user's key nothing of the admin namespace).
+    s.granter(&caller)
+        .check(grantee_of_owner(&id), &req.roles, &req.permissions)?;
     if !id.starts_with(ADMIN_OWNER_PREFIX) {
         user_or_404(&s, &id).await?;
     }
@@ -1212,8 +1308,11 @@ struct CreateApp {
 
 async fn create_app(
     State(s): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<CreateApp>,
 ) -> Result<Response, Problem> {
+    s.granter(&caller)
+        .check(Grantee::NonAdmin, &[], &req.permissions)?;
     let created = s
         .stores
         .create_app(&portcullis::stores::NewApp {
@@ -1257,8 +1356,12 @@ struct RotateApp {
 async fn rotate_app(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
     JsonBody(req): JsonBody<RotateApp>,
 ) -> Result<Response, Problem> {
+    // The new secret is the app: only for a caller holding all it holds.
+    let app = app_or_404(&s, &id).await?;
+    s.granter(&caller).check_takeover(&[], &app.permissions)?;
     if req.grace_seconds > 7 * 24 * 3600 {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -1720,6 +1823,7 @@ mod tests {
             keyring,
             streams: crate::live_stream::StreamSlots::new(4, 2),
             reloader: None,
+            roles: None,
         })
         .unwrap();
         for r in ROUTES {

@@ -48,6 +48,9 @@ pub struct Config {
     /// The forward-auth endpoints for nginx, Traefik, Caddy and Envoy.
     #[serde(default)]
     pub forward_auth: ForwardAuthConfig,
+    /// How requests that could mean two things are treated.
+    #[serde(default)]
+    pub request: RequestConfig,
     /// What the guard enforces: the library's `GuardConfig`.
     #[serde(default)]
     pub guard: GuardConfig,
@@ -139,6 +142,42 @@ pub struct ServerConfig {
     /// (HTTP/1.1 and h2c prior knowledge).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Time a client gets to send a whole request body, from its request
+    /// head (default `60s`); later is 408 `gateway.request_timeout`.
+    #[serde(
+        default = "default_request_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub request_body_timeout: Duration,
+    /// A public connection with no request in progress for this long is
+    /// closed (HTTP/2: GOAWAY; pings do not count) (default `75s`).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream's response body
+    /// (default `60s`); then the client's response is cut.
+    #[serde(
+        default = "default_upstream_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub upstream_body_timeout: Duration,
+    /// Connections open at once on the public listener (default 4096);
+    /// past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once on the ops listener (default 256).
+    #[serde(default = "default_ops_max_connections")]
+    pub ops_max_connections: usize,
+    /// A WebSocket tunnel with no byte either way for this long is closed
+    /// (default `5m`).
+    #[serde(
+        default = "default_websocket_idle_timeout",
+        deserialize_with = "duration"
+    )]
+    pub websocket_idle_timeout: Duration,
+    /// WebSocket tunnels open at once (default 1024); past it a handshake
+    /// is 503 `gateway.too_many_websockets`.
+    #[serde(default = "default_max_websockets")]
+    pub max_websockets: usize,
     /// More `Host` names the ops listener answers to, besides the loopback
     /// names and its listen address (DNS rebinding protection: any other
     /// `Host` is 421). `*.example.com` matches one or more labels.
@@ -154,6 +193,27 @@ pub struct ServerConfig {
     pub admin_streams_per_key: usize,
 }
 
+fn default_request_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_upstream_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_ops_max_connections() -> usize {
+    256
+}
+fn default_websocket_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_websockets() -> usize {
+    1024
+}
 fn default_admin_streams() -> usize {
     32
 }
@@ -217,6 +277,13 @@ impl Default for ServerConfig {
             worker_threads: None,
             pid_file: None,
             tls: None,
+            request_body_timeout: default_request_body_timeout(),
+            idle_timeout: default_idle_timeout(),
+            upstream_body_timeout: default_upstream_body_timeout(),
+            max_connections: default_max_connections(),
+            ops_max_connections: default_ops_max_connections(),
+            websocket_idle_timeout: default_websocket_idle_timeout(),
+            max_websockets: default_max_websockets(),
             ops_hosts: Vec::new(),
             admin_streams: default_admin_streams(),
             admin_streams_per_key: default_admin_streams_per_key(),
@@ -768,12 +835,71 @@ impl Default for TokenServiceConfig {
     }
 }
 
+/// `[request]`: the canonical form every request is brought to before the
+/// guard sees it, and what is refused for having no single meaning
+/// (docs/config.md "Canonical requests").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// Methods with lower-case letters (`delete`): `refuse` (default, 400
+    /// `request.non_canonical_method`) or `uppercase` (decided and
+    /// forwarded upper-cased).
+    #[serde(default)]
+    pub lowercase_methods: LowercaseMethods,
+    /// Drop every inbound header whose name contains `_` (default true),
+    /// as nginx's `underscores_in_headers off`: WSGI servers, Traefik and
+    /// Envoy read `X_Foo` as `X-Foo`. Headers that fold to an identity,
+    /// credential or internal-token header are removed whatever this says.
+    #[serde(default = "yes")]
+    pub drop_underscore_headers: bool,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`:
+    /// `strip` (default: removed, counted) or `refuse` (400 when one names
+    /// another method than the request's).
+    #[serde(default)]
+    pub method_override: MethodOverride,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        Self {
+            lowercase_methods: LowercaseMethods::default(),
+            drop_underscore_headers: true,
+            method_override: MethodOverride::default(),
+        }
+    }
+}
+
+/// What a lower-case method gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowercaseMethods {
+    /// 400 `request.non_canonical_method`.
+    #[default]
+    Refuse,
+    /// Upper-cased, then decided and forwarded so.
+    Uppercase,
+}
+
+/// What a method-override header gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Removed before the guard and the upstream see the request.
+    #[default]
+    Strip,
+    /// 400 `request.method_override` when it names another method.
+    Refuse,
+}
+
 /// `[forward_auth]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthConfig {
-    /// Whether the endpoints answer (default true).
-    #[serde(default = "yes")]
+    /// Whether the endpoints answer (default false: a client that reaches
+    /// them through a load balancer could ask the guard about any request
+    /// it forges; turn them on when nginx, Traefik, Caddy or Envoy in
+    /// front asks, and list that proxy in `guard.client_ip.trusted_proxies`).
+    #[serde(default)]
     pub enabled: bool,
     /// Their prefix on the public listener (default `/_portcullis/auth`).
     #[serde(default = "default_forward_auth_prefix")]
@@ -787,7 +913,7 @@ fn default_forward_auth_prefix() -> String {
 impl Default for ForwardAuthConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             prefix: default_forward_auth_prefix(),
         }
     }
@@ -1466,6 +1592,9 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             err(key.into(), "must be longer than zero".into());
         }
     }
+    for (key, message) in crate::limits::validate(&config.server) {
+        err(key.into(), message);
+    }
     if let Some(tls) = &config.server.tls {
         if tls.handshake_timeout.is_zero() {
             err(
@@ -1897,6 +2026,7 @@ fn route_conflicts(guard: &GuardConfig) -> Vec<(String, String)> {
             path: r.path.clone(),
             host: r.host.clone(),
             require: r.require.clone(),
+            path_parameters: r.path_parameters,
         })
         .collect();
     let Ok(policy) = AccessPolicy::new(&AuthzConfig {

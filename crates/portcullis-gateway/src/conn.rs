@@ -8,6 +8,11 @@
 //! head timeout, so a client that connects and says nothing is closed
 //! instead of holding a task and a socket forever; hyper's own
 //! `header_read_timeout` then bounds the rest of an HTTP/1 head.
+//!
+//! A connection holds a slot of the listener's cap ([`crate::limits`]) for
+//! its life, and is closed gracefully (HTTP/2 GOAWAY, HTTP/1 between
+//! requests) once no request has been in progress for `server.idle_timeout`
+//! ([`crate::deadline::Activity`]) or the gateway stops.
 
 use std::convert::Infallible;
 use std::io;
@@ -25,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::deadline::{Activity, TrackedBody};
+use crate::limits::ConnPermit;
 use crate::proxy::ResponseBody;
 use crate::tls::Tls;
 
@@ -34,15 +41,20 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Time a client gets to send its first bytes, and an HTTP/1 request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time an idle connection asked to close gets before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// What serves the public listener's connections; shared.
 pub struct Public {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<Arc<Tls>>,
+    idle_timeout: Duration,
 }
 
 impl Public {
-    /// HTTP/1.1 and HTTP/2, over TLS when `tls` is given.
-    pub fn new(tls: Option<Arc<Tls>>) -> Arc<Self> {
+    /// HTTP/1.1 and HTTP/2, over TLS when `tls` is given; a connection
+    /// with no request in progress for `idle_timeout` is closed.
+    pub fn new(tls: Option<Arc<Tls>>, idle_timeout: Duration) -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -54,16 +66,23 @@ impl Public {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        Arc::new(Self { builder, tls })
+        Arc::new(Self {
+            builder,
+            tls,
+            idle_timeout,
+        })
     }
 
-    /// Serves `stream` on its own task. `make` builds the connection's
+    /// Serves `stream` on its own task, holding `permit` (its slot of the
+    /// listener's cap) until it closes. `make` builds the connection's
     /// service, told whether the connection is TLS. `watcher` ties it to
     /// the graceful shutdown; `stopping` turning true abandons a connection
-    /// that is still in its handshake or has not sent its first bytes.
+    /// that is still in its handshake or has not sent its first bytes, and
+    /// asks the others to finish.
     pub fn spawn<S, M>(
         self: &Arc<Self>,
         stream: TcpStream,
+        permit: ConnPermit,
         watcher: Watcher,
         stopping: watch::Receiver<bool>,
         make: M,
@@ -90,6 +109,7 @@ impl Public {
         };
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            let _permit = permit;
             let mut stopping = stopping;
             match (&this.tls, slot) {
                 (Some(tls), Some(slot)) => {
@@ -146,11 +166,51 @@ impl Public {
             at: 0,
             io,
         };
+        let activity = Arc::new(Activity::default());
+        let svc = {
+            let activity = Arc::clone(&activity);
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let in_flight = activity.start();
+                let response = hyper::service::Service::call(&svc, req);
+                async move {
+                    let response = response.await?;
+                    Ok::<_, Infallible>(response.map(|b| TrackedBody::wrap(b, in_flight)))
+                }
+            })
+        };
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
-        if let Err(e) = watcher.watch(conn).await {
+        tokio::pin!(conn);
+        // Held, not used: the graceful shutdown waits until it drops.
+        let _watcher = watcher;
+        let mut closing = false;
+        // An idle connection asked to close gets this long to do so (an
+        // HTTP/2 peer that never acknowledges the GOAWAY's ping), then is
+        // dropped.
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        let ended = loop {
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                () = stopped(&mut stopping), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = activity.idle(self.idle_timeout), if !closing => {
+                    closing = true;
+                    crate::deadline::idle_closed(self.idle_timeout);
+                    conn.as_mut().graceful_shutdown();
+                    grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                }
+                () = grace.as_mut() => {
+                    tracing::debug!("idle connection did not close in time; dropped");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }

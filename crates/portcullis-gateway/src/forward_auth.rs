@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use portcullis::Guard;
 use portcullis_core::ratelimit::ClientIpConfig;
 
@@ -39,22 +38,30 @@ pub struct ForwardAuth {
     guard: Guard,
     identity: IdentityNames,
     trusted: ClientIpConfig,
+    canonical: crate::canonical::Canonicalizer,
 }
 
 impl ForwardAuth {
-    /// Endpoints deciding with `guard`, believing only `trusted_proxies`.
-    pub fn new(guard: Guard, identity: IdentityNames, trusted_proxies: ClientIpConfig) -> Self {
+    /// Endpoints deciding with `guard`, believing only `trusted_proxies`;
+    /// the original request must have the canonical form `canonical` checks.
+    pub fn new(
+        guard: Guard,
+        identity: IdentityNames,
+        trusted_proxies: ClientIpConfig,
+        canonical: crate::canonical::Canonicalizer,
+    ) -> Self {
         Self {
             guard,
             identity,
             trusted: trusted_proxies,
+            canonical,
         }
     }
 
     /// Answers a request whose path under the prefix is `rest`.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         peer: SocketAddr,
         rest: &str,
     ) -> Response<ResponseBody> {
@@ -88,15 +95,33 @@ impl ForwardAuth {
             );
         }
         let (parts, _body) = req.into_parts();
-        let Some(original) = original_parts(dialect, &parts, envoy_path.as_deref()) else {
+        let Some(mut original) = original_parts(dialect, &parts, envoy_path.as_deref()) else {
             return answer(
                 dialect,
                 StatusCode::FORBIDDEN,
                 "gateway.bad_forward_auth",
-                "the original request is not described: send X-Original-URI (nginx) or X-Forwarded-Uri and X-Forwarded-Method (Traefik, Caddy)",
+                "the original request is not described: send X-Original-URI and X-Forwarded-Host (nginx) or X-Forwarded-Uri, X-Forwarded-Method and X-Forwarded-Host (Traefik, Caddy)",
                 HeaderMap::new(),
             );
         };
+        // What the proxy in front will pass on unchanged must have one meaning.
+        if let Err(crate::canonical::Refused(why)) = self.canonical.check_original(&mut original) {
+            metrics::counter!("portcullis_gateway_noncanonical_refused_total", "reason" => why.code())
+                .increment(1);
+            let mut decision =
+                self.guard
+                    .malformed(&original, Some(peer.ip()), why.code(), &why.to_string());
+            let mut r = crate::canonical::refusal(why, &decision.request_id);
+            if let Ok(v) = HeaderValue::from_str(why.code()) {
+                r.headers_mut().insert(CODE_HEADER, v);
+            }
+            // nginx's auth_request understands only 2xx, 401 and 403.
+            if dialect == Dialect::Nginx {
+                *r.status_mut() = StatusCode::FORBIDDEN;
+            }
+            decision.finish(r.status());
+            return r;
+        }
         let mut decision = self.guard.check(&original, Some(peer.ip())).await;
         let mut headers = HeaderMap::new();
         for (name, value) in &decision.headers {
@@ -197,11 +222,19 @@ fn original_parts(
     ] {
         headers.remove(name);
     }
-    if matches!(dialect, Dialect::Traefik | Dialect::Caddy)
-        && let Some(host) = h.get("x-forwarded-host")
-    {
+    // The original host: what the proxy saw (`X-Forwarded-Host`, required
+    // from nginx, Traefik and Caddy: the subrequest's own `Host` names the
+    // gateway, and host-scoped routes would never apply); Envoy's check
+    // request keeps the original `:authority`.
+    if dialect != Dialect::Envoy {
+        let mut forwarded = h.get_all("x-forwarded-host").iter();
+        let host = forwarded.next()?;
+        if forwarded.next().is_some() {
+            return None;
+        }
         headers.insert(header::HOST, host.clone());
     }
+    headers.remove("x-forwarded-host");
     *req.headers_mut() = headers;
     Some(req.into_parts().0)
 }

@@ -10,8 +10,11 @@
 //! - [`serve`]: `portcullis serve`: wiring, listeners, graceful shutdown.
 //! - [`reload`]: SIGHUP / `portcullis reload`: validate, then swap atomically.
 //! - [`conn`]: a public connection: TLS or not, HTTP/1.1 or HTTP/2.
+//! - [`limits`]: connection caps per listener, accept back-off.
+//! - [`deadline`]: body, idle, upstream-body and WebSocket deadlines.
 //! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
+//! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
 //! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
@@ -21,16 +24,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod canonical;
 pub mod cli;
 pub mod config;
 mod conn;
 mod console;
+mod deadline;
 mod demo;
 pub mod embed;
+pub mod escalation;
 mod forward_auth;
 mod identity;
 mod live_stream;
 mod ops_guard;
+mod limits;
 mod proxy;
 mod redact;
 mod reload;

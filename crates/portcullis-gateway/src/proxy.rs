@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis::http::{ClientIp, MatchedRoute, PeerAddr, Principal, RequestId};
+use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders};
 
@@ -100,8 +100,8 @@ pub fn problem(
 pub enum RequestBody {
     /// The client's body, streamed.
     Streaming {
-        /// The body.
-        inner: Incoming,
+        /// The body, due whole by its deadline.
+        inner: crate::deadline::TimedBody,
         /// Bytes still allowed.
         remaining: u64,
     },
@@ -116,7 +116,7 @@ pub struct BodyTooLarge(pub u64);
 
 impl RequestBody {
     /// `inner`, failing once more than `limit` bytes have arrived.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    pub fn limited(inner: crate::deadline::TimedBody, limit: u64) -> Self {
         Self::Streaming {
             inner,
             remaining: limit,
@@ -152,7 +152,7 @@ impl Body for RequestBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
@@ -295,6 +295,12 @@ struct ProxyInner {
     default: Option<Upstream>,
     identity: IdentityNames,
     read_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream's response body.
+    body_timeout: Duration,
+    /// The process's WebSocket tunnels, their cap and idle timeout.
+    tunnels: Arc<crate::deadline::Tunnels>,
+    max_websockets: usize,
+    websocket_idle_timeout: Duration,
     max_body: u64,
     trusted: portcullis_core::ratelimit::ClientIpConfig,
     outbound: crate::identity::Outbound,
@@ -307,10 +313,12 @@ pub struct ProxyConfigError(String);
 
 impl Proxy {
     /// The proxy of a validated configuration; `outbound` sets what each
-    /// upstream learns of the caller (internal token, credential hidden).
+    /// upstream learns of the caller (internal token, credential hidden);
+    /// `tunnels` counts the process's WebSocket tunnels across reloads.
     pub fn new(
         config: &Config,
         outbound: crate::identity::Outbound,
+        tunnels: Arc<crate::deadline::Tunnels>,
     ) -> Result<Self, ProxyConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
@@ -352,6 +360,10 @@ impl Proxy {
                 default,
                 identity,
                 read_timeout: config.server.upstream_read_timeout,
+                body_timeout: config.server.upstream_body_timeout,
+                tunnels,
+                max_websockets: config.server.max_websockets,
+                websocket_idle_timeout: config.server.websocket_idle_timeout,
                 max_body: config.server.max_body_bytes,
                 trusted: config.guard.client_ip.clone(),
                 outbound,
@@ -403,6 +415,21 @@ impl Proxy {
         // A WebSocket handshake keeps its `Connection: upgrade` / `Upgrade`
         // pair (HTTP/1.1 only: an HTTP/2 request carries no such headers).
         let websocket = websocket_upgrade(&parts);
+        // A tunnel's place is taken before the upstream is asked.
+        let tunnel = match &websocket {
+            Some(_) => match inner.tunnels.try_open(inner.max_websockets) {
+                Some(slot) => Some(slot),
+                None => {
+                    return problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "gateway.too_many_websockets",
+                        "the gateway has as many WebSocket tunnels open as it allows",
+                        rid,
+                    );
+                }
+            },
+            None => None,
+        };
         let client_upgrade = websocket
             .is_some()
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
@@ -427,6 +454,17 @@ impl Proxy {
         inner.identity.strip(&mut parts.headers);
         if let Some(p) = parts.extensions.get::<Principal>() {
             inner.identity.write(p, &mut parts.headers);
+        }
+        // The gateway's own headers are set after the hop-by-hop strip, so
+        // a client's `Connection: x-request-id` cannot remove them.
+        if let Some(v) = rid.and_then(|id| HeaderValue::from_str(id).ok()) {
+            parts.headers.insert(portcullis::http::REQUEST_ID, v);
+        }
+        parts.headers.remove(crate::canonical::DRY_RUN_HEADER);
+        if let Some(DryRunRefusal(code)) = parts.extensions.get::<DryRunRefusal>()
+            && let Ok(v) = HeaderValue::from_str(&format!("would-deny {}", code.as_str()))
+        {
+            parts.headers.insert(crate::canonical::DRY_RUN_HEADER, v);
         }
         let principal = parts.extensions.get::<Principal>().map(|p| &**p);
         if let Err(e) = inner
@@ -472,6 +510,9 @@ impl Proxy {
                 );
             }
             Ok(Err(e)) => {
+                if let Some(late) = find_cause::<crate::deadline::BodyTimedOut>(&e) {
+                    return crate::deadline::timed_out_problem(late.0, rid);
+                }
                 if find_cause::<BodyTooLarge>(&e).is_some() {
                     return problem(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -499,9 +540,10 @@ impl Proxy {
         .record(elapsed.as_secs_f64());
         tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return match (websocket, client_upgrade) {
-                (Some(protocol), Some(client)) => {
-                    switch_protocols(response, protocol, client, &upstream, rid)
+            return match (websocket, client_upgrade, tunnel) {
+                (Some(protocol), Some(client), Some(slot)) => {
+                    let idle = inner.websocket_idle_timeout;
+                    switch_protocols(response, protocol, client, &upstream, rid, (slot, idle))
                 }
                 // A 101 nobody asked for cannot be relayed.
                 _ => {
@@ -517,10 +559,13 @@ impl Proxy {
         }
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        Response::from_parts(
-            head,
-            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        )
+        // Each wait for the upstream's next bytes has its deadline.
+        let body = crate::deadline::UpstreamBody::wrap(
+            body,
+            inner.body_timeout,
+            Arc::clone(&upstream.name),
+        );
+        Response::from_parts(head, body)
     }
 }
 
@@ -554,6 +599,7 @@ fn switch_protocols(
     client: hyper::upgrade::OnUpgrade,
     upstream: &Upstream,
     request_id: Option<&str>,
+    (slot, idle): (crate::deadline::TunnelSlot, Duration),
 ) -> Response<ResponseBody> {
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut head, _) = response.into_parts();
@@ -564,6 +610,7 @@ fn switch_protocols(
     let name = Arc::clone(&upstream.name);
     let request_id = request_id.map(str::to_owned);
     tokio::spawn(async move {
+        let _slot = slot;
         let (client, upstream_side) = match tokio::join!(client, upstream_side) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
@@ -571,20 +618,26 @@ fn switch_protocols(
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream_side = hyper_util::rt::TokioIo::new(upstream_side);
+        let client = hyper_util::rt::TokioIo::new(client);
+        let upstream_side = hyper_util::rt::TokioIo::new(upstream_side);
         metrics::gauge!("portcullis_gateway_upgraded_connections").increment(1.0);
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream_side).await;
+        let copied = crate::deadline::relay(client, upstream_side, idle).await;
         metrics::gauge!("portcullis_gateway_upgraded_connections").decrement(1.0);
         match copied {
-            Ok((up, down)) => tracing::debug!(
+            crate::deadline::TunnelEnd::Idle => tracing::info!(
+                upstream = %name,
+                request_id = request_id.as_deref().unwrap_or(""),
+                ?idle,
+                "WebSocket closed: no bytes either way"
+            ),
+            crate::deadline::TunnelEnd::Closed(up, down) => tracing::debug!(
                 upstream = %name,
                 request_id = request_id.as_deref().unwrap_or(""),
                 bytes_to_upstream = up,
                 bytes_to_client = down,
                 "WebSocket closed"
             ),
-            Err(e) => tracing::debug!(
+            crate::deadline::TunnelEnd::Failed(e) => tracing::debug!(
                 upstream = %name,
                 request_id = request_id.as_deref().unwrap_or(""),
                 error = %e,

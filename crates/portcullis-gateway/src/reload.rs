@@ -35,6 +35,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.ops_hosts",
     "server.admin_streams",
     "server.admin_streams_per_key",
+    "server.idle_timeout",
+    "server.max_connections",
+    "server.ops_max_connections",
     "storage",
     "keys",
     "audit",
@@ -268,6 +271,19 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
     // handshake limits are the listener's.
     keep("server.tls", c.tls != n.tls);
     n.tls.clone_from(&c.tls);
+    // The listeners' caps and the connections' idle timeout are theirs.
+    keep("server.idle_timeout", c.idle_timeout != n.idle_timeout);
+    keep(
+        "server.max_connections",
+        c.max_connections != n.max_connections,
+    );
+    keep(
+        "server.ops_max_connections",
+        c.ops_max_connections != n.ops_max_connections,
+    );
+    n.idle_timeout = c.idle_timeout;
+    n.max_connections = c.max_connections;
+    n.ops_max_connections = c.ops_max_connections;
     n.listen = c.listen;
     n.ops_listen = c.ops_listen;
     n.shutdown_timeout = c.shutdown_timeout;

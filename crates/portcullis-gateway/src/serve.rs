@@ -37,7 +37,9 @@ use tower_service::Service;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{Config, LogConfig, LogFormat, LogLevel, SignedRequestsConfig};
+use crate::deadline::TimedBody;
 use crate::forward_auth::ForwardAuth;
+use crate::limits::{Acceptor, ConnLimit, ConnPermit};
 use crate::proxy::{Proxy, RequestBody, ResponseBody, full};
 use crate::reload::Reloader;
 use arc_swap::ArcSwap;
@@ -74,7 +76,11 @@ pub(crate) struct App {
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
     pub(crate) guard: Guard,
+    /// The canonical form every request is brought to first.
+    canonical: crate::canonical::Canonicalizer,
     max_body: u64,
+    /// Time a request body gets to arrive whole (`server.request_body_timeout`).
+    body_timeout: Duration,
     /// The gateway's public JWKS and where it is served.
     jwks: (String, Bytes),
 }
@@ -175,6 +181,8 @@ pub(crate) struct Shared {
     nonces: Arc<dyn NonceStore>,
     /// `[[keys.trusted_issuers]]` and their cached key sets.
     trusted_issuers: Option<TrustedIssuers>,
+    /// The WebSocket tunnels open, counted across reloads.
+    tunnels: Arc<crate::deadline::Tunnels>,
 }
 
 impl Shared {
@@ -237,6 +245,7 @@ impl Shared {
         Ok(Self {
             nonces,
             trusted_issuers,
+            tunnels: Arc::default(),
             storage,
             keyring,
             issuer_config,
@@ -418,7 +427,10 @@ pub(crate) fn build_app(
     let outbound = crate::identity::Outbound::new(config, shared.keyring.keys())
         .map_err(|e| start("internal_token")(e.to_string()))?;
     let jwks = (outbound.jwks_path().to_owned(), outbound.jwks());
-    let proxy = Proxy::new(config, outbound).map_err(|e| start("upstreams")(e.to_string()))?;
+    let proxy = Proxy::new(config, outbound, Arc::clone(&shared.tunnels))
+        .map_err(|e| start("upstreams")(e.to_string()))?;
+    let canonical = crate::canonical::Canonicalizer::new(config)
+        .map_err(|e| start("request")(e.to_string()))?;
     let forward_auth = config.forward_auth.enabled.then(|| {
         (
             config.forward_auth.prefix.clone(),
@@ -426,6 +438,7 @@ pub(crate) fn build_app(
                 guard.clone(),
                 proxy.identity().clone(),
                 config.guard.client_ip.clone(),
+                canonical.clone(),
             ),
         )
     });
@@ -434,7 +447,9 @@ pub(crate) fn build_app(
         forward_auth,
         guarded: GuardLayer::new(guard.clone()).layer(proxy),
         guard,
+        canonical,
         max_body: config.server.max_body_bytes,
+        body_timeout: config.server.request_body_timeout,
         jwks,
     })
 }
@@ -542,6 +557,11 @@ pub async fn serve_until(
                     config.server.admin_streams_per_key,
                 ),
                 reloader: Some(Arc::clone(&reloader)),
+                // Granted roles mean what the live public guard's role table says.
+                roles: Some({
+                    let live = Arc::clone(&live);
+                    Arc::new(move || live.load().guard.clone())
+                }),
             })
             .map_err(start("admin"))?;
             GuardLayer::new(guard).layer(router)
@@ -567,7 +587,12 @@ pub async fn serve_until(
             Some(tls)
         }
     };
-    let public_conns = crate::conn::Public::new(tls.clone());
+    let public_conns = crate::conn::Public::new(tls.clone(), config.server.idle_timeout);
+    // Each listener's connection cap, and its accept loop's back-off.
+    let public_limit = ConnLimit::new("public", config.server.max_connections);
+    let ops_limit = ConnLimit::new("ops", config.server.ops_max_connections);
+    let mut public_accept = Acceptor::new("public");
+    let mut ops_accept = Acceptor::new("ops");
 
     let public = TcpListener::bind(config.server.listen)
         .await
@@ -600,8 +625,9 @@ pub async fn serve_until(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = public.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+            (stream, peer) = public_accept.accept(&public) => {
+                // Over the cap the connection is dropped: closed at once.
+                let Some(permit) = public_limit.admit() else { continue };
                 let live = Arc::clone(&live);
                 let make = move |secure: bool| {
                     hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -614,16 +640,16 @@ pub async fn serve_until(
                         async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
                     })
                 };
-                public_conns.spawn(stream, graceful.watcher(), stopping_rx.clone(), make);
+                public_conns.spawn(stream, permit, graceful.watcher(), stopping_rx.clone(), make);
             }
-            accepted = ops.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+            (stream, peer) = ops_accept.accept(&ops) => {
+                let Some(permit) = ops_limit.admit() else { continue };
                 let health = Arc::clone(&health);
                 let svc = hyper::service::service_fn(move |req| {
                     let health = Arc::clone(&health);
                     async move { Ok::<_, Infallible>(health.handle(req, peer).await) }
                 });
-                serve_connection(&graceful, stream, svc);
+                serve_connection(&graceful, stream, permit, svc);
             }
         }
     }
@@ -638,7 +664,8 @@ pub async fn serve_until(
         let health = Arc::clone(&health);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = ops.accept().await else {
+                let (stream, peer) = ops_accept.accept(&ops).await;
+                let Some(permit) = ops_limit.admit() else {
                     continue;
                 };
                 let health = Arc::clone(&health);
@@ -646,11 +673,15 @@ pub async fn serve_until(
                     let health = Arc::clone(&health);
                     async move { Ok::<_, Infallible>(health.handle(req, peer).await) }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), svc),
-                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = conn.await;
+                });
             }
         })
     };
@@ -680,8 +711,12 @@ pub async fn serve_until(
     Ok(())
 }
 
-fn serve_connection<S>(graceful: &GracefulShutdown, stream: tokio::net::TcpStream, svc: S)
-where
+fn serve_connection<S>(
+    graceful: &GracefulShutdown,
+    stream: tokio::net::TcpStream,
+    permit: ConnPermit,
+    svc: S,
+) where
     S: hyper::service::Service<
             Request<Incoming>,
             Response = Response<ResponseBody>,
@@ -698,6 +733,7 @@ where
         .serve_connection(TokioIo::new(stream), svc);
     let watched = graceful.watch(conn);
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = watched.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
@@ -790,11 +826,36 @@ impl Surface {
 }
 
 impl App {
+    /// 400 for a request with no single meaning, audited by the guard.
+    fn refuse_malformed(
+        &self,
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+        why: portcullis_core::canonical::NonCanonical,
+    ) -> Response<ResponseBody> {
+        metrics::counter!("portcullis_gateway_noncanonical_refused_total", "reason" => why.code())
+            .increment(1);
+        let mut decision =
+            self.guard
+                .malformed(parts, Some(peer.ip()), why.code(), &why.to_string());
+        let response = crate::canonical::refusal(why, &decision.request_id);
+        decision.finish(response.status());
+        response
+    }
+
     /// One request on the public listener, counted and timed by surface and status.
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
         let started = std::time::Instant::now();
-        let (surface, response) = self.dispatch(req, peer).await;
+        // The body is due whole within the deadline, on every surface;
+        // whatever answer a late body caused becomes a 408.
+        let version = req.version();
+        let (req, expired) = TimedBody::wrap(req, self.body_timeout);
+        let (surface, mut response) = self.dispatch(req, peer).await;
         let surface = surface.as_str();
+        if expired.fired() {
+            response =
+                crate::deadline::request_timeout(response, version, self.body_timeout, surface);
+        }
         metrics::counter!(
             "portcullis_gateway_requests_total",
             "surface" => surface,
@@ -808,10 +869,19 @@ impl App {
 
     async fn dispatch(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<TimedBody>,
         peer: SocketAddr,
     ) -> (Surface, Response<ResponseBody>) {
         req.extensions_mut().insert(PeerAddr(peer));
+        // One request, one meaning: every surface sees the canonical form.
+        let (mut parts, body) = req.into_parts();
+        let tls = parts.extensions.get::<crate::proxy::ClientTls>().is_some();
+        if let Err(crate::canonical::Refused(why)) =
+            self.canonical.apply(&mut parts, peer.ip(), tls)
+        {
+            return (Surface::Proxy, self.refuse_malformed(&parts, peer, why));
+        }
+        let mut req = Request::from_parts(parts, body);
         let path = req.uri().path();
         if path == self.jwks.0 {
             return (

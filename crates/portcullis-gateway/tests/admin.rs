@@ -319,7 +319,9 @@ async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
         request(ops, "GET", "/admin/users", Some(&user_key), None),
     )
     .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Not an admin key (owner `admin:…`), whatever it holds: refused as a credential.
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.code().as_deref(), Some("auth.invalid_api_key"));
 
     // The public listener does not serve it: the request goes to the guard's
     // routes (here none matches: refused) and never lists users.

@@ -330,11 +330,22 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.code().as_deref(), Some("auth.invalid_api_key"));
     let alice = c.create_user("alice").await;
+    // A user's key may not even hold the admin namespace...
     let r = c
         .admin(
             "POST",
             &format!("/admin/users/{alice}/api-keys"),
             Some(json!({"name": "mine", "permissions": ["admin.*"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.code().as_deref(), Some("authz.escalation"));
+    // ...and whatever it holds, it is no admin key.
+    let r = c
+        .admin(
+            "POST",
+            &format!("/admin/users/{alice}/api-keys"),
+            Some(json!({"name": "mine", "permissions": ["*"]})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);

@@ -86,6 +86,12 @@ path = "/admin/**"
 require = {{ permissions_all = ["admin.all"] }}
 
 [[guard.routes]]
+name = "admin-host"
+host = "admin.example"
+path = "/**"
+require = {{ permissions_all = ["admin.all"] }}
+
+[[guard.routes]]
 name = "limited"
 path = "/limited"
 rate_limits = ["two"]
@@ -95,10 +101,13 @@ name = "limited_raw"
 path = "/raw/limited"
 rate_limits = ["two_raw"]
 
+[forward_auth]
+enabled = true
+
 [[upstreams]]
 name = "flask"
 url = "http://127.0.0.1:{flask}"
-routes = ["public", "whoami", "admin", "limited", "limited_raw"]
+routes = ["public", "whoami", "admin", "admin-host", "limited", "limited_raw"]
 "#
     )
 }
@@ -191,7 +200,14 @@ fn caddy_config(port: u16, gateway: u16, flask: u16) -> String {
         .collect();
     let strip: String = names
         .iter()
-        .map(|n| format!("        request_header -{n}\n"))
+        .map(|n| {
+            // Both spellings: Caddy passes `X_User` on, and the gateway
+            // refuses a forward-auth request that still carries one.
+            format!(
+                "        request_header -{n}\n        request_header -{}\n",
+                n.replace('-', "_")
+            )
+        })
         .collect();
     format!(
         r#"{{
@@ -319,6 +335,16 @@ async fn common(port: u16, gateway: u16, token: &str, key: &str) {
     assert_eq!(seen["x-user"], sub);
     assert_eq!(seen["x-user-auth"], "api_key");
     assert_absent_or_empty(&seen, "x-user-session");
+
+    // A host-scoped route applies behind the proxy as it does direct: the
+    // original host reaches the gateway as X-Forwarded-Host (case, a
+    // trailing dot and the default port make no difference).
+    for host in ["admin.example", "Admin.Example.", "admin.example:80"] {
+        let r = raw(port, &format!("GET /public HTTP/1.1\nHost: {host}")).await;
+        assert_eq!(r.status, 401, "Host {host}: {}", r.text());
+    }
+    let r = raw(port, "GET /public HTTP/1.1\nHost: app.test").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // Anonymous route: no identity reaches the app (nginx sends no
     // header for an empty value, Caddy sends it empty).

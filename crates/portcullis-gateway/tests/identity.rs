@@ -225,6 +225,9 @@ credentials = ["anonymous"]
 name = "keep"
 path = "/keep"
 
+[forward_auth]
+enabled = true
+
 [[upstreams]]
 name = "pyapp"
 url = "http://{pyapp}"
@@ -571,9 +574,11 @@ async fn snippets_use_the_configured_names_and_real_nginx_and_caddy_accept_them(
     let s = setup(&dir, echo).await;
     // Custom identity names and forward-auth prefix.
     let mut text = fs::read_to_string(&s.config).unwrap();
-    text.push_str(
-        "\n[identity]\nsubject = \"X-User-Id\"\ntenant = \"x-org\"\n\n[forward_auth]\nprefix = \"/_gw\"\n",
+    text = text.replace(
+        "[forward_auth]\nenabled = true\n",
+        "[forward_auth]\nenabled = true\nprefix = \"/_gw\"\n",
     );
+    text.push_str("\n[identity]\nsubject = \"X-User-Id\"\ntenant = \"x-org\"\n");
     fs::write(&s.config, text).unwrap();
     let config = s.config.to_str().unwrap();
 
@@ -669,7 +674,7 @@ async fn snippets_use_the_configured_names_and_real_nginx_and_caddy_accept_them(
 
     // A configuration without forward-auth has nothing to point a proxy at.
     let mut text = fs::read_to_string(&s.config).unwrap();
-    text = text.replace("prefix = \"/_gw\"", "prefix = \"/_gw\"\nenabled = false");
+    text = text.replace("enabled = true\nprefix = \"/_gw\"", "prefix = \"/_gw\"");
     fs::write(&s.config, text).unwrap();
     let out = portcullis(&["snippets", "nginx", "--config", config]);
     assert_eq!(out.status.code(), Some(2));

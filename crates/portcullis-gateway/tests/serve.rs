@@ -243,6 +243,9 @@ name = "down"
 path = "/down"
 credentials = ["anonymous"]
 
+[forward_auth]
+enabled = true
+
 [[upstreams]]
 name = "app"
 url = "http://{upstream}"
@@ -511,6 +514,7 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
             public,
             fa,
             &[
+                ("x-forwarded-host", "api.test"),
                 ("x-original-uri", "/docs/3"),
                 ("x-original-method", "GET"),
                 ("authorization", &bearer),
@@ -521,7 +525,18 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.header("x-portcullis-subject"), Some(subject));
     assert_eq!(r.header("x-portcullis-permissions"), Some("docs.read"));
-    let r = send(&c, get(public, fa, &[("x-original-uri", "/docs/3")])).await;
+    let r = send(
+        &c,
+        get(
+            public,
+            fa,
+            &[
+                ("x-forwarded-host", "api.test"),
+                ("x-original-uri", "/docs/3"),
+            ],
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.header("x-portcullis-code"),
@@ -532,7 +547,11 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
         get(
             public,
             fa,
-            &[("x-original-uri", "/admin/x"), ("authorization", &bearer)],
+            &[
+                ("x-forwarded-host", "api.test"),
+                ("x-original-uri", "/admin/x"),
+                ("authorization", &bearer),
+            ],
         ),
     )
     .await;
@@ -544,7 +563,11 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
         get(
             public,
             fa,
-            &[("x-original-uri", "/limited"), ("authorization", &bearer)],
+            &[
+                ("x-forwarded-host", "api.test"),
+                ("x-original-uri", "/limited"),
+                ("authorization", &bearer),
+            ],
         ),
     )
     .await;
@@ -620,6 +643,7 @@ async fn proxy_guards_forwards_and_answers_forward_auth() {
             "/_portcullis/auth/traefik",
             &[
                 ("x-forwarded-uri", "/docs/3"),
+                ("x-forwarded-host", "api.test"),
                 ("x-forwarded-method", "GET"),
                 ("authorization", &bearer),
             ],

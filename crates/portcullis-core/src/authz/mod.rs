@@ -1,6 +1,7 @@
 //! Authorization: wildcard permissions, roles, route rules and signed
 //! service requests, all sans-I/O.
 
+pub mod grant;
 pub mod permission;
 pub mod roles;
 pub mod routes;

@@ -124,6 +124,16 @@ impl Permission {
         &self.text
     }
 
+    /// The segments before a trailing `*` (none for `*` alone).
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Whether a trailing `*` opens everything strictly below the segments.
+    pub fn is_below(&self) -> bool {
+        self.below
+    }
+
     /// Whether this grant covers the literal permission `required`.
     pub fn grants(&self, required: &str) -> bool {
         if !is_valid_required(required) {

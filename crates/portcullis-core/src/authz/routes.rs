@@ -87,6 +87,11 @@ pub struct RouteRule {
     /// Requirements of an `allow` rule.
     #[serde(default)]
     pub require: Requirements,
+    /// Whether paths with parameters (`/a;v=1/b`, as servlet containers
+    /// read them) may be allowed by this rule (default false: refused as
+    /// `malformed_path`). The rule matches the path with them removed.
+    #[serde(default)]
+    pub path_parameters: bool,
 }
 
 impl RouteRule {
@@ -99,6 +104,7 @@ impl RouteRule {
             path: path.into(),
             host: None,
             require: Requirements::default(),
+            path_parameters: false,
         }
     }
 
@@ -121,6 +127,13 @@ impl RouteRule {
     #[must_use]
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
+        self
+    }
+
+    /// Lets paths with parameters (`;`) through this rule.
+    #[must_use]
+    pub fn path_parameters(mut self, allowed: bool) -> Self {
+        self.path_parameters = allowed;
         self
     }
 
@@ -259,6 +272,8 @@ impl<'a> RequestFacts<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteMatch {
     malformed: bool,
+    /// The path had parameters (`;`); matched without them.
+    params: bool,
     deny: Option<u32>,
     allow: Option<u32>,
 }
@@ -301,7 +316,8 @@ pub enum Reason<'a> {
     MissingScope(&'a str),
     /// The caller's tenant differs from the path's (or the caller has none).
     TenantMismatch,
-    /// The path has `.` or `..` segments; normalize it before authorizing.
+    /// The path has no single meaning (`.` or `..` segments, an encoded
+    /// `/`), or has parameters (`;`) the rule does not accept.
     MalformedPath,
     /// A custom policy denied.
     Policy(&'a str),
@@ -448,6 +464,7 @@ struct CompiledRule {
     scopes: Box<[Box<str>]>,
     tenant_param: Option<Box<str>>,
     policies: Box<[Box<str>]>,
+    path_parameters: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -530,45 +547,18 @@ fn boxed(v: &[String]) -> Box<[Box<str>]> {
     v.iter().map(|s| s.as_str().into()).collect()
 }
 
-/// The path as rules see it: percent-encoded unreserved characters decoded
-/// (so `/%61dmin` is `/admin`), other escapes kept with upper-case hex.
-/// `None` for a path a backend could route elsewhere than we match: `.` or
-/// `..` segments, an encoded `/`, backslash or NUL, a raw backslash, a bad escape.
-/// Allocates only when the path has a `%`.
-fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
-    let path = if path.contains('%') {
-        let b = path.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] != b'%' {
-                out.push(b[i]);
-                i += 1;
-                continue;
-            }
-            let hex = b.get(i + 1..i + 3)?;
-            let digit = |c: u8| char::from(c).to_digit(16);
-            let v = u8::try_from(digit(hex[0])? * 16 + digit(hex[1])?).ok()?;
-            match v {
-                b'/' | b'\\' | 0 => return None,
-                v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
-                    out.push(v);
-                }
-                _ => {
-                    out.push(b'%');
-                    out.extend(hex.iter().map(u8::to_ascii_uppercase));
-                }
-            }
-            i += 3;
-        }
-        Cow::Owned(String::from_utf8(out).ok()?)
-    } else {
-        Cow::Borrowed(path)
-    };
-    if path.contains('\\') || path.split('/').any(|s| s == "." || s == "..") {
-        return None;
+/// The path as rules see it: the canonical path
+/// ([`crate::canonical::path`]), with path parameters removed, and whether
+/// it had any. `None` for a path a backend could route elsewhere than we
+/// match: `.` or `..` segments, an encoded `/`, backslash or NUL, a raw
+/// backslash, a bad escape.
+fn normalize_path(path: &str) -> Option<(Cow<'_, str>, bool)> {
+    let path = crate::canonical::path(path).ok()?;
+    if !crate::canonical::has_path_parameters(&path) {
+        return Some((path, false));
     }
-    Some(path)
+    let stripped = crate::canonical::without_path_parameters(&path).into_owned();
+    Some((Cow::Owned(stripped), true))
 }
 
 /// Splits off the next non-empty path segment.
@@ -589,6 +579,7 @@ fn host_matches(rule: &HostMatch, host: Option<&str>) -> bool {
         HostMatch::Exact(h) | HostMatch::Suffix(h) => {
             let Some(host) = host else { return false };
             let host = strip_port(host);
+            let host = host.strip_suffix('.').unwrap_or(host);
             match rule {
                 HostMatch::Exact(_) => host.eq_ignore_ascii_case(h),
                 _ => {
@@ -882,6 +873,7 @@ impl AccessPolicy {
                 scopes: boxed(&q.scopes),
                 tenant_param: q.tenant_param.as_deref().map(Into::into),
                 policies: boxed(&q.policies),
+                path_parameters: r.path_parameters,
             });
         }
         // Precedence: most specific first, declaration order among equals.
@@ -1082,9 +1074,10 @@ impl AccessPolicy {
     /// Which rules match `facts`, to decide with [`Self::decide_matched`]
     /// without walking the trie twice.
     pub fn match_route(&self, facts: &RequestFacts<'_>) -> RouteMatch {
-        let Some(path) = normalize_path(facts.path) else {
+        let Some((path, params)) = normalize_path(facts.path) else {
             return RouteMatch {
                 malformed: true,
+                params: false,
                 deny: None,
                 allow: None,
             };
@@ -1096,6 +1089,7 @@ impl AccessPolicy {
         let (deny, allow) = self.matching(facts);
         RouteMatch {
             malformed: false,
+            params,
             deny,
             allow,
         }
@@ -1131,6 +1125,9 @@ impl AccessPolicy {
             return deny(Some(&self.rules[id as usize].name), Reason::DeniedByRule);
         }
         let Some(id) = allow_rule else {
+            if matched.params {
+                return deny(None, Reason::MalformedPath);
+            }
             return match self.default {
                 Effect::Allow => Decision {
                     allowed: true,
@@ -1143,6 +1140,9 @@ impl AccessPolicy {
         };
         let r = &self.rules[id as usize];
         let name = Some(&*r.name);
+        if matched.params && !r.path_parameters {
+            return deny(name, Reason::MalformedPath);
+        }
         if r.anonymous {
             return Decision {
                 allowed: true,
@@ -1180,7 +1180,7 @@ impl AccessPolicy {
             return deny(name, Reason::MissingAnyPermission(&r.permissions_any));
         }
         if let Some(param) = &r.tenant_param {
-            let Some(path) = normalize_path(facts.path) else {
+            let Some((path, _)) = normalize_path(facts.path) else {
                 return deny(name, Reason::MalformedPath);
             };
             let path_tenant = Self::param(r, &path, param);

@@ -2,11 +2,19 @@
 //! the stores a configuration names (later ones can be made through the
 //! admin API itself: `POST /admin/users/admin:<name>/api-keys`).
 //!
-//! The key is an API key whose owner is `admin:<name>` holding `admin.*`
-//! (or the `--permission`s given, e.g. `admin.users.read` for a read-only
-//! operator). It is printed once, as JSON on stdout; only its keyed hash is
+//! The key is an API key whose owner is `admin:<name>` holding `*` (or the
+//! `--permission`s given, e.g. `admin.users.read` for a read-only operator,
+//! or `admin.users.write` and `docs.*` for one who manages the users of the
+//! docs app). No grant exceeds its granter: through the admin API a key can
+//! give only what it holds, so the first key holds everything; an admin
+//! key never works on the public listener, so `*` opens only the admin API
+//! there. It is printed once, as JSON on stdout; only its keyed hash is
 //! stored. Present it to the admin API on the ops listener as
 //! `Authorization: Bearer pck_…`.
+//!
+//! The key is written to the stores of the configuration; with
+//! `storage.url = "memory"` those live inside each process, so a key made
+//! here would be unknown to the running gateway: that is refused (exit 2).
 
 use std::path::PathBuf;
 
@@ -25,7 +33,8 @@ pub struct BootstrapArgs {
     /// Who the key is for: its owner becomes `admin:<NAME>`.
     #[arg(long, value_name = "NAME", default_value = "root")]
     pub name: String,
-    /// A permission of the key (repeatable); default `admin.*`.
+    /// A permission of the key (repeatable); default `*` (everything,
+    /// which it may also grant).
     #[arg(long = "permission", value_name = "PERMISSION")]
     pub permissions: Vec<String>,
 }
@@ -42,16 +51,29 @@ pub fn bootstrap(args: &BootstrapArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--name is 1-64 of [A-Za-z0-9._-]".into()));
     }
     let permissions = if args.permissions.is_empty() {
-        vec!["admin.*".to_owned()]
+        vec!["*".to_owned()]
     } else {
         args.permissions.clone()
     };
-    if let Some(p) = permissions.iter().find(|p| !p.starts_with("admin.")) {
+    if let Some((p, e)) = permissions.iter().find_map(|p| {
+        portcullis_core::authz::Permission::parse(p)
+            .err()
+            .map(|e| (p, e))
+    }) {
         return Err(CliError::Usage(format!(
-            "`{p}` is not an admin permission (admin.*, admin.users.read, …)"
+            "--permission `{p}`: {e} (e.g. *, admin.*, admin.users.read, docs.*)"
         )));
     }
     let config = crate::config::load(&args.config).map_err(CliError::Config)?;
+    if matches!(
+        crate::config::StorageUrl::parse(&config.storage.url),
+        Ok(crate::config::StorageUrl::Memory)
+    ) {
+        return Err(CliError::Usage(format!(
+            "{}: storage.url = \"memory\" keeps the stores inside each process, so a key made here would be unknown to the running gateway; use a durable store (storage.url = \"sqlite://…\" or \"postgres://…\")",
+            args.config.display()
+        )));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

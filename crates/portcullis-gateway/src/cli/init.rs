@@ -82,6 +82,14 @@ audience = ["api"]
 [audit]
 sqlite = "{audit}"
 
+[forward_auth]
+# Off: the gateway proxies to the app itself. Turn it on only when nginx,
+# Traefik, Caddy or Envoy in front of the app asks the gateway
+# (`portcullis snippets`), and list that proxy in
+# guard.client_ip.trusted_proxies: anyone else who reaches the endpoints
+# could ask about requests they forge.
+enabled = false
+
 [guard]
 default = "deny"                       # requests matching no route are refused
 

@@ -69,7 +69,12 @@ impl Inputs {
     pub fn new(config: Option<&Config>, args: &SnippetsArgs) -> Result<Self, CliError> {
         let defaults = (
             SocketAddr::from(([0, 0, 0, 0], 8080)),
-            ForwardAuthConfig::default(),
+            // A snippet without a configuration is for a gateway that will
+            // turn forward-auth on.
+            ForwardAuthConfig {
+                enabled: true,
+                ..ForwardAuthConfig::default()
+            },
             IdentityHeaders::default(),
             portcullis::guard::CredentialHeaders::default(),
         );
@@ -84,7 +89,7 @@ impl Inputs {
         };
         if !fa.enabled {
             return Err(CliError::Usage(
-                "forward_auth.enabled is false in this configuration: a proxy in front would have no endpoint to ask".into(),
+                "forward_auth.enabled is false in this configuration (the default): a proxy in front would have no endpoint to ask; set `[forward_auth] enabled = true`".into(),
             ));
         }
         let gateway = match &args.gateway {
@@ -225,6 +230,7 @@ fn nginx(i: &Inputs) -> String {
          \x20       proxy_set_header Content-Length \"\";\n\
          \x20       proxy_set_header X-Original-URI $request_uri;\n\
          \x20       proxy_set_header X-Original-Method $request_method;\n\
+         \x20       proxy_set_header X-Forwarded-Host $host;\n\
          \x20       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          \x20       proxy_set_header X-Request-Id $request_id;\n\
          \x20   }}\n\n\
@@ -274,7 +280,13 @@ fn caddy(i: &Inputs) -> String {
         listen = i.listen,
     );
     for n in &names {
-        s += &format!("        request_header -{n}\n");
+        // The `_` spelling too: Caddy passes `X_Portcullis_Roles` on, WSGI
+        // servers read it as `X-Portcullis-Roles`, and the gateway refuses a
+        // forward-auth request that still carries one.
+        s += &format!(
+            "        request_header -{n}\n        request_header -{}\n",
+            n.replace('-', "_")
+        );
     }
     s += &format!(
         "        forward_auth {gw} {{\n\

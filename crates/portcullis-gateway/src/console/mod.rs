@@ -403,7 +403,8 @@ impl Console {
             Err(portcullis::stores::StoreError::InvalidApiKey) => return Err(invalid()),
             Err(e) => return Err(Problem::from(e)),
         };
-        if !record.owner.starts_with(crate::admin::ADMIN_OWNER_PREFIX) {
+        // The same kind of principal as the admin API accepts.
+        if !crate::escalation::is_admin_owner(&record.owner) {
             tracing::warn!(key_id = %record.id, "console sign-in refused: not an admin key");
             return Err(invalid());
         }

@@ -79,6 +79,12 @@ pub struct RouteConfig {
     /// `enforce` (default) or `dry_run`.
     #[serde(default)]
     pub mode: Mode,
+    /// Whether paths with parameters (`/a;v=1/b`) may pass (default
+    /// false: refused as `malformed_path`, since servlet containers route
+    /// `/admin;x/users` to `/admin/users`). The route matches the path
+    /// with its parameters removed.
+    #[serde(default)]
+    pub path_parameters: bool,
 }
 
 fn default_credentials() -> Vec<CredentialSource> {
@@ -98,6 +104,7 @@ impl RouteConfig {
             require: Requirements::default(),
             rate_limits: Vec::new(),
             mode: Mode::Enforce,
+            path_parameters: false,
         }
     }
 

@@ -173,6 +173,8 @@ struct Inner {
     max_signed_body: usize,
     /// API keys whose owner starts with one of these are refused here.
     refused_key_owners: Vec<Box<str>>,
+    /// When set, only API keys whose owner starts with this are accepted.
+    required_key_owner: Option<Box<str>>,
 }
 
 /// Decides requests; cheap to clone and share.
@@ -211,6 +213,7 @@ pub struct GuardBuilder {
     redactor: Redactor,
     clock: Arc<dyn Clock>,
     refused_key_owners: Vec<Box<str>>,
+    required_key_owner: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for GuardBuilder {
@@ -267,6 +270,15 @@ impl GuardBuilder {
     #[must_use]
     pub fn refuse_api_key_owners(mut self, prefix: impl Into<String>) -> Self {
         self.refused_key_owners.push(prefix.into().into_boxed_str());
+        self
+    }
+
+    /// Accepts only API keys whose owner starts with `prefix` (any other is
+    /// `auth.invalid_api_key`), e.g. `admin:` on the admin API, so a key
+    /// whose grants happen to cover an admin route is still not an admin key.
+    #[must_use]
+    pub fn require_api_key_owner(mut self, prefix: impl Into<String>) -> Self {
+        self.required_key_owner = Some(prefix.into().into_boxed_str());
         self
     }
 
@@ -485,6 +497,7 @@ impl GuardBuilder {
                 path: r.path.clone(),
                 host: r.host.clone(),
                 require,
+                path_parameters: r.path_parameters,
             });
             let name: Arc<str> = Arc::from(r.name.as_str());
             routes.push(CompiledRoute {
@@ -582,6 +595,7 @@ impl GuardBuilder {
                 clock: self.clock,
                 max_signed_body: config.max_signed_body_bytes,
                 refused_key_owners: self.refused_key_owners,
+                required_key_owner: self.required_key_owner,
             }),
         })
     }
@@ -622,6 +636,7 @@ impl Guard {
             anomaly: None,
             audit: None,
             refused_key_owners: Vec::new(),
+            required_key_owner: None,
             policies: Vec::new(),
             redactor: Redactor::default(),
             clock: Arc::new(SystemClock),
@@ -801,6 +816,35 @@ impl Guard {
             outcome: Err(Refused {
                 refusal,
                 reason: "body_too_large",
+            }),
+            principal: None,
+            headers: Vec::new(),
+            dry_run: false,
+        };
+        self.conclude(started, request_id, client_ip, route, event, steps)
+    }
+
+    /// 400 `request.malformed` for a request with no single meaning (the
+    /// gateway's canonical form refused it before any check), with its
+    /// one audit event; `reason` is the specific stable reason
+    /// (e.g. `request.host_mismatch`). Never let through, not even on a
+    /// `dry_run` route.
+    pub fn malformed(
+        &self,
+        parts: &Parts,
+        peer: Option<IpAddr>,
+        reason: &'static str,
+        detail: &str,
+    ) -> Decision {
+        let started = Instant::now();
+        let request_id = self.request_id(parts, peer);
+        let client_ip = peer.map(|p| self.client_ip(parts, p));
+        let route = self.route_of(parts);
+        let event = self.snapshot(parts, &request_id, client_ip, route);
+        let steps = Steps {
+            outcome: Err(Refused {
+                refusal: Refusal::new(ErrorCode::MalformedRequest, detail),
+                reason,
             }),
             principal: None,
             headers: Vec::new(),
@@ -1254,6 +1298,20 @@ impl Guard {
                             self.auth_refusal(
                                 ErrorCode::InvalidApiKey,
                                 "this API key is not accepted here (an admin key works only on the admin listener)",
+                            ),
+                            Some(record.id.clone()),
+                        ))
+                    }
+                    Ok((record, false))
+                        if inner
+                            .required_key_owner
+                            .as_ref()
+                            .is_some_and(|prefix| !record.owner.starts_with(&**prefix)) =>
+                    {
+                        Err((
+                            self.auth_refusal(
+                                ErrorCode::InvalidApiKey,
+                                "this API key is not accepted here (only an admin key, owner `admin:<name>`, works on the admin API)",
                             ),
                             Some(record.id.clone()),
                         ))

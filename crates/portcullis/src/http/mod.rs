@@ -64,6 +64,12 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRoute(pub Arc<str>);
 
+/// The refusal a `dry_run` route did not enforce, in the extensions of the
+/// request it let through: its stable code. An upstream behind the gateway
+/// reads it as `X-Portcullis-Dry-Run: would-deny <code>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DryRunRefusal(pub portcullis_core::ErrorCode);
+
 /// The authenticated caller, in the request extensions of an allowed
 /// request; also the axum extractor (401 when absent).
 #[derive(Clone)]
@@ -285,6 +291,9 @@ where
             }
             if let Some(route) = &decision.route {
                 parts.extensions.insert(MatchedRoute(Arc::clone(route)));
+            }
+            if let Some(r) = &decision.dry_run_refusal {
+                parts.extensions.insert(DryRunRefusal(r.code));
             }
             let request_id = http::HeaderValue::from_str(&decision.request_id).ok();
             if let Some(v) = &request_id {

@@ -7,7 +7,7 @@ use axum::response::Response;
 use http::StatusCode;
 use portcullis_core::ErrorCode;
 use portcullis_core::audit::EventKind;
-use portcullis_core::authz::permission::grant_str_matches;
+use portcullis_core::authz::grant::user_grant_covers;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{Caller, Client, JsonBody};
@@ -74,12 +74,11 @@ struct KeyList {
     api_keys: Vec<KeyView>,
 }
 
-/// Whether the holder of `grants` may hand `requested` on: an exact grant
-/// of its own, or a literal permission one of its grants covers.
+/// Whether the user holding `grants` may hand `requested` on: one of its
+/// grants covers it (wildcards on both sides), and it is not in the
+/// `admin.` namespace, which no user's grant reaches, `*` included.
 fn may_delegate(grants: &[String], requested: &str) -> bool {
-    grants
-        .iter()
-        .any(|g| g == requested || grant_str_matches(g, requested))
+    grants.iter().any(|g| user_grant_covers(g, requested))
 }
 
 /// `POST /api-keys`: a key for the caller with at most the caller's
