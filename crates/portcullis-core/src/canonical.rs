@@ -175,7 +175,7 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, NonCanonical> {
         return Err(NonCanonical::MalformedPath);
     }
     let b = raw.as_bytes();
-    let needs_work = b.iter().any(|&c| c == b'%') || raw.contains("//");
+    let needs_work = b.contains(&b'%') || raw.contains("//");
     if b.iter().any(|&c| c == b'\\' || !(0x21..0x7f).contains(&c)) {
         return Err(NonCanonical::MalformedPath);
     }

@@ -1663,12 +1663,7 @@ async fn audit_stream(
     };
     // The guard let this key in; its id names the per-key cap, and the
     // stream checks it again every second.
-    let key = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|k| k.trim().to_owned())
-        .unwrap_or_default();
+    let key = presented_api_key(&headers).unwrap_or_default();
     let record =
         portcullis::stores::hook::within_budget(STORE_BUDGET, s.stores.verify_api_key(&key))
             .await
@@ -1734,6 +1729,21 @@ async fn audit_stream(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The API key a request presents, where the admin guard reads it:
+/// `Authorization: Bearer pck_…` (scheme in any case), else `X-API-Key`.
+fn presented_api_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| t.starts_with(portcullis::stores::API_KEY_PREFIX));
+    bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_owned)
 }
 
 /// Stable code: too many live streams are open (429).

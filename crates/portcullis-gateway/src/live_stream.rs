@@ -182,3 +182,99 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stream that never yields: only the re-check can end it.
+    fn silent() -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+        futures_util::stream::pending()
+    }
+
+    fn checker(
+        answers: Vec<Standing>,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl FnMut() -> Pin<Box<dyn Future<Output = Standing> + Send>> + Send + 'static,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        let check = move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let answer = answers
+                .get(n)
+                .or(answers.last())
+                .cloned()
+                .unwrap_or(Standing::Valid);
+            Box::pin(async move { answer }) as Pin<Box<dyn Future<Output = Standing> + Send>>
+        };
+        (calls, check)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_credential_ends_the_stream_with_one_last_event() {
+        let slots = StreamSlots::new(2, 1);
+        let slot = slots.acquire("k").unwrap();
+        let (calls, check) = checker(vec![
+            Standing::Valid,
+            Standing::Valid,
+            Standing::Valid,
+            Standing::Revoked("gone".into()),
+        ]);
+        let start = tokio::time::Instant::now();
+        let mut stream = Box::pin(until_revoked(silent(), Some(slot), check));
+        let last = stream.next().await.unwrap().unwrap();
+        assert_eq!(last, revoked_event("gone"));
+        assert!(stream.next().await.is_none(), "nothing after revoked");
+        // Checked at once, then every second: the fourth check is at 3 s.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(start.elapsed(), RECHECK * 3);
+        // Its slot was given back.
+        drop(stream);
+        assert!(slots.acquire("k").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfirmable_credential_ends_the_stream_after_the_limit() {
+        let (_, check) = checker(vec![Standing::Valid, Standing::Unknown]);
+        let start = tokio::time::Instant::now();
+        let mut stream = Box::pin(until_revoked(silent(), None, check));
+        let last = stream.next().await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&last).starts_with("event: revoked\n"),
+            "{last:?}"
+        );
+        let waited = start.elapsed();
+        assert!(
+            waited > UNCONFIRMED_LIMIT && waited <= UNCONFIRMED_LIMIT + RECHECK * 2,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_inner_streams_events_pass_while_the_credential_stands() {
+        let inner = futures_util::stream::iter(
+            ["a", "b"].map(|s| Ok::<_, std::convert::Infallible>(Bytes::from(s))),
+        );
+        let (_, check) = checker(vec![Standing::Valid]);
+        let got: Vec<_> = until_revoked(inner, None, check)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(got, vec![Bytes::from("a"), Bytes::from("b")]);
+    }
+
+    #[test]
+    fn slots_are_capped_per_key_and_in_total_and_given_back() {
+        let slots = StreamSlots::new(3, 2);
+        let a1 = slots.acquire("a").unwrap();
+        let _a2 = slots.acquire("a").unwrap();
+        assert_eq!(slots.acquire("a").unwrap_err(), SlotRefused::PerKey(2));
+        let _b1 = slots.acquire("b").unwrap();
+        assert_eq!(slots.acquire("c").unwrap_err(), SlotRefused::Total(3));
+        drop(a1);
+        assert!(slots.acquire("c").is_ok());
+    }
+}

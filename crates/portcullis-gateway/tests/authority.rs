@@ -27,6 +27,8 @@ struct Env {
     client: HttpClient,
     config: String,
     key: String,
+    /// The PostgreSQL database of `storage.url`, dropped after the gateway.
+    _db: Option<support::FreshDatabase>,
 }
 
 fn config_text(
@@ -35,7 +37,11 @@ fn config_text(
     ops: SocketAddr,
     upstream: SocketAddr,
     server_extra: &str,
+    storage_url: Option<&str>,
 ) -> String {
+    let stores = dir.join("stores.db");
+    let storage_url =
+        storage_url.map_or_else(|| format!("sqlite://{}", stores.display()), str::to_owned);
     let (keys, pepper) = (dir.join("keys"), dir.join("pepper"));
     format!(
         r#"
@@ -45,7 +51,7 @@ ops_listen = "{ops}"
 {server_extra}
 
 [storage]
-url = "sqlite://{stores}"
+url = "{storage_url}"
 pepper_file = "{pepper}"
 
 [keys]
@@ -68,7 +74,6 @@ name = "echo"
 url = "http://{upstream}"
 routes = ["open"]
 "#,
-        stores = dir.join("stores.db").display(),
         pepper = pepper.display(),
         keys = keys.display(),
         audit = dir.join("audit.db").display(),
@@ -76,11 +81,23 @@ routes = ["open"]
 }
 
 async fn start(name: &str, server_extra: &str) -> Env {
+    start_with(name, server_extra, None).await
+}
+
+/// A gateway on SQLite, or on `db` (PostgreSQL) when given.
+async fn start_with(name: &str, server_extra: &str, db: Option<support::FreshDatabase>) -> Env {
     let dir = TempDir::new(name);
     keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
     let (public, ops) = (free_port(), free_port());
-    let text = config_text(&dir, public, ops, upstream, server_extra);
+    let text = config_text(
+        &dir,
+        public,
+        ops,
+        upstream,
+        server_extra,
+        db.as_ref().map(|d| d.url.as_str()),
+    );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, &text).unwrap();
     let config = path.to_str().unwrap().to_owned();
@@ -94,6 +111,7 @@ async fn start(name: &str, server_extra: &str) -> Env {
         client,
         config,
         key,
+        _db: db,
     }
 }
 
@@ -226,11 +244,39 @@ async fn an_open_stream_ends_with_revoked_when_its_key_is_revoked() {
         .admin("DELETE", &format!("/admin/api-keys/{streamer_id}"), None)
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    // Within the 1 s revocation bound plus the 1 s re-check (generous
-    // bound for a loaded machine).
+    let revoked = std::time::Instant::now();
     let (seen, ended) = read_to_end(&mut body, Duration::from_secs(10)).await;
     assert!(ended, "the stream outlived its key: {seen}");
     assert!(seen.contains("event: revoked"), "{seen}");
+    // The key is checked every second (a revocation on this replica is
+    // seen at once; on another, within the 1 s revocation bound).
+    let took = revoked.elapsed();
+    assert!(
+        took <= Duration::from_secs(2),
+        "ended {took:?} after the DELETE"
+    );
+    // The revoked key opens no new stream.
+    let r = env
+        .admin_as(&streamer, "GET", "/admin/audit/stream", None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_with_x_api_key_is_held_to_its_key_too() {
+    let env = start("auth-stream-xkey", "").await;
+    let (streamer, streamer_id) = bootstrap(&env.config, &["--name", "streamer"]);
+    let response = env
+        .stream("/admin/audit/stream", &[("x-api-key", &streamer)])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let r = env
+        .admin("DELETE", &format!("/admin/api-keys/{streamer_id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let (seen, ended) = read_to_end(&mut body, Duration::from_secs(10)).await;
+    assert!(ended && seen.contains("event: revoked"), "{seen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,9 +322,71 @@ async fn a_console_stream_ends_with_revoked_at_sign_out() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let signed_out = std::time::Instant::now();
     let (seen, ended) = read_to_end(&mut body, Duration::from_secs(10)).await;
     assert!(ended, "the console stream outlived its session: {seen}");
     assert!(seen.contains("event: revoked"), "{seen}");
+    let took = signed_out.elapsed();
+    assert!(
+        took <= Duration::from_secs(2),
+        "ended {took:?} after sign-out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_stream_ends_with_revoked_when_its_key_is_revoked() {
+    let env = start("auth-stream-console-key", "").await;
+    let (console_key, console_id) = bootstrap(&env.config, &["--name", "console"]);
+    let origin = format!("http://{}", env.gateway.ops);
+    let r = env
+        .ops(
+            "POST",
+            "/console/session",
+            &[("origin", &origin)],
+            Some(json!({"key": console_key})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let response = env
+        .stream("/console/api/admin/audit/stream", &[("cookie", &cookie)])
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    env.traffic().await;
+    let (seen, ended) = read_to_end(&mut body, Duration::from_millis(1500)).await;
+    assert!(!ended, "the stream ended early: {seen}");
+
+    // Another operator revokes the console session's key.
+    let r = env
+        .admin("DELETE", &format!("/admin/api-keys/{console_id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let revoked = std::time::Instant::now();
+    let (seen, ended) = read_to_end(&mut body, Duration::from_secs(10)).await;
+    assert!(ended, "the console stream outlived its key: {seen}");
+    assert!(seen.contains("event: revoked"), "{seen}");
+    let took = revoked.elapsed();
+    assert!(
+        took <= Duration::from_secs(2),
+        "ended {took:?} after the DELETE"
+    );
+    // The cookie no longer opens one.
+    let r = env
+        .ops(
+            "GET",
+            "/console/api/admin/audit/stream",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,9 +429,59 @@ async fn open_streams_are_capped_per_key_and_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_ten_rotations_at_once_exactly_one_is_accepted() {
     let env = start("auth-rotate", "").await;
+    ten_rotations_at_once(&env, &[env.gateway.ops]).await;
+}
+
+/// Two replicas on one PostgreSQL database: ten rotations at once, sent
+/// to both in turn, and exactly one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_ten_rotations_at_once_on_two_postgres_replicas_exactly_one_is_accepted() {
+    let Some(db) = support::FreshDatabase::create("authrotate").await else {
+        return;
+    };
+    let env = start_with("auth-rotate-pg", "", Some(db)).await;
+    // A second replica: the same file but its own listeners.
+    let (public, ops) = (free_port(), free_port());
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&env.gateway.public.to_string(), &public.to_string())
+        .replace(&env.gateway.ops.to_string(), &ops.to_string());
+    let second = Gateway::start(&env.dir, "replica-b", &text, public, ops);
+    second.wait_ready(&env.client).await;
+    ten_rotations_at_once(&env, &[env.gateway.ops, second.ops]).await;
+    // Both replicas publish the one new key.
+    for replica in [env.gateway.public, public] {
+        let jwks = send(
+            &env.client,
+            request(replica, "GET", "/auth/.well-known/jwks.json", &[], None),
+        )
+        .await
+        .json();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut jwks = jwks;
+        while jwks["keys"].as_array().map_or(0, Vec::len) != 2 {
+            assert!(std::time::Instant::now() < deadline, "{replica}: {jwks}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            jwks = send(
+                &env.client,
+                request(replica, "GET", "/auth/.well-known/jwks.json", &[], None),
+            )
+            .await
+            .json();
+        }
+    }
+}
+
+/// Ten `POST /admin/keys/rotate` at once, spread over `replicas` (their
+/// ops listeners): exactly one 202, nine 409, one published key.
+async fn ten_rotations_at_once(env: &Env, replicas: &[SocketAddr]) {
     let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let (client, ops, key) = (env.client.clone(), env.gateway.ops, env.key.clone());
+    for i in 0..10 {
+        let (client, ops, key) = (
+            env.client.clone(),
+            replicas[i % replicas.len()],
+            env.key.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let bearer = format!("Bearer {key}");
             send(
@@ -416,6 +574,21 @@ async fn a_rotation_to_an_unpublishable_hmac_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_token_redeemed_eight_times_at_once_works_once() {
     let env = start("auth-reset", "").await;
+    eight_resets_at_once(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_token_redeemed_eight_times_at_once_on_postgres_works_once() {
+    let Some(db) = support::FreshDatabase::create("authreset").await else {
+        return;
+    };
+    let env = start_with("auth-reset-pg", "", Some(db)).await;
+    eight_resets_at_once(&env).await;
+}
+
+/// Eight `/auth/password/reset` at once with one token: exactly one 204,
+/// and only the winner's password logs in.
+async fn eight_resets_at_once(env: &Env) {
     let r = env
         .admin(
             "POST",
@@ -459,6 +632,25 @@ async fn a_reset_token_redeemed_eight_times_at_once_works_once() {
         .filter(|s| **s == StatusCode::UNAUTHORIZED)
         .count();
     assert_eq!((won, spent), (1, 7), "{statuses:?}");
+    // The one accepted password is the user's; the others never were.
+    let winner = statuses
+        .iter()
+        .position(|s| *s == StatusCode::NO_CONTENT)
+        .unwrap();
+    for i in 0..8 {
+        let body = json!({"username": "ivy", "password": format!("new password {i}")});
+        let r = send(
+            &env.client,
+            request(env.gateway.public, "POST", "/auth/login", &[], Some(body)),
+        )
+        .await;
+        let want = if i == winner {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(r.status, want, "password {i} (winner {winner}): {}", r.body);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,8 +683,49 @@ async fn reload_needs_an_admin_key_and_the_ops_listener_refuses_other_sites() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{header:?}: {}", r.body);
         assert_eq!(r.code().as_deref(), Some("request.cross_site"));
     }
+    // Every state-changing method, on any ops route: 403 before the
+    // admin guard (so even a valid key changes nothing).
+    for (method, path) in [
+        ("DELETE", "/admin/api-keys/nope"),
+        ("PUT", "/admin/users/nope/grants"),
+        ("PATCH", "/admin/users/nope"),
+        ("POST", "/admin/keys/rotate"),
+        ("DELETE", "/console/session"),
+    ] {
+        let r = env
+            .ops(
+                method,
+                path,
+                &[("authorization", &bearer), ("sec-fetch-site", "cross-site")],
+                None,
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {}",
+            r.body
+        );
+        assert_eq!(r.code().as_deref(), Some("request.cross_site"));
+    }
+    let keys = env.admin("GET", "/admin/keys", None).await.json();
+    assert!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["state"] != "published"),
+        "a cross-site rotation went through: {keys}"
+    );
     // A foreign Host (DNS rebinding): 421, on every route.
-    for path in ["/reload", "/metrics", "/openapi.json"] {
+    for path in [
+        "/reload",
+        "/metrics",
+        "/openapi.json",
+        "/health/ready",
+        "/admin/users",
+        "/console",
+    ] {
         let method = if path == "/reload" { "POST" } else { "GET" };
         let r = env
             .ops(
@@ -569,6 +802,8 @@ async fn url_credentials_never_reach_reload_answers_the_console_or_logs() {
         "PwJwks6",
         "PwUpstream7",
         "PwQuery8",
+        "PwPublic9",
+        "PwKeysIssuer10",
     ];
     let mut bad: String = text
         .lines()
@@ -580,6 +815,8 @@ async fn url_credentials_never_reach_reload_answers_the_console_or_logs() {
                     .to_owned()
             } else if l.starts_with("sqlite = ") {
                 format!("{l}\npostgres = \"postgress://app:PwAudit4@db.test/audit\"")
+            } else if l.starts_with("issuer = ") {
+                "issuer = \"https://u:PwKeysIssuer10@issuer.test/?q=1\"".to_owned()
             } else if l.starts_with("url = \"http://") {
                 l.replace("http://", "htp://u:PwUpstream7@")
             } else {
@@ -589,7 +826,7 @@ async fn url_credentials_never_reach_reload_answers_the_console_or_logs() {
         .collect::<Vec<_>>()
         .join("\n");
     bad.push_str(
-        "\n[[keys.trusted_issuers]]\nissuer = \"ftp://u:PwIssuer5@idp.test\"\njwks_url = \"ftp://u:PwJwks6@idp.test/jwks\"\n",
+        "\n[token_service]\npublic_url = \"https://u:PwPublic9@auth.test/?q=1\"\n\n[[keys.trusted_issuers]]\nissuer = \"ftp://u:PwIssuer5@idp.test\"\njwks_url = \"ftp://u:PwJwks6@idp.test/jwks\"\n",
     );
     std::fs::write(&env.config, &bad).unwrap();
 
@@ -643,11 +880,131 @@ async fn url_credentials_never_reach_reload_answers_the_console_or_logs() {
         assert!(!printed.contains(s), "{s} in config check: {printed}");
     }
 
+    // Well-formed URLs of every kind, with passwords: the reload fails on
+    // one conflict (`redis` and `redis_cluster` both set) and reports the
+    // restart-only keys; no password is quoted anywhere.
+    let valid_secrets = [
+        "PwPostgres11",
+        "PwRedis12",
+        "PwRediss13",
+        "PwAuditPg14",
+        "PwUpstream15",
+        "PwJwks16",
+        "PwPublic17",
+    ];
+    let spool = env.dir.join("spool");
+    let valid: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = \"sqlite://") {
+                "url = \"postgres://app:PwPostgres11@127.0.0.1:1/x\"\n\
+                 redis = \"redis://:PwRedis12@127.0.0.1:1\"\n\
+                 redis_cluster = [\"rediss://u:PwRediss13@127.0.0.1:2\"]"
+                    .to_owned()
+            } else if l.starts_with("sqlite = ") {
+                format!(
+                    "postgres = \"postgresql://a:PwAuditPg14@127.0.0.1:1/audit\"\nspool_dir = \"{}\"",
+                    spool.display()
+                )
+            } else if l.starts_with("url = \"http://") {
+                l.replace("http://", "http://u:PwUpstream15@")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n[token_service]\npublic_url = \"https://u:PwPublic17@auth.test\"\n\n\
+           [[keys.trusted_issuers]]\nissuer = \"https://idp.test\"\naudience = [\"api\"]\n\
+           jwks_url = \"https://u:PwJwks16@idp.test/jwks\"\n";
+    std::fs::write(&env.config, &valid).unwrap();
+    let r = env.admin("POST", "/reload", None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.contains("redis_cluster"), "{}", r.body);
+    let r2 = env
+        .ops("GET", "/console/api/config", &[("cookie", &cookie)], None)
+        .await;
+    let out = portcullis(&["config", "check", &env.config]);
+    let checked = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in valid_secrets {
+        assert!(!r.body.contains(s), "{s} in the reload answer: {}", r.body);
+        assert!(!r2.body.contains(s), "{s} in the console: {}", r2.body);
+        assert!(!checked.contains(s), "{s} in config check: {checked}");
+    }
+
     // The gateway's log.
     let log = std::fs::read_to_string(&env.gateway.log).unwrap();
     assert!(log.contains("configuration reload failed"), "{log}");
-    for s in secrets {
+    for s in secrets.iter().chain(&valid_secrets) {
         assert!(!log.contains(s), "{s} in the log: {log}");
     }
-    let _ = &env.dir;
+}
+
+/// A gateway that cannot reach its Redis or PostgreSQL says so at start,
+/// without the URL's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_credentials_never_reach_start_errors() {
+    let dir = TempDir::new("auth-redact-start");
+    keys_and_pepper(&dir);
+    let upstream = echo_upstream().await;
+    let closed = free_port();
+    let cases = [
+        (
+            "PwStartPg1",
+            format!("postgres://app:PwStartPg1@{closed}/x"),
+        ),
+        ("PwStartRedis2", format!("redis://:PwStartRedis2@{closed}")),
+        (
+            "PwStartRediss3",
+            format!("rediss://u:PwStartRediss3@{closed}"),
+        ),
+        (
+            "PwStartCluster4",
+            format!("redis://:PwStartCluster4@{closed}"),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (i, (secret, url)) in cases.iter().enumerate() {
+        let (public, ops) = (free_port(), free_port());
+        let mut text = config_text(&dir, public, ops, upstream, "", None);
+        text = match i {
+            0 => text.replace(
+                &format!("sqlite://{}", dir.join("stores.db").display()),
+                url,
+            ),
+            3 => text.replace(
+                "pepper_file =",
+                &format!("redis_cluster = [\"{url}\"]\npepper_file ="),
+            ),
+            _ => text.replace(
+                "pepper_file =",
+                &format!("redis = \"{url}\"\npepper_file ="),
+            ),
+        };
+        let path = dir.join(&format!("start-{i}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        runs.push((*secret, child));
+    }
+    for (secret, child) in runs {
+        let out = child.wait_with_output().unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{secret}: started: {printed}");
+        assert!(printed.contains("cannot start"), "{secret}: {printed}");
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
 }

@@ -630,7 +630,7 @@ impl Console {
                 },
             );
             let body = http_body_util::StreamBody::new(futures_util::StreamExt::map(stream, |r| {
-                r.map(http_body::Frame::data).map_err(BoxError::from)
+                r.map(http_body::Frame::data)
             }));
             return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }

@@ -193,6 +193,34 @@ mod tests {
     }
 
     #[test]
+    fn an_open_stream_sees_sign_out_and_both_limits_without_extending_them() {
+        let s = Sessions::new(4);
+        let t0 = Instant::now();
+        let who = sign_in(&s, t0);
+        // Asked every second by a stream: `alive` is not use.
+        let mut t = t0;
+        while t.duration_since(t0) + Duration::from_secs(60) < IDLE_TIMEOUT {
+            t += Duration::from_secs(60);
+            assert!(s.alive(&who.id, t));
+        }
+        assert!(!s.alive(&who.id, t0 + IDLE_TIMEOUT), "idle");
+        // Used by the page every 20 minutes: the 12 h limit still ends it.
+        let used = sign_in(&s, t0);
+        let mut t = t0;
+        while t.duration_since(t0) + Duration::from_secs(20 * 60) < ABSOLUTE_TIMEOUT {
+            t += Duration::from_secs(20 * 60);
+            assert!(s.get(&used.id, t).is_some());
+            assert!(s.alive(&used.id, t));
+        }
+        assert!(!s.alive(&used.id, t0 + ABSOLUTE_TIMEOUT), "absolute");
+        // Sign-out.
+        let out = sign_in(&s, t0);
+        assert!(s.alive(&out.id, t0));
+        assert!(s.remove(&out.id));
+        assert!(!s.alive(&out.id, t0));
+    }
+
+    #[test]
     fn the_table_is_bounded_and_drops_the_least_recently_used() {
         let s = Sessions::new(3);
         let t0 = Instant::now();
