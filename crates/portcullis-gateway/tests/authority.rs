@@ -572,6 +572,28 @@ async fn a_rotation_to_an_unpublishable_hmac_key_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hmac_rotation_is_accepted_when_its_secret_is_shared_out_of_band() {
+    let env = start("auth-hmac-shared", "").await;
+    let r = env
+        .admin(
+            "POST",
+            "/admin/keys/rotate",
+            Some(json!({"alg": "HS256", "shared_out_of_band": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = env
+        .admin(
+            "POST",
+            "/admin/keys/rotate",
+            Some(json!({"alg": "HS256", "shared_out_of_band": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.json()["alg"], "HS256", "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_token_redeemed_eight_times_at_once_works_once() {
     let env = start("auth-reset", "").await;
     eight_resets_at_once(&env).await;
@@ -619,37 +641,86 @@ async fn eight_resets_at_once(env: &Env) {
             .await
         }));
     }
-    let mut statuses = Vec::new();
+    let mut answers = Vec::new();
     for t in tasks {
-        statuses.push(t.await.unwrap().status);
+        let r = t.await.unwrap();
+        answers.push((r.status, r.code()));
     }
+    let statuses: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
     let won = statuses
         .iter()
         .filter(|s| **s == StatusCode::NO_CONTENT)
         .count();
-    let spent = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::UNAUTHORIZED)
-        .count();
-    assert_eq!((won, spent), (1, 7), "{statuses:?}");
-    // The one accepted password is the user's; the others never were.
-    let winner = statuses
-        .iter()
-        .position(|s| *s == StatusCode::NO_CONTENT)
-        .unwrap();
+    assert!(won <= 1, "{answers:?}");
+    if !statuses.contains(&StatusCode::SERVICE_UNAVAILABLE) {
+        assert_eq!(won, 1, "{answers:?}");
+    }
+    // The others find the token spent (401); on a loaded machine a call
+    // may outlast the store budget (503 backend.unavailable, its write
+    // possibly done: then it is the one that won, and no call says 204).
+    for (status, code) in &answers {
+        match *status {
+            StatusCode::NO_CONTENT => {}
+            StatusCode::UNAUTHORIZED => {
+                assert_eq!(
+                    code.as_deref(),
+                    Some("auth.invalid_credentials"),
+                    "{answers:?}"
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(code.as_deref(), Some("backend.unavailable"), "{answers:?}");
+            }
+            other => panic!("{other}: {answers:?}"),
+        }
+    }
+    // Exactly one of the eight passwords is the user's: the one answered
+    // 204 when there is one.
+    let winner = statuses.iter().position(|s| *s == StatusCode::NO_CONTENT);
+    let mut works = Vec::new();
     for i in 0..8 {
         let body = json!({"username": "ivy", "password": format!("new password {i}")});
-        let r = send(
+        let mut r = send(
             &env.client,
-            request(env.gateway.public, "POST", "/auth/login", &[], Some(body)),
+            request(
+                env.gateway.public,
+                "POST",
+                "/auth/login",
+                &[],
+                Some(body.clone()),
+            ),
         )
         .await;
-        let want = if i == winner {
-            StatusCode::OK
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        assert_eq!(r.status, want, "password {i} (winner {winner}): {}", r.body);
+        for _ in 0..20 {
+            if r.status != StatusCode::SERVICE_UNAVAILABLE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            r = send(
+                &env.client,
+                request(
+                    env.gateway.public,
+                    "POST",
+                    "/auth/login",
+                    &[],
+                    Some(body.clone()),
+                ),
+            )
+            .await;
+        }
+        match r.status {
+            StatusCode::OK => works.push(i),
+            StatusCode::UNAUTHORIZED => {}
+            other => panic!("password {i}: {other}: {}", r.body),
+        }
+    }
+    assert_eq!(
+        works.len(),
+        1,
+        "passwords that log in: {works:?} ({answers:?})"
+    );
+    if let Some(w) = winner {
+        assert_eq!(works, vec![w], "{answers:?}");
     }
 }
 
