@@ -264,6 +264,12 @@ pub const ROUTES: &[AdminRoute] = &[
         "admin.keys.write",
         "Start a signing-key rotation: a new key is published now and signs after the propagation delay",
     ),
+    route(
+        "POST",
+        "/reload",
+        "admin.config.write",
+        "Reload the configuration file (validate, then swap); from a loopback peer",
+    ),
 ];
 
 /// The token service's routes under its prefix, for the OpenAPI document.
@@ -351,6 +357,10 @@ struct AdminState {
     client_ip: portcullis_core::ratelimit::ClientIpConfig,
     keyring: Arc<KeyRing>,
     openapi: Arc<serde_json::Value>,
+    /// Open live streams, capped in total and per key.
+    streams: Arc<crate::live_stream::StreamSlots>,
+    /// `POST /reload` (none: not served, as in unit tests).
+    reloader: Option<Arc<crate::reload::Reloader>>,
     /// Where roles get their meaning, for the grant checks.
     roles: Option<RoleSource>,
 }
@@ -384,6 +394,10 @@ pub struct AdminParts {
     pub token_prefix: Option<String>,
     /// The signing keys and their rotation.
     pub keyring: Arc<KeyRing>,
+    /// Open live streams, capped in total and per key.
+    pub streams: Arc<crate::live_stream::StreamSlots>,
+    /// What `POST /reload` reloads (none: the route answers 404).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// The guard whose role table gives granted roles their meaning (the
     /// public listener's, as reloaded); none: no role is defined.
     pub roles: Option<RoleSource>,
@@ -400,6 +414,8 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         client_ip,
         token_prefix,
         keyring,
+        streams,
+        reloader,
         roles,
     } = parts;
     let token_prefix = token_prefix.as_deref();
@@ -425,6 +441,8 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         client_ip,
         keyring,
         openapi: Arc::new(openapi(token_prefix)),
+        streams,
+        reloader,
         roles,
     };
     let router = Router::new()
@@ -459,6 +477,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/audit/stream", get(audit_stream))
         .route("/admin/keys", get(list_keys))
         .route("/admin/keys/rotate", post(rotate_keys))
+        .route("/reload", post(reload_config))
         .route("/openapi.json", get(openapi_document))
         .layer(axum::middleware::from_fn(within_store_budget))
         .with_state(state);
@@ -586,7 +605,14 @@ struct RotateKeys {
     /// The new key's algorithm (default: the active key's).
     #[serde(default)]
     alg: Option<String>,
+    /// Accept an HMAC algorithm (HS256, …): its secret cannot be in the
+    /// JWKS, so every outside verifier must be given it out of band.
+    #[serde(default)]
+    shared_out_of_band: bool,
 }
+
+/// Stable code: the rotation names a key the JWKS cannot publish.
+pub const UNPUBLISHABLE_ALG: &str = "keys.unpublishable_algorithm";
 
 /// `POST /admin/keys/rotate`: 202 with the new key, which signs from its
 /// `activates_at`; 409 while an earlier rotation is pending.
@@ -604,6 +630,30 @@ async fn rotate_keys(
             )
         })?),
     };
+    // An HMAC key is a shared secret: it is never in the JWKS, so after
+    // it activates no outside verifier could check a token. Refused unless
+    // the caller says the secret is shared out of band.
+    let resolved = alg.or_else(|| {
+        s.keyring
+            .status()
+            .keys
+            .iter()
+            .find(|k| k.state == portcullis_core::jose::rotation::KeyState::Active)
+            .map(|k| k.alg)
+    });
+    if let Some(a) = resolved
+        && a.family() == portcullis_core::KeyFamily::Hmac
+        && !req.shared_out_of_band
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            UNPUBLISHABLE_ALG,
+            format!(
+                "`{}` is an HMAC algorithm: its key is a shared secret that the JWKS cannot publish, so every outside verifier would reject the tokens it signs; rotate to a public-key algorithm (ES256, EdDSA, RS256, …), or send \"shared_out_of_band\": true if every verifier gets the secret another way",
+                a.name()
+            ),
+        ));
+    }
     match s.keyring.rotate(alg).await {
         Ok(key) => Ok(json(StatusCode::ACCEPTED, &key)),
         Err(RotateError::Pending { kid, activates_at }) => Err(Problem::new(
@@ -620,6 +670,22 @@ async fn rotate_keys(
             e.to_string(),
         )),
     }
+}
+
+/// `POST /reload`: reloads the configuration file (see [`crate::reload`]).
+async fn reload_config(
+    State(s): State<AdminState>,
+    peer: Option<axum::Extension<portcullis::http::PeerAddr>>,
+) -> Response {
+    let Some(reloader) = &s.reloader else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let peer = peer.map_or_else(
+        || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        |axum::Extension(p)| p.0,
+    );
+    let (status, body) = crate::reload::handle_request(reloader, &http::Method::POST, peer).await;
+    json(status, &body)
 }
 
 // ------------------------------------------------------------------ users
@@ -1573,8 +1639,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// that reads too slowly skips ahead (`event: skipped`, how many) rather
 /// than holding anything up: the gateway keeps at most
 /// [`portcullis::audit::LIVE_BUFFER`] events for all streams together.
+///
+/// The stream answers to the key that opened it: checked again every
+/// second, it ends with `event: revoked` once the key is revoked or
+/// expires. Open streams are capped per key and in total (429).
 async fn audit_stream(
     State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
     params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(filter) = params.map_err(|e| Problem::bad_body(format!("invalid query: {e}")))?;
@@ -1590,6 +1661,25 @@ async fn audit_stream(
             "no audit log is configured ([audit])",
         ));
     };
+    // The guard let this key in; its id names the per-key cap, and the
+    // stream checks it again every second.
+    let key = presented_api_key(&headers).unwrap_or_default();
+    let record =
+        portcullis::stores::hook::within_budget(STORE_BUDGET, s.stores.verify_api_key(&key))
+            .await
+            .map_err(Problem::from)?;
+    let slot = s.streams.acquire(&record.id).map_err(|refused| {
+        let detail = match refused {
+            crate::live_stream::SlotRefused::Total(n) => format!(
+                "{n} live streams are open on this gateway (server.admin_streams); close one or retry later"
+            ),
+            crate::live_stream::SlotRefused::PerKey(n) => format!(
+                "this admin key holds {n} live streams already (server.admin_streams_per_key); close one first"
+            ),
+        };
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_STREAMS, detail)
+            .header(axum::http::header::RETRY_AFTER, "5")
+    })?;
     let live = writer.subscribe();
     let stream = futures_util::stream::unfold(
         (live, filter, true),
@@ -1625,6 +1715,12 @@ async fn audit_stream(
             }
         },
     );
+    let stores = Arc::clone(&s.stores);
+    let stream = crate::live_stream::until_revoked(stream, Some(slot), move || {
+        let stores = Arc::clone(&stores);
+        let key = key.clone();
+        Box::pin(async move { key_standing(&stores, &key).await })
+    });
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, "text/event-stream"),
@@ -1633,6 +1729,34 @@ async fn audit_stream(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The API key a request presents, where the admin guard reads it:
+/// `Authorization: Bearer pck_…` (scheme in any case), else `X-API-Key`.
+fn presented_api_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| t.starts_with(portcullis::stores::API_KEY_PREFIX));
+    bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_owned)
+}
+
+/// Stable code: too many live streams are open (429).
+pub const TOO_MANY_STREAMS: &str = "rate_limit.too_many_streams";
+
+/// Whether the admin key `key` still stands (an open stream asks every second).
+pub(crate) async fn key_standing(stores: &Stores, key: &str) -> crate::live_stream::Standing {
+    use crate::live_stream::Standing;
+    match tokio::time::timeout(Duration::from_secs(2), stores.verify_api_key(key)).await {
+        Ok(Ok(_)) => Standing::Valid,
+        Ok(Err(portcullis::stores::StoreError::Unavailable(_))) | Err(_) => Standing::Unknown,
+        Ok(Err(_)) => Standing::Revoked("the admin key was revoked or expired".into()),
+    }
 }
 
 #[cfg(test)]
@@ -1707,6 +1831,8 @@ mod tests {
             client_ip: Default::default(),
             token_prefix: None,
             keyring,
+            streams: crate::live_stream::StreamSlots::new(4, 2),
+            reloader: None,
             roles: None,
         })
         .unwrap();

@@ -184,6 +184,19 @@ pub struct ServerConfig {
     /// is 503 `gateway.too_many_websockets`.
     #[serde(default = "default_max_websockets")]
     pub max_websockets: usize,
+    /// More `Host` names the ops listener answers to, besides the loopback
+    /// names and its listen address (DNS rebinding protection: any other
+    /// `Host` is 421). `*.example.com` matches one or more labels.
+    #[serde(default)]
+    pub ops_hosts: Vec<String>,
+    /// Live audit streams (`/admin/audit/stream`, the console's) open at
+    /// once on this replica (default 32); past it, 429.
+    #[serde(default = "default_admin_streams")]
+    pub admin_streams: usize,
+    /// Live audit streams one admin key may hold open (default 4); past
+    /// it, 429.
+    #[serde(default = "default_admin_streams_per_key")]
+    pub admin_streams_per_key: usize,
 }
 
 fn default_request_body_timeout() -> Duration {
@@ -206,6 +219,12 @@ fn default_websocket_idle_timeout() -> Duration {
 }
 fn default_max_websockets() -> usize {
     1024
+}
+fn default_admin_streams() -> usize {
+    32
+}
+fn default_admin_streams_per_key() -> usize {
+    4
 }
 
 /// `[server.tls]`: the public listener terminates TLS (HTTP/2 and
@@ -271,6 +290,9 @@ impl Default for ServerConfig {
             ops_max_connections: default_ops_max_connections(),
             websocket_idle_timeout: default_websocket_idle_timeout(),
             max_websockets: default_max_websockets(),
+            ops_hosts: Vec::new(),
+            admin_streams: default_admin_streams(),
+            admin_streams_per_key: default_admin_streams_per_key(),
         }
     }
 }
@@ -1034,7 +1056,8 @@ impl fmt::Display for ConfigError {
         if let Some(key) = &self.key {
             write!(f, ": `{key}`")?;
         }
-        write!(f, ": {}", self.message)
+        // A value quoted back may be a URL with a password in it.
+        write!(f, ": {}", crate::redact::redact(&self.message))
     }
 }
 
@@ -1598,6 +1621,22 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             "server.ops_listen".into(),
             "must differ from `server.listen`".into(),
         );
+    }
+    if !(1..=10_000).contains(&config.server.admin_streams) {
+        err("server.admin_streams".into(), "must be 1 to 10000".into());
+    }
+    if config.server.admin_streams_per_key == 0
+        || config.server.admin_streams_per_key > config.server.admin_streams
+    {
+        err(
+            "server.admin_streams_per_key".into(),
+            "must be at least 1 and at most `server.admin_streams`".into(),
+        );
+    }
+    for (i, host) in config.server.ops_hosts.iter().enumerate() {
+        if let Err(reason) = crate::ops_guard::valid_host_pattern(host) {
+            err(format!("server.ops_hosts[{i}]"), reason.into());
+        }
     }
     if config.server.max_body_bytes == 0 {
         err("server.max_body_bytes".into(), "must be at least 1".into());

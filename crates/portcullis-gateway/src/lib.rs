@@ -16,6 +16,9 @@
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `live_stream`: open live streams, capped and ended when their credential is revoked.
+//! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
+//! - `redact`: credentials taken out of URLs in errors, logs and answers.
 //! - [`forward_auth`]: decision endpoints for nginx, Traefik, Caddy and Envoy.
 
 #![forbid(unsafe_code)]
@@ -33,7 +36,10 @@ pub mod escalation;
 mod forward_auth;
 mod identity;
 mod limits;
+mod live_stream;
+mod ops_guard;
 mod proxy;
+mod redact;
 mod reload;
 pub mod serve;
 mod storage;

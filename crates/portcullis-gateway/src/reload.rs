@@ -32,6 +32,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.pid_file",
     "server.worker_threads",
     "server.tls",
+    "server.ops_hosts",
+    "server.admin_streams",
+    "server.admin_streams_per_key",
     "server.idle_timeout",
     "server.max_connections",
     "server.ops_max_connections",
@@ -193,6 +196,14 @@ impl Reloader {
                 }
             }
         };
+        // No credential of any URL reaches the answer, the console or the log.
+        let redacted = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .into_iter()
+                .map(|l| crate::redact::redact(&l).into_owned())
+                .collect()
+        };
+        let outcome = outcome.map(redacted).map_err(redacted);
         match outcome {
             Ok(warnings) => {
                 for w in &warnings {
@@ -278,6 +289,16 @@ fn keep_restart_only(current: &Config, next: &mut Config) -> Vec<String> {
     n.ops_listen = c.ops_listen;
     n.shutdown_timeout = c.shutdown_timeout;
     n.pid_file.clone_from(&c.pid_file);
+    // The ops listener's names and stream caps are built once, with it.
+    keep("server.ops_hosts", c.ops_hosts != n.ops_hosts);
+    keep("server.admin_streams", c.admin_streams != n.admin_streams);
+    keep(
+        "server.admin_streams_per_key",
+        c.admin_streams_per_key != n.admin_streams_per_key,
+    );
+    n.ops_hosts.clone_from(&c.ops_hosts);
+    n.admin_streams = c.admin_streams;
+    n.admin_streams_per_key = c.admin_streams_per_key;
     keep("storage", current.storage != next.storage);
     keep("revocation", current.revocation != next.revocation);
     keep("keys", current.keys != next.keys);
@@ -313,8 +334,10 @@ pub(crate) fn on_sighup(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> 
     })
 }
 
-/// `POST /reload` on the ops listener: only from a loopback peer (the ops
-/// listener may be exposed for metrics; reloading stays local). 200
+/// `POST /reload` on the ops listener, an admin route (an admin key with
+/// `admin.config.write`, checked by the admin guard), and only from a
+/// loopback peer (the ops listener may be exposed for metrics; reloading
+/// stays local). 200
 /// `{"status":"ok","warnings":[…]}` or 422 `{"status":"error","errors":[…]}`.
 pub(crate) async fn handle_request(
     reloader: &Reloader,

@@ -64,7 +64,10 @@ pub enum ServeError {
 
 /// A start-up failure of `what`, from its message.
 pub(crate) fn start(what: &'static str) -> impl Fn(String) -> ServeError {
-    move |message| ServeError::Start { what, message }
+    move |message| ServeError::Start {
+        what,
+        message: crate::redact::redact(&message).into_owned(),
+    }
 }
 
 /// Everything the request path shares; replaced whole by a reload.
@@ -88,7 +91,6 @@ struct Health {
     stores: Arc<Stores>,
     keyring: Arc<KeyRing>,
     metrics: PrometheusHandle,
-    reloader: Arc<Reloader>,
     /// The running app: its rate limiter's breaker is sampled at scrape.
     live: Arc<ArcSwap<App>>,
     /// The audit writer: its queue is sampled at scrape.
@@ -99,6 +101,8 @@ struct Health {
     admin: GuardService<axum::Router>,
     /// The operator console (`/console`), over the admin API.
     console: crate::console::Console,
+    /// The `Host` names it answers to; no cross-site state change.
+    ops_hosts: crate::ops_guard::OpsHosts,
 }
 
 /// Gauge: events waiting in the audit queue, sampled at each scrape.
@@ -570,7 +574,6 @@ pub async fn serve_until(
         stores: Arc::clone(&shared.storage.stores),
         keyring: Arc::clone(&shared.keyring),
         metrics,
-        reloader: Arc::clone(&reloader),
         live: Arc::clone(&live),
         audit: shared.storage.audit.clone(),
         redis: shared.storage.redis.is_some(),
@@ -583,6 +586,11 @@ pub async fn serve_until(
                 client_ip: config.guard.client_ip.clone(),
                 token_prefix: shared.token_service.as_ref().map(|(p, _)| p.clone()),
                 keyring: Arc::clone(&shared.keyring),
+                streams: crate::live_stream::StreamSlots::new(
+                    config.server.admin_streams,
+                    config.server.admin_streams_per_key,
+                ),
+                reloader: Some(Arc::clone(&reloader)),
                 // Granted roles mean what the live public guard's role table says.
                 roles: Some({
                     let live = Arc::clone(&live);
@@ -600,6 +608,10 @@ pub async fn serve_until(
             shared.regulator.clone(),
             shared.storage.audit.clone(),
             config.guard.client_ip.clone(),
+        ),
+        ops_hosts: crate::ops_guard::OpsHosts::new(
+            config.server.ops_listen,
+            &config.server.ops_hosts,
         ),
     });
 
@@ -961,11 +973,24 @@ impl App {
 
 impl Health {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        // DNS rebinding (a foreign `Host`: 421) and cross-site state
+        // changes (403) are refused before any route.
+        if let Err((status, code, detail)) =
+            self.ops_hosts.check(req.method(), req.uri(), req.headers())
+        {
+            tracing::warn!(%peer, method = %req.method(), path = %req.uri().path(), code, "ops listener request refused");
+            return portcullis::service::problem(portcullis::service::Problem::new(
+                status, code, detail,
+            ))
+            .map(|b| b.map_err(crate::proxy::BoxError::from).boxed_unsync());
+        }
         let path = req.uri().path();
         if crate::console::owns(path) {
             return self.console.handle(req, peer, &self.admin).await;
         }
-        if path.starts_with("/admin/") || path == "/openapi.json" {
+        // `/reload` is an admin route: an admin key with
+        // `admin.config.write`, checked by the admin guard.
+        if path.starts_with("/admin/") || path == "/openapi.json" || path == "/reload" {
             req.extensions_mut().insert(PeerAddr(peer));
             let mut admin = self.admin.clone();
             let req = req.map(axum::body::Body::new);
@@ -976,7 +1001,6 @@ impl Health {
             return response.map(|b| b.map_err(crate::proxy::BoxError::from).boxed_unsync());
         }
         let (status, body) = match req.uri().path() {
-            "/reload" => crate::reload::handle_request(&self.reloader, req.method(), peer).await,
             "/health/live" => (StatusCode::OK, serde_json::json!({"status": "live"})),
             "/health/ready" => self.readiness().await,
             "/metrics" => {

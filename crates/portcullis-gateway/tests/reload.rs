@@ -118,6 +118,10 @@ ops_listen = "{ops}"
 shutdown_timeout = "10s"
 pid_file = "{pid}"
 
+[storage]
+url = "sqlite://{stores}"
+pepper_file = "{pepper}"
+
 [keys]
 dir = "{keys}"
 issuer = "http://{public}"
@@ -137,6 +141,8 @@ default = true
 {extra}"#,
         keys = dir.join("keys").display(),
         pid = dir.join("portcullis.pid").display(),
+        stores = dir.join("stores.db").display(),
+        pepper = dir.join("pepper").display(),
     )
 }
 
@@ -153,6 +159,7 @@ async fn start(dir: &TempDir, paths: &[&str]) -> (Gateway, SocketAddr) {
         keys.to_str().unwrap(),
     ]);
     assert!(out.status.success());
+    fs::write(dir.join("pepper"), [7u8; 32]).unwrap();
     let up = upstream().await;
     let (public, ops) = (free_port(), free_port());
     let config = dir.join("portcullis.toml");
@@ -355,8 +362,30 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
         gw.child.as_ref().unwrap().id().to_string()
     );
 
+    // `POST /reload` is an admin route: without a key the command says
+    // how to get one, and nothing is reloaded.
     rewrite(&gw, up, &dir, &["/a", "/c"], "");
     let out = portcullis(&["reload", "--config", &config]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin.config.write"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bootstrap = portcullis(&["admin", "bootstrap", "--config", &config]);
+    assert!(
+        bootstrap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&bootstrap.stdout).unwrap();
+    let key_file = dir.join("admin.key");
+    fs::write(&key_file, printed["key"].as_str().unwrap()).unwrap();
+    let key_file = key_file.to_str().unwrap().to_owned();
+    let reload =
+        |config: &str| portcullis(&["reload", "--config", config, "--key-file", &key_file]);
+
+    let out = reload(&config);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -374,7 +403,7 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
         &["/a", "/c"],
         "\n[[guard.routes]]\nname = \"c2\"\npath = \"/c\"\ncredentials = [\"anonymous\"]\n",
     );
-    let out = portcullis(&["reload", "--config", &config]);
+    let out = reload(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("did not reload"), "{stderr}");
@@ -389,7 +418,7 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
     let moved = free_port();
     let text = config_text(&dir, moved, gw.ops, up, &["/a"], "");
     fs::write(&gw.config, text).unwrap();
-    let out = portcullis(&["reload", "--config", &config]);
+    let out = reload(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("`server.listen` changed"), "{stderr}");
@@ -419,7 +448,7 @@ async fn portcullis_reload_reports_ok_warnings_and_errors() {
         format!("[server]\nops_listen = \"{}\"\n", free_port()),
     )
     .unwrap();
-    let out = portcullis(&["reload", "--config", elsewhere.to_str().unwrap()]);
+    let out = reload(elsewhere.to_str().unwrap());
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot reach the gateway's ops listener"),

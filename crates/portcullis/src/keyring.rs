@@ -356,11 +356,19 @@ impl KeyRing {
             created_at: now,
             activates_at: now.saturating_add(secs(self.config.propagation_delay)),
         };
-        within_budget(
+        // The claim is atomic in the store: of concurrent rotations (on
+        // this replica or any other) exactly one stores its key.
+        if let Some(pending) = within_budget(
             self.config.store_budget,
-            self.stores.insert_signing_key(&record),
+            self.stores.insert_signing_key_unless_pending(&record),
         )
-        .await?;
+        .await?
+        {
+            return Err(RotateError::Pending {
+                kid: pending.kid,
+                activates_at: pending.activates_at,
+            });
+        }
         tracing::info!(kid = %record.kid, %alg, activates_at = record.activates_at, "signing key rotation started");
         self.state().opened.insert(
             record.kid.clone(),

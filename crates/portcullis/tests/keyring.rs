@@ -213,6 +213,14 @@ impl SigningKeyStore for Hanging {
         self.inner.insert_signing_key(key)
     }
 
+    fn insert_signing_key_unless_pending<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<portcullis::stores::PendingKey>>> {
+        self.inner.insert_signing_key_unless_pending(key, now)
+    }
+
     fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
         if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
             Box::pin(std::future::pending())

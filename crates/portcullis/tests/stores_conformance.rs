@@ -1809,6 +1809,101 @@ async fn signing_keys_insert_list_delete(env: Env) {
     );
 }
 
+/// Of concurrent rotations exactly one stores its key: the claim "no key
+/// activates later than now" and the insert are one atomic step, so the
+/// other nine see the winner's key as the pending one.
+async fn signing_key_claims_at_once_have_one_winner(env: Env) {
+    use portcullis::stores::SigningKeyRecord;
+    let stores = env.stores(config());
+    let t = now();
+    let record = |kid: String, activates_at: i64| SigningKeyRecord {
+        kid,
+        alg: "ES256".to_owned(),
+        sealed: vec![1, 2, 3],
+        created_at: t,
+        activates_at,
+    };
+    // A key already active does not make a rotation wait.
+    stores
+        .insert_signing_key(&record("active".into(), t - 10))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let stores = stores.clone();
+        let r = record(format!("k{i}"), t + 600);
+        tasks.push(tokio::spawn(async move {
+            (
+                r.kid.clone(),
+                stores.insert_signing_key_unless_pending(&r).await,
+            )
+        }));
+    }
+    let (mut winners, mut refused) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match task.await.expect("task") {
+            (kid, Ok(None)) => winners.push(kid),
+            (_, Ok(Some(pending))) => refused.push(pending),
+            (kid, Err(e)) => panic!("{kid}: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+    assert_eq!(refused.len(), 9);
+    for p in &refused {
+        assert_eq!(p.kid, winners[0], "the refusal names the winner");
+        assert_eq!(p.activates_at, t + 600);
+    }
+    assert_eq!(stores.signing_keys().await.unwrap().len(), 2);
+}
+
+/// Of concurrent redemptions of one password reset token exactly one sets
+/// its password: the write is a compare-and-set on the hash the token is
+/// bound to.
+async fn a_reset_token_redeemed_at_once_works_once(env: Env) {
+    let stores = env.stores(config());
+    let user = stores
+        .create_user(&NewUser {
+            username: "reset-race".into(),
+            password: Some("pw-before-1".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    let (token, _) = stores
+        .password_reset_token(&user.id, Duration::from_secs(600))
+        .await
+        .expect("token");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let stores = stores.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let pw = format!("pw-after-{i}-x");
+            (pw.clone(), stores.redeem_password_reset(&token, &pw).await)
+        }));
+    }
+    let (mut won, mut spent) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            (pw, Ok(_)) => won.push(pw),
+            (_, Err(StoreError::InvalidCredentials)) => spent += 1,
+            (_, Err(e)) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one redemption wins");
+    assert_eq!(spent, 7);
+    // The winner's password is the one set.
+    stores
+        .login(b"reset-race", won[0].as_bytes())
+        .await
+        .expect("the winning password logs in");
+    // And the token stays spent.
+    assert!(matches!(
+        stores.redeem_password_reset(&token, "pw-later-9x").await,
+        Err(StoreError::InvalidCredentials)
+    ));
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -1858,6 +1953,8 @@ macro_rules! full_suite {
                 records_round_trip_every_field,
                 users_page_regrant_reset_and_delete,
                 signing_keys_insert_list_delete,
+                signing_key_claims_at_once_have_one_winner,
+                a_reset_token_redeemed_at_once_works_once,
             ]
         );
     };

@@ -5,7 +5,9 @@
 //! of FILE; loopback when it listens on every address) with `POST /reload`
 //! and prints the result: `reloaded`, the warnings about restart-only keys,
 //! or every error of the file (exit 2; the gateway keeps serving its running
-//! configuration). `--pid PID` sends SIGHUP instead (with
+//! configuration). `POST /reload` is an admin route: the admin key comes
+//! from `--key-file FILE` or `PORTCULLIS_ADMIN_KEY` (permission
+//! `admin.config.write`). `--pid PID` sends SIGHUP instead (no key) (with
 //! `server.pid_file`: `--pid "$(cat /run/portcullis.pid)"`); the result is
 //! then in the gateway's log and `portcullis_config_reloads_total`.
 
@@ -33,6 +35,10 @@ pub struct ReloadArgs {
     /// Send SIGHUP to this process id instead (no outcome is printed).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
+    /// A file holding an admin key with `admin.config.write` (default:
+    /// $PORTCULLIS_ADMIN_KEY); with --config.
+    #[arg(long, value_name = "FILE", conflicts_with = "pid")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Triggers the reload and reports it.
@@ -54,12 +60,24 @@ pub fn run(args: &ReloadArgs) -> Result<(), CliError> {
     let Some(file) = &args.config else {
         return Err(CliError::Usage("pass --config FILE or --pid PID".into()));
     };
+    let key = super::remote::Target {
+        url: String::new(),
+        key_file: args.key_file.clone(),
+        format: super::remote::Format::Table,
+    }
+    .key()
+    .map_err(|_| {
+        CliError::Usage(format!(
+            "no admin key: POST /reload needs an admin key with admin.config.write; pass --key-file FILE or set {} (or send SIGHUP with --pid PID)",
+            super::remote::ADMIN_KEY_ENV
+        ))
+    })?;
     let ops = ops_address(file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Usage(format!("tokio runtime: {e}")))?;
-    let (status, body) = runtime.block_on(post_reload(ops))?;
+    let (status, body) = runtime.block_on(post_reload(ops, &key))?;
     let reply: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
         CliError::Usage(format!(
             "{ops} answered {status} without a reload result; is it a Portcullis ops listener?"
@@ -75,6 +93,13 @@ pub fn run(args: &ReloadArgs) -> Result<(), CliError> {
             })
             .unwrap_or_default()
     };
+    if let Some(code) = reply["code"].as_str() {
+        // A refusal of the admin guard (problem+json).
+        return Err(CliError::Usage(format!(
+            "{ops} refused the reload: {status}: {code}: {}",
+            reply["detail"].as_str().unwrap_or("")
+        )));
+    }
     if status == http::StatusCode::OK && reply["status"] == "ok" {
         for w in lines("warnings") {
             console::warn(w);
@@ -127,11 +152,11 @@ fn ops_address(file: &Path) -> Result<SocketAddr, CliError> {
     Ok(addr)
 }
 
-async fn post_reload(ops: SocketAddr) -> Result<(http::StatusCode, Bytes), CliError> {
+async fn post_reload(ops: SocketAddr, key: &str) -> Result<(http::StatusCode, Bytes), CliError> {
     super::remote::exchange(
         "the gateway's ops listener",
         &ops.to_string(),
-        None,
+        Some(key),
         "POST",
         "/reload",
         None,

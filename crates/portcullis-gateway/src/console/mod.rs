@@ -148,7 +148,8 @@ pub(crate) struct Console {
     stores: Arc<Stores>,
     /// The running configuration's text, load time and last reload.
     reloader: Arc<Reloader>,
-    sessions: Sessions,
+    /// Shared with the live streams it forwards (each checks its session).
+    sessions: Arc<Sessions>,
     /// Sign-in regulation and audit.
     sign_ins: regulate::SignInGuard,
 }
@@ -306,7 +307,7 @@ impl Console {
         Self {
             stores,
             reloader,
-            sessions: Sessions::new(session::MAX_SESSIONS),
+            sessions: Arc::new(Sessions::new(session::MAX_SESSIONS)),
             sign_ins: regulate::SignInGuard::default(),
         }
     }
@@ -638,6 +639,38 @@ impl Console {
         if response.status() == StatusCode::UNAUTHORIZED {
             // The key was revoked or expired since sign-in.
             self.sessions.remove(&who.id);
+        }
+        let streaming = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streaming {
+            // A live stream answers to the console session too: sign-out,
+            // the idle and the 12 h limits end it with `event: revoked`
+            // (the admin API ends it when the key is revoked).
+            let (parts, body) = response.into_parts();
+            let sessions = Arc::clone(&self.sessions);
+            let id = who.id.clone();
+            let stream = crate::live_stream::until_revoked(
+                http_body_util::BodyDataStream::new(body),
+                None,
+                move || {
+                    let alive = sessions.alive(&id, Instant::now());
+                    Box::pin(async move {
+                        if alive {
+                            crate::live_stream::Standing::Valid
+                        } else {
+                            crate::live_stream::Standing::Revoked(
+                                "the console session ended; sign in again".into(),
+                            )
+                        }
+                    })
+                },
+            );
+            let body = http_body_util::StreamBody::new(futures_util::StreamExt::map(stream, |r| {
+                r.map(http_body::Frame::data)
+            }));
+            return Ok(Response::from_parts(parts, body.boxed_unsync()));
         }
         Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
     }

@@ -139,6 +139,13 @@ impl Sessions {
         Some(entry.who.clone())
     }
 
+    /// Whether session `id` is live (without marking it used): what an
+    /// open stream asks every second, so sign-out, the idle and the
+    /// absolute limits end it.
+    pub(crate) fn alive(&self, id: &str, now: Instant) -> bool {
+        self.table().get(id).is_some_and(|e| e.live(now))
+    }
+
     /// Ends session `id` (sign-out, or its key was refused).
     pub(crate) fn remove(&self, id: &str) -> bool {
         self.table().remove(id).is_some()
@@ -183,6 +190,34 @@ mod tests {
         let other = sign_in(&s, t0);
         assert!(s.get(&other.id, t0 + IDLE_TIMEOUT).is_none(), "idle");
         assert!(s.get("unknown", t0).is_none());
+    }
+
+    #[test]
+    fn an_open_stream_sees_sign_out_and_both_limits_without_extending_them() {
+        let s = Sessions::new(4);
+        let t0 = Instant::now();
+        let who = sign_in(&s, t0);
+        // Asked every second by a stream: `alive` is not use.
+        let mut t = t0;
+        while t.duration_since(t0) + Duration::from_secs(60) < IDLE_TIMEOUT {
+            t += Duration::from_secs(60);
+            assert!(s.alive(&who.id, t));
+        }
+        assert!(!s.alive(&who.id, t0 + IDLE_TIMEOUT), "idle");
+        // Used by the page every 20 minutes: the 12 h limit still ends it.
+        let used = sign_in(&s, t0);
+        let mut t = t0;
+        while t.duration_since(t0) + Duration::from_secs(20 * 60) < ABSOLUTE_TIMEOUT {
+            t += Duration::from_secs(20 * 60);
+            assert!(s.get(&used.id, t).is_some());
+            assert!(s.alive(&used.id, t));
+        }
+        assert!(!s.alive(&used.id, t0 + ABSOLUTE_TIMEOUT), "absolute");
+        // Sign-out.
+        let out = sign_in(&s, t0);
+        assert!(s.alive(&out.id, t0));
+        assert!(s.remove(&out.id));
+        assert!(!s.alive(&out.id, t0));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::revocation_set::session_entry_expiry;
 use super::{
     ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, LoggedRevocation,
-    RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session, SessionStore,
-    SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore, Username,
+    PendingKey, RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session,
+    SessionStore, SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore,
+    Username,
 };
 
 const SHARDS: usize = 16;
@@ -178,6 +179,25 @@ impl UserStore for MemoryStores {
             u.updated_at = now;
         });
         ready(Ok(found.is_some()))
+    }
+
+    fn replace_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        expected: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let mut users = lock(&self.users);
+        let swapped = users
+            .by_id
+            .get_mut(id)
+            .filter(|u| u.password_hash == expected)
+            .map(|u| {
+                u.password_hash = hash.to_owned();
+                u.updated_at = now;
+            });
+        ready(Ok(swapped.is_some()))
     }
 
     fn set_user_disabled<'a>(
@@ -642,6 +662,32 @@ impl SigningKeyStore for MemoryStores {
         } else {
             keys.insert(key.kid.clone(), key.clone());
             Ok(())
+        };
+        ready(r)
+    }
+
+    fn insert_signing_key_unless_pending<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<PendingKey>>> {
+        // One lock for the check and the insert: the claim is atomic.
+        let mut keys = lock(&self.signing_keys);
+        if let Some(p) = keys
+            .values()
+            .filter(|k| k.activates_at > now)
+            .min_by_key(|k| k.activates_at)
+        {
+            return ready(Ok(Some(PendingKey {
+                kid: p.kid.clone(),
+                activates_at: p.activates_at,
+            })));
+        }
+        let r = if keys.contains_key(&key.kid) {
+            Err(StoreError::Conflict("signing key"))
+        } else {
+            keys.insert(key.kid.clone(), key.clone());
+            Ok(None)
         };
         ready(r)
     }

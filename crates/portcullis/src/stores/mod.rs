@@ -367,6 +367,17 @@ pub trait UserStore: Send + Sync {
         hash: &'a str,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Replaces the password hash only while it is still `expected`, as one
+    /// atomic compare-and-set (of N concurrent calls with the same
+    /// `expected`, at most one returns true); false when there is no such
+    /// user or its hash changed.
+    fn replace_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        expected: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
     /// Enables or disables a user; false when there is no such user.
     fn set_user_disabled<'a>(
         &'a self,
@@ -614,6 +625,15 @@ pub trait AppStore: Send + Sync {
     ) -> BoxFuture<'a, StoreResult<bool>>;
 }
 
+/// The stored key that makes a rotation wait: it activates later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKey {
+    /// Its key id.
+    pub kid: String,
+    /// When it activates, Unix seconds.
+    pub activates_at: i64,
+}
+
 /// Rotated-in signing keys (a handful of records, read by every replica's
 /// key ring every poll).
 pub trait SigningKeyStore: Send + Sync {
@@ -622,6 +642,14 @@ pub trait SigningKeyStore: Send + Sync {
         &'a self,
         key: &'a SigningKeyRecord,
     ) -> BoxFuture<'a, StoreResult<()>>;
+    /// Inserts a key only when no stored key activates after `now` (no
+    /// rotation is pending), as one atomic step: of N concurrent calls at
+    /// most one stores its key. Returns the pending key that refused it.
+    fn insert_signing_key_unless_pending<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<PendingKey>>>;
     /// Every stored key.
     fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>>;
     /// Deletes a retired key; false when absent.
@@ -945,6 +973,27 @@ impl Stores {
             return Err(StoreError::invalid("sealed", "must be 1 byte to 16 KiB"));
         }
         self.backends.signing_keys.insert_signing_key(key).await
+    }
+
+    /// Stores a rotated-in signing key (validated like
+    /// [`Self::insert_signing_key`]) unless a stored key activates after
+    /// now: atomic on every backend, so of concurrent rotations one wins.
+    /// Returns the pending key when refused.
+    pub async fn insert_signing_key_unless_pending(
+        &self,
+        key: &SigningKeyRecord,
+    ) -> StoreResult<Option<PendingKey>> {
+        input::kid(&key.kid)?;
+        if portcullis_core::Algorithm::from_name(&key.alg).is_none() {
+            return Err(StoreError::invalid("alg", "not a supported algorithm"));
+        }
+        if key.sealed.is_empty() || key.sealed.len() > portcullis_core::jose::seal::MAX_SEALED_LEN {
+            return Err(StoreError::invalid("sealed", "must be 1 byte to 16 KiB"));
+        }
+        self.backends
+            .signing_keys
+            .insert_signing_key_unless_pending(key, self.now())
+            .await
     }
 
     /// Deletes a rotated-in signing key; false when absent.

@@ -40,8 +40,9 @@ pub use crate::redis_conn::RedisConnection;
 use super::revocation_set::session_entry_expiry;
 use super::{
     ApiKeyRecord, ApiKeyStore, AppRecord, AppStore, BoxFuture, Denylist, LoggedRevocation,
-    RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session, SessionStore,
-    SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore, Username,
+    PendingKey, RefreshRecord, RefreshStore, RevocationLog, RevocationPage, RevokedKind, Session,
+    SessionStore, SigningKeyRecord, SigningKeyStore, StoreError, StoreResult, User, UserStore,
+    Username,
 };
 
 /// Rotation compare-and-set: KEYS old, new, family set; ARGV now, new hex,
@@ -116,6 +117,39 @@ const SET_IF_EXISTS: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
+";
+
+/// Password compare-and-set on the user hash KEYS[1]: the current hash
+/// (the `password_hash` field, else the one in `data`) must be ARGV[1].
+/// ARGV: expected, new hash, now. 1 when swapped.
+const REPLACE_PASSWORD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'password_hash')
+if not cur then
+  cur = cjson.decode(redis.call('HGET', KEYS[1], 'data')).password_hash
+end
+if cur ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'password_hash', ARGV[2], 'updated_at', ARGV[3])
+return 1
+";
+
+/// Signing-key insert unless a stored key in the hash KEYS[1] activates
+/// after ARGV[1] (now). ARGV: now, kid, record JSON. `{}` when stored,
+/// `{kid, activates_at}` of the pending key, `{'', -1}` when the kid is taken.
+const INSERT_KEY_UNLESS_PENDING: &str = r"
+local best_kid, best_at = nil, nil
+for _, data in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, rec = pcall(cjson.decode, data)
+  if ok and type(rec) == 'table' then
+    local at = tonumber(rec.activates_at)
+    if at and at > tonumber(ARGV[1]) and (best_at == nil or at < best_at) then
+      best_kid, best_at = rec.kid, at
+    end
+  end
+end
+if best_at then return {tostring(best_kid), string.format('%d', best_at)} end
+if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return {'', '-1'} end
+return {}
 ";
 
 /// App secret rotation: the current hash becomes the previous one and the
@@ -201,6 +235,8 @@ pub struct RedisStores {
     append_revocation: Script,
     read_revocations: Script,
     purge_revocations: Script,
+    replace_password: Script,
+    insert_key_unless_pending: Script,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -280,6 +316,8 @@ impl RedisStores {
             append_revocation: Script::new(APPEND_REVOCATION),
             read_revocations: Script::new(READ_REVOCATIONS),
             purge_revocations: Script::new(PURGE_REVOCATIONS),
+            replace_password: Script::new(REPLACE_PASSWORD),
+            insert_key_unless_pending: Script::new(INSERT_KEY_UNLESS_PENDING),
         }
     }
 
@@ -525,6 +563,28 @@ impl UserStore for RedisStores {
                 ],
             )
             .await
+        })
+    }
+
+    fn replace_password_hash<'a>(
+        &'a self,
+        id: &'a str,
+        expected: &'a str,
+        hash: &'a str,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = self
+                .replace_password
+                .key(self.key("user", id))
+                .arg(expected)
+                .arg(hash)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            Ok(n == 1)
         })
     }
 
@@ -1267,6 +1327,43 @@ impl SigningKeyStore for RedisStores {
                 Ok(())
             } else {
                 Err(StoreError::Conflict("signing key"))
+            }
+        })
+    }
+
+    fn insert_signing_key_unless_pending<'a>(
+        &'a self,
+        key: &'a SigningKeyRecord,
+        now: i64,
+    ) -> BoxFuture<'a, StoreResult<Option<PendingKey>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // One script: the check and the insert run as one step.
+            let answer: Vec<String> = self
+                .insert_key_unless_pending
+                .key(format!("{}:signing_keys", self.prefix))
+                .arg(now)
+                .arg(&key.kid)
+                .arg(json(key)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            match answer.as_slice() {
+                [] => Ok(None),
+                [kid, at] => {
+                    let activates_at = int("activates_at", at)?;
+                    if activates_at < 0 {
+                        Err(StoreError::Conflict("signing key"))
+                    } else {
+                        Ok(Some(PendingKey {
+                            kid: kid.clone(),
+                            activates_at,
+                        }))
+                    }
+                }
+                _ => Err(StoreError::Corrupt(
+                    "unexpected answer to the signing-key claim".into(),
+                )),
             }
         })
     }

@@ -352,6 +352,63 @@ macro_rules! sql_stores {
                 })
             }
 
+            fn insert_signing_key_unless_pending<'a>(
+                &'a self,
+                k: &'a SigningKeyRecord,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<Option<$crate::stores::PendingKey>>> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                    // PostgreSQL checks the NOT EXISTS on a snapshot: two
+                    // concurrent inserts would both see no pending key. A
+                    // table lock that conflicts with itself (readers still
+                    // read) makes the claims take turns. SQLite takes its
+                    // one write lock when the INSERT starts, before it reads.
+                    if <$db as sqlx::Database>::NAME == "PostgreSQL" {
+                        sqlx::query("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    let inserted = sqlx::query(
+                        "INSERT INTO signing_keys (kid, alg, sealed, created_at, activates_at) \
+                         SELECT $1, $2, $3, $4, $5 \
+                         WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE activates_at > $6)",
+                    )
+                    .bind(&k.kid)
+                    .bind(&k.alg)
+                    .bind(&k.sealed)
+                    .bind(k.created_at)
+                    .bind(k.activates_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("signing key"))?
+                    .rows_affected();
+                    let pending = if inserted == 1 {
+                        None
+                    } else {
+                        let row: Option<(String, i64)> = sqlx::query_as(
+                            "SELECT kid, activates_at FROM signing_keys WHERE activates_at > $1 \
+                             ORDER BY activates_at, kid LIMIT 1",
+                        )
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                        let (kid, activates_at) =
+                            row.ok_or_else(|| {
+                                $crate::stores::StoreError::Unavailable(
+                                    "pending signing key vanished".into(),
+                                )
+                            })?;
+                        Some($crate::stores::PendingKey { kid, activates_at })
+                    };
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(pending)
+                })
+            }
+
             fn signing_keys(&self) -> BoxFuture<'_, StoreResult<Vec<SigningKeyRecord>>> {
                 Box::pin(async move {
                     let rows: Vec<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
@@ -452,6 +509,32 @@ macro_rules! sql_stores {
                     .bind(hash)
                     .bind(now)
                     .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                    Ok(r.rows_affected() == 1)
+                })
+            }
+
+            fn replace_password_hash<'a>(
+                &'a self,
+                id: &'a str,
+                expected: &'a str,
+                hash: &'a str,
+                now: i64,
+            ) -> BoxFuture<'a, StoreResult<bool>> {
+                Box::pin(async move {
+                    // One conditional UPDATE: PostgreSQL re-checks the WHERE
+                    // on the row a concurrent writer committed, SQLite
+                    // writes one statement at a time.
+                    let r = sqlx::query(
+                        "UPDATE users SET password_hash = $1, updated_at = $2 \
+                         WHERE id = $3 AND password_hash = $4",
+                    )
+                    .bind(hash)
+                    .bind(now)
+                    .bind(id)
+                    .bind(expected)
                     .execute(&self.pool)
                     .await
                     .map_err(unavailable)?;

@@ -529,7 +529,20 @@ impl Stores {
         if !portcullis_core::opaque::ct_eq(&self.reset_mac(&user, expires_at), &mac) {
             return Err(invalid());
         }
-        self.reset_password(&id, password).await?;
+        // The write succeeds only while the hash the token is bound to is
+        // still current (compare-and-set): of concurrent redemptions of one
+        // token exactly one sets its password, the others find it spent.
+        let pw = input::password(password.as_bytes())?;
+        let hash = self.passwords.hash(pw).await?;
+        if !self
+            .backends
+            .users
+            .replace_password_hash(&id, &user.password_hash, &hash, self.now())
+            .await?
+        {
+            return Err(invalid());
+        }
+        self.revoke_user_tokens(&id).await?;
         Ok(id)
     }
 }

@@ -2,7 +2,7 @@
 // EventSource on the admin API's /admin/audit/stream (through the
 // console), per-second counts for the last hour, the latest decisions.
 
-import { admin, qs } from './api.js';
+import { admin, call, qs } from './api.js';
 import { h, svg, clear, fill, fmtUs, pill, table } from './ui.js';
 
 const HOUR = 3600;
@@ -95,6 +95,14 @@ export function startStream() {
     notify();
   });
   source.addEventListener('skipped', (m) => { skipped += Number(m.data) || 0; notify(); });
+  // The session or its key ended: no reconnect; asking for the session
+  // again brings the sign-in page (401).
+  source.addEventListener('revoked', () => {
+    if (source) source.close();
+    state = 'closed';
+    notify();
+    call('GET', '/console/api/session').catch(() => {});
+  });
   source.addEventListener('decision', (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch { return; }
