@@ -47,6 +47,31 @@ mod tests {
         }
     }
 
+    /// Ids are base64url: one that starts with `-` is an id, not a flag,
+    /// before or after the options (it failed `users disable -6…`); and
+    /// `apps rotate` needs no `--grace` (its default of `0s` was refused).
+    #[test]
+    fn ids_that_start_with_a_hyphen_are_ids() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["portcullis"], args].concat());
+        for args in [
+            &["users", "disable", "-6abc", "--admin", "http://x"][..],
+            &["users", "disable", "--admin", "http://x", "-6abc"],
+            &["users", "grants", "-6abc", "--admin", "http://x"],
+            &[
+                "users",
+                "password",
+                "-6abc",
+                "--password-file",
+                "f",
+                "--admin",
+                "http://x",
+            ],
+            &["apps", "rotate", "-6abc", "--admin", "http://x"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}: {:?}", parse(args).err());
+        }
+    }
+
     /// Every command that takes a duration takes the same ones.
     #[test]
     fn every_command_parses_durations_alike() {

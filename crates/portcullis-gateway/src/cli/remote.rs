@@ -274,6 +274,7 @@ pub enum UsersCommand {
 #[derive(Debug, Args)]
 pub struct ById {
     /// The id.
+    #[arg(allow_hyphen_values = true)]
     pub id: String,
     #[command(flatten)]
     pub target: Target,
@@ -323,6 +324,7 @@ pub struct UsersCreate {
 #[derive(Debug, Args)]
 pub struct UsersGrants {
     /// The user id.
+    #[arg(allow_hyphen_values = true)]
     pub id: String,
     /// A role (repeatable; none: no roles).
     #[arg(long = "role")]
@@ -338,6 +340,7 @@ pub struct UsersGrants {
 #[derive(Debug, Args)]
 pub struct UsersPassword {
     /// The user id.
+    #[arg(allow_hyphen_values = true)]
     pub id: String,
     /// A file holding the new password.
     #[arg(long, value_name = "FILE")]
@@ -570,6 +573,7 @@ pub enum ApiKeysCommand {
 #[derive(Debug, Args)]
 pub struct KeysCreate {
     /// The owner: a user id, or `admin:<name>` for an admin key.
+    #[arg(allow_hyphen_values = true)]
     pub owner: String,
     /// A name for people.
     #[arg(long)]
@@ -675,10 +679,12 @@ pub struct AppsCreate {
 #[derive(Debug, Args)]
 pub struct AppsRotate {
     /// The app id.
+    #[arg(allow_hyphen_values = true)]
     pub id: String,
-    /// How long the old secret keeps working (`1h`; at most `7d`).
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
-    pub grace: Duration,
+    /// How long the old secret keeps working (`1h`; at most `7d`; none:
+    /// the old secret stops at once).
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -721,8 +727,7 @@ pub fn apps(cmd: &AppsCommand) -> Result<(), CliError> {
             show(a.target.format, &v, std::slice::from_ref(&v), APP_COLUMNS)
         }
         AppsCommand::Rotate(a) => {
-            let body =
-                json!({"grace_seconds": u32::try_from(a.grace.as_secs()).unwrap_or(u32::MAX)});
+            let body = json!({"grace_seconds": a.grace.map_or(0, |g| u32::try_from(g.as_secs()).unwrap_or(u32::MAX))});
             let v = a.target.call(
                 "POST",
                 &format!("/admin/apps/{}/rotate", seg(&a.id)),
