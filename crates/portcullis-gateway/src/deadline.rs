@@ -285,15 +285,19 @@ impl Body for UpstreamBody {
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
-                let at = Instant::now() + this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                // Armed once per wait: the clock is read only when a wait
+                // starts, not on every wake-up during it.
                 if !this.armed {
-                    sleep.as_mut().reset(at);
+                    let at = Instant::now() + this.timeout;
+                    match &mut this.sleep {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
                     this.armed = true;
                 }
-                if sleep.as_mut().poll(cx).is_ready() {
+                if let Some(sleep) = this.sleep.as_mut()
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
                     metrics::counter!(
                         UPSTREAM_FAILURES_METRIC,
                         "upstream" => metrics::SharedString::from(Arc::clone(&this.upstream)),

@@ -1067,6 +1067,8 @@ impl Health {
         // fresh, or stale under `on_stale = "allow"`. A store outage
         // within `max_stale` leaves the replica ready.
         let set = self.stores.revocations();
+        // A watchdog: restarts the feed if its task ended (a panic); a
+        // no-op while it runs. storage.rs starts it at open.
         set.start_feed();
         let storage = set.is_loaded()
             && (!set.is_stale() || set.policy().on_stale == portcullis::stores::OnStale::Allow);
