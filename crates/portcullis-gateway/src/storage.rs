@@ -12,7 +12,7 @@
 //! | rate-limit counters | this process | Redis |
 //! | bans, detector windows | this process | Redis |
 //! | signed-request nonces | this process | Redis |
-//! | login regulation (failed attempts per IP and account) | this process | Redis |
+//! | login regulation (failed attempts per IP and account) | this process (PostgreSQL when `storage.url` is one) | Redis |
 //!
 //! Revocation is read locally: every replica holds the live revocation set
 //! (`[revocation]`), following the log that `storage.url` appends to in
@@ -72,6 +72,9 @@ pub struct Storage {
     /// The same audit database, for queries (the admin API).
     pub audit_store: Option<Arc<dyn AuditStore>>,
     redis_prefix: String,
+    /// The PostgreSQL stores, when `storage.url` is one (the regulation's
+    /// shared state without Redis).
+    postgres: Option<portcullis::stores::postgres::PostgresStores>,
 }
 
 impl Storage {
@@ -100,9 +103,11 @@ impl Storage {
 
 impl Storage {
     /// The login regulator of `[token_service.regulation]`: its state on
-    /// the shared Redis when configured (under `<redis_prefix>:regulation:`,
-    /// behind its own breaker, falling back to this process), else in this
-    /// process. `None` when regulation is turned off.
+    /// the shared Redis when configured (under `<redis_prefix>:regulation:`),
+    /// else in the shared PostgreSQL database when `storage.url` is one
+    /// (table `regulation`), either behind its own breaker falling back to
+    /// this process; else in this process. `None` when regulation is turned
+    /// off.
     pub fn regulator(
         &self,
         config: &crate::config::RegulationConfig,
@@ -112,9 +117,10 @@ impl Storage {
         }
         let regulator = Regulator::memory(config.policy(), Arc::new(SystemClock))
             .map_err(|e| start("token_service.regulation")(e.to_string()))?;
-        let regulator = match &self.redis {
-            Some(conn) => regulator.on_redis(conn.clone(), &self.redis_prefix),
-            None => regulator,
+        let regulator = match (&self.redis, &self.postgres) {
+            (Some(conn), _) => regulator.on_redis(conn.clone(), &self.redis_prefix),
+            (None, Some(pg)) => regulator.on_postgres(pg.pool().clone()),
+            (None, None) => regulator,
         };
         Ok(Some(Arc::new(regulator)))
     }
@@ -139,6 +145,7 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
     let redis = connect_redis(config).await?;
     let prefix = config.storage.redis_prefix.clone();
 
+    let mut postgres = None;
     let backends = match StorageUrl::parse(&config.storage.url).map_err(start("storage.url"))? {
         StorageUrl::Memory => {
             Backends::all(Arc::new(portcullis::stores::memory::MemoryStores::new()))
@@ -148,15 +155,17 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
                 .await
                 .map_err(|e| start("storage.url")(e.to_string()))?,
         )),
-        StorageUrl::Postgres(url) => Backends::all(Arc::new(
-            tokio::time::timeout(
+        StorageUrl::Postgres(url) => {
+            let pg = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 portcullis::stores::postgres::PostgresStores::connect(&url, 16),
             )
             .await
             .map_err(|_| start("storage.url")("no answer within 10 s".into()))?
-            .map_err(|e| start("storage.url")(e.to_string()))?,
-        )),
+            .map_err(|e| start("storage.url")(e.to_string()))?;
+            postgres = Some(pg.clone());
+            Backends::all(Arc::new(pg))
+        }
     };
     // The denylist stays with the sessions in `storage.url`: every
     // revocation and its log entry commit in one transaction there, and
@@ -202,6 +211,7 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
         audit,
         audit_store,
         redis_prefix: prefix,
+        postgres,
     })
 }
 

@@ -485,15 +485,48 @@ async fn a_credential_stuffing_source_is_banned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_regulation_on_postgres_and_redis() {
     let Some(redis) = redis_url() else { return };
-    let Some(db) = FreshDatabase::create("regulation_replicas").await else {
-        return;
-    };
     let prefix = unique_name("pcx_gw_regulation");
     let _cleanup = RedisPrefix {
         urls: vec![redis.clone()],
         prefix: prefix.clone(),
     };
-    let dir = TempDir::new("regulation_replicas");
+    let shared = format!("redis = \"{redis}\"\nredis_prefix = \"{prefix}\"");
+    replicas_share_the_regulation("regulation_replicas", &shared).await;
+}
+
+/// Two replicas on one PostgreSQL and no Redis: the state is in the
+/// database (table `regulation`), so the limit is still N across both,
+/// and the rows of a success are given back there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_regulation_on_postgres_alone() {
+    let db = replicas_share_the_regulation("regulation_pg_replicas", "").await;
+    let Some(db) = db else { return };
+    // The state is the database's: the refused client's IP row is there
+    // and locked; the owner's successful (account, IP) pair left no row.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM regulation WHERE key = 'login:acct:203.0.113.40:alice' \
+         AND locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(locked, 1);
+    let owner: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM regulation WHERE key = 'login:acct:198.51.100.40:alice'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(owner, 0);
+    pool.close().await;
+}
+
+/// `shared`: the `[storage]` lines that make the state shared besides
+/// `url` (none: PostgreSQL alone). Returns the database (`None`: skipped).
+async fn replicas_share_the_regulation(name: &str, shared: &str) -> Option<FreshDatabase> {
+    let db = FreshDatabase::create(name).await?;
+    let dir = TempDir::new(name);
     keys_and_pepper(&dir);
     let pg = Arc::new(PostgresStores::connect(&db.url, 2).await.unwrap());
     let stores = Stores::new(
@@ -524,8 +557,7 @@ ops_listen = "{ops}"
 [storage]
 url = "{db}"
 pepper_file = "{pepper}"
-redis = "{redis}"
-redis_prefix = "{prefix}"
+{shared}
 
 [keys]
 dir = "{keys}"
@@ -600,6 +632,7 @@ routes = ["open"]
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
     drop(gateways);
+    Some(db)
 }
 
 /// A Redis that hangs (SIGSTOP) costs the regulation its sharing, not its

@@ -1,16 +1,18 @@
 //! Login regulation at run time: the state of
-//! [`portcullis_core::regulation`] in this process or on the shared Redis
-//! (so a limit of N failures is N across every replica), asked before a
-//! credential is checked.
+//! [`portcullis_core::regulation`] in this process, on the shared Redis or
+//! in the shared PostgreSQL database (so a limit of N failures is N across
+//! every replica), asked before a credential is checked.
 //!
-//! A Redis that fails (or hangs past the 100 ms call budget) trips a
-//! circuit breaker, and attempts are then regulated by this process's own
-//! state until a probe succeeds: the protection stays, only its sharing is
-//! lost for the outage.
+//! A shared store that fails (or hangs past its call budget: 100 ms for
+//! Redis, 250 ms for a PostgreSQL transaction) trips a circuit breaker, and
+//! attempts are then regulated by this process's own state until a probe
+//! succeeds: the protection stays, only its sharing is lost for the outage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "postgres")]
+use std::time::Duration;
 
 use portcullis_core::Clock;
 use portcullis_core::regulation::{
@@ -43,9 +45,7 @@ impl Ticket {
 pub struct Regulator {
     policy: RegulationPolicy,
     local: Memory,
-    #[cfg(feature = "redis")]
-    redis: Option<RedisRegulation>,
-    #[cfg(feature = "redis")]
+    shared: Option<Shared>,
     breaker: crate::ratelimit::fallback::CircuitBreaker,
     clock: Arc<dyn Clock>,
     refused: AtomicU64,
@@ -69,9 +69,7 @@ impl Regulator {
         Ok(Self {
             policy,
             local: Memory::new(DEFAULT_MAX_KEYS),
-            #[cfg(feature = "redis")]
-            redis: None,
-            #[cfg(feature = "redis")]
+            shared: None,
             breaker: crate::ratelimit::fallback::CircuitBreaker::new(
                 crate::ratelimit::fallback::DEFAULT_FAILURE_THRESHOLD,
                 crate::ratelimit::fallback::DEFAULT_PROBE_INTERVAL,
@@ -87,8 +85,24 @@ impl Regulator {
     #[cfg(feature = "redis")]
     #[must_use]
     pub fn on_redis(mut self, conn: crate::redis_conn::RedisConnection, prefix: &str) -> Self {
-        self.redis = Some(RedisRegulation::new(conn, prefix));
+        self.shared = Some(Shared::Redis(RedisRegulation::new(conn, prefix)));
         self
+    }
+
+    /// The same, with its state in the shared PostgreSQL database (table
+    /// `regulation`, created by the stores' migrations; each attempt one
+    /// transaction that locks its key's row, bounded to 250 ms; the
+    /// database's clock): for replicas that share PostgreSQL and no Redis.
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn on_postgres(mut self, pool: sqlx::PgPool) -> Self {
+        self.shared = Some(Shared::Postgres(PostgresRegulation::new(pool)));
+        self
+    }
+
+    /// Where the state is shared: `"redis"`, `"postgres"`, or `"process"`.
+    pub fn shared_in(&self) -> &'static str {
+        self.shared.as_ref().map_or("process", Shared::name)
     }
 
     /// The policy in force.
@@ -152,42 +166,35 @@ impl Regulator {
         }
     }
 
-    /// Settles on Redis; `false` when there is none or it failed.
-    #[cfg(feature = "redis")]
+    /// Settles in the shared store; `false` when there is none or it failed.
     async fn settle_shared(&self, k: &str, scope: Scope) -> bool {
-        let Some(redis) = &self.redis else {
+        let Some(shared) = &self.shared else {
             return false;
         };
         if !self.breaker.allow() {
             return false;
         }
-        match redis.settle(k, scope).await {
+        match shared.settle(k, scope).await {
             Ok(()) => {
                 self.breaker.success();
                 true
             }
             Err(e) => {
                 self.breaker.failure();
-                tracing::warn!(error = %e, "regulation backend failed; settling locally");
+                tracing::warn!(backend = shared.name(), error = %e, "regulation backend failed; settling locally");
                 false
             }
         }
     }
 
-    #[cfg(not(feature = "redis"))]
-    async fn settle_shared(&self, _k: &str, _scope: Scope) -> bool {
-        false
-    }
-
-    /// Charges on Redis; `None` when there is none or it failed.
-    #[cfg(feature = "redis")]
+    /// Charges in the shared store; `None` when there is none or it failed.
     async fn charge_shared(&self, k: &str, scope: Scope) -> Option<Attempt> {
-        let redis = self.redis.as_ref()?;
+        let shared = self.shared.as_ref()?;
         if !self.breaker.allow() {
             return None;
         }
         let p = &self.policy;
-        match redis
+        match shared
             .attempt(k, p.limit(scope), p.window_ms(), p.ban_ms())
             .await
         {
@@ -197,15 +204,10 @@ impl Regulator {
             }
             Err(e) => {
                 self.breaker.failure();
-                tracing::warn!(error = %e, "regulation backend failed; regulating locally");
+                tracing::warn!(backend = shared.name(), error = %e, "regulation backend failed; regulating locally");
                 None
             }
         }
-    }
-
-    #[cfg(not(feature = "redis"))]
-    async fn charge_shared(&self, _k: &str, _scope: Scope) -> Option<Attempt> {
-        None
     }
 
     fn now_ms(&self) -> u64 {
@@ -276,6 +278,172 @@ impl Memory {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.table().len()
+    }
+}
+
+/// The store that shares the state between replicas.
+enum Shared {
+    #[cfg(feature = "redis")]
+    Redis(RedisRegulation),
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresRegulation),
+}
+
+impl Shared {
+    fn name(&self) -> &'static str {
+        match *self {
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn attempt(
+        &self,
+        k: &str,
+        limit: u32,
+        window_ms: u64,
+        ban_ms: u64,
+    ) -> Result<Attempt, String> {
+        match *self {
+            #[cfg(feature = "redis")]
+            Self::Redis(ref r) => r
+                .attempt(k, limit, window_ms, ban_ms)
+                .await
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref p) => p.attempt(k, limit, window_ms, ban_ms).await,
+        }
+    }
+
+    async fn settle(&self, k: &str, scope: Scope) -> Result<(), String> {
+        // Unused without a shared backend compiled in.
+        let _ = (k, scope);
+        match *self {
+            #[cfg(feature = "redis")]
+            Self::Redis(ref r) => r.settle(k, scope).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref p) => p.settle(k, scope).await,
+        }
+    }
+}
+
+/// The budget of one regulation transaction on PostgreSQL (three round
+/// trips and a row lock that concurrent attempts at one key wait for).
+#[cfg(feature = "postgres")]
+const POSTGRES_CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Every this many attempts, rows past their expiry are deleted.
+#[cfg(feature = "postgres")]
+const POSTGRES_PURGE_EVERY: u64 = 256;
+
+/// The state in the `regulation` table: each attempt runs
+/// `FailureRecord::attempt` on the row it locks (`INSERT … ON CONFLICT DO
+/// UPDATE` inserts or locks it in one statement), on the database's clock.
+#[cfg(feature = "postgres")]
+struct PostgresRegulation {
+    pool: sqlx::PgPool,
+    attempts: AtomicU64,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresRegulation {
+    fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            pool,
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        k: &str,
+        limit: u32,
+        window_ms: u64,
+        ban_ms: u64,
+    ) -> Result<Attempt, String> {
+        let (answer, now) = tokio::time::timeout(
+            POSTGRES_CALL_TIMEOUT,
+            self.attempt_in_transaction(k, limit, window_ms, ban_ms),
+        )
+        .await
+        .map_err(|_| format!("no answer within {POSTGRES_CALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+        if self.attempts.fetch_add(1, Ordering::Relaxed) % POSTGRES_PURGE_EVERY
+            == POSTGRES_PURGE_EVERY - 1
+        {
+            let purge = sqlx::query("DELETE FROM regulation WHERE expires_at < $1")
+                .bind(i64::try_from(now).unwrap_or(i64::MAX))
+                .execute(&self.pool);
+            match tokio::time::timeout(POSTGRES_CALL_TIMEOUT, purge).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "regulation purge failed"),
+                Err(_) => tracing::debug!("regulation purge timed out"),
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The attempt and the database's time of it.
+    async fn attempt_in_transaction(
+        &self,
+        k: &str,
+        limit: u32,
+        window_ms: u64,
+        ban_ms: u64,
+    ) -> Result<(Attempt, u64), sqlx::Error> {
+        use sqlx::Row;
+        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO regulation AS r (key, count, window_start, locked_until, expires_at) \
+             VALUES ($1, 0, 0, 0, 0) \
+             ON CONFLICT (key) DO UPDATE SET count = r.count \
+             RETURNING r.count, r.window_start, r.locked_until, \
+             (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now",
+        )
+        .bind(k)
+        .fetch_one(&mut *tx)
+        .await?;
+        let now = ms(row.try_get("now")?);
+        let mut record = FailureRecord {
+            count: u32::try_from(row.try_get::<i64, _>("count")?).unwrap_or(u32::MAX),
+            window_start_ms: ms(row.try_get("window_start")?),
+            locked_until_ms: ms(row.try_get("locked_until")?),
+        };
+        let answer = record.attempt(now, limit, window_ms, ban_ms);
+        let expires = record
+            .locked_until_ms
+            .max(record.window_start_ms.saturating_add(window_ms));
+        let db = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE regulation SET count = $2, window_start = $3, locked_until = $4, \
+             expires_at = $5 WHERE key = $1",
+        )
+        .bind(k)
+        .bind(i64::from(record.count))
+        .bind(db(record.window_start_ms))
+        .bind(db(record.locked_until_ms))
+        .bind(db(expires))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((answer, now))
+    }
+
+    async fn settle(&self, k: &str, scope: Scope) -> Result<(), String> {
+        let query = match scope {
+            Scope::Ip => {
+                sqlx::query("UPDATE regulation SET count = GREATEST(count - 1, 0) WHERE key = $1")
+            }
+            Scope::AccountAtIp => sqlx::query("DELETE FROM regulation WHERE key = $1"),
+        };
+        tokio::time::timeout(POSTGRES_CALL_TIMEOUT, query.bind(k).execute(&self.pool))
+            .await
+            .map_err(|_| format!("no answer within {POSTGRES_CALL_TIMEOUT:?}"))?
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -31,6 +31,11 @@ pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
         "revocation log",
         include_str!("../../migrations/postgres/0026_revocation_log.sql"),
     ),
+    (
+        27,
+        "regulation",
+        include_str!("../../migrations/postgres/0027_regulation.sql"),
+    ),
 ]);
 
 /// All six stores in one PostgreSQL database.
