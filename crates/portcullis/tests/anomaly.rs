@@ -831,12 +831,22 @@ mod on_redis {
                 .await
                 .unwrap()
         );
-        for (engine, _) in &replicas {
-            assert_eq!(
-                engine.banned(Some(ip), None).await.unwrap(),
-                None,
-                "lifted everywhere"
+        // At once where it was lifted; on the other replica once its cached
+        // answer (BAN_CACHE_TTL) expires.
+        assert_eq!(replicas[1].0.banned(Some(ip), None).await.unwrap(), None);
+        let started = std::time::Instant::now();
+        while replicas[0]
+            .0
+            .banned(Some(ip), None)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "not lifted everywhere within 1 s"
             );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for (engine, worker) in replicas {
             drop(engine);
@@ -848,6 +858,78 @@ mod on_redis {
             1,
             "one alert within the cooldown across replicas: {got:?}"
         );
+    }
+
+    /// Ban checks on Redis are answered from memory for BAN_CACHE_TTL
+    /// (the request path's two round trips per request, gone), a ban or
+    /// lift made by a replica holds there at once, and on the others
+    /// within that TTL.
+    #[tokio::test]
+    async fn ban_checks_are_answered_from_memory_and_bans_reach_other_replicas_within_the_ttl() {
+        use portcullis::anomaly::BAN_CACHE_TTL;
+        let Some(url) = support::redis_url() else {
+            return;
+        };
+        let prefix = support::unique_prefix("anomaly_bancache");
+        let conn = RedisConnection::single(&url).await.expect("connect");
+        let p = prefix.trim_end_matches(':');
+        let engine = || {
+            AnomalyEngine::new(Vec::new(), backend(&conn, p), None, Arc::new(SystemClock)).unwrap()
+        };
+        let (a, b) = (engine(), engine());
+        let ip = "198.51.100.77";
+        let started = std::time::Instant::now();
+        for _ in 0..200 {
+            assert_eq!(b.banned(Some(ip), Some("alice")).await.unwrap(), None);
+        }
+        // Two targets (IP, subject), each asked again once per TTL at most.
+        let ttls =
+            u64::try_from(started.elapsed().as_millis() / BAN_CACHE_TTL.as_millis()).unwrap();
+        assert!(
+            b.ban_backend_lookups() <= 2 * (ttls + 1),
+            "{} Redis lookups for 400 checks in {:?}",
+            b.ban_backend_lookups(),
+            started.elapsed()
+        );
+
+        a.ban(
+            BanTarget::Subject("alice".into()),
+            Duration::from_secs(60),
+            "manual",
+        )
+        .await
+        .unwrap();
+        assert!(
+            a.banned(None, Some("alice")).await.unwrap().is_some(),
+            "at once on a"
+        );
+        let banned_at = std::time::Instant::now();
+        while b.banned(Some(ip), Some("alice")).await.unwrap().is_none() {
+            assert!(
+                banned_at.elapsed() < BAN_CACHE_TTL + Duration::from_millis(500),
+                "b did not see the ban"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            a.lift_ban(&BanTarget::Subject("alice".into()))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            a.banned(None, Some("alice")).await.unwrap(),
+            None,
+            "at once on a"
+        );
+        let lifted_at = std::time::Instant::now();
+        while b.banned(None, Some("alice")).await.unwrap().is_some() {
+            assert!(
+                lifted_at.elapsed() < BAN_CACHE_TTL + Duration::from_millis(500),
+                "b did not see the lift"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        support::redis_cleanup(&url, &prefix).await;
     }
 
     #[tokio::test]

@@ -122,10 +122,29 @@ pub struct AnomalyEngine {
     /// The latest detections of this process, newest last (at most
     /// [`RECENT_DETECTIONS`]); locked only when a detector fires.
     recent: std::sync::Mutex<std::collections::VecDeque<AnomalyEvent>>,
+    /// Redis ban answers per target (`ip:…` / `subject:…`), for
+    /// [`BAN_CACHE_TTL`]: a request checks its IP and subject from memory.
+    #[cfg(feature = "redis")]
+    ban_cache: moka::sync::Cache<String, Option<Ban>>,
+    /// Ban lookups that went to Redis (cache misses).
+    #[cfg(feature = "redis")]
+    ban_lookups: std::sync::atomic::AtomicU64,
 }
 
 /// How many detections [`AnomalyEngine::recent_detections`] keeps.
 pub const RECENT_DETECTIONS: usize = 256;
+
+/// How long a replica answers a ban check on Redis from memory: a ban
+/// written by another replica (or `portcullis bans`) is enforced here
+/// within this; one written or lifted by this replica at once. Bans react
+/// to abuse over seconds or minutes; the round trip it saves was one per
+/// check, two per request.
+#[cfg(feature = "redis")]
+pub const BAN_CACHE_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Most ban answers held (targets beyond it are asked of Redis again).
+#[cfg(feature = "redis")]
+const BAN_CACHE_ENTRIES: u64 = 100_000;
 
 impl std::fmt::Debug for AnomalyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,6 +182,13 @@ impl AnomalyEngine {
             clock,
             recent_bans: memory::MemoryDedup::default(),
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            #[cfg(feature = "redis")]
+            ban_cache: moka::sync::Cache::builder()
+                .max_capacity(BAN_CACHE_ENTRIES)
+                .time_to_live(BAN_CACHE_TTL)
+                .build(),
+            #[cfg(feature = "redis")]
+            ban_lookups: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -236,7 +262,46 @@ impl AnomalyEngine {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => Ok(bans.banned(ip, subject, now)),
             #[cfg(feature = "redis")]
-            AnomalyBackend::Redis { bans, .. } => self.guarded(bans.banned(ip, subject, now)).await,
+            AnomalyBackend::Redis { bans, .. } => {
+                let targets = ip
+                    .map(|v| BanTarget::Ip(v.to_owned()))
+                    .into_iter()
+                    .chain(subject.map(|v| BanTarget::Subject(v.to_owned())));
+                for target in targets {
+                    let key = target.render();
+                    let answer = match self.ban_cache.get(&key) {
+                        Some(answer) => answer,
+                        None => {
+                            self.ban_lookups
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let (ip, subject) = match &target {
+                                BanTarget::Ip(v) => (Some(v.as_str()), None),
+                                BanTarget::Subject(v) => (None, Some(v.as_str())),
+                            };
+                            let answer = self.guarded(bans.banned(ip, subject, now)).await?;
+                            self.ban_cache.insert(key, answer.clone());
+                            answer
+                        }
+                    };
+                    if let Some(ban) = answer.filter(|b| b.until_ms > now) {
+                        return Ok(Some(ban));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ban checks that asked Redis (the others were answered from the
+    /// replica's [`BAN_CACHE_TTL`] cache); 0 without Redis.
+    pub fn ban_backend_lookups(&self) -> u64 {
+        #[cfg(feature = "redis")]
+        {
+            self.ban_lookups.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            0
         }
     }
 
@@ -264,10 +329,14 @@ impl AnomalyEngine {
                 Ok(())
             }
             #[cfg(feature = "redis")]
-            AnomalyBackend::Redis { bans, .. } => bans
-                .ban(ban)
-                .await
-                .map_err(|e| AnomalyError::Backend(e.to_string())),
+            AnomalyBackend::Redis { bans, .. } => {
+                bans.ban(ban)
+                    .await
+                    .map_err(|e| AnomalyError::Backend(e.to_string()))?;
+                self.ban_cache
+                    .insert(ban.target.render(), Some(ban.clone()));
+                Ok(())
+            }
         }
     }
 
@@ -289,10 +358,14 @@ impl AnomalyEngine {
         match &self.backend {
             AnomalyBackend::Memory { bans, .. } => Ok(bans.lift(target)),
             #[cfg(feature = "redis")]
-            AnomalyBackend::Redis { bans, .. } => bans
-                .lift(target)
-                .await
-                .map_err(|e| AnomalyError::Backend(e.to_string())),
+            AnomalyBackend::Redis { bans, .. } => {
+                let lifted = bans
+                    .lift(target)
+                    .await
+                    .map_err(|e| AnomalyError::Backend(e.to_string()))?;
+                self.ban_cache.invalidate(&target.render());
+                Ok(lifted)
+            }
         }
     }
 
@@ -405,7 +478,14 @@ impl AnomalyEngine {
                     let stored = match &self.backend {
                         AnomalyBackend::Memory { .. } => self.store_ban(&ban).await,
                         #[cfg(feature = "redis")]
-                        AnomalyBackend::Redis { bans, .. } => self.guarded(bans.ban(&ban)).await,
+                        AnomalyBackend::Redis { bans, .. } => {
+                            let stored = self.guarded(bans.ban(&ban)).await;
+                            if stored.is_ok() {
+                                self.ban_cache
+                                    .insert(ban.target.render(), Some(ban.clone()));
+                            }
+                            stored
+                        }
                     };
                     if let Err(e) = stored {
                         self.recent_bans.release(&id);
