@@ -125,6 +125,9 @@ const REVOCATION_BYTES_METRIC: &str = "portcullis_revocation_bytes";
 const REVOCATION_STALE_METRIC: &str = "portcullis_revocation_stale_decisions_total";
 /// Counter: reads of the revocation log that failed or timed out.
 const REVOCATION_POLL_FAILURES_METRIC: &str = "portcullis_revocation_poll_failures_total";
+/// Counter: appends announced by the log (PostgreSQL `NOTIFY`), each read
+/// at once rather than at the next poll.
+const REVOCATION_WAKEUPS_METRIC: &str = "portcullis_revocation_wakeups_total";
 
 /// Latency buckets, in seconds, of every histogram.
 const BUCKETS: [f64; 14] = [
@@ -1040,6 +1043,7 @@ impl Health {
         metrics::counter!(REVOCATION_STALE_METRIC, "decision" => "allow")
             .absolute(stats.stale_allowed);
         metrics::counter!(REVOCATION_POLL_FAILURES_METRIC).absolute(stats.poll_failures);
+        metrics::counter!(REVOCATION_WAKEUPS_METRIC).absolute(stats.wakeups);
         if let Some(audit) = &self.audit {
             let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);
             metrics::gauge!(AUDIT_QUEUE_DEPTH_METRIC).set(f64::from(depth));

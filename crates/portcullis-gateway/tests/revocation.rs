@@ -4,13 +4,16 @@
 //! the test hangs (SIGSTOP; the shared Redis on 6379 and PostgreSQL on 5432
 //! are never stopped):
 //!
-//! - Redis hung for 5 s: no 5xx on a JWT route whose rate rule says
-//!   `allow`, and a session revoked through the admin API meanwhile is
-//!   refused by both replicas within 1 s.
+//! - Redis hung for 5 s (one server, every node of a Cluster, or the one
+//!   Cluster node that serves the rate limiter's slot): no 5xx on a JWT
+//!   route whose rate rule says `allow` (whose fallback is counted), and a
+//!   session revoked through the admin API meanwhile is refused by both
+//!   replicas within 1 s.
 //! - PostgreSQL hung for 5 s (under `max_stale`): no 5xx on that route; an
 //!   admin revocation attempted during the pause lands when the server is
 //!   back and is refused by both replicas within 1 s of it.
-//! - PostgreSQL hung past `max_stale` with `on_stale = "deny"`: tokens are
+//! - PostgreSQL hung 40 s, past the default `max_stale` (30 s) with the
+//!   default `on_stale = "deny"`: tokens are
 //!   refused (503 `backend.unavailable`) from `max_stale` on, not before,
 //!   and admitted again at once after recovery.
 //! - A replica killed (-9) and started again refuses every token revoked
@@ -55,8 +58,9 @@ fn config(
     ops: SocketAddr,
     issuer: SocketAddr,
 ) -> String {
+    // One prefix for both replicas (they share their rate limits).
     let redis = setup.redis.as_ref().map_or(String::new(), |line| {
-        format!("{line}\nredis_prefix = \"{}\"", unique_name("pcx_rev"))
+        format!("{line}\nredis_prefix = \"{}\"", redis_prefix(dir))
     });
     format!(
         r#"
@@ -102,6 +106,15 @@ default = true
         pepper = dir.join("pepper").display(),
         keys = dir.join("keys").display(),
     )
+}
+
+/// The replicas' `storage.redis_prefix`: the name of their directory.
+fn redis_prefix(dir: &TempDir) -> String {
+    dir.0
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
 }
 
 /// Two replicas on one storage, `alice` created, an admin key bootstrapped.
@@ -338,14 +351,15 @@ async fn a_redis_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_bo
     };
     let redis = OwnRedis::start();
     let line = format!("redis = \"{}\"", redis.url());
-    redis_hung_for_5s(
+    let fallbacks = redis_hung_for_5s(
         "Redis hung",
         &db,
         &line,
-        || redis.pause(),
-        || redis.resume(),
+        |_| redis.pause(),
+        |_| redis.resume(),
     )
     .await;
+    assert!(fallbacks > 0, "the hung Redis was never asked");
 }
 
 /// The same with every node of a Redis Cluster of the test's own hung.
@@ -357,14 +371,47 @@ async fn a_redis_cluster_hung_for_5s_costs_jwt_routes_nothing_and_revocations_la
     };
     let dir = TempDir::new("rev_cluster_nodes");
     let cluster = OwnRedisCluster::start(&dir.0);
-    redis_hung_for_5s(
+    let fallbacks = redis_hung_for_5s(
         "Redis Cluster hung",
         &db,
         &cluster.config_line(),
-        || cluster.pause(),
-        || cluster.resume(),
+        |_| cluster.pause(),
+        |_| cluster.resume(),
     )
     .await;
+    assert!(fallbacks > 0, "the hung Cluster was never asked");
+}
+
+/// One node of the Cluster hung: the one that serves the rate limiter's
+/// slot (every rate-limit key of the prefix shares one hash tag), so each
+/// request's rate check meets it; the other nodes answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_cluster_node_hung_for_5s_costs_jwt_routes_nothing_and_revocations_land_on_both_replicas()
+ {
+    let Some(db) = FreshDatabase::create("rev_cluster_node").await else {
+        return;
+    };
+    let dir = TempDir::new("rev_cluster_node_nodes");
+    let cluster = OwnRedisCluster::start(&dir.0);
+    // Found before the pause (a paused node answers no `redis-cli`).
+    let paused = std::sync::Mutex::new(None);
+    let fallbacks = redis_hung_for_5s(
+        "one Redis Cluster node hung",
+        &db,
+        &cluster.config_line(),
+        |prefix| {
+            let node = cluster.node_owning(&format!("{{{prefix}:ratelimit}}"));
+            node.pause();
+            *paused.lock().unwrap() = Some(node);
+        },
+        |_| {
+            if let Some(node) = paused.lock().unwrap().take() {
+                node.resume();
+            }
+        },
+    )
+    .await;
+    assert!(fallbacks > 0, "the hung node was never asked");
 }
 
 /// Two replicas on `db` and the Redis of `line` under load; the Redis
@@ -374,9 +421,9 @@ async fn redis_hung_for_5s(
     phase: &str,
     db: &FreshDatabase,
     line: &str,
-    pause: impl Fn(),
-    resume: impl Fn(),
-) {
+    pause: impl Fn(&str),
+    resume: impl Fn(&str),
+) -> u64 {
     /// SIGCONT even when an assertion fails while paused.
     struct Resume<F: Fn()>(F);
     impl<F: Fn()> Drop for Resume<F> {
@@ -401,8 +448,9 @@ async fn redis_hung_for_5s(
     let load = Load::start(&r.c, &r.publics, &format!("Bearer {token}"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused_at = load.started.elapsed();
-    pause();
-    let resumer = Resume(&resume);
+    let prefix = redis_prefix(&r.dir);
+    pause(&prefix);
+    let resumer = Resume(|| resume(&prefix));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reply = admin_revoke_session(&r, 0, &sid).await;
     assert!(reply.status.is_success(), "{} {}", reply.status, reply.body);
@@ -424,6 +472,18 @@ async fn redis_hung_for_5s(
         during.len()
     );
     no_5xx(phase, &samples, (paused_at, resumed_at));
+    // Rate decisions taken without Redis (`on_backend_error = "allow"`).
+    let mut fallbacks = 0;
+    for g in &r.gateways {
+        let metrics = send(&r.c, get(g.ops, "/metrics", &[])).await;
+        fallbacks += metrics
+            .body
+            .lines()
+            .filter(|l| l.starts_with("portcullis_ratelimit_fallback_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    fallbacks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,13 +575,15 @@ async fn past_max_stale_on_stale_deny_refuses_from_max_stale_on_and_recovers_at_
         return;
     };
     let url = pg.url();
-    let max_stale = Duration::from_secs(3);
+    // The defaults: max_stale 30 s, on_stale "deny"; PostgreSQL hung 40 s.
+    let max_stale = Duration::from_secs(30);
+    let pause = Duration::from_secs(40);
     let r = replicas(
         "rev_stale",
         &Setup {
             url: &url,
             redis: None,
-            revocation: "max_stale = \"3s\"\non_stale = \"deny\"",
+            revocation: "",
         },
     )
     .await;
@@ -530,12 +592,12 @@ async fn past_max_stale_on_stale_deny_refuses_from_max_stale_on_and_recovers_at_
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused_at = load.started.elapsed();
     pg.pause();
-    tokio::time::sleep(max_stale + Duration::from_secs(3)).await;
+    tokio::time::sleep(pause).await;
     // Readiness reports the stale feed.
     let ready = send(&r.c, get(r.gateways[0].ops, "/health/ready", &[])).await;
     assert_eq!(ready.status.as_u16(), 503, "{}", ready.body);
     assert!(
-        ready.json()["revocation"]["lag_ms"].as_u64().unwrap() >= 3000,
+        ready.json()["revocation"]["lag_ms"].as_u64().unwrap() >= 30_000,
         "{}",
         ready.body
     );

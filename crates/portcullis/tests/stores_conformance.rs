@@ -1273,6 +1273,100 @@ async fn api_key_revocation_reaches_a_busy_replica_within_a_second(env: Env) {
     }
 }
 
+/// Waits at most 1 s (the revocation bound) for `what` to hold.
+async fn within_the_bound(what: &str, mut holds: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !holds() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: not within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A key revoked and a user disabled on one replica are in the other
+/// replica's revocation set within the bound (so it refuses them whatever
+/// its caches hold); a user enabled again leaves it; a replica started
+/// afterwards loads the same state.
+async fn api_key_and_user_revocations_reach_the_set_of_other_replicas(env: Env) {
+    use portcullis::stores::RevokedKind;
+    let a = env.stores(config());
+    let b = env.stores(config());
+    b.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("b loads");
+    let user = a
+        .create_user(&NewUser {
+            username: support::unique_name("setuser"),
+            password: Some("a long enough password".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    let created = a
+        .create_api_key(&NewApiKey {
+            name: "set".into(),
+            owner: user.id.clone(),
+            ..NewApiKey::default()
+        })
+        .await
+        .expect("create");
+    let id = created.record.id.clone();
+    b.verify_api_key(&created.key).await.expect("b caches it");
+    assert!(!b.user_is_disabled(&user.id).await.expect("status"));
+
+    assert!(a.revoke_api_key(&id).await.expect("revoke"));
+    assert!(
+        a.revocations().contains(RevokedKind::ApiKey, &id),
+        "a knows at once"
+    );
+    within_the_bound("key revocation in b's set", || {
+        b.revocations().contains(RevokedKind::ApiKey, &id)
+    })
+    .await;
+    assert!(matches!(
+        b.verify_api_key(&created.key).await,
+        Err(StoreError::InvalidApiKey)
+    ));
+
+    a.set_user_disabled(&user.id, true).await.expect("disable");
+    within_the_bound("disabled user in b's set", || {
+        b.revocations()
+            .contains(RevokedKind::UserDisabled, &user.id)
+    })
+    .await;
+    assert!(b.user_is_disabled(&user.id).await.expect("status"));
+    a.set_user_disabled(&user.id, false).await.expect("enable");
+    assert!(
+        !a.revocations()
+            .contains(RevokedKind::UserDisabled, &user.id)
+    );
+    within_the_bound("enabled user out of b's set", || {
+        !b.revocations()
+            .contains(RevokedKind::UserDisabled, &user.id)
+    })
+    .await;
+
+    // A replica started now loads the key's revocation, and the enable
+    // after the disable (in log order).
+    let c = env.stores(config());
+    c.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("c loads");
+    assert!(c.revocations().contains(RevokedKind::ApiKey, &id));
+    assert!(
+        !c.revocations()
+            .contains(RevokedKind::UserDisabled, &user.id)
+    );
+    assert!(matches!(
+        c.verify_api_key(&created.key).await,
+        Err(StoreError::InvalidApiKey)
+    ));
+}
+
 async fn jti_rules_are_the_same_for_revoke_and_check(env: Env) {
     let stores = env.stores(config());
     stores
@@ -1904,6 +1998,47 @@ async fn a_reset_token_redeemed_at_once_works_once(env: Env) {
     ));
 }
 
+/// PostgreSQL announces each append (`NOTIFY` at commit): another
+/// replica whose poll is a second away reads the revocation when the
+/// announcement arrives, counted in its feed's `wakeups`.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_announces_revocations_to_other_replicas() {
+    use portcullis::stores::RevokedKind;
+    let Some(env) = postgres().await else { return };
+    let mut slow = config();
+    slow.revocation.poll_interval = Duration::from_secs(1);
+    let a = env.stores(config());
+    let b = env.stores(slow);
+    b.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("b loads");
+    // The listener connects in the background: until it listens, an
+    // announcement is lost (the poll still brings the entry). Revoke until
+    // one is announced, at most 20 times.
+    let mut announced = None;
+    for i in 0..20 {
+        let before = b.revocations().stats().wakeups;
+        let jti = format!("jti-notify-{i}-{}", support::unique_name("n"));
+        let started = std::time::Instant::now();
+        a.revoke_jti(&jti, now() + 600).await.expect("deny");
+        while !b.revocations().contains(RevokedKind::Jti, &jti) {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "b never saw {jti}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if b.revocations().stats().wakeups > before {
+            announced = Some(started.elapsed());
+            break;
+        }
+    }
+    let elapsed = announced.expect("no append was announced to b in 20 revocations");
+    eprintln!("revocation set: announced on PostgreSQL, in b's set after {elapsed:?}");
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {
@@ -1945,6 +2080,7 @@ macro_rules! full_suite {
                 reuse_grace_is_checked_first_and_handed_out_once,
                 disabling_a_user_ends_its_sessions_and_refresh_families,
                 api_key_revocation_reaches_a_busy_replica_within_a_second,
+                api_key_and_user_revocations_reach_the_set_of_other_replicas,
                 jti_rules_are_the_same_for_revoke_and_check,
                 denylist_keeps_the_later_expiry,
                 app_secret_rotations_at_once_get_distinct_versions,

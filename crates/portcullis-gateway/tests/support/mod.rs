@@ -622,6 +622,37 @@ impl OwnRedisCluster {
     pub fn resume(&self) {
         self.nodes.iter().for_each(OwnRedis::resume);
     }
+
+    /// The node that serves `key`'s hash slot (asked of the cluster with
+    /// `redis-cli`: `CLUSTER KEYSLOT`, then each node's own slot ranges).
+    pub fn node_owning(&self, key: &str) -> &OwnRedis {
+        let cli = |port: u16, args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli must be on the PATH for this test");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let slot: u32 = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        self.nodes
+            .iter()
+            .find(|n| {
+                let nodes = cli(n.port, &["CLUSTER", "NODES"]);
+                let me = nodes.lines().find(|l| l.contains("myself")).unwrap();
+                me.split_whitespace().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    match (lo.parse::<u32>(), hi.parse::<u32>()) {
+                        (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+                        _ => false,
+                    }
+                })
+            })
+            .expect("a node serves every slot")
+    }
 }
 
 /// A PostgreSQL cluster of the test's own (`scripts/pg-private.sh`), never

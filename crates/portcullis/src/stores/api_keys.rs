@@ -209,18 +209,30 @@ impl Stores {
         Ok(keys)
     }
 
-    /// Revokes a key by id; other replicas stop accepting it within the
-    /// revocation cache TTL (at most 1 s).
+    /// Revokes a key by id: this replica refuses it before the call
+    /// returns; the others when their revocation set reads the entry the
+    /// backend appended (one poll, well under 1 s), or, for a backend
+    /// without a log, when their cached record expires (at most 1 s).
     pub async fn revoke_api_key(&self, id: &str) -> StoreResult<bool> {
         let id = input::bounded("id", id, input::MAX_ID)?;
-        let revoked = self
-            .backends
-            .api_keys
-            .revoke_api_key(&id, self.now())
-            .await?;
+        let now = self.now();
+        let revoked = self.backends.api_keys.revoke_api_key(&id, now).await?;
+        if revoked {
+            self.revocations.insert(
+                super::RevokedKind::ApiKey,
+                &id,
+                super::revocation_set::session_entry_expiry(now),
+            );
+        }
         self.caches.api_keys.invalidate(&id);
         self.verified_keys.forget_all();
         Ok(revoked)
+    }
+
+    /// Whether the revocation set holds the key's revocation (the check
+    /// that reaches other replicas' revocations before their caches expire).
+    fn key_revoked_in_set(&self, id: &str) -> bool {
+        self.revocations.contains(super::RevokedKind::ApiKey, id)
     }
 
     /// Verifies a presented key: shape and checksum, lookup by id, constant-
@@ -229,13 +241,16 @@ impl Stores {
     pub async fn verify_api_key(&self, key: &str) -> StoreResult<Arc<ApiKeyRecord>> {
         let now = self.now();
         if let Some((record, deadline)) = self.verified_keys.get(key) {
-            if record.expires_at.is_some_and(|e| e <= now) {
+            if record.expires_at.is_some_and(|e| e <= now) || self.key_revoked_in_set(&record.id) {
                 return Err(StoreError::InvalidApiKey);
             }
             self.touch_if_due(key, &record, deadline, now).await;
             return Ok(record);
         }
         let (id, body) = parse_api_key(key).ok_or(StoreError::InvalidApiKey)?;
+        if self.key_revoked_in_set(id) {
+            return Err(StoreError::InvalidApiKey);
+        }
         let cache = &self.caches.api_keys;
         let (record, deadline) = match cache.get_entry(id) {
             Some(hit) => hit,

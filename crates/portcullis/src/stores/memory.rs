@@ -211,6 +211,15 @@ impl UserStore for MemoryStores {
             u.disabled = disabled;
             u.updated_at = now;
         });
+        if found.is_some() {
+            // Under the users lock: log order is the order of the changes.
+            let kind = if disabled {
+                RevokedKind::UserDisabled
+            } else {
+                RevokedKind::UserEnabled
+            };
+            self.log_revocation(kind, id, session_entry_expiry(now));
+        }
         ready(Ok(found.is_some()))
     }
 
@@ -260,6 +269,10 @@ impl UserStore for MemoryStores {
             users.id_by_key.remove(&u.username.to_lowercase());
         }
         ready(Ok(removed.is_some()))
+    }
+
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 
@@ -579,6 +592,9 @@ impl ApiKeyStore for MemoryStores {
             }
             _ => false,
         };
+        if revoked {
+            self.log_revocation(RevokedKind::ApiKey, id, session_entry_expiry(now));
+        }
         ready(Ok(revoked))
     }
 
@@ -598,6 +614,10 @@ impl ApiKeyStore for MemoryStores {
             n += (len - m.len()) as u64;
         });
         ready(Ok(n))
+    }
+
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 

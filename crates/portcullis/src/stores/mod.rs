@@ -406,6 +406,13 @@ pub trait UserStore: Send + Sync {
     /// is no such user. Sessions, refresh families and API keys are the
     /// caller's to revoke first.
     fn delete_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<bool>>;
+    /// The log this backend appends each change of a user's `disabled`
+    /// flag to ([`RevokedKind::UserDisabled`] / [`RevokedKind::UserEnabled`]),
+    /// in the same transaction (`None`: it keeps none, and only the
+    /// status cache carries the change, within 1 s).
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        None
+    }
 }
 
 /// Login sessions.
@@ -513,22 +520,33 @@ pub trait Denylist: Send + Sync {
     }
 }
 
-/// What a revocation-log entry refuses.
+/// What a revocation-log entry says.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevokedKind {
-    /// An access token's `jti`.
+    /// An access token's `jti` is refused.
     Jti,
-    /// A session id (`sid`): every token it issued.
+    /// A session id (`sid`) is refused: every token it issued.
     Session,
+    /// An API key (by id) is revoked.
+    ApiKey,
+    /// A user (by id) is disabled: every API key it owns is refused.
+    UserDisabled,
+    /// A user (by id) is enabled again: cancels an earlier
+    /// [`Self::UserDisabled`] (the set holds nothing for it).
+    UserEnabled,
 }
 
 impl RevokedKind {
-    /// The stored tag (1: `jti`, 2: session).
+    /// The stored tag (1: `jti`, 2: session, 3: API key, 4: user disabled,
+    /// 5: user enabled).
     pub fn tag(self) -> i64 {
         match self {
             Self::Jti => 1,
             Self::Session => 2,
+            Self::ApiKey => 3,
+            Self::UserDisabled => 4,
+            Self::UserEnabled => 5,
         }
     }
 
@@ -537,6 +555,9 @@ impl RevokedKind {
         match tag {
             1 => Ok(Self::Jti),
             2 => Ok(Self::Session),
+            3 => Ok(Self::ApiKey),
+            4 => Ok(Self::UserDisabled),
+            5 => Ok(Self::UserEnabled),
             _ => Err(StoreError::Corrupt(format!("revocation kind {tag}"))),
         }
     }
@@ -580,7 +601,19 @@ pub trait RevocationLog: Send + Sync {
     ) -> BoxFuture<'_, StoreResult<RevocationPage>>;
     /// Deletes entries expired at `now`; returns how many.
     fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// A task, run for as long as the set follows this log, that calls
+    /// `on_append` whenever another process appends to it (PostgreSQL:
+    /// `LISTEN`), so the feed reads at once instead of at its next poll;
+    /// `None` (the default) for a log with no such signal. A hint only: the
+    /// feed polls every `poll_interval` whether or not it comes.
+    fn watch(&self, on_append: AppendSignal) -> Option<BoxFuture<'static, ()>> {
+        let _ = on_append;
+        None
+    }
 }
+
+/// What a log's [`RevocationLog::watch`] task calls on each append.
+pub type AppendSignal = Arc<dyn Fn() + Send + Sync>;
 
 /// API keys.
 pub trait ApiKeyStore: Send + Sync {
@@ -597,6 +630,12 @@ pub trait ApiKeyStore: Send + Sync {
     /// Deletes keys that expired at or before `before`; returns how many
     /// (0 where the backend expires them itself).
     fn purge_expired_api_keys(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// The log this backend appends each key revocation to
+    /// ([`RevokedKind::ApiKey`]), in the same transaction (`None`: it keeps
+    /// none, and only the key cache carries the revocation, within 1 s).
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        None
+    }
 }
 
 /// App credentials.
@@ -791,6 +830,10 @@ pub struct Stores {
     /// log (else each check asks the backend).
     jtis_in_set: bool,
     sessions_in_set: bool,
+    /// Whether revoked API keys / user status changes reach the set
+    /// (else the 1 s caches alone carry them).
+    keys_in_set: bool,
+    users_in_set: bool,
 }
 
 impl std::fmt::Debug for Stores {
@@ -840,8 +883,18 @@ impl Stores {
         let jti_log = Arc::clone(&backends.denylist).revocation_log();
         let session_log = Arc::clone(&backends.sessions).revocation_log();
         let (jtis_in_set, sessions_in_set) = (jti_log.is_some(), session_log.is_some());
+        // API keys and users: the set refuses what it holds; what it does
+        // not hold, the (1 s) caches and the backend answer.
+        let key_log = Arc::clone(&backends.api_keys).revocation_log();
+        let user_log = Arc::clone(&backends.users).revocation_log();
+        let (keys_in_set, users_in_set) = (key_log.is_some(), user_log.is_some());
         let revocations = RevocationSet::new(
-            jti_log.into_iter().chain(session_log).collect(),
+            jti_log
+                .into_iter()
+                .chain(session_log)
+                .chain(key_log)
+                .chain(user_log)
+                .collect(),
             config.revocation,
             Arc::clone(&clock),
         );
@@ -854,6 +907,8 @@ impl Stores {
             .named("stores"),
             jtis_in_set,
             sessions_in_set,
+            keys_in_set,
+            users_in_set,
             backends,
             passwords: PasswordHasher::with_limits(
                 config.hashing_concurrency,
@@ -933,7 +988,8 @@ impl Stores {
     }
 
     /// This replica's live revocation set (denied `jti`s, revoked
-    /// sessions), fed by the backends' revocation logs.
+    /// sessions, revoked API keys, disabled users), fed by the backends'
+    /// revocation logs.
     pub fn revocations(&self) -> &RevocationSet {
         &self.revocations
     }
@@ -944,6 +1000,8 @@ impl Stores {
         match kind {
             RevokedKind::Jti => self.jtis_in_set,
             RevokedKind::Session => self.sessions_in_set,
+            RevokedKind::ApiKey => self.keys_in_set,
+            RevokedKind::UserDisabled | RevokedKind::UserEnabled => self.users_in_set,
         }
     }
 

@@ -81,9 +81,58 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))
 }
 
+/// The channel on which appends to the revocation log are announced.
+pub const REVOCATION_CHANNEL: &str = "portcullis_revocation";
+
 impl PostgresStores {
-    /// Taken first by every transaction that appends to the revocation log.
-    const REVOCATION_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(2026000026)");
+    /// Run first by every transaction that appends to the revocation log:
+    /// the log's advisory lock (appends commit in `seq` order), and the
+    /// notification the other replicas' feeds listen for (sent at commit,
+    /// never for a transaction rolled back; repeats within one transaction
+    /// are folded into one).
+    const REVOCATION_BEGIN: &'static [&'static str] = &[
+        "SELECT pg_advisory_xact_lock(2026000026)",
+        "SELECT pg_notify('portcullis_revocation', '')",
+    ];
+
+    /// Listens on [`REVOCATION_CHANNEL`] on a connection of its own and
+    /// calls `on_append` for each notification, and once each time the
+    /// connection is lost (what was sent meanwhile is lost with it);
+    /// reconnects every second while PostgreSQL is unreachable.
+    #[allow(clippy::unnecessary_wraps)]
+    fn watch_revocations(&self, on_append: super::AppendSignal) -> Option<BoxFuture<'static, ()>> {
+        let pool = self.pool.clone();
+        Some(Box::pin(async move {
+            loop {
+                match listen(&pool).await {
+                    Ok(mut listener) => loop {
+                        match listener.try_recv().await {
+                            Ok(Some(_)) => on_append(),
+                            Ok(None) => {
+                                // Lost; the next receive reconnects.
+                                on_append();
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
+                                break;
+                            }
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot LISTEN for revocations; retrying");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(REVOCATION_CHANNEL).await?;
+    Ok(listener)
 }
 
 sql_stores!(PostgresStores, sqlx::Postgres);

@@ -595,6 +595,21 @@ impl UserStore for RedisStores {
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
+            // The log entry first (the log and the user live on different
+            // Cluster slots): a failure after it leaves the user refused
+            // (disable) or checked against the record (enable).
+            let mut conn = self.conn.clone();
+            let exists: bool = conn.exists(self.key("user", id)).await.map_err(err)?;
+            if !exists {
+                return Ok(false);
+            }
+            let kind = if disabled {
+                RevokedKind::UserDisabled
+            } else {
+                RevokedKind::UserEnabled
+            };
+            self.log_revocation(kind, id, session_entry_expiry(now))
+                .await?;
             self.set_if_exists(
                 &self.key("user", id),
                 &[
@@ -681,6 +696,10 @@ impl UserStore for RedisStores {
             let _: () = conn.zrem(self.users_index(), &name).await.map_err(err)?;
             Ok(removed == 1)
         })
+    }
+
+    fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 
@@ -1185,8 +1204,22 @@ impl ApiKeyStore for RedisStores {
 
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
+            // As a session: the log entry first, for a live key only.
+            let key = self.key("ak", id);
+            let mut conn = self.conn.clone();
+            let (exists, revoked): (bool, bool) = redis::pipe()
+                .exists(&key)
+                .hexists(&key, "revoked_at")
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if !exists || revoked {
+                return Ok(false);
+            }
+            self.log_revocation(RevokedKind::ApiKey, id, session_entry_expiry(now))
+                .await?;
             Ok(self
-                .set_once(&[self.key("ak", id)], "revoked_at", now)
+                .set_once(std::slice::from_ref(&key), "revoked_at", now)
                 .await?
                 == 1)
         })
@@ -1203,6 +1236,10 @@ impl ApiKeyStore for RedisStores {
     fn purge_expired_api_keys(&self, _before: i64) -> BoxFuture<'_, StoreResult<u64>> {
         // Expiring keys carry a TTL (a day after expiry).
         Box::pin(std::future::ready(Ok(0)))
+    }
+
+    fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 

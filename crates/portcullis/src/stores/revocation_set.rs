@@ -1,5 +1,5 @@
-//! The live revocation set every replica holds in memory: denied `jti`s and
-//! revoked sessions, loaded from the backends' revocation logs at start and
+//! The live revocation set every replica holds in memory: denied `jti`s,
+//! revoked sessions, revoked API keys and disabled users, loaded from the backends' revocation logs at start and
 //! followed from then on, so that checking a token is a local lookup and a
 //! store outage makes the set staler (within `max_stale`), never refuses
 //! at once.
@@ -7,9 +7,10 @@
 //! The set follows each distinct [`RevocationLog`] of the stores (the
 //! sessions' backend and the denylist's, one log when they are the same):
 //! a poll every `poll_interval` (100 ms by default) reads the entries after
-//! its cursor, and a revocation made through this replica's [`super::Stores`]
-//! polls at once, so this replica refuses what it revoked before the call
-//! returns. The feed's lag is the age of the last complete poll; past
+//! its cursor; a log that can announce appends (PostgreSQL's `LISTEN`)
+//! makes it poll at once; and a revocation made through this replica's
+//! [`super::Stores`] polls at once, so this replica refuses what it revoked
+//! before the call returns. The feed's lag is the age of the last complete poll; past
 //! `max_stale` the [`OnStale`] policy decides.
 
 use std::collections::HashMap;
@@ -112,25 +113,46 @@ pub struct RevocationFeedStats {
     pub stale_denied: u64,
     /// Checks answered from a set past `max_stale` (`allow`).
     pub stale_allowed: u64,
+    /// Appends announced by a log (each makes the feed poll at once).
+    pub wakeups: u64,
 }
 
 #[derive(Debug, Default)]
 struct Entries {
     jtis: HashMap<Box<str>, i64>,
     sessions: HashMap<Box<str>, i64>,
+    api_keys: HashMap<Box<str>, i64>,
+    disabled_users: HashMap<Box<str>, i64>,
     id_bytes: usize,
 }
 
 impl Entries {
-    fn map(&mut self, kind: RevokedKind) -> &mut HashMap<Box<str>, i64> {
+    /// The map of a kind the set holds (`None`: [`RevokedKind::UserEnabled`],
+    /// which only cancels).
+    fn map(&self, kind: RevokedKind) -> Option<&HashMap<Box<str>, i64>> {
         match kind {
-            RevokedKind::Jti => &mut self.jtis,
-            RevokedKind::Session => &mut self.sessions,
+            RevokedKind::Jti => Some(&self.jtis),
+            RevokedKind::Session => Some(&self.sessions),
+            RevokedKind::ApiKey => Some(&self.api_keys),
+            RevokedKind::UserDisabled => Some(&self.disabled_users),
+            RevokedKind::UserEnabled => None,
         }
     }
 
     fn insert(&mut self, kind: RevokedKind, subject: &str, expires_at: i64) {
-        let map = self.map(kind);
+        let map = match kind {
+            RevokedKind::Jti => &mut self.jtis,
+            RevokedKind::Session => &mut self.sessions,
+            RevokedKind::ApiKey => &mut self.api_keys,
+            RevokedKind::UserDisabled => &mut self.disabled_users,
+            RevokedKind::UserEnabled => {
+                // Applied in log order: cancels the disable before it.
+                if let Some((id, _)) = self.disabled_users.remove_entry(subject) {
+                    self.id_bytes = self.id_bytes.saturating_sub(id.len());
+                }
+                return;
+            }
+        };
         match map.get_mut(subject) {
             Some(e) => *e = (*e).max(expires_at),
             None => {
@@ -142,7 +164,12 @@ impl Entries {
 
     fn purge(&mut self, now: i64) {
         let mut dropped = 0;
-        for map in [&mut self.jtis, &mut self.sessions] {
+        for map in [
+            &mut self.jtis,
+            &mut self.sessions,
+            &mut self.api_keys,
+            &mut self.disabled_users,
+        ] {
             map.retain(|id, exp| {
                 let keep = *exp > now;
                 if !keep {
@@ -155,7 +182,7 @@ impl Entries {
     }
 
     fn len(&self) -> usize {
-        self.jtis.len() + self.sessions.len()
+        self.jtis.len() + self.sessions.len() + self.api_keys.len() + self.disabled_users.len()
     }
 }
 
@@ -174,6 +201,9 @@ struct Inner {
     policy: RevocationPolicy,
     clock: Arc<dyn Clock>,
     feed: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The logs' [`RevocationLog::watch`] tasks, aborted with the set.
+    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    wakeups: AtomicU64,
     wake: Arc<Notify>,
     last_purge: Mutex<Option<Instant>>,
     poll_failures: AtomicU64,
@@ -243,6 +273,8 @@ impl RevocationSet {
                 policy,
                 clock,
                 feed: Mutex::new(None),
+                watchers: Mutex::new(Vec::new()),
+                wakeups: AtomicU64::new(0),
                 wake: Arc::new(Notify::new()),
                 last_purge: Mutex::new(None),
                 poll_failures: AtomicU64::new(0),
@@ -297,6 +329,7 @@ impl RevocationSet {
             poll_failures: self.inner.poll_failures.load(Ordering::Relaxed),
             stale_denied: self.inner.stale_denied.load(Ordering::Relaxed),
             stale_allowed: self.inner.stale_allowed.load(Ordering::Relaxed),
+            wakeups: self.inner.wakeups.load(Ordering::Relaxed),
         }
     }
 
@@ -363,7 +396,8 @@ impl RevocationSet {
         }
     }
 
-    /// Whether `subject` is revoked as `kind` at the stores' clock.
+    /// Whether `subject` is revoked as `kind` at the stores' clock (never
+    /// for [`RevokedKind::UserEnabled`]).
     pub fn contains(&self, kind: RevokedKind, subject: &str) -> bool {
         let now = self.inner.clock.unix_seconds();
         let entries = self
@@ -371,11 +405,10 @@ impl RevocationSet {
             .entries
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let map = match kind {
-            RevokedKind::Jti => &entries.jtis,
-            RevokedKind::Session => &entries.sessions,
-        };
-        map.get(subject).is_some_and(|&exp| exp > now)
+        entries
+            .map(kind)
+            .and_then(|map| map.get(subject))
+            .is_some_and(|&exp| exp > now)
     }
 
     /// Adds an entry this replica just wrote to the backend (the feed
@@ -413,6 +446,30 @@ impl RevocationSet {
         let wake = Arc::clone(&self.inner.wake);
         let every = self.inner.policy.poll_interval;
         *feed = Some(runtime.spawn(follow(weak, wake, every)));
+        let mut watchers = lock(&self.inner.watchers);
+        if watchers.iter().all(tokio::task::JoinHandle::is_finished) {
+            watchers.clear();
+            for log in &self.inner.logs {
+                let weak = Arc::downgrade(&self.inner);
+                let signal: super::AppendSignal = Arc::new(move || {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.wakeups.fetch_add(1, Ordering::Relaxed);
+                        inner.wake.notify_one();
+                    }
+                });
+                if let Some(task) = log.watch(signal) {
+                    watchers.push(runtime.spawn(task));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for watcher in lock(&self.watchers).drain(..) {
+            watcher.abort();
+        }
     }
 }
 
@@ -529,7 +586,8 @@ impl Inner {
     }
 }
 
-/// The expiry of a session's revocation entry revoked at `now`.
+/// The expiry of an entry for a session, an API key or a user's status
+/// written at `now`: a day, past any token or cached record it refuses.
 pub(crate) fn session_entry_expiry(now: i64) -> i64 {
     now.saturating_add(i64::try_from(SESSION_REVOCATION_TTL.as_secs()).unwrap_or(i64::MAX))
 }

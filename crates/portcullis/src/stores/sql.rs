@@ -549,16 +549,27 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<bool>> {
                 Box::pin(async move {
+                    let mut tx = begin_revocation(&self.pool).await?;
                     let r = sqlx::query(
                         "UPDATE users SET disabled = $1, updated_at = $2 WHERE id = $3",
                     )
                     .bind(disabled)
                     .bind(now)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    let found = r.rows_affected() == 1;
+                    if found {
+                        let kind = if disabled {
+                            RevokedKind::UserDisabled
+                        } else {
+                            RevokedKind::UserEnabled
+                        };
+                        append_revocation(&mut *tx, kind, id, session_entry_expiry(now)).await?;
+                    }
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(found)
                 })
             }
 
@@ -621,6 +632,10 @@ macro_rules! sql_stores {
                         .map_err(unavailable)?;
                     Ok(r.rows_affected() == 1)
                 })
+            }
+
+            fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+                Some(self)
             }
         }
 
@@ -762,13 +777,14 @@ macro_rules! sql_stores {
         /// Opens a transaction that appends to the revocation log: on
         /// PostgreSQL it first takes the log's advisory lock, so appends
         /// commit in `seq` order (a follower never passes a row still to
-        /// commit); SQLite has one writer at a time anyway.
+        /// commit), and queues the `NOTIFY` that wakes the other replicas'
+        /// feeds when it commits; SQLite has one writer at a time anyway.
         async fn begin_revocation(
             pool: &sqlx::Pool<$db>,
         ) -> StoreResult<sqlx::Transaction<'static, $db>> {
             let mut tx = pool.begin().await.map_err(unavailable)?;
-            if let Some(lock) = <$ty>::REVOCATION_LOCK {
-                sqlx::query(lock)
+            for statement in <$ty>::REVOCATION_BEGIN {
+                sqlx::query(statement)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
@@ -840,6 +856,10 @@ macro_rules! sql_stores {
                     "DELETE FROM revocation_log WHERE expires_at <= $1",
                     now,
                 ))
+            }
+
+            fn watch(&self, on_append: super::AppendSignal) -> Option<BoxFuture<'static, ()>> {
+                self.watch_revocations(on_append)
             }
         }
 
@@ -1030,6 +1050,10 @@ macro_rules! sql_stores {
                 ))
             }
 
+            fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+                Some(self)
+            }
+
             fn insert_api_key<'a>(&'a self, k: &'a ApiKeyRecord) -> BoxFuture<'a, StoreResult<()>> {
                 Box::pin(async move {
                     sqlx::query(
@@ -1094,15 +1118,22 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<bool>> {
                 Box::pin(async move {
+                    let mut tx = begin_revocation(&self.pool).await?;
                     let r = sqlx::query(
                         "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                     )
                     .bind(now)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    let revoked = r.rows_affected() == 1;
+                    if revoked {
+                        append_revocation(&mut *tx, RevokedKind::ApiKey, id, session_entry_expiry(now))
+                            .await?;
+                    }
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(revoked)
                 })
             }
 

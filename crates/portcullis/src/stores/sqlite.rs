@@ -76,8 +76,18 @@ impl SqliteStores {
 }
 
 impl SqliteStores {
-    /// Taken first by every transaction that appends to the revocation log.
-    const REVOCATION_LOCK: Option<&'static str> = None;
+    /// Run first by every transaction that appends to the revocation log
+    /// (nothing: SQLite has one writer at a time).
+    const REVOCATION_BEGIN: &'static [&'static str] = &[];
+
+    /// No signal: the feed polls (a SQLite file has one writer process).
+    #[allow(clippy::unused_self)]
+    fn watch_revocations(
+        &self,
+        _on_append: super::AppendSignal,
+    ) -> Option<super::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 sql_stores!(SqliteStores, sqlx::Sqlite);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::input::{self, Username};
 use super::password::needs_rehash;
-use super::{Session, StoreError, StoreResult, Stores, User, random_id};
+use super::{RevokedKind, Session, StoreError, StoreResult, Stores, User, random_id};
 
 /// What is needed to create a user.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +111,10 @@ impl Stores {
     /// `revocation_cache_ttl` (at most 1 s) old on other replicas.
     pub async fn user_is_disabled(&self, id: &str) -> StoreResult<bool> {
         let id = input::bounded_str("user_id", id, input::MAX_ID)?;
+        // Disabled on any replica: in the set within one poll.
+        if self.revocations.contains(RevokedKind::UserDisabled, id) {
+            return Ok(true);
+        }
         if let Some(hit) = self.caches.users_disabled.get(id) {
             return Ok(hit);
         }
@@ -141,6 +145,13 @@ impl Stores {
         {
             return Err(StoreError::NotFound("user"));
         }
+        let kind = if disabled {
+            RevokedKind::UserDisabled
+        } else {
+            RevokedKind::UserEnabled
+        };
+        self.revocations
+            .insert(kind, &id, super::revocation_set::session_entry_expiry(now));
         self.caches.users_disabled.invalidate(&id);
         if disabled {
             let (sessions, tokens) = self.revoke_user_tokens(&id).await?;
