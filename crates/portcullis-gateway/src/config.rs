@@ -630,6 +630,135 @@ pub struct AnomalyConfig {
     /// Most detector windows kept in memory (default 100 000; memory only).
     #[serde(default = "default_anomaly_max_keys")]
     pub max_keys: usize,
+    /// Where the detectors' `alert` action posts (none by default).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookEntry>,
+    /// How deliveries are made, for every webhook.
+    #[serde(default)]
+    pub webhook_delivery: WebhookDelivery,
+}
+
+/// `[[anomaly.webhooks]]`: one receiver of alerts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    /// `https://…` (plain `http://` only to a loopback host).
+    pub url: String,
+    /// File holding the Standard Webhooks secret (`whsec_…`) the deliveries
+    /// are signed with; required for `format = "standard"`. Never inline.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// `standard` (Standard Webhooks JSON, signed) or `slack` (a Slack
+    /// incoming-webhook message; the URL is the secret).
+    #[serde(default)]
+    pub format: portcullis_core::anomaly::webhook::PayloadFormat,
+    /// The detectors whose alerts it receives (default: all of them).
+    #[serde(default)]
+    pub detectors: Vec<portcullis_core::anomaly::DetectorKind>,
+}
+
+/// `[anomaly.webhook_delivery]`: one queue and one retry policy for every
+/// webhook.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// Longest one attempt may take (default 5 s).
+    #[serde(default = "default_webhook_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Attempts per delivery, the first included (default 6; exponential
+    /// back-off from 500 ms with full jitter, at most 60 s apart).
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// Alerts waiting to be sent; beyond it alerts are dropped and counted
+    /// (default 1024).
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_webhook_attempts() -> u32 {
+    6
+}
+fn default_webhook_queue() -> usize {
+    1024
+}
+
+impl Default for WebhookDelivery {
+    fn default() -> Self {
+        Self {
+            timeout: default_webhook_timeout(),
+            max_attempts: default_webhook_attempts(),
+            queue: default_webhook_queue(),
+        }
+    }
+}
+
+impl AnomalyConfig {
+    /// The sender settings of `[[anomaly.webhooks]]` (secrets read from
+    /// their files), or `None` when there is none; the error names the key.
+    pub fn webhook_config(
+        &self,
+    ) -> Result<Option<portcullis::anomaly::webhook::WebhookConfig>, (String, String)> {
+        use portcullis::anomaly::webhook::{WebhookConfig, WebhookEndpoint};
+        use portcullis_core::anomaly::webhook::{PayloadFormat, WebhookSecret};
+        if self.webhooks.is_empty() {
+            return Ok(None);
+        }
+        let mut endpoints = Vec::with_capacity(self.webhooks.len());
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("anomaly.webhooks[{i}].{field}");
+            portcullis::jwks::check_url(&w.url, true).map_err(|e| (key("url"), e.to_string()))?;
+            let url = w
+                .url
+                .parse::<http::Uri>()
+                .map_err(|e| (key("url"), e.to_string()))?;
+            let secret = match (&w.secret_file, w.format) {
+                (Some(path), _) => {
+                    let text = read_secret(path).map_err(|m| (key("secret_file"), m))?;
+                    WebhookSecret::parse(text.trim()).map_err(|e| {
+                        (
+                            key("secret_file"),
+                            format!("`{}`: {e} (a `whsec_…` secret)", path.display()),
+                        )
+                    })?
+                }
+                (None, PayloadFormat::Slack) => {
+                    // Slack does not check signatures: a random key signs.
+                    WebhookSecret::generate()
+                        .map_err(|e| (key("secret_file"), e.to_string()))?
+                        .0
+                }
+                (None, _) => {
+                    return Err((
+                        key("secret_file"),
+                        "required for format \"standard\": the `whsec_…` secret the receiver verifies each delivery with".into(),
+                    ));
+                }
+            };
+            endpoints.push(WebhookEndpoint {
+                url,
+                secret,
+                format: w.format,
+                detectors: w.detectors.clone(),
+            });
+        }
+        let d = self.webhook_delivery;
+        let config = WebhookConfig {
+            endpoints,
+            timeout: d.timeout,
+            max_attempts: d.max_attempts,
+            queue_capacity: d.queue,
+            // Plain http passed `check_url` only for loopback hosts.
+            allow_http: true,
+            ..WebhookConfig::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ("anomaly.webhook_delivery".to_owned(), e.to_string()))?;
+        Ok(Some(config))
+    }
 }
 
 fn default_detectors() -> Vec<portcullis_core::anomaly::DetectorConfig> {
@@ -648,6 +777,8 @@ impl Default for AnomalyConfig {
             enabled: true,
             detectors: default_detectors(),
             max_keys: default_anomaly_max_keys(),
+            webhooks: Vec::new(),
+            webhook_delivery: WebhookDelivery::default(),
         }
     }
 }
@@ -1765,6 +1896,9 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     }
     if config.anomaly.max_keys == 0 {
         err("anomaly.max_keys".into(), "must be at least 1".into());
+    }
+    if let Err((key, message)) = config.anomaly.webhook_config() {
+        err(key, message);
     }
     if let Err(e) = portcullis_core::anomaly::validate_detectors(&config.anomaly.detectors) {
         err("anomaly.detectors".into(), e.to_string());

@@ -30,7 +30,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::anomaly::redis::{RedisBans, RedisCounters};
+use portcullis::anomaly::memory::MemoryDedup;
+use portcullis::anomaly::redis::{RedisBans, RedisCounters, RedisDedup};
+use portcullis::anomaly::webhook::{AlertDedup, AlertSender};
 use portcullis::anomaly::{AnomalyBackend, AnomalyEngine};
 use portcullis::audit::postgres::PostgresAudit;
 use portcullis::audit::sqlite::SqliteAudit;
@@ -179,6 +181,11 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
     // Following the log starts now; readiness waits for the initial load.
     stores.revocations().start_feed();
 
+    let alerts = if config.anomaly.enabled {
+        alert_sender(config, redis.as_ref(), &prefix)?
+    } else {
+        None
+    };
     let anomaly = if config.anomaly.enabled {
         let backend = match &redis {
             // Bans under the prefix itself, where `portcullis bans
@@ -193,7 +200,7 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
             AnomalyEngine::new(
                 config.anomaly.detectors.clone(),
                 backend,
-                None,
+                alerts,
                 Arc::new(SystemClock),
             )
             .map_err(|e| start("anomaly")(e.to_string()))?,
@@ -213,6 +220,31 @@ pub async fn open(config: &Config) -> Result<Storage, ServeError> {
         redis_prefix: prefix,
         postgres,
     })
+}
+
+/// The webhook sender of `[[anomaly.webhooks]]`, when there is one: alerts
+/// de-duplicated per (detector, key) and cooldown across replicas on the
+/// shared Redis (`<redis_prefix>:{alerts}:…`), else in this process.
+fn alert_sender(
+    config: &Config,
+    redis: Option<&RedisConnection>,
+    prefix: &str,
+) -> Result<Option<AlertSender>, ServeError> {
+    let Some(webhooks) = config
+        .anomaly
+        .webhook_config()
+        .map_err(|(key, message)| start("anomaly.webhooks")(format!("{key}: {message}")))?
+    else {
+        return Ok(None);
+    };
+    let dedup = match redis {
+        Some(conn) => AlertDedup::Redis(RedisDedup::new(conn.clone(), prefix)),
+        None => AlertDedup::Memory(Arc::new(MemoryDedup::default())),
+    };
+    // The worker ends once the engine (the sender's last holder) is gone.
+    let (sender, _worker) = AlertSender::start(webhooks, dedup, Arc::new(SystemClock))
+        .map_err(|e| start("anomaly.webhooks")(e.to_string()))?;
+    Ok(Some(sender))
 }
 
 async fn connect_redis(config: &Config) -> Result<Option<RedisConnection>, ServeError> {

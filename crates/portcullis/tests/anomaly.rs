@@ -435,6 +435,7 @@ fn webhook_config(url: http::Uri, attempts: u32) -> WebhookConfig {
             url,
             secret: WebhookSecret::parse(SECRET).unwrap(),
             format: PayloadFormat::Standard,
+            detectors: Vec::new(),
         }],
         max_attempts: attempts,
         backoff_base: Duration::from_millis(20),

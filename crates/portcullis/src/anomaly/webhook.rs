@@ -31,6 +31,15 @@ pub struct WebhookEndpoint {
     pub secret: WebhookSecret,
     /// The body format.
     pub format: PayloadFormat,
+    /// The detectors whose alerts it receives (empty: every detector).
+    pub detectors: Vec<portcullis_core::anomaly::DetectorKind>,
+}
+
+impl WebhookEndpoint {
+    /// Whether alerts of `detector` go to this endpoint.
+    pub fn receives(&self, detector: portcullis_core::anomaly::DetectorKind) -> bool {
+        self.detectors.is_empty() || self.detectors.contains(&detector)
+    }
 }
 
 /// Sender settings.
@@ -284,6 +293,9 @@ impl Worker {
                 continue;
             };
             for endpoint in &self.config.endpoints {
+                if !endpoint.receives(job.event.detector) {
+                    continue;
+                }
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
@@ -362,6 +374,7 @@ impl Delivery {
         let Ok(request) = request else {
             return Attempt::Permanent(0);
         };
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(self.config.timeout, async {
             let response = self.client.request(request).await?;
             let status = response.status();
@@ -370,6 +383,8 @@ impl Delivery {
             Ok::<_, hyper_util::client::legacy::Error>(status)
         })
         .await;
+        metrics::histogram!("portcullis_webhook_attempt_seconds")
+            .record(started.elapsed().as_secs_f64());
         match sent {
             Ok(Ok(status)) if status.is_success() => Attempt::Delivered,
             Ok(Ok(status))
@@ -433,6 +448,7 @@ mod tests {
             url: "/relative".parse().unwrap(),
             secret,
             format: PayloadFormat::Standard,
+            detectors: Vec::new(),
         });
         assert!(matches!(config.validate(), Err(WebhookConfigError::Url(_))));
         config.endpoints[0].url = "http://127.0.0.1:9/hook".parse().unwrap();

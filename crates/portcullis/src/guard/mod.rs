@@ -1094,6 +1094,11 @@ impl Guard {
                     });
                 }
             }
+        } else if let (Some(engine), Some(ip)) = (&inner.anomaly, ip) {
+            // No rate limits configured: the burst detector counts anyway
+            // (it rode in the limiter's call above).
+            self.observe(engine, Signal::Request { ip }, parts, event.as_deref_mut())
+                .await;
         }
 
         // 6. Authorization.
