@@ -192,7 +192,9 @@ impl Expect {
         let upstream = report.upstream.as_ref().and_then(|u| u.name.as_deref());
         let route = report.routes.as_ref().and_then(|r| r.decided_by.as_deref());
         t.allow.is_none_or(|a| a == d.allow)
-            && t.code.as_deref().is_none_or(|c| d.code.as_deref() == Some(c))
+            && t.code
+                .as_deref()
+                .is_none_or(|c| d.code.as_deref() == Some(c))
             && t.status.is_none_or(|s| d.status == Some(s))
             && t.upstream.as_deref().is_none_or(|u| upstream == Some(u))
             && t.route.as_deref().is_none_or(|r| route == Some(r))
@@ -209,7 +211,10 @@ pub fn describe(report: &Report) -> String {
         .routes
         .as_ref()
         .and_then(|r| r.decided_by.as_deref())
-        .map_or_else(|| "no route (the default)".to_owned(), |r| format!("route `{r}`"));
+        .map_or_else(
+            || "no route (the default)".to_owned(),
+            |r| format!("route `{r}`"),
+        );
     if d.allow {
         let upstream = report
             .upstream
@@ -219,7 +224,9 @@ pub fn describe(report: &Report) -> String {
         let dry = d
             .dry_run_would_refuse
             .as_ref()
-            .map_or_else(String::new, |w| format!(" (dry run: would refuse {})", w.code));
+            .map_or_else(String::new, |w| {
+                format!(" (dry run: would refuse {})", w.code)
+            });
         format!(
             "allow by {route} ({}){upstream}{dry}",
             d.reason.as_deref().unwrap_or("allowed")
@@ -323,7 +330,11 @@ pub async fn run(explainer: &Explainer, cases: &[Case]) -> Vec<CaseResult> {
 
 /// Each file of `files` (relative to `base`) run against `explainer`:
 /// `Ok` when every case passes, else one line per failure or error.
-pub async fn run_files(explainer: &Explainer, base: &Path, files: &[PathBuf]) -> Result<usize, Vec<String>> {
+pub async fn run_files(
+    explainer: &Explainer,
+    base: &Path,
+    files: &[PathBuf],
+) -> Result<usize, Vec<String>> {
     let mut failures = Vec::new();
     let mut passed = 0;
     for f in files {

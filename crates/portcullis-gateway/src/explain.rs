@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use portcullis::Guard;
-use portcullis::guard::{Checked, ExplainOptions, Explanation, Conclusion};
+use portcullis::guard::{Checked, Conclusion, ExplainOptions, Explanation};
 use portcullis_core::authz::routes::Effect;
 use portcullis_core::{AuthMethod, Principal};
 use serde::{Deserialize, Serialize};
@@ -169,15 +169,14 @@ impl Explainer {
             .refuse_api_key_owners(crate::admin::ADMIN_OWNER_PREFIX);
         if let Some(signed) = &config.signed_requests {
             let nonces = portcullis::authz::MemoryNonceStore::new(1024);
-            builder = builder.signed_requests(crate::serve::offline_signed_authenticator(
-                signed, nonces,
-            )?);
+            builder = builder
+                .signed_requests(crate::serve::offline_signed_authenticator(signed, nonces)?);
         }
         let guard = builder.build().map_err(|e| format!("guard: {e}"))?;
         let outbound = crate::identity::Outbound::new(config, keys)
             .map_err(|e| format!("internal_token: {e}"))?;
-        let proxy = Proxy::new(config, outbound, Arc::default())
-            .map_err(|e| format!("upstreams: {e}"))?;
+        let proxy =
+            Proxy::new(config, outbound, Arc::default()).map_err(|e| format!("upstreams: {e}"))?;
         Self::assemble(config, guard, proxy, true)
     }
 
@@ -187,9 +186,14 @@ impl Explainer {
         Self::assemble(config, guard, proxy, false)
     }
 
-    fn assemble(config: &Config, guard: Guard, proxy: Proxy, offline: bool) -> Result<Self, String> {
-        let canonical = crate::canonical::Canonicalizer::new(config)
-            .map_err(|e| format!("request: {e}"))?;
+    fn assemble(
+        config: &Config,
+        guard: Guard,
+        proxy: Proxy,
+        offline: bool,
+    ) -> Result<Self, String> {
+        let canonical =
+            crate::canonical::Canonicalizer::new(config).map_err(|e| format!("request: {e}"))?;
         let mut surfaces = Vec::new();
         if config.token_service.enabled {
             surfaces.push((config.token_service.prefix.clone(), "token_service"));
@@ -572,7 +576,10 @@ impl Explainer {
             return UpstreamView {
                 name: None,
                 url: None,
-                error: Some("no upstream serves this route (the gateway answers 502 gateway.no_upstream)".into()),
+                error: Some(
+                    "no upstream serves this route (the gateway answers 502 gateway.no_upstream)"
+                        .into(),
+                ),
                 headers: HeaderChanges::default(),
             };
         };
@@ -1008,7 +1015,10 @@ impl Report {
             o,
             "  path    {}{}",
             r.path,
-            r.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default()
+            r.query
+                .as_deref()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
         );
         if let Some(ip) = r.client_ip {
             let _ = writeln!(o, "  client  {ip}");
@@ -1073,11 +1083,7 @@ impl Report {
                     o,
                     "  {:<10} {}",
                     s.source,
-                    if s.present {
-                        "present"
-                    } else {
-                        "not present"
-                    }
+                    if s.present { "present" } else { "not present" }
                 );
             }
             let _ = writeln!(
@@ -1190,11 +1196,7 @@ impl Report {
         if let Some(why) = &d.undetermined {
             let _ = writeln!(o, "  UNDETERMINED: {why}");
         } else if d.allow {
-            let _ = writeln!(
-                o,
-                "  ALLOW ({})",
-                d.reason.as_deref().unwrap_or("allowed")
-            );
+            let _ = writeln!(o, "  ALLOW ({})", d.reason.as_deref().unwrap_or("allowed"));
             if let Some(w) = &d.dry_run_would_refuse {
                 let _ = writeln!(
                     o,

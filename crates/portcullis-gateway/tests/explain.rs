@@ -17,7 +17,13 @@ use support::*;
 
 /// The route table every test here decides under; `{loosen}` replaces the
 /// requirement of `docs-delete` (empty: the pinned one).
-fn config_text(dir: &TempDir, public: SocketAddr, ops: SocketAddr, upstream: &str, extra: &str) -> String {
+fn config_text(
+    dir: &TempDir,
+    public: SocketAddr,
+    ops: SocketAddr,
+    upstream: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -282,13 +288,27 @@ fn explain_shows_every_step_of_a_refusal_and_its_missing_grant() {
 
     // The text form has the same steps, in order.
     let out = portcullis(&[
-        "explain", "--config", f.path(), "--method", "DELETE", "/docs/1", "--as", "ed", "--roles",
+        "explain",
+        "--config",
+        f.path(),
+        "--method",
+        "DELETE",
+        "/docs/1",
+        "--as",
+        "ed",
+        "--roles",
         "editor",
     ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let order = [
-        "request", "routes", "credentials", "caller", "requirement", "rate limits", "mode",
+        "request",
+        "routes",
+        "credentials",
+        "caller",
+        "requirement",
+        "rate limits",
+        "mode",
         "decision",
     ];
     let mut at = 0;
@@ -339,12 +359,20 @@ fn explain_shows_rate_keys_upstream_headers_and_never_a_secret() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| h["name"].as_str().unwrap_or_else(|| h.as_str().unwrap()).to_owned())
+            .map(|h| {
+                h["name"]
+                    .as_str()
+                    .unwrap_or_else(|| h.as_str().unwrap())
+                    .to_owned()
+            })
             .collect()
     };
     // The spoofed identity header is replaced by the verified subject,
     // the credential is stripped before the upstream sees it.
-    assert!(changed("replaced").contains(&"x-portcullis-subject".to_owned()), "{up:#}");
+    assert!(
+        changed("replaced").contains(&"x-portcullis-subject".to_owned()),
+        "{up:#}"
+    );
     let subject = up["headers"]["replaced"]
         .as_array()
         .unwrap()
@@ -352,8 +380,14 @@ fn explain_shows_rate_keys_upstream_headers_and_never_a_secret() {
         .find(|h| h["name"] == "x-portcullis-subject")
         .unwrap();
     assert_eq!(subject["value"], "alice");
-    assert!(changed("removed").contains(&"authorization".to_owned()), "{up:#}");
-    assert!(changed("added").contains(&"x-forwarded-for".to_owned()), "{up:#}");
+    assert!(
+        changed("removed").contains(&"authorization".to_owned()),
+        "{up:#}"
+    );
+    assert!(
+        changed("added").contains(&"x-forwarded-for".to_owned()),
+        "{up:#}"
+    );
 
     // A forged token is refused with its stable code, not echoed either.
     let forged = format!("{jwt}x");
@@ -373,7 +407,13 @@ fn explain_shows_rate_keys_upstream_headers_and_never_a_secret() {
 #[test]
 fn explain_reports_malformed_requests_and_dry_run_routes() {
     let f = files("explain-malformed", "127.0.0.1:9", "");
-    let r = f.explain_json(&["/docs/%2e%2e/secret/plan", "--as", "ed", "--roles", "editor"]);
+    let r = f.explain_json(&[
+        "/docs/%2e%2e/secret/plan",
+        "--as",
+        "ed",
+        "--roles",
+        "editor",
+    ]);
     assert!(r["malformed"]["reason"].is_string(), "{r:#}");
     assert_eq!(r["decision"]["code"], "request.malformed_path");
     assert_eq!(r["decision"]["status"], 400);
@@ -383,7 +423,10 @@ fn explain_reports_malformed_requests_and_dry_run_routes() {
     let r = f.explain_json(&["/beta/x", "--as", "v", "--roles", "viewer"]);
     assert_eq!(r["mode"], "dry_run");
     assert_eq!(r["decision"]["allow"], true);
-    assert_eq!(r["decision"]["dry_run_would_refuse"]["code"], "authz.denied");
+    assert_eq!(
+        r["decision"]["dry_run_would_refuse"]["code"],
+        "authz.denied"
+    );
     assert_eq!(r["upstream"]["name"], "docs");
     let dry = r["upstream"]["headers"]["added"]
         .as_array()
@@ -405,7 +448,11 @@ fn test_command_passes_then_fails_with_a_diff_when_a_route_is_loosened() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("\nok    ").count() + usize::from(stdout.starts_with("ok    ")), 5, "{stdout}");
+    assert_eq!(
+        stdout.matches("\nok    ").count() + usize::from(stdout.starts_with("ok    ")),
+        5,
+        "{stdout}"
+    );
     assert!(stdout.contains("5 cases: 5 passed, 0 failed"), "{stdout}");
 
     f.loosen();
@@ -434,7 +481,11 @@ fn test_command_passes_then_fails_with_a_diff_when_a_route_is_loosened() {
 
 #[test]
 fn config_check_runs_the_pinned_cases() {
-    let f = files("explain-check", "127.0.0.1:9", "\n[tests]\nfiles = [\"cases.toml\"]\n");
+    let f = files(
+        "explain-check",
+        "127.0.0.1:9",
+        "\n[tests]\nfiles = [\"cases.toml\"]\n",
+    );
     let out = portcullis(&["config", "check", f.path()]);
     assert!(
         out.status.success(),
@@ -479,7 +530,10 @@ async fn admin(client: &HttpClient, ops: SocketAddr, key: &str, path: &str, body
         post(
             ops,
             path,
-            &[("authorization", &bearer), ("content-type", "application/json")],
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
             &body.to_string(),
         ),
     )
@@ -503,14 +557,20 @@ async fn a_reload_whose_cases_fail_is_refused_and_the_running_rules_keep_serving
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap()
     };
-    assert_eq!(send(&client, delete(gateway.public)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(&client, delete(gateway.public)).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     f.loosen();
     let r = admin(&client, gateway.ops, &key, "/reload", json!({})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
     assert!(r.body.contains("editors cannot delete"), "{}", r.body);
     // The pinned rule still decides.
-    assert_eq!(send(&client, delete(gateway.public)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(&client, delete(gateway.public)).await.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -552,7 +612,10 @@ async fn admin_explain_sees_bans_and_revocation_that_offline_cannot() {
         get(
             gateway.public,
             "/docs/a/b",
-            &[("authorization", &bearer), ("x-forwarded-for", "198.51.100.9")],
+            &[
+                ("authorization", &bearer),
+                ("x-forwarded-for", "198.51.100.9"),
+            ],
         ),
     )
     .await;
@@ -620,7 +683,11 @@ async fn admin_explain_sees_bans_and_revocation_that_offline_cannot() {
         "/health",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("explain (live"), "{text}");
     assert!(text.contains("ALLOW (anonymous_allowed)"), "{text}");
 }
@@ -660,7 +727,11 @@ async fn explain_decides_what_the_gateway_decides() {
     let f = files("explain-agree", &upstream.to_string(), "");
     let (gateway, client, _key) = start(&f, &[]).await;
     let viewer = token(&f.dir, "v", &["roles=[\"viewer\"]"]);
-    let deleter = token(&f.dir, "d", &["permissions=[\"docs.delete\", \"docs.read\"]"]);
+    let deleter = token(
+        &f.dir,
+        "d",
+        &["permissions=[\"docs.delete\", \"docs.read\"]"],
+    );
     let callers: [Option<&str>; 3] = [None, Some(&viewer), Some(&deleter)];
     let methods = ["GET", "DELETE", "POST"];
     let paths = [
@@ -691,15 +762,23 @@ async fn explain_decides_what_the_gateway_decides() {
                 }
                 let got = send(
                     &client,
-                    b.body(http_body_util::Full::new(bytes::Bytes::new())).unwrap(),
+                    b.body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
                 )
                 .await;
                 let d = &explained["decision"];
-                let what = format!("{method} {path} as {caller:?}: {got:?} vs {d}", got = got.status);
+                let what = format!(
+                    "{method} {path} as {caller:?}: {got:?} vs {d}",
+                    got = got.status
+                );
                 if d["allow"] == true {
                     assert_eq!(got.status, StatusCode::OK, "{what}");
                 } else {
-                    assert_eq!(got.status.as_u16(), d["status"].as_u64().unwrap() as u16, "{what}");
+                    assert_eq!(
+                        got.status.as_u16(),
+                        d["status"].as_u64().unwrap() as u16,
+                        "{what}"
+                    );
                     assert_eq!(got.code().as_deref(), d["code"].as_str(), "{what}");
                 }
                 checked += 1;

@@ -1358,12 +1358,11 @@ impl AccessPolicy {
             return Some(Precedence::Host);
         }
         if ws.2 != os.2 {
-            let at = ws
-                .2
-                .iter()
-                .zip(os.2.iter())
-                .position(|(a, b)| a != b)
-                .unwrap_or(ws.2.len().min(os.2.len()));
+            let at =
+                ws.2.iter()
+                    .zip(os.2.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(ws.2.len().min(os.2.len()));
             return Some(Precedence::PathSegment(at));
         }
         if ws.3 != os.3 {
@@ -1454,7 +1453,10 @@ mod trace_tests {
         ]);
         assert_eq!(
             why(&p, RequestFacts::new("GET", "/a")),
-            (vec!["one".into(), "two".into()], Some(Precedence::FewerMethods))
+            (
+                vec!["one".into(), "two".into()],
+                Some(Precedence::FewerMethods)
+            )
         );
         let p = policy(vec![
             RouteRule::allow("first", "/a/{x}"),

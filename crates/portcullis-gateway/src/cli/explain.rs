@@ -169,8 +169,7 @@ pub fn test(args: &TestArgs) -> Result<(), CliError> {
     let explainer = offline(&args.config)?;
     let mut all = Vec::new();
     for file in &args.cases {
-        let cases =
-            crate::cases::load(file).map_err(|e| CliError::Lines(vec![e.to_string()]))?;
+        let cases = crate::cases::load(file).map_err(|e| CliError::Lines(vec![e.to_string()]))?;
         all.push((file, cases));
     }
     let runtime = runtime()?;

@@ -40,8 +40,8 @@ use self::credentials::Presented;
 use self::decision::Snapshot;
 pub use self::decision::{AuditTicket, Decision, Refusal, RequestIdText};
 pub use self::explain::{
-    AuthzTrace, BanTrace, Checked, CredentialTrace, ExplainOptions, Explanation, RateTrace,
-    Conclusion, SourceTrace,
+    AuthzTrace, BanTrace, Checked, Conclusion, CredentialTrace, ExplainOptions, Explanation,
+    RateTrace, SourceTrace,
 };
 use crate::anomaly::AnomalyEngine;
 use crate::audit::AuditWriter;
@@ -1071,7 +1071,8 @@ impl Guard {
                 _ if probe.is_some() => {
                     let outcome = limiter.peek_rules(&rl_facts, route.rules).await;
                     if let Some(probe) = probe.as_deref_mut() {
-                        probe.rate_limits = explain_rate_rules(limiter, &rl_facts, route.rules, &outcome);
+                        probe.rate_limits =
+                            explain_rate_rules(limiter, &rl_facts, route.rules, &outcome);
                     }
                     outcome
                 }
