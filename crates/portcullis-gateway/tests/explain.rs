@@ -671,6 +671,33 @@ async fn admin_explain_sees_bans_and_revocation_that_offline_cannot() {
     let offline = f.explain_json(&["/docs/a/b", "--token", &jwt]);
     assert_eq!(offline["credentials"]["revocation"], "not_checked_offline");
 
+    // Every explain call is audited like any admin call, without the token.
+    let bearer_admin = format!("Bearer {key}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events = loop {
+        let r = send(
+            &client,
+            get(
+                gateway.ops,
+                "/admin/audit?path_prefix=/admin/explain&limit=100",
+                &[("authorization", &bearer_admin)],
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let events = r.json()["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= 6 || std::time::Instant::now() > deadline {
+            assert!(!r.body.contains(&jwt), "the token reached the audit log");
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(events.len() >= 6, "{events:#?}");
+    assert!(
+        events.iter().all(|e| e["route"] == "POST /admin/explain"),
+        "{events:#?}"
+    );
+
     // `portcullis explain --admin` asks the same endpoint.
     let key_file = f.dir.join("admin.key");
     std::fs::write(&key_file, &key).unwrap();
