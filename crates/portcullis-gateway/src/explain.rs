@@ -1227,3 +1227,202 @@ fn list(v: &[String]) -> String {
         v.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CONFIG: &str = r#"
+[storage]
+url = "memory"
+
+[keys]
+dir = "KEYS"
+issuer = "https://issuer.test"
+
+[[guard.roles]]
+name = "viewer"
+permissions = ["docs.read"]
+
+[[guard.routes]]
+name = "docs-read"
+methods = ["GET"]
+path = "/docs/**"
+credentials = ["jwt"]
+require = { permissions_all = ["docs.read"] }
+
+[[guard.routes]]
+name = "docs-one"
+methods = ["GET", "DELETE"]
+path = "/docs/{id}"
+credentials = ["jwt"]
+require = { permissions_all = ["docs.read"] }
+
+[[guard.routes]]
+name = "docs-delete"
+methods = ["DELETE"]
+path = "/docs/{id}"
+credentials = ["jwt"]
+require = { permissions_all = ["docs.delete"] }
+
+[[guard.routes]]
+name = "no-secrets"
+effect = "deny"
+path = "/docs/secret/**"
+credentials = ["jwt"]
+
+[[guard.routes]]
+name = "beta"
+path = "/beta/**"
+credentials = ["jwt"]
+require = { roles_any = ["beta"] }
+mode = "dry_run"
+
+[[guard.routes]]
+name = "open"
+host = "open.test"
+path = "/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "docs"
+url = "http://127.0.0.1:9"
+routes = ["docs-read", "docs-one", "docs-delete", "beta", "open"]
+"#;
+
+    struct Fixture {
+        explainer: Explainer,
+        tokens: Vec<Option<String>>,
+        _dir: std::path::PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self._dir);
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-explain-unit-{}-{}",
+            std::process::id(),
+            portcullis_core::opaque::generate("t").unwrap()
+        ));
+        let keys = dir.join("keys");
+        crate::cli::keys::generate(&crate::cli::keys::GenerateArgs {
+            alg: portcullis_core::Algorithm::ES256,
+            kid: Some("k1".into()),
+            out: keys.clone(),
+        })
+        .unwrap();
+        let text = CONFIG.replace("KEYS", &keys.display().to_string());
+        let config = crate::config::parse(&dir.join("gateway.toml"), &text).unwrap();
+        let explainer = Explainer::offline(&config).unwrap();
+        let set = crate::cli::load_key_dir(&keys, None).unwrap();
+        let issuer = portcullis_core::TokenIssuer::new(
+            Arc::new(set),
+            portcullis_core::IssuerConfig::new("https://issuer.test"),
+            portcullis_core::SecretHasher::new(&[1; 32]).unwrap(),
+        );
+        let token = |claims: serde_json::Value| {
+            issuer
+                .issue_access(&portcullis_core::AccessRequest {
+                    subject: "s".into(),
+                    claims: claims.as_object().cloned().unwrap_or_default(),
+                    ..portcullis_core::AccessRequest::default()
+                })
+                .unwrap()
+                .token
+        };
+        let tokens = vec![
+            None,
+            Some(token(serde_json::json!({"roles": ["viewer"]}))),
+            Some(token(
+                serde_json::json!({"permissions": ["docs.delete", "docs.read"]}),
+            )),
+            Some("not.a.token".to_owned()),
+        ];
+        Fixture {
+            explainer,
+            tokens,
+            _dir: dir,
+        }
+    }
+
+    /// What the request path decides: the canonical form, then the guard
+    /// (as `App::dispatch` and the `GuardLayer` do): let through, or the
+    /// stable code answered.
+    async fn gateway_decides(x: &Explainer, req: &ExplainRequest) -> (bool, Option<String>) {
+        let (mut parts, tls) = x.build(req).unwrap();
+        if let Err(crate::canonical::Refused(why)) =
+            x.canonical.apply(&mut parts, DEFAULT_CLIENT_IP, tls)
+        {
+            return (false, Some(why.code().to_owned()));
+        }
+        let d = x.guard.check(&parts, Some(DEFAULT_CLIENT_IP)).await;
+        match &d.refusal {
+            None => (true, None),
+            Some(r) => (false, Some(r.code.as_str().to_owned())),
+        }
+    }
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "docs", "secret", "beta", "1", "a", "x", "..", ".", "%2F", "%64ocs", "DOCS", "a;v=1",
+            "",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// The decision explain reports is the one the request path takes.
+        #[test]
+        fn explain_decides_what_the_request_path_decides(
+            method in prop::sample::select(vec!["GET", "DELETE", "POST", "get"]),
+            host in prop::option::of(prop::sample::select(vec!["open.test", "api.test", "OPEN.TEST."])),
+            segments in prop::collection::vec(segment(), 1..4),
+            caller in 0usize..4,
+        ) {
+            thread_local! {
+                static FIXTURE: Fixture = fixture();
+            }
+            let path = format!("/{}", segments.join("/"));
+            FIXTURE.with(|f| {
+                let req = ExplainRequest {
+                    method: Some(method.to_owned()),
+                    target: path.clone(),
+                    host: host.map(str::to_owned),
+                    token: f.tokens[caller].clone(),
+                    ..ExplainRequest::default()
+                };
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let report = rt.block_on(f.explainer.explain(&req)).unwrap();
+                let gateway = rt.block_on(gateway_decides(&f.explainer, &req));
+                let explained = (report.decision.allow, report.decision.code.clone());
+                prop_assert_eq!(explained, gateway, "{} {} {:?}", method, path, host);
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn secrets_given_are_redacted_in_the_upstream_headers() {
+        let f = fixture();
+        let token = f.tokens[1].clone().unwrap();
+        let req = ExplainRequest {
+            target: "/docs/a/b".into(),
+            token: Some(token.clone()),
+            headers: vec!["Cookie: id=s3cret".into(), "X-Trace: t1".into()],
+            ..ExplainRequest::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let report = rt.block_on(f.explainer.explain(&req)).unwrap();
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains(&token));
+        assert!(!json.contains("s3cret"));
+        assert!(report.text().contains("ALLOW"), "{}", report.text());
+    }
+}
