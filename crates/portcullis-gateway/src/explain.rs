@@ -426,7 +426,11 @@ impl Explainer {
         let outcome = if c.assumed {
             "assumed"
         } else if matches!(e.conclusion, Conclusion::Undetermined { .. }) && c.presented.is_some() {
-            "not_checked_offline"
+            if self.offline {
+                "not_checked_offline"
+            } else {
+                "not_checked"
+            }
         } else if c.refused.is_some() {
             "refused"
         } else if c.presented.is_none() {
@@ -789,7 +793,8 @@ pub struct CredentialsView {
     pub sources: Vec<SourceView>,
     /// The credential that decides.
     pub presented: Option<String>,
-    /// `verified`, `refused`, `none_presented`, `assumed`, `not_checked_offline`.
+    /// `verified`, `refused`, `none_presented`, `assumed`, `not_checked_offline`,
+    /// `not_checked` (a signed request: verifying would spend its nonce).
     pub outcome: String,
     /// The stable code of a refusal.
     pub code: Option<String>,

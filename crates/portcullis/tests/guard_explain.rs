@@ -53,6 +53,7 @@ fn config() -> GuardConfig {
                 .credentials([CredentialSource::Anonymous])
                 .rate_limits(["two"]),
         )
+        .route(RouteConfig::new("signed", "/signed/**").credentials([CredentialSource::Signed]))
         .route(
             RouteConfig::new("writers", "/write/**")
                 .credentials([CredentialSource::Jwt])
@@ -84,6 +85,9 @@ async fn harness() -> H {
     let guard = Guard::builder(config())
         .local_keys(verifier)
         .stores(Arc::clone(&stores))
+        .signed_requests(portcullis::authz::SignedRequestAuthenticator::new(
+            portcullis::authz::MemoryNonceStore::new(16),
+        ))
         .build()
         .unwrap();
     let user = stores
@@ -281,6 +285,28 @@ async fn each_credential_source_is_traced_in_order_with_its_outcome() {
         .await;
     assert!(
         matches!(e.conclusion, Conclusion::Undetermined { .. }),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_signed_request_is_not_verified_so_its_nonce_is_not_spent() {
+    let h = harness().await;
+    let p = parts(
+        "POST",
+        "/signed/x",
+        &[
+            ("x-portcullis-app", "billing"),
+            ("x-portcullis-signature", "v1=abc"),
+        ],
+    );
+    let e = h
+        .guard
+        .explain(&p, Some(PEER), ExplainOptions::default())
+        .await;
+    assert_eq!(e.credentials.presented, Some("a signed request"));
+    assert!(
+        matches!(&e.conclusion, Conclusion::Undetermined { why } if why.contains("nonce")),
         "{e:?}"
     );
 }

@@ -1,8 +1,10 @@
 //! Explaining a decision: the guard's own steps run with a probe that
 //! records what each step found and changes nothing (no rate-limit counter
-//! consumed, no anomaly signal, no audit event, no decision metric). The
-//! outcome is the one [`Guard::check`] takes for the same request, because
-//! it is the same code.
+//! consumed, no anomaly signal, no audit event, no decision metric; a
+//! verified API key's last-used time may be refreshed, as on any
+//! verification). The outcome is the one [`Guard::check`] takes for the
+//! same request, because it is the same code. A signed request is not
+//! verified (that would spend its nonce): it is reported undetermined.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -254,13 +256,23 @@ impl Guard {
             conclusion: Conclusion::Undetermined { why: String::new() },
         };
         let store_backed = matches!(presented, Presented::ApiKey(_) | Presented::App { .. });
-        if options.offline && probe.assume.is_none() && store_backed {
+        let undetermined = match presented {
+            _ if probe.assume.is_some() => None,
+            _ if options.offline && store_backed => Some(
+                "the credential is looked up in the key store, which is not read offline \
+                 (explain it against the running gateway, or give the caller with --as)",
+            ),
+            // Verifying would spend the request's nonce (the real request
+            // would then be refused as a replay), and explain carries no body.
+            Presented::Signed => Some(
+                "a signed request is not verified by explain: it would spend its nonce and \
+                 explain carries no body (give the app with --as)",
+            ),
+            _ => None,
+        };
+        if let Some(why) = undetermined {
             explanation.credentials = probe.credentials;
-            explanation.conclusion = Conclusion::Undetermined {
-                why: "the credential is looked up in the key store, which is not read offline \
-                      (explain it against the running gateway, or give the caller with --as)"
-                    .into(),
-            };
+            explanation.conclusion = Conclusion::Undetermined { why: why.into() };
             return explanation;
         }
         if options.offline {
