@@ -500,6 +500,24 @@ fn config_check_runs_the_pinned_cases() {
     assert!(stderr.contains("case `editors cannot delete`"), "{stderr}");
 }
 
+#[test]
+fn the_gateway_does_not_start_when_a_pinned_case_fails() {
+    let f = files(
+        "explain-start",
+        "127.0.0.1:9",
+        "\n[tests]\nfiles = [\"cases.toml\"]\n",
+    );
+    f.loosen();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", f.path()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("editors cannot delete"), "{stderr}");
+}
+
 /// Starts the gateway of `f` with an admin key of `permissions` (none: `*`).
 async fn start(f: &Files, permissions: &[&str]) -> (Gateway, HttpClient, String) {
     let mut args = vec!["admin", "bootstrap", "--config", f.path()];
