@@ -340,8 +340,12 @@ impl Explainer {
             };
             return Ok(report);
         }
-        report.request = RequestView::of(&parts);
+        let sent = std::mem::replace(&mut report.request, RequestView::of(&parts));
         report.request.client_ip = Some(self.guard.client_ip(&parts, peer_ip));
+        let target = |r: &RequestView| (r.method.clone(), r.host.clone(), r.path.clone());
+        if target(&sent) != target(&report.request) {
+            report.request.as_sent = Some(Box::new(sent));
+        }
         let path = parts.uri.path();
         if path == self.jwks_path {
             report.surface = "jwks".into();
@@ -719,6 +723,9 @@ pub struct RequestView {
     pub query: Option<String>,
     /// The client address the guard keys on.
     pub client_ip: Option<IpAddr>,
+    /// The request as sent, when its canonical form differs.
+    #[serde(default)]
+    pub as_sent: Option<Box<RequestView>>,
 }
 
 impl RequestView {
@@ -734,6 +741,7 @@ impl RequestView {
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
             client_ip: None,
+            as_sent: None,
         }
     }
 }
@@ -1028,6 +1036,15 @@ impl Report {
         if let Some(ip) = r.client_ip {
             let _ = writeln!(o, "  client  {ip}");
         }
+        if let Some(sent) = &r.as_sent {
+            let _ = writeln!(
+                o,
+                "  (canonical form of {} {} on {})",
+                sent.method,
+                sent.path,
+                sent.host.as_deref().unwrap_or("no host")
+            );
+        }
         if let Some(m) = &self.malformed {
             let _ = writeln!(o, "  MALFORMED {}: {}", m.reason, m.detail);
         }
@@ -1154,9 +1171,11 @@ impl Report {
                 let _ = writeln!(o, "  {:<8} {}", b.on, b.result.replace('_', " "));
             }
         }
-        let _ = writeln!(o, "\nrate limits");
-        if self.rate_limits.is_empty() {
-            let _ = writeln!(o, "  none on this route");
+        if self.routes.is_some() {
+            let _ = writeln!(o, "\nrate limits");
+            if self.rate_limits.is_empty() {
+                let _ = writeln!(o, "  none on this route");
+            }
         }
         for l in &self.rate_limits {
             let key = l.key.as_deref().unwrap_or("(does not apply: no key)");

@@ -245,6 +245,7 @@ fn explain_shows_every_step_of_a_refusal_and_its_missing_grant() {
     ]);
     assert_eq!(r["request"]["path"], "/docs/1");
     assert_eq!(r["request"]["host"], "api.example.com");
+    assert_eq!(r["request"]["as_sent"]["path"], "//docs/1");
     assert_eq!(r["live"], false);
     // Both DELETE routes and the any-method catch-all match; the
     // one-method route wins over the two-method one, the one-segment
