@@ -42,6 +42,17 @@ pub enum NonCanonical {
 }
 
 impl NonCanonical {
+    /// Every reason, for listing (explain's cases check codes against it).
+    pub const ALL: [Self; 7] = [
+        Self::Method,
+        Self::DuplicateHost,
+        Self::HostMismatch,
+        Self::BadHost,
+        Self::MalformedPath,
+        Self::DuplicateHeader,
+        Self::MethodOverride,
+    ];
+
     /// The stable problem code.
     pub const fn code(self) -> &'static str {
         match self {

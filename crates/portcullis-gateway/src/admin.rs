@@ -266,6 +266,12 @@ pub const ROUTES: &[AdminRoute] = &[
     ),
     route(
         "POST",
+        "/admin/explain",
+        "admin.explain",
+        "Explain one decision against the running gateway: routes, credential and revocation, bans, rate-limit counters (read, not consumed), upstream",
+    ),
+    route(
+        "POST",
         "/reload",
         "admin.config.write",
         "Reload the configuration file (validate, then swap); from a loopback peer",
@@ -363,7 +369,12 @@ struct AdminState {
     reloader: Option<Arc<crate::reload::Reloader>>,
     /// Where roles get their meaning, for the grant checks.
     roles: Option<RoleSource>,
+    /// The running request path, explained (none: `POST /admin/explain` answers 404).
+    explainer: Option<ExplainerSource>,
 }
+
+/// The explainer of the running request path (the live app's, as reloaded).
+pub type ExplainerSource = Arc<dyn Fn() -> crate::explain::Explainer + Send + Sync>;
 
 impl AdminState {
     /// The caller with what it holds, for the grant checks.
@@ -401,6 +412,8 @@ pub struct AdminParts {
     /// The guard whose role table gives granted roles their meaning (the
     /// public listener's, as reloaded); none: no role is defined.
     pub roles: Option<RoleSource>,
+    /// The running request path, for `POST /admin/explain` (none: 404).
+    pub explainer: Option<ExplainerSource>,
 }
 
 /// The admin API: its guard (over the same stores, bans and audit log as
@@ -417,6 +430,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         streams,
         reloader,
         roles,
+        explainer,
     } = parts;
     let token_prefix = token_prefix.as_deref();
     let mut config = guard_config()?;
@@ -444,6 +458,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         streams,
         reloader,
         roles,
+        explainer,
     };
     let router = Router::new()
         .route("/admin/users", get(list_users).post(create_user))
@@ -477,6 +492,7 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
         .route("/admin/audit/stream", get(audit_stream))
         .route("/admin/keys", get(list_keys))
         .route("/admin/keys/rotate", post(rotate_keys))
+        .route("/admin/explain", post(explain_request))
         .route("/reload", post(reload_config))
         .route("/openapi.json", get(openapi_document))
         .layer(axum::middleware::from_fn(within_store_budget))
@@ -670,6 +686,30 @@ async fn rotate_keys(
             e.to_string(),
         )),
     }
+}
+
+/// `POST /admin/explain`: what the running gateway makes of one request,
+/// with its live state (bans, revocation, rate-limit counters read and not
+/// consumed). The request's token or key is never echoed back.
+async fn explain_request(
+    State(s): State<AdminState>,
+    JsonBody(req): JsonBody<crate::explain::ExplainRequest>,
+) -> Result<Response, Problem> {
+    let Some(source) = &s.explainer else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let explainer = source();
+    let report = tokio::time::timeout(STORE_BUDGET, explainer.explain(&req))
+        .await
+        .map_err(|_| Problem::unavailable(&"the stores did not answer in time"))?
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                portcullis::service::INVALID_INPUT,
+                e.to_string(),
+            )
+        })?;
+    Ok(json(StatusCode::OK, &report))
 }
 
 /// `POST /reload`: reloads the configuration file (see [`crate::reload`]).
@@ -1834,6 +1874,7 @@ mod tests {
             streams: crate::live_stream::StreamSlots::new(4, 2),
             reloader: None,
             roles: None,
+            explainer: None,
         })
         .unwrap();
         for r in ROUTES {

@@ -70,6 +70,20 @@ pub struct Config {
     /// Logs on stderr.
     #[serde(default)]
     pub log: LogConfig,
+    /// Pinned decisions run by `config check`, start-up and every reload.
+    #[serde(default)]
+    pub tests: TestsConfig,
+}
+
+/// `[tests]`: files of `[[case]]`s (see `portcullis test`) that this
+/// configuration must pass; a configuration that fails one is refused like
+/// a configuration error.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TestsConfig {
+    /// Cases files, relative to the configuration file's directory.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
 }
 
 /// `[log]`: structured logs on stderr.

@@ -14,6 +14,8 @@
 //! - [`deadline`]: body, idle, upstream-body and WebSocket deadlines.
 //! - [`tls`]: TLS termination, certificate reload on SIGHUP.
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
+//! - [`cases`]: pinned decisions (`portcullis test`, `[tests]`).
+//! - [`explain`]: one decision step by step (`explain`, `test`, `POST /admin/explain`).
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
@@ -25,6 +27,7 @@
 
 pub mod admin;
 mod canonical;
+pub mod cases;
 pub mod cli;
 pub mod config;
 mod conn;
@@ -33,6 +36,7 @@ mod deadline;
 mod demo;
 pub mod embed;
 pub mod escalation;
+pub mod explain;
 mod forward_auth;
 mod identity;
 mod limits;

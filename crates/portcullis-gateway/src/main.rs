@@ -1,6 +1,6 @@
 //! `portcullis`: the gateway binary. Parses the command line and dispatches
-//! to one command; exit codes are 0 ok, 1 token rejected or a `demo --check`
-//! step misbehaved, 2 usage/config/key error. The commands live in the
+//! to one command; exit codes are 0 ok, 1 token rejected, a `demo --check`
+//! step misbehaved or a `test` case failed, 2 usage/config/key error. The commands live in the
 //! library (`portcullis_gateway::cli`).
 
 #![forbid(unsafe_code)]
@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Reload(a) => cli::reload::run(a),
         Command::Init(a) => cli::init::run(a),
+        Command::Explain(a) => cli::explain::explain(a),
+        Command::Test(a) => cli::explain::test(a),
         Command::Snippets(a) => cli::snippets::run(a),
         Command::Admin(AdminCommand::Bootstrap(a)) => cli::admin::bootstrap(a),
         Command::Users(c) => cli::remote::users(c),

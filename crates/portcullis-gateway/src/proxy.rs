@@ -283,6 +283,64 @@ impl IdentityNames {
     }
 }
 
+/// What decides the headers an upstream receives for one request.
+pub(crate) struct Outgoing<'a> {
+    /// The upstream's name.
+    pub(crate) upstream: &'a str,
+    /// The protocol of a WebSocket handshake.
+    pub(crate) websocket: Option<&'a HeaderValue>,
+    /// The caller (`None`: anonymous).
+    pub(crate) principal: Option<&'a portcullis_core::Principal>,
+    /// The request id.
+    pub(crate) request_id: Option<&'a str>,
+    /// The code a dry-run route would have refused with.
+    pub(crate) dry_run: Option<portcullis_core::ErrorCode>,
+    /// The socket peer.
+    pub(crate) peer: Option<std::net::IpAddr>,
+    /// The client address the guard keyed on (when there is no peer).
+    pub(crate) client_ip: Option<std::net::IpAddr>,
+    /// Whether the gateway terminated TLS.
+    pub(crate) tls: bool,
+    /// The `Host` (or HTTP/2 authority) the client sent.
+    pub(crate) original_host: Option<HeaderValue>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// The view of a request as the guard left it (its extensions).
+    fn of(
+        parts: &'a http::request::Parts,
+        headers: &HeaderMap,
+        upstream: &'a str,
+        websocket: Option<&'a HeaderValue>,
+        request_id: Option<&'a str>,
+    ) -> Self {
+        // HTTP/2 carries the host in the URI (`:authority`), not in `Host`.
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        Self {
+            upstream,
+            websocket,
+            principal: parts.extensions.get::<Principal>().map(|p| &**p),
+            request_id,
+            dry_run: parts
+                .extensions
+                .get::<DryRunRefusal>()
+                .map(|DryRunRefusal(code)| *code),
+            peer: parts
+                .extensions
+                .get::<PeerAddr>()
+                .map(|p| p.0.ip().to_canonical()),
+            client_ip: parts.extensions.get::<ClientIp>().map(|c| c.0),
+            tls: parts.extensions.get::<ClientTls>().is_some(),
+            original_host,
+        }
+    }
+}
+
 /// The reverse proxy service; cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -371,6 +429,70 @@ impl Proxy {
         })
     }
 
+    /// The upstream of `route` and the URI a request for `path_and_query`
+    /// is sent to there (explain); `None`: no upstream serves it.
+    pub(crate) fn target(
+        &self,
+        route: Option<&str>,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Option<(&str, Option<Uri>)> {
+        self.upstream_of(route)
+            .map(|u| (&*u.name, u.target(path_and_query)))
+    }
+
+    fn upstream_of(&self, route: Option<&str>) -> Option<&Upstream> {
+        let inner = &*self.inner;
+        route
+            .and_then(|r| inner.by_route.get(r))
+            .or(inner.default.as_ref())
+    }
+
+    /// Rewrites `headers` as the upstream of `out` receives them:
+    /// hop-by-hop and Connection-named headers out, identity headers
+    /// stripped and set from the principal, the request id and dry-run
+    /// headers, the upstream's outbound identity (credentials hidden, an
+    /// internal token), forwarding headers from the guard's view, no `Host`.
+    pub(crate) fn rewrite_headers(
+        &self,
+        headers: &mut HeaderMap,
+        out: &Outgoing<'_>,
+    ) -> Result<(), crate::identity::SignError> {
+        let inner = &*self.inner;
+        strip_hop_by_hop(headers);
+        if let Some(protocol) = out.websocket {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        inner.identity.strip(headers);
+        if let Some(p) = out.principal {
+            inner.identity.write(p, headers);
+        }
+        // The gateway's own headers are set after the hop-by-hop strip, so
+        // a client's `Connection: x-request-id` cannot remove them.
+        if let Some(v) = out.request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(portcullis::http::REQUEST_ID, v);
+        }
+        headers.remove(crate::canonical::DRY_RUN_HEADER);
+        if let Some(code) = out.dry_run
+            && let Ok(v) = HeaderValue::from_str(&format!("would-deny {}", code.as_str()))
+        {
+            headers.insert(crate::canonical::DRY_RUN_HEADER, v);
+        }
+        inner
+            .outbound
+            .apply(out.upstream, out.principal, out.request_id, headers)?;
+        let from_trusted_proxy = out.peer.is_some_and(|ip| inner.trusted.is_trusted(ip));
+        set_forwarding(
+            headers,
+            out.peer.or(out.client_ip),
+            out.original_host.as_ref(),
+            from_trusted_proxy,
+            out.tls,
+        );
+        headers.remove(header::HOST);
+        Ok(())
+    }
+
     /// The identity header names.
     pub fn identity(&self) -> &IdentityNames {
         &self.inner.identity
@@ -386,11 +508,7 @@ impl Proxy {
             .extensions
             .get::<MatchedRoute>()
             .map(|r| Arc::clone(&r.0));
-        let upstream = match route
-            .as_ref()
-            .and_then(|r| inner.by_route.get(r))
-            .or(inner.default.as_ref())
-        {
+        let upstream = match self.upstream_of(route.as_deref()) {
             Some(u) => u.clone(),
             None => {
                 return problem(
@@ -437,40 +555,12 @@ impl Proxy {
 
         // Headers: hop-by-hop and Connection-named out; identity stripped,
         // then set from the principal; forwarding headers from the guard's view.
-        // HTTP/2 carries the host in the URI (`:authority`), not in `Host`.
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = &websocket {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        inner.identity.strip(&mut parts.headers);
-        if let Some(p) = parts.extensions.get::<Principal>() {
-            inner.identity.write(p, &mut parts.headers);
-        }
-        // The gateway's own headers are set after the hop-by-hop strip, so
-        // a client's `Connection: x-request-id` cannot remove them.
-        if let Some(v) = rid.and_then(|id| HeaderValue::from_str(id).ok()) {
-            parts.headers.insert(portcullis::http::REQUEST_ID, v);
-        }
-        parts.headers.remove(crate::canonical::DRY_RUN_HEADER);
-        if let Some(DryRunRefusal(code)) = parts.extensions.get::<DryRunRefusal>()
-            && let Ok(v) = HeaderValue::from_str(&format!("would-deny {}", code.as_str()))
-        {
-            parts.headers.insert(crate::canonical::DRY_RUN_HEADER, v);
-        }
-        let principal = parts.extensions.get::<Principal>().map(|p| &**p);
-        if let Err(e) = inner
-            .outbound
-            .apply(&upstream.name, principal, rid, &mut parts.headers)
-        {
+        let mut headers = std::mem::take(&mut parts.headers);
+        let outgoing = Outgoing::of(&parts, &headers, &upstream.name, websocket.as_ref(), rid);
+        let rewritten = self.rewrite_headers(&mut headers, &outgoing);
+        drop(outgoing);
+        parts.headers = headers;
+        if let Err(e) = rewritten {
             tracing::error!(upstream = %upstream.name, error = %e, "internal token not signed");
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -479,19 +569,6 @@ impl Proxy {
                 rid,
             );
         }
-        let peer = parts
-            .extensions
-            .get::<PeerAddr>()
-            .map(|p| p.0.ip().to_canonical());
-        let from_trusted_proxy = peer.is_some_and(|ip| inner.trusted.is_trusted(ip));
-        set_forwarding(
-            &mut parts.headers,
-            peer.or(parts.extensions.get::<ClientIp>().map(|c| c.0)),
-            original_host.as_ref(),
-            from_trusted_proxy,
-            parts.extensions.get::<ClientTls>().is_some(),
-        );
-        parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
 

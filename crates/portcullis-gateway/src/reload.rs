@@ -165,6 +165,21 @@ impl Reloader {
         status.last_reload = Some((now, outcome.clone()));
     }
 
+    /// Builds `next` and makes it the running configuration: the warnings,
+    /// or why it cannot serve.
+    fn swap(&self, current: &mut Config, mut next: Config) -> Result<Vec<String>, Vec<String>> {
+        let warnings = keep_restart_only(current, &mut next);
+        let previous = self.live.load_full();
+        match build_app(&next, &self.shared, Some(&previous)) {
+            Ok(app) => {
+                self.live.store(Arc::new(app));
+                *current = next;
+                Ok(warnings)
+            }
+            Err(e) => Err(vec![format!("{}: {e}", self.path.display())]),
+        }
+    }
+
     /// Reads, validates and builds the file, then swaps it in; or keeps the
     /// running configuration and says why. Logged and counted either way.
     pub async fn reload(&self) -> Outcome {
@@ -183,18 +198,14 @@ impl Reloader {
                 self.path.display()
             )]),
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
-            Ok(Ok(mut next)) => {
-                let warnings = keep_restart_only(&current, &mut next);
-                let previous = self.live.load_full();
-                match build_app(&next, &self.shared, Some(&previous)) {
-                    Ok(app) => {
-                        self.live.store(Arc::new(app));
-                        *current = next;
-                        Ok(warnings)
-                    }
-                    Err(e) => Err(vec![format!("{}: {e}", self.path.display())]),
+            Ok(Ok(next)) if !next.tests.files.is_empty() => {
+                // Pinned decisions: a configuration that fails one is refused.
+                match crate::cases::run_config_tests(&next, &self.path).await {
+                    Ok(_) => self.swap(&mut current, next),
+                    Err(failures) => Err(failures),
                 }
             }
+            Ok(Ok(next)) => self.swap(&mut current, next),
         };
         // No credential of any URL reaches the answer, the console or the log.
         let redacted = |lines: Vec<String>| -> Vec<String> {

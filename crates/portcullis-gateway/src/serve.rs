@@ -76,6 +76,8 @@ pub(crate) struct App {
     forward_auth: Option<(String, ForwardAuth)>,
     guarded: GuardService<Proxy>,
     pub(crate) guard: Guard,
+    /// This request path explained (`POST /admin/explain`).
+    pub(crate) explainer: crate::explain::Explainer,
     /// The canonical form every request is brought to first.
     canonical: crate::canonical::Canonicalizer,
     max_body: u64,
@@ -466,7 +468,10 @@ pub(crate) fn build_app(
             ),
         )
     });
+    let explainer = crate::explain::Explainer::live(config, guard.clone(), proxy.clone())
+        .map_err(start("explain"))?;
     Ok(App {
+        explainer,
         token_service: shared.token_service.clone(),
         forward_auth,
         guarded: GuardLayer::new(guard.clone()).layer(proxy),
@@ -484,8 +489,23 @@ fn signed_authenticator(
     signed: &SignedRequestsConfig,
     nonces: &Arc<dyn NonceStore>,
 ) -> Result<SignedRequestAuthenticator<SharedNonces>, ServeError> {
-    let mut auth = SignedRequestAuthenticator::new(SharedNonces(Arc::clone(nonces)))
-        .with_window(signed.window);
+    signed_authenticator_over(signed, SharedNonces(Arc::clone(nonces)))
+}
+
+/// The apps of `[signed_requests]` over a nonce store of their own (an
+/// offline explain: no nonce is shared with a running gateway).
+pub(crate) fn offline_signed_authenticator<N: NonceStore>(
+    signed: &SignedRequestsConfig,
+    nonces: N,
+) -> Result<SignedRequestAuthenticator<N>, String> {
+    signed_authenticator_over(signed, nonces).map_err(|e| e.to_string())
+}
+
+fn signed_authenticator_over<N: NonceStore>(
+    signed: &SignedRequestsConfig,
+    nonces: N,
+) -> Result<SignedRequestAuthenticator<N>, ServeError> {
+    let mut auth = SignedRequestAuthenticator::new(nonces).with_window(signed.window);
     for app in &signed.apps {
         let secret = app.read_secret().map_err(|m| {
             start("signed_requests.apps.secret_file")(format!("app `{}`: {m}", app.id))
@@ -516,6 +536,10 @@ impl NonceStore for SharedNonces {
 }
 
 async fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
+    // Pinned decisions (`[tests]`): a configuration that fails one does not start.
+    if let Err(failures) = crate::cases::run_config_tests(&config, &config_path).await {
+        return Err(start("tests")(failures.join("; ")));
+    }
     serve_until(config, config_path, shutdown_signal(), |_| {}).await
 }
 
@@ -598,6 +622,10 @@ pub async fn serve_until(
                 roles: Some({
                     let live = Arc::clone(&live);
                     Arc::new(move || live.load().guard.clone())
+                }),
+                explainer: Some({
+                    let live = Arc::clone(&live);
+                    Arc::new(move || live.load().explainer.clone())
                 }),
             })
             .map_err(start("admin"))?;
@@ -842,7 +870,7 @@ fn status_label(status: StatusCode) -> metrics::SharedString {
 }
 
 /// Whether `path` is `prefix` or under it.
-fn under(path: &str, prefix: &str) -> bool {
+pub(crate) fn under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

@@ -274,6 +274,7 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
         "people.js",
         "keys.js",
         "audit.js",
+        "explain.js",
         "config.js",
         "console.css",
     ] {
@@ -687,7 +688,7 @@ async fn the_console_works_in_a_real_browser() {
     );
     assert!(stdout.contains("console browser test: ok"));
     for page in [
-        "sign-in", "live", "threats", "people", "apps", "keys", "audit", "config",
+        "sign-in", "live", "threats", "people", "apps", "keys", "explain", "audit", "config",
     ] {
         for shot in ["1280", "390", "dark-1280", "dark-390"] {
             let shot = artifacts.join(format!("{page}-{shot}.png"));

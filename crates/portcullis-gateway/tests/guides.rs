@@ -406,3 +406,18 @@ fn internal_token_pyjwt() {
         },
     );
 }
+
+#[test]
+fn pin_access_rules_in_ci() {
+    // Only a file server stands in for the app: any Python 3 will do.
+    let Some(python) = support::python3() else {
+        return;
+    };
+    follow(
+        "pin-access-rules-in-ci.md",
+        &Tools {
+            python,
+            extra: vec![],
+        },
+    );
+}

@@ -1004,6 +1004,24 @@ fn init_writes_a_config_that_checks_ok_and_never_overwrites() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The starter's pinned decisions come with it and hold.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK (3 pinned decisions hold)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let cases = target.join("cases.toml");
+    let out = portcullis(&[
+        "test",
+        "--config",
+        config.to_str().unwrap(),
+        cases.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 cases: 3 passed, 0 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(target.join("pepper"))
         .unwrap()

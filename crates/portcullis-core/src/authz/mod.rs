@@ -10,6 +10,6 @@ pub mod signed_request;
 pub use permission::{Permission, PermissionError, PermissionSet};
 pub use roles::{RoleDef, RoleError, RoleTable};
 pub use routes::{
-    AccessPolicy, AuthzConfig, AuthzConfigError, ConflictKind, Decision, Effect, Reason,
-    RequestFacts, Requirements, RouteConflict, RouteRule,
+    AccessPolicy, AuthzConfig, AuthzConfigError, ConflictKind, Decision, Effect, MatchedRule,
+    Precedence, Reason, RequestFacts, Requirements, RouteConflict, RouteRule, RouteTrace,
 };

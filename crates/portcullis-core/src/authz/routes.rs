@@ -972,7 +972,7 @@ impl AccessPolicy {
         let bit = method_bit(facts.method);
         let mut visit = |id: u32| {
             let r = &self.rules[id as usize];
-            if r.methods & bit == 0 || !host_matches(&r.host, facts.host) {
+            if !Self::applies(r, bit, facts.host) {
                 return;
             }
             let slot = match r.effect {
@@ -985,6 +985,12 @@ impl AccessPolicy {
         };
         self.walk(0, facts.path, &mut visit);
         (best.0.map(|(_, id)| id), best.1.map(|(_, id)| id))
+    }
+
+    /// Whether rule `r` takes requests of method `bit` on `host` (its
+    /// path already matched).
+    fn applies(r: &CompiledRule, bit: u16, host: Option<&str>) -> bool {
+        r.methods & bit != 0 && host_matches(&r.host, host)
     }
 
     fn walk(&self, node: usize, path: &str, visit: &mut impl FnMut(u32)) {
@@ -1195,5 +1201,281 @@ impl AccessPolicy {
             reason: Reason::Allowed,
             policies: &r.policies,
         }
+    }
+}
+
+/// Why one matching rule takes precedence over another (see
+/// [`AccessPolicy`] for the order). `as_str` is stable (explain output).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precedence {
+    /// A `deny` rule overrides any `allow` rule.
+    DenyOverridesAllow,
+    /// Its host is more specific (exact > `*.suffix`, a longer suffix > any).
+    Host,
+    /// Its path is more specific at this segment (0-based; literal >
+    /// `*`/`{param}` > `**`, and ending where the other has `**`).
+    PathSegment(usize),
+    /// It lists methods where the other takes any.
+    MethodList,
+    /// It lists fewer methods.
+    FewerMethods,
+    /// Equal on everything else: it comes first in the configuration (a
+    /// checked configuration reports such pairs as ambiguous).
+    DeclarationOrder,
+}
+
+impl Precedence {
+    /// A stable short name, e.g. `deny_overrides_allow`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::DenyOverridesAllow => "deny_overrides_allow",
+            Self::Host => "more_specific_host",
+            Self::PathSegment(_) => "more_specific_path",
+            Self::MethodList => "method_list",
+            Self::FewerMethods => "fewer_methods",
+            Self::DeclarationOrder => "declaration_order",
+        }
+    }
+}
+
+impl fmt::Display for Precedence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DenyOverridesAllow => f.write_str("a deny route overrides any allow route"),
+            Self::Host => f.write_str("its host is more specific"),
+            Self::PathSegment(i) => write!(
+                f,
+                "its path is more specific at segment {} (literal > `*`/`{{param}}` > `**`)",
+                i + 1
+            ),
+            Self::MethodList => f.write_str("it lists methods, the other takes any method"),
+            Self::FewerMethods => f.write_str("it lists fewer methods"),
+            Self::DeclarationOrder => f.write_str("it comes first in the configuration"),
+        }
+    }
+}
+
+/// One rule matching a request, for [`AccessPolicy::trace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedRule {
+    /// Its index in the configuration.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Allow or deny.
+    pub effect: Effect,
+}
+
+/// Every rule matching one request and which decides, as the decision
+/// itself sees them (the same normalisation and trie walk as
+/// [`AccessPolicy::match_route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTrace {
+    /// The path the rules were matched against (canonical, path
+    /// parameters removed); `None` when the path has no single meaning.
+    pub path: Option<String>,
+    /// Whether the path had parameters (`;`).
+    pub path_parameters: bool,
+    /// The matching rules, in precedence order: deny rules first, each
+    /// group most specific first.
+    pub matches: Vec<MatchedRule>,
+    /// The rule whose settings apply (credentials, rate limits, mode,
+    /// upstream): the first `allow` match, else the first `deny` match.
+    pub settings: Option<usize>,
+    /// The rule that decides: the first match (a `deny` if any).
+    pub deciding: Option<usize>,
+}
+
+impl AccessPolicy {
+    /// Every rule matching `facts`, in precedence order, and which one
+    /// decides; [`Self::match_route`] picks the same rules.
+    pub fn trace(&self, facts: &RequestFacts<'_>) -> RouteTrace {
+        let Some((path, params)) = normalize_path(facts.path) else {
+            return RouteTrace {
+                path: None,
+                path_parameters: false,
+                matches: Vec::new(),
+                settings: None,
+                deciding: None,
+            };
+        };
+        let bit = method_bit(facts.method);
+        let mut ids = Vec::new();
+        self.walk(0, &path, &mut |id: u32| {
+            let r = &self.rules[id as usize];
+            if Self::applies(r, bit, facts.host) && !ids.contains(&id) {
+                ids.push(id);
+            }
+        });
+        ids.sort_by_key(|&id| {
+            let r = &self.rules[id as usize];
+            (r.effect == Effect::Allow, r.rank)
+        });
+        let matches: Vec<MatchedRule> = ids
+            .iter()
+            .map(|&id| {
+                let r = &self.rules[id as usize];
+                MatchedRule {
+                    index: id as usize,
+                    name: r.name.to_string(),
+                    effect: r.effect,
+                }
+            })
+            .collect();
+        let settings = matches
+            .iter()
+            .find(|m| m.effect == Effect::Allow)
+            .or(matches.first())
+            .map(|m| m.index);
+        RouteTrace {
+            path: Some(path.into_owned()),
+            path_parameters: params,
+            deciding: matches.first().map(|m| m.index),
+            matches,
+            settings,
+        }
+    }
+
+    /// Why rule `winner` takes precedence over rule `other` (indices in
+    /// the configuration), from the same specificity order the decision
+    /// uses; `None` when it does not, or an index is out of range.
+    pub fn precedence(&self, winner: usize, other: usize) -> Option<Precedence> {
+        let (w, o) = (self.rules.get(winner)?, self.rules.get(other)?);
+        if winner == other {
+            return None;
+        }
+        match (w.effect, o.effect) {
+            (Effect::Deny, Effect::Allow) => return Some(Precedence::DenyOverridesAllow),
+            (Effect::Allow, Effect::Deny) => return None,
+            _ => {}
+        }
+        if w.rank > o.rank {
+            return None;
+        }
+        let (ws, os) = (specificity(w), specificity(o));
+        if (ws.0, ws.1) != (os.0, os.1) {
+            return Some(Precedence::Host);
+        }
+        if ws.2 != os.2 {
+            let at =
+                ws.2.iter()
+                    .zip(os.2.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(ws.2.len().min(os.2.len()));
+            return Some(Precedence::PathSegment(at));
+        }
+        if ws.3 != os.3 {
+            return Some(Precedence::MethodList);
+        }
+        if ws.4 != os.4 {
+            return Some(Precedence::FewerMethods);
+        }
+        Some(Precedence::DeclarationOrder)
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    fn policy(rules: Vec<RouteRule>) -> AccessPolicy {
+        AccessPolicy::new(&AuthzConfig {
+            roles: Vec::new(),
+            rules,
+            default: Effect::Deny,
+        })
+        .unwrap()
+    }
+
+    fn why(p: &AccessPolicy, facts: RequestFacts<'_>) -> (Vec<String>, Option<Precedence>) {
+        let t = p.trace(&facts);
+        let names = t.matches.iter().map(|m| m.name.clone()).collect();
+        let reason = match t.matches.as_slice() {
+            [first, second, ..] => p.precedence(first.index, second.index),
+            _ => None,
+        };
+        // The trace picks what the decision picks.
+        assert_eq!(t.settings, p.match_route(&facts).route_index());
+        (names, reason)
+    }
+
+    #[test]
+    fn each_precedence_rule_is_named() {
+        let p = policy(vec![
+            RouteRule::allow("any", "/docs/**"),
+            RouteRule::allow("one", "/docs/*"),
+            RouteRule::allow("lit", "/docs/readme"),
+            RouteRule::allow("lit-get", "/docs/readme").methods(["GET"]),
+            RouteRule::allow("lit-get-host", "/docs/readme")
+                .methods(["GET"])
+                .host("api.example.com"),
+            RouteRule::deny("no-secret", "/docs/secret"),
+        ]);
+        let get = |path| RequestFacts::new("GET", path);
+        assert_eq!(
+            why(&p, get("/docs/readme").with_host("api.example.com")),
+            (
+                vec!["lit-get-host", "lit-get", "lit", "one", "any"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                Some(Precedence::Host)
+            )
+        );
+        assert_eq!(why(&p, get("/docs/readme")).1, Some(Precedence::MethodList));
+        assert_eq!(
+            why(&p, RequestFacts::new("POST", "/docs/readme")).1,
+            Some(Precedence::PathSegment(1))
+        );
+        assert_eq!(why(&p, get("/docs/x")).1, Some(Precedence::PathSegment(1)));
+        assert_eq!(
+            why(&p, get("/docs/secret")),
+            (
+                vec!["no-secret".into(), "one".into(), "any".into()],
+                Some(Precedence::DenyOverridesAllow)
+            )
+        );
+        // A deny decides, but the allow rule's settings apply.
+        let t = p.trace(&get("/docs/secret"));
+        assert_eq!(t.deciding, Some(5));
+        assert_eq!(t.settings, Some(1));
+        // The loser never beats the winner.
+        assert_eq!(p.precedence(1, 5), None);
+        assert_eq!(p.precedence(0, 1), None);
+    }
+
+    #[test]
+    fn fewer_methods_and_declaration_order() {
+        let p = policy(vec![
+            RouteRule::allow("two", "/a").methods(["GET", "POST"]),
+            RouteRule::allow("one", "/a").methods(["GET"]),
+        ]);
+        assert_eq!(
+            why(&p, RequestFacts::new("GET", "/a")),
+            (
+                vec!["one".into(), "two".into()],
+                Some(Precedence::FewerMethods)
+            )
+        );
+        let p = policy(vec![
+            RouteRule::allow("first", "/a/{x}"),
+            RouteRule::allow("second", "/a/*"),
+        ]);
+        assert_eq!(
+            why(&p, RequestFacts::new("GET", "/a/b")).1,
+            Some(Precedence::DeclarationOrder)
+        );
+    }
+
+    #[test]
+    fn malformed_paths_match_nothing() {
+        let p = policy(vec![RouteRule::allow("any", "/**")]);
+        let t = p.trace(&RequestFacts::new("GET", "/a/../b"));
+        assert_eq!(t.path, None);
+        assert!(t.matches.is_empty());
+        let t = p.trace(&RequestFacts::new("GET", "/a;v=1/b"));
+        assert_eq!(t.path.as_deref(), Some("/a/b"));
+        assert!(t.path_parameters);
     }
 }

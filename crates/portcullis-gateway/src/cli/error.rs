@@ -145,6 +145,17 @@ pub enum CliError {
     #[error("cannot write to stdout: {0}")]
     Output(io::Error),
     /// `demo --check`: some steps did not behave as printed (exit 1).
+    /// Problems listed one a line (cases that failed under `config check`).
+    #[error("{}", .0.join("\n"))]
+    Lines(Vec<String>),
+    /// `portcullis test`: some cases did not decide as expected (printed above).
+    #[error("{failed} of {total} cases did not decide as expected")]
+    CasesFailed {
+        /// Cases that failed.
+        failed: usize,
+        /// Cases run.
+        total: usize,
+    },
     #[error("{failed} of {total} demo steps did not behave as printed (see the ✗ lines above)")]
     CheckFailed {
         /// Steps that failed.
@@ -158,7 +169,9 @@ impl CliError {
     /// The process exit code of this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Rejected(_) | Self::CheckFailed { .. } => EXIT_REJECTED,
+            Self::Rejected(_) | Self::CheckFailed { .. } | Self::CasesFailed { .. } => {
+                EXIT_REJECTED
+            }
             _ => EXIT_USAGE,
         }
     }

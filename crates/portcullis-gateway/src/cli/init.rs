@@ -29,8 +29,9 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
     let dir = &args.dir;
     let config_path = dir.join("portcullis.toml");
     let pepper_path = dir.join("pepper");
+    let cases_path = dir.join("cases.toml");
     let keys_dir = dir.join("keys");
-    keyfile::refuse_existing(&[&config_path, &pepper_path])?;
+    keyfile::refuse_existing(&[&config_path, &pepper_path, &cases_path])?;
     if keys_dir.exists() {
         return Err(CliError::Exists(keys_dir));
     }
@@ -45,13 +46,41 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
         kid: None,
         out: keys_dir.clone(),
     })?;
+    keyfile::write_new(&cases_path, STARTER_CASES.as_bytes(), PUBLIC_MODE)?;
     let text = starter(dir, &args.listen, &args.upstream);
     keyfile::write_new(&config_path, text.as_bytes(), PUBLIC_MODE)?;
     console::print(&format!(
-        "wrote {config}\n\nnext:\n  portcullis config check {config}\n  portcullis serve --config {config}",
-        config = config_path.display()
+        "wrote {config} and {cases}\n\nnext:\n  portcullis config check {config}\n  portcullis serve --config {config}",
+        config = config_path.display(),
+        cases = cases_path.display()
     ))
 }
+
+/// The starter's pinned decisions (`[tests]` runs them; `portcullis test` too).
+const STARTER_CASES: &str = r#"# Pinned decisions of portcullis.toml: `portcullis config check`, start-up
+# and every reload decide each case and refuse a configuration that differs
+# (its [tests] section lists this file). Run them alone with
+#   portcullis test --config portcullis.toml cases.toml
+# Add a case for every rule you rely on; see docs/explain.md.
+
+[[case]]
+name = "health is public"
+request = "GET /health"
+anonymous = true
+expect = { allow = true, upstream = "app" }
+
+[[case]]
+name = "the API needs credentials"
+request = "GET /anything"
+anonymous = true
+expect = { code = "auth.missing_credentials", status = 401 }
+
+[[case]]
+name = "an authenticated caller reaches the app"
+request = "POST /anything"
+as = { subject = "someone" }
+expect = { allow = true, upstream = "app", route = "api" }
+"#;
 
 fn abs(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
@@ -107,6 +136,9 @@ credentials = ["jwt", "api_key"]
 name = "app"
 url = "{upstream}"
 routes = ["health", "api"]
+
+[tests]
+files = ["cases.toml"]                 # pinned decisions, next to this file
 "#,
         stores = abs(dir, "data/stores.db"),
         pepper = abs(dir, "pepper"),

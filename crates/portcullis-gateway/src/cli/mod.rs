@@ -8,6 +8,7 @@ mod console;
 pub mod demo;
 pub mod duration;
 mod error;
+pub mod explain;
 pub mod init;
 mod keyfile;
 pub mod keys;
@@ -30,7 +31,7 @@ pub use keys::load_key_dir;
 #[command(
     name = "portcullis",
     version,
-    after_help = "Exit codes: 0 ok, 1 token rejected or a `demo --check` step failed, 2 usage, configuration or key error."
+    after_help = "Exit codes: 0 ok, 1 token rejected, a `demo --check` step failed or a `test` case failed, 2 usage, configuration or key error."
 )]
 pub struct Cli {
     /// The command to run.
@@ -64,6 +65,11 @@ pub enum Command {
     Reload(reload::ReloadArgs),
     /// Write a starter configuration, a signing key and a pepper.
     Init(init::InitArgs),
+    /// Explain one decision step by step: canonical request, matching routes, credential,
+    /// caller, rate limits, mode, upstream and the decision (offline, or --admin URL live).
+    Explain(explain::ExplainArgs),
+    /// Decide files of pinned cases under a configuration; exit 1 when one differs.
+    Test(explain::TestArgs),
     /// Print nginx / Caddy / Traefik / Envoy configuration that asks this gateway's forward-auth.
     Snippets(snippets::SnippetsArgs),
     /// Admin API keys (the admin API itself is on the ops listener).
@@ -172,6 +178,11 @@ pub fn finish(result: Result<(), CliError>) -> ExitCode {
         CliError::Config(errors) => {
             for e in &errors.0 {
                 console::error(e);
+            }
+        }
+        CliError::Lines(lines) => {
+            for l in lines {
+                console::error(l);
             }
         }
         other => console::error(other),

@@ -71,7 +71,7 @@ impl Target {
     }
 
     /// One call: the answer's JSON (null for 204), or the refusal as an error.
-    pub(super) fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -115,7 +115,7 @@ impl Target {
 }
 
 /// A request body: JSON, or JSON lines (imports).
-pub(super) enum Body {
+pub(crate) enum Body {
     /// `application/json`.
     Json(Value),
     /// `application/x-ndjson` (one JSON value per line).

@@ -129,6 +129,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("assets/audit.js"),
     },
     Asset {
+        name: "explain.js",
+        content_type: JS,
+        body: include_str!("assets/explain.js"),
+    },
+    Asset {
         name: "config.js",
         content_type: JS,
         body: include_str!("assets/config.js"),

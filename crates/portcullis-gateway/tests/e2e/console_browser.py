@@ -311,6 +311,17 @@ def main():
         expect(page.locator("#rotate-result")).to_contain_text("already pending", timeout=10000)
         screenshots(page, "keys")
 
+        step("explain: the running gateway's decision, step by step")
+        goto(page, "explain", "#explain-form")
+        page.fill("#explain-target", "/open/x")
+        page.fill("#explain-ip", SEEN_IP)
+        page.click("#explain-form button[type=submit]")
+        report = page.locator("#explain-report")
+        expect(report).to_be_visible(timeout=10000)
+        expect(report).to_contain_text("anonymous_allowed")
+        expect(report).to_contain_text("echo")
+        screenshots(page, "explain")
+
         step("audit: query, page, open an event")
         goto(page, "audit", "#audit-form")
         page.fill("#q-ip", BANNED_IP)

@@ -74,6 +74,21 @@ pub fn python() -> Option<PathBuf> {
     )
 }
 
+/// Any Python 3 interpreter, resolved to its executable (a version
+/// manager's shim may need a `HOME` the tests replace): for what needs no
+/// package, such as a file server.
+pub fn python3() -> Option<PathBuf> {
+    let path = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_file());
+    found("python3 (on PATH)", path)
+}
+
 /// Debian's nginx.
 pub fn nginx() -> Option<PathBuf> {
     let path = PathBuf::from("/usr/sbin/nginx");

@@ -145,6 +145,23 @@ pub(crate) fn find<'a>(
     Presented::None
 }
 
+/// Whether `headers` carry a credential of `source`'s kind (for explain).
+pub(crate) fn presents(headers: &HeaderMap, names: &HeaderNames, source: CredentialSource) -> bool {
+    of_source(headers, names, source).is_some()
+}
+
+/// The kind of what [`find`] found, as the refusals name it; `None` for nothing.
+pub(crate) fn kind(presented: &Presented<'_>) -> Option<&'static str> {
+    match presented {
+        Presented::None => None,
+        Presented::Unaccepted(kind) => Some(kind),
+        Presented::Jwt(_) => Some(describe_one(CredentialSource::Jwt)),
+        Presented::ApiKey(_) => Some(describe_one(CredentialSource::ApiKey)),
+        Presented::App { .. } => Some(describe_one(CredentialSource::App)),
+        Presented::Signed => Some(describe_one(CredentialSource::Signed)),
+    }
+}
+
 fn describe_one(source: CredentialSource) -> &'static str {
     match source {
         CredentialSource::Jwt => "a bearer JWT",

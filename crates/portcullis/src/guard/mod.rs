@@ -18,6 +18,7 @@
 mod config;
 mod credentials;
 mod decision;
+mod explain;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub use self::config::{
 use self::credentials::Presented;
 use self::decision::Snapshot;
 pub use self::decision::{AuditTicket, Decision, Refusal, RequestIdText};
+pub use self::explain::{
+    AuthzTrace, BanTrace, Checked, Conclusion, CredentialTrace, ExplainOptions, Explanation,
+    RateTrace, SourceTrace,
+};
 use crate::anomaly::AnomalyEngine;
 use crate::audit::AuditWriter;
 use crate::authz::{
@@ -783,6 +788,7 @@ impl Guard {
                 &mut principal,
                 &mut headers,
                 event.as_deref_mut(),
+                None,
             )
             .await;
         let steps = Steps {
@@ -984,19 +990,36 @@ impl Guard {
         principal_out: &mut Option<Arc<Principal>>,
         headers_out: &mut Vec<(HeaderName, HeaderValue)>,
         mut event: Option<&mut Snapshot>,
+        mut probe: Option<&mut explain::Probe>,
     ) -> Result<&'static str, Refused> {
         let inner = &*self.inner;
 
         // 2. A banned IP is refused before any credential costs us work.
         if let (Some(engine), Some(ip)) = (&inner.anomaly, ip) {
-            self.check_ban(engine, Some(ip), None).await?;
+            let banned = self.check_ban(engine, Some(ip), None).await;
+            if let Some(p) = probe.as_deref_mut() {
+                p.ban("ip", banned.is_err());
+            }
+            banned?;
         }
 
-        // 3. Authentication.
-        let authn = match self.authenticate_route(parts, body, route).await {
+        // 3. Authentication (explain may give the caller instead).
+        let assumed = probe
+            .as_deref()
+            .and_then(|p| p.assume.clone())
+            .map(|p| Authn::Caller(p, None));
+        let authenticated = match assumed {
+            Some(a) => Ok(a),
+            None => self.authenticate_route(parts, body, route).await,
+        };
+        if let (Some(p), Err((refused, _))) = (probe.as_deref_mut(), &authenticated) {
+            p.credentials.refused = Some(refused.refusal.code);
+        }
+        let authn = match authenticated {
             Ok(a) => a,
             Err((refused, account)) => {
                 if let (Some(engine), Some(ip)) = (&inner.anomaly, ip)
+                    && probe.is_none()
                     && refused.refusal.code != ErrorCode::MissingCredentials
                     && refused.refusal.code != ErrorCode::BackendUnavailable
                 {
@@ -1018,7 +1041,11 @@ impl Guard {
 
         // 4. The subject's ban (revocation ran inside authentication).
         if let (Some(engine), Some(p)) = (&inner.anomaly, principal.as_deref()) {
-            self.check_ban(engine, None, Some(&p.subject)).await?;
+            let banned = self.check_ban(engine, None, Some(&p.subject)).await;
+            if let Some(probe) = probe.as_deref_mut() {
+                probe.ban("subject", banned.is_err());
+            }
+            banned?;
         }
 
         // 5. Rate limits, with the burst detector's window in the same call.
@@ -1040,6 +1067,15 @@ impl Guard {
                 headers: Some(&HttpHeaders(&parts.headers)),
             };
             let outcome = match (&inner.anomaly, ip) {
+                // Explain reads the counters, never consumes them.
+                _ if probe.is_some() => {
+                    let outcome = limiter.peek_rules(&rl_facts, route.rules).await;
+                    if let Some(probe) = probe.as_deref_mut() {
+                        probe.rate_limits =
+                            explain_rate_rules(limiter, &rl_facts, route.rules, &outcome);
+                    }
+                    outcome
+                }
                 (Some(engine), Some(ip)) => {
                     let (outcome, observed) = limiter
                         .check_observing_rules(
@@ -1106,6 +1142,17 @@ impl Guard {
             .authorizer
             .authorize_matched(principal.as_deref(), facts, matched)
             .await;
+        if let Some(probe) = probe.as_deref_mut() {
+            probe.authorization = Some(explain::AuthzTrace {
+                rule: decision.rule.map(str::to_owned),
+                allowed: decision.allowed,
+                reason: decision.reason.as_str(),
+                detail: match decision.reason {
+                    Reason::NoMatchingRule => "no route allows this request".to_owned(),
+                    other => other.to_string(),
+                },
+            });
+        }
         if !decision.allowed {
             let code = decision.code().unwrap_or(ErrorCode::Denied);
             let detail = match decision.reason {
@@ -1113,6 +1160,7 @@ impl Guard {
                 other => other.to_string(),
             };
             if let (Some(engine), Some(p)) = (&inner.anomaly, principal.as_deref())
+                && probe.is_none()
                 && code == ErrorCode::Denied
             {
                 let signal = Signal::Denied {
@@ -1431,6 +1479,32 @@ impl Guard {
         let principal = remote.verify(token).await.map_err(|e| e.code())?;
         Ok(Arc::new(principal))
     }
+}
+
+/// Each rate rule in `set`: the key `facts` count under and what the
+/// counters (read, in `outcome`) say.
+fn explain_rate_rules(
+    limiter: &RateLimiter,
+    facts: &portcullis_core::ratelimit::RequestFacts<'_>,
+    set: RuleSet,
+    outcome: &crate::ratelimit::Outcome,
+) -> Vec<explain::RateTrace> {
+    limiter
+        .rules()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| set.contains(*i))
+        .map(|(i, rule)| {
+            let read = outcome.decisions().find(|(j, _)| *j == i).map(|(_, d)| d);
+            explain::RateTrace {
+                rule: rule.name.clone(),
+                key: rule.key.render(facts),
+                limit: read.map(|d| d.limit),
+                remaining: read.map(|d| d.remaining),
+                limited: read.is_some_and(|d| !d.allowed),
+            }
+        })
+        .collect()
 }
 
 /// A credential lookup on the request path, within the revocation budget

@@ -524,6 +524,12 @@ impl RateLimiter {
         self.run(facts, RuleSet::ALL, false).await
     }
 
+    /// [`Self::check_rules`] without recording anything: the current
+    /// counters, read (explain).
+    pub async fn peek_rules(&self, facts: &RequestFacts<'_>, set: RuleSet) -> Outcome {
+        self.run(facts, set, false).await
+    }
+
     /// The memory backend's check, synchronous (for a memory-only limiter;
     /// on a Redis limiter it checks the local fallback state).
     pub fn check_local(&self, facts: &RequestFacts<'_>) -> Outcome {

@@ -8,9 +8,10 @@ import * as people from './people.js';
 import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as config from './config.js';
+import * as explain from './explain.js';
 
-const PAGES = { live, threats, people, keys, audit, config };
-const TITLES = { live: 'Live', threats: 'Threats', people: 'Users & keys', keys: 'Signing keys', audit: 'Audit', config: 'Config' };
+const PAGES = { live, threats, people, keys, audit, explain, config };
+const TITLES = { live: 'Live', threats: 'Threats', people: 'Users & keys', keys: 'Signing keys', audit: 'Audit', explain: 'Explain', config: 'Config' };
 
 let session = null;
 let unmount = null;
