@@ -16,6 +16,7 @@
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `upstream_tls`: TLS to `https://` upstreams (roots, SNI, mTLS, why a handshake failed).
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
 //! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
 //! - `redact`: credentials taken out of URLs in errors, logs and answers.
@@ -44,3 +45,4 @@ mod reload;
 pub mod serve;
 mod storage;
 mod tls;
+mod upstream_tls;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, console};
+use crate::config::{ConfigError, ConfigErrors};
 
 /// Arguments of `config check`.
 #[derive(Debug, Args)]
@@ -15,9 +16,32 @@ pub struct CheckArgs {
 }
 
 /// Prints `OK`, or every error (one a line, `FILE:LINE:COL: `key`: message`) and exits 2.
+/// Besides the file itself, the TLS files of `https://` upstreams are read
+/// and parsed as the gateway would (a missing CA file is found here, not at
+/// the start), and `insecure_skip_verify` is warned about.
 pub fn check(args: &CheckArgs) -> Result<(), CliError> {
-    match crate::config::load(&args.file) {
-        Ok(_) => console::print(&format!("{}: OK", args.file.display())),
-        Err(errors) => Err(CliError::Config(errors)),
+    let config = crate::config::load(&args.file).map_err(CliError::Config)?;
+    let mut errors = Vec::new();
+    for (i, up) in config.upstreams.iter().enumerate() {
+        if up.is_tls() && up.insecure_skip_verify {
+            console::warn(format_args!(
+                "{}: `upstreams[{i}].insecure_skip_verify`: the certificate of upstream `{}` is not verified; anyone on the network path can impersonate it",
+                args.file.display(),
+                up.name
+            ));
+        }
+        if let Err(e) = crate::upstream_tls::UpstreamTls::load(up) {
+            errors.push(ConfigError {
+                file: args.file.clone(),
+                line: None,
+                column: None,
+                key: Some(format!("upstreams[{i}].{}", e.key)),
+                message: e.source.to_string(),
+            });
+        }
     }
+    if !errors.is_empty() {
+        return Err(CliError::Config(ConfigErrors(errors)));
+    }
+    console::print(&format!("{}: OK", args.file.display()))
 }
