@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders};
+use crate::upstream_tls::ConnectDeadline;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
 pub const HOP_BY_HOP: [&str; 9] = [
@@ -197,7 +198,7 @@ enum UpstreamClient {
     /// `http://`: the pool shared by every plain upstream.
     Plain(Client<HttpConnector, RequestBody>),
     /// `https://`: this upstream's own pool, over its TLS config.
-    Tls(Client<HttpsConnector<HttpConnector>, RequestBody>),
+    Tls(Client<ConnectDeadline<HttpsConnector<HttpConnector>>, RequestBody>),
 }
 
 impl UpstreamClient {
@@ -392,7 +393,10 @@ impl Proxy {
                         }
                         None => builder,
                     };
-                    let connector = builder.enable_http1().wrap_connector(tcp(false));
+                    let connector = ConnectDeadline::new(
+                        builder.enable_http1().wrap_connector(tcp(false)),
+                        config.server.upstream_connect_timeout,
+                    );
                     (
                         http::uri::Scheme::HTTPS,
                         UpstreamClient::Tls(pooled().build(connector)),
@@ -604,7 +608,14 @@ impl Proxy {
                     );
                 }
                 upstream_failure(&upstream, "unavailable");
-                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                match find_cause::<crate::upstream_tls::ConnectTimedOut>(&e) {
+                    Some(late) => {
+                        tracing::warn!(upstream = %upstream.name, error = %late, "upstream request failed");
+                    }
+                    None => {
+                        tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                    }
+                }
                 return problem(
                     StatusCode::BAD_GATEWAY,
                     "gateway.upstream_unavailable",

@@ -2,11 +2,16 @@
 //! (aws-lc-rs; the Mozilla roots, or only the CAs of its `ca_file`; its
 //! client certificate for mTLS; verification always on unless the upstream
 //! says `insecure_skip_verify`), and why a handshake failed, as a metric
-//! label. The files are read each time the request path is built: at the
-//! start and on every reload.
+//! label; the deadline on the whole connect, handshake included. The files
+//! are read each time the request path is built: at the start and on every
+//! reload.
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -17,7 +22,7 @@ use crate::config::UpstreamConfig;
 use crate::tls::{TlsError, read_certs, read_key};
 
 /// The TLS side of one `https://` upstream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamTls {
     /// What every connection to the upstream uses.
     pub config: ClientConfig,
@@ -26,6 +31,20 @@ pub struct UpstreamTls {
     pub server_name: Option<ServerName<'static>>,
     /// `insecure_skip_verify`: any certificate is accepted.
     pub insecure: bool,
+}
+
+// Not derived: the config holds the client key; nothing of it is printed.
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field(
+                "client_certificate",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamTls {
@@ -163,6 +182,56 @@ fn find_rustls<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error>
         current = err.source();
     }
     None
+}
+
+/// A connector whose whole connect, TCP and TLS handshake together, is
+/// due within `limit` (`server.upstream_connect_timeout`): an upstream
+/// that accepts the connection and never answers the handshake fails as
+/// fast as one that does not accept it.
+#[derive(Debug, Clone)]
+pub struct ConnectDeadline<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> ConnectDeadline<C> {
+    /// `inner`, bounded by `limit`.
+    pub fn new(inner: C, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+}
+
+/// The connect, handshake included, did not complete in time.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the upstream (TCP and TLS handshake) took longer than {0:?}")]
+pub struct ConnectTimedOut(pub Duration);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+impl<C> tower_service::Service<http::Uri> for ConnectDeadline<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut(limit)) as BoxError),
+            }
+        })
+    }
 }
 
 /// `insecure_skip_verify`: every certificate chain and name is accepted.

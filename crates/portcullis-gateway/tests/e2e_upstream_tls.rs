@@ -162,7 +162,8 @@ fn gateway_config(public: u16, ops: u16, upstreams: &[(&str, String)]) -> String
 [server]
 listen = "127.0.0.1:{public}"
 ops_listen = "127.0.0.1:{ops}"
-upstream_read_timeout = "10s"
+upstream_connect_timeout = "1s"
+upstream_read_timeout = "20s"
 
 [storage]
 url = "sqlite://{{db}}"
@@ -271,6 +272,8 @@ async fn assert_tls_refused(s: &Setup, route: &str, reason: &str) {
 
 struct Setup {
     _nginx: Proc,
+    /// Accepts connections (the kernel does) and never says a word.
+    _silent: std::net::TcpListener,
     gateway: Proc,
     public: u16,
     ops: u16,
@@ -312,6 +315,9 @@ async fn setup() -> Option<Setup> {
     nginx.wait_port(good);
     nginx.wait_port(expired);
     nginx.wait_port(mtls);
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
 
     let p = |name: &str| d.join(name).display().to_string();
     let ca = format!("ca_file = \"{}\"", p("ca.pem"));
@@ -376,6 +382,10 @@ async fn setup() -> Option<Setup> {
             ),
         ),
         (
+            "silent",
+            format!("url = \"https://localhost:{silent_port}\"\n{ca}"),
+        ),
+        (
             "rotatingclient",
             format!(
                 "url = \"https://localhost:{mtls}\"\n{ca}\n{}",
@@ -388,6 +398,7 @@ async fn setup() -> Option<Setup> {
     let log = gateway.log.clone();
     Some(Setup {
         _nginx: nginx,
+        _silent: silent,
         gateway,
         public,
         ops,
@@ -419,6 +430,26 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     assert_tls_refused(&s, "wrongca", "unknown_issuer").await;
     assert_tls_refused(&s, "expired", "expired").await;
     assert_tls_refused(&s, "mismatch", "name_mismatch").await;
+
+    // An upstream that accepts and never answers the handshake costs
+    // `upstream_connect_timeout` (1 s), not `upstream_read_timeout` (20 s).
+    let started = Instant::now();
+    let r = get(s.public, "/silent/x").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["code"], "gateway.upstream_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let failed = log_events(&s.log, "upstream request failed");
+    assert!(
+        failed.iter().any(|e| e["fields"]["upstream"] == "silent"
+            && e["fields"]["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("TLS handshake"))),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
