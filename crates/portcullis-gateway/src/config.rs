@@ -1620,6 +1620,21 @@ fn remove_in_value(v: &mut DeValue<'_>, offset: usize) -> bool {
     }
 }
 
+/// An error about the dotted `key` of `file` (whose contents are `text`),
+/// located at the key when the file holds it: for checks made after
+/// loading (`config check` reading the files a key names).
+pub fn error_at_key(file: &Path, text: &str, key: String, message: String) -> ConfigError {
+    let span = DeTable::parse(text)
+        .ok()
+        .and_then(|doc| key_span(doc.get_ref(), &key));
+    let locate = Locator {
+        file,
+        text,
+        overrides: &[],
+    };
+    locate.error(span, Some(key), message)
+}
+
 /// The span of the dotted `key` (`a.b[1].c`), or of its nearest existing parent.
 fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     let mut best = None;

@@ -922,6 +922,11 @@ mod tests {
             target(&prefixed, None).as_deref(),
             Some("http://10.0.0.2:9000/api/v1/")
         );
+        let tls = upstream("https://api.internal:8443/v2");
+        assert_eq!(
+            target(&tls, pq("/users?id=7")).as_deref(),
+            Some("https://api.internal:8443/v2/users?id=7")
+        );
     }
 
     #[test]

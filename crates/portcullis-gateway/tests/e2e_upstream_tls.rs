@@ -529,6 +529,16 @@ async fn config_check_reads_the_tls_files() {
         stderr.contains("`upstreams[10].ca_file`") && stderr.contains("no-such-ca.pem"),
         "{stderr}"
     );
+    // ... at its line in the file.
+    let line = text
+        .lines()
+        .position(|l| l.contains(&rotating))
+        .map(|i| i + 1)
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("check.toml:{line}:")),
+        "not at line {line}: {stderr}"
+    );
 
     // A key file that holds a certificate, not a key.
     let key = s.dir.join("gw-client.key").display().to_string();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, console};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::ConfigErrors;
 
 /// Arguments of `config check`.
 #[derive(Debug, Args)]
@@ -21,6 +21,8 @@ pub struct CheckArgs {
 /// the start), and `insecure_skip_verify` is warned about.
 pub fn check(args: &CheckArgs) -> Result<(), CliError> {
     let config = crate::config::load(&args.file).map_err(CliError::Config)?;
+    // Only for locating errors: the file was just read whole by `load`.
+    let text = std::fs::read_to_string(&args.file).unwrap_or_default();
     let mut errors = Vec::new();
     for (i, up) in config.upstreams.iter().enumerate() {
         if up.is_tls() && up.insecure_skip_verify {
@@ -31,13 +33,12 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
             ));
         }
         if let Err(e) = crate::upstream_tls::UpstreamTls::load(up) {
-            errors.push(ConfigError {
-                file: args.file.clone(),
-                line: None,
-                column: None,
-                key: Some(format!("upstreams[{i}].{}", e.key)),
-                message: e.source.to_string(),
-            });
+            errors.push(crate::config::error_at_key(
+                &args.file,
+                &text,
+                format!("upstreams[{i}].{}", e.key),
+                e.source.to_string(),
+            ));
         }
     }
     if !errors.is_empty() {
