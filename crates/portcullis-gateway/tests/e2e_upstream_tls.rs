@@ -134,6 +134,8 @@ http {{
         listen 127.0.0.1:{good} ssl;
         ssl_certificate {d}/good.pem;
         ssl_certificate_key {d}/good.key;
+        keepalive_timeout 60s;
+        location /pool/ {{ return 200 "connection=$connection\n"; }}
         location / {{ return 200 "tls-upstream sni=$ssl_server_name uri=$request_uri\n"; }}
     }}
     server {{
@@ -381,6 +383,7 @@ async fn setup() -> Option<Setup> {
                 p("rotating-ca.pem")
             ),
         ),
+        ("pool", format!("url = \"https://localhost:{good}\"\n{ca}")),
         (
             "silent",
             format!("url = \"https://localhost:{silent_port}\"\n{ca}"),
@@ -424,6 +427,21 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
     let r = get(s.public, "/named/x").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "tls-upstream sni=localhost uri=/base/named/x\n");
+
+    // Keep-alive: the TLS connection is pooled and used again.
+    let mut connections = Vec::new();
+    for i in 0..3 {
+        let r = get(s.public, &format!("/pool/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        connections.push(r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    connections.sort();
+    connections.dedup();
+    assert!(
+        connections.len() < 3,
+        "every request opened a new TLS connection: {connections:?}"
+    );
 
     // Each failure: 502, the stable code, a log line and a metric saying why.
     assert_tls_refused(&s, "system", "unknown_issuer").await;
