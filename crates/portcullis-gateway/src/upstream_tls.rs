@@ -106,8 +106,8 @@ impl UpstreamTls {
             _ => builder.with_no_client_auth(),
         };
         // No ALPN: the upstream side speaks HTTP/1.1, a TLS server's
-        // default (hyper-rustls sets ALPN itself and refuses a config that
-        // has one).
+        // default. (hyper-rustls sets ALPN itself and panics on a config
+        // that already has some.)
         let server_name = match &up.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
                 fail("server_name")(TlsError::Rustls(format!(
