@@ -1158,6 +1158,25 @@ pub struct UpstreamConfig {
     /// Overrides `identity.strip_credentials` for this upstream.
     #[serde(default)]
     pub strip_credentials: Option<bool>,
+    /// PEM CA certificates that alone are trusted for an `https://`
+    /// upstream (default: the Mozilla root set).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name sent as SNI and checked against the certificate (default:
+    /// the URL's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM certificate chain presented to an upstream that asks for one (mTLS).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Accept any certificate from this upstream (no chain, name or date
+    /// check): for a test bench only; warned about at start, on reload and
+    /// by `config check`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 impl UpstreamConfig {
@@ -1171,6 +1190,35 @@ impl UpstreamConfig {
         self.internal_token_audience
             .as_deref()
             .unwrap_or(&self.name)
+    }
+
+    /// Whether the URL is `https://` (TLS to this upstream).
+    pub fn is_tls(&self) -> bool {
+        self.url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+
+    /// The TLS keys set on this upstream, by name (for errors on a
+    /// plain `http://` upstream).
+    fn tls_keys_set(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if self.ca_file.is_some() {
+            set.push("ca_file");
+        }
+        if self.server_name.is_some() {
+            set.push("server_name");
+        }
+        if self.client_cert_file.is_some() {
+            set.push("client_cert_file");
+        }
+        if self.client_key_file.is_some() {
+            set.push("client_key_file");
+        }
+        if self.insecure_skip_verify {
+            set.push("insecure_skip_verify");
+        }
+        set
     }
 }
 
@@ -1717,6 +1765,21 @@ fn remove_in_value(v: &mut DeValue<'_>, offset: usize) -> bool {
     }
 }
 
+/// An error about the dotted `key` of `file` (whose contents are `text`),
+/// located at the key when the file holds it: for checks made after
+/// loading (`config check` reading the files a key names).
+pub fn error_at_key(file: &Path, text: &str, key: String, message: String) -> ConfigError {
+    let span = DeTable::parse(text)
+        .ok()
+        .and_then(|doc| key_span(doc.get_ref(), &key));
+    let locate = Locator {
+        file,
+        text,
+        overrides: &[],
+    };
+    locate.error(span, Some(key), message)
+}
+
 /// The span of the dotted `key` (`a.b[1].c`), or of its nearest existing parent.
 fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     let mut best = None;
@@ -2123,6 +2186,9 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
         if let Err(message) = upstream_url(&up.url) {
             err(format!("upstreams[{i}].url"), message);
         }
+        for (key, message) in upstream_tls_errors(up) {
+            err(format!("upstreams[{i}].{key}"), message);
+        }
         if up.default {
             defaults += 1;
             if defaults > 1 {
@@ -2356,17 +2422,71 @@ fn absolute_url(url: &str) -> Result<(), String> {
 
 fn upstream_url(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(format!(
-            "`{url}`: upstreams are plain http://HOST:PORT for now (TLS to upstreams is not built yet)"
+            "`{url}`: an upstream is http://HOST:PORT or https://HOST:PORT"
         ));
     }
     if uri.authority().is_none() || uri.query().is_some() {
         return Err(format!(
-            "`{url}` must be http://HOST:PORT[/PREFIX] without query"
+            "`{url}` must be http(s)://HOST:PORT[/PREFIX] without query"
         ));
     }
     Ok(uri)
+}
+
+/// The TLS keys of one upstream that do not fit together: (key, message).
+/// Whether the files exist and parse is checked where they are read
+/// (`config check`, the start and each reload).
+fn upstream_tls_errors(up: &UpstreamConfig) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    if !up.is_tls() {
+        for key in up.tls_keys_set() {
+            errors.push((
+                key,
+                format!(
+                    "applies only to an https:// upstream; `{}` is plain http",
+                    up.url
+                ),
+            ));
+        }
+        return errors;
+    }
+    match (&up.client_cert_file, &up.client_key_file) {
+        (Some(_), None) => errors.push((
+            "client_key_file",
+            "`client_cert_file` is set: give its private key too".into(),
+        )),
+        (None, Some(_)) => errors.push((
+            "client_cert_file",
+            "`client_key_file` is set: give its certificate too".into(),
+        )),
+        _ => {}
+    }
+    if up.insecure_skip_verify && up.ca_file.is_some() {
+        errors.push((
+            "ca_file",
+            "has no effect with `insecure_skip_verify = true` (nothing is verified); remove one of them".into(),
+        ));
+    }
+    if let Some(name) = &up.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        errors.push((
+            "server_name",
+            format!("`{name}` is not a DNS name or an IP address"),
+        ));
+    }
+    for (key, path) in [
+        ("ca_file", &up.ca_file),
+        ("client_cert_file", &up.client_cert_file),
+        ("client_key_file", &up.client_key_file),
+    ] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            errors.push((key, "must not be empty".into()));
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -2524,6 +2644,56 @@ mod tests {
             .unwrap();
         assert!(e.message.contains("did you mean `docs`"), "{}", e.message);
         assert_eq!(e.line, Some(12));
+    }
+
+    #[test]
+    fn upstream_tls_keys_must_fit_together() {
+        let base = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"docs\"\npath = \"/docs\"\n\n[[upstreams]]\nname = \"app\"\ndefault = true\n";
+        let errors = |extra: &str| -> Vec<(String, String)> {
+            match parse(Path::new("t.toml"), &format!("{base}{extra}")) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    e.0.into_iter()
+                        .map(|e| (e.key.unwrap_or_default(), e.message))
+                        // `/` holds no signing key; only the upstreams matter here.
+                        .filter(|(k, _)| k.starts_with("upstreams"))
+                        .collect()
+                }
+            }
+        };
+        // An https:// upstream with every key: valid (files are read later).
+        let full = "url = \"https://10.0.0.1:8443/p\"\nca_file = \"/ca.pem\"\nserver_name = \"app.internal\"\nclient_cert_file = \"/c.pem\"\nclient_key_file = \"/c.key\"\n";
+        assert_eq!(errors(full), Vec::new());
+        assert_eq!(errors("url = \"https://a.test\"\n"), Vec::new());
+
+        let e = errors(
+            "url = \"http://10.0.0.1:80\"\nca_file = \"/ca.pem\"\ninsecure_skip_verify = true\n",
+        );
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["upstreams[0].ca_file", "upstreams[0].insecure_skip_verify"],
+            "{e:?}"
+        );
+        assert!(e[0].1.contains("only to an https:// upstream"), "{e:?}");
+
+        let e = errors("url = \"https://a.test\"\nclient_cert_file = \"/c.pem\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "upstreams[0].client_key_file");
+        let e = errors("url = \"https://a.test\"\nclient_key_file = \"/c.key\"\n");
+        assert_eq!(e[0].0, "upstreams[0].client_cert_file", "{e:?}");
+
+        let e = errors(
+            "url = \"https://a.test\"\nca_file = \"/ca.pem\"\ninsecure_skip_verify = true\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "upstreams[0].ca_file");
+
+        let e = errors("url = \"https://a.test\"\nserver_name = \"not a name\"\n");
+        assert_eq!(e[0].0, "upstreams[0].server_name", "{e:?}");
+
+        let e = errors("url = \"ftp://a.test\"\n");
+        assert_eq!(e[0].0, "upstreams[0].url", "{e:?}");
     }
 
     /// The annotated example in docs/config.md is a configuration this

@@ -18,6 +18,7 @@
 //! - [`explain`]: one decision step by step (`explain`, `test`, `POST /admin/explain`).
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `upstream_tls`: TLS to `https://` upstreams (roots, SNI, mTLS, why a handshake failed).
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
 //! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
 //! - `redact`: credentials taken out of URLs in errors, logs and answers.
@@ -48,3 +49,4 @@ mod reload;
 pub mod serve;
 mod storage;
 mod tls;
+mod upstream_tls;

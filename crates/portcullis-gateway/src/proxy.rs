@@ -1,8 +1,9 @@
 //! The reverse proxy behind the `GuardLayer`: picks the upstream of the
 //! guard's route, rewrites the headers (hop-by-hop out, forwarding and
 //! identity headers in from the guard's view) and streams both bodies
-//! through a pooled keep-alive client. It decides nothing: a request that
-//! reaches it was allowed.
+//! through a pooled keep-alive client: one pool shared by the plain
+//! `http://` upstreams, one per `https://` upstream (each has its own TLS
+//! config). It decides nothing: a request that reaches it was allowed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,12 +19,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders};
+use crate::upstream_tls::ConnectDeadline;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
 pub const HOP_BY_HOP: [&str; 9] = [
@@ -178,12 +181,33 @@ impl Body for RequestBody {
     }
 }
 
-/// An upstream: scheme and authority, and a path prefix.
-#[derive(Debug, Clone)]
+/// An upstream: scheme and authority, a path prefix, and the client that
+/// reaches it.
+#[derive(Debug)]
 struct Upstream {
     name: Arc<str>,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     prefix: String,
+    client: UpstreamClient,
+}
+
+/// The pooled client of an upstream.
+#[derive(Debug, Clone)]
+enum UpstreamClient {
+    /// `http://`: the pool shared by every plain upstream.
+    Plain(Client<HttpConnector, RequestBody>),
+    /// `https://`: this upstream's own pool, over its TLS config.
+    Tls(Client<ConnectDeadline<HttpsConnector<HttpConnector>>, RequestBody>),
+}
+
+impl UpstreamClient {
+    fn request(&self, req: Request<RequestBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::Plain(c) => c.request(req),
+            Self::Tls(c) => c.request(req),
+        }
+    }
 }
 
 impl Upstream {
@@ -192,7 +216,7 @@ impl Upstream {
     /// shared, not copied.
     fn target(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(match path_and_query {
             Some(pq) if self.prefix.is_empty() => pq.clone(),
@@ -348,9 +372,8 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
-    client: Client<HttpConnector, RequestBody>,
-    by_route: HashMap<Arc<str>, Upstream>,
-    default: Option<Upstream>,
+    by_route: HashMap<Arc<str>, Arc<Upstream>>,
+    default: Option<Arc<Upstream>>,
     identity: IdentityNames,
     read_timeout: Duration,
     /// Longest wait for the next bytes of an upstream's response body.
@@ -378,14 +401,22 @@ impl Proxy {
         outbound: crate::identity::Outbound,
         tunnels: Arc<crate::deadline::Tunnels>,
     ) -> Result<Self, ProxyConfigError> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let tcp = |enforce_http: bool| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(config.server.upstream_connect_timeout));
+            connector.set_nodelay(true);
+            // `https://` URIs reach the TLS layer through it.
+            connector.enforce_http(enforce_http);
+            connector
+        };
+        let pooled = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256);
+            builder
+        };
+        let plain = pooled().build(tcp(true));
         let mut by_route = HashMap::new();
         let mut default = None;
         for up in &config.upstreams {
@@ -397,13 +428,48 @@ impl Proxy {
                 .authority()
                 .cloned()
                 .ok_or_else(|| ProxyConfigError(format!("upstream `{}`: no host", up.name)))?;
-            let upstream = Upstream {
+            let tls = crate::upstream_tls::UpstreamTls::load(up)
+                .map_err(|e| ProxyConfigError(e.to_string()))?;
+            let (scheme, client) = match tls {
+                None => (
+                    http::uri::Scheme::HTTP,
+                    UpstreamClient::Plain(plain.clone()),
+                ),
+                Some(tls) => {
+                    if tls.insecure {
+                        tracing::warn!(
+                            upstream = %up.name,
+                            "insecure_skip_verify is set: the upstream's certificate is NOT verified, anyone on the network path can impersonate it"
+                        );
+                    }
+                    let builder = HttpsConnectorBuilder::new()
+                        .with_tls_config(tls.config)
+                        .https_only();
+                    let builder = match tls.server_name {
+                        Some(name) => {
+                            builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+                        }
+                        None => builder,
+                    };
+                    let connector = ConnectDeadline::new(
+                        builder.enable_http1().wrap_connector(tcp(false)),
+                        config.server.upstream_connect_timeout,
+                    );
+                    (
+                        http::uri::Scheme::HTTPS,
+                        UpstreamClient::Tls(pooled().build(connector)),
+                    )
+                }
+            };
+            let upstream = Arc::new(Upstream {
                 name: Arc::from(up.name.as_str()),
+                scheme,
                 authority,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
-            };
+                client,
+            });
             for r in &up.routes {
-                by_route.insert(Arc::from(r.as_str()), upstream.clone());
+                by_route.insert(Arc::from(r.as_str()), Arc::clone(&upstream));
             }
             if up.default {
                 default = Some(upstream);
@@ -413,7 +479,6 @@ impl Proxy {
             IdentityNames::new(&config.identity).map_err(|e| ProxyConfigError(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(ProxyInner {
-                client,
                 by_route,
                 default,
                 identity,
@@ -440,7 +505,7 @@ impl Proxy {
             .map(|u| (&*u.name, u.target(path_and_query)))
     }
 
-    fn upstream_of(&self, route: Option<&str>) -> Option<&Upstream> {
+    fn upstream_of(&self, route: Option<&str>) -> Option<&Arc<Upstream>> {
         let inner = &*self.inner;
         route
             .and_then(|r| inner.by_route.get(r))
@@ -509,7 +574,7 @@ impl Proxy {
             .get::<MatchedRoute>()
             .map(|r| Arc::clone(&r.0));
         let upstream = match self.upstream_of(route.as_deref()) {
-            Some(u) => u.clone(),
+            Some(u) => Arc::clone(u),
             None => {
                 return problem(
                     StatusCode::BAD_GATEWAY,
@@ -573,7 +638,7 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
 
         let started = Instant::now();
-        let sent = inner.client.request(Request::from_parts(parts, body));
+        let sent = upstream.client.request(Request::from_parts(parts, body));
         let result = tokio::time::timeout(inner.read_timeout, sent).await;
         let response = match result {
             Err(_) => {
@@ -598,8 +663,36 @@ impl Proxy {
                         rid,
                     );
                 }
+                if let Some((reason, tls)) = crate::upstream_tls::failure(&e) {
+                    upstream_failure(&upstream, "tls");
+                    metrics::counter!(
+                        "portcullis_gateway_upstream_tls_failures_total",
+                        "upstream" => metrics::SharedString::from(Arc::clone(&upstream.name)),
+                        "reason" => reason
+                    )
+                    .increment(1);
+                    tracing::warn!(
+                        upstream = %upstream.name,
+                        reason,
+                        error = %tls,
+                        "upstream TLS failed: no verified connection to the upstream"
+                    );
+                    return problem(
+                        StatusCode::BAD_GATEWAY,
+                        "gateway.upstream_unavailable",
+                        "the gateway could not establish a verified TLS connection to the upstream",
+                        rid,
+                    );
+                }
                 upstream_failure(&upstream, "unavailable");
-                tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                match find_cause::<crate::upstream_tls::ConnectTimedOut>(&e) {
+                    Some(late) => {
+                        tracing::warn!(upstream = %upstream.name, error = %late, "upstream request failed");
+                    }
+                    None => {
+                        tracing::warn!(upstream = %upstream.name, error = %e, "upstream request failed");
+                    }
+                }
                 return problem(
                     StatusCode::BAD_GATEWAY,
                     "gateway.upstream_unavailable",
@@ -867,6 +960,10 @@ mod tests {
         let uri: Uri = url.parse().unwrap_or_default();
         Upstream {
             name: Arc::from("app"),
+            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
+            client: UpstreamClient::Plain(
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            ),
             authority: uri
                 .authority()
                 .cloned()
@@ -901,6 +998,11 @@ mod tests {
         assert_eq!(
             target(&prefixed, None).as_deref(),
             Some("http://10.0.0.2:9000/api/v1/")
+        );
+        let tls = upstream("https://api.internal:8443/v2");
+        assert_eq!(
+            target(&tls, pq("/users?id=7")).as_deref(),
+            Some("https://api.internal:8443/v2/users?id=7")
         );
     }
 

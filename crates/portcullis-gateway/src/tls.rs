@@ -54,6 +54,9 @@ pub enum TlsError {
         /// What is wrong.
         message: String,
     },
+    /// rustls refused a configuration that involves no file.
+    #[error("TLS configuration: {0}")]
+    Rustls(String),
     /// rustls refused the pair (e.g. the key does not match the certificate).
     #[error("{cert} / {key}: {message}")]
     Config {
@@ -190,7 +193,7 @@ fn handshake_failure(reason: &'static str) {
 }
 
 /// A file's bytes, bounded.
-fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
     let read = |source| TlsError::Read {
         path: path.to_path_buf(),
@@ -209,25 +212,36 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-/// A rustls server config from the two PEM files.
-fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let pem = |path: &Path, message: String| TlsError::Pem {
+/// The PEM certificates of `path`, in order; at least one.
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |message: String| TlsError::Pem {
         path: path.to_path_buf(),
         message,
     };
-    let cert_pem = read_bounded(cert_file)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let bytes = read_bounded(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem(cert_file, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(pem(
-            cert_file,
-            "no `BEGIN CERTIFICATE` section found".into(),
-        ));
+        .map_err(|e| pem(format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(pem("no `BEGIN CERTIFICATE` section found".into()));
     }
-    let key_pem = read_bounded(key_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| pem(key_file, format!("no PEM private key: {e}")))?;
+    Ok(certs)
+}
+
+/// The PEM private key of `path` (PKCS#8, PKCS#1 or SEC1). The error
+/// names the file, never its contents.
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read_bounded(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        message: format!("no PEM private key: {e}"),
+    })
+}
+
+/// A rustls server config from the two PEM files.
+fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = read_certs(cert_file)?;
+    let key = read_key(key_file)?;
     let config_error = |message: String| TlsError::Config {
         cert: cert_file.to_path_buf(),
         key: key_file.to_path_buf(),
