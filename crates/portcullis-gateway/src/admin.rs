@@ -1293,7 +1293,16 @@ async fn create_api_key(
 async fn revoke_api_key(
     State(s): State<AdminState>,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> Result<Response, Problem> {
+    // A narrow admin key must not lock a broader one out: revoking an
+    // admin-owned key takes everything that key holds.
+    if let Some(record) = s.stores.api_key(&id).await?
+        && crate::escalation::is_admin_owner(&record.owner)
+    {
+        s.granter(&caller)
+            .check_takeover(&record.roles, &record.permissions)?;
+    }
     if s.stores.revoke_api_key(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -303,6 +303,78 @@ async fn an_admin_key_grants_no_more_than_it_holds() {
     assert_escalation(&r, "docs.read");
 }
 
+/// A key holding `admin.api_keys.write` cannot revoke an admin key that
+/// holds more (it would lock the broader key's operator out); it revokes
+/// one within its own grants, and the broader key revokes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrow_admin_key_cannot_revoke_a_broader_one() {
+    let env = start().await;
+    let ops = env.admin_key("ops", &["admin.*"]).await;
+    let minter = env.admin_key("minter", &["admin.api_keys.write"]).await;
+    let _peer = env.admin_key("peer", &["admin.api_keys.write"]).await;
+    let id_of = |owner: &'static str| {
+        let env = &env;
+        async move {
+            let r = env
+                .admin(
+                    &env.root,
+                    "GET",
+                    &format!("/admin/users/admin:{owner}/api-keys"),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.json()["api_keys"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (ops_id, minter_id, peer_id) = (
+        id_of("ops").await,
+        id_of("minter").await,
+        id_of("peer").await,
+    );
+
+    let r = env
+        .admin(
+            &minter,
+            "DELETE",
+            &format!("/admin/api-keys/{ops_id}"),
+            None,
+        )
+        .await;
+    assert_escalation(&r, "admin.*");
+    assert_eq!(
+        env.admin(&ops, "GET", "/admin/keys", None).await.status,
+        StatusCode::OK,
+        "the broader key still works"
+    );
+    // Within its own grants: allowed.
+    let r = env
+        .admin(
+            &minter,
+            "DELETE",
+            &format!("/admin/api-keys/{peer_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The broader key revokes the narrow one.
+    let r = env
+        .admin(
+            &ops,
+            "DELETE",
+            &format!("/admin/api-keys/{minter_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        env.admin(&minter, "GET", "/admin/keys", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 /// Issue 25, item 2: `admin.users.write` → user `mallory` with `*` → her
 /// own API key → the admin API. Each link is now cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,13 @@ impl Stores {
         Ok(keys)
     }
 
+    /// The key with this id (hash included, never the raw key), revoked or
+    /// not; `None` when there is none.
+    pub async fn api_key(&self, id: &str) -> StoreResult<Option<Arc<ApiKeyRecord>>> {
+        let id = input::bounded("id", id, input::MAX_ID)?;
+        self.backends.api_keys.api_key(&id).await
+    }
+
     /// Revokes a key by id: this replica refuses it before the call
     /// returns; the others when their revocation set reads the entry the
     /// backend appended (one poll, well under 1 s), or, for a backend
