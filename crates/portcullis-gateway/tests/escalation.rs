@@ -368,9 +368,7 @@ async fn a_narrow_admin_key_cannot_revoke_a_broader_one() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_eq!(
-        env.admin(&minter, "GET", "/admin/keys", None)
-            .await
-            .status,
+        env.admin(&minter, "GET", "/admin/keys", None).await.status,
         StatusCode::UNAUTHORIZED
     );
 }
