@@ -1285,8 +1285,8 @@ async fn within_the_bound(what: &str, mut holds: impl FnMut() -> bool) {
     }
 }
 
-/// A key revoked and a user disabled on one replica are in the other
-/// replica's revocation set within the bound (so it refuses them whatever
+/// A key revoked and a user or app disabled on one replica are in the
+/// other replica's revocation set within the bound (so it refuses them whatever
 /// its caches hold); a user enabled again leaves it; a replica started
 /// afterwards loads the same state.
 async fn api_key_and_user_revocations_reach_the_set_of_other_replicas(env: Env) {
@@ -1349,8 +1349,42 @@ async fn api_key_and_user_revocations_reach_the_set_of_other_replicas(env: Env) 
     })
     .await;
 
-    // A replica started now loads the key's revocation, and the enable
-    // after the disable (in log order).
+    // An app (client credentials): disabled on A, refused by B whatever
+    // B's cache holds; enabled again, accepted.
+    let app = a
+        .create_app(&NewApp {
+            name: "set-app".into(),
+            services: vec!["ledger".into()],
+            permissions: vec!["ledger:read".into()],
+            tenant: None,
+        })
+        .await
+        .expect("app");
+    let app_id = app.record.app_id.clone();
+    b.verify_app(&app_id, &app.secret)
+        .await
+        .expect("b caches the app");
+    a.set_app_disabled(&app_id, true)
+        .await
+        .expect("disable app");
+    within_the_bound("disabled app in b's set", || {
+        b.revocations().contains(RevokedKind::AppDisabled, &app_id)
+    })
+    .await;
+    assert!(matches!(
+        b.verify_app(&app_id, &app.secret).await,
+        Err(StoreError::InvalidAppCredentials)
+    ));
+    a.set_app_disabled(&app_id, false)
+        .await
+        .expect("enable app");
+    within_the_bound("enabled app out of b's set", || {
+        !b.revocations().contains(RevokedKind::AppDisabled, &app_id)
+    })
+    .await;
+
+    // A replica started now loads the key's revocation, and the enables
+    // after the disables (in log order).
     let c = env.stores(config());
     c.revocations()
         .ready(Duration::from_secs(5))
@@ -1361,6 +1395,10 @@ async fn api_key_and_user_revocations_reach_the_set_of_other_replicas(env: Env) 
         !c.revocations()
             .contains(RevokedKind::UserDisabled, &user.id)
     );
+    assert!(!c.revocations().contains(RevokedKind::AppDisabled, &app_id));
+    c.verify_app(&app_id, &app.secret)
+        .await
+        .expect("the enabled app is accepted");
     assert!(matches!(
         c.verify_api_key(&created.key).await,
         Err(StoreError::InvalidApiKey)

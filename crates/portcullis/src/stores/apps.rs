@@ -158,15 +158,30 @@ impl Stores {
         self.backends.apps.app(&app_id).await
     }
 
-    /// Enables or disables an app (takes effect on every replica within the
-    /// revocation cache TTL).
+    /// Enables or disables an app: on this replica before the call
+    /// returns, on the others when their revocation set reads the entry the
+    /// backend appended (one poll), or within the 1 s cache TTL for a
+    /// backend without a log.
     pub async fn set_app_disabled(&self, app_id: &str, disabled: bool) -> StoreResult<()> {
         let app_id = input::bounded("app_id", app_id, input::MAX_ID)?;
+        let now = self.now();
         let found = self
             .backends
             .apps
-            .set_app_disabled(&app_id, disabled, self.now())
+            .set_app_disabled(&app_id, disabled, now)
             .await?;
+        if found {
+            let kind = if disabled {
+                super::RevokedKind::AppDisabled
+            } else {
+                super::RevokedKind::AppEnabled
+            };
+            self.revocations.insert(
+                kind,
+                &app_id,
+                super::revocation_set::session_entry_expiry(now),
+            );
+        }
         self.caches.apps.invalidate(&app_id);
         if found {
             Ok(())
@@ -182,6 +197,13 @@ impl Stores {
         if app_id.is_empty()
             || app_id.len() > input::MAX_ID
             || !opaque::is_well_formed(APP_SECRET_PREFIX, secret)
+        {
+            return Err(StoreError::InvalidAppCredentials);
+        }
+        // Disabled on any replica: in the set within one poll.
+        if self
+            .revocations
+            .contains(super::RevokedKind::AppDisabled, app_id)
         {
             return Err(StoreError::InvalidAppCredentials);
         }

@@ -667,7 +667,20 @@ impl AppStore for MemoryStores {
             a.disabled = disabled;
             a.updated_at = now;
         });
+        if found.is_some() {
+            // Under the app's shard lock: log order is the changes' order.
+            let kind = if disabled {
+                RevokedKind::AppDisabled
+            } else {
+                RevokedKind::AppEnabled
+            };
+            self.log_revocation(kind, app_id, session_entry_expiry(now));
+        }
         ready(Ok(found.is_some()))
+    }
+
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 

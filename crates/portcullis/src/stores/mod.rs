@@ -535,11 +535,15 @@ pub enum RevokedKind {
     /// A user (by id) is enabled again: cancels an earlier
     /// [`Self::UserDisabled`] (the set holds nothing for it).
     UserEnabled,
+    /// An app (client credentials, by app id) is disabled.
+    AppDisabled,
+    /// An app is enabled again: cancels an earlier [`Self::AppDisabled`].
+    AppEnabled,
 }
 
 impl RevokedKind {
     /// The stored tag (1: `jti`, 2: session, 3: API key, 4: user disabled,
-    /// 5: user enabled).
+    /// 5: user enabled, 6: app disabled, 7: app enabled).
     pub fn tag(self) -> i64 {
         match self {
             Self::Jti => 1,
@@ -547,6 +551,8 @@ impl RevokedKind {
             Self::ApiKey => 3,
             Self::UserDisabled => 4,
             Self::UserEnabled => 5,
+            Self::AppDisabled => 6,
+            Self::AppEnabled => 7,
         }
     }
 
@@ -558,6 +564,8 @@ impl RevokedKind {
             3 => Ok(Self::ApiKey),
             4 => Ok(Self::UserDisabled),
             5 => Ok(Self::UserEnabled),
+            6 => Ok(Self::AppDisabled),
+            7 => Ok(Self::AppEnabled),
             _ => Err(StoreError::Corrupt(format!("revocation kind {tag}"))),
         }
     }
@@ -662,6 +670,13 @@ pub trait AppStore: Send + Sync {
         disabled: bool,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>>;
+    /// The log this backend appends each change of an app's `disabled`
+    /// flag to ([`RevokedKind::AppDisabled`] / [`RevokedKind::AppEnabled`]),
+    /// in the same transaction (`None`: only the app cache carries it,
+    /// within 1 s).
+    fn revocation_log(self: Arc<Self>) -> Option<Arc<dyn RevocationLog>> {
+        None
+    }
 }
 
 /// The stored key that makes a rotation wait: it activates later.
@@ -834,6 +849,7 @@ pub struct Stores {
     /// (else the 1 s caches alone carry them).
     keys_in_set: bool,
     users_in_set: bool,
+    apps_in_set: bool,
 }
 
 impl std::fmt::Debug for Stores {
@@ -887,13 +903,16 @@ impl Stores {
         // not hold, the (1 s) caches and the backend answer.
         let key_log = Arc::clone(&backends.api_keys).revocation_log();
         let user_log = Arc::clone(&backends.users).revocation_log();
-        let (keys_in_set, users_in_set) = (key_log.is_some(), user_log.is_some());
+        let app_log = Arc::clone(&backends.apps).revocation_log();
+        let (keys_in_set, users_in_set, apps_in_set) =
+            (key_log.is_some(), user_log.is_some(), app_log.is_some());
         let revocations = RevocationSet::new(
             jti_log
                 .into_iter()
                 .chain(session_log)
                 .chain(key_log)
                 .chain(user_log)
+                .chain(app_log)
                 .collect(),
             config.revocation,
             Arc::clone(&clock),
@@ -909,6 +928,7 @@ impl Stores {
             sessions_in_set,
             keys_in_set,
             users_in_set,
+            apps_in_set,
             backends,
             passwords: PasswordHasher::with_limits(
                 config.hashing_concurrency,
@@ -1002,6 +1022,7 @@ impl Stores {
             RevokedKind::Session => self.sessions_in_set,
             RevokedKind::ApiKey => self.keys_in_set,
             RevokedKind::UserDisabled | RevokedKind::UserEnabled => self.users_in_set,
+            RevokedKind::AppDisabled | RevokedKind::AppEnabled => self.apps_in_set,
         }
     }
 

@@ -1333,6 +1333,19 @@ impl AppStore for RedisStores {
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
+            // As a user: the log entry first, for an app that exists.
+            let mut conn = self.conn.clone();
+            let exists: bool = conn.exists(self.key("app", app_id)).await.map_err(err)?;
+            if !exists {
+                return Ok(false);
+            }
+            let kind = if disabled {
+                RevokedKind::AppDisabled
+            } else {
+                RevokedKind::AppEnabled
+            };
+            self.log_revocation(kind, app_id, session_entry_expiry(now))
+                .await?;
             self.set_if_exists(
                 &self.key("app", app_id),
                 &[
@@ -1342,6 +1355,10 @@ impl AppStore for RedisStores {
             )
             .await
         })
+    }
+
+    fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+        Some(self)
     }
 }
 

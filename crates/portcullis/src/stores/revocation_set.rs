@@ -123,6 +123,7 @@ struct Entries {
     sessions: HashMap<Box<str>, i64>,
     api_keys: HashMap<Box<str>, i64>,
     disabled_users: HashMap<Box<str>, i64>,
+    disabled_apps: HashMap<Box<str>, i64>,
     id_bytes: usize,
 }
 
@@ -135,7 +136,8 @@ impl Entries {
             RevokedKind::Session => Some(&self.sessions),
             RevokedKind::ApiKey => Some(&self.api_keys),
             RevokedKind::UserDisabled => Some(&self.disabled_users),
-            RevokedKind::UserEnabled => None,
+            RevokedKind::AppDisabled => Some(&self.disabled_apps),
+            RevokedKind::UserEnabled | RevokedKind::AppEnabled => None,
         }
     }
 
@@ -145,9 +147,15 @@ impl Entries {
             RevokedKind::Session => &mut self.sessions,
             RevokedKind::ApiKey => &mut self.api_keys,
             RevokedKind::UserDisabled => &mut self.disabled_users,
-            RevokedKind::UserEnabled => {
+            RevokedKind::AppDisabled => &mut self.disabled_apps,
+            RevokedKind::UserEnabled | RevokedKind::AppEnabled => {
                 // Applied in log order: cancels the disable before it.
-                if let Some((id, _)) = self.disabled_users.remove_entry(subject) {
+                let disabled = if kind == RevokedKind::UserEnabled {
+                    &mut self.disabled_users
+                } else {
+                    &mut self.disabled_apps
+                };
+                if let Some((id, _)) = disabled.remove_entry(subject) {
                     self.id_bytes = self.id_bytes.saturating_sub(id.len());
                 }
                 return;
@@ -169,6 +177,7 @@ impl Entries {
             &mut self.sessions,
             &mut self.api_keys,
             &mut self.disabled_users,
+            &mut self.disabled_apps,
         ] {
             map.retain(|id, exp| {
                 let keep = *exp > now;
@@ -182,7 +191,11 @@ impl Entries {
     }
 
     fn len(&self) -> usize {
-        self.jtis.len() + self.sessions.len() + self.api_keys.len() + self.disabled_users.len()
+        self.jtis.len()
+            + self.sessions.len()
+            + self.api_keys.len()
+            + self.disabled_users.len()
+            + self.disabled_apps.len()
     }
 }
 
@@ -397,7 +410,7 @@ impl RevocationSet {
     }
 
     /// Whether `subject` is revoked as `kind` at the stores' clock (never
-    /// for [`RevokedKind::UserEnabled`]).
+    /// for [`RevokedKind::UserEnabled`] / [`RevokedKind::AppEnabled`]).
     pub fn contains(&self, kind: RevokedKind, subject: &str) -> bool {
         let now = self.inner.clock.unix_seconds();
         let entries = self

@@ -1225,17 +1225,33 @@ macro_rules! sql_stores {
                 now: i64,
             ) -> BoxFuture<'a, StoreResult<bool>> {
                 Box::pin(async move {
+                    let mut tx = begin_revocation(&self.pool).await?;
                     let r = sqlx::query(
                         "UPDATE apps SET disabled = $1, updated_at = $2 WHERE app_id = $3",
                     )
                     .bind(disabled)
                     .bind(now)
                     .bind(app_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    Ok(r.rows_affected() == 1)
+                    let found = r.rows_affected() == 1;
+                    if found {
+                        let kind = if disabled {
+                            RevokedKind::AppDisabled
+                        } else {
+                            RevokedKind::AppEnabled
+                        };
+                        append_revocation(&mut *tx, kind, app_id, session_entry_expiry(now))
+                            .await?;
+                    }
+                    tx.commit().await.map_err(unavailable)?;
+                    Ok(found)
                 })
+            }
+
+            fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {
+                Some(self)
             }
         }
     };
