@@ -171,11 +171,7 @@ impl Stores {
             .set_app_disabled(&app_id, disabled, now)
             .await?;
         if found {
-            let kind = if disabled {
-                super::RevokedKind::AppDisabled
-            } else {
-                super::RevokedKind::AppEnabled
-            };
+            let kind = super::RevokedKind::app_status(disabled);
             self.revocations.insert(
                 kind,
                 &app_id,

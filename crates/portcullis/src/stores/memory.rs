@@ -213,11 +213,7 @@ impl UserStore for MemoryStores {
         });
         if found.is_some() {
             // Under the users lock: log order is the order of the changes.
-            let kind = if disabled {
-                RevokedKind::UserDisabled
-            } else {
-                RevokedKind::UserEnabled
-            };
+            let kind = RevokedKind::user_status(disabled);
             self.log_revocation(kind, id, session_entry_expiry(now));
         }
         ready(Ok(found.is_some()))
@@ -669,11 +665,7 @@ impl AppStore for MemoryStores {
         });
         if found.is_some() {
             // Under the app's shard lock: log order is the changes' order.
-            let kind = if disabled {
-                RevokedKind::AppDisabled
-            } else {
-                RevokedKind::AppEnabled
-            };
+            let kind = RevokedKind::app_status(disabled);
             self.log_revocation(kind, app_id, session_entry_expiry(now));
         }
         ready(Ok(found.is_some()))

@@ -556,6 +556,24 @@ impl RevokedKind {
         }
     }
 
+    /// The entry a change of a user's `disabled` flag appends.
+    pub fn user_status(disabled: bool) -> Self {
+        if disabled {
+            Self::UserDisabled
+        } else {
+            Self::UserEnabled
+        }
+    }
+
+    /// The entry a change of an app's `disabled` flag appends.
+    pub fn app_status(disabled: bool) -> Self {
+        if disabled {
+            Self::AppDisabled
+        } else {
+            Self::AppEnabled
+        }
+    }
+
     /// The kind of a stored tag.
     pub fn from_tag(tag: i64) -> StoreResult<Self> {
         match tag {

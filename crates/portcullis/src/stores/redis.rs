@@ -348,11 +348,24 @@ impl RedisStores {
         Ok(())
     }
 
-    /// Revokes one session: its log entry first (a failure after it leaves
-    /// the session refused), then `revoked_at`; true when this call
-    /// revoked it. An absent or already revoked session is not logged.
+    /// Revokes one session: see [`Self::revoke_logged`].
     async fn revoke_one_session(&self, id: &str, now: i64) -> StoreResult<bool> {
-        let key = self.key("sess", id);
+        self.revoke_logged("sess", RevokedKind::Session, id, now)
+            .await
+    }
+
+    /// Revokes the record `kind:id` (a session or an API key): its log
+    /// entry first (a failure after it leaves the record refused), then
+    /// `revoked_at`; true when this call revoked it. An absent or already
+    /// revoked record is not logged.
+    async fn revoke_logged(
+        &self,
+        kind: &str,
+        logged_as: RevokedKind,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let key = self.key(kind, id);
         let mut conn = self.conn.clone();
         let (exists, revoked): (bool, bool) = redis::pipe()
             .exists(&key)
@@ -363,12 +376,43 @@ impl RedisStores {
         if !exists || revoked {
             return Ok(false);
         }
-        self.log_revocation(RevokedKind::Session, id, session_entry_expiry(now))
+        self.log_revocation(logged_as, id, session_entry_expiry(now))
             .await?;
         Ok(self
             .set_once(std::slice::from_ref(&key), "revoked_at", now)
             .await?
             == 1)
+    }
+
+    /// Sets the `disabled` flag of the record `kind:id` (a user or an
+    /// app) and logs the change as `logged_as`: the log entry first (the
+    /// log and the record live on different Cluster slots), so a failure
+    /// after it leaves the record refused (disable) or checked against the
+    /// record (enable); false, and nothing logged, when it is absent.
+    async fn set_disabled_logged(
+        &self,
+        kind: &str,
+        logged_as: RevokedKind,
+        id: &str,
+        disabled: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let key = self.key(kind, id);
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(&key).await.map_err(err)?;
+        if !exists {
+            return Ok(false);
+        }
+        self.log_revocation(logged_as, id, session_entry_expiry(now))
+            .await?;
+        self.set_if_exists(
+            &key,
+            &[
+                ("disabled", if disabled { "1" } else { "0" }.to_owned()),
+                ("updated_at", now.to_string()),
+            ],
+        )
+        .await
     }
 
     /// Adds `member` to the index set `key`, which then lives at least until
@@ -594,31 +638,13 @@ impl UserStore for RedisStores {
         disabled: bool,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>> {
-        Box::pin(async move {
-            // The log entry first (the log and the user live on different
-            // Cluster slots): a failure after it leaves the user refused
-            // (disable) or checked against the record (enable).
-            let mut conn = self.conn.clone();
-            let exists: bool = conn.exists(self.key("user", id)).await.map_err(err)?;
-            if !exists {
-                return Ok(false);
-            }
-            let kind = if disabled {
-                RevokedKind::UserDisabled
-            } else {
-                RevokedKind::UserEnabled
-            };
-            self.log_revocation(kind, id, session_entry_expiry(now))
-                .await?;
-            self.set_if_exists(
-                &self.key("user", id),
-                &[
-                    ("disabled", if disabled { "1" } else { "0" }.to_owned()),
-                    ("updated_at", now.to_string()),
-                ],
-            )
-            .await
-        })
+        Box::pin(self.set_disabled_logged(
+            "user",
+            RevokedKind::user_status(disabled),
+            id,
+            disabled,
+            now,
+        ))
     }
 
     fn set_user_grants<'a>(
@@ -1203,26 +1229,7 @@ impl ApiKeyStore for RedisStores {
     }
 
     fn revoke_api_key<'a>(&'a self, id: &'a str, now: i64) -> BoxFuture<'a, StoreResult<bool>> {
-        Box::pin(async move {
-            // As a session: the log entry first, for a live key only.
-            let key = self.key("ak", id);
-            let mut conn = self.conn.clone();
-            let (exists, revoked): (bool, bool) = redis::pipe()
-                .exists(&key)
-                .hexists(&key, "revoked_at")
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
-            if !exists || revoked {
-                return Ok(false);
-            }
-            self.log_revocation(RevokedKind::ApiKey, id, session_entry_expiry(now))
-                .await?;
-            Ok(self
-                .set_once(std::slice::from_ref(&key), "revoked_at", now)
-                .await?
-                == 1)
-        })
+        Box::pin(self.revoke_logged("ak", RevokedKind::ApiKey, id, now))
     }
 
     fn touch_api_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, StoreResult<()>> {
@@ -1332,29 +1339,13 @@ impl AppStore for RedisStores {
         disabled: bool,
         now: i64,
     ) -> BoxFuture<'a, StoreResult<bool>> {
-        Box::pin(async move {
-            // As a user: the log entry first, for an app that exists.
-            let mut conn = self.conn.clone();
-            let exists: bool = conn.exists(self.key("app", app_id)).await.map_err(err)?;
-            if !exists {
-                return Ok(false);
-            }
-            let kind = if disabled {
-                RevokedKind::AppDisabled
-            } else {
-                RevokedKind::AppEnabled
-            };
-            self.log_revocation(kind, app_id, session_entry_expiry(now))
-                .await?;
-            self.set_if_exists(
-                &self.key("app", app_id),
-                &[
-                    ("disabled", if disabled { "1" } else { "0" }.to_owned()),
-                    ("updated_at", now.to_string()),
-                ],
-            )
-            .await
-        })
+        Box::pin(self.set_disabled_logged(
+            "app",
+            RevokedKind::app_status(disabled),
+            app_id,
+            disabled,
+            now,
+        ))
     }
 
     fn revocation_log(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn RevocationLog>> {

@@ -561,11 +561,7 @@ macro_rules! sql_stores {
                     .map_err(unavailable)?;
                     let found = r.rows_affected() == 1;
                     if found {
-                        let kind = if disabled {
-                            RevokedKind::UserDisabled
-                        } else {
-                            RevokedKind::UserEnabled
-                        };
+                        let kind = RevokedKind::user_status(disabled);
                         append_revocation(&mut *tx, kind, id, session_entry_expiry(now)).await?;
                     }
                     tx.commit().await.map_err(unavailable)?;
@@ -1237,11 +1233,7 @@ macro_rules! sql_stores {
                     .map_err(unavailable)?;
                     let found = r.rows_affected() == 1;
                     if found {
-                        let kind = if disabled {
-                            RevokedKind::AppDisabled
-                        } else {
-                            RevokedKind::AppEnabled
-                        };
+                        let kind = RevokedKind::app_status(disabled);
                         append_revocation(&mut *tx, kind, app_id, session_entry_expiry(now))
                             .await?;
                     }

@@ -145,11 +145,7 @@ impl Stores {
         {
             return Err(StoreError::NotFound("user"));
         }
-        let kind = if disabled {
-            RevokedKind::UserDisabled
-        } else {
-            RevokedKind::UserEnabled
-        };
+        let kind = RevokedKind::user_status(disabled);
         self.revocations
             .insert(kind, &id, super::revocation_set::session_entry_expiry(now));
         self.caches.users_disabled.invalidate(&id);
