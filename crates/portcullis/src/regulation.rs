@@ -373,14 +373,18 @@ impl PostgresRegulation {
         if self.attempts.fetch_add(1, Ordering::Relaxed) % POSTGRES_PURGE_EVERY
             == POSTGRES_PURGE_EVERY - 1
         {
-            let purge = sqlx::query("DELETE FROM regulation WHERE expires_at < $1")
-                .bind(i64::try_from(now).unwrap_or(i64::MAX))
-                .execute(&self.pool);
-            match tokio::time::timeout(POSTGRES_CALL_TIMEOUT, purge).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "regulation purge failed"),
-                Err(_) => tracing::debug!("regulation purge timed out"),
-            }
+            // Off the login's path: the attempt is answered already.
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                let purge = sqlx::query("DELETE FROM regulation WHERE expires_at < $1")
+                    .bind(i64::try_from(now).unwrap_or(i64::MAX))
+                    .execute(&pool);
+                match tokio::time::timeout(POSTGRES_CALL_TIMEOUT, purge).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "regulation purge failed"),
+                    Err(_) => tracing::debug!("regulation purge timed out"),
+                }
+            });
         }
         Ok(answer)
     }
