@@ -473,17 +473,11 @@ async fn redis_hung_for_5s(
     );
     no_5xx(phase, &samples, (paused_at, resumed_at));
     // Rate decisions taken without Redis (`on_backend_error = "allow"`).
-    let mut fallbacks = 0;
+    let mut fallbacks = 0.0;
     for g in &r.gateways {
-        let metrics = send(&r.c, get(g.ops, "/metrics", &[])).await;
-        fallbacks += metrics
-            .body
-            .lines()
-            .filter(|l| l.starts_with("portcullis_ratelimit_fallback_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+        fallbacks += metric_total(g.ops, "portcullis_ratelimit_fallback_total").await;
     }
-    fallbacks
+    fallbacks as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,16 +121,6 @@ default = true
     )
 }
 
-/// Sums a counter over every series of `name` on a gateway's `/metrics`.
-async fn counter(ops: SocketAddr, name: &str) -> f64 {
-    let r = send(&client(), get(ops, "/metrics", &[])).await;
-    r.body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_alerts_once_per_cooldown_across_replicas_signed_and_retried() {
     let Some(redis) = redis_url() else { return };
@@ -200,8 +190,8 @@ async fn a_burst_alerts_once_per_cooldown_across_replicas_signed_and_retried() {
     let mut delivered = 0.0;
     let mut failed = 0.0;
     for g in &gateways {
-        delivered += counter(g.ops, "portcullis_webhook_delivered_total").await;
-        failed += counter(g.ops, "portcullis_webhook_failed_attempts_total").await;
+        delivered += metric_total(g.ops, "portcullis_webhook_delivered_total").await;
+        failed += metric_total(g.ops, "portcullis_webhook_failed_attempts_total").await;
     }
     assert_eq!((delivered, failed), (1.0, 1.0));
     // The secret never reaches the logs.

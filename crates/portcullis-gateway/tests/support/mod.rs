@@ -402,6 +402,19 @@ impl Reply {
     }
 }
 
+/// The sum of every series of the metric `name` (any labels) on the
+/// `/metrics` of the ops listener `ops`; 0 when it is absent.
+pub async fn metric_total(ops: SocketAddr, name: &str) -> f64 {
+    let text = send(&client(), get(ops, "/metrics", &[])).await.body;
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
     let response = client.request(req).await.unwrap();
     let (head, body) = response.into_parts();
