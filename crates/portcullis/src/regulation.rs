@@ -100,11 +100,6 @@ impl Regulator {
         self
     }
 
-    /// Where the state is shared: `"redis"`, `"postgres"`, or `"process"`.
-    pub fn shared_in(&self) -> &'static str {
-        self.shared.as_ref().map_or("process", Shared::name)
-    }
-
     /// The policy in force.
     pub fn policy(&self) -> &RegulationPolicy {
         &self.policy

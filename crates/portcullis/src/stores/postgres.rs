@@ -136,3 +136,14 @@ async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error
 }
 
 sql_stores!(PostgresStores, sqlx::Postgres);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_notify_the_channel_the_feeds_listen_on() {
+        let notify = format!("SELECT pg_notify('{REVOCATION_CHANNEL}', '')");
+        assert!(PostgresStores::REVOCATION_BEGIN.contains(&notify.as_str()));
+    }
+}
