@@ -130,6 +130,9 @@ const REVOCATION_POLL_FAILURES_METRIC: &str = "portcullis_revocation_poll_failur
 /// Counter: appends announced by the log (PostgreSQL `NOTIFY`), each read
 /// at once rather than at the next poll.
 const REVOCATION_WAKEUPS_METRIC: &str = "portcullis_revocation_wakeups_total";
+/// Counter: log entries this build cannot read (a newer version's kind, or
+/// corrupt), skipped by the feed.
+const REVOCATION_UNRECOGNIZED_METRIC: &str = "portcullis_revocation_unrecognized_total";
 
 /// Latency buckets, in seconds, of every histogram.
 const BUCKETS: [f64; 14] = [
@@ -1072,6 +1075,7 @@ impl Health {
             .absolute(stats.stale_allowed);
         metrics::counter!(REVOCATION_POLL_FAILURES_METRIC).absolute(stats.poll_failures);
         metrics::counter!(REVOCATION_WAKEUPS_METRIC).absolute(stats.wakeups);
+        metrics::counter!(REVOCATION_UNRECOGNIZED_METRIC).absolute(stats.unrecognized);
         if let Some(audit) = &self.audit {
             let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);
             metrics::gauge!(AUDIT_QUEUE_DEPTH_METRIC).set(f64::from(depth));

@@ -539,6 +539,11 @@ pub enum RevokedKind {
     AppDisabled,
     /// An app is enabled again: cancels an earlier [`Self::AppDisabled`].
     AppEnabled,
+    /// An entry this build cannot read: a kind tag written by a newer
+    /// version (during a rolling upgrade), or fields that do not parse
+    /// (tag 0). The set skips it, counts it and warns; following the log
+    /// goes on past it (one bad entry must not stop every replica's feed).
+    Unrecognized(i64),
 }
 
 impl RevokedKind {
@@ -553,6 +558,7 @@ impl RevokedKind {
             Self::UserEnabled => 5,
             Self::AppDisabled => 6,
             Self::AppEnabled => 7,
+            Self::Unrecognized(tag) => tag,
         }
     }
 
@@ -574,17 +580,18 @@ impl RevokedKind {
         }
     }
 
-    /// The kind of a stored tag.
-    pub fn from_tag(tag: i64) -> StoreResult<Self> {
+    /// The kind of a stored tag ([`Self::Unrecognized`] for one this
+    /// build does not know).
+    pub fn from_tag(tag: i64) -> Self {
         match tag {
-            1 => Ok(Self::Jti),
-            2 => Ok(Self::Session),
-            3 => Ok(Self::ApiKey),
-            4 => Ok(Self::UserDisabled),
-            5 => Ok(Self::UserEnabled),
-            6 => Ok(Self::AppDisabled),
-            7 => Ok(Self::AppEnabled),
-            _ => Err(StoreError::Corrupt(format!("revocation kind {tag}"))),
+            1 => Self::Jti,
+            2 => Self::Session,
+            3 => Self::ApiKey,
+            4 => Self::UserDisabled,
+            5 => Self::UserEnabled,
+            6 => Self::AppDisabled,
+            7 => Self::AppEnabled,
+            _ => Self::Unrecognized(tag),
         }
     }
 }
@@ -1041,6 +1048,7 @@ impl Stores {
             RevokedKind::ApiKey => self.keys_in_set,
             RevokedKind::UserDisabled | RevokedKind::UserEnabled => self.users_in_set,
             RevokedKind::AppDisabled | RevokedKind::AppEnabled => self.apps_in_set,
+            RevokedKind::Unrecognized(_) => false,
         }
     }
 

@@ -192,10 +192,12 @@ return seq
 ";
 
 /// Reads the revocation log: KEYS seq, log; ARGV after, limit. Returns the
-/// head (as text) followed by up to `limit` members with `seq > after`.
+/// head (as text) followed by up to `limit` pairs (member, score) with
+/// `seq > after`: the score is the sequence, so the cursor moves past a
+/// member whatever its text holds.
 const READ_REVOCATIONS: &str = r"
 local head = redis.call('GET', KEYS[1]) or '0'
-local page = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+local page = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 table.insert(page, 1, head)
 return page
 ";
@@ -1092,21 +1094,32 @@ impl Denylist for RedisStores {
     }
 }
 
-/// One log member, `seq:kind:expires_at:subject`.
-fn logged_revocation(member: &str) -> StoreResult<LoggedRevocation> {
-    let corrupt = || StoreError::Corrupt(format!("revocation log entry {member:?}"));
-    let mut parts = member.splitn(4, ':');
-    let mut next = || parts.next().ok_or_else(corrupt);
-    let seq = next()?.parse::<u64>().map_err(|_| corrupt())?;
-    let kind = RevokedKind::from_tag(next()?.parse::<i64>().map_err(|_| corrupt())?)?;
-    let expires_at = next()?.parse::<i64>().map_err(|_| corrupt())?;
-    let subject = next()?.to_owned();
-    Ok(LoggedRevocation {
-        seq,
-        kind,
-        subject,
-        expires_at,
-    })
+/// One log member, `seq:kind:expires_at:subject`, at sequence `seq` (its
+/// score). A member that does not parse is [`RevokedKind::Unrecognized`]
+/// (tag 0): the set skips and counts it instead of stopping the feed.
+fn logged_revocation(seq: u64, member: String) -> LoggedRevocation {
+    let parsed = (|| {
+        let mut parts = member.splitn(4, ':');
+        let _seq = parts.next()?;
+        let kind = RevokedKind::from_tag(parts.next()?.parse::<i64>().ok()?);
+        let expires_at = parts.next()?.parse::<i64>().ok()?;
+        let subject = parts.next()?.to_owned();
+        Some((kind, expires_at, subject))
+    })();
+    match parsed {
+        Some((kind, expires_at, subject)) => LoggedRevocation {
+            seq,
+            kind,
+            subject,
+            expires_at,
+        },
+        None => LoggedRevocation {
+            seq,
+            kind: RevokedKind::Unrecognized(0),
+            subject: member,
+            expires_at: 0,
+        },
+    }
 }
 
 impl RevocationLog for RedisStores {
@@ -1137,9 +1150,22 @@ impl RevocationLog for RedisStores {
             // follower's cursor past them; the set drops them): filtering
             // them here could stall a follower on a page of expired ones.
             let _ = now;
-            let entries = reply
-                .map(|member| logged_revocation(&member))
-                .collect::<StoreResult<Vec<_>>>()?;
+            let mut entries = Vec::with_capacity(reply.len() / 2);
+            while let (Some(member), Some(score)) = (reply.next(), reply.next()) {
+                // Lua hands a score over as text: an integer, or an
+                // exponent form past 17 digits.
+                let seq = score
+                    .parse::<u64>()
+                    .ok()
+                    .or_else(|| {
+                        let f = score.parse::<f64>().ok()?;
+                        (f.is_finite() && f >= 0.0).then_some(f as u64)
+                    })
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("revocation log score {score:?}"))
+                    })?;
+                entries.push(logged_revocation(seq, member));
+            }
             Ok(RevocationPage { entries, head })
         })
     }

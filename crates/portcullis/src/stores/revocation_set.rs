@@ -115,6 +115,10 @@ pub struct RevocationFeedStats {
     pub stale_allowed: u64,
     /// Appends announced by a log (each makes the feed poll at once).
     pub wakeups: u64,
+    /// Log entries skipped because this build cannot read them
+    /// ([`RevokedKind::Unrecognized`]: written by a newer version, or
+    /// corrupt).
+    pub unrecognized: u64,
 }
 
 #[derive(Debug, Default)]
@@ -137,7 +141,9 @@ impl Entries {
             RevokedKind::ApiKey => Some(&self.api_keys),
             RevokedKind::UserDisabled => Some(&self.disabled_users),
             RevokedKind::AppDisabled => Some(&self.disabled_apps),
-            RevokedKind::UserEnabled | RevokedKind::AppEnabled => None,
+            RevokedKind::UserEnabled
+            | RevokedKind::AppEnabled
+            | RevokedKind::Unrecognized(_) => None,
         }
     }
 
@@ -148,6 +154,8 @@ impl Entries {
             RevokedKind::ApiKey => &mut self.api_keys,
             RevokedKind::UserDisabled => &mut self.disabled_users,
             RevokedKind::AppDisabled => &mut self.disabled_apps,
+            // Skipped (and counted) by `apply`.
+            RevokedKind::Unrecognized(_) => return,
             RevokedKind::UserEnabled | RevokedKind::AppEnabled => {
                 // Applied in log order: cancels the disable before it.
                 let disabled = if kind == RevokedKind::UserEnabled {
@@ -222,8 +230,10 @@ struct Inner {
     poll_failures: AtomicU64,
     stale_denied: AtomicU64,
     stale_allowed: AtomicU64,
+    unrecognized: AtomicU64,
     last_warned: Mutex<Option<Instant>>,
     last_stale_logged: Mutex<Option<Instant>>,
+    last_unrecognized_logged: Mutex<Option<Instant>>,
 }
 
 /// The replica's copy of the live revocations, fed by the backends' logs.
@@ -293,8 +303,10 @@ impl RevocationSet {
                 poll_failures: AtomicU64::new(0),
                 stale_denied: AtomicU64::new(0),
                 stale_allowed: AtomicU64::new(0),
+                unrecognized: AtomicU64::new(0),
                 last_warned: Mutex::new(None),
                 last_stale_logged: Mutex::new(None),
+                last_unrecognized_logged: Mutex::new(None),
             }),
         }
     }
@@ -343,6 +355,7 @@ impl RevocationSet {
             stale_denied: self.inner.stale_denied.load(Ordering::Relaxed),
             stale_allowed: self.inner.stale_allowed.load(Ordering::Relaxed),
             wakeups: self.inner.wakeups.load(Ordering::Relaxed),
+            unrecognized: self.inner.unrecognized.load(Ordering::Relaxed),
         }
     }
 
@@ -551,8 +564,11 @@ impl Inner {
                     continue;
                 }
                 let full = page.entries.len() >= PAGE;
+                let before = *cursor;
                 self.apply(&page.entries, cursor, now);
-                if !full {
+                // A full page that does not move the cursor (a log breaking
+                // its own order) would be read again forever.
+                if !full || *cursor == before {
                     break;
                 }
             }
@@ -590,11 +606,24 @@ impl Inner {
             .entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut unrecognized = 0u64;
         for e in page {
-            if e.expires_at > now {
+            if let RevokedKind::Unrecognized(tag) = e.kind {
+                unrecognized += 1;
+                if due(&self.last_unrecognized_logged) {
+                    tracing::warn!(
+                        seq = e.seq,
+                        tag,
+                        "revocation log entry this build cannot read (a newer version's kind, or corrupt); skipped"
+                    );
+                }
+            } else if e.expires_at > now {
                 entries.insert(e.kind, &e.subject, e.expires_at);
             }
             *cursor = (*cursor).max(e.seq);
+        }
+        if unrecognized > 0 {
+            self.unrecognized.fetch_add(unrecognized, Ordering::Relaxed);
         }
     }
 }

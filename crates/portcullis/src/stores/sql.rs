@@ -837,7 +837,7 @@ macro_rules! sql_stores {
                         page.head = page.head.max(seq);
                         page.entries.push(LoggedRevocation {
                             seq,
-                            kind: RevokedKind::from_tag(kind)?,
+                            kind: RevokedKind::from_tag(kind),
                             subject,
                             expires_at,
                         });
