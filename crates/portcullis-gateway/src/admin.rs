@@ -36,6 +36,7 @@ use crate::escalation::{Granter, RoleSource, grantee_of_owner};
 
 /// The caller of an admin request, as the admin guard authenticated it.
 type Caller = portcullis::http::Principal;
+use portcullis::anomaly::webhook::{SecurityEventKind, SecurityNotice};
 
 /// The owner of admin API keys: `admin:<name>`.
 pub const ADMIN_OWNER_PREFIX: &str = "admin:";
@@ -232,7 +233,7 @@ pub const ROUTES: &[AdminRoute] = &[
         "GET",
         "/admin/anomalies",
         "admin.anomalies.read",
-        "The latest anomaly detections of this replica, newest first",
+        "The latest anomaly detections of this replica and its last webhook deliveries, newest first",
     ),
     route(
         "GET",
@@ -380,6 +381,35 @@ impl AdminState {
     /// The caller with what it holds, for the grant checks.
     fn granter(&self, caller: &Caller) -> Granter {
         Granter::new(caller, self.roles.as_ref())
+    }
+
+    /// Queues a security notice of what `caller` did to the webhooks that
+    /// opted into `event`; `what` gives its target and detail.
+    fn notify(
+        &self,
+        event: SecurityEventKind,
+        caller: &Caller,
+        what: impl FnOnce() -> (String, String),
+    ) {
+        let Some(engine) = &self.anomaly else { return };
+        let at_ms = u64::try_from(self.stores.now())
+            .unwrap_or_default()
+            .saturating_mul(1000);
+        engine.notify(
+            || {
+                let (target, detail) = what();
+                SecurityNotice {
+                    event,
+                    at_ms,
+                    subject: Some(caller.subject.clone()),
+                    client_ip: None,
+                    target: Some(target),
+                    detail: Some(detail),
+                }
+            },
+            event,
+            std::time::Duration::ZERO,
+        );
     }
 }
 
@@ -634,6 +664,7 @@ pub const UNPUBLISHABLE_ALG: &str = "keys.unpublishable_algorithm";
 /// `activates_at`; 409 while an earlier rotation is pending.
 async fn rotate_keys(
     State(s): State<AdminState>,
+    caller: Caller,
     JsonBody(req): JsonBody<RotateKeys>,
 ) -> Result<Response, Problem> {
     let alg = match req.alg.as_deref() {
@@ -671,7 +702,19 @@ async fn rotate_keys(
         ));
     }
     match s.keyring.rotate(alg).await {
-        Ok(key) => Ok(json(StatusCode::ACCEPTED, &key)),
+        Ok(key) => {
+            s.notify(SecurityEventKind::SigningKeyRotated, &caller, || {
+                (
+                    key.kid.clone(),
+                    format!(
+                        "{} key, signs from {} (Unix seconds)",
+                        key.alg.name(),
+                        key.activates_at.unwrap_or_default()
+                    ),
+                )
+            });
+            Ok(json(StatusCode::ACCEPTED, &key))
+        }
         Err(RotateError::Pending { kid, activates_at }) => Err(Problem::new(
             StatusCode::CONFLICT,
             "keys.rotation_pending",
@@ -1271,6 +1314,10 @@ async fn create_api_key(
         user_or_404(&s, &id).await?;
     }
     let now = s.stores.now();
+    // An admin key: owned by an admin, or holding anything of the admin
+    // namespace (a user's key cannot, the check above refused it).
+    let admin_key = crate::escalation::is_admin_owner(&id)
+        || req.permissions.iter().any(|p| p.starts_with("admin"));
     let created = s
         .stores
         .create_api_key(&NewApiKey {
@@ -1284,6 +1331,20 @@ async fn create_api_key(
             ..NewApiKey::default()
         })
         .await?;
+    if admin_key {
+        let record = &created.record;
+        s.notify(SecurityEventKind::AdminKeyCreated, &caller, || {
+            (
+                record.id.clone(),
+                format!(
+                    "owner {}, roles [{}], permissions [{}]",
+                    record.owner,
+                    record.roles.join(", "),
+                    record.permissions.join(", ")
+                ),
+            )
+        });
+    }
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({"key": created.key, "api_key": ApiKeyView::from(created.record)}),
@@ -1553,10 +1614,13 @@ async fn lift_ban(
 }
 
 async fn recent_anomalies(State(s): State<AdminState>) -> Result<Response, Problem> {
-    let detections = engine(&s)?.recent_detections();
+    let engine = engine(&s)?;
+    let detections = engine.recent_detections();
+    // `null` when no webhook is configured.
+    let deliveries = engine.alerts().map(|a| a.recent_deliveries());
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"detections": detections}),
+        &serde_json::json!({"detections": detections, "deliveries": deliveries}),
     ))
 }
 

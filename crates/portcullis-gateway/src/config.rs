@@ -666,9 +666,15 @@ pub struct WebhookEntry {
     /// incoming-webhook message; the URL is the secret).
     #[serde(default)]
     pub format: portcullis_core::anomaly::webhook::PayloadFormat,
-    /// The detectors whose alerts it receives (default: all of them).
+    /// The detectors whose alerts it receives (default: all of them; `[]`:
+    /// none, for a webhook of security events only).
     #[serde(default)]
-    pub detectors: Vec<portcullis_core::anomaly::DetectorKind>,
+    pub detectors: Option<Vec<portcullis_core::anomaly::DetectorKind>>,
+    /// The security events it receives, each opt-in (default: none):
+    /// `signing_key.rotated`, `admin_key.created`, `token.reuse_detected`,
+    /// `login.throttled`.
+    #[serde(default)]
+    pub events: Vec<portcullis_core::anomaly::webhook::SecurityEventKind>,
 }
 
 /// `[anomaly.webhook_delivery]`: one queue and one retry policy for every
@@ -756,6 +762,7 @@ impl AnomalyConfig {
                 secret,
                 format: w.format,
                 detectors: w.detectors.clone(),
+                events: w.events.clone(),
             });
         }
         let d = self.webhook_delivery;

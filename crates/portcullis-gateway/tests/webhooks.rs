@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -275,4 +275,270 @@ default = true
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("MfKQ9r8G"));
+}
+
+/// An admin API call on `ops` with `key`.
+async fn admin_call(
+    c: &HttpClient,
+    ops: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> Reply {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{ops}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    send(c, req).await
+}
+
+/// Waits until `receiver` verified `n` deliveries; returns them.
+async fn verified(receiver: &Receiver, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = receiver.deliveries().await;
+        let list = got["verified"].as_array().cloned().unwrap_or_default();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} deliveries: {got}",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Security events reach only the webhook that opted into each: a key
+/// rotation and an admin key's creation through the admin API, a login
+/// refused by the regulation (once per client and account, however often
+/// it retries), a refresh token presented again. A webhook with the
+/// default settings receives none of them (only the detectors' alerts), a
+/// user's key is no admin key,
+/// and the console's delivery list shows what was sent, without the path
+/// of the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_reach_the_webhooks_that_opted_in() {
+    let security = Receiver::start(0).await;
+    let alerts = Receiver::start(0).await;
+    let dir = TempDir::new("webhook_events");
+    keys_and_pepper(&dir);
+    std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
+    let (public, ops) = (free_port(), free_port());
+    let text = format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+url = "sqlite://{stores}"
+pepper_file = "{pepper}"
+
+[keys]
+dir = "{keys}"
+issuer = "http://{public}"
+
+[log]
+level = "warn"
+
+[token_service.regulation]
+max_failures_per_account = 2
+
+[[anomaly.webhooks]]
+url = "http://{security}/hook/secret-path"
+secret_file = "{secret}"
+detectors = []
+events = ["signing_key.rotated", "admin_key.created", "login.throttled", "token.reuse_detected"]
+
+[[anomaly.webhooks]]
+url = "http://{alerts}/hook"
+secret_file = "{secret}"
+
+[[guard.routes]]
+name = "open"
+path = "/open/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "app"
+url = "http://127.0.0.1:9"
+default = true
+"#,
+        stores = dir.join("stores.db").display(),
+        pepper = dir.join("pepper").display(),
+        keys = dir.join("keys").display(),
+        secret = dir.join("webhook.secret").display(),
+        security = security.addr,
+        alerts = alerts.addr,
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let c = client();
+    gateway.wait_ready(&c).await;
+
+    // A key rotation.
+    let r = admin_call(&c, ops, &admin, "POST", "/admin/keys/rotate", json!({})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let kid = r.json()["kid"].as_str().unwrap().to_owned();
+    let got = verified(&security, 1).await;
+    assert_eq!(got[0]["type"], "security.signing_key.rotated", "{got:?}");
+    assert_eq!(got[0]["data"]["target"], kid.as_str());
+    assert!(
+        got[0]["data"]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin")
+    );
+
+    // A user and the user's own key (no admin key), then an admin key.
+    let r = admin_call(
+        &c,
+        ops,
+        &admin,
+        "POST",
+        "/admin/users",
+        json!({"username": "alice", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let alice = r.json()["id"].as_str().unwrap().to_owned();
+    let r = admin_call(
+        &c,
+        ops,
+        &admin,
+        "POST",
+        &format!("/admin/users/{alice}/api-keys"),
+        json!({"name": "ci"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = admin_call(
+        &c,
+        ops,
+        &admin,
+        "POST",
+        "/admin/users/admin:auditor/api-keys",
+        json!({"name": "auditor", "permissions": ["admin.audit.read"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let key_id = r.json()["api_key"]["id"].as_str().unwrap().to_owned();
+    let got = verified(&security, 2).await;
+    assert_eq!(got[1]["type"], "security.admin_key.created", "{got:?}");
+    assert_eq!(got[1]["data"]["target"], key_id.as_str());
+    assert!(
+        got[1]["data"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("admin.audit.read"),
+        "{got:?}"
+    );
+
+    let login = |password: &'static str| {
+        let body = json!({"username": "alice", "password": password}).to_string();
+        post(
+            public,
+            "/auth/login",
+            &[("content-type", "application/json")],
+            &body,
+        )
+    };
+    let json_post = |path: &'static str, body: Value| {
+        post(
+            public,
+            path,
+            &[("content-type", "application/json")],
+            &body.to_string(),
+        )
+    };
+
+    // A refresh token presented again after its rotation.
+    let r = send(&c, login(PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let first = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    let r = send(
+        &c,
+        json_post("/auth/refresh", json!({"refresh_token": first})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = send(
+        &c,
+        json_post("/auth/refresh", json!({"refresh_token": first})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let got = verified(&security, 3).await;
+    assert_eq!(got[2]["type"], "security.token.reuse_detected", "{got:?}");
+    assert_eq!(got[2]["data"]["subject"], alice.as_str());
+
+    // Logins refused by the regulation: one notice for the client and
+    // account, however many refusals.
+    let mut throttled = 0;
+    for _ in 0..6 {
+        let r = send(&c, login("wrong-password")).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+        }
+    }
+    assert!(throttled >= 3, "{throttled} throttled");
+    let got = verified(&security, 4).await;
+    assert_eq!(got[3]["type"], "security.login.throttled", "{got:?}");
+    assert_eq!(got[3]["data"]["subject"], "alice");
+    assert_eq!(got[3]["data"]["client_ip"], "127.0.0.1");
+
+    // Nothing more for the throttled client, and nothing at all for the
+    // webhook that did not opt in.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = security.deliveries().await;
+    assert_eq!(got["verified"].as_array().unwrap().len(), 4, "{got}");
+    assert_eq!(got["rejected"], 0);
+    // The other webhook got the refresh_reuse detector's alert (its
+    // default: every detector), and no security event.
+    let other = alerts.deliveries().await;
+    let other_types: Vec<_> = other["verified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(other_types, ["anomaly.detected"], "{other}");
+
+    // The console's list: newest first, scheme and host only.
+    let r = admin_call(&c, ops, &admin, "GET", "/admin/anomalies", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let deliveries: Vec<Value> = r.json()["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["what"].as_str().unwrap().starts_with("security "))
+        .cloned()
+        .collect();
+    assert_eq!(deliveries.len(), 4, "{}", r.body);
+    assert_eq!(deliveries[0]["what"], "security login.throttled");
+    assert_eq!(deliveries[3]["what"], "security signing_key.rotated");
+    assert!(
+        deliveries.iter().all(|d| d["outcome"] == "delivered"),
+        "{}",
+        r.body
+    );
+    assert_eq!(deliveries[0]["url"], format!("http://{}", security.addr));
+    assert!(!r.body.contains("secret-path"), "{}", r.body);
 }

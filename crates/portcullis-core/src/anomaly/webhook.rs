@@ -173,6 +173,109 @@ pub fn payload(event: &AnomalyEvent, format: PayloadFormat) -> Vec<u8> {
     result.unwrap_or_default()
 }
 
+/// A security event a webhook can opt into (`events = [...]`), beside the
+/// detectors' alerts. Stable names, as in audit events.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, Serialize)]
+pub enum SecurityEventKind {
+    /// A new signing key was rotated in (it signs from its activation).
+    #[serde(rename = "signing_key.rotated")]
+    SigningKeyRotated,
+    /// An API key holding an `admin.*` permission (or owned by an admin)
+    /// was created.
+    #[serde(rename = "admin_key.created")]
+    AdminKeyCreated,
+    /// A rotated refresh token was presented again; its family was revoked.
+    #[serde(rename = "token.reuse_detected")]
+    TokenReuseDetected,
+    /// A login or password reset at the token service was refused because
+    /// its client used up its attempts (one notice per client and account
+    /// a minute).
+    #[serde(rename = "login.throttled")]
+    LoginThrottled,
+}
+
+impl SecurityEventKind {
+    /// Every kind.
+    pub const ALL: &'static [Self] = &[
+        Self::SigningKeyRotated,
+        Self::AdminKeyCreated,
+        Self::TokenReuseDetected,
+        Self::LoginThrottled,
+    ];
+
+    /// The stable name, e.g. `signing_key.rotated`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SigningKeyRotated => "signing_key.rotated",
+            Self::AdminKeyCreated => "admin_key.created",
+            Self::TokenReuseDetected => "token.reuse_detected",
+            Self::LoginThrottled => "login.throttled",
+        }
+    }
+}
+
+/// One security event as a webhook receives it. Never holds a secret: keys
+/// and tokens are named by their ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityNotice {
+    /// What happened.
+    pub event: SecurityEventKind,
+    /// When, Unix milliseconds.
+    pub at_ms: u64,
+    /// Who acted or was acted for: the admin key or user, the account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The client's IP, when a request caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// What it concerns: the new key's `kid`, the created key's id, the
+    /// revoked family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// More, in words (e.g. the permissions a created key holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NoticeBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    timestamp: String,
+    data: &'a SecurityNotice,
+}
+
+/// The JSON body for `notice` in `format`: Standard Webhooks type
+/// `security.<event>` (e.g. `security.signing_key.rotated`).
+pub fn notice_payload(notice: &SecurityNotice, format: PayloadFormat) -> Vec<u8> {
+    let result = match format {
+        PayloadFormat::Standard => serde_json::to_vec(&NoticeBody {
+            kind: format!("security.{}", notice.event.as_str()),
+            timestamp: rfc3339_millis(notice.at_ms),
+            data: notice,
+        }),
+        PayloadFormat::Slack => {
+            let mut text = format!(
+                ":warning: Portcullis security event `{}`",
+                notice.event.as_str()
+            );
+            for (label, value) in [
+                ("subject", &notice.subject),
+                ("client", &notice.client_ip),
+                ("target", &notice.target),
+                ("detail", &notice.detail),
+            ] {
+                if let Some(v) = value {
+                    text.push_str(&format!(", {label} `{}`", slack_escape(v)));
+                }
+            }
+            serde_json::to_vec(&SlackBody { text })
+        }
+    };
+    result.unwrap_or_default()
+}
+
 /// Escapes the three characters Slack's message format treats as control
 /// (`&`, `<`, `>`), so attacker text such as `<!channel>` or `<url|text>`
 /// shows as typed instead of pinging a channel or rendering a link.
@@ -244,6 +347,35 @@ mod tests {
             WebhookSecret::parse("whsec_AAAA").unwrap_err(),
             WebhookSecretError::Length(3)
         );
+    }
+
+    #[test]
+    fn a_security_notice_names_its_event_and_escapes_slack_text() {
+        let notice = SecurityNotice {
+            event: SecurityEventKind::AdminKeyCreated,
+            at_ms: 1_779_500_000_000,
+            subject: Some("admin:root".into()),
+            client_ip: None,
+            target: Some("key_1".into()),
+            detail: Some("permissions <!channel> admin.*".into()),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&notice_payload(&notice, PayloadFormat::Standard)).unwrap();
+        assert_eq!(v["type"], "security.admin_key.created");
+        assert_eq!(v["data"]["event"], "admin_key.created");
+        assert_eq!(v["data"]["target"], "key_1");
+        assert!(v["data"].get("client_ip").is_none());
+        let slack: serde_json::Value =
+            serde_json::from_slice(&notice_payload(&notice, PayloadFormat::Slack)).unwrap();
+        let text = slack["text"].as_str().unwrap();
+        assert!(
+            text.contains("admin_key.created") && text.contains("&lt;!channel&gt;"),
+            "{text}"
+        );
+        for kind in SecurityEventKind::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str());
+        }
     }
 
     #[test]

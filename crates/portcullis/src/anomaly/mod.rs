@@ -192,6 +192,27 @@ impl AnomalyEngine {
         })
     }
 
+    /// The webhook sender, when webhooks are configured: security notices
+    /// (key rotation, admin key creation, ...) go through it too.
+    pub fn alerts(&self) -> Option<&AlertSender> {
+        self.alerts.as_ref()
+    }
+
+    /// Queues a security notice for the webhooks that opted into its event
+    /// (nothing when none did, or no webhook is configured).
+    pub fn notify(
+        &self,
+        notice: impl FnOnce() -> webhook::SecurityNotice,
+        event: webhook::SecurityEventKind,
+        once_per: std::time::Duration,
+    ) {
+        if let Some(alerts) = &self.alerts
+            && alerts.wants(event)
+        {
+            alerts.notify(notice(), once_per);
+        }
+    }
+
     /// The latest detections of this process (each replica keeps its own),
     /// newest first, at most [`RECENT_DETECTIONS`]; repeated firings of a
     /// detector for one key show as one entry with the latest count and time.

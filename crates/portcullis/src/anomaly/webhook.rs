@@ -14,8 +14,9 @@ use http_body_util::{BodyExt, Full};
 use portcullis_core::anomaly::AnomalyEvent;
 use portcullis_core::anomaly::webhook::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, PayloadFormat, WebhookSecret, message_id,
-    payload,
+    notice_payload, payload,
 };
+pub use portcullis_core::anomaly::webhook::{SecurityEventKind, SecurityNotice};
 use portcullis_core::{Clock, opaque};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -31,14 +32,34 @@ pub struct WebhookEndpoint {
     pub secret: WebhookSecret,
     /// The body format.
     pub format: PayloadFormat,
-    /// The detectors whose alerts it receives (empty: every detector).
-    pub detectors: Vec<portcullis_core::anomaly::DetectorKind>,
+    /// The detectors whose alerts it receives (`None`: every detector;
+    /// empty: none, for an endpoint of security events only).
+    pub detectors: Option<Vec<portcullis_core::anomaly::DetectorKind>>,
+    /// The security events it receives (empty: none; each is opt-in).
+    pub events: Vec<SecurityEventKind>,
 }
 
 impl WebhookEndpoint {
     /// Whether alerts of `detector` go to this endpoint.
     pub fn receives(&self, detector: portcullis_core::anomaly::DetectorKind) -> bool {
-        self.detectors.is_empty() || self.detectors.contains(&detector)
+        self.detectors
+            .as_ref()
+            .is_none_or(|only| only.contains(&detector))
+    }
+
+    /// Whether notices of `event` go to this endpoint.
+    pub fn receives_event(&self, event: SecurityEventKind) -> bool {
+        self.events.contains(&event)
+    }
+
+    /// Where it posts, as shown in the console: scheme and host only (a
+    /// Slack URL's path is its secret).
+    pub fn shown_url(&self) -> String {
+        format!(
+            "{}://{}",
+            self.url.scheme_str().unwrap_or("https"),
+            self.url.authority().map_or("", |a| a.as_str())
+        )
     }
 }
 
@@ -175,10 +196,70 @@ impl AlertDedup {
     }
 }
 
-struct Job {
-    event: AnomalyEvent,
-    cooldown_ms: u64,
+enum Job {
+    Alert {
+        event: AnomalyEvent,
+        cooldown_ms: u64,
+    },
+    Notice {
+        notice: SecurityNotice,
+        /// De-duplicated across replicas by this id for `cooldown_ms`
+        /// (none: every notice is sent).
+        dedup: Option<(String, u64)>,
+    },
 }
+
+impl Job {
+    /// What it is, as the console's delivery list names it.
+    fn what(&self) -> String {
+        match self {
+            Self::Alert { event, .. } => {
+                format!("anomaly {} on {}", event.detector.as_str(), event.key)
+            }
+            Self::Notice { notice, .. } => format!("security {}", notice.event.as_str()),
+        }
+    }
+
+    fn dedup(&self) -> Option<(String, u64)> {
+        match self {
+            Self::Alert { event, cooldown_ms } => Some((alert_id(event), *cooldown_ms)),
+            Self::Notice { dedup, .. } => dedup.clone(),
+        }
+    }
+
+    fn for_endpoint(&self, endpoint: &WebhookEndpoint) -> Option<Bytes> {
+        match self {
+            Self::Alert { event, .. } => endpoint
+                .receives(event.detector)
+                .then(|| Bytes::from(payload(event, endpoint.format))),
+            Self::Notice { notice, .. } => endpoint
+                .receives_event(notice.event)
+                .then(|| Bytes::from(notice_payload(notice, endpoint.format))),
+        }
+    }
+}
+
+/// How one delivery ended, as the console's Threats page lists it.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryRecord {
+    /// When it ended, Unix milliseconds.
+    pub at_ms: u64,
+    /// The endpoint, scheme and host only.
+    pub url: String,
+    /// What was sent, e.g. `anomaly burst on ip:203.0.113.7`.
+    pub what: String,
+    /// `delivered`, `refused <status>` (a 4xx: not retried) or `abandoned`
+    /// (every attempt failed).
+    pub outcome: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The last deliveries kept for the console.
+pub const RECENT_DELIVERIES: usize = 50;
+
+type Recent = Arc<std::sync::Mutex<std::collections::VecDeque<DeliveryRecord>>>;
 
 /// The request path's handle: enqueue and go.
 #[derive(Clone)]
@@ -188,6 +269,10 @@ pub struct AlertSender {
     /// (detector, key) enqueued by this process within its cooldown.
     recent: Arc<MemoryDedup>,
     clock: Arc<dyn Clock>,
+    /// The security events some endpoint receives.
+    events: Arc<[SecurityEventKind]>,
+    /// The last [`RECENT_DELIVERIES`] deliveries, newest last.
+    deliveries: Recent,
 }
 
 impl std::fmt::Debug for AlertSender {
@@ -200,9 +285,7 @@ impl std::fmt::Debug for AlertSender {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("detector", &self.event.detector)
-            .finish()
+        f.debug_struct("Job").field("what", &self.what()).finish()
     }
 }
 
@@ -218,12 +301,21 @@ impl AlertSender {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = Arc::new(WebhookStats::default());
         let client = http_client::build(&config.tls, config.timeout)?;
+        let mut events: Vec<SecurityEventKind> = config
+            .endpoints
+            .iter()
+            .flat_map(|e| e.events.iter().copied())
+            .collect();
+        events.sort_by_key(|e| e.as_str());
+        events.dedup();
+        let deliveries: Recent = Arc::default();
         let worker = Worker {
             config: Arc::new(config),
             dedup,
             clock: Arc::clone(&clock),
             client,
             stats: Arc::clone(&stats),
+            deliveries: Arc::clone(&deliveries),
         };
         let handle = tokio::spawn(worker.run(rx));
         let sender = Self {
@@ -231,6 +323,8 @@ impl AlertSender {
             stats,
             recent: Arc::new(MemoryDedup::default()),
             clock,
+            events: events.into(),
+            deliveries,
         };
         Ok((sender, handle))
     }
@@ -247,19 +341,71 @@ impl AlertSender {
             self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
             return true;
         }
-        match self.tx.try_send(Job { event, cooldown_ms }) {
+        self.enqueue(Job::Alert { event, cooldown_ms }, Some(&id))
+    }
+
+    /// Whether some endpoint receives `event` (a caller with nothing to
+    /// send skips building the notice).
+    pub fn wants(&self, event: SecurityEventKind) -> bool {
+        self.events.contains(&event)
+    }
+
+    /// Queues a security notice for the endpoints that opted into its
+    /// event, without waiting. With a non-zero `once_per`, notices of the
+    /// same event, subject and client are sent once per that interval
+    /// across replicas (a throttled client retrying must not flood the
+    /// receiver). `false` (and counted) only when the queue is full.
+    pub fn notify(&self, notice: SecurityNotice, once_per: Duration) -> bool {
+        if !self.wants(notice.event) {
+            return true;
+        }
+        let cooldown_ms = u64::try_from(once_per.as_millis()).unwrap_or(u64::MAX);
+        let dedup = (cooldown_ms > 0).then(|| {
+            (
+                format!(
+                    "notice:{}:{}:{}",
+                    notice.event.as_str(),
+                    notice.subject.as_deref().unwrap_or_default(),
+                    notice.client_ip.as_deref().unwrap_or_default()
+                ),
+                cooldown_ms,
+            )
+        });
+        if let Some((id, ms)) = &dedup
+            && !self.recent.claim(id, *ms, millis(&*self.clock))
+        {
+            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let id = dedup.as_ref().map(|(id, _)| id.clone());
+        self.enqueue(Job::Notice { notice, dedup }, id.as_deref())
+    }
+
+    fn enqueue(&self, job: Job, claimed: Option<&str>) -> bool {
+        match self.tx.try_send(job) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(_) => {
                 // Not sent: the next detection may try again.
-                self.recent.release(&id);
+                if let Some(id) = claimed {
+                    self.recent.release(id);
+                }
                 self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("portcullis_webhook_overflow_total").increment(1);
                 false
             }
         }
+    }
+
+    /// The last deliveries (at most [`RECENT_DELIVERIES`]), newest first.
+    pub fn recent_deliveries(&self) -> Vec<DeliveryRecord> {
+        let recent = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.iter().rev().cloned().collect()
     }
 
     /// The sender's counters.
@@ -274,6 +420,7 @@ struct Worker {
     clock: Arc<dyn Clock>,
     client: HttpClient,
     stats: Arc<WebhookStats>,
+    deliveries: Recent,
 }
 
 impl Worker {
@@ -283,8 +430,9 @@ impl Worker {
         while let Some(job) = rx.recv().await {
             while deliveries.try_join_next().is_some() {}
             // Claimed across replicas (or in this process) before sending.
-            let id = alert_id(&job.event);
-            if !self.dedup.claim(&id, job.cooldown_ms, &*self.clock).await {
+            if let Some((id, cooldown_ms)) = job.dedup()
+                && !self.dedup.claim(&id, cooldown_ms, &*self.clock).await
+            {
                 self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -292,10 +440,11 @@ impl Worker {
                 tracing::error!("no randomness for a webhook message id; alert dropped");
                 continue;
             };
+            let what = job.what();
             for endpoint in &self.config.endpoints {
-                if !endpoint.receives(job.event.detector) {
+                let Some(body) = job.for_endpoint(endpoint) else {
                     continue;
-                }
+                };
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
@@ -306,7 +455,9 @@ impl Worker {
                     stats: Arc::clone(&self.stats),
                     clock: Arc::clone(&self.clock),
                     msg_id: msg_id.clone(),
-                    body: Bytes::from(payload(&job.event, endpoint.format)),
+                    body,
+                    what: what.clone(),
+                    deliveries: Arc::clone(&self.deliveries),
                 };
                 deliveries.spawn(async move {
                     delivery.run().await;
@@ -326,6 +477,8 @@ struct Delivery {
     clock: Arc<dyn Clock>,
     msg_id: String,
     body: Bytes,
+    what: String,
+    deliveries: Recent,
 }
 
 enum Attempt {
@@ -336,18 +489,23 @@ enum Attempt {
 
 impl Delivery {
     async fn run(self) {
+        let mut outcome = "abandoned".to_owned();
+        let mut attempts = 0;
         for attempt in 0..self.config.max_attempts {
             if attempt > 0 {
                 tokio::time::sleep(backoff(&self.config, attempt)).await;
             }
+            attempts = attempt + 1;
             match self.attempt().await {
                 Attempt::Delivered => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("portcullis_webhook_delivered_total").increment(1);
+                    self.remember("delivered".to_owned(), attempts);
                     return;
                 }
                 Attempt::Permanent(status) => {
-                    tracing::warn!(url = %self.endpoint.url, status, "webhook refused; not retrying");
+                    tracing::warn!(url = %self.endpoint.shown_url(), status, "webhook refused; not retrying");
+                    outcome = format!("refused {status}");
                     break;
                 }
                 Attempt::Retry => {
@@ -358,7 +516,27 @@ impl Delivery {
         }
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("portcullis_webhook_abandoned_total").increment(1);
-        tracing::warn!(url = %self.endpoint.url, msg_id = %self.msg_id, "webhook delivery abandoned");
+        tracing::warn!(url = %self.endpoint.shown_url(), msg_id = %self.msg_id, "webhook delivery abandoned");
+        self.remember(outcome, attempts);
+    }
+
+    /// Adds this delivery's end to the console's list.
+    fn remember(&self, outcome: String, attempts: u32) {
+        let record = DeliveryRecord {
+            at_ms: millis(&*self.clock),
+            url: self.endpoint.shown_url(),
+            what: self.what.clone(),
+            outcome,
+            attempts,
+        };
+        let mut recent = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= RECENT_DELIVERIES {
+            recent.pop_front();
+        }
+        recent.push_back(record);
     }
 
     async fn attempt(&self) -> Attempt {
@@ -448,7 +626,8 @@ mod tests {
             url: "/relative".parse().unwrap(),
             secret,
             format: PayloadFormat::Standard,
-            detectors: Vec::new(),
+            detectors: None,
+            events: Vec::new(),
         });
         assert!(matches!(config.validate(), Err(WebhookConfigError::Url(_))));
         config.endpoints[0].url = "http://127.0.0.1:9/hook".parse().unwrap();

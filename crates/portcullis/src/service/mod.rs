@@ -385,6 +385,32 @@ impl Inner {
         event
     }
 
+    /// Queues a security notice for the webhooks that opted into `event`
+    /// (built only when one did).
+    fn notify(
+        &self,
+        event: crate::anomaly::webhook::SecurityEventKind,
+        once_per: std::time::Duration,
+        client: &Client,
+        subject: Option<&str>,
+        target: Option<&str>,
+    ) {
+        let Some(engine) = &self.anomaly else { return };
+        let at_ms = u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX);
+        engine.notify(
+            || crate::anomaly::webhook::SecurityNotice {
+                event,
+                at_ms,
+                subject: subject.map(|s| bounded(s, 128)),
+                client_ip: client.ip_text(),
+                target: target.map(|t| bounded(t, 128)),
+                detail: None,
+            },
+            event,
+            once_per,
+        );
+    }
+
     /// Hands `event` to the audit writer, if there is one.
     async fn record(&self, event: AuditEvent) {
         if let Some(audit) = &self.audit {
@@ -510,4 +536,17 @@ impl TokenService {
             )
             .with_state(Arc::clone(&self.inner))
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…`
+/// when cut (what a client typed as an account name is unbounded).
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }

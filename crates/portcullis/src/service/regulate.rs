@@ -46,6 +46,15 @@ impl Inner {
             self.observe(signal, route, client, &mut event).await;
         }
         self.record(event).await;
+        // One notice per client and account a minute: a throttled client
+        // retrying must not flood the receiver.
+        self.notify(
+            crate::anomaly::webhook::SecurityEventKind::LoginThrottled,
+            std::time::Duration::from_secs(60),
+            client,
+            account,
+            None,
+        );
         Err(Problem::code(code, THROTTLED).header(http::header::RETRY_AFTER, retry.to_string()))
     }
 

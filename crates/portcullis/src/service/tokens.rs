@@ -413,6 +413,13 @@ async fn reuse_detected(s: &Inner, client: &Client, reuse: SecurityEvent) -> Pro
     };
     s.observe(signal, REFRESH, client, &mut event).await;
     s.record(event).await;
+    s.notify(
+        crate::anomaly::webhook::SecurityEventKind::TokenReuseDetected,
+        std::time::Duration::ZERO,
+        client,
+        Some(user),
+        Some(session),
+    );
     Problem::from(StoreError::RefreshReused(reuse))
 }
 

@@ -141,9 +141,9 @@ impl Entries {
             RevokedKind::ApiKey => Some(&self.api_keys),
             RevokedKind::UserDisabled => Some(&self.disabled_users),
             RevokedKind::AppDisabled => Some(&self.disabled_apps),
-            RevokedKind::UserEnabled
-            | RevokedKind::AppEnabled
-            | RevokedKind::Unrecognized(_) => None,
+            RevokedKind::UserEnabled | RevokedKind::AppEnabled | RevokedKind::Unrecognized(_) => {
+                None
+            }
         }
     }
 

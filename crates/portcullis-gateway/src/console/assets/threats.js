@@ -1,5 +1,6 @@
-// Threats: anomaly detections, bans (add / lift), and who is refused most,
-// from the audit log's recent refusals and the live stream.
+// Threats: anomaly detections, bans (add / lift), the webhooks' last
+// deliveries, and who is refused most, from the audit log's recent refusals
+// and the live stream.
 
 import { admin, qs } from './api.js';
 import { h, clear, fill, card, table, field, fmtMs, fmtUs, toast, showError, confirmAction } from './ui.js';
@@ -24,6 +25,7 @@ function topTable(title, rows, what) {
 
 export function mount(root) {
   const anomalies = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const deliveries = h('div', { id: 'deliveries' }, h('p', { class: 'muted' }, 'Loading…'));
   const bans = h('div', { id: 'bans' }, h('p', { class: 'muted' }, 'Loading…'));
   const tops = h('div', { class: 'tops' }, h('p', { class: 'muted' }, 'Loading…'));
   const banError = h('p', { class: 'error', role: 'alert' });
@@ -54,6 +56,7 @@ export function mount(root) {
     h('h1', {}, 'Threats'),
     card('Bans', form, banError, bans),
     card('Anomalies', h('p', { class: 'muted' }, "This replica's latest detections, newest first."), anomalies),
+    card('Webhook deliveries', h('p', { class: 'muted' }, "This replica's last alert and security-event deliveries, newest first."), deliveries),
     card('Most refused', h('p', { class: 'muted', id: 'tops-source' }, 'From the latest refusals in the audit log and the live stream.'), tops));
 
   async function loadBans() {
@@ -93,6 +96,17 @@ export function mount(root) {
           return h('button', { type: 'button', onclick: () => { kind.value = m[1]; target.value = m[2]; target.focus(); } }, 'Ban…');
         } },
       ], r.detections || [], { empty: 'No anomalies detected.' }));
+      if (r.deliveries == null) {
+        fill(deliveries, h('p', { class: 'muted' }, 'No webhook is configured ([[anomaly.webhooks]]).'));
+      } else {
+        fill(deliveries, table([
+          { label: 'When', get: (d) => fmtMs(d.at_ms) },
+          { label: 'Webhook', get: (d) => d.url },
+          { label: 'What', get: (d) => d.what },
+          { label: 'Outcome', get: (d) => d.outcome },
+          { label: 'Attempts', class: 'num', get: (d) => d.attempts },
+        ], r.deliveries, { empty: 'Nothing delivered yet.', class: 'deliveries' }));
+      }
     } catch (err) { fill(anomalies, h('p', { class: 'error' }, err.message)); }
   }
 
