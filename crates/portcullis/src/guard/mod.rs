@@ -948,7 +948,14 @@ impl Guard {
             Err(refused) => {
                 if let Some(e) = event.as_mut() {
                     e.deny = true;
-                    e.code = Some(refused.refusal.code.as_str());
+                    // The code the client is answered: a malformed request
+                    // gets its specific one (`request.host_mismatch`), not
+                    // the umbrella `request.malformed`.
+                    e.code = Some(if refused.refusal.code == ErrorCode::MalformedRequest {
+                        refused.reason
+                    } else {
+                        refused.refusal.code.as_str()
+                    });
                     e.reason = Some(format!(
                         "{}{}: {}",
                         if dry_run { "dry_run: " } else { "" },
