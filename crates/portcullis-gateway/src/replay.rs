@@ -360,3 +360,91 @@ impl Replay {
         self.summary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use portcullis_core::audit::Grants;
+
+    use super::*;
+
+    fn event(decision: Decision, code: Option<&str>) -> AuditEvent {
+        let mut e = AuditEvent::new(EventKind::Request, 1, decision);
+        e.code = code.map(str::to_owned);
+        e.method = Some("GET".into());
+        e.path = Some("/docs/1".into());
+        e.host = Some("api.example.com".into());
+        e.client_ip = Some("10.0.0.1".into());
+        e
+    }
+
+    #[test]
+    fn recorded_outcomes_are_named_or_counted_by_reason() {
+        let outcome = |d, c| recorded_outcome(&event(d, c));
+        assert_eq!(outcome(Decision::Allow, None), Ok("allow".into()));
+        assert_eq!(
+            outcome(Decision::Deny, Some("authz.denied")),
+            Ok("authz.denied".into())
+        );
+        assert_eq!(
+            outcome(Decision::Deny, Some("rate_limit.exceeded")),
+            Err(NotRedecidable::RateLimited)
+        );
+        assert_eq!(
+            outcome(Decision::Deny, Some("anomaly.banned")),
+            Err(NotRedecidable::Banned)
+        );
+        assert_eq!(
+            outcome(Decision::Deny, Some("auth.token_expired")),
+            Err(NotRedecidable::CredentialRefused)
+        );
+        assert_eq!(
+            outcome(Decision::Deny, Some("request.host_mismatch")),
+            Err(NotRedecidable::RefusedBeforeChecks)
+        );
+        // A log is not trusted: a code this build does not know is not a
+        // group of its own.
+        assert_eq!(
+            outcome(Decision::Deny, Some("authz.made_up_by_the_row")),
+            Err(NotRedecidable::UnknownOutcome)
+        );
+        // A dry-run route's refusal was let through.
+        let mut dry = event(Decision::Deny, Some("authz.denied"));
+        dry.reason = Some("dry_run: missing_role: beta".into());
+        assert_eq!(
+            recorded_outcome(&dry),
+            Ok("allow (dry run: authz.denied)".into())
+        );
+    }
+
+    #[test]
+    fn a_caller_is_rebuilt_only_when_recorded_whole() {
+        let mut e = event(Decision::Allow, None);
+        e.subject = Some("v".into());
+        e.auth_method = Some("api_key".into());
+        assert_eq!(rebuild(&e).err(), Some(NotRedecidable::GrantsMissing));
+        e.grants = Some(Grants {
+            roles: vec!["viewer".into()],
+            truncated: true,
+            ..Grants::default()
+        });
+        assert_eq!(rebuild(&e).err(), Some(NotRedecidable::GrantsTruncated));
+        e.grants = Some(Grants {
+            roles: vec!["viewer".into()],
+            ..Grants::default()
+        });
+        let (request, kind) = rebuild(&e).unwrap();
+        assert_eq!(kind, Some(AuthMethod::ApiKey));
+        let caller = request.assume.unwrap();
+        assert_eq!(caller.roles, ["viewer"]);
+        assert_eq!(caller.method, Some(AuthMethod::ApiKey));
+        assert_eq!(request.host.as_deref(), Some("api.example.com"));
+
+        e.auth_method = Some("carrier_pigeon".into());
+        assert_eq!(
+            rebuild(&e).err(),
+            Some(NotRedecidable::UnknownCredentialKind)
+        );
+        e.host = None;
+        assert_eq!(rebuild(&e).err(), Some(NotRedecidable::BeforeSchemaV3));
+    }
+}
