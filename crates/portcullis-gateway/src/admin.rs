@@ -353,6 +353,10 @@ fn guard_config() -> Result<GuardConfig, String> {
     toml::from_str(&text).map_err(|e| format!("admin routes: {e}"))
 }
 
+/// The `guard` of the admin API's audit events (a replay of the request
+/// path's decisions leaves them out).
+pub const AUDIT_GUARD: &str = "admin";
+
 /// What the handlers share.
 #[derive(Clone)]
 struct AdminState {
@@ -472,7 +476,8 @@ pub fn build(parts: AdminParts) -> Result<(Guard, Router), String> {
     // route is still not an admin key (the console accepts the same kind).
     let mut builder = Guard::builder(config)
         .stores(Arc::clone(&stores))
-        .require_api_key_owner(ADMIN_OWNER_PREFIX);
+        .require_api_key_owner(ADMIN_OWNER_PREFIX)
+        .audit_as(AUDIT_GUARD);
     if let Some(a) = &audit {
         builder = builder.audit(Arc::clone(a));
     }

@@ -330,8 +330,8 @@ impl Explainer {
             report.decision = DecisionView {
                 allow: false,
                 undetermined: None,
-                // What the client is answered: the specific stable code
-                // (the audit event records `request.malformed`).
+                // What the client is answered and the audit event
+                // records: the specific stable code.
                 code: Some(why.code().into()),
                 status: Some(400),
                 reason: Some("malformed".into()),

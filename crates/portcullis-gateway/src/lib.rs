@@ -16,6 +16,7 @@
 //! - [`demo`]: `portcullis demo`: the gateway, an echo app and a checked script.
 //! - [`cases`]: pinned decisions (`portcullis test`, `[tests]`).
 //! - [`explain`]: one decision step by step (`explain`, `test`, `POST /admin/explain`).
+//! - [`replay`]: an audit log's recorded requests decided again (`test --replay-audit`).
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
 //! - `upstream_tls`: TLS to `https://` upstreams (roots, SNI, mTLS, why a handshake failed).
@@ -46,6 +47,7 @@ mod ops_guard;
 mod proxy;
 mod redact;
 mod reload;
+pub mod replay;
 pub mod serve;
 mod storage;
 mod tls;

@@ -92,6 +92,11 @@ async fn copy_round_trips_awkward_text_and_replays_are_idempotent() {
     odd.user_agent = Some("ua\\N".into());
     odd.subject = Some("ünïcode ✓".into());
     odd.anomaly_flags = vec!["burst".into()];
+    odd.host = Some("h\\o\tst".into());
+    odd.grants = Some(portcullis_core::audit::Grants {
+        roles: vec!["r\\N\t\n".into(), "ünï".into()],
+        ..Default::default()
+    });
     odd.code = None;
     let mut batch: Vec<AuditEvent> = (1..1000).map(event).collect();
     batch.push(odd.clone());

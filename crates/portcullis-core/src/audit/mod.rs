@@ -176,6 +176,108 @@ pub struct AuditEvent {
     /// `dry_run: …` for a refusal a dry-run route did not enforce.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The request's canonical host (`""` when it had none), at most
+    /// [`MAX_HOST`] bytes; `None` on events recorded before schema v3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// What the caller held when it was decided (roles, permissions,
+    /// scopes), bounded; `None` without a principal or before schema v3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
+    /// Which guard decided, when not the request path's: `admin` for the
+    /// admin API's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+}
+
+/// Longest host recorded (a canonical host is at most 253 bytes and a port).
+pub const MAX_HOST: usize = 260;
+
+/// Most entries recorded per list of [`Grants`].
+pub const MAX_GRANTS: usize = 32;
+
+/// Longest entry of [`Grants`] recorded.
+pub const MAX_GRANT_LEN: usize = 128;
+
+/// Largest [`Grants`] JSON text read back from a store (a hostile row
+/// cannot make a reader parse more).
+pub const MAX_GRANTS_TEXT: usize = 3 * MAX_GRANTS * (MAX_GRANT_LEN + 8) + 128;
+
+/// The caller's roles, permissions and scopes as recorded: at most
+/// [`MAX_GRANTS`] entries of at most [`MAX_GRANT_LEN`] bytes per list;
+/// what did not fit is left out and `truncated` says so (a replay cannot
+/// decide for a caller it does not know whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Role names.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Permissions held directly.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Token scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Whether something was left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl Grants {
+    /// The bounded record of `principal`'s grants.
+    pub fn of(principal: &crate::Principal) -> Self {
+        let mut truncated = false;
+        let mut bounded = |list: &[String]| -> Vec<String> {
+            let kept: Vec<String> = list
+                .iter()
+                .filter(|e| e.len() <= MAX_GRANT_LEN)
+                .take(MAX_GRANTS)
+                .cloned()
+                .collect();
+            truncated |= kept.len() != list.len();
+            kept
+        };
+        let roles = bounded(&principal.roles);
+        let permissions = bounded(&principal.permissions);
+        let scopes = bounded(&principal.scopes);
+        Self {
+            roles,
+            permissions,
+            scopes,
+            truncated,
+        }
+    }
+
+    /// As stored: one JSON object.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads [`Self::to_text`] back from a store, which is not trusted:
+    /// text over [`MAX_GRANTS_TEXT`] bytes or unparsable is `None`, and
+    /// lists beyond the bounds are cut and marked truncated.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() > MAX_GRANTS_TEXT {
+            return None;
+        }
+        let mut g: Self = serde_json::from_str(text).ok()?;
+        for list in [&mut g.roles, &mut g.permissions, &mut g.scopes] {
+            let before = list.len();
+            list.retain(|e| e.len() <= MAX_GRANT_LEN);
+            list.truncate(MAX_GRANTS);
+            g.truncated |= list.len() != before;
+        }
+        Some(g)
+    }
+}
+
+/// `host` cut to at most [`MAX_HOST`] bytes (on a character boundary).
+pub fn bounded_host(host: &str) -> &str {
+    let mut end = host.len().min(MAX_HOST);
+    while !host.is_char_boundary(end) {
+        end -= 1;
+    }
+    &host[..end]
 }
 
 impl AuditEvent {
@@ -203,13 +305,18 @@ impl AuditEvent {
             anomaly_flags: Vec::new(),
             user_agent: None,
             reason: None,
+            host: None,
+            grants: None,
+            guard: None,
         }
     }
 
-    /// Records who called: subject, tenant, auth method and the credential's
-    /// id (`jti`, else `sid`), never the credential itself.
+    /// Records who called: subject, tenant, auth method, the credential's
+    /// id (`jti`, else `sid`; never the credential itself) and its bounded
+    /// [`Grants`].
     pub fn set_principal(&mut self, principal: &crate::Principal) {
         self.subject = Some(principal.subject.clone());
+        self.grants = Some(Grants::of(principal));
         self.tenant.clone_from(&principal.tenant);
         self.auth_method = Some(auth_method_name(principal.auth_method).to_owned());
         self.credential_id = principal
@@ -344,6 +451,48 @@ mod tests {
         assert!(e.anomaly_flags.is_empty());
         // The identity and the decision stay required.
         assert!(serde_json::from_str::<AuditEvent>(r#"{"id":"a","ts_us":1}"#).is_err());
+    }
+
+    #[test]
+    fn grants_are_bounded_and_say_when_cut() {
+        let mut p = crate::Principal::new("alice", AuthMethod::Jwt);
+        p.roles = vec!["editor".into()];
+        p.permissions = vec!["docs.read".into(), "x".repeat(MAX_GRANT_LEN + 1)];
+        p.scopes = (0..MAX_GRANTS + 5).map(|i| format!("s{i}")).collect();
+        let g = Grants::of(&p);
+        assert!(g.truncated);
+        assert_eq!(g.roles, ["editor"]);
+        assert_eq!(g.permissions, ["docs.read"]);
+        assert_eq!(g.scopes.len(), MAX_GRANTS);
+        assert_eq!(Grants::parse(&g.to_text()), Some(g));
+
+        p.permissions.pop();
+        p.scopes.truncate(2);
+        let whole = Grants::of(&p);
+        assert!(!whole.truncated);
+        assert_eq!(Grants::parse(&whole.to_text()), Some(whole));
+
+        // A store is not trusted: oversized, unparsable or over-long lists.
+        assert_eq!(Grants::parse(&"x".repeat(MAX_GRANTS_TEXT + 1)), None);
+        assert_eq!(Grants::parse("not json"), None);
+        let many = format!(
+            r#"{{"roles":[{}]}}"#,
+            (0..MAX_GRANTS + 1)
+                .map(|i| format!("\"r{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let read = Grants::parse(&many).unwrap();
+        assert!(read.truncated);
+        assert_eq!(read.roles.len(), MAX_GRANTS);
+    }
+
+    #[test]
+    fn hosts_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded_host("api.example.com"), "api.example.com");
+        let long = "é".repeat(MAX_HOST);
+        let cut = bounded_host(&long);
+        assert!(cut.len() <= MAX_HOST && long.starts_with(cut));
     }
 
     #[test]

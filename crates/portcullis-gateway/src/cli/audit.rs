@@ -46,7 +46,7 @@ pub enum TimeArg {
 }
 
 impl TimeArg {
-    fn resolve(self, now_us: i64) -> i64 {
+    pub(crate) fn resolve(self, now_us: i64) -> i64 {
         match self {
             Self::At(t) => t,
             Self::Ago(d) => now_us.saturating_sub(micros(d)),
@@ -54,7 +54,7 @@ impl TimeArg {
     }
 }
 
-fn parse_time(text: &str) -> Result<TimeArg, String> {
+pub(crate) fn parse_time(text: &str) -> Result<TimeArg, String> {
     parse_rfc3339(text)
         .map(TimeArg::At)
         .or_else(|| parse_duration(text).ok().map(TimeArg::Ago))
@@ -178,14 +178,14 @@ pub struct PruneArgs {
     older_than: Duration,
 }
 
-enum Store {
+pub(crate) enum Store {
     Sqlite(SqliteAudit),
     Postgres(PostgresAudit),
     Admin(AdminAudit),
 }
 
 impl Store {
-    fn as_store(&self) -> &dyn AuditStore {
+    pub(crate) fn as_store(&self) -> &dyn AuditStore {
         match self {
             Self::Sqlite(s) => s,
             Self::Postgres(p) => p,
@@ -213,7 +213,7 @@ fn prune_progress(deleted: u64) {
 }
 
 /// The audit log read through a gateway's admin API (`GET /admin/audit`).
-struct AdminAudit {
+pub(crate) struct AdminAudit {
     authority: String,
     key: String,
 }
@@ -276,7 +276,7 @@ impl AuditStore for AdminAudit {
     }
 }
 
-fn backend_error(e: impl std::fmt::Display) -> CliError {
+pub(crate) fn backend_error(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!("audit store request failed: {e}"))
 }
 
@@ -287,7 +287,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Output)
 }
 
-async fn open(args: &StoreArgs) -> Result<Store, CliError> {
+pub(crate) async fn open(args: &StoreArgs) -> Result<Store, CliError> {
     if let Some(url) = &args.admin {
         let target = super::remote::Target {
             url: url.clone(),
@@ -322,7 +322,7 @@ async fn open(args: &StoreArgs) -> Result<Store, CliError> {
     }
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     micros(SystemClock.now())
 }
 

@@ -156,6 +156,13 @@ pub enum CliError {
         /// Cases run.
         total: usize,
     },
+    /// `portcullis test --replay-audit --fail-on-change`: some recorded
+    /// decisions would change (printed above).
+    #[error("{changed} recorded decisions would change under the new configuration")]
+    DecisionsChanged {
+        /// Decisions that would change.
+        changed: u64,
+    },
     #[error("{failed} of {total} demo steps did not behave as printed (see the ✗ lines above)")]
     CheckFailed {
         /// Steps that failed.
@@ -169,9 +176,10 @@ impl CliError {
     /// The process exit code of this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Rejected(_) | Self::CheckFailed { .. } | Self::CasesFailed { .. } => {
-                EXIT_REJECTED
-            }
+            Self::Rejected(_)
+            | Self::CheckFailed { .. }
+            | Self::CasesFailed { .. }
+            | Self::DecisionsChanged { .. } => EXIT_REJECTED,
             _ => EXIT_USAGE,
         }
     }

@@ -1,6 +1,7 @@
 //! `portcullis explain` (one decision, step by step, offline from the
 //! configuration or live from a running gateway's admin API) and
-//! `portcullis test` (files of pinned decisions, for CI).
+//! `portcullis test` (files of pinned decisions, for CI; or, with
+//! `--replay-audit`, the recorded requests of an audit log decided again).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -156,17 +157,109 @@ pub fn explain(args: &ExplainArgs) -> Result<(), CliError> {
 /// Arguments of `test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The configuration the cases are decided under.
+    /// The configuration the cases (or the recorded requests) are decided under.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Files of `[[case]]`s.
-    #[arg(value_name = "CASES.toml", required = true)]
+    #[arg(value_name = "CASES.toml", required_unless_present = "replay_audit")]
     pub cases: Vec<PathBuf>,
+    /// Instead of cases: decide the recorded requests of an audit log
+    /// (--sqlite or --postgres) again and report which decisions change.
+    #[arg(long, conflicts_with = "cases")]
+    pub replay_audit: bool,
+    /// The SQLite audit database (with --replay-audit).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "replay_audit",
+        conflicts_with = "postgres"
+    )]
+    pub sqlite: Option<PathBuf>,
+    /// The PostgreSQL audit database URL (with --replay-audit).
+    #[arg(long, value_name = "URL", requires = "replay_audit")]
+    pub postgres: Option<String>,
+    /// Replay events from this time on: RFC 3339, or a duration ago (default 24h).
+    #[arg(long, value_parser = super::audit::parse_time, requires = "replay_audit")]
+    pub since: Option<super::audit::TimeArg>,
+    /// Exit 1 when any recorded decision would change.
+    #[arg(long, requires = "replay_audit")]
+    pub fail_on_change: bool,
+}
+
+/// How far back `--replay-audit` reads without `--since`.
+const DEFAULT_REPLAY_SINCE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Decides the audit log's recorded requests again under `--config`;
+/// prints the changes by route and outcome and what could not be decided
+/// again; exit 1 with `--fail-on-change` when a decision changes.
+fn replay_audit(args: &TestArgs, explainer: Explainer) -> Result<(), CliError> {
+    use portcullis::audit::{AuditQuery, Cursor};
+    use portcullis_core::audit::query::MAX_PAGE_SIZE;
+    use portcullis_core::audit::time::format_rfc3339_micros;
+
+    if args.sqlite.is_none() && args.postgres.is_none() {
+        return Err(CliError::Usage(
+            "--replay-audit reads an audit database: pass --sqlite PATH or --postgres URL".into(),
+        ));
+    }
+    let since = args
+        .since
+        .unwrap_or(super::audit::TimeArg::Ago(DEFAULT_REPLAY_SINCE))
+        .resolve(super::audit::now_us());
+    let store_args = super::audit::StoreArgs {
+        sqlite: args.sqlite.clone(),
+        postgres: args.postgres.clone(),
+        admin: None,
+        key_file: None,
+    };
+    let summary = runtime()?.block_on(async {
+        let store = super::audit::open(&store_args).await?;
+        let store = store.as_store();
+        let mut query = AuditQuery {
+            since_us: Some(since),
+            limit: MAX_PAGE_SIZE,
+            ..AuditQuery::default()
+        };
+        let mut replay = crate::replay::Replay::new(explainer);
+        loop {
+            let page = store
+                .query(&query)
+                .await
+                .map_err(super::audit::backend_error)?;
+            for event in &page.events {
+                replay.add(event).await;
+            }
+            match page.next {
+                Some(next) => {
+                    query.cursor =
+                        Some(Cursor::decode(&next).map_err(super::audit::backend_error)?);
+                }
+                None => break,
+            }
+        }
+        Ok::<_, CliError>(replay.finish())
+    })?;
+    console::print(&format!(
+        "replayed the audit log since {} under {}",
+        format_rfc3339_micros(since),
+        args.config.display()
+    ))?;
+    console::print(summary.text().trim_end())?;
+    if args.fail_on_change && summary.changed > 0 {
+        return Err(CliError::DecisionsChanged {
+            changed: summary.changed,
+        });
+    }
+    Ok(())
 }
 
 /// Runs every case: one line each and a summary; exit 1 when one fails.
+/// With `--replay-audit`, replays the audit log instead.
 pub fn test(args: &TestArgs) -> Result<(), CliError> {
     let explainer = offline(&args.config)?;
+    if args.replay_audit {
+        return replay_audit(args, explainer);
+    }
     let mut all = Vec::new();
     for file in &args.cases {
         let cases = crate::cases::load(file).map_err(|e| CliError::Lines(vec![e.to_string()]))?;

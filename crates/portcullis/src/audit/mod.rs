@@ -26,7 +26,7 @@ pub use writer::{
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const COLUMNS: &str = "id, ts_us, kind, request_id, client_ip, method, route, path, status, \
      latency_us, upstream_latency_us, subject, tenant, auth_method, credential_id, decision, code, \
-     rate_limit_remaining, anomaly_flags, user_agent, reason";
+     rate_limit_remaining, anomaly_flags, user_agent, reason, host, grants, guard";
 
 /// Appends the WHERE clause, order and limit of `q` to a query builder
 /// (identical SQL on SQLite and PostgreSQL; placeholders come from the builder).
@@ -98,6 +98,7 @@ macro_rules! decode_row {
             let decision: String = row.try_get("decision")?;
             let status: Option<i64> = row.try_get("status")?;
             let flags: Option<String> = row.try_get("anomaly_flags")?;
+            let grants: Option<String> = row.try_get("grants")?;
             Ok(portcullis_core::audit::AuditEvent {
                 id: row.try_get("id")?,
                 ts_us: row.try_get("ts_us")?,
@@ -126,6 +127,12 @@ macro_rules! decode_row {
                 ),
                 user_agent: row.try_get("user_agent")?,
                 reason: row.try_get("reason")?,
+                host: row.try_get("host")?,
+                guard: row.try_get("guard")?,
+                // Unreadable grants read as not recorded (a replay says so).
+                grants: grants
+                    .as_deref()
+                    .and_then(portcullis_core::audit::Grants::parse),
             })
         })()
     }};

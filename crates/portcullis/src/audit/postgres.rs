@@ -9,15 +9,15 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use portcullis_core::audit::AuditEvent;
 use portcullis_core::audit::query::{AuditPage, AuditQuery};
+use portcullis_core::audit::{AuditEvent, Grants};
 use sqlx::postgres::{PgConnectOptions, PgPoolCopyExt, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
 
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Serialises concurrent schema creation by several replicas.
 const MIGRATION_LOCK: i64 = 0x5043_4155_4449_5431; // "PCAUDIT1"
@@ -48,6 +48,9 @@ const SCHEMA: &[&str] = &[
         anomaly_flags TEXT,
         user_agent TEXT,
         reason TEXT,
+        host TEXT,
+        grants TEXT,
+        guard TEXT,
         PRIMARY KEY (ts_us, id)
     )",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
@@ -57,11 +60,12 @@ const SCHEMA: &[&str] = &[
 
 const INSERT: &str = "INSERT INTO audit_events (id, ts_us, kind, request_id, client_ip, method, \
     route, path, status, latency_us, upstream_latency_us, subject, tenant, auth_method, \
-    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent, reason) \
+    credential_id, decision, code, rate_limit_remaining, anomaly_flags, user_agent, reason, \
+    host, grants, guard) \
     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
     $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], \
-    $18::bigint[], $19::text[], $20::text[], $21::text[]) \
+    $18::bigint[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[]) \
     ON CONFLICT (ts_us, id) DO NOTHING";
 
 /// Rows deleted per prune statement (short transactions, bounded WAL and locks).
@@ -91,6 +95,8 @@ fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
             || opt(&e.code)
             || opt(&e.user_agent)
             || opt(&e.reason)
+            || opt(&e.host)
+            || opt(&e.guard)
             || e.anomaly_flags.iter().any(|f| f.contains('\0'))
     }
     fn clean(e: &AuditEvent) -> AuditEvent {
@@ -109,6 +115,8 @@ fn without_nul(events: &[AuditEvent]) -> Cow<'_, [AuditEvent]> {
             code: fix(&e.code),
             user_agent: fix(&e.user_agent),
             reason: fix(&e.reason),
+            host: fix(&e.host),
+            guard: fix(&e.guard),
             anomaly_flags: e
                 .anomaly_flags
                 .iter()
@@ -184,7 +192,10 @@ fn copy_text(events: &[AuditEvent]) -> Vec<u8> {
         int(&mut out, e.rate_limit_remaining);
         text(&mut out, e.anomaly_flags_text().as_deref());
         text(&mut out, e.user_agent.as_deref());
-        push_field(&mut out, e.reason.as_deref());
+        text(&mut out, e.reason.as_deref());
+        text(&mut out, e.host.as_deref());
+        text(&mut out, e.grants.as_ref().map(Grants::to_text).as_deref());
+        push_field(&mut out, e.guard.as_deref());
         out.push('\n');
     }
     out.into_bytes()
@@ -243,10 +254,15 @@ impl PostgresAudit {
                 )));
             }
             Some(v) if v < SCHEMA_VERSION => {
-                // Version 2 adds `reason`.
-                sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS reason TEXT")
+                // Version 2 adds `reason`; version 3 `host`, `grants` and `guard`
+                // (rows written before keep NULL there).
+                for column in ["reason", "host", "grants", "guard"] {
+                    sqlx::query(&format!(
+                        "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS {column} TEXT"
+                    ))
                     .execute(&mut *tx)
                     .await?;
+                }
                 sqlx::query("UPDATE portcullis_audit_schema SET version = $1")
                     .bind(SCHEMA_VERSION)
                     .execute(&mut *tx)
@@ -328,6 +344,9 @@ impl PostgresAudit {
             .bind(col(events, AuditEvent::anomaly_flags_text))
             .bind(col(events, |e| e.user_agent.as_deref()))
             .bind(col(events, |e| e.reason.as_deref()))
+            .bind(col(events, |e| e.host.as_deref()))
+            .bind(col(events, |e| e.grants.as_ref().map(Grants::to_text)))
+            .bind(col(events, |e| e.guard.as_deref()))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -59,6 +59,17 @@ pub fn request_event_with_id(
     event.request_id = Some(request_id);
     event.client_ip = client_ip.map(|ip| ip.to_string());
     event.method = Some(parts.method.as_str().to_owned());
+    event.host = Some(
+        portcullis_core::audit::bounded_host(
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| parts.uri.host())
+                .unwrap_or(""),
+        )
+        .to_owned(),
+    );
     event.path = Some(
         redactor.path(
             parts

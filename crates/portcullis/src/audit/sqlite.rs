@@ -5,21 +5,21 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use portcullis_core::audit::AuditEvent;
 use portcullis_core::audit::query::{AuditPage, AuditQuery};
+use portcullis_core::audit::{AuditEvent, Grants};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
 
-/// Rows per INSERT statement (20 columns: well under SQLite's 32 766 variables).
+/// Rows per INSERT statement (24 columns: well under SQLite's 32 766 variables).
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Rows deleted per prune statement.
 pub const PRUNE_CHUNK: i64 = 10_000;
 
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS portcullis_audit_schema (version INTEGER NOT NULL)",
@@ -45,6 +45,9 @@ const SCHEMA: &[&str] = &[
         anomaly_flags TEXT,
         user_agent TEXT,
         reason TEXT,
+        host TEXT,
+        grants TEXT,
+        guard TEXT,
         PRIMARY KEY (ts_us, id)
     )",
     "CREATE INDEX IF NOT EXISTS audit_events_ts_subject ON audit_events (ts_us, subject)",
@@ -114,16 +117,22 @@ impl SqliteAudit {
                 )));
             }
             Some(v) if v < SCHEMA_VERSION => {
-                // Version 2 adds `reason`.
-                let has_reason: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = 'reason'",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                if has_reason == 0 {
-                    sqlx::query("ALTER TABLE audit_events ADD COLUMN reason TEXT")
+                // Version 2 adds `reason`; version 3 `host`, `grants` and `guard`
+                // (rows written before keep NULL there).
+                for column in ["reason", "host", "grants", "guard"] {
+                    let has: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = ?",
+                    )
+                    .bind(column)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if has == 0 {
+                        sqlx::query(&format!(
+                            "ALTER TABLE audit_events ADD COLUMN {column} TEXT"
+                        ))
                         .execute(&mut *tx)
                         .await?;
+                    }
                 }
                 sqlx::query("UPDATE portcullis_audit_schema SET version = ?")
                     .bind(SCHEMA_VERSION)
@@ -167,7 +176,10 @@ impl SqliteAudit {
                     .push_bind(e.rate_limit_remaining)
                     .push_bind(e.anomaly_flags_text())
                     .push_bind(e.user_agent.as_deref())
-                    .push_bind(e.reason.as_deref());
+                    .push_bind(e.reason.as_deref())
+                    .push_bind(e.host.as_deref())
+                    .push_bind(e.grants.as_ref().map(Grants::to_text))
+                    .push_bind(e.guard.as_deref());
             });
             qb.push(" ON CONFLICT (ts_us, id) DO NOTHING");
             qb.build().execute(&mut *tx).await?;

@@ -176,8 +176,13 @@ pub(crate) struct Snapshot {
     pub(crate) ts_us: i64,
     pub(crate) request_id: RequestIdText,
     pub(crate) method: http::Method,
-    /// The path and query as received (redacted when the event is built).
-    pub(crate) path_and_query: Box<str>,
+    /// The host (its first `host_len` bytes, at most `MAX_HOST`) then the
+    /// path and query as received (redacted when the event is built): one
+    /// allocation for both.
+    pub(crate) host_and_path: Box<str>,
+    pub(crate) host_len: usize,
+    /// The guard's name (`GuardBuilder::audit_as`).
+    pub(crate) guard: Option<&'static str>,
     /// At most `MAX_USER_AGENT` bytes of the user agent, lossily decoded.
     pub(crate) user_agent: Option<Box<str>>,
     pub(crate) client_ip: Option<IpAddr>,
@@ -212,7 +217,13 @@ impl Snapshot {
         e.request_id = Some(self.request_id.into());
         e.client_ip = self.client_ip.map(|ip| ip.to_string());
         e.method = Some(self.method.as_str().to_owned());
-        e.path = Some(self.redactor.path(&self.path_and_query));
+        let (host, path) = self
+            .host_and_path
+            .split_at_checked(self.host_len)
+            .unwrap_or(("", &self.host_and_path));
+        e.host = Some(host.to_owned());
+        e.guard = self.guard.map(str::to_owned);
+        e.path = Some(self.redactor.path(path));
         e.user_agent = self.user_agent.map(String::from);
         e.route = self.route.as_deref().map(str::to_owned);
         if let Some(p) = self.principal.as_deref() {

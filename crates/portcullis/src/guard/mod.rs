@@ -180,6 +180,8 @@ struct Inner {
     refused_key_owners: Vec<Box<str>>,
     /// When set, only API keys whose owner starts with this are accepted.
     required_key_owner: Option<Box<str>>,
+    /// The name this guard's audit events carry (`admin`), if any.
+    audit_guard: Option<&'static str>,
 }
 
 /// Decides requests; cheap to clone and share.
@@ -219,6 +221,7 @@ pub struct GuardBuilder {
     clock: Arc<dyn Clock>,
     refused_key_owners: Vec<Box<str>>,
     required_key_owner: Option<Box<str>>,
+    audit_guard: Option<&'static str>,
 }
 
 impl std::fmt::Debug for GuardBuilder {
@@ -275,6 +278,15 @@ impl GuardBuilder {
     #[must_use]
     pub fn refuse_api_key_owners(mut self, prefix: impl Into<String>) -> Self {
         self.refused_key_owners.push(prefix.into().into_boxed_str());
+        self
+    }
+
+    /// Names this guard in its audit events (`guard`), e.g. `admin` for
+    /// the admin API's, so they are told apart from the request path's
+    /// (which carry none) in a shared audit log.
+    #[must_use]
+    pub fn audit_as(mut self, guard: &'static str) -> Self {
+        self.audit_guard = Some(guard);
         self
     }
 
@@ -601,6 +613,7 @@ impl GuardBuilder {
                 max_signed_body: config.max_signed_body_bytes,
                 refused_key_owners: self.refused_key_owners,
                 required_key_owner: self.required_key_owner,
+                audit_guard: self.audit_guard,
             }),
         })
     }
@@ -642,6 +655,7 @@ impl Guard {
             audit: None,
             refused_key_owners: Vec::new(),
             required_key_owner: None,
+            audit_guard: None,
             policies: Vec::new(),
             redactor: Redactor::default(),
             clock: Arc::new(SystemClock),
@@ -869,15 +883,22 @@ impl Guard {
     ) -> Option<Box<Snapshot>> {
         let inner = &*self.inner;
         inner.audit.as_ref().map(|_| {
+            let host = portcullis_core::audit::bounded_host(request_host(parts));
             Box::new(Snapshot {
                 ts_us: i64::try_from(inner.clock.now().as_micros()).unwrap_or(i64::MAX),
                 request_id: request_id.clone(),
                 method: parts.method.clone(),
-                path_and_query: parts
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| parts.uri.path(), |pq| pq.as_str())
-                    .into(),
+                host_and_path: [
+                    host,
+                    parts
+                        .uri
+                        .path_and_query()
+                        .map_or_else(|| parts.uri.path(), |pq| pq.as_str()),
+                ]
+                .concat()
+                .into(),
+                host_len: host.len(),
+                guard: inner.audit_guard,
                 user_agent: parts
                     .headers
                     .get(http::header::USER_AGENT)
@@ -927,7 +948,14 @@ impl Guard {
             Err(refused) => {
                 if let Some(e) = event.as_mut() {
                     e.deny = true;
-                    e.code = Some(refused.refusal.code.as_str());
+                    // The code the client is answered: a malformed request
+                    // gets its specific one (`request.host_mismatch`), not
+                    // the umbrella `request.malformed`.
+                    e.code = Some(if refused.refusal.code == ErrorCode::MalformedRequest {
+                        refused.reason
+                    } else {
+                        refused.refusal.code.as_str()
+                    });
                     e.reason = Some(format!(
                         "{}{}: {}",
                         if dry_run { "dry_run: " } else { "" },
@@ -1595,6 +1623,17 @@ fn sample(parts: &Parts, redactor: &Redactor) -> SampleRequest {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     SampleRequest::new(parts.method.as_str(), &path, ua)
+}
+
+/// The request's host as the audit event records it: the `Host` header,
+/// else the URI's authority (HTTP/2), else `""`.
+fn request_host(parts: &Parts) -> &str {
+    parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())
+        .unwrap_or("")
 }
 
 /// The user agent as the audit event keeps it: at most

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use portcullis::audit::{AuditEvent, AuditQuery, AuditStore, Cursor, Decision, EventKind};
+use portcullis_core::audit::Grants;
 use portcullis_core::audit::redact::Redactor;
 
 /// A secret that must never appear in any sink.
@@ -97,6 +98,19 @@ pub fn dataset() -> Vec<AuditEvent> {
                 e.anomaly_flags = vec!["burst".into(), "scan".into()];
             }
             e.user_agent = Some("test-agent/1".into());
+            // Schema v3: host, the caller's grants, the guard.
+            e.host = Some(if i % 5 == 0 {
+                String::new()
+            } else {
+                "api.example.com".into()
+            });
+            e.grants = e.subject.is_some().then(|| Grants {
+                roles: vec!["viewer".into()],
+                permissions: (0..n % 3).map(|k| format!("docs.p{k}")).collect(),
+                scopes: Vec::new(),
+                truncated: i % 13 == 0,
+            });
+            e.guard = (i % 17 == 0).then(|| "admin".into());
             e
         })
         .collect()
