@@ -4,8 +4,9 @@
 //! both bodies, trailers included, through a pooled keep-alive client:
 //! one HTTP/1.1 pool and one HTTP/2 (`h2c`) pool shared by the plain
 //! `http://` upstreams, one per `https://` upstream (each has its own TLS
-//! config; HTTP/2 by ALPN for `protocol = "h2"`). It decides nothing: a
-//! request that reaches it was allowed.
+//! config; HTTP/2 by ALPN for `protocol = "h2"`). A gRPC call's
+//! `grpc-timeout` shortens the wait for the upstream. It decides nothing:
+//! a request that reaches it was allowed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -97,6 +98,10 @@ pub fn problem(
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         h.insert(portcullis::http::REQUEST_ID, id);
     }
+    response.extensions_mut().insert(portcullis::http::Refused {
+        code: code.to_owned(),
+        detail: detail.to_owned(),
+    });
     response
 }
 
@@ -626,6 +631,23 @@ impl Proxy {
             );
         };
 
+        // A gRPC call's deadline bounds the wait for the upstream.
+        let grpc_deadline = if crate::grpc::is_grpc(&parts.headers) {
+            match crate::grpc::timeout(&parts.headers) {
+                Ok(deadline) => deadline,
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "gateway.bad_grpc_timeout",
+                        &e.to_string(),
+                        rid,
+                    );
+                }
+            }
+        } else {
+            None
+        };
+
         // A WebSocket handshake keeps its `Connection: upgrade` / `Upgrade`
         // pair (HTTP/1.1 only: an HTTP/2 request carries no such headers).
         let websocket = websocket_upgrade(&parts);
@@ -682,8 +704,23 @@ impl Proxy {
 
         let started = Instant::now();
         let sent = upstream.client.request(Request::from_parts(parts, body));
-        let result = tokio::time::timeout(inner.read_timeout, sent).await;
+        // The gateway waits no longer than the call's own deadline.
+        let wait = grpc_deadline.map_or(inner.read_timeout, |d| d.min(inner.read_timeout));
+        let result = tokio::time::timeout(wait, sent).await;
         let response = match result {
+            Err(_) if grpc_deadline.is_some_and(|d| d <= inner.read_timeout) => {
+                metrics::counter!(crate::grpc::DEADLINE_EXCEEDED_METRIC).increment(1);
+                tracing::debug!(upstream = %upstream.name, timeout = ?wait, "gRPC call past its grpc-timeout before the upstream answered");
+                return problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    crate::grpc::DEADLINE_EXCEEDED_CODE,
+                    &format!(
+                        "the call's grpc-timeout of {} ms passed before the upstream answered",
+                        wait.as_millis()
+                    ),
+                    rid,
+                );
+            }
             Err(_) => {
                 upstream_failure(&upstream, "timeout");
                 tracing::warn!(upstream = %upstream.name, "upstream timed out");
@@ -773,11 +810,16 @@ impl Proxy {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         // Each wait for the upstream's next bytes has its deadline.
-        let body = crate::deadline::UpstreamBody::wrap(
+        let mut body = crate::deadline::UpstreamBody::wrap(
             body,
             inner.body_timeout,
             Arc::clone(&upstream.name),
         );
+        // A streaming call still running at its deadline ends with status 4.
+        if let Some(timeout) = grpc_deadline {
+            let deadline = tokio::time::Instant::from_std(started) + timeout;
+            body = crate::grpc::DeadlineBody::wrap(body, deadline, timeout);
+        }
         Response::from_parts(head, body)
     }
 }
