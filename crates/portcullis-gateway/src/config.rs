@@ -1150,6 +1150,9 @@ pub struct UpstreamConfig {
     pub name: String,
     /// `http://host:port` with an optional path prefix.
     pub url: String,
+    /// What the gateway speaks to this upstream (default HTTP/1.1).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Names of the `[[guard.routes]]` proxied here.
     #[serde(default)]
     pub routes: Vec<String>,
@@ -1184,6 +1187,26 @@ pub struct UpstreamConfig {
     /// by `config check`.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+}
+
+/// `upstreams[].protocol`: the HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, over TCP (`http://`) or TLS (`https://`).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`http://` only).
+    H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN (`https://` only).
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Whether this is HTTP/2 (`h2c` or `h2`).
+    pub const fn is_http2(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
+    }
 }
 
 impl UpstreamConfig {
@@ -2447,6 +2470,23 @@ fn upstream_url(url: &str) -> Result<http::Uri, String> {
 /// (`config check`, the start and each reload).
 fn upstream_tls_errors(up: &UpstreamConfig) -> Vec<(&'static str, String)> {
     let mut errors = Vec::new();
+    match (up.protocol, up.is_tls()) {
+        (UpstreamProtocol::H2, false) => errors.push((
+            "protocol",
+            format!(
+                "`h2` is HTTP/2 over TLS and needs an https:// URL; `{}` is plain http (use `h2c` for HTTP/2 without TLS)",
+                up.url
+            ),
+        )),
+        (UpstreamProtocol::H2c, true) => errors.push((
+            "protocol",
+            format!(
+                "`h2c` is HTTP/2 without TLS and needs an http:// URL; `{}` is https (use `h2` for HTTP/2 over TLS)",
+                up.url
+            ),
+        )),
+        _ => {}
+    }
     if !up.is_tls() {
         for key in up.tls_keys_set() {
             errors.push((
@@ -2701,6 +2741,49 @@ mod tests {
 
         let e = errors("url = \"ftp://a.test\"\n");
         assert_eq!(e[0].0, "upstreams[0].url", "{e:?}");
+    }
+
+    #[test]
+    fn the_upstream_protocol_must_fit_the_url_scheme() {
+        let base = "[keys]\ndir = \"/\"\nissuer = \"https://i.test\"\n\n[[guard.routes]]\nname = \"docs\"\npath = \"/docs\"\n\n[[upstreams]]\nname = \"app\"\ndefault = true\n";
+        let errors = |extra: &str| -> Vec<(String, Option<usize>, String)> {
+            match parse(Path::new("t.toml"), &format!("{base}{extra}")) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    e.0.into_iter()
+                        .filter(|e| e.key.as_deref().is_some_and(|k| k.starts_with("upstreams")))
+                        .map(|e| (e.key.unwrap_or_default(), e.line, e.message))
+                        .collect()
+                }
+            }
+        };
+        for ok in [
+            "url = \"http://10.0.0.1:80\"\n",
+            "url = \"http://10.0.0.1:80\"\nprotocol = \"http1\"\n",
+            "url = \"https://a.test\"\nprotocol = \"http1\"\n",
+            "url = \"http://10.0.0.1:80\"\nprotocol = \"h2c\"\n",
+            "url = \"https://a.test\"\nprotocol = \"h2\"\n",
+        ] {
+            assert_eq!(errors(ok), Vec::new(), "{ok}");
+        }
+        // The error points at the `protocol` line (line 13 of the file).
+        let e = errors("url = \"http://10.0.0.1:80\"\nprotocol = \"h2\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0].0.as_str(), e[0].1),
+            ("upstreams[0].protocol", Some(13))
+        );
+        assert!(e[0].2.contains("needs an https:// URL"), "{e:?}");
+        let e = errors("url = \"https://a.test\"\nprotocol = \"h2c\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0].0.as_str(), e[0].1),
+            ("upstreams[0].protocol", Some(13))
+        );
+        assert!(e[0].2.contains("needs an http:// URL"), "{e:?}");
+        let e = errors("url = \"https://a.test\"\nprotocol = \"h3\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].2.contains("h3"), "{e:?}");
     }
 
     /// The annotated example in docs/config.md is a configuration this

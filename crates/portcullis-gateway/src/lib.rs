@@ -19,6 +19,7 @@
 //! - [`replay`]: an audit log's recorded requests decided again (`test --replay-audit`).
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `grpc`: gRPC calls: `grpc-timeout`, refusals as gRPC statuses.
 //! - `upstream_tls`: TLS to `https://` upstreams (roots, SNI, mTLS, why a handshake failed).
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
 //! - `ops_guard`: the ops listener's `Host` names and cross-site refusal.
@@ -40,6 +41,7 @@ pub mod embed;
 pub mod escalation;
 pub mod explain;
 mod forward_auth;
+mod grpc;
 mod identity;
 mod limits;
 mod live_stream;

@@ -1,9 +1,12 @@
 //! The reverse proxy behind the `GuardLayer`: picks the upstream of the
-//! guard's route, rewrites the headers (hop-by-hop out, forwarding and
-//! identity headers in from the guard's view) and streams both bodies
-//! through a pooled keep-alive client: one pool shared by the plain
+//! guard's route, rewrites the headers (hop-by-hop out but `te: trailers`,
+//! forwarding and identity headers in from the guard's view) and streams
+//! both bodies, trailers included, through a pooled keep-alive client:
+//! one HTTP/1.1 pool and one HTTP/2 (`h2c`) pool shared by the plain
 //! `http://` upstreams, one per `https://` upstream (each has its own TLS
-//! config). It decides nothing: a request that reaches it was allowed.
+//! config; HTTP/2 by ALPN for `protocol = "h2"`). A gRPC call's
+//! `grpc-timeout` shortens the wait for the upstream. It decides nothing:
+//! a request that reaches it was allowed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -22,10 +25,10 @@ use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
-use crate::config::{Config, IdentityHeaders};
+use crate::config::{Config, IdentityHeaders, UpstreamProtocol};
 use crate::upstream_tls::ConnectDeadline;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
@@ -95,6 +98,10 @@ pub fn problem(
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         h.insert(portcullis::http::REQUEST_ID, id);
     }
+    response.extensions_mut().insert(portcullis::http::Refused {
+        code: code.to_owned(),
+        detail: detail.to_owned(),
+    });
     response
 }
 
@@ -189,15 +196,18 @@ struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     prefix: String,
+    protocol: UpstreamProtocol,
     client: UpstreamClient,
 }
 
 /// The pooled client of an upstream.
 #[derive(Debug, Clone)]
 enum UpstreamClient {
-    /// `http://`: the pool shared by every plain upstream.
+    /// `http://`: the pool shared by every plain upstream of one protocol
+    /// (HTTP/1.1, or HTTP/2 with prior knowledge for `h2c`).
     Plain(Client<HttpConnector, RequestBody>),
-    /// `https://`: this upstream's own pool, over its TLS config.
+    /// `https://`: this upstream's own pool, over its TLS config (ALPN
+    /// `h2` alone for `protocol = "h2"`, no ALPN for HTTP/1.1).
     Tls(Client<ConnectDeadline<HttpsConnector<HttpConnector>>, RequestBody>),
 }
 
@@ -416,7 +426,20 @@ impl Proxy {
                 .pool_max_idle_per_host(256);
             builder
         };
+        // HTTP/2 connections carry every request to their upstream at once;
+        // a ping every 30 s finds one that died silently while idle.
+        let http2 = || {
+            let mut builder = pooled();
+            builder
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_timeout(Duration::from_secs(10))
+                .http2_keep_alive_while_idle(true);
+            builder
+        };
         let plain = pooled().build(tcp(true));
+        let h2c = http2().build(tcp(true));
         let mut by_route = HashMap::new();
         let mut default = None;
         for up in &config.upstreams {
@@ -431,6 +454,9 @@ impl Proxy {
             let tls = crate::upstream_tls::UpstreamTls::load(up)
                 .map_err(|e| ProxyConfigError(e.to_string()))?;
             let (scheme, client) = match tls {
+                None if up.protocol == UpstreamProtocol::H2c => {
+                    (http::uri::Scheme::HTTP, UpstreamClient::Plain(h2c.clone()))
+                }
                 None => (
                     http::uri::Scheme::HTTP,
                     UpstreamClient::Plain(plain.clone()),
@@ -451,14 +477,17 @@ impl Proxy {
                         }
                         None => builder,
                     };
-                    let connector = ConnectDeadline::new(
-                        builder.enable_http1().wrap_connector(tcp(false)),
-                        config.server.upstream_connect_timeout,
-                    );
-                    (
-                        http::uri::Scheme::HTTPS,
-                        UpstreamClient::Tls(pooled().build(connector)),
-                    )
+                    // hyper-rustls sets the ALPN list itself: `h2` alone, or
+                    // none for HTTP/1.1 (a TLS server's default).
+                    let limit = config.server.upstream_connect_timeout;
+                    let client = if up.protocol == UpstreamProtocol::H2 {
+                        let connector = builder.enable_http2().wrap_connector(tcp(false));
+                        http2().build(ConnectDeadline::new(connector, limit))
+                    } else {
+                        let connector = builder.enable_http1().wrap_connector(tcp(false));
+                        pooled().build(ConnectDeadline::new(connector, limit))
+                    };
+                    (http::uri::Scheme::HTTPS, UpstreamClient::Tls(client))
                 }
             };
             let upstream = Arc::new(Upstream {
@@ -466,6 +495,7 @@ impl Proxy {
                 scheme,
                 authority,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
+                protocol: up.protocol,
                 client,
             });
             for r in &up.routes {
@@ -523,7 +553,13 @@ impl Proxy {
         out: &Outgoing<'_>,
     ) -> Result<(), crate::identity::SignError> {
         let inner = &*self.inner;
+        let trailers = accepts_trailers(headers);
         strip_hop_by_hop(headers);
+        // `te` is hop-by-hop, but `trailers` in it says the client reads
+        // trailers (gRPC needs it end to end); any other value stays out.
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if let Some(protocol) = out.websocket {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
@@ -595,9 +631,34 @@ impl Proxy {
             );
         };
 
+        // A gRPC call's deadline bounds the wait for the upstream.
+        let grpc_deadline = if crate::grpc::is_grpc(&parts.headers) {
+            match crate::grpc::timeout(&parts.headers) {
+                Ok(deadline) => deadline,
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "gateway.bad_grpc_timeout",
+                        &e.to_string(),
+                        rid,
+                    );
+                }
+            }
+        } else {
+            None
+        };
+
         // A WebSocket handshake keeps its `Connection: upgrade` / `Upgrade`
         // pair (HTTP/1.1 only: an HTTP/2 request carries no such headers).
         let websocket = websocket_upgrade(&parts);
+        if websocket.is_some() && upstream.protocol.is_http2() {
+            return problem(
+                StatusCode::NOT_IMPLEMENTED,
+                "gateway.websocket_unsupported",
+                "this route's upstream speaks HTTP/2; a WebSocket needs an upstream with protocol = \"http1\"",
+                rid,
+            );
+        }
         // A tunnel's place is taken before the upstream is asked.
         let tunnel = match &websocket {
             Some(_) => match inner.tunnels.try_open(inner.max_websockets) {
@@ -635,12 +696,31 @@ impl Proxy {
             );
         }
         parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        parts.version = if upstream.protocol.is_http2() {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
 
         let started = Instant::now();
         let sent = upstream.client.request(Request::from_parts(parts, body));
-        let result = tokio::time::timeout(inner.read_timeout, sent).await;
+        // The gateway waits no longer than the call's own deadline.
+        let wait = grpc_deadline.map_or(inner.read_timeout, |d| d.min(inner.read_timeout));
+        let result = tokio::time::timeout(wait, sent).await;
         let response = match result {
+            Err(_) if grpc_deadline.is_some_and(|d| d <= inner.read_timeout) => {
+                metrics::counter!(crate::grpc::DEADLINE_EXCEEDED_METRIC).increment(1);
+                tracing::debug!(upstream = %upstream.name, timeout = ?wait, "gRPC call past its grpc-timeout before the upstream answered");
+                return problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    crate::grpc::DEADLINE_EXCEEDED_CODE,
+                    &format!(
+                        "the call's grpc-timeout of {} ms passed before the upstream answered",
+                        wait.as_millis()
+                    ),
+                    rid,
+                );
+            }
             Err(_) => {
                 upstream_failure(&upstream, "timeout");
                 tracing::warn!(upstream = %upstream.name, "upstream timed out");
@@ -730,11 +810,16 @@ impl Proxy {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         // Each wait for the upstream's next bytes has its deadline.
-        let body = crate::deadline::UpstreamBody::wrap(
+        let mut body = crate::deadline::UpstreamBody::wrap(
             body,
             inner.body_timeout,
             Arc::clone(&upstream.name),
         );
+        // A streaming call still running at its deadline ends with status 4.
+        if let Some(timeout) = grpc_deadline {
+            let deadline = tokio::time::Instant::from_std(started) + timeout;
+            body = crate::grpc::DeadlineBody::wrap(body, deadline, timeout);
+        }
         Response::from_parts(head, body)
     }
 }
@@ -839,6 +924,20 @@ fn find_cause<'a, T: std::error::Error + 'static>(
         current = err.source();
     }
     None
+}
+
+/// Whether the `TE` header lists `trailers` (RFC 9110 §10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
@@ -969,6 +1068,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:1")),
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            protocol: UpstreamProtocol::Http1,
         }
     }
 
@@ -1021,6 +1121,23 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_told_from_other_codings() {
+        let te = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::TE, HeaderValue::from_static(v));
+            }
+            accepts_trailers(&headers)
+        };
+        assert!(te(&["trailers"]));
+        assert!(te(&["deflate;q=0.5, Trailers"]));
+        assert!(te(&["gzip", "trailers;q=1"]));
+        assert!(!te(&["gzip"]));
+        assert!(!te(&["trailersx", "x-trailers"]));
+        assert!(!te(&[]));
     }
 
     #[test]

@@ -922,21 +922,31 @@ impl App {
         // The body is due whole within the deadline, on every surface;
         // whatever answer a late body caused becomes a 408.
         let version = req.version();
+        let grpc = crate::grpc::is_grpc(req.headers());
         let (req, expired) = TimedBody::wrap(req, self.body_timeout);
         let (surface, mut response) = self.dispatch(req, peer).await;
-        let surface = surface.as_str();
         if expired.fired() {
-            response =
-                crate::deadline::request_timeout(response, version, self.body_timeout, surface);
+            response = crate::deadline::request_timeout(
+                response,
+                version,
+                self.body_timeout,
+                surface.as_str(),
+            );
         }
         metrics::counter!(
             "portcullis_gateway_requests_total",
-            "surface" => surface,
+            "surface" => surface.as_str(),
             "status" => status_label(response.status())
         )
         .increment(1);
-        metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface)
+        metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface.as_str())
             .record(started.elapsed().as_secs_f64());
+        // A gRPC client reads a status, not problem+json: the gateway's own
+        // refusals on the proxy are answered as one (counted above, and
+        // audited by the guard, with their HTTP status).
+        if grpc && matches!(surface, Surface::Proxy) {
+            response = crate::grpc::answer_own_refusal(response);
+        }
         response
     }
 

@@ -105,9 +105,9 @@ impl UpstreamTls {
             // Validation refuses one without the other.
             _ => builder.with_no_client_auth(),
         };
-        // No ALPN: the upstream side speaks HTTP/1.1, a TLS server's
-        // default. (hyper-rustls sets ALPN itself and panics on a config
-        // that already has some.)
+        // No ALPN here: the proxy's hyper-rustls connector sets it (`h2`
+        // alone for `protocol = "h2"`, none for HTTP/1.1, a TLS server's
+        // default) and panics on a config that already has some.
         let server_name = match &up.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
                 fail("server_name")(TlsError::Rustls(format!(

@@ -5,8 +5,9 @@
 //! mismatch each answer 502 `gateway.upstream_unavailable` with a log line
 //! and a metric naming the reason, nginx's `ssl_verify_client on` lets
 //! through only the configured client certificate, `insecure_skip_verify`
-//! is warned about at start and by `config check`, and a reload re-reads
-//! the CA and client-certificate files.
+//! is warned about at start and by `config check`, a reload re-reads
+//! the CA and client-certificate files, and `protocol = "h2"` speaks
+//! HTTP/2 (ALPN `h2`) to nginx's `http2` listener behind an HTTP/1.1 client.
 
 #[path = "e2e/support.rs"]
 mod support;
@@ -110,10 +111,11 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, days: i32, client: bool) {
     );
 }
 
-/// nginx with three TLS servers: a valid `localhost` certificate, an
-/// expired one, and the valid one requiring a client certificate from
-/// `clientca`. Each answers with what it saw of the TLS session.
-fn nginx_config(dir: &Path, good: u16, expired: u16, mtls: u16) -> String {
+/// nginx with four TLS servers: a valid `localhost` certificate, an
+/// expired one, the valid one requiring a client certificate from
+/// `clientca`, and the valid one with HTTP/2 (ALPN `h2`) as well. Each
+/// answers with what it saw of the TLS session.
+fn nginx_config(dir: &Path, good: u16, expired: u16, mtls: u16, h2: u16) -> String {
     let d = dir.display();
     format!(
         r#"
@@ -151,6 +153,12 @@ http {{
         ssl_client_certificate {d}/clientca.pem;
         ssl_verify_client on;
         location / {{ return 200 "mtls-upstream client=$ssl_client_s_dn\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{h2} ssl http2;
+        ssl_certificate {d}/good.pem;
+        ssl_certificate_key {d}/good.key;
+        location / {{ return 200 "h2-upstream proto=$server_protocol alpn=$ssl_alpn_protocol uri=$request_uri\n"; }}
     }}
 }}
 "#
@@ -301,9 +309,9 @@ async fn setup() -> Option<Setup> {
     fs::copy(d.join("rogue-client.pem"), d.join("rotating-client.pem")).unwrap();
     fs::copy(d.join("rogue-client.key"), d.join("rotating-client.key")).unwrap();
 
-    let (good, expired, mtls) = (free_port(), free_port(), free_port());
+    let (good, expired, mtls, h2) = (free_port(), free_port(), free_port(), free_port());
     let conf = dir.join("nginx.conf");
-    fs::write(&conf, nginx_config(d, good, expired, mtls)).unwrap();
+    fs::write(&conf, nginx_config(d, good, expired, mtls, h2)).unwrap();
     let mut cmd = Command::new(nginx);
     cmd.arg("-p")
         .arg(d)
@@ -317,6 +325,7 @@ async fn setup() -> Option<Setup> {
     nginx.wait_port(good);
     nginx.wait_port(expired);
     nginx.wait_port(mtls);
+    nginx.wait_port(h2);
 
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
@@ -387,6 +396,20 @@ async fn setup() -> Option<Setup> {
         (
             "silent",
             format!("url = \"https://localhost:{silent_port}\"\n{ca}"),
+        ),
+        (
+            "h2",
+            format!("url = \"https://localhost:{h2}\"\nprotocol = \"h2\"\n{ca}"),
+        ),
+        // The default, HTTP/1.1, offers no ALPN: the h2 server answers HTTP/1.1.
+        (
+            "http1toh2",
+            format!("url = \"https://localhost:{h2}\"\n{ca}"),
+        ),
+        // `h2` offers only `h2`: a server without it cannot be spoken to.
+        (
+            "h2tohttp1",
+            format!("url = \"https://localhost:{good}\"\nprotocol = \"h2\"\n{ca}"),
         ),
         (
             "rotatingclient",
@@ -647,4 +670,41 @@ async fn a_reload_re_reads_the_certificate_files() {
         s.gateway.log_text()
     );
     assert_eq!(get(s.public, "/rotating/x").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstreams_speak_http2_over_verified_tls_behind_http1_clients() {
+    let Some(s) = setup().await else { return };
+
+    // An HTTP/1.1 client; HTTP/2 negotiated by ALPN to the upstream.
+    let r = get(s.public, "/h2/a?b=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "h2-upstream proto=HTTP/2.0 alpn=h2 uri=/h2/a?b=1\n"
+    );
+    // Several requests share the HTTP/2 connection pool.
+    for i in 0..3 {
+        let r = get(s.public, &format!("/h2/{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // The default protocol stays HTTP/1.1 to the same server.
+    let r = get(s.public, "/http1toh2/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("h2-upstream proto=HTTP/1.1 "),
+        "{}",
+        r.text()
+    );
+
+    // An h2 upstream that cannot speak HTTP/2: 502, never its garbled answer.
+    let r = get(s.public, "/h2tohttp1/x").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(
+        r.json()["code"],
+        "gateway.upstream_unavailable",
+        "{}",
+        r.text()
+    );
 }

@@ -1469,6 +1469,32 @@ mod trace_tests {
     }
 
     #[test]
+    fn grpc_method_paths_match_like_any_path() {
+        // gRPC calls are POSTs to `/package.Service/Method`: dots inside a
+        // segment are literal characters, not `.` segments.
+        let p = policy(vec![
+            RouteRule::allow("service", "/helloworld.Greeter/*"),
+            RouteRule::allow("one", "/helloworld.Greeter/SayHello").methods(["POST"]),
+            RouteRule::deny("admin", "/grpc.reflection.v1.ServerReflection/**"),
+        ]);
+        let post = |path| RequestFacts::new("POST", path);
+        assert_eq!(
+            why(&p, post("/helloworld.Greeter/SayHello")).0,
+            ["one", "service"]
+        );
+        assert_eq!(why(&p, post("/helloworld.Greeter/SayBye")).0, ["service"]);
+        assert!(why(&p, post("/helloworld.Greeterx/SayHello")).0.is_empty());
+        assert!(why(&p, post("/other.Greeter/SayHello")).0.is_empty());
+        assert_eq!(
+            p.trace(&post(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+            ))
+            .deciding,
+            Some(2)
+        );
+    }
+
+    #[test]
     fn malformed_paths_match_nothing() {
         let p = policy(vec![RouteRule::allow("any", "/**")]);
         let t = p.trace(&RequestFacts::new("GET", "/a/../b"));

@@ -39,7 +39,9 @@ pub use self::internal::{INTERNAL_TOKEN_HEADER, InternalTokenLayer, InternalToke
 pub use self::layers::{
     AuditLayer, AuditService, AuthLayer, AuthService, RateLimitLayer, RateLimitService,
 };
-pub use self::problem::{ProblemJson, RenderRefusal, problem_body, problem_json, refusal_response};
+pub use self::problem::{
+    ProblemJson, Refused, RenderRefusal, problem_body, problem_json, refusal_response,
+};
 use crate::guard::{Guard, Refusal};
 
 /// The request id header, set on every response the layers answer or pass.

@@ -63,7 +63,20 @@ impl RenderRefusal for ProblemJson {
     }
 }
 
-/// `refusal` rendered by `renderer`, with the refusal's headers and the request id.
+/// The stable code and detail of a response the guard (or the gateway)
+/// answered itself rather than the protected service: a response
+/// extension, so an outer layer can answer the refusal in the caller's
+/// protocol (a gRPC status) instead of the rendered body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The stable code (`auth.missing_credentials`, `gateway.upstream_unavailable`…).
+    pub code: String,
+    /// The detail shown to the caller.
+    pub detail: String,
+}
+
+/// `refusal` rendered by `renderer`, with the refusal's headers, the
+/// request id and the [`Refused`] extension.
 pub fn refusal_response(
     renderer: &dyn RenderRefusal,
     refusal: &Refusal,
@@ -81,5 +94,9 @@ pub fn refusal_response(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
+    response.extensions_mut().insert(Refused {
+        code: refusal.code.as_str().to_owned(),
+        detail: refusal.detail.clone(),
+    });
     response
 }
