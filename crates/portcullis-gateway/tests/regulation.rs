@@ -330,6 +330,12 @@ async fn a_concurrent_flood_from_one_ip_hashes_at_most_its_budget() {
                 throttled(&r);
                 refused += 1;
             }
+            // Past 50 failures `auth_failures` bans the address (by
+            // default): refused before the regulation is asked.
+            StatusCode::FORBIDDEN => {
+                assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+                refused += 1;
+            }
             // Checked and wrong, or (a loaded machine) no hashing slot in time.
             StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE => {}
             other => panic!("unexpected {other}: {}", r.body),
@@ -478,6 +484,96 @@ async fn a_credential_stuffing_source_is_banned() {
     )
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+}
+
+/// `auth_failures` bans by default (50 in a minute, for 5 minutes): an
+/// address spraying forged tokens at the guard is banned on its 51st
+/// request, on every route; an address whose client keeps sending a revoked
+/// token (a tab polling after logout) is refused 401 each time and never
+/// banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_ban_the_address_but_stale_tokens_do_not() {
+    let extra = r#"
+[[guard.routes]]
+name = "api"
+path = "/api/**"
+credentials = ["jwt", "api_key"]
+
+[[upstreams]]
+name = "api"
+url = "http://127.0.0.1:9"
+routes = ["api"]
+"#;
+    let g = single("regulation_auth_failures", extra).await;
+    let api = |from: &str, token: &str| {
+        get(
+            g.gateway.public,
+            "/api/data",
+            &[
+                ("x-forwarded-for", from),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+    };
+
+    // A revoked token, 60 times from one address: 401 every time.
+    g.create_user("alice").await;
+    let r = g.login("198.51.100.70", "alice", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {access}");
+    let r = send(
+        &g.client,
+        post(
+            g.gateway.public,
+            "/auth/logout",
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-for", "198.51.100.70"),
+            ],
+            "",
+        ),
+    )
+    .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    for _ in 0..60 {
+        let r = send(&g.client, api("198.51.100.70", &access)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        assert_eq!(
+            r.code().as_deref(),
+            Some("auth.token_revoked"),
+            "{}",
+            r.body
+        );
+    }
+
+    // Forged tokens from another: banned once 50 failed.
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let r = send(&g.client, api("203.0.113.70", &format!("forged.token.{i}"))).await;
+        statuses.push(r.status.as_u16());
+        if r.status == StatusCode::FORBIDDEN {
+            assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+            break;
+        }
+    }
+    let banned_at = statuses
+        .iter()
+        .position(|s| *s == 403)
+        .unwrap_or_else(|| panic!("never banned: {statuses:?}"));
+    assert_eq!(banned_at, 50, "{statuses:?}");
+    assert!(statuses[..50].iter().all(|s| *s == 401), "{statuses:?}");
+    // Banned on every route, the anonymous one too; the other address is not.
+    let open = |from: &str| get(g.gateway.public, "/open/x", &[("x-forwarded-for", from)]);
+    let r = send(&g.client, open("203.0.113.70")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = send(&g.client, open("198.51.100.70")).await;
+    assert_ne!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let bans = g.admin("GET", "/admin/bans", None).await;
+    let bans = bans.json()["bans"].as_array().cloned().unwrap_or_default();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["target"], "ip:203.0.113.70", "{bans:?}");
+    assert_eq!(bans[0]["reason"], "auth_failures", "{bans:?}");
 }
 
 /// Two replicas on one PostgreSQL and one Redis: a limit of N failures is

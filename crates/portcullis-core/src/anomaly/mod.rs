@@ -97,6 +97,10 @@ pub struct DetectorConfig {
     pub cooldown: Duration,
 }
 
+/// How long `auth_failures` bans by default: short, since a shared address
+/// (an office's NAT) may hold one guessing client among many honest ones.
+pub const AUTH_FAILURES_BAN: Duration = Duration::from_secs(5 * 60);
+
 fn default_ban() -> Duration {
     Duration::from_secs(15 * 60)
 }
@@ -131,7 +135,13 @@ impl DetectorConfig {
     pub fn default_for(kind: DetectorKind) -> Self {
         let (threshold, window, actions) = match kind {
             DetectorKind::Burst => (50, 10, vec![Action::Alert, Action::Tag]),
-            DetectorKind::AuthFailures => (10, 60, vec![Action::Alert, Action::Tag]),
+            // Repeated failures from one address: past the login
+            // regulation's per-IP budget (20) and then some, so reached by
+            // a source that keeps guessing while throttled, or that sprays
+            // forged tokens or keys at the guard; banned for a short time.
+            // Stale credentials (an expired or revoked token a client has
+            // not replaced yet) are not failures here (see the guard).
+            DetectorKind::AuthFailures => (50, 60, vec![Action::Alert, Action::Tag, Action::Ban]),
             // Credential stuffing: above the login regulation's per-IP
             // budget (20), so reached by a source that keeps trying new
             // accounts while throttled; banned, not only reported.
@@ -141,12 +151,16 @@ impl DetectorConfig {
             DetectorKind::RefreshReuse => (1, 1, vec![Action::Alert, Action::Tag]),
             DetectorKind::DeniedSpike => (20, 60, vec![Action::Alert, Action::Tag]),
         };
+        let ban_for = match kind {
+            DetectorKind::AuthFailures => AUTH_FAILURES_BAN,
+            _ => default_ban(),
+        };
         Self {
             kind,
             threshold,
             window: Duration::from_secs(window),
             actions,
-            ban_for: default_ban(),
+            ban_for,
             cooldown: default_cooldown(),
         }
     }

@@ -1048,8 +1048,7 @@ impl Guard {
             Err((refused, account)) => {
                 if let (Some(engine), Some(ip)) = (&inner.anomaly, ip)
                     && probe.is_none()
-                    && refused.refusal.code != ErrorCode::MissingCredentials
-                    && refused.refusal.code != ErrorCode::BackendUnavailable
+                    && is_auth_failure(refused.refusal.code)
                 {
                     let signal = Signal::AuthFailure {
                         ip,
@@ -1642,4 +1641,22 @@ fn snapshot_user_agent(raw: &[u8]) -> Box<str> {
     let max = portcullis_core::audit::redact::MAX_USER_AGENT;
     let text = String::from_utf8_lossy(&raw[..raw.len().min(max + 4)]);
     portcullis_core::audit::redact::user_agent(&text).into_boxed_str()
+}
+
+/// Whether a refused credential counts as a failed authentication for the
+/// `auth_failures` detector (which bans by default): a forged, malformed or
+/// unknown credential does; no credential, a backend outage, and a stale
+/// one do not — an expired, not-yet-valid or revoked token verified once,
+/// and a client that has not replaced it yet (an open tab polling after
+/// logout) is no guesser: counting it would ban a whole office's address.
+fn is_auth_failure(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::MissingCredentials
+            | ErrorCode::BackendUnavailable
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenNotYetValid
+            | ErrorCode::TokenRevoked
+            | ErrorCode::SessionRevoked
+    )
 }
