@@ -129,3 +129,111 @@ def test_malformed_input_is_a_value_error_not_a_crash(guard):
         guard.check("GET", "/public/x", [(b"x", b"a\nb")], "127.0.0.1")
     with pytest.raises(ValueError):
         guard.check("G ET", "/public/x", {}, "127.0.0.1")
+
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class _Receiver:
+    """A webhook receiver on a thread: verifies each delivery's Standard
+    Webhooks signature by hand (HMAC-SHA256 over ``id.timestamp.body``) and
+    keeps the verified bodies."""
+
+    def __init__(self) -> None:
+        import base64
+        import hashlib
+        import hmac
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        key = base64.b64decode(WEBHOOK_SECRET.removeprefix("whsec_"))
+        self.verified: list[dict] = []
+        self.rejected = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                signed = f"{self.headers['webhook-id']}.{self.headers['webhook-timestamp']}.".encode() + body
+                expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+                given = [s.removeprefix("v1,") for s in self.headers.get("webhook-signature", "").split(" ")]
+                if any(hmac.compare_digest(expected, g) for g in given):
+                    receiver.verified.append(json.loads(body))
+                    self.send_response(204)
+                else:
+                    receiver.rejected += 1
+                    self.send_response(400)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, n: int, timeout: float = 15.0) -> list[dict]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.verified) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.verified)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhooks_alert_and_report_security_events_in_process(tmp_path):
+    """The package sends the gateway's webhooks too: a burst of requests
+    checked in process posts one signed alert, and a refresh token used
+    twice posts the security event the webhook opted into."""
+    receiver = _Receiver()
+    write_keys(tmp_path / "keys")
+    (tmp_path / "webhook.secret").write_text(WEBHOOK_SECRET + "\n")
+    text = (
+        Guard.builder()
+        .keys(str(tmp_path / "keys"), issuer="https://issuer.test", audience=["py-api"])
+        .storage("memory")
+        .route("public", "/public/**", credentials=["anonymous"])
+        .to_toml()
+    ) + f"""
+[[anomaly.detectors]]
+kind = "burst"
+threshold = 3
+window = 60
+actions = ["alert"]
+
+[[anomaly.webhooks]]
+url = "http://127.0.0.1:{receiver.port}/hook"
+secret_file = "{tmp_path / 'webhook.secret'}"
+detectors = ["burst"]
+events = ["token.reuse_detected"]
+"""
+    guard = Guard.from_toml(text)
+    try:
+        for _ in range(6):
+            d = guard.check("GET", "/public/x", {}, "203.0.113.9")
+            assert d.allowed, (d.code, d.detail)
+            d.finish(200)
+        got = receiver.wait_for(1)
+        assert [e["type"] for e in got] == ["anomaly.detected"], got
+        assert got[0]["data"]["detector"] == "burst"
+        assert got[0]["data"]["key"] == "ip:203.0.113.9"
+
+        user_id = guard.create_user("alice", "correct horse battery")
+        tokens = guard.login("alice", "correct horse battery")
+        guard.refresh(tokens["refresh_token"])
+        with pytest.raises(AuthError):
+            guard.refresh(tokens["refresh_token"])
+        got = receiver.wait_for(2)
+        assert [e["type"] for e in got] == ["anomaly.detected", "security.token.reuse_detected"], got
+        assert got[1]["data"]["subject"] == user_id
+        assert receiver.rejected == 0
+    finally:
+        guard.close()
+        receiver.close()
