@@ -421,3 +421,16 @@ fn pin_access_rules_in_ci() {
         },
     );
 }
+
+#[test]
+fn alerts_to_a_webhook() {
+    // The receiver verifies with `standardwebhooks`: the e2e venv's Python.
+    let Some(python) = python() else { return };
+    follow(
+        "alerts-to-a-webhook.md",
+        &Tools {
+            python,
+            extra: vec![],
+        },
+    );
+}
