@@ -486,6 +486,90 @@ async fn a_credential_stuffing_source_is_banned() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }
 
+/// The starter configuration of `portcullis init`, untouched but for its
+/// ports: a source trying many accounts from one address is banned (by the
+/// default `distinct_accounts` detector, after the regulation throttled
+/// it), and a user logging in from another address gets in. The two
+/// clients really come from two addresses (127.0.0.1 and 127.0.0.2): the
+/// starter trusts no forwarding header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untuned_init_gateway_bans_credential_stuffing_and_serves_others() {
+    let dir = TempDir::new("regulation_init");
+    let (public, ops) = (free_port(), free_port());
+    let out = portcullis(&[
+        "init",
+        "--dir",
+        dir.join("").to_str().unwrap(),
+        "--listen",
+        &public.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("portcullis.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:9090", &ops.to_string());
+    std::fs::write(&path, &text).unwrap();
+    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin_key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let admin_key = admin_key["key"].as_str().unwrap().to_owned();
+    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let attacker = client();
+    gateway.wait_ready(&attacker).await;
+    let r = send(
+        &attacker,
+        http::Request::post(format!("http://{ops}/admin/users"))
+            .header("authorization", format!("Bearer {admin_key}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"username": "alice", "password": PASSWORD}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // One address, a new account each time.
+    let mut statuses = Vec::new();
+    for i in 0..45 {
+        let r = login_at(
+            &attacker,
+            public,
+            "198.51.100.99",
+            &format!("victim{i}"),
+            "hunter2",
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+        if r.status == StatusCode::FORBIDDEN {
+            assert_eq!(r.code().as_deref(), Some("anomaly.banned"), "{}", r.body);
+            break;
+        }
+    }
+    assert!(statuses.contains(&429), "never throttled: {statuses:?}");
+    assert_eq!(statuses.last(), Some(&403), "never banned: {statuses:?}");
+    // Banned: even the right password from there is refused.
+    let r = login_at(&attacker, public, "198.51.100.99", "alice", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // Alice, from another address, logs in.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some("127.0.0.2".parse().unwrap()));
+    let neighbour: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let r = login_at(&neighbour, public, "198.51.100.99", "alice", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
 /// `auth_failures` bans by default (50 in a minute, for 5 minutes): an
 /// address spraying forged tokens at the guard is banned on its 51st
 /// request, on every route; an address whose client keeps sending a revoked
