@@ -1,6 +1,7 @@
 //! One connection on the public listener: TLS when `[server.tls]` is set,
 //! then HTTP/1.1 or HTTP/2 (hyper-util's `auto` builder, upgrades on, so
-//! a WebSocket can leave HTTP).
+//! a WebSocket can leave HTTP/1.1; extended CONNECT on, so one can open
+//! on an HTTP/2 stream).
 //!
 //! Which HTTP is spoken is read from the first bytes: the HTTP/2 preface
 //! (h2c prior knowledge on plaintext; after ALPN `h2` under TLS) or
@@ -60,10 +61,12 @@ impl Public {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT);
-        // Pings find peers that vanished without closing.
+        // Pings find peers that vanished without closing. Extended CONNECT
+        // (RFC 8441) carries WebSockets over HTTP/2.
         builder
             .http2()
             .timer(TokioTimer::new())
+            .enable_connect_protocol()
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         Arc::new(Self {
@@ -169,8 +172,11 @@ impl Public {
         let activity = Arc::new(Activity::default());
         let svc = {
             let activity = Arc::clone(&activity);
-            hyper::service::service_fn(move |req: Request<Incoming>| {
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = activity.start();
+                // An HTTP/2 WebSocket keeps its connection busy while open.
+                req.extensions_mut()
+                    .insert(crate::deadline::ConnActivity(Arc::clone(&activity)));
                 let response = hyper::service::Service::call(&svc, req);
                 async move {
                     let response = response.await?;

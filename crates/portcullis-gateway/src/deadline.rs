@@ -166,6 +166,11 @@ pub struct Activity {
     changed: Notify,
 }
 
+/// The connection a request arrived on, as its [`Activity`]: an HTTP/2
+/// WebSocket holds it busy (not idle) while its tunnel is open.
+#[derive(Clone)]
+pub struct ConnActivity(pub Arc<Activity>);
+
 /// One request in progress: from its head until its response body is
 /// sent or dropped.
 pub struct InFlight(Arc<Activity>);

@@ -19,6 +19,7 @@
 //! - [`replay`]: an audit log's recorded requests decided again (`test --replay-audit`).
 //! - [`canonical`]: the one form of a request the guard and the upstream both see.
 //! - [`proxy`]: the reverse proxy behind the `GuardLayer`.
+//! - `websocket`: WebSockets over HTTP/2 (RFC 8441 extended CONNECT).
 //! - `grpc`: gRPC calls: `grpc-timeout`, refusals as gRPC statuses.
 //! - `upstream_tls`: TLS to `https://` upstreams (roots, SNI, mTLS, why a handshake failed).
 //! - `live_stream`: open live streams, capped and ended when their credential is revoked.
@@ -54,3 +55,4 @@ pub mod serve;
 mod storage;
 mod tls;
 mod upstream_tls;
+mod websocket;

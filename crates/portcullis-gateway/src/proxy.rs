@@ -649,8 +649,17 @@ impl Proxy {
         };
 
         // A WebSocket handshake keeps its `Connection: upgrade` / `Upgrade`
-        // pair (HTTP/1.1 only: an HTTP/2 request carries no such headers).
-        let websocket = websocket_upgrade(&parts);
+        // pair; an HTTP/2 WebSocket (extended CONNECT, now a marked GET)
+        // becomes such a handshake to the upstream.
+        let h2_websocket = parts
+            .extensions
+            .remove::<crate::websocket::H2WebSocket>()
+            .is_some();
+        let websocket = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            websocket_upgrade(&parts)
+        };
         if websocket.is_some() && upstream.protocol.is_http2() {
             return problem(
                 StatusCode::NOT_IMPLEMENTED,
@@ -678,6 +687,16 @@ impl Proxy {
             .is_some()
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
+        // An HTTP/2 tunnel is a stream of a connection that stays open for
+        // it: the connection is not idle while the tunnel is.
+        let busy = h2_websocket
+            .then(|| {
+                parts
+                    .extensions
+                    .get::<crate::deadline::ConnActivity>()
+                    .map(|a| a.0.start())
+            })
+            .flatten();
 
         // Headers: hop-by-hop and Connection-named out; identity stripped,
         // then set from the principal; forwarding headers from the guard's view.
@@ -685,6 +704,23 @@ impl Proxy {
         let outgoing = Outgoing::of(&parts, &headers, &upstream.name, websocket.as_ref(), rid);
         let rewritten = self.rewrite_headers(&mut headers, &outgoing);
         drop(outgoing);
+        // The client of an HTTP/2 WebSocket never sent a key: the gateway
+        // makes one and checks the upstream's answer to it.
+        let expected_accept = match h2_websocket
+            .then(|| crate::websocket::upstream_handshake(&mut headers))
+            .transpose()
+        {
+            Ok(accept) => accept,
+            Err(e) => {
+                tracing::error!(error = %e, "WebSocket handshake key not made");
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "gateway.websocket_key_failed",
+                    "the gateway could not make a WebSocket handshake key",
+                    rid,
+                );
+            }
+        };
         parts.headers = headers;
         if let Err(e) = rewritten {
             tracing::error!(upstream = %upstream.name, error = %e, "internal token not signed");
@@ -703,6 +739,13 @@ impl Proxy {
         };
 
         let started = Instant::now();
+        // An extended CONNECT has no body (hyper refuses one): the upstream's
+        // GET is sent without one.
+        let body = if h2_websocket {
+            RequestBody::from(Bytes::new())
+        } else {
+            body
+        };
         let sent = upstream.client.request(Request::from_parts(parts, body));
         // The gateway waits no longer than the call's own deadline.
         let wait = grpc_deadline.map_or(inner.read_timeout, |d| d.min(inner.read_timeout));
@@ -792,8 +835,28 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match (websocket, client_upgrade, tunnel) {
                 (Some(protocol), Some(client), Some(slot)) => {
+                    let answer = match expected_accept {
+                        None => Answer::Upgrade(protocol),
+                        Some(expected) => {
+                            if !crate::websocket::accepted(response.headers(), &expected) {
+                                upstream_failure(&upstream, "unavailable");
+                                tracing::warn!(upstream = %upstream.name, "upstream's Sec-WebSocket-Accept does not match the key sent");
+                                return problem(
+                                    StatusCode::BAD_GATEWAY,
+                                    "gateway.upstream_unavailable",
+                                    "the upstream's WebSocket handshake answer is not valid",
+                                    rid,
+                                );
+                            }
+                            Answer::Stream
+                        }
+                    };
                     let idle = inner.websocket_idle_timeout;
-                    switch_protocols(response, protocol, client, &upstream, rid, (slot, idle))
+                    let held = Held {
+                        _slot: slot,
+                        _busy: busy,
+                    };
+                    switch_protocols(response, answer, client, &upstream, rid, (held, idle))
                 }
                 // A 101 nobody asked for cannot be relayed.
                 _ => {
@@ -806,6 +869,17 @@ impl Proxy {
                     )
                 }
             };
+        }
+        // An HTTP/2 client reads a 2xx to its CONNECT as an open tunnel; an
+        // upstream that did not switch cannot be relayed as one.
+        if h2_websocket && response.status().is_success() {
+            upstream_failure(&upstream, "unavailable");
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "gateway.upstream_unavailable",
+                "the upstream answered the WebSocket handshake without switching protocols",
+                rid,
+            );
         }
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
@@ -845,27 +919,52 @@ fn websocket_upgrade(parts: &http::request::Parts) -> Option<HeaderValue> {
     (connection_upgrade && websocket).then(|| upgrade.clone())
 }
 
-/// The upstream answered 101 to a WebSocket handshake: relay the 101 to the
-/// client, and once both connections have switched, copy bytes both ways
-/// until either side closes.
+/// How the client is told that its WebSocket is open.
+enum Answer {
+    /// HTTP/1.1: the upstream's 101, with this `Upgrade`.
+    Upgrade(HeaderValue),
+    /// HTTP/2 extended CONNECT: 200 on the stream, no `Sec-WebSocket-Accept`.
+    Stream,
+}
+
+/// What an open tunnel holds until it closes: its place under
+/// `server.max_websockets` and, over HTTP/2, its connection's activity.
+struct Held {
+    _slot: crate::deadline::TunnelSlot,
+    _busy: Option<crate::deadline::InFlight>,
+}
+
+/// The upstream answered 101 to a WebSocket handshake: answer the client
+/// (the 101 relayed, or 200 on an HTTP/2 stream), and once both sides have
+/// switched, copy bytes both ways until either side closes.
 fn switch_protocols(
     mut response: Response<Incoming>,
-    protocol: HeaderValue,
+    answer: Answer,
     client: hyper::upgrade::OnUpgrade,
     upstream: &Upstream,
     request_id: Option<&str>,
-    (slot, idle): (crate::deadline::TunnelSlot, Duration),
+    (held, idle): (Held, Duration),
 ) -> Response<ResponseBody> {
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut head, _) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    head.headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    head.headers.insert(header::UPGRADE, protocol);
+    match answer {
+        Answer::Upgrade(protocol) => {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(header::UPGRADE, protocol);
+        }
+        Answer::Stream => {
+            head.status = StatusCode::OK;
+            head.version = http::Version::HTTP_2;
+            head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
+    }
     let name = Arc::clone(&upstream.name);
     let request_id = request_id.map(str::to_owned);
     tokio::spawn(async move {
-        let _slot = slot;
+        let _held = held;
         let (client, upstream_side) = match tokio::join!(client, upstream_side) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {

@@ -959,6 +959,19 @@ impl App {
         // One request, one meaning: every surface sees the canonical form.
         let (mut parts, body) = req.into_parts();
         let tls = parts.extensions.get::<crate::proxy::ClientTls>().is_some();
+        // An HTTP/2 WebSocket (extended CONNECT) is decided as the GET of
+        // an HTTP/1.1 handshake.
+        if let Err(e) = crate::websocket::from_extended_connect(&mut parts) {
+            return (
+                Surface::Proxy,
+                crate::proxy::problem(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "gateway.protocol_unsupported",
+                    &e.to_string(),
+                    None,
+                ),
+            );
+        }
         if let Err(crate::canonical::Refused(why)) =
             self.canonical.apply(&mut parts, peer.ip(), tls)
         {
