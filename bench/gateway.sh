@@ -13,6 +13,10 @@
 #   nginx-proxy     nginx plain reverse proxy (the peer's conf)
 #   haproxy-rs256   HAProxy jwt_verify RS256 + stick table + httplog (the peer's conf)
 #   pc-proxy        (a) Portcullis, proxy only (anonymous route, no audit)
+#   pc-proxy-h2c    (a) with HTTP/2 to the upstream (protocol = "h2c"; nginx's
+#                   plaintext `http2` listener on 18082, prior knowledge):
+#                   what h2c costs per request against http1. Clients still
+#                   speak HTTP/1.1 (wrk)
 #   pc-rs256        (b) RS256 verified on every request + memory rate limit + audit to SQLite
 #   pc-cached       (c) as (b) with the verified-token cache
 #   pc-redis-pg     (d) as (b) with rate limits on Redis and storage + audit on PostgreSQL
@@ -58,6 +62,10 @@ esac
 
 rm -rf "$W"; mkdir -p "$W"/{run,logs,keys,conf,pids} "$OUT"
 cp "$PEERS"/conf/nginx-upstream.conf "$PEERS"/conf/nginx-proxy.conf "$PEERS"/conf/haproxy-rs256.cfg "$W/conf/"
+# The same upstream over h2c for pc-proxy-h2c: nginx (1.22: no `http2 on;`)
+# speaks HTTP/2 with prior knowledge on a plaintext `listen ... http2`.
+sed -i 's|^\( *\)listen 127.0.0.1:18080 backlog=4096;|&\n\1listen 127.0.0.1:18082 http2 backlog=4096;|' "$W/conf/nginx-upstream.conf"
+grep -q 18082 "$W/conf/nginx-upstream.conf" || { echo "could not add the h2c listener to nginx-upstream.conf" >&2; exit 2; }
 
 # --- keys and the token (claims as the peer's: iss lockwatch, aud lockwatch-api, type access)
 "$PC" keys generate --alg RS256 --kid bench --out "$W/keys" >/dev/null
@@ -71,8 +79,12 @@ head -c 32 /dev/urandom >"$W/keys/pepper"
 
 pc_config() {  # name -> writes $W/conf/<name>.toml
   local name=$1 storage="url = \"memory\"" audit="" limits="" route_limits="" creds='["jwt"]' cache=""
+  local upstream='url = "http://127.0.0.1:18080"'
   case $name in
     pc-proxy) creds='["anonymous"]' ;;
+    pc-proxy-h2c) creds='["anonymous"]'
+      upstream='url = "http://127.0.0.1:18082"
+protocol = "h2c"' ;;
     pc-rs256|pc-cached|pc-redis-pg)
       storage="url = \"sqlite://$W/run/$name-stores.db\"
 pepper_file = \"$W/keys/pepper\""
@@ -127,7 +139,7 @@ $route_limits
 
 [[upstreams]]
 name = "app"
-url = "http://127.0.0.1:18080"
+$upstream
 routes = ["all"]
 TOML
 }

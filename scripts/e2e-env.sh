@@ -5,7 +5,8 @@
 # curl (the `portcullis demo` test runs the printed curl lines),
 # Debian's chromium (the console's browser test drives it headless through
 # Playwright; Playwright's own browser download is never used),
-# and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages.
+# and a Python venv at .venv-e2e/ with the Flask / FastAPI apps' packages
+# and grpcio (the gRPC end-to-end test's server and client).
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -408,6 +408,18 @@ fn internal_token_pyjwt() {
 }
 
 #[test]
+fn grpc_behind_portcullis() {
+    let Some(python) = python() else { return };
+    follow(
+        "grpc-behind-portcullis.md",
+        &Tools {
+            python,
+            extra: vec![],
+        },
+    );
+}
+
+#[test]
 fn pin_access_rules_in_ci() {
     // Only a file server stands in for the app: any Python 3 will do.
     let Some(python) = support::python3() else {

@@ -1,8 +1,9 @@
 //! Shared by the end-to-end tests (`tests/e2e_*.rs`): finding the real
 //! components (the venv's Python, nginx, Caddy), running each in its own
 //! temp dir on free ports and killing it at the end, a gateway with a
-//! SQLite user store, and raw HTTP/1.1 on the wire (header-name case
-//! variants cannot be sent through a client that normalises them).
+//! SQLite user store, raw HTTP/1.1 on the wire (header-name case
+//! variants cannot be sent through a client that normalises them), and a
+//! private CA's certificates made with the `openssl` CLI.
 
 #![allow(dead_code)]
 
@@ -63,7 +64,10 @@ pub fn python() -> Option<PathBuf> {
         .unwrap_or_else(|| repo().join(".venv-e2e/bin/python"));
     let ok = path.exists()
         && Command::new(&path)
-            .args(["-c", "import flask, flask_sock, fastapi, uvicorn, jwt"])
+            .args([
+                "-c",
+                "import flask, flask_sock, fastapi, uvicorn, jwt, grpc, grpc_health",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -550,4 +554,95 @@ pub fn assert_not_spoofed(seen: &serde_json::Map<String, Value>, names: &[&str])
             "a placeholder reached the app: {k}: {v}"
         );
     }
+}
+
+/// Runs `openssl ARGS` in `dir`, asserting success.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA: `<name>.pem` and `<name>.key` in `dir`.
+pub fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// A leaf `<name>.pem` / `<name>.key` signed by `ca`, valid for `days`
+/// (negative: already expired), for `serverAuth` with the DNS name
+/// `localhost`, or for `clientAuth`.
+pub fn make_leaf(dir: &Path, ca: &str, name: &str, days: i32, client: bool) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let ext = if client {
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    } else {
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\n"
+    };
+    fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            &days.to_string(),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
 }
