@@ -542,3 +542,107 @@ default = true
     assert_eq!(deliveries[0]["url"], format!("http://{}", security.addr));
     assert!(!r.body.contains("secret-path"), "{}", r.body);
 }
+
+/// A receiver that accepts connections and never answers costs the request
+/// path nothing: with every delivery hung for its whole 60 s timeout, 40
+/// clients' bursts (40 alerts, more than the 16 deliveries in flight) are
+/// all answered at once, far inside one delivery timeout; nothing is
+/// counted delivered, and the receiver did see the deliveries arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_costs_the_request_path_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let receiver = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    let dir = TempDir::new("webhook_hang");
+    keys_and_pepper(&dir);
+    std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
+    let upstream = echo_upstream().await;
+    let (public, ops) = (free_port(), free_port());
+    let text = format!(
+        r#"
+[server]
+listen = "{public}"
+ops_listen = "{ops}"
+
+[storage]
+pepper_file = "{pepper}"
+
+[keys]
+dir = "{keys}"
+issuer = "http://{public}"
+
+[log]
+level = "warn"
+
+[guard.client_ip]
+trusted_proxies = ["127.0.0.1/32"]
+
+[[anomaly.detectors]]
+kind = "burst"
+threshold = 1
+window = 60
+actions = ["alert"]
+
+[[anomaly.webhooks]]
+url = "http://{hung}/hook"
+secret_file = "{secret}"
+
+[anomaly.webhook_delivery]
+timeout = "60s"
+max_attempts = 1
+
+[[guard.routes]]
+name = "open"
+path = "/open/**"
+credentials = ["anonymous"]
+
+[[upstreams]]
+name = "app"
+url = "http://{upstream}"
+default = true
+"#,
+        pepper = dir.join("pepper").display(),
+        keys = dir.join("keys").display(),
+        secret = dir.join("webhook.secret").display(),
+    );
+    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let c = client();
+    gateway.wait_ready(&c).await;
+
+    let started = Instant::now();
+    for i in 0..40 {
+        let from = format!("203.0.113.{}", i + 1);
+        let r = send(
+            &c,
+            get(public, "/open/x", &[("x-forwarded-for", from.as_str())]),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let took = started.elapsed();
+    // A request that waited on a delivery would take its 60 s timeout.
+    assert!(took < Duration::from_secs(30), "40 requests took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric_total(ops, "portcullis_webhook_delivered_total").await,
+        0.0
+    );
+    receiver.abort();
+}
