@@ -1322,7 +1322,10 @@ async fn create_api_key(
     // An admin key: owned by an admin, or holding anything of the admin
     // namespace (a user's key cannot, the check above refused it).
     let admin_key = crate::escalation::is_admin_owner(&id)
-        || req.permissions.iter().any(|p| p.starts_with("admin"));
+        || req
+            .permissions
+            .iter()
+            .any(|p| portcullis_core::authz::grant::names_admin_namespace(p));
     let created = s
         .stores
         .create_api_key(&NewApiKey {

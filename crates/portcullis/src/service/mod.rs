@@ -541,12 +541,9 @@ impl TokenService {
 /// `text` cut to at most `max` bytes on a character boundary, with `…`
 /// when cut (what a client typed as an account name is unbounded).
 fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
+    let mut cut = portcullis_core::audit::redact::truncate(text.to_owned(), max);
+    if cut.len() < text.len() {
+        cut.push('…');
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    cut
 }
