@@ -19,7 +19,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -27,8 +27,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::Value;
-use support::{Gateway, TempDir, client, free_port, portcullis, send};
+use support::{Gateway, TempDir, client, free_port, portcullis, send, wait_for_audit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -516,46 +515,13 @@ async fn the_gateways_refusals_are_grpc_statuses_and_are_audited() {
     // The audit log holds each gRPC call with the HTTP status it stands for.
     let audit = s.dir.join("audit.db");
     let wanted = [
-        ("/test.Secure/Write", 401, "auth.missing_credentials"),
-        ("/test.Secure/Write", 403, "authz.denied"),
-        ("/test.Secure/Write", 200, ""),
-        ("/test.Limited/Get", 429, "rate_limit.exceeded"),
-        ("/test.Down/Get", 502, ""),
+        ("/test.Secure/Write", "", 401, "auth.missing_credentials"),
+        ("/test.Secure/Write", "", 403, "authz.denied"),
+        ("/test.Secure/Write", "", 200, ""),
+        ("/test.Limited/Get", "", 429, "rate_limit.exceeded"),
+        ("/test.Down/Get", "", 502, ""),
     ];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = portcullis(&[
-            "audit",
-            "query",
-            "--sqlite",
-            audit.to_str().unwrap(),
-            "--path-prefix",
-            "/test.",
-            "--format",
-            "json",
-        ]);
-        let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        let missing: Vec<_> = wanted
-            .iter()
-            .filter(|(path, status, code)| {
-                !events.iter().any(|e| {
-                    e["path"] == *path
-                        && e["status"] == *status
-                        && (code.is_empty() || e["code"] == *code)
-                })
-            })
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "audit events missing {missing:?} in {events:#?}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_audit(&audit, "/test.", &wanted, Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

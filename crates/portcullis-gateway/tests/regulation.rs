@@ -79,14 +79,7 @@ async fn single(name: &str, extra: &str) -> Single {
     let config = single_config(&dir, public, ops, extra);
     let path = dir.join("gateway.toml");
     std::fs::write(&path, &config).unwrap();
-    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let admin_key = printed["key"].as_str().unwrap().to_owned();
+    let admin_key = bootstrap_admin(&path);
     let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
     let client = client();
     gateway.wait_ready(&client).await;
@@ -513,14 +506,7 @@ async fn an_untuned_init_gateway_bans_credential_stuffing_and_serves_others() {
         .unwrap()
         .replace("127.0.0.1:9090", &ops.to_string());
     std::fs::write(&path, &text).unwrap();
-    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin_key: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let admin_key = admin_key["key"].as_str().unwrap().to_owned();
+    let admin_key = bootstrap_admin(&path);
     let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
     let attacker = client();
     gateway.wait_ready(&attacker).await;

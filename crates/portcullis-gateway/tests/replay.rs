@@ -165,16 +165,7 @@ async fn setup(label: &str, audit: impl FnOnce(&TempDir) -> String) -> Setup {
 /// - an encoded `/` in the path: 400 `request.malformed_path`, audited
 ///   with that code (not re-decidable: refused before any check).
 async fn record(s: &Setup, store: [&str; 2]) {
-    let out = portcullis(&["admin", "bootstrap", "--config", s.same.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin_key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin_key = bootstrap_admin(&s.same);
     let gateway = Gateway::start(&s.dir, "gateway", &s.text, s.public, s.ops);
     let client = client();
     gateway.wait_ready(&client).await;

@@ -381,14 +381,7 @@ default = true
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, &text).unwrap();
-    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let admin = admin["key"].as_str().unwrap().to_owned();
+    let admin = bootstrap_admin(&path);
     let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
     let c = client();
     gateway.wait_ready(&c).await;

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use support::{Gateway, TempDir, client, free_port, portcullis};
+use support::{Gateway, TempDir, client, free_port, portcullis, wait_for_audit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -397,45 +397,11 @@ async fn an_h2_websocket_is_guarded_bridged_to_an_http1_upstream_and_audited() {
     // The audit log has each, as the GET the guard decided on.
     let audit = s.dir.join("audit.db");
     let wanted = [
-        (401, "auth.missing_credentials"),
-        (403, "authz.denied"),
-        (200, ""),
+        ("/ws/chat", "GET", 401, "auth.missing_credentials"),
+        ("/ws/chat", "GET", 403, "authz.denied"),
+        ("/ws/chat", "GET", 200, ""),
     ];
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = portcullis(&[
-            "audit",
-            "query",
-            "--sqlite",
-            audit.to_str().unwrap(),
-            "--path-prefix",
-            "/ws/chat",
-            "--format",
-            "json",
-        ]);
-        let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        let missing: Vec<_> = wanted
-            .iter()
-            .filter(|(status, code)| {
-                !events.iter().any(|e| {
-                    e["path"] == "/ws/chat"
-                        && e["method"] == "GET"
-                        && e["status"] == *status
-                        && (code.is_empty() || e["code"] == *code)
-                })
-            })
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "audit events missing {missing:?} in {events:#?}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_audit(&audit, "/ws/chat", &wanted, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

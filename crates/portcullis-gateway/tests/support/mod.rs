@@ -247,6 +247,66 @@ pub fn portcullis(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The admin API key `portcullis admin bootstrap --config <config>` prints
+/// (the configuration's stores must be files or servers the gateway shares).
+pub fn bootstrap_admin(config: &Path) -> String {
+    let out = portcullis(&["admin", "bootstrap", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    printed["key"].as_str().unwrap().to_owned()
+}
+
+/// Waits up to `within` until the SQLite audit log `audit` holds, under
+/// `path_prefix`, one event for each wanted `(path, method, status, code)`
+/// (`""` for a method or code: any), read with `portcullis audit query`
+/// (the writer batches); panics naming what is missing.
+pub async fn wait_for_audit(
+    audit: &Path,
+    path_prefix: &str,
+    wanted: &[(&str, &str, u16, &str)],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = portcullis(&[
+            "audit",
+            "query",
+            "--sqlite",
+            audit.to_str().unwrap(),
+            "--path-prefix",
+            path_prefix,
+            "--format",
+            "json",
+        ]);
+        let page: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(path, method, status, code)| {
+                !events.iter().any(|e| {
+                    e["path"] == *path
+                        && (method.is_empty() || e["method"] == *method)
+                        && e["status"] == *status
+                        && (code.is_empty() || e["code"] == *code)
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit events missing {missing:?} in {events:#?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An ES256 key (kid `k1`) in `<dir>/keys` and the pepper in `<dir>/pepper`,
 /// shared by every replica of a test.
 pub fn keys_and_pepper(dir: &TempDir) -> (PathBuf, PathBuf) {
