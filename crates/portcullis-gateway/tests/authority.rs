@@ -10,7 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -521,14 +521,24 @@ async fn ten_rotations_at_once(env: &Env, replicas: &[SocketAddr]) {
         }
     }
     assert_eq!((accepted, pending), (1, 9));
-    let keys = env.admin("GET", "/admin/keys", None).await.json();
-    let published = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|k| k["state"] == "published")
-        .count();
-    assert_eq!(published, 1, "{keys}");
+    // The replica asked here may not be the one that rotated: it shows the
+    // new key once its key ring has synced from the store (bounded wait,
+    // reached only on a failure).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = env.admin("GET", "/admin/keys", None).await.json();
+        let published = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["state"] == "published")
+            .count();
+        if published == 1 || Instant::now() > deadline {
+            assert_eq!(published, 1, "{keys}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
