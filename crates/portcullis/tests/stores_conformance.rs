@@ -1405,6 +1405,60 @@ async fn api_key_and_user_revocations_reach_the_set_of_other_replicas(env: Env) 
     ));
 }
 
+/// Disable and enable calls racing on one user leave the record as the log's
+/// last entry says (Redis keeps them on different Cluster slots): a replica
+/// starting afresh and one asking the record agree, every round.
+async fn racing_status_changes_leave_the_record_as_the_log_ends(env: Env) {
+    use portcullis::stores::RevokedKind;
+    let a = env.stores(config());
+    if !a.revocation_in_set(RevokedKind::UserDisabled) {
+        return;
+    }
+    let user = a
+        .create_user(&NewUser {
+            username: support::unique_name("racer"),
+            password: Some("a long enough password".into()),
+            ..NewUser::default()
+        })
+        .await
+        .expect("user");
+    for round in 0..8 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let users = env.backends.users.clone();
+            let id = user.id.clone();
+            calls.spawn(async move { users.set_user_disabled(&id, i % 2 == 0, now()).await });
+        }
+        while let Some(done) = calls.join_next().await {
+            assert!(
+                done.expect("task").expect("status change"),
+                "the user exists"
+            );
+        }
+        let record = env
+            .backends
+            .users
+            .user_by_id(&user.id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .disabled;
+        let fresh = env.stores(config());
+        fresh
+            .revocations()
+            .ready(Duration::from_secs(5))
+            .await
+            .expect("loads");
+        assert_eq!(
+            fresh
+                .revocations()
+                .contains(RevokedKind::UserDisabled, &user.id),
+            record,
+            "round {round}: the log's last entry and the record disagree"
+        );
+    }
+}
+
 async fn jti_rules_are_the_same_for_revoke_and_check(env: Env) {
     let stores = env.stores(config());
     stores
@@ -2119,6 +2173,7 @@ macro_rules! full_suite {
                 disabling_a_user_ends_its_sessions_and_refresh_families,
                 api_key_revocation_reaches_a_busy_replica_within_a_second,
                 api_key_and_user_revocations_reach_the_set_of_other_replicas,
+                racing_status_changes_leave_the_record_as_the_log_ends,
                 jti_rules_are_the_same_for_revoke_and_check,
                 denylist_keeps_the_later_expiry,
                 app_secret_rotations_at_once_get_distinct_versions,

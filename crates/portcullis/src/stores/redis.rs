@@ -181,15 +181,37 @@ redis.call('SET', KEYS[1], 1, 'PXAT', ARGV[1])
 return 1
 ";
 
-/// Appends to the revocation log: KEYS seq, log, exp; ARGV kind tag,
-/// expires_at (Unix s), subject. Returns the entry's sequence number.
+/// Appends entries to the revocation log, all or none: KEYS seq, log, exp;
+/// ARGV one triple per entry: kind tag, expires_at (Unix s), subject.
+/// Returns the last entry's sequence number.
 const APPEND_REVOCATION: &str = r"
-local seq = redis.call('INCR', KEYS[1])
-local member = seq .. ':' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
-redis.call('ZADD', KEYS[2], seq, member)
-redis.call('ZADD', KEYS[3], ARGV[2], member)
+local seq = 0
+for i = 1, #ARGV, 3 do
+  seq = redis.call('INCR', KEYS[1])
+  local member = seq .. ':' .. ARGV[i] .. ':' .. ARGV[i + 1] .. ':' .. ARGV[i + 2]
+  redis.call('ZADD', KEYS[2], seq, member)
+  redis.call('ZADD', KEYS[3], ARGV[i + 1], member)
+end
 return seq
 ";
+
+/// Sets the `disabled` flag of the record KEYS[1] as of the log entry
+/// ARGV[1] (its sequence): written only if no later entry's change is
+/// already there, so concurrent disable/enable calls leave the record as
+/// the log's last entry says, whatever order they land in. ARGV: sequence,
+/// disabled ("1"/"0"), now. 0 when the record is absent, else 1.
+const SET_STATUS: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local seen = tonumber(redis.call('HGET', KEYS[1], 'status_seq')) or 0
+if seen < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'disabled', ARGV[2], 'status_seq', ARGV[1], 'updated_at', ARGV[3])
+end
+return 1
+";
+
+/// Entries one append script call writes at most (a script blocks the
+/// server); a logout of more sessions appends in several calls.
+const APPEND_BATCH: usize = 1_000;
 
 /// Reads the revocation log: KEYS seq, log; ARGV after, limit. Returns the
 /// head (as text) followed by up to `limit` pairs (member, score) with
@@ -235,6 +257,7 @@ pub struct RedisStores {
     deny: Script,
     index_add: Script,
     append_revocation: Script,
+    set_status: Script,
     read_revocations: Script,
     purge_revocations: Script,
     replace_password: Script,
@@ -316,6 +339,7 @@ impl RedisStores {
             deny: Script::new(DENY),
             index_add: Script::new(INDEX_ADD),
             append_revocation: Script::new(APPEND_REVOCATION),
+            set_status: Script::new(SET_STATUS),
             read_revocations: Script::new(READ_REVOCATIONS),
             purge_revocations: Script::new(PURGE_REVOCATIONS),
             replace_password: Script::new(REPLACE_PASSWORD),
@@ -328,26 +352,33 @@ impl RedisStores {
         format!("{}:{{rev}}:{part}", self.prefix)
     }
 
-    /// Appends one entry to the revocation log.
+    /// Appends one entry to the revocation log; returns its sequence.
     async fn log_revocation(
         &self,
         kind: RevokedKind,
         subject: &str,
         expires_at: i64,
-    ) -> StoreResult<()> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .append_revocation
-            .key(self.revocation_key("seq"))
+    ) -> StoreResult<i64> {
+        self.log_revocations(kind, &[subject], expires_at).await
+    }
+
+    /// Appends one entry per subject, all of one kind and expiry, in one
+    /// script call (all or none); returns the last entry's sequence.
+    async fn log_revocations(
+        &self,
+        kind: RevokedKind,
+        subjects: &[&str],
+        expires_at: i64,
+    ) -> StoreResult<i64> {
+        let mut inv = self.append_revocation.prepare_invoke();
+        inv.key(self.revocation_key("seq"))
             .key(self.revocation_key("log"))
-            .key(self.revocation_key("exp"))
-            .arg(kind.tag())
-            .arg(expires_at)
-            .arg(subject)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(err)?;
-        Ok(())
+            .key(self.revocation_key("exp"));
+        for subject in subjects {
+            inv.arg(kind.tag()).arg(expires_at).arg(*subject);
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(err)
     }
 
     /// Revokes one session: see [`Self::revoke_logged`].
@@ -368,14 +399,7 @@ impl RedisStores {
         now: i64,
     ) -> StoreResult<bool> {
         let key = self.key(kind, id);
-        let mut conn = self.conn.clone();
-        let (exists, revoked): (bool, bool) = redis::pipe()
-            .exists(&key)
-            .hexists(&key, "revoked_at")
-            .query_async(&mut conn)
-            .await
-            .map_err(err)?;
-        if !exists || revoked {
+        if !self.revocable(&key).await? {
             return Ok(false);
         }
         self.log_revocation(logged_as, id, session_entry_expiry(now))
@@ -386,11 +410,25 @@ impl RedisStores {
             == 1)
     }
 
+    /// Whether the record `key` exists and is not revoked yet.
+    async fn revocable(&self, key: &str) -> StoreResult<bool> {
+        let mut conn = self.conn.clone();
+        let (exists, revoked): (bool, bool) = redis::pipe()
+            .exists(key)
+            .hexists(key, "revoked_at")
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(exists && !revoked)
+    }
+
     /// Sets the `disabled` flag of the record `kind:id` (a user or an
     /// app) and logs the change as `logged_as`: the log entry first (the
     /// log and the record live on different Cluster slots), so a failure
     /// after it leaves the record refused (disable) or checked against the
-    /// record (enable); false, and nothing logged, when it is absent.
+    /// record (enable); false, and nothing logged, when it is absent. The
+    /// record takes the change only if no later log entry's change reached
+    /// it first ([`SET_STATUS`]), so the record and the log end alike.
     async fn set_disabled_logged(
         &self,
         kind: &str,
@@ -405,16 +443,19 @@ impl RedisStores {
         if !exists {
             return Ok(false);
         }
-        self.log_revocation(logged_as, id, session_entry_expiry(now))
+        let seq = self
+            .log_revocation(logged_as, id, session_entry_expiry(now))
             .await?;
-        self.set_if_exists(
-            &key,
-            &[
-                ("disabled", if disabled { "1" } else { "0" }.to_owned()),
-                ("updated_at", now.to_string()),
-            ],
-        )
-        .await
+        let n: i64 = self
+            .set_status
+            .key(&key)
+            .arg(seq)
+            .arg(if disabled { "1" } else { "0" })
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(n == 1)
     }
 
     /// Adds `member` to the index set `key`, which then lives at least until
@@ -823,10 +864,25 @@ impl SessionStore for RedisStores {
                 .smembers(self.key("usess", user_id))
                 .await
                 .map_err(err)?;
+            // Session keys live on different Cluster slots: each is read
+            // and marked on its own, but the log takes every entry of a
+            // batch in one call, so a failure midway never leaves a session
+            // marked revoked without its entry.
+            let mut revocable = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if self.revocable(&self.key("sess", id)).await? {
+                    revocable.push(id.as_str());
+                }
+            }
             let mut n = 0;
-            // One key per call: session keys live on different Cluster slots.
-            for id in ids {
-                n += u64::from(self.revoke_one_session(&id, now).await?);
+            for batch in revocable.chunks(APPEND_BATCH) {
+                self.log_revocations(RevokedKind::Session, batch, session_entry_expiry(now))
+                    .await?;
+                for id in batch {
+                    n += self
+                        .set_once(&[self.key("sess", id)], "revoked_at", now)
+                        .await?;
+                }
             }
             Ok(n)
         })
