@@ -813,16 +813,22 @@ mod on_redis {
             replicas.push((engine, worker));
         }
         let ip = "198.51.100.200";
-        let mut fired = 0;
         for i in 0..20 {
             let (engine, _) = &replicas[i % 2];
             let o = observe(engine, Signal::Request { ip }).await;
             if i < 9 {
                 assert!(o.events.is_empty(), "shared count fired early at {i}");
             }
-            fired += o.events.len();
         }
-        assert_eq!(fired, 11, "the 10th shared request and every one after it");
+        // Each replica's events reach the shared window with its next flush
+        // (`batch::FLUSH_INTERVAL`): after that, the next request on either
+        // replica counts all 20 and fires.
+        tokio::time::sleep(portcullis::anomaly::batch::FLUSH_INTERVAL * 3).await;
+        for (engine, _) in &replicas {
+            let o = observe(engine, Signal::Request { ip }).await;
+            assert_eq!(o.events.len(), 1, "the shared count reached the threshold");
+            assert_eq!(o.events[0].count, 10);
+        }
         for (engine, _) in &replicas {
             assert!(engine.banned(Some(ip), None).await.unwrap().is_some());
         }
@@ -990,6 +996,38 @@ mod on_redis {
     /// Issue 12 item 20: a key above its threshold on every request writes
     /// its ban once per cooldown, not once per request, and a ban leaves
     /// Redis when it expires, without anyone listing bans.
+    /// A key that went quiet is counted from Redis again, not from the
+    /// replica's last batched count: events that left the window no longer
+    /// count, so a slow client never trips a burst detector.
+    #[tokio::test]
+    async fn a_quiet_key_is_counted_afresh_not_from_a_stale_batch() {
+        let server = crate::own_redis::OwnRedis::start(None).await;
+        let conn = RedisConnection::single(&server.url()).await.unwrap();
+        let burst = detector(DetectorKind::Burst, 5, 1, &[Action::Tag]);
+        let engine = AnomalyEngine::new(
+            vec![burst],
+            backend(&conn, "pcx_test_quiet"),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let ip = "198.51.100.91";
+        for i in 0..4 {
+            let o = observe(&engine, Signal::Request { ip }).await;
+            assert!(o.events.is_empty(), "event {i}");
+        }
+        // The window (1 s) passes: the four events are gone.
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        for i in 0..4 {
+            let o = observe(&engine, Signal::Request { ip }).await;
+            assert!(o.events.is_empty(), "event {i} after the pause");
+        }
+        let o = observe(&engine, Signal::Request { ip }).await;
+        assert_eq!(o.events.len(), 1, "the fifth event of the new window fires");
+        let stats = engine.batch_stats().unwrap();
+        assert_eq!(stats.failures, 0);
+    }
+
     #[tokio::test]
     async fn bans_are_written_once_per_cooldown_and_expire_in_storage() {
         let server = crate::own_redis::OwnRedis::start(None).await;

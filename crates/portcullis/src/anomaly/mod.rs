@@ -5,6 +5,8 @@
 //! `anomaly.banned`) and [`AnomalyEngine::observe`] with what it saw; neither
 //! waits for a webhook.
 
+#[cfg(feature = "redis")]
+pub mod batch;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -129,6 +131,9 @@ pub struct AnomalyEngine {
     /// Ban lookups that went to Redis (cache misses).
     #[cfg(feature = "redis")]
     ban_lookups: std::sync::atomic::AtomicU64,
+    /// Count detectors' events on Redis, sent in batches.
+    #[cfg(feature = "redis")]
+    batcher: Option<Arc<batch::Batcher>>,
 }
 
 /// How many detections [`AnomalyEngine::recent_detections`] keeps.
@@ -169,6 +174,13 @@ impl AnomalyEngine {
             let i = d.kind.index();
             table[i] = Some(d);
         }
+        #[cfg(feature = "redis")]
+        let batcher = match &backend {
+            AnomalyBackend::Redis { counters, .. } => {
+                Some(batch::Batcher::new(counters.clone(), Arc::clone(&clock)))
+            }
+            AnomalyBackend::Memory { .. } => None,
+        };
         Ok(Self {
             detectors: table,
             backend,
@@ -189,6 +201,8 @@ impl AnomalyEngine {
                 .build(),
             #[cfg(feature = "redis")]
             ban_lookups: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "redis")]
+            batcher,
         })
     }
 
@@ -410,8 +424,7 @@ impl AnomalyEngine {
     }
 
     /// The detector updates `signal` calls for, for a caller that records
-    /// them inside its own Redis script call (the rate limiter folds them
-    /// into its one round trip), then hands the counts to [`Self::conclude`].
+    /// them itself and then hands the counts to [`Self::conclude`].
     pub fn pending<'s>(&self, signal: Signal<'s>) -> Pending<'s, '_> {
         let batch = signal
             .observations()
@@ -424,13 +437,11 @@ impl AnomalyEngine {
         Pending { batch }
     }
 
-    /// The Redis counters, when detection runs on Redis (for folding).
+    /// What the batched detector windows on Redis have done (`None` in
+    /// memory).
     #[cfg(feature = "redis")]
-    pub fn redis_counters(&self) -> Option<&redis::RedisCounters> {
-        match &self.backend {
-            AnomalyBackend::Redis { counters, .. } => Some(counters),
-            AnomalyBackend::Memory { .. } => None,
-        }
+    pub fn batch_stats(&self) -> Option<batch::BatchStats> {
+        self.batcher.as_ref().map(|b| b.stats())
     }
 
     /// Carries out the actions of the detectors in `pending` whose recorded
@@ -541,24 +552,50 @@ impl AnomalyEngine {
             }
             #[cfg(feature = "redis")]
             AnomalyBackend::Redis { counters, .. } => {
-                // One script call per hash tag: a plain request is one call.
-                let mut counts = vec![None; batch.len()];
-                let mut now = 0;
-                let mut done = vec![false; batch.len()];
-                for i in 0..batch.len() {
-                    if done[i] {
+                let local_now = self.now_ms();
+                let mut counts: Vec<Option<WindowCount>> = vec![None; batch.len()];
+                // Count detectors with a fresh shared count are judged here
+                // (see `batch`); the others are recorded at once, one script
+                // call per hash tag: a plain request is at most one call.
+                let mut exact: Vec<(usize, redis::WindowUpdate)> = Vec::new();
+                for (i, (obs, config)) in batch.iter().enumerate() {
+                    let update = counters.update(obs, config);
+                    if obs.member.is_none()
+                        && let Some(batcher) = &self.batcher
+                        && let Some(count) = batcher.add(&update.key, local_now)
+                    {
+                        counts[i] = Some(count);
                         continue;
                     }
-                    let tag = redis::RedisCounters::tag(&batch[i].0);
-                    let members: Vec<usize> = (i..batch.len())
-                        .filter(|&j| !done[j] && redis::RedisCounters::tag(&batch[j].0) == tag)
+                    exact.push((i, update));
+                }
+                let mut now = local_now;
+                let mut done = vec![false; exact.len()];
+                for a in 0..exact.len() {
+                    if done[a] {
+                        continue;
+                    }
+                    let tag = crate::redis_conn::hash_tag(&exact[a].1.key);
+                    let members: Vec<usize> = (a..exact.len())
+                        .filter(|&b| {
+                            !done[b] && crate::redis_conn::hash_tag(&exact[b].1.key) == tag
+                        })
                         .collect();
-                    let group: Vec<_> = members.iter().map(|&j| batch[j]).collect();
-                    let (group_counts, server_now) = self.guarded(counters.record(&group)).await?;
+                    let group: Vec<redis::WindowUpdate> =
+                        members.iter().map(|&b| exact[b].1.clone()).collect();
+                    let (group_counts, server_now) =
+                        self.guarded(counters.record_updates(&group)).await?;
                     now = now.max(server_now);
-                    for (&j, c) in members.iter().zip(group_counts) {
-                        counts[j] = Some(c);
-                        done[j] = true;
+                    for (&b, c) in members.iter().zip(group_counts) {
+                        let (i, update) = &exact[b];
+                        counts[*i] = Some(c);
+                        done[b] = true;
+                        if batch[*i].0.member.is_none()
+                            && let Some(batcher) = &self.batcher
+                        {
+                            batcher.synced(&update.key, batch[*i].1, c, local_now);
+                            batcher.start();
+                        }
                     }
                 }
                 let counts = counts

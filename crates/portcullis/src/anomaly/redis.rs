@@ -23,20 +23,24 @@ use portcullis_core::anomaly::window::WindowCount;
 use portcullis_core::anomaly::{Ban, BanTarget, DetectorConfig, Observation};
 use redis::Script;
 
-/// Records every observation in KEYS; per key, ARGV holds window ms,
-/// threshold and a member (a distinct-count member, or a unique event id).
-/// Returns per key `{count, first_seen_ms}` and finally the server time.
+/// Records updates to the windows in KEYS; per key, ARGV holds window ms,
+/// threshold, a member count `n` and `n` members (unique event ids, or one
+/// distinct-count member). Returns per key `{count, first_seen_ms}` and
+/// finally the server time.
 pub const RECORD: &str = concat!(
     include_str!("window.lua"),
     r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 3
-  local n, first = record_window(key, now, tonumber(ARGV[base + 1]),
-    tonumber(ARGV[base + 2]), ARGV[base + 3])
-  out[#out + 1] = n
+local base = 0
+for _, key in ipairs(KEYS) do
+  local window, threshold, n = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local members = {}
+  for j = 1, n do members[j] = ARGV[base + 3 + j] end
+  base = base + 3 + n
+  local count, first = record_window(key, now, window, threshold, members)
+  out[#out + 1] = count
   out[#out + 1] = first
 end
 out[#out + 1] = now
@@ -44,17 +48,17 @@ return out
 "
 );
 
-/// One detector update as script arguments (see [`RECORD`]).
+/// One window's update as script arguments (see [`RECORD`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptEntry {
+pub struct WindowUpdate {
     /// The window's key (hash-tagged by the detection key).
     pub key: String,
     /// The window length.
     pub window_ms: u64,
     /// The count at which the detector fires (the window keeps no more).
     pub threshold: u32,
-    /// A distinct-count member, or a unique event id.
-    pub member: String,
+    /// The members to add: unique event ids, or a distinct-count member.
+    pub members: Vec<String>,
 }
 
 /// Detector windows on Redis.
@@ -82,7 +86,8 @@ impl RedisCounters {
         self
     }
 
-    fn key(&self, obs: &Observation<'_>) -> String {
+    /// The window key of `obs` (hash-tagged by its detection key).
+    pub fn key(&self, obs: &Observation<'_>) -> String {
         format!(
             "{}:anomaly:{{{}}}:{}",
             self.prefix,
@@ -91,18 +96,23 @@ impl RedisCounters {
         )
     }
 
-    /// One update as script arguments, for [`RECORD`] here or the same
-    /// section folded into the rate limiter's script.
-    pub fn entry(&self, obs: &Observation<'_>, config: &DetectorConfig) -> ScriptEntry {
-        ScriptEntry {
+    /// Whether the connection is to a Cluster (one call per hash tag).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// The update one observation makes: its distinct-count member, or a
+    /// unique event id.
+    pub fn update(&self, obs: &Observation<'_>, config: &DetectorConfig) -> WindowUpdate {
+        WindowUpdate {
             key: self.key(obs),
             window_ms: config.window_ms(),
             threshold: config.threshold,
-            member: match obs.member {
+            members: vec![match obs.member {
                 // An attempted account name: capped like key values.
                 Some(m) => format!("m:{}", portcullis_core::anomaly::capped(m)),
                 None => unique_event_id(),
-            },
+            }],
         }
     }
 
@@ -112,14 +122,36 @@ impl RedisCounters {
         &self,
         batch: &[(Observation<'_>, &DetectorConfig)],
     ) -> redis::RedisResult<(Vec<WindowCount>, u64)> {
+        let updates: Vec<WindowUpdate> = batch
+            .iter()
+            .map(|(obs, config)| self.update(obs, config))
+            .collect();
+        self.record_updates(&updates).await
+    }
+
+    /// Applies `updates` (their keys on one hash tag, for a Cluster) in one
+    /// script call; returns their counts and the server time in Unix
+    /// milliseconds.
+    pub async fn record_updates(
+        &self,
+        updates: &[WindowUpdate],
+    ) -> redis::RedisResult<(Vec<WindowCount>, u64)> {
         let mut inv = self.script.prepare_invoke();
-        for (obs, config) in batch {
-            let e = self.entry(obs, config);
-            inv.key(e.key);
-            inv.arg(e.window_ms).arg(e.threshold).arg(e.member);
+        for u in updates {
+            inv.key(&u.key);
+            inv.arg(u.window_ms).arg(u.threshold).arg(u.members.len());
+            for m in &u.members {
+                inv.arg(m);
+            }
         }
         let mut conn = self.conn.clone();
         let raw: Vec<u64> = inv.invoke_async(&mut conn).await?;
+        if raw.len() != updates.len() * 2 + 1 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected detector script reply",
+            )));
+        }
         let now = raw.last().copied().unwrap_or_default();
         let counts = raw
             .chunks_exact(2)
@@ -138,7 +170,8 @@ impl RedisCounters {
     }
 }
 
-fn unique_event_id() -> String {
+/// An id no other event of any replica has (a window member per event).
+pub fn unique_event_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

@@ -447,13 +447,11 @@ impl RateLimiter {
         Ok(set)
     }
 
-    /// [`Self::check`], and feeds `signal` to `engine`'s detectors. When both
-    /// run on the same Redis the detector updates ride in the rate limiter's
-    /// one script call, so a request costs one round trip for both (on a
-    /// Cluster only when the detector windows share the request's hash tag;
-    /// otherwise, and in memory, the engine records them itself). Detection
-    /// fails open: a backend error is returned beside the rate-limit
-    /// outcome, which follows the rules' `on_backend_error` as usual.
+    /// [`Self::check`], and feeds `signal` to `engine`'s detectors (on Redis
+    /// a busy key's detector events are sent in batches, off the request
+    /// path: see [`crate::anomaly::batch`]). Detection fails open: a backend
+    /// error is returned beside the rate-limit outcome, which follows the
+    /// rules' `on_backend_error` as usual.
     pub async fn check_observing(
         &self,
         facts: &RequestFacts<'_>,
@@ -474,47 +472,6 @@ impl RateLimiter {
         signal: Signal<'_>,
         sample: impl FnOnce() -> SampleRequest,
     ) -> (Outcome, Result<Observed, AnomalyError>) {
-        #[cfg(feature = "redis")]
-        if let Backend::Redis {
-            redis,
-            breaker,
-            log,
-        } = &self.inner.backend
-            && let Some(counters) = engine.redis_counters()
-        {
-            let pending = engine.pending(signal);
-            let entries: Vec<_> = pending
-                .updates()
-                .iter()
-                .map(|(obs, config)| counters.entry(obs, config))
-                .collect();
-            if redis.can_carry(facts, entries.iter().map(|e| e.key.as_str())) {
-                if !breaker.allow() {
-                    let outcome = self.fallback(facts, set, true, log, &"circuit breaker open");
-                    let skipped = AnomalyError::Backend("Redis circuit breaker open".into());
-                    return (outcome, Err(skipped));
-                }
-                let checked = redis
-                    .check_with(&self.inner.rules, facts, set, true, &entries)
-                    .await;
-                return match checked {
-                    Ok((outcome, counts, now_ms)) => {
-                        breaker.success();
-                        let observed = if pending.is_empty() {
-                            Ok(Observed::default())
-                        } else {
-                            engine.conclude(&pending, counts, now_ms, sample).await
-                        };
-                        (outcome, observed)
-                    }
-                    Err(e) => {
-                        breaker.failure();
-                        let skipped = AnomalyError::Backend(e.to_string());
-                        (self.fallback(facts, set, true, log, &e), Err(skipped))
-                    }
-                };
-            }
-        }
         let outcome = self.check_rules(facts, set).await;
         (outcome, engine.observe(signal, sample).await)
     }

@@ -8,16 +8,9 @@
 --             g: emission_us, tolerance_us, burst
 --             l: limit, period_us, 0
 --             f: limit, period_us, 0
--- ARGV[3 + 4n] m: anomaly detector updates riding on this call (0 or absent:
---           none); KEYS[n+1..n+m] are their windows, with 3 arguments each:
---           window_ms, threshold, member. The same update as the anomaly
---           module's RECORD script (`record_window`, anomaly/window.lua), made in
---           "check" mode whatever the rules decide (a refused burst still
---           counts), skipped in "peek".
 --
--- Returns {allowed, remaining, reset_us, retry_us, limit} per rule, then
--- {count, first_seen_ms} per detector update, then the server time in Unix
--- µs. "reset" deletes the keys and returns {deleted}.
+-- Returns {allowed, remaining, reset_us, retry_us, limit} per rule, then the
+-- server time in Unix µs. "reset" deletes the keys and returns {deleted}.
 -- Time is the Redis server's TIME, so replicas with skewed clocks agree.
 
 local mode = ARGV[1]
@@ -137,20 +130,6 @@ if mode == 'check' and all then
       redis.call('PEXPIRE', key, wb[j])
     end
   end
-end
-
-local m = tonumber(ARGV[3 + 4 * n]) or 0
-local now_ms = math.floor(now / 1000)
-for j = 1, m do
-  local key = KEYS[n + j]
-  local base = 3 + 4 * n + (j - 1) * 3
-  local count, first = 0, now_ms
-  if mode == 'check' then
-    count, first = record_window(key, now_ms, tonumber(ARGV[base + 1]),
-      tonumber(ARGV[base + 2]), ARGV[base + 3])
-  end
-  out[#out + 1] = count
-  out[#out + 1] = first
 end
 
 out[#out + 1] = now

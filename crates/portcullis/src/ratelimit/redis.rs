@@ -18,16 +18,10 @@ use portcullis_core::ratelimit::{Algorithm, Decision, KeyPart, MAX_RULES, Reques
 use redis::Script;
 
 use super::outcome::{Outcome, RuleSet};
-use crate::anomaly::redis::ScriptEntry;
 pub use crate::redis_conn::RedisConnection;
-use crate::redis_conn::hash_tag;
-use portcullis_core::anomaly::window::WindowCount;
 
 /// The script's source.
-pub const SCRIPT: &str = concat!(
-    include_str!("../anomaly/window.lua"),
-    include_str!("redis.lua")
-);
+pub const SCRIPT: &str = include_str!("redis.lua");
 
 /// Which hash tag a request's keys share.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -106,21 +100,6 @@ impl RedisLimiter {
         rule.key.render_into(facts, &mut key).then_some(key)
     }
 
-    /// Whether detector windows at `keys` can ride in this request's script
-    /// call: always on a single server; on a Cluster only when they share
-    /// the request's hash tag (one slot).
-    pub fn can_carry<'k>(
-        &self,
-        facts: &RequestFacts<'_>,
-        mut keys: impl Iterator<Item = &'k str>,
-    ) -> bool {
-        if !self.conn.is_cluster() {
-            return true;
-        }
-        let mut tag = String::new();
-        self.tag_into(facts, &mut tag) && keys.all(|k| hash_tag(k) == tag)
-    }
-
     /// Decides the rules in `set` that apply to `facts` in one round trip;
     /// records the request in all of them only if all admit (`consume`).
     pub async fn check(
@@ -130,23 +109,6 @@ impl RedisLimiter {
         set: RuleSet,
         consume: bool,
     ) -> Result<Outcome, RedisLimitError> {
-        self.check_with(rules, facts, set, consume, &[])
-            .await
-            .map(|(outcome, _, _)| outcome)
-    }
-
-    /// [`Self::check`] that also records the anomaly detector updates
-    /// `detectors` in the same script call (their keys must pass
-    /// [`Self::can_carry`]); returns their window counts, in order, and the
-    /// server time in Unix milliseconds.
-    pub async fn check_with(
-        &self,
-        rules: &[Rule],
-        facts: &RequestFacts<'_>,
-        set: RuleSet,
-        consume: bool,
-        detectors: &[ScriptEntry],
-    ) -> Result<(Outcome, Vec<WindowCount>, u64), RedisLimitError> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(if consume { "check" } else { "peek" });
         let mut used = [0usize; MAX_RULES];
@@ -165,27 +127,21 @@ impl RedisLimiter {
             n += 1;
         }
         let mut outcome = Outcome::empty();
-        if n == 0 && detectors.is_empty() {
+        if n == 0 {
             outcome.finish();
-            return Ok((outcome, Vec::new(), 0));
+            return Ok(outcome);
         }
         inv.arg(n);
         for (algo, a, b, c) in args {
             inv.arg(algo).arg(a).arg(b).arg(c);
         }
-        inv.arg(detectors.len());
-        for d in detectors {
-            inv.key(&d.key);
-            inv.arg(d.window_ms).arg(d.threshold).arg(&d.member);
-        }
         let mut conn = self.conn.clone();
         let raw: Vec<i64> = inv.invoke_async(&mut conn).await?;
-        if raw.len() != n * 5 + detectors.len() * 2 + 1 {
+        if raw.len() != n * 5 + 1 {
             return Err(RedisLimitError::BadReply(raw.len()));
         }
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        let (decisions, rest) = raw.split_at(n * 5);
-        for (i, chunk) in decisions.chunks_exact(5).enumerate() {
+        for (i, chunk) in raw[..n * 5].chunks_exact(5).enumerate() {
             outcome.push(
                 used[i],
                 Decision {
@@ -198,15 +154,7 @@ impl RedisLimiter {
             );
         }
         outcome.finish();
-        let counts = rest
-            .chunks_exact(2)
-            .map(|c| WindowCount {
-                count: u(c[0]),
-                first_seen_ms: u(c[1]),
-            })
-            .collect();
-        let now_ms = rest.last().map_or(0, |&us| u(us) / 1000);
-        Ok((outcome, counts, now_ms))
+        Ok(outcome)
     }
 
     /// Deletes `rule`'s state for the key `facts` make; whether there was any.
