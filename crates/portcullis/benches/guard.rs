@@ -64,6 +64,7 @@ fn config() -> GuardConfig {
         period: 1.0,
         key: vec!["subject".into()],
         on_backend_error: None,
+        lease: None,
     });
     for i in 0..200 {
         c = c.route(

@@ -61,6 +61,7 @@ fn rule(name: &str, limit: u64, key: &str) -> RuleConfig {
         period: 60.0,
         key: vec![key.into()],
         on_backend_error: None,
+        lease: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn config() -> GuardConfig {
             period: 60.0,
             key: vec!["ip".into()],
             on_backend_error: None,
+            lease: None,
         })
         .route(RouteConfig::new("any", "/any/**").credentials([
             CredentialSource::Jwt,

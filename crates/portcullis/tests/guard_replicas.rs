@@ -45,6 +45,7 @@ fn config() -> GuardConfig {
             period: 3600.0,
             key: vec!["subject".into()],
             on_backend_error: Some("deny".into()),
+            lease: None,
         })
         .route(RouteConfig::new("docs", "/docs").rate_limits(["per-subject"]))
 }

@@ -526,6 +526,110 @@ mod redis_backend {
         server.stop().await;
     }
 
+    /// A GCRA rule of `limit` per hour (burst `limit`) by IP with `lease`.
+    fn leased_rule(limit: u64, lease: u32) -> Rule {
+        Rule::new(
+            "leased",
+            Algorithm::Gcra {
+                rate: limit,
+                period: Duration::from_secs(3600),
+                burst: limit,
+            },
+            KeySpec::ip(),
+        )
+        .lease(lease)
+    }
+
+    /// With a lease, one replica admits exactly the limit, in fewer Redis
+    /// calls than requests; a refusal is remembered until its Retry-After
+    /// (no call while it holds); an admin reset forgets the lease at once.
+    #[tokio::test]
+    async fn a_leased_rule_admits_exactly_the_limit_in_fewer_calls() {
+        let mut server = OwnRedis::start(None).await;
+        let url = server.url();
+        let conn = RedisConnection::single(&url).await.unwrap();
+        let limiter = build(&[leased_rule(40, 16)], Some(conn), "pcx_test_lease");
+        let f = facts("203.0.113.60", None);
+        assert!(limiter.check(&f).await.admitted(), "loads the script");
+        let (sha0, _) = evalsha_calls(&url).await;
+        let mut admitted = 1;
+        let mut last_remaining = u64::MAX;
+        for _ in 0..60 {
+            let o = limiter.check(&f).await;
+            if o.admitted() {
+                admitted += 1;
+                let (_, d) = o.primary().unwrap();
+                assert!(d.remaining < last_remaining, "remaining counts down");
+                last_remaining = d.remaining;
+            } else {
+                let (_, d) = o.decisions().next().unwrap();
+                assert!(d.retry_after_us > 0, "a refusal says when to retry");
+            }
+        }
+        let (sha1, _) = evalsha_calls(&url).await;
+        assert_eq!(admitted, 40, "exactly the limit, on one replica");
+        assert!(
+            sha1 - sha0 < 20,
+            "{} calls for 60 requests: leases and the remembered refusal save calls",
+            sha1 - sha0
+        );
+        assert!(limiter.reset("leased", &f).await.unwrap());
+        assert!(
+            limiter.check(&f).await.admitted(),
+            "a reset forgets the refusal"
+        );
+        server.stop().await;
+    }
+
+    /// Replicas with leases hammering one key at once never admit more than
+    /// the rule allows, and admit all but what their held leases can hide.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leased_replicas_never_admit_more_than_the_limit() {
+        let Some(url) = support::redis_url() else {
+            return;
+        };
+        let prefix = support::unique_prefix("rl_lease");
+        const LIMIT: u64 = 500;
+        const LEASE: u32 = 32;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let limiter = Arc::new(build(
+                &[leased_rule(LIMIT, LEASE)],
+                Some(RedisConnection::single(&url).await.unwrap()),
+                &prefix,
+            ));
+            for _ in 0..2 {
+                let limiter = Arc::clone(&limiter);
+                tasks.push(tokio::spawn(async move {
+                    let f = facts("203.0.113.61", None);
+                    let mut n = 0u64;
+                    for _ in 0..300 {
+                        n += u64::from(limiter.check(&f).await.admitted());
+                    }
+                    n
+                }));
+            }
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += t.await.unwrap();
+        }
+        // GCRA refills LIMIT per hour: what the test's own duration adds.
+        let refill = (started.elapsed().as_secs_f64() * LIMIT as f64 / 3600.0).ceil() as u64;
+        assert!(
+            admitted <= LIMIT + refill,
+            "{admitted} admitted of a limit of {LIMIT} (+{refill} refilled)"
+        );
+        // Four replicas each hold at most one lease (a quarter of what was
+        // left, at most LEASE) when the key runs out.
+        assert!(
+            admitted + 4 * u64::from(LEASE) >= LIMIT,
+            "{admitted} admitted: more hidden in leases than four can hold"
+        );
+        support::redis_cleanup(&url, &prefix).await;
+    }
+
     /// A limiter and a `burst` detector (threshold 5, tag) sharing `conn`.
     fn limiter_and_detector(
         conn: &RedisConnection,

@@ -12,4 +12,6 @@ pub use algorithm::{Decision, GcraParams, State, apply, most_restrictive};
 pub use client_ip::{BanKeyError, ClientIpConfig, ClientIpError, ForwardingHeader, IpNet};
 pub use headers::{RuleReport, problem_body, response_headers};
 pub use key::{HeaderLookup, KeyPart, KeySpec, RequestFacts};
-pub use rule::{Algorithm, MAX_RULES, OnBackendError, Rule, RuleConfig, RuleError, validate_rules};
+pub use rule::{
+    Algorithm, MAX_LEASE, MAX_RULES, OnBackendError, Rule, RuleConfig, RuleError, validate_rules,
+};

@@ -214,17 +214,31 @@ pub struct Rule {
     pub key: KeySpec,
     /// Behaviour when the shared backend fails.
     pub on_backend_error: OnBackendError,
+    /// On a shared backend (Redis): how many tokens of a key a replica may
+    /// take in one call and hand out locally (0 or 1: none, every request
+    /// is decided by the backend). See `portcullis::ratelimit::lease`.
+    pub lease: u32,
 }
 
+/// Largest `lease` a rule may set.
+pub const MAX_LEASE: u32 = 1_000;
+
 impl Rule {
-    /// A rule with the default `on_backend_error` (`local`).
+    /// A rule with the default `on_backend_error` (`local`) and no lease.
     pub fn new(name: impl Into<String>, algorithm: Algorithm, key: KeySpec) -> Self {
         Self {
             name: name.into(),
             algorithm,
             key,
             on_backend_error: OnBackendError::default(),
+            lease: 0,
         }
+    }
+
+    /// Lets a replica take up to `tokens` of a key per backend call.
+    pub fn lease(mut self, tokens: u32) -> Self {
+        self.lease = tokens;
+        self
     }
 
     /// Sets the behaviour when the backend fails.
@@ -248,6 +262,12 @@ impl Rule {
             });
         }
         self.key.validate()?;
+        if self.lease > MAX_LEASE {
+            return Err(RuleError::Field {
+                field: "lease",
+                reason: "must be between 0 and 1000",
+            });
+        }
         self.algorithm.validate()
     }
 }
@@ -337,6 +357,9 @@ pub struct RuleConfig {
     /// `allow`, `deny` or `local` (default).
     #[serde(default)]
     pub on_backend_error: Option<String>,
+    /// Tokens a replica may take per Redis call (default 0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u32>,
 }
 
 impl TryFrom<RuleConfig> for Rule {
@@ -409,6 +432,7 @@ impl TryFrom<RuleConfig> for Rule {
                     Some(m) => m.parse()?,
                     None => OnBackendError::default(),
                 },
+                lease: c.lease.unwrap_or(0),
             };
             rule.validate()?;
             Ok(rule)
@@ -455,5 +479,20 @@ mod tests {
                 .unwrap_err()
                 .contains("period")
         );
+        let r =
+            parse(r#"{"name":"l","algorithm":"gcra","rate":9,"period":1,"key":["ip"],"lease":64}"#)
+                .unwrap();
+        assert_eq!(r.lease, 64);
+        assert_eq!(
+            parse(r#"{"name":"l","algorithm":"gcra","rate":9,"period":1,"key":["ip"]}"#)
+                .unwrap()
+                .lease,
+            0
+        );
+        let e = parse(
+            r#"{"name":"l","algorithm":"gcra","rate":9,"period":1,"key":["ip"],"lease":1001}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`l`") && e.contains("lease"), "{e}");
     }
 }

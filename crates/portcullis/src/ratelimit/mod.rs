@@ -4,6 +4,8 @@
 //! fails, each rule's `on_backend_error` decides, behind a circuit breaker.
 
 pub mod fallback;
+#[cfg(feature = "redis")]
+pub mod lease;
 pub mod memory;
 mod outcome;
 #[cfg(feature = "redis")]
@@ -99,6 +101,8 @@ enum Backend {
         redis: Box<redis::RedisLimiter>,
         breaker: fallback::CircuitBreaker,
         log: fallback::FallbackLog,
+        /// Lease state, when a rule sets `lease`.
+        leases: Option<lease::Leases>,
     },
 }
 
@@ -275,6 +279,10 @@ impl RateLimiterBuilder {
                         self.probe_interval,
                     ),
                     log: fallback::FallbackLog::default(),
+                    leases: rules
+                        .iter()
+                        .any(|r| r.lease > 1)
+                        .then(lease::Leases::default),
                 }
             }
         };
@@ -503,9 +511,16 @@ impl RateLimiter {
                 redis,
                 breaker,
                 log,
+                leases,
             } => {
                 if breaker.allow() {
-                    match redis.check(&self.inner.rules, facts, set, consume).await {
+                    let checked = match leases {
+                        Some(leases) if consume => {
+                            self.check_leased(redis, leases, facts, set).await
+                        }
+                        _ => redis.check(&self.inner.rules, facts, set, consume).await,
+                    };
+                    match checked {
                         Ok(outcome) => {
                             breaker.success();
                             return outcome;
@@ -566,6 +581,103 @@ impl RateLimiter {
         outcome
     }
 
+    /// [`RedisLimiter::check`](redis::RedisLimiter::check) with the leases
+    /// of rules that set `lease` (see [`lease`]): rules holding a token for
+    /// their key admit from it; the others, and rules whose lease is spent,
+    /// are decided by one script call that may grant new tokens. A request
+    /// one rule refuses gives back the tokens the others took for it.
+    #[cfg(feature = "redis")]
+    async fn check_leased(
+        &self,
+        redis: &redis::RedisLimiter,
+        leases: &lease::Leases,
+        facts: &RequestFacts<'_>,
+        set: RuleSet,
+    ) -> Result<Outcome, redis::RedisLimitError> {
+        use portcullis_core::ratelimit::MAX_RULES;
+        let rules = &self.inner.rules;
+        let now = std::time::Instant::now();
+        let mut local: [Option<Decision>; MAX_RULES] = [None; MAX_RULES];
+        let mut keys: [Option<String>; MAX_RULES] = Default::default();
+        let mut ask = [1u64; MAX_RULES];
+        let mut remote = RuleSet::NONE;
+        let give_back = |local: &[Option<Decision>; MAX_RULES],
+                         keys: &[Option<String>; MAX_RULES]| {
+            for (d, key) in local.iter().zip(keys) {
+                if let (Some(_), Some(key)) = (d, key) {
+                    leases.give_back(key);
+                }
+            }
+        };
+        for (i, rule) in rules.iter().enumerate().take(MAX_RULES) {
+            if !set.contains(i) {
+                continue;
+            }
+            if rule.lease <= 1 {
+                remote = remote.with(i);
+                continue;
+            }
+            let Some(key) = redis.key(rule, facts) else {
+                continue;
+            };
+            match leases.take(&key, rule.lease, now) {
+                lease::Local::Token(d) => local[i] = Some(d),
+                lease::Local::Refused(d) => {
+                    give_back(&local, &keys);
+                    let mut outcome = Outcome::empty();
+                    outcome.push(i, d);
+                    outcome.finish();
+                    return Ok(outcome);
+                }
+                lease::Local::Ask(k) => {
+                    ask[i] = k;
+                    remote = remote.with(i);
+                }
+            }
+            keys[i] = Some(key);
+        }
+        let mut decided: [Option<Decision>; MAX_RULES] = local;
+        if !remote.is_empty() {
+            let (outcome, granted) =
+                match redis.check_asking(rules, facts, remote, true, &ask).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        give_back(&local, &keys);
+                        return Err(e);
+                    }
+                };
+            if !outcome.admitted() {
+                give_back(&local, &keys);
+                for (i, d) in outcome.decisions() {
+                    if !d.allowed
+                        && let Some(Some(key)) = keys.get(i)
+                    {
+                        leases.refused(key, &d, now);
+                    }
+                }
+                return Ok(outcome);
+            }
+            for (i, mut d) in outcome.decisions() {
+                if let (Some(Some(key)), Some(&n)) = (keys.get(i), granted.get(i))
+                    && n > 0
+                {
+                    leases.granted(key, &rules[i].algorithm, n, &d, now);
+                    // The tokens held here are still the caller's to use.
+                    d.remaining += n - 1;
+                }
+                decided[i] = Some(d);
+            }
+        }
+        let mut outcome = Outcome::empty();
+        for (i, d) in decided.into_iter().enumerate() {
+            if let Some(d) = d {
+                outcome.push(i, d);
+            }
+        }
+        outcome.finish();
+        Ok(outcome)
+    }
+
     /// Forgets the state of the rule named `rule` for the key `facts` make
     /// (admin); whether there was any.
     pub async fn reset(
@@ -583,8 +695,12 @@ impl RateLimiter {
         match &self.inner.backend {
             Backend::Memory => Ok(local),
             #[cfg(feature = "redis")]
-            Backend::Redis { redis, .. } => {
-                Ok(redis.reset(&self.inner.rules[index], facts).await? || local)
+            Backend::Redis { redis, leases, .. } => {
+                let rule = &self.inner.rules[index];
+                if let (Some(leases), Some(key)) = (leases, redis.key(rule, facts)) {
+                    leases.forget(&key);
+                }
+                Ok(redis.reset(rule, facts).await? || local)
             }
         }
     }

@@ -109,11 +109,28 @@ impl RedisLimiter {
         set: RuleSet,
         consume: bool,
     ) -> Result<Outcome, RedisLimitError> {
+        self.check_asking(rules, facts, set, consume, &[1; MAX_RULES])
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::check`] asking rule `i` for `ask[i]` tokens (a lease; 1 for
+    /// the request alone); returns the tokens each rule granted, by rule
+    /// index (0 for a rule that refused or did not apply). Tokens are taken
+    /// only if every rule admits.
+    pub async fn check_asking(
+        &self,
+        rules: &[Rule],
+        facts: &RequestFacts<'_>,
+        set: RuleSet,
+        consume: bool,
+        ask: &[u64; MAX_RULES],
+    ) -> Result<(Outcome, [u64; MAX_RULES]), RedisLimitError> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(if consume { "check" } else { "peek" });
         let mut used = [0usize; MAX_RULES];
         let mut n = 0;
-        let mut args: Vec<(&'static str, u64, u64, u64)> = Vec::with_capacity(rules.len());
+        let mut args: Vec<(&'static str, u64, u64, u64, u64)> = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate().take(MAX_RULES) {
             if !set.contains(i) {
                 continue;
@@ -122,26 +139,28 @@ impl RedisLimiter {
                 continue;
             };
             inv.key(key);
-            args.push(script_args(&rule.algorithm));
+            let (algo, a, b, c) = script_args(&rule.algorithm);
+            args.push((algo, a, b, c, ask[i].max(1)));
             used[n] = i;
             n += 1;
         }
         let mut outcome = Outcome::empty();
+        let mut granted = [0u64; MAX_RULES];
         if n == 0 {
             outcome.finish();
-            return Ok(outcome);
+            return Ok((outcome, granted));
         }
         inv.arg(n);
-        for (algo, a, b, c) in args {
-            inv.arg(algo).arg(a).arg(b).arg(c);
+        for (algo, a, b, c, k) in args {
+            inv.arg(algo).arg(a).arg(b).arg(c).arg(k);
         }
         let mut conn = self.conn.clone();
         let raw: Vec<i64> = inv.invoke_async(&mut conn).await?;
-        if raw.len() != n * 5 + 1 {
+        if raw.len() != n * 6 + 1 {
             return Err(RedisLimitError::BadReply(raw.len()));
         }
         let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        for (i, chunk) in raw[..n * 5].chunks_exact(5).enumerate() {
+        for (i, chunk) in raw[..n * 6].chunks_exact(6).enumerate() {
             outcome.push(
                 used[i],
                 Decision {
@@ -152,9 +171,10 @@ impl RedisLimiter {
                     limit: u(chunk[4]),
                 },
             );
+            granted[used[i]] = u(chunk[5]);
         }
         outcome.finish();
-        Ok(outcome)
+        Ok((outcome, granted))
     }
 
     /// Deletes `rule`'s state for the key `facts` make; whether there was any.
