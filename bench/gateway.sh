@@ -20,6 +20,8 @@
 #   pc-rs256        (b) RS256 verified on every request + memory rate limit + audit to SQLite
 #   pc-cached       (c) as (b) with the verified-token cache
 #   pc-redis-pg     (d) as (b) with rate limits on Redis and storage + audit on PostgreSQL
+#   pc-redis-pg-lease (d) with `lease = 64` on its rate rule: a replica takes up
+#                   to 64 tokens per Redis call (docs/ratelimit.md, Leases)
 #   hyper-floor     a bare hyper 1 / hyper-util proxy on the gateway's stack and settings
 #                   (examples/hyper_floor.rs): what (a) would cost with none of our work
 # Then, for pc-rs256: p99 added over the upstream at half its peak rate (hey -q),
@@ -33,7 +35,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PEERS:-$ROOT/../shared/peers/gateway}"
 RUNS=${RUNS:-3}; DURATION=${DURATION:-12}; CONNS=${CONNS:-32}; WARMUP=${WARMUP:-3}
-CONFIGS=${CONFIGS:-"upstream nginx-proxy haproxy-rs256 hyper-floor pc-proxy pc-rs256 pc-cached pc-redis-pg"}
+CONFIGS=${CONFIGS:-"upstream nginx-proxy haproxy-rs256 hyper-floor pc-proxy pc-rs256 pc-cached pc-redis-pg pc-redis-pg-lease"}
 W="$ROOT/bench/.work/gateway"; OUT="$ROOT/bench/results/gateway-$(date +%Y%m%d-%H%M%S)"
 REDIS_PORT=16379; PG_PORT=15432; PC_PORT=18100; PC_OPS=18190; FLOOR_PORT=18110
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -85,7 +87,7 @@ pc_config() {  # name -> writes $W/conf/<name>.toml
     pc-proxy-h2c) creds='["anonymous"]'
       upstream='url = "http://127.0.0.1:18082"
 protocol = "h2c"' ;;
-    pc-rs256|pc-cached|pc-redis-pg)
+    pc-rs256|pc-cached|pc-redis-pg|pc-redis-pg-lease)
       storage="url = \"sqlite://$W/run/$name-stores.db\"
 pepper_file = \"$W/keys/pepper\""
       audit="[audit]
@@ -97,11 +99,13 @@ algorithm = "gcra"
 rate = 10000000
 period = 10
 key = ["ip"]'
+      [ "$name" = pc-redis-pg-lease ] && limits="$limits
+lease = 64"
       route_limits='rate_limits = ["per_ip"]' ;;
   esac
   # (b) and (d) check the signature on every request; (c) keeps the default cache.
-  case $name in pc-rs256|pc-redis-pg) cache="token_cache_entries = 0" ;; esac
-  if [ "$name" = pc-redis-pg ]; then
+  case $name in pc-rs256|pc-redis-pg|pc-redis-pg-lease) cache="token_cache_entries = 0" ;; esac
+  if [ "$name" = pc-redis-pg ] || [ "$name" = pc-redis-pg-lease ]; then
     storage="url = \"postgres://postgres@127.0.0.1:$PG_PORT/portcullis_bench\"
 pepper_file = \"$W/keys/pepper\"
 redis = \"redis://127.0.0.1:$REDIS_PORT\""
@@ -167,7 +171,7 @@ start() {  # name
     postgres)
       port=$PG_PORT
       local PGD="$W/run/pgdata"
-      mkdir -p "$PGD"; chown postgres: "$PGD"; chmod 700 "$PGD"
+      rm -rf "$PGD"; mkdir -p "$PGD"; chown postgres: "$PGD"; chmod 700 "$PGD"
       setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/initdb" -D "$PGD" -U postgres --auth=trust -E UTF8 --no-instructions >>"$W/logs/initdb.log" 2>&1
       ( cd / && exec "${PINNED[@]}" setpriv --reuid=postgres --regid=postgres --init-groups \
           "$PGBIN/postgres" -D "$PGD" -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories= ) >>"$W/logs/postgres.log" 2>&1 &
@@ -194,7 +198,7 @@ stop_all() { local f; for f in "$W"/pids/*; do [ -e "$f" ] && stop "$(basename "
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-servers() { case $1 in upstream) echo upstream;; pc-redis-pg) echo upstream redis postgres pc-redis-pg;; *) echo upstream "$1";; esac; }
+servers() { case $1 in upstream) echo upstream;; pc-redis-pg|pc-redis-pg-lease) echo upstream redis postgres "$1";; *) echo upstream "$1";; esac; }
 port_of() { case $1 in upstream) echo 18080;; nginx-proxy) echo 18081;; haproxy-rs256) echo 18083;; hyper-floor) echo $FLOOR_PORT;; *) echo $PC_PORT;; esac; }
 token_of() { case $1 in haproxy-rs256) echo "$W/keys/haproxy.jwt";; *) echo "$W/keys/pc.jwt";; esac; }
 
