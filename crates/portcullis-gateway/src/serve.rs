@@ -710,7 +710,11 @@ pub async fn serve_until(
                         // Each request runs on the configuration current when it
                         // arrives, to its end, even if a reload swaps it meanwhile.
                         let app = live.load_full();
-                        async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+                        // Boxed: hyper moves the future it is given (into the
+                        // connection's in-flight slot), and the whole request
+                        // path's state machine is several KiB; a box is one
+                        // allocation instead of copies of all of it.
+                        Box::pin(async move { Ok::<_, Infallible>(app.handle(req, peer).await) })
                     })
                 };
                 public_conns.spawn(stream, permit, graceful.watcher(), stopping_rx.clone(), make);
