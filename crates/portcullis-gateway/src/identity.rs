@@ -132,9 +132,7 @@ impl Outbound {
         // credentials stripped, no token.
         let policy = inner.upstreams.get(upstream);
         if policy.is_none_or(|p| p.strip_credentials) {
-            for name in &inner.credentials {
-                headers.remove(name);
-            }
+            crate::proxy::remove_names(headers, &inner.credentials);
         }
         if let (Some(audience), Some(p)) = (policy.and_then(|p| p.audience.as_ref()), principal) {
             let token = self.sign(p, audience, request_id)?;

@@ -287,9 +287,7 @@ impl IdentityNames {
 
     /// Removes every identity header, whatever the client sent.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        for name in self.all() {
-            headers.remove(name);
-        }
+        remove_names(headers, self.all());
     }
 
     /// Writes `principal`'s identity (after [`Self::strip`]). Values that
@@ -1039,6 +1037,28 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Removes every header in `names` that `headers` holds. A request or
+/// response carries a handful of headers: one pass comparing them with the
+/// names costs less than a hashed lookup per name (which `remove` is, found
+/// or not), and most of the names are absent. A large map is looked up.
+pub fn remove_names<'n>(headers: &mut HeaderMap, names: impl IntoIterator<Item = &'n HeaderName>) {
+    const SCAN_UP_TO: usize = 16;
+    if headers.is_empty() {
+        return;
+    }
+    if headers.keys_len() > SCAN_UP_TO {
+        for name in names {
+            headers.remove(name);
+        }
+        return;
+    }
+    for name in names {
+        if headers.keys().any(|k| k == name) {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -1053,9 +1073,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP_NAMES {
-        headers.remove(name);
-    }
+    remove_names(headers, &HOP_BY_HOP_NAMES);
 }
 
 /// `X-Forwarded-For`, `-Proto`, `-Host` from the trusted-proxy view. The
@@ -1220,6 +1238,28 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn remove_names_removes_every_value_of_each_name_in_small_and_large_maps() {
+        for filler in [0, 40] {
+            let mut headers = HeaderMap::new();
+            for i in 0..filler {
+                headers.insert(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            headers.append(header::TRAILER, HeaderValue::from_static("a"));
+            headers.append(header::TRAILER, HeaderValue::from_static("b"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            remove_names(&mut headers, &HOP_BY_HOP_NAMES);
+            assert!(!headers.contains_key(header::TRAILER), "{filler} fillers");
+            assert!(!headers.contains_key(header::UPGRADE), "{filler} fillers");
+            assert!(headers.contains_key("x-kept"));
+            assert_eq!(headers.keys_len(), filler + 1);
+        }
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub struct AnomalyEngine {
     /// The latest detections of this process, newest last (at most
     /// [`RECENT_DETECTIONS`]); locked only when a detector fires.
     recent: std::sync::Mutex<std::collections::VecDeque<AnomalyEvent>>,
+    /// (detector, key) firings fully reported lately (a seeded 64-bit hash
+    /// of both -> until when, Unix ms): see [`FULL_REPORT_EVERY`].
+    reported: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    reported_hasher: foldhash::fast::RandomState,
     /// Redis ban answers per target (`ip:…` / `subject:…`), for
     /// [`BAN_CACHE_TTL`]: a request checks its IP and subject from memory.
     #[cfg(feature = "redis")]
@@ -138,6 +142,19 @@ pub struct AnomalyEngine {
 
 /// How many detections [`AnomalyEngine::recent_detections`] keeps.
 pub const RECENT_DETECTIONS: usize = 256;
+
+/// A detector keeps firing on every event while its key is over the
+/// threshold (an abusive client trips `burst` on each request). The first
+/// firing is reported in full (an [`AnomalyEvent`] with its sample, the
+/// alert, the ban, the recent detections); later firings of the same
+/// detector and key within this long (or within its cooldown or ban, if
+/// shorter) only tag the request and count the metric: building the event
+/// again would cost each such request a redacted sample and several
+/// allocations for a report that de-duplication then drops.
+pub const FULL_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most (detector, key) pairs remembered as reported.
+const MAX_REPORTED: usize = 100_000;
 
 /// How long a replica answers a ban check on Redis from memory: a ban
 /// written by another replica (or `portcullis bans`) is enforced here
@@ -194,6 +211,8 @@ impl AnomalyEngine {
             clock,
             recent_bans: memory::MemoryDedup::default(),
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            reported: std::sync::Mutex::new(std::collections::HashMap::new()),
+            reported_hasher: foldhash::fast::RandomState::default(),
             #[cfg(feature = "redis")]
             ban_cache: moka::sync::Cache::builder()
                 .max_capacity(BAN_CACHE_ENTRIES)
@@ -469,6 +488,14 @@ impl AnomalyEngine {
             if !count.reached(config.threshold) {
                 continue;
             }
+            if self.reported_lately(obs, config, now) {
+                metrics::counter!("portcullis_anomaly_detections_total", "detector" => obs.kind.as_str())
+                    .increment(1);
+                if config.has(Action::Tag) && !out.tags.contains(&obs.kind) {
+                    out.tags.push(obs.kind);
+                }
+                continue;
+            }
             let s = match (&sample_value, sample.take()) {
                 (Some(s), _) => s.clone(),
                 (None, Some(f)) => {
@@ -535,6 +562,36 @@ impl AnomalyEngine {
             out.events.push(event);
         }
         Ok(out)
+    }
+
+    /// Whether `obs`'s detector and key were fully reported within
+    /// [`FULL_REPORT_EVERY`] (or the detector's cooldown or ban, if
+    /// shorter) of `now`; if not, they count as reported from now on.
+    fn reported_lately(&self, obs: &Observation<'_>, config: &DetectorConfig, now: u64) -> bool {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut every = FULL_REPORT_EVERY.min(config.cooldown);
+        if config.has(Action::Ban) {
+            every = every.min(config.ban_for);
+        }
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if every == 0 {
+            return false;
+        }
+        let mut h = self.reported_hasher.build_hasher();
+        obs.kind.index().hash(&mut h);
+        obs.key.hash(&mut h);
+        let id = h.finish();
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if reported.get(&id).is_some_and(|&until| until > now) {
+            return true;
+        }
+        if reported.len() >= MAX_REPORTED {
+            reported.retain(|_, until| *until > now);
+        }
+        if reported.len() < MAX_REPORTED {
+            reported.insert(id, now.saturating_add(every));
+        }
+        false
     }
 
     async fn record(
