@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::StoreError;
 use super::sql::{EmbeddedMigrations, sql_stores};
+use super::{StoreError, WatchEvent};
 
 /// The PostgreSQL schema, versioned.
 pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -96,29 +96,37 @@ impl PostgresStores {
     ];
 
     /// Listens on [`REVOCATION_CHANNEL`] on a connection of its own and
-    /// calls `on_append` for each notification, and once each time the
-    /// connection is lost (what was sent meanwhile is lost with it);
-    /// reconnects every second while PostgreSQL is unreachable.
+    /// reports each notification ([`WatchEvent::Appended`]) and each time it
+    /// listens, first and after every reconnect ([`WatchEvent::Listening`]:
+    /// what was sent meanwhile is lost, so the feed reads then). A lost
+    /// connection is replaced at once (sqlx's listener reconnects and
+    /// listens again on its next receive); while PostgreSQL is unreachable
+    /// it retries every second. Ends when the pool is closed.
     #[allow(clippy::unnecessary_wraps)]
     fn watch_revocations(&self, on_append: super::AppendSignal) -> Option<BoxFuture<'static, ()>> {
         let pool = self.pool.clone();
         Some(Box::pin(async move {
-            loop {
+            while !pool.is_closed() {
                 match listen(&pool).await {
-                    Ok(mut listener) => loop {
-                        match listener.try_recv().await {
-                            Ok(Some(_)) => on_append(),
-                            Ok(None) => {
-                                // Lost; the next receive reconnects.
-                                on_append();
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
-                                break;
+                    Ok(mut listener) => {
+                        on_append(WatchEvent::Listening);
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(_)) => on_append(WatchEvent::Appended),
+                                Ok(None) => {
+                                    // The connection was lost and the
+                                    // listener has reconnected and listens
+                                    // again (or the next receive fails).
+                                    on_append(WatchEvent::Listening);
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
+                                    break;
+                                }
                             }
                         }
-                    },
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot LISTEN for revocations; retrying");
                     }
