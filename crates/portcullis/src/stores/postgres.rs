@@ -81,6 +81,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))
 }
 
+/// Least time between two reconnects of the revocation `LISTEN`.
+const RELISTEN_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The channel on which appends to the revocation log are announced.
 pub const REVOCATION_CHANNEL: &str = "portcullis_revocation";
 
@@ -100,8 +103,9 @@ impl PostgresStores {
     /// listens, first and after every reconnect ([`WatchEvent::Listening`]:
     /// what was sent meanwhile is lost, so the feed reads then). A lost
     /// connection is replaced at once (sqlx's listener reconnects and
-    /// listens again on its next receive); while PostgreSQL is unreachable
-    /// it retries every second. Ends when the pool is closed.
+    /// listens again before it reports the loss), at most once a second;
+    /// while PostgreSQL is unreachable it retries every second. Ends when
+    /// the pool is closed.
     #[allow(clippy::unnecessary_wraps)]
     fn watch_revocations(&self, on_append: super::AppendSignal) -> Option<BoxFuture<'static, ()>> {
         let pool = self.pool.clone();
@@ -110,15 +114,20 @@ impl PostgresStores {
                 match listen(&pool).await {
                     Ok(mut listener) => {
                         on_append(WatchEvent::Listening);
+                        let mut last_lost: Option<std::time::Instant> = None;
                         loop {
                             match listener.try_recv().await {
                                 Ok(Some(_)) => on_append(WatchEvent::Appended),
                                 Ok(None) => {
-                                    // The connection was lost and the
+                                    // The connection was lost, and the
                                     // listener has reconnected and listens
-                                    // again (or the next receive fails).
+                                    // again. Lost again within a second:
+                                    // back off for one (no reconnect storm).
                                     on_append(WatchEvent::Listening);
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    if last_lost.is_some_and(|t| t.elapsed() < RELISTEN_BACKOFF) {
+                                        tokio::time::sleep(RELISTEN_BACKOFF).await;
+                                    }
+                                    last_lost = Some(std::time::Instant::now());
                                 }
                                 Err(e) => {
                                     tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
