@@ -127,9 +127,14 @@ const REVOCATION_BYTES_METRIC: &str = "portcullis_revocation_bytes";
 const REVOCATION_STALE_METRIC: &str = "portcullis_revocation_stale_decisions_total";
 /// Counter: reads of the revocation log that failed or timed out.
 const REVOCATION_POLL_FAILURES_METRIC: &str = "portcullis_revocation_poll_failures_total";
-/// Counter: appends announced by the log (PostgreSQL `NOTIFY`), each read
-/// at once rather than at the next poll.
+/// Counter: immediate reads of the log asked by its watch (PostgreSQL
+/// `LISTEN`): each announced append and each (re)start of listening.
 const REVOCATION_WAKEUPS_METRIC: &str = "portcullis_revocation_wakeups_total";
+/// Counter: appends announced by the log (PostgreSQL `NOTIFY` received).
+const REVOCATION_NOTIFICATIONS_METRIC: &str = "portcullis_revocation_notifications_total";
+/// Counter: times the log's watch started listening (1, plus one per
+/// reconnect after its connection was lost).
+const REVOCATION_LISTENS_METRIC: &str = "portcullis_revocation_listens_total";
 /// Counter: log entries this build cannot read (a newer version's kind, or
 /// corrupt), skipped by the feed.
 const REVOCATION_UNRECOGNIZED_METRIC: &str = "portcullis_revocation_unrecognized_total";
@@ -1102,6 +1107,8 @@ impl Health {
             .absolute(stats.stale_allowed);
         metrics::counter!(REVOCATION_POLL_FAILURES_METRIC).absolute(stats.poll_failures);
         metrics::counter!(REVOCATION_WAKEUPS_METRIC).absolute(stats.wakeups);
+        metrics::counter!(REVOCATION_NOTIFICATIONS_METRIC).absolute(stats.notifications);
+        metrics::counter!(REVOCATION_LISTENS_METRIC).absolute(stats.listens);
         metrics::counter!(REVOCATION_UNRECOGNIZED_METRIC).absolute(stats.unrecognized);
         if let Some(audit) = &self.audit {
             let depth = u32::try_from(audit.queued()).unwrap_or(u32::MAX);

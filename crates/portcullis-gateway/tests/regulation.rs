@@ -210,13 +210,23 @@ fn throttled(r: &Reply) -> Value {
 /// The index of the first 429 in `replies`; every reply before it is 401
 /// `auth.invalid_credentials`.
 fn first_throttled(replies: &[Reply]) -> usize {
+    first_throttled_after(
+        replies,
+        StatusCode::UNAUTHORIZED,
+        "auth.invalid_credentials",
+    )
+}
+
+/// The index of the first 429 in `replies`; every reply before it is
+/// `status` with `code`, every one from it on a throttled answer.
+fn first_throttled_after(replies: &[Reply], status: StatusCode, code: &str) -> usize {
     let at = replies
         .iter()
         .position(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
         .expect("some attempt throttled");
     for r in &replies[..at] {
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-        assert_eq!(r.code().as_deref(), Some("auth.invalid_credentials"));
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.code().as_deref(), Some(code), "{}", r.body);
     }
     for r in &replies[at..] {
         throttled(r);
@@ -693,8 +703,93 @@ async fn replicas_share_the_regulation_on_postgres_alone() {
 async fn replicas_share_the_regulation(name: &str, shared: &str) -> Option<FreshDatabase> {
     let db = FreshDatabase::create(name).await?;
     let dir = TempDir::new(name);
-    keys_and_pepper(&dir);
-    let pg = Arc::new(PostgresStores::connect(&db.url, 2).await.unwrap());
+    const N: usize = 4;
+    let (publics, gateways) = two_replicas(&dir, &db.url, shared, N).await;
+    let c = client();
+    // A burst on a fresh replica opens its pool's connections inside the
+    // regulation's call budget, which a loaded machine can exceed: those
+    // attempts are then answered locally, by design, and the count is no
+    // longer the shared one. Open them first, with attempts from other
+    // addresses at other accounts.
+    let mut warm = Vec::new();
+    for i in 0..6 * N {
+        let (c, public) = (c.clone(), publics[i % 2]);
+        warm.push(tokio::spawn(async move {
+            let from = format!("192.0.2.{i}");
+            login_at(&c, public, &from, &format!("warm{i}"), "wrong").await
+        }));
+    }
+    for t in warm {
+        t.await.unwrap();
+    }
+    let fallbacks_before = [
+        regulation_fallbacks(&c, gateways[0].ops).await,
+        regulation_fallbacks(&c, gateways[1].ops).await,
+    ];
+
+    // 3N wrong passwords at once, alternating between the replicas:
+    // exactly N are checked (401), the rest refused (429).
+    let mut tasks = Vec::new();
+    for i in 0..3 * N {
+        let (c, public) = (c.clone(), publics[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            login_at(&c, public, "203.0.113.40", "alice", "wrong").await
+        }));
+    }
+    let (mut checked, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled(&r);
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    let fallbacks = [
+        regulation_fallbacks(&c, gateways[0].ops).await - fallbacks_before[0],
+        regulation_fallbacks(&c, gateways[1].ops).await - fallbacks_before[1],
+    ];
+    // Exact while the store answers within its budget: a key answered
+    // locally (a fallback) is not shared, and says why if this fails.
+    assert_eq!(
+        (checked, refused),
+        (N, 2 * N),
+        "keys regulated without the shared store, per replica: {fallbacks:?}"
+    );
+    // Both replicas now refuse that client, right password or not...
+    for public in publics {
+        throttled(&login_at(&c, public, "203.0.113.40", "alice", PASSWORD).await);
+    }
+    // ...and both let the owner in from elsewhere.
+    for public in publics {
+        let r = login_at(&c, public, "198.51.100.40", "alice", PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    drop(gateways);
+    Some(db)
+}
+
+/// Keys regulated in a gateway's own memory because its shared store
+/// failed, hung or was skipped by the open breaker (`/metrics`).
+async fn regulation_fallbacks(client: &HttpClient, ops: SocketAddr) -> u64 {
+    metric(client, ops, "portcullis_regulation_fallback_total").await
+}
+
+/// Two ready gateway replicas on the PostgreSQL database at `url` (its
+/// stores, with the user `alice` created) with `shared` as further
+/// `[storage]` lines, regulating at `per_account` failures per account and
+/// IP (100 per IP). Their public addresses, and the replicas.
+async fn two_replicas(
+    dir: &TempDir,
+    url: &str,
+    shared: &str,
+    per_account: usize,
+) -> ([SocketAddr; 2], Vec<Gateway>) {
+    keys_and_pepper(dir);
+    let pg = Arc::new(PostgresStores::connect(url, 2).await.unwrap());
     let stores = Stores::new(
         Backends::all(pg),
         StoresConfig::new(SecretHasher::new(&PEPPER).unwrap()),
@@ -708,7 +803,6 @@ async fn replicas_share_the_regulation(name: &str, shared: &str) -> Option<Fresh
         })
         .await
         .unwrap();
-    const N: usize = 4;
     let publics = [free_port(), free_port()];
     let c = client();
     let mut gateways = Vec::new();
@@ -736,7 +830,7 @@ level = "warn"
 trusted_proxies = ["127.0.0.1/32"]
 
 [token_service.regulation]
-max_failures_per_account = {N}
+max_failures_per_account = {per_account}
 max_failures_per_ip = 100
 
 [[guard.routes]]
@@ -749,13 +843,13 @@ name = "echo"
 url = "http://127.0.0.1:9"
 routes = ["open"]
 "#,
-            db = db.url,
+            db = url,
             pepper = dir.join("pepper").display(),
             keys = dir.join("keys").display(),
             issuer = publics[0],
         );
         gateways.push(Gateway::start(
-            &dir,
+            dir,
             &format!("replica{i}"),
             &text,
             *public,
@@ -765,40 +859,7 @@ routes = ["open"]
     for g in &gateways {
         g.wait_ready(&c).await;
     }
-
-    // 3N wrong passwords at once, alternating between the replicas:
-    // exactly N are checked (401), the rest refused (429).
-    let mut tasks = Vec::new();
-    for i in 0..3 * N {
-        let (c, public) = (c.clone(), publics[i % 2]);
-        tasks.push(tokio::spawn(async move {
-            login_at(&c, public, "203.0.113.40", "alice", "wrong").await
-        }));
-    }
-    let (mut checked, mut refused) = (0, 0);
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            StatusCode::UNAUTHORIZED => checked += 1,
-            StatusCode::TOO_MANY_REQUESTS => {
-                throttled(&r);
-                refused += 1;
-            }
-            other => panic!("unexpected {other}: {}", r.body),
-        }
-    }
-    assert_eq!((checked, refused), (N, 2 * N));
-    // Both replicas now refuse that client, right password or not...
-    for public in publics {
-        throttled(&login_at(&c, public, "203.0.113.40", "alice", PASSWORD).await);
-    }
-    // ...and both let the owner in from elsewhere.
-    for public in publics {
-        let r = login_at(&c, public, "198.51.100.40", "alice", PASSWORD).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    }
-    drop(gateways);
-    Some(db)
+    (publics, gateways)
 }
 
 /// A Redis that hangs (SIGSTOP) costs the regulation its sharing, not its
@@ -856,6 +917,131 @@ async fn a_hung_redis_falls_back_to_local_regulation() {
     redis.resume();
     let ok = g.login("198.51.100.50", "alice", PASSWORD).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+}
+
+/// The token service's budget for one store call on the login path
+/// (`portcullis::service::DEFAULT_STORE_BUDGET`; not configurable in the
+/// gateway).
+const STORE_BUDGET: Duration = Duration::from_secs(1);
+/// The budget of one regulation call on PostgreSQL; an attempt pays it at
+/// most once.
+const REGULATION_BUDGET: Duration = Duration::from_millis(250);
+/// Slack for a loaded test machine.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// Two replicas share the regulation on PostgreSQL alone, and PostgreSQL
+/// hangs (SIGSTOP of a private server: connections stay open, nothing
+/// answers). The sharing is lost, the protection is not: every login is
+/// answered within the store budget plus one regulation budget (and
+/// slack), the guessing client is refused 429 `auth.too_many_attempts`
+/// from this replica's own counts after N attempts (before that, 503
+/// `backend.unavailable`: the user store is down too), every key of every
+/// attempt counted as a fallback. Once the server resumes, the replicas go
+/// back to the database: N failures across both refuse a new client, with
+/// no fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_postgres_falls_back_to_local_regulation_and_sharing_resumes() {
+    let dir = TempDir::new("regulation_hung_pg");
+    // Declared first, dropped last: the replicas die before it; a test
+    // failing while it is paused still stops and removes it (resumed first).
+    let Some(pg) = OwnPostgres::start(dir.join("pg")) else {
+        return;
+    };
+    const N: usize = 3;
+    let (publics, gateways) = two_replicas(&dir, &pg.url(), "", N).await;
+    let ops = [gateways[0].ops, gateways[1].ops];
+    let c = client();
+    // Shared before the hang: a failure on one replica is a row in the table.
+    let r = login_at(&c, publics[0], "198.51.100.50", "alice", "wrong").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(regulation_fallbacks(&c, ops[0]).await, 0);
+
+    pg.pause();
+    let bound = STORE_BUDGET + REGULATION_BUDGET + SLACK;
+    let mut replies = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for password in ["wrong"; 2 * N].into_iter().chain([PASSWORD]) {
+        let started = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            login_at(&c, publics[0], "203.0.113.50", "alice", password),
+        )
+        .await
+        .expect("every login is answered while PostgreSQL hangs");
+        slowest = slowest.max(started.elapsed());
+        replies.push(r);
+    }
+    let attempts = replies.len() as u64;
+    eprintln!("regulation: slowest login while PostgreSQL hung: {slowest:?}");
+    assert!(
+        slowest < bound,
+        "a login took {slowest:?} while PostgreSQL hung (bound {bound:?})"
+    );
+    assert_eq!(
+        first_throttled_after(
+            &replies,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend.unavailable"
+        ),
+        N,
+        "regulated from this replica's own counts"
+    );
+    // Each attempt's IP and (account, IP) keys, none from the database.
+    assert_eq!(regulation_fallbacks(&c, ops[0]).await, 2 * attempts);
+    assert_eq!(regulation_fallbacks(&c, ops[1]).await, 0);
+
+    pg.resume();
+    // Each replica's breaker closes at its next probe (every 250 ms): wait
+    // until an attempt on it no longer falls back.
+    for (i, public) in publics.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for n in 0.. {
+            let before = regulation_fallbacks(&c, ops[i]).await;
+            let from = format!("198.51.100.6{i}");
+            let r = login_at(&c, public, &from, &format!("nobody{n}"), "wrong").await;
+            if regulation_fallbacks(&c, ops[i]).await == before {
+                assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} never went back to PostgreSQL"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Shared again: N failures alternating between the replicas, then both
+    // refuse, and nothing fell back.
+    let before = [
+        regulation_fallbacks(&c, ops[0]).await,
+        regulation_fallbacks(&c, ops[1]).await,
+    ];
+    let mut replies = Vec::new();
+    for i in 0..2 * N {
+        replies.push(login_at(&c, publics[i % 2], "203.0.113.51", "alice", "wrong").await);
+    }
+    assert_eq!(first_throttled(&replies), N);
+    let after = [
+        regulation_fallbacks(&c, ops[0]).await,
+        regulation_fallbacks(&c, ops[1]).await,
+    ];
+    assert_eq!(after, before, "regulated in the database again");
+    let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM regulation WHERE key = 'login:acct:203.0.113.51:alice' \
+         AND locked_until > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(locked, 1);
+    db.close().await;
+    // The owner logs in from elsewhere on both.
+    for public in publics {
+        let r = login_at(&c, public, "198.51.100.70", "alice", PASSWORD).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    drop(gateways);
 }
 
 /// The (argon2id, bcrypt) password verifications a gateway ran so far.

@@ -4,9 +4,11 @@
 //! every replica), asked before a credential is checked.
 //!
 //! A shared store that fails (or hangs past its call budget: 100 ms for
-//! Redis, 250 ms for a PostgreSQL transaction) trips a circuit breaker, and
-//! attempts are then regulated by this process's own state until a probe
-//! succeeds: the protection stays, only its sharing is lost for the outage.
+//! Redis, 250 ms for PostgreSQL) trips a circuit breaker, and attempts are
+//! then regulated by this process's own state until a probe succeeds: the
+//! protection stays, only its sharing is lost for the outage. One attempt
+//! waits for at most one call budget: once the shared store failed it, the
+//! attempt's other key is charged locally too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub struct Regulator {
     breaker: crate::ratelimit::fallback::CircuitBreaker,
     clock: Arc<dyn Clock>,
     refused: AtomicU64,
+    fallbacks: AtomicU64,
 }
 
 impl std::fmt::Debug for Regulator {
@@ -77,6 +80,7 @@ impl Regulator {
             .named("regulation"),
             clock,
             refused: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
         })
     }
 
@@ -90,9 +94,10 @@ impl Regulator {
     }
 
     /// The same, with its state in the shared PostgreSQL database (table
-    /// `regulation`, created by the stores' migrations; each attempt one
-    /// transaction that locks its key's row, bounded to 250 ms; the
-    /// database's clock): for replicas that share PostgreSQL and no Redis.
+    /// `regulation`, created by the stores' migrations; each attempt at a
+    /// key one statement that locks its row only while it runs, bounded to
+    /// 250 ms; the database's clock): for replicas that share PostgreSQL and
+    /// no Redis.
     #[cfg(feature = "postgres")]
     #[must_use]
     pub fn on_postgres(mut self, pool: sqlx::PgPool) -> Self {
@@ -108,6 +113,13 @@ impl Regulator {
     /// How many attempts this process refused.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How many keys were charged or settled in this process because the
+    /// shared store failed, hung past its budget or was skipped by the open
+    /// breaker (always 0 without a shared store).
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     /// One attempt on `surface` from client `ip` (the trusted-proxy client
@@ -132,8 +144,10 @@ impl Regulator {
             ));
         }
         let mut charged = Vec::with_capacity(2);
+        // Cleared once the shared store fails this attempt: one budget each.
+        let mut shared = true;
         for (k, scope) in keys {
-            let answer = self.charge(&k, scope).await;
+            let answer = self.charge(&k, scope, &mut shared).await;
             if let Attempt::Refused { .. } = answer {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("portcullis_regulation_refused_total", "surface" => surface.as_str())
@@ -154,42 +168,39 @@ impl Regulator {
     /// The credential was right: the IP's charge is given back and the
     /// (account, IP) pair starts afresh.
     pub async fn succeeded(&self, ticket: Ticket) {
+        let mut shared = true;
         for (k, scope) in ticket.charged {
-            if !self.settle_shared(&k, scope).await {
+            if !self.settle_shared(&k, scope, &mut shared).await {
                 self.local.settle(&k, scope);
             }
         }
     }
 
-    /// Settles in the shared store; `false` when there is none or it failed.
-    async fn settle_shared(&self, k: &str, scope: Scope) -> bool {
-        let Some(shared) = &self.shared else {
+    /// Settles in the shared store; `false` when there is none, it failed,
+    /// or `shared` was cleared (it failed earlier in this call, which then
+    /// clears it).
+    async fn settle_shared(&self, k: &str, scope: Scope, shared: &mut bool) -> bool {
+        let Some(store) = self.shared_store(shared) else {
             return false;
         };
-        if !self.breaker.allow() {
-            return false;
-        }
-        match shared.settle(k, scope).await {
+        match store.settle(k, scope).await {
             Ok(()) => {
                 self.breaker.success();
                 true
             }
             Err(e) => {
-                self.breaker.failure();
-                tracing::warn!(backend = shared.name(), error = %e, "regulation backend failed; settling locally");
+                self.shared_failed(store, shared, &e, "settling locally");
                 false
             }
         }
     }
 
-    /// Charges in the shared store; `None` when there is none or it failed.
-    async fn charge_shared(&self, k: &str, scope: Scope) -> Option<Attempt> {
-        let shared = self.shared.as_ref()?;
-        if !self.breaker.allow() {
-            return None;
-        }
+    /// Charges in the shared store; `None` when there is none, it failed,
+    /// or `shared` was cleared (as for [`Self::settle_shared`]).
+    async fn charge_shared(&self, k: &str, scope: Scope, shared: &mut bool) -> Option<Attempt> {
+        let store = self.shared_store(shared)?;
         let p = &self.policy;
-        match shared
+        match store
             .attempt(k, p.limit(scope), p.window_ms(), p.ban_ms())
             .await
         {
@@ -198,19 +209,45 @@ impl Regulator {
                 Some(answer)
             }
             Err(e) => {
-                self.breaker.failure();
-                tracing::warn!(backend = shared.name(), error = %e, "regulation backend failed; regulating locally");
+                self.shared_failed(store, shared, &e, "regulating locally");
                 None
             }
         }
+    }
+
+    /// The shared store to call now: `None` when there is none, when this
+    /// call already saw it fail (`shared` cleared) or when the breaker is
+    /// open (then counted as a fallback).
+    fn shared_store(&self, shared: &mut bool) -> Option<&Shared> {
+        let store = self.shared.as_ref()?;
+        if *shared && self.breaker.allow() {
+            return Some(store);
+        }
+        *shared = false;
+        self.fell_back(store);
+        None
+    }
+
+    fn shared_failed(&self, store: &Shared, shared: &mut bool, error: &str, then: &str) {
+        *shared = false;
+        self.breaker.failure();
+        self.fell_back(store);
+        tracing::warn!(backend = store.name(), error = %error, "regulation backend failed; {then}");
+    }
+
+    /// Counts one key handled in this process for want of the shared store.
+    fn fell_back(&self, store: &Shared) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("portcullis_regulation_fallback_total", "backend" => store.name())
+            .increment(1);
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn charge(&self, k: &str, scope: Scope) -> Attempt {
-        if let Some(answer) = self.charge_shared(k, scope).await {
+    async fn charge(&self, k: &str, scope: Scope, shared: &mut bool) -> Attempt {
+        if let Some(answer) = self.charge_shared(k, scope, shared).await {
             return answer;
         }
         let p = &self.policy;
@@ -324,8 +361,9 @@ impl Shared {
     }
 }
 
-/// The budget of one regulation transaction on PostgreSQL (three round
-/// trips and a row lock that concurrent attempts at one key wait for).
+/// The budget of one regulation statement on PostgreSQL (one round trip,
+/// and the wait for the key's row lock while other attempts at that key
+/// run theirs).
 #[cfg(feature = "postgres")]
 const POSTGRES_CALL_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -333,9 +371,56 @@ const POSTGRES_CALL_TIMEOUT: Duration = Duration::from_millis(250);
 #[cfg(feature = "postgres")]
 const POSTGRES_PURGE_EVERY: u64 = 256;
 
-/// The state in the `regulation` table: each attempt runs
-/// `FailureRecord::attempt` on the row it locks (`INSERT … ON CONFLICT DO
-/// UPDATE` inserts or locks it in one statement), on the database's clock.
+/// One key's attempt in one statement (so its row is locked only while the
+/// database runs it, never across round trips): `FailureRecord::attempt`
+/// on the database's clock, `$2` the limit (at least 1), `$3` the window
+/// and `$4` the ban in milliseconds. A new key is inserted charged once;
+/// an existing one is, in order: left alone while locked; started afresh
+/// when empty or past its window; locked for the ban when used up; else
+/// charged. Returns the row's `locked_until` and the time of the attempt
+/// (refused while the first is later).
+///
+/// Committed asynchronously (`synchronous_commit` off for this statement's
+/// transaction): attempts at one key queue on its row lock, which a
+/// synchronous commit would hold through a WAL flush each (about 1 ms: a
+/// burst of 120 would outlast the call budget and be answered locally). A
+/// PostgreSQL crash may forget the last fraction of a second of charges,
+/// as a Redis restart forgets its counts.
+#[cfg(feature = "postgres")]
+const POSTGRES_ATTEMPT: &str = "\
+WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now, \
+  set_config('synchronous_commit', 'off', true) AS async), \
+up AS ( \
+  INSERT INTO regulation AS r (key, count, window_start, locked_until, expires_at) \
+  SELECT $1, 1, t.now, 0, t.now + $3 FROM t \
+  ON CONFLICT (key) DO UPDATE SET \
+    count = CASE \
+      WHEN r.locked_until > excluded.window_start THEN r.count \
+      WHEN r.count = 0 OR excluded.window_start >= r.window_start + $3 THEN 1 \
+      WHEN r.count >= $2 THEN 0 \
+      ELSE r.count + 1 END, \
+    window_start = CASE \
+      WHEN r.locked_until > excluded.window_start THEN r.window_start \
+      WHEN r.count = 0 OR excluded.window_start >= r.window_start + $3 \
+        THEN excluded.window_start \
+      ELSE r.window_start END, \
+    locked_until = CASE \
+      WHEN r.locked_until > excluded.window_start THEN r.locked_until \
+      WHEN r.count = 0 OR excluded.window_start >= r.window_start + $3 THEN r.locked_until \
+      WHEN r.count >= $2 THEN excluded.window_start + $4 \
+      ELSE r.locked_until END, \
+    expires_at = CASE \
+      WHEN r.locked_until > excluded.window_start THEN r.expires_at \
+      WHEN r.count = 0 OR excluded.window_start >= r.window_start + $3 \
+        THEN excluded.window_start + $3 \
+      WHEN r.count >= $2 THEN GREATEST(excluded.window_start + $4, r.window_start + $3) \
+      ELSE GREATEST(r.locked_until, r.window_start + $3) END \
+  RETURNING r.locked_until) \
+SELECT up.locked_until, t.now FROM up, t";
+
+/// The state in the `regulation` table: each attempt runs the state machine
+/// of `FailureRecord::attempt` in one statement ([`POSTGRES_ATTEMPT`]) on
+/// the row it inserts or locks, on the database's clock.
 #[cfg(feature = "postgres")]
 struct PostgresRegulation {
     pool: sqlx::PgPool,
@@ -358,13 +443,24 @@ impl PostgresRegulation {
         window_ms: u64,
         ban_ms: u64,
     ) -> Result<Attempt, String> {
-        let (answer, now) = tokio::time::timeout(
-            POSTGRES_CALL_TIMEOUT,
-            self.attempt_in_transaction(k, limit, window_ms, ban_ms),
-        )
-        .await
-        .map_err(|_| format!("no answer within {POSTGRES_CALL_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        let db = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let statement = sqlx::query_as::<_, (i64, i64)>(POSTGRES_ATTEMPT)
+            .bind(k)
+            .bind(i64::from(limit.max(1)))
+            .bind(db(window_ms))
+            .bind(db(ban_ms.max(1)))
+            .fetch_one(&self.pool);
+        // A statement cut off here may still run once the database answers
+        // again: the key is then charged twice (here and locally), never
+        // less.
+        let (locked_until, now) = tokio::time::timeout(POSTGRES_CALL_TIMEOUT, statement)
+            .await
+            .map_err(|_| format!("no answer within {POSTGRES_CALL_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let answer = match u64::try_from(locked_until.saturating_sub(now)) {
+            Ok(0) | Err(_) => Attempt::Admitted,
+            Ok(retry_after_ms) => Attempt::Refused { retry_after_ms },
+        };
         if self.attempts.fetch_add(1, Ordering::Relaxed) % POSTGRES_PURGE_EVERY
             == POSTGRES_PURGE_EVERY - 1
         {
@@ -372,7 +468,7 @@ impl PostgresRegulation {
             let pool = self.pool.clone();
             tokio::spawn(async move {
                 let purge = sqlx::query("DELETE FROM regulation WHERE expires_at < $1")
-                    .bind(i64::try_from(now).unwrap_or(i64::MAX))
+                    .bind(now)
                     .execute(&pool);
                 match tokio::time::timeout(POSTGRES_CALL_TIMEOUT, purge).await {
                     Ok(Ok(_)) => {}
@@ -382,53 +478,6 @@ impl PostgresRegulation {
             });
         }
         Ok(answer)
-    }
-
-    /// The attempt and the database's time of it.
-    async fn attempt_in_transaction(
-        &self,
-        k: &str,
-        limit: u32,
-        window_ms: u64,
-        ban_ms: u64,
-    ) -> Result<(Attempt, u64), sqlx::Error> {
-        use sqlx::Row;
-        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO regulation AS r (key, count, window_start, locked_until, expires_at) \
-             VALUES ($1, 0, 0, 0, 0) \
-             ON CONFLICT (key) DO UPDATE SET count = r.count \
-             RETURNING r.count, r.window_start, r.locked_until, \
-             (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now",
-        )
-        .bind(k)
-        .fetch_one(&mut *tx)
-        .await?;
-        let now = ms(row.try_get("now")?);
-        let mut record = FailureRecord {
-            count: u32::try_from(row.try_get::<i64, _>("count")?).unwrap_or(u32::MAX),
-            window_start_ms: ms(row.try_get("window_start")?),
-            locked_until_ms: ms(row.try_get("locked_until")?),
-        };
-        let answer = record.attempt(now, limit, window_ms, ban_ms);
-        let expires = record
-            .locked_until_ms
-            .max(record.window_start_ms.saturating_add(window_ms));
-        let db = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        sqlx::query(
-            "UPDATE regulation SET count = $2, window_start = $3, locked_until = $4, \
-             expires_at = $5 WHERE key = $1",
-        )
-        .bind(k)
-        .bind(i64::from(record.count))
-        .bind(db(record.window_start_ms))
-        .bind(db(record.locked_until_ms))
-        .bind(db(expires))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((answer, now))
     }
 
     async fn settle(&self, k: &str, scope: Scope) -> Result<(), String> {

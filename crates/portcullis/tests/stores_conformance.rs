@@ -2131,6 +2131,95 @@ async fn postgres_announces_revocations_to_other_replicas() {
     eprintln!("revocation set: announced on PostgreSQL, in b's set after {elapsed:?}");
 }
 
+/// Waits (10 s at most, else panics with `what`) until `done`.
+#[cfg(feature = "postgres")]
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The `LISTEN` connection of replica b's feed is killed on the server
+/// (`pg_terminate_backend`, as a restart or a proxy would): the listener
+/// reconnects and listens again (`listens` moves from 1 to 2), and the
+/// next revocation made on replica a is announced to b over the new
+/// connection (`notifications` moves) and enforced there. b polls only
+/// every second, and the test waits for the notification itself: the poll
+/// alone cannot pass it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_listen_reconnects_after_its_connection_is_killed() {
+    use portcullis::stores::RevokedKind;
+    use std::time::Instant;
+    let Some(db) = support::FreshDatabase::create("listen_kill").await else {
+        return;
+    };
+    let backend = portcullis::stores::postgres::PostgresStores::connect(&db.url, 16)
+        .await
+        .expect("connect PostgreSQL");
+    let backends = Backends::all(Arc::new(backend));
+    let mut slow = config();
+    slow.revocation.poll_interval = Duration::from_secs(1);
+    let a = Arc::new(Stores::new(backends.clone(), config()).expect("stores"));
+    let b = Arc::new(Stores::new(backends, slow).expect("stores"));
+    b.revocations()
+        .ready(Duration::from_secs(5))
+        .await
+        .expect("b loads");
+    eventually("b never listened", || b.revocations().stats().listens >= 1).await;
+    let before = b.revocations().stats();
+    assert_eq!(before.listens, 1, "{before:?}");
+
+    // Kill every LISTEN connection of this test's database (b's only: a's
+    // feed never started).
+    let mut admin = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&db.url).await.expect("connect")
+    };
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, vec![true], "one LISTEN connection to kill");
+    eventually("b's listener never came back", || {
+        b.revocations().stats().listens >= 2
+    })
+    .await;
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("count listeners");
+    assert_eq!(listening, 1, "one new LISTEN connection");
+
+    // A revocation on a reaches b by notification, over the new connection.
+    let after_reconnect = b.revocations().stats();
+    let jti = format!("jti-relisten-{}", support::unique_name("n"));
+    let started = Instant::now();
+    a.revoke_jti(&jti, now() + 600).await.expect("deny");
+    eventually("b was never notified", || {
+        b.revocations().stats().notifications > after_reconnect.notifications
+    })
+    .await;
+    eventually("b never enforced it", || {
+        b.revocations().contains(RevokedKind::Jti, &jti)
+    })
+    .await;
+    let stats = b.revocations().stats();
+    assert_eq!(stats.listens, 2, "no spinning reconnects: {stats:?}");
+    eprintln!(
+        "revocation set: after the LISTEN kill, notified and enforced in {:?}",
+        started.elapsed()
+    );
+}
+
 // ------------------------------------------------------------- the matrix
 
 macro_rules! suite {

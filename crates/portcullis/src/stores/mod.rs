@@ -635,18 +635,31 @@ pub trait RevocationLog: Send + Sync {
     /// Deletes entries expired at `now`; returns how many.
     fn purge_revocations(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
     /// A task, run for as long as the set follows this log, that calls
-    /// `on_append` whenever another process appends to it (PostgreSQL:
-    /// `LISTEN`), so the feed reads at once instead of at its next poll;
-    /// `None` (the default) for a log with no such signal. A hint only: the
-    /// feed polls every `poll_interval` whether or not it comes.
+    /// `on_append` with [`WatchEvent::Appended`] whenever another process
+    /// appends to it (PostgreSQL: `LISTEN`), so the feed reads at once
+    /// instead of at its next poll, and with [`WatchEvent::Listening`] each
+    /// time it (re)starts listening (what was announced while it was not is
+    /// lost, so the feed reads then too); `None` (the default) for a log
+    /// with no such signal. A hint only: the feed polls every
+    /// `poll_interval` whether or not it comes.
     fn watch(&self, on_append: AppendSignal) -> Option<BoxFuture<'static, ()>> {
         let _ = on_append;
         None
     }
 }
 
-/// What a log's [`RevocationLog::watch`] task calls on each append.
-pub type AppendSignal = Arc<dyn Fn() + Send + Sync>;
+/// What a log's [`RevocationLog::watch`] task reports.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Another process appended to the log (a notification arrived).
+    Appended,
+    /// The watch listens (again): at its start and after each reconnect.
+    Listening,
+}
+
+/// What a log's [`RevocationLog::watch`] task calls on each event.
+pub type AppendSignal = Arc<dyn Fn(WatchEvent) + Send + Sync>;
 
 /// API keys.
 pub trait ApiKeyStore: Send + Sync {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::StoreError;
 use super::sql::{EmbeddedMigrations, sql_stores};
+use super::{StoreError, WatchEvent};
 
 /// The PostgreSQL schema, versioned.
 pub const MIGRATIONS: EmbeddedMigrations = EmbeddedMigrations(&[
@@ -81,6 +81,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("migrations: {e}")))
 }
 
+/// Least time between two reconnects of the revocation `LISTEN`.
+const RELISTEN_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The channel on which appends to the revocation log are announced.
 pub const REVOCATION_CHANNEL: &str = "portcullis_revocation";
 
@@ -96,29 +99,43 @@ impl PostgresStores {
     ];
 
     /// Listens on [`REVOCATION_CHANNEL`] on a connection of its own and
-    /// calls `on_append` for each notification, and once each time the
-    /// connection is lost (what was sent meanwhile is lost with it);
-    /// reconnects every second while PostgreSQL is unreachable.
+    /// reports each notification ([`WatchEvent::Appended`]) and each time it
+    /// listens, first and after every reconnect ([`WatchEvent::Listening`]:
+    /// what was sent meanwhile is lost, so the feed reads then). A lost
+    /// connection is replaced at once (sqlx's listener reconnects and
+    /// listens again before it reports the loss), at most once a second;
+    /// while PostgreSQL is unreachable it retries every second. Ends when
+    /// the pool is closed.
     #[allow(clippy::unnecessary_wraps)]
     fn watch_revocations(&self, on_append: super::AppendSignal) -> Option<BoxFuture<'static, ()>> {
         let pool = self.pool.clone();
         Some(Box::pin(async move {
-            loop {
+            while !pool.is_closed() {
                 match listen(&pool).await {
-                    Ok(mut listener) => loop {
-                        match listener.try_recv().await {
-                            Ok(Some(_)) => on_append(),
-                            Ok(None) => {
-                                // Lost; the next receive reconnects.
-                                on_append();
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
-                                break;
+                    Ok(mut listener) => {
+                        on_append(WatchEvent::Listening);
+                        let mut last_lost: Option<std::time::Instant> = None;
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(_)) => on_append(WatchEvent::Appended),
+                                Ok(None) => {
+                                    // The connection was lost, and the
+                                    // listener has reconnected and listens
+                                    // again. Lost again within a second:
+                                    // back off for one (no reconnect storm).
+                                    on_append(WatchEvent::Listening);
+                                    if last_lost.is_some_and(|t| t.elapsed() < RELISTEN_BACKOFF) {
+                                        tokio::time::sleep(RELISTEN_BACKOFF).await;
+                                    }
+                                    last_lost = Some(std::time::Instant::now());
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "revocation LISTEN connection failed; retrying");
+                                    break;
+                                }
                             }
                         }
-                    },
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot LISTEN for revocations; retrying");
                     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use portcullis_core::Clock;
 use tokio::sync::Notify;
 
-use super::{LoggedRevocation, RevocationLog, RevokedKind, StoreError, StoreResult};
+use super::{LoggedRevocation, RevocationLog, RevokedKind, StoreError, StoreResult, WatchEvent};
 
 /// How long a revoked session stays in the log and the set: the longest an
 /// access token it issued before its revocation can live (the gateway
@@ -113,8 +113,14 @@ pub struct RevocationFeedStats {
     pub stale_denied: u64,
     /// Checks answered from a set past `max_stale` (`allow`).
     pub stale_allowed: u64,
-    /// Appends announced by a log (each makes the feed poll at once).
+    /// Times a log's watch made the feed poll at once: each announced
+    /// append and each (re)start of listening.
     pub wakeups: u64,
+    /// Appends announced by a log (PostgreSQL: notifications received).
+    pub notifications: u64,
+    /// Times a log's watch started listening: once at start, then once per
+    /// reconnect after its connection was lost.
+    pub listens: u64,
     /// Log entries skipped because this build cannot read them
     /// ([`RevokedKind::Unrecognized`]: written by a newer version, or
     /// corrupt).
@@ -225,6 +231,8 @@ struct Inner {
     /// The logs' [`RevocationLog::watch`] tasks, aborted with the set.
     watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     wakeups: AtomicU64,
+    notifications: AtomicU64,
+    listens: AtomicU64,
     wake: Arc<Notify>,
     last_purge: Mutex<Option<Instant>>,
     poll_failures: AtomicU64,
@@ -298,6 +306,8 @@ impl RevocationSet {
                 feed: Mutex::new(None),
                 watchers: Mutex::new(Vec::new()),
                 wakeups: AtomicU64::new(0),
+                notifications: AtomicU64::new(0),
+                listens: AtomicU64::new(0),
                 wake: Arc::new(Notify::new()),
                 last_purge: Mutex::new(None),
                 poll_failures: AtomicU64::new(0),
@@ -355,6 +365,8 @@ impl RevocationSet {
             stale_denied: self.inner.stale_denied.load(Ordering::Relaxed),
             stale_allowed: self.inner.stale_allowed.load(Ordering::Relaxed),
             wakeups: self.inner.wakeups.load(Ordering::Relaxed),
+            notifications: self.inner.notifications.load(Ordering::Relaxed),
+            listens: self.inner.listens.load(Ordering::Relaxed),
             unrecognized: self.inner.unrecognized.load(Ordering::Relaxed),
         }
     }
@@ -477,8 +489,13 @@ impl RevocationSet {
             watchers.clear();
             for log in &self.inner.logs {
                 let weak = Arc::downgrade(&self.inner);
-                let signal: super::AppendSignal = Arc::new(move || {
+                let signal: super::AppendSignal = Arc::new(move |event| {
                     if let Some(inner) = weak.upgrade() {
+                        match event {
+                            WatchEvent::Appended => &inner.notifications,
+                            WatchEvent::Listening => &inner.listens,
+                        }
+                        .fetch_add(1, Ordering::Relaxed);
                         inner.wakeups.fetch_add(1, Ordering::Relaxed);
                         inner.wake.notify_one();
                     }
