@@ -198,6 +198,9 @@ struct Upstream {
     prefix: String,
     protocol: UpstreamProtocol,
     client: UpstreamClient,
+    /// `portcullis_gateway_upstream_duration_seconds` for this upstream,
+    /// resolved on first use (not looked up by label on every request).
+    duration: std::sync::OnceLock<metrics::Histogram>,
 }
 
 /// The pooled client of an upstream.
@@ -495,6 +498,7 @@ impl Proxy {
                 prefix: uri.path().trim_end_matches('/').to_owned(),
                 protocol: up.protocol,
                 client,
+                duration: std::sync::OnceLock::new(),
             });
             for r in &up.routes {
                 by_route.insert(Arc::from(r.as_str()), Arc::clone(&upstream));
@@ -824,11 +828,15 @@ impl Proxy {
             Ok(Ok(r)) => r,
         };
         let elapsed = started.elapsed();
-        metrics::histogram!(
-            "portcullis_gateway_upstream_duration_seconds",
-            "upstream" => metrics::SharedString::from(Arc::clone(&upstream.name))
-        )
-        .record(elapsed.as_secs_f64());
+        upstream
+            .duration
+            .get_or_init(|| {
+                metrics::histogram!(
+                    "portcullis_gateway_upstream_duration_seconds",
+                    "upstream" => metrics::SharedString::from(Arc::clone(&upstream.name))
+                )
+            })
+            .record(elapsed.as_secs_f64());
         tracing::debug!(upstream = %upstream.name, elapsed_us = elapsed.as_micros() as u64, "upstream answered");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match (websocket, client_upgrade, tunnel) {
@@ -1185,6 +1193,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_else(|| http::uri::Authority::from_static("127.0.0.1:1")),
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            duration: std::sync::OnceLock::new(),
             protocol: UpstreamProtocol::Http1,
         }
     }

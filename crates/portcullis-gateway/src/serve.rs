@@ -85,6 +85,51 @@ pub(crate) struct App {
     body_timeout: Duration,
     /// The gateway's public JWKS and where it is served.
     jwks: (String, Bytes),
+    /// The per-request metric handles.
+    request_metrics: RequestMetrics,
+}
+
+/// The request counter and duration histogram, by surface and (common)
+/// status, each resolved once on first use: a `metrics::counter!` with
+/// labels hashes them and allocates a key in the registry on every call.
+#[derive(Default)]
+struct RequestMetrics {
+    requests: [[std::sync::OnceLock<metrics::Counter>; COMMON_STATUSES.len()]; Surface::ALL.len()],
+    durations: [std::sync::OnceLock<metrics::Histogram>; Surface::ALL.len()],
+}
+
+impl RequestMetrics {
+    fn count(&self, surface: Surface, status: StatusCode) {
+        let common = COMMON_STATUSES
+            .iter()
+            .position(|&(code, _)| code == status.as_u16());
+        let Some(i) = common else {
+            metrics::counter!(
+                "portcullis_gateway_requests_total",
+                "surface" => surface.as_str(),
+                "status" => status_label(status)
+            )
+            .increment(1);
+            return;
+        };
+        self.requests[surface as usize][i]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "portcullis_gateway_requests_total",
+                    "surface" => surface.as_str(),
+                    "status" => status_label(status)
+                )
+            })
+            .increment(1);
+    }
+
+    fn time(&self, surface: Surface, elapsed: Duration) {
+        self.durations[surface as usize]
+            .get_or_init(|| {
+                metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface.as_str())
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 /// What the ops listener reports on.
@@ -488,6 +533,7 @@ pub(crate) fn build_app(
         max_body: config.server.max_body_bytes,
         body_timeout: config.server.request_body_timeout,
         jwks,
+        request_metrics: RequestMetrics::default(),
     })
 }
 
@@ -858,27 +904,35 @@ pub async fn shutdown_signal() {
 }
 
 /// A status as a metric label: the common ones without allocating.
+/// The statuses whose label needs no allocation (and whose request
+/// counters are held, see `RequestMetrics`).
+const COMMON_STATUSES: [(u16, &str); 16] = [
+    (200, "200"),
+    (201, "201"),
+    (204, "204"),
+    (301, "301"),
+    (302, "302"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (413, "413"),
+    (429, "429"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
+
 fn status_label(status: StatusCode) -> metrics::SharedString {
-    let common = match status.as_u16() {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => return metrics::SharedString::from(status.as_str().to_owned()),
-    };
-    metrics::SharedString::const_str(common)
+    match COMMON_STATUSES
+        .iter()
+        .find(|&&(code, _)| code == status.as_u16())
+    {
+        Some(&(_, label)) => metrics::SharedString::const_str(label),
+        None => metrics::SharedString::from(status.as_str().to_owned()),
+    }
 }
 
 /// Whether `path` is `prefix` or under it.
@@ -897,6 +951,13 @@ enum Surface {
 }
 
 impl Surface {
+    const ALL: [Surface; 4] = [
+        Self::TokenService,
+        Self::ForwardAuth,
+        Self::Jwks,
+        Self::Proxy,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::TokenService => "token_service",
@@ -942,14 +1003,8 @@ impl App {
                 surface.as_str(),
             );
         }
-        metrics::counter!(
-            "portcullis_gateway_requests_total",
-            "surface" => surface.as_str(),
-            "status" => status_label(response.status())
-        )
-        .increment(1);
-        metrics::histogram!("portcullis_gateway_request_duration_seconds", "surface" => surface.as_str())
-            .record(started.elapsed().as_secs_f64());
+        self.request_metrics.count(surface, response.status());
+        self.request_metrics.time(surface, started.elapsed());
         // A gRPC client reads a status, not problem+json: the gateway's own
         // refusals on the proxy are answered as one (counted above, and
         // audited by the guard, with their HTTP status).

@@ -128,6 +128,9 @@ pub struct AnomalyEngine {
     /// of both -> until when, Unix ms): see [`FULL_REPORT_EVERY`].
     reported: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
     reported_hasher: foldhash::fast::RandomState,
+    /// `portcullis_anomaly_detections_total` per detector, resolved on
+    /// first use (a firing detector counts on every event of its key).
+    detections: [std::sync::OnceLock<metrics::Counter>; DetectorKind::ALL.len()],
     /// Redis ban answers per target (`ip:…` / `subject:…`), for
     /// [`BAN_CACHE_TTL`]: a request checks its IP and subject from memory.
     #[cfg(feature = "redis")]
@@ -213,6 +216,7 @@ impl AnomalyEngine {
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
             reported: std::sync::Mutex::new(std::collections::HashMap::new()),
             reported_hasher: foldhash::fast::RandomState::default(),
+            detections: Default::default(),
             #[cfg(feature = "redis")]
             ban_cache: moka::sync::Cache::builder()
                 .max_capacity(BAN_CACHE_ENTRIES)
@@ -489,8 +493,7 @@ impl AnomalyEngine {
                 continue;
             }
             if self.reported_lately(obs, config, now) {
-                metrics::counter!("portcullis_anomaly_detections_total", "detector" => obs.kind.as_str())
-                    .increment(1);
+                self.count_detection(obs.kind);
                 if config.has(Action::Tag) && !out.tags.contains(&obs.kind) {
                     out.tags.push(obs.kind);
                 }
@@ -514,8 +517,7 @@ impl AnomalyEngine {
                 last_seen_ms: now,
                 sample: s,
             };
-            metrics::counter!("portcullis_anomaly_detections_total", "detector" => obs.kind.as_str())
-                .increment(1);
+            self.count_detection(obs.kind);
             if config.has(Action::Tag) && !out.tags.contains(&obs.kind) {
                 out.tags.push(obs.kind);
             }
@@ -562,6 +564,14 @@ impl AnomalyEngine {
             out.events.push(event);
         }
         Ok(out)
+    }
+
+    fn count_detection(&self, kind: DetectorKind) {
+        self.detections[kind.index()]
+            .get_or_init(|| {
+                metrics::counter!("portcullis_anomaly_detections_total", "detector" => kind.as_str())
+            })
+            .increment(1);
     }
 
     /// Whether `obs`'s detector and key were fully reported within
