@@ -12,8 +12,27 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
 
-/// Rows per INSERT statement (24 columns: well under SQLite's 32 766 variables).
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per INSERT statement (24 columns: well under SQLite's 32 766
+/// variables), largest first. A batch is split into statements of these
+/// sizes (at most one of each size below the largest), so only these nine
+/// statement texts exist: each is parsed once and then found in the
+/// connection's statement cache. A statement sized to each batch was parsed
+/// anew for almost every batch (batch sizes vary with load), which cost more
+/// than the insert itself.
+const STATEMENT_ROWS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
+
+/// `events` cut into chunks of [`STATEMENT_ROWS`] sizes, in order.
+fn statement_chunks<T>(mut events: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = STATEMENT_ROWS
+            .iter()
+            .copied()
+            .find(|&rows| rows <= events.len())?;
+        let (chunk, rest) = events.split_at(size);
+        events = rest;
+        Some(chunk)
+    })
+}
 
 /// Rows deleted per prune statement.
 pub const PRUNE_CHUNK: i64 = 10_000;
@@ -152,7 +171,7 @@ impl SqliteAudit {
 
     async fn insert(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        for chunk in statement_chunks(events) {
             let mut qb: QueryBuilder<'_, Sqlite> =
                 QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
             qb.push_values(chunk, |mut b, e| {
@@ -253,5 +272,22 @@ impl AuditSink for SqliteAudit {
 impl AuditStore for SqliteAudit {
     fn query<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<AuditPage, AuditError>> {
         Box::pin(self.query_page(query))
+    }
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_the_few_cached_statement_sizes() {
+        for n in [0usize, 1, 3, 255, 256, 257, 1000, 1023] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "every row once, in order ({n})");
+            assert!(chunks.iter().all(|c| STATEMENT_ROWS.contains(&c.len())));
+            let small = chunks.iter().filter(|c| c.len() < 256).count();
+            assert!(small <= 8, "{n} rows: {small} small statements");
+        }
     }
 }
