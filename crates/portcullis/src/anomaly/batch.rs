@@ -267,7 +267,11 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                if self.failures.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                if self
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(100)
+                {
                     tracing::warn!(error = %e, "anomaly window flush failed; its events wait for the next");
                 }
                 metrics::counter!("portcullis_anomaly_flush_failures_total").increment(1);
