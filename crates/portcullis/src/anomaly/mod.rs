@@ -626,15 +626,16 @@ impl AnomalyEngine {
                 // call per hash tag: a plain request is at most one call.
                 let mut exact: Vec<(usize, redis::WindowUpdate)> = Vec::new();
                 for (i, (obs, config)) in batch.iter().enumerate() {
-                    let update = counters.update(obs, config);
+                    // A batched event needs only its window's key; the
+                    // exact path also a member (a fresh event id).
                     if obs.member.is_none()
                         && let Some(batcher) = &self.batcher
-                        && let Some(count) = batcher.add(&update.key, local_now)
+                        && let Some(count) = batcher.add(&counters.key(obs), local_now)
                     {
                         counts[i] = Some(count);
                         continue;
                     }
-                    exact.push((i, update));
+                    exact.push((i, counters.update(obs, config)));
                 }
                 let mut now = local_now;
                 let mut done = vec![false; exact.len()];
