@@ -22,7 +22,9 @@
 //! - the shared count it starts from may still include events that left the
 //!   window within the last [`FRESH_FOR`];
 //! - events of a failed flush are sent with the next one; at most
-//!   `threshold` are kept per key (the window holds no more).
+//!   `threshold` are kept per key (the window holds no more). A flush
+//!   stops at its first failed call, so a hung Redis costs each flush one
+//!   call budget, not one per hash tag.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -198,7 +200,7 @@ impl Batcher {
     /// and drops windows that have been quiet for longer than they span.
     pub async fn flush(&self) {
         let now = self.now_ms();
-        let mut batch: Vec<(WindowUpdate, u64)> = Vec::new();
+        let mut batch: Vec<WindowUpdate> = Vec::new();
         {
             let mut windows = self.lock();
             windows.retain(|_, w| {
@@ -213,58 +215,70 @@ impl Batcher {
                 let n = w.pending;
                 w.inflight = n;
                 w.pending = 0;
-                batch.push((
-                    WindowUpdate {
-                        key: key.clone(),
-                        window_ms: w.window_ms,
-                        threshold: w.threshold,
-                        members: (0..n).map(|_| unique_event_id()).collect(),
-                    },
-                    n,
-                ));
+                batch.push(WindowUpdate {
+                    key: key.clone(),
+                    window_ms: w.window_ms,
+                    threshold: w.threshold,
+                    members: (0..n).map(|_| unique_event_id()).collect(),
+                });
             }
         }
         if batch.is_empty() {
             return;
         }
-        if self.counters.is_cluster() {
+        let cluster = self.counters.is_cluster();
+        if cluster {
             batch.sort_by(|a, b| {
-                crate::redis_conn::hash_tag(&a.0.key).cmp(crate::redis_conn::hash_tag(&b.0.key))
+                crate::redis_conn::hash_tag(&a.key).cmp(crate::redis_conn::hash_tag(&b.key))
             });
-            let mut rest = &batch[..];
-            while let Some(first) = rest.first() {
-                let tag = crate::redis_conn::hash_tag(&first.0.key);
-                let len = rest
-                    .iter()
-                    .take(KEYS_PER_CALL)
-                    .take_while(|u| crate::redis_conn::hash_tag(&u.0.key) == tag)
-                    .count();
-                let (group, tail) = rest.split_at(len);
-                self.send(group).await;
-                rest = tail;
-            }
-        } else {
-            for group in batch.chunks(KEYS_PER_CALL) {
-                self.send(group).await;
+        }
+        let mut rest = &batch[..];
+        while let Some(first) = rest.first() {
+            // One call per hash tag on a Cluster; any keys on one server.
+            let tag = crate::redis_conn::hash_tag(&first.key);
+            let len = rest
+                .iter()
+                .take(KEYS_PER_CALL)
+                .take_while(|u| !cluster || crate::redis_conn::hash_tag(&u.key) == tag)
+                .count();
+            let (group, tail) = rest.split_at(len);
+            rest = tail;
+            if !self.send(group).await {
+                // Redis failed (or hung past its budget): the other groups
+                // wait for the next flush instead of each paying the budget.
+                self.put_back(rest);
+                return;
             }
         }
     }
 
-    async fn send(&self, group: &[(WindowUpdate, u64)]) {
-        let updates: Vec<WindowUpdate> = group.iter().map(|(u, _)| u.clone()).collect();
-        let answer = self.counters.record_updates(&updates).await;
-        let now = self.now_ms();
+    /// Returns `group`'s events to their windows' pending counts.
+    fn put_back(&self, group: &[WindowUpdate]) {
         let mut windows = self.lock();
+        for u in group {
+            if let Some(w) = windows.get_mut(&u.key) {
+                w.pending = (w.pending + u.members.len() as u64).min(u64::from(w.threshold));
+                w.inflight = 0;
+            }
+        }
+    }
+
+    /// Sends one call's updates; whether Redis took them.
+    async fn send(&self, group: &[WindowUpdate]) -> bool {
+        let answer = self.counters.record_updates(group).await;
+        let now = self.now_ms();
         match answer {
             Ok((counts, _)) => {
                 self.flushes.fetch_add(1, Ordering::Relaxed);
-                for ((u, _), count) in group.iter().zip(counts) {
+                let mut windows = self.lock();
+                for (u, count) in group.iter().zip(counts) {
                     if let Some(w) = windows.get_mut(&u.key) {
                         w.shared = count;
                         w.synced_ms = now;
                         w.inflight = 0;
                     }
                 }
+                true
             }
             Err(e) => {
                 if self
@@ -275,12 +289,8 @@ impl Batcher {
                     tracing::warn!(error = %e, "anomaly window flush failed; its events wait for the next");
                 }
                 metrics::counter!("portcullis_anomaly_flush_failures_total").increment(1);
-                for (u, n) in group {
-                    if let Some(w) = windows.get_mut(&u.key) {
-                        w.pending = (w.pending + n).min(u64::from(w.threshold));
-                        w.inflight = 0;
-                    }
-                }
+                self.put_back(group);
+                false
             }
         }
     }

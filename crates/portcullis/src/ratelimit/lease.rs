@@ -203,8 +203,9 @@ impl Leases {
         self.lock().remove(key);
     }
 
-    /// Tokens held now, over every key (for tests).
-    pub fn held(&self) -> u64 {
+    /// Tokens held now, over every key.
+    #[cfg(test)]
+    fn held(&self) -> u64 {
         self.lock().values().map(|l| l.tokens).sum()
     }
 }
