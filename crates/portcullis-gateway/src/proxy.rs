@@ -134,6 +134,35 @@ impl RequestBody {
     }
 }
 
+/// How long, and how many more bytes, the rest of a refused upload is
+/// read and dropped (nginx's lingering close does the same).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads and drops what is left of a body the gateway refused (413), for at
+/// most [`LINGER_TIME`] and [`LINGER_BYTES`], in the background. A
+/// connection closed with unread bytes is reset, and the reset can destroy
+/// the 413 before a client that is still writing has read it; once the
+/// client has sent the rest, the connection answers as usual.
+pub fn linger(mut body: crate::deadline::TimedBody) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n >= left {
+                    break;
+                }
+                left -= n;
+            }
+        })
+        .await;
+    });
+}
+
 impl From<Bytes> for RequestBody {
     fn from(bytes: Bytes) -> Self {
         Self::Buffered(Full::new(bytes))
@@ -148,7 +177,8 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             Self::Streaming { inner, remaining } => {
                 let limit_total = *remaining;
                 match Pin::new(inner).poll_frame(cx) {
@@ -156,6 +186,10 @@ impl Body for RequestBody {
                         if let Some(data) = frame.data_ref() {
                             let len = data.len() as u64;
                             if len > *remaining {
+                                let rest = std::mem::replace(this, Self::from(Bytes::new()));
+                                if let Self::Streaming { inner, .. } = rest {
+                                    linger(inner);
+                                }
                                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit_total)))));
                             }
                             *remaining -= len;

@@ -822,6 +822,17 @@ async fn plaintext_speaks_h2c_passes_websockets_and_streams_bodies() {
     let problem: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["code"], "gateway.body_too_large");
 
+    // Past the limit, the 413 comes before the whole body is read: by its
+    // declared length, or mid-stream. A client that sends its whole body
+    // before it reads the answer (as most do) still reads the 413: the
+    // gateway reads and drops the rest of an upload it refused rather than
+    // close with bytes unread, which resets the connection and destroys
+    // the 413 unread.
+    for declared in [true, false] {
+        let head = refused_upload(gw.public, &big, declared).await;
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    }
+
     // The request body streams: the upstream gets the first chunk while
     // the client still holds back the rest (a buffering gateway would
     // wait for the whole body and this would time out).
@@ -873,6 +884,48 @@ async fn read_head(io: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// POSTs `data` to `/upload` over a raw connection, whole, before reading
+/// the answer: with its `Content-Length` when `declared`, else as one
+/// chunk. The response head, or why the connection failed.
+async fn refused_upload(addr: SocketAddr, data: &[u8], declared: bool) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let framing = if declared {
+        format!("content-length: {}", data.len())
+    } else {
+        "transfer-encoding: chunked".to_owned()
+    };
+    let head = format!("POST /upload HTTP/1.1\r\nhost: {addr}\r\n{framing}\r\n\r\n");
+    let sent = async {
+        tcp.write_all(head.as_bytes()).await?;
+        if declared {
+            tcp.write_all(data).await?;
+        } else {
+            tcp.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            tcp.write_all(data).await?;
+            tcp.write_all(b"\r\n0\r\n\r\n").await?;
+        }
+        tcp.flush().await
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(20), sent)
+        .await
+        .expect("the upload is sent or refused within 20 s")
+    {
+        return format!("the upload failed: {e}");
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return format!("reading the answer failed: {e}"),
+            Err(_) => return "no answer within 10 s".to_owned(),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// POSTs `data` to `/upload` chunked, `chunk` bytes a frame. With `gate`,
