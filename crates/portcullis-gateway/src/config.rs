@@ -18,8 +18,12 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+mod checks;
 mod regulation;
+mod trusted_issuer;
+pub use self::checks::{HOP_BY_HOP, valid_host_pattern};
 pub use self::regulation::RegulationConfig;
+pub use self::trusted_issuer::remote_issuer;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -1872,7 +1876,7 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
         );
     }
     for (i, host) in config.server.ops_hosts.iter().enumerate() {
-        if let Err(reason) = crate::ops_guard::valid_host_pattern(host) {
+        if let Err(reason) = valid_host_pattern(host) {
             err(format!("server.ops_hosts[{i}]"), reason.into());
         }
     }
@@ -1912,7 +1916,7 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
             err(key.into(), "must be longer than zero".into());
         }
     }
-    for (key, message) in crate::limits::validate(&config.server) {
+    for (key, message) in checks::server_limits(&config.server) {
         err(key.into(), message);
     }
     if let Some(tls) = &config.server.tls {
@@ -2039,7 +2043,7 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
     }
     if config.keys.dir.is_dir()
         && let Err(e) =
-            crate::cli::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
+            crate::keys::load_key_dir(&config.keys.dir, config.keys.active_kid.as_deref())
     {
         err("keys.dir".into(), e.to_string());
     }
@@ -2095,7 +2099,7 @@ fn validate(config: &Config, host: Host) -> Vec<(String, String)> {
                 format!("`{}` is trusted twice", issuer.issuer),
             );
         }
-        if let Err((field, message)) = crate::serve::remote_issuer(issuer) {
+        if let Err((field, message)) = remote_issuer(issuer) {
             err(key(field), message);
         }
     }
@@ -2423,7 +2427,7 @@ fn guard_error(guard: &GuardConfig, signed_requests: bool) -> Option<(String, St
 
 fn is_hop_or_credential(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    crate::proxy::HOP_BY_HOP.contains(&n.as_str())
+    HOP_BY_HOP.contains(&n.as_str())
         || matches!(
             n.as_str(),
             "authorization"

@@ -38,7 +38,7 @@ pub struct ForwardAuth {
     guard: Guard,
     identity: IdentityNames,
     trusted: ClientIpConfig,
-    canonical: crate::canonical::Canonicalizer,
+    canonical: crate::proxy::canonical::Canonicalizer,
 }
 
 impl ForwardAuth {
@@ -48,7 +48,7 @@ impl ForwardAuth {
         guard: Guard,
         identity: IdentityNames,
         trusted_proxies: ClientIpConfig,
-        canonical: crate::canonical::Canonicalizer,
+        canonical: crate::proxy::canonical::Canonicalizer,
     ) -> Self {
         Self {
             guard,
@@ -105,13 +105,15 @@ impl ForwardAuth {
             );
         };
         // What the proxy in front will pass on unchanged must have one meaning.
-        if let Err(crate::canonical::Refused(why)) = self.canonical.check_original(&mut original) {
+        if let Err(crate::proxy::canonical::Refused(why)) =
+            self.canonical.check_original(&mut original)
+        {
             metrics::counter!("portcullis_gateway_noncanonical_refused_total", "reason" => why.code())
                 .increment(1);
             let mut decision =
                 self.guard
                     .malformed(&original, Some(peer.ip()), why.code(), &why.to_string());
-            let mut r = crate::canonical::refusal(why, &decision.request_id);
+            let mut r = crate::proxy::canonical::refusal(why, &decision.request_id);
             if let Ok(v) = HeaderValue::from_str(why.code()) {
                 r.headers_mut().insert(CODE_HEADER, v);
             }

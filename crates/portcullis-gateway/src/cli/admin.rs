@@ -22,7 +22,7 @@ use clap::Args;
 use portcullis::stores::NewApiKey;
 
 use super::{CliError, console};
-use crate::admin::ADMIN_OWNER_PREFIX;
+use crate::ops::admin::ADMIN_OWNER_PREFIX;
 
 /// Arguments of `admin bootstrap`.
 #[derive(Debug, Args)]
@@ -79,7 +79,7 @@ pub fn bootstrap(args: &BootstrapArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Output)?;
     rt.block_on(async {
-        let storage = crate::storage::open(&config)
+        let storage = crate::serve::storage::open(&config)
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let created = storage

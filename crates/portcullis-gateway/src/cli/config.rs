@@ -33,7 +33,7 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
                 up.name
             ));
         }
-        if let Err(e) = crate::upstream_tls::UpstreamTls::load(up) {
+        if let Err(e) = crate::proxy::upstream_tls::UpstreamTls::load(up) {
             errors.push(crate::config::error_at_key(
                 &args.file,
                 &text,
@@ -52,7 +52,7 @@ pub fn check(args: &CheckArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Output)?;
-    match runtime.block_on(crate::cases::run_config_tests(&config, &args.file)) {
+    match runtime.block_on(crate::explain::cases::run_config_tests(&config, &args.file)) {
         Ok(passed) => console::print(&format!(
             "{}: OK ({passed} pinned decisions hold)",
             args.file.display()

@@ -2,17 +2,12 @@
 //! warnings and errors, tokens from an argument or stdin, files read with a cap.
 
 use std::fmt::Display;
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
 
 use serde::Serialize;
 
 use super::CliError;
-use super::error::Input;
-
-/// No key file, JWKS or token the CLI reads is anywhere near this large.
-pub const MAX_INPUT_BYTES: u64 = 1024 * 1024;
+pub use crate::keys::{MAX_INPUT_BYTES, read_file};
 
 /// Writes `text` and a newline to stdout.
 pub fn print(text: &str) -> Result<(), CliError> {
@@ -37,28 +32,6 @@ pub fn warn(message: impl Display) {
 /// Writes `error: <message>` to stderr.
 pub fn error(message: &dyn Display) {
     let _ = writeln!(io::stderr(), "error: {message}");
-}
-
-/// Reads a whole file of at most [`MAX_INPUT_BYTES`].
-pub fn read_file(path: &Path, what: Input) -> Result<Vec<u8>, CliError> {
-    let read_err = |source| CliError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let mut buf = Vec::new();
-    file.take(MAX_INPUT_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(read_err)?;
-    if buf.len() as u64 > MAX_INPUT_BYTES {
-        return Err(CliError::TooLarge {
-            what,
-            path: path.to_path_buf(),
-            limit: MAX_INPUT_BYTES,
-        });
-    }
-    Ok(buf)
 }
 
 /// The token given as an argument, or read from stdin when it is `-`;

@@ -5,49 +5,12 @@ use std::path::PathBuf;
 
 use portcullis_core::{IssueError, KeyError, TokenError};
 
+pub use crate::keys::{FileError, Input};
+
 /// Exit code of a rejected token.
 pub const EXIT_REJECTED: u8 = 1;
 /// Exit code of a usage, configuration or key error.
 pub const EXIT_USAGE: u8 = 2;
-
-/// The kind of file a command reads, for messages that say what to pass instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input {
-    /// `token verify --jwks`.
-    Jwks,
-    /// `token issue --key`, or a key in a `keys jwks` directory.
-    KeyFile,
-    /// The `<stem>.jwk.json` next to a PEM key.
-    PublicJwk,
-    /// An admin key or password file (`--key-file`, `--password-file`).
-    Secret,
-}
-
-impl Input {
-    fn noun(self) -> &'static str {
-        match self {
-            Self::Jwks => "JWKS file",
-            Self::KeyFile => "key file",
-            Self::PublicJwk => "public JWK",
-            Self::Secret => "secret file",
-        }
-    }
-
-    fn hint(self) -> &'static str {
-        match self {
-            Self::Jwks => {
-                "pass --jwks the path of a JWKS document, e.g. saved from `portcullis keys jwks DIR > jwks.json`"
-            }
-            Self::KeyFile => {
-                "pass the path of a PEM or JWK key file, e.g. one written by `portcullis keys generate`"
-            }
-            Self::PublicJwk => "fix its permissions or remove it; it is optional",
-            Self::Secret => {
-                "pass a readable file holding the secret alone (an admin key from `portcullis admin bootstrap`, or a password)"
-            }
-        }
-    }
-}
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,58 +21,12 @@ pub enum CliError {
     /// An argument is invalid in a way the parser cannot see.
     #[error("{0}")]
     Usage(String),
-    /// An input file could not be read.
-    #[error("cannot read {} `{path}`: {source}; {}", what.noun(), what.hint())]
-    Read {
-        /// What the file was meant to be.
-        what: Input,
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// An input file is too large to be what it should be.
-    #[error("{} `{path}` is larger than {limit} bytes; {}", what.noun(), what.hint())]
-    TooLarge {
-        /// What the file was meant to be.
-        what: Input,
-        /// The file.
-        path: PathBuf,
-        /// The size limit.
-        limit: u64,
-    },
     /// Standard input could not be read.
     #[error("cannot read the token from stdin: {0}")]
     Stdin(io::Error),
-    /// The directory for new keys could not be created or listed.
-    #[error("cannot use directory `{path}`: {source}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// An output file could not be written.
-    #[error("cannot write `{path}`: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// A key file already exists; it is never overwritten.
-    #[error(
-        "refusing to overwrite `{0}`; choose another --kid or --out directory, or move the existing file away"
-    )]
-    Exists(PathBuf),
-    /// A key could not be generated, loaded or used.
-    #[error("{context}: {source}")]
-    Key {
-        /// What was being done, naming the file.
-        context: String,
-        /// The key error.
-        source: KeyError,
-    },
+    /// A key file or input file could not be read, written or used.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The JWKS document is not usable at all.
     #[error(
         "cannot load JWKS `{path}`: {source}; pass --jwks a JSON document {{\"keys\": [...]}}, such as the output of `portcullis keys jwks DIR`"
@@ -186,9 +103,6 @@ impl CliError {
 
     /// A key error with its context.
     pub fn key(context: impl Into<String>, source: KeyError) -> Self {
-        Self::Key {
-            context: context.into(),
-            source,
-        }
+        Self::File(FileError::key(context, source))
     }
 }

@@ -220,7 +220,7 @@ fn replay_audit(args: &TestArgs, explainer: Explainer) -> Result<(), CliError> {
             limit: MAX_PAGE_SIZE,
             ..AuditQuery::default()
         };
-        let mut replay = crate::replay::Replay::new(explainer);
+        let mut replay = crate::explain::replay::Replay::new(explainer);
         loop {
             let page = store
                 .query(&query)
@@ -262,13 +262,14 @@ pub fn test(args: &TestArgs) -> Result<(), CliError> {
     }
     let mut all = Vec::new();
     for file in &args.cases {
-        let cases = crate::cases::load(file).map_err(|e| CliError::Lines(vec![e.to_string()]))?;
+        let cases =
+            crate::explain::cases::load(file).map_err(|e| CliError::Lines(vec![e.to_string()]))?;
         all.push((file, cases));
     }
     let runtime = runtime()?;
     let (mut total, mut failed) = (0, 0);
     for (file, cases) in &all {
-        for r in runtime.block_on(crate::cases::run(&explainer, cases)) {
+        for r in runtime.block_on(crate::explain::cases::run(&explainer, cases)) {
             total += 1;
             if r.passed {
                 console::print(&format!("ok    {}", r.name))?;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use portcullis_core::Algorithm;
 
-use super::keyfile::{self, PRIVATE_MODE, PUBLIC_MODE};
 use super::{CliError, console, keys};
+use crate::keys::{self as keyfile, PRIVATE_MODE, PUBLIC_MODE};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
     let keys_dir = dir.join("keys");
     keyfile::refuse_existing(&[&config_path, &pepper_path, &cases_path])?;
     if keys_dir.exists() {
-        return Err(CliError::Exists(keys_dir));
+        return Err(crate::keys::FileError::Exists(keys_dir).into());
     }
     keyfile::create_dir(dir)?;
     keyfile::create_dir(&dir.join("data"))?;

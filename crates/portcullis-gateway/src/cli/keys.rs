@@ -1,7 +1,7 @@
 //! `portcullis keys`: generate signing keys, and publish the public JWKS of a key directory.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use portcullis_core::jose::jwk::{self, public_jwk};
@@ -9,8 +9,10 @@ use portcullis_core::{Algorithm, Key, KeyFamily, KeySet};
 use serde_json::Value;
 
 use super::error::Input;
-use super::keyfile::{self, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE, SECRET_SUFFIX};
 use super::{CliError, console};
+use crate::keys::{
+    self as keyfile, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE, SECRET_SUFFIX,
+};
 
 /// Arguments of `keys generate`.
 #[derive(Debug, Args)]
@@ -68,7 +70,7 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     keyfile::write_new(&private_path, private_pem.as_bytes(), PRIVATE_MODE)?;
     if let Err(e) = keyfile::write_new(&public_path, &pretty(&public)?, PUBLIC_MODE) {
         let _ = fs::remove_file(&private_path);
-        return Err(e);
+        return Err(e.into());
     }
     console::print(&format!(
         "kid: {kid}\nalgorithm: {}\nprivate key: {} (mode 0600)\npublic key: {}",
@@ -113,12 +115,12 @@ fn pretty(value: &Value) -> Result<Vec<u8>, CliError> {
 /// (a JWK whose kid is already present is skipped; symmetric keys are never
 /// published). A key file that cannot be loaded is an error, not a silent gap.
 pub fn jwks(args: &JwksArgs) -> Result<(), CliError> {
-    let (pems, jwks) = key_files(&args.dir)?;
+    let (pems, jwks) = keyfile::key_files(&args.dir)?;
     let mut set = KeySet::new();
     for path in &pems {
         let bytes = console::read_file(path, Input::KeyFile)?;
         let key = keyfile::load_pem(path, &bytes, None)?;
-        insert(&mut set, key, path)?;
+        keyfile::insert(&mut set, key, path)?;
     }
     for path in &jwks {
         let bytes = console::read_file(path, Input::KeyFile)?;
@@ -126,92 +128,11 @@ pub fn jwks(args: &JwksArgs) -> Result<(), CliError> {
         if key.is_symmetric() || set.get(key.kid()).is_some() {
             continue;
         }
-        insert(&mut set, key, path)?;
+        keyfile::insert(&mut set, key, path)?;
     }
     let doc = set.public_jwks();
     if doc["keys"].as_array().is_none_or(Vec::is_empty) {
         return Err(CliError::NoPublicKeys(args.dir.clone()));
     }
     console::print_json(&doc)
-}
-
-fn insert(set: &mut KeySet, key: Key, path: &Path) -> Result<(), CliError> {
-    set.insert(key)
-        .map_err(|e| CliError::key(format!("cannot add `{}`", path.display()), e))
-}
-
-/// The *.pem and *.jwk.json files of `dir` (secrets and hidden files left
-/// out), each sorted by name.
-fn key_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), CliError> {
-    let dir_err = |source| CliError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut pems = Vec::new();
-    let mut jwks = Vec::new();
-    for entry in fs::read_dir(dir).map_err(dir_err)? {
-        let path = entry.map_err(dir_err)?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') || name.ends_with(SECRET_SUFFIX) || !path.is_file() {
-            continue;
-        }
-        if name.ends_with(PEM_SUFFIX) {
-            pems.push(path);
-        } else if name.ends_with(JWK_SUFFIX) {
-            jwks.push(path);
-        }
-    }
-    pems.sort();
-    jwks.sort();
-    Ok((pems, jwks))
-}
-
-/// The key set of a key directory as `keys generate` writes it, for the
-/// gateway: every private PEM key, every symmetric secret, and public JWKs
-/// (verify-only, e.g. retired keys) whose kid is not already loaded. The
-/// active signing key is `active_kid`, or the first private key by file name.
-pub fn load_key_dir(dir: &Path, active_kid: Option<&str>) -> Result<KeySet, CliError> {
-    let (pems, jwks) = key_files(dir)?;
-    let mut set = KeySet::new();
-    for path in &pems {
-        let bytes = console::read_file(path, Input::KeyFile)?;
-        insert(&mut set, keyfile::load_pem(path, &bytes, None)?, path)?;
-    }
-    let mut secrets = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|source| CliError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    })? {
-        let Ok(entry) = entry else { continue };
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| {
-            n.to_string_lossy().ends_with(SECRET_SUFFIX) && !n.to_string_lossy().starts_with('.')
-        }) {
-            secrets.push(path);
-        }
-    }
-    secrets.sort();
-    for path in secrets.iter().chain(&jwks) {
-        let bytes = console::read_file(path, Input::KeyFile)?;
-        let key = keyfile::load_jwk(path, &bytes, None)?;
-        if set.get(key.kid()).is_none() {
-            insert(&mut set, key, path)?;
-        }
-    }
-    if let Some(kid) = active_kid {
-        set.set_active(kid).map_err(|e| {
-            CliError::key(format!("keys.active_kid `{kid}` in `{}`", dir.display()), e)
-        })?;
-    }
-    if set.active().is_none() {
-        return Err(CliError::Usage(format!(
-            "`{}` holds no private key to sign with; create one with `portcullis keys generate --alg ES256 --out {}`",
-            dir.display(),
-            dir.display()
-        )));
-    }
-    Ok(set)
 }

@@ -10,7 +10,6 @@ pub mod duration;
 mod error;
 pub mod explain;
 pub mod init;
-mod keyfile;
 pub mod keys;
 pub mod reload;
 pub mod remote;
@@ -23,8 +22,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+pub use crate::keys::load_key_dir;
 pub use error::CliError;
-pub use keys::load_key_dir;
 
 /// Portcullis: an API security gateway.
 #[derive(Debug, Parser)]

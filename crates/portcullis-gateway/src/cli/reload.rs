@@ -1,5 +1,5 @@
 //! `portcullis reload`: make a running gateway read its configuration file
-//! again (see `crate::reload`).
+//! again (see `crate::ops::reload`).
 //!
 //! `--config FILE` asks the gateway's ops listener (`server.ops_listen`
 //! of FILE; loopback when it listens on every address) with `POST /reload`

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 
 use super::duration::parse_duration;
 use super::error::Input;
-use super::{CliError, console, keyfile};
+use super::{CliError, console};
+use crate::keys as keyfile;
 
 /// Arguments of `token issue`.
 #[derive(Debug, Args)]

@@ -138,39 +138,6 @@ impl Acceptor {
     }
 }
 
-/// Longest any of the connection deadlines may be set to.
-const LONGEST_DEADLINE: Duration = Duration::from_secs(24 * 3600);
-
-/// The problems of `server`'s deadlines and caps: (dotted key, message).
-pub fn validate(server: &crate::config::ServerConfig) -> Vec<(&'static str, String)> {
-    let mut errors = Vec::new();
-    for (key, d) in [
-        ("server.request_body_timeout", server.request_body_timeout),
-        ("server.idle_timeout", server.idle_timeout),
-        ("server.upstream_body_timeout", server.upstream_body_timeout),
-        (
-            "server.websocket_idle_timeout",
-            server.websocket_idle_timeout,
-        ),
-    ] {
-        if d.is_zero() {
-            errors.push((key, "must be longer than zero".to_owned()));
-        } else if d > LONGEST_DEADLINE {
-            errors.push((key, "must be at most 24h".to_owned()));
-        }
-    }
-    for (key, n) in [
-        ("server.max_connections", server.max_connections),
-        ("server.ops_max_connections", server.ops_max_connections),
-        ("server.max_websockets", server.max_websockets),
-    ] {
-        if !(1..=1_000_000).contains(&n) {
-            errors.push((key, "must be between 1 and 1000000".to_owned()));
-        }
-    }
-    errors
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

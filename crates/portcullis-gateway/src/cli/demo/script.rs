@@ -3,6 +3,9 @@
 //! that `portcullis demo --check` executes with an HTTP client
 //! ([`run_step`]), judging each answer by the same expectation that was
 //! printed ([`judge`]).
+//!
+//! Over 800 lines: most of it is the table of steps itself, data that
+//! reads best in one place, in the order the demo prints it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -7,6 +7,19 @@
 //! config; HTTP/2 by ALPN for `protocol = "h2"`). A gRPC call's
 //! `grpc-timeout` shortens the wait for the upstream. It decides nothing:
 //! a request that reaches it was allowed.
+//!
+//! Over 800 lines with its tests (about 140): `Proxy::forward`, one
+//! request from upstream choice to relayed answer, reads best whole; the
+//! bodies are in `body.rs`, the header rules in `headers.rs`.
+
+mod body;
+pub(crate) mod canonical;
+pub(crate) mod deadline;
+pub(crate) mod grpc;
+mod headers;
+pub(crate) mod identity;
+pub(crate) mod upstream_tls;
+pub(crate) mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,198 +42,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis::http::{ClientIp, DryRunRefusal, MatchedRoute, PeerAddr, Principal, RequestId};
 
 use crate::config::{Config, IdentityHeaders, UpstreamProtocol};
-use crate::upstream_tls::ConnectDeadline;
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// [`HOP_BY_HOP`] as header names, so removing them parses nothing.
-const HOP_BY_HOP_NAMES: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Marks a request that came over TLS (`[server.tls]`): the upstream is
-/// told `X-Forwarded-Proto: https`.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientTls;
-
-/// A boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Every response body the gateway answers with.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A fixed body (refusals, problems, health).
-pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// A problem+json response that the gateway itself answers (413, 502, 504).
-pub fn problem(
-    status: StatusCode,
-    code: &str,
-    detail: &str,
-    request_id: Option<&str>,
-) -> Response<ResponseBody> {
-    let body = portcullis::http::problem_json(status, code, detail, request_id);
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        h.insert(portcullis::http::REQUEST_ID, id);
-    }
-    response.extensions_mut().insert(portcullis::http::Refused {
-        code: code.to_owned(),
-        detail: detail.to_owned(),
-    });
-    response
-}
-
-/// The request body handed through the guard to the proxy: the client's
-/// stream, bounded by the body limit, or bytes the guard buffered.
-pub enum RequestBody {
-    /// The client's body, streamed.
-    Streaming {
-        /// The body, due whole by its deadline.
-        inner: crate::deadline::TimedBody,
-        /// Bytes still allowed.
-        remaining: u64,
-    },
-    /// A body already in memory.
-    Buffered(Full<Bytes>),
-}
-
-/// The request body grew past `server.max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body exceeds {0} bytes")]
-pub struct BodyTooLarge(pub u64);
-
-impl RequestBody {
-    /// `inner`, failing once more than `limit` bytes have arrived.
-    pub fn limited(inner: crate::deadline::TimedBody, limit: u64) -> Self {
-        Self::Streaming {
-            inner,
-            remaining: limit,
-        }
-    }
-}
-
-/// How long, and how many more bytes, the rest of a refused upload is
-/// read and dropped (nginx's lingering close does the same).
-const LINGER_TIME: Duration = Duration::from_secs(5);
-const LINGER_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Reads and drops what is left of a body the gateway refused (413), for at
-/// most [`LINGER_TIME`] and [`LINGER_BYTES`], in the background. A
-/// connection closed with unread bytes is reset, and the reset can destroy
-/// the 413 before a client that is still writing has read it; once the
-/// client has sent the rest, the connection answers as usual.
-pub fn linger(mut body: crate::deadline::TimedBody) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let mut left = LINGER_BYTES;
-        let _ = tokio::time::timeout(LINGER_TIME, async {
-            while let Some(Ok(frame)) = body.frame().await {
-                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if n >= left {
-                    break;
-                }
-                left -= n;
-            }
-        })
-        .await;
-    });
-}
-
-impl From<Bytes> for RequestBody {
-    fn from(bytes: Bytes) -> Self {
-        Self::Buffered(Full::new(bytes))
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match this {
-            Self::Streaming { inner, remaining } => {
-                let limit_total = *remaining;
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            let len = data.len() as u64;
-                            if len > *remaining {
-                                let rest = std::mem::replace(this, Self::from(Bytes::new()));
-                                if let Self::Streaming { inner, .. } = rest {
-                                    linger(inner);
-                                }
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit_total)))));
-                            }
-                            *remaining -= len;
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-            Self::Buffered(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map_err(|never| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Streaming { inner, .. } => inner.is_end_stream(),
-            Self::Buffered(full) => full.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Streaming { inner, .. } => inner.size_hint(),
-            Self::Buffered(full) => full.size_hint(),
-        }
-    }
-}
+use crate::proxy::upstream_tls::ConnectDeadline;
+pub use body::{
+    BodyTooLarge, BoxError, RequestBody, ResponseBody, full, linger, problem, refusal, too_large,
+};
+pub use headers::{ClientTls, IdentityNames, remove_names, set_forwarding, strip_hop_by_hop};
+pub(crate) use headers::{Outgoing, accepts_trailers};
 
 /// An upstream: scheme and authority, a path prefix, and the client that
 /// reaches it.
@@ -276,140 +103,6 @@ impl Upstream {
     }
 }
 
-/// The identity header names, parsed.
-#[derive(Debug, Clone)]
-pub struct IdentityNames {
-    subject: HeaderName,
-    roles: HeaderName,
-    permissions: HeaderName,
-    tenant: HeaderName,
-    session: HeaderName,
-    auth_method: HeaderName,
-}
-
-impl IdentityNames {
-    /// Parses the configured names (validated at load).
-    pub fn new(c: &IdentityHeaders) -> Result<Self, http::header::InvalidHeaderName> {
-        let p = |s: &str| HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes());
-        Ok(Self {
-            subject: p(&c.subject)?,
-            roles: p(&c.roles)?,
-            permissions: p(&c.permissions)?,
-            tenant: p(&c.tenant)?,
-            session: p(&c.session)?,
-            auth_method: p(&c.auth_method)?,
-        })
-    }
-
-    /// Every identity header name.
-    pub fn all(&self) -> [&HeaderName; 6] {
-        [
-            &self.subject,
-            &self.roles,
-            &self.permissions,
-            &self.tenant,
-            &self.session,
-            &self.auth_method,
-        ]
-    }
-
-    /// Sets every identity header to the empty value (an Envoy
-    /// `ext_authz` answer overrides the client's copies only with headers
-    /// it carries); [`Self::write`] then fills those it knows.
-    pub fn blank(&self, headers: &mut HeaderMap) {
-        for name in self.all() {
-            headers.insert(name.clone(), HeaderValue::from_static(""));
-        }
-    }
-
-    /// Removes every identity header, whatever the client sent.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        remove_names(headers, self.all());
-    }
-
-    /// Writes `principal`'s identity (after [`Self::strip`]). Values that
-    /// cannot be header values are left out, never passed raw.
-    pub fn write(&self, principal: &portcullis_core::Principal, headers: &mut HeaderMap) {
-        let mut set = |name: &HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(name.clone(), v);
-            }
-        };
-        set(&self.subject, &principal.subject);
-        if !principal.roles.is_empty() {
-            set(&self.roles, &principal.roles.join(","));
-        }
-        if !principal.permissions.is_empty() {
-            set(&self.permissions, &principal.permissions.join(","));
-        }
-        if let Some(t) = &principal.tenant {
-            set(&self.tenant, t);
-        }
-        if let Some(s) = &principal.session_id {
-            set(&self.session, s);
-        }
-        set(&self.auth_method, principal.auth_method.as_str());
-    }
-}
-
-/// What decides the headers an upstream receives for one request.
-pub(crate) struct Outgoing<'a> {
-    /// The upstream's name.
-    pub(crate) upstream: &'a str,
-    /// The protocol of a WebSocket handshake.
-    pub(crate) websocket: Option<&'a HeaderValue>,
-    /// The caller (`None`: anonymous).
-    pub(crate) principal: Option<&'a portcullis_core::Principal>,
-    /// The request id.
-    pub(crate) request_id: Option<&'a str>,
-    /// The code a dry-run route would have refused with.
-    pub(crate) dry_run: Option<portcullis_core::ErrorCode>,
-    /// The socket peer.
-    pub(crate) peer: Option<std::net::IpAddr>,
-    /// The client address the guard keyed on (when there is no peer).
-    pub(crate) client_ip: Option<std::net::IpAddr>,
-    /// Whether the gateway terminated TLS.
-    pub(crate) tls: bool,
-    /// The `Host` (or HTTP/2 authority) the client sent.
-    pub(crate) original_host: Option<HeaderValue>,
-}
-
-impl<'a> Outgoing<'a> {
-    /// The view of a request as the guard left it (its extensions).
-    fn of(
-        parts: &'a http::request::Parts,
-        headers: &HeaderMap,
-        upstream: &'a str,
-        websocket: Option<&'a HeaderValue>,
-        request_id: Option<&'a str>,
-    ) -> Self {
-        // HTTP/2 carries the host in the URI (`:authority`), not in `Host`.
-        let original_host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        Self {
-            upstream,
-            websocket,
-            principal: parts.extensions.get::<Principal>().map(|p| &**p),
-            request_id,
-            dry_run: parts
-                .extensions
-                .get::<DryRunRefusal>()
-                .map(|DryRunRefusal(code)| *code),
-            peer: parts
-                .extensions
-                .get::<PeerAddr>()
-                .map(|p| p.0.ip().to_canonical()),
-            client_ip: parts.extensions.get::<ClientIp>().map(|c| c.0),
-            tls: parts.extensions.get::<ClientTls>().is_some(),
-            original_host,
-        }
-    }
-}
-
 /// The reverse proxy service; cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -424,12 +117,12 @@ struct ProxyInner {
     /// Longest wait for the next bytes of an upstream's response body.
     body_timeout: Duration,
     /// The process's WebSocket tunnels, their cap and idle timeout.
-    tunnels: Arc<crate::deadline::Tunnels>,
+    tunnels: Arc<crate::proxy::deadline::Tunnels>,
     max_websockets: usize,
     websocket_idle_timeout: Duration,
     max_body: u64,
     trusted: portcullis_core::ratelimit::ClientIpConfig,
-    outbound: crate::identity::Outbound,
+    outbound: crate::proxy::identity::Outbound,
 }
 
 /// Why the proxy could not be built.
@@ -443,8 +136,8 @@ impl Proxy {
     /// `tunnels` counts the process's WebSocket tunnels across reloads.
     pub fn new(
         config: &Config,
-        outbound: crate::identity::Outbound,
-        tunnels: Arc<crate::deadline::Tunnels>,
+        outbound: crate::proxy::identity::Outbound,
+        tunnels: Arc<crate::proxy::deadline::Tunnels>,
     ) -> Result<Self, ProxyConfigError> {
         let tcp = |enforce_http: bool| {
             let mut connector = HttpConnector::new();
@@ -486,7 +179,7 @@ impl Proxy {
                 .authority()
                 .cloned()
                 .ok_or_else(|| ProxyConfigError(format!("upstream `{}`: no host", up.name)))?;
-            let tls = crate::upstream_tls::UpstreamTls::load(up)
+            let tls = crate::proxy::upstream_tls::UpstreamTls::load(up)
                 .map_err(|e| ProxyConfigError(e.to_string()))?;
             let (scheme, client) = match tls {
                 None if up.protocol == UpstreamProtocol::H2c => {
@@ -587,7 +280,7 @@ impl Proxy {
         &self,
         headers: &mut HeaderMap,
         out: &Outgoing<'_>,
-    ) -> Result<(), crate::identity::SignError> {
+    ) -> Result<(), crate::proxy::identity::SignError> {
         let inner = &*self.inner;
         let trailers = accepts_trailers(headers);
         strip_hop_by_hop(headers);
@@ -609,11 +302,11 @@ impl Proxy {
         if let Some(v) = out.request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(portcullis::http::REQUEST_ID, v);
         }
-        headers.remove(crate::canonical::DRY_RUN_HEADER);
+        headers.remove(crate::proxy::canonical::DRY_RUN_HEADER);
         if let Some(code) = out.dry_run
             && let Ok(v) = HeaderValue::from_str(&format!("would-deny {}", code.as_str()))
         {
-            headers.insert(crate::canonical::DRY_RUN_HEADER, v);
+            headers.insert(crate::proxy::canonical::DRY_RUN_HEADER, v);
         }
         inner
             .outbound
@@ -668,8 +361,8 @@ impl Proxy {
         };
 
         // A gRPC call's deadline bounds the wait for the upstream.
-        let grpc_deadline = if crate::grpc::is_grpc(&parts.headers) {
-            match crate::grpc::timeout(&parts.headers) {
+        let grpc_deadline = if crate::proxy::grpc::is_grpc(&parts.headers) {
+            match crate::proxy::grpc::timeout(&parts.headers) {
                 Ok(deadline) => deadline,
                 Err(e) => {
                     return problem(
@@ -689,7 +382,7 @@ impl Proxy {
         // becomes such a handshake to the upstream.
         let h2_websocket = parts
             .extensions
-            .remove::<crate::websocket::H2WebSocket>()
+            .remove::<crate::proxy::websocket::H2WebSocket>()
             .is_some();
         let websocket = if h2_websocket {
             Some(HeaderValue::from_static("websocket"))
@@ -729,7 +422,7 @@ impl Proxy {
             .then(|| {
                 parts
                     .extensions
-                    .get::<crate::deadline::ConnActivity>()
+                    .get::<crate::proxy::deadline::ConnActivity>()
                     .map(|a| a.0.start())
             })
             .flatten();
@@ -743,7 +436,7 @@ impl Proxy {
         // The client of an HTTP/2 WebSocket never sent a key: the gateway
         // makes one and checks the upstream's answer to it.
         let expected_accept = match h2_websocket
-            .then(|| crate::websocket::upstream_handshake(&mut headers))
+            .then(|| crate::proxy::websocket::upstream_handshake(&mut headers))
             .transpose()
         {
             Ok(accept) => accept,
@@ -788,11 +481,11 @@ impl Proxy {
         let result = tokio::time::timeout(wait, sent).await;
         let response = match result {
             Err(_) if grpc_deadline.is_some_and(|d| d <= inner.read_timeout) => {
-                metrics::counter!(crate::grpc::DEADLINE_EXCEEDED_METRIC).increment(1);
+                metrics::counter!(crate::proxy::grpc::DEADLINE_EXCEEDED_METRIC).increment(1);
                 tracing::debug!(upstream = %upstream.name, timeout = ?wait, "gRPC call past its grpc-timeout before the upstream answered");
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
-                    crate::grpc::DEADLINE_EXCEEDED_CODE,
+                    crate::proxy::grpc::DEADLINE_EXCEEDED_CODE,
                     &format!(
                         "the call's grpc-timeout of {} ms passed before the upstream answered",
                         wait.as_millis()
@@ -811,8 +504,8 @@ impl Proxy {
                 );
             }
             Ok(Err(e)) => {
-                if let Some(late) = find_cause::<crate::deadline::BodyTimedOut>(&e) {
-                    return crate::deadline::timed_out_problem(late.0, rid);
+                if let Some(late) = find_cause::<crate::proxy::deadline::BodyTimedOut>(&e) {
+                    return crate::proxy::deadline::timed_out_problem(late.0, rid);
                 }
                 if find_cause::<BodyTooLarge>(&e).is_some() {
                     return problem(
@@ -822,7 +515,7 @@ impl Proxy {
                         rid,
                     );
                 }
-                if let Some((reason, tls)) = crate::upstream_tls::failure(&e) {
+                if let Some((reason, tls)) = crate::proxy::upstream_tls::failure(&e) {
                     upstream_failure(&upstream, "tls");
                     metrics::counter!(
                         "portcullis_gateway_upstream_tls_failures_total",
@@ -844,7 +537,7 @@ impl Proxy {
                     );
                 }
                 upstream_failure(&upstream, "unavailable");
-                match find_cause::<crate::upstream_tls::ConnectTimedOut>(&e) {
+                match find_cause::<crate::proxy::upstream_tls::ConnectTimedOut>(&e) {
                     Some(late) => {
                         tracing::warn!(upstream = %upstream.name, error = %late, "upstream request failed");
                     }
@@ -878,7 +571,7 @@ impl Proxy {
                     let answer = match expected_accept {
                         None => Answer::Upgrade(protocol),
                         Some(expected) => {
-                            if !crate::websocket::accepted(response.headers(), &expected) {
+                            if !crate::proxy::websocket::accepted(response.headers(), &expected) {
                                 upstream_failure(&upstream, "unavailable");
                                 tracing::warn!(upstream = %upstream.name, "upstream's Sec-WebSocket-Accept does not match the key sent");
                                 return problem(
@@ -924,7 +617,7 @@ impl Proxy {
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         // Each wait for the upstream's next bytes has its deadline.
-        let mut body = crate::deadline::UpstreamBody::wrap(
+        let mut body = crate::proxy::deadline::UpstreamBody::wrap(
             body,
             inner.body_timeout,
             Arc::clone(&upstream.name),
@@ -932,7 +625,7 @@ impl Proxy {
         // A streaming call still running at its deadline ends with status 4.
         if let Some(timeout) = grpc_deadline {
             let deadline = tokio::time::Instant::from_std(started) + timeout;
-            body = crate::grpc::DeadlineBody::wrap(body, deadline, timeout);
+            body = crate::proxy::grpc::DeadlineBody::wrap(body, deadline, timeout);
         }
         Response::from_parts(head, body)
     }
@@ -970,8 +663,8 @@ enum Answer {
 /// What an open tunnel holds until it closes: its place under
 /// `server.max_websockets` and, over HTTP/2, its connection's activity.
 struct Held {
-    _slot: crate::deadline::TunnelSlot,
-    _busy: Option<crate::deadline::InFlight>,
+    _slot: crate::proxy::deadline::TunnelSlot,
+    _busy: Option<crate::proxy::deadline::InFlight>,
 }
 
 /// The upstream answered 101 to a WebSocket handshake: answer the client
@@ -1015,23 +708,23 @@ fn switch_protocols(
         let client = hyper_util::rt::TokioIo::new(client);
         let upstream_side = hyper_util::rt::TokioIo::new(upstream_side);
         metrics::gauge!("portcullis_gateway_upgraded_connections").increment(1.0);
-        let copied = crate::deadline::relay(client, upstream_side, idle).await;
+        let copied = crate::proxy::deadline::relay(client, upstream_side, idle).await;
         metrics::gauge!("portcullis_gateway_upgraded_connections").decrement(1.0);
         match copied {
-            crate::deadline::TunnelEnd::Idle => tracing::info!(
+            crate::proxy::deadline::TunnelEnd::Idle => tracing::info!(
                 upstream = %name,
                 request_id = request_id.as_deref().unwrap_or(""),
                 ?idle,
                 "WebSocket closed: no bytes either way"
             ),
-            crate::deadline::TunnelEnd::Closed(up, down) => tracing::debug!(
+            crate::proxy::deadline::TunnelEnd::Closed(up, down) => tracing::debug!(
                 upstream = %name,
                 request_id = request_id.as_deref().unwrap_or(""),
                 bytes_to_upstream = up,
                 bytes_to_client = down,
                 "WebSocket closed"
             ),
-            crate::deadline::TunnelEnd::Failed(e) => tracing::debug!(
+            crate::proxy::deadline::TunnelEnd::Failed(e) => tracing::debug!(
                 upstream = %name,
                 request_id = request_id.as_deref().unwrap_or(""),
                 error = %e,
@@ -1065,119 +758,6 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// Whether the `TE` header lists `trailers` (RFC 9110 §10.1.4).
-fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
-        })
-}
-
-/// Removes every header in `names` that `headers` holds. A request or
-/// response carries a handful of headers: one pass comparing them with the
-/// names costs less than a hashed lookup per name (which `remove` is, found
-/// or not), and most of the names are absent. A large map is looked up.
-pub fn remove_names<'n>(headers: &mut HeaderMap, names: impl IntoIterator<Item = &'n HeaderName>) {
-    const SCAN_UP_TO: usize = 16;
-    if headers.is_empty() {
-        return;
-    }
-    if headers.keys_len() > SCAN_UP_TO {
-        for name in names {
-            headers.remove(name);
-        }
-        return;
-    }
-    for name in names {
-        if headers.keys().any(|k| k == name) {
-            headers.remove(name);
-        }
-    }
-}
-
-/// Removes the hop-by-hop headers and those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    remove_names(headers, &HOP_BY_HOP_NAMES);
-}
-
-/// `X-Forwarded-For`, `-Proto`, `-Host` from the trusted-proxy view. The
-/// peer is appended to a trusted proxy's `X-Forwarded-For` chain; anyone
-/// else's chain is replaced by the peer alone. A trusted proxy's own
-/// `X-Forwarded-Proto` / `-Host` (it terminated TLS, it saw the public
-/// host) are kept; anyone else's are replaced (`-Proto`: `https` when the
-/// gateway terminated TLS). `Forwarded` is removed.
-pub fn set_forwarding(
-    headers: &mut HeaderMap,
-    peer: Option<std::net::IpAddr>,
-    host: Option<&HeaderValue>,
-    from_trusted_proxy: bool,
-    tls: bool,
-) {
-    use std::fmt::Write as _;
-    // The chain as one string: a trusted proxy's hops, then the peer.
-    let mut chain = String::new();
-    if from_trusted_proxy {
-        let hops = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|hop| !hop.is_empty());
-        for hop in hops {
-            if !chain.is_empty() {
-                chain.push_str(", ");
-            }
-            chain.push_str(hop);
-        }
-    }
-    headers.remove(&X_FORWARDED_FOR);
-    headers.remove(header::FORWARDED);
-    if let Some(ip) = peer {
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        let _ = write!(chain, "{ip}");
-    }
-    if !chain.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&chain)
-    {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !(from_trusted_proxy && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST, h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
-}
-
 impl tower_service::Service<Request<RequestBody>> for Proxy {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
@@ -1194,25 +774,10 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
     }
 }
 
-/// The 413 answered before the guard when `Content-Length` is over the limit.
-pub fn too_large(limit: u64) -> Response<ResponseBody> {
-    problem(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "gateway.body_too_large",
-        &format!("the request body exceeds {limit} bytes"),
-        None,
-    )
-}
-
-/// A refusal the guard made, as the problem+json response.
-pub fn refusal(refusal: &portcullis::Refusal, request_id: &str) -> Response<ResponseBody> {
-    portcullis::http::refusal_response(&portcullis::http::ProblemJson, refusal, request_id)
-        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::HOP_BY_HOP_NAMES;
 
     fn upstream(url: &str) -> Upstream {
         let uri: Uri = url.parse().unwrap_or_default();

@@ -16,12 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::serve::{App, Shared, build_app};
 
 /// The keys a reload does not apply (they hold listeners, connections and
 /// handles that live as long as the process).
@@ -68,13 +66,26 @@ pub enum Outcome {
     },
 }
 
+/// The live request path a reload rebuilds. The gateway's assembly
+/// (`crate::serve`) implements it over its long-lived handles, so that this
+/// module and the ops listener that calls it never reach into the assembly.
+pub trait RequestPath: Send + Sync {
+    /// Builds the request path of `config` and makes it the live one; or
+    /// leaves the running one and says why.
+    fn rebuild(&self, config: &Config) -> Result<(), String>;
+
+    /// Rebuilds the request path of the running `config` over the signing
+    /// keys now in force (a step of a key rotation); on failure the running
+    /// path at least verifies with the new keys.
+    fn rebuild_for_keys(&self, config: &Config);
+}
+
 /// Reloads one configuration file into the live request path; reloads run
 /// one at a time.
 pub struct Reloader {
     path: PathBuf,
     current: Mutex<Config>,
-    shared: Arc<Shared>,
-    live: Arc<ArcSwap<App>>,
+    live: Arc<dyn RequestPath>,
     status: std::sync::Mutex<LoadStatus>,
 }
 
@@ -104,12 +115,7 @@ fn read_text(path: &Path) -> Option<Arc<str>> {
 
 impl Reloader {
     /// A reloader of `path`, whose `current` configuration `live` serves.
-    pub(crate) fn new(
-        path: PathBuf,
-        current: Config,
-        shared: Arc<Shared>,
-        live: Arc<ArcSwap<App>>,
-    ) -> Self {
+    pub(crate) fn new(path: PathBuf, current: Config, live: Arc<dyn RequestPath>) -> Self {
         record_success();
         let status = std::sync::Mutex::new(LoadStatus {
             text: read_text(&path),
@@ -120,7 +126,6 @@ impl Reloader {
         Self {
             path,
             current: Mutex::new(current),
-            shared,
             live,
             status,
         }
@@ -130,18 +135,7 @@ impl Reloader {
     /// signing keys now in force (a step of a key rotation).
     pub(crate) async fn rebuild_for_keys(&self) {
         let current = self.current.lock().await;
-        let previous = self.live.load_full();
-        match build_app(&current, &self.shared, Some(&previous)) {
-            Ok(app) => self.live.store(Arc::new(app)),
-            Err(e) => {
-                // The running path keeps its internal-token signer; its
-                // guard at least verifies with the new set.
-                previous
-                    .guard
-                    .replace_local_keys(self.shared.keyring.keys());
-                tracing::error!(error = %e, "the request path could not be rebuilt with the new signing keys");
-            }
-        }
+        self.live.rebuild_for_keys(&current);
     }
 
     /// When the running configuration was loaded and how the last reload went.
@@ -169,10 +163,8 @@ impl Reloader {
     /// or why it cannot serve.
     fn swap(&self, current: &mut Config, mut next: Config) -> Result<Vec<String>, Vec<String>> {
         let warnings = keep_restart_only(current, &mut next);
-        let previous = self.live.load_full();
-        match build_app(&next, &self.shared, Some(&previous)) {
-            Ok(app) => {
-                self.live.store(Arc::new(app));
+        match self.live.rebuild(&next) {
+            Ok(()) => {
                 *current = next;
                 Ok(warnings)
             }
@@ -200,7 +192,7 @@ impl Reloader {
             Ok(Err(errors)) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Ok(Ok(next)) if !next.tests.files.is_empty() => {
                 // Pinned decisions: a configuration that fails one is refused.
-                match crate::cases::run_config_tests(&next, &self.path).await {
+                match crate::explain::cases::run_config_tests(&next, &self.path).await {
                     Ok(_) => self.swap(&mut current, next),
                     Err(failures) => Err(failures),
                 }

@@ -45,8 +45,8 @@ use portcullis::stores::Stores;
 use portcullis_core::ErrorCode;
 use tower_service::Service;
 
+use crate::ops::reload::{Outcome, Reloader};
 use crate::proxy::{BoxError, ResponseBody, full};
-use crate::reload::{Outcome, Reloader};
 use session::{Sessions, SignedIn};
 
 /// The console's path prefix on the ops listener.
@@ -426,7 +426,7 @@ impl Console {
         let ticket = self.sign_ins.attempt(&client).await?;
         // A hung store answers 503, never a hung sign-in.
         let record = match portcullis::stores::hook::within_budget(
-            crate::admin::STORE_BUDGET,
+            crate::ops::admin::STORE_BUDGET,
             self.stores.verify_api_key(&key),
         )
         .await
@@ -441,7 +441,7 @@ impl Console {
             Err(e) => return Err(Problem::from(e)),
         };
         // The same kind of principal as the admin API accepts.
-        if !crate::escalation::is_admin_owner(&record.owner) {
+        if !crate::ops::escalation::is_admin_owner(&record.owner) {
             tracing::warn!(key_id = %record.id, "console sign-in refused: not an admin key");
             self.sign_ins
                 .failed(&client, ErrorCode::InvalidApiKey)
@@ -554,7 +554,7 @@ impl Console {
     async fn config(&self, who: &SignedIn) -> Result<Response<ResponseBody>, Problem> {
         // The key is checked again: a revoked admin key ends its session.
         let checked = portcullis::stores::hook::within_budget(
-            crate::admin::STORE_BUDGET,
+            crate::ops::admin::STORE_BUDGET,
             self.stores.verify_api_key(&who.key),
         )
         .await;
@@ -656,16 +656,16 @@ impl Console {
             let (parts, body) = response.into_parts();
             let sessions = Arc::clone(&self.sessions);
             let id = who.id.clone();
-            let stream = crate::live_stream::until_revoked(
+            let stream = crate::ops::live_stream::until_revoked(
                 http_body_util::BodyDataStream::new(body),
                 None,
                 move || {
                     let alive = sessions.alive(&id, Instant::now());
                     Box::pin(async move {
                         if alive {
-                            crate::live_stream::Standing::Valid
+                            crate::ops::live_stream::Standing::Valid
                         } else {
-                            crate::live_stream::Standing::Revoked(
+                            crate::ops::live_stream::Standing::Revoked(
                                 "the console session ended; sign in again".into(),
                             )
                         }

@@ -12,7 +12,7 @@
 //! here (a ban must not lock out the operators who lift it). Admin keys are
 //! API keys whose owner is `admin:<name>`, made by `portcullis admin
 //! bootstrap` (printed once); no other key passes the guard, whatever its
-//! grants. A key grants only what it holds ([`crate::escalation`]).
+//! grants. A key grants only what it holds ([`crate::ops::escalation`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ use portcullis_core::anomaly::BanTarget;
 use portcullis_core::authz::grant::Grantee;
 use serde::{Deserialize, Serialize};
 
-use crate::escalation::{Granter, RoleSource, grantee_of_owner};
+use crate::ops::escalation::{Granter, RoleSource, grantee_of_owner};
 
 /// The caller of an admin request, as the admin guard authenticated it.
 type Caller = portcullis::http::Principal;
@@ -369,9 +369,9 @@ struct AdminState {
     keyring: Arc<KeyRing>,
     openapi: Arc<serde_json::Value>,
     /// Open live streams, capped in total and per key.
-    streams: Arc<crate::live_stream::StreamSlots>,
+    streams: Arc<crate::ops::live_stream::StreamSlots>,
     /// `POST /reload` (none: not served, as in unit tests).
-    reloader: Option<Arc<crate::reload::Reloader>>,
+    reloader: Option<Arc<crate::ops::reload::Reloader>>,
     /// Where roles get their meaning, for the grant checks.
     roles: Option<RoleSource>,
     /// The running request path, explained (none: `POST /admin/explain` answers 404).
@@ -440,9 +440,9 @@ pub struct AdminParts {
     /// The signing keys and their rotation.
     pub keyring: Arc<KeyRing>,
     /// Open live streams, capped in total and per key.
-    pub streams: Arc<crate::live_stream::StreamSlots>,
+    pub streams: Arc<crate::ops::live_stream::StreamSlots>,
     /// What `POST /reload` reloads (none: the route answers 404).
-    pub reloader: Option<Arc<crate::reload::Reloader>>,
+    pub reloader: Option<Arc<crate::ops::reload::Reloader>>,
     /// The guard whose role table gives granted roles their meaning (the
     /// public listener's, as reloaded); none: no role is defined.
     pub roles: Option<RoleSource>,
@@ -760,7 +760,7 @@ async fn explain_request(
     Ok(json(StatusCode::OK, &report))
 }
 
-/// `POST /reload`: reloads the configuration file (see [`crate::reload`]).
+/// `POST /reload`: reloads the configuration file (see [`crate::ops::reload`]).
 async fn reload_config(
     State(s): State<AdminState>,
     peer: Option<axum::Extension<portcullis::http::PeerAddr>>,
@@ -772,7 +772,8 @@ async fn reload_config(
         || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         |axum::Extension(p)| p.0,
     );
-    let (status, body) = crate::reload::handle_request(reloader, &http::Method::POST, peer).await;
+    let (status, body) =
+        crate::ops::reload::handle_request(reloader, &http::Method::POST, peer).await;
     json(status, &body)
 }
 
@@ -1321,7 +1322,7 @@ async fn create_api_key(
     let now = s.stores.now();
     // An admin key: owned by an admin, or holding anything of the admin
     // namespace (a user's key cannot, the check above refused it).
-    let admin_key = crate::escalation::is_admin_owner(&id)
+    let admin_key = crate::ops::escalation::is_admin_owner(&id)
         || req
             .permissions
             .iter()
@@ -1367,7 +1368,7 @@ async fn revoke_api_key(
     // A narrow admin key must not lock a broader one out: revoking an
     // admin-owned key takes everything that key holds.
     if let Some(record) = s.stores.api_key(&id).await?
-        && crate::escalation::is_admin_owner(&record.owner)
+        && crate::ops::escalation::is_admin_owner(&record.owner)
     {
         s.granter(&caller)
             .check_takeover(&record.roles, &record.permissions)?;
@@ -1791,10 +1792,10 @@ async fn audit_stream(
             .map_err(Problem::from)?;
     let slot = s.streams.acquire(&record.id).map_err(|refused| {
         let detail = match refused {
-            crate::live_stream::SlotRefused::Total(n) => format!(
+            crate::ops::live_stream::SlotRefused::Total(n) => format!(
                 "{n} live streams are open on this gateway (server.admin_streams); close one or retry later"
             ),
-            crate::live_stream::SlotRefused::PerKey(n) => format!(
+            crate::ops::live_stream::SlotRefused::PerKey(n) => format!(
                 "this admin key holds {n} live streams already (server.admin_streams_per_key); close one first"
             ),
         };
@@ -1837,7 +1838,7 @@ async fn audit_stream(
         },
     );
     let stores = Arc::clone(&s.stores);
-    let stream = crate::live_stream::until_revoked(stream, Some(slot), move || {
+    let stream = crate::ops::live_stream::until_revoked(stream, Some(slot), move || {
         let stores = Arc::clone(&stores);
         let key = key.clone();
         Box::pin(async move { key_standing(&stores, &key).await })
@@ -1871,8 +1872,8 @@ fn presented_api_key(headers: &axum::http::HeaderMap) -> Option<String> {
 pub const TOO_MANY_STREAMS: &str = "rate_limit.too_many_streams";
 
 /// Whether the admin key `key` still stands (an open stream asks every second).
-pub(crate) async fn key_standing(stores: &Stores, key: &str) -> crate::live_stream::Standing {
-    use crate::live_stream::Standing;
+pub(crate) async fn key_standing(stores: &Stores, key: &str) -> crate::ops::live_stream::Standing {
+    use crate::ops::live_stream::Standing;
     match tokio::time::timeout(Duration::from_secs(2), stores.verify_api_key(key)).await {
         Ok(Ok(_)) => Standing::Valid,
         Ok(Err(portcullis::stores::StoreError::Unavailable(_))) | Err(_) => Standing::Unknown,
@@ -1952,7 +1953,7 @@ mod tests {
             client_ip: Default::default(),
             token_prefix: None,
             keyring,
-            streams: crate::live_stream::StreamSlots::new(4, 2),
+            streams: crate::ops::live_stream::StreamSlots::new(4, 2),
             reloader: None,
             roles: None,
             explainer: None,

@@ -1,6 +1,10 @@
 //! `portcullis demo [--check] [--listen ADDR] [--dir DIR]`: the arguments,
-//! and the file and console helpers the demo (`crate::demo`) shares with
-//! the other commands.
+//! and the file and console helpers the demo session ([`session`]) shares
+//! with the other commands.
+
+mod echo;
+pub mod script;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,8 +13,8 @@ use clap::Args;
 use portcullis_core::Key;
 use portcullis_core::jose::jwk::public_jwk;
 
-use super::keyfile::{self, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE};
-use super::{CliError, console};
+use crate::cli::{CliError, console};
+use crate::keys::{self as keyfile, JWK_SUFFIX, PEM_SUFFIX, PRIVATE_MODE, PUBLIC_MODE};
 
 /// Arguments of `demo`.
 #[derive(Debug, Args)]
@@ -26,13 +30,13 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// Runs the demo (see `crate::demo`).
+/// Runs the demo (see [`session`]).
 pub fn run(args: &DemoArgs) -> Result<(), CliError> {
     let listen = args.listen.unwrap_or_else(|| {
         let port = if args.check { 0 } else { 8080 };
         SocketAddr::from(([127, 0, 0, 1], port))
     });
-    crate::demo::run(&crate::demo::Options {
+    session::run(&session::Options {
         check: args.check,
         listen,
         dir: args.dir.clone(),
@@ -41,7 +45,7 @@ pub fn run(args: &DemoArgs) -> Result<(), CliError> {
 
 /// Creates `dir` (mode 0700) if missing.
 pub(crate) fn create_dir(dir: &Path) -> Result<(), CliError> {
-    keyfile::create_dir(dir)
+    Ok(keyfile::create_dir(dir)?)
 }
 
 /// Writes `key` into `dir` as `portcullis keys generate` does:
@@ -69,17 +73,18 @@ pub(crate) fn write_key(dir: &Path, key: &Key) -> Result<(), CliError> {
         &keyfile::key_path(dir, key.kid(), JWK_SUFFIX),
         &public,
         PUBLIC_MODE,
-    )
+    )?;
+    Ok(())
 }
 
 /// Writes a new secret file (0600).
 pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    keyfile::write_new(path, contents, PRIVATE_MODE)
+    Ok(keyfile::write_new(path, contents, PRIVATE_MODE)?)
 }
 
 /// Writes a new readable file (0644).
 pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    keyfile::write_new(path, contents, PUBLIC_MODE)
+    Ok(keyfile::write_new(path, contents, PUBLIC_MODE)?)
 }
 
 /// Writes `text` and a newline to stdout.

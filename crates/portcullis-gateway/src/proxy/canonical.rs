@@ -277,6 +277,12 @@ fn host_of(parts: &Parts, tls: bool, from_trusted: bool) -> Result<Option<String
     Ok(host)
 }
 
+/// Whether `path` is `prefix` or under it.
+pub(crate) fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

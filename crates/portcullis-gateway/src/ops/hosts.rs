@@ -8,6 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, Method, StatusCode, header};
 
+#[cfg(test)]
+use crate::config::valid_host_pattern;
+
 /// Stable code: the `Host` is not one of the ops listener's names (421).
 pub const MISDIRECTED: &str = "request.misdirected";
 /// Stable code: a state change from another site (403).
@@ -18,30 +21,6 @@ pub const CROSS_SITE: &str = "request.cross_site";
 pub struct OpsHosts {
     listen: SocketAddr,
     extra: Vec<String>,
-}
-
-/// Checks a `server.ops_hosts` entry: a DNS name or IP, optionally
-/// `*.` followed by a name; no port, no scheme.
-pub fn valid_host_pattern(pattern: &str) -> Result<(), &'static str> {
-    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    if name.is_empty() || name.len() > 253 {
-        return Err("must be a host name (1 to 253 characters)");
-    }
-    if name.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let ok = name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err("must be a host name such as `ops.internal` or `*.example.com`, without port or scheme")
-    }
 }
 
 /// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`),

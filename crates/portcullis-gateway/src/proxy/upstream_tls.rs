@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::UpstreamConfig;
-use crate::tls::{TlsError, read_certs, read_key};
+use crate::listen::tls::{TlsError, read_certs, read_key};
 
 /// The TLS side of one `https://` upstream.
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use portcullis::service::Problem;
 use portcullis_core::authz::RoleTable;
 use portcullis_core::authz::grant::{Authority, ESCALATION_CODE, EscalationError, Grantee};
 
-use crate::admin::ADMIN_OWNER_PREFIX;
+use crate::ops::admin::ADMIN_OWNER_PREFIX;
 
 /// The guard whose role table gives roles their meaning (the public
 /// listener's, as reloaded); none: no role is defined.

@@ -8,9 +8,6 @@
 //! `--dir` (kept). It holds the configuration the gateway runs
 //! (`portcullis.toml`), the key, the pepper and both databases.
 
-mod echo;
-pub mod script;
-
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +17,11 @@ use portcullis::stores::{Backends, NewApiKey, NewUser, Stores, StoresConfig};
 use portcullis_core::{Algorithm, Key, SecretHasher};
 use tokio::sync::oneshot;
 
+use super::script::{Context, Step};
+use super::{echo, script};
 use crate::cli::CliError;
 use crate::config::Config;
 use crate::serve::Bound;
-use script::{Context, Step};
 
 /// The demo user.
 const USERNAME: &str = "demo";
@@ -77,7 +75,7 @@ impl Workdir {
                         dir.display()
                     )));
                 }
-                crate::cli::demo::create_dir(dir)?;
+                super::create_dir(dir)?;
                 let path =
                     std::path::absolute(dir).map_err(|e| io_error("cannot use --dir", dir, e))?;
                 Ok(Self {
@@ -95,7 +93,7 @@ impl Workdir {
                 );
                 let path = std::path::absolute(std::env::temp_dir().join(name))
                     .map_err(|e| io_error("cannot make the demo directory", Path::new("."), e))?;
-                crate::cli::demo::create_dir(&path)?;
+                super::create_dir(&path)?;
                 Ok(Self { path, remove: true })
             }
         }
@@ -232,7 +230,7 @@ async fn set_up(
     ops: SocketAddr,
     echo: SocketAddr,
 ) -> Result<Setup, CliError> {
-    use crate::cli::demo as files;
+    use super as files;
 
     // The signing key, as `portcullis keys generate` writes it.
     let key = Key::generate(Algorithm::ES256)
@@ -358,7 +356,7 @@ async fn demo(options: &Options) -> Result<(), CliError> {
     served.map_err(|e| CliError::Usage(format!("the gateway failed: {e}")))?;
     driven?;
     if !check && !dir.remove {
-        crate::cli::demo::print(&format!(
+        super::print(&format!(
             "stopped; the demo's files stay in {}",
             dir.path.display()
         ))?;
@@ -388,7 +386,7 @@ async fn drive(
     if check {
         check_steps(&steps).await
     } else {
-        crate::cli::demo::print(&intro(&ctx, setup, bound, echo, dir, &steps))
+        super::print(&intro(&ctx, setup, bound, echo, dir, &steps))
     }
 }
 
@@ -438,7 +436,7 @@ fn intro(
 
 /// Runs every step in order, printing ✓ or ✗ for each; `Err` unless all passed.
 async fn check_steps(steps: &[Step]) -> Result<(), CliError> {
-    use crate::cli::demo::print;
+    use super::print;
     let client = script::client();
     let mut vars = script::Vars::new();
     let mut failed = 0;

@@ -10,10 +10,10 @@
 //! instead of holding a task and a socket forever; hyper's own
 //! `header_read_timeout` then bounds the rest of an HTTP/1 head.
 //!
-//! A connection holds a slot of the listener's cap ([`crate::limits`]) for
+//! A connection holds a slot of the listener's cap ([`crate::listen::limits`]) for
 //! its life, and is closed gracefully (HTTP/2 GOAWAY, HTTP/1 between
 //! requests) once no request has been in progress for `server.idle_timeout`
-//! ([`crate::deadline::Activity`]) or the gateway stops.
+//! ([`crate::proxy::deadline::Activity`]) or the gateway stops.
 
 use std::convert::Infallible;
 use std::io;
@@ -31,10 +31,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::deadline::{Activity, TrackedBody};
-use crate::limits::ConnPermit;
+use crate::listen::limits::ConnPermit;
+use crate::listen::tls::Tls;
 use crate::proxy::ResponseBody;
-use crate::tls::Tls;
+use crate::proxy::deadline::{Activity, TrackedBody};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -176,7 +176,7 @@ impl Public {
                 let in_flight = activity.start();
                 // An HTTP/2 WebSocket keeps its connection busy while open.
                 req.extensions_mut()
-                    .insert(crate::deadline::ConnActivity(Arc::clone(&activity)));
+                    .insert(crate::proxy::deadline::ConnActivity(Arc::clone(&activity)));
                 let response = hyper::service::Service::call(&svc, req);
                 async move {
                     let response = response.await?;
@@ -206,7 +206,7 @@ impl Public {
                 }
                 () = activity.idle(self.idle_timeout), if !closing => {
                     closing = true;
-                    crate::deadline::idle_closed(self.idle_timeout);
+                    crate::proxy::deadline::idle_closed(self.idle_timeout);
                     conn.as_mut().graceful_shutdown();
                     grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                 }
