@@ -167,9 +167,61 @@ pub fn hash_tag(key: &str) -> &str {
     key
 }
 
+/// Puts `items` in the order [`script_calls`] splits them: on a Redis
+/// Cluster by the hash tag of `key` (a stable sort: one tag's items keep
+/// their order); on one server as they are.
+pub(crate) fn sort_for_calls<T>(items: &mut [T], cluster: bool, key: impl Fn(&T) -> &str) {
+    if cluster {
+        items.sort_by(|a, b| hash_tag(key(a)).cmp(hash_tag(key(b))));
+    }
+}
+
+/// The runs of `items` (in [`sort_for_calls`] order) that one script call
+/// may take: at most `max` (a script blocks Redis while it runs), and on a
+/// Cluster only keys of one hash tag (a script's keys must share a slot).
+pub(crate) fn script_calls<'a, T>(
+    items: &'a [T],
+    cluster: bool,
+    max: usize,
+    key: impl Fn(&T) -> &str + 'a,
+) -> impl Iterator<Item = &'a [T]> + 'a {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let tag = hash_tag(key(first));
+        let len = rest
+            .iter()
+            .take(max.max(1))
+            .take_while(|item| !cluster || hash_tag(key(item)) == tag)
+            .count();
+        let (call, tail) = rest.split_at(len);
+        rest = tail;
+        Some(call)
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::hash_tag;
+    use super::{hash_tag, script_calls, sort_for_calls};
+
+    #[test]
+    fn script_calls_keep_one_hash_tag_a_call_on_a_cluster_and_any_on_one_server() {
+        let mut keys = vec!["{a}x", "{b}y", "{a}z", "w", "{b}v"];
+        let calls = |keys: &[&str], cluster, max| -> Vec<Vec<String>> {
+            script_calls(keys, cluster, max, |k| k)
+                .map(|c| c.iter().map(|k| (*k).to_owned()).collect())
+                .collect()
+        };
+        assert_eq!(calls(&keys, false, 100).len(), 1);
+        assert_eq!(calls(&keys, false, 2).len(), 3);
+        sort_for_calls(&mut keys, true, |k| k);
+        assert_eq!(
+            calls(&keys, true, 100),
+            vec![vec!["{a}x", "{a}z"], vec!["{b}y", "{b}v"], vec!["w"]]
+        );
+        assert_eq!(calls(&keys, true, 1).len(), 5);
+        assert_eq!(calls(&[], true, 100).len(), 0);
+    }
 
     #[test]
     fn hash_tags_follow_the_cluster_rule() {

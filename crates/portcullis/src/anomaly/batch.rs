@@ -227,26 +227,15 @@ impl Batcher {
             return;
         }
         let cluster = self.counters.is_cluster();
-        if cluster {
-            batch.sort_by(|a, b| {
-                crate::redis_conn::hash_tag(&a.key).cmp(crate::redis_conn::hash_tag(&b.key))
-            });
-        }
-        let mut rest = &batch[..];
-        while let Some(first) = rest.first() {
-            // One call per hash tag on a Cluster; any keys on one server.
-            let tag = crate::redis_conn::hash_tag(&first.key);
-            let len = rest
-                .iter()
-                .take(KEYS_PER_CALL)
-                .take_while(|u| !cluster || crate::redis_conn::hash_tag(&u.key) == tag)
-                .count();
-            let (group, tail) = rest.split_at(len);
-            rest = tail;
-            if !self.send(group).await {
-                // Redis failed (or hung past its budget): the other groups
+        crate::redis_conn::sort_for_calls(&mut batch, cluster, |u| &u.key);
+        let mut calls = crate::redis_conn::script_calls(&batch, cluster, KEYS_PER_CALL, |u| &u.key);
+        while let Some(call) = calls.next() {
+            if !self.send(call).await {
+                // Redis failed (or hung past its budget): the other calls
                 // wait for the next flush instead of each paying the budget.
-                self.put_back(rest);
+                for rest in calls {
+                    self.put_back(rest);
+                }
                 return;
             }
         }

@@ -622,8 +622,9 @@ impl AnomalyEngine {
                 let local_now = self.now_ms();
                 let mut counts: Vec<Option<WindowCount>> = vec![None; batch.len()];
                 // Count detectors with a fresh shared count are judged here
-                // (see `batch`); the others are recorded at once, one script
-                // call per hash tag: a plain request is at most one call.
+                // (see `batch`); the others are recorded at once: one script
+                // call on a single server, one per hash tag on a Cluster (a
+                // plain request's keys share one: at most one call).
                 let mut exact: Vec<(usize, redis::WindowUpdate)> = Vec::new();
                 for (i, (obs, config)) in batch.iter().enumerate() {
                     // A batched event needs only its window's key; the
@@ -638,26 +639,18 @@ impl AnomalyEngine {
                     exact.push((i, counters.update(obs, config)));
                 }
                 let mut now = local_now;
-                let mut done = vec![false; exact.len()];
-                for a in 0..exact.len() {
-                    if done[a] {
-                        continue;
-                    }
-                    let tag = crate::redis_conn::hash_tag(&exact[a].1.key);
-                    let members: Vec<usize> = (a..exact.len())
-                        .filter(|&b| {
-                            !done[b] && crate::redis_conn::hash_tag(&exact[b].1.key) == tag
-                        })
-                        .collect();
+                let cluster = counters.is_cluster();
+                crate::redis_conn::sort_for_calls(&mut exact, cluster, |(_, u)| &u.key);
+                for call in
+                    crate::redis_conn::script_calls(&exact, cluster, usize::MAX, |(_, u)| &u.key)
+                {
                     let group: Vec<redis::WindowUpdate> =
-                        members.iter().map(|&b| exact[b].1.clone()).collect();
+                        call.iter().map(|(_, u)| u.clone()).collect();
                     let (group_counts, server_now) =
                         self.guarded(counters.record_updates(&group)).await?;
                     now = now.max(server_now);
-                    for (&b, c) in members.iter().zip(group_counts) {
-                        let (i, update) = &exact[b];
+                    for ((i, update), c) in call.iter().zip(group_counts) {
                         counts[*i] = Some(c);
-                        done[b] = true;
                         if batch[*i].0.member.is_none()
                             && let Some(batcher) = &self.batcher
                         {
