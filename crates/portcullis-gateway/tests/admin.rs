@@ -14,8 +14,8 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::{
-    Gateway, HttpClient, PASSWORD, Reply, TempDir, client, echo_upstream, free_port, get,
-    keys_and_pepper, portcullis, post, send,
+    Gateway, GatewayConfig, HttpClient, PASSWORD, Reply, Route, TempDir, Upstream, bootstrap_admin,
+    bootstrap_admin_with, client, echo_upstream, get, portcullis, post, send, toml_str,
 };
 
 struct Admin {
@@ -50,93 +50,46 @@ fn request(
     b.body(Full::new(body)).unwrap()
 }
 
-/// An admin key of `config` (`portcullis admin bootstrap`).
-fn bootstrap(config: &str, extra: &[&str]) -> String {
-    let mut args = vec!["admin", "bootstrap", "--config", config];
-    args.extend_from_slice(extra);
-    let out = portcullis(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    printed["key"].as_str().unwrap().to_owned()
-}
-
 async fn start() -> Admin {
     let dir = TempDir::new("admin");
-    let (keys, pepper) = keys_and_pepper(&dir);
-    let storage = format!(
-        "url = \"sqlite://{}\"\npepper_file = \"{}\"\n",
-        dir.join("stores.db").display(),
-        pepper.display()
-    );
-    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
+    let mut replicas = start_replicas(dir, |c| c, 1).await;
     replicas.remove(0)
 }
 
-/// `n` gateways on the same `[storage]` (each its own audit file), the
-/// admin key bootstrapped once. They share `dir` (kept by the first).
+/// `n` gateways on the same `[storage]` (the SQLite stores in `dir`, or
+/// what `storage` makes of them; each its own audit file), the admin key
+/// bootstrapped once. They share `dir` (kept by the first).
 async fn start_replicas(
     dir: TempDir,
-    keys: &std::path::Path,
-    storage: &str,
+    storage: impl Fn(GatewayConfig) -> GatewayConfig,
     n: usize,
 ) -> Vec<Admin> {
     let upstream = echo_upstream().await;
     let client = client();
     let mut configs = Vec::new();
     for i in 0..n {
-        let (public, ops) = (free_port(), free_port());
         let audit_db = dir.join(&format!("audit-{i}.db"));
-        let config = format!(
-            r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-{storage}
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[audit]
-sqlite = "{audit}"
-
-[log]
-level = "warn"
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt", "api_key", "app"]
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api", "open"]
-"#,
-            keys = keys.display(),
-            audit = audit_db.display(),
-        );
-        let path = dir.join(&format!("gateway-{i}.toml"));
-        std::fs::write(&path, &config).unwrap();
-        configs.push((path, config, public, ops, audit_db));
+        let config = storage(GatewayConfig::new(&dir))
+            .audit_lines(&format!(
+                "sqlite = {}",
+                toml_str(&audit_db.display().to_string())
+            ))
+            .route(Route::new("api", "/api/**").credentials(&["jwt", "api_key", "app"]))
+            .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+            .upstream(Upstream::new(
+                "echo",
+                &format!("http://{upstream}"),
+                &["api", "open"],
+            ));
+        let path = config.write_as(&format!("gateway-{i}"));
+        configs.push((path, config, audit_db));
     }
-    let key = bootstrap(configs[0].0.to_str().unwrap(), &[]);
+    let key = bootstrap_admin(&configs[0].0);
     let mut out = Vec::new();
     let mut dir = Some(dir);
-    for (i, (path, text, public, ops, audit_db)) in configs.into_iter().enumerate() {
+    for (i, (path, config, audit_db)) in configs.into_iter().enumerate() {
         let holder = dir.take().unwrap_or_else(|| TempDir::new("admin-replica"));
-        let gateway = Gateway::start(&holder, &format!("gateway-{i}"), &text, public, ops);
+        let gateway = config.start(&holder, &format!("gateway-{i}"));
         gateway.wait_ready(&client).await;
         out.push(Admin {
             dir: holder,
@@ -169,15 +122,13 @@ async fn on_postgres_and_redis(label: &str, n: usize) -> Option<SharedBackends> 
         prefix: support::unique_name(&format!("pcx-{label}")),
     };
     let dir = TempDir::new(&format!("{label}-pg"));
-    let (keys, pepper) = keys_and_pepper(&dir);
-    let storage = format!(
-        "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n",
-        db.url,
-        pepper.display(),
-        prefix.prefix
-    );
+    let storage = |c: GatewayConfig| {
+        c.storage_url(&db.url)
+            .storage(&format!("redis = {}", toml_str(&redis)))
+            .storage(&format!("redis_prefix = {}", toml_str(&prefix.prefix)))
+    };
     Some(SharedBackends {
-        replicas: start_replicas(dir, &keys, &storage, n).await,
+        replicas: start_replicas(dir, storage, n).await,
         _prefix: prefix,
         _db: db,
     })
@@ -279,8 +230,8 @@ async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     // A read-only admin key reads but cannot write.
-    let reader = bootstrap(
-        &admin.config,
+    let reader = bootstrap_admin_with(
+        std::path::Path::new(&admin.config),
         &["--name", "viewer", "--permission", "admin.users.read"],
     );
     let r = send(
@@ -362,8 +313,8 @@ async fn only_admin_keys_on_the_ops_listener_reach_the_admin_api() {
 /// the route's permission → 403, the admin key on the public listener →
 /// never served, the admin key on the ops listener → past the guard.
 async fn sweep_every_route(admin: &Admin) {
-    let other = bootstrap(
-        &admin.config,
+    let other = bootstrap_admin_with(
+        std::path::Path::new(&admin.config),
         &["--name", "sweeper", "--permission", "admin.nothing.read"],
     );
     for r in portcullis_gateway::admin::ROUTES {
@@ -459,13 +410,8 @@ async fn a_hung_database_gets_503_not_a_hung_admin_call() {
     let Some(pg) = support::OwnPostgres::start(dir.join("pg")) else {
         return;
     };
-    let (keys, pepper) = keys_and_pepper(&dir);
-    let storage = format!(
-        "url = \"{}\"\npepper_file = \"{}\"\n",
-        pg.url(),
-        pepper.display()
-    );
-    let mut replicas = start_replicas(dir, &keys, &storage, 1).await;
+    let url = pg.url();
+    let mut replicas = start_replicas(dir, |c| c.storage_url(&url), 1).await;
     let admin = replicas.remove(0);
     let id = admin.create_user("hung", &[]).await;
 

@@ -17,8 +17,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::{
-    Gateway, HttpClient, PASSWORD, Reply, TempDir, client, echo_upstream, free_port,
-    keys_and_pepper, portcullis, send,
+    Gateway, GatewayConfig, HttpClient, PASSWORD, Reply, Route, TempDir, Upstream, client,
+    echo_upstream, free_port, portcullis, send, toml_str,
 };
 
 struct Env {
@@ -31,59 +31,29 @@ struct Env {
     _db: Option<support::FreshDatabase>,
 }
 
-fn config_text(
+/// The configuration every test here starts from (SQLite stores, or
+/// `storage_url`); `server_extra` joins `[server]`.
+fn gateway_config(
     dir: &TempDir,
-    public: SocketAddr,
-    ops: SocketAddr,
     upstream: SocketAddr,
     server_extra: &str,
     storage_url: Option<&str>,
-) -> String {
-    let stores = dir.join("stores.db");
-    let storage_url =
-        storage_url.map_or_else(|| format!("sqlite://{}", stores.display()), str::to_owned);
-    let (keys, pepper) = (dir.join("keys"), dir.join("pepper"));
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-{server_extra}
-
-[storage]
-url = "{storage_url}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[audit]
-sqlite = "{audit}"
-
-[log]
-level = "warn"
-
-# These tests try several passwords of one account from one address on
-# purpose (which of the eight reset passwords won); login regulation,
-# tested in tests/regulation.rs, would refuse them from the sixth.
-[token_service.regulation]
-enabled = false
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["open"]
-"#,
-        pepper = pepper.display(),
-        keys = keys.display(),
-        audit = dir.join("audit.db").display(),
-    )
+) -> GatewayConfig {
+    let mut config = GatewayConfig::new(dir).server(server_extra);
+    if let Some(url) = storage_url {
+        config = config.storage_url(url);
+    }
+    config
+        // These tests try several passwords of one account from one address on
+        // purpose (which of the eight reset passwords won); login regulation,
+        // tested in tests/regulation.rs, would refuse them from the sixth.
+        .raw("[token_service.regulation]\nenabled = false")
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .upstream(Upstream::new(
+            "echo",
+            &format!("http://{upstream}"),
+            &["open"],
+        ))
 }
 
 async fn start(name: &str, server_extra: &str) -> Env {
@@ -93,22 +63,17 @@ async fn start(name: &str, server_extra: &str) -> Env {
 /// A gateway on SQLite, or on `db` (PostgreSQL) when given.
 async fn start_with(name: &str, server_extra: &str, db: Option<support::FreshDatabase>) -> Env {
     let dir = TempDir::new(name);
-    keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
-    let (public, ops) = (free_port(), free_port());
-    let text = config_text(
+    let gateway_config = gateway_config(
         &dir,
-        public,
-        ops,
         upstream,
         server_extra,
         db.as_ref().map(|d| d.url.as_str()),
     );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &text).unwrap();
+    let path = gateway_config.write();
     let config = path.to_str().unwrap().to_owned();
     let key = bootstrap(&config, &[]).0;
-    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let gateway = gateway_config.start(&dir, "gateway");
     let client = client();
     gateway.wait_ready(&client).await;
     Env {
@@ -1036,7 +1001,6 @@ async fn url_credentials_never_reach_reload_answers_the_console_or_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_credentials_never_reach_start_errors() {
     let dir = TempDir::new("auth-redact-start");
-    keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
     let closed = free_port();
     let cases = [
@@ -1056,24 +1020,13 @@ async fn url_credentials_never_reach_start_errors() {
     ];
     let mut runs = Vec::new();
     for (i, (secret, url)) in cases.iter().enumerate() {
-        let (public, ops) = (free_port(), free_port());
-        let mut text = config_text(&dir, public, ops, upstream, "", None);
-        text = match i {
-            0 => text.replace(
-                &format!("sqlite://{}", dir.join("stores.db").display()),
-                url,
-            ),
-            3 => text.replace(
-                "pepper_file =",
-                &format!("redis_cluster = [\"{url}\"]\npepper_file ="),
-            ),
-            _ => text.replace(
-                "pepper_file =",
-                &format!("redis = \"{url}\"\npepper_file ="),
-            ),
+        let config = gateway_config(&dir, upstream, "", None);
+        let config = match i {
+            0 => config.storage_url(url),
+            3 => config.storage(&format!("redis_cluster = [{}]", toml_str(url))),
+            _ => config.storage(&format!("redis = {}", toml_str(url))),
         };
-        let path = dir.join(&format!("start-{i}.toml"));
-        std::fs::write(&path, &text).unwrap();
+        let path = config.write_as(&format!("start-{i}"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--config", path.to_str().unwrap()])
             .stdin(std::process::Stdio::null())

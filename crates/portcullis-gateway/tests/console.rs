@@ -17,8 +17,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::{
-    Gateway, HttpClient, PASSWORD, Reply, TempDir, client, echo_upstream, free_port, get,
-    keys_and_pepper, portcullis, send,
+    Gateway, GatewayConfig, HttpClient, PASSWORD, Reply, Route, TempDir, Upstream, bootstrap_admin,
+    client, echo_upstream, get, send,
 };
 
 struct Console {
@@ -30,62 +30,23 @@ struct Console {
 
 async fn start(name: &str) -> Console {
     let dir = TempDir::new(name);
-    let (keys, pepper) = keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
-    let (public, ops) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[audit]
-sqlite = "{audit}"
-
-[log]
-level = "warn"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt", "api_key", "app"]
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "trial"
-path = "/trial/**"
-credentials = ["api_key"]
-mode = "dry_run"
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api", "open", "trial"]
-"#,
-        stores = dir.join("stores.db").display(),
-        pepper = pepper.display(),
-        keys = keys.display(),
-        audit = dir.join("audit.db").display(),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &config).unwrap();
-    let key = bootstrap(path.to_str().unwrap());
-    let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
+    let config = GatewayConfig::new(&dir)
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .route(Route::new("api", "/api/**").credentials(&["jwt", "api_key", "app"]))
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .route(
+            Route::new("trial", "/trial/**")
+                .credentials(&["api_key"])
+                .mode("dry_run"),
+        )
+        .upstream(Upstream::new(
+            "echo",
+            &format!("http://{upstream}"),
+            &["api", "open", "trial"],
+        ));
+    let key = bootstrap_admin(&config.write());
+    let gateway = config.start(&dir, "gateway");
     let client = client();
     gateway.wait_ready(&client).await;
     Console {
@@ -94,17 +55,6 @@ routes = ["api", "open", "trial"]
         client,
         key,
     }
-}
-
-fn bootstrap(config: &str) -> String {
-    let out = portcullis(&["admin", "bootstrap", "--config", config]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    printed["key"].as_str().unwrap().to_owned()
 }
 
 fn request(
@@ -515,7 +465,7 @@ async fn the_page_is_strict_and_nothing_opens_without_the_cookie() {
     let s = c.session().await;
     let me = c.call(&s, "GET", "/console/api/session", false, None).await;
     let key_id = me.json()["key_id"].as_str().unwrap().to_owned();
-    let other = bootstrap(c.dir.join("gateway.toml").to_str().unwrap());
+    let other = bootstrap_admin(&c.dir.join("gateway.toml"));
     let r = send(
         &c.client,
         request(

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use support::{Gateway, TempDir, client, echo_upstream, free_port};
+use support::{
+    Gateway, GatewayConfig, Route, TempDir, Upstream, client, echo_upstream, free_port, toml_str,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,57 +43,29 @@ fn config(
     upstream: SocketAddr,
     server_extra: &str,
 ) -> String {
-    let keys = dir.join("keys");
-    if !keys.is_dir() {
-        support::keys_and_pepper(dir);
-    }
     let secret = dir.join("app.secret");
     fs::write(
         &secret,
         "7f3c9a1e5b2d4c6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5\n",
     )
     .unwrap();
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-upstream_read_timeout = "10s"
-{server_extra}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[signed_requests]
-window = "2m"
-
-[[signed_requests.apps]]
-id = "billing"
-secret_file = "{secret}"
-permissions = ["orders.write"]
-
-[[guard.routes]]
-name = "orders"
-path = "/orders"
-credentials = ["signed"]
-
-[[guard.routes]]
-name = "open"
-path = "/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        keys = keys.display(),
-        secret = secret.display(),
-    )
+    GatewayConfig::with_ports(dir, public, ops)
+        .server("upstream_read_timeout = \"10s\"")
+        .server(server_extra)
+        .no_storage()
+        .issuer_is_public()
+        .no_audit()
+        .no_log()
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .raw(&format!(
+            "[signed_requests]\nwindow = \"2m\"\n\n[[signed_requests.apps]]\nid = \"billing\"\n\
+             secret_file = {}\npermissions = [\"orders.write\"]",
+            toml_str(&secret.display().to_string())
+        ))
+        .route(Route::new("orders", "/orders").credentials(&["signed"]))
+        .route(Route::new("open", "/**").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
+        .text()
 }
 
 /// A gateway on `config` with `server_extra`, ready.

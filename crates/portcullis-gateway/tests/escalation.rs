@@ -16,8 +16,8 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use support::{
-    Gateway, HttpClient, PASSWORD, Reply, TempDir, client, echo_upstream, free_port,
-    keys_and_pepper, portcullis, post, send,
+    Gateway, GatewayConfig, HttpClient, PASSWORD, Reply, Route, TempDir, Upstream, bootstrap_admin,
+    client, echo_upstream, portcullis, post, send,
 };
 
 struct Env {
@@ -59,71 +59,24 @@ fn bootstrap_output(config: &str, extra: &[&str]) -> std::process::Output {
     portcullis(&args)
 }
 
-fn bootstrap(config: &str, extra: &[&str]) -> String {
-    let out = bootstrap_output(config, extra);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    printed["key"].as_str().unwrap().to_owned()
-}
-
 async fn start() -> Env {
     let dir = TempDir::new("escalation");
-    let (keys, pepper) = keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
-    let (public, ops) = (free_port(), free_port());
-    let text = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{db}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[log]
-level = "warn"
-
-[[guard.roles]]
-name = "viewer"
-permissions = ["docs.read"]
-
-[[guard.roles]]
-name = "editor"
-permissions = ["docs.write"]
-includes = ["viewer"]
-
-[[guard.roles]]
-name = "operator"
-permissions = ["admin.users.read"]
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt", "api_key"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api"]
-"#,
-        db = dir.join("stores.db").display(),
-        pepper = pepper.display(),
-        keys = keys.display(),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &text).unwrap();
+    let gateway_config = GatewayConfig::new(&dir)
+        .no_audit()
+        .role("viewer", &["docs.read"])
+        .role_including("editor", &["docs.write"], &["viewer"])
+        .role("operator", &["admin.users.read"])
+        .route(Route::new("api", "/api/**").credentials(&["jwt", "api_key"]))
+        .upstream(Upstream::new(
+            "echo",
+            &format!("http://{upstream}"),
+            &["api"],
+        ));
+    let path = gateway_config.write();
     let config = path.to_str().unwrap().to_owned();
-    let root = bootstrap(&config, &[]);
-    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let root = bootstrap_admin(&path);
+    let gateway = gateway_config.start(&dir, "gateway");
     let client = client();
     gateway.wait_ready(&client).await;
     Env {

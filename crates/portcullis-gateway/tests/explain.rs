@@ -15,104 +15,60 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use support::*;
 
-/// The route table every test here decides under; `{loosen}` replaces the
-/// requirement of `docs-delete` (empty: the pinned one).
-fn config_text(
-    dir: &TempDir,
-    public: SocketAddr,
-    ops: SocketAddr,
-    upstream: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[audit]
-sqlite = "{audit}"
-flush_interval = "50ms"
-
-[log]
-level = "warn"
-
-[[guard.roles]]
-name = "viewer"
-permissions = ["docs.read"]
-
-[[guard.roles]]
-name = "editor"
-permissions = ["docs.write"]
-includes = ["viewer"]
-
-[[guard.rate_limits]]
-name = "per-caller"
-algorithm = "fixed_window"
-limit = 100
-period = 60
-key = ["subject"]
-
-[[guard.routes]]
-name = "docs-read"
-methods = ["GET"]
-path = "/docs/**"
-credentials = ["jwt", "api_key"]
-require = {{ permissions_all = ["docs.read"] }}
-rate_limits = ["per-caller"]
-
-[[guard.routes]]
-name = "docs-one"
-methods = ["GET", "DELETE"]
-path = "/docs/{{id}}"
-credentials = ["jwt", "api_key"]
-require = {{ permissions_all = ["docs.read"] }}
-
-[[guard.routes]]
-name = "docs-delete"
-methods = ["DELETE"]
-path = "/docs/{{id}}"
-credentials = ["jwt", "api_key"]
-require = {{ permissions_all = ["docs.delete"] }}
-
-[[guard.routes]]
-name = "no-secrets"
-effect = "deny"
-path = "/docs/secret/**"
-credentials = ["jwt", "api_key"]
-
-[[guard.routes]]
-name = "beta"
-path = "/beta/**"
-credentials = ["jwt"]
-require = {{ roles_any = ["beta"] }}
-mode = "dry_run"
-
-[[guard.routes]]
-name = "health"
-methods = ["GET"]
-path = "/health"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "docs"
-url = "http://{upstream}"
-routes = ["docs-read", "docs-one", "docs-delete", "beta", "health"]
-{extra}
-"#,
-        stores = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        audit = dir.join("audit.db").display(),
-    )
+/// The route table every test here decides under, `extra` (a section)
+/// after it.
+fn gateway_config(dir: &TempDir, upstream: &str, extra: &str) -> GatewayConfig {
+    let auth = ["jwt", "api_key"];
+    let config = GatewayConfig::new(dir)
+        .audit("flush_interval = \"50ms\"")
+        .role("viewer", &["docs.read"])
+        .role_including("editor", &["docs.write"], &["viewer"])
+        .rate_limit(RateLimit::fixed_window("per-caller", 100, 60, &["subject"]))
+        .route(
+            Route::new("docs-read", "/docs/**")
+                .methods(&["GET"])
+                .credentials(&auth)
+                .permissions_all(&["docs.read"])
+                .rate_limits(&["per-caller"]),
+        )
+        .route(
+            Route::new("docs-one", "/docs/{id}")
+                .methods(&["GET", "DELETE"])
+                .credentials(&auth)
+                .permissions_all(&["docs.read"]),
+        )
+        .route(
+            Route::new("docs-delete", "/docs/{id}")
+                .methods(&["DELETE"])
+                .credentials(&auth)
+                .permissions_all(&["docs.delete"]),
+        )
+        .route(
+            Route::new("no-secrets", "/docs/secret/**")
+                .line("effect = \"deny\"")
+                .credentials(&auth),
+        )
+        .route(
+            Route::new("beta", "/beta/**")
+                .credentials(&["jwt"])
+                .roles_any(&["beta"])
+                .mode("dry_run"),
+        )
+        .route(
+            Route::new("health", "/health")
+                .methods(&["GET"])
+                .credentials(&["anonymous"]),
+        )
+        .upstream(Upstream::new(
+            "docs",
+            &format!("http://{upstream}"),
+            &["docs-read", "docs-one", "docs-delete", "beta", "health"],
+        ));
+    if extra.trim().is_empty() {
+        config
+    } else {
+        config.raw(extra)
+    }
 }
 
 const CASES: &str = r#"
@@ -156,10 +112,9 @@ struct Files {
 
 fn files(name: &str, upstream: &str, extra: &str) -> Files {
     let dir = TempDir::new(name);
-    keys_and_pepper(&dir);
-    let (public, ops) = (free_port(), free_port());
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, config_text(&dir, public, ops, upstream, extra)).unwrap();
+    let gateway_config = gateway_config(&dir, upstream, extra);
+    let (public, ops) = (gateway_config.public, gateway_config.ops);
+    let config = gateway_config.write();
     std::fs::write(dir.join("cases.toml"), CASES).unwrap();
     Files {
         dir,
@@ -521,20 +476,11 @@ fn the_gateway_does_not_start_when_a_pinned_case_fails() {
 
 /// Starts the gateway of `f` with an admin key of `permissions` (none: `*`).
 async fn start(f: &Files, permissions: &[&str]) -> (Gateway, HttpClient, String) {
-    let mut args = vec!["admin", "bootstrap", "--config", f.path()];
+    let mut args: Vec<&str> = Vec::new();
     for p in permissions {
         args.extend_from_slice(&["--permission", p]);
     }
-    let out = portcullis(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = bootstrap_admin_with(&f.config, &args);
     let text = std::fs::read_to_string(&f.config).unwrap();
     let gateway = Gateway::start(&f.dir, "gateway", &text, f.public, f.ops);
     let client = client();

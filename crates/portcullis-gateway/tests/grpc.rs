@@ -27,7 +27,10 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Gateway, TempDir, client, free_port, portcullis, send, wait_for_audit};
+use support::{
+    Gateway, GatewayConfig, RateLimit, Route, TempDir, Upstream, client, free_port, portcullis,
+    send, wait_for_audit,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -302,77 +305,45 @@ struct Setup {
 
 async fn setup(name: &str) -> Setup {
     let dir = TempDir::new(name);
-    let (keys, _) = support::keys_and_pepper(&dir);
     let upstream = grpc_upstream().await;
     let dead = free_port();
-    let (public, ops) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-upstream_connect_timeout = "1s"
-upstream_read_timeout = "10s"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-audience = ["api"]
-
-[audit]
-sqlite = "{audit}"
-
-[[guard.rate_limits]]
-name = "one"
-algorithm = "fixed_window"
-limit = 1
-period = 60
-key = ["ip"]
-
-[[guard.routes]]
-name = "echo"
-methods = ["POST"]
-path = "/test.Echo/*"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "secure"
-methods = ["POST"]
-path = "/test.Secure/*"
-require = {{ roles_any = ["writer"] }}
-
-[[guard.routes]]
-name = "limited"
-path = "/test.Limited/*"
-credentials = ["anonymous"]
-rate_limits = ["one"]
-
-[[guard.routes]]
-name = "down"
-path = "/test.Down/*"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "plain"
-path = "/plain/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "grpc"
-url = "http://{upstream}"
-protocol = "h2c"
-routes = ["echo", "secure", "limited", "plain"]
-
-[[upstreams]]
-name = "down"
-url = "http://{dead}"
-protocol = "h2c"
-routes = ["down"]
-"#,
-        keys = keys.display(),
-        audit = dir.join("audit.db").display(),
-    );
-    let gateway = Gateway::start(&dir, "gw", &config, public, ops);
+    let config = GatewayConfig::new(&dir)
+        .server("upstream_connect_timeout = \"1s\"\nupstream_read_timeout = \"10s\"")
+        .no_storage()
+        .issuer_is_public()
+        .keys("audience = [\"api\"]")
+        .no_log()
+        .rate_limit(RateLimit::fixed_window("one", 1, 60, &["ip"]))
+        .route(
+            Route::new("echo", "/test.Echo/*")
+                .methods(&["POST"])
+                .credentials(&["anonymous"]),
+        )
+        .route(
+            Route::new("secure", "/test.Secure/*")
+                .methods(&["POST"])
+                .roles_any(&["writer"]),
+        )
+        .route(
+            Route::new("limited", "/test.Limited/*")
+                .credentials(&["anonymous"])
+                .rate_limits(&["one"]),
+        )
+        .route(Route::new("down", "/test.Down/*").credentials(&["anonymous"]))
+        .route(Route::new("plain", "/plain/**").credentials(&["anonymous"]))
+        .upstream(
+            Upstream::new(
+                "grpc",
+                &format!("http://{upstream}"),
+                &["echo", "secure", "limited", "plain"],
+            )
+            .line("protocol = \"h2c\""),
+        )
+        .upstream(
+            Upstream::new("down", &format!("http://{dead}"), &["down"]).line("protocol = \"h2c\""),
+        );
+    let public = config.public;
+    let gateway = config.start(&dir, "gw");
     gateway.wait_ready(&client()).await;
     Setup {
         dir,

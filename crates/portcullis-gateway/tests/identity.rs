@@ -29,10 +29,10 @@ use portcullis_core::{
     Verifier,
 };
 use serde_json::Value;
-use support::{HttpClient, TempDir, free_port, get, portcullis, send, venv_python};
-
-const PEPPER: [u8; 32] = [42; 32];
-const PASSWORD: &str = "correct horse battery staple";
+use support::{
+    GatewayConfig, HttpClient, PASSWORD, PEPPER, Route, TempDir, Upstream, free_port, get,
+    keys_and_pepper, portcullis, send, venv_python,
+};
 
 /// A child process killed on drop, its log printed if the test failed.
 struct Proc {
@@ -150,23 +150,7 @@ struct Setup {
 /// the echo upstream (internal token, audience `echo`), `/keep` to the echo
 /// upstream again with the credential kept and no internal token.
 async fn setup(dir: &TempDir, echo: SocketAddr) -> Setup {
-    let keys = dir.join("keys");
-    let out = portcullis(&[
-        "keys",
-        "generate",
-        "--alg",
-        "ES256",
-        "--kid",
-        "k1",
-        "--out",
-        keys.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(dir.join("pepper"), PEPPER).unwrap();
+    keys_and_pepper(dir);
     let db = dir.join("stores.db");
     let stores = Stores::new(
         Backends::all(Arc::new(SqliteStores::open(&db).await.unwrap())),
@@ -185,73 +169,29 @@ async fn setup(dir: &TempDir, echo: SocketAddr) -> Setup {
     let public = free_port();
     let ops = free_port();
     let pyapp = free_port();
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-upstream_read_timeout = "5s"
-
-[storage]
-url = "sqlite://{db}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-audience = ["api"]
-
-[internal_token]
-ttl = "30s"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.2/32"]
-
-[[guard.routes]]
-name = "py"
-path = "/py/**"
-
-[[guard.routes]]
-name = "docs"
-path = "/docs/{{id}}"
-require = {{ permissions_all = ["docs.read"] }}
-
-[[guard.routes]]
-name = "public"
-path = "/public"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "keep"
-path = "/keep"
-
-[forward_auth]
-enabled = true
-
-[[upstreams]]
-name = "pyapp"
-url = "http://{pyapp}"
-routes = ["py"]
-internal_token = true
-
-[[upstreams]]
-name = "echo"
-url = "http://{echo}"
-routes = ["docs", "public"]
-internal_token = true
-
-[[upstreams]]
-name = "keeper"
-url = "http://{echo}"
-routes = ["keep"]
-strip_credentials = false
-"#,
-        db = db.display(),
-        pepper = dir.join("pepper").display(),
-        keys = keys.display(),
-    );
-    let path = dir.join("portcullis.toml");
-    fs::write(&path, config).unwrap();
+    let echo_url = format!("http://{echo}");
+    let config = GatewayConfig::with_ports(dir, public, ops)
+        .server("upstream_read_timeout = \"5s\"")
+        .issuer_is_public()
+        .keys("audience = [\"api\"]")
+        .no_audit()
+        .no_log()
+        .raw("[internal_token]\nttl = \"30s\"")
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.2/32\"]")
+        .route(Route::new("py", "/py/**"))
+        .route(Route::new("docs", "/docs/{id}").permissions_all(&["docs.read"]))
+        .route(Route::new("public", "/public").credentials(&["anonymous"]))
+        .route(Route::new("keep", "/keep"))
+        .raw("[forward_auth]\nenabled = true")
+        .upstream(
+            Upstream::new("pyapp", &format!("http://{pyapp}"), &["py"])
+                .line("internal_token = true"),
+        )
+        .upstream(
+            Upstream::new("echo", &echo_url, &["docs", "public"]).line("internal_token = true"),
+        )
+        .upstream(Upstream::new("keeper", &echo_url, &["keep"]).line("strip_credentials = false"));
+    let path = config.write_as("portcullis");
     Setup {
         config: path,
         public,

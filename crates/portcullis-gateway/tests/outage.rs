@@ -52,77 +52,37 @@ fn redis_config(
     public: SocketAddr,
     ops: SocketAddr,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{db}"
-pepper_file = "{pepper}"
-redis = "{redis}"
-redis_prefix = "pcx_outage"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[[guard.rate_limits]]
-name = "open_rule"
-algorithm = "fixed_window"
-limit = 100000
-period = 3600
-key = ["ip"]
-on_backend_error = "allow"
-
-[[guard.rate_limits]]
-name = "closed_rule"
-algorithm = "fixed_window"
-limit = 100000
-period = 3600
-key = ["ip"]
-on_backend_error = "deny"
-
-[[guard.rate_limits]]
-name = "local_rule"
-algorithm = "fixed_window"
-limit = 100000
-period = 3600
-key = ["ip"]
-on_backend_error = "local"
-
-[[guard.routes]]
-name = "fail_open"
-path = "/fail-open"
-credentials = ["anonymous"]
-rate_limits = ["open_rule"]
-
-[[guard.routes]]
-name = "fail_closed"
-path = "/fail-closed"
-credentials = ["anonymous"]
-rate_limits = ["closed_rule"]
-
-[[guard.routes]]
-name = "local"
-path = "/local"
-credentials = ["anonymous"]
-rate_limits = ["local_rule"]
-
-[[guard.routes]]
-name = "docs"
-path = "/docs"
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        db = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-    )
+    let rule = |name: &str, on_error: &str| {
+        RateLimit::fixed_window(name, 100_000, 3600, &["ip"])
+            .line(&format!("on_backend_error = {}", toml_str(on_error)))
+    };
+    GatewayConfig::with_ports(dir, public, ops)
+        .storage(&format!("redis = {}", toml_str(redis)))
+        .storage("redis_prefix = \"pcx_outage\"")
+        .issuer_is_public()
+        .no_audit()
+        .no_log()
+        .rate_limit(rule("open_rule", "allow"))
+        .rate_limit(rule("closed_rule", "deny"))
+        .rate_limit(rule("local_rule", "local"))
+        .route(
+            Route::new("fail_open", "/fail-open")
+                .credentials(&["anonymous"])
+                .rate_limits(&["open_rule"]),
+        )
+        .route(
+            Route::new("fail_closed", "/fail-closed")
+                .credentials(&["anonymous"])
+                .rate_limits(&["closed_rule"]),
+        )
+        .route(
+            Route::new("local", "/local")
+                .credentials(&["anonymous"])
+                .rate_limits(&["local_rule"]),
+        )
+        .route(Route::new("docs", "/docs"))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
+        .text()
 }
 
 /// Status and problem code of each reply, by path.
@@ -307,36 +267,18 @@ fn audit_config(
     public: SocketAddr,
     ops: SocketAddr,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "memory"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[audit]
-postgres = "{pg}"
-spool_dir = "{spool}"
-
-[[guard.routes]]
-name = "open"
-path = "/open"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        keys = dir.join("keys").display(),
-        spool = dir.join("audit.spool").display(),
-    )
+    GatewayConfig::with_ports(dir, public, ops)
+        .storage_lines("url = \"memory\"")
+        .issuer_is_public()
+        .audit_lines(&format!("postgres = {}", toml_str(pg)))
+        .audit(&format!(
+            "spool_dir = {}",
+            toml_str(&dir.join("audit.spool").display().to_string())
+        ))
+        .no_log()
+        .route(Route::new("open", "/open").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
+        .text()
 }
 
 /// Sends `n` requests, 8 at a time; each must be served (200). Their request ids.

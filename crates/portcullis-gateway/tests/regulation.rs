@@ -29,58 +29,22 @@ struct Single {
     admin_key: String,
 }
 
-fn single_config(dir: &TempDir, public: SocketAddr, ops: SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[audit]
-sqlite = "{audit}"
-flush_interval = "50ms"
-
-[log]
-level = "warn"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "echo"
-url = "http://127.0.0.1:9"
-routes = ["open"]
-{extra}
-"#,
-        stores = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        audit = dir.join("audit.db").display(),
-    )
+fn single_config(dir: &TempDir, public: SocketAddr, ops: SocketAddr, extra: &str) -> GatewayConfig {
+    GatewayConfig::with_ports(dir, public, ops)
+        .issuer_is_public()
+        .audit("flush_interval = \"50ms\"")
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .upstream(Upstream::new("echo", "http://127.0.0.1:9", &["open"]))
+        .raw(extra)
 }
 
 async fn single(name: &str, extra: &str) -> Single {
     let dir = TempDir::new(name);
-    keys_and_pepper(&dir);
     let (public, ops) = (free_port(), free_port());
     let config = single_config(&dir, public, ops, extra);
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &config).unwrap();
-    let admin_key = bootstrap_admin(&path);
-    let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
+    let admin_key = bootstrap_admin(&config.write());
+    let gateway = config.start(&dir, "gateway");
     let client = client();
     gateway.wait_ready(&client).await;
     Single {
@@ -808,53 +772,19 @@ async fn two_replicas(
     let mut gateways = Vec::new();
     for (i, public) in publics.iter().enumerate() {
         let ops = free_port();
-        let text = format!(
-            r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "{db}"
-pepper_file = "{pepper}"
-{shared}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{issuer}"
-
-[log]
-level = "warn"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[token_service.regulation]
-max_failures_per_account = {per_account}
-max_failures_per_ip = 100
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "echo"
-url = "http://127.0.0.1:9"
-routes = ["open"]
-"#,
-            db = url,
-            pepper = dir.join("pepper").display(),
-            keys = dir.join("keys").display(),
-            issuer = publics[0],
-        );
-        gateways.push(Gateway::start(
-            dir,
-            &format!("replica{i}"),
-            &text,
-            *public,
-            ops,
-        ));
+        let config = GatewayConfig::with_ports(dir, *public, ops)
+            .storage_url(url)
+            .storage(shared)
+            .issuer(&format!("http://{}", publics[0]))
+            .no_audit()
+            .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+            .raw(&format!(
+                "[token_service.regulation]\nmax_failures_per_account = {per_account}\n\
+                 max_failures_per_ip = 100"
+            ))
+            .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+            .upstream(Upstream::new("echo", "http://127.0.0.1:9", &["open"]));
+        gateways.push(config.start(dir, &format!("replica{i}")));
     }
     for g in &gateways {
         g.wait_ready(&c).await;
@@ -869,29 +799,13 @@ routes = ["open"]
 async fn a_hung_redis_falls_back_to_local_regulation() {
     let redis = OwnRedis::start();
     let dir = TempDir::new("regulation_hung_redis");
-    keys_and_pepper(&dir);
     let (public, ops) = (free_port(), free_port());
     let extra = "\n[token_service.regulation]\nmax_failures_per_account = 3\n";
-    let config = single_config(&dir, public, ops, extra).replace(
-        "[keys]",
-        &format!(
-            "redis = \"{}\"\nredis_prefix = \"pcx_hung\"\n\n[keys]",
-            redis.url()
-        ),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &config).unwrap();
-    let out = portcullis(&["admin", "bootstrap", "--config", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin_key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let gateway = Gateway::start(&dir, "gateway", &config, public, ops);
+    let config = single_config(&dir, public, ops, extra)
+        .storage(&format!("redis = {}", toml_str(&redis.url())))
+        .storage("redis_prefix = \"pcx_hung\"");
+    let admin_key = bootstrap_admin(&config.write());
+    let gateway = config.start(&dir, "gateway");
     let c = client();
     gateway.wait_ready(&c).await;
     let g = Single {
@@ -1090,8 +1004,7 @@ async fn bcrypt_imported_accounts_cost_what_unknown_names_cost_after_a_restart()
     } = g;
     let (public, ops) = (gateway.public, gateway.ops);
     drop(gateway);
-    let config = single_config(&dir, public, ops, "");
-    let gateway = Gateway::start(&dir, "restarted", &config, public, ops);
+    let gateway = single_config(&dir, public, ops, "").start(&dir, "restarted");
     gateway.wait_ready(&client).await;
     let g = Single {
         _dir: dir,

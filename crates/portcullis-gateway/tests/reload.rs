@@ -20,7 +20,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::{TempDir, free_port, portcullis};
+use support::{
+    GatewayConfig, RateLimit, Route, TempDir, Upstream, free_port, keys_and_pepper, portcullis,
+    toml_str,
+};
 
 /// The gateway process: killed on drop (its log printed if the test failed).
 struct Gateway {
@@ -99,67 +102,30 @@ fn config_text(
     paths: &[&str],
     extra: &str,
 ) -> String {
-    let mut routes = String::new();
+    let mut config = GatewayConfig::with_ports(dir, public, ops)
+        .server(&format!(
+            "shutdown_timeout = \"10s\"\npid_file = {}",
+            toml_str(&dir.join("portcullis.pid").display().to_string())
+        ))
+        .issuer_is_public()
+        .no_audit()
+        .no_log()
+        .rate_limit(RateLimit::fixed_window("per_ip", 3, 3600, &["ip"]));
     for p in paths {
-        let name = p.trim_start_matches('/');
-        let limits = if *p == "/limited" {
-            "rate_limits = [\"per_ip\"]\n"
-        } else {
-            ""
-        };
-        routes.push_str(&format!(
-            "[[guard.routes]]\nname = \"{name}\"\npath = \"{p}\"\ncredentials = [\"anonymous\"]\n{limits}\n"
-        ));
+        let mut route = Route::new(p.trim_start_matches('/'), p).credentials(&["anonymous"]);
+        if *p == "/limited" {
+            route = route.rate_limits(&["per_ip"]);
+        }
+        config = config.route(route);
     }
-    format!(
-        r#"[server]
-listen = "{public}"
-ops_listen = "{ops}"
-shutdown_timeout = "10s"
-pid_file = "{pid}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[[guard.rate_limits]]
-name = "per_ip"
-algorithm = "fixed_window"
-limit = 3
-period = 3600
-key = ["ip"]
-
-{routes}
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-{extra}"#,
-        keys = dir.join("keys").display(),
-        pid = dir.join("portcullis.pid").display(),
-        stores = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-    )
+    config
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
+        .raw(extra)
+        .text()
 }
 
 async fn start(dir: &TempDir, paths: &[&str]) -> (Gateway, SocketAddr) {
-    let keys = dir.join("keys");
-    let out = portcullis(&[
-        "keys",
-        "generate",
-        "--alg",
-        "ES256",
-        "--kid",
-        "k1",
-        "--out",
-        keys.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    fs::write(dir.join("pepper"), [7u8; 32]).unwrap();
+    keys_and_pepper(dir);
     let up = upstream().await;
     let (public, ops) = (free_port(), free_port());
     let config = dir.join("portcullis.toml");

@@ -19,67 +19,33 @@ use serde_json::{Value, json};
 use support::*;
 
 /// The gateway's configuration; `audit` is its `[audit]` body.
-fn config_text(
-    dir: &TempDir,
-    public: SocketAddr,
-    ops: SocketAddr,
-    upstream: SocketAddr,
-    audit: &str,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "https://issuer.test"
-
-[audit]
-{audit}
-flush_interval = "50ms"
-
-[log]
-level = "warn"
-
-[[guard.roles]]
-name = "viewer"
-permissions = ["docs.read"]
-
-[[guard.routes]]
-name = "docs"
-methods = ["GET"]
-path = "/docs/**"
-credentials = ["jwt", "api_key"]
-require = {{ permissions_all = ["docs.read"] }}
-
-[[guard.routes]]
-name = "reports"
-methods = ["GET"]
-path = "/reports/**"
-credentials = ["jwt"]
-require = {{ roles_any = ["auditor"] }}
-
-[[guard.routes]]
-name = "health"
-methods = ["GET"]
-path = "/health"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-routes = ["docs", "reports", "health"]
-"#,
-        stores = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-    )
+fn gateway_config(dir: &TempDir, upstream: SocketAddr, audit: &str) -> GatewayConfig {
+    GatewayConfig::new(dir)
+        .audit_lines(audit)
+        .audit("flush_interval = \"50ms\"")
+        .role("viewer", &["docs.read"])
+        .route(
+            Route::new("docs", "/docs/**")
+                .methods(&["GET"])
+                .credentials(&["jwt", "api_key"])
+                .permissions_all(&["docs.read"]),
+        )
+        .route(
+            Route::new("reports", "/reports/**")
+                .methods(&["GET"])
+                .credentials(&["jwt"])
+                .roles_any(&["auditor"]),
+        )
+        .route(
+            Route::new("health", "/health")
+                .methods(&["GET"])
+                .credentials(&["anonymous"]),
+        )
+        .upstream(Upstream::new(
+            "app",
+            &format!("http://{upstream}"),
+            &["docs", "reports", "health"],
+        ))
 }
 
 /// The same configuration with `docs` tightened: reading needs `docs.export` too.
@@ -133,14 +99,13 @@ struct Setup {
 /// `audit` gives the `[audit]` body for the test's directory.
 async fn setup(label: &str, audit: impl FnOnce(&TempDir) -> String) -> Setup {
     let dir = TempDir::new(label);
-    keys_and_pepper(&dir);
     let audit = audit(&dir);
-    let (public, ops) = (free_port(), free_port());
     let upstream = echo_upstream().await;
-    let text = config_text(&dir, public, ops, upstream, &audit);
-    let same = dir.join("same.toml");
+    let config = gateway_config(&dir, upstream, &audit);
+    let (public, ops) = (config.public, config.ops);
+    let text = config.text();
+    let same = config.write_as("same");
     let new = dir.join("new.toml");
-    std::fs::write(&same, &text).unwrap();
     std::fs::write(&new, tightened(&text)).unwrap();
     Setup {
         dir,

@@ -57,65 +57,27 @@ fn config(
     public: SocketAddr,
     ops: SocketAddr,
     issuer: SocketAddr,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "{db}"
-pepper_file = "{pepper}"
-{hot}
-redis_prefix = "{prefix}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{issuer}"
-
-[anomaly]
-[[anomaly.detectors]]
-kind = "auth_failures"
-threshold = 3
-window = 60
-actions = ["ban", "tag"]
-ban_for = 600
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[guard.rate_limits]]
-name = "shared"
-algorithm = "fixed_window"
-limit = {LIMIT}
-period = 3600
-key = ["subject"]
-on_backend_error = "deny"
-
-[[guard.routes]]
-name = "limited"
-path = "/limited"
-rate_limits = ["shared"]
-
-[[guard.routes]]
-name = "docs"
-path = "/docs"
-
-[[guard.routes]]
-name = "open"
-path = "/open"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        hot = hot.toml(),
-    )
+) -> GatewayConfig {
+    GatewayConfig::with_ports(dir, public, ops)
+        .storage_url(db)
+        .storage(&hot.toml())
+        .storage(&format!("redis_prefix = {}", toml_str(prefix)))
+        .issuer(&format!("http://{issuer}"))
+        .no_audit()
+        .no_log()
+        .raw(
+            "[anomaly]\n[[anomaly.detectors]]\nkind = \"auth_failures\"\nthreshold = 3\n\
+             window = 60\nactions = [\"ban\", \"tag\"]\nban_for = 600",
+        )
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .rate_limit(
+            RateLimit::fixed_window("shared", LIMIT as u64, 3600, &["subject"])
+                .line("on_backend_error = \"deny\""),
+        )
+        .route(Route::new("limited", "/limited").rate_limits(&["shared"]))
+        .route(Route::new("docs", "/docs"))
+        .route(Route::new("open", "/open").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
 }
 
 async fn replicas_share_limits_revocation_and_bans(hot: Hot, label: &str) {
@@ -154,16 +116,10 @@ async fn replicas_share_limits_revocation_and_bans(hot: Hot, label: &str) {
     for (i, public) in publics.iter().enumerate() {
         let ops = free_port();
         // One issuer for all: a token from any replica is valid on every one.
-        let text = config(
+        let config = config(
             &dir, &db.url, &hot, &prefix, upstream, *public, ops, publics[0],
         );
-        gateways.push(Gateway::start(
-            &dir,
-            &format!("replica{i}"),
-            &text,
-            *public,
-            ops,
-        ));
+        gateways.push(config.start(&dir, &format!("replica{i}")));
     }
     for g in &gateways {
         g.wait_ready(&c).await;

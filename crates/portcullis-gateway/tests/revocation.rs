@@ -57,55 +57,22 @@ fn config(
     public: SocketAddr,
     ops: SocketAddr,
     issuer: SocketAddr,
-) -> String {
+) -> GatewayConfig {
+    let mut config = GatewayConfig::with_ports(dir, public, ops).storage_url(setup.url);
     // One prefix for both replicas (they share their rate limits).
-    let redis = setup.redis.as_ref().map_or(String::new(), |line| {
-        format!("{line}\nredis_prefix = \"{}\"", redis_prefix(dir))
-    });
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "{url}"
-pepper_file = "{pepper}"
-{redis}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{issuer}"
-
-[revocation]
-{revocation}
-
-[log]
-level = "warn"
-
-[[guard.rate_limits]]
-name = "open_rule"
-algorithm = "fixed_window"
-limit = 1000000
-period = 3600
-key = ["subject"]
-on_backend_error = "allow"
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-rate_limits = ["open_rule"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        url = setup.url,
-        revocation = setup.revocation,
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-    )
+    if let Some(line) = &setup.redis {
+        config = config.storage(&format!("{line}\nredis_prefix = \"{}\"", redis_prefix(dir)));
+    }
+    config
+        .issuer(&format!("http://{issuer}"))
+        .no_audit()
+        .raw(&format!("[revocation]\n{}", setup.revocation))
+        .rate_limit(
+            RateLimit::fixed_window("open_rule", 1_000_000, 3600, &["subject"])
+                .line("on_backend_error = \"allow\""),
+        )
+        .route(Route::new("api", "/api/**").rate_limits(&["open_rule"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
 }
 
 /// The replicas' `storage.redis_prefix`: the name of their directory.
@@ -161,31 +128,13 @@ async fn replicas(label: &str, setup: &Setup<'_>) -> Replicas {
     let mut gateways = Vec::new();
     for (i, public) in publics.iter().enumerate() {
         let ops = free_port();
-        let text = config(&dir, setup, upstream, *public, ops, publics[0]);
-        gateways.push(Gateway::start(
-            &dir,
-            &format!("replica{i}"),
-            &text,
-            *public,
-            ops,
-        ));
+        let config = config(&dir, setup, upstream, *public, ops, publics[0]);
+        gateways.push(config.start(&dir, &format!("replica{i}")));
     }
     for g in &gateways {
         g.wait_ready(&c).await;
     }
-    let out = portcullis(&[
-        "admin",
-        "bootstrap",
-        "--config",
-        dir.join("replica0.toml").to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let admin_key = printed["key"].as_str().unwrap().to_owned();
+    let admin_key = bootstrap_admin(&dir.join("replica0.toml"));
     Replicas {
         gateways,
         publics,

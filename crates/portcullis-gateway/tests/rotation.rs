@@ -15,8 +15,8 @@ use http::StatusCode;
 use portcullis_core::{AccessRequest, IssuerConfig, Key, KeySet, SecretHasher, TokenIssuer};
 use serde_json::{Value, json};
 use support::{
-    Gateway, HttpClient, PASSWORD, TempDir, client, echo_upstream, free_port, get, keys_and_pepper,
-    portcullis, post, send,
+    Gateway, GatewayConfig, HttpClient, PASSWORD, Route, TempDir, Upstream, bootstrap_admin,
+    client, echo_upstream, get, keys_and_pepper, post, send,
 };
 
 const ISSUER: &str = "https://issuer.test";
@@ -87,47 +87,28 @@ async fn login(client: &HttpClient, replica: &Replica, username: &str) -> Value 
     r.json()
 }
 
-/// A gateway on `(public, ops)` over `storage` (the `[storage]` keys) with
-/// the keys in `keys`, then `keys_extra`, which must end inside
+/// A gateway in `dir` (its key and pepper) over `storage` (the
+/// `[storage]` keys) with `keys_extra`, which must end inside
 /// `[keys.rotation]` (the stored keys are read every 200 ms), and one JWT
 /// route to `upstream`.
 fn gateway_config(
-    (public, ops): (std::net::SocketAddr, std::net::SocketAddr),
+    dir: &TempDir,
     storage: &str,
-    keys: &std::path::Path,
     keys_extra: &str,
     upstream: std::net::SocketAddr,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-{storage}
-
-[keys]
-dir = "{keys}"
-issuer = "{ISSUER}"
-{keys_extra}
-poll_interval = "200ms"
-
-[log]
-level = "warn"
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt"]
-
-[[upstreams]]
-name = "echo"
-url = "http://{upstream}"
-routes = ["api"]
-"#,
-        keys = keys.display(),
-    )
+) -> GatewayConfig {
+    GatewayConfig::new(dir)
+        .storage_lines(storage)
+        .issuer(ISSUER)
+        .keys(keys_extra)
+        .keys("poll_interval = \"200ms\"")
+        .no_audit()
+        .route(Route::new("api", "/api/**").credentials(&["jwt"]))
+        .upstream(Upstream::new(
+            "echo",
+            &format!("http://{upstream}"),
+            &["api"],
+        ))
 }
 
 /// What the load saw.
@@ -227,7 +208,6 @@ async fn a_rotation_under_load_on_two_replicas_never_answers_401() {
     // the stored keys every 200 ms.
     let mut configs = Vec::new();
     for i in 0..2 {
-        let (public, ops) = (free_port(), free_port());
         let storage = format!(
             "url = \"{}\"\npepper_file = \"{}\"\nredis = \"{redis}\"\nredis_prefix = \"{}\"",
             db.url,
@@ -235,34 +215,18 @@ async fn a_rotation_under_load_on_two_replicas_never_answers_401() {
             prefix.prefix
         );
         let config = gateway_config(
-            (public, ops),
+            &dir,
             &storage,
-            &keys,
             "access_ttl = \"5s\"\n\n[keys.rotation]\npropagation_delay = \"2s\"",
             upstream,
         );
-        let path = dir.join(&format!("gateway-{i}.toml"));
-        std::fs::write(&path, &config).unwrap();
-        configs.push((path, config, public, ops));
+        let path = config.write_as(&format!("gateway-{i}"));
+        configs.push((path, config));
     }
-    let out = portcullis(&[
-        "admin",
-        "bootstrap",
-        "--config",
-        configs[0].0.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin_key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin_key = bootstrap_admin(&configs[0].0);
     let mut replicas = Vec::new();
-    for (i, (_, text, public, ops)) in configs.iter().enumerate() {
-        let gateway = Gateway::start(&dir, &format!("gateway-{i}"), text, *public, *ops);
+    for (i, (_, config)) in configs.iter().enumerate() {
+        let gateway = config.start(&dir, &format!("gateway-{i}"));
         gateway.wait_ready(&client).await;
         replicas.push(Replica { gateway });
     }
@@ -485,37 +449,26 @@ async fn a_rotation_under_load_on_two_replicas_never_answers_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_another_pepper_refuses_to_start_on_sealed_keys() {
     let dir = TempDir::new("rotation-pepper");
-    let (keys, pepper) = keys_and_pepper(&dir);
+    let (_, pepper) = keys_and_pepper(&dir);
     let upstream = echo_upstream().await;
     let client = client();
-    let config = |pepper: &std::path::Path, public, ops| {
+    let config = |pepper: &std::path::Path| {
         let storage = format!(
             "url = \"sqlite://{}\"\npepper_file = \"{}\"",
             dir.join("stores.db").display(),
             pepper.display()
         );
         gateway_config(
-            (public, ops),
+            &dir,
             &storage,
-            &keys,
             "\n[keys.rotation]\npropagation_delay = \"1s\"",
             upstream,
         )
     };
-    let (public, ops) = (free_port(), free_port());
-    let text = config(&pepper, public, ops);
-    std::fs::write(dir.join("first.toml"), &text).unwrap();
-    let out = portcullis(&[
-        "admin",
-        "bootstrap",
-        "--config",
-        dir.join("first.toml").to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let admin_key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = config(&pepper);
+    let (public, ops) = (first.public, first.ops);
+    let text = first.text();
+    let admin_key = bootstrap_admin(&first.write_as("first"));
     let gateway = Gateway::start(&dir, "first", &text, public, ops);
     gateway.wait_ready(&client).await;
     let r = send(
@@ -570,10 +523,7 @@ async fn a_replica_with_another_pepper_refuses_to_start_on_sealed_keys() {
     // Another pepper cannot open it: the gateway says so and does not start.
     let other = dir.join("other-pepper");
     std::fs::write(&other, [9u8; 32]).unwrap();
-    let (public, ops) = (free_port(), free_port());
-    let text = config(&other, public, ops);
-    let path = dir.join("second.toml");
-    std::fs::write(&path, &text).unwrap();
+    let path = config(&other).write_as("second");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--config", path.to_str().unwrap()])
         .output()

@@ -26,10 +26,10 @@ use portcullis::stores::sqlite::SqliteStores;
 use portcullis::stores::{Backends, NewUser, Stores, StoresConfig};
 use portcullis_core::SecretHasher;
 use serde_json::Value;
-use support::{HttpClient, Reply, TempDir, client, free_port, get, portcullis, send};
-
-const PEPPER: [u8; 32] = [42; 32];
-const PASSWORD: &str = "correct horse battery staple";
+use support::{
+    GatewayConfig, HttpClient, PASSWORD, PEPPER, RateLimit, Reply, Route, TempDir, Upstream,
+    client, free_port, get, keys_and_pepper, portcullis, redis_url, send, toml_str,
+};
 
 /// The gateway process: killed on drop (its log printed if the test failed).
 struct Gateway {
@@ -123,23 +123,7 @@ async fn setup_with(
     trusted: &str,
     storage_extra: &str,
 ) -> (PathBuf, SocketAddr, SocketAddr) {
-    let keys = dir.join("keys");
-    let out = portcullis(&[
-        "keys",
-        "generate",
-        "--alg",
-        "ES256",
-        "--kid",
-        "k1",
-        "--out",
-        keys.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(dir.join("pepper"), PEPPER).unwrap();
+    keys_and_pepper(dir);
     let db = dir.join("stores.db");
     let backend = Arc::new(SqliteStores::open(&db).await.unwrap());
     let stores = Stores::new(
@@ -159,110 +143,46 @@ async fn setup_with(
     let public = free_port();
     let ops = free_port();
     let dead = free_port(); // nothing listens there
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-max_body_bytes = 1024
-upstream_connect_timeout = "2s"
-upstream_read_timeout = "2s"
-shutdown_timeout = "10s"
-
-[storage]
-url = "sqlite://{db}"
-pepper_file = "{pepper}"
-{storage_extra}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-audience = ["api"]
-
-[audit]
-sqlite = "{audit}"
-
-[guard]
-realm = "api"
-
-[guard.client_ip]
-trusted_proxies = ["{trusted}"]
-
-[[guard.rate_limits]]
-name = "tight"
-algorithm = "sliding_log"               # no window edge for the test to straddle
-limit = 2
-period = 60
-key = ["subject"]
-
-[[guard.rate_limits]]
-name = "ip3"
-algorithm = "fixed_window"
-limit = 3
-period = 60
-key = ["ip"]
-
-[[guard.routes]]
-name = "per_ip"
-path = "/per-ip"
-credentials = ["anonymous"]
-rate_limits = ["ip3"]
-
-[[guard.routes]]
-name = "docs"
-path = "/docs/{{id}}"
-require = {{ permissions_all = ["docs.read"] }}
-
-[[guard.routes]]
-name = "upload"
-methods = ["POST"]
-path = "/upload"
-
-[[guard.routes]]
-name = "admin"
-path = "/admin/**"
-require = {{ permissions_all = ["admin.all"] }}
-
-[[guard.routes]]
-name = "limited"
-path = "/limited"
-rate_limits = ["tight"]
-
-[[guard.routes]]
-name = "slow"
-path = "/slow"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "stall"
-path = "/stall"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "down"
-path = "/down"
-credentials = ["anonymous"]
-
-[forward_auth]
-enabled = true
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-routes = ["docs", "upload", "admin", "limited", "slow", "stall", "per_ip"]
-
-[[upstreams]]
-name = "dead"
-url = "http://{dead}"
-routes = ["down"]
-"#,
-        db = db.display(),
-        pepper = dir.join("pepper").display(),
-        keys = keys.display(),
-        audit = dir.join("audit.db").display(),
-    );
-    let path = dir.join("portcullis.toml");
-    fs::write(&path, config).unwrap();
+    let anonymous = ["anonymous"];
+    let config = GatewayConfig::with_ports(dir, public, ops)
+        .server(
+            "max_body_bytes = 1024\nupstream_connect_timeout = \"2s\"\n\
+             upstream_read_timeout = \"2s\"\nshutdown_timeout = \"10s\"",
+        )
+        .storage(storage_extra)
+        .issuer_is_public()
+        .keys("audience = [\"api\"]")
+        .no_log()
+        .raw("[guard]\nrealm = \"api\"")
+        .raw(&format!(
+            "[guard.client_ip]\ntrusted_proxies = [{}]",
+            toml_str(trusted)
+        ))
+        // sliding_log: no window edge for the test to straddle
+        .rate_limit(RateLimit::new("tight", "sliding_log", 2, 60, &["subject"]))
+        .rate_limit(RateLimit::fixed_window("ip3", 3, 60, &["ip"]))
+        .route(
+            Route::new("per_ip", "/per-ip")
+                .credentials(&anonymous)
+                .rate_limits(&["ip3"]),
+        )
+        .route(Route::new("docs", "/docs/{id}").permissions_all(&["docs.read"]))
+        .route(Route::new("upload", "/upload").methods(&["POST"]))
+        .route(Route::new("admin", "/admin/**").permissions_all(&["admin.all"]))
+        .route(Route::new("limited", "/limited").rate_limits(&["tight"]))
+        .route(Route::new("slow", "/slow").credentials(&anonymous))
+        .route(Route::new("stall", "/stall").credentials(&anonymous))
+        .route(Route::new("down", "/down").credentials(&anonymous))
+        .raw("[forward_auth]\nenabled = true")
+        .upstream(Upstream::new(
+            "app",
+            &format!("http://{upstream}"),
+            &[
+                "docs", "upload", "admin", "limited", "slow", "stall", "per_ip",
+            ],
+        ))
+        .upstream(Upstream::new("dead", &format!("http://{dead}"), &["down"]));
+    let path = config.write_as("portcullis");
     (path, public, ops)
 }
 
@@ -913,33 +833,6 @@ fn config_check_names_the_line_and_suggests_the_key() {
         err.contains(":2:1: `keys.dir`") && err.contains("holds no private key"),
         "{err}"
     );
-}
-
-/// The single Redis server of the suites (`PORTCULLIS_REDIS_URL`), or
-/// `None` (skip) when unreachable and backends are not required.
-fn redis_url() -> Option<String> {
-    let url = std::env::var("PORTCULLIS_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let host_port = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_owned();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&host_port)
-        .map(|mut a| {
-            a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
-        })
-        .unwrap_or(false);
-    if reachable {
-        return Some(url);
-    }
-    let required =
-        std::env::var_os("PORTCULLIS_REQUIRE_BACKENDS").is_some_and(|v| !v.is_empty() && v != "0");
-    assert!(
-        !required,
-        "Redis at {url} is unreachable and PORTCULLIS_REQUIRE_BACKENDS is set"
-    );
-    eprintln!("skipping: Redis at {url} is unreachable");
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

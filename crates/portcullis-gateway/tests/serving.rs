@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,132 +26,43 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use support::{TempDir, free_port};
+use support::{Gateway, GatewayConfig, Route, TempDir, Upstream, free_port, keys_and_pepper};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
-
-/// The gateway process: killed on drop (its log printed if the test failed).
-struct Gateway {
-    child: Option<Child>,
-    log: PathBuf,
-    public: SocketAddr,
-    ops: SocketAddr,
-}
-
-impl Gateway {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- gateway log ---\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn generate_keys(dir: &TempDir) -> PathBuf {
-    let keys = dir.join("keys");
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["keys", "generate", "--alg", "ES256", "--kid", "k1", "--out"])
-        .arg(&keys)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    keys
-}
 
 /// Writes a config (with `server_extra` lines after `[server]`'s) and
 /// starts the gateway on it, with a signing key made by `portcullis keys
 /// generate`, memory storage, and these routes to `upstream`: `/ws/open`,
 /// `/upload`, `/stream`, `/echo` anonymous; `/ws/closed` needs a token.
 async fn start(dir: &TempDir, upstream: SocketAddr, server_extra: &str) -> Gateway {
-    let keys = generate_keys(dir);
-    let public = free_port();
-    let ops = free_port();
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-max_body_bytes = 8388608
-upstream_read_timeout = "10s"
-shutdown_timeout = "5s"
-{server_extra}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[[guard.routes]]
-name = "ws_open"
-path = "/ws/open"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "ws_closed"
-path = "/ws/closed"
-
-[[guard.routes]]
-name = "upload"
-methods = ["POST"]
-path = "/upload"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "stream"
-path = "/stream"
-credentials = ["anonymous"]
-
-[[guard.routes]]
-name = "echo"
-path = "/echo"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-routes = ["ws_open", "ws_closed", "upload", "stream", "echo"]
-"#,
-        keys = keys.display(),
-    );
-    let path = dir.join("portcullis.toml");
-    fs::write(&path, config).unwrap();
-    let log = dir.join("gateway.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let gw = Gateway {
-        child: Some(child),
-        log,
-        public,
-        ops,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ops_get(ops, "/health/ready").await.0 != 200 {
-        assert!(Instant::now() < deadline, "gateway not ready in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let anonymous = ["anonymous"];
+    let config = GatewayConfig::new(dir)
+        .server(
+            "max_body_bytes = 8388608\nupstream_read_timeout = \"10s\"\n\
+             shutdown_timeout = \"5s\"",
+        )
+        .server(server_extra)
+        .no_storage()
+        .issuer_is_public()
+        .no_audit()
+        .no_log()
+        .route(Route::new("ws_open", "/ws/open").credentials(&anonymous))
+        .route(Route::new("ws_closed", "/ws/closed"))
+        .route(
+            Route::new("upload", "/upload")
+                .methods(&["POST"])
+                .credentials(&anonymous),
+        )
+        .route(Route::new("stream", "/stream").credentials(&anonymous))
+        .route(Route::new("echo", "/echo").credentials(&anonymous))
+        .upstream(Upstream::new(
+            "app",
+            &format!("http://{upstream}"),
+            &["ws_open", "ws_closed", "upload", "stream", "echo"],
+        ));
+    let gw = config.start(dir, "gateway");
+    gw.wait_ready(&support::client()).await;
     gw
 }
 
@@ -537,7 +448,7 @@ where
 
 fn sighup(gw: &Gateway) {
     let status = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
+        .args(["-HUP", &gw.pid().unwrap().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -714,7 +625,7 @@ async fn a_bad_certificate_at_start_stops_the_gateway_with_the_reason() {
     let dir = TempDir::new("badcert");
     fs::write(dir.join("server.crt"), "no certificate here").unwrap();
     let (_, key) = self_signed(&dir, "k");
-    let keys = generate_keys(&dir);
+    let (keys, _) = keys_and_pepper(&dir);
     let config = format!(
         "[server]\nlisten = \"{}\"\nops_listen = \"{}\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[keys]\ndir = \"{}\"\nissuer = \"http://x.test\"\n",
         free_port(),

@@ -23,8 +23,8 @@ use portcullis_core::authz::signed_request::{
 };
 use serde_json::Value;
 use support::{
-    Gateway, HttpClient, RedisPrefix, Reply, TempDir, client, free_port, portcullis, redis_url,
-    send, unique_name,
+    Gateway, GatewayConfig, HttpClient, RateLimit, RedisPrefix, Reply, Route, TempDir, Upstream,
+    client, free_port, portcullis, redis_url, send, unique_name,
 };
 
 const APP: &str = "billing";
@@ -158,54 +158,27 @@ fn config(
     storage: &str,
     signed: &str,
 ) -> String {
-    let keys = dir.join("keys");
-    if !keys.is_dir() {
-        support::keys_and_pepper(dir);
-    }
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-{storage}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-{signed}
-
-[[guard.roles]]
-name = "service"
-permissions = ["orders.read"]
-
-[[guard.rate_limits]]
-name = "per_app"
-algorithm = "fixed_window"
-limit = 1000
-period = 60
-key = ["subject"]
-
-[[guard.routes]]
-name = "orders"
-path = "/orders"
-credentials = ["signed"]
-rate_limits = ["per_app"]
-require = {{ permissions_all = ["orders.write"] }}
-
-[[guard.routes]]
-name = "docs"
-path = "/docs"
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-routes = ["orders", "docs"]
-"#,
-        keys = keys.display(),
-    )
+    GatewayConfig::with_ports(dir, public, ops)
+        .storage_lines(storage)
+        .issuer_is_public()
+        .no_audit()
+        .no_log()
+        .raw(signed)
+        .role("service", &["orders.read"])
+        .rate_limit(RateLimit::fixed_window("per_app", 1000, 60, &["subject"]))
+        .route(
+            Route::new("orders", "/orders")
+                .credentials(&["signed"])
+                .rate_limits(&["per_app"])
+                .permissions_all(&["orders.write"]),
+        )
+        .route(Route::new("docs", "/docs"))
+        .upstream(Upstream::new(
+            "app",
+            &format!("http://{upstream}"),
+            &["orders", "docs"],
+        ))
+        .text()
 }
 
 fn signed_section(secret_file: &Path) -> String {

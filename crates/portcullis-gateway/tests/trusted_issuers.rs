@@ -17,7 +17,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::{Gateway, TempDir, client, echo_upstream, free_port, get, keys_and_pepper, send};
+use support::{
+    Gateway, GatewayConfig, Route, TempDir, Upstream, client, echo_upstream, free_port, get, send,
+};
 
 const IDP: &str = "https://idp.example";
 
@@ -117,40 +119,20 @@ fn config(
     issuer_entry: &str,
     upstream: SocketAddr,
 ) -> String {
-    let (keys, pepper) = (dir.join("keys"), dir.join("pepper"));
-    if !pepper.exists() {
-        keys_and_pepper(dir);
-    }
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "memory"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-audience = ["gateway"]
-
-{issuer_entry}
-
-[[guard.routes]]
-name = "api"
-path = "/api/**"
-credentials = ["jwt"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-routes = ["api"]
-"#,
-        pepper = pepper.display(),
-        keys = keys.display(),
-    )
+    GatewayConfig::with_ports(dir, public, ops)
+        .storage_url("memory")
+        .issuer_is_public()
+        .keys("audience = [\"gateway\"]")
+        .no_audit()
+        .no_log()
+        .raw(issuer_entry)
+        .route(Route::new("api", "/api/**").credentials(&["jwt"]))
+        .upstream(Upstream::new(
+            "app",
+            &format!("http://{upstream}"),
+            &["api"],
+        ))
+        .text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

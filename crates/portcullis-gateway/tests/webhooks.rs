@@ -62,63 +62,34 @@ impl Receiver {
     }
 }
 
+/// A replica on the shared Redis (`redis`, `prefix`) whose burst alerts go
+/// to `receiver`.
 fn config(
     dir: &TempDir,
-    public: SocketAddr,
-    ops: SocketAddr,
     upstream: SocketAddr,
     redis: &str,
     prefix: &str,
     receiver: SocketAddr,
-) -> String {
-    format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-pepper_file = "{pepper}"
-redis = "{redis}"
-redis_prefix = "{prefix}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[log]
-level = "warn"
-
-[[anomaly.detectors]]
-kind = "burst"
-threshold = 5
-window = 60
-actions = ["alert"]
-cooldown = 60
-
-[[anomaly.webhooks]]
-url = "http://{receiver}/hook"
-secret_file = "{secret}"
-detectors = ["burst"]
-
-[anomaly.webhook_delivery]
-timeout = "2s"
-max_attempts = 4
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        secret = dir.join("webhook.secret").display(),
-    )
+) -> GatewayConfig {
+    let secret = dir.join("webhook.secret").display().to_string();
+    GatewayConfig::new(dir)
+        .no_storage_url()
+        .storage(&format!("redis = {}", toml_str(redis)))
+        .storage(&format!("redis_prefix = {}", toml_str(prefix)))
+        .issuer_is_public()
+        .no_audit()
+        .raw(
+            "[[anomaly.detectors]]\nkind = \"burst\"\nthreshold = 5\nwindow = 60\n\
+             actions = [\"alert\"]\ncooldown = 60",
+        )
+        .raw(&format!(
+            "[[anomaly.webhooks]]\nurl = \"http://{receiver}/hook\"\nsecret_file = {}\n\
+             detectors = [\"burst\"]",
+            toml_str(&secret)
+        ))
+        .raw("[anomaly.webhook_delivery]\ntimeout = \"2s\"\nmax_attempts = 4")
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,21 +103,13 @@ async fn a_burst_alerts_once_per_cooldown_across_replicas_signed_and_retried() {
     // Down at first: the first post gets a 500 and is retried.
     let receiver = Receiver::start(1).await;
     let dir = TempDir::new("webhooks");
-    keys_and_pepper(&dir);
     std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
     let upstream = echo_upstream().await;
     let c = client();
     let mut gateways = Vec::new();
     for i in 0..2 {
-        let (public, ops) = (free_port(), free_port());
-        let text = config(&dir, public, ops, upstream, &redis, &prefix, receiver.addr);
-        gateways.push(Gateway::start(
-            &dir,
-            &format!("replica{i}"),
-            &text,
-            public,
-            ops,
-        ));
+        let config = config(&dir, upstream, &redis, &prefix, receiver.addr);
+        gateways.push(config.start(&dir, &format!("replica{i}")));
     }
     for g in &gateways {
         g.wait_ready(&c).await;
@@ -205,31 +168,17 @@ async fn a_burst_alerts_once_per_cooldown_across_replicas_signed_and_retried() {
 #[test]
 fn config_check_refuses_a_webhook_it_could_not_use() {
     let dir = TempDir::new("webhooks_check");
-    keys_and_pepper(&dir);
+    let public: SocketAddr = "127.0.0.1:18001".parse().unwrap();
+    let ops: SocketAddr = "127.0.0.1:18002".parse().unwrap();
     let base = |webhook: &str| {
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:18001"
-ops_listen = "127.0.0.1:18002"
-
-[storage]
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://127.0.0.1:18001"
-
-{webhook}
-
-[[upstreams]]
-name = "app"
-url = "http://127.0.0.1:9"
-default = true
-"#,
-            pepper = dir.join("pepper").display(),
-            keys = dir.join("keys").display(),
-        )
+        GatewayConfig::with_ports(&dir, public, ops)
+            .no_storage_url()
+            .issuer_is_public()
+            .no_audit()
+            .no_log()
+            .raw(webhook)
+            .upstream(Upstream::default("app", "http://127.0.0.1:9"))
+            .text()
     };
     std::fs::write(dir.join("good.secret"), SECRET).unwrap();
     std::fs::write(dir.join("bad.secret"), "not-a-whsec").unwrap();
@@ -329,60 +278,27 @@ async fn security_events_reach_the_webhooks_that_opted_in() {
     let security = Receiver::start(0).await;
     let alerts = Receiver::start(0).await;
     let dir = TempDir::new("webhook_events");
-    keys_and_pepper(&dir);
     std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
-    let (public, ops) = (free_port(), free_port());
-    let text = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-url = "sqlite://{stores}"
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[log]
-level = "warn"
-
-[token_service.regulation]
-max_failures_per_account = 2
-
-[[anomaly.webhooks]]
-url = "http://{security}/hook/secret-path"
-secret_file = "{secret}"
-detectors = []
-events = ["signing_key.rotated", "admin_key.created", "login.throttled", "token.reuse_detected"]
-
-[[anomaly.webhooks]]
-url = "http://{alerts}/hook"
-secret_file = "{secret}"
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://127.0.0.1:9"
-default = true
-"#,
-        stores = dir.join("stores.db").display(),
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        secret = dir.join("webhook.secret").display(),
-        security = security.addr,
-        alerts = alerts.addr,
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, &text).unwrap();
-    let admin = bootstrap_admin(&path);
-    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let secret = toml_str(&dir.join("webhook.secret").display().to_string());
+    let config = GatewayConfig::new(&dir)
+        .issuer_is_public()
+        .no_audit()
+        .raw("[token_service.regulation]\nmax_failures_per_account = 2")
+        .raw(&format!(
+            "[[anomaly.webhooks]]\nurl = \"http://{security}/hook/secret-path\"\n\
+             secret_file = {secret}\ndetectors = []\nevents = [\"signing_key.rotated\", \
+             \"admin_key.created\", \"login.throttled\", \"token.reuse_detected\"]",
+            security = security.addr,
+        ))
+        .raw(&format!(
+            "[[anomaly.webhooks]]\nurl = \"http://{alerts}/hook\"\nsecret_file = {secret}",
+            alerts = alerts.addr,
+        ))
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", "http://127.0.0.1:9"));
+    let (public, ops) = (config.public, config.ops);
+    let admin = bootstrap_admin(&config.write());
+    let gateway = config.start(&dir, "gateway");
     let c = client();
     gateway.wait_ready(&c).await;
 
@@ -557,58 +473,26 @@ async fn a_hanging_receiver_costs_the_request_path_nothing() {
         }
     });
     let dir = TempDir::new("webhook_hang");
-    keys_and_pepper(&dir);
     std::fs::write(dir.join("webhook.secret"), format!("{SECRET}\n")).unwrap();
     let upstream = echo_upstream().await;
-    let (public, ops) = (free_port(), free_port());
-    let text = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-
-[storage]
-pepper_file = "{pepper}"
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-
-[log]
-level = "warn"
-
-[guard.client_ip]
-trusted_proxies = ["127.0.0.1/32"]
-
-[[anomaly.detectors]]
-kind = "burst"
-threshold = 1
-window = 60
-actions = ["alert"]
-
-[[anomaly.webhooks]]
-url = "http://{hung}/hook"
-secret_file = "{secret}"
-
-[anomaly.webhook_delivery]
-timeout = "60s"
-max_attempts = 1
-
-[[guard.routes]]
-name = "open"
-path = "/open/**"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "app"
-url = "http://{upstream}"
-default = true
-"#,
-        pepper = dir.join("pepper").display(),
-        keys = dir.join("keys").display(),
-        secret = dir.join("webhook.secret").display(),
-    );
-    let gateway = Gateway::start(&dir, "gateway", &text, public, ops);
+    let secret = toml_str(&dir.join("webhook.secret").display().to_string());
+    let config = GatewayConfig::new(&dir)
+        .no_storage_url()
+        .issuer_is_public()
+        .no_audit()
+        .raw("[guard.client_ip]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .raw(
+            "[[anomaly.detectors]]\nkind = \"burst\"\nthreshold = 1\nwindow = 60\n\
+             actions = [\"alert\"]",
+        )
+        .raw(&format!(
+            "[[anomaly.webhooks]]\nurl = \"http://{hung}/hook\"\nsecret_file = {secret}"
+        ))
+        .raw("[anomaly.webhook_delivery]\ntimeout = \"60s\"\nmax_attempts = 1")
+        .route(Route::new("open", "/open/**").credentials(&["anonymous"]))
+        .upstream(Upstream::default("app", &format!("http://{upstream}")));
+    let (public, ops) = (config.public, config.ops);
+    let gateway = config.start(&dir, "gateway");
     let c = client();
     gateway.wait_ready(&c).await;
 

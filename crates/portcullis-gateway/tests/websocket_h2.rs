@@ -25,7 +25,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use support::{Gateway, TempDir, client, free_port, portcullis, wait_for_audit};
+use support::{
+    Gateway, GatewayConfig, Route, TempDir, Upstream, client, portcullis, wait_for_audit,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -244,48 +246,31 @@ struct Setup {
 
 async fn setup(name: &str, server_extra: &str) -> Setup {
     let dir = TempDir::new(name);
-    let (keys, _) = support::keys_and_pepper(&dir);
     let seen = Arc::new(Seen::default());
     let upstream = ws_upstream(Arc::clone(&seen)).await;
-    let (public, ops) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[server]
-listen = "{public}"
-ops_listen = "{ops}"
-upstream_connect_timeout = "2s"
-upstream_read_timeout = "10s"
-{server_extra}
-
-[keys]
-dir = "{keys}"
-issuer = "http://{public}"
-audience = ["api"]
-
-[audit]
-sqlite = "{audit}"
-
-[[guard.routes]]
-name = "chat"
-methods = ["GET"]
-path = "/ws/chat"
-require = {{ roles_any = ["chatter"] }}
-
-[[guard.routes]]
-name = "open"
-methods = ["GET"]
-path = "/ws/open"
-credentials = ["anonymous"]
-
-[[upstreams]]
-name = "ws"
-url = "http://{upstream}"
-routes = ["chat", "open"]
-"#,
-        keys = keys.display(),
-        audit = dir.join("audit.db").display(),
-    );
-    let gateway = Gateway::start(&dir, "gw", &config, public, ops);
+    let config = GatewayConfig::new(&dir)
+        .server("upstream_connect_timeout = \"2s\"\nupstream_read_timeout = \"10s\"")
+        .server(server_extra)
+        .no_storage()
+        .issuer_is_public()
+        .keys("audience = [\"api\"]")
+        .no_log()
+        .route(
+            Route::new("chat", "/ws/chat")
+                .methods(&["GET"])
+                .roles_any(&["chatter"]),
+        )
+        .route(
+            Route::new("open", "/ws/open")
+                .methods(&["GET"])
+                .credentials(&["anonymous"]),
+        )
+        .upstream(Upstream::new(
+            "ws",
+            &format!("http://{upstream}"),
+            &["chat", "open"],
+        ));
+    let gateway = config.start(&dir, "gw");
     gateway.wait_ready(&client()).await;
     Setup { dir, gateway, seen }
 }

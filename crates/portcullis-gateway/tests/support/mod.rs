@@ -22,6 +22,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
+pub mod config;
+#[allow(unused_imports)]
+pub use config::{GatewayConfig, RateLimit, Route, Upstream, toml_list, toml_str};
+
 pub const PEPPER: [u8; 32] = [42; 32];
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -250,7 +254,14 @@ pub fn portcullis(args: &[&str]) -> std::process::Output {
 /// The admin API key `portcullis admin bootstrap --config <config>` prints
 /// (the configuration's stores must be files or servers the gateway shares).
 pub fn bootstrap_admin(config: &Path) -> String {
-    let out = portcullis(&["admin", "bootstrap", "--config", config.to_str().unwrap()]);
+    bootstrap_admin_with(config, &[])
+}
+
+/// [`bootstrap_admin`] with more arguments (`--name`, `--permissions`, ...).
+pub fn bootstrap_admin_with(config: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["admin", "bootstrap", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = portcullis(&args);
     assert!(
         out.status.success(),
         "{}",
