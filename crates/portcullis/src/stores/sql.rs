@@ -388,8 +388,7 @@ pub(crate) trait SqlDb: Database {
 
 /// Every store operation, written once for SQLite and PostgreSQL: the
 /// backends' trait implementations (`SqliteStores`, `PostgresStores`) call
-/// these. Every statement uses
-/// `$n` placeholders, which both databases read.
+/// these. Every statement uses `$n` placeholders, which both databases read.
 pub(crate) struct Sql<'p, DB: Database> {
     /// The backend's pool.
     pub(crate) pool: &'p Pool<DB>,
