@@ -12,9 +12,9 @@ use std::time::Duration;
 use portcullis_core::audit::query::{AuditPage, AuditQuery};
 use portcullis_core::audit::{AuditEvent, Grants};
 use sqlx::postgres::{PgConnectOptions, PgPoolCopyExt, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgPool, Postgres};
 
-use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
+use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, sql};
 
 /// Schema version this code writes (kept in `portcullis_audit_schema`).
 pub const SCHEMA_VERSION: i64 = 3;
@@ -363,37 +363,16 @@ impl PostgresAudit {
     pub async fn prune_before_with(
         &self,
         before_us: i64,
-        mut progress: impl FnMut(u64) + Send,
+        progress: impl FnMut(u64) + Send,
     ) -> Result<u64, AuditError> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(PRUNE)
-                .bind(before_us)
-                .bind(PRUNE_CHUNK)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += done;
-            if done < PRUNE_CHUNK as u64 {
-                return Ok(total);
-            }
-            progress(total);
-            tokio::task::yield_now().await;
-        }
+        sql::prune_in_chunks(&self.pool, PRUNE, before_us, PRUNE_CHUNK, progress).await
     }
 
     /// One page of events, newest first.
     pub async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
-        query.validate()?;
-        let mut qb: QueryBuilder<'_, Postgres> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events"));
-        push_query!(&mut qb, query);
+        let mut qb = sql::page_query::<Postgres>(query)?;
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let events = rows
-            .iter()
-            .map(|row| decode_row!(row))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AuditPage::from_rows(events, query.limit))
+        sql::page_of(&rows, query.limit)
     }
 }
 

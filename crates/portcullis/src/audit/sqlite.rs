@@ -10,7 +10,7 @@ use portcullis_core::audit::{AuditEvent, Grants};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, decode_row, push_query};
+use super::{AuditError, AuditSink, AuditStore, BoxFuture, COLUMNS, sql};
 
 /// Rows per INSERT statement (24 columns: well under SQLite's 32 766
 /// variables), largest first. A batch is split into statements of these
@@ -219,40 +219,24 @@ impl SqliteAudit {
     pub async fn prune_before_with(
         &self,
         before_us: i64,
-        mut progress: impl FnMut(u64) + Send,
+        progress: impl FnMut(u64) + Send,
     ) -> Result<u64, AuditError> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM audit_events WHERE rowid IN \
-                 (SELECT rowid FROM audit_events WHERE ts_us < ? ORDER BY ts_us LIMIT ?)",
-            )
-            .bind(before_us)
-            .bind(PRUNE_CHUNK)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += done;
-            if done < PRUNE_CHUNK as u64 {
-                return Ok(total);
-            }
-            progress(total);
-            tokio::task::yield_now().await;
-        }
+        sql::prune_in_chunks(
+            &self.pool,
+            "DELETE FROM audit_events WHERE rowid IN \
+             (SELECT rowid FROM audit_events WHERE ts_us < ? ORDER BY ts_us LIMIT ?)",
+            before_us,
+            PRUNE_CHUNK,
+            progress,
+        )
+        .await
     }
 
     /// One page of events, newest first.
     pub async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
-        query.validate()?;
-        let mut qb: QueryBuilder<'_, Sqlite> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_events"));
-        push_query!(&mut qb, query);
+        let mut qb = sql::page_query::<Sqlite>(query)?;
         let rows = qb.build().fetch_all(&self.pool).await?;
-        let events = rows
-            .iter()
-            .map(|row| decode_row!(row))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AuditPage::from_rows(events, query.limit))
+        sql::page_of(&rows, query.limit)
     }
 }
 
