@@ -122,6 +122,7 @@ impl FileError {
     }
 }
 
+/// Adds `key`, read from `path`, to `set`; an error names the file.
 pub fn insert(set: &mut KeySet, key: Key, path: &Path) -> Result<(), FileError> {
     set.insert(key)
         .map_err(|e| FileError::key(format!("cannot add `{}`", path.display()), e))

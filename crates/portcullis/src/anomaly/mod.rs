@@ -641,23 +641,25 @@ impl AnomalyEngine {
                 let mut now = local_now;
                 let cluster = counters.is_cluster();
                 crate::redis_conn::sort_for_calls(&mut exact, cluster, |(_, u)| &u.key);
+                let (slots, updates): (Vec<usize>, Vec<redis::WindowUpdate>) =
+                    exact.into_iter().unzip();
+                let mut start = 0;
                 for call in
-                    crate::redis_conn::script_calls(&exact, cluster, usize::MAX, |(_, u)| &u.key)
+                    crate::redis_conn::script_calls(&updates, cluster, usize::MAX, |u| &u.key)
                 {
-                    let group: Vec<redis::WindowUpdate> =
-                        call.iter().map(|(_, u)| u.clone()).collect();
-                    let (group_counts, server_now) =
-                        self.guarded(counters.record_updates(&group)).await?;
+                    let (call_counts, server_now) =
+                        self.guarded(counters.record_updates(call)).await?;
                     now = now.max(server_now);
-                    for ((i, update), c) in call.iter().zip(group_counts) {
-                        counts[*i] = Some(c);
-                        if batch[*i].0.member.is_none()
+                    for ((&i, update), c) in slots[start..].iter().zip(call).zip(call_counts) {
+                        counts[i] = Some(c);
+                        if batch[i].0.member.is_none()
                             && let Some(batcher) = &self.batcher
                         {
-                            batcher.synced(&update.key, batch[*i].1, c, local_now);
+                            batcher.synced(&update.key, batch[i].1, c, local_now);
                             batcher.start();
                         }
                     }
+                    start += call.len();
                 }
                 let counts = counts
                     .into_iter()
