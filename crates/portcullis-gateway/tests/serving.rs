@@ -743,6 +743,17 @@ async fn plaintext_speaks_h2c_passes_websockets_and_streams_bodies() {
         let head = refused_upload(gw.public, &big, declared).await;
         assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     }
+    // A client that asks `Expect: 100-continue` first is told 413 at once,
+    // never invited to send the body the gateway would only drop.
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    let ask = format!(
+        "POST /upload HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        gw.public,
+        big.len()
+    );
+    tcp.write_all(ask.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // The request body streams: the upstream gets the first chunk while
     // the client still holds back the rest (a buffering gateway would

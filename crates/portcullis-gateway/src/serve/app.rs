@@ -257,7 +257,11 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body) {
-            crate::proxy::linger(req.into_body());
+            // A client that asked `Expect: 100-continue` has sent no body
+            // yet and waits for this answer: reading would invite the body.
+            if !req.headers().contains_key(http::header::EXPECT) {
+                crate::proxy::linger(req.into_body());
+            }
             return (Surface::Proxy, crate::proxy::too_large(self.max_body));
         }
         let req = req.map(|body| RequestBody::limited(body, self.max_body));
